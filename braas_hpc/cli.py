@@ -1,0 +1,173 @@
+"""`braas-hpc`: the same verbs as the Blender panel. Exit codes: 0 success, 1 failure, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .core import VERSION, monitor, service, transfer
+from .core.errors import BraasError
+from .core.presets import all_presets
+
+err = Console(stderr=True)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=1))
+
+
+def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
+    return service.SubmitRequest(
+        scene=Path(args.scene), preset=preset, frames=args.frames, chunk=args.chunk,
+        device="GPU" if getattr(args, "gpu", False) else "CPU",
+        walltime_min=getattr(args, "walltime", None), max_parallel=getattr(args, "max_parallel", 0),
+    )
+
+
+async def cmd_render(args: argparse.Namespace) -> int:
+    spec, preset = service.build_spec(_request(args, "local"))
+    columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False, disable=args.json) as bar:
+        task = bar.add_task("packing the scene", total=None)
+
+        def on_progress(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=message)
+
+        result = await service.render_local(spec, preset, on_progress)
+    frames_dir = Path(result.job_dir) / "out"
+    if args.out:
+        got = await transfer.download(result.job, Path(args.out))
+        frames_dir = got.dest.resolve()
+    if args.json:
+        _print_json({**result.to_json(), "frames_dir": str(frames_dir)})
+    else:
+        print(f"rendered {result.frames} ({result.tasks} task(s)) as job {result.job}")
+        print(f"frames are in {frames_dir}")
+    return 0
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    result = await service.submit(_request(args, args.preset))
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(f"submitted {result.frames} on {result.preset} as {result.tasks} array task(s), "
+              f"scheduler id {', '.join(result.scheduler_ids)}")
+        print(result.job)
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    statuses = await monitor.status(args.jobs or None)
+    if args.json:
+        _print_json([s.to_json() for s in statuses])
+        return 0
+    if not statuses:
+        print("no jobs yet")
+    for s in statuses:
+        print(f"{s.job}  {s.preset}  {s.state}  frames {s.frames_done}/{s.frames_total}")
+    return 0
+
+
+async def cmd_wait(args: argparse.Namespace) -> int:
+    final = await monitor.wait(args.job, timeout_s=args.timeout)
+    if args.json:
+        _print_json(final.to_json())
+    else:
+        print(f"{final.job}  {final.state}  frames {final.frames_done}/{final.frames_total}")
+        if final.missing:
+            print(f"missing frames: {', '.join(map(str, final.missing))}")
+    return 0 if final.state == "COMPLETED" and not final.missing else 1
+
+
+async def cmd_download(args: argparse.Namespace) -> int:
+    dest = Path(args.dest) if args.dest else Path.cwd() / args.job
+    result = await transfer.download(args.job, dest)
+    if args.json:
+        _print_json({"job": result.job, "dest": str(result.dest), "downloaded": result.downloaded,
+                     "skipped": result.skipped, "ignored": list(result.ignored)})
+    else:
+        print(f"downloaded {result.downloaded} frame(s), {result.skipped} already here, into {result.dest}")
+        if result.ignored:
+            print(f"ignored {len(result.ignored)} file(s) that are not frames: {', '.join(result.ignored[:5])}")
+    return 0
+
+
+async def cmd_presets(args: argparse.Namespace) -> int:
+    presets = all_presets()
+    if args.json:
+        _print_json([{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
+                      "source": p.source} for p in presets])
+    else:
+        for p in presets:
+            print(f"{p.name:16} {p.scheduler:6} {p.title}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.")
+    parser.add_argument("--version", action="version", version=f"braas-hpc {VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], help_: str
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+        return p
+
+    def add_frames(p: argparse.ArgumentParser, default: str | None) -> None:
+        p.add_argument("scene", metavar="SCENE", help="the .blend file")
+        p.add_argument("--frames", default=default, required=default is None,
+                       help="frames: 7, 1-250, 1-100:10 or 1,5,10-20")
+        p.add_argument("--chunk", type=int, default=1, help="frames per array task (default 1)")
+
+    p = add("render", cmd_render, "render a scene on this computer (the built-in local preset)")
+    add_frames(p, "1")
+    p.add_argument("--out", metavar="DIR", help="also copy the frames into DIR")
+
+    p = add("submit", cmd_submit, "submit a scene to a cluster; prints the job name last")
+    add_frames(p, None)
+    p.add_argument("--preset", required=True, help="cluster preset (see `braas-hpc presets`)")
+    p.add_argument("--gpu", action="store_true", help="render on GPUs")
+    p.add_argument("--walltime", type=int, metavar="MIN", help="minutes per array task")
+    p.add_argument("--max-parallel", type=int, default=0, metavar="N", help="array tasks at once (0: no limit)")
+
+    p = add("status", cmd_status, "state of jobs (all, or the ones named)")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+
+    p = add("wait", cmd_wait, "wait until a job ends; exit 0 only if every frame exists")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--timeout", type=float, metavar="SECONDS")
+
+    p = add("download", cmd_download, "fetch the frames of a job that are not here yet")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--dest", metavar="DIR", help="where to put the frames (default ./JOB)")
+
+    add("presets", cmd_presets, "list the cluster presets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(args.handler(args))
+    except BraasError as exc:
+        err.print(f"[bold red]braas-hpc: error:[/] {exc}", markup=True, highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("braas-hpc: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

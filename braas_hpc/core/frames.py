@@ -1,0 +1,69 @@
+"""Frame specs: parsing `1-250`, `1-100:10`, `1,5,10-20`, `7`, and splitting them into array tasks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .errors import UsageError
+
+# A guard against specs like `1-999999999` that would make a huge array and frames file.
+MAX_FRAMES = 100_000
+MAX_FRAME_NUMBER = 1_048_574  # Blender's MAXFRAME
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+
+
+def parse_frames(spec: str) -> list[int]:
+    """Return the sorted, distinct frames of a spec; raise UsageError naming the bad part."""
+    text = spec.strip()
+    if not text:
+        raise UsageError("frame spec is empty: give a frame (7), a range (1-250), a step (1-100:10) or a list")
+    frames: set[int] = set()
+    for part in text.split(","):
+        frames.update(_parse_part(part.strip(), spec))
+        if len(frames) > MAX_FRAMES:
+            raise UsageError(f"frame spec {spec!r} has more than {MAX_FRAMES} frames")
+    return sorted(frames)
+
+
+def _parse_part(part: str, spec: str) -> range:
+    match = _RANGE.match(part)
+    if not match:
+        raise UsageError(
+            f"invalid frame spec {spec!r}: {part!r} is not a frame number, a range like 1-250 "
+            "or a stepped range like 1-100:10"
+        )
+    start = int(match.group(1))
+    end = int(match.group(2)) if match.group(2) is not None else start
+    step = int(match.group(3)) if match.group(3) is not None else 1
+    if end < start:
+        raise UsageError(f"invalid frame spec {spec!r}: range {part!r} ends before it starts")
+    if step < 1:
+        raise UsageError(f"invalid frame spec {spec!r}: step in {part!r} must be at least 1")
+    if end > MAX_FRAME_NUMBER:
+        raise UsageError(f"invalid frame spec {spec!r}: frame {end} is above Blender's limit {MAX_FRAME_NUMBER}")
+    if (end - start) // step + 1 > MAX_FRAMES:
+        raise UsageError(f"frame spec {spec!r} has more than {MAX_FRAMES} frames")
+    return range(start, end + 1, step)
+
+
+def format_frames(frames: Iterable[int]) -> str:
+    """The shortest comma list of ranges for a set of frames: [1,2,3,5] -> '1-3,5'."""
+    ordered = sorted(set(frames))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def chunk_frames(frames: list[int], chunk: int) -> list[list[int]]:
+    """Split frames into array tasks of at most `chunk` frames, so each task loads the scene once."""
+    if chunk < 1:
+        raise UsageError(f"chunk size must be at least 1, got {chunk}")
+    return [frames[i : i + chunk] for i in range(0, len(frames), chunk)]

@@ -1,0 +1,119 @@
+"""What a job is: the typed spec built once at the edge (CLI or panel), and the names of its files."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+DEVICES = ("CPU", "GPU")
+IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
+# Frame files are named by us, so a remote listing can be checked against this before any local path
+# is built from it.
+FRAME_FILE = re.compile(r"^frame_(\d{6,7})\.(png|jpg|exr|tif)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    preset: str
+    scene: str  # absolute local path of the user's .blend
+    frames: tuple[int, ...]
+    chunk: int = 1
+    device: str = "CPU"
+    walltime_min: int = 60
+    max_parallel: int = 0  # array throttle; 0 = no limit
+    image_format: str = "PNG"
+    tasks: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @property
+    def extension(self) -> str:
+        return IMAGE_FORMATS[self.image_format]
+
+    def validate(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise UsageError(f"image format {self.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
+        if self.walltime_min < 1:
+            raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
+        if self.max_parallel < 0:
+            raise UsageError(f"max parallel tasks must be 0 (no limit) or more, got {self.max_parallel}")
+
+
+def frame_file_name(frame: int, extension: str) -> str:
+    return f"frame_{frame:06d}.{extension}"
+
+
+def make_job_name(scene: Path) -> str:
+    """`<scene>-<UTC time>-<random>`: sortable, unique, and safe in paths and scheduler names."""
+    stem = _UNSAFE.sub("_", scene.stem).strip("_")[:32] or "scene"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stem}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Every file of a job under its directory, named in one place (remote or local, POSIX paths)."""
+
+    root: str  # <workdir>/braas-hpc
+    name: str
+
+    @property
+    def job_dir(self) -> str:
+        return posixpath.join(self.root, "jobs", self.name)
+
+    def _in_job(self, *parts: str) -> str:
+        return posixpath.join(self.job_dir, *parts)
+
+    @property
+    def in_dir(self) -> str:
+        return self._in_job("in")
+
+    @property
+    def scene(self) -> str:
+        return self._in_job("in", "scene.blend")
+
+    @property
+    def out_dir(self) -> str:
+        return self._in_job("out")
+
+    @property
+    def log_dir(self) -> str:
+        return self._in_job("log")
+
+    @property
+    def status_dir(self) -> str:
+        return self._in_job("status")
+
+    @property
+    def frames_file(self) -> str:
+        return self._in_job("frames.txt")
+
+    @property
+    def script(self) -> str:
+        return self._in_job("job.sh")
+
+    @property
+    def job_json(self) -> str:
+        return self._in_job("job.json")
+
+    def scripts_dir(self, version: str) -> str:
+        return posixpath.join(self.root, "scripts", version)
+
+    def render_task(self, version: str) -> str:
+        return posixpath.join(self.scripts_dir(version), "render_task.py")
+
+
+def frames_file_text(tasks: tuple[tuple[int, ...], ...]) -> str:
+    """Line N holds the frames of array task N: the job maps its index through this, never by arithmetic."""
+    return "".join(",".join(str(f) for f in task) + "\n" for task in tasks)

@@ -1,0 +1,31 @@
+"""Finding Blender on this computer, for packing scenes and for the `local` preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+BPY_LAUNCHER = Path(__file__).resolve().parents[1] / "bpy_blender.py"
+
+
+def local_blender() -> list[str]:
+    """The command that runs Blender here: $BRAAS_HPC_BLENDER, `blender` on PATH, or the bpy module."""
+    configured = os.environ.get("BRAAS_HPC_BLENDER", "").strip()
+    if configured:
+        return shlex.split(configured)
+    found = shutil.which("blender")
+    if found:
+        return [found]
+    if importlib.util.find_spec("bpy") is not None:
+        # Blender as a Python module (pip install bpy): our launcher speaks Blender's command line.
+        return [sys.executable, str(BPY_LAUNCHER)]
+    raise UsageError(
+        "no Blender found on this computer: install Blender 4.2 or newer and put `blender` on PATH, "
+        "set BRAAS_HPC_BLENDER to its command, or `pip install bpy==4.5.4`"
+    )

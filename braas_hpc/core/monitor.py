@@ -1,0 +1,127 @@
+"""Job state: the scheduler's word per task, checked against the frames that really exist.
+
+A job missing from the queue is never "finished" by that fact: the frame files decide (principle 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from . import registry
+from .errors import BraasError
+from .jobs import JobPaths
+from .presets import load_preset
+from .registry import JobRecord
+from .schedulers import TaskState, scheduler_for
+from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
+from .service import missing_frames
+from .transport import Transport, transport_for
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: str
+    preset: str
+    state: str
+    frames_done: int
+    frames_total: int
+    tasks: dict[str, int] = field(default_factory=dict)  # normalised state -> number of task lines
+    scheduler_ids: tuple[str, ...] = ()
+    missing: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {"job": self.job, "preset": self.preset, "state": self.state, "frames_done": self.frames_done,
+                "frames_total": self.frames_total, "tasks": self.tasks, "scheduler_ids": list(self.scheduler_ids),
+                "missing": list(self.missing)}
+
+
+def aggregate(states: list[TaskState], frames_missing: int) -> str:
+    """One state for the job from its task states and its frames on disk."""
+    kinds = {s.state for s in states}
+    if not states or not kinds <= TERMINAL:
+        if RUNNING in kinds:
+            return RUNNING
+        if PENDING in kinds:
+            return PENDING
+        # Nothing the scheduler knows (yet, or any more): only the frames can tell it is done.
+        return COMPLETED if frames_missing == 0 else UNKNOWN
+    if frames_missing == 0:
+        return COMPLETED
+    for state in (CANCELLED, TIMEOUT):
+        if state in kinds:
+            return state
+    return FAILED
+
+
+async def _frames_present(transport: Transport, record: JobRecord) -> set[str]:
+    paths = JobPaths(record.remote_root, record.name)
+    return {entry.name for entry in await transport.listdir(paths.out_dir) if entry.size > 0}
+
+
+async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> dict[str, list[TaskState]]:
+    """One scheduler call for every unfinished job of a cluster."""
+    ids = [job_id for r in records if r.state not in TERMINAL for job_id in r.scheduler_ids]
+    by_id: dict[str, list[TaskState]] = defaultdict(list)
+    if not ids or kind == "local":
+        return by_id
+    scheduler = scheduler_for(kind)
+    done = await transport.run(scheduler.query_argv(ids), check=False)
+    if done.exit_status != 0:
+        # Logged as unknown, not raised: a failed poll must not look like a failed job.
+        return by_id
+    for state in scheduler.parse_query(done.stdout):
+        by_id[state.job_id].append(state)
+    return by_id
+
+
+async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:
+    preset = load_preset(preset_name)
+    results = []
+    async with transport_for(preset) as transport:
+        by_id = await _query(transport, preset.scheduler, records)
+        for record in records:
+            present = await _frames_present(transport, record)
+            missing = missing_frames(record.spec, present)
+            if record.state in TERMINAL or preset.is_local:
+                # Finished jobs are never polled again; local jobs have no queue to ask.
+                states: list[TaskState] = []
+                state = record.state
+            else:
+                states = [s for job_id in record.scheduler_ids for s in by_id.get(job_id, [])]
+                state = aggregate(states, len(missing))
+            if state != record.state and state in TERMINAL:
+                registry.set_state(record.name, state)
+            results.append(JobStatus(
+                record.name, record.preset, state, len(record.spec.frames) - len(missing),
+                len(record.spec.frames), dict(Counter(s.state for s in states)), record.scheduler_ids,
+                tuple(missing)))
+    return results
+
+
+async def status(names: list[str] | None = None) -> list[JobStatus]:
+    records = [registry.get_job(n) for n in names] if names else registry.list_jobs()
+    by_preset: dict[str, list[JobRecord]] = defaultdict(list)
+    for record in records:
+        by_preset[record.preset].append(record)
+    results: list[JobStatus] = []
+    for preset_name, group in by_preset.items():
+        results += await _status_of_preset(preset_name, group)
+    order = {r.name: i for i, r in enumerate(records)}
+    return sorted(results, key=lambda s: order[s.job])
+
+
+async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30.0) -> JobStatus:
+    """Poll with back-off (2, 4, 8 ... s) until the job ends; return its final status."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    interval = 2.0
+    while True:
+        (current,) = await status([name])
+        if current.state in TERMINAL:
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, poll_max_s)

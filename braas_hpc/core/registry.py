@@ -1,0 +1,103 @@
+"""The job registry: one SQLite file in the user's data directory, so every command works from a
+new process (status, wait, download) and the add-on sees what the CLI submitted."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import JobNotFound
+from .jobs import JobSpec
+from .paths import data_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    preset TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    remote_root TEXT NOT NULL,
+    scheduler_ids TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    name: str
+    preset: str
+    spec: JobSpec
+    remote_root: str
+    scheduler_ids: tuple[str, ...]
+    state: str
+    created: float
+
+
+def registry_path() -> Path:
+    return data_dir() / "jobs.sqlite"
+
+
+@contextmanager
+def _db() -> Iterator[sqlite3.Connection]:
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A timeout, because the CLI and the add-on may write at the same moment.
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute(_SCHEMA)
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def _spec_from_json(text: str) -> JobSpec:
+    data = json.loads(text)
+    data["frames"] = tuple(data["frames"])
+    data["tasks"] = tuple(tuple(t) for t in data["tasks"])
+    return JobSpec(**data)
+
+
+def _record(row: tuple) -> JobRecord:
+    name, preset, spec, root, ids, state, created = row
+    return JobRecord(name, preset, _spec_from_json(spec), root, tuple(json.loads(ids)), state, created)
+
+
+_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, created"
+
+
+def add_job(spec: JobSpec, remote_root: str, scheduler_ids: list[str], state: str) -> None:
+    now = time.time()
+    with _db() as db:
+        db.execute(
+            "INSERT INTO jobs (name, preset, spec, remote_root, scheduler_ids, state, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (spec.name, spec.preset, json.dumps(spec.to_dict()), remote_root, json.dumps(scheduler_ids), state,
+             now, now),
+        )
+
+
+def set_state(name: str, state: str) -> None:
+    with _db() as db:
+        db.execute("UPDATE jobs SET state = ?, updated = ? WHERE name = ?", (state, time.time(), name))
+
+
+def get_job(name: str) -> JobRecord:
+    with _db() as db:
+        row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise JobNotFound(f"no job named {name!r} in the registry ({registry_path()}); `braas-hpc status` lists jobs")
+    return _record(row)
+
+
+def list_jobs() -> list[JobRecord]:
+    with _db() as db:
+        rows = db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created").fetchall()
+    return [_record(row) for row in rows]

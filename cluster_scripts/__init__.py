@@ -1,0 +1,1 @@
+"""Scripts installed on a cluster under <workdir>/braas-hpc/scripts/<version>/."""

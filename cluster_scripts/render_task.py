@@ -1,0 +1,135 @@
+"""Runs inside Blender on a compute node: renders the frames of one array task.
+
+Usage: blender -b -Y in/scene.blend -E CYCLES -t N -P render_task.py --
+           --job-dir DIR --task K [--device CPU|GPU] [--format PNG]
+
+Line K of DIR/frames.txt lists the task's frames. Each frame is rendered to a hidden temp file in
+DIR/out and renamed to frame_NNNNNN.<ext> when complete, so a frame file is never half-written.
+Frames that already exist are skipped. DIR/status/task-K.json records frames done, timings, node and
+exit code. One progress line per frame: `BRAAS-PROGRESS task=K frame=F done=I total=N seconds=S status=X`.
+Exit 0 when every frame of the task exists afterwards, 1 when some failed, 2 on bad arguments,
+4 when the requested device is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+import bpy
+
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
+GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
+
+
+def parse_args() -> argparse.Namespace:
+    argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    parser = argparse.ArgumentParser(prog="render_task.py")
+    parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--device", choices=("CPU", "GPU"), default="CPU")
+    parser.add_argument("--format", choices=sorted(EXTENSIONS), default="PNG")
+    return parser.parse_args(argv)
+
+
+def task_frames(job_dir: str, task: int) -> list[int]:
+    with open(os.path.join(job_dir, "frames.txt"), encoding="utf-8") as stream:
+        lines = stream.read().splitlines()
+    if not 1 <= task <= len(lines):
+        raise ValueError(f"task {task} is not in frames.txt ({len(lines)} tasks)")
+    return [int(f) for f in lines[task - 1].split(",") if f.strip()]
+
+
+def write_json_atomic(path: str, data: dict[str, object]) -> None:
+    temp = f"{path}.part"
+    with open(temp, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=1)
+    os.replace(temp, path)
+
+
+def use_device(scene: bpy.types.Scene, device: str) -> str:
+    """Select the Cycles device; for GPU enable the scheduler's GPUs or fail loudly (no silent CPU)."""
+    if device == "CPU":
+        scene.cycles.device = "CPU"
+        return "CPU"
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    for backend in GPU_BACKENDS:
+        try:
+            prefs.compute_device_type = backend
+        except TypeError:
+            continue  # this Blender build has no such backend
+        prefs.get_devices()
+        gpus = [d for d in prefs.devices if d.type == backend]
+        if gpus:
+            for d in prefs.devices:
+                d.use = d.type == backend
+            scene.cycles.device = "GPU"
+            return f"{backend} ({', '.join(d.name for d in gpus)})"
+    raise RuntimeError("the job asked for a GPU but Blender found none (checked " + ", ".join(GPU_BACKENDS) + ")")
+
+
+def render_frame(scene: bpy.types.Scene, frame: int, temp: str, final: str) -> None:
+    scene.frame_set(frame)
+    bpy.ops.render.render()
+    bpy.data.images["Render Result"].save_render(temp, scene=scene)
+    os.replace(temp, final)
+
+
+def main() -> int:
+    args = parse_args()
+    out_dir = os.path.join(args.job_dir, "out")
+    status_dir = os.path.join(args.job_dir, "status")
+    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(status_dir, exist_ok=True)
+    marker_path = os.path.join(status_dir, f"task-{args.task}.json")
+    frames = task_frames(args.job_dir, args.task)
+    marker: dict[str, object] = {
+        "task": args.task, "frames": frames, "rendered": [], "skipped": [], "failed": [], "timings": {},
+        "node": socket.gethostname(), "started": time.time(), "finished": None, "exit_code": None,
+        "state": "running", "blender": bpy.app.version_string,
+    }
+    write_json_atomic(marker_path, marker)
+    scene = bpy.context.scene
+    scene.render.image_settings.file_format = args.format
+    scene.render.use_overwrite = False
+    scene.render.use_placeholder = False
+    try:
+        marker["device"] = use_device(scene, args.device)
+    except RuntimeError as exc:
+        print(f"braas-hpc: {exc}", file=sys.stderr, flush=True)
+        marker.update(state="failed", exit_code=4, error=str(exc), finished=time.time())
+        write_json_atomic(marker_path, marker)
+        return 4
+    extension = EXTENSIONS[args.format]
+    for index, frame in enumerate(frames, start=1):
+        final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}")
+        started = time.monotonic()
+        if os.path.isfile(final) and os.path.getsize(final) > 0:
+            status = "skipped"
+        else:
+            temp = os.path.join(out_dir, f".frame_{frame:06d}.task{args.task}.part.{extension}")
+            try:
+                render_frame(scene, frame, temp, final)
+                status = "rendered"
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the others
+                print(f"braas-hpc: frame {frame} failed: {exc}", file=sys.stderr, flush=True)
+                status = "failed"
+        seconds = time.monotonic() - started
+        marker[status].append(frame)  # type: ignore[union-attr]
+        if status == "rendered":
+            marker["timings"][str(frame)] = round(seconds, 3)  # type: ignore[index]
+        write_json_atomic(marker_path, marker)
+        print(f"BRAAS-PROGRESS task={args.task} frame={frame} done={index} total={len(frames)} "
+              f"seconds={seconds:.2f} status={status}", flush=True)
+    code = 1 if marker["failed"] else 0
+    marker.update(state="done" if code == 0 else "failed", exit_code=code, finished=time.time())
+    write_json_atomic(marker_path, marker)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared checks for tests: real images, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_SCRIPT = REPO / "examples" / "make_sample.py"
+SAMPLE_SIZE = (192, 108)
+
+
+def make_sample(directory: Path) -> Path:
+    """A fresh sample scene (with its external checker texture) built by the shipped generator."""
+    subprocess.run([sys.executable, str(SAMPLE_SCRIPT), str(directory)], check=True, capture_output=True,
+                   timeout=300)
+    return directory / "sample.blend"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_frame(path: Path, size: tuple[int, int] = SAMPLE_SIZE) -> None:
+    """A valid PNG of the scene's size, not blank, with the red and green of the checker texture."""
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == size
+        rgb = image.convert("RGB")
+        colours = rgb.getcolors(maxcolors=size[0] * size[1])
+    assert colours is not None and len(colours) > 20, f"{path} looks blank"
+    width, height = size
+    # The floor fills the bottom rows of the frame: they must show the texture's red and green squares.
+    bottom = [rgb.getpixel((x, y)) for y in range(height - 12, height) for x in range(0, width, 3)]
+    reds = sum(1 for r, g, b in bottom if r > 150 and g < 80 and b < 80)
+    greens = sum(1 for r, g, b in bottom if g > 130 and r < 80 and b < 80)
+    assert reds > len(bottom) // 10 and greens > len(bottom) // 10, (
+        f"{path}: the checker texture did not reach the render ({reds} red, {greens} green of {len(bottom)})"
+    )

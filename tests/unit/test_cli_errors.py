@@ -1,0 +1,54 @@
+"""Bad input: a clear message, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _nothing_written(dirs: dict[str, str]) -> bool:
+    return not any(Path(d).exists() and any(Path(d).rglob("*")) for d in dirs.values())
+
+
+def test_missing_scene(user_dirs: dict[str, str], tmp_path: Path) -> None:
+    done = run_cli("render", str(tmp_path / "missing.blend"), "--frames", "1")
+    assert done.returncode == 2
+    assert "scene file not found" in done.stderr and "missing.blend" in done.stderr
+    assert _nothing_written(user_dirs)
+
+
+def test_unknown_preset(user_dirs: dict[str, str], sample_scene: Path) -> None:
+    done = run_cli("submit", str(sample_scene), "--preset", "nosuchcluster", "--frames", "1")
+    assert done.returncode == 2
+    assert "unknown preset 'nosuchcluster'" in done.stderr and "local" in done.stderr
+    assert _nothing_written(user_dirs)
+
+
+@pytest.mark.parametrize(("spec", "message"), [("5-1", "ends before it starts"), ("a-b", "not a frame number")])
+def test_bad_frame_spec(user_dirs: dict[str, str], sample_scene: Path, spec: str, message: str) -> None:
+    for verb in (["render"], ["submit", "--preset", "local"]):
+        done = run_cli(*verb, str(sample_scene), "--frames", spec)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and repr(spec) in done.stderr
+    assert _nothing_written(user_dirs)
+
+
+def test_not_a_blend_file(user_dirs: dict[str, str], tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    done = run_cli("render", str(text), "--frames", "1")
+    assert done.returncode == 2 and "not a .blend file" in done.stderr
+
+
+def test_unknown_job(user_dirs: dict[str, str]) -> None:
+    for verb in ("wait", "download"):
+        done = run_cli(verb, "no-such-job")
+        assert done.returncode == 2 and "no job named 'no-such-job'" in done.stderr
+
+
+def test_usage_error_exit_code(user_dirs: dict[str, str]) -> None:
+    done = run_cli("submit")
+    assert done.returncode == 2 and "usage:" in done.stderr

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from braas_hpc.core.errors import PresetError
+from braas_hpc.core.presets import load_preset, preset_files
+
+GOOD = """
+name = "mysite"
+scheduler = "slurm"
+host = "login.example.org"
+user = "me"
+workdir = "/scratch/me"
+partition_cpu = "cpu"
+env = ["module load blender"]
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BRAAS_HPC_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "presets").mkdir()
+    return tmp_path / "presets"
+
+
+def test_builtin_local_preset(config: Path) -> None:
+    local = load_preset("local")
+    assert local.is_local and local.scheduler == "local"
+
+
+def test_user_preset_is_found_and_typed(config: Path) -> None:
+    (config / "mysite.toml").write_text(GOOD)
+    preset = load_preset("mysite")
+    assert preset.host == "login.example.org" and preset.port == 22
+    assert preset.env == ("module load blender",)
+    assert "mysite" in preset_files()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ('colour = "blue"\n', "unknown key"),
+        ("port = \"22\"\n", "port must be of type int"),
+        ('ssh_backend = "telnet"\n', "ssh_backend"),
+    ],
+)
+def test_bad_preset_values(config: Path, change: str, message: str) -> None:
+    (config / "mysite.toml").write_text(GOOD + change)
+    with pytest.raises(PresetError, match=message):
+        load_preset("mysite")
+
+
+def test_relative_workdir_is_refused(config: Path) -> None:
+    (config / "mysite.toml").write_text(GOOD.replace('"/scratch/me"', '"scratch"'))
+    with pytest.raises(PresetError, match="absolute"):
+        load_preset("mysite")
+
+
+def test_name_must_match_file(config: Path) -> None:
+    (config / "other.toml").write_text(GOOD)
+    with pytest.raises(PresetError, match="must match the file name"):
+        load_preset("other")
+
+
+def test_unknown_preset_lists_known_ones(config: Path) -> None:
+    with pytest.raises(PresetError, match="unknown preset 'nope'; known presets: local"):
+        load_preset("nope")

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+
+from braas_hpc.core.errors import SchedulerError
+from braas_hpc.core.jobs import JobPaths, JobSpec, frames_file_text
+from braas_hpc.core.monitor import aggregate
+from braas_hpc.core.presets import preset_from_dict
+from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN
+from braas_hpc.core.schedulers.slurm import SlurmScheduler
+
+PRESET = preset_from_dict(
+    {"name": "site", "scheduler": "slurm", "host": "login", "workdir": "/w", "account": "OPEN-1-1",
+     "partition_cpu": "qcpu", "partition_gpu": "qgpu", "env": ["module load Blender/4.5"]},
+    "test",
+)
+SPEC = JobSpec(name="shot 1;$(x)", preset="site", scene="/s.blend", frames=(1, 2, 3), chunk=2,
+               walltime_min=90, max_parallel=4, tasks=((1, 2), (3,)))
+PATHS = JobPaths("/w/braas-hpc", "shot1-20260101-000000-abcd")
+
+EXPECTED = """#!/bin/bash
+#SBATCH --job-name=shot_1___x_
+#SBATCH --account=OPEN-1-1
+#SBATCH --partition=qcpu
+#SBATCH --array=1-2%4
+#SBATCH --time=01:30:00
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --output=/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/task-%a.log
+
+# braas-hpc job shot 1;$(x): 2 task(s), frames listed per task in frames.txt
+set -u
+module load Blender/4.5
+task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-}}}"
+if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi
+threads="${SLURM_CPUS_PER_TASK:-${NCPUS:-0}}"
+cd /w/braas-hpc/jobs/shot1-20260101-000000-abcd || exit 2
+exec blender -b -Y /w/braas-hpc/jobs/shot1-20260101-000000-abcd/in/scene.blend -E CYCLES -t "$threads" \
+-P '/w/my scripts/render_task.py' -- --job-dir /w/braas-hpc/jobs/shot1-20260101-000000-abcd --task "$task_id" \
+--device CPU --format PNG
+"""
+
+
+def test_array_script_golden() -> None:
+    script = SlurmScheduler().render_script(SPEC, PRESET, PATHS, ["blender"], "/w/my scripts/render_task.py")
+    assert script == EXPECTED.replace(" \\\n", " ")
+
+
+def test_gpu_job_uses_gpu_partition() -> None:
+    gpu = JobSpec(**{**SPEC.to_dict(), "device": "GPU", "max_parallel": 0, "tasks": SPEC.tasks,
+                     "frames": SPEC.frames})
+    lines = SlurmScheduler().directives(gpu, PRESET, PATHS)
+    assert "#SBATCH --partition=qgpu" in lines and "#SBATCH --gpus=1" in lines
+    assert "#SBATCH --array=1-2" in lines
+
+
+def test_frames_file_maps_tasks_to_frames() -> None:
+    assert frames_file_text(((1, 2), (3,), (10, 20))) == "1,2\n3\n10,20\n"
+
+
+def test_parse_submit() -> None:
+    slurm = SlurmScheduler()
+    assert slurm.parse_submit("1234\n") == "1234"
+    assert slurm.parse_submit("1234;karolina\n") == "1234"
+    with pytest.raises(SchedulerError, match="sbatch: error: Batch job submission failed"):
+        slurm.parse_submit("sbatch: error: Batch job submission failed: Invalid account\n")
+
+
+# Captured from `sacct --parsable2 --noheader -X -o JobID,State%40,ExitCode -j 7,8,9` on the testbed.
+SACCT = """7_1|COMPLETED|0:0
+7_2|FAILED|1:0
+8_[2-4]|PENDING|0:0
+8_1|RUNNING|0:0
+9_1|CANCELLED by 1001|0:0
+9_2|TIMEOUT|0:1
+"""
+
+
+def test_parse_sacct() -> None:
+    states = SlurmScheduler().parse_query(SACCT)
+    assert [(s.job_id, s.task, s.state) for s in states] == [
+        ("7", "1", COMPLETED), ("7", "2", FAILED), ("8", "[2-4]", PENDING), ("8", "1", RUNNING),
+        ("9", "1", CANCELLED), ("9", "2", "TIMEOUT"),
+    ]
+    assert states[4].raw == "CANCELLED by 1001"
+
+
+def test_query_is_one_batched_call() -> None:
+    argv = SlurmScheduler().query_argv(["7", "8", "9"])
+    assert argv[0] == "sacct" and argv[-2:] == ["-j", "7,8,9"]
+
+
+def test_aggregate_trusts_frames_over_the_queue() -> None:
+    slurm = SlurmScheduler()
+    done, failed, running = (slurm.parse_query(x) for x in ("1_1|COMPLETED|0:0", "1_1|FAILED|1:0",
+                                                             "1_1|COMPLETED|0:0\n1_2|RUNNING|0:0"))
+    assert aggregate(done, frames_missing=0) == COMPLETED
+    assert aggregate(done, frames_missing=1) == FAILED  # "COMPLETED" with a frame missing is a failure
+    assert aggregate(failed, frames_missing=2) == FAILED
+    assert aggregate(running, frames_missing=1) == RUNNING
+    assert aggregate([], frames_missing=3) == UNKNOWN  # gone from the queue is not "finished"
+    assert aggregate([], frames_missing=0) == COMPLETED
