@@ -87,17 +87,15 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             missing = missing_frames(record.spec, present)
             if record.state in TERMINAL or preset.is_local:
                 # Finished jobs are never polled again; local jobs have no queue to ask.
-                states: list[TaskState] = []
-                state = record.state
+                state, tasks = record.state, record.tasks
             else:
                 states = [s for job_id in record.scheduler_ids for s in by_id.get(job_id, [])]
-                state = aggregate(states, len(missing))
-            if state != record.state and state in TERMINAL:
-                registry.set_state(record.name, state)
+                state, tasks = aggregate(states, len(missing)), dict(Counter(s.state for s in states))
+                if state in TERMINAL:
+                    registry.set_state(record.name, state, tasks)
             results.append(JobStatus(
                 record.name, record.preset, state, len(record.spec.frames) - len(missing),
-                len(record.spec.frames), dict(Counter(s.state for s in states)), record.scheduler_ids,
-                tuple(missing)))
+                len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing)))
     return results
 
 

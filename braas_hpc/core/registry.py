@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     remote_root TEXT NOT NULL,
     scheduler_ids TEXT NOT NULL,
     state TEXT NOT NULL,
+    tasks TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
     updated REAL NOT NULL
 )
@@ -37,6 +38,7 @@ class JobRecord:
     remote_root: str
     scheduler_ids: tuple[str, ...]
     state: str
+    tasks: dict[str, int]  # task counts by state when the job ended (finished jobs are not polled again)
     created: float
 
 
@@ -66,11 +68,12 @@ def _spec_from_json(text: str) -> JobSpec:
 
 
 def _record(row: tuple) -> JobRecord:
-    name, preset, spec, root, ids, state, created = row
-    return JobRecord(name, preset, _spec_from_json(spec), root, tuple(json.loads(ids)), state, created)
+    name, preset, spec, root, ids, state, tasks, created = row
+    return JobRecord(name, preset, _spec_from_json(spec), root, tuple(json.loads(ids)), state, json.loads(tasks),
+                     created)
 
 
-_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, created"
+_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, created"
 
 
 def add_job(spec: JobSpec, remote_root: str, scheduler_ids: list[str], state: str) -> None:
@@ -84,9 +87,10 @@ def add_job(spec: JobSpec, remote_root: str, scheduler_ids: list[str], state: st
         )
 
 
-def set_state(name: str, state: str) -> None:
+def set_state(name: str, state: str, tasks: dict[str, int] | None = None) -> None:
     with _db() as db:
-        db.execute("UPDATE jobs SET state = ?, updated = ? WHERE name = ?", (state, time.time(), name))
+        db.execute("UPDATE jobs SET state = ?, tasks = ?, updated = ? WHERE name = ?",
+                   (state, json.dumps(tasks or {}), time.time(), name))
 
 
 def get_job(name: str) -> JobRecord:

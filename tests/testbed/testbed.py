@@ -1,0 +1,1074 @@
+"""A real single-host HPC test cluster: sshd + munge + MariaDB + slurmdbd + slurmctld + slurmd.
+
+`up()` builds (or re-uses) everything and returns a `Testbed`; `down()` stops exactly the daemons
+`up()` started, by the pids recorded in `<base>/state.json`; `status()` reports them.
+
+Everything runs as root, without systemd. The library is importable both as
+`from tests.testbed import testbed` and as plain `import testbed` (only stdlib at import time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER_SRC = REPO_ROOT / "braas_hpc" / "bpy_blender.py"
+
+BPY_VERSION = "4.5.4"
+SYSTEM_PYTHON = "/usr/bin/python3.11"
+APT_PACKAGES = ("openssh-server", "munge", "slurm-wlm", "slurmdbd", "mariadb-server", "python3.11")
+
+CLUSTER_NAME = "braastb"
+ACCOUNT = "braas"
+MYSQL_PORT = 3307
+SLURMDBD_PORT = 6819
+SLURMCTLD_PORT = 6817
+SLURMD_PORT = 6818
+
+# Start order; down() walks it backwards.
+DAEMONS = ("munged", "sshd", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+class TestbedError(RuntimeError):
+    """A step of the testbed failed; the message names the daemon/step and shows its log."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """What a test needs to reach the cluster."""
+
+    __test__ = False
+
+    ssh_host: str
+    ssh_port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    workdir: str
+    slurm_conf: Path
+    base_dir: Path
+    preset_file: Path
+    blender: Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """All paths and settings, resolved once from the environment."""
+
+    base: Path
+    user: str
+    ssh_port: int
+
+    @classmethod
+    def from_env(cls) -> Layout:
+        base = Path(os.environ.get("BRAAS_TESTBED_DIR", "/var/tmp/braas-testbed"))
+        return cls(
+            base=base.resolve(),
+            user=os.environ.get("BRAAS_TESTBED_USER", "braastb"),
+            ssh_port=int(os.environ.get("BRAAS_TESTBED_SSH_PORT", "2222")),
+        )
+
+    @property
+    def home(self) -> Path:
+        return Path("/home") / self.user
+
+    @property
+    def workdir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def bin(self) -> Path:
+        return self.base / "bin"
+
+    @property
+    def bpy_site(self) -> Path:
+        return self.base / "bpy-site"
+
+    @property
+    def client(self) -> Path:
+        return self.base / "client"
+
+    @property
+    def key_file(self) -> Path:
+        return self.client / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.client / "known_hosts"
+
+    @property
+    def sshd(self) -> Path:
+        return self.base / "sshd"
+
+    @property
+    def mysql(self) -> Path:
+        return self.base / "mysql"
+
+    @property
+    def mysql_socket(self) -> Path:
+        return self.mysql / "run" / "mysqld.sock"
+
+    @property
+    def slurm(self) -> Path:
+        return self.base / "slurm"
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.slurm / "slurm.conf"
+
+    @property
+    def state_file(self) -> Path:
+        return self.base / "state.json"
+
+    @property
+    def db_password_file(self) -> Path:
+        return self.base / "db-password"
+
+    @property
+    def session_path(self) -> str:
+        return f"{self.bin}:/usr/local/bin:/usr/bin:/bin"
+
+    def log(self, daemon: str) -> Path:
+        return {
+            "munged": Path("/var/log/munge/munged.log"),
+            "sshd": self.sshd / "sshd.log",
+            "mariadbd": self.mysql / "error.log",
+            "slurmdbd": self.slurm / "slurmdbd.log",
+            "slurmctld": self.slurm / "slurmctld.log",
+            "slurmd": self.slurm / "slurmd.log",
+        }[daemon]
+
+    def pid_file(self, daemon: str) -> Path:
+        return {
+            "munged": Path("/run/munge/munged.pid"),
+            "sshd": self.sshd / "sshd.pid",
+            "mariadbd": self.mysql / "run" / "mariadbd.pid",
+            "slurmdbd": self.slurm / "slurmdbd.pid",
+            "slurmctld": self.slurm / "slurmctld.pid",
+            "slurmd": self.slurm / "slurmd.pid",
+        }[daemon]
+
+    def console(self, daemon: str) -> Path:
+        """stdout/stderr of a daemon we spawned (errors printed before its log file is open)."""
+        return self.log(daemon).with_name(f"{daemon}.console.log")
+
+    def slurm_env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _say(msg: str) -> None:
+    print(f"[testbed] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(
+    cmd: list[str],
+    *,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired as exc:
+        raise TestbedError(f"command timed out after {timeout:.0f}s: {' '.join(cmd)}") from exc
+    if check and proc.returncode != 0:
+        raise TestbedError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    return "\n".join(text[-lines:]) or f"({path} is empty)"
+
+
+def _daemon_error(layout: Layout, daemon: str, what: str) -> TestbedError:
+    parts = [f"{daemon}: {what}", f"--- last lines of {layout.log(daemon)} ---", _tail(layout.log(daemon))]
+    console = layout.console(daemon)
+    if console.exists() and console.stat().st_size:
+        parts += [f"--- last lines of {console} ---", _tail(console)]
+    return TestbedError("\n".join(parts))
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    """Poll `predicate` until it returns true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write only when the content changed, so a second `up` touches nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    os.chmod(path, mode)
+
+
+def _chown(path: Path, user: str, group: str | None = None) -> None:
+    shutil.chown(path, user, group or user)
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+def _proc_comm(pid: int) -> str | None:
+    """The program name of a live process, None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        _reap(pid)
+        return None
+    return comm
+
+
+# Daemons spawned by this process. Keeping the Popen objects means they are never garbage
+# collected while running (which warns, and pytest may turn warnings into errors) and lets us reap
+# them when a test process calls up() and down() itself.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+
+
+def _is_running(pid: int | None, daemon: str) -> bool:
+    # /proc/PID/comm is truncated to 15 chars; all our daemon names are shorter.
+    return bool(pid) and _proc_comm(pid) == daemon[:15]
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _spawn(layout: Layout, daemon: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Start a daemon in the foreground mode of its own session, so its pid is exactly ours."""
+    console = layout.console(daemon)
+    console.parent.mkdir(parents=True, exist_ok=True)
+    with open(console, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
+def _stop_pid(pid: int, daemon: str, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, wait, then SIGKILL; returns when the process is gone (or only a zombie)."""
+    if not _is_running(pid, daemon):
+        return
+    os.kill(pid, signal.SIGTERM)
+    if _wait_for(lambda: not _is_running(pid, daemon), timeout, 0.1):
+        return
+    _say(f"{daemon} (pid {pid}) ignored SIGTERM for {timeout:.0f}s, sending SIGKILL")
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if not _wait_for(lambda: not _is_running(pid, daemon), 10.0, 0.1):
+        raise TestbedError(f"{daemon}: pid {pid} survived SIGKILL")
+
+
+# --------------------------------------------------------------------------------------------
+# state.json: which daemons this testbed started
+
+
+def _load_state(layout: Layout) -> dict[str, dict]:
+    try:
+        return json.loads(layout.state_file.read_text()).get("daemons", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(layout: Layout, daemons: dict[str, dict]) -> None:
+    tmp = layout.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"daemons": daemons}, indent=2) + "\n")
+    tmp.replace(layout.state_file)
+
+
+def _record(layout: Layout, daemon: str, pid: int, owned: bool = True) -> None:
+    state = _load_state(layout)
+    state[daemon] = {"pid": pid, "log": str(layout.log(daemon)), "owned": owned}
+    _save_state(layout, state)
+
+
+def _recorded_running(layout: Layout, daemon: str) -> int | None:
+    """The pid of a daemon from a previous `up` that is still that program, else None."""
+    entry = _load_state(layout).get(daemon)
+    if entry and _is_running(entry.get("pid"), daemon):
+        return int(entry["pid"])
+    return None
+
+
+def _require_free_port(layout: Layout, daemon: str, port: int) -> None:
+    if _port_open(port):
+        raise TestbedError(
+            f"{daemon}: port 127.0.0.1:{port} is already taken by a process this testbed did not "
+            f"start (see `ss -ltnp`); stop it or run `testbed down` first"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# packages, user, files
+
+
+def _missing_packages() -> list[str]:
+    missing = []
+    for pkg in APT_PACKAGES:
+        proc = _run(["dpkg-query", "-W", "-f=${Status}", pkg], check=False)
+        if proc.returncode != 0 or "install ok installed" not in proc.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def install_packages() -> None:
+    missing = _missing_packages()
+    if not missing:
+        return
+    _say(f"installing Debian packages: {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update"], env=env, timeout=600)
+    _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env, timeout=1800)
+
+
+def ensure_user(layout: Layout) -> None:
+    try:
+        pwd.getpwnam(layout.user)
+    except KeyError:
+        _say(f"creating user {layout.user}")
+        _run(["useradd", "--create-home", "--home-dir", str(layout.home), "--shell", "/bin/bash", layout.user])
+    # useradd leaves the account locked ("!"), and sshd then refuses even key logins.
+    if _shadow_hash(layout.user) != "*":
+        _run(["usermod", "-p", "*", layout.user])
+    if not layout.home.exists():  # after `down --purge`, which removes the home only
+        shutil.copytree("/etc/skel", layout.home)
+        _run(["chown", "-R", f"{layout.user}:{layout.user}", str(layout.home)])
+    os.chmod(layout.home, 0o755)
+    layout.workdir.mkdir(exist_ok=True)
+    _chown(layout.workdir, layout.user)
+
+
+def _shadow_hash(user: str) -> str | None:
+    for line in Path("/etc/shadow").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return fields[1]
+    return None
+
+
+def ensure_base(layout: Layout) -> None:
+    for d in (layout.base, layout.bin, layout.client, layout.sshd, layout.slurm):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+    os.chmod(layout.client, 0o700)  # the private key lives here
+
+
+def ensure_keys(layout: Layout) -> None:
+    if not layout.key_file.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "braas-testbed-client", "-f", str(layout.key_file)])
+    host_key = layout.sshd / "ssh_host_ed25519_key"
+    if not host_key.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "braas-testbed-host", "-f", str(host_key)])
+    os.chmod(layout.key_file, 0o600)
+    os.chmod(host_key, 0o600)
+
+    # Pin exactly our host key for [127.0.0.1]:PORT (plain, readable format).
+    host_pub = host_key.with_suffix(".pub").read_text().split()
+    _write(layout.known_hosts, f"[127.0.0.1]:{layout.ssh_port} {host_pub[0]} {host_pub[1]}\n")
+
+    ssh_dir = layout.home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    auth = ssh_dir / "authorized_keys"
+    client_pub = layout.key_file.with_suffix(".pub").read_text().strip()
+    existing = auth.read_text().splitlines() if auth.exists() else []
+    if client_pub not in existing:
+        _write(auth, "\n".join([*existing, client_pub]) + "\n", 0o600)
+    for path in (ssh_dir, auth):
+        _chown(path, layout.user)
+    os.chmod(ssh_dir, 0o700)
+    os.chmod(auth, 0o600)
+
+
+PROFILE_BEGIN = "# >>> braas-testbed >>>"
+PROFILE_END = "# <<< braas-testbed <<<"
+
+
+def ensure_login_profile(layout: Layout) -> None:
+    """Session environment for *login* shells.
+
+    The primary mechanism is sshd's `SetEnv` (see _sshd_config), which sets PATH and SLURM_CONF
+    for every ssh session, checked by `_verify_ssh`. But a login shell (`bash -l -c ...`, or a
+    job script starting with `#!/bin/bash -l`) runs /etc/profile, which on Debian resets PATH.
+    ~/.profile runs after it, so the same two variables are set again there.
+    """
+    profile = layout.home / ".profile"
+    text = profile.read_text() if profile.exists() else ""
+    if PROFILE_BEGIN in text:
+        text = text[: text.index(PROFILE_BEGIN)].rstrip("\n") + "\n"
+    block = (
+        f"{PROFILE_BEGIN}\nexport PATH={layout.session_path}\nexport SLURM_CONF={layout.slurm_conf}\n{PROFILE_END}\n"
+    )
+    _write(profile, text + block)
+    _chown(profile, layout.user)
+
+
+# --------------------------------------------------------------------------------------------
+# blender on the cluster: bpy wheel + the project's launcher
+
+
+def ensure_bpy(layout: Layout) -> None:
+    marker = layout.bpy_site / f".braas-testbed-bpy-{BPY_VERSION}"
+    if marker.exists():
+        return
+    _say(f"installing bpy=={BPY_VERSION} into {layout.bpy_site} (large download the first time)")
+    if layout.bpy_site.exists():
+        shutil.rmtree(layout.bpy_site)  # a half-finished earlier attempt
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--target",
+        str(layout.bpy_site),
+        f"bpy=={BPY_VERSION}",
+    ]
+    if sys.version_info[:2] != (3, 11):
+        # The site dir is run by Debian's python3.11, so pick cp311 wheels whatever runs us.
+        pip += ["--python-version", "3.11", "--only-binary=:all:"]
+    # umask 022 so that the cluster user can read what root's pip writes.
+    _run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *pip], timeout=1800)
+    marker.touch()
+    os.chmod(layout.bpy_site, 0o755)
+
+
+def ensure_blender(layout: Layout) -> Path:
+    launcher = layout.bin / "bpy_blender.py"
+    if LAUNCHER_SRC.exists():
+        _write(launcher, LAUNCHER_SRC.read_text())
+    wrapper = layout.bin / "blender"
+    _write(
+        wrapper,
+        "#!/bin/sh\n"
+        "# braas-hpc testbed: Blender = the bpy wheel run by the project's standalone launcher.\n"
+        f'PYTHONPATH="{layout.bpy_site}${{PYTHONPATH:+:$PYTHONPATH}}"\n'
+        "export PYTHONPATH\n"
+        f'exec {SYSTEM_PYTHON} "{launcher}" "$@"\n',
+        0o755,
+    )
+    return wrapper
+
+
+def check_blender(layout: Layout) -> None:
+    launcher = layout.bin / "bpy_blender.py"
+    if launcher.exists():
+        cmd = [str(layout.bin / "blender"), "--version"]
+    else:
+        _say(f"{LAUNCHER_SRC} does not exist yet; only checking that bpy imports")
+        cmd = ["env", f"PYTHONPATH={layout.bpy_site}", SYSTEM_PYTHON, "-c", "import bpy"]
+    proc = _run(["runuser", "-u", layout.user, "--", *cmd], check=False, timeout=120)
+    if proc.returncode != 0:
+        raise TestbedError(
+            f"blender: `{' '.join(cmd)}` as {layout.user} failed ({proc.returncode}):\n"
+            + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# munge
+
+
+def _munge_answers() -> bool:
+    proc = subprocess.run("munge -n | unmunge", shell=True, capture_output=True, timeout=15)
+    return proc.returncode == 0
+
+
+def start_munged(layout: Layout) -> None:
+    key = Path("/etc/munge/munge.key")
+    if not key.exists():
+        _run(["mungekey", "--create", f"--keyfile={key}"])
+        _chown(key, "munge")
+        os.chmod(key, 0o600)
+    run_dir = Path("/run/munge")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _chown(run_dir, "munge")
+    os.chmod(run_dir, 0o755)
+
+    if pid := _recorded_running(layout, "munged"):
+        return
+    if _munge_answers():
+        # Someone else's munged (e.g. the distribution's): use it, never stop it.
+        pid = _read_pid(layout.pid_file("munged")) or 0
+        _record(layout, "munged", pid, owned=False)
+        return
+    # munged daemonizes itself; its pid file is the only reliable pid.
+    layout.pid_file("munged").unlink(missing_ok=True)
+    _run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=False, timeout=30)
+    if not _wait_for(_munge_answers, START_TIMEOUT, 0.25):
+        raise _daemon_error(layout, "munged", "did not answer `munge -n | unmunge` in time")
+    pid = _read_pid(layout.pid_file("munged"))
+    if not _is_running(pid, "munged"):
+        raise _daemon_error(layout, "munged", "answers but its pid file names no munged")
+    _record(layout, "munged", pid)
+
+
+# --------------------------------------------------------------------------------------------
+# sshd
+
+
+def _sshd_config(layout: Layout) -> str:
+    # PATH/SLURM_CONF for sessions: sshd's SetEnv is applied after sshd's own default PATH, so
+    # it wins (verified by _verify_ssh over a real connection). ~/.profile repeats it for login
+    # shells, see ensure_login_profile.
+    return f"""\
+# braas-hpc testbed sshd, generated by tests/testbed/testbed.py
+ListenAddress 127.0.0.1
+Port {layout.ssh_port}
+HostKey {layout.sshd / "ssh_host_ed25519_key"}
+PidFile {layout.pid_file("sshd")}
+LogLevel VERBOSE
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+PermitRootLogin no
+AllowUsers {layout.user}
+AllowTcpForwarding yes
+X11Forwarding no
+PrintMotd no
+UsePAM no
+Subsystem sftp internal-sftp
+# Tests open many connections at once; the default (10:30:100) drops some at random.
+MaxStartups 100:30:200
+MaxSessions 100
+SetEnv SLURM_CONF={layout.slurm_conf} PATH={layout.session_path}
+"""
+
+
+def start_sshd(layout: Layout) -> None:
+    config = layout.sshd / "sshd_config"
+    _write(config, _sshd_config(layout))
+    Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # privilege separation dir
+    _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
+    if _recorded_running(layout, "sshd"):
+        return
+    _require_free_port(layout, "sshd", layout.ssh_port)
+    pid = _spawn(layout, "sshd", ["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(layout.log("sshd"))])
+    _record(layout, "sshd", pid)
+    if not _wait_for(lambda: _ssh_banner(layout.ssh_port), START_TIMEOUT):
+        raise _daemon_error(layout, "sshd", f"no SSH banner on 127.0.0.1:{layout.ssh_port}")
+
+
+def _ssh_banner(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.settimeout(2)
+            return sock.recv(64).startswith(b"SSH-2.0")
+    except OSError:
+        return False
+
+
+def ssh_command(layout: Layout, remote: str) -> list[str]:
+    """An OpenSSH command line that trusts exactly the pinned host key."""
+    return [
+        "ssh",
+        "-i",
+        str(layout.key_file),
+        "-p",
+        str(layout.ssh_port),
+        "-o",
+        f"UserKnownHostsFile={layout.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-F",
+        "/dev/null",
+        f"{layout.user}@127.0.0.1",
+        remote,
+    ]
+
+
+def _verify_ssh(layout: Layout) -> None:
+    remote = 'echo "$PATH"; command -v blender sbatch; echo "$SLURM_CONF"'
+    proc = _run(ssh_command(layout, remote), check=False, timeout=60)
+    want = [layout.session_path, str(layout.bin / "blender"), "/usr/bin/sbatch", str(layout.slurm_conf)]
+    if proc.returncode != 0 or proc.stdout.split() != want:
+        raise _daemon_error(
+            layout,
+            "sshd",
+            f"session environment check failed (rc={proc.returncode}); expected {want}, got:\n"
+            f"{proc.stdout}{proc.stderr}",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# MariaDB
+
+
+def _mysql(layout: Layout, sql: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # Root logs in over the socket with unix_socket authentication: no root password exists.
+    return _run(
+        ["mariadb", "--no-defaults", f"--socket={layout.mysql_socket}", "-u", "root", "--batch", "-e", sql],
+        check=check,
+        timeout=30,
+    )
+
+
+def _db_password(layout: Layout) -> str:
+    path = layout.db_password_file
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
+    os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+def start_mariadb(layout: Layout) -> None:
+    data = layout.mysql / "data"
+    run_dir = layout.mysql_socket.parent
+    for d in (layout.mysql, data, run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        _chown(d, "mysql")
+    os.chmod(layout.mysql, 0o750)
+    if not (data / "mysql").exists():
+        _say("initialising the MariaDB data directory")
+        _run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                "--user=mysql",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            timeout=300,
+        )
+    if not _recorded_running(layout, "mariadbd"):
+        _require_free_port(layout, "mariadbd", MYSQL_PORT)
+        layout.mysql_socket.unlink(missing_ok=True)
+        # --no-defaults: ignore /etc/mysql/*, so the distribution's settings cannot interfere.
+        pid = _spawn(
+            layout,
+            "mariadbd",
+            [
+                "/usr/sbin/mariadbd",
+                "--no-defaults",
+                "--user=mysql",
+                f"--datadir={data}",
+                f"--socket={layout.mysql_socket}",
+                "--bind-address=127.0.0.1",
+                f"--port={MYSQL_PORT}",
+                f"--pid-file={layout.pid_file('mariadbd')}",
+                f"--log-error={layout.log('mariadbd')}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=64M",
+            ],
+        )
+        _record(layout, "mariadbd", pid)
+    ok = _wait_for(lambda: _mysql(layout, "SELECT 1", check=False).returncode == 0, START_TIMEOUT, 0.5)
+    if not ok:
+        raise _daemon_error(layout, "mariadbd", f"did not answer on {layout.mysql_socket}")
+    pw = _db_password(layout)
+    grants = "".join(
+        f"CREATE USER IF NOT EXISTS 'slurm'@'{host}' IDENTIFIED BY '{pw}';"
+        f"ALTER USER 'slurm'@'{host}' IDENTIFIED BY '{pw}';"
+        f"GRANT ALL ON slurm_acct_db.* TO 'slurm'@'{host}';"
+        for host in ("127.0.0.1", "localhost")
+    )
+    _mysql(layout, f"CREATE DATABASE IF NOT EXISTS slurm_acct_db;{grants}FLUSH PRIVILEGES;")
+
+
+# --------------------------------------------------------------------------------------------
+# Slurm
+
+
+def _slurm_conf(layout: Layout) -> str:
+    s = layout.slurm
+    return f"""\
+# braas-hpc testbed, generated by tests/testbed/testbed.py
+ClusterName={CLUSTER_NAME}
+SlurmctldHost=localhost
+SlurmctldPort={SLURMCTLD_PORT}
+SlurmdPort={SLURMD_PORT}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={s / "state"}
+SlurmdSpoolDir={s / "spool"}
+SlurmctldPidFile={layout.pid_file("slurmctld")}
+SlurmdPidFile={layout.pid_file("slurmd")}
+SlurmctldLogFile={layout.log("slurmctld")}
+SlurmdLogFile={layout.log("slurmd")}
+# No cgroups without systemd: track processes through /proc.
+ProctrackType=proctrack/linuxproc
+MpiDefault=none
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/linux
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort={SLURMDBD_PORT}
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MaxArraySize=10001
+MinJobAge=300
+NodeName=localhost CPUs={_node_cpus()} RealMemory={_node_memory_mb()} State=UNKNOWN
+PartitionName=qcpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=qgpu Nodes=localhost Default=NO MaxTime=INFINITE State=UP
+"""
+
+
+def _node_cpus() -> int:
+    # Claiming more CPUs than the host has would leave the node drained ("low CPU count").
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _node_memory_mb() -> int:
+    # Claiming more memory than the host has would drain the node, too.
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return max(256, min(4000, int(line.split()[1]) // 1024 - 256))
+    return 1000
+
+
+def _slurmdbd_conf(layout: Layout) -> str:
+    return f"""\
+# braas-hpc testbed, generated by tests/testbed/testbed.py
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort={SLURMDBD_PORT}
+SlurmUser=root
+PidFile={layout.pid_file("slurmdbd")}
+LogFile={layout.log("slurmdbd")}
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={MYSQL_PORT}
+StorageUser=slurm
+StoragePass={_db_password(layout)}
+StorageLoc=slurm_acct_db
+"""
+
+
+def write_slurm_configs(layout: Layout) -> None:
+    for d in ("state", "spool"):
+        (layout.slurm / d).mkdir(parents=True, exist_ok=True)
+    _write(layout.slurm_conf, _slurm_conf(layout))
+    # slurmdbd insists on mode 600 and ownership by SlurmUser; it has the DB password.
+    _write(layout.slurm / "slurmdbd.conf", _slurmdbd_conf(layout), 0o600)
+
+
+def _slurm_cmd(layout: Layout, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return _run(list(args), check=False, env=layout.slurm_env(), timeout=timeout)
+
+
+def _dbd_answers(layout: Layout) -> bool:
+    return _slurm_cmd(layout, "sacctmgr", "-n", "-P", "show", "cluster").returncode == 0
+
+
+def start_slurmdbd(layout: Layout) -> None:
+    if not _recorded_running(layout, "slurmdbd"):
+        _require_free_port(layout, "slurmdbd", SLURMDBD_PORT)
+        pid = _spawn(layout, "slurmdbd", ["/usr/sbin/slurmdbd", "-D"], env=layout.slurm_env())
+        _record(layout, "slurmdbd", pid)
+    ok = _wait_for(lambda: _port_open(SLURMDBD_PORT) and _dbd_answers(layout), START_TIMEOUT, 0.5)
+    if not ok:
+        raise _daemon_error(layout, "slurmdbd", "sacctmgr got no answer in time")
+
+
+def _sacctmgr_list(layout: Layout, *query: str) -> list[str]:
+    proc = _slurm_cmd(layout, "sacctmgr", "-n", "-P", "show", *query)
+    if proc.returncode != 0:
+        raise TestbedError(f"sacctmgr show {' '.join(query)} failed:\n{proc.stdout}{proc.stderr}")
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _sacctmgr_add(layout: Layout, *what: str) -> None:
+    proc = _slurm_cmd(layout, "sacctmgr", "-i", "add", *what)
+    if proc.returncode != 0 and "Nothing new added" not in proc.stdout + proc.stderr:
+        raise TestbedError(f"sacctmgr add {' '.join(what)} failed:\n{proc.stdout}{proc.stderr}")
+
+
+def ensure_accounts(layout: Layout) -> None:
+    if not _sacctmgr_list(layout, "cluster", CLUSTER_NAME, "format=cluster"):
+        _sacctmgr_add(layout, "cluster", CLUSTER_NAME)
+    if not _sacctmgr_list(layout, "account", ACCOUNT, "format=account"):
+        _sacctmgr_add(
+            layout, "account", ACCOUNT, f"cluster={CLUSTER_NAME}", "description=braas-hpc testbed", "organization=braas"
+        )
+    for user in (layout.user, "root"):
+        assoc = _sacctmgr_list(
+            layout, "assoc", "where", f"user={user}", f"account={ACCOUNT}", f"cluster={CLUSTER_NAME}", "format=user"
+        )
+        if not assoc:
+            _sacctmgr_add(layout, "user", user, f"account={ACCOUNT}", f"cluster={CLUSTER_NAME}")
+
+
+def start_slurmctld(layout: Layout) -> None:
+    if not _recorded_running(layout, "slurmctld"):
+        _require_free_port(layout, "slurmctld", SLURMCTLD_PORT)
+        pid = _spawn(layout, "slurmctld", ["/usr/sbin/slurmctld", "-D"], env=layout.slurm_env())
+        _record(layout, "slurmctld", pid)
+    ok = _wait_for(lambda: "is UP" in _slurm_cmd(layout, "scontrol", "ping").stdout, START_TIMEOUT, 0.5)
+    if not ok:
+        raise _daemon_error(layout, "slurmctld", "`scontrol ping` did not report UP in time")
+
+
+def _node_state(layout: Layout) -> str:
+    proc = _slurm_cmd(layout, "sinfo", "-h", "-N", "-n", "localhost", "-o", "%T")
+    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
+
+
+def start_slurmd(layout: Layout) -> None:
+    if not _recorded_running(layout, "slurmd"):
+        _require_free_port(layout, "slurmd", SLURMD_PORT)
+        # -N: the host name of the machine is not "localhost".
+        pid = _spawn(layout, "slurmd", ["/usr/sbin/slurmd", "-D", "-N", "localhost"], env=layout.slurm_env())
+        _record(layout, "slurmd", pid)
+    # "mixed"/"allocated" when jobs from an earlier up are still running is fine, too.
+    ok = _wait_for(lambda: _node_state(layout) in ("idle", "mixed", "allocated"), START_TIMEOUT, 0.5)
+    if not ok:
+        raise _daemon_error(layout, "slurmd", f"node localhost is not idle (state {_node_state(layout)!r})")
+
+
+def _sacct_answers(layout: Layout) -> bool:
+    proc = _slurm_cmd(layout, "sacct", "-n", "-X", "-a", "-o", "JobID")
+    return proc.returncode == 0 and "disabled" not in proc.stdout + proc.stderr
+
+
+def check_sacct(layout: Layout) -> None:
+    if not _wait_for(lambda: _sacct_answers(layout), 30.0, 0.5):
+        raise _daemon_error(layout, "slurmdbd", "sacct gives no accounting answer")
+
+
+# --------------------------------------------------------------------------------------------
+# the braas-hpc preset
+
+
+def preset_path() -> Path:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from braas_hpc.core import paths
+
+    return paths.config_dir() / "presets" / "testbed.toml"
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string of plain text is a valid TOML basic string
+
+
+def write_preset(layout: Layout) -> Path:
+    path = preset_path()
+    items: list[tuple[str, str]] = [
+        ("name", _toml_str("testbed")),
+        ("title", _toml_str("Test cluster on this machine (tests/testbed)")),
+        ("scheduler", _toml_str("slurm")),
+        ("host", _toml_str("127.0.0.1")),
+        ("port", str(layout.ssh_port)),
+        ("user", _toml_str(layout.user)),
+        ("key_file", _toml_str(str(layout.key_file))),
+        ("known_hosts", _toml_str(str(layout.known_hosts))),
+        ("ssh_backend", _toml_str("asyncssh")),
+        ("workdir", _toml_str(str(layout.workdir))),
+        ("account", _toml_str(ACCOUNT)),
+        ("partition_cpu", _toml_str("qcpu")),
+        ("partition_gpu", _toml_str("qgpu")),
+        ("blender", _toml_str("blender")),
+        ("env", "[]"),
+    ]
+    _write(path, "".join(f"{k} = {v}\n" for k, v in items))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def up() -> Testbed:
+    """Build and start the test cluster; safe to call again (re-uses what runs and exists)."""
+    if os.geteuid() != 0:
+        raise TestbedError("the testbed must be set up as root")
+    layout = Layout.from_env()
+    t0 = time.monotonic()
+    install_packages()
+    ensure_base(layout)
+    ensure_user(layout)
+    ensure_keys(layout)
+    ensure_login_profile(layout)
+    ensure_bpy(layout)
+    blender = ensure_blender(layout)
+    write_slurm_configs(layout)
+
+    start_munged(layout)
+    start_sshd(layout)
+    start_mariadb(layout)
+    start_slurmdbd(layout)
+    ensure_accounts(layout)
+    start_slurmctld(layout)
+    start_slurmd(layout)
+    check_sacct(layout)
+
+    check_blender(layout)
+    _verify_ssh(layout)
+    preset = write_preset(layout)
+    _say(f"up in {time.monotonic() - t0:.1f}s; preset {preset}")
+    return Testbed(
+        ssh_host="127.0.0.1",
+        ssh_port=layout.ssh_port,
+        user=layout.user,
+        key_file=layout.key_file,
+        known_hosts=layout.known_hosts,
+        workdir=str(layout.workdir),
+        slurm_conf=layout.slurm_conf,
+        base_dir=layout.base,
+        preset_file=preset,
+        blender=blender,
+    )
+
+
+def _cancel_jobs(layout: Layout) -> None:
+    """Cancel every job of the testbed cluster, so no slurmstepd outlives slurmd."""
+    if not _is_running(_load_state(layout).get("slurmctld", {}).get("pid"), "slurmctld"):
+        return
+    jobs = _slurm_cmd(layout, "squeue", "-h", "-o", "%i").stdout.split()
+    if not jobs:
+        return
+    _slurm_cmd(layout, "scancel", *jobs)
+    _wait_for(lambda: not _slurm_cmd(layout, "squeue", "-h", "-t", "R,CG", "-o", "%i").stdout.strip(), 20.0, 0.5)
+
+
+def down(purge: bool = False) -> None:
+    """Stop the daemons this testbed started (by recorded pid, newest first) and clean up.
+
+    Kept for a fast next `up`: installed packages, the user account, the key pairs, the MariaDB
+    data and the bpy site dir (and the logs). `purge=True` also removes the base dir and the
+    user's home directory.
+    """
+    layout = Layout.from_env()
+    state = _load_state(layout)
+    if layout.slurm_conf.exists():
+        _cancel_jobs(layout)
+    stopped: list[int] = []
+    for daemon in reversed(DAEMONS):
+        entry = state.get(daemon)
+        if not entry or not entry.get("owned", True):
+            continue
+        _stop_pid(int(entry["pid"]), daemon)
+        stopped.append(int(entry["pid"]))
+        state.pop(daemon)
+        _save_state(layout, state)  # a failure later still leaves an accurate record
+        _remove_runtime_files(layout, daemon)
+    layout.state_file.unlink(missing_ok=True)
+    # Dead daemons are zombies until their parent (init, or a long-lived caller) reaps them; some
+    # container inits reap only every few seconds. Give them a moment so `pgrep` right after
+    # `down` is clean, but a zombie is harmless: never fail on it.
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in stopped), 5.0, 0.2)
+    try:
+        preset_path().unlink(missing_ok=True)
+    except ImportError as exc:  # braas_hpc not importable: nothing could have been written
+        _say(f"cannot locate the preset: {exc}")
+    if purge:
+        shutil.rmtree(layout.base, ignore_errors=True)
+        shutil.rmtree(layout.home, ignore_errors=True)
+
+
+def _remove_runtime_files(layout: Layout, daemon: str) -> None:
+    layout.pid_file(daemon).unlink(missing_ok=True)
+    if daemon == "mariadbd":
+        layout.mysql_socket.unlink(missing_ok=True)
+    if daemon == "munged":
+        for sock in Path("/run/munge").glob("munge.socket*"):
+            sock.unlink(missing_ok=True)
+
+
+def _listening(pid: int) -> list[str]:
+    """TCP/unix listening addresses of a process, from `ss`."""
+    proc = _run(["ss", "-ltxnpH"], check=False, timeout=10)
+    found = []
+    for line in proc.stdout.splitlines():
+        if f"pid={pid}," in line:
+            netid, _state, _recv, _send, local = line.split()[:5]
+            found.append(local if netid == "tcp" else f"unix:{local}")
+    return sorted(set(found))
+
+
+def status() -> int:
+    """Print one line per daemon; 0 when all of them run, 1 otherwise."""
+    layout = Layout.from_env()
+    state = _load_state(layout)
+    all_up = True
+    for daemon in DAEMONS:
+        entry = state.get(daemon, {})
+        pid = entry.get("pid")
+        running = _is_running(pid, daemon)
+        all_up &= running
+        where = ", ".join(_listening(pid)) if running else ""
+        owner = "" if entry.get("owned", True) else " (not started by the testbed)"
+        print(f"{daemon:10} {'running' if running else 'stopped':8} pid={pid or '-':<8} {where}{owner}")
+    return 0 if all_up else 1
+
+
+def state() -> dict:
+    """The recorded daemons, for tests that want to inspect them."""
+    return _load_state(Layout.from_env())
+
+
+__all__ = ["Testbed", "TestbedError", "down", "state", "status", "up"]
