@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .core import VERSION, monitor, service, transfer
 from .core.errors import BraasError
 from .core.presets import all_presets
+from .core.transport import pool
 
 err = Console(stderr=True)
 
@@ -157,10 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        return await args.handler(args)
+    finally:
+        await pool.close_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(args.handler(args))
+        return asyncio.run(_run(args))
     except BraasError as exc:
         err.print(f"[bold red]braas-hpc: error:[/] {exc}", markup=True, highlight=False)
         return exc.exit_code

@@ -41,3 +41,40 @@ class SchedulerError(BraasError):
 
 class JobNotFound(UsageError):
     """No job of that name in the local registry."""
+
+
+class HostKeyError(ConnectionFailed):
+    """The server's host key is not trusted. Carries what the user needs to decide.
+
+    `public_key` is the key as an OpenSSH line ("ssh-ed25519 AAAA..."), `fingerprint` is "SHA256:...".
+    """
+
+    def __init__(self, message: str, host: str, port: int, key_type: str, fingerprint: str, public_key: str,
+                 known_hosts: str) -> None:
+        self.host = host
+        self.port = port
+        self.key_type = key_type
+        self.fingerprint = fingerprint
+        self.public_key = public_key
+        self.known_hosts = known_hosts
+        super().__init__(message)
+
+
+class HostKeyUnknown(HostKeyError):
+    """No key is recorded for this host: show the fingerprint, trust it only on an explicit yes."""
+
+
+class HostKeyChanged(HostKeyError):
+    """A different key is recorded for this host: refused, the user must fix known_hosts by hand."""
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused every credential we offered (key, agent, passphrase, one-time code)."""
+
+
+class TransferError(BraasError):
+    """A file transfer failed or its checksum did not match after resuming."""
+
+
+class ConnectionLost(ConnectionFailed):
+    """An open connection dropped; the next call reconnects, and transfers resume where they stopped."""

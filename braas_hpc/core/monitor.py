@@ -58,7 +58,7 @@ def aggregate(states: list[TaskState], frames_missing: int) -> str:
 
 async def _frames_present(transport: Transport, record: JobRecord) -> set[str]:
     paths = JobPaths(record.remote_root, record.name)
-    return {entry.name for entry in await transport.listdir(paths.out_dir) if entry.size > 0}
+    return {e.name for e in await transport.listdir(paths.out_dir) if e.size > 0 and not e.is_dir}
 
 
 async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> dict[str, list[TaskState]]:
@@ -80,22 +80,22 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> d
 async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:
     preset = load_preset(preset_name)
     results = []
-    async with transport_for(preset) as transport:
-        by_id = await _query(transport, preset.scheduler, records)
-        for record in records:
-            present = await _frames_present(transport, record)
-            missing = missing_frames(record.spec, present)
-            if record.state in TERMINAL or preset.is_local:
-                # Finished jobs are never polled again; local jobs have no queue to ask.
-                state, tasks = record.state, record.tasks
-            else:
-                states = [s for job_id in record.scheduler_ids for s in by_id.get(job_id, [])]
-                state, tasks = aggregate(states, len(missing)), dict(Counter(s.state for s in states))
-                if state in TERMINAL:
-                    registry.set_state(record.name, state, tasks)
-            results.append(JobStatus(
-                record.name, record.preset, state, len(record.spec.frames) - len(missing),
-                len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing)))
+    transport = transport_for(preset)
+    by_id = await _query(transport, preset.scheduler, records)
+    for record in records:
+        present = await _frames_present(transport, record)
+        missing = missing_frames(record.spec, present)
+        if record.state in TERMINAL or preset.is_local:
+            # Finished jobs are never polled again; local jobs have no queue to ask.
+            state, tasks = record.state, record.tasks
+        else:
+            states = [s for job_id in record.scheduler_ids for s in by_id.get(job_id, [])]
+            state, tasks = aggregate(states, len(missing)), dict(Counter(s.state for s in states))
+            if state in TERMINAL:
+                registry.set_state(record.name, state, tasks)
+        results.append(JobStatus(
+            record.name, record.preset, state, len(record.spec.frames) - len(missing),
+            len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing)))
     return results
 
 

@@ -33,6 +33,8 @@ class Preset:
     key_file: str = ""
     known_hosts: str = ""  # empty: the user's ~/.ssh/known_hosts
     ssh_backend: str = "asyncssh"
+    proxy_jump: str = ""  # OpenSSH ProxyJump syntax, e.g. "me@gateway.example.org"
+    ssh_config: str = ""  # empty: ~/.ssh/config when it exists; "none": ignore it
     workdir: str = ""  # empty on `local`: the user's data directory
     account: str = ""
     partition_cpu: str = ""

@@ -126,10 +126,10 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     if preset.is_local:
         raise UsageError("the local preset renders at once: use `braas-hpc render` instead of submit")
     scheduler = scheduler_for(preset.scheduler)
-    async with transport_for(preset) as transport:
-        paths = await prepare_job(spec, preset, transport)
-        done = await transport.run(scheduler.submit_argv(paths.script))
-        job_id = scheduler.parse_submit(done.stdout)
+    transport = transport_for(preset)
+    paths = await prepare_job(spec, preset, transport)
+    done = await transport.run(scheduler.submit_argv(paths.script))
+    job_id = scheduler.parse_submit(done.stdout)
     registry.add_job(spec, paths.root, [job_id], PENDING)
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), (job_id,),
                         paths.job_dir)

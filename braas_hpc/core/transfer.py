@@ -38,16 +38,16 @@ async def download(name: str, dest: Path, progress: Progress | None = None) -> D
     paths = JobPaths(record.remote_root, record.name)
     downloaded = skipped = 0
     ignored: list[str] = []
-    async with transport_for(load_preset(record.preset)) as transport:
-        for entry in sorted(await transport.listdir(paths.out_dir), key=lambda e: e.name):
-            target = _safe_target(dest, entry.name)
-            if target is None:
-                if not entry.name.startswith("."):  # hidden names are frames still being written
-                    ignored.append(entry.name)
-                continue
-            if target.is_file() and target.stat().st_size == entry.size:
-                skipped += 1
-                continue
-            await transport.get(f"{paths.out_dir}/{entry.name}", target, progress)
-            downloaded += 1
+    transport = transport_for(load_preset(record.preset))
+    for entry in sorted(await transport.listdir(paths.out_dir), key=lambda e: e.name):
+        target = None if entry.is_dir else _safe_target(dest, entry.name)
+        if target is None:
+            if not entry.name.startswith("."):  # hidden names are frames still being written
+                ignored.append(entry.name)
+            continue
+        if target.is_file() and target.stat().st_size == entry.size:
+            skipped += 1
+            continue
+        await transport.get(f"{paths.out_dir}/{entry.name}", target, progress)
+        downloaded += 1
     return DownloadResult(name, dest, downloaded, skipped, tuple(ignored))

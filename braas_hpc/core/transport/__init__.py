@@ -1,20 +1,87 @@
-"""Transports: asyncssh now; paramiko and system OpenSSH join behind the same face (issue 3)."""
+"""Transports: asyncssh, paramiko and system OpenSSH behind one face, plus `local`.
+
+`transport_for(preset)` hands out one live transport per (back end, host, user, port, jump chain)
+and event loop, so every operation of a command (or of the add-on's loop) reuses one connection and
+the user answers a passphrase or one-time code once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from ..errors import PresetError
-from ..presets import Preset
-from .base import CommandResult, RemoteEntry, Transport, quote_command
+from ..presets import SSH_BACKENDS, Preset
+from .base import (
+    CommandResult,
+    Forward,
+    NoPrompts,
+    Prompts,
+    RemoteEntry,
+    SSHTarget,
+    StreamLine,
+    Transport,
+    quote_command,
+)
 from .local import LocalTransport
 
-__all__ = ["CommandResult", "RemoteEntry", "Transport", "quote_command", "transport_for"]
+__all__ = ["CommandResult", "Forward", "NoPrompts", "Prompts", "RemoteEntry", "SSHTarget", "StreamLine",
+           "Transport", "TransportPool", "make_transport", "pool", "quote_command", "target_for", "transport_for"]
 
 
-def transport_for(preset: Preset) -> Transport:
-    if preset.is_local:
-        return LocalTransport()
-    if preset.ssh_backend == "asyncssh":
-        from .asyncssh_ import AsyncsshTransport  # imported late: the local preset needs no SSH library
+def target_for(preset: Preset) -> SSHTarget:
+    return SSHTarget(
+        host=preset.host,
+        port=preset.port if preset.port != 22 else None,  # 22 is the default: let ~/.ssh/config say otherwise
+        user=preset.user or None,
+        key_files=(str(Path(preset.key_file).expanduser()),) if preset.key_file else (),
+        known_hosts=preset.known_hosts or None,
+        proxy_jump=preset.proxy_jump or None,
+        ssh_config=preset.ssh_config or None,
+    )
 
-        return AsyncsshTransport(preset)
-    raise PresetError(f"preset {preset.name}: ssh_backend {preset.ssh_backend!r} is not available yet; use asyncssh")
+
+def make_transport(backend: str, target: SSHTarget, prompts: Prompts | None = None) -> Transport:
+    """A new, unshared transport of the named back end (imported late: each needs its own library)."""
+    if backend == "asyncssh":
+        from .asyncssh_ import AsyncsshTransport
+
+        return AsyncsshTransport(target, prompts)
+    if backend == "paramiko":
+        from .paramiko_ import ParamikoTransport
+
+        return ParamikoTransport(target, prompts)
+    if backend == "openssh":
+        from .openssh import OpenSSHTransport
+
+        return OpenSSHTransport(target, prompts)
+    raise PresetError(f"ssh back end {backend!r} is not one of {', '.join(SSH_BACKENDS)}")
+
+
+class TransportPool:
+    def __init__(self) -> None:
+        self.prompts: Prompts = NoPrompts()
+        self._live: dict[tuple[object, ...], Transport] = {}
+
+    def get(self, preset: Preset, backend: str | None = None) -> Transport:
+        if preset.is_local:
+            return LocalTransport()
+        chosen = backend or preset.ssh_backend
+        target = target_for(preset)
+        key = (id(asyncio.get_running_loop()), chosen, *target.key)
+        if key not in self._live:
+            self._live[key] = make_transport(chosen, target, self.prompts)
+        return self._live[key]
+
+    async def close_all(self) -> None:
+        """Close the transports of the running loop (the CLI calls this when a command ends)."""
+        loop_id = id(asyncio.get_running_loop())
+        for key in [k for k in self._live if k[0] == loop_id]:
+            await self._live.pop(key).close()
+
+
+pool = TransportPool()
+
+
+def transport_for(preset: Preset, backend: str | None = None) -> Transport:
+    return pool.get(preset, backend)

@@ -1,71 +1,186 @@
-"""The asyncssh back end: one connection, commands over channels, files over SFTP.
+"""The asyncssh back end: one connection, commands on channels, files over SFTP, native forwards.
 
-Host keys are always verified against known_hosts (the preset's file, else ~/.ssh/known_hosts).
+Host keys are always checked against known_hosts; when the check fails we fetch the key once more
+to tell the user its type and fingerprint (unknown) or to refuse it loudly (changed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import posixpath
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from ..errors import ConnectionFailed
-from ..presets import Preset
-from .base import CommandResult, Progress, RemoteEntry, Transport, quote_command
+from ..errors import AuthenticationFailed, ConnectionFailed, ConnectionLost
+from .base import (
+    Forward,
+    NoPrompts,
+    Progress,
+    Prompts,
+    RemoteEntry,
+    SSHTarget,
+    StreamHandle,
+    StreamLine,
+    Transport,
+)
+from .hostkeys import check_host_key, known_hosts_path
+from .sshconfig import Hop, resolve
 
-CONNECT_TIMEOUT_S = 30
-KEEPALIVE_S = 30
-
-
-def _connect_options(preset: Preset) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "port": preset.port,
-        "connect_timeout": CONNECT_TIMEOUT_S,
-        "keepalive_interval": KEEPALIVE_S,
-    }
-    if preset.user:
-        options["username"] = preset.user
-    if preset.key_file:
-        options["client_keys"] = [str(Path(preset.key_file).expanduser())]
-    if preset.known_hosts:
-        # Left out, asyncssh reads ~/.ssh/known_hosts; either way an unknown host is refused.
-        options["known_hosts"] = str(Path(preset.known_hosts).expanduser())
-    return options
+COPY_BLOCK = 64 * 1024  # under OpenSSH sftp-server's 256 KiB message limit
+SFTP_PARALLEL = 32  # outstanding SFTP requests: what keeps throughput up on high-latency links
+PASSPHRASE_TRIES = 3
+_LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.SFTPConnectionLost, BrokenPipeError,
+         ConnectionResetError)
 
 
-def _explain(preset: Preset, exc: BaseException) -> ConnectionFailed:
-    where = f"{preset.user + '@' if preset.user else ''}{preset.host}:{preset.port} (preset {preset.name})"
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        known = preset.known_hosts or "~/.ssh/known_hosts"
-        return ConnectionFailed(f"the host key of {where} is not trusted: it is not in {known} or does not match it")
-    if isinstance(exc, asyncssh.PermissionDenied):
-        key = preset.key_file or "your ssh-agent and default keys"
-        return ConnectionFailed(f"{where} refused the login with {key}: {exc.reason}")
-    if isinstance(exc, TimeoutError):
-        return ConnectionFailed(f"no answer from {where} within {CONNECT_TIMEOUT_S} s")
-    return ConnectionFailed(f"cannot connect to {where}: {exc}")
+class _Client(asyncssh.SSHClient):
+    """Sends keyboard-interactive prompts (MFA codes) to the user's callback, once per connection."""
+
+    def __init__(self, prompts: Prompts) -> None:
+        self._prompts = prompts
+
+    def kbdint_auth_requested(self) -> str:
+        return ""  # let the server choose its sub-methods
+
+    async def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: list[tuple[str, bool]]
+    ) -> list[str] | None:
+        if not prompts:
+            return []  # servers send an empty round after the code: answer it without asking
+        return await asyncio.to_thread(self._prompts.kbdint, name, instructions, list(prompts))
+
+
+def _load_key(path: str, prompts: Prompts) -> list[asyncssh.SSHKeyPair]:
+    """Key pairs of one file (with its -cert.pub); asks for the passphrase when the key is encrypted."""
+    try:
+        return asyncssh.load_keypairs([path])
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" not in str(exc).lower():
+            raise ConnectionFailed(f"cannot read the key {path}: {exc}") from exc
+    for _ in range(PASSPHRASE_TRIES):
+        passphrase = prompts.passphrase(path)
+        if passphrase is None:
+            break
+        try:
+            return asyncssh.load_keypairs([path], passphrase=passphrase)
+        except (asyncssh.KeyEncryptionError, asyncssh.KeyImportError):
+            continue
+    raise AuthenticationFailed(f"the key {path} is encrypted and no correct passphrase was given")
+
+
+class AsyncsshForward(Forward):
+    def __init__(self, listener: asyncssh.SSHListener, remote_host: str, remote_port: int) -> None:
+        self._listener = listener
+        self.local_port = listener.get_port()
+        self.remote_host = remote_host
+        self.remote_port = remote_port
+
+    async def close(self) -> None:
+        self._listener.close()
+        await self._listener.wait_closed()
 
 
 class AsyncsshTransport(Transport):
-    def __init__(self, preset: Preset) -> None:
-        self.preset = preset
-        self._conn: asyncssh.SSHClientConnection | None = None
+    name = "asyncssh"
+
+    def __init__(self, target: SSHTarget, prompts: Prompts | None = None) -> None:
+        self.target = target
+        self.prompts = prompts or NoPrompts()
+        self._conns: list[asyncssh.SSHClientConnection] = []  # jump hosts first, the target last
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
+        self._keys: dict[str, list[asyncssh.SSHKeyPair]] = {}
+
+    # ---- connection ---------------------------------------------------------------------------
+
+    @property
+    def _conn(self) -> asyncssh.SSHClientConnection | None:
+        return self._conns[-1] if self._conns else None
+
+    def _alive(self) -> bool:
+        return bool(self._conns) and not any(c.is_closed() for c in self._conns)
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._alive():
+                return
+            await self._drop()
+            tunnel: asyncssh.SSHClientConnection | None = None
+            for hop in await asyncio.to_thread(resolve, self.target):
+                tunnel = await self._connect_hop(hop, tunnel)
+                self._conns.append(tunnel)
+
+    async def _connect_hop(self, hop: Hop, tunnel: asyncssh.SSHClientConnection | None
+                           ) -> asyncssh.SSHClientConnection:
+        options = await self._options(hop)
+        if tunnel is not None:
+            options["tunnel"] = tunnel
+        try:
+            return await asyncssh.connect(hop.hostname, hop.port, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            await self._explain_host_key(hop, tunnel)
+            raise ConnectionFailed(f"the host key of {hop.hostname}:{hop.port} was not accepted: {exc}") from exc
+        except asyncssh.PermissionDenied as exc:
+            raise AuthenticationFailed(
+                f"{hop.user}@{hop.hostname}:{hop.port} refused the login ({exc.reason}); offered: "
+                f"{', '.join(hop.key_files or self.target.key_files) or 'ssh-agent and default keys'}") from exc
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise ConnectionFailed(f"cannot connect to {hop.user}@{hop.hostname}:{hop.port}: "
+                                   f"{exc or type(exc).__name__}") from exc
+
+    async def _options(self, hop: Hop) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "username": hop.user,
+            "known_hosts": str(known_hosts_path(self.target.known_hosts)),
+            "config": None,  # already resolved by sshconfig.resolve, the same way as for paramiko
+            "connect_timeout": self.target.connect_timeout,
+            "keepalive_interval": self.target.keepalive_s,
+            "keepalive_count_max": 3,
+            "client_factory": lambda: _Client(self.prompts),
+        }
+        key_files = hop.key_files or tuple(str(Path(k).expanduser()) for k in self.target.key_files)
+        if key_files:
+            options["client_keys"] = [pair for path in key_files for pair in await self._key(path)]
+        if not self.target.use_agent:
+            options["agent_path"] = None
+        return options
+
+    async def _key(self, path: str) -> list[asyncssh.SSHKeyPair]:
+        # Decrypted once per transport: the passphrase is asked once, kept in memory only.
+        if path not in self._keys:
+            self._keys[path] = await asyncio.to_thread(_load_key, path, self.prompts)
+        return self._keys[path]
+
+    async def _explain_host_key(self, hop: Hop, tunnel: asyncssh.SSHClientConnection | None) -> None:
+        """Fetch the key the server offers and raise HostKeyUnknown/HostKeyChanged with its fingerprint."""
+        try:
+            key = await asyncssh.get_server_host_key(
+                hop.hostname, hop.port, tunnel=tunnel if tunnel is not None else (), config=None,
+                connect_timeout=self.target.connect_timeout)
+        except (OSError, asyncssh.Error, TimeoutError):
+            return
+        if key is not None:
+            check_host_key(self.target.known_hosts, hop.hostname, hop.port, key.get_algorithm(), key.public_data)
+
+    async def _drop(self) -> None:
+        for conn in reversed(self._conns):
+            conn.close()
+        self._conns = []
+        self._sftp = None
+
+    async def close(self) -> None:
+        async with self._lock:
+            conns = list(self._conns)
+            await self._drop()
+        for conn in reversed(conns):
+            await conn.wait_closed()
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
-        async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                self._sftp = None
-                try:
-                    self._conn = await asyncssh.connect(self.preset.host, **_connect_options(self.preset))
-                except (OSError, asyncssh.Error, TimeoutError) as exc:
-                    raise _explain(self.preset, exc) from exc
-            return self._conn
+        await self.connect()
+        assert self._conn is not None
+        return self._conn
 
     async def _sftp_client(self) -> asyncssh.SFTPClient:
         conn = await self._connection()
@@ -73,27 +188,91 @@ class AsyncsshTransport(Transport):
             self._sftp = await conn.start_sftp_client()
         return self._sftp
 
-    async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = 300, check: bool = True
-    ) -> CommandResult:
+    def _lost(self, exc: BaseException) -> ConnectionLost:
+        """Forget the broken chain; the next call connects again."""
+        for conn in self._conns:
+            conn.close()
+        self._conns = []
+        self._sftp = None
+        return ConnectionLost(f"the connection to {self.target.host} dropped: {exc or type(exc).__name__}")
+
+    # ---- primitives ---------------------------------------------------------------------------
+
+    async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
+                    ) -> tuple[int | None, bytes, bytes]:
         conn = await self._connection()
-        done = await conn.run(quote_command(argv), input=stdin, timeout=timeout, check=False)
-        result = CommandResult(tuple(argv), done.exit_status, _text(done.stdout), _text(done.stderr))
-        return result.check() if check else result
+        try:
+            done = await conn.run(command, input=stdin, timeout=timeout, check=False, encoding=None)
+        except _LOST as exc:
+            raise self._lost(exc) from exc
+        return done.exit_status, bytes(done.stdout or b""), bytes(done.stderr or b"")
 
-    async def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
-        sftp = await self._sftp_client()
-        await sftp.makedirs(posixpath.dirname(remote), exist_ok=True)
-        temp = posixpath.join(posixpath.dirname(remote), f".{posixpath.basename(remote)}.part")
-        await sftp.put(str(local), temp, progress_handler=_adapt(progress))
-        await sftp.posix_rename(temp, remote)
+    async def _open_stream(self, command: str) -> StreamHandle:
+        conn = await self._connection()
+        process = await conn.create_process(command, stdin=asyncssh.DEVNULL)
+        queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
 
-    async def get(self, remote: str, local: Path, progress: Progress | None = None) -> None:
+        async def pump(reader: Any, stderr: bool) -> None:
+            async for line in reader:
+                await queue.put(StreamLine(line.rstrip("\r\n"), stderr))
+            await queue.put(None)
+
+        pumps = [asyncio.create_task(pump(process.stdout, False)), asyncio.create_task(pump(process.stderr, True))]
+
+        async def lines() -> AsyncIterator[StreamLine]:
+            ended = 0
+            while ended < len(pumps):
+                item = await queue.get()
+                if item is None:
+                    ended += 1
+                else:
+                    yield item
+
+        async def wait() -> int | None:
+            done = await process.wait(check=False)
+            return done.exit_status
+
+        async def close() -> None:
+            for task in pumps:
+                task.cancel()
+            process.close()
+
+        return StreamHandle(lines(), wait, close)
+
+    async def _size(self, remote: str) -> int | None:
         sftp = await self._sftp_client()
-        local.parent.mkdir(parents=True, exist_ok=True)
-        temp = local.with_name(f".{local.name}.part")
-        await sftp.get(remote, str(temp), progress_handler=_adapt(progress))
-        temp.replace(local)
+        try:
+            attrs = await sftp.stat(remote)
+        except asyncssh.SFTPNoSuchFile:
+            return None
+        except _LOST as exc:
+            raise self._lost(exc) from exc
+        return attrs.size
+
+    async def _send(self, local: Path, remote: str, offset: int, progress: Progress | None) -> None:
+        sftp = await self._sftp_client()
+        total = local.stat().st_size
+        try:
+            if offset == 0:
+                # Parallel SFTP requests: the fast path for a whole file.
+                # Block size left to asyncssh: it follows the server's limits@openssh.com.
+                await sftp.put(str(local), remote, max_requests=SFTP_PARALLEL, progress_handler=_adapt(progress))
+                return
+            async with sftp.open(remote, "r+b") as out:
+                await _copy_from(local, out, offset, total, progress)
+        except _LOST as exc:
+            raise self._lost(exc) from exc
+
+    async def _receive(self, remote: str, local: Path, offset: int, progress: Progress | None) -> None:
+        sftp = await self._sftp_client()
+        try:
+            if offset == 0:
+                await sftp.get(remote, str(local), max_requests=SFTP_PARALLEL, progress_handler=_adapt(progress))
+                return
+            async with sftp.open(remote, "rb") as source:
+                await _copy_to(source, local, offset, progress)
+        except _LOST as exc:
+            raise self._lost(exc) from exc
 
     async def listdir(self, remote: str) -> list[RemoteEntry]:
         sftp = await self._sftp_client()
@@ -101,24 +280,43 @@ class AsyncsshTransport(Transport):
             names = await sftp.readdir(remote)
         except asyncssh.SFTPNoSuchFile:
             return []
+        except _LOST as exc:
+            raise self._lost(exc) from exc
         return [
-            RemoteEntry(n.filename, n.attrs.size or 0)
+            RemoteEntry(n.filename, n.attrs.size or 0, n.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY)
             for n in names
-            if n.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
+            if n.filename not in (".", "..")
+            and n.attrs.type in (asyncssh.FILEXFER_TYPE_REGULAR, asyncssh.FILEXFER_TYPE_DIRECTORY)
         ]
 
-    async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            await self._conn.wait_closed()
-            self._conn = None
-            self._sftp = None
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+        conn = await self._connection()
+        listener = await conn.forward_local_port("127.0.0.1", local_port or 0, remote_host, remote_port)
+        return AsyncsshForward(listener, remote_host, remote_port)
 
 
-def _text(data: str | bytes | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
+async def _copy_from(local: Path, out: Any, offset: int, total: int, progress: Progress | None) -> None:
+    with local.open("rb") as source:
+        source.seek(offset)
+        position = offset
+        while chunk := source.read(COPY_BLOCK):
+            await out.write(chunk, position)
+            position += len(chunk)
+            if progress:
+                progress(position, total)
+
+
+async def _copy_to(source: Any, local: Path, offset: int, progress: Progress | None) -> None:
+    total = (await source.stat()).size or 0
+    with local.open("r+b" if local.exists() else "wb") as out:
+        out.seek(offset)
+        out.truncate()
+        position = offset
+        while chunk := await source.read(COPY_BLOCK, position):
+            out.write(chunk)
+            position += len(chunk)
+            if progress:
+                progress(position, total)
 
 
 def _adapt(progress: Progress | None) -> Any:

@@ -1,19 +1,28 @@
-"""The transport face every back end shares: run a command, move files, list a directory.
+"""The transport face every back end shares (asyncssh, paramiko, system OpenSSH, local).
 
-A remote command is an argv list; `quote_command` is the one place it becomes a shell string.
+A back end implements a few primitives (`_exec`, `_open_stream`, `_size`, `_send`, `_receive`,
+`listdir`, `forward`, `close`); this base builds the contract on them once: quoting, typed errors,
+resumable and verified transfers, directory trees, cancellable streams. A remote command is an argv
+list and `quote_command` is the one place it becomes a shell string.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import posixpath
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from ..errors import RemoteCommandError
+from ..errors import ConnectionLost, RemoteCommandError, TransferError
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+TRANSFER_ATTEMPTS = 4  # a transfer survives this many dropped connections, resuming each time
+PART_SUFFIX = ".braas-part"
 
 
 def quote_command(argv: Sequence[str]) -> str:
@@ -21,6 +30,48 @@ def quote_command(argv: Sequence[str]) -> str:
     if not argv:
         raise ValueError("empty command")
     return shlex.join(argv)
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to connect. Unset fields fall back to ~/.ssh/config, then to OpenSSH defaults."""
+
+    host: str
+    port: int | None = None
+    user: str | None = None
+    key_files: tuple[str, ...] = ()
+    known_hosts: str | None = None  # None: ~/.ssh/known_hosts
+    proxy_jump: str | None = None  # OpenSSH syntax: "user@jump:2222,other"
+    ssh_config: str | None = None  # None: ~/.ssh/config when it exists; "none": no config file
+    use_agent: bool = True
+    connect_timeout: float = 30.0
+    keepalive_s: float = 30.0
+
+    @property
+    def key(self) -> tuple[str, str, int | None, str | None]:
+        """What the pool keys connections on."""
+        return (self.host, self.user or "", self.port, self.proxy_jump)
+
+
+class Prompts(Protocol):
+    """Questions only the user can answer. Called from a worker thread; may block until answered.
+
+    Returning None means "no answer" (non-interactive use): authentication then fails cleanly.
+    """
+
+    def passphrase(self, key_file: str) -> str | None: ...
+
+    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None: ...
+
+
+class NoPrompts:
+    """For scripts and tests: never asks, so nothing can hang waiting for a person."""
+
+    def passphrase(self, key_file: str) -> str | None:
+        return None
+
+    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -40,33 +91,216 @@ class CommandResult:
 class RemoteEntry:
     name: str
     size: int
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class StreamLine:
+    text: str  # without the line ending
+    stderr: bool = False
+
+
+@dataclass
+class StreamHandle:
+    """What a back end returns for a started command: its lines, then its exit status."""
+
+    lines: AsyncIterator[StreamLine]
+    wait: Callable[[], Awaitable[int | None]]  # the exit status, once the lines are exhausted
+    close: Callable[[], Awaitable[None]]  # release the channel/process (called in every case)
+
+
+class Forward(ABC):
+    """A listener on 127.0.0.1:local_port whose connections reach remote_host:remote_port via SSH."""
+
+    local_port: int
+    remote_host: str
+    remote_port: int
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+# Runs the user's command in its own session so a cancel can end its whole process group, and
+# reports the pid first so the cancel knows what to end.
+_STREAM_WRAPPER = 'echo "braas-stream-pid $$"; exec "$@"'
 
 
 class Transport(ABC):
-    """One live connection to a cluster (or this computer). Use as `async with`."""
+    """One live connection to a cluster (or to this computer). Use as `async with`."""
+
+    name = "abstract"
+
+    # ---- primitives each back end provides -------------------------------------------------------
 
     @abstractmethod
-    async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = 300, check: bool = True
-    ) -> CommandResult: ...
+    async def connect(self) -> None:
+        """Open the connection if it is not open (idempotent). Raises typed ConnectionFailed errors."""
 
     @abstractmethod
-    async def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
-        """Copy a file; it appears under its final name only when complete (temp name + rename)."""
+    async def _exec(self, command: str, stdin: bytes | None, timeout: float | None) -> tuple[int | None, bytes, bytes]:
+        """Run a shell command line; return (exit status, stdout, stderr)."""
 
     @abstractmethod
-    async def get(self, remote: str, local: Path, progress: Progress | None = None) -> None:
-        """Copy a file back; the local file appears only when complete (temp name + rename)."""
+    async def _open_stream(self, command: str) -> StreamHandle:
+        """Start a command whose stdout and stderr lines are read as they arrive."""
+
+    @abstractmethod
+    async def _size(self, remote: str) -> int | None:
+        """Size of a remote regular file, or None when it does not exist."""
+
+    @abstractmethod
+    async def _send(self, local: Path, remote: str, offset: int, progress: Progress | None) -> None:
+        """Write local[offset:] into remote at offset (offset 0 creates or truncates it)."""
+
+    @abstractmethod
+    async def _receive(self, remote: str, local: Path, offset: int, progress: Progress | None) -> None:
+        """Write remote[offset:] into local at offset (offset 0 creates or truncates it)."""
 
     @abstractmethod
     async def listdir(self, remote: str) -> list[RemoteEntry]:
-        """Regular files in a directory; an empty list when the directory does not exist."""
+        """Entries of a directory (files and directories); an empty list when it does not exist."""
+
+    @abstractmethod
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+        """Listen on 127.0.0.1 (a free port when none is given) and tunnel to remote_host:remote_port."""
 
     async def close(self) -> None:
         return None
+
+    # ---- the contract, built once on the primitives ------------------------------------------------
+
+    async def run(
+        self, argv: Sequence[str], *, stdin: str | bytes | None = None, timeout: float | None = 300,
+        check: bool = True,
+    ) -> CommandResult:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        status, out, err = await self._exec(quote_command(argv), data, timeout)
+        result = CommandResult(tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace"))
+        return result.check() if check else result
+
+    async def stream(self, argv: Sequence[str], *, check: bool = True) -> AsyncIterator[StreamLine]:
+        """Lines as they arrive. Leaving the loop early (break, cancel) ends the remote process group."""
+        command = quote_command(["setsid", "sh", "-c", _STREAM_WRAPPER, "sh", *argv])
+        handle = await self._open_stream(command)
+        pid: str | None = None
+        finished = False
+        try:
+            async for line in handle.lines:
+                if pid is None and not line.stderr and line.text.startswith("braas-stream-pid "):
+                    pid = line.text.split()[1]
+                    continue
+                yield line
+            status = await handle.wait()
+            finished = True
+            if check and status != 0:
+                raise RemoteCommandError(quote_command(argv), status, "", "")
+        finally:
+            if not finished and pid is not None and pid.isdigit():
+                await asyncio.shield(self._end_group(pid))
+            await handle.close()
+
+    async def _end_group(self, pid: str) -> None:
+        try:
+            await self.run(["kill", "-TERM", "--", f"-{pid}"], check=False, timeout=30)
+        except (ConnectionLost, OSError):
+            pass  # the connection is gone: sshd already hung up on the process
+
+    async def sha256(self, remote: str) -> str:
+        done = await self.run(["sha256sum", "--", remote])
+        return done.stdout.split()[0]
+
+    async def put(self, local: Path, remote: str, progress: Progress | None = None, *, verify: bool = False) -> None:
+        """Upload a file. It appears under its final name only when complete (temp name + rename).
+
+        An upload continues from the size of a temp file left by a dropped connection (in this call
+        or an earlier one) and then checks SHA-256 on both sides; `verify=True` checks it always.
+        """
+        temp = posixpath.join(posixpath.dirname(remote) or ".", f".{posixpath.basename(remote)}{PART_SUFFIX}")
+        total = local.stat().st_size
+        offset = await self._size(temp) or 0
+        offset = offset if offset <= total else 0
+        resumed = offset > 0
+        for attempt in range(TRANSFER_ATTEMPTS):
+            try:
+                await self._send(local, temp, offset, progress)
+                break
+            except ConnectionLost:
+                if attempt == TRANSFER_ATTEMPTS - 1:
+                    raise
+                resumed = True
+                offset = min(await self._size(temp) or 0, total)  # the next call reconnects
+        if resumed or verify:
+            if await asyncio.to_thread(_sha256_file, local) != await self.sha256(temp):
+                await self.run(["rm", "-f", "--", temp], check=False)
+                raise TransferError(f"upload of {local} to {remote} is corrupt (SHA-256 differs); removed it")
+        elif await self._size(temp) != total:
+            raise TransferError(f"upload of {local} to {remote} is incomplete")
+        await self.run(["mv", "-f", "--", temp, remote])
+
+    async def get(self, remote: str, local: Path, progress: Progress | None = None, *, verify: bool = False) -> None:
+        """Download a file; the local file appears only when complete. Resumes and verifies like `put`."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        temp = local.with_name(f".{local.name}{PART_SUFFIX}")
+        total = await self._size(remote)
+        if total is None:
+            raise TransferError(f"remote file not found: {remote}")
+        offset = temp.stat().st_size if temp.exists() else 0
+        offset = offset if offset <= total else 0
+        resumed = offset > 0
+        for attempt in range(TRANSFER_ATTEMPTS):
+            try:
+                await self._receive(remote, temp, offset, progress)
+                break
+            except ConnectionLost:
+                if attempt == TRANSFER_ATTEMPTS - 1:
+                    raise
+                resumed = True
+                offset = min(temp.stat().st_size if temp.exists() else 0, total)
+        if resumed or verify:
+            if await asyncio.to_thread(_sha256_file, temp) != await self.sha256(remote):
+                temp.unlink(missing_ok=True)
+                raise TransferError(f"download of {remote} to {local} is corrupt (SHA-256 differs); removed it")
+        elif temp.stat().st_size != total:
+            raise TransferError(f"download of {remote} to {local} is incomplete")
+        temp.replace(local)
+
+    async def put_tree(self, local_dir: Path, remote_dir: str, progress: Progress | None = None) -> int:
+        """Upload a directory tree (regular files; symlinks are followed). Returns the number of files."""
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        parents = {posixpath.join(remote_dir, *p.parent.relative_to(local_dir).parts) for p in files}
+        dirs = sorted(parents | {remote_dir})
+        await self.run(["mkdir", "-p", "--", *dirs])
+        for path in files:
+            await self.put(path, posixpath.join(remote_dir, *path.relative_to(local_dir).parts), progress)
+        return len(files)
+
+    async def get_tree(self, remote_dir: str, local_dir: Path, progress: Progress | None = None) -> int:
+        """Download a directory tree. Names that would leave local_dir are refused. Returns the file count."""
+        count = 0
+        root = local_dir.resolve()
+        for entry in await self.listdir(remote_dir):
+            target = (local_dir / entry.name).resolve()
+            if entry.name in ("", ".", "..") or "/" in entry.name or target.parent != root:
+                raise TransferError(f"refusing remote name {entry.name!r} in {remote_dir}")
+            source = posixpath.join(remote_dir, entry.name)
+            if entry.is_dir:
+                target.mkdir(parents=True, exist_ok=True)
+                count += await self.get_tree(source, target, progress)
+            else:
+                await self.get(source, target, progress)
+                count += 1
+        return count
 
     async def __aenter__(self) -> Transport:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -4,55 +4,131 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-from collections.abc import Sequence
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .base import CommandResult, Progress, RemoteEntry, Transport
+from .base import Forward, Progress, RemoteEntry, StreamHandle, StreamLine, Transport
+
+COPY_BLOCK = 1 << 20
 
 
-def _atomic_copy(source: Path, target: Path, progress: Progress | None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.part")
-    shutil.copyfile(source, temp)
-    os.replace(temp, target)
-    if progress:
-        size = target.stat().st_size
-        progress(size, size)
+def _copy(source: Path, target: Path, offset: int, progress: Progress | None) -> None:
+    total = source.stat().st_size
+    with source.open("rb") as src, target.open("r+b" if offset and target.exists() else "wb") as out:
+        src.seek(offset)
+        out.seek(offset)
+        out.truncate()
+        position = offset
+        while chunk := src.read(COPY_BLOCK):
+            out.write(chunk)
+            position += len(chunk)
+            if progress:
+                progress(position, total)
+
+
+class _LocalForward(Forward):
+    """A plain TCP relay on 127.0.0.1, so interactive features work the same on the local preset."""
+
+    def __init__(self, server: asyncio.Server, remote_host: str, remote_port: int) -> None:
+        self._server = server
+        self.local_port = server.sockets[0].getsockname()[1]
+        self.remote_host = remote_host
+        self.remote_port = remote_port
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
 
 
 class LocalTransport(Transport):
-    async def run(
-        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = 300, check: bool = True
-    ) -> CommandResult:
+    name = "local"
+
+    async def connect(self) -> None:
+        return None
+
+    async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
+                    ) -> tuple[int | None, bytes, bytes]:
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            "/bin/sh", "-c", command,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(
-                process.communicate(stdin.encode() if stdin is not None else None), timeout
-            )
+            out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
         except TimeoutError:
             process.kill()
             await process.wait()
             raise
-        result = CommandResult(
-            tuple(argv), process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        return process.returncode, out, err
+
+    async def _open_stream(self, command: str) -> StreamHandle:
+        process = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        return result.check() if check else result
+        queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
 
-    async def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
-        await asyncio.to_thread(_atomic_copy, local, Path(remote), progress)
+        async def pump(reader: asyncio.StreamReader, stderr: bool) -> None:
+            async for raw in reader:
+                await queue.put(StreamLine(raw.decode(errors="replace").rstrip("\r\n"), stderr))
+            await queue.put(None)
 
-    async def get(self, remote: str, local: Path, progress: Progress | None = None) -> None:
-        await asyncio.to_thread(_atomic_copy, Path(remote), local, progress)
+        assert process.stdout is not None and process.stderr is not None
+        pumps = [asyncio.create_task(pump(process.stdout, False)), asyncio.create_task(pump(process.stderr, True))]
+
+        async def lines() -> AsyncIterator[StreamLine]:
+            ended = 0
+            while ended < len(pumps):
+                item = await queue.get()
+                if item is None:
+                    ended += 1
+                else:
+                    yield item
+
+        async def close() -> None:
+            for task in pumps:
+                task.cancel()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+        return StreamHandle(lines(), process.wait, close)
+
+    async def _size(self, remote: str) -> int | None:
+        try:
+            return os.stat(remote).st_size
+        except FileNotFoundError:
+            return None
+
+    async def _send(self, local: Path, remote: str, offset: int, progress: Progress | None) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_copy, local, Path(remote), offset, progress)
+
+    async def _receive(self, remote: str, local: Path, offset: int, progress: Progress | None) -> None:
+        await asyncio.to_thread(_copy, Path(remote), local, offset, progress)
 
     async def listdir(self, remote: str) -> list[RemoteEntry]:
         try:
             with os.scandir(remote) as entries:
-                return [RemoteEntry(e.name, e.stat().st_size) for e in entries if e.is_file(follow_symlinks=False)]
+                return [RemoteEntry(e.name, e.stat().st_size if e.is_file() else 0, e.is_dir(follow_symlinks=False))
+                        for e in entries if e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             return []
+
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(remote_host, remote_port)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+
+        server = await asyncio.start_server(relay, "127.0.0.1", local_port or 0, family=socket.AF_INET)
+        return _LocalForward(server, remote_host, remote_port)
