@@ -14,11 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .core import VERSION, monitor, service, transfer
-from .core.errors import BraasError
-from .core.presets import all_presets
+from .core.errors import BraasError, HostKeyUnknown
+from .core.presets import SSH_BACKENDS, all_presets
+from .core.probe import probe
 from .core.transport import pool
+from .core.transport.hostkeys import trust_host_key
+from .prompts import TerminalPrompts
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _print_json(data: object) -> None:
@@ -30,6 +33,7 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         scene=Path(args.scene), preset=preset, frames=args.frames, chunk=args.chunk,
         device="GPU" if getattr(args, "gpu", False) else "CPU",
         walltime_min=getattr(args, "walltime", None), max_parallel=getattr(args, "max_parallel", 0),
+        ssh_backend=getattr(args, "ssh_backend", None),
     )
 
 
@@ -103,6 +107,18 @@ async def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_test(args: argparse.Namespace) -> int:
+    report = await probe(args.preset, args.ssh_backend)
+    if args.json:
+        _print_json(report.to_json())
+        return 0 if report.workdir_ok else 1
+    print(f"{report.preset}: connected to {report.host} with {report.backend} in {report.connect_ms:.0f} ms; "
+          f"a command takes {report.command_ms:.1f} ms")
+    print(f"login node {report.node} ({report.arch}); found: {' '.join(report.commands) or 'nothing'}")
+    print(f"working directory {report.workdir}: {'writable' if report.workdir_ok else 'MISSING or not writable'}")
+    return 0 if report.workdir_ok else 1
+
+
 async def cmd_presets(args: argparse.Namespace) -> int:
     presets = all_presets()
     if args.json:
@@ -132,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frames: 7, 1-250, 1-100:10 or 1,5,10-20")
         p.add_argument("--chunk", type=int, default=1, help="frames per array task (default 1)")
 
+    def add_backend(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ssh-backend", choices=SSH_BACKENDS, help="override the preset's SSH back end")
+
     p = add("render", cmd_render, "render a scene on this computer (the built-in local preset)")
     add_frames(p, "1")
     p.add_argument("--out", metavar="DIR", help="also copy the frames into DIR")
@@ -142,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="render on GPUs")
     p.add_argument("--walltime", type=int, metavar="MIN", help="minutes per array task")
     p.add_argument("--max-parallel", type=int, default=0, metavar="N", help="array tasks at once (0: no limit)")
+    add_backend(p)
+
+    p = add("test", cmd_test, "connect to a cluster, run a probe and report")
+    p.add_argument("preset", metavar="PRESET")
+    add_backend(p)
 
     p = add("status", cmd_status, "state of jobs (all, or the ones named)")
     p.add_argument("jobs", nargs="*", metavar="JOB")
@@ -165,10 +189,30 @@ async def _run(args: argparse.Namespace) -> int:
         await pool.close_all()
 
 
+def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
+    """Show an unknown host's fingerprint; record its key only on an explicit yes."""
+    err.print(f"[bold yellow]{exc}[/]", highlight=False)
+    if not prompts.confirm(f"Trust the {exc.key_type} key {exc.fingerprint} of {exc.host}:{exc.port} "
+                           f"and record it in {exc.known_hosts}?"):
+        err.print("not trusted; nothing was recorded. (In a script, run `braas-hpc test PRESET` in a terminal "
+                  "once to review the key.)", highlight=False)
+        return False
+    path = trust_host_key(exc.known_hosts, exc.host, exc.port, exc.public_key)
+    err.print(f"recorded in {path}", highlight=False)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prompts = TerminalPrompts()
+    pool.prompts = prompts
     try:
-        return asyncio.run(_run(args))
+        try:
+            return asyncio.run(_run(args))
+        except HostKeyUnknown as exc:
+            if not _trust_and_retry(exc, prompts):
+                return exc.exit_code
+            return asyncio.run(_run(args))
     except BraasError as exc:
         err.print(f"[bold red]braas-hpc: error:[/] {exc}", markup=True, highlight=False)
         return exc.exit_code

@@ -42,6 +42,7 @@ class SubmitRequest:
     device: str = "CPU"
     walltime_min: int | None = None
     max_parallel: int = 0
+    ssh_backend: str | None = None  # None: the preset's
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     if preset.is_local:
         raise UsageError("the local preset renders at once: use `braas-hpc render` instead of submit")
     scheduler = scheduler_for(preset.scheduler)
-    transport = transport_for(preset)
+    transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
     done = await transport.run(scheduler.submit_argv(paths.script))
     job_id = scheduler.parse_submit(done.stdout)

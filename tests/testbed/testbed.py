@@ -23,6 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# sshlab imports this module back; it only uses it inside functions, so the cycle is harmless.
+if __package__:
+    from . import sshlab
+else:  # plain `import testbed`, as the command-line script does
+    import sshlab
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_SRC = REPO_ROOT / "braas_hpc" / "bpy_blender.py"
 
@@ -66,6 +72,7 @@ class Testbed:
     base_dir: Path
     preset_file: Path
     blender: Path
+    ssh_lab: sshlab.SSHLab  # more keys, agent, TOTP sshd, jump/inner hosts in a namespace
 
 
 @dataclass(frozen=True)
@@ -968,6 +975,7 @@ def up() -> Testbed:
 
     check_blender(layout)
     _verify_ssh(layout)
+    ssh_lab = sshlab.up(layout)
     preset = write_preset(layout)
     _say(f"up in {time.monotonic() - t0:.1f}s; preset {preset}")
     return Testbed(
@@ -981,6 +989,7 @@ def up() -> Testbed:
         base_dir=layout.base,
         preset_file=preset,
         blender=blender,
+        ssh_lab=ssh_lab,
     )
 
 
@@ -1003,6 +1012,7 @@ def down(purge: bool = False) -> None:
     user's home directory.
     """
     layout = Layout.from_env()
+    sshlab.down(layout)  # first: it also edits state.json, which is loaded next
     state = _load_state(layout)
     if layout.slurm_conf.exists():
         _cancel_jobs(layout)
@@ -1063,6 +1073,7 @@ def status() -> int:
         where = ", ".join(_listening(pid)) if running else ""
         owner = "" if entry.get("owned", True) else " (not started by the testbed)"
         print(f"{daemon:10} {'running' if running else 'stopped':8} pid={pid or '-':<8} {where}{owner}")
+    all_up &= sshlab.status(layout)
     return 0 if all_up else 1
 
 

@@ -31,8 +31,11 @@ from .sshconfig import Hop, resolve
 COPY_BLOCK = 64 * 1024  # under OpenSSH sftp-server's 256 KiB message limit
 SFTP_PARALLEL = 32  # outstanding SFTP requests: what keeps throughput up on high-latency links
 PASSPHRASE_TRIES = 3
-_LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.SFTPConnectionLost, BrokenPipeError,
-         ConnectionResetError)
+# AES-GCM first: with AES-NI it moves about 1.4x the bytes of asyncssh's ChaCha20 (bench/ssh_bench.py).
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+           "aes128-ctr", "aes192-ctr", "aes256-ctr"]
+_LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection,
+         BrokenPipeError, ConnectionResetError)
 
 
 class _Client(asyncssh.SSHClient):
@@ -133,11 +136,12 @@ class AsyncsshTransport(Transport):
     async def _options(self, hop: Hop) -> dict[str, Any]:
         options: dict[str, Any] = {
             "username": hop.user,
-            "known_hosts": str(known_hosts_path(self.target.known_hosts)),
+            "known_hosts": self._known_hosts_arg(hop),
             "config": None,  # already resolved by sshconfig.resolve, the same way as for paramiko
             "connect_timeout": self.target.connect_timeout,
             "keepalive_interval": self.target.keepalive_s,
             "keepalive_count_max": 3,
+            "encryption_algs": CIPHERS,
             "client_factory": lambda: _Client(self.prompts),
         }
         key_files = hop.key_files or tuple(str(Path(k).expanduser()) for k in self.target.key_files)
@@ -146,6 +150,14 @@ class AsyncsshTransport(Transport):
         if not self.target.use_agent:
             options["agent_path"] = None
         return options
+
+    def _known_hosts(self, hop: Hop) -> str | None:
+        return self.target.known_hosts or hop.known_hosts
+
+    def _known_hosts_arg(self, hop: Hop) -> str | bytes:
+        path = known_hosts_path(self._known_hosts(hop))
+        # A missing file trusts nobody (every host is unknown), as with OpenSSH.
+        return str(path) if path.is_file() else b""
 
     async def _key(self, path: str) -> list[asyncssh.SSHKeyPair]:
         # Decrypted once per transport: the passphrase is asked once, kept in memory only.
@@ -157,12 +169,11 @@ class AsyncsshTransport(Transport):
         """Fetch the key the server offers and raise HostKeyUnknown/HostKeyChanged with its fingerprint."""
         try:
             key = await asyncssh.get_server_host_key(
-                hop.hostname, hop.port, tunnel=tunnel if tunnel is not None else (), config=None,
-                connect_timeout=self.target.connect_timeout)
+                hop.hostname, hop.port, tunnel=tunnel if tunnel is not None else (), config=None)
         except (OSError, asyncssh.Error, TimeoutError):
             return
         if key is not None:
-            check_host_key(self.target.known_hosts, hop.hostname, hop.port, key.get_algorithm(), key.public_data)
+            check_host_key(self._known_hosts(hop), hop.hostname, hop.port, key.get_algorithm(), key.public_data)
 
     async def _drop(self) -> None:
         for conn in reversed(self._conns):
@@ -213,7 +224,7 @@ class AsyncsshTransport(Transport):
         queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
 
         async def pump(reader: Any, stderr: bool) -> None:
-            async for line in reader:
+            while line := await reader.readline():  # "" at end of file
                 await queue.put(StreamLine(line.rstrip("\r\n"), stderr))
             await queue.put(None)
 

@@ -179,7 +179,11 @@ class Transport(ABC):
         return result.check() if check else result
 
     async def stream(self, argv: Sequence[str], *, check: bool = True) -> AsyncIterator[StreamLine]:
-        """Lines as they arrive. Leaving the loop early (break, cancel) ends the remote process group."""
+        """Lines as they arrive. Cancelling, or closing the generator early, ends the remote process group.
+
+        Use `async with contextlib.aclosing(t.stream(argv)) as lines:` to leave a loop with `break`
+        and have the remote command ended at once (not when the generator is garbage-collected).
+        """
         command = quote_command(["setsid", "sh", "-c", _STREAM_WRAPPER, "sh", *argv])
         handle = await self._open_stream(command)
         pid: str | None = None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 
 from ..errors import HostKeyChanged, HostKeyUnknown
@@ -54,7 +54,12 @@ def _pattern_matches(pattern: str, name: str) -> bool:
             return hmac.compare_digest(mac, base64.b64decode(digest))
         except (ValueError, binascii.Error):
             return False
-    return fnmatch.fnmatchcase(name, pattern)
+    return _wildcard(pattern).fullmatch(name) is not None
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """OpenSSH patterns know only `*` and `?`; brackets are literal (`[host]:port`), unlike fnmatch."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()))
 
 
 def _line_matches(patterns: str, name: str) -> bool:
@@ -72,7 +77,7 @@ def recorded_keys(path: Path, host: str, port: int) -> list[tuple[str, bytes]]:
     """Plain host keys recorded for host:port (certificate authorities and revocations excluded)."""
     if not path.is_file():
         return []
-    name = host_pattern(host, port)
+    name = host_pattern(host, port).lower()
     keys = []
     for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
         fields = raw.split()

@@ -27,6 +27,7 @@ class Hop:
     port: int
     user: str
     key_files: tuple[str, ...]
+    known_hosts: str | None = None  # UserKnownHostsFile from the config; the target's setting wins
 
 
 def _load(target: SSHTarget) -> paramiko.SSHConfig:
@@ -60,6 +61,7 @@ def _hop(config: paramiko.SSHConfig, alias: str, user: str | None, port: int | N
         port=port or int(found.get("port", 22)),
         user=user or found.get("user") or getpass.getuser(),
         key_files=keys or tuple(found.get("identityfile", [])),
+        known_hosts=(found.get("userknownhostsfile") or "").split(" ")[0] or None,
     )
     jump = found.get("proxyjump")
     return hop, (None if jump in (None, "none") else jump)
