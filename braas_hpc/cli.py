@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .core import VERSION, monitor, service, transfer
-from .core.errors import BraasError, HostKeyUnknown
+from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.presets import SSH_BACKENDS, all_presets
 from .core.probe import probe
 from .core.transport import pool
@@ -33,7 +33,9 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         scene=Path(args.scene), preset=preset, frames=args.frames, chunk=args.chunk,
         device="GPU" if getattr(args, "gpu", False) else "CPU",
         walltime_min=getattr(args, "walltime", None), max_parallel=getattr(args, "max_parallel", 0),
-        ssh_backend=getattr(args, "ssh_backend", None),
+        ssh_backend=getattr(args, "ssh_backend", None), account=getattr(args, "account", None) or "",
+        partition=getattr(args, "partition", None) or "", email=getattr(args, "email", None) or "",
+        memory_gb=getattr(args, "memory", None) or 0,
     )
 
 
@@ -61,6 +63,16 @@ async def cmd_render(args: argparse.Namespace) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = service.dry_run(_request(args, args.preset))
+        if args.json:
+            _print_json({"script": plan.script, "submit": plan.submit_command, "frames_file": plan.frames_file,
+                         "job_dir": plan.job_dir})
+        else:
+            print(f"# would be uploaded to {plan.job_dir}/job.sh and submitted with:\n#   {plan.submit_command}")
+            print(plan.script)
+            print(f"# frames.txt (one line per array task):\n{plan.frames_file}", end="")
+        return 0
     result = await service.submit(_request(args, args.preset))
     if args.json:
         _print_json(result.to_json())
@@ -92,6 +104,28 @@ async def cmd_wait(args: argparse.Namespace) -> int:
         if final.missing:
             print(f"missing frames: {', '.join(map(str, final.missing))}")
     return 0 if final.state == "COMPLETED" and not final.missing else 1
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    ids = await service.cancel(args.job)
+    if args.json:
+        _print_json({"job": args.job, "cancelled": list(ids)})
+    else:
+        print(f"cancelled {args.job} (scheduler ids {', '.join(ids)})" if ids else f"{args.job} had already ended")
+    return 0
+
+
+async def cmd_resubmit(args: argparse.Namespace) -> int:
+    (current,) = await monitor.status([args.job])
+    if current.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        raise UsageError(f"job {args.job} is still {current.state}: wait for it or cancel it first")
+    result = await service.resubmit(args.job, list(current.missing))
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(f"resubmitted frames {result.frames} of {result.job} as {result.tasks} array task(s), "
+              f"scheduler id {', '.join(result.scheduler_ids)}")
+    return 0
 
 
 async def cmd_download(args: argparse.Namespace) -> int:
@@ -161,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="render on GPUs")
     p.add_argument("--walltime", type=int, metavar="MIN", help="minutes per array task")
     p.add_argument("--max-parallel", type=int, default=0, metavar="N", help="array tasks at once (0: no limit)")
+    p.add_argument("--account", help="account/project to charge (default: the preset's)")
+    p.add_argument("--partition", help="partition or queue (default: the preset's for CPU or GPU)")
+    p.add_argument("--email", metavar="ADDRESS", help="mail when the job ends or fails")
+    p.add_argument("--memory", type=int, metavar="GB", help="memory per array task, where the site allows it")
+    p.add_argument("--dry-run", action="store_true", help="print the batch script and submit command; send nothing")
     add_backend(p)
 
     p = add("test", cmd_test, "connect to a cluster, run a probe and report")
@@ -177,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("download", cmd_download, "fetch the frames of a job that are not here yet")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--dest", metavar="DIR", help="where to put the frames (default ./JOB)")
+
+    p = add("cancel", cmd_cancel, "cancel a job: every array task of every round")
+    p.add_argument("job", metavar="JOB")
+
+    p = add("resubmit", cmd_resubmit, "submit only the missing frames of an ended job again")
+    p.add_argument("job", metavar="JOB")
 
     add("presets", cmd_presets, "list the cluster presets")
     return parser

@@ -33,14 +33,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--task", type=int, required=True)
     parser.add_argument("--device", choices=("CPU", "GPU"), default="CPU")
     parser.add_argument("--format", choices=sorted(EXTENSIONS), default="PNG")
+    # A resubmission of missing frames is a new round with its own frames file and markers.
+    parser.add_argument("--frames-file", default="frames.txt")
+    parser.add_argument("--marker-prefix", default="")
+    parser.add_argument("--cycles-device", default="", help="CUDA, OPTIX, HIP, ONEAPI: the GPU backend to use")
     return parser.parse_args(argv)
 
 
-def task_frames(job_dir: str, task: int) -> list[int]:
-    with open(os.path.join(job_dir, "frames.txt"), encoding="utf-8") as stream:
+def task_frames(job_dir: str, frames_file: str, task: int) -> list[int]:
+    if os.path.basename(frames_file) != frames_file:
+        raise ValueError(f"frames file {frames_file!r} must be a name inside the job directory")
+    with open(os.path.join(job_dir, frames_file), encoding="utf-8") as stream:
         lines = stream.read().splitlines()
     if not 1 <= task <= len(lines):
-        raise ValueError(f"task {task} is not in frames.txt ({len(lines)} tasks)")
+        raise ValueError(f"task {task} is not in {frames_file} ({len(lines)} tasks)")
     return [int(f) for f in lines[task - 1].split(",") if f.strip()]
 
 
@@ -51,13 +57,13 @@ def write_json_atomic(path: str, data: dict[str, object]) -> None:
     os.replace(temp, path)
 
 
-def use_device(scene: bpy.types.Scene, device: str) -> str:
+def use_device(scene: bpy.types.Scene, device: str, backend_wanted: str = "") -> str:
     """Select the Cycles device; for GPU enable the scheduler's GPUs or fail loudly (no silent CPU)."""
     if device == "CPU":
         scene.cycles.device = "CPU"
         return "CPU"
     prefs = bpy.context.preferences.addons["cycles"].preferences
-    for backend in GPU_BACKENDS:
+    for backend in (backend_wanted,) if backend_wanted else GPU_BACKENDS:
         try:
             prefs.compute_device_type = backend
         except TypeError:
@@ -69,7 +75,8 @@ def use_device(scene: bpy.types.Scene, device: str) -> str:
                 d.use = d.type == backend
             scene.cycles.device = "GPU"
             return f"{backend} ({', '.join(d.name for d in gpus)})"
-    raise RuntimeError("the job asked for a GPU but Blender found none (checked " + ", ".join(GPU_BACKENDS) + ")")
+    checked = backend_wanted or ", ".join(GPU_BACKENDS)
+    raise RuntimeError(f"the job asked for a GPU but Blender found none (checked {checked})")
 
 
 def render_frame(scene: bpy.types.Scene, frame: int, temp: str, final: str) -> None:
@@ -85,8 +92,8 @@ def main() -> int:
     status_dir = os.path.join(args.job_dir, "status")
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(status_dir, exist_ok=True)
-    marker_path = os.path.join(status_dir, f"task-{args.task}.json")
-    frames = task_frames(args.job_dir, args.task)
+    marker_path = os.path.join(status_dir, f"{args.marker_prefix}task-{args.task}.json")
+    frames = task_frames(args.job_dir, args.frames_file, args.task)
     marker: dict[str, object] = {
         "task": args.task, "frames": frames, "rendered": [], "skipped": [], "failed": [], "timings": {},
         "node": socket.gethostname(), "started": time.time(), "finished": None, "exit_code": None,
@@ -98,7 +105,7 @@ def main() -> int:
     scene.render.use_overwrite = False
     scene.render.use_placeholder = False
     try:
-        marker["device"] = use_device(scene, args.device)
+        marker["device"] = use_device(scene, args.device, args.cycles_device)
     except RuntimeError as exc:
         print(f"braas-hpc: {exc}", file=sys.stderr, flush=True)
         marker.update(state="failed", exit_code=4, error=str(exc), finished=time.time())

@@ -17,6 +17,9 @@ IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
 # is built from it.
 FRAME_FILE = re.compile(r"^frame_(\d{6,7})\.(png|jpg|exr|tif)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+# Values that go into scheduler directives: nothing a shell or a directive parser could read as syntax.
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,15 @@ class JobSpec:
     max_parallel: int = 0  # array throttle; 0 = no limit
     image_format: str = "PNG"
     tasks: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+    account: str = ""
+    partition: str = ""  # partition (Slurm) or queue (PBS)
+    qos: str = ""
+    email: str = ""  # mail on end and failure, where the site sends mail
+    memory_gb: int = 0  # per array task; 0: the site's default
+    cycles_device: str = "CPU"  # CPU, CUDA, OPTIX, HIP, ONEAPI (from the partition)
+    gpus: int = 0  # per array task
+    cpus: int = 0  # per array task; 0: the scheduler's default
+    whole_node: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -48,6 +60,12 @@ class JobSpec:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:
             raise UsageError(f"max parallel tasks must be 0 (no limit) or more, got {self.max_parallel}")
+        if self.email and not EMAIL.match(self.email):
+            raise UsageError(f"e-mail address {self.email!r} is not valid (expected name@example.org)")
+        if self.memory_gb < 0:
+            raise UsageError(f"memory must be 0 (site default) or more GB, got {self.memory_gb}")
+        if not SAFE_VALUE.match(self.account) or not SAFE_VALUE.match(self.partition) or not SAFE_VALUE.match(self.qos):
+            raise UsageError("account, partition and QoS may hold only letters, digits, '_', '-', '.' and '+'")
 
 
 def frame_file_name(frame: int, extension: str) -> str:
@@ -97,11 +115,18 @@ class JobPaths:
 
     @property
     def frames_file(self) -> str:
-        return self._in_job("frames.txt")
+        return self.round_frames_file(0)
 
     @property
     def script(self) -> str:
-        return self._in_job("job.sh")
+        return self.round_script(0)
+
+    def round_frames_file(self, round_: int) -> str:
+        """Round 0 is the submission; each `resubmit` of missing frames is a new round."""
+        return self._in_job("frames.txt" if round_ == 0 else f"frames-r{round_}.txt")
+
+    def round_script(self, round_: int) -> str:
+        return self._in_job("job.sh" if round_ == 0 else f"job-r{round_}.sh")
 
     @property
     def job_json(self) -> str:

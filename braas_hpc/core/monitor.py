@@ -62,19 +62,24 @@ async def _frames_present(transport: Transport, record: JobRecord) -> set[str]:
 
 
 async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> dict[str, list[TaskState]]:
-    """One scheduler call for every unfinished job of a cluster."""
+    """One scheduler call for every unfinished job of a cluster (a second kind of call if that fails)."""
     ids = [job_id for r in records if r.state not in TERMINAL for job_id in r.scheduler_ids]
     by_id: dict[str, list[TaskState]] = defaultdict(list)
     if not ids or kind == "local":
         return by_id
     scheduler = scheduler_for(kind)
+    states: list[TaskState] = []
     done = await transport.run(scheduler.query_argv(ids), check=False)
-    if done.exit_status != 0:
-        # Logged as unknown, not raised: a failed poll must not look like a failed job.
-        return by_id
-    for state in scheduler.parse_query(done.stdout):
+    if done.stdout.strip():
+        # PBS prints the jobs it knows and complains about the others: what it printed still counts.
+        states = scheduler.parse_query(done.stdout)
+    elif done.exit_status != 0 and (fallback := scheduler.fallback_query_argv(ids)):
+        again = await transport.run(fallback, check=False)
+        states = scheduler.parse_fallback(again.stdout)
+    # A failed poll leaves states unknown, never "failed": frames and the next poll decide.
+    for state in states:
         by_id[state.job_id].append(state)
-    return by_id
+    return {job_id: by_id.get(scheduler.job_key(job_id), []) for job_id in ids}
 
 
 async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:

@@ -2,7 +2,7 @@
 
 Built-in presets live in `braas_hpc/core/presets/*.toml`; a user's presets in
 `<config dir>/presets/*.toml` (see `paths.user_presets_dir`) and win over a built-in of the same name.
-A new site needs a file, not code.
+A new site needs a file, not code. Every error names the file, the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import PresetError
 from .paths import user_presets_dir
@@ -19,7 +20,30 @@ from .paths import user_presets_dir
 BUILTIN_DIR = Path(__file__).parent / "presets"
 SCHEDULERS = ("slurm", "pbs", "local")
 SSH_BACKENDS = ("asyncssh", "paramiko", "openssh")
+KINDS = ("cpu", "gpu")
+GPU_REQUESTS = ("gpus", "gres", "ngpus", "none")  # --gpus=N, --gres=gpu:N, PBS select ngpus=N, implied by node
+CYCLES_DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
+ARCHES = ("x86_64", "aarch64")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition (Slurm) or queue (PBS) and what a render task asks of it."""
+
+    kind: str = "cpu"
+    partition: str = ""  # the scheduler's partition/queue name when the entry's name is not it (empty: the name)
+    qos: str = ""  # Slurm --qos (MareNostrum 5's queues are QoS values)
+    max_walltime_min: int = 2880
+    default_walltime_min: int = 60
+    gpus_per_task: int = 0  # GPUs one array task asks for (gpu partitions)
+    cpus_per_task: int = 0  # cores one array task asks for; 0: the scheduler's default
+    whole_node: bool = False  # the site gives whole nodes only: ask for the node, use all of it
+    cycles_device: str = "CPU"  # the Cycles device for this hardware
+    extra_directives: tuple[str, ...] = ()  # added for jobs on this partition only
+    arch: str = ""  # overrides the preset's arch (an arm partition on an x86 cluster)
+    max_jobs_per_user: int = 0  # this partition's own limit (each array task counts); 0: the preset's
+    note: str = ""  # shown to the user (access rules, limits)
 
 
 @dataclass(frozen=True)
@@ -28,6 +52,7 @@ class Preset:
     scheduler: str
     title: str = ""
     host: str = ""
+    hosts: tuple[str, ...] = ()  # other login nodes of the same cluster
     port: int = 22
     user: str = ""
     key_file: str = ""
@@ -35,12 +60,27 @@ class Preset:
     ssh_backend: str = "asyncssh"
     proxy_jump: str = ""  # OpenSSH ProxyJump syntax, e.g. "me@gateway.example.org"
     ssh_config: str = ""  # empty: ~/.ssh/config when it exists; "none": ignore it
-    workdir: str = ""  # empty on `local`: the user's data directory
+    auth_note: str = ""  # how a user logs in (MFA, certificates), shown in the UI
+    workdir: str = ""  # absolute path on the cluster; empty on `local`: the user's data directory
+    workdir_hint: str = ""  # the documented place, e.g. "/scratch/project/{account}" (shown, never guessed)
+    workdir_command: tuple[str, ...] = ()  # a site command that prints it, e.g. ["it4i-get-project-dir", "{account}"]
     account: str = ""
-    partition_cpu: str = ""
-    partition_gpu: str = ""
+    account_required: bool = False
+    partitions: dict[str, Partition] = field(default_factory=dict)
+    partition_cpu: str = ""  # the default CPU partition (a key of `partitions`)
+    partition_gpu: str = ""  # the default GPU partition
+    gpu_request: str = "gpus"
+    memory_allowed: bool = True  # whether --mem / mem= may be sent (Vista rejects it)
+    mail_allowed: bool = True
+    extra_directives: tuple[str, ...] = ()  # directive arguments added to every job, e.g. "-l filesystems=eagle"
+    drop_directives: tuple[str, ...] = ()  # directive names never sent, e.g. "--mem"
+    arrays: bool = True  # false: the site has no job arrays, so each task is its own job (Frontera)
+    max_array_size: int = 1000
+    max_jobs_per_user: int = 0  # queued jobs allowed; each array task counts; 0: unknown
+    arch: str = "x86_64"
     blender: str = "blender"  # the command that starts Blender on the cluster; empty on `local`: found
-    env: tuple[str, ...] = field(default_factory=tuple)  # lines run before Blender (module loads)
+    blender_note: str = ""  # why a user-given Blender is needed (aarch64 has no official build)
+    env: tuple[str, ...] = ()  # lines run before Blender (module loads)
     default_walltime_min: int = 60
     max_walltime_min: int = 2880
     source: str = ""  # the file it was read from, for messages
@@ -49,60 +89,106 @@ class Preset:
     def is_local(self) -> bool:
         return self.scheduler == "local"
 
+    def partition(self, name: str) -> Partition:
+        """A partition by name; one not in the table is taken as described by the preset's defaults."""
+        if name in self.partitions:
+            return self.partitions[name]
+        kind = "gpu" if name and name == self.partition_gpu else "cpu"
+        return Partition(kind=kind, max_walltime_min=self.max_walltime_min,
+                         default_walltime_min=self.default_walltime_min, gpus_per_task=1 if kind == "gpu" else 0,
+                         cycles_device="CUDA" if kind == "gpu" else "CPU")
 
-def _check_types(data: dict[str, object], source: str) -> dict[str, object]:
-    valid = {f.name: f for f in dataclasses.fields(Preset) if f.name != "source"}
-    unknown = sorted(set(data) - set(valid))
+    def default_partition(self, gpu: bool) -> str:
+        return self.partition_gpu if gpu else self.partition_cpu
+
+
+def _type_ok(expected: str, value: object) -> tuple[bool, object]:
+    if expected == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if expected == "bool":
+        return isinstance(value, bool), value
+    if expected == "str":
+        return isinstance(value, str), value
+    if expected == "tuple[str, ...]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return ok, tuple(value) if ok else value  # type: ignore[arg-type]
+    raise AssertionError(f"no check for {expected}")
+
+
+def _checked(cls: type, data: object, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise PresetError(f"{where} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise PresetError(
-            f"preset {source}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(sorted(valid))}"
-        )
-    checked: dict[str, object] = {}
+        raise PresetError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are: {', '.join(sorted(fields))}")
+    checked: dict[str, Any] = {}
     for key, value in data.items():
-        expected = valid[key].type
-        if expected == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif expected == "tuple[str, ...]":
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-            value = tuple(value) if ok else value  # type: ignore[arg-type]
-        else:
-            ok = isinstance(value, str)
+        expected = fields[key].type
+        if expected == "dict[str, Partition]":
+            if not isinstance(value, dict):
+                raise PresetError(f"{where}: partitions must be a table of [partitions.NAME] tables")
+            checked[key] = {name: Partition(**_checked(Partition, table, f"{where}: partitions.{name}"))
+                            for name, table in value.items()}
+            continue
+        ok, converted = _type_ok(str(expected), value)
         if not ok:
-            raise PresetError(f"preset {source}: {key} must be of type {expected}, got {value!r}")
-        checked[key] = value
+            raise PresetError(f"{where}: {key} must be of type {expected}, got {value!r}")
+        checked[key] = converted
     return checked
 
 
 def preset_from_dict(data: dict[str, object], source: str) -> Preset:
     """Validate one preset's data; every problem names the file and the key."""
-    checked = _check_types(data, source)
+    checked = _checked(Preset, data, f"preset {source}")
     for required in ("name", "scheduler"):
         if not checked.get(required):
             raise PresetError(f"preset {source}: missing required key {required!r}")
-    preset = Preset(**checked, source=source)  # type: ignore[arg-type]
+    preset = Preset(**checked, source=source)
     _check_values(preset)
     return preset
+
+
+def _one_of(where: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise PresetError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
 
 
 def _check_values(p: Preset) -> None:
     where = f"preset {p.source}"
     if not _NAME.match(p.name):
         raise PresetError(f"{where}: name {p.name!r} must be lower-case letters, digits, '-', '_' or '.'")
-    if p.scheduler not in SCHEDULERS:
-        raise PresetError(f"{where}: scheduler {p.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    if p.ssh_backend not in SSH_BACKENDS:
-        raise PresetError(f"{where}: ssh_backend {p.ssh_backend!r} is not one of {', '.join(SSH_BACKENDS)}")
+    _one_of(where, "scheduler", p.scheduler, SCHEDULERS)
+    _one_of(where, "ssh_backend", p.ssh_backend, SSH_BACKENDS)
+    _one_of(where, "gpu_request", p.gpu_request, GPU_REQUESTS)
+    _one_of(where, "arch", p.arch, ARCHES)
     if not p.is_local:
-        for key in ("host", "workdir", "blender"):
+        for key in ("host", "blender") if p.arch == "x86_64" else ("host",):
             if not getattr(p, key):
                 raise PresetError(f"{where}: {key} is required for a {p.scheduler} cluster")
-        if not p.workdir.startswith("/") and not p.workdir.startswith("$"):
+        if p.workdir and not p.workdir.startswith("/"):
             raise PresetError(f"{where}: workdir {p.workdir!r} must be an absolute path on the cluster")
     if not 0 < p.port < 65536:
         raise PresetError(f"{where}: port {p.port} is not a TCP port")
-    for line in p.env:
-        if "\n" in line:
-            raise PresetError(f"{where}: env lines must be single lines, got {line!r}")
+    for line in (*p.env, *p.extra_directives):
+        if "\n" in line or "\r" in line:
+            raise PresetError(f"{where}: env lines and directives must be single lines, got {line!r}")
+    _check_partitions(p, where)
+
+
+def _check_partitions(p: Preset, where: str) -> None:
+    for default in (p.partition_cpu, p.partition_gpu):
+        if p.partitions and default and default not in p.partitions:
+            raise PresetError(f"{where}: default partition {default!r} is not in [partitions] "
+                              f"({', '.join(p.partitions)})")
+    for name, part in p.partitions.items():
+        pwhere = f"{where}: partitions.{name}"
+        _one_of(pwhere, "kind", part.kind, KINDS)
+        _one_of(pwhere, "cycles_device", part.cycles_device, CYCLES_DEVICES)
+        if part.arch:
+            _one_of(pwhere, "arch", part.arch, ARCHES)
+        if part.kind == "gpu" and part.cycles_device == "CPU":
+            raise PresetError(f"{pwhere}: a gpu partition needs a GPU cycles_device ({', '.join(CYCLES_DEVICES[1:])})")
 
 
 def load_preset_file(path: Path) -> Preset:

@@ -24,10 +24,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     scheduler_ids TEXT NOT NULL,
     state TEXT NOT NULL,
     tasks TEXT NOT NULL DEFAULT '{}',
+    rounds INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     updated REAL NOT NULL
 )
 """
+# Columns added after the first release, for registries written by an older version.
+_ADDED = {"tasks": "TEXT NOT NULL DEFAULT '{}'", "rounds": "INTEGER NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class JobRecord:
     scheduler_ids: tuple[str, ...]
     state: str
     tasks: dict[str, int]  # task counts by state when the job ended (finished jobs are not polled again)
+    rounds: int  # resubmissions of missing frames so far
     created: float
 
 
@@ -54,6 +58,10 @@ def _db() -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(path, timeout=30)
     try:
         conn.execute(_SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         with conn:
             yield conn
     finally:
@@ -68,12 +76,12 @@ def _spec_from_json(text: str) -> JobSpec:
 
 
 def _record(row: tuple) -> JobRecord:
-    name, preset, spec, root, ids, state, tasks, created = row
+    name, preset, spec, root, ids, state, tasks, rounds, created = row
     return JobRecord(name, preset, _spec_from_json(spec), root, tuple(json.loads(ids)), state, json.loads(tasks),
-                     created)
+                     rounds, created)
 
 
-_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, created"
+_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, rounds, created"
 
 
 def add_job(spec: JobSpec, remote_root: str, scheduler_ids: list[str], state: str) -> None:
@@ -91,6 +99,14 @@ def set_state(name: str, state: str, tasks: dict[str, int] | None = None) -> Non
     with _db() as db:
         db.execute("UPDATE jobs SET state = ?, tasks = ?, updated = ? WHERE name = ?",
                    (state, json.dumps(tasks or {}), time.time(), name))
+
+
+def add_round(name: str, job_ids: list[str], state: str) -> None:
+    """A resubmission: more scheduler ids, one more round, and the job is live again."""
+    record = get_job(name)
+    with _db() as db:
+        db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = ?, state = ?, tasks = '{}', updated = ? WHERE name = ?",
+                   (json.dumps([*record.scheduler_ids, *job_ids]), record.rounds + 1, state, time.time(), name))
 
 
 def get_job(name: str) -> JobRecord:

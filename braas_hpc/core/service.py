@@ -17,32 +17,22 @@ from pathlib import Path
 
 from . import VERSION, registry
 from .errors import BraasError, UsageError
-from .frames import chunk_frames, format_frames, parse_frames
-from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, make_job_name
+from .frames import chunk_frames, format_frames
+from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text
 from .local_blender import local_blender
 from .packing import pack_scene
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
-from .schedulers.base import COMPLETED, FAILED, PENDING, RUNNING
-from .transport import Transport, transport_for
+from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, Round
+from .spec import SubmitRequest, build_spec
+from .transport import Transport, quote_command, transport_for
 
 RENDER_TASK = Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py"
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
 
-
-@dataclass(frozen=True)
-class SubmitRequest:
-    """What a user asks for, as typed by the CLI or the panel; validated by `build_spec`."""
-
-    scene: Path
-    preset: str
-    frames: str
-    chunk: int = 1
-    device: str = "CPU"
-    walltime_min: int | None = None
-    max_parallel: int = 0
-    ssh_backend: str | None = None  # None: the preset's
+__all__ = ["SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "missing_frames", "prepare_job",
+           "remote_root", "render_local", "resubmit", "submit"]
 
 
 @dataclass(frozen=True)
@@ -59,31 +49,17 @@ class SubmitResult:
                 "scheduler_ids": list(self.scheduler_ids), "job_dir": self.job_dir}
 
 
-def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
-    """Check everything that can be checked before any work: nothing is written when this fails."""
-    scene = request.scene.expanduser().resolve()
-    if not scene.is_file():
-        raise UsageError(f"scene file not found: {request.scene}")
-    if scene.suffix.lower() != ".blend":
-        raise UsageError(f"not a .blend file: {request.scene}")
-    preset = load_preset(request.preset)
-    frames = parse_frames(request.frames)
-    walltime = request.walltime_min or preset.default_walltime_min
-    if walltime > preset.max_walltime_min:
-        raise UsageError(f"walltime {walltime} min is above the limit of preset {preset.name} "
-                         f"({preset.max_walltime_min} min)")
-    if request.chunk < 1:
-        raise UsageError(f"chunk size must be at least 1, got {request.chunk}")
-    tasks = tuple(tuple(task) for task in chunk_frames(frames, request.chunk))
-    spec = JobSpec(name=make_job_name(scene), preset=preset.name, scene=str(scene), frames=tuple(frames),
-                   chunk=request.chunk, device=request.device, walltime_min=walltime,
-                   max_parallel=request.max_parallel, tasks=tasks)
-    spec.validate()
-    return spec, preset
-
-
-def remote_root(preset: Preset) -> str:
-    base = preset.workdir or str(data_dir() / "local")
+def remote_root(preset: Preset, placeholder: bool = False) -> str:
+    """`<workdir>/braas-hpc`. A cluster preset without a workdir is refused (never guessed)."""
+    if preset.is_local:
+        base = preset.workdir or str(data_dir() / "local")
+    elif preset.workdir:
+        base = preset.workdir
+    elif placeholder:  # a dry run shows where the job would go once a workdir is set
+        base = "<workdir>"
+    else:
+        hint = f" (the site documents {preset.workdir_hint})" if preset.workdir_hint else ""
+        raise UsageError(f"preset {preset.name} has no working directory: set workdir in {preset.source}{hint}")
     return f"{base.rstrip('/')}/braas-hpc"
 
 
@@ -91,16 +67,15 @@ def _job_json(spec: JobSpec) -> str:
     return json.dumps({"spec": spec.to_dict(), "braas_hpc": VERSION, "submitted": time.time()}, indent=1)
 
 
-def _write_inputs(staging: Path, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str]) -> None:
-    """Write the job's small files locally; they are uploaded beside the packed scene."""
-    header = [] if preset.is_local else scheduler_for(preset.scheduler).directives(spec, preset, paths)
-    script = render_job_script(header, spec, preset, paths, blender, paths.render_task(VERSION))
-    (staging / "job.sh").write_text(script)
-    (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
-    (staging / "job.json").write_text(_job_json(spec))
+def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> str:
+    if preset.is_local:
+        return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(VERSION), round_,
+                                 log_to_file=False)
+    return scheduler_for(preset.scheduler).render_script(spec, preset, paths, [preset.blender],
+                                                         paths.render_task(VERSION), round_)
 
 
-async def _upload(transport: Transport, staging: Path, paths: JobPaths) -> None:
+async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths) -> None:
     await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir])
     installed = {entry.name for entry in await transport.listdir(paths.scripts_dir(VERSION))}
     if "render_task.py" not in installed:
@@ -113,27 +88,94 @@ async def _upload(transport: Transport, staging: Path, paths: JobPaths) -> None:
 async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> JobPaths:
     """Pack, write and upload everything the job needs; return its paths."""
     paths = JobPaths(remote_root(preset), spec.name)
-    blender = local_blender() if preset.is_local else [preset.blender]
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:
         staging = Path(temp)
         await asyncio.to_thread(pack_scene, Path(spec.scene), staging / "scene.blend")
-        _write_inputs(staging, spec, preset, paths, blender)
-        await _upload(transport, staging, paths)
+        (staging / "job.sh").write_text(job_script(spec, preset, paths))
+        (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
+        (staging / "job.json").write_text(_job_json(spec))
+        await _upload_inputs(transport, staging, paths)
     return paths
+
+
+@dataclass(frozen=True)
+class DryRun:
+    script: str
+    submit_command: str
+    frames_file: str
+    job_dir: str
+
+
+def dry_run(request: SubmitRequest) -> DryRun:
+    """The exact batch script and submit command, without packing or connecting."""
+    spec, preset = build_spec(request)
+    if preset.is_local:
+        raise UsageError("the local preset has no batch script: use `braas-hpc render`")
+    paths = JobPaths(remote_root(preset, placeholder=True), spec.name)
+    scheduler = scheduler_for(preset.scheduler)
+    commands = [quote_command(scheduler.submit_argv(paths.script, task))
+                for task in scheduler.submissions(preset, Round(0, len(spec.tasks)))]
+    return DryRun(job_script(spec, preset, paths), "\n".join(commands), frames_file_text(spec.tasks), paths.job_dir)
 
 
 async def submit(request: SubmitRequest) -> SubmitResult:
     spec, preset = build_spec(request)
     if preset.is_local:
         raise UsageError("the local preset renders at once: use `braas-hpc render` instead of submit")
-    scheduler = scheduler_for(preset.scheduler)
+    remote_root(preset)  # refuse a missing workdir before packing anything
     transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
-    done = await transport.run(scheduler.submit_argv(paths.script))
-    job_id = scheduler.parse_submit(done.stdout)
-    registry.add_job(spec, paths.root, [job_id], PENDING)
-    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), (job_id,),
+    ids = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
+    registry.add_job(spec, paths.root, ids, PENDING)
+    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
                         paths.job_dir)
+
+
+async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> list[str]:
+    """One array submission, or one job per task on a site without arrays."""
+    scheduler = scheduler_for(preset.scheduler)
+    ids = []
+    for task in scheduler.submissions(preset, round_):
+        done = await transport.run(scheduler.submit_argv(script, task))
+        ids.append(scheduler.parse_submit(done.stdout))
+    return ids
+
+
+async def cancel(name: str) -> tuple[str, ...]:
+    """Cancel every scheduler job of a job (all rounds, all array tasks). Returns the ids cancelled."""
+    record = registry.get_job(name)
+    preset = load_preset(record.preset)
+    if preset.is_local:
+        raise UsageError("local jobs run in the foreground: stop them with Ctrl+C")
+    if record.state in TERMINAL:
+        return ()
+    await transport_for(preset).run(scheduler_for(preset.scheduler).cancel_argv(list(record.scheduler_ids)))
+    registry.set_state(name, CANCELLED, {})
+    return record.scheduler_ids
+
+
+async def resubmit(name: str, missing: list[int]) -> SubmitResult:
+    """Submit the missing frames of an ended job again, as a new round with only those frames."""
+    record = registry.get_job(name)
+    preset = load_preset(record.preset)
+    if preset.is_local:
+        raise UsageError("render the missing frames locally with `braas-hpc render` again")
+    if not missing:
+        raise UsageError(f"job {name} has every frame; nothing to resubmit")
+    spec = record.spec
+    tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), spec.chunk))
+    round_ = Round(record.rounds + 1, len(tasks))
+    paths = JobPaths(record.remote_root, name)
+    transport = transport_for(preset)
+    with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:
+        staging = Path(temp)
+        (staging / "frames").write_text(frames_file_text(tasks))
+        (staging / "job.sh").write_text(job_script(spec, preset, paths, round_))
+        await transport.put(staging / "frames", paths.round_frames_file(round_.number))
+        await transport.put(staging / "job.sh", paths.round_script(round_.number))
+    ids = await _submit_round(transport, preset, paths.round_script(round_.number), round_)
+    registry.add_round(name, ids, PENDING)
+    return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir)
 
 
 async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback | None = None) -> SubmitResult:

@@ -9,35 +9,35 @@ from braas_hpc.core.presets import preset_from_dict
 from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN
 from braas_hpc.core.schedulers.slurm import SlurmScheduler
 
-PRESET = preset_from_dict(
-    {"name": "site", "scheduler": "slurm", "host": "login", "workdir": "/w", "account": "OPEN-1-1",
-     "partition_cpu": "qcpu", "partition_gpu": "qgpu", "env": ["module load Blender/4.5"]},
-    "test",
-)
+PRESET_DATA: dict[str, object] = {
+    "name": "site", "scheduler": "slurm", "host": "login", "workdir": "/w", "account": "OPEN-1-1",
+    "partition_cpu": "qcpu", "partition_gpu": "qgpu", "env": ["module load Blender/4.5"]}
+PRESET = preset_from_dict(PRESET_DATA, "test")
 SPEC = JobSpec(name="shot 1;$(x)", preset="site", scene="/s.blend", frames=(1, 2, 3), chunk=2,
-               walltime_min=90, max_parallel=4, tasks=((1, 2), (3,)))
+               walltime_min=90, max_parallel=1, tasks=((1, 2), (3,)), account="OPEN-1-1", partition="qcpu")
 PATHS = JobPaths("/w/braas-hpc", "shot1-20260101-000000-abcd")
 
 EXPECTED = """#!/bin/bash
 #SBATCH --job-name=shot_1___x_
 #SBATCH --account=OPEN-1-1
 #SBATCH --partition=qcpu
-#SBATCH --array=1-2%4
+#SBATCH --array=1-2%1
 #SBATCH --time=01:30:00
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --output=/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/task-%a.log
+#SBATCH --output=/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/slurm-%A_%a.out
 
-# braas-hpc job shot 1;$(x): 2 task(s), frames listed per task in frames.txt
+# braas-hpc job shot 1;$(x): 2 task(s), frames per task in frames.txt
 set -u
 module load Blender/4.5
-task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-}}}"
+task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"
 if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi
 threads="${SLURM_CPUS_PER_TASK:-${NCPUS:-0}}"
 cd /w/braas-hpc/jobs/shot1-20260101-000000-abcd || exit 2
+exec >>/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/"task-$task_id.log" 2>&1
 exec blender -b -Y /w/braas-hpc/jobs/shot1-20260101-000000-abcd/in/scene.blend -E CYCLES -t "$threads" \
 -P '/w/my scripts/render_task.py' -- --job-dir /w/braas-hpc/jobs/shot1-20260101-000000-abcd --task "$task_id" \
---device CPU --format PNG
+--device CPU --format PNG --frames-file frames.txt
 """
 
 
@@ -46,12 +46,19 @@ def test_array_script_golden() -> None:
     assert script == EXPECTED.replace(" \\\n", " ")
 
 
-def test_gpu_job_uses_gpu_partition() -> None:
+def test_gpu_job_asks_for_gpus_the_site_way() -> None:
     gpu = JobSpec(**{**SPEC.to_dict(), "device": "GPU", "max_parallel": 0, "tasks": SPEC.tasks,
-                     "frames": SPEC.frames})
+                     "frames": SPEC.frames, "partition": "qgpu", "gpus": 1, "cycles_device": "OPTIX"})
     lines = SlurmScheduler().directives(gpu, PRESET, PATHS)
     assert "#SBATCH --partition=qgpu" in lines and "#SBATCH --gpus=1" in lines
     assert "#SBATCH --array=1-2" in lines
+    gres = preset_from_dict({**PRESET_DATA, "gpu_request": "gres", "drop_directives": ["--ntasks"],
+                             "extra_directives": ["--constraint=a100"]}, "test")
+    lines = SlurmScheduler().directives(gpu, gres, PATHS)
+    assert "#SBATCH --gres=gpu:1" in lines and "#SBATCH --gpus=1" not in lines
+    assert "#SBATCH --ntasks=1" not in lines and lines[-1] == "#SBATCH --constraint=a100"
+    script = SlurmScheduler().render_script(gpu, PRESET, PATHS, ["blender"], "/r.py")
+    assert "--device GPU --format PNG --frames-file frames.txt --cycles-device OPTIX" in script
 
 
 def test_frames_file_maps_tasks_to_frames() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import PresetError
 from .base import Scheduler, TaskState, render_job_script
+from .pbs import PBSScheduler
 from .slurm import SlurmScheduler
 
 __all__ = ["Scheduler", "TaskState", "render_job_script", "scheduler_for"]
@@ -12,4 +13,6 @@ __all__ = ["Scheduler", "TaskState", "render_job_script", "scheduler_for"]
 def scheduler_for(kind: str) -> Scheduler:
     if kind == "slurm":
         return SlurmScheduler()
-    raise PresetError(f"scheduler {kind!r} is not supported yet (supported: slurm, local)")
+    if kind == "pbs":
+        return PBSScheduler()
+    raise PresetError(f"scheduler {kind!r} is not supported yet (supported: slurm, pbs)")

@@ -1,6 +1,7 @@
-"""The scheduler face shared by Slurm, PBS Pro and the local runner.
+"""The scheduler face shared by Slurm and PBS Pro, and the job script body shared by all.
 
-Script generation is a pure function of the job spec and the preset, tested as text.
+Script generation is a pure function of the job spec, the preset and the round, tested as text.
+A subclass only knows its directives, its commands and its state names (dask-jobqueue's shape).
 """
 
 from __future__ import annotations
@@ -21,71 +22,142 @@ TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT})
 
 @dataclass(frozen=True)
 class TaskState:
-    job_id: str  # the scheduler's id of the whole array
+    job_id: str  # the scheduler's id of the whole array (as we stored it at submission)
     task: str  # array index, a range like "[3-4]" while pending, or "" for the whole job
     state: str  # one of the normalised states
     raw: str  # what the scheduler said, for the user
     exit_code: str = ""
 
 
+@dataclass(frozen=True)
+class Round:
+    """One submission of a job: round 0 is the first; each resubmission of missing frames adds one."""
+
+    number: int
+    tasks: int  # array size
+
+    @property
+    def marker_prefix(self) -> str:
+        return "" if self.number == 0 else f"r{self.number}-"
+
+
 def task_id_shell() -> str:
-    """Shell that finds the array index under any scheduler; local runs set BRAAS_TASK_ID."""
-    return 'task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-}}}"'
+    """Shell that finds the task number: an array index, BRAAS_TASK_ID (local runs, plain PBS jobs) or
+    the script's first argument (plain Slurm jobs on sites without arrays)."""
+    return 'task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"'
 
 
-def render_job_script(
-    header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], render_task: str
-) -> str:
-    """The array job script: maps its task index to frames through frames.txt via render_task.py.
+def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
+                      render_task: str, round_: Round | None = None, log_to_file: bool = True) -> str:
+    """The array job script: maps its task index to frames through the round's frames file.
 
-    The same body runs under every scheduler and on the `local` preset (header empty).
+    The same body runs under every scheduler and on the `local` preset (header empty, and output
+    left on stdout, where the local runner reads the progress lines).
     """
+    round_ = round_ or Round(0, len(spec.tasks))
     q = shlex.quote
+    frames_file = paths.round_frames_file(round_.number).rsplit("/", 1)[-1]
+    # Shell variables stay unquoted-by-us (double-quoted in place); every other word is quoted.
+    threads, task = object(), object()
+    render: list[object] = [
+        # -Y: Python embedded in the .blend never runs on the cluster unless a later issue opts in.
+        *blender, "-b", "-Y", paths.scene, "-E", "CYCLES", "-t", threads, "-P", render_task, "--",
+        "--job-dir", paths.job_dir, "--task", task, "--device", spec.device, "--format", spec.image_format,
+        "--frames-file", frames_file,
+    ]
+    if round_.marker_prefix:
+        render += ["--marker-prefix", round_.marker_prefix]
+    if spec.device == "GPU":
+        render += ["--cycles-device", spec.cycles_device]
+    variables = {id(threads): '"$threads"', id(task): '"$task_id"'}
+    command = " ".join(variables.get(id(word), q(str(word))) for word in render)
     lines = ["#!/bin/bash", *header, ""]
     lines += [
-        f"# braas-hpc job {spec.name}: {len(spec.tasks)} task(s), frames listed per task in frames.txt",
+        f"# braas-hpc job {spec.name}: {round_.tasks} task(s), frames per task in {frames_file}",
         "set -u",
         *preset.env,
         task_id_shell(),
         'if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',
         'threads="${SLURM_CPUS_PER_TASK:-${NCPUS:-0}}"',
         f"cd {q(paths.job_dir)} || exit 2",
-        # -Y: Python embedded in the .blend never runs on the cluster unless a later issue opts in.
-        f"exec {shlex.join(blender)} -b -Y {q(paths.scene)} -E CYCLES -t \"$threads\" "
-        f"-P {q(render_task)} -- --job-dir {q(paths.job_dir)} --task \"$task_id\" "
-        f"--device {q(spec.device)} --format {q(spec.image_format)}",
+        *([f'exec >>{q(paths.log_dir)}/"{round_.marker_prefix}task-$task_id.log" 2>&1'] if log_to_file else []),
+        f"exec {command}",
         "",
     ]
     return "\n".join(lines)
 
 
+def walltime_hms(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def scheduler_partition(spec: JobSpec, preset: Preset) -> str:
+    """The partition/queue name the scheduler knows (a preset entry may be named after its QoS)."""
+    return preset.partition(spec.partition).partition or spec.partition
+
+
+def apply_drops(directives: list[tuple[str, str]], preset: Preset) -> list[tuple[str, str]]:
+    """Remove directives the site rejects (by name, e.g. '--mem'); the preset's extras are added after."""
+    dropped = set(preset.drop_directives)
+    return [(name, value) for name, value in directives if name not in dropped]
+
+
 class Scheduler(ABC):
     name: str
+    prefix: str  # "#SBATCH" or "#PBS"
 
     @abstractmethod
-    def directives(self, spec: JobSpec, preset: Preset, paths: JobPaths) -> list[str]:
-        """Header lines (`#SBATCH ...`) for this scheduler."""
-
-    def render_script(
-        self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], render_task: str
-    ) -> str:
-        return render_job_script(self.directives(spec, preset, paths), spec, preset, paths, blender, render_task)
+    def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
+        """(name, value) pairs for this scheduler; the name is what a preset's drop_directives names."""
 
     @abstractmethod
-    def submit_argv(self, script: str) -> list[str]: ...
+    def format_directive(self, name: str, value: str) -> str: ...
+
+    def directives(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> list[str]:
+        round_ = round_ or Round(0, len(spec.tasks))
+        pairs = apply_drops(self.directive_pairs(spec, preset, paths, round_), preset)
+        extras = [*preset.extra_directives, *preset.partition(spec.partition).extra_directives]
+        lines = [self.format_directive(n, v) for n, v in pairs]
+        lines += [e for e in dict.fromkeys(extras) if e not in lines]  # a preset may repeat what we write
+        return [f"{self.prefix} {line}" for line in lines]
+
+    def render_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], render_task: str,
+                      round_: Round | None = None) -> str:
+        round_ = round_ or Round(0, len(spec.tasks))
+        header = self.directives(spec, preset, paths, round_)
+        return render_job_script(header, spec, preset, paths, blender, render_task, round_)
+
+    def uses_array(self, preset: Preset, round_: Round) -> bool:
+        return preset.arrays
+
+    def submissions(self, preset: Preset, round_: Round) -> list[int | None]:
+        """One array submission (None), or one job per task where the site has no arrays."""
+        return [None] if self.uses_array(preset, round_) else list(range(1, round_.tasks + 1))
+
+    @abstractmethod
+    def submit_argv(self, script: str, task: int | None = None) -> list[str]:
+        """The submit command; `task` set means a plain job that runs that one task (no array)."""
 
     @abstractmethod
     def parse_submit(self, stdout: str) -> str: ...
 
     @abstractmethod
-    def query_argv(self, job_ids: list[str]) -> list[str]: ...
+    def query_argv(self, job_ids: list[str]) -> list[str]:
+        """One call that answers for every job id given (batched: never one call per job)."""
 
     @abstractmethod
     def parse_query(self, stdout: str) -> list[TaskState]: ...
 
+    def fallback_query_argv(self, job_ids: list[str]) -> list[str] | None:
+        """A second way to ask when the first fails (Slurm without accounting: squeue)."""
+        return None
+
+    def parse_fallback(self, stdout: str) -> list[TaskState]:
+        return []
+
     @abstractmethod
     def cancel_argv(self, job_ids: list[str]) -> list[str]: ...
 
-
-def walltime_hms(minutes: int) -> str:
-    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+    def job_key(self, job_id: str) -> str:
+        """The part of a stored job id that TaskState.job_id carries (PBS drops '[]' and the server)."""
+        return job_id

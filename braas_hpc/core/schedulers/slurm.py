@@ -1,4 +1,4 @@
-"""Slurm: sbatch arrays, one batched `sacct` for many jobs, scancel of whole arrays."""
+"""Slurm: sbatch arrays, one batched `sacct` for many jobs (squeue when accounting is off), scancel."""
 
 from __future__ import annotations
 
@@ -15,49 +15,79 @@ from .base import (
     RUNNING,
     TIMEOUT,
     UNKNOWN,
+    Round,
     Scheduler,
     TaskState,
+    scheduler_partition,
     walltime_hms,
 )
 
-_STATE_MAP = {
-    "PENDING": PENDING, "REQUEUED": PENDING, "REQUEUE_HOLD": PENDING, "REQUEUE_FED": PENDING,
-    "CONFIGURING": RUNNING, "RUNNING": RUNNING, "COMPLETING": RUNNING, "SUSPENDED": RUNNING,
-    "RESIZING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING,
-    "COMPLETED": COMPLETED,
-    "FAILED": FAILED, "NODE_FAIL": FAILED, "OUT_OF_MEMORY": FAILED, "BOOT_FAIL": FAILED,
-    "PREEMPTED": FAILED, "DEADLINE": TIMEOUT, "TIMEOUT": TIMEOUT,
-    "CANCELLED": CANCELLED, "REVOKED": CANCELLED,
+# Every state sacct and squeue print (long and short forms), normalised.
+STATES = {
+    "PENDING": PENDING, "PD": PENDING, "REQUEUED": PENDING, "RQ": PENDING, "REQUEUE_HOLD": PENDING,
+    "REQUEUE_FED": PENDING, "RESV_DEL_HOLD": PENDING, "SPECIAL_EXIT": PENDING, "SE": PENDING,
+    "CONFIGURING": RUNNING, "CF": RUNNING, "RUNNING": RUNNING, "R": RUNNING, "COMPLETING": RUNNING, "CG": RUNNING,
+    "SUSPENDED": RUNNING, "S": RUNNING, "RESIZING": RUNNING, "STAGE_OUT": RUNNING, "SO": RUNNING,
+    "SIGNALING": RUNNING, "STOPPED": RUNNING, "ST": RUNNING,
+    "COMPLETED": COMPLETED, "CD": COMPLETED,
+    "FAILED": FAILED, "F": FAILED, "NODE_FAIL": FAILED, "NF": FAILED, "OUT_OF_MEMORY": FAILED, "OOM": FAILED,
+    "BOOT_FAIL": FAILED, "BF": FAILED, "PREEMPTED": FAILED, "PR": FAILED,
+    "DEADLINE": TIMEOUT, "DL": TIMEOUT, "TIMEOUT": TIMEOUT, "TO": TIMEOUT,
+    "CANCELLED": CANCELLED, "CA": CANCELLED, "REVOKED": CANCELLED, "RV": CANCELLED,
 }
 _SUBMITTED = re.compile(r"^(\d+)(;\S+)?$")
-# Slurm job names: keep them short and printable so squeue columns and e-mails stay readable.
+# Slurm job names: short and printable so squeue columns and e-mails stay readable.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+NAME_MAX = 64
+
+
+def state_of(raw: str) -> str:
+    """'CANCELLED by 1000' -> CANCELLED; a truncated 'CANCELLED+' too; unknown words -> UNKNOWN."""
+    word = raw.split()[0].rstrip("+") if raw.strip() else ""
+    return STATES.get(word, UNKNOWN)
 
 
 class SlurmScheduler(Scheduler):
     name = "slurm"
+    prefix = "#SBATCH"
 
-    def directives(self, spec: JobSpec, preset: Preset, paths: JobPaths) -> list[str]:
-        partition = preset.partition_gpu if spec.device == "GPU" else preset.partition_cpu
-        array = f"1-{len(spec.tasks)}" + (f"%{spec.max_parallel}" if spec.max_parallel else "")
-        lines = [f"--job-name={_NAME_UNSAFE.sub('_', spec.name)[:64]}"]
-        if preset.account:
-            lines.append(f"--account={preset.account}")
-        if partition:
-            lines.append(f"--partition={partition}")
-        lines += [
-            f"--array={array}",
-            f"--time={walltime_hms(spec.walltime_min)}",
-            "--nodes=1",
-            "--ntasks=1",
-            f"--output={paths.log_dir}/task-%a.log",
+    def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
+        throttle = f"%{spec.max_parallel}" if 0 < spec.max_parallel < round_.tasks else ""
+        array = self.uses_array(preset, round_)
+        pairs = [("--job-name", _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX])]
+        partition = scheduler_partition(spec, preset)
+        for name, value in (("--account", spec.account), ("--partition", partition), ("--qos", spec.qos)):
+            if value:
+                pairs.append((name, value))
+        if array:
+            pairs.append(("--array", f"1-{round_.tasks}{throttle}"))
+        pairs += [
+            ("--time", walltime_hms(spec.walltime_min)),
+            ("--nodes", "1"),
+            ("--ntasks", "1"),
+            # The task's own log is written by the script; this file only catches Slurm's messages.
+            ("--output", f"{paths.log_dir}/slurm-{round_.marker_prefix}{'%A_%a' if array else '%j'}.out"),
         ]
-        if spec.device == "GPU":
-            lines.append("--gpus=1")
-        return [f"#SBATCH {line}" for line in lines]
+        if spec.whole_node:
+            pairs.append(("--exclusive", ""))
+        elif spec.cpus:
+            pairs.append(("--cpus-per-task", str(spec.cpus)))
+        if spec.gpus and preset.gpu_request == "gpus":
+            pairs.append(("--gpus", str(spec.gpus)))
+        elif spec.gpus and preset.gpu_request == "gres":
+            pairs.append(("--gres", f"gpu:{spec.gpus}"))
+        if spec.memory_gb:
+            pairs.append(("--mem", f"{spec.memory_gb}G"))
+        if spec.email:
+            pairs += [("--mail-user", spec.email), ("--mail-type", "END,FAIL")]
+        return pairs
 
-    def submit_argv(self, script: str) -> list[str]:
-        return ["sbatch", "--parsable", script]
+    def format_directive(self, name: str, value: str) -> str:
+        return f"{name}={value}" if value else name
+
+    def submit_argv(self, script: str, task: int | None = None) -> list[str]:
+        # A plain job gets its task number as the script's argument (sbatch passes it on).
+        return ["sbatch", "--parsable", script, *([str(task)] if task else [])]
 
     def parse_submit(self, stdout: str) -> str:
         last = stdout.strip().splitlines()[-1:] or [""]
@@ -67,9 +97,8 @@ class SlurmScheduler(Scheduler):
         return match.group(1)
 
     def query_argv(self, job_ids: list[str]) -> list[str]:
-        # -X: allocations only (array tasks one line each); wide State so "CANCELLED by N" is whole.
-        return ["sacct", "--parsable2", "--noheader", "-X", "-o", "JobID,State%40,ExitCode",
-                "-j", ",".join(job_ids)]
+        # -X: allocations only (each array task one line); a wide State so "CANCELLED by N" is whole.
+        return ["sacct", "--parsable2", "--noheader", "-X", "-o", "JobID,State%40,ExitCode", "-j", ",".join(job_ids)]
 
     def parse_query(self, stdout: str) -> list[TaskState]:
         states = []
@@ -78,10 +107,16 @@ class SlurmScheduler(Scheduler):
             if len(fields) < 3 or not fields[0]:
                 continue
             job_id, _, task = fields[0].partition("_")
-            raw = fields[1].strip()
-            word = raw.split()[0].rstrip("+") if raw else ""
-            states.append(TaskState(job_id, task, _STATE_MAP.get(word, UNKNOWN), raw, fields[2]))
+            states.append(TaskState(job_id, task, state_of(fields[1]), fields[1].strip(), fields[2]))
         return states
 
+    def fallback_query_argv(self, job_ids: list[str]) -> list[str]:
+        # Without accounting only the queue knows: -r lists array tasks one per line.
+        return ["squeue", "--noheader", "-r", "-o", "%i|%T|%r", "-j", ",".join(job_ids)]
+
+    def parse_fallback(self, stdout: str) -> list[TaskState]:
+        return self.parse_query(stdout)
+
     def cancel_argv(self, job_ids: list[str]) -> list[str]:
+        # An array id without a task index cancels every task of the array, pending or running.
         return ["scancel", *job_ids]

@@ -1,0 +1,111 @@
+"""From what a user asks (CLI flags or panel fields) to a validated JobSpec, in one place.
+
+Everything that can be checked before any work is checked here, against the preset's limits, so a
+bad request fails with a message naming the value and the limit, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .frames import chunk_frames, parse_frames
+from .jobs import JobSpec, make_job_name
+from .presets import Partition, Preset, load_preset
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What a user asks for, as typed by the CLI or the panel."""
+
+    scene: Path
+    preset: str
+    frames: str
+    chunk: int = 1
+    device: str = "CPU"
+    walltime_min: int | None = None
+    max_parallel: int = 0
+    ssh_backend: str | None = None  # None: the preset's
+    account: str = ""  # "": the preset's
+    partition: str = ""  # "": the preset's default for the device
+    email: str = ""
+    memory_gb: int = 0
+
+
+def _scene(path: Path) -> Path:
+    scene = path.expanduser().resolve()
+    if not scene.is_file():
+        raise UsageError(f"scene file not found: {path}")
+    if scene.suffix.lower() != ".blend":
+        raise UsageError(f"not a .blend file: {path}")
+    return scene
+
+
+def _partition(request: SubmitRequest, preset: Preset) -> tuple[str, Partition]:
+    gpu = request.device == "GPU"
+    name = request.partition or preset.default_partition(gpu)
+    if preset.is_local:
+        return "", Partition(kind="gpu" if gpu else "cpu", cycles_device="CUDA" if gpu else "CPU")
+    if not name:
+        choices = [n for n, p in preset.partitions.items() if p.kind == ("gpu" if gpu else "cpu")]
+        raise UsageError(f"preset {preset.name} has no default {'GPU' if gpu else 'CPU'} partition; "
+                         f"choose one with --partition ({', '.join(choices) or 'none listed'})")
+    part = preset.partition(name)
+    if gpu and part.kind != "gpu":
+        gpus = [n for n, p in preset.partitions.items() if p.kind == "gpu"]
+        raise UsageError(f"partition {name} of preset {preset.name} has no GPUs; GPU partitions: "
+                         f"{', '.join(gpus) or 'none'}")
+    return name, part
+
+
+def _check_site(request: SubmitRequest, preset: Preset, part: Partition, account: str) -> None:
+    if preset.account_required and not account:
+        raise UsageError(f"preset {preset.name} needs an account (project) for every job: give --account "
+                         f"or set account in {preset.source}")
+    if (part.arch or preset.arch) == "aarch64" and not preset.blender:
+        raise UsageError(f"preset {preset.name} runs on aarch64 nodes and needs the path of your own Blender "
+                         f"build (blender = ... in {preset.source}): {preset.blender_note}")
+    if request.email and not preset.mail_allowed:
+        raise UsageError(f"preset {preset.name} does not send job e-mail; leave the e-mail empty")
+    if request.memory_gb and not preset.memory_allowed:
+        raise UsageError(f"preset {preset.name} rejects memory requests (the node's memory comes with it); "
+                         "leave memory at 0")
+
+
+def _check_tasks(preset: Preset, part: Partition, frames: int, tasks: int, chunk: int) -> None:
+    array_limit = preset.max_array_size if preset.arrays else 0
+    for limit, what in ((array_limit, "array size"), (part.max_jobs_per_user or preset.max_jobs_per_user,
+                                                      "jobs per user")):
+        if limit and tasks > limit and not preset.is_local:
+            need = math.ceil(frames / limit)
+            raise UsageError(f"{tasks} array tasks exceed the {what} limit of {preset.name} ({limit}; each "
+                             f"array task counts): use --chunk {need} or more (now {chunk})")
+
+
+def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
+    scene = _scene(request.scene)
+    preset = load_preset(request.preset)
+    frames = parse_frames(request.frames)
+    if request.chunk < 1:
+        raise UsageError(f"chunk size must be at least 1, got {request.chunk}")
+    partition, part = _partition(request, preset)
+    walltime = request.walltime_min or part.default_walltime_min or preset.default_walltime_min
+    limit = part.max_walltime_min if preset.partitions else preset.max_walltime_min
+    if walltime > limit:
+        raise UsageError(f"walltime {walltime} min is above the limit of {partition or preset.name} ({limit} min)")
+    account = request.account or preset.account
+    _check_site(request, preset, part, account)
+    tasks = tuple(tuple(task) for task in chunk_frames(frames, request.chunk))
+    _check_tasks(preset, part, len(frames), len(tasks), request.chunk)
+    gpu = request.device == "GPU"
+    spec = JobSpec(
+        name=make_job_name(scene), preset=preset.name, scene=str(scene), frames=tuple(frames),
+        chunk=request.chunk, device=request.device, walltime_min=walltime, max_parallel=request.max_parallel,
+        tasks=tasks, account=account, partition=partition, qos=part.qos, email=request.email,
+        memory_gb=request.memory_gb, cycles_device=part.cycles_device if gpu else "CPU",
+        gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
+    )
+    spec.validate()
+    return spec, preset
