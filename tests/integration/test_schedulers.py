@@ -1,0 +1,111 @@
+"""Schedulers on the real test cluster: every site's Slurm script shape, cancel, resubmit."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+from braas_hpc.core.presets import BUILTIN_DIR, load_preset, load_preset_file
+from tests.conftest import run_cli
+from tests.helpers import check_frame, make_sample
+from tests.retarget import retarget, to_toml
+
+SLURM_SITES = sorted(p.stem for p in BUILTIN_DIR.glob("*.toml")
+                     if load_preset_file(p).scheduler == "slurm")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample(tmp_path_factory.mktemp("sched-scene"))
+
+
+def _sacct(remote, job_id: str, fields: str) -> list[str]:  # noqa: ANN001
+    done = remote(f"sacct -n -P -X -o {fields} -j {shlex.quote(job_id)}")
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_every_site_script_runs_on_real_slurm(testbed, remote, scene: Path) -> None:  # noqa: ANN001
+    """Each Slurm site's CPU and GPU script, retargeted to the testbed, is accepted and run by Slurm."""
+    base = load_preset("testbed")
+    users = Path(base.source).parent
+    submitted = []
+    for site in SLURM_SITES:
+        preset = retarget(load_preset_file(BUILTIN_DIR / f"{site}.toml"), base)
+        (users / f"{preset.name}.toml").write_text(to_toml(preset))
+        for gpu in (False, True):
+            if not preset.default_partition(gpu):
+                continue
+            done = run_cli("submit", str(scene), "--preset", preset.name, "--frames", "2", "--json",
+                           *(["--gpu"] if gpu else []))
+            assert done.returncode == 0, f"{site} gpu={gpu}: {done.stderr}"
+            submitted.append((site, gpu, json.loads(done.stdout)))
+    assert len(submitted) >= len(SLURM_SITES)
+    for site, gpu, job in submitted:
+        waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
+        final = json.loads(waited.stdout)
+        job_dir = shlex.quote(job["job_dir"])
+        if not gpu:
+            assert waited.returncode == 0 and final["state"] == "COMPLETED", f"{site}: {final}"
+            continue
+        # No GPU here: the render task must refuse loudly instead of rendering on the CPU.
+        assert waited.returncode == 1 and final["state"] == "FAILED", f"{site} gpu: {final}"
+        marker = json.loads(remote(f"cat {job_dir}/status/task-1.json").stdout)
+        assert marker["exit_code"] == 4 and "found none" in marker["error"], marker
+        tres = " ".join(_sacct(remote, job["scheduler_ids"][0], "ReqTRES%120"))
+        preset = load_preset(f"tb-{site}")
+        if preset.gpu_request in ("gpus", "gres"):
+            assert "gres/gpu=1" in tres, f"{site}: Slurm did not get the GPU request: {tres}"
+
+
+def test_cancel_removes_running_and_pending_tasks(testbed, remote, scene: Path) -> None:  # noqa: ANN001
+    done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1-12", "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    job_id = job["scheduler_ids"][0]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until some tasks run while others still wait
+        states = remote(f"squeue -h -r -j {job_id} -o %T").stdout.split()
+        if "RUNNING" in states and "PENDING" in states:
+            break
+        time.sleep(0.5)
+    assert "RUNNING" in states and "PENDING" in states, states
+
+    cancelled = run_cli("cancel", job["job"], "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["cancelled"] == [job_id]
+    deadline = time.monotonic() + 60
+    while remote(f"squeue -h -j {job_id}").stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert remote(f"squeue -h -j {job_id}").stdout.strip() == ""
+    assert json.loads(run_cli("status", job["job"], "--json").stdout)[0]["state"] == "CANCELLED"
+    again = run_cli("cancel", job["job"])
+    assert again.returncode == 0 and "already ended" in again.stdout
+
+
+def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1-4", "--chunk", "2", "--json")
+    job = json.loads(done.stdout)
+    assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+    job_dir = shlex.quote(job["job_dir"])
+    # Lose two frames (a purge, a full disk): the job is no longer complete.
+    assert remote(f"rm {job_dir}/out/frame_000002.png {job_dir}/out/frame_000003.png").returncode == 0
+    status = json.loads(run_cli("status", job["job"], "--json").stdout)[0]
+    assert status["missing"] == [2, 3] and status["state"] == "FAILED"  # the frames decide, not the queue
+
+    early = run_cli("resubmit", job["job"], "--json")
+    assert early.returncode == 0, early.stderr
+    again = json.loads(early.stdout)
+    assert again["frames"] == "2-3" and again["tasks"] == 1
+    assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+    marker = json.loads(remote(f"cat {job_dir}/status/r1-task-1.json").stdout)
+    assert marker["frames"] == [2, 3] and marker["rendered"] == [2, 3]
+    first = json.loads(remote(f"cat {job_dir}/status/task-1.json").stdout)
+    assert first["frames"] == [1, 2]  # round 0's markers stay as they were
+    got = run_cli("download", job["job"], "--dest", str(tmp_path / "frames"), "--json")
+    assert json.loads(got.stdout)["downloaded"] == 4
+    for frame in (tmp_path / "frames").iterdir():
+        check_frame(frame)

@@ -1,0 +1,78 @@
+"""State decisions from replayed scheduler answers: batched queries, fallbacks, time-outs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from braas_hpc.core.monitor import _query
+from braas_hpc.core.registry import JobRecord
+from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN
+from braas_hpc.core.schedulers.slurm import SlurmScheduler, state_of
+from braas_hpc.core.transport.base import CommandResult
+from tests.unit.test_slurm import SPEC
+
+
+class Replay:
+    """Answers commands from a script of captured outputs, and records what was asked.
+
+    Only the transport's `run` is replayed: the parsing and decisions under test are the real ones.
+    """
+
+    def __init__(self, answers: dict[str, tuple[int, str, str]]) -> None:
+        self.answers = answers
+        self.asked: list[list[str]] = []
+
+    async def run(self, argv: Sequence[str], *, check: bool = True, **_: object) -> CommandResult:
+        self.asked.append(list(argv))
+        status, out, err = self.answers[argv[0]]
+        return CommandResult(tuple(argv), status, out, err)
+
+
+def _record(name: str, ids: tuple[str, ...], state: str = PENDING) -> JobRecord:
+    return JobRecord(name, "site", SPEC, "/w/braas-hpc", ids, state, {}, 0, 0.0)
+
+
+def _ask(replay: Replay, records: list[JobRecord]) -> dict[str, list[str]]:
+    got = asyncio.run(_query(replay, "slurm", records))  # type: ignore[arg-type]
+    return {job_id: [s.state for s in states] for job_id, states in got.items()}
+
+
+# Captured from the testbed (Slurm 22.05): a mix of array tasks, a cancelled pending array and a plain job.
+SACCT = """41_1|COMPLETED|0:0
+41_2|RUNNING|0:0
+42_[1-4]|CANCELLED by 1001|0:0
+43|FAILED|1:0
+"""
+
+
+def test_one_call_for_all_jobs() -> None:
+    replay = Replay({"sacct": (0, SACCT, "")})
+    records = [_record("a", ("41",)), _record("b", ("42",)), _record("c", ("43",)), _record("d", ("44",), COMPLETED)]
+    got = _ask(replay, records)
+    assert len(replay.asked) == 1 and replay.asked[0][-1] == "41,42,43"  # finished jobs are not asked about
+    assert got == {"41": [COMPLETED, RUNNING], "42": [CANCELLED], "43": [FAILED]}
+
+
+def test_accounting_disabled_falls_back_to_squeue() -> None:
+    replay = Replay({
+        "sacct": (1, "", "Slurm accounting storage is disabled\n"),
+        "squeue": (0, "41_2|RUNNING|None\n41_3|PENDING|Resources\n", ""),
+    })
+    got = _ask(replay, [_record("a", ("41",))])
+    assert [a[0] for a in replay.asked] == ["sacct", "squeue"]
+    assert got == {"41": [RUNNING, PENDING]}
+
+
+def test_controller_time_out_is_unknown_not_failed() -> None:
+    timeout = (1, "", "sacct: error: slurm_persist_conn_open_without_init: failed to open persistent connection\n")
+    replay = Replay({"sacct": timeout, "squeue": (1, "", "slurm_load_jobs error: Socket timed out on send/recv\n")})
+    assert _ask(replay, [_record("a", ("41",))]) == {"41": []}  # no states: the monitor says UNKNOWN
+
+
+def test_truncated_and_odd_states() -> None:
+    assert state_of("CANCELLED+") == CANCELLED
+    assert state_of("CANCELLED by 1000") == CANCELLED
+    assert state_of("") == UNKNOWN and state_of("WEIRD") == UNKNOWN
+    assert [s.state for s in SlurmScheduler().parse_query("\n\n7|OUT_OF_MEMORY|0:125\n8|NODE_FAIL|1:0\n")] == [
+        FAILED, FAILED]
