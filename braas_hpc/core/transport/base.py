@@ -120,6 +120,15 @@ class Forward(ABC):
     async def close(self) -> None: ...
 
 
+# GNU dd truncates the whole file when seek rounds down to block 0, so truncate explicitly, then notrunc.
+_WRITE_SCRIPT = 'truncate -s "$2" -- "$1" && exec dd of="$1" bs=1M seek="$2" oflag=seek_bytes conv=notrunc status=none'
+
+
+def write_argv(remote: str, offset: int) -> list[str]:
+    """A remote command that writes its stdin into `remote` from byte `offset` (0 creates or truncates)."""
+    return ["sh", "-c", _WRITE_SCRIPT, "sh", remote, str(offset)]
+
+
 # Runs the user's command in its own session so a cancel can end its whole process group, and
 # reports the pid first so the cancel knows what to end.
 _STREAM_WRAPPER = 'echo "braas-stream-pid $$"; exec "$@"'

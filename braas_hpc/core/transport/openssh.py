@@ -55,6 +55,7 @@ from .base import (
     StreamLine,
     Transport,
     quote_command,
+    write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path, parse_public_key, recorded_keys
 
@@ -93,8 +94,6 @@ _RSA_ALGORITHMS = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
 
 # Remote helpers, each one command line via quote_command; the path is always "$1".
 _SIZE_SCRIPT = 'if [ -e "$1" ]; then exec stat -L -c %s -- "$1"; fi; echo missing'
-# GNU dd truncates the whole file when seek rounds down to block 0, so truncate explicitly, then notrunc.
-_WRITE_SCRIPT = 'truncate -s "$2" -- "$1" && exec dd of="$1" bs=64K seek="$2" oflag=seek_bytes conv=notrunc status=none'
 # The size first (one line, for progress), then the bytes from offset $2.
 _READ_SCRIPT = ('stat -L -c %s -- "$1" || exit; if [ "$2" -gt 0 ]; then exec tail -c "+$(($2 + 1))" -- "$1"; fi; '
                 'exec cat -- "$1"')
@@ -805,7 +804,7 @@ class OpenSSHTransport(Transport):
 
     async def _send(self, local: Path, remote: str, offset: int, progress: Progress | None) -> None:
         total = local.stat().st_size
-        command = quote_command(["sh", "-c", _WRITE_SCRIPT, "sh", remote, str(offset)])
+        command = quote_command(write_argv(remote, offset))
         await self.connect()
         report = _Reporter(asyncio.get_running_loop(), progress)
         reader, writer = _pipe()
