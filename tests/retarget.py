@@ -40,13 +40,15 @@ def to_toml(preset: Preset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mapped(part: Partition) -> Partition:
-    return dataclasses.replace(part, partition="qgpu" if part.kind == "gpu" else "qcpu", qos="", arch="",
+def _mapped(part: Partition, scheduler: str) -> Partition:
+    # PBS queue names stay: the PBS stand-in knows ALCF's queues and maps them itself.
+    partition = part.partition if scheduler == "pbs" else "qgpu" if part.kind == "gpu" else "qcpu"
+    return dataclasses.replace(part, partition=partition, qos="", arch="",
                                cpus_per_task=min(part.cpus_per_task, TESTBED_CPUS), max_jobs_per_user=0)
 
 
 def retarget(site: Preset, testbed: Preset) -> Preset:
-    partitions = {name: _mapped(p) for name, p in site.partitions.items()}
+    partitions = {name: _mapped(p, site.scheduler) for name, p in site.partitions.items()}
     return dataclasses.replace(
         site, name=f"tb-{site.name}", host=testbed.host, hosts=(), port=testbed.port, user=testbed.user,
         key_file=testbed.key_file, known_hosts=testbed.known_hosts, ssh_config="none", proxy_jump="",

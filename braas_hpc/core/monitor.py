@@ -91,8 +91,11 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
         present = await _frames_present(transport, record)
         missing = missing_frames(record.spec, present)
         if record.state in TERMINAL or preset.is_local:
-            # Finished jobs are never polled again; local jobs have no queue to ask.
+            # Finished jobs are never polled again; local jobs have no queue to ask. A job whose
+            # frames went missing since is not complete, whatever the scheduler said then.
             state, tasks = record.state, record.tasks
+            if state == COMPLETED and missing:
+                state = FAILED
         else:
             states = [s for job_id in record.scheduler_ids for s in by_id.get(job_id, [])]
             state, tasks = aggregate(states, len(missing)), dict(Counter(s.state for s in states))

@@ -7,6 +7,8 @@ The `local` preset runs the same job script here, task by task, with no SSH and 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +31,13 @@ from .spec import SubmitRequest, build_spec
 from .transport import Transport, quote_command, transport_for
 
 RENDER_TASK = Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py"
+
+
+@functools.cache
+def scripts_version() -> str:
+    """The cluster scripts' directory name: the release plus a hash of the script, so a changed
+    script never meets a stale copy installed under the same release number."""
+    return f"{VERSION}-{hashlib.sha256(RENDER_TASK.read_bytes()).hexdigest()[:12]}"
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
 
 __all__ = ["SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "missing_frames", "prepare_job",
@@ -69,17 +78,18 @@ def _job_json(spec: JobSpec) -> str:
 
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> str:
     if preset.is_local:
-        return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(VERSION), round_,
+        return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(scripts_version()), round_,
                                  log_to_file=False)
     return scheduler_for(preset.scheduler).render_script(spec, preset, paths, [preset.blender],
-                                                         paths.render_task(VERSION), round_)
+                                                         paths.render_task(scripts_version()), round_)
 
 
 async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths) -> None:
-    await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir])
-    installed = {entry.name for entry in await transport.listdir(paths.scripts_dir(VERSION))}
+    scripts = paths.scripts_dir(scripts_version())
+    await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir, scripts])
+    installed = {entry.name for entry in await transport.listdir(scripts)}
     if "render_task.py" not in installed:
-        await transport.put(RENDER_TASK, paths.render_task(VERSION))
+        await transport.put(RENDER_TASK, paths.render_task(scripts_version()))
     for name, target in (("scene.blend", paths.scene), ("frames.txt", paths.frames_file),
                          ("job.json", paths.job_json), ("job.sh", paths.script)):
         await transport.put(staging / name, target)

@@ -109,3 +109,47 @@ def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_pa
     assert json.loads(got.stdout)["downloaded"] == 4
     for frame in (tmp_path / "frames").iterdir():
         check_frame(frame)
+
+
+def _install_site(site: str) -> str:
+    base = load_preset("testbed")
+    preset = retarget(load_preset_file(BUILTIN_DIR / f"{site}.toml"), base)
+    (Path(base.source).parent / f"{preset.name}.toml").write_text(to_toml(preset))
+    return preset.name
+
+
+def test_pbs_site_end_to_end_through_the_stand_in(testbed, remote, scene: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Polaris's real #PBS script on the PBS Pro stand-in (tests/testbed/pbs): submit, qstat JSON, download."""
+    name = _install_site("polaris")
+    # Polaris has no CPU-only queue; a CPU render on a GPU queue is allowed (the GPUs idle).
+    done = run_cli("submit", str(scene), "--preset", name, "--partition", "debug", "--frames", "1-3", "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["scheduler_ids"][0].endswith("[].pbs-standin")
+    waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
+    final = json.loads(waited.stdout)
+    assert waited.returncode == 0 and final["state"] == "COMPLETED" and final["tasks"] == {"COMPLETED": 3}, final
+    got = run_cli("download", job["job"], "--dest", str(tmp_path / "frames"), "--json")
+    assert json.loads(got.stdout)["downloaded"] == 3
+    for frame in (tmp_path / "frames").iterdir():
+        check_frame(frame)
+
+
+def test_pbs_cancel_removes_every_subjob(testbed, remote, scene: Path) -> None:  # noqa: ANN001
+    name = _install_site("polaris")
+    done = run_cli("submit", str(scene), "--preset", name, "--partition", "debug", "--frames", "1-10", "--json")
+    job = json.loads(done.stdout)
+    array_id = job["scheduler_ids"][0]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        letters = remote(f"qstat -t -f -F json {shlex.quote(array_id)} | grep -o '\"job_state\":\"[A-Z]\"'").stdout
+        if '"R"' in letters and '"Q"' in letters:
+            break
+        time.sleep(0.5)
+    assert '"R"' in letters and '"Q"' in letters, letters
+    assert run_cli("cancel", job["job"]).returncode == 0
+    slurm_id = array_id.split("[")[0]
+    deadline = time.monotonic() + 60
+    while remote(f"squeue -h -j {slurm_id}").stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert remote(f"squeue -h -j {slurm_id}").stdout.strip() == ""

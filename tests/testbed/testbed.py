@@ -9,6 +9,7 @@ Everything runs as root, without systemd. The library is importable both as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -16,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -31,6 +33,8 @@ else:  # plain `import testbed`, as the command-line script does
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_SRC = REPO_ROOT / "braas_hpc" / "bpy_blender.py"
+PBS_STANDIN_SRC = Path(__file__).resolve().parent / "pbs" / "pbs_standin.py"
+PBS_COMMANDS = ("qsub", "qstat", "qdel")
 
 BPY_VERSION = "4.5.4"
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -42,6 +46,9 @@ MYSQL_PORT = 3307
 SLURMDBD_PORT = 6819
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
+# GPUs that exist only in Slurm's books (their files are /dev/null, see _ensure_fake_gpu_devices),
+# so `--gpus`/`--gres` and the PBS stand-in's `ngpus` are real scheduling requests that can queue.
+NODE_GPUS = 2
 
 # Start order; down() walks it backwards.
 DAEMONS = ("munged", "sshd", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
@@ -345,9 +352,11 @@ def _save_state(layout: Layout, daemons: dict[str, dict]) -> None:
     tmp.replace(layout.state_file)
 
 
-def _record(layout: Layout, daemon: str, pid: int, owned: bool = True) -> None:
+def _record(layout: Layout, daemon: str, pid: int, owned: bool = True, config: str | None = None) -> None:
     state = _load_state(layout)
     state[daemon] = {"pid": pid, "log": str(layout.log(daemon)), "owned": owned}
+    if config is not None:  # hash of the config files the daemon was started with
+        state[daemon]["config"] = config
     _save_state(layout, state)
 
 
@@ -518,6 +527,22 @@ def ensure_blender(layout: Layout) -> Path:
     return wrapper
 
 
+def ensure_pbs_standin(layout: Layout) -> None:
+    """PBS Pro's qsub/qstat/qdel for the cluster user: the stand-in in tests/testbed/pbs (not PBS Pro).
+
+    One copy of the program (refreshed on every `up`) and a symlink per command; it picks the
+    command from the name it is called by and runs jobs through this cluster's Slurm.
+    """
+    target = layout.bin / PBS_STANDIN_SRC.name
+    _write(target, PBS_STANDIN_SRC.read_text(), 0o755)
+    for name in PBS_COMMANDS:
+        link = layout.bin / name
+        if link.is_symlink() and os.readlink(link) == target.name:
+            continue
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.name)
+
+
 def check_blender(layout: Layout) -> None:
     launcher = layout.bin / "bpy_blender.py"
     if launcher.exists():
@@ -653,9 +678,10 @@ def ssh_command(layout: Layout, remote: str) -> list[str]:
 
 
 def _verify_ssh(layout: Layout) -> None:
-    remote = 'echo "$PATH"; command -v blender sbatch; echo "$SLURM_CONF"'
+    remote = 'echo "$PATH"; command -v blender sbatch qsub qstat qdel; echo "$SLURM_CONF"'
     proc = _run(ssh_command(layout, remote), check=False, timeout=60)
-    want = [layout.session_path, str(layout.bin / "blender"), "/usr/bin/sbatch", str(layout.slurm_conf)]
+    pbs = [str(layout.bin / name) for name in PBS_COMMANDS]
+    want = [layout.session_path, str(layout.bin / "blender"), "/usr/bin/sbatch", *pbs, str(layout.slurm_conf)]
     if proc.returncode != 0 or proc.stdout.split() != want:
         raise _daemon_error(
             layout,
@@ -772,13 +798,16 @@ JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort={SLURMDBD_PORT}
+# Record GPU allocations, so `sacct -o AllocTRES` shows gres/gpu=N per job.
+AccountingStorageTRES=gres/gpu
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+GresTypes=gpu
 ReturnToService=2
 MaxArraySize=10001
 MinJobAge=300
-NodeName=localhost CPUs={_node_cpus()} RealMemory={_node_memory_mb()} State=UNKNOWN
+NodeName=localhost CPUs={_node_cpus()} RealMemory={_node_memory_mb()} Gres=gpu:{NODE_GPUS} State=UNKNOWN
 PartitionName=qcpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=qgpu Nodes=localhost Default=NO MaxTime=INFINITE State=UP
 """
@@ -815,10 +844,51 @@ StorageLoc=slurm_acct_db
 """
 
 
+def _fake_gpu_files(layout: Layout) -> list[Path]:
+    return [layout.slurm / "gpu" / f"gpu{i}" for i in range(NODE_GPUS)]
+
+
+def _ensure_fake_gpu_devices(layout: Layout) -> None:
+    """Device nodes for the fake GPUs: each is another name for /dev/null (char 1:3).
+
+    Slurm 22.05 drops a GPU without File= ("Removing file-less GPU") and then drains the node, so
+    every GPU needs a file; a char device keeps slurmd from logging "not a valid character or
+    block device" at each start. Without CAP_MKNOD a plain file works too (with that log line).
+    """
+    null_dev = os.makedev(1, 3)
+    for path in _fake_gpu_files(layout):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            st = path.lstat()
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == null_dev:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, null_dev)
+        except PermissionError:
+            path.touch(mode=0o600)
+
+
+def _gres_conf(layout: Layout) -> str:
+    # AutoDetect=off: no NVML/RSMI probing; the GPUs are exactly the files listed here.
+    files = _fake_gpu_files(layout)
+    return f"""\
+# braas-hpc testbed, generated by tests/testbed/testbed.py
+# Fake GPUs: real Slurm GRES (jobs wait for them and get CUDA_VISIBLE_DEVICES), no hardware.
+AutoDetect=off
+NodeName=localhost Name=gpu File={files[0].parent}/gpu[0-{NODE_GPUS - 1}]
+"""
+
+
 def write_slurm_configs(layout: Layout) -> None:
     for d in ("state", "spool"):
         (layout.slurm / d).mkdir(parents=True, exist_ok=True)
     _write(layout.slurm_conf, _slurm_conf(layout))
+    # slurmd and slurmctld read gres.conf from the directory of slurm.conf.
+    _ensure_fake_gpu_devices(layout)
+    _write(layout.slurm / "gres.conf", _gres_conf(layout))
     # slurmdbd insists on mode 600 and ownership by SlurmUser; it has the DB password.
     _write(layout.slurm / "slurmdbd.conf", _slurmdbd_conf(layout), 0o600)
 
@@ -869,11 +939,39 @@ def ensure_accounts(layout: Layout) -> None:
             _sacctmgr_add(layout, "user", user, f"account={ACCOUNT}", f"cluster={CLUSTER_NAME}")
 
 
+def _slurm_config_hash(layout: Layout) -> str:
+    digest = hashlib.sha256()
+    for path in (layout.slurm_conf, layout.slurm / "gres.conf"):
+        digest.update(path.read_bytes() if path.exists() else b"")
+    return digest.hexdigest()[:16]
+
+
+def restart_slurm_on_config_change(layout: Layout) -> None:
+    """Stop slurmd and slurmctld when they run with other config files than the ones on disk.
+
+    `up` leaves running daemons alone, but node definitions (Gres=, GresTypes=) only take effect
+    on a restart of both daemons (`scontrol reconfigure` is not enough). Jobs survive: slurmctld
+    keeps its state in StateSaveLocation and running steps belong to slurmstepd, not slurmd.
+    The start functions below then start them again, recording the new hash.
+    """
+    want = _slurm_config_hash(layout)
+    state = _load_state(layout)
+    running = {d: pid for d in ("slurmd", "slurmctld") if (pid := _recorded_running(layout, d))}
+    if all(state[d].get("config") == want for d in running):
+        return
+    _say(f"Slurm config changed (now {want}): restarting {', '.join(running)}")
+    for daemon, pid in running.items():  # slurmd first: it reports to slurmctld
+        _stop_pid(pid, daemon)
+        _remove_runtime_files(layout, daemon)
+        state.pop(daemon, None)
+        _save_state(layout, state)
+
+
 def start_slurmctld(layout: Layout) -> None:
     if not _recorded_running(layout, "slurmctld"):
         _require_free_port(layout, "slurmctld", SLURMCTLD_PORT)
         pid = _spawn(layout, "slurmctld", ["/usr/sbin/slurmctld", "-D"], env=layout.slurm_env())
-        _record(layout, "slurmctld", pid)
+        _record(layout, "slurmctld", pid, config=_slurm_config_hash(layout))
     ok = _wait_for(lambda: "is UP" in _slurm_cmd(layout, "scontrol", "ping").stdout, START_TIMEOUT, 0.5)
     if not ok:
         raise _daemon_error(layout, "slurmctld", "`scontrol ping` did not report UP in time")
@@ -884,14 +982,32 @@ def _node_state(layout: Layout) -> str:
     return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
 
 
+# Drain reasons slurmctld itself sets when slurmd registers with less than slurm.conf declares
+# (e.g. from a slurmd started before a config change). They never clear on their own, even once
+# the node matches again; any other drain (an admin's) is left alone.
+_REGISTRATION_DRAINS = ("reported lower than configured", "Low RealMemory", "Low socket*core*thread count")
+
+
+def _node_ready(layout: Layout) -> bool:
+    state = _node_state(layout)
+    if state in ("idle", "mixed", "allocated"):
+        return True
+    if state in ("drained", "draining"):
+        reason = _slurm_cmd(layout, "sinfo", "-h", "-N", "-n", "localhost", "-o", "%E").stdout.strip()
+        if any(marker in reason for marker in _REGISTRATION_DRAINS):
+            _say(f"resuming node localhost, drained by slurmctld: {reason}")
+            _slurm_cmd(layout, "scontrol", "update", "nodename=localhost", "state=resume")
+    return False
+
+
 def start_slurmd(layout: Layout) -> None:
     if not _recorded_running(layout, "slurmd"):
         _require_free_port(layout, "slurmd", SLURMD_PORT)
         # -N: the host name of the machine is not "localhost".
         pid = _spawn(layout, "slurmd", ["/usr/sbin/slurmd", "-D", "-N", "localhost"], env=layout.slurm_env())
-        _record(layout, "slurmd", pid)
+        _record(layout, "slurmd", pid, config=_slurm_config_hash(layout))
     # "mixed"/"allocated" when jobs from an earlier up are still running is fine, too.
-    ok = _wait_for(lambda: _node_state(layout) in ("idle", "mixed", "allocated"), START_TIMEOUT, 0.5)
+    ok = _wait_for(lambda: _node_ready(layout), START_TIMEOUT, 0.5)
     if not ok:
         raise _daemon_error(layout, "slurmd", f"node localhost is not idle (state {_node_state(layout)!r})")
 
@@ -962,6 +1078,7 @@ def up() -> Testbed:
     ensure_login_profile(layout)
     ensure_bpy(layout)
     blender = ensure_blender(layout)
+    ensure_pbs_standin(layout)
     write_slurm_configs(layout)
 
     start_munged(layout)
@@ -969,6 +1086,7 @@ def up() -> Testbed:
     start_mariadb(layout)
     start_slurmdbd(layout)
     ensure_accounts(layout)
+    restart_slurm_on_config_change(layout)
     start_slurmctld(layout)
     start_slurmd(layout)
     check_sacct(layout)

@@ -223,7 +223,8 @@ class Transport(ABC):
         return done.stdout.split()[0]
 
     async def put(self, local: Path, remote: str, progress: Progress | None = None, *, verify: bool = False) -> None:
-        """Upload a file. It appears under its final name only when complete (temp name + rename).
+        """Upload a file into an existing directory. It appears under its final name only when complete
+        (temp name + rename).
 
         An upload continues from the size of a temp file left by a dropped connection (in this call
         or an earlier one) and then checks SHA-256 on both sides; `verify=True` checks it always.
