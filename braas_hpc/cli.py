@@ -247,9 +247,9 @@ def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prompts = TerminalPrompts()
+    prompts = prompts or TerminalPrompts()
     pool.prompts = prompts
     try:
         try:

@@ -1,30 +1,64 @@
 """Terminal prompts for the CLI: key passphrases and one-time codes, asked without echo.
 
-Answers live only in memory for the life of the connection; they are never written or logged.
+Answers live only in memory for the life of the connection; they are never written or logged. With
+BRAAS_HPC_KEYRING=1 (and the `keyring` package) a key's passphrase is also kept in the OS keyring
+(Secret Service, macOS Keychain, Windows Credential Locker), never in a file of ours. One-time
+codes are never kept.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
+
+KEYRING_SERVICE = "braas-hpc"
+
+
+def _os_keyring() -> Any | None:
+    if os.environ.get("BRAAS_HPC_KEYRING") != "1":
+        return None
+    try:
+        import keyring  # optional: pip install 'braas-hpc[keyring]'
+    except ImportError:
+        return None
+    return keyring
 
 
 class TerminalPrompts:
     """Asks on the terminal; answers None when there is none (scripts, CI), so nothing hangs."""
 
-    def __init__(self) -> None:
+    def __init__(self, ask_secret: Callable[[str], str] = getpass.getpass, ask: Callable[[str], str] = input,
+                 interactive: bool | None = None, keyring: Any | None = None) -> None:
+        self._ask_secret = ask_secret
+        self._ask = ask
+        self._interactive = interactive
+        self._keyring = keyring if keyring is not None else _os_keyring()
+        self._from_keyring: set[str] = set()
         self._lock = threading.Lock()  # one question at a time, even with several connections
 
-    @staticmethod
-    def interactive() -> bool:
-        return sys.stdin.isatty()
+    def interactive(self) -> bool:
+        return sys.stdin.isatty() if self._interactive is None else self._interactive
 
     def passphrase(self, key_file: str) -> str | None:
-        if not self.interactive():
-            return None
         with self._lock:
-            return getpass.getpass(f"Passphrase for {key_file}: ")
+            if self._keyring is not None:
+                stored = self._keyring.get_password(KEYRING_SERVICE, f"passphrase:{key_file}")
+                if stored is not None and key_file not in self._from_keyring:
+                    self._from_keyring.add(key_file)
+                    return stored
+                if stored is not None:  # asked again: the stored passphrase was wrong
+                    self._keyring.delete_password(KEYRING_SERVICE, f"passphrase:{key_file}")
+            if not self.interactive():
+                return None
+            answer = self._ask_secret(f"Passphrase for {key_file}: ")
+            if self._keyring is not None and answer:
+                self._keyring.set_password(KEYRING_SERVICE, f"passphrase:{key_file}", answer)
+                self._from_keyring.add(key_file)
+            return answer
 
     def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
         if not self.interactive():
@@ -33,10 +67,10 @@ class TerminalPrompts:
             for text in (name, instructions):
                 if text:
                     print(text, file=sys.stderr)
-            return [input(prompt) if echo else getpass.getpass(prompt) for prompt, echo in prompts]
+            return [self._ask(prompt) if echo else self._ask_secret(prompt) for prompt, echo in prompts]
 
     def confirm(self, question: str) -> bool:
         if not self.interactive():
             return False
         with self._lock:
-            return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+            return self._ask(f"{question} [y/N] ").strip().lower() in ("y", "yes")

@@ -56,9 +56,23 @@ def aggregate(states: list[TaskState], frames_missing: int) -> str:
     return FAILED
 
 
-async def _frames_present(transport: Transport, record: JobRecord) -> set[str]:
-    paths = JobPaths(record.remote_root, record.name)
-    return {e.name for e in await transport.listdir(paths.out_dir) if e.size > 0 and not e.is_dir}
+# Lists the non-empty frame files of many out/ directories in one call: "<dir>\t<name>\0" each.
+_FRAMES_SCRIPT = ('for d in "$@"; do [ -d "$d" ] && find "$d" -mindepth 1 -maxdepth 1 -type f -name "frame_*" '
+                  '-size +0 -printf "%h\\t%f\\0"; done; exit 0')
+
+
+async def _frames_present(transport: Transport, records: list[JobRecord]) -> dict[str, set[str]]:
+    """Frame files of every job of a cluster, in one remote call (not one per job)."""
+    dirs = {JobPaths(r.remote_root, r.name).out_dir: r.name for r in records}
+    present: dict[str, set[str]] = {r.name: set() for r in records}
+    if not dirs:
+        return present
+    done = await transport.run(["sh", "-c", _FRAMES_SCRIPT, "sh", *dirs], timeout=120)
+    for item in done.stdout.split("\0"):
+        directory, _, name = item.partition("\t")
+        if directory in dirs and name:
+            present[dirs[directory]].add(name)
+    return present
 
 
 async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> dict[str, list[TaskState]]:
@@ -87,9 +101,9 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
     results = []
     transport = transport_for(preset)
     by_id = await _query(transport, preset.scheduler, records)
+    frames = await _frames_present(transport, records)
     for record in records:
-        present = await _frames_present(transport, record)
-        missing = missing_frames(record.spec, present)
+        missing = missing_frames(record.spec, frames[record.name])
         if record.state in TERMINAL or preset.is_local:
             # Finished jobs are never polled again; local jobs have no queue to ask. A job whose
             # frames went missing since is not complete, whatever the scheduler said then.
