@@ -38,10 +38,14 @@ class JobStatus:
                 "missing": list(self.missing)}
 
 
-def aggregate(states: list[TaskState], frames_missing: int) -> str:
-    """One state for the job from its task states and its frames on disk."""
+def aggregate(states: list[TaskState], frames_missing: int, unseen: bool = False) -> str:
+    """One state for the job from its task states and its frames on disk.
+
+    `unseen`: a scheduler id of the job had no answer at all (just submitted, not yet in the
+    accounting database, or purged); the job is then never taken as ended.
+    """
     kinds = {s.state for s in states}
-    if not states or not kinds <= TERMINAL:
+    if unseen or not states or not kinds <= TERMINAL:
         if RUNNING in kinds:
             return RUNNING
         if PENDING in kinds:
@@ -111,8 +115,10 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             if state == COMPLETED and missing:
                 state = FAILED
         else:
-            states = [s for job_id in record.scheduler_ids for s in by_id.get(job_id, [])]
-            state, tasks = aggregate(states, len(missing)), dict(Counter(s.state for s in states))
+            per_id = [by_id.get(job_id, []) for job_id in record.scheduler_ids]
+            states = [s for answer in per_id for s in answer]
+            unseen = any(not answer for answer in per_id)
+            state, tasks = aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states))
             if state in TERMINAL:
                 registry.set_state(record.name, state, tasks)
         results.append(JobStatus(

@@ -230,21 +230,20 @@ def _proxied_known_hosts(testbed, tmp_path: Path, port: int) -> Path:  # noqa: A
     return path
 
 
+def _through(proxy: Any, testbed: Any, tmp_path: Path) -> SSHTarget:
+    """The main sshd, reached through the fault proxy."""
+    return SSHTarget(host="127.0.0.1", port=proxy.port, user=testbed.user, key_files=(str(testbed.key_file),),
+                     known_hosts=str(_proxied_known_hosts(testbed, tmp_path, proxy.port)), ssh_config="none",
+                     use_agent=False)
+
+
 def test_upload_survives_dropped_connections(connect, testbed, tmp_path: Path) -> None:  # noqa: ANN001
     local = tmp_path / "big.bin"
     local.write_bytes(os.urandom(12 * 1024 * 1024))
     remote_path = f"{testbed.workdir}/resume-{os.getpid()}.bin"
     # Every connection is cut after 5 MB from the client: the upload needs several connections.
     with running_proxy("127.0.0.1", testbed.ssh_port, drop_after_bytes=5 * 1024 * 1024) as proxy:
-        target = SSHTarget(
-            host="127.0.0.1",
-            port=proxy.port,
-            user=testbed.user,
-            key_files=(str(testbed.key_file),),
-            known_hosts=str(_proxied_known_hosts(testbed, tmp_path, proxy.port)),
-            ssh_config="none",
-            use_agent=False,
-        )
+        target = _through(proxy, testbed, tmp_path)
 
         async def work(t: Transport) -> str:
             await t.put(local, remote_path)
@@ -262,15 +261,7 @@ def test_download_survives_a_dropped_connection(connect, testbed, tmp_path: Path
     remote_path = f"{testbed.workdir}/download-{os.getpid()}.bin"
     assert remote(f"head -c 9000000 /dev/urandom > {remote_path}").returncode == 0
     with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
-        target = SSHTarget(
-            host="127.0.0.1",
-            port=proxy.port,
-            user=testbed.user,
-            key_files=(str(testbed.key_file),),
-            known_hosts=str(_proxied_known_hosts(testbed, tmp_path, proxy.port)),
-            ssh_config="none",
-            use_agent=False,
-        )
+        target = _through(proxy, testbed, tmp_path)
         cut = {"done": False}
 
         def progress(done: int, total: int) -> None:
@@ -292,15 +283,7 @@ def test_download_survives_a_dropped_connection(connect, testbed, tmp_path: Path
 
 def test_next_call_reconnects_after_a_drop(connect, testbed, tmp_path: Path) -> None:  # noqa: ANN001
     with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
-        target = SSHTarget(
-            host="127.0.0.1",
-            port=proxy.port,
-            user=testbed.user,
-            key_files=(str(testbed.key_file),),
-            known_hosts=str(_proxied_known_hosts(testbed, tmp_path, proxy.port)),
-            ssh_config="none",
-            use_agent=False,
-        )
+        target = _through(proxy, testbed, tmp_path)
 
         async def work(t: Transport) -> str:
             await t.run(["true"])

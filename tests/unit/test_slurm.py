@@ -107,3 +107,5 @@ def test_aggregate_trusts_frames_over_the_queue() -> None:
     assert aggregate(running, frames_missing=1) == RUNNING
     assert aggregate([], frames_missing=3) == UNKNOWN  # gone from the queue is not "finished"
     assert aggregate([], frames_missing=0) == COMPLETED
+    # A resubmitted round not yet in the accounting database: not ended, whatever round 0 says.
+    assert aggregate(done, frames_missing=2, unseen=True) == UNKNOWN

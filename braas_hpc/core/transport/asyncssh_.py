@@ -7,7 +7,6 @@ to tell the user its type and fingerprint (unknown) or to refuse it loudly (chan
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from .base import (
     RemoteEntry,
     SSHTarget,
     StreamHandle,
-    StreamLine,
     Transport,
+    merge_lines,
     quote_command,
     write_argv,
 )
@@ -224,34 +223,17 @@ class AsyncsshTransport(Transport):
     async def _open_stream(self, command: str) -> StreamHandle:
         conn = await self._connection()
         process = await conn.create_process(command, stdin=asyncssh.DEVNULL)
-        queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
-
-        async def pump(reader: Any, stderr: bool) -> None:
-            while line := await reader.readline():  # "" at end of file
-                await queue.put(StreamLine(line.rstrip("\r\n"), stderr))
-            await queue.put(None)
-
-        pumps = [asyncio.create_task(pump(process.stdout, False)), asyncio.create_task(pump(process.stderr, True))]
-
-        async def lines() -> AsyncIterator[StreamLine]:
-            ended = 0
-            while ended < len(pumps):
-                item = await queue.get()
-                if item is None:
-                    ended += 1
-                else:
-                    yield item
+        lines, stop = merge_lines(process.stdout, process.stderr)
 
         async def wait() -> int | None:
             done = await process.wait(check=False)
             return done.exit_status
 
         async def close() -> None:
-            for task in pumps:
-                task.cancel()
+            stop()
             process.close()
 
-        return StreamHandle(lines(), wait, close)
+        return StreamHandle(lines, wait, close)
 
     async def _size(self, remote: str) -> int | None:
         sftp = await self._sftp_client()

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConnectionLost, RemoteCommandError, TransferError
 
@@ -107,6 +107,41 @@ class StreamHandle:
     lines: AsyncIterator[StreamLine]
     wait: Callable[[], Awaitable[int | None]]  # the exit status, once the lines are exhausted
     close: Callable[[], Awaitable[None]]  # release the channel/process (called in every case)
+
+
+def merge_lines(stdout: Any, stderr: Any, on_line: Callable[[StreamLine], None] | None = None
+                ) -> tuple[AsyncIterator[StreamLine], Callable[[], None]]:
+    """Read a process's stdout and stderr (asyncio or asyncssh readers) as one stream of lines.
+
+    Returns the lines and a function that stops the readers (for a StreamHandle's close).
+    """
+    queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
+
+    async def pump(reader: Any, is_stderr: bool) -> None:
+        while raw := await reader.readline():  # empty at end of file
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            line = StreamLine(text.rstrip("\r\n"), is_stderr)
+            if on_line:
+                on_line(line)
+            await queue.put(line)
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(stdout, False)), asyncio.create_task(pump(stderr, True))]
+
+    async def lines() -> AsyncIterator[StreamLine]:
+        ended = 0
+        while ended < len(tasks):
+            item = await queue.get()
+            if item is None:
+                ended += 1
+            else:
+                yield item
+
+    def stop() -> None:
+        for task in tasks:
+            task.cancel()
+
+    return lines(), stop
 
 
 class Forward(ABC):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .base import Forward, Progress, RemoteEntry, StreamHandle, StreamLine, Transport
+from .base import Forward, Progress, RemoteEntry, StreamHandle, Transport, merge_lines
 
 COPY_BLOCK = 1 << 20
 
@@ -76,33 +75,16 @@ class LocalTransport(Transport):
             "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
-
-        async def pump(reader: asyncio.StreamReader, stderr: bool) -> None:
-            async for raw in reader:
-                await queue.put(StreamLine(raw.decode(errors="replace").rstrip("\r\n"), stderr))
-            await queue.put(None)
-
         assert process.stdout is not None and process.stderr is not None
-        pumps = [asyncio.create_task(pump(process.stdout, False)), asyncio.create_task(pump(process.stderr, True))]
-
-        async def lines() -> AsyncIterator[StreamLine]:
-            ended = 0
-            while ended < len(pumps):
-                item = await queue.get()
-                if item is None:
-                    ended += 1
-                else:
-                    yield item
+        lines, stop = merge_lines(process.stdout, process.stderr)
 
         async def close() -> None:
-            for task in pumps:
-                task.cancel()
+            stop()
             if process.returncode is None:
                 process.kill()
                 await process.wait()
 
-        return StreamHandle(lines(), process.wait, close)
+        return StreamHandle(lines, process.wait, close)
 
     async def _size(self, remote: str) -> int | None:
         try:

@@ -52,8 +52,8 @@ from .base import (
     RemoteEntry,
     SSHTarget,
     StreamHandle,
-    StreamLine,
     Transport,
+    merge_lines,
     quote_command,
     write_argv,
 )
@@ -318,20 +318,25 @@ def _move(source: int, target: int, splice: bool) -> tuple[int, bool]:
     return len(data), False
 
 
+def _copy(source: int, target: int, position: int, total: int, report: _Reporter) -> None:
+    """Move bytes until end of file, reporting progress (splice where the OS has it)."""
+    splice = _SPLICE
+    while True:
+        count, splice = _move(source, target, splice)
+        if not count:
+            break
+        position += count
+        report(position, total)
+    report(position, total, final=True)
+
+
 def _file_to_pipe(local: Path, offset: int, pipe: int, report: _Reporter, total: int) -> None:
     """Thread: local[offset:] into ssh's stdin. Owns `pipe` and closes it (end of file for the remote)."""
     try:
         source = os.open(local, os.O_RDONLY | _O_BINARY)
         try:
             os.lseek(source, offset, os.SEEK_SET)
-            position, splice = offset, _SPLICE
-            while True:
-                count, splice = _move(source, pipe, splice)
-                if not count:
-                    break
-                position += count
-                report(position, total)
-            report(position, total, final=True)
+            _copy(source, pipe, offset, total, report)
         finally:
             os.close(source)
     except BrokenPipeError:
@@ -359,14 +364,7 @@ def _pipe_to_file(pipe: int, local: Path, offset: int, report: _Reporter) -> int
         try:
             os.ftruncate(target, offset)
             os.lseek(target, offset, os.SEEK_SET)
-            position, splice = offset, _SPLICE
-            while True:
-                count, splice = _move(pipe, target, splice)
-                if not count:
-                    break
-                position += count
-                report(position, total)
-            report(position, total, final=True)
+            _copy(pipe, target, offset, total, report)
         finally:
             os.close(target)
         return total
@@ -757,28 +755,10 @@ class OpenSSHTransport(Transport):
         process = await asyncio.create_subprocess_exec(
             *self._client_argv(), command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=self._env(), limit=STREAM_LINE_LIMIT)
-        queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
         errors: list[str] = []
-
-        async def pump(reader: asyncio.StreamReader, stderr: bool) -> None:
-            while raw := await reader.readline():
-                text = raw.decode(errors="replace").rstrip("\r\n")
-                if stderr:
-                    errors.append(text)
-                await queue.put(StreamLine(text, stderr))
-            await queue.put(None)
-
         assert process.stdout is not None and process.stderr is not None
-        pumps = [asyncio.create_task(pump(process.stdout, False)), asyncio.create_task(pump(process.stderr, True))]
-
-        async def lines() -> AsyncIterator[StreamLine]:
-            ended = 0
-            while ended < len(pumps):
-                item = await queue.get()
-                if item is None:
-                    ended += 1
-                else:
-                    yield item
+        lines, stop = merge_lines(process.stdout, process.stderr,
+                                  lambda line: errors.append(line.text) if line.stderr else None)
 
         async def wait() -> int | None:
             status = await process.wait()
@@ -787,11 +767,10 @@ class OpenSSHTransport(Transport):
             return status
 
         async def close() -> None:
-            for task in pumps:
-                task.cancel()
+            stop()
             await _reap(process)  # ends the local ssh; the master then closes the session
 
-        return StreamHandle(lines(), wait, close)
+        return StreamHandle(lines, wait, close)
 
     async def _size(self, remote: str) -> int | None:
         status, out, err = await self._exec(quote_command(["sh", "-c", _SIZE_SCRIPT, "sh", remote]), None, 120)
