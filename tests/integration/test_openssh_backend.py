@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from braas_hpc.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    ConnectionLost,
     HostKeyChanged,
     HostKeyUnknown,
     RemoteCommandError,
@@ -123,10 +125,15 @@ def test_reconnects_after_the_master_went_away(target: SSHTarget) -> None:
         back = [(await t.run(["echo", "after exit"])).stdout]
         _, _, said = await t._control("check")
         os.kill(int(said.split("pid=")[1].split(")")[0]), signal.SIGKILL)  # a stale socket is left behind
-        back.append((await t.run(["echo", "after kill"])).stdout)
+        # A killed master is a dropped link: the call that meets it may fail (the command had been
+        # handed to the remote shell, so whether it ran is unknown); the next one reconnects.
+        with contextlib.suppress(ConnectionLost):
+            back.append((await t.run(["echo", "after kill"])).stdout)
+        if len(back) == 1:
+            back.append((await t.run(["echo", "after kill"])).stdout)
         return back
 
-    # The command never started in either case, so it is run again on a new master without an error.
+    # After an orderly exit the command never started, so it runs on a new master without an error.
     assert run(use(OpenSSHTransport(target), work)) == ["after exit\n", "after kill\n"]
 
 

@@ -58,6 +58,7 @@ from .base import (
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path, parse_public_key, recorded_keys
+from .openssh_session import RemoteShell, SessionLost
 
 T = TypeVar("T")
 WINDOWS = sys.platform == "win32"
@@ -431,6 +432,7 @@ class OpenSSHTransport(Transport):
         self._passphrases: dict[str, str] = {}  # in memory only, so a reconnect need not ask again
         self._tried: set[str] = set()  # keys whose remembered passphrase this connect already offered
         self._prompt_error: BaseException | None = None
+        self._shell = RemoteShell(lambda: (self._client_argv(), self._env()))  # fast path for short commands
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -629,6 +631,7 @@ class OpenSSHTransport(Transport):
         async with self._lock:
             for forward in list(self._forwards):
                 await forward.close()
+            await self._shell.close()
             if self._mux and self._dir is not None and os.path.exists(self._control_path):
                 await self._control("exit")
             self._up = False
@@ -739,6 +742,16 @@ class OpenSSHTransport(Transport):
 
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
+        if stdin is None and self._mux and not self._shell.lock.locked():
+            async with self._shell.lock:
+                await self.connect()
+                try:
+                    return await self._shell.run(command, timeout)
+                except SessionLost as lost:
+                    if lost.sent and not await self._master_alive():
+                        self._up = False
+                        raise ConnectionLost(f"the connection to {self.target.host} dropped") from None
+                    # Not sent (no master: reconnect below), or only the shell ended: run it as a call.
         for attempt in range(2):
             await self.connect()
             status, out, err = await self._run_client(command, stdin, timeout)
