@@ -35,7 +35,7 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         walltime_min=getattr(args, "walltime", None), max_parallel=getattr(args, "max_parallel", 0),
         ssh_backend=getattr(args, "ssh_backend", None), account=getattr(args, "account", None) or "",
         partition=getattr(args, "partition", None) or "", email=getattr(args, "email", None) or "",
-        memory_gb=getattr(args, "memory", None) or 0,
+        memory_gb=getattr(args, "memory", None) or 0, pack=getattr(args, "pack", None) or "packed",
     )
 
 
@@ -77,9 +77,24 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_json())
     else:
+        up = result.upload
         print(f"submitted {result.frames} on {result.preset} as {result.tasks} array task(s), "
               f"scheduler id {', '.join(result.scheduler_ids)}")
+        print(f"inputs: sent {up.uploaded_files} file(s), {up.uploaded_bytes} bytes; "
+              f"{up.skipped_files} already on the cluster")
         print(result.job)
+    return 0
+
+
+async def cmd_gc(args: argparse.Namespace) -> int:
+    result = await service.gc(args.preset, remove=args.yes)
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    for f in result.files:
+        print(f"{f.size:>12}  {f.digest}")
+    verb = "removed" if result.removed else "would remove (run again with --yes)"
+    print(f"{verb}: {len(result.files)} unreferenced file(s), {result.total_bytes} bytes in {result.store_dir}")
     return 0
 
 
@@ -200,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", metavar="ADDRESS", help="mail when the job ends or fails")
     p.add_argument("--memory", type=int, metavar="GB", help="memory per array task, where the site allows it")
     p.add_argument("--dry-run", action="store_true", help="print the batch script and submit command; send nothing")
+    p.add_argument("--pack", choices=("packed", "dir"), default="packed",
+                   help="packed: one .blend with its resources packed (default); dir: the .blend and its "
+                        "dependency tree, traced with blender-asset-tracer")
     add_backend(p)
 
     p = add("test", cmd_test, "connect to a cluster, run a probe and report")
@@ -224,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
 
     add("presets", cmd_presets, "list the cluster presets")
+
+    p = add("gc", cmd_gc, "list store files no job uses on a cluster; remove them with --yes")
+    p.add_argument("preset", metavar="PRESET")
+    p.add_argument("--yes", action="store_true", help="remove them (default: only list them)")
     return parser
 
 

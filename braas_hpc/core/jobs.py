@@ -20,6 +20,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 # Values that go into scheduler directives: nothing a shell or a directive parser could read as syntax.
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]*$")
+PACK_MODES = ("packed", "dir")  # one packed .blend, or the .blend with its dependency tree
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class JobSpec:
     gpus: int = 0  # per array task
     cpus: int = 0  # per array task; 0: the scheduler's default
     whole_node: bool = False
+    pack: str = "packed"  # one of PACK_MODES
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -56,6 +59,8 @@ class JobSpec:
             raise UsageError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.image_format not in IMAGE_FORMATS:
             raise UsageError(f"image format {self.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
+        if self.pack not in PACK_MODES:
+            raise UsageError(f"pack mode {self.pack!r} is not one of {', '.join(PACK_MODES)}")
         if self.walltime_min < 1:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:
@@ -77,6 +82,18 @@ def make_job_name(scene: Path) -> str:
     stem = _UNSAFE.sub("_", scene.stem).strip("_")[:32] or "scene"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{stem}-{stamp}-{secrets.token_hex(2)}"
+
+
+def store_dir(root: str) -> str:
+    """`<root>/store`: uploaded files by content, shared by every job of the cluster."""
+    return posixpath.join(root, "store")
+
+
+def store_path(root: str, digest: str) -> str:
+    """`<root>/store/<sha256[:2]>/<sha256>`; the two-character level keeps directories small."""
+    if not SHA256_HEX.match(digest):
+        raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
+    return posixpath.join(store_dir(root), digest[:2], digest)
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,13 @@ class JobPaths:
     @property
     def job_json(self) -> str:
         return self._in_job("job.json")
+
+    @property
+    def store_dir(self) -> str:
+        return store_dir(self.root)
+
+    def store_file(self, digest: str) -> str:
+        return store_path(self.root, digest)
 
     def scripts_dir(self, version: str) -> str:
         return posixpath.join(self.root, "scripts", version)

@@ -1,4 +1,5 @@
-"""Packing: a copy of the user's scene with its resources packed, made by Blender in a subprocess.
+"""Packing: a copy of the user's scene with its resources packed, made by Blender in a subprocess;
+or (directory mode) the scene and its dependency tree, traced and copied by blender-asset-tracer.
 
 The user's file is only read; the copy is written elsewhere (the existing add-on packed the live
 session next to the user's file as a side effect).
@@ -6,14 +7,24 @@ session next to the user's file as a side effect).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from blender_asset_tracer import trace
+from blender_asset_tracer.pack import Packer
+from blender_asset_tracer.trace import file_sequence
+from blender_asset_tracer.trace.result import BlockUsage
 
 from .errors import BraasError, UsageError
 from .local_blender import local_blender
 
+# BAT logs each missing file as a warning; we report them ourselves, with the data-block that uses them.
+logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
 PACK_SCRIPT = Path(__file__).resolve().parents[1] / "blender_scripts" / "pack_scene.py"
 PACK_TIMEOUT_S = 900
 
@@ -43,3 +54,107 @@ def pack_scene(scene: Path, output: Path) -> PackReport:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise BraasError(f"Blender could not pack {scene} (exit {done.returncode}):\n{tail}")
     return PackReport(packed_images=int(report.get("packed_images", 0)), output=output)
+
+
+# ---- directory mode and the pack cache: blender-asset-tracer reads .blend files without Blender ----
+
+MAIN_BLEND = "scene.blend"  # the job script opens in/scene.blend in both modes
+_BLOCK_KINDS = {"IM": "Image", "LI": "Library", "SO": "Sound", "VF": "Font", "MC": "Movie clip", "VO": "Volume",
+                "CF": "Cache file", "ME": "Mesh", "OB": "Object", "SC": "Scene", "PA": "Particles"}
+
+
+@dataclass(frozen=True)
+class StagedTree:
+    files: dict[str, Path]  # path inside in/ -> staged local file
+    outside: tuple[str, ...]  # dependencies from outside the project, moved under _outside_project/
+    sources: dict[Path, Path]  # staged file -> the user's file it is an unchanged copy of
+
+    def digest(self, staged: Path, cached: Callable[[Path], str], plain: Callable[[Path], str]) -> str:
+        """Hash through the user's original when the staged file is a plain copy of it, so the hash
+        cache (keyed by the user's paths) spares re-reading unchanged textures on every submit."""
+        source = self.sources.get(staged)
+        return cached(source) if source else plain(staged)
+
+
+def _block_label(usage: BlockUsage) -> str:
+    raw = usage.block_name.decode("utf-8", "replace")
+    kind = _BLOCK_KINDS.get(raw[:2], raw[:2])
+    return f"{kind} '{raw[2:]}' in {usage.block.bfile.filepath.name}"
+
+
+def _usages(scene: Path) -> dict[Path, list[BlockUsage]]:
+    """Every file the scene uses (libraries followed recursively), with the data-blocks using it."""
+    found: dict[Path, list[BlockUsage]] = {}
+    for usage in trace.deps(scene):
+        found.setdefault(usage.abspath, []).append(usage)
+    return found
+
+
+def _refuse_missing(scene: Path, missing: set[Path], usages: dict[Path, list[BlockUsage]]) -> None:
+    if not missing:
+        return
+    lines = [f"  {_block_label(u)}: {path}" for path in sorted(missing) for u in usages.get(path, [])] or [
+        f"  {path}" for path in sorted(missing)]
+    raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n"
+                     + "\n".join(lines))
+
+
+def stage_tree(scene: Path, staging: Path) -> StagedTree:
+    """Copy the scene and what it uses into `staging`, paths rewritten in the copies (BAT's Packer).
+
+    The project is the scene's directory: relative paths inside it keep their layout; anything else
+    goes under `_outside_project/` and the copied .blend files point there. The user's files are only read.
+    """
+    usages = _usages(scene)
+    with Packer(scene, scene.parent, str(staging)) as packer:
+        packer.strategise()
+        _refuse_missing(scene, set(packer.missing_files), usages)
+        packer.execute()
+        main = Path(packer.output_path)
+    files: dict[str, Path] = {}
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "pack-info.txt"):
+        name = MAIN_BLEND if path == main else path.relative_to(staging).as_posix()
+        if name in files:
+            raise UsageError(f"{scene}: a dependency is also named {MAIN_BLEND} next to the scene; rename it")
+        files[name] = path
+    outside = tuple(sorted(n for n in files if n.startswith("_outside_project/")))
+    sources = {path: src for name, path in files.items() if (src := _copied_from(scene.parent, staging, path))}
+    return StagedTree(files, outside, sources)
+
+
+def _copied_from(project: Path, staging: Path, staged: Path) -> Path | None:
+    """The user's file a staged file was copied from unchanged (BAT copies with its size and mtime and
+    rewrites only .blend files), or None."""
+    rel = staged.relative_to(staging)
+    if rel.parts[0] == "_outside_project":
+        original = Path(staged.anchor, *rel.parts[1:])
+    else:
+        original = project / rel
+    try:
+        a, b = staged.stat(), original.stat()
+    except OSError:
+        return None
+    return original if (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns) else None
+
+
+def pack_key(scene: Path, digest: Callable[[Path], str]) -> str:
+    """What a packed copy is made of: the scene, every file it uses, the pack script and Blender.
+
+    Blender does not write the same bytes twice (it stores memory addresses), so a packed copy is
+    reused by this key instead of by its own hash.
+    """
+    inputs = sorted((str(path), digest(path)) for usage_path in _usages(scene)
+                    for path in _existing(usage_path))
+    material = {"scene": digest(scene), "inputs": inputs, "script": digest(PACK_SCRIPT),
+                "blender": local_blender()}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _existing(path: Path) -> list[Path]:
+    """The files behind a dependency: itself, or the frames of an image sequence or UDIM set."""
+    if path.is_file():
+        return [path]
+    try:
+        return [p for p in file_sequence.expand_sequence(path) if p.is_file()]
+    except file_sequence.DoesNotExist:
+        return []

@@ -13,21 +13,22 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import VERSION, registry
+from . import VERSION, registry, store
 from .errors import BraasError, UsageError
 from .frames import chunk_frames, format_frames
-from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text
+from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, store_dir
 from .local_blender import local_blender
-from .packing import pack_scene
+from .packing import MAIN_BLEND, pack_key, pack_scene, stage_tree
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, Round
 from .spec import SubmitRequest, build_spec
+from .store import HashCache, StoreFile, UploadReport, sha256_file
 from .transport import Transport, quote_command, transport_for
 
 RENDER_TASK = Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py"
@@ -40,8 +41,8 @@ def scripts_version() -> str:
     return f"{VERSION}-{hashlib.sha256(RENDER_TASK.read_bytes()).hexdigest()[:12]}"
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
 
-__all__ = ["SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "missing_frames", "prepare_job",
-           "remote_root", "render_local", "resubmit", "submit"]
+__all__ = ["GcResult", "SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "gc", "missing_frames",
+           "prepare_job", "remote_root", "render_local", "resubmit", "submit"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,18 @@ class SubmitResult:
     tasks: int
     scheduler_ids: tuple[str, ...]
     job_dir: str
+    upload: UploadReport = UploadReport()  # the job's inputs: sent to the store, or already there
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "frames": self.frames, "tasks": self.tasks,
-                "scheduler_ids": list(self.scheduler_ids), "job_dir": self.job_dir}
+                "scheduler_ids": list(self.scheduler_ids), "job_dir": self.job_dir, **self.upload.to_json()}
+
+
+@dataclass(frozen=True)
+class PreparedJob(JobPaths):
+    """A job's paths plus what its upload cost (a JobPaths, so callers that only need paths are unchanged)."""
+
+    upload: UploadReport = UploadReport()
 
 
 def remote_root(preset: Preset, placeholder: bool = False) -> str:
@@ -84,28 +93,101 @@ def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | N
                                                          paths.render_task(scripts_version()), round_)
 
 
-async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths) -> None:
+async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths,
+                         inputs: Callable[[], Awaitable[UploadReport]]) -> UploadReport:
+    """The job's own small files directly; its inputs (`inputs`) through the content-addressed store."""
     scripts = paths.scripts_dir(scripts_version())
     await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir, scripts])
     installed = {entry.name for entry in await transport.listdir(scripts)}
     if "render_task.py" not in installed:
         await transport.put(RENDER_TASK, paths.render_task(scripts_version()))
-    for name, target in (("scene.blend", paths.scene), ("frames.txt", paths.frames_file),
-                         ("job.json", paths.job_json), ("job.sh", paths.script)):
+    report = await inputs()
+    for name, target in (("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script)):
         await transport.put(staging / name, target)
+    return report
 
 
-async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> JobPaths:
-    """Pack, write and upload everything the job needs; return its paths."""
+async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,
+                         cache: HashCache) -> Callable[[], Awaitable[UploadReport]]:
+    """Packed mode. Blender never writes the same bytes twice, so an unchanged scene is recognised by
+    its inputs (pack_key) and the copy packed last time is linked again without packing or sending it."""
+    scene = Path(spec.scene)
+    try:
+        key: str | None = await asyncio.to_thread(pack_key, scene, cache.digest)
+    except Exception:  # noqa: BLE001 - BAT cannot read every .blend; packing without the shortcut still works
+        key = None
+    known = cache.packed(key) if key else None
+    if known and not await store.lacking(transport, paths.root, [known]):
+        async def link_again() -> UploadReport:
+            await store.link_inputs(transport, paths.root, paths.in_dir, {MAIN_BLEND: known})
+            return UploadReport(skipped_files=1)
+        return link_again
+    packed = staging / "packed" / MAIN_BLEND
+    await asyncio.to_thread(pack_scene, scene, packed)
+
+    async def send() -> UploadReport:
+        digest = await asyncio.to_thread(sha256_file, packed)
+        report = await store.upload_inputs(transport, paths.root, paths.in_dir, {MAIN_BLEND: packed},
+                                           lambda _: digest)
+        if key:
+            cache.remember_packed(key, digest)
+        return report
+    return send
+
+
+async def _dir_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,
+                      cache: HashCache) -> Callable[[], Awaitable[UploadReport]]:
+    """Directory mode: the scene and its dependency tree, staged by BAT (missing files refused here)."""
+    tree = await asyncio.to_thread(stage_tree, Path(spec.scene), staging / "tree")
+
+    def digest(path: Path) -> str:
+        return tree.digest(path, cache.digest, sha256_file)
+
+    async def send() -> UploadReport:
+        return await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest)
+    return send
+
+
+async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> PreparedJob:
+    """Pack (or stage) locally first, so missing files are refused before anything is sent; then upload
+    what the cluster's store lacks and write the job's files. Returns the paths and the upload's cost."""
     paths = JobPaths(remote_root(preset), spec.name)
-    with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:
+    with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp, HashCache() as cache:
         staging = Path(temp)
-        await asyncio.to_thread(pack_scene, Path(spec.scene), staging / "scene.blend")
+        stage = _dir_inputs if spec.pack == "dir" else _packed_inputs
+        inputs = await stage(transport, spec, paths, staging, cache)
         (staging / "job.sh").write_text(job_script(spec, preset, paths))
         (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
         (staging / "job.json").write_text(_job_json(spec))
-        await _upload_inputs(transport, staging, paths)
-    return paths
+        report = await _upload_inputs(transport, staging, paths, inputs)
+    return PreparedJob(paths.root, paths.name, report)
+
+
+@dataclass(frozen=True)
+class GcResult:
+    preset: str
+    store_dir: str
+    files: tuple[StoreFile, ...]
+    removed: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict[str, object]:
+        return {"preset": self.preset, "store": self.store_dir, "removed": self.removed,
+                "total_bytes": self.total_bytes, "files": [{"sha256": f.digest, "size": f.size} for f in self.files]}
+
+
+async def gc(preset_name: str, remove: bool = False) -> GcResult:
+    """Store files that no job's in/ links to; removed only with `remove` (a dry run by default)."""
+    preset = load_preset(preset_name)
+    root = remote_root(preset)
+    transport = transport_for(preset)
+    files = tuple(await store.unreferenced(transport, root))
+    if remove:
+        await store.remove(transport, root, files)
+    return GcResult(preset.name, store_dir(root), files, remove)
 
 
 @dataclass(frozen=True)
@@ -138,7 +220,7 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     ids = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
     registry.add_job(spec, paths.root, ids, PENDING)
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
-                        paths.job_dir)
+                        paths.job_dir, paths.upload)
 
 
 async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> list[str]:

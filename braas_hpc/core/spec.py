@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .frames import chunk_frames, parse_frames
-from .jobs import JobSpec, make_job_name
+from .jobs import PACK_MODES, JobSpec, make_job_name
 from .presets import Partition, Preset, load_preset
 
 
@@ -32,6 +32,7 @@ class SubmitRequest:
     partition: str = ""  # "": the preset's default for the device
     email: str = ""
     memory_gb: int = 0
+    pack: str = "packed"  # "packed" (one .blend) or "dir" (the .blend and its dependency tree)
 
 
 def _scene(path: Path) -> Path:
@@ -86,6 +87,8 @@ def _check_tasks(preset: Preset, part: Partition, frames: int, tasks: int, chunk
 
 def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
     scene = _scene(request.scene)
+    if request.pack not in PACK_MODES:
+        raise UsageError(f"pack mode {request.pack!r} is not one of {', '.join(PACK_MODES)}")
     preset = load_preset(request.preset)
     frames = parse_frames(request.frames)
     if request.chunk < 1:
@@ -106,6 +109,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
         tasks=tasks, account=account, partition=partition, qos=part.qos, email=request.email,
         memory_gb=request.memory_gb, cycles_device=part.cycles_device if gpu else "CPU",
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
+        pack=request.pack,
     )
     spec.validate()
     return spec, preset

@@ -1,0 +1,209 @@
+"""Content-addressed upload over plain SSH: the cluster keeps every uploaded file once, by SHA-256.
+
+`<root>/store/<sha256[:2]>/<sha256>` holds the files (read-only, shared by all jobs); a job's `in/`
+holds links into it. A submission costs a constant number of remote commands, whatever the number of
+files: one to ask which hashes the store lacks, one `mkdir -p`, the uploads of what is new (a few at
+once), one `chmod`, one to build `in/`. Lists travel on stdin to fixed scripts, never in the command
+line, so neither quoting nor the kernel's limit on one argument (128 KiB) can bite with many files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import posixpath
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .jobs import SHA256_HEX, store_dir, store_path
+from .paths import data_dir
+from .transport import Transport
+
+UPLOADS_AT_ONCE = 4
+HASH_CACHE_FILE = "hash-cache.sqlite"
+_BLOCK = 1 << 20
+
+# stdin: one digest per line; prints the ones the store does not hold. `${h%"${h#??}"}` is the first
+# two characters without starting a process per file.
+_LACKS_SCRIPT = ('s="$1"; while IFS= read -r h; do [ -f "$s/${h%"${h#??}"}/$h" ] || printf "%s\\n" "$h"; done; '
+                 'exit 0')
+
+# stdin: "<digest>\t<path inside in/>" per line. Hard links first (the store's link count then says
+# which files a job uses); a symbolic link when `ln` cannot (another filesystem, no hard links).
+# A digest missing from the store stops the script: a dangling link would only fail later, on a node.
+_LINK_SCRIPT = '''in="$1"; s="$2"; mkdir -p -- "$in" || exit 1
+while IFS="	" read -r h rel; do
+  src="$s/${h%"${h#??}"}/$h"; dst="$in/$rel"
+  [ -f "$src" ] || { echo "store file missing: $h" >&2; exit 3; }
+  case "$rel" in */*) mkdir -p -- "${dst%/*}" || exit 1;; esac
+  ln -f -- "$src" "$dst" 2>/dev/null || ln -sf -- "$src" "$dst" || exit 1
+done'''
+
+# Store files no hard link references (link count 1), and the targets of symbolic links in jobs/,
+# whose referenced store files also have link count 1. Names in the store are hex digests.
+_UNREFERENCED_SCRIPT = '''r="$1"
+[ -d "$r/jobs" ] && find "$r/jobs" -mindepth 3 -type l -printf 'L\\t%l\\n'
+[ -d "$r/store" ] && find "$r/store" -mindepth 2 -maxdepth 2 -type f -links 1 ! -name '.*' -printf 'F\\t%s\\t%f\\n'
+exit 0'''
+
+# stdin: digests to remove; each is removed only if still unreferenced by hard links at that moment.
+_REMOVE_SCRIPT = '''s="$1"; while IFS= read -r h; do f="$s/${h%"${h#??}"}/$h"
+  [ -f "$f" ] && [ "$(stat -c %h -- "$f")" = 1 ] && rm -f -- "$f"; done; exit 0'''
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashCache:
+    """SHA-256 of local files, remembered by (absolute path, size, mtime_ns) so unchanged files are
+    read once; and which packed .blend a set of inputs produced (packing is not byte-reproducible)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or data_dir() / HASH_CACHE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Used from worker threads (asyncio.to_thread), one call at a time.
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
+                         "mtime_ns INTEGER, sha256 TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, sha256 TEXT)")
+        self.hashed = 0  # files read in full by this instance (tests check the cache with it)
+
+    def digest(self, path: Path) -> str:
+        absolute = str(path.resolve())
+        stat = os.stat(absolute)
+        row = self._db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (absolute,)).fetchone()
+        if row and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:
+            return str(row[2])
+        value = sha256_file(Path(absolute))
+        self.hashed += 1
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                             (absolute, stat.st_size, stat.st_mtime_ns, value))
+        return value
+
+    def packed(self, key: str) -> str | None:
+        row = self._db.execute("SELECT sha256 FROM packs WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def remember_packed(self, key: str, digest: str) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?)", (key, digest))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> HashCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class UploadReport:
+    uploaded_bytes: int = 0
+    uploaded_files: int = 0
+    skipped_files: int = 0  # inputs the store already held
+
+    def to_json(self) -> dict[str, int]:
+        return {"uploaded_bytes": self.uploaded_bytes, "uploaded_files": self.uploaded_files,
+                "skipped_files": self.skipped_files}
+
+
+def check_relative(name: str) -> str:
+    """A path inside `in/`: relative, no `..`, and nothing the line-based remote scripts could misread."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or any(
+            c in name for c in "\t\n\r\0"):
+        raise UsageError(f"cannot place {name!r} in the job's input directory (unsafe path)")
+    return name
+
+
+async def lacking(transport: Transport, root: str, digests: Iterable[str]) -> set[str]:
+    """The digests the cluster's store does not hold, in one remote command."""
+    wanted = sorted(set(digests))
+    if not wanted:
+        return set()
+    done = await transport.run(["sh", "-c", _LACKS_SCRIPT, "sh", store_dir(root)], stdin="".join(
+        f"{d}\n" for d in wanted))
+    return {line for line in done.stdout.split() if line in wanted}
+
+
+async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> None:
+    """Upload files (digest -> local path) into the store, a few at once, verified, then read-only."""
+    targets = {digest: store_path(root, digest) for digest in files}
+    await transport.run(["mkdir", "-p", "--", *sorted({posixpath.dirname(t) for t in targets.values()})])
+    gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
+
+    async def one(digest: str) -> None:
+        async with gate:
+            # put() writes a temp name and renames, resumes a dropped upload and checks SHA-256 on both
+            # sides, so a store file is complete and right once it has its name.
+            await transport.put(files[digest], targets[digest], verify=True)
+
+    await asyncio.gather(*(one(d) for d in files))
+    # Read-only: a job's hard link is the same inode, so a job must not be able to change the store.
+    await transport.run(["chmod", "0444", "--", *targets.values()])
+
+
+async def link_inputs(transport: Transport, root: str, in_dir: str, entries: Mapping[str, str]) -> None:
+    """Build `in_dir` as links into the store (path inside in/ -> digest), in one remote command."""
+    lines = "".join(f"{digest}\t{check_relative(name)}\n" for name, digest in sorted(entries.items()))
+    await transport.run(["sh", "-c", _LINK_SCRIPT, "sh", in_dir, store_dir(root)], stdin=lines)
+
+
+async def upload_inputs(transport: Transport, root: str, in_dir: str, files: Mapping[str, Path],
+                        digest: Callable[[Path], str] = sha256_file) -> UploadReport:
+    """Put `files` (path inside in/ -> local file) into the job's `in/`, sending only what the store lacks.
+
+    `digest` hashes a local file (HashCache.digest for the user's own files, which do not change between
+    submissions; plain sha256_file for temporary copies)."""
+    for name in files:
+        check_relative(name)
+    digests = {name: await asyncio.to_thread(digest, path) for name, path in files.items()}
+    missing = await lacking(transport, root, digests.values())
+    by_digest = {digest: files[name] for name, digest in digests.items() if digest in missing}
+    if by_digest:
+        await _send(transport, root, by_digest)
+    await link_inputs(transport, root, in_dir, digests)
+    sent = sum(path.stat().st_size for path in by_digest.values())
+    return UploadReport(sent, len(by_digest), len(files) - sum(1 for d in digests.values() if d in missing))
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    digest: str
+    size: int
+
+
+async def unreferenced(transport: Transport, root: str) -> list[StoreFile]:
+    """Store files that no job's `in/` links to (neither by hard link nor by symbolic link)."""
+    done = await transport.run(["sh", "-c", _UNREFERENCED_SCRIPT, "sh", root], timeout=600)
+    linked: set[str] = set()
+    candidates: list[StoreFile] = []
+    for line in done.stdout.splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "L":
+            linked.add(posixpath.basename(rest))
+        elif kind == "F":
+            size, _, name = rest.partition("\t")
+            if SHA256_HEX.match(name) and size.isdigit():
+                candidates.append(StoreFile(name, int(size)))
+    return sorted((f for f in candidates if f.digest not in linked), key=lambda f: f.digest)
+
+
+async def remove(transport: Transport, root: str, files: Iterable[StoreFile]) -> None:
+    """Remove store files; each is checked again for hard links just before it goes."""
+    digests = [f.digest for f in files if SHA256_HEX.match(f.digest)]
+    if digests:
+        await transport.run(["sh", "-c", _REMOVE_SCRIPT, "sh", store_dir(root)],
+                            stdin="".join(f"{d}\n" for d in digests), timeout=600)
