@@ -100,27 +100,71 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> d
     return {job_id: by_id.get(scheduler.job_key(job_id), []) for job_id in ids}
 
 
+# For each job: "<job dir> <tasks in its latest round> <markers still running> <markers ended>".
+_MARKERS_SCRIPT = r"""
+while [ "$#" -ge 3 ]; do
+  d=$1 p=$2 f=$3; shift 3
+  n=$(wc -l < "$d/$f" 2>/dev/null || echo 0); r=0; e=0
+  for m in "$d/status/${p}task-"*.json; do
+    [ -e "$m" ] || continue
+    if grep -q '"state": "running"' "$m"; then r=$((r + 1)); else e=$((e + 1)); fi
+  done
+  printf '%s	%s	%s	%s
+' "$d" "$n" "$r" "$e"
+done
+"""
+
+
+async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> set[str]:
+    """Jobs the scheduler no longer knows whose every task of the latest round wrote its final marker.
+
+    Without accounting (squeue forgets finished jobs) this is what tells a failed job from a lost
+    answer; a task killed before it could write its marker keeps the job UNKNOWN.
+    """
+    args: list[str] = []
+    for record in records:
+        paths = JobPaths(record.remote_root, record.name)
+        frames_file = paths.round_frames_file(record.rounds).rsplit("/", 1)[-1]
+        args += [paths.job_dir, f"r{record.rounds}-" if record.rounds else "", frames_file]
+    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", *args], timeout=120, check=False)
+    by_dir = {JobPaths(r.remote_root, r.name).job_dir: r.name for r in records}
+    ended = set()
+    for line in done.stdout.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 4 and fields[0] in by_dir and all(f.strip().isdigit() for f in fields[1:]):
+            tasks, running, finished = (int(f) for f in fields[1:])
+            if tasks and not running and finished >= tasks:
+                ended.add(by_dir[fields[0]])
+    return ended
+
+
 async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:
     preset = load_preset(preset_name)
-    results = []
     transport = transport_for(preset)
     by_id = await _query(transport, preset.scheduler, records)
     frames = await _frames_present(transport, records)
+    found: dict[str, tuple[str, dict[str, int], list[int]]] = {}
     for record in records:
         missing = missing_frames(record.spec, frames[record.name])
         if record.state in TERMINAL or preset.is_local:
             # Finished jobs are never polled again; local jobs have no queue to ask. A job whose
             # frames went missing since is not complete, whatever the scheduler said then.
-            state, tasks = record.state, record.tasks
-            if state == COMPLETED and missing:
-                state = FAILED
-        else:
-            per_id = [by_id.get(job_id, []) for job_id in record.scheduler_ids]
-            states = [s for answer in per_id for s in answer]
-            unseen = any(not answer for answer in per_id)
-            state, tasks = aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states))
-            if state in TERMINAL:
-                registry.set_state(record.name, state, tasks)
+            state = FAILED if record.state == COMPLETED and missing else record.state
+            found[record.name] = (state, record.tasks, missing)
+            continue
+        per_id = [by_id.get(job_id, []) for job_id in record.scheduler_ids]
+        states = [s for answer in per_id for s in answer]
+        unseen = any(not answer for answer in per_id)
+        found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
+                              missing)
+    unknown = [r for r in records if found[r.name][0] == UNKNOWN]
+    for name in await _ended_by_markers(transport, unknown) if unknown else ():
+        found[name] = (FAILED, found[name][1], found[name][2])
+    results = []
+    for record in records:
+        state, tasks, missing = found[record.name]
+        if state in TERMINAL and record.state not in TERMINAL:
+            registry.set_state(record.name, state, tasks)
         results.append(JobStatus(
             record.name, record.preset, state, len(record.spec.frames) - len(missing),
             len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing)))

@@ -211,6 +211,12 @@ def test_qdel_of_an_array_with_running_and_pending_subjobs(cluster: Cluster) -> 
 
     wait_for("squeue to forget the array", lambda: cluster.ok(f"squeue -h -j {seq}").strip() == "", timeout=20)
     wait_for(f"{job} to be history", lambda: states(cluster.qstat_json(job))[job] == "F", timeout=10)
+
+    def ran_have_exit_status() -> bool:  # slurmdbd may record a start a moment after squeue showed R
+        jobs = cluster.qstat_json(job)["Jobs"]
+        return all("Exit_status" in jobs[f"{seq}[{i}].{SERVER}"] for i in ran)
+
+    wait_for("the accounting of the subjobs that ran", ran_have_exit_status, timeout=30)
     jobs = cluster.qstat_json(job)["Jobs"]
     for i in range(1, 6):
         sub = jobs[f"{seq}[{i}].{SERVER}"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
-from braas_hpc.core.monitor import _query
+from braas_hpc.core.monitor import _ended_by_markers, _query
 from braas_hpc.core.registry import JobRecord
 from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN
 from braas_hpc.core.schedulers.slurm import SlurmScheduler, state_of
 from braas_hpc.core.transport.base import CommandResult
+from braas_hpc.core.transport.local import LocalTransport
 from tests.unit.test_slurm import SPEC
 
 
@@ -76,3 +80,32 @@ def test_truncated_and_odd_states() -> None:
     assert state_of("") == UNKNOWN and state_of("WEIRD") == UNKNOWN
     assert [s.state for s in SlurmScheduler().parse_query("\n\n7|OUT_OF_MEMORY|0:125\n8|NODE_FAIL|1:0\n")] == [
         FAILED, FAILED]
+
+
+def _marker(path: Path, state: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": 1, "state": state}, indent=1))  # as render_task.py writes it
+
+
+def test_markers_tell_an_ended_job_when_the_queue_forgot_it(tmp_path: Path) -> None:
+    """The real marker script, run by a real shell (the local transport)."""
+    root = tmp_path / "braas-hpc"
+    job = root / "jobs" / "j1"
+    (job / "status").mkdir(parents=True)
+    (job / "frames.txt").write_text("1,2\n3\n")
+    record = JobRecord("j1", "site", SPEC, str(root), ("41",), PENDING, {}, 0, 0.0)
+    ended = lambda: asyncio.run(_ended_by_markers(LocalTransport(), [record]))  # noqa: E731
+
+    _marker(job / "status" / "task-1.json", "done")
+    assert ended() == set()  # task 2 never started: no marker
+    _marker(job / "status" / "task-2.json", "running")
+    assert ended() == set()  # still running (or killed before it could say so)
+    _marker(job / "status" / "task-2.json", "failed")
+    assert ended() == {"j1"}
+
+    # A resubmission's round has its own frames file and markers.
+    (job / "frames-r1.txt").write_text("2\n")
+    again = dataclasses.replace(record, rounds=1)
+    assert asyncio.run(_ended_by_markers(LocalTransport(), [again])) == set()
+    _marker(job / "status" / "r1-task-1.json", "done")
+    assert asyncio.run(_ended_by_markers(LocalTransport(), [again])) == {"j1"}
