@@ -145,10 +145,14 @@ async def cmd_resubmit(args: argparse.Namespace) -> int:
 
 async def cmd_download(args: argparse.Namespace) -> int:
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
-    result = await transfer.download(args.job, dest)
+
+    def each_round(got: transfer.DownloadResult) -> None:
+        if args.follow and got.downloaded and not args.json:
+            err.print(f"{got.downloaded} new frame(s) in {dest}", highlight=False)
+
+    result = await transfer.download(args.job, dest, follow=args.follow, on_round=each_round)
     if args.json:
-        _print_json({"job": result.job, "dest": str(result.dest), "downloaded": result.downloaded,
-                     "skipped": result.skipped, "ignored": list(result.ignored)})
+        _print_json(result.to_json())
     else:
         print(f"downloaded {result.downloaded} frame(s), {result.skipped} already here, into {result.dest}")
         if result.ignored:
@@ -234,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("download", cmd_download, "fetch the frames of a job that are not here yet")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--dest", metavar="DIR", help="where to put the frames (default ./JOB)")
+    p.add_argument("--follow", action="store_true", help="keep fetching new frames until the job has ended")
 
     p = add("cancel", cmd_cancel, "cancel a job: every array task of every round")
     p.add_argument("job", metavar="JOB")

@@ -1,25 +1,43 @@
-"""Downloading frames: only the ones not yet here, names checked before any local path is built."""
+"""Downloading frames: only the ones not here yet, each verified by size and SHA-256 against the
+cluster, names checked before any local path is built; `follow` keeps going while the job runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registry
-from .errors import UsageError
+from .errors import TransferError, UsageError
 from .jobs import FRAME_FILE, JobPaths
+from .paths import data_dir
 from .presets import load_preset
-from .transport import transport_for
+from .schedulers.base import TERMINAL
+from .transport import Transport, transport_for
 from .transport.base import Progress
 
+# What was verified, per job and destination, kept in our data directory (not among the user's frames):
+# name -> [size, mtime_ns, sha256]. A file that changed since is verified again, so a frame damaged on
+# this side is fetched anew.
+FOLLOW_POLL_MAX_S = 30.0
 
-@dataclass(frozen=True)
+
+@dataclass
 class DownloadResult:
     job: str
     dest: Path
-    downloaded: int
-    skipped: int
-    ignored: tuple[str, ...]  # remote names that are not frame files, never written locally
+    downloaded: int = 0
+    skipped: int = 0
+    ignored: tuple[str, ...] = ()  # remote names that are not frame files, never written locally
+    refetched: list[str] = field(default_factory=list)  # local copies that did not match the cluster's
+
+    def to_json(self) -> dict[str, object]:
+        return {"job": self.job, "dest": str(self.dest), "downloaded": self.downloaded, "skipped": self.skipped,
+                "ignored": list(self.ignored), "refetched": self.refetched}
 
 
 def _safe_target(dest: Path, name: str) -> Path | None:
@@ -30,24 +48,111 @@ def _safe_target(dest: Path, name: str) -> Path | None:
     return target if target.parent == dest.resolve() else None
 
 
-async def download(name: str, dest: Path, progress: Progress | None = None) -> DownloadResult:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ledger_path(job: str, dest: Path) -> Path:
+    key = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:16]
+    return data_dir() / "downloads" / f"{job}-{key}.json"
+
+
+class _Ledger:
+    def __init__(self, job: str, dest: Path) -> None:
+        self.path = ledger_path(job, dest)
+        try:
+            self.items: dict[str, list[object]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.items = {}
+
+    def verified(self, target: Path) -> bool:
+        stat = target.stat() if target.is_file() else None
+        known = self.items.get(target.name)
+        return bool(stat and known and known[:2] == [stat.st_size, stat.st_mtime_ns])
+
+    def record(self, target: Path, digest: str) -> None:
+        stat = target.stat()
+        self.items[target.name] = [stat.st_size, stat.st_mtime_ns, digest]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(f"{self.path.name}.part")
+        temp.write_text(json.dumps(self.items))
+        os.replace(temp, self.path)
+
+
+async def _remote_digests(transport: Transport, paths: list[str]) -> dict[str, str]:
+    """SHA-256 of many remote files in one call."""
+    if not paths:
+        return {}
+    done = await transport.run(["sha256sum", "--", *paths], timeout=600)
+    digests = {}
+    for line in done.stdout.splitlines():
+        digest, _, path = line.partition("  ")
+        digests[path] = digest
+    return digests
+
+
+async def download_once(name: str, dest: Path, progress: Progress | None = None) -> DownloadResult:
     record = registry.get_job(name)
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"download destination {dest} exists and is not a directory")
     dest.mkdir(parents=True, exist_ok=True)
     paths = JobPaths(record.remote_root, record.name)
-    downloaded = skipped = 0
-    ignored: list[str] = []
     transport = transport_for(load_preset(record.preset))
+    result, ledger, ignored = DownloadResult(name, dest), _Ledger(name, dest), []
+    todo: dict[str, Path] = {}
     for entry in sorted(await transport.listdir(paths.out_dir), key=lambda e: e.name):
         target = None if entry.is_dir else _safe_target(dest, entry.name)
         if target is None:
             if not entry.name.startswith("."):  # hidden names are frames still being written
                 ignored.append(entry.name)
+        elif target.is_file() and target.stat().st_size == entry.size and ledger.verified(target):
+            result.skipped += 1
+        else:
+            todo[f"{paths.out_dir}/{entry.name}"] = target
+    remote = await _remote_digests(transport, list(todo))
+    for source, target in todo.items():
+        here = await asyncio.to_thread(_sha256, target) if target.is_file() else None
+        if here == remote[source]:
+            ledger.record(target, here)  # already right (fetched before the ledger existed)
+            result.skipped += 1
             continue
-        if target.is_file() and target.stat().st_size == entry.size:
-            skipped += 1
-            continue
-        await transport.get(f"{paths.out_dir}/{entry.name}", target, progress)
-        downloaded += 1
-    return DownloadResult(name, dest, downloaded, skipped, tuple(ignored))
+        if target.is_file():
+            result.refetched.append(target.name)
+        await transport.get(source, target, progress)
+        if await asyncio.to_thread(_sha256, target) != remote[source]:
+            target.unlink()
+            raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, run again")
+        ledger.record(target, remote[source])
+        result.downloaded += 1
+    ledger.save()
+    result.ignored = tuple(ignored)
+    return result
+
+
+async def download(name: str, dest: Path, progress: Progress | None = None, *, follow: bool = False,
+                   on_round: Callable[[DownloadResult], None] | None = None) -> DownloadResult:
+    """Fetch the job's frames; with `follow`, keep fetching as they appear until the job has ended."""
+    from .monitor import status  # late: monitor imports the service layer
+
+    total = DownloadResult(name, dest)
+    interval = 2.0
+    while True:
+        ended = (await status([name]))[0].state in TERMINAL if follow else True
+        got = await download_once(name, dest, progress)
+        total.downloaded += got.downloaded
+        total.skipped = got.skipped
+        total.ignored = got.ignored
+        total.refetched += got.refetched
+        if on_round:
+            on_round(got)
+        if ended:  # the frames fetched after the job ended are the last ones
+            return total
+        await asyncio.sleep(interval)
+        interval = interval * 2 if got.downloaded == 0 else 2.0
+        interval = min(interval, FOLLOW_POLL_MAX_S)

@@ -49,3 +49,9 @@ def remote(testbed: tb.Testbed):  # noqa: ANN201 - returns a small callable
 @pytest.fixture
 def workdir(testbed: tb.Testbed) -> Path:
     return Path(testbed.workdir)
+
+
+@pytest.fixture(autouse=True)
+def own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own job registry and downloads ledger (the presets stay the session's)."""
+    monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
