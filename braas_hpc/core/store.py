@@ -13,12 +13,13 @@ import asyncio
 import hashlib
 import os
 import posixpath
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import ConnectionLost, TransferError, UsageError
 from .jobs import SHA256_HEX, store_dir, store_path
 from .paths import data_dir
 from .transport import Transport
@@ -138,21 +139,47 @@ async def lacking(transport: Transport, root: str, digests: Iterable[str]) -> se
     return {line for line in done.stdout.split() if line in wanted}
 
 
+# Reads "<sha256>\t<temp>\t<final>" lines: checks each temp file's digest, makes it read-only (a job's
+# hard link is the same inode, so a job must not be able to change the store) and renames it into place;
+# prints the final path of every file that did not check out (its temp file is removed).
+_SETTLE_SCRIPT = r"""
+while IFS="$(printf '\t')" read -r digest temp final; do
+  [ -n "$final" ] || continue
+  got=$(sha256sum -- "$temp" 2>/dev/null | cut -d ' ' -f 1)
+  if [ "$got" = "$digest" ] && chmod 0444 -- "$temp" && mv -f -- "$temp" "$final"; then :; else
+    rm -f -- "$temp"; printf '%s\n' "$final"
+  fi
+done
+exit 0
+"""
+
+
 async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> None:
-    """Upload files (digest -> local path) into the store, a few at once, verified, then read-only."""
+    """Upload files (digest -> local path) into the store: the bytes a few at once, then ONE command
+    that verifies every file's SHA-256 and renames it into place, so round trips do not grow with the
+    number of files. A file that fails (a dropped link, a bad copy) goes again through put(), which
+    resumes and verifies on its own."""
     targets = {digest: store_path(root, digest) for digest in files}
+    temps = {digest: f"{target}.{secrets.token_hex(4)}.part" for digest, target in targets.items()}
     await transport.run(["mkdir", "-p", "--", *sorted({posixpath.dirname(t) for t in targets.values()})])
     gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
+    failed: set[str] = set()
 
     async def one(digest: str) -> None:
         async with gate:
-            # put() writes a temp name and renames, resumes a dropped upload and checks SHA-256 on both
-            # sides, so a store file is complete and right once it has its name.
-            await transport.put(files[digest], targets[digest], verify=True)
+            try:
+                await transport.send_exact(files[digest], temps[digest])
+            except (ConnectionLost, TransferError):
+                failed.add(digest)
 
     await asyncio.gather(*(one(d) for d in files))
-    # Read-only: a job's hard link is the same inode, so a job must not be able to change the store.
-    await transport.run(["chmod", "0444", "--", *targets.values()])
+    lines = "".join(f"{d}\t{temps[d]}\t{targets[d]}\n" for d in files if d not in failed)
+    done = await transport.run(["sh", "-c", _SETTLE_SCRIPT, "sh"], stdin=lines, timeout=1800)
+    bad = set(done.stdout.split())
+    failed |= {d for d, target in targets.items() if target in bad}
+    for digest in sorted(failed):
+        await transport.put(files[digest], targets[digest], verify=True)
+        await transport.run(["chmod", "0444", "--", targets[digest]])
 
 
 async def link_inputs(transport: Transport, root: str, in_dir: str, entries: Mapping[str, str]) -> None:

@@ -286,6 +286,11 @@ class Transport(ABC):
             raise TransferError(f"upload of {local} to {remote} is incomplete")
         await self.run(["mv", "-f", "--", temp, remote])
 
+    async def send_exact(self, local: Path, remote: str, progress: Progress | None = None) -> None:
+        """Write a whole file to exactly `remote`, with no temp name, resume or check: for callers that
+        verify and rename many files in one command afterwards (the content-addressed store)."""
+        await self._send(local, remote, 0, progress)
+
     async def get(self, remote: str, local: Path, progress: Progress | None = None, *, verify: bool = False) -> None:
         """Download a file; the local file appears only when complete. Resumes and verifies like `put`."""
         local.parent.mkdir(parents=True, exist_ok=True)
