@@ -221,21 +221,7 @@ def _paths(layout: tb.Layout) -> LabPaths:
 
 
 def _spawn(paths: LabPaths, daemon: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
-    console = paths.console(daemon)
-    console.parent.mkdir(parents=True, exist_ok=True)
-    with open(console, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-            cwd="/",
-        )
-    tb._CHILDREN[proc.pid] = proc  # reaped by testbed's process helpers
-    return proc.pid
+    return tb.spawn_daemon(paths.console(daemon), cmd, env)
 
 
 def _record(layout: tb.Layout, daemon: str, pid: int) -> None:

@@ -301,8 +301,12 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _spawn(layout: Layout, daemon: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Start a daemon in the foreground mode of its own session, so its pid is exactly ours."""
-    console = layout.console(daemon)
+    return spawn_daemon(layout.console(daemon), cmd, env)
+
+
+def spawn_daemon(console: Path, cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Start a daemon in the foreground mode of its own session, so its pid is exactly ours; its
+    stdout and stderr go to `console` (what it prints before its log file is open)."""
     console.parent.mkdir(parents=True, exist_ok=True)
     with open(console, "ab") as out:
         proc = subprocess.Popen(
