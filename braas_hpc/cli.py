@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from .core import VERSION, monitor, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
@@ -82,6 +90,9 @@ async def cmd_submit(args: argparse.Namespace) -> int:
               f"scheduler id {', '.join(result.scheduler_ids)}")
         print(f"inputs: sent {up.uploaded_files} file(s), {up.uploaded_bytes} bytes; "
               f"{up.skipped_files} already on the cluster")
+        if up.outside_project:
+            print(f"note: {len(up.outside_project)} file(s) from outside the scene's folder were included under "
+                  f"_outside_project/: {', '.join(up.outside_project[:5])}")
         print(result.job)
     return 0
 
@@ -145,12 +156,18 @@ async def cmd_resubmit(args: argparse.Namespace) -> int:
 
 async def cmd_download(args: argparse.Namespace) -> int:
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
+    columns = (TextColumn("[bold]downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True, disable=args.json) as bar:
+        task = bar.add_task("frame", total=None)
 
-    def each_round(got: transfer.DownloadResult) -> None:
-        if args.follow and got.downloaded and not args.json:
-            err.print(f"{got.downloaded} new frame(s) in {dest}", highlight=False)
+        def on_bytes(done: int, total: int) -> None:  # the frame being fetched
+            bar.update(task, completed=done, total=total)
 
-    result = await transfer.download(args.job, dest, follow=args.follow, on_round=each_round)
+        def each_round(got: transfer.DownloadResult) -> None:
+            if args.follow and got.downloaded and not args.json:
+                err.print(f"{got.downloaded} new frame(s) in {dest}", highlight=False)
+
+        result = await transfer.download(args.job, dest, on_bytes, follow=args.follow, on_round=each_round)
     if args.json:
         _print_json(result.to_json())
     else:

@@ -7,6 +7,7 @@ The `local` preset runs the same job script here, task by task, with no SSH and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -144,7 +145,9 @@ async def _dir_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, stag
         return tree.digest(path, cache.digest, sha256_file)
 
     async def send() -> UploadReport:
-        return await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest)
+        report = await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest)
+        # Files from outside the scene's folder travel too (under _outside_project/); the user is told.
+        return dataclasses.replace(report, outside_project=tree.outside)
     return send
 
 

@@ -114,10 +114,11 @@ class UploadReport:
     uploaded_bytes: int = 0
     uploaded_files: int = 0
     skipped_files: int = 0  # inputs the store already held
+    outside_project: tuple[str, ...] = ()  # dependencies from outside the scene's folder (dir mode)
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, object]:
         return {"uploaded_bytes": self.uploaded_bytes, "uploaded_files": self.uploaded_files,
-                "skipped_files": self.skipped_files}
+                "skipped_files": self.skipped_files, "outside_project": list(self.outside_project)}
 
 
 def check_relative(name: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,23 @@ def test_directory_mode_lists_missing_files_before_sending_anything(testbed, rem
     assert done.returncode == 2
     assert "Image 'checker.png' in sample.blend:" in done.stderr and "textures/checker.png" in done.stderr
     assert "Missing file" not in done.stderr  # BAT's own log line stays quiet
+
+
+def test_directory_mode_reports_and_carries_files_from_outside_the_project(testbed, tmp_path: Path  # noqa: ANN001
+                                                                          ) -> None:
+    scene = make_sample(tmp_path / "project")
+    shared = tmp_path / "shared"
+    (scene.parent / "textures").rename(shared)  # the texture now lives beside the project, not in it
+    repoint = (f"import bpy; bpy.ops.wm.open_mainfile(filepath={str(scene)!r}); "
+               "i = bpy.data.images['checker.png']; i.filepath = '//../shared/checker.png'; "
+               "bpy.ops.wm.save_mainfile()")
+    subprocess.run([sys.executable, "-c", repoint], check=True, capture_output=True, timeout=300)
+
+    submitted = _submit(scene, "--pack", "dir")
+    assert submitted["outside_project"] and all(n.startswith("_outside_project/") for n in
+                                                submitted["outside_project"])
+    assert any(n.endswith("checker.png") for n in submitted["outside_project"])
+    _render_ok(submitted["job"], tmp_path / "frames")  # the texture reached the render all the same
+
+    plain = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1", "--pack", "dir")
+    assert plain.returncode == 0 and "from outside the scene's folder" in plain.stdout
