@@ -127,3 +127,50 @@ def test_directory_mode_reports_and_carries_files_from_outside_the_project(testb
 
     plain = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1", "--pack", "dir")
     assert plain.returncode == 0 and "from outside the scene's folder" in plain.stdout
+
+
+LINKED_SCENE = """
+import bpy, math, sys
+lib_path, main_path = sys.argv[-2:]
+# The library: the sample's textured floor, moved into its own collection, saved beside the scene.
+bpy.ops.wm.open_mainfile(filepath=lib_path)
+floor = bpy.data.collections.new("Floor")
+bpy.context.scene.collection.children.link(floor)
+for obj in [o for o in bpy.data.objects if o.type == "MESH" and o.data.materials and
+            o.data.materials[0].name == "checker_floor"]:
+    for users in list(obj.users_collection):
+        users.objects.unlink(obj)
+    floor.objects.link(obj)
+bpy.ops.wm.save_mainfile()
+# The scene: the sample without its floor, linking the floor collection from the library.
+bpy.ops.wm.save_as_mainfile(filepath=main_path)
+for obj in list(bpy.data.collections["Floor"].objects):
+    bpy.data.objects.remove(obj)
+bpy.data.collections.remove(bpy.data.collections["Floor"])
+with bpy.data.libraries.load(lib_path, link=True) as (src, dst):
+    dst.collections = ["Floor"]
+instance = bpy.data.objects.new("FloorInstance", None)
+instance.instance_type = "COLLECTION"
+instance.instance_collection = dst.collections[0]
+bpy.context.scene.collection.objects.link(instance)
+bpy.ops.wm.save_as_mainfile(filepath=main_path, relative_remap=True)
+bpy.ops.file.make_paths_relative()
+bpy.ops.wm.save_mainfile()
+"""
+
+
+def test_directory_mode_carries_linked_libraries_and_their_textures(testbed, tmp_path: Path  # noqa: ANN001
+                                                                    ) -> None:
+    sample = make_sample(tmp_path / "project" / "lib")  # project/lib/sample.blend + project/lib/textures/
+    library = sample.with_name("floor.blend")
+    sample.rename(library)
+    scene = tmp_path / "project" / "shot.blend"
+    script = tmp_path / "linked.py"
+    script.write_text(LINKED_SCENE)
+    done = subprocess.run([sys.executable, str(script), str(library), str(scene)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and scene.is_file(), done.stderr[-2000:]
+
+    submitted = _submit(scene, "--pack", "dir")
+    assert submitted["uploaded_files"] + submitted["skipped_files"] == 3  # scene, library, texture
+    _render_ok(submitted["job"], tmp_path / "frames")  # the linked floor's texture reached the render
