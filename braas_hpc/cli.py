@@ -189,6 +189,18 @@ async def cmd_test(args: argparse.Namespace) -> int:
     return 0 if report.workdir_ok else 1
 
 
+async def cmd_extension(args: argparse.Namespace) -> int:
+    from .extension import PLATFORM_TAGS, build
+
+    built = await asyncio.to_thread(build, Path(args.out), args.platform or list(PLATFORM_TAGS))
+    if args.json:
+        _print_json({"built": [str(p) for p in built]})
+    else:
+        for path in built:
+            print(path)
+    return 0
+
+
 async def cmd_presets(args: argparse.Namespace) -> int:
     presets = all_presets()
     if args.json:
@@ -264,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
 
     add("presets", cmd_presets, "list the cluster presets")
+
+    p = add("extension", cmd_extension, "build the Blender extension zips (one per platform, wheels bundled)")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--platform", action="append", help="linux-x64, windows-x64, macos-arm64, macos-x64 (default: all)")
 
     p = add("gc", cmd_gc, "list store files no job uses on a cluster; remove them with --yes")
     p.add_argument("preset", metavar="PRESET")

@@ -32,7 +32,10 @@ from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport, sha256_file
 from .transport import Transport, quote_command, transport_for
 
-RENDER_TASK = Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py"
+# Beside the package in a checkout or pip install; inside it in the Blender extension zip.
+RENDER_TASK = next((p for p in (Path(__file__).resolve().parents[i] / "cluster_scripts" / "render_task.py"
+                                for i in (2, 1)) if p.is_file()),
+                   Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py")
 
 
 @functools.cache
