@@ -44,6 +44,7 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         ssh_backend=getattr(args, "ssh_backend", None), account=getattr(args, "account", None) or "",
         partition=getattr(args, "partition", None) or "", email=getattr(args, "email", None) or "",
         memory_gb=getattr(args, "memory", None) or 0, pack=getattr(args, "pack", None) or "packed",
+        allow_scripts=getattr(args, "allow_scripts", False),
     )
 
 
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", metavar="ADDRESS", help="mail when the job ends or fails")
     p.add_argument("--memory", type=int, metavar="GB", help="memory per array task, where the site allows it")
     p.add_argument("--dry-run", action="store_true", help="print the batch script and submit command; send nothing")
+    p.add_argument("--allow-scripts", action="store_true",
+                   help="let Python embedded in the .blend (drivers, scripts) run on the cluster for this job")
     p.add_argument("--pack", choices=("packed", "dir"), default="packed",
                    help="packed: one .blend with its resources packed (default); dir: the .blend and its "
                         "dependency tree, traced with blender-asset-tracer")

@@ -45,6 +45,7 @@ class JobSpec:
     gpus: int = 0  # per array task
     cpus: int = 0  # per array task; 0: the scheduler's default
     whole_node: bool = False
+    allow_scripts: bool = False  # run Python embedded in the .blend (drivers, startup scripts) on the cluster
     pack: str = "packed"  # one of PACK_MODES
 
     def to_dict(self) -> dict[str, object]:

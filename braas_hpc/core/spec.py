@@ -32,6 +32,7 @@ class SubmitRequest:
     partition: str = ""  # "": the preset's default for the device
     email: str = ""
     memory_gb: int = 0
+    allow_scripts: bool = False  # the user's explicit opt-in, for this job only
     pack: str = "packed"  # "packed" (one .blend) or "dir" (the .blend and its dependency tree)
 
 
@@ -109,7 +110,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
         tasks=tasks, account=account, partition=partition, qos=part.qos, email=request.email,
         memory_gb=request.memory_gb, cycles_device=part.cycles_device if gpu else "CPU",
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
-        pack=request.pack,
+        pack=request.pack, allow_scripts=request.allow_scripts,
     )
     spec.validate()
     return spec, preset

@@ -53,3 +53,11 @@ def test_site_limits_are_checked_before_anything(user_dirs: dict[str, str]) -> N
         done = run_cli("submit", SCENE, *frames, *args, "--dry-run")
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
+
+
+def test_embedded_python_runs_only_on_opt_in(user_dirs: dict[str, str]) -> None:
+    base = ["submit", SCENE, "--preset", "karolina", "--account", "A1", "--frames", "1", "--dry-run", "--json"]
+    default = json.loads(run_cli(*base).stdout)["script"]
+    opted = json.loads(run_cli(*base, "--allow-scripts").stdout)["script"]
+    assert " -b -Y " in default and " -b -y " not in default
+    assert " -b -y " in opted and " -b -Y " not in opted

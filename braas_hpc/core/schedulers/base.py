@@ -60,8 +60,9 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
     # Shell variables stay unquoted-by-us (double-quoted in place); every other word is quoted.
     threads, task = object(), object()
     render: list[object] = [
-        # -Y: Python embedded in the .blend never runs on the cluster unless a later issue opts in.
-        *blender, "-b", "-Y", paths.scene, "-E", "CYCLES", "-t", threads, "-P", render_task, "--",
+        # -Y: Python embedded in the .blend runs on the cluster only when the user opted in for this job.
+        *blender, "-b", "-y" if spec.allow_scripts else "-Y", paths.scene,
+        "-E", "CYCLES", "-t", threads, "-P", render_task, "--",
         "--job-dir", paths.job_dir, "--task", task, "--device", spec.device, "--format", spec.image_format,
         "--frames-file", frames_file,
     ]
