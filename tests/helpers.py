@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -43,3 +44,20 @@ def check_frame(path: Path, size: tuple[int, int] = SAMPLE_SIZE) -> None:
     assert reds > len(bottom) // 10 and greens > len(bottom) // 10, (
         f"{path}: the checker texture did not reach the render ({reds} red, {greens} green of {len(bottom)})"
     )
+
+
+class Answers:
+    """A Prompts object for tests: fixed answers, and a record of every question the user was asked."""
+
+    def __init__(self, passphrase: str | None = None, code: Callable[[], str] | None = None) -> None:
+        self._passphrase = passphrase
+        self._code = code
+        self.asked: list[str] = []
+
+    def passphrase(self, key_file: str) -> str | None:
+        self.asked.append(f"passphrase {key_file}")
+        return self._passphrase
+
+    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
+        self.asked.append(f"kbdint {[text for text, _ in prompts]}")
+        return [self._code() if self._code else "" for _ in prompts]

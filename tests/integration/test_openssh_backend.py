@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from braas_hpc.core.errors import (
 from braas_hpc.core.transport import openssh
 from braas_hpc.core.transport.base import PART_SUFFIX, SSHTarget, Transport
 from braas_hpc.core.transport.openssh import OpenSSHTransport
+from tests.helpers import Answers, sha256
 
 pytestmark = pytest.mark.testbed
 T = TypeVar("T")
@@ -45,26 +45,6 @@ async def use(transport: OpenSSHTransport, work: Callable[[OpenSSHTransport], Aw
     finally:
         await transport.close()
 
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Answers:
-    """Prompts with fixed answers that records every question."""
-
-    def __init__(self, passphrase: str | None = None, code: Callable[[], str] | None = None) -> None:
-        self._passphrase = passphrase
-        self._code = code
-        self.asked: list[str] = []
-
-    def passphrase(self, key_file: str) -> str | None:
-        self.asked.append(f"passphrase {key_file}")
-        return self._passphrase
-
-    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
-        self.asked.append(f"kbdint {[text for text, _ in prompts]}")
-        return [self._code() if self._code else "" for _ in prompts]
 
 
 @pytest.fixture
@@ -163,15 +143,15 @@ def test_put_get_resume_and_listdir(target: SSHTarget, workdir: str, tmp_path: P
         await t.put(local, f"{workdir}/data.bin", lambda done, total: seen.append((done, total)))
         back = tmp_path / "back.bin"
         await t.get(f"{workdir}/data.bin", back)
-        assert sha(back) == sha(local)
+        assert sha256(back) == sha256(local)
         # Resumed upload: a temp file with the first half is there, as a dropped connection leaves it.
         await t.run(["sh", "-c", f'cat > "$1/.again.bin{PART_SUFFIX}"', "sh", workdir], stdin=half)
         await t.put(local, f"{workdir}/again.bin")
-        assert await t.sha256(f"{workdir}/again.bin") == sha(local)
+        assert await t.sha256(f"{workdir}/again.bin") == sha256(local)
         # Resumed download, likewise.
         (tmp_path / f".again.bin{PART_SUFFIX}").write_bytes(half)
         await t.get(f"{workdir}/again.bin", tmp_path / "again.bin")
-        assert sha(tmp_path / "again.bin") == sha(local)
+        assert sha256(tmp_path / "again.bin") == sha256(local)
         await t.run(["touch", f"{workdir}/{odd}"])
         assert await t._size(f"{workdir}/missing") is None
         assert await t.listdir(f"{workdir}/missing") == []

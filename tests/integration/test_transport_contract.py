@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from braas_hpc.core.errors import (
 )
 from braas_hpc.core.transport import SSHTarget, Transport, make_transport
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
+from tests.helpers import Answers, sha256
 from tests.testbed.tcpproxy import running_proxy
 
 BACKENDS = ("asyncssh", "paramiko", "openssh")
@@ -52,23 +52,6 @@ HOSTILE = [
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
-
-
-class Answers:
-    """A Prompts object for tests: fixed answers, and a count of how often the user was asked."""
-
-    def __init__(self, passphrase: str | None = None, code: Callable[[], str] | None = None) -> None:
-        self._passphrase = passphrase
-        self._code = code
-        self.asked: list[str] = []
-
-    def passphrase(self, key_file: str) -> str | None:
-        self.asked.append(f"passphrase {key_file}")
-        return self._passphrase
-
-    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
-        self.asked.append(f"kbdint {[p for p, _ in prompts]}")
-        return [self._code() if self._code else "" for _ in prompts]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -178,9 +161,6 @@ def test_stream_lines_arrive_live_and_cancel_ends_the_process(connect, main_targ
 # ---- files --------------------------------------------------------------------------------------
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def test_put_get_with_awkward_names(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
     local = tmp_path / "data file ü $(x).bin"
@@ -194,7 +174,7 @@ def test_put_get_with_awkward_names(connect, main_target, tmp_path: Path, testbe
         await t.put(local, remote_path, lambda done, total: seen.append((done, total)))
         back = tmp_path / "back" / local.name
         await t.get(remote_path, back, verify=True)
-        assert _sha(back) == _sha(local)
+        assert sha256(back) == sha256(local)
         names = sorted(e.name for e in await t.listdir(remote_dir))
         await t.run(["rm", "-rf", remote_dir])
         return names
@@ -254,7 +234,7 @@ def test_upload_survives_dropped_connections(connect, testbed, tmp_path: Path) -
 
         digest = run(_use(connect(target), work))
         assert proxy.drops >= 2
-    assert digest == _sha(local)
+    assert digest == sha256(local)
 
 
 def test_download_survives_a_dropped_connection(connect, testbed, tmp_path: Path, remote) -> None:  # noqa: ANN001
@@ -277,7 +257,7 @@ def test_download_survives_a_dropped_connection(connect, testbed, tmp_path: Path
 
         digest = run(_use(connect(target), work))
     assert cut["done"] and proxy.drops >= 1
-    assert digest == _sha(tmp_path / "got.bin")
+    assert digest == sha256(tmp_path / "got.bin")
     assert not (tmp_path / ".got.bin.braas-part").exists()
 
 

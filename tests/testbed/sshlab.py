@@ -607,27 +607,31 @@ def _require_free_ns_port(paths: LabPaths, daemon: str, port: int) -> None:
         )
 
 
-def start_jump_sshd(layout: tb.Layout, paths: LabPaths) -> None:
-    daemon = "sshd-jump"
+def _spawn_ns_sshd(layout: tb.Layout, paths: LabPaths, daemon: str, hostname: str, port: int) -> int | None:
+    """Start one of the namespace's sshds unless it already runs; the new pid, or None when it ran."""
     _prepare_sshd(layout, paths, daemon)
     if _running_in_netns(layout, daemon):
-        return
+        return None
     _check_config(paths, daemon)
-    _require_free_ns_port(paths, daemon, JUMP_PORT)
-    pid = _spawn(paths, daemon, _in_netns(JUMP_HOSTNAME, _sshd_cmd(paths, daemon)))
+    _require_free_ns_port(paths, daemon, port)
+    pid = _spawn(paths, daemon, _in_netns(hostname, _sshd_cmd(paths, daemon)))
     _record(layout, daemon, pid)
-    _wait_started(paths, daemon, pid, lambda: _banner(NS_ADDR, JUMP_PORT), f"no banner on {NS_ADDR}:{JUMP_PORT}")
+    return pid
+
+
+def start_jump_sshd(layout: tb.Layout, paths: LabPaths) -> None:
+    daemon = "sshd-jump"
+    pid = _spawn_ns_sshd(layout, paths, daemon, JUMP_HOSTNAME, JUMP_PORT)
+    if pid is not None:
+        _wait_started(paths, daemon, pid, lambda: _banner(NS_ADDR, JUMP_PORT),
+                      f"no banner on {NS_ADDR}:{JUMP_PORT}")
 
 
 def start_inner_sshd(layout: tb.Layout, paths: LabPaths) -> None:
     daemon = "sshd-inner"
-    _prepare_sshd(layout, paths, daemon)
-    if _running_in_netns(layout, daemon):
+    pid = _spawn_ns_sshd(layout, paths, daemon, INNER_HOSTNAME, INNER_PORT)
+    if pid is None:
         return
-    _check_config(paths, daemon)
-    _require_free_ns_port(paths, daemon, INNER_PORT)
-    pid = _spawn(paths, daemon, _in_netns(INNER_HOSTNAME, _sshd_cmd(paths, daemon)))
-    _record(layout, daemon, pid)
     _wait_started(paths, daemon, pid, lambda: True, "exited at once")
     if not _ns_banner(INNER_HOST, INNER_PORT, "SSH-2.0", tb.START_TIMEOUT):
         raise _lab_error(paths, daemon, f"no banner on {INNER_HOST}:{INNER_PORT} inside {NETNS}")
