@@ -11,7 +11,14 @@ from .errors import UsageError
 MAX_FRAMES = 100_000
 MAX_FRAME_NUMBER = 1_048_574  # Blender's MAXFRAME
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+# ASCII digits only (`\d` would take any script's digits), and no trailing newline (`$` would allow one).
+_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?")
+_MAX_DIGITS = len(str(MAX_FRAME_NUMBER))
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A user's value for a message: whole when short, else its start (a 10,000-character spec stays readable)."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def parse_frames(spec: str) -> list[int]:
@@ -23,28 +30,34 @@ def parse_frames(spec: str) -> list[int]:
     for part in text.split(","):
         frames.update(_parse_part(part.strip(), spec))
         if len(frames) > MAX_FRAMES:
-            raise UsageError(f"frame spec {spec!r} has more than {MAX_FRAMES} frames")
+            raise UsageError(f"frame spec {_short(spec)!r} has more than {MAX_FRAMES} frames")
     return sorted(frames)
 
 
 def _parse_part(part: str, spec: str) -> range:
-    match = _RANGE.match(part)
+    match = _RANGE.fullmatch(part)
     if not match:
         raise UsageError(
-            f"invalid frame spec {spec!r}: {part!r} is not a frame number, a range like 1-250 "
+            f"invalid frame spec {_short(spec)!r}: {_short(part)!r} is not a frame number, a range like 1-250 "
             "or a stepped range like 1-100:10"
         )
-    start = int(match.group(1))
-    end = int(match.group(2)) if match.group(2) is not None else start
-    step = int(match.group(3)) if match.group(3) is not None else 1
+    # Python refuses to convert numbers of more than 4300 digits (ValueError): check the length first.
+    numbers = [g.lstrip("0") or "0" for g in match.groups() if g is not None]
+    if any(len(n) > _MAX_DIGITS for n in numbers):
+        raise UsageError(f"invalid frame spec {_short(spec)!r}: a number in {_short(part)!r} is above Blender's "
+                         f"limit {MAX_FRAME_NUMBER}")
+    start = int(numbers[0])
+    end = int(numbers[1]) if len(numbers) > 1 else start
+    step = int(numbers[2]) if len(numbers) > 2 else 1
     if end < start:
-        raise UsageError(f"invalid frame spec {spec!r}: range {part!r} ends before it starts")
+        raise UsageError(f"invalid frame spec {_short(spec)!r}: range {part!r} ends before it starts")
     if step < 1:
-        raise UsageError(f"invalid frame spec {spec!r}: step in {part!r} must be at least 1")
+        raise UsageError(f"invalid frame spec {_short(spec)!r}: step in {part!r} must be at least 1")
     if end > MAX_FRAME_NUMBER:
-        raise UsageError(f"invalid frame spec {spec!r}: frame {end} is above Blender's limit {MAX_FRAME_NUMBER}")
+        raise UsageError(f"invalid frame spec {_short(spec)!r}: frame {end} is above Blender's limit "
+                         f"{MAX_FRAME_NUMBER}")
     if (end - start) // step + 1 > MAX_FRAMES:
-        raise UsageError(f"frame spec {spec!r} has more than {MAX_FRAMES} frames")
+        raise UsageError(f"frame spec {_short(spec)!r} has more than {MAX_FRAMES} frames")
     return range(start, end + 1, step)
 
 

@@ -15,13 +15,25 @@ DEVICES = ("CPU", "GPU")
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
 # Frame files are named by us, so a remote listing can be checked against this before any local path
 # is built from it.
-FRAME_FILE = re.compile(r"^frame_(\d{6,7})\.(png|jpg|exr|tif)$")
+# `\Z`, not `$`, in these patterns: `$` also matches before a trailing newline ("a@b.org\n").
+FRAME_FILE = re.compile(r"^frame_([0-9]{6,7})\.(png|jpg|exr|tif)\Z")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
 # Values that go into scheduler directives: nothing a shell or a directive parser could read as syntax.
-SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]*$")
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]*\Z")
 PACK_MODES = ("packed", "dir")  # one packed .blend, or the .blend with its dependency tree
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
+
+
+def check_directive_values(**values: str) -> None:
+    """Account, partition, QoS and e-mail go into scheduler directives: refuse anything else, naming the field."""
+    for field_name, value in values.items():
+        if field_name == "email":
+            if value and not EMAIL.match(value):
+                raise UsageError(f"e-mail address {value[:80]!r} is not valid (expected name@example.org)")
+        elif not SAFE_VALUE.match(value):
+            raise UsageError(f"{field_name} {value[:80]!r} is not valid: it may hold only letters, digits, "
+                             "'_', '-', '.' and '+'")
 
 
 @dataclass(frozen=True)
@@ -66,21 +78,18 @@ class JobSpec:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:
             raise UsageError(f"max parallel tasks must be 0 (no limit) or more, got {self.max_parallel}")
-        if self.email and not EMAIL.match(self.email):
-            raise UsageError(f"e-mail address {self.email!r} is not valid (expected name@example.org)")
         if self.memory_gb < 0:
             raise UsageError(f"memory must be 0 (site default) or more GB, got {self.memory_gb}")
-        if not SAFE_VALUE.match(self.account) or not SAFE_VALUE.match(self.partition) or not SAFE_VALUE.match(self.qos):
-            raise UsageError("account, partition and QoS may hold only letters, digits, '_', '-', '.' and '+'")
+        check_directive_values(account=self.account, partition=self.partition, QoS=self.qos, email=self.email)
 
 
 def frame_file_name(frame: int, extension: str) -> str:
     return f"frame_{frame:06d}.{extension}"
 
 
-def make_job_name(scene: Path) -> str:
-    """`<scene>-<UTC time>-<random>`: sortable, unique, and safe in paths and scheduler names."""
-    stem = _UNSAFE.sub("_", scene.stem).strip("_")[:32] or "scene"
+def make_job_name(scene: Path, project: str = "") -> str:
+    """`<project or scene>-<UTC time>-<random>`: sortable, unique, and safe in paths and scheduler names."""
+    stem = _UNSAFE.sub("_", project or scene.stem).strip("_")[:32] or "scene"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{stem}-{stamp}-{secrets.token_hex(2)}"
 

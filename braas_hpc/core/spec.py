@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .frames import chunk_frames, parse_frames
-from .jobs import PACK_MODES, JobSpec, make_job_name
+from .jobs import PACK_MODES, JobSpec, check_directive_values, make_job_name
 from .presets import Partition, Preset, load_preset
 
 
@@ -34,6 +34,7 @@ class SubmitRequest:
     memory_gb: int = 0
     allow_scripts: bool = False  # the user's explicit opt-in, for this job only
     pack: str = "packed"  # "packed" (one .blend) or "dir" (the .blend and its dependency tree)
+    project: str = ""  # names the job; "": the scene's file name
 
 
 def _scene(path: Path) -> Path:
@@ -90,6 +91,8 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
     scene = _scene(request.scene)
     if request.pack not in PACK_MODES:
         raise UsageError(f"pack mode {request.pack!r} is not one of {', '.join(PACK_MODES)}")
+    # The user's own values first, so a hostile one is named as such before it reaches any other message.
+    check_directive_values(account=request.account, partition=request.partition, email=request.email)
     preset = load_preset(request.preset)
     frames = parse_frames(request.frames)
     if request.chunk < 1:
@@ -105,7 +108,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
     _check_tasks(preset, part, len(frames), len(tasks), request.chunk)
     gpu = request.device == "GPU"
     spec = JobSpec(
-        name=make_job_name(scene), preset=preset.name, scene=str(scene), frames=tuple(frames),
+        name=make_job_name(scene, request.project), preset=preset.name, scene=str(scene), frames=tuple(frames),
         chunk=request.chunk, device=request.device, walltime_min=walltime, max_parallel=request.max_parallel,
         tasks=tasks, account=account, partition=partition, qos=part.qos, email=request.email,
         memory_gb=request.memory_gb, cycles_device=part.cycles_device if gpu else "CPU",

@@ -44,8 +44,10 @@ def _safe_target(dest: Path, name: str) -> Path | None:
     """A local path for a remote name, or None when the name is not one of our frame files."""
     if not FRAME_FILE.match(name):
         return None
-    target = (dest / name).resolve()
-    return target if target.parent == dest.resolve() else None
+    # A frame name has no '/' and no '..', so this is directly in dest. A link there (to outside, or to
+    # another frame) is never written through: the name is left alone and reported as ignored.
+    target = dest.resolve() / name
+    return None if target.is_symlink() else target
 
 
 def _sha256(path: Path) -> str:

@@ -29,6 +29,9 @@ def quote_command(argv: Sequence[str]) -> str:
     """The single function that turns an argv list into a command line for the remote shell."""
     if not argv:
         raise ValueError("empty command")
+    # sshd hands the line to the shell as a C string: a NUL would cut it short, quotes and all.
+    if any("\0" in word for word in argv):
+        raise ValueError(f"a remote command cannot carry a NUL character: {list(argv)!r}")
     return shlex.join(argv)
 
 
@@ -295,6 +298,8 @@ class Transport(ABC):
         """Download a file; the local file appears only when complete. Resumes and verifies like `put`."""
         local.parent.mkdir(parents=True, exist_ok=True)
         temp = local.with_name(f".{local.name}{PART_SUFFIX}")
+        if temp.is_symlink():  # never write through a link planted under our temp name
+            temp.unlink()
         total = await self._size(remote)
         if total is None:
             raise TransferError(f"remote file not found: {remote}")
@@ -333,8 +338,9 @@ class Transport(ABC):
         count = 0
         root = local_dir.resolve()
         for entry in await self.listdir(remote_dir):
-            target = (local_dir / entry.name).resolve()
-            if entry.name in ("", ".", "..") or "/" in entry.name or target.parent != root:
+            unsafe = entry.name in ("", ".", "..") or any(c in entry.name for c in "/\0")
+            target = root if unsafe else (local_dir / entry.name).resolve()  # no NUL reaches resolve()
+            if unsafe or target.parent != root:
                 raise TransferError(f"refusing remote name {entry.name!r} in {remote_dir}")
             source = posixpath.join(remote_dir, entry.name)
             if entry.is_dir:
