@@ -76,11 +76,13 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         plan = service.dry_run(_request(args, args.preset))
         if args.json:
             _print_json({"script": plan.script, "submit": plan.submit_command, "frames_file": plan.frames_file,
-                         "job_dir": plan.job_dir})
+                         "job_dir": plan.job_dir, "finish_script": plan.finish_script, "finish": plan.finish_command})
         else:
             print(f"# would be uploaded to {plan.job_dir}/job.sh and submitted with:\n#   {plan.submit_command}")
             print(plan.script)
             print(f"# frames.txt (one line per array task):\n{plan.frames_file}", end="")
+            print(f"# then the finish step (summary.json, thumb.jpg), submitted with:\n#   {plan.finish_command}")
+            print(plan.finish_script, end="")
         return 0
     result = await service.submit(_request(args, args.preset))
     if args.json:
@@ -190,6 +192,63 @@ async def cmd_test(args: argparse.Namespace) -> int:
     return 0 if report.workdir_ok else 1
 
 
+async def cmd_install(args: argparse.Namespace) -> int:
+    from .core.cluster_blender import BlenderSource
+    from .core.install import install
+
+    if bool(args.blender_url) != bool(args.blender_sha256):
+        raise UsageError("--blender-url and --blender-sha256 go together: the download is checked against it")
+    source = BlenderSource(url=args.blender_url or "", sha256=args.blender_sha256 or "",
+                           upload=Path(args.blender_upload) if args.blender_upload else None,
+                           path=args.blender_path or "", module=args.blender_module or "")
+    report = await install(args.preset, source, args.ssh_backend)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    scripts = report.scripts
+    if scripts.changed:
+        print(f"installed {', '.join(scripts.uploaded)} into {scripts.directory}")
+    else:
+        print(f"already installed: {scripts.directory} matches this release ({scripts.version}); nothing sent")
+    if report.blender is not None:
+        done = report.blender
+        what = "installed" if done.changed else "already there" if done.directory else "recorded"
+        print(f"Blender {what}: {done.installed.blender} {' '.join(done.installed.env)} "
+              f"({done.installed.version or 'did not run on the login node'}); jobs use it ({report.record})")
+    print(f"took {report.seconds:.2f} s")
+    return 0
+
+
+async def cmd_workdir(args: argparse.Namespace) -> int:
+    from .core.presets import load_preset
+    from .core.transport import transport_for
+    from .core.workdir import find_workdir, set_workdir
+
+    preset = load_preset(args.preset)
+    transport = transport_for(preset, args.ssh_backend)
+    if args.set:
+        written = await set_workdir(preset, transport, args.set)
+        if args.json:
+            _print_json({"preset": preset.name, "workdir": args.set, "file": str(written)})
+        else:
+            print(f"workdir of {preset.name} set to {args.set} in {written}")
+        return 0
+    candidates = await find_workdir(preset, transport)
+    if args.json:
+        _print_json([c.to_json() for c in candidates])
+        return 0
+    if preset.workdir_hint:
+        print(f"the site documents: {preset.workdir_hint}")
+    for c in candidates:
+        state = "writable" if c.writable else "exists, not writable" if c.exists else "missing"
+        print(f"{c.path}  ({c.source}; {state})")
+    if not candidates:
+        print("no candidates found on the cluster: ask the site, then run with --set PATH")
+    else:
+        print(f"nothing was changed; to use one: braas-hpc workdir {preset.name} --set PATH")
+    return 0
+
+
 async def cmd_extension(args: argparse.Namespace) -> int:
     from .extension import PLATFORM_TAGS, build
 
@@ -258,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("test", cmd_test, "connect to a cluster, run a probe and report")
     p.add_argument("preset", metavar="PRESET")
+    add_backend(p)
+
+    p = add("install", cmd_install, "install the cluster scripts (and optionally Blender) on a cluster")
+    p.add_argument("preset", metavar="PRESET")
+    p.add_argument("--blender-url", metavar="URL", help="download this Blender archive on the cluster")
+    p.add_argument("--blender-sha256", metavar="HEX", help="the archive's SHA-256 (required with --blender-url)")
+    p.add_argument("--blender-upload", metavar="ARCHIVE", help="upload this Blender archive from here")
+    p.add_argument("--blender-path", metavar="PATH", help="use the Blender at this path on the cluster")
+    p.add_argument("--blender-module", metavar="NAME", help="use the site's module (module load NAME)")
+    add_backend(p)
+
+    p = add("workdir", cmd_workdir, "find a cluster's working directory; set it only with --set")
+    p.add_argument("preset", metavar="PRESET")
+    p.add_argument("--set", metavar="PATH", help="write this directory into your preset (it must exist)")
     add_backend(p)
 
     p = add("status", cmd_status, "state of jobs (all, or the ones named)")

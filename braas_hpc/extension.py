@@ -19,7 +19,7 @@ PACKAGE = ROOT / "braas_hpc"
 CLUSTER_SCRIPTS = ROOT / "cluster_scripts"
 MANIFEST = ROOT / "blender_manifest.toml"
 REQUIREMENTS = ("asyncssh==2.24.1", "paramiko==5.1.0", "scp==0.16.2", "blender-asset-tracer==1.23",
-                "platformdirs==4.14.7")
+                "platformdirs==4.14.7", "tomli-w==1.2.0")
 # pip platform tags per Blender extension platform (Blender 4.2+ bundles CPython 3.11).
 PLATFORM_TAGS = {
     "linux-x64": ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"),

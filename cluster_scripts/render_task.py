@@ -22,8 +22,11 @@ import time
 
 import bpy
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # devices.py is installed beside this file
+import devices  # noqa: E402
+from devices import Device, DeviceError, DevicePlan  # noqa: E402
+
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
-GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +39,8 @@ def parse_args() -> argparse.Namespace:
     # A resubmission of missing frames is a new round with its own frames file and markers.
     parser.add_argument("--frames-file", default="frames.txt")
     parser.add_argument("--marker-prefix", default="")
-    parser.add_argument("--cycles-device", default="", help="CUDA, OPTIX, HIP, ONEAPI: the GPU backend to use")
+    parser.add_argument("--cycles-device", default="",
+                        help="CUDA, OPTIX, HIP, ONEAPI, METAL, optionally +CPU: the GPU backend to use")
     return parser.parse_args(argv)
 
 
@@ -57,26 +61,36 @@ def write_json_atomic(path: str, data: dict[str, object]) -> None:
     os.replace(temp, path)
 
 
-def use_device(scene: bpy.types.Scene, device: str, backend_wanted: str = "") -> str:
-    """Select the Cycles device; for GPU enable the scheduler's GPUs or fail loudly (no silent CPU)."""
+def cycles_devices(prefs: object) -> list[Device]:
+    refresh = getattr(prefs, "refresh_devices", None) or prefs.get_devices  # type: ignore[attr-defined]
+    refresh()
+    return [Device(d.type, d.id, d.name) for d in prefs.devices]  # type: ignore[attr-defined]
+
+
+def use_device(scene: bpy.types.Scene, device: str, backend_wanted: str = "") -> DevicePlan:
+    """Select the Cycles device; for a GPU exactly the scheduler's GPUs, or fail loudly (no silent CPU)."""
     if device == "CPU":
         scene.cycles.device = "CPU"
-        return "CPU"
+        return devices.plan_devices("CPU", [], os.environ)
     prefs = bpy.context.preferences.addons["cycles"].preferences
-    for backend in (backend_wanted,) if backend_wanted else GPU_BACKENDS:
+    errors = []
+    for request in (backend_wanted,) if backend_wanted else devices.GPU_BACKENDS:
+        backend, _ = devices.parse_request(request)
         try:
             prefs.compute_device_type = backend
-        except TypeError:
-            continue  # this Blender build has no such backend
-        prefs.get_devices()
-        gpus = [d for d in prefs.devices if d.type == backend]
-        if gpus:
-            for d in prefs.devices:
-                d.use = d.type == backend
-            scene.cycles.device = "GPU"
-            return f"{backend} ({', '.join(d.name for d in gpus)})"
-    checked = backend_wanted or ", ".join(GPU_BACKENDS)
-    raise RuntimeError(f"the job asked for a GPU but Blender found none (checked {checked})")
+        except (TypeError, ValueError):
+            errors.append(f"the job asked for a GPU ({backend}) but Blender found none: this build has no {backend}")
+            continue
+        try:
+            plan = devices.plan_devices(request, cycles_devices(prefs), os.environ)
+        except DeviceError as exc:
+            errors.append(str(exc))
+            continue
+        for d in prefs.devices:
+            d.use = d.id in plan.enable
+        scene.cycles.device = plan.scene_device
+        return plan
+    raise DeviceError("; ".join(errors))
 
 
 def render_frame(scene: bpy.types.Scene, frame: int, temp: str, final: str) -> None:
@@ -104,13 +118,20 @@ def main() -> int:
     scene.render.image_settings.file_format = args.format
     scene.render.use_overwrite = False
     scene.render.use_placeholder = False
+    threads, threads_from = devices.threads_from_env(os.environ)
+    if threads:  # the allocation's cores, not every core of a shared node
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = threads
+    marker.update(threads=threads or os.cpu_count(), threads_from=threads_from or "all cores")
     try:
-        marker["device"] = use_device(scene, args.device, args.cycles_device)
-    except RuntimeError as exc:
+        plan = use_device(scene, args.device, args.cycles_device)
+    except DeviceError as exc:
         print(f"braas-hpc: {exc}", file=sys.stderr, flush=True)
         marker.update(state="failed", exit_code=4, error=str(exc), finished=time.time())
         write_json_atomic(marker_path, marker)
         return 4
+    marker.update(device=plan.note, gpus=plan.gpus)
+    print(f"braas-hpc: device {plan.note}; {marker['threads']} threads ({marker['threads_from']})", flush=True)
     extension = EXTENSIONS[args.format]
     for index, frame in enumerate(frames, start=1):
         final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}")
@@ -139,4 +160,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Frames and marker are on disk: leave at once. Blender's own shutdown can hang after a scene's
+    # Python driver was refused (seen with the bpy module), which would hold the task until its walltime.
+    os._exit(code)

@@ -31,11 +31,12 @@ class JobStatus:
     tasks: dict[str, int] = field(default_factory=dict)  # normalised state -> number of task lines
     scheduler_ids: tuple[str, ...] = ()
     missing: tuple[int, ...] = ()
+    summary: bool = False  # the finish step wrote summary.json (and thumb.jpg) in the job directory
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "state": self.state, "frames_done": self.frames_done,
                 "frames_total": self.frames_total, "tasks": self.tasks, "scheduler_ids": list(self.scheduler_ids),
-                "missing": list(self.missing)}
+                "missing": list(self.missing), "summary": self.summary}
 
 
 def aggregate(states: list[TaskState], frames_missing: int, unseen: bool = False) -> str:
@@ -60,9 +61,11 @@ def aggregate(states: list[TaskState], frames_missing: int, unseen: bool = False
     return FAILED
 
 
-# Lists the non-empty frame files of many out/ directories in one call: "<dir>\t<name>\0" each.
+# Lists the non-empty frame files of many out/ directories in one call: "<dir>\t<name>\0" each, and
+# "<dir>\tsummary.json\0" when the finish step has written the job's summary beside out/.
 _FRAMES_SCRIPT = ('for d in "$@"; do [ -d "$d" ] && find "$d" -mindepth 1 -maxdepth 1 -type f -name "frame_*" '
-                  '-size +0 -printf "%h\\t%f\\0"; done; exit 0')
+                  '-size +0 -printf "%h\\t%f\\0"; [ -s "$d/../summary.json" ] && printf "%s\\tsummary.json\\0" "$d"; '
+                  'done; exit 0')
 
 
 async def _frames_present(transport: Transport, records: list[JobRecord]) -> dict[str, set[str]]:
@@ -167,7 +170,8 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             registry.set_state(record.name, state, tasks)
         results.append(JobStatus(
             record.name, record.preset, state, len(record.spec.frames) - len(missing),
-            len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing)))
+            len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing),
+            "summary.json" in frames[record.name]))
     return results
 
 

@@ -7,10 +7,10 @@ session next to the user's file as a side effect).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,24 +35,34 @@ class PackReport:
     output: Path
 
 
-def pack_scene(scene: Path, output: Path) -> PackReport:
-    """Write `output`, a packed copy of `scene`. Missing files raise UsageError listing each one."""
+async def pack_scene(scene: Path, output: Path) -> PackReport:
+    """Write `output`, a packed copy of `scene`. Missing files raise UsageError listing each one.
+
+    Blender runs as a child process that is killed when the caller is cancelled (the add-on's Abort)
+    or packing overruns its time, so no Blender is left packing for nobody."""
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".pack.json")
     argv = [*local_blender(), "-b", "-Y", str(scene), "-P", str(PACK_SCRIPT), "--",
             "--out", str(output), "--report", str(report_path)]
+    process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PACK_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), PACK_TIMEOUT_S)
+    except TimeoutError as exc:
         raise BraasError(f"packing {scene} took longer than {PACK_TIMEOUT_S} s and was stopped") from exc
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.shield(process.wait())
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     report_path.unlink(missing_ok=True)
-    if done.returncode == 3 and report:
+    if process.returncode == 3 and report:
         lines = "\n".join(f"  {m['block']}: {m['path']}" for m in report["missing"])
         raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n{lines}")
-    if done.returncode != 0 or report is None or not output.is_file():
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise BraasError(f"Blender could not pack {scene} (exit {done.returncode}):\n{tail}")
+    if process.returncode != 0 or report is None or not output.is_file():
+        text = (stderr or stdout).decode(errors="replace")
+        tail = "\n".join(text.strip().splitlines()[-15:])
+        raise BraasError(f"Blender could not pack {scene} (exit {process.returncode}):\n{tail}")
     return PackReport(packed_images=int(report.get("packed_images", 0)), output=output)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PresetError
+from .jobs import SAFE_VALUE
 from .paths import user_presets_dir
 
 BUILTIN_DIR = Path(__file__).parent / "presets"
@@ -24,7 +25,8 @@ KINDS = ("cpu", "gpu")
 GPU_REQUESTS = ("gpus", "gres", "ngpus", "none")  # --gpus=N, --gres=gpu:N, PBS select ngpus=N, implied by node
 CYCLES_DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
 ARCHES = ("x86_64", "aarch64")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: `$` would let "name\n" pass
+_WORKDIR_PUNCTUATION = frozenset("/_.-+@")
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,12 @@ class Preset:
     arch: str = "x86_64"
     blender: str = "blender"  # the command that starts Blender on the cluster; empty on `local`: found
     blender_note: str = ""  # why a user-given Blender is needed (aarch64 has no official build)
+    scripts_git: str = ""  # a site that keeps its own cluster scripts: their git URL (empty: from the package)
+    scripts_branch: str = "main"  # the branch of scripts_git
     env: tuple[str, ...] = ()  # lines run before Blender (module loads)
     default_walltime_min: int = 60
     max_walltime_min: int = 2880
+    base: str = ""  # a user preset's built-in parent: every key not set here comes from it
     source: str = ""  # the file it was read from, for messages
 
     @property
@@ -100,6 +105,10 @@ class Preset:
 
     def default_partition(self, gpu: bool) -> str:
         return self.partition_gpu if gpu else self.partition_cpu
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
 
 
 def _type_ok(expected: str, value: object) -> tuple[bool, object]:
@@ -170,10 +179,32 @@ def _check_values(p: Preset) -> None:
             raise PresetError(f"{where}: workdir {p.workdir!r} must be an absolute path on the cluster")
     if not 0 < p.port < 65536:
         raise PresetError(f"{where}: port {p.port} is not a TCP port")
-    for line in (*p.env, *p.extra_directives):
-        if "\n" in line or "\r" in line:
-            raise PresetError(f"{where}: env lines and directives must be single lines, got {line!r}")
+    if p.scripts_git.startswith("-") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", p.scripts_branch):
+        raise PresetError(f"{where}: scripts_git must be a git URL and scripts_branch a branch name, got "
+                          f"{p.scripts_git!r} and {p.scripts_branch!r}")
+    for line in (*p.env, *p.extra_directives, p.blender):
+        if any(c in line for c in "\n\r\0"):
+            raise PresetError(f"{where}: env lines, directives and blender must be single lines without NUL, "
+                              f"got {line!r}")
     _check_partitions(p, where)
+    if not p.is_local:
+        _check_directive_words(p, where)
+
+
+def _check_directive_words(p: Preset, where: str) -> None:
+    """Values that go into scheduler directives (`#SBATCH --output=<workdir>/...`, `--partition=...`), where a
+    space, quote, '%' or newline would break the line or the job script: refused here, naming the key."""
+    workdir = p.workdir
+    if workdir and (".." in workdir.split("/") or not all(c.isalnum() or c in _WORKDIR_PUNCTUATION for c in workdir)):
+        raise PresetError(f"{where}: workdir {workdir!r} may hold only letters, digits and / _ . - + @ (no spaces, "
+                          "quotes, shell characters or '..'): it is written into the job script's directives")
+    words = {"account": p.account, "partition_cpu": p.partition_cpu, "partition_gpu": p.partition_gpu}
+    for name, part in p.partitions.items():
+        words |= {f"partitions.{name} (its name)": name, f"partitions.{name}: partition": part.partition,
+                  f"partitions.{name}: qos": part.qos}
+    for key, value in words.items():
+        if not SAFE_VALUE.match(value):
+            raise PresetError(f"{where}: {key} {value!r} may hold only letters, digits, '_', '-', '.' and '+'")
 
 
 def _check_partitions(p: Preset, where: str) -> None:
@@ -184,21 +215,39 @@ def _check_partitions(p: Preset, where: str) -> None:
     for name, part in p.partitions.items():
         pwhere = f"{where}: partitions.{name}"
         _one_of(pwhere, "kind", part.kind, KINDS)
-        _one_of(pwhere, "cycles_device", part.cycles_device, CYCLES_DEVICES)
+        # "OPTIX+CPU": the GPUs and the node's cores together.
+        _one_of(pwhere, "cycles_device", part.cycles_device.removesuffix("+CPU"), CYCLES_DEVICES)
         if part.arch:
             _one_of(pwhere, "arch", part.arch, ARCHES)
         if part.kind == "gpu" and part.cycles_device == "CPU":
             raise PresetError(f"{pwhere}: a gpu partition needs a GPU cycles_device ({', '.join(CYCLES_DEVICES[1:])})")
 
 
-def load_preset_file(path: Path) -> Preset:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"preset {path}: not valid TOML: {exc}") from exc
     except OSError as exc:
         raise PresetError(f"preset {path}: cannot be read: {exc}") from exc
-    preset = preset_from_dict(data, str(path))
+
+
+def with_base(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A user preset may name a built-in `base` and set only what differs (user, account, workdir...),
+    so fixes to the built-in catalogue still reach it. Only built-ins can be a base: no chains, no loops."""
+    base = data.get("base")
+    if base is None or base == "":  # "" is how a full preset written out field by field says "no base"
+        return {k: v for k, v in data.items() if k != "base"}
+    if not isinstance(base, str) or not (BUILTIN_DIR / f"{base}.toml").is_file() or not _NAME.match(base):
+        known = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.toml")))
+        raise PresetError(f"preset {path}: base {base!r} is not a built-in preset ({known})")
+    inherited = _read_toml(BUILTIN_DIR / f"{base}.toml")
+    inherited.pop("base", None)
+    return {**inherited, **data}
+
+
+def load_preset_file(path: Path) -> Preset:
+    preset = preset_from_dict(with_base(_read_toml(path), path), str(path))
     if preset.name != path.stem:
         raise PresetError(f"preset {path}: name {preset.name!r} must match the file name {path.stem!r}")
     return preset

@@ -7,20 +7,22 @@ The `local` preset runs the same job script here, task by task, with no SSH and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import functools
-import hashlib
 import json
+import logging
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import VERSION, registry, store
-from .errors import BraasError, UsageError
+from . import VERSION, progress, registry, store
+from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
+from .install import RENDER_TASK, ScriptsReport, git_scripts_dir, installed_blender, scripts_for, scripts_version
 from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, store_dir
 from .local_blender import local_blender
 from .packing import MAIN_BLEND, pack_key, pack_scene, stage_tree
@@ -32,21 +34,11 @@ from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport, sha256_file
 from .transport import Transport, quote_command, transport_for
 
-# Beside the package in a checkout or pip install; inside it in the Blender extension zip.
-RENDER_TASK = next((p for p in (Path(__file__).resolve().parents[i] / "cluster_scripts" / "render_task.py"
-                                for i in (2, 1)) if p.is_file()),
-                   Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py")
-
-
-@functools.cache
-def scripts_version() -> str:
-    """The cluster scripts' directory name: the release plus a hash of the script, so a changed
-    script never meets a stale copy installed under the same release number."""
-    return f"{VERSION}-{hashlib.sha256(RENDER_TASK.read_bytes()).hexdigest()[:12]}"
+log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
 
-__all__ = ["GcResult", "SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "gc", "missing_frames",
-           "prepare_job", "remote_root", "render_local", "resubmit", "submit"]
+__all__ = ["RENDER_TASK", "GcResult", "SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "gc",
+           "missing_frames", "prepare_job", "remote_root", "render_local", "resubmit", "scripts_version", "submit"]
 
 
 @dataclass(frozen=True)
@@ -58,10 +50,13 @@ class SubmitResult:
     scheduler_ids: tuple[str, ...]
     job_dir: str
     upload: UploadReport = UploadReport()  # the job's inputs: sent to the store, or already there
+    finish_id: str = ""  # the finish step's scheduler id ("" when the site refused it: see the log)
+    scripts_updated: tuple[str, ...] = ()  # cluster scripts this submission had to install or repair
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "frames": self.frames, "tasks": self.tasks,
-                "scheduler_ids": list(self.scheduler_ids), "job_dir": self.job_dir, **self.upload.to_json()}
+                "scheduler_ids": list(self.scheduler_ids), "job_dir": self.job_dir, **self.upload.to_json(),
+                "finish_id": self.finish_id, "scripts_updated": list(self.scripts_updated)}
 
 
 @dataclass(frozen=True)
@@ -69,6 +64,7 @@ class PreparedJob(JobPaths):
     """A job's paths plus what its upload cost (a JobPaths, so callers that only need paths are unchanged)."""
 
     upload: UploadReport = UploadReport()
+    scripts: ScriptsReport | None = None
 
 
 def remote_root(preset: Preset, placeholder: bool = False) -> str:
@@ -89,26 +85,53 @@ def _job_json(spec: JobSpec) -> str:
     return json.dumps({"spec": spec.to_dict(), "braas_hpc": VERSION, "submitted": time.time()}, indent=1)
 
 
+def with_installed_blender(preset: Preset) -> Preset:
+    """The preset with the Blender `braas-hpc install` recorded for it (a path, or a module to load)."""
+    installed = None if preset.is_local else installed_blender(preset.name)
+    if installed is None:
+        return preset
+    return dataclasses.replace(preset, blender=installed.blender, env=(*preset.env, *installed.env))
+
+
+def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
+    """A cluster script's path: this release's copy, or the site's own from git."""
+    if preset.scripts_git:
+        return f"{git_scripts_dir(paths.root, preset.scripts_branch)}/{name}"
+    return f"{paths.scripts_dir(scripts_version())}/{name}"
+
+
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> str:
     if preset.is_local:
         return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(scripts_version()), round_,
                                  log_to_file=False)
+    preset = with_installed_blender(preset)
     return scheduler_for(preset.scheduler).render_script(spec, preset, paths, [preset.blender],
-                                                         paths.render_task(scripts_version()), round_)
+                                                         cluster_script(preset, paths, "render_task.py"), round_)
 
 
-async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths,
-                         inputs: Callable[[], Awaitable[UploadReport]]) -> UploadReport:
-    """The job's own small files directly; its inputs (`inputs`) through the content-addressed store."""
-    scripts = paths.scripts_dir(scripts_version())
-    await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir, scripts])
-    installed = {entry.name for entry in await transport.listdir(scripts)}
-    if "render_task.py" not in installed:
-        await transport.put(RENDER_TASK, paths.render_task(scripts_version()))
+def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> str:
+    preset = with_installed_blender(preset)
+    return scheduler_for(preset.scheduler).finish_script(spec, preset, paths, [preset.blender],
+                                                         cluster_script(preset, paths, "finish_task.py"), round_)
+
+
+def finish_file(paths: JobPaths, round_: int) -> str:
+    return f"{paths.job_dir}/{'finish.sh' if round_ == 0 else f'finish-r{round_}.sh'}"
+
+
+async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, preset: Preset,
+                         inputs: Callable[[], Awaitable[UploadReport]]) -> tuple[UploadReport, ScriptsReport]:
+    """The job's own small files directly; its inputs (`inputs`) through the content-addressed store.
+    The cluster scripts are checked first (one command) and installed or repaired when they differ."""
+    await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir])
+    scripts = await scripts_for(transport, preset, paths.root, update=False)
     report = await inputs()
-    for name, target in (("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script)):
+    files = [("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script)]
+    if (staging / "finish.sh").is_file():
+        files.append(("finish.sh", finish_file(paths, 0)))
+    for name, target in files:
         await transport.put(staging / name, target)
-    return report
+    return report, scripts
 
 
 async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,
@@ -127,7 +150,7 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
             return UploadReport(skipped_files=1)
         return link_again
     packed = staging / "packed" / MAIN_BLEND
-    await asyncio.to_thread(pack_scene, scene, packed)
+    await pack_scene(scene, packed)
 
     async def send() -> UploadReport:
         digest = await asyncio.to_thread(sha256_file, packed)
@@ -161,12 +184,15 @@ async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> Pr
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp, HashCache() as cache:
         staging = Path(temp)
         stage = _dir_inputs if spec.pack == "dir" else _packed_inputs
+        progress.report("packing" if spec.pack == "packed" else "collecting dependencies")
         inputs = await stage(transport, spec, paths, staging, cache)
         (staging / "job.sh").write_text(job_script(spec, preset, paths))
+        if not preset.is_local:
+            (staging / "finish.sh").write_text(finish_script(spec, preset, paths, Round(0, len(spec.tasks))))
         (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
         (staging / "job.json").write_text(_job_json(spec))
-        report = await _upload_inputs(transport, staging, paths, inputs)
-    return PreparedJob(paths.root, paths.name, report)
+        report, scripts = await _upload_inputs(transport, staging, paths, preset, inputs)
+    return PreparedJob(paths.root, paths.name, report, scripts)
 
 
 @dataclass(frozen=True)
@@ -202,6 +228,8 @@ class DryRun:
     submit_command: str
     frames_file: str
     job_dir: str
+    finish_script: str = ""
+    finish_command: str = ""
 
 
 def dry_run(request: SubmitRequest) -> DryRun:
@@ -211,9 +239,12 @@ def dry_run(request: SubmitRequest) -> DryRun:
         raise UsageError("the local preset has no batch script: use `braas-hpc render`")
     paths = JobPaths(remote_root(preset, placeholder=True), spec.name)
     scheduler = scheduler_for(preset.scheduler)
+    round_ = Round(0, len(spec.tasks))
     commands = [quote_command(scheduler.submit_argv(paths.script, task))
-                for task in scheduler.submissions(preset, Round(0, len(spec.tasks)))]
-    return DryRun(job_script(spec, preset, paths), "\n".join(commands), frames_file_text(spec.tasks), paths.job_dir)
+                for task in scheduler.submissions(preset, round_)]
+    after = _after(scheduler.submit_argv(finish_file(paths, 0)), scheduler.after_argv(["<ID>"]))
+    return DryRun(job_script(spec, preset, paths), "\n".join(commands), frames_file_text(spec.tasks), paths.job_dir,
+                  finish_script(spec, preset, paths, round_), quote_command(after))
 
 
 async def submit(request: SubmitRequest) -> SubmitResult:
@@ -223,10 +254,34 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     remote_root(preset)  # refuse a missing workdir before packing anything
     transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
+    progress.report("submitting")
     ids = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
     registry.add_job(spec, paths.root, ids, PENDING)
+    finish_id = await _submit_finish(transport, preset, paths, 0, ids)
+    updated = paths.scripts.uploaded if paths.scripts else ()
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
-                        paths.job_dir, paths.upload)
+                        paths.job_dir, paths.upload, finish_id, updated)
+
+
+def _after(argv: list[str], options: list[str]) -> list[str]:
+    """Submit options go right after the command name (sbatch/qsub read options before the script)."""
+    return [argv[0], *options, *argv[1:]]
+
+
+async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, round_: int, ids: list[str]) -> str:
+    """The finish step after every task of the round. Its id goes into the job's finish.txt, not the
+    registry: it is no render task and must never keep a job "running". A site that refuses it costs
+    the summary, not the render."""
+    scheduler = scheduler_for(preset.scheduler)
+    try:
+        done = await transport.run(_after(scheduler.submit_argv(finish_file(paths, round_)), scheduler.after_argv(ids)))
+        finish_id = scheduler.parse_submit(done.stdout)
+    except (RemoteCommandError, SchedulerError) as exc:
+        log.warning("the finish step of %s was not submitted: %s", paths.name, exc)
+        return ""
+    await transport.run(["sh", "-c", 'printf "%s %s\\n" "$2" "$3" >> "$1"', "sh", f"{paths.job_dir}/finish.txt",
+                         str(round_), finish_id])
+    return finish_id
 
 
 async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> list[str]:
@@ -269,11 +324,16 @@ async def resubmit(name: str, missing: list[int]) -> SubmitResult:
         staging = Path(temp)
         (staging / "frames").write_text(frames_file_text(tasks))
         (staging / "job.sh").write_text(job_script(spec, preset, paths, round_))
+        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, round_))
+        scripts = await scripts_for(transport, preset, paths.root, update=False)
         await transport.put(staging / "frames", paths.round_frames_file(round_.number))
         await transport.put(staging / "job.sh", paths.round_script(round_.number))
+        await transport.put(staging / "finish.sh", finish_file(paths, round_.number))
     ids = await _submit_round(transport, preset, paths.round_script(round_.number), round_)
     registry.add_round(name, ids, PENDING)
-    return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir)
+    finish_id = await _submit_finish(transport, preset, paths, round_.number, ids)
+    return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir,
+                        finish_id=finish_id, scripts_updated=scripts.uploaded)
 
 
 async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback | None = None) -> SubmitResult:
@@ -288,8 +348,12 @@ async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback
     registry.add_job(spec, paths.root, [], RUNNING)
     total = len(spec.frames)
     done = 0
-    for task in range(1, len(spec.tasks) + 1):
-        done = await _run_local_task(paths, task, done, total, progress)
+    try:
+        for task in range(1, len(spec.tasks) + 1):
+            done = await _run_local_task(paths, task, done, total, progress)
+    except asyncio.CancelledError:
+        registry.set_state(spec.name, CANCELLED)
+        raise
     state = COMPLETED if not missing_frames(spec, _frame_names(Path(paths.out_dir))) else FAILED
     registry.set_state(spec.name, state)
     if state != COMPLETED:
@@ -303,18 +367,24 @@ async def _run_local_task(paths: JobPaths, task: int, done: int, total: int,
     env = {**os.environ, "BRAAS_TASK_ID": str(task)}
     process = await asyncio.create_subprocess_exec(
         "bash", paths.script, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL, start_new_session=True,  # its own group: a cancel stops Blender too
     )
     assert process.stdout is not None
-    with log_path.open("wb") as log:
-        async for line in process.stdout:
-            log.write(line)
-            text = line.decode(errors="replace")
-            if text.startswith("BRAAS-PROGRESS ") and progress:
-                fields = dict(part.split("=", 1) for part in text.split()[1:] if "=" in part)
-                done += 1
-                progress(done, total, f"frame {fields.get('frame')} {fields.get('status')}")
-    await process.wait()
+    try:
+        with log_path.open("wb") as log:
+            async for line in process.stdout:
+                log.write(line)
+                text = line.decode(errors="replace")
+                if text.startswith("BRAAS-PROGRESS ") and progress:
+                    fields = dict(part.split("=", 1) for part in text.split()[1:] if "=" in part)
+                    done += 1
+                    progress(done, total, f"frame {fields.get('frame')} {fields.get('status')}")
+        await process.wait()
+    finally:
+        if process.returncode is None:  # cancelled (the add-on's Abort, Ctrl-C): stop the whole render
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            await asyncio.shield(process.wait())
     return done
 
 

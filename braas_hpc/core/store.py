@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import progress
 from .errors import ConnectionLost, TransferError, UsageError
 from .jobs import SHA256_HEX, store_dir, store_path
 from .paths import data_dir
@@ -165,11 +166,12 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
     await transport.run(["mkdir", "-p", "--", *sorted({posixpath.dirname(t) for t in targets.values()})])
     gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
     failed: set[str] = set()
+    counter = progress.ByteCounter("uploading", sum(path.stat().st_size for path in files.values()))
 
     async def one(digest: str) -> None:
         async with gate:
             try:
-                await transport.send_exact(files[digest], temps[digest])
+                await transport.send_exact(files[digest], temps[digest], counter.for_item(digest))
             except (ConnectionLost, TransferError):
                 failed.add(digest)
 

@@ -32,7 +32,7 @@ set -u
 module load Blender/4.5
 task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"
 if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi
-threads="${SLURM_CPUS_PER_TASK:-${NCPUS:-0}}"
+threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"
 cd /w/braas-hpc/jobs/shot1-20260101-000000-abcd || exit 2
 exec >>/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/"task-$task_id.log" 2>&1
 exec blender -b -Y /w/braas-hpc/jobs/shot1-20260101-000000-abcd/in/scene.blend -E CYCLES -t "$threads" \

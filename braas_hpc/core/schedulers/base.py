@@ -6,8 +6,10 @@ A subclass only knows its directives, its commands and its state names (dask-job
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..jobs import JobPaths, JobSpec
@@ -79,13 +81,47 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         *preset.env,
         task_id_shell(),
         'if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',
-        'threads="${SLURM_CPUS_PER_TASK:-${NCPUS:-0}}"',
+        # The allocation's cores (render_task.py reads the same variables, in the same order).
+        'threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"',
         f"cd {q(paths.job_dir)} || exit 2",
         *([f'exec >>{q(paths.log_dir)}/"{round_.marker_prefix}task-$task_id.log" 2>&1'] if log_to_file else []),
         f"exec {command}",
         "",
     ]
     return "\n".join(lines)
+
+
+FINISH_WALLTIME_MIN = 15
+
+
+def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
+                      finish_task: str, round_: Round) -> str:
+    """The finish step's script: summary.json and thumb.jpg once every task of the round has ended."""
+    q = shlex.quote
+    command = [*blender, "-b", "--factory-startup", "-Y", "-t", "1", "-P", finish_task, "--",
+               "--job-dir", paths.job_dir, "--format", spec.image_format]
+    return "\n".join([
+        "#!/bin/bash", *header, "",
+        f"# braas-hpc job {spec.name}: finish step of round {round_.number} (summary.json, thumb.jpg)",
+        "set -u",
+        *preset.env,
+        f"cd {q(paths.job_dir)} || exit 2",
+        f"exec >>{q(paths.log_dir)}/{round_.marker_prefix}finish.log 2>&1",
+        f"exec {' '.join(q(word) for word in command)}",
+        "",
+    ])
+
+
+def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
+    """What the finish job asks for: one core for a few minutes, no GPU, no array, on a CPU partition
+    when the site has one (a GPU queue may refuse or bill a job that asks for no GPU)."""
+    partition = preset.partition_cpu or spec.partition
+    part = preset.partition(partition)
+    walltime = min(FINISH_WALLTIME_MIN, part.max_walltime_min if preset.partitions else preset.max_walltime_min)
+    finish = dataclasses.replace(spec, name=f"{spec.name[:52]}-finish", partition=partition, qos=part.qos, gpus=0,
+                                 cpus=1, whole_node=False, walltime_min=walltime, max_parallel=0, email="",
+                                 memory_gb=0, device="CPU", cycles_device="CPU")
+    return finish, dataclasses.replace(preset, arrays=False)
 
 
 def walltime_hms(minutes: int) -> str:
@@ -127,6 +163,16 @@ class Scheduler(ABC):
         round_ = round_ or Round(0, len(spec.tasks))
         header = self.directives(spec, preset, paths, round_)
         return render_job_script(header, spec, preset, paths, blender, render_task, round_)
+
+    def finish_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], finish_task: str,
+                      round_: Round) -> str:
+        finish, plain = finish_request(spec, preset)
+        header = self.directives(finish, plain, paths, Round(round_.number, 1))
+        return finish_job_script(header, spec, preset, paths, blender, finish_task, round_)
+
+    @abstractmethod
+    def after_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """Submit options that start a job once every job given has ended, however it ended (afterany)."""
 
     def uses_array(self, preset: Preset, round_: Round) -> bool:
         return preset.arrays

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
 from ..errors import SchedulerError
 from ..jobs import JobPaths, JobSpec
@@ -89,6 +90,10 @@ class PBSScheduler(Scheduler):
     def uses_array(self, preset: Preset, round_: Round) -> bool:
         # PBS Pro arrays need two or more indices; a one-task job gets its index through -v.
         return preset.arrays and round_.tasks >= 2
+
+    def after_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # Ids as qsub printed them: '123[].server' waits for every subjob of the array.
+        return ["-W", f"depend=afterany:{':'.join(job_ids)}"]
 
     def submit_argv(self, script: str, task: int | None = None) -> list[str]:
         single = ["-v", f"BRAAS_TASK_ID={task}"] if task else []

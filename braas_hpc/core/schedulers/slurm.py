@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from ..errors import SchedulerError
 from ..jobs import JobPaths, JobSpec
@@ -84,6 +85,10 @@ class SlurmScheduler(Scheduler):
 
     def format_directive(self, name: str, value: str) -> str:
         return f"{name}={value}" if value else name
+
+    def after_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # An array id without an index stands for every task of the array.
+        return [f"--dependency=afterany:{':'.join(job_ids)}"]
 
     def submit_argv(self, script: str, task: int | None = None) -> list[str]:
         # A plain job gets its task number as the script's argument (sbatch passes it on).

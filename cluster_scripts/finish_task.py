@@ -1,0 +1,131 @@
+"""The finish step, run once after every task of a round has ended (dependency afterany).
+
+Usage: blender -b --factory-startup -Y -t 1 -P finish_task.py -- --job-dir DIR [--format PNG]
+   or: python3 finish_task.py --job-dir DIR   (the summary without a thumbnail)
+
+Checks every frame of the job (line K of DIR/frames.txt holds task K's frames) and writes
+DIR/summary.json: frames ok and missing, seconds per frame, core-hours and GPU-hours from the task
+markers (status/*.json), and DIR/thumb.jpg, a small JPEG of the last frame, made by Blender.
+Exit 0 when the summary was written, whatever it says; 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
+THUMB_WIDTH = 256
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    argv = argv[argv.index("--") + 1 :] if "--" in argv else argv[1:]
+    parser = argparse.ArgumentParser(prog="finish_task.py")
+    parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--format", choices=sorted(EXTENSIONS), default="PNG")
+    return parser.parse_args(argv)
+
+
+def job_frames(job_dir: str) -> list[int]:
+    """Every frame of the job: round 0's frames file lists them all (resubmissions only repeat some)."""
+    with open(os.path.join(job_dir, "frames.txt"), encoding="utf-8") as stream:
+        return sorted({int(f) for line in stream for f in line.strip().split(",") if f.strip()})
+
+
+def read_markers(job_dir: str) -> list[dict]:
+    markers = []
+    for path in sorted(glob.glob(os.path.join(job_dir, "status", "*task-*.json"))):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                marker = json.load(stream)
+        except (OSError, ValueError):
+            continue  # a marker being replaced right now, or damaged: the frames still count
+        # A task killed mid-run never wrote "finished": its last write is when it was last alive.
+        marker.setdefault("finished", None)
+        marker["_ended"] = marker["finished"] or os.path.getmtime(path)
+        marker["_name"] = os.path.basename(path)
+        markers.append(marker)
+    return markers
+
+
+def summarize(job_dir: str, extension: str, markers: list[dict]) -> dict:
+    frames = job_frames(job_dir)
+    out = os.path.join(job_dir, "out")
+
+    def present(frame: int) -> bool:
+        path = os.path.join(out, f"frame_{frame:06d}.{extension}")
+        return os.path.isfile(path) and os.path.getsize(path) > 0
+
+    ok = [f for f in frames if present(f)]
+    timings: dict[str, float] = {}
+    core_s = gpu_s = 0.0
+    for marker in markers:
+        timings.update({str(k): float(v) for k, v in (marker.get("timings") or {}).items()})
+        elapsed = max(0.0, float(marker["_ended"]) - float(marker.get("started") or marker["_ended"]))
+        core_s += elapsed * int(marker.get("threads") or 1)
+        gpu_s += elapsed * int(marker.get("gpus") or 0)
+    seconds = sorted(timings.values())
+    starts = [float(m["started"]) for m in markers if m.get("started")]
+    return {
+        "job": os.path.basename(os.path.normpath(job_dir)),
+        "frames_total": len(frames), "frames_ok": len(ok),
+        "missing": [f for f in frames if f not in set(ok)],
+        "seconds_per_frame": {"mean": round(sum(seconds) / len(seconds), 3), "min": seconds[0],
+                              "max": seconds[-1]} if seconds else {},
+        "timings": timings,
+        "tasks": len(markers),
+        "tasks_failed": [m["_name"] for m in markers if m.get("exit_code") != 0],
+        "core_hours": round(core_s / 3600, 6), "gpu_hours": round(gpu_s / 3600, 6),
+        "wall_seconds": round(max(m["_ended"] for m in markers) - min(starts), 3) if starts else 0.0,
+        "last_frame": f"frame_{ok[-1]:06d}.{extension}" if ok else "",
+        "written": time.time(),
+    }
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    temp = f"{path}.part"
+    with open(temp, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=1)
+    os.replace(temp, path)
+
+
+def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
+    """A small JPEG of a frame, written by Blender (color managed like the render) under a temp name."""
+    import bpy  # only inside Blender; the summary needs none of it
+
+    image = bpy.data.images.load(source, check_existing=False)
+    w, h = image.size
+    if w > width:
+        image.scale(width, max(1, round(h * width / w)))
+    settings = bpy.context.scene.render.image_settings
+    settings.file_format = "JPEG"
+    settings.quality = 80
+    temp = os.path.join(os.path.dirname(target), ".thumb.part.jpg")
+    image.save_render(temp, scene=bpy.context.scene)
+    os.replace(temp, target)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    extension = EXTENSIONS[args.format]
+    summary = summarize(args.job_dir, extension, read_markers(args.job_dir))
+    summary["thumbnail"] = ""
+    if summary["last_frame"]:
+        try:
+            thumbnail(os.path.join(args.job_dir, "out", summary["last_frame"]), os.path.join(args.job_dir, "thumb.jpg"))
+            summary["thumbnail"] = "thumb.jpg"
+        except Exception as exc:  # noqa: BLE001 - no thumbnail must not cost the summary
+            summary["thumbnail_error"] = f"{type(exc).__name__}: {exc}"
+    write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
+    print(f"braas-hpc finish: {summary['frames_ok']}/{summary['frames_total']} frames, missing "
+          f"{summary['missing'] or 'none'}, {summary['core_hours']} core-hours, {summary['gpu_hours']} GPU-hours",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,109 @@
+"""The finish step on real Slurm (a job with a cancelled task), and embedded Python held back without opt-in."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import run_cli
+from tests.testbed import testbed as tb
+
+
+def _json(*args: str) -> dict:
+    done = run_cli(*args, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def _wait_for(remote, path: str, timeout: float = 300) -> str:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = remote(f"cat {path}")
+        if done.returncode == 0:
+            return done.stdout
+        time.sleep(2)
+    raise AssertionError(f"{path} did not appear in {timeout} s")
+
+
+def _fetch(path: str) -> bytes:
+    done = subprocess.run(tb.ssh_command(tb.Layout.from_env(), f"cat {path}"), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: Path) -> None:  # noqa: ANN001
+    job = _json("submit", str(sample_scene), "--preset", "testbed", "--frames", "1-6", "--chunk", "2",
+                "--max-parallel", "1")
+    array = job["scheduler_ids"][0]
+    assert job["finish_id"].isdigit() and job["finish_id"] != array
+    killed = remote(f"scancel {array}_3")  # task 3 (frames 5 and 6) waits behind the throttle: it never runs
+    assert killed.returncode == 0, killed.stderr
+    waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
+    final = json.loads(waited.stdout)
+    # sacct keeps no line for an array task cancelled while pending: the missing frames make it FAILED.
+    assert waited.returncode == 1 and final["state"] in ("FAILED", "CANCELLED") and final["missing"] == [5, 6], final
+
+    job_dir = job["job_dir"]
+    summary = json.loads(_wait_for(remote, f"{job_dir}/summary.json"))
+    assert summary["frames_total"] == 6 and summary["frames_ok"] == 4 and summary["missing"] == [5, 6]
+    assert set(summary["timings"]) == {"1", "2", "3", "4"} and summary["seconds_per_frame"]["mean"] > 0
+    assert summary["tasks"] == 2 and summary["tasks_failed"] == [] and summary["gpu_hours"] == 0
+    assert summary["core_hours"] > 0 and summary["last_frame"] == "frame_000004.png"
+    assert summary["thumbnail"] == "thumb.jpg"
+    with Image.open(io.BytesIO(_fetch(f"{job_dir}/thumb.jpg"))) as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (192, 108)  # the frame is smaller than 256 px
+        assert len(thumb.convert("RGB").getcolors(maxcolors=192 * 108) or []) > 20
+
+    # The finish job ran once every task had ended, and it is not one of the job's render tasks.
+    rows = remote(f"sacct -n -P -X -o JobID,State,Start,End -j {array},{job['finish_id']}").stdout.splitlines()
+    ends = [r.split("|")[3] for r in rows if r.startswith(f"{array}_") and r.split("|")[3] != "Unknown"]
+    finish = next(r.split("|") for r in rows if r.startswith(f"{job['finish_id']}|"))
+    assert finish[1] == "COMPLETED" and finish[2] >= max(ends), rows
+    status = json.loads(run_cli("status", job["job"], "--json").stdout)[0]
+    assert status["summary"] is True and job["finish_id"] not in status["scheduler_ids"]
+    assert status["tasks"] == {"COMPLETED": 2}  # the array's tasks only: the finished finish job is not counted
+    assert remote(f"cat {job_dir}/finish.txt").stdout.strip() == f"0 {job['finish_id']}"
+
+
+_DRIVER_SCENE = r"""
+import os
+import sys
+import bpy
+canary, out = sys.argv[-2], sys.argv[-1]
+scene = bpy.context.scene
+scene.render.engine = "CYCLES"
+scene.cycles.samples = 1
+scene.render.resolution_x, scene.render.resolution_y = 64, 36
+driver = bpy.data.objects["Cube"].driver_add("location", 0).driver
+driver.type = "SCRIPTED"
+driver.expression = f"len(open({canary!r}, 'w').write('ran') * 'x') * 0"
+bpy.ops.wm.save_as_mainfile(filepath=out)
+sys.stdout.flush()
+os._exit(0)  # the bpy module can hang on exit after a driver error; the file is saved
+"""
+
+
+def test_python_driver_runs_only_on_opt_in(testbed, remote, tmp_path: Path) -> None:  # noqa: ANN001
+    # The canary's directory does not exist yet, so building the scene here cannot create it.
+    canary_dir = f"{testbed.workdir}/canary-{secrets.token_hex(4)}"
+    scene = tmp_path / "driver.blend"
+    made = subprocess.run([sys.executable, "-c", _DRIVER_SCENE, f"{canary_dir}/ran", str(scene)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0 and scene.is_file(), made.stderr
+    assert remote(f"mkdir -p {canary_dir}").returncode == 0
+
+    # --pack dir: the scene goes as it is (the bpy module used for packing here can hang on this scene).
+    held = _json("submit", str(scene), "--preset", "testbed", "--frames", "1", "--pack", "dir")
+    assert run_cli("wait", held["job"], "--timeout", "300", timeout=400).returncode == 0  # it rendered
+    assert remote(f"test -e {canary_dir}/ran").returncode == 1  # ... without running the driver
+
+    opted = _json("submit", str(scene), "--preset", "testbed", "--frames", "1", "--allow-scripts", "--pack", "dir")
+    assert run_cli("wait", opted["job"], "--timeout", "300", timeout=400).returncode == 0
+    assert remote(f"cat {canary_dir}/ran").stdout == "ran"  # the driver is real and does run when allowed
