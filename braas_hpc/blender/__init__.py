@@ -1,12 +1,51 @@
-"""The Blender face of braas_hpc. Panels and operators arrive with the add-on issue; for now the
-extension registers nothing, so enabling it is harmless."""
+"""The Blender face of braas_hpc: preferences, the Render Properties panel, operators and the loop
+bridge. Imported only inside Blender (`braas_hpc.register()`); the core never imports it. `bpy` is
+imported inside the functions so that `bridge` and `prompting` (no bpy) can be tested without Blender."""
 
 from __future__ import annotations
 
 
+def _classes() -> tuple[type, ...]:
+    from . import ops_jobs, ops_popups, ops_prefs, preferences, props, ui
+
+    return (*preferences.CLASSES, *props.CLASSES, *ops_jobs.CLASSES, *ops_popups.CLASSES, *ops_prefs.CLASSES,
+            *ui.CLASSES)
+
+
+def _on_load(_dummy: object = None) -> None:
+    from . import jobs_list
+
+    jobs_list.load_registry()
+
+
 def register() -> None:
-    return None
+    import bpy
+
+    from . import jobs_list, preferences, props, runtime
+
+    for cls in _classes():
+        bpy.utils.register_class(cls)
+    props.attach()
+    runtime.start()
+    runtime.state.periodic.append(jobs_list.auto_refresh)
+    for problem in preferences.sync_from_files(runtime.preferences()):
+        print(f"braas-hpc: {problem}")
+    bpy.app.handlers.load_post.append(bpy.app.handlers.persistent(_on_load))
+    if bpy.app.background:
+        jobs_list.load_registry()
+    else:  # the window manager is not ready while add-ons load at startup
+        bpy.app.timers.register(lambda: jobs_list.load_registry(), first_interval=0.5)
 
 
 def unregister() -> None:
-    return None
+    import bpy
+
+    from . import props, runtime, ui
+
+    if _on_load in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load)
+    runtime.stop()
+    ui.release_thumbnails()
+    props.detach()
+    for cls in reversed(_classes()):
+        bpy.utils.unregister_class(cls)

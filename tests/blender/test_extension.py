@@ -28,6 +28,8 @@ result["site_enabled"] = sorted(os.listdir(site))
 result["frames"] = frames.parse_frames("1-3")
 service = importlib.import_module(name + ".core.service")
 result["render_task"] = str(service.RENDER_TASK)
+result["operators"] = sorted(dir(bpy.ops.braas_hpc))
+result["prefs"] = type(bpy.context.preferences.addons[name].preferences.presets).__name__
 bpy.ops.preferences.addon_disable(module=name)
 result["after_disable"] = name in bpy.context.preferences.addons.keys()
 result["site_disabled"] = sorted(os.listdir(site)) if os.path.isdir(site) else []
@@ -58,8 +60,10 @@ def test_extension_builds_installs_and_unregisters(tmp_path: Path) -> None:
     result = json.loads(report.read_text())
     assert result["enabled"] is True and result["after_disable"] is False
     assert result["frames"] == [1, 2, 3]
+    assert "submit" in result["operators"] and result["prefs"].startswith("bpy_prop_collection")  # the UI registered
     assert result["render_task"].startswith(str(resources)) and Path(result["render_task"]).is_file()
     assert result["site"].startswith(str(resources / "extensions"))  # imported from the installed wheels
-    for package in ("asyncssh", "paramiko", "scp.py", "blender_asset_tracer", "platformdirs", "cryptography"):
+    for package in ("asyncssh", "paramiko", "scp.py", "blender_asset_tracer", "platformdirs", "cryptography",
+                    "tomli_w"):
         assert package in result["site_enabled"], f"{package} was not installed from the bundled wheels"
         assert package not in result["site_disabled"], f"{package} was left behind after disabling"

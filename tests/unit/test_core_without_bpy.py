@@ -28,7 +28,9 @@ PROBE = textwrap.dedent(
 
     import braas_hpc.core as core
     names = [m.name for m in pkgutil.walk_packages(core.__path__, "braas_hpc.core.")]
-    for name in names + ["braas_hpc", "braas_hpc.cli"]:
+    # The add-on's loop bridge and prompt broker hold no bpy either (they are tested without Blender).
+    for name in names + ["braas_hpc", "braas_hpc.cli", "braas_hpc.blender.bridge", "braas_hpc.blender.prompting",
+                         "braas_hpc.blender.activity"]:
         importlib.import_module(name)
     assert "bpy" not in sys.modules
     print(len(names))

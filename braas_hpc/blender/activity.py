@@ -1,0 +1,194 @@
+"""What the add-on's operators run on the loop (no bpy here): each returns plain data for the main
+thread to show. Errors of one cluster stay that cluster's: a refresh still shows the others."""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from ..core import monitor, progress, registry, service, transfer
+from ..core.cluster_blender import BlenderSource
+from ..core.errors import BraasError
+from ..core.frames import format_frames
+from ..core.install import InstallReport, install
+from ..core.jobs import FRAME_FILE, JobPaths
+from ..core.presets import load_preset
+from ..core.probe import ProbeReport, probe
+from ..core.schedulers.base import TERMINAL
+from ..core.spec import SubmitRequest, build_spec
+from ..core.transport import transport_for
+from ..core.workdir import Candidate, find_workdir
+
+LOG_TAIL_LINES = 60
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    name: str
+    preset: str
+    state: str
+    frames_done: int
+    frames_total: int
+    scheduler_ids: tuple[str, ...] = ()
+    missing: tuple[int, ...] = ()
+    created: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.state not in TERMINAL
+
+
+@dataclass
+class Refresh:
+    rows: list[JobRow] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # preset -> why its jobs could not be asked
+
+
+def _row(status: monitor.JobStatus, created: float) -> JobRow:
+    return JobRow(status.job, status.preset, status.state, status.frames_done, status.frames_total,
+                  status.scheduler_ids, status.missing, created)
+
+
+def registry_rows() -> list[JobRow]:
+    """The jobs as last recorded (no network): what the panel shows at once after a restart."""
+    return [JobRow(r.name, r.preset, r.state, 0 if r.state not in ("COMPLETED",) else len(r.spec.frames),
+                   len(r.spec.frames), r.scheduler_ids, (), r.created) for r in registry.list_jobs()]
+
+
+async def load_rows() -> list[JobRow]:
+    return await asyncio.to_thread(registry_rows)
+
+
+async def refresh(names: Iterable[str] | None = None) -> Refresh:
+    """Ask each cluster once about its jobs (all of them, or `names`)."""
+    records = await asyncio.to_thread(registry.list_jobs)
+    wanted = set(names) if names is not None else None
+    by_preset: dict[str, list[registry.JobRecord]] = defaultdict(list)
+    for record in records:
+        if wanted is None or record.name in wanted:
+            by_preset[record.preset].append(record)
+    result = Refresh()
+    for preset, group in by_preset.items():
+        progress.report(f"asking {preset}")
+        try:
+            statuses = await monitor.status([r.name for r in group])
+        except BraasError as error:
+            result.errors[preset] = str(error)
+            continue
+        created = {r.name: r.created for r in group}
+        result.rows += [_row(s, created[s.job]) for s in statuses]
+    return result
+
+
+async def submit(request: SubmitRequest) -> service.SubmitResult:
+    """A cluster job; or, on the `local` preset, the render itself on this machine."""
+    spec, preset = build_spec(request)
+    if not preset.is_local:
+        return await service.submit(request)
+
+    def rendered(done: int, total: int, _message: str) -> None:
+        progress.report("rendering", done, total)
+
+    return await service.render_local(spec, preset, rendered)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    result: transfer.DownloadResult
+    last_frame: Path | None  # the newest frame file here, for the list's thumbnail
+
+
+def last_frame(folder: Path) -> Path | None:
+    frames = sorted(p for p in folder.iterdir() if FRAME_FILE.match(p.name)) if folder.is_dir() else []
+    return frames[-1] if frames else None
+
+
+async def download(name: str, dest: Path) -> Downloaded:
+    def on_bytes(done: int, total: int) -> None:
+        progress.report("downloading", done, total)
+
+    result = await transfer.download(name, dest, on_bytes)
+    return Downloaded(result, await asyncio.to_thread(last_frame, dest))
+
+
+async def resubmit_missing(name: str) -> service.SubmitResult:
+    (current,) = await monitor.status([name])
+    if current.state not in TERMINAL:
+        raise BraasError(f"job {name} is still {current.state}: wait for it to end or cancel it first")
+    if not current.missing:
+        raise BraasError(f"job {name} has every frame; nothing to resubmit")
+    return await service.resubmit(name, list(current.missing))
+
+
+async def job_report(name: str) -> str:
+    """The job's settings, state and the last lines of each task's log on the cluster."""
+    record = await asyncio.to_thread(registry.get_job, name)
+    spec = record.spec
+    lines = [f"Job {name} on {record.preset}", f"state: {record.state}",
+             f"created: {time.strftime('%Y-%m-%d %H:%M', time.localtime(record.created))}",
+             f"scheduler ids: {', '.join(record.scheduler_ids) or '-'}", f"scene: {spec.scene}",
+             f"frames: {format_frames(spec.frames)} in {len(spec.tasks)} task(s) of {spec.chunk}",
+             f"device: {spec.device} ({spec.cycles_device}), partition: {spec.partition or '-'}, "
+             f"walltime: {spec.walltime_min} min, resubmissions: {record.rounds}",
+             f"on the cluster: {JobPaths(record.remote_root, name).job_dir}", ""]
+    paths = JobPaths(record.remote_root, name)
+    transport = transport_for(load_preset(record.preset))
+    logs = sorted(e.name for e in await transport.listdir(paths.log_dir) if e.name.endswith((".log", ".out")))
+    for log in logs:
+        done = await transport.run(["tail", "-n", str(LOG_TAIL_LINES), "--", posixpath.join(paths.log_dir, log)],
+                                   check=False)
+        lines += [f"==== {log} (last {LOG_TAIL_LINES} lines) ====", done.stdout.rstrip(), ""]
+    if not logs:
+        lines.append("(no logs yet: no task has started)")
+    return "\n".join(lines)
+
+
+async def cancel(name: str) -> tuple[str, ...]:
+    return await service.cancel(name)
+
+
+async def test_presets(names: list[str]) -> dict[str, ProbeReport | str]:
+    """Every preset at once; each answers for itself (a report, or why it failed)."""
+    return await each_cluster(names, probe)
+
+
+async def each_cluster(names: list[str], action: Callable[[str], Awaitable[T]]) -> dict[str, T | str]:
+    """`action` on every cluster at once; each answers for itself (its result, or why it failed), and
+    the status line counts the clusters that have answered."""
+    answered = 0
+    progress.report("clusters answered", 0, len(names))
+
+    async def one(name: str) -> T | str:
+        nonlocal answered
+        try:
+            return await action(name)
+        except BraasError as error:
+            return str(error)
+        finally:
+            answered += 1
+            progress.report("clusters answered", answered, len(names))
+
+    results = await asyncio.gather(*(one(n) for n in names))
+    return dict(zip(names, results, strict=True))
+
+
+async def find_workdirs(names: list[str]) -> dict[str, list[Candidate] | str]:
+    """Each cluster's candidate working directories (site command, $SCRATCH/$WORK, documented
+    patterns), checked for existence and write access; shown to the user, never set by themselves."""
+    async def one(name: str) -> list[Candidate]:
+        preset = load_preset(name)
+        return await find_workdir(preset, transport_for(preset))
+
+    return await each_cluster(names, one)
+
+
+async def install_all(names: list[str], source: BlenderSource | None) -> dict[str, InstallReport | str]:
+    """The cluster scripts (and Blender, when a source is given) on every cluster at once."""
+    return await each_cluster(names, lambda name: install(name, source))

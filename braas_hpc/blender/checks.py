@@ -1,0 +1,83 @@
+"""The check before any upload, on the main thread (it reads bpy data; only stat calls, no network)."""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+
+from ..core.errors import UsageError
+
+VIDEO_FORMATS = {"FFMPEG", "AVI_JPEG", "AVI_RAW"}
+LISTED = 10  # missing files named in the message; the rest are counted
+
+
+def scene_file() -> str:
+    if not bpy.data.filepath:
+        raise UsageError("save the .blend file first: the cluster renders the saved file")
+    return bpy.data.filepath
+
+
+def save_if_changed() -> str | None:
+    """The cluster renders the saved file, so unsaved changes are saved first (as render farm tools do)."""
+    if not bpy.data.is_dirty:
+        return None
+    if bpy.ops.wm.save_mainfile() != {"FINISHED"}:
+        raise UsageError(f"could not save {bpy.data.filepath}; save it by hand and submit again")
+    return f"saved {bpy.path.basename(bpy.data.filepath)} so the job renders what you see"
+
+
+def _external(datablock: bpy.types.ID) -> str | None:
+    """The file a data-block reads, when it is neither packed nor generated."""
+    if getattr(datablock, "packed_file", None) is not None or getattr(datablock, "library", None) is not None:
+        return None
+    if getattr(datablock, "source", "FILE") not in ("FILE", "SEQUENCE", "MOVIE", "TILED"):
+        return None
+    path = getattr(datablock, "filepath", "")
+    return path or None
+
+
+def missing_files() -> list[str]:
+    """`<kind> "<name>": <path>` for every external file the scene uses that is not there."""
+    missing = []
+    for kind, collection in (("image", bpy.data.images), ("library", bpy.data.libraries),
+                             ("sound", bpy.data.sounds), ("movie clip", bpy.data.movieclips),
+                             ("font", bpy.data.fonts), ("volume", bpy.data.volumes),
+                             ("cache file", bpy.data.cache_files)):
+        for datablock in collection:
+            path = _external(datablock)
+            if path and path != "<builtin>" and not _exists(datablock, path):
+                missing.append(f'{kind} "{datablock.name}": {path}')
+    return missing
+
+
+def _exists(datablock: bpy.types.ID, path: str) -> bool:
+    absolute = bpy.path.abspath(path, library=getattr(datablock, "library", None))
+    if getattr(datablock, "source", "") in ("SEQUENCE", "TILED"):
+        return os.path.isdir(os.path.dirname(absolute))  # numbered files: at least their folder
+    return os.path.exists(absolute)
+
+
+def check_scene() -> list[str]:
+    """Raise on what would make the job fail; return warnings the user should read."""
+    scene_file()
+    missing = missing_files()
+    if missing:
+        more = f" and {len(missing) - LISTED} more" if len(missing) > LISTED else ""
+        raise UsageError(f"{len(missing)} file(s) the scene uses are missing: " + "; ".join(missing[:LISTED]) + more)
+    warnings = []
+    file_format = bpy.context.scene.render.image_settings.file_format
+    if file_format in VIDEO_FORMATS:
+        warnings.append(f"the output is set to video ({file_format}); the cluster renders PNG frames, one file "
+                        "per frame, so no frame is lost when a task stops. Encode the video from the frames.")
+    return warnings
+
+
+def frames_of(settings: bpy.types.PropertyGroup) -> str:
+    scene = bpy.context.scene
+    if settings.frames_mode == "CUSTOM":
+        return settings.custom_frames
+    if not settings.animation:
+        return str(scene.frame_current)
+    step = f":{scene.frame_step}" if scene.frame_step > 1 else ""
+    return f"{scene.frame_start}-{scene.frame_end}{step}"

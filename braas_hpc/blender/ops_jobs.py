@@ -1,0 +1,246 @@
+"""Operators of the Render Properties panel, under `bpy.ops.braas_hpc`.
+
+Each reads what it needs from bpy on the main thread, hands the work to the loop and returns; in
+background mode it runs to completion and reports failure as an error (so scripts can rely on it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bpy
+from bpy.props import StringProperty
+
+from ..core.errors import BraasError, UsageError
+from ..core.presets import load_preset
+from ..core.spec import SubmitRequest, build_spec
+from . import activity, checks, jobs_list, runtime
+
+
+def _online_or_error(preset: str) -> None:
+    if preset != "local" and not bpy.app.online_access:
+        raise UsageError("online access is off (Preferences > System > Network): braas-hpc needs it to reach "
+                         f"the {preset} cluster. The local preset works offline.")
+
+
+def _job_name(operator: bpy.types.Operator, context: bpy.types.Context) -> str:
+    if operator.job:
+        return operator.job
+    runtime_props = context.window_manager.braas_hpc
+    if not 0 <= runtime_props.active_job < len(runtime_props.jobs):
+        raise UsageError("no job selected")
+    return runtime_props.jobs[runtime_props.active_job].name
+
+
+def _preset_of(job: str) -> str:
+    item = jobs_list.jobs().get(job)
+    return item.preset if item is not None else ""
+
+
+class JobOperator(bpy.types.Operator):
+    """Shared by the operators that act on one job (the selected one, or `job`)."""
+
+    bl_options = {"REGISTER", "INTERNAL"}
+    job: StringProperty(name="Job", description="Job name; empty: the job selected in the list",
+                        options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            name = _job_name(self, context)
+            _online_or_error(_preset_of(name) or "remote")
+            return self.start(context, name)
+        except BraasError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        raise NotImplementedError
+
+
+class BRAAS_HPC_OT_submit(bpy.types.Operator):
+    """Check the scene, upload what the cluster lacks and submit the render job"""
+
+    bl_idname = "braas_hpc.submit"
+    bl_label = "Submit Job"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.braas_hpc
+        try:
+            _online_or_error(settings.preset)
+            for warning in checks.check_scene():
+                self.report({"WARNING"}, warning)
+            request = SubmitRequest(
+                scene=Path(checks.scene_file()), preset=settings.preset, frames=checks.frames_of(settings),
+                chunk=settings.chunk, device=settings.device, walltime_min=settings.walltime_min or None,
+                max_parallel=settings.max_parallel, account=settings.account.strip(),
+                partition=settings.partition.strip(), email=settings.email.strip(),
+                allow_scripts=settings.allow_scripts, pack=settings.pack, project=settings.project.strip())
+            build_spec(request)  # every limit checked here, before packing or connecting
+            saved = checks.save_if_changed()
+            if saved:
+                self.report({"INFO"}, saved)
+        except BraasError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+
+        def submitted(result: Any) -> None:
+            jobs_list.apply_rows(activity.registry_rows())
+            runtime.tell(f"job {result.job} submitted: {result.tasks} task(s), frames {result.frames}"
+                         + (f", scheduler id {', '.join(result.scheduler_ids)}" if result.scheduler_ids else ""))
+            jobs_list.auto_refresh.soon()
+
+        def again() -> None:
+            bpy.ops.braas_hpc.submit()
+
+        label = "Rendering here" if settings.preset == "local" else f"Submitting to {settings.preset}"
+        return runtime.launch(self, label, lambda: activity.submit(request), "submit", submitted, again)
+
+
+class BRAAS_HPC_OT_refresh_jobs(bpy.types.Operator):
+    """Ask the clusters about every job in the list now"""
+
+    bl_idname = "braas_hpc.refresh_jobs"
+    bl_label = "Refresh Jobs"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        names = [item.name for item in jobs_list.jobs()] or [row.name for row in activity.registry_rows()]
+        if not bpy.app.online_access:
+            names = [n for n in names if _preset_of(n) == "local"]
+        if not names:
+            jobs_list.apply_rows(activity.registry_rows())
+            return {"FINISHED"}
+
+        def again() -> None:
+            bpy.ops.braas_hpc.refresh_jobs()
+
+        return runtime.launch(self, "Refreshing jobs", lambda: activity.refresh(names), "refresh",
+                              jobs_list.show_refresh, again)
+
+
+class BRAAS_HPC_OT_cancel_job(JobOperator):
+    """Cancel the job on the cluster (every round of it)"""
+
+    bl_idname = "braas_hpc.cancel_job"
+    bl_label = "Cancel Job"
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        def cancelled(ids: tuple[str, ...]) -> None:
+            runtime.tell(f"job {name}: cancel sent for {', '.join(ids) or 'nothing (already ended)'}")
+            jobs_list.auto_refresh.soon()
+
+        return runtime.launch(self, f"Cancelling {name}", lambda: activity.cancel(name), "cancel", cancelled)
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        return context.window_manager.invoke_confirm(self, event)
+
+
+class BRAAS_HPC_OT_download_job(JobOperator):
+    """Download the job's new frames (each checked against the cluster's checksum)"""
+
+    bl_idname = "braas_hpc.download_job"
+    bl_label = "Download Frames"
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        folder = jobs_list.job_folder(name)
+
+        def downloaded(got: activity.Downloaded) -> None:
+            item = jobs_list.jobs().get(name)
+            if item is not None and got.last_frame is not None:
+                item.thumbnail = str(got.last_frame)
+                item.local_dir = str(folder)
+            runtime.tell(f"job {name}: {got.result.downloaded} new frame(s), {got.result.skipped} already here, "
+                         f"in {folder}")
+
+        return runtime.launch(self, f"Downloading {name}", lambda: activity.download(name, folder), "download",
+                              downloaded)
+
+
+class BRAAS_HPC_OT_resubmit_failed(JobOperator):
+    """Render the frames that are missing again, as a new round of the same job"""
+
+    bl_idname = "braas_hpc.resubmit_failed"
+    bl_label = "Resubmit Missing Frames"
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        def resubmitted(result: Any) -> None:
+            runtime.tell(f"job {name}: frames {result.frames} resubmitted as {result.tasks} task(s)")
+            jobs_list.auto_refresh.soon()
+
+        return runtime.launch(self, f"Resubmitting {name}", lambda: activity.resubmit_missing(name), "submit",
+                              resubmitted)
+
+
+class BRAAS_HPC_OT_job_info(JobOperator):
+    """Show the job's settings and the end of its logs in a text block"""
+
+    bl_idname = "braas_hpc.job_info"
+    bl_label = "Job Info and Logs"
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        def show(text: str) -> None:
+            title = f"braas-hpc {name}"
+            block = bpy.data.texts.get(title) or bpy.data.texts.new(title)
+            block.clear()
+            block.write(text)
+            runtime.tell(f"job {name}: info and logs are in the text block '{title}' (Text Editor)")
+
+        return runtime.launch(self, f"Reading logs of {name}", lambda: activity.job_report(name), "info", show)
+
+
+class BRAAS_HPC_OT_open_folder(bpy.types.Operator):
+    """Open the folder of the job's downloaded frames"""
+
+    bl_idname = "braas_hpc.open_folder"
+    bl_label = "Open Folder"
+    bl_options = {"REGISTER", "INTERNAL"}
+    job: StringProperty(options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            folder = jobs_list.job_folder(_job_name(self, context))
+        except BraasError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        if not folder.is_dir():
+            self.report({"ERROR"}, f"nothing downloaded yet: {folder} does not exist")
+            return {"CANCELLED"}
+        if not bpy.app.background:
+            bpy.ops.wm.path_open(filepath=str(folder))
+        self.report({"INFO"}, str(folder))
+        return {"FINISHED"}
+
+
+class BRAAS_HPC_OT_abort(bpy.types.Operator):
+    """Stop every running operation (upload, download, refresh); jobs already on the cluster keep running"""
+
+    bl_idname = "braas_hpc.abort"
+    bl_label = "Abort"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        stopped = runtime.state.bridge.cancel_all()
+        runtime.state.broker.refuse_all()
+        if runtime.state.question is not None:
+            runtime.state.question.answer(None)
+            runtime.state.question = None
+        runtime.tell(f"stopped {stopped} operation(s)", "WARNING")
+        return {"FINISHED"}
+
+
+def preset_summary(name: str) -> str:
+    """One line under the cluster choice: where jobs go, or what is missing."""
+    try:
+        preset = load_preset(name)
+    except BraasError as error:
+        return str(error)
+    if preset.is_local:
+        return "Renders on this computer"
+    where = preset.workdir or "no working directory set (Preferences)"
+    return f"{preset.user or '?'}@{preset.host} \u2192 {where}"
+
+
+CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job, BRAAS_HPC_OT_download_job,
+           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_open_folder, BRAAS_HPC_OT_abort)

@@ -1,0 +1,89 @@
+"""What the panel edits (saved with the scene) and the jobs list (runtime only, rebuilt from the registry)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from ..core.presets import preset_files
+
+
+def _preset_items(_self: object, _context: object) -> list[tuple[str, str, str]]:
+    # Blender keeps no reference to the strings of a dynamic enum: hold them in a module global.
+    global _PRESET_ITEMS
+    _PRESET_ITEMS = [(name, name, f"Render with the {name} preset") for name in sorted(preset_files())]
+    return _PRESET_ITEMS
+
+
+_PRESET_ITEMS: list[tuple[str, str, str]] = []
+
+
+def _preset_chosen(settings: JobSettings, context: bpy.types.Context) -> None:
+    """A cluster's CPU/GPU choice from the preferences becomes the job's default device."""
+    from .runtime import preferences
+
+    item = preferences().presets.get(settings.preset)
+    if item is not None:
+        settings.device = item.device
+
+
+class JobSettings(bpy.types.PropertyGroup):
+    preset: EnumProperty(name="Cluster", items=_preset_items, description="Where to render", update=_preset_chosen)
+    project: StringProperty(name="Project", description="Names the job (default: the .blend file's name)")
+    email: StringProperty(name="E-mail", description="Mail when the job ends or fails (where the site sends mail)")
+    animation: BoolProperty(name="Animation", default=True,
+                            description="Render the frame range; off: the current frame")
+    frames_mode: EnumProperty(name="Frames", items=[("RANGE", "Scene range", "The scene's start, end and step"),
+                                                     ("CUSTOM", "Custom", "A frame set such as 1-10,20,30-40:2")])
+    custom_frames: StringProperty(name="Frame set", default="1-10", description="e.g. 1-100, 1-100:5, 1,5,9-12")
+    pack: EnumProperty(name="Send", items=[("packed", "Packed .blend", "One file with every resource packed in"),
+                                           ("dir", "Folder with dependencies",
+                                            "The .blend and the files it uses; unchanged files are not sent again")])
+    walltime_min: IntProperty(name="Walltime (min)", default=0, min=0, soft_max=2880,
+                              description="Per task; 0: the partition's default")
+    chunk: IntProperty(name="Frames per task", default=1, min=1, soft_max=100)
+    max_parallel: IntProperty(name="Max parallel tasks", default=0, min=0, description="0: no limit")
+    device: EnumProperty(name="Device", items=[("CPU", "CPU", ""), ("GPU", "GPU", "")])
+    partition: StringProperty(name="Partition", description="Empty: the preset's default for the device")
+    account: StringProperty(name="Account", description="Empty: the preset's")
+    allow_scripts: BoolProperty(name="Run scripts in the .blend", default=False,
+                                description="Let drivers and scripts embedded in the file run on the cluster")
+
+
+class JobItem(bpy.types.PropertyGroup):
+    # `name` is the job's name.
+    preset: StringProperty()
+    state: StringProperty(default="UNKNOWN")
+    frames_done: IntProperty()
+    frames_total: IntProperty()
+    scheduler_ids: StringProperty()
+    missing: StringProperty()
+    created: StringProperty()
+    sort_key: StringProperty()  # the creation time, fixed width: a float property is single precision
+    local_dir: StringProperty(subtype="DIR_PATH")
+    thumbnail: StringProperty(subtype="FILE_PATH")
+
+
+class Runtime(bpy.types.PropertyGroup):
+    jobs: CollectionProperty(type=JobItem)
+    active_job: IntProperty(default=0)
+
+
+CLASSES = (JobSettings, JobItem, Runtime)
+
+
+def attach() -> None:
+    bpy.types.Scene.braas_hpc = PointerProperty(type=JobSettings)
+    bpy.types.WindowManager.braas_hpc = PointerProperty(type=Runtime)
+
+
+def detach() -> None:
+    del bpy.types.WindowManager.braas_hpc
+    del bpy.types.Scene.braas_hpc

@@ -1,0 +1,220 @@
+"""Panels: "BRaaS-HPC" in Render Properties, and the add-on's preferences. Drawing only reads state."""
+
+from __future__ import annotations
+
+import time
+
+import bpy
+
+from ..core.schedulers.base import TERMINAL
+from . import ops_jobs, runtime
+
+STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
+               "CANCELLED": "CANCEL", "TIMEOUT": "TIME", "UNKNOWN": "QUESTION"}
+_previews: dict[str, object] = {}
+
+
+def _thumbnails() -> object:
+    if "collection" not in _previews:
+        import bpy.utils.previews
+
+        _previews["collection"] = bpy.utils.previews.new()
+    return _previews["collection"]
+
+
+def release_thumbnails() -> None:
+    collection = _previews.pop("collection", None)
+    if collection is not None:
+        import bpy.utils.previews
+
+        bpy.utils.previews.remove(collection)
+
+
+def draw_status(layout: bpy.types.UILayout) -> None:
+    """The status line: what runs now with its progress bar and Abort, or the last message."""
+    active = runtime.state.bridge.active()
+    visible = [op for op in active if op.kind not in ("refresh", "registry")] or active
+    for operation in visible[:3]:
+        snap = operation.snapshot()
+        row = layout.row(align=True)
+        fraction = snap.fraction
+        text = f"{snap.label}: {snap.stage}"
+        if fraction is not None:
+            text += f" {snap.done / 1e6:.1f}/{snap.total / 1e6:.1f} MB" if snap.total > 10_000 else \
+                f" {snap.done}/{snap.total}"
+        else:
+            text += f" ({time.monotonic() - snap.started:.0f} s)"
+        row.progress(factor=fraction if fraction is not None else 0.0, type="BAR", text=text)
+    if active:
+        layout.operator("braas_hpc.abort", icon="CANCEL")
+    if runtime.state.question is not None:
+        layout.operator("braas_hpc.answer_prompt", text="Answer the cluster's question", icon="LOCKED")
+    message = runtime.state.message
+    if message.text and not visible:
+        icon = {"ERROR": "ERROR", "WARNING": "INFO"}.get(message.level, "CHECKMARK")
+        for index, line in enumerate(_wrap(message.text, 90)[:4]):
+            layout.label(text=line, icon=icon if index == 0 else "BLANK1")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        while len(paragraph) > width:
+            cut = paragraph.rfind(" ", 0, width)
+            cut = cut if cut > 0 else width
+            lines.append(paragraph[:cut])
+            paragraph = paragraph[cut:].lstrip()
+        lines.append(paragraph)
+    return lines
+
+
+class BRAAS_HPC_PT_main(bpy.types.Panel):
+    bl_label = "BRaaS-HPC"
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        draw_status(self.layout)
+
+
+class BRAAS_HPC_PT_new_job(bpy.types.Panel):
+    bl_label = "New Job"
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    bl_parent_id = "BRAAS_HPC_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.braas_hpc
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "preset")
+        layout.label(text=ops_jobs.preset_summary(settings.preset), icon="INFO")
+        layout.prop(settings, "project", placeholder=bpy.path.display_name_from_filepath(bpy.data.filepath))
+        layout.prop(settings, "email")
+        layout.prop(settings, "pack")
+        layout.separator()
+        layout.prop(settings, "frames_mode")
+        if settings.frames_mode == "CUSTOM":
+            layout.prop(settings, "custom_frames")
+        else:
+            layout.prop(settings, "animation")
+        layout.prop(settings, "chunk")
+        layout.prop(settings, "max_parallel")
+        layout.prop(settings, "walltime_min")
+        layout.separator()
+        layout.prop(settings, "device", expand=True)
+        layout.prop(settings, "partition")
+        layout.prop(settings, "account")
+        layout.prop(settings, "allow_scripts")
+        row = layout.row()
+        row.scale_y = 1.4
+        row.operator("braas_hpc.submit", icon="RENDER_ANIMATION")
+
+
+class BRAAS_HPC_UL_jobs(bpy.types.UIList):
+    def draw_item(self, context: bpy.types.Context, layout: bpy.types.UILayout, data: object, item: object,
+                  icon: int, active_data: object, active_property: str, index: int = 0, flt_flag: int = 0) -> None:
+        row = layout.row(align=True)
+        row.label(text=item.name, icon=STATE_ICONS.get(item.state, "QUESTION"))
+        row.label(text=item.preset)
+        row.label(text=f"{item.state.lower()} {item.frames_done}/{item.frames_total}")
+
+
+class BRAAS_HPC_PT_jobs(bpy.types.Panel):
+    bl_label = "Jobs"
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    bl_parent_id = "BRAAS_HPC_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        state = context.window_manager.braas_hpc
+        layout = self.layout
+        row = layout.row()
+        row.template_list("BRAAS_HPC_UL_jobs", "", state, "jobs", state, "active_job", rows=4)
+        row.operator("braas_hpc.refresh_jobs", text="", icon="FILE_REFRESH")
+        if not 0 <= state.active_job < len(state.jobs):
+            return
+        job = state.jobs[state.active_job]
+        box = layout.box()
+        box.label(text=f"{job.name} on {job.preset}: {job.state}")
+        if job.frames_total:
+            box.progress(factor=job.frames_done / job.frames_total, type="BAR",
+                         text=f"{job.frames_done} of {job.frames_total} frames")
+        box.label(text=f"Scheduler ids: {job.scheduler_ids or '-'}   submitted {job.created}")
+        if job.missing and job.state in TERMINAL:
+            box.label(text=f"Missing frames: {job.missing}")
+        grid = box.grid_flow(columns=3, align=True)
+        grid.operator("braas_hpc.download_job", icon="IMPORT")
+        grid.operator("braas_hpc.open_folder", icon="FILE_FOLDER")
+        grid.operator("braas_hpc.job_info", icon="TEXT")
+        grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
+        grid.operator("braas_hpc.cancel_job", icon="CANCEL")
+        if job.thumbnail:
+            thumbnails = _thumbnails()
+            if job.thumbnail not in thumbnails:
+                thumbnails.load(job.thumbnail, job.thumbnail, "IMAGE")
+            box.template_icon(icon_value=thumbnails[job.thumbnail].icon_id, scale=8.0)
+
+
+def draw_preferences(prefs: bpy.types.AddonPreferences, context: bpy.types.Context,
+                     layout: bpy.types.UILayout) -> None:
+    layout.label(text="Cluster presets")
+    row = layout.row()
+    row.template_list("BRAAS_HPC_UL_presets", "", prefs, "presets", prefs, "active_preset", rows=4)
+    column = row.column(align=True)
+    column.operator("braas_hpc.preset_add", text="", icon="ADD")
+    column.operator("braas_hpc.preset_add_custom", text="", icon="PLUS")
+    column.operator("braas_hpc.preset_remove", text="", icon="REMOVE")
+    column.operator("braas_hpc.presets_reload", text="", icon="FILE_REFRESH")
+    if 0 <= prefs.active_preset < len(prefs.presets):
+        _draw_preset(prefs.presets[prefs.active_preset], layout.box())
+    row = layout.row(align=True)
+    row.operator("braas_hpc.test_connections", icon="LINKED")
+    row.operator("braas_hpc.find_workdirs", icon="VIEWZOOM")
+    row.operator("braas_hpc.install", icon="IMPORT")
+    layout.label(text="Each runs on every enabled cluster at once; results show under each cluster.")
+    draw_status(layout)
+    layout.separator()
+    layout.prop(prefs, "storage_dir")
+    layout.label(text="Blender for clusters (Install): a download link and its SHA-256, or empty for scripts only")
+    layout.prop(prefs, "blender_version")
+    layout.prop(prefs, "blender_url")
+    layout.prop(prefs, "blender_sha256")
+
+
+def _draw_preset(item: object, box: bpy.types.UILayout) -> None:
+    box.use_property_split = True
+    box.label(text=f"{item.title or item.name}" + (f" (from {item.base})" if item.base else ""))
+    if item.error:
+        box.label(text=item.error, icon="ERROR")
+    if not item.base:
+        box.prop(item, "scheduler")
+    for key in ("host", "port", "user", "key_file", "ssh_backend", "proxy_jump", "known_hosts", "account",
+                "partition_cpu", "partition_gpu", "workdir", "blender"):
+        box.prop(item, key)
+    box.prop(item, "device", expand=True)
+    if item.report:
+        box.label(text=item.report, icon="INFO")
+    for candidate in item.candidates:
+        row = box.row()
+        state = "writable" if candidate.writable else ("not writable" if candidate.exists else "does not exist")
+        row.label(text=f"{candidate.name}  ({candidate.source}; {state})")
+        if candidate.writable:
+            use = row.operator("braas_hpc.use_workdir")
+            use.preset, use.path = item.name, candidate.name
+
+
+class BRAAS_HPC_UL_presets(bpy.types.UIList):
+    def draw_item(self, context: bpy.types.Context, layout: bpy.types.UILayout, data: object, item: object,
+                  icon: int, active_data: object, active_property: str, index: int = 0, flt_flag: int = 0) -> None:
+        row = layout.row(align=True)
+        row.prop(item, "enabled", text="")
+        row.label(text=item.name, icon="ERROR" if item.error else "NETWORK_DRIVE")
+        row.label(text=item.report[:60])
+
+
+CLASSES = (BRAAS_HPC_UL_jobs, BRAAS_HPC_UL_presets, BRAAS_HPC_PT_main, BRAAS_HPC_PT_new_job, BRAAS_HPC_PT_jobs)

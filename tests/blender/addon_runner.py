@@ -1,0 +1,65 @@
+"""Run a script against the add-on in real Blender (the bpy wheel) in a fresh process.
+
+Each call is a new Blender session with private user dirs (Blender's, braas-hpc's config and data, and
+HOME), so "a restart" is simply a second call with the same dirs. The script sets `result` (a dict),
+which comes back as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import REPO
+
+PREAMBLE = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import bpy, addon_utils
+bpy.ops.wm.read_userpref()  # the bpy module does not read the user's preferences by itself
+bpy.context.preferences.system.use_online_access = {online!r}
+# Listed as enabled by the saved preferences is not loaded yet in the bpy module: load it like startup does.
+addon_utils.enable("braas_hpc", default_set=True)
+assert "braas_hpc" in bpy.context.preferences.addons, "the add-on did not enable"
+prefs = bpy.context.preferences.addons["braas_hpc"].preferences
+result = {{}}
+"""
+POSTAMBLE = """
+with open({report!r}, "w") as stream:
+    json.dump(result, stream)
+"""
+
+
+@dataclass(frozen=True)
+class Session:
+    """The private dirs one simulated user keeps across Blender restarts."""
+
+    root: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = os.environ.copy()
+        env.update({"HOME": str(self.root / "home"), "BLENDER_USER_RESOURCES": str(self.root / "blender")})
+        env.setdefault("BRAAS_HPC_CONFIG_DIR", str(self.root / "config"))
+        env.setdefault("BRAAS_HPC_DATA_DIR", str(self.root / "data"))
+        return env
+
+    def run(self, script: str, *, online: bool = True, timeout: float = 600, prelude: str = "") -> dict:
+        """`script` (indented as in the test, dedented here) after `prelude` (unindented helpers)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        report = self.root / "report.json"
+        report.unlink(missing_ok=True)
+        code = (PREAMBLE.format(repo=str(REPO), online=online) + prelude + textwrap.dedent(script)
+                + POSTAMBLE.format(report=str(report)))
+        path = self.root / "script.py"
+        path.write_text(code)
+        done = subprocess.run([sys.executable, str(path)], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=self.root)
+        assert done.returncode == 0 and report.is_file(), f"Blender script failed:\n{done.stdout[-3000:]}\n" \
+                                                          f"{done.stderr[-3000:]}"
+        return json.loads(report.read_text())
