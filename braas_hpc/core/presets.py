@@ -179,7 +179,7 @@ def _check_values(p: Preset) -> None:
             raise PresetError(f"{where}: workdir {p.workdir!r} must be an absolute path on the cluster")
     if not 0 < p.port < 65536:
         raise PresetError(f"{where}: port {p.port} is not a TCP port")
-    if p.scripts_git.startswith("-") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", p.scripts_branch):
+    if p.scripts_git.startswith("-") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z", p.scripts_branch):
         raise PresetError(f"{where}: scripts_git must be a git URL and scripts_branch a branch name, got "
                           f"{p.scripts_git!r} and {p.scripts_branch!r}")
     for line in (*p.env, *p.extra_directives, p.blender):

@@ -32,11 +32,6 @@ from tests.testbed import testbed as tb
 FAKE_VERSION = "Blender 9.9.9"
 
 
-def preset_toml(preset) -> str:  # noqa: ANN001
-    """to_toml without an empty `base` key (a user preset names a built-in base or none)."""
-    return "\n".join(line for line in to_toml(preset).splitlines() if line != 'base = ""') + "\n"
-
-
 def fake_blender(directory: Path, name: str = "blender-9.9.9-linux-x64") -> Path:
     """A Blender-shaped archive: one top directory with an executable `blender` (and some bulk)."""
     archive = directory / f"{name}.tar.gz"
@@ -93,7 +88,7 @@ def fresh(testbed, remote) -> str:  # noqa: ANN001
     name = f"tbinst-{secrets.token_hex(3)}"
     workdir = f"{base.workdir}/{name}"
     assert remote(f"mkdir -p {workdir}").returncode == 0
-    (Path(base.source).parent / f"{name}.toml").write_text(preset_toml(dataclasses.replace(base, name=name,
+    (Path(base.source).parent / f"{name}.toml").write_text(to_toml(dataclasses.replace(base, name=name,
                                                                                       workdir=workdir)))
     return name
 
@@ -203,7 +198,7 @@ def test_workdir_is_found_shown_and_set_only_on_request(testbed, remote) -> None
     path = Path(base.source).parent / f"{name}.toml"
     preset = dataclasses.replace(base, name=name, workdir="", workdir_hint="$HOME/work, or /home/{user}/work",
                                  workdir_command=("printenv", "HOME"))
-    path.write_text(preset_toml(preset))
+    path.write_text(to_toml(preset))
     before = path.read_text()
     found = {c["path"]: c for c in _json("workdir", name)}
     assert found["/home/braastb"]["source"] == "printenv HOME" and found["/home/braastb"]["writable"] is True
@@ -232,7 +227,7 @@ def test_site_scripts_from_git(fresh: str, remote) -> None:  # noqa: ANN001
     commit = (f"cd {work} && git add -A && git -c user.name=site -c user.email=s@example.org commit -qm v1 && "
               f"git push -q {repo} main")
     assert remote(commit).returncode == 0, remote(commit).stderr
-    Path(preset.source).write_text(preset_toml(dataclasses.replace(preset, scripts_git=repo, scripts_branch="main")))
+    Path(preset.source).write_text(to_toml(dataclasses.replace(preset, scripts_git=repo, scripts_branch="main")))
 
     first = _json("install", fresh)
     assert first["scripts_source"] == repo and first["changed"] is True
