@@ -18,6 +18,7 @@ from ..core.errors import BraasError
 from ..core.frames import format_frames
 from ..core.install import InstallReport, install
 from ..core.jobs import FRAME_FILE, JobPaths
+from ..core.paths import data_dir
 from ..core.presets import load_preset
 from ..core.probe import ProbeReport, probe
 from ..core.schedulers.base import TERMINAL
@@ -39,6 +40,7 @@ class JobRow:
     scheduler_ids: tuple[str, ...] = ()
     missing: tuple[int, ...] = ()
     created: float = 0.0
+    thumbnail: str = ""  # the finish step's thumb.jpg, fetched once into the data dir
 
     @property
     def active(self) -> bool:
@@ -51,15 +53,40 @@ class Refresh:
     errors: dict[str, str] = field(default_factory=dict)  # preset -> why its jobs could not be asked
 
 
-def _row(status: monitor.JobStatus, created: float) -> JobRow:
+def _row(status: monitor.JobStatus, created: float, thumbnail: Path | None = None) -> JobRow:
     return JobRow(status.job, status.preset, status.state, status.frames_done, status.frames_total,
-                  status.scheduler_ids, status.missing, created)
+                  status.scheduler_ids, status.missing, created, str(thumbnail) if thumbnail else "")
+
+
+def thumbnail_path(name: str) -> Path:
+    return data_dir() / "thumbnails" / f"{name}.jpg"
+
+
+async def _thumbnail(record: registry.JobRecord, status: monitor.JobStatus) -> Path | None:
+    """The cluster's small JPEG of the job's last frame (made by the finish step), fetched once."""
+    local = thumbnail_path(record.name)
+    if local.is_file():
+        return local
+    if not status.summary or record.preset == "local":
+        return None
+    local.parent.mkdir(parents=True, exist_ok=True)
+    transport = transport_for(load_preset(record.preset))
+    try:
+        await transport.get(f"{JobPaths(record.remote_root, record.name).job_dir}/thumb.jpg", local)
+    except BraasError:
+        return None  # no thumbnail (the finish step could not make one) costs nothing else
+    return local
 
 
 def registry_rows() -> list[JobRow]:
     """The jobs as last recorded (no network): what the panel shows at once after a restart."""
-    return [JobRow(r.name, r.preset, r.state, 0 if r.state not in ("COMPLETED",) else len(r.spec.frames),
-                   len(r.spec.frames), r.scheduler_ids, (), r.created) for r in registry.list_jobs()]
+    rows = []
+    for r in registry.list_jobs():
+        thumbnail = thumbnail_path(r.name)
+        rows.append(JobRow(r.name, r.preset, r.state, len(r.spec.frames) if r.state == "COMPLETED" else 0,
+                           len(r.spec.frames), r.scheduler_ids, (), r.created,
+                           str(thumbnail) if thumbnail.is_file() else ""))
+    return rows
 
 
 async def load_rows() -> list[JobRow]:
@@ -82,8 +109,10 @@ async def refresh(names: Iterable[str] | None = None) -> Refresh:
         except BraasError as error:
             result.errors[preset] = str(error)
             continue
-        created = {r.name: r.created for r in group}
-        result.rows += [_row(s, created[s.job]) for s in statuses]
+        records = {r.name: r for r in group}
+        for status in statuses:
+            record = records[status.job]
+            result.rows.append(_row(status, record.created, await _thumbnail(record, status)))
     return result
 
 

@@ -42,9 +42,9 @@ def apply_rows(rows: Iterable[activity.JobRow]) -> None:
             item.sort_key = f"{row.created:020.6f}"
         folder = runtime.preferences().storage() / row.name
         item.local_dir = str(folder)
-        if not item.thumbnail:
+        if not item.thumbnail:  # a downloaded frame, else the cluster's thumbnail of the last frame
             newest = activity.last_frame(folder)
-            item.thumbnail = str(newest) if newest else ""
+            item.thumbnail = str(newest) if newest else row.thumbnail
     _newest_first(items)
 
 

@@ -37,6 +37,13 @@ def test_operators_submit_watch_download_resubmit_and_cancel(testbed, remote, tm
         name = jobs[0].name
         result["name"], result["ids"] = name, jobs[0].scheduler_ids
         result["ended"] = wait_until_ended(name)
+        # The finish step's thumbnail shows before any frame is downloaded.
+        deadline = time.time() + 90
+        while not jobs[name].thumbnail and time.time() < deadline:
+            time.sleep(1.5)
+            bpy.ops.braas_hpc.refresh_jobs()
+        result["cluster_thumbnail"] = jobs[name].thumbnail
+        jobs[name].thumbnail = ""
         result["download"] = sorted(bpy.ops.braas_hpc.download_job(job=name))
         result["thumbnail"] = jobs[name].thumbnail
     """)
@@ -47,6 +54,8 @@ def test_operators_submit_watch_download_resubmit_and_cancel(testbed, remote, tm
     for frame in (1, 2, 3):
         check_frame(folder / f"frame_{frame:06d}.png")
     assert first["thumbnail"] == str(folder / "frame_000003.png")
+    cluster_thumbnail = Path(first["cluster_thumbnail"])
+    assert cluster_thumbnail.name == f"{name}.jpg" and cluster_thumbnail.read_bytes()[:3] == b"\xff\xd8\xff"
 
     # A frame lost on the cluster after the job ended: the restarted add-on sees the job fail and
     # re-renders only that frame.
