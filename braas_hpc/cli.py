@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .core import VERSION, monitor, service, transfer
+from .core import VERSION, monitor, recovery, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.presets import SSH_BACKENDS, all_presets
 from .core.probe import probe
@@ -44,7 +44,8 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         ssh_backend=getattr(args, "ssh_backend", None), account=getattr(args, "account", None) or "",
         partition=getattr(args, "partition", None) or "", email=getattr(args, "email", None) or "",
         memory_gb=getattr(args, "memory", None) or 0, pack=getattr(args, "pack", None) or "packed",
-        allow_scripts=getattr(args, "allow_scripts", False),
+        allow_scripts=getattr(args, "allow_scripts", False), project=getattr(args, "name", None) or "",
+        retries=getattr(args, "retries", None) if getattr(args, "retries", None) is not None else 2,
     )
 
 
@@ -113,7 +114,12 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    statuses = await monitor.status(args.jobs or None)
+    recoveries: list[recovery.Recovery] = []
+    if args.no_recover:
+        statuses = await monitor.status(args.jobs or None)
+    else:
+        statuses, recoveries = await recovery.status_and_recover(args.jobs or None)
+    _tell_recoveries(recoveries)
     if args.json:
         _print_json([s.to_json() for s in statuses])
         return 0
@@ -124,8 +130,19 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
+    """On stderr, with --json too: stdout stays the document."""
+    for r in recoveries:
+        if r.error:
+            err.print(f"could not resubmit the lost frames of {r.job}: {r.error}", highlight=False)
+        elif r.plan is not None:
+            avoid = f", avoiding {', '.join(r.plan.exclude_nodes)}" if r.plan.exclude_nodes else ""
+            err.print(f"{r.job}: {len(r.plan.frames)} lost frame(s) resubmitted as round {r.round} "
+                      f"({r.plan.chunk} per task{avoid})", highlight=False)
+
+
 async def cmd_wait(args: argparse.Namespace) -> int:
-    final = await monitor.wait(args.job, timeout_s=args.timeout)
+    final = await monitor.wait(args.job, timeout_s=args.timeout, recover=not args.no_recover)
     if args.json:
         _print_json(final.to_json())
     else:
@@ -310,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the batch script and submit command; send nothing")
     p.add_argument("--allow-scripts", action="store_true",
                    help="let Python embedded in the .blend (drivers, scripts) run on the cluster for this job")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="rounds braas-hpc may resubmit by itself for frames lost to failures (default 2; 0: none)")
+    p.add_argument("--name", metavar="PROJECT", help="names the job (default: the scene's file name)")
     p.add_argument("--pack", choices=("packed", "dir"), default="packed",
                    help="packed: one .blend with its resources packed (default); dir: the .blend and its "
                         "dependency tree, traced with blender-asset-tracer")
@@ -333,12 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="PATH", help="write this directory into your preset (it must exist)")
     add_backend(p)
 
-    p = add("status", cmd_status, "state of jobs (all, or the ones named)")
+    no_recover = "report lost frames without resubmitting them (the job's retries are otherwise used)"
+    p = add("status", cmd_status, "state of jobs (all, or the ones named); lost frames are resubmitted")
     p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--no-recover", action="store_true", help=no_recover)
 
     p = add("wait", cmd_wait, "wait until a job ends; exit 0 only if every frame exists")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
+    p.add_argument("--no-recover", action="store_true", help=no_recover)
 
     p = add("download", cmd_download, "fetch the frames of a job that are not here yet")
     p.add_argument("job", metavar="JOB")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..core import monitor, progress, registry, service, transfer
+from ..core import monitor, progress, recovery, registry, service, transfer
 from ..core.cluster_blender import BlenderSource
 from ..core.errors import BraasError
 from ..core.frames import format_frames
@@ -51,6 +51,7 @@ class JobRow:
 class Refresh:
     rows: list[JobRow] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # preset -> why its jobs could not be asked
+    recoveries: list[recovery.Recovery] = field(default_factory=list)  # lost frames sent again just now
 
 
 def _row(status: monitor.JobStatus, created: float, thumbnail: Path | None = None) -> JobRow:
@@ -105,10 +106,11 @@ async def refresh(names: Iterable[str] | None = None) -> Refresh:
     for preset, group in by_preset.items():
         progress.report(f"asking {preset}")
         try:
-            statuses = await monitor.status([r.name for r in group])
+            statuses, recoveries = await recovery.status_and_recover([r.name for r in group])
         except BraasError as error:
             result.errors[preset] = str(error)
             continue
+        result.recoveries += recoveries
         records = {r.name: r for r in group}
         for status in statuses:
             record = records[status.job]

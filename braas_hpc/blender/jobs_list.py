@@ -102,8 +102,15 @@ def _refreshed(operation: Operation) -> None:
 
 def show_refresh(result: activity.Refresh) -> None:
     apply_rows(result.rows)
-    if result.errors:
-        runtime.tell("; ".join(f"{preset}: {why}" for preset, why in result.errors.items()), "WARNING")
+    notes = [f"{preset}: {why}" for preset, why in result.errors.items()]
+    notes += [f"{r.job}: {len(r.plan.frames)} lost frame(s) resubmitted (round {r.round})"
+              for r in result.recoveries if r.plan is not None and not r.error]
+    notes += [f"{r.job}: lost frames not resubmitted: {r.error}" for r in result.recoveries if r.error]
+    if notes:
+        runtime.tell("; ".join(notes), "WARNING" if result.errors or any(r.error for r in result.recoveries)
+                     else "INFO")
+    if any(not r.error for r in result.recoveries):
+        auto_refresh.soon()
 
 
 auto_refresh = AutoRefresh()

@@ -76,7 +76,8 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 chunk=settings.chunk, device=settings.device, walltime_min=settings.walltime_min or None,
                 max_parallel=settings.max_parallel, account=settings.account.strip(),
                 partition=settings.partition.strip(), email=settings.email.strip(),
-                allow_scripts=settings.allow_scripts, pack=settings.pack, project=settings.project.strip())
+                allow_scripts=settings.allow_scripts, pack=settings.pack, project=settings.project.strip(),
+                retries=settings.retries)
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
             if saved:

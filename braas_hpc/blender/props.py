@@ -50,6 +50,9 @@ class JobSettings(bpy.types.PropertyGroup):
                               description="Per task; 0: the partition's default")
     chunk: IntProperty(name="Frames per task", default=1, min=1, soft_max=100)
     max_parallel: IntProperty(name="Max parallel tasks", default=0, min=0, description="0: no limit")
+    retries: IntProperty(name="Automatic retries", default=2, min=0, max=10,
+                         description="Rounds of lost frames (failed, timed out, preempted tasks) resubmitted "
+                         "without asking")
     device: EnumProperty(name="Device", items=[("CPU", "CPU", ""), ("GPU", "GPU", "")])
     partition: StringProperty(name="Partition", description="Empty: the preset's default for the device")
     account: StringProperty(name="Account", description="Empty: the preset's")

@@ -104,6 +104,7 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout.prop(settings, "chunk")
         layout.prop(settings, "max_parallel")
         layout.prop(settings, "walltime_min")
+        layout.prop(settings, "retries")
         layout.separator()
         layout.prop(settings, "device", expand=True)
         layout.prop(settings, "partition")

@@ -50,9 +50,9 @@ def _parse_part(part: str, spec: str) -> range:
     end = int(numbers[1]) if len(numbers) > 1 else start
     step = int(numbers[2]) if len(numbers) > 2 else 1
     if end < start:
-        raise UsageError(f"invalid frame spec {_short(spec)!r}: range {part!r} ends before it starts")
+        raise UsageError(f"invalid frame spec {_short(spec)!r}: range {_short(part)!r} ends before it starts")
     if step < 1:
-        raise UsageError(f"invalid frame spec {_short(spec)!r}: step in {part!r} must be at least 1")
+        raise UsageError(f"invalid frame spec {_short(spec)!r}: step in {_short(part)!r} must be at least 1")
     if end > MAX_FRAME_NUMBER:
         raise UsageError(f"invalid frame spec {_short(spec)!r}: frame {end} is above Blender's limit "
                          f"{MAX_FRAME_NUMBER}")

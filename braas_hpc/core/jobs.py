@@ -59,6 +59,7 @@ class JobSpec:
     whole_node: bool = False
     allow_scripts: bool = False  # run Python embedded in the .blend (drivers, startup scripts) on the cluster
     pack: str = "packed"  # one of PACK_MODES
+    retries: int = 2  # rounds braas-hpc may add by itself for frames lost to failures (0: none)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -187,12 +187,21 @@ async def status(names: list[str] | None = None) -> list[JobStatus]:
     return sorted(results, key=lambda s: order[s.job])
 
 
-async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30.0) -> JobStatus:
-    """Poll with back-off (2, 4, 8 ... s) until the job ends; return its final status."""
+async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30.0, recover: bool = True
+               ) -> JobStatus:
+    """Poll with back-off (2, 4, 8 ... s) until the job ends; return its final status. With `recover`,
+    frames lost on the way are resubmitted (core.recovery) and the wait goes on for them."""
+    from .recovery import status_and_recover  # recovery builds on this module
+
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     interval = 2.0
     while True:
-        (current,) = await status([name])
+        if recover:
+            (current,), recoveries = await status_and_recover([name])
+            if any(not r.error for r in recoveries):
+                interval = 2.0
+        else:
+            (current,) = await status([name])
         if current.state in TERMINAL:
             return current
         if deadline is not None and time.monotonic() > deadline:

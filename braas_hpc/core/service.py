@@ -307,8 +307,10 @@ async def cancel(name: str) -> tuple[str, ...]:
     return record.scheduler_ids
 
 
-async def resubmit(name: str, missing: list[int]) -> SubmitResult:
-    """Submit the missing frames of an ended job again, as a new round with only those frames."""
+async def resubmit(name: str, missing: list[int], chunk: int | None = None,
+                   exclude_nodes: tuple[str, ...] = ()) -> SubmitResult:
+    """Submit the missing frames of an ended job again, as a new round with only those frames
+    (`chunk` frames per task, default the job's; Slurm avoids `exclude_nodes`)."""
     record = registry.get_job(name)
     preset = load_preset(record.preset)
     if preset.is_local:
@@ -316,8 +318,8 @@ async def resubmit(name: str, missing: list[int]) -> SubmitResult:
     if not missing:
         raise UsageError(f"job {name} has every frame; nothing to resubmit")
     spec = record.spec
-    tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), spec.chunk))
-    round_ = Round(record.rounds + 1, len(tasks))
+    tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or spec.chunk))
+    round_ = Round(record.rounds + 1, len(tasks), exclude_nodes)
     paths = JobPaths(record.remote_root, name)
     transport = transport_for(preset)
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:

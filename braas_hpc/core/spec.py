@@ -35,6 +35,7 @@ class SubmitRequest:
     allow_scripts: bool = False  # the user's explicit opt-in, for this job only
     pack: str = "packed"  # "packed" (one .blend) or "dir" (the .blend and its dependency tree)
     project: str = ""  # names the job; "": the scene's file name
+    retries: int = 2  # automatic resubmissions of lost frames (core.recovery)
 
 
 def _scene(path: Path) -> Path:
@@ -97,6 +98,8 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
     frames = parse_frames(request.frames)
     if request.chunk < 1:
         raise UsageError(f"chunk size must be at least 1, got {request.chunk}")
+    if not 0 <= request.retries <= 10:
+        raise UsageError(f"retries must be between 0 and 10, got {request.retries}")
     partition, part = _partition(request, preset)
     walltime = request.walltime_min or part.default_walltime_min or preset.default_walltime_min
     limit = part.max_walltime_min if preset.partitions else preset.max_walltime_min
@@ -113,7 +116,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
         tasks=tasks, account=account, partition=partition, qos=part.qos, email=request.email,
         memory_gb=request.memory_gb, cycles_device=part.cycles_device if gpu else "CPU",
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
-        pack=request.pack, allow_scripts=request.allow_scripts,
+        pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
     )
     spec.validate()
     return spec, preset

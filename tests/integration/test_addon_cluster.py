@@ -32,6 +32,7 @@ def test_operators_submit_watch_download_resubmit_and_cancel(testbed, remote, tm
         settings = bpy.context.scene.braas_hpc
         settings.preset, settings.frames_mode, settings.custom_frames = "testbed", "CUSTOM", "1-3"
         settings.chunk, settings.project = 2, "addon test"
+        settings.retries = 0  # the lost frame below is for Resubmit Missing Frames, not automatic recovery
         result["submit"] = sorted(bpy.ops.braas_hpc.submit())
         jobs = bpy.context.window_manager.braas_hpc.jobs
         name = jobs[0].name
@@ -93,7 +94,21 @@ def test_operators_submit_watch_download_resubmit_and_cancel(testbed, remote, tm
 
 
 def test_test_connections_reports_per_cluster(testbed, tmp_path: Path) -> None:  # noqa: ANN001
-    got = Session(tmp_path / "user").run("""
+    import os
+
+    closed = Path(os.environ["BRAAS_HPC_CONFIG_DIR"]) / "presets" / "closed.toml"  # the session's presets
+    try:
+        got = _test_connections(tmp_path)
+    finally:
+        closed.unlink(missing_ok=True)
+    assert got["reports"]["testbed"].startswith("ok: ") and "sbatch" in got["reports"]["testbed"]
+    assert "writable" in got["reports"]["testbed"]
+    assert got["reports"]["closed"] and not got["reports"]["closed"].startswith("ok")
+    assert "closed:" in got["outcome"] and "testbed:" not in got["outcome"]
+
+
+def _test_connections(tmp_path: Path) -> dict:
+    return Session(tmp_path / "user").run("""
         from braas_hpc.core.user_presets import save_user_preset
         # A second cluster that refuses connections (nothing listens on port 1 of loopback).
         save_user_preset("closed", {"scheduler": "slurm", "host": "127.0.0.1", "port": 1, "workdir": "/w",
@@ -106,10 +121,6 @@ def test_test_connections_reports_per_cluster(testbed, tmp_path: Path) -> None: 
             result["outcome"] = str(error)
         result["reports"] = {item.name: item.report for item in prefs.presets}
     """)
-    assert got["reports"]["testbed"].startswith("ok: ") and "sbatch" in got["reports"]["testbed"]
-    assert "writable" in got["reports"]["testbed"]
-    assert got["reports"]["closed"] and not got["reports"]["closed"].startswith("ok")
-    assert "closed:" in got["outcome"] and "testbed:" not in got["outcome"]
 
 
 def test_find_workdirs_then_choose_then_install(testbed, tmp_path: Path) -> None:  # noqa: ANN001
@@ -128,7 +139,8 @@ def test_find_workdirs_then_choose_then_install(testbed, tmp_path: Path) -> None
         got = Session(tmp_path / "user").run("""
             from braas_hpc.core.presets import load_preset
             bpy.ops.braas_hpc.presets_reload()
-            prefs.presets["testbed"].enabled = False
+            for other in prefs.presets:
+                other.enabled = other.name == "tbfind"
             bpy.ops.braas_hpc.find_workdirs()
             item = prefs.presets["tbfind"]
             result["found"] = [(c.name, c.source, c.exists, c.writable) for c in item.candidates]

@@ -93,7 +93,7 @@ def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_pa
     job_dir = shlex.quote(job["job_dir"])
     # Lose two frames (a purge, a full disk): the job is no longer complete.
     assert remote(f"rm {job_dir}/out/frame_000002.png {job_dir}/out/frame_000003.png").returncode == 0
-    status = json.loads(run_cli("status", job["job"], "--json").stdout)[0]
+    status = json.loads(run_cli("status", job["job"], "--json", "--no-recover").stdout)[0]
     assert status["missing"] == [2, 3] and status["state"] == "FAILED"  # the frames decide, not the queue
 
     early = run_cli("resubmit", job["job"], "--json")

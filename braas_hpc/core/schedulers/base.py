@@ -37,6 +37,7 @@ class Round:
 
     number: int
     tasks: int  # array size
+    exclude_nodes: tuple[str, ...] = ()  # nodes where tasks of this job died twice (where the site allows)
 
     @property
     def marker_prefix(self) -> str:

@@ -81,6 +81,8 @@ class SlurmScheduler(Scheduler):
             pairs.append(("--mem", f"{spec.memory_gb}G"))
         if spec.email:
             pairs += [("--mail-user", spec.email), ("--mail-type", "END,FAIL")]
+        if round_.exclude_nodes:
+            pairs.append(("--exclude", ",".join(round_.exclude_nodes)))
         return pairs
 
     def format_directive(self, name: str, value: str) -> str:

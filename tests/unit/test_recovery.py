@@ -1,0 +1,68 @@
+"""Recovery planning from a job's task markers: chunks sized to the walltime, failing nodes avoided."""
+
+from __future__ import annotations
+
+from braas_hpc.core.jobs import JobPaths, JobSpec
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.recovery import failing_nodes, fitting_chunk, plan, seconds_per_frame
+from braas_hpc.core.schedulers import scheduler_for
+from braas_hpc.core.schedulers.base import Round
+
+NOW = 1_800_000_000.0
+
+
+def spec(chunk: int = 10, walltime_min: int = 60) -> JobSpec:
+    return JobSpec(name="j", preset="karolina", scene="/s.blend", frames=tuple(range(1, 101)), chunk=chunk,
+                   walltime_min=walltime_min, tasks=())
+
+
+def marker(node: str, state: str, started: float = NOW - 60, exit_code: int | None = None,
+           timings: dict[str, float] | None = None) -> dict[str, object]:
+    return {"node": node, "state": state, "started": started, "exit_code": exit_code, "timings": timings or {}}
+
+
+def test_chunks_fit_the_walltime_with_a_margin() -> None:
+    # 10 frames per task at 600 s each cannot fit one hour: 45 min of 60 fits 4 such frames.
+    markers = [marker("n1", "done", timings={str(f): 600.0 for f in range(1, 5)})]
+    assert seconds_per_frame(markers) == 600.0
+    assert fitting_chunk(spec(), 600.0, timed_out=True) == 4
+    assert fitting_chunk(spec(chunk=2), 60.0, timed_out=True) == 2  # never more than the user asked
+    assert fitting_chunk(spec(), 7200.0, timed_out=True) == 1  # one frame per task at least
+    assert fitting_chunk(spec(chunk=8), None, timed_out=True) == 4  # nothing measured: halve on a timeout
+    assert fitting_chunk(spec(chunk=8), None, timed_out=False) == 8
+
+
+def test_the_slow_frames_size_the_chunk_not_the_average() -> None:
+    timings = {str(f): 10.0 for f in range(1, 91)} | {str(f): 300.0 for f in range(91, 101)}
+    assert seconds_per_frame([marker("n1", "done", timings=timings)]) == 300.0
+
+
+def test_nodes_where_tasks_died_twice_are_avoided() -> None:
+    markers = [
+        marker("bad1", "running", started=NOW - 120), marker("bad1", "running", started=NOW - 300),  # killed early
+        marker("gpu0", "failed", exit_code=4), marker("gpu0", "failed", exit_code=4),  # no GPU there
+        marker("slow", "running", started=NOW - 3500), marker("slow", "running", started=NOW - 3590),  # walltime
+        marker("once", "running", started=NOW - 100),
+        marker("ok", "done"),
+    ]
+    assert failing_nodes(markers, walltime_min=60, now=NOW) == ("bad1", "gpu0")
+
+
+def test_no_node_is_avoided_when_none_is_known_to_work() -> None:
+    markers = [marker("only", "running", started=NOW - 10), marker("only", "running", started=NOW - 20)]
+    assert failing_nodes(markers, walltime_min=60, now=NOW) == ()
+
+
+def test_node_names_from_the_cluster_are_checked() -> None:
+    markers = [marker("n1;rm -rf /", "failed", exit_code=4)] * 2 + [marker("ok", "done")]
+    assert failing_nodes(markers, walltime_min=60, now=NOW) == ()
+
+
+def test_the_plan_and_the_slurm_exclude_directive() -> None:
+    markers = [marker("bad", "failed", exit_code=4)] * 2 + [marker("ok", "done", timings={"1": 900.0})]
+    chosen = plan(spec(), markers, (5, 6, 7), timed_out=False, now=NOW)
+    assert chosen.frames == (5, 6, 7) and chosen.chunk == 3 and chosen.exclude_nodes == ("bad",)
+    slurm = scheduler_for("slurm")
+    pairs = slurm.directive_pairs(spec(), load_preset("karolina"), JobPaths("/w/braas-hpc", "j"),
+                                  Round(1, 1, chosen.exclude_nodes))
+    assert ("--exclude", "bad") in pairs
