@@ -43,20 +43,33 @@ class TerminalPrompts:
     def interactive(self) -> bool:
         return sys.stdin.isatty() if self._interactive is None else self._interactive
 
+    def _stored(self, method: str, *args: str) -> str | None:
+        """A keyring call; a keyring that cannot be used (no backend, a locked store) is dropped for
+        this process with a notice, and the passphrase is asked as without one."""
+        if self._keyring is None:
+            return None
+        try:
+            return getattr(self._keyring, method)(KEYRING_SERVICE, *args)  # type: ignore[no-any-return]
+        except Exception as error:  # noqa: BLE001 - keyring.errors.* and back-end errors alike
+            print(f"braas-hpc: the OS keyring cannot be used ({error}); the passphrase is not kept",
+                  file=sys.stderr)
+            self._keyring = None
+            return None
+
     def passphrase(self, key_file: str) -> str | None:
         with self._lock:
-            if self._keyring is not None:
-                stored = self._keyring.get_password(KEYRING_SERVICE, f"passphrase:{key_file}")
-                if stored is not None and key_file not in self._from_keyring:
-                    self._from_keyring.add(key_file)
-                    return stored
-                if stored is not None:  # asked again: the stored passphrase was wrong
-                    self._keyring.delete_password(KEYRING_SERVICE, f"passphrase:{key_file}")
+            account = f"passphrase:{key_file}"
+            stored = self._stored("get_password", account)
+            if stored is not None and key_file not in self._from_keyring:
+                self._from_keyring.add(key_file)
+                return stored
+            if stored is not None:  # asked again: the stored passphrase was wrong
+                self._stored("delete_password", account)
             if not self.interactive():
                 return None
             answer = self._ask_secret(f"Passphrase for {key_file}: ")
-            if self._keyring is not None and answer:
-                self._keyring.set_password(KEYRING_SERVICE, f"passphrase:{key_file}", answer)
+            if answer:
+                self._stored("set_password", account, answer)
                 self._from_keyring.add(key_file)
             return answer
 

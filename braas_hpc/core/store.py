@@ -165,7 +165,6 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
     temps = {digest: f"{target}.{secrets.token_hex(4)}.part" for digest, target in targets.items()}
     await transport.run(["mkdir", "-p", "--", *sorted({posixpath.dirname(t) for t in targets.values()})])
     gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
-    failed: set[str] = set()
     counter = progress.ByteCounter("uploading", sum(path.stat().st_size for path in files.values()))
 
     async def one(digest: str) -> None:
@@ -173,13 +172,14 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
             try:
                 await transport.send_exact(files[digest], temps[digest], counter.for_item(digest))
             except (ConnectionLost, TransferError):
-                failed.add(digest)
+                pass  # its temp file will not check out below: sent again then
 
     await asyncio.gather(*(one(d) for d in files))
-    lines = "".join(f"{d}\t{temps[d]}\t{targets[d]}\n" for d in files if d not in failed)
+    # Every file, the failed ones too: their partial temp files do not check out and are removed.
+    lines = "".join(f"{d}\t{temps[d]}\t{targets[d]}\n" for d in files)
     done = await transport.run(["sh", "-c", _SETTLE_SCRIPT, "sh"], stdin=lines, timeout=1800)
     bad = set(done.stdout.split())
-    failed |= {d for d, target in targets.items() if target in bad}
+    failed = {d for d, target in targets.items() if target in bad}
     for digest in sorted(failed):
         await transport.put(files[digest], targets[digest], verify=True)
         await transport.run(["chmod", "0444", "--", targets[digest]])

@@ -209,15 +209,25 @@ class AsyncsshTransport(Transport):
         self._sftp = None
         return ConnectionLost(f"the connection to {self.target.host} dropped: {exc or type(exc).__name__}")
 
+    def _check_cut(self, exit_status: int | None) -> None:
+        """asyncssh ends a command whose connection dropped without an error, and without an exit status:
+        that is a lost connection (which transfers resume from), not a failed command."""
+        if exit_status is None and not self._alive():
+            raise self._lost(ConnectionResetError("the connection closed before the command ended"))
+
     # ---- primitives ---------------------------------------------------------------------------
 
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
         conn = await self._connection()
         try:
-            done = await conn.run(command, input=stdin, timeout=timeout, check=False, encoding=None)
+            # asyncssh sends end-of-file only after non-empty input: no input is /dev/null, or a command
+            # reading its stdin (given b"") would wait for ever.
+            done = await conn.run(command, input=stdin or None, stdin=asyncssh.PIPE if stdin else asyncssh.DEVNULL,
+                                  timeout=timeout, check=False, encoding=None)
         except _LOST as exc:
             raise self._lost(exc) from exc
+        self._check_cut(done.exit_status)
         return done.exit_status, bytes(done.stdout or b""), bytes(done.stderr or b"")
 
     async def _open_stream(self, command: str) -> StreamHandle:
@@ -265,6 +275,7 @@ class AsyncsshTransport(Transport):
             done = await process.wait(check=False)
         except _LOST as exc:
             raise self._lost(exc) from exc
+        self._check_cut(done.exit_status)
         if done.exit_status != 0:
             stderr = bytes(done.stderr or b"").decode(errors="replace").strip()
             raise TransferError(f"writing {remote} on {self.target.host} failed: {stderr[-500:]}")

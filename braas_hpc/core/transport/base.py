@@ -9,6 +9,7 @@ list and `quote_command` is the one place it becomes a shell string.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import posixpath
 import shlex
@@ -156,6 +157,11 @@ class Forward(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def alive(self) -> bool:
+        """False once the forward can carry no new connection (closed, or its SSH connection dropped and
+        the back end does not reconnect by itself), so a watchdog knows to open it again."""
+        return True
 
 
 # GNU dd truncates the whole file when seek rounds down to block 0, so truncate explicitly, then notrunc.
@@ -315,6 +321,12 @@ class Transport(ABC):
                     raise
                 resumed = True
                 offset = min(temp.stat().st_size if temp.exists() else 0, total)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                temp.unlink(missing_ok=True)  # gives the space back; nothing half-written stays
+                raise TransferError(f"no space left on the local disk for {local.name} in {local.parent} "
+                                    f"({exc.strerror}); free some space and run again") from exc
         if resumed or verify:
             if await asyncio.to_thread(_sha256_file, temp) != await self.sha256(remote):
                 temp.unlink(missing_ok=True)

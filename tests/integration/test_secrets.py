@@ -1,0 +1,285 @@
+"""No secret is ever written: the real CLI and the real add-on log in with an encrypted key (passphrase)
+to the TOTP sshd (one-time code), submit, follow and download a job, and then every file they wrote
+here and on the cluster is searched for the passphrase and the codes: as typed, as UTF-16, as hex and
+as base64 (at each alignment). With BRAAS_HPC_KEYRING=1 the passphrase may go to the OS keyring (here
+an in-memory one, as no OS keyring runs on the test machine), never to a file of ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import pytest
+from keyring.backend import KeyringBackend
+from keyring.backends import fail
+
+from braas_hpc import cli
+from braas_hpc.core.jobs import FRAME_FILE
+from braas_hpc.prompts import KEYRING_SERVICE, TerminalPrompts
+from tests.blender.addon_runner import Session
+from tests.helpers import check_frame, make_sample
+from tests.testbed import testbed as tb
+from tests.testbed.sshlab import SSHLab
+
+pytestmark = pytest.mark.testbed
+
+OPENSSH_DIR = Path(f"/tmp/braas-ssh-{os.getuid()}")  # the OpenSSH back end's control sockets and askpass
+
+ADDON_SCRIPT = """
+import asyncio, time
+from braas_hpc.blender import runtime
+from braas_hpc.blender.prompting import PromptBroker
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.transport import pool, transport_for
+answers = {"passphrase": os.environ.pop("BRAAS_TEST_PASSPHRASE"), "kbdint": os.environ.pop("BRAAS_TEST_CODE")}
+# Someone at the keyboard: this broker asks (in background mode the add-on's never does); the pump takes
+# each question on the main thread and the answer goes through the popup's operator.
+runtime.state.broker = pool.prompts = PromptBroker(lambda: True)
+bpy.ops.braas_hpc.preset_add_custom(name=NAME, scheduler="slurm", host="127.0.0.1", user=USER, workdir=WORKDIR)
+item = prefs.presets[NAME]
+item.port, item.key_file, item.known_hosts = PORT, KEY, KNOWN
+item.account, item.partition_cpu, item.partition_gpu, item.blender = "braas", "qcpu", "qgpu", "blender"
+result["preset_error"] = item.error
+
+async def connect():
+    await transport_for(load_preset(NAME)).connect()
+
+asked = []
+operation = runtime.state.bridge.run("Connecting", connect)
+deadline = time.time() + 60
+while not operation.finished and time.time() < deadline:
+    runtime.pump()
+    question = runtime.state.question
+    if question is not None:
+        asked.append(question.kind)
+        bpy.ops.braas_hpc.answer_prompt(answer_1=answers.pop(question.kind, ""))
+    time.sleep(0.02)
+operation.result(1)
+result["asked"] = asked
+# The connection lives on the add-on's loop for the session: the operators need no answer now.
+bpy.ops.wm.open_mainfile(filepath=SCENE)
+settings = bpy.context.scene.braas_hpc
+settings.preset, settings.frames_mode, settings.custom_frames = NAME, "CUSTOM", "1"
+result["submit"] = sorted(bpy.ops.braas_hpc.submit())
+jobs = bpy.context.window_manager.braas_hpc.jobs
+name = result["job"] = jobs[0].name
+deadline = time.time() + 300
+while jobs[name].state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") and time.time() < deadline:
+    time.sleep(1)
+    bpy.ops.braas_hpc.refresh_jobs()
+result["state"] = jobs[name].state
+result["download"] = sorted(bpy.ops.braas_hpc.download_job(job=name))
+bpy.ops.wm.save_userpref()
+"""
+
+
+class MemoryKeyring(KeyringBackend):
+    """The OS keyring for this test: the real keyring API, kept in memory."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.items.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.items[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        del self.items[(service, username)]
+
+
+def variants(secret: str) -> dict[str, bytes]:
+    """The forms a secret could take in a file."""
+    raw = secret.encode()
+    found = {"utf-8": raw, "utf-16-le": secret.encode("utf-16-le"), "utf-16-be": secret.encode("utf-16-be"),
+             "hex": raw.hex().encode()}
+    for shift in range(3):  # base64 of the secret inside longer data: only the characters it alone decides
+        start, end = (shift * 8 + 5) // 6, (shift + len(raw)) * 8 // 6
+        for kind, encode in (("base64", base64.b64encode), ("base64url", base64.urlsafe_b64encode)):
+            found[f"{kind}+{shift}"] = encode(b"\0" * shift + raw)[start:end]
+    return found
+
+
+def scan(roots: list[Path], needles: dict[str, str], since: float = 0.0) -> tuple[list[str], list[Path]]:
+    """Every regular file under the roots (changed after `since`), searched for every variant of every
+    needle. A one-time code is 6 digits: as typed it counts only where no digit touches it."""
+    patterns = []
+    for label, secret in needles.items():
+        for form, data in variants(secret).items():
+            digits = form == "utf-8" and secret.isdigit()
+            patterns.append((f"{label} ({form})", re.compile(rb"(?<![0-9])" + re.escape(data) + rb"(?![0-9])"
+                                                              if digits else re.escape(data))))
+    leaks, files = [], []
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if path.is_symlink() or not path.is_file() or path.stat().st_mtime < since:
+                continue
+            files.append(path)
+            data = path.read_bytes()
+            leaks += [f"{path}: {what}" for what, pattern in patterns if pattern.search(data)]
+    return leaks, files
+
+
+@pytest.fixture
+def lab(testbed: tb.Testbed) -> SSHLab:
+    return testbed.ssh_lab
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private HOME, config, data and temp directory: everything written here is scanned."""
+    for name in ("home", "config", "data", "tmp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BRAAS_HPC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("BRAAS_HPC_KEYRING", "1")  # with no OS keyring running (the test machine's case)
+    return tmp_path
+
+
+@pytest.fixture
+def memory_keyring() -> Iterator[MemoryKeyring]:
+    before = keyring.get_keyring()
+    store = MemoryKeyring()
+    keyring.set_keyring(store)
+    try:
+        yield store
+    finally:
+        keyring.set_keyring(before)
+
+
+class User:
+    """Answers the CLI's questions as a person would, and remembers what was typed."""
+
+    def __init__(self, lab: SSHLab) -> None:
+        self.lab = lab
+        self.codes: list[str] = []
+        self.asked: list[str] = []
+
+    def secret(self, prompt: str) -> str:
+        self.asked.append(prompt)
+        if "passphrase" in prompt.lower():
+            return self.lab.key_passphrase
+        self.codes.append(self.lab.fresh_totp())
+        return self.codes[-1]
+
+    def yes(self, prompt: str) -> str:
+        self.asked.append(prompt)
+        return "yes"
+
+    def prompts(self) -> TerminalPrompts:
+        return TerminalPrompts(ask_secret=self.secret, ask=self.yes, interactive=True)
+
+
+def _preset(testbed: tb.Testbed, name: str, port: int, key: Path, known: Path) -> None:
+    text = testbed.preset_file.read_text()
+    for old, new in ((f'name = "{testbed.preset_file.stem}"', f'name = "{name}"'),
+                     (f"port = {testbed.ssh_port}", f"port = {port}"),
+                     (f'key_file = "{testbed.key_file}"', f'key_file = "{key}"'),
+                     (f'known_hosts = "{testbed.known_hosts}"', f'known_hosts = "{known}"')):
+        assert old in text, old
+        text = text.replace(old, new)
+    (Path(os.environ["BRAAS_HPC_CONFIG_DIR"]) / "presets").mkdir(exist_ok=True)
+    (Path(os.environ["BRAAS_HPC_CONFIG_DIR"]) / "presets" / f"{name}.toml").write_text(text)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], user: User, console: list[str], *argv: str) -> str:
+    capsys.readouterr()
+    code = cli.main(list(argv), user.prompts())
+    out, err = capsys.readouterr()
+    console.append(out + err)
+    assert code == 0, out + err
+    return out
+
+
+def _job_dir(testbed: tb.Testbed, job: str) -> Path:
+    return Path(testbed.workdir) / "braas-hpc" / "jobs" / job
+
+
+def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, home: Path,
+                                           memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.time() - 1
+    known = home / "home" / ".ssh" / "known_hosts"  # starts empty: the CLI records the host on "yes"
+    known.parent.mkdir()
+    _preset(testbed, "tb-secrets", lab.totp_port, lab.key_ed25519_enc, known)
+    _preset(testbed, "tb-secrets-plain", testbed.ssh_port, lab.key_ed25519_enc, testbed.known_hosts)
+    scene = make_sample(home / "project")
+    user, console = User(lab), []
+
+    # The CLI with no usable OS keyring: asked on the terminal, kept in memory only.
+    keyring.set_keyring(fail.Keyring())
+    submitted = json.loads(_cli(capsys, user, console, "submit", str(scene), "--preset", "tb-secrets",
+                                "--frames", "1-2", "--json"))
+    job = submitted["job"]
+    frames = home / "frames"
+    _cli(capsys, user, console, "download", job, "--dest", str(frames), "--follow")
+    assert sorted(p.name for p in frames.iterdir()) == ["frame_000001.png", "frame_000002.png"]
+    for frame in frames.iterdir():
+        check_frame(frame)
+    _cli(capsys, user, console, "test", "tb-secrets", "--ssh-backend", "openssh")
+    assert "[127.0.0.1]:2223 ssh-ed25519 " in known.read_text()
+    assert any("Trust" in q for q in user.asked) and len(user.codes) == 3
+    assert sum("passphrase" in q.lower() for q in user.asked) >= 3
+
+    # With the OS keyring (in memory here): the passphrase goes there, asked once; a code never does.
+    keyring.set_keyring(memory_keyring)
+    asked = len(user.asked)
+    _cli(capsys, user, console, "test", "tb-secrets-plain", "--ssh-backend", "paramiko")
+    _cli(capsys, user, console, "test", "tb-secrets-plain", "--ssh-backend", "paramiko")
+    assert len(user.asked) == asked + 1
+    assert memory_keyring.items == {(KEYRING_SERVICE, f"passphrase:{lab.key_ed25519_enc}"): lab.key_passphrase}
+
+    # The add-on, in real Blender, answering through its popup operator.
+    blender = Session(home / "blender")
+    addon_scene = home / "addon-project" / "sample.blend"
+    shutil.copytree(scene.parent, addon_scene.parent)
+    for key, value in (("BRAAS_HPC_CONFIG_DIR", blender.root / "config"), ("BRAAS_HPC_DATA_DIR", blender.root / "data"),
+                       ("TMPDIR", blender.root / "tmp")):
+        Path(value).mkdir(parents=True)
+        monkeypatch.setenv(key, str(value))
+    addon_code = lab.fresh_totp()
+    monkeypatch.setenv("BRAAS_TEST_PASSPHRASE", lab.key_passphrase)
+    monkeypatch.setenv("BRAAS_TEST_CODE", addon_code)
+    names = {"NAME": "tb-addon", "USER": testbed.user, "WORKDIR": testbed.workdir, "PORT": lab.totp_port,
+             "KEY": str(lab.key_ed25519_enc), "KNOWN": str(known), "SCENE": str(addon_scene)}
+    got = blender.run(prelude="".join(f"{k} = {v!r}\n" for k, v in names.items()), script=ADDON_SCRIPT)
+    monkeypatch.delenv("BRAAS_TEST_PASSPHRASE")
+    monkeypatch.delenv("BRAAS_TEST_CODE")
+    assert got["preset_error"] == "" and got["asked"] == ["passphrase", "kbdint"], got
+    assert got["submit"] == ["FINISHED"] and got["state"] == "COMPLETED" and got["download"] == ["FINISHED"], got
+    addon_frame = blender.root / "home" / "braas-hpc" / got["job"] / "frame_000001.png"
+    check_frame(addon_frame)
+
+    # Everything written, here and on the cluster; and what the CLI printed, as if kept in a log.
+    (home / "console.txt").write_text("\n".join(console))
+    roots = [home, _job_dir(testbed, job), _job_dir(testbed, got["job"]), OPENSSH_DIR]
+    needles = {"passphrase": lab.key_passphrase, **{f"code {i}": c for i, c in enumerate([*user.codes, addon_code])}}
+    leaks, files = scan(roots[:3], needles)
+    more_leaks, more_files = scan(roots[3:], needles, since=started)  # shared by every test: only this run's
+    assert leaks + more_leaks == [], "secrets were written:\n" + "\n".join(leaks + more_leaks)
+
+    # What was scanned includes every kind of file the brief names (so a moved file cannot pass unseen).
+    names_seen = {p.name for p in files + more_files}
+    for expected in ("jobs.sqlite", "hash-cache.sqlite", "userpref.blend", "tb-secrets.toml", "tb-addon.toml",
+                     "known_hosts", "job.json", "job.sh", "frames.txt", "task-1.log"):
+        assert expected in names_seen, f"{expected} was not among the scanned files"
+    assert any(p.parent.name == "downloads" for p in files), "no download ledger was scanned"
+    assert sum(1 for p in files if FRAME_FILE.match(p.name)) >= 5
+    print(f"\nFIGURES secrets: files_scanned={len(files) + len(more_files)} secrets={len(needles)} "
+          f"variants_each={len(variants(lab.key_passphrase))} leaks=0 codes_typed={len(needles) - 1}")
