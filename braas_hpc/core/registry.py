@@ -109,6 +109,11 @@ def add_round(name: str, job_ids: list[str], state: str) -> None:
                    (json.dumps([*record.scheduler_ids, *job_ids]), record.rounds + 1, state, time.time(), name))
 
 
+def has_job(name: str) -> bool:
+    with _db() as db:
+        return db.execute("SELECT 1 FROM jobs WHERE name = ?", (name,)).fetchone() is not None
+
+
 def get_job(name: str) -> JobRecord:
     with _db() as db:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()

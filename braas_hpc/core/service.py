@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
 import signal
 import tempfile
 import time
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import VERSION, progress, registry, store
+from . import VERSION, intents, progress, registry, store
 from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
 from .install import RENDER_TASK, ScriptsReport, git_scripts_dir, installed_blender, scripts_for, scripts_version
@@ -248,16 +249,26 @@ def dry_run(request: SubmitRequest) -> DryRun:
 
 
 async def submit(request: SubmitRequest) -> SubmitResult:
+    """Submit a job. Safe to run again after the client was killed half-way (core.intents): the same
+    request resumes the same job and no scheduler submission is made twice."""
     spec, preset = build_spec(request)
     if preset.is_local:
         raise UsageError("the local preset renders at once: use `braas-hpc render` instead of submit")
     remote_root(preset)  # refuse a missing workdir before packing anything
+    print_ = intents.fingerprint(request)
+    resumed = intents.unfinished(print_)
+    if resumed:
+        spec = dataclasses.replace(spec, name=resumed)
+        log.info("resuming the unfinished submission of %s", resumed)
+    intents.remember(print_, spec.name)
     transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
     progress.report("submitting")
     ids = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
-    registry.add_job(spec, paths.root, ids, PENDING)
+    if not registry.has_job(spec.name):
+        registry.add_job(spec, paths.root, ids, PENDING)
     finish_id = await _submit_finish(transport, preset, paths, 0, ids)
+    intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
                         paths.job_dir, paths.upload, finish_id, updated)
@@ -274,7 +285,8 @@ async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, 
     the summary, not the render."""
     scheduler = scheduler_for(preset.scheduler)
     try:
-        done = await transport.run(_after(scheduler.submit_argv(finish_file(paths, round_)), scheduler.after_argv(ids)))
+        argv = _after(scheduler.submit_argv(finish_file(paths, round_)), scheduler.after_argv(ids))
+        done = await transport.run(intents.guarded(argv, f"{paths.job_dir}/submitted/r{round_}-finish"))
         finish_id = scheduler.parse_submit(done.stdout)
     except (RemoteCommandError, SchedulerError) as exc:
         log.warning("the finish step of %s was not submitted: %s", paths.name, exc)
@@ -285,11 +297,14 @@ async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, 
 
 
 async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> list[str]:
-    """One array submission, or one job per task on a site without arrays."""
+    """One array submission, or one job per task on a site without arrays; each made at most once
+    (a record beside the script answers a repeated one)."""
     scheduler = scheduler_for(preset.scheduler)
     ids = []
+    records = f"{posixpath.dirname(script)}/submitted"
     for task in scheduler.submissions(preset, round_):
-        done = await transport.run(scheduler.submit_argv(script, task))
+        record = f"{records}/r{round_.number}-{'array' if task is None else f'task{task}'}"
+        done = await transport.run(intents.guarded(scheduler.submit_argv(script, task), record))
         ids.append(scheduler.parse_submit(done.stdout))
     return ids
 

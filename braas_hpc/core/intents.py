@@ -1,0 +1,83 @@
+"""Idempotent submission: a client killed during `submit` and run again must not create a second job.
+
+Before anything is sent, the request is remembered under a fingerprint (the request and the scene
+file's size and time). A second run of the same request while that is unfinished takes the same job
+name, so it lands in the same job directory on the cluster, where every scheduler submission is
+guarded by a record file: a submission that already happened is answered from its record instead of
+being made again. Once the job is registered the intent is forgotten, so submitting the same scene
+again on purpose makes a new job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .paths import data_dir
+from .spec import SubmitRequest
+
+MAX_AGE_S = 24 * 3600  # an older unfinished submission is not resumed: the user has moved on
+
+# Runs one submit command at most once per record file, even when the client is gone: the output
+# (the scheduler's id line) is kept in the record and printed again for a later run. Hang-ups are
+# ignored so a dropped connection does not stop it between the submission and the record.
+GUARD = r"""
+trap '' HUP PIPE
+record=$1; shift
+mkdir -p -- "$(dirname -- "$record")"
+if [ -s "$record" ]; then cat -- "$record"; exit 0; fi
+if ! mkdir -- "$record.lock" 2>/dev/null; then
+  echo "another submission of this job is running now (lock $record.lock)" >&2; exit 75
+fi
+out=$("$@"); status=$?
+if [ "$status" -eq 0 ]; then printf '%s\n' "$out" > "$record.part" && mv -f -- "$record.part" "$record"; fi
+rmdir -- "$record.lock"
+printf '%s\n' "$out"
+exit "$status"
+"""
+
+
+def guarded(argv: list[str], record: str) -> list[str]:
+    return ["sh", "-c", GUARD, "sh", record, *argv]
+
+
+def _directory() -> Path:
+    return data_dir() / "submitting"
+
+
+def fingerprint(request: SubmitRequest) -> str:
+    scene = request.scene.expanduser().resolve()
+    stat = scene.stat()
+    fields = {k: str(v) for k, v in asdict(request).items() if k != "ssh_backend"}
+    key = json.dumps({**fields, "scene": str(scene), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+                     sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def unfinished(print_: str) -> str | None:
+    """The job name of an unfinished submission of the same request, if there is a recent one."""
+    path = _directory() / f"{print_}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if time.time() - float(data.get("started", 0)) > MAX_AGE_S:
+        return None
+    name = data.get("job")
+    return name if isinstance(name, str) and name else None
+
+
+def remember(print_: str, job: str) -> None:
+    directory = _directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    temp = directory / f".{print_}.part"
+    temp.write_text(json.dumps({"job": job, "started": time.time()}), encoding="utf-8")
+    os.replace(temp, directory / f"{print_}.json")
+
+
+def forget(print_: str) -> None:
+    (_directory() / f"{print_}.json").unlink(missing_ok=True)
