@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gc", cmd_gc, "list store files no job uses on a cluster; remove them with --yes")
     p.add_argument("preset", metavar="PRESET")
     p.add_argument("--yes", action="store_true", help="remove them (default: only list them)")
+
+    from braas_hpc_interactive.cli import add_interactive  # the interactive add-on's verbs
+
+    add_interactive(sub)
     return parser
 
 

@@ -76,15 +76,23 @@ def _load_key(path: str, prompts: Prompts) -> list[asyncssh.SSHKeyPair]:
 
 
 class AsyncsshForward(Forward):
-    def __init__(self, listener: asyncssh.SSHListener, remote_host: str, remote_port: int) -> None:
+    def __init__(self, listener: asyncssh.SSHListener, remote_host: str, remote_port: int,
+                 conn: asyncssh.SSHClientConnection | None = None) -> None:
         self._listener = listener
+        self._conn = conn
+        self._closed = False
         self.local_port = listener.get_port()
         self.remote_host = remote_host
         self.remote_port = remote_port
 
     async def close(self) -> None:
+        self._closed = True
         self._listener.close()
         await self._listener.wait_closed()
+
+    async def alive(self) -> bool:
+        # The listener belongs to its connection: asyncssh closes it when the connection drops.
+        return not self._closed and not (self._conn is not None and self._conn.is_closed())
 
 
 class AsyncsshTransport(Transport):
@@ -309,7 +317,7 @@ class AsyncsshTransport(Transport):
     async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
         conn = await self._connection()
         listener = await conn.forward_local_port("127.0.0.1", local_port or 0, remote_host, remote_port)
-        return AsyncsshForward(listener, remote_host, remote_port)
+        return AsyncsshForward(listener, remote_host, remote_port, conn)
 
 
 async def _copy_to(source: Any, local: Path, offset: int, progress: Progress | None) -> None:

@@ -39,6 +39,9 @@ class _LocalForward(Forward):
         self._server.close()
         await self._server.wait_closed()
 
+    async def alive(self) -> bool:
+        return self._server.is_serving()
+
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:

@@ -392,6 +392,10 @@ class _MuxForward(Forward):
             self._transport._forwards.remove(self)
             await self._transport._control("cancel", "-L", self._spec)  # fails quietly when the master is gone
 
+    async def alive(self) -> bool:
+        # The listener lives in the master: a master that died took it along.
+        return self in self._transport._forwards and await self._transport._master_alive()
+
 
 class _ProcessForward(Forward):
     """Without multiplexing: a dedicated `ssh -N -L` process per forward."""
@@ -408,6 +412,9 @@ class _ProcessForward(Forward):
         if self in self._transport._forwards:
             self._transport._forwards.remove(self)
         await _reap(self._process)
+
+    async def alive(self) -> bool:
+        return self in self._transport._forwards and self._process.returncode is None
 
 
 # ---- the transport ------------------------------------------------------------------------------

@@ -527,6 +527,10 @@ class ParamikoForward(Forward):
         with self._lock:
             self._splices.discard(splice)
 
+    async def alive(self) -> bool:
+        # Each tunnelled connection reconnects the transport when needed: the listener is what must live.
+        return self._listener.fileno() != -1 and not self._accepting.done()
+
     async def close(self) -> None:
         self._accepting.cancel()
         for task in list(self._tasks):

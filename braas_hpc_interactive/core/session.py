@@ -1,0 +1,280 @@
+"""Interactive sessions: a job that holds a compute node, commands run inside it, and their end.
+
+`start` submits the holding job through the scheduler layer (Slurm or PBS Pro); `run` starts one
+command inside the job (Slurm: `srun --overlap --jobid`; PBS: the holding job itself starts it, as PBS
+Pro has no way to add a step to a running job); `follow` streams its output; `stop` ends exactly that
+command's process group and, unless asked to keep it, the job. All of it goes through the preset's
+transport, so every SSH back end works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from braas_hpc.core.errors import RemoteCommandError, SchedulerError, UsageError
+from braas_hpc.core.jobs import JobSpec
+from braas_hpc.core.presets import Preset, load_preset
+from braas_hpc.core.schedulers import scheduler_for
+from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState
+from braas_hpc.core.service import remote_root
+from braas_hpc.core.transport import StreamLine, Transport, quote_command, transport_for
+
+from . import node_script
+from .records import (
+    Connection,
+    SessionPaths,
+    SessionRecord,
+    forget_record,
+    new_session_name,
+    save_record,
+)
+
+READY_TIMEOUT_S = 300.0
+STARTED_TIMEOUT_S = 60.0
+POLL_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionState:
+    record: SessionRecord
+    job_state: str  # normalised scheduler state (PENDING, RUNNING, ... UNKNOWN)
+    node: str  # "" until the job runs
+    command: str  # "none", "running", "exited N"
+    port: int | None  # where the server listens on the node, once it runs
+
+
+def holder_spec(preset: Preset, name: str, walltime_min: int | None, gpu: bool) -> JobSpec:
+    """The holding job's request: one task on one node, CPU or GPU partition, the preset's account."""
+    if preset.is_local or preset.scheduler not in ("slurm", "pbs"):
+        raise UsageError(f"interactive sessions need a Slurm or PBS cluster; preset {preset.name} is "
+                         f"{preset.scheduler}")
+    partition = preset.default_partition(gpu)
+    if not partition:
+        raise UsageError(f"preset {preset.name} has no default {'GPU' if gpu else 'CPU'} partition")
+    part = preset.partition(partition)
+    if gpu and part.kind != "gpu":
+        raise UsageError(f"partition {partition} of preset {preset.name} has no GPUs")
+    walltime = walltime_min or part.default_walltime_min or preset.default_walltime_min
+    limit = part.max_walltime_min if preset.partitions else preset.max_walltime_min
+    if walltime > limit:
+        raise UsageError(f"walltime {walltime} min is above the limit of {partition} ({limit} min)")
+    spec = JobSpec(name=name, preset=preset.name, scene="", frames=(1,), tasks=((1,),), walltime_min=walltime,
+                   account=preset.account, partition=partition, qos=part.qos, device="GPU" if gpu else "CPU",
+                   cycles_device=part.cycles_device if gpu else "CPU", gpus=(part.gpus_per_task or 1) if gpu else 0,
+                   cpus=part.cpus_per_task, whole_node=part.whole_node)
+    spec.validate()
+    return spec
+
+
+def holder_script(preset: Preset, spec: JobSpec, paths: SessionPaths) -> str:
+    """The batch script: directives from the scheduler layer, then the node script's `hold`."""
+    scheduler = scheduler_for(preset.scheduler)
+    plain = dataclasses.replace(preset, arrays=False)  # one plain job, never an array
+    header = scheduler.directives(spec, plain, paths, Round(0, 1))  # type: ignore[arg-type]  # JobPaths' face
+    hold = ["bash", paths.node_script, "hold", paths.dir, str(spec.walltime_min * 60)]
+    return "\n".join(["#!/bin/bash", *header, "", f"# braas-hpc interactive session {paths.name}", "set -u",
+                      *preset.env, f"exec {quote_command(hold)}", ""])
+
+
+async def _write(t: Transport, path: str, text: str, mode: str = "644") -> None:
+    await t.run(["sh", "-c", 'cat > "$1.tmp" && chmod "$2" "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path, mode],
+                 stdin=text)
+
+
+async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = False, blendfile: str = "",
+                backend: str | None = None) -> SessionRecord:
+    """Submit the holding job; returns at once (see `wait_ready`)."""
+    preset = load_preset(preset_name)
+    name = new_session_name()
+    spec = holder_spec(preset, name, walltime_min, gpu)
+    paths = SessionPaths(remote_root(preset), name)
+    t = transport_for(preset, backend)
+    await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
+    await _write(t, paths.node_script, node_script.SCRIPT, "755")
+    await _write(t, paths.file("blendfile"), blendfile + ("\n" if blendfile else ""))
+    script = holder_script(preset, spec, paths)
+    await _write(t, paths.file("job.sh"), script, "755")
+    scheduler = scheduler_for(preset.scheduler)
+    done = await t.run(scheduler.submit_argv(paths.file("job.sh")))
+    job_id = scheduler.parse_submit(done.stdout)
+    record = SessionRecord(name=name, preset=preset.name, scheduler=preset.scheduler, job_id=job_id,
+                           root=paths.root, walltime_min=spec.walltime_min, gpu=gpu, created=time.time(),
+                           ssh_backend=backend)
+    save_record(record)
+    return record
+
+
+def _transport(record: SessionRecord) -> Transport:
+    return transport_for(load_preset(record.preset), record.ssh_backend)
+
+
+async def job_state(record: SessionRecord) -> str:
+    """The holding job's state. The live queue first where the scheduler has one apart from its history
+    (Slurm: squeue; sacct can lag behind a job that just started), then the history (ended jobs)."""
+    scheduler = scheduler_for(record.scheduler)
+    t = _transport(record)
+    live = scheduler.fallback_query_argv([record.job_id])
+    states: list[TaskState] = []
+    if live:
+        done = await t.run(live, check=False)
+        states = scheduler.parse_fallback(done.stdout) if done.exit_status == 0 else []
+    if not states:
+        done = await t.run(scheduler.query_argv([record.job_id]), check=False)
+        states = scheduler.parse_query(done.stdout) if done.exit_status == 0 else []
+    return states[0].state if states else "UNKNOWN"
+
+
+async def _read(t: Transport, path: str) -> str | None:
+    done = await t.run(["cat", "--", path], check=False)
+    return done.stdout if done.exit_status == 0 else None
+
+
+async def wait_ready(record: SessionRecord, timeout: float = READY_TIMEOUT_S) -> str:
+    """Wait until the job runs and has written hostname.txt; returns the node's host name."""
+    t = _transport(record)
+    deadline = time.monotonic() + timeout
+    checked = 0.0
+    while time.monotonic() < deadline:
+        node = await _read(t, record.paths.file("hostname.txt"))
+        if node and node.strip():
+            return node.strip()
+        if time.monotonic() - checked > 5:
+            checked = time.monotonic()
+            state = await job_state(record)
+            if state in TERMINAL:
+                raise SchedulerError(f"session {record.name}: job {record.job_id} ended ({state}) before it started")
+        await asyncio.sleep(POLL_S)
+    raise SchedulerError(f"session {record.name}: job {record.job_id} did not start within {timeout:.0f} s "
+                         f"(state {await job_state(record)})")
+
+
+def _command_script(preset: Preset, argv: Sequence[str]) -> str:
+    return "\n".join(["#!/bin/sh", "# braas-hpc interactive command", *preset.env, f"exec {quote_command(argv)}", ""])
+
+
+async def run(record: SessionRecord, argv: Sequence[str], timeout: float = STARTED_TIMEOUT_S) -> None:
+    """Start a command inside the session's job; returns once it runs (its process group is known)."""
+    if not argv:
+        raise UsageError("no command given to run")
+    preset = load_preset(record.preset)
+    t = _transport(record)
+    paths = record.paths
+    await wait_ready(record, timeout=10)
+    if await _command_running(t, paths):
+        raise UsageError(f"a command already runs in session {record.name}; stop it first")
+    await t.run(["rm", "-f", "--", *(paths.file(f) for f in ("command.exit", "command.pid", "connection.json"))])
+    await _write(t, paths.file("command.sh"), _command_script(preset, argv), "700")
+    if record.scheduler == "slurm":
+        launch = ["srun", "--overlap", f"--jobid={record.job_id}", "--nodes=1", "--ntasks=1",
+                  "bash", paths.node_script, "exec", paths.dir]
+        # Detached from this SSH session: the command outlives a dropped connection; Stop ends it.
+        await t.run(["setsid", "sh", "-c", 'nohup "$@" > "$0" 2>&1 < /dev/null &', paths.file("launch.log"),
+                     *launch])
+    else:
+        await t.run(["touch", "--", paths.file("run.request")])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await _read(t, paths.file("command.pid")) or await _read(t, paths.file("command.exit")):
+            return
+        await asyncio.sleep(POLL_S)
+    log = await _read(t, paths.file("launch.log")) or ""
+    raise SchedulerError(f"session {record.name}: the command did not start within {timeout:.0f} s\n{log[-2000:]}")
+
+
+async def _command_running(t: Transport, paths: SessionPaths) -> bool:
+    return bool(await _read(t, paths.file("command.pid"))) and await _read(t, paths.file("command.exit")) is None
+
+
+_FOLLOW = """cd "$1" || exit 2
+tail -n +1 -F command.log 2>/dev/null & a=$!
+tail -n +1 -F command.err >&2 2>/dev/null & b=$!
+trap 'kill $a $b 2>/dev/null' EXIT
+while [ ! -e command.exit ]; do sleep 0.3; done
+sleep 0.5
+"""
+
+
+async def follow(record: SessionRecord) -> AsyncIterator[StreamLine]:
+    """The command's stdout and stderr lines as they are written, until it exits (see `exit_status`)."""
+    t = _transport(record)
+    async with contextlib.aclosing(t.stream(["sh", "-c", _FOLLOW, "sh", record.paths.dir], check=False)) as lines:
+        async for line in lines:
+            yield line
+
+
+async def exit_status(record: SessionRecord) -> int | None:
+    text = await _read(_transport(record), record.paths.file("command.exit"))
+    return int(text.strip()) if text and text.strip().lstrip("-").isdigit() else None
+
+
+async def connection(record: SessionRecord, timeout: float = STARTED_TIMEOUT_S) -> Connection:
+    """The running command's connection file (host, port, token), once it exists."""
+    t = _transport(record)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = await _read(t, record.paths.file("connection.json"))
+        if text:
+            return Connection.parse(text)
+        await asyncio.sleep(POLL_S)
+    raise SchedulerError(f"session {record.name}: no connection file after {timeout:.0f} s (is a command running?)")
+
+
+async def stop(record: SessionRecord, keep_job: bool = False, timeout: float = STARTED_TIMEOUT_S) -> str:
+    """End the session's command (its process group only) and, unless keep_job, the job. Returns what
+    happened to the command: "stopped", "killed", "ended" or "no command"."""
+    t = _transport(record)
+    paths = record.paths
+    result = "no command"
+    if await job_state(record) not in TERMINAL and await _read(t, paths.file("hostname.txt")):
+        result = await _stop_command(record, t, paths, timeout)
+    if not keep_job:
+        scheduler = scheduler_for(record.scheduler)
+        with contextlib.suppress(RemoteCommandError):  # already ended
+            await t.run(scheduler.cancel_argv([record.job_id]))
+        forget_record(record.name)
+    return result
+
+
+async def _stop_command(record: SessionRecord, t: Transport, paths: SessionPaths, timeout: float) -> str:
+    if record.scheduler == "slurm":
+        done = await t.run(["srun", "--overlap", f"--jobid={record.job_id}", "--nodes=1", "--ntasks=1",
+                            "bash", paths.node_script, "stop", paths.dir], timeout=timeout)
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "stopped"
+    await t.run(["rm", "-f", "--", paths.file("stop.result")])
+    await t.run(["touch", "--", paths.file("stop.request")])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = await _read(t, paths.file("stop.result"))
+        if text is not None and text.strip():
+            return text.strip()
+        await asyncio.sleep(POLL_S)
+    raise SchedulerError(f"session {record.name}: the job did not answer the stop request within {timeout:.0f} s")
+
+
+async def state(record: SessionRecord) -> SessionState:
+    t = _transport(record)
+    paths = record.paths
+    job = await job_state(record)
+    node = (await _read(t, paths.file("hostname.txt")) or "").strip()
+    exit_text = await _read(t, paths.file("command.exit"))
+    if exit_text is not None:
+        command = f"exited {exit_text.strip()}"
+    else:
+        command = "running" if await _read(t, paths.file("command.pid")) else "none"
+        command = "ended with the job" if command == "running" and job in TERMINAL else command
+    port = None
+    if command == "running" and job not in TERMINAL:
+        text = await _read(t, paths.file("connection.json"))
+        port = Connection.parse(text).port if text else None
+    return SessionState(record, job, node, command, port)
+
+
+def describe(s: SessionState) -> str:
+    where = f" on {s.node}" if s.node else ""
+    port = f", port {s.port}" if s.port else ""
+    return (f"{s.record.name}  {s.record.preset}  job {s.record.job_id} {s.job_state}{where}  "
+            f"command {s.command}{port}")

@@ -1,0 +1,181 @@
+"""The interactive core without a cluster: the holding job script, the connection file's checks, the
+node script run for real on this machine (exec, connection file, exact stop), and the tunnel watchdog
+over the local transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from braas_hpc.core.errors import UsageError
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.transport.local import LocalTransport
+from braas_hpc_interactive.core import node_script
+from braas_hpc_interactive.core.records import Connection, SessionPaths, check_session_name, new_session_name
+from braas_hpc_interactive.core.session import holder_script, holder_spec
+from braas_hpc_interactive.core.tunnel import Tunnel
+
+PATHS = SessionPaths("/scratch/me/braas-hpc", "i-20260101-120000-ab12")
+
+
+def test_holder_script_slurm_gpu() -> None:
+    preset = load_preset("karolina")
+    script = holder_script(preset, holder_spec(preset, PATHS.name, 90, gpu=True), PATHS)
+    assert "#SBATCH --time=01:30:00" in script and "#SBATCH --nodes=1" in script
+    assert "--array" not in script
+    assert f"#SBATCH --output={PATHS.dir}/slurm-%j.out" in script
+    assert any(line.startswith("#SBATCH --partition=qgpu") for line in script.splitlines())
+    assert script.rstrip().endswith(f"exec bash {PATHS.node_script} hold {PATHS.dir} 5400")
+
+
+def test_holder_script_pbs_is_one_plain_job() -> None:
+    preset = load_preset("polaris")
+    script = holder_script(preset, holder_spec(preset, PATHS.name, 30, gpu=True), PATHS)
+    assert "#PBS" in script and " -J " not in script and "walltime=00:30:00" in script
+    assert script.rstrip().endswith(f"exec bash {PATHS.node_script} hold {PATHS.dir} 1800")
+
+
+def test_holder_spec_refuses_what_the_site_refuses() -> None:
+    with pytest.raises(UsageError, match="above the limit"):
+        holder_spec(load_preset("karolina"), PATHS.name, 100_000, gpu=False)
+    with pytest.raises(UsageError, match="Slurm or PBS"):
+        holder_spec(load_preset("local"), PATHS.name, 10, gpu=False)
+
+
+def test_connection_file_values_are_checked() -> None:
+    good = Connection.parse('{"host": "node12.cluster", "port": 40123, "token": "' + "ab" * 24 + '"}')
+    assert (good.host, good.port) == ("node12.cluster", 40123)
+    for host, port, token in (("-oProxyCommand=x", 1, "ab" * 24), ("n1", 0, "ab" * 24), ("n1", 70000, "ab" * 24),
+                              ("n1", 5, "short"), ("n 1", 5, "ab" * 24)):
+        with pytest.raises(UsageError):
+            Connection.parse(json.dumps({"host": host, "port": port, "token": token}))
+    with pytest.raises(UsageError):
+        Connection.parse("not json")
+
+
+def test_session_names() -> None:
+    assert check_session_name(new_session_name())
+    for bad in ("../../etc", "i-1", "", "i-20260101-120000-ab12/x"):
+        with pytest.raises(UsageError):
+            check_session_name(bad)
+
+
+def test_node_script_is_valid_bash() -> None:
+    done = subprocess.run(["bash", "-n"], input=node_script.SCRIPT, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _session_dir(tmp_path: Path, command: str) -> tuple[Path, Path]:
+    directory = tmp_path / "interactive" / "i-20260101-120000-ab12"
+    directory.mkdir(parents=True)
+    script = directory / node_script.NAME
+    script.write_text(node_script.SCRIPT)
+    (directory / "hostname.txt").write_text("node7\n")
+    (directory / "command.sh").write_text(f"#!/bin/sh\n{command}\n")
+    return directory, script
+
+
+def _wait_file(path: Path, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_exec_writes_a_private_connection_file_and_stop_ends_the_group(tmp_path: Path) -> None:
+    # The command leaves a child behind in its group (a server's worker): stop must end both.
+    directory, script = _session_dir(tmp_path, 'sleep 300 & echo "port $BRAAS_PORT"; exec sleep 301')
+    runner = subprocess.Popen(["bash", str(script), "exec", str(directory)])
+    try:
+        pgid = int(_wait_file(directory / "command.pid").split()[0])
+        conn_file = directory / "connection.json"
+        assert stat.S_IMODE(conn_file.stat().st_mode) == 0o600
+        conn = Connection.parse(conn_file.read_text())
+        assert conn.host == "node7" and len(conn.token) == 48
+        assert f"port {conn.port}" in _wait_file(directory / "command.log")
+        assert _group_alive(pgid) and pgid != os.getpgid(0)
+        done = subprocess.run(["bash", str(script), "stop", str(directory)], capture_output=True, text=True)
+        assert done.stdout.strip() == "stopped"
+        assert not _group_alive(pgid)
+        assert runner.wait(timeout=10) == 143  # the command's status: ended by SIGTERM
+        assert _wait_file(directory / "command.exit").strip() == "143"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+
+
+def test_stop_never_signals_a_reused_pid(tmp_path: Path) -> None:
+    directory, script = _session_dir(tmp_path, "true")
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        # command.pid names a live group, but with another start time: the pid was reused.
+        (directory / "command.pid").write_text(f"{bystander.pid} 1\n")
+        done = subprocess.run(["bash", str(script), "stop", str(directory)], capture_output=True, text=True)
+        assert done.stdout.strip() == "ended"
+        assert bystander.poll() is None
+    finally:
+        os.killpg(bystander.pid, signal.SIGKILL)
+        bystander.wait()
+
+
+async def _echo_server() -> asyncio.Server:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(echo, "127.0.0.1", 0, family=socket.AF_INET)
+
+
+async def _round_trip(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"hello")
+    await writer.drain()
+    data = await reader.read(5)
+    writer.close()
+    return data
+
+
+def test_watchdog_reopens_on_the_same_port_and_close_stops_it() -> None:
+    async def work() -> None:
+        server = await _echo_server()
+        events: list[str] = []
+        tunnel = Tunnel(LocalTransport, "127.0.0.1", server.sockets[0].getsockname()[1], check_s=0.05,
+                        on_event=events.append)
+        port = await tunnel.open()
+        assert await _round_trip(port) == b"hello"
+        assert tunnel._forward is not None
+        await tunnel._forward.close()  # the forward dies behind the tunnel's back
+        for _ in range(100):
+            if tunnel.stats.last_reopen_s is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert tunnel.stats.drops == 1 and tunnel.stats.opened == 2 and tunnel.local_port == port
+        assert await _round_trip(port) == b"hello"
+        await tunnel.close()
+        with pytest.raises(OSError):
+            await _round_trip(port)
+        assert events[-1].endswith("closed")
+        server.close()
+
+    asyncio.run(work())
