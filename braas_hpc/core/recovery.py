@@ -4,7 +4,7 @@ the cluster again as a new round, without the user asking, up to the job's retry
 The new round is sized from what the finished tasks measured, so its chunks fit the walltime with a
 margin, and it avoids nodes where tasks of this job died twice (Slurm `--exclude`). Finished frames
 are never rendered again: the render task skips every frame file that exists. A job the user
-cancelled with `braas-hpc cancel` is never recovered (its registry state is final at once).
+cancelled with `braas-hpc cancel` (or the panel's Cancel) is never recovered: the registry says so.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def plan(spec: JobSpec, markers: list[dict[str, object]], missing: tuple[int, ..
 
 
 def due(status: JobStatus, record: registry.JobRecord) -> bool:
-    return (status.state in RECOVERABLE and bool(status.missing) and record.state != CANCELLED
+    return (status.state in RECOVERABLE and bool(status.missing) and not record.user_cancelled
             and record.rounds < record.spec.retries and record.preset != "local")
 
 

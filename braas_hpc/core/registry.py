@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 )
 """
 # Columns added after the first release, for registries written by an older version.
-_ADDED = {"tasks": "TEXT NOT NULL DEFAULT '{}'", "rounds": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED = {"tasks": "TEXT NOT NULL DEFAULT '{}'", "rounds": "INTEGER NOT NULL DEFAULT 0",
+          "user_cancelled": "INTEGER NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class JobRecord:
     tasks: dict[str, int]  # task counts by state when the job ended (finished jobs are not polled again)
     rounds: int  # resubmissions of missing frames so far
     created: float
+    user_cancelled: bool = False  # `braas-hpc cancel` (or the panel's Cancel): never recovered
 
 
 def registry_path() -> Path:
@@ -76,12 +78,12 @@ def _spec_from_json(text: str) -> JobSpec:
 
 
 def _record(row: tuple) -> JobRecord:
-    name, preset, spec, root, ids, state, tasks, rounds, created = row
+    name, preset, spec, root, ids, state, tasks, rounds, created, user_cancelled = row
     return JobRecord(name, preset, _spec_from_json(spec), root, tuple(json.loads(ids)), state, json.loads(tasks),
-                     rounds, created)
+                     rounds, created, bool(user_cancelled))
 
 
-_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, rounds, created"
+_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, rounds, created, user_cancelled"
 
 
 def add_job(spec: JobSpec, remote_root: str, scheduler_ids: list[str], state: str) -> None:
@@ -107,6 +109,12 @@ def add_round(name: str, job_ids: list[str], state: str) -> None:
     with _db() as db:
         db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = ?, state = ?, tasks = '{}', updated = ? WHERE name = ?",
                    (json.dumps([*record.scheduler_ids, *job_ids]), record.rounds + 1, state, time.time(), name))
+
+
+def cancelled_by_user(name: str, state: str) -> None:
+    with _db() as db:
+        db.execute("UPDATE jobs SET state = ?, tasks = '{}', user_cancelled = 1, updated = ? WHERE name = ?",
+                   (state, time.time(), name))
 
 
 def has_job(name: str) -> bool:

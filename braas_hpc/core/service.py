@@ -318,7 +318,7 @@ async def cancel(name: str) -> tuple[str, ...]:
     if record.state in TERMINAL:
         return ()
     await transport_for(preset).run(scheduler_for(preset.scheduler).cancel_argv(list(record.scheduler_ids)))
-    registry.set_state(name, CANCELLED, {})
+    registry.cancelled_by_user(name, CANCELLED)
     return record.scheduler_ids
 
 
