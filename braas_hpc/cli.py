@@ -46,6 +46,7 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         memory_gb=getattr(args, "memory", None) or 0, pack=getattr(args, "pack", None) or "packed",
         allow_scripts=getattr(args, "allow_scripts", False), project=getattr(args, "name", None) or "",
         retries=getattr(args, "retries", None) if getattr(args, "retries", None) is not None else 2,
+        gpu_backend=getattr(args, "gpu_backend", None) or "",
     )
 
 
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_frames(p, None)
     p.add_argument("--preset", required=True, help="cluster preset (see `braas-hpc presets`)")
     p.add_argument("--gpu", action="store_true", help="render on GPUs")
+    p.add_argument("--gpu-backend", metavar="KIND",
+                   help="CUDA, OPTIX, HIP, ONEAPI or METAL, +CPU to add the cores (default: the partition's)")
     p.add_argument("--walltime", type=int, metavar="MIN", help="minutes per array task")
     p.add_argument("--max-parallel", type=int, default=0, metavar="N", help="array tasks at once (0: no limit)")
     p.add_argument("--account", help="account/project to charge (default: the preset's)")

@@ -33,6 +33,17 @@ def _job_name(operator: bpy.types.Operator, context: bpy.types.Context) -> str:
     return runtime_props.jobs[runtime_props.active_job].name
 
 
+def _gpu_backend(settings: bpy.types.PropertyGroup) -> str:
+    if settings.device != "GPU" or not (settings.gpu_backend or settings.gpu_with_cpu):
+        return ""
+    backend = settings.gpu_backend
+    if not backend:  # "+CPU" with the partition's own backend
+        preset = load_preset(settings.preset)
+        part = preset.partition(settings.partition.strip() or preset.default_partition(True))
+        backend = part.cycles_device.removesuffix("+CPU")
+    return backend + ("+CPU" if settings.gpu_with_cpu else "")
+
+
 def _preset_of(job: str) -> str:
     item = jobs_list.jobs().get(job)
     return item.preset if item is not None else ""
@@ -77,7 +88,7 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 max_parallel=settings.max_parallel, account=settings.account.strip(),
                 partition=settings.partition.strip(), email=settings.email.strip(),
                 allow_scripts=settings.allow_scripts, pack=settings.pack, project=settings.project.strip(),
-                retries=settings.retries)
+                retries=settings.retries, gpu_backend=_gpu_backend(settings))
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
             if saved:

@@ -54,6 +54,12 @@ class JobSettings(bpy.types.PropertyGroup):
                          description="Rounds of lost frames (failed, timed out, preempted tasks) resubmitted "
                          "without asking")
     device: EnumProperty(name="Device", items=[("CPU", "CPU", ""), ("GPU", "GPU", "")])
+    gpu_backend: EnumProperty(name="GPU backend", items=[
+        ("", "Partition's", "What the partition's GPUs use (CUDA on NVIDIA, HIP on AMD, oneAPI on Intel)"),
+        ("CUDA", "CUDA", ""), ("OPTIX", "OptiX", "NVIDIA RTX ray tracing"), ("HIP", "HIP", "AMD"),
+        ("ONEAPI", "oneAPI", "Intel"), ("METAL", "Metal", "Apple")])
+    gpu_with_cpu: BoolProperty(name="Also use the CPU cores", default=False,
+                               description="Render with the node's cores next to its GPUs")
     partition: StringProperty(name="Partition", description="Empty: the preset's default for the device")
     account: StringProperty(name="Account", description="Empty: the preset's")
     allow_scripts: BoolProperty(name="Run scripts in the .blend", default=False,

@@ -107,6 +107,9 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout.prop(settings, "retries")
         layout.separator()
         layout.prop(settings, "device", expand=True)
+        if settings.device == "GPU":
+            layout.prop(settings, "gpu_backend")
+            layout.prop(settings, "gpu_with_cpu")
         layout.prop(settings, "partition")
         layout.prop(settings, "account")
         layout.prop(settings, "allow_scripts")

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import UsageError
 from .frames import chunk_frames, parse_frames
 from .jobs import PACK_MODES, JobSpec, check_directive_values, make_job_name
-from .presets import Partition, Preset, load_preset
+from .presets import CYCLES_DEVICES, Partition, Preset, load_preset
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class SubmitRequest:
     pack: str = "packed"  # "packed" (one .blend) or "dir" (the .blend and its dependency tree)
     project: str = ""  # names the job; "": the scene's file name
     retries: int = 2  # automatic resubmissions of lost frames (core.recovery)
+    gpu_backend: str = ""  # GPU jobs: CUDA, OPTIX, HIP, ONEAPI or METAL, "+CPU" to add the cores; "": the partition's
 
 
 def _scene(path: Path) -> Path:
@@ -62,6 +63,21 @@ def _partition(request: SubmitRequest, preset: Preset) -> tuple[str, Partition]:
         raise UsageError(f"partition {name} of preset {preset.name} has no GPUs; GPU partitions: "
                          f"{', '.join(gpus) or 'none'}")
     return name, part
+
+
+def _gpu_backend(request: SubmitRequest, part: Partition) -> str:
+    """The Cycles GPU backend: the user's choice, or the one the partition's hardware has."""
+    chosen = request.gpu_backend.strip().upper()
+    if request.device != "GPU":
+        if chosen:
+            raise UsageError("a GPU backend was given for a CPU job: add --gpu, or leave the backend out")
+        return "CPU"
+    if not chosen:
+        return part.cycles_device
+    if chosen.removesuffix("+CPU") not in CYCLES_DEVICES[1:]:
+        raise UsageError(f"GPU backend {request.gpu_backend!r} is not one of {', '.join(CYCLES_DEVICES[1:])} "
+                         "(optionally with +CPU)")
+    return chosen
 
 
 def _check_site(request: SubmitRequest, preset: Preset, part: Partition, account: str) -> None:
@@ -114,7 +130,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
         name=make_job_name(scene, request.project), preset=preset.name, scene=str(scene), frames=tuple(frames),
         chunk=request.chunk, device=request.device, walltime_min=walltime, max_parallel=request.max_parallel,
         tasks=tasks, account=account, partition=partition, qos=part.qos, email=request.email,
-        memory_gb=request.memory_gb, cycles_device=part.cycles_device if gpu else "CPU",
+        memory_gb=request.memory_gb, cycles_device=_gpu_backend(request, part),
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
         pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
     )

@@ -55,6 +55,7 @@ def test_every_panel_draws_with_the_real_ui_api(tmp_path: Path) -> None:
         for cls in (ui.BRAAS_HPC_PT_main, ui.BRAAS_HPC_PT_new_job, ui.BRAAS_HPC_PT_jobs):
             cls.draw(panel(cls), context)  # no jobs yet
         bpy.context.scene.braas_hpc.frames_mode = "CUSTOM"
+        bpy.context.scene.braas_hpc.device = "GPU"
         jobs_list.apply_rows([activity.JobRow("j1", "lumi", "FAILED", 3, 5, ("123",), (4, 5), 1.7e9)])
         runtime.tell("a long message " * 20, "ERROR")
         operation = runtime.state.bridge.run("Uploading", lambda: __import__("asyncio").sleep(5))
