@@ -6,12 +6,13 @@ A job missing from the queue is never "finished" by that fact: the frame files d
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from . import registry
-from .errors import BraasError
+from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
 from .jobs import JobPaths
 from .presets import load_preset
 from .registry import JobRecord
@@ -19,6 +20,9 @@ from .schedulers import TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
 from .service import missing_frames
 from .transport import Transport, transport_for
+
+log = logging.getLogger(__name__)
+MAX_OUTAGES = 8  # polls in a row that may fail to connect before `wait` gives up (with back-off: minutes)
 
 
 @dataclass(frozen=True)
@@ -195,13 +199,26 @@ async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     interval = 2.0
+    outages = 0
     while True:
-        if recover:
-            (current,), recoveries = await status_and_recover([name])
-            if any(not r.error for r in recoveries):
-                interval = 2.0
-        else:
-            (current,) = await status([name])
+        try:
+            if recover:
+                (current,), recoveries = await status_and_recover([name])
+                if any(not r.error for r in recoveries):
+                    interval = 2.0
+            else:
+                (current,) = await status([name])
+            outages = 0
+        except ConnectionFailed as exc:
+            # A dropped link or a restarted sshd is a pause in watching, not the end of the job; a refused
+            # host key or login is not something waiting fixes.
+            outages += 1
+            if isinstance(exc, HostKeyError | AuthenticationFailed) or outages > MAX_OUTAGES:
+                raise
+            log.warning("watching %s: %s; trying again in %.0f s", name, exc, interval)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, poll_max_s)
+            continue
         if current.state in TERMINAL:
             return current
         if deadline is not None and time.monotonic() > deadline:
