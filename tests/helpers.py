@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from keyring.backend import KeyringBackend
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +62,22 @@ class Answers:
     def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
         self.asked.append(f"kbdint {[text for text, _ in prompts]}")
         return [self._code() if self._code else "" for _ in prompts]
+
+
+class MemoryKeyring(KeyringBackend):
+    """An OS keyring for tests: the real keyring API, kept in memory (no OS keyring runs here)."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.items.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.items[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        del self.items[(service, username)]

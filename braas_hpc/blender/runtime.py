@@ -64,7 +64,11 @@ def describe(error: BaseException) -> str:
 
 
 def preferences() -> Any:
-    return bpy.context.preferences.addons[ADDON_ID].preferences
+    addon = bpy.context.preferences.addons.get(ADDON_ID)
+    if addon is None or addon.preferences is None:
+        # register() called by hand instead of enabling the add-on: Blender made no preferences for it.
+        raise BraasError(f"enable the add-on in Preferences > Add-ons ({ADDON_ID}); its settings are missing")
+    return addon.preferences
 
 
 def launch(operator: bpy.types.Operator, label: str, factory: Callable[[], Awaitable[Any]], kind: str = "",

@@ -84,8 +84,9 @@ def _node_listens(port: int) -> bool:
     return bool(out.strip())
 
 
-async def _start_with_server() -> tuple[SessionRecord, Connection]:
-    record = await session.start("testbed", walltime_min=10)
+async def _start_with_server(preset: str = "testbed", gpu: bool = False) -> tuple[SessionRecord, Connection]:
+    """A session whose command is the token-checking echo server, listening on the node."""
+    record = await session.start(preset, walltime_min=10, gpu=gpu)
     try:
         await session.wait_ready(record, timeout=240)
         await session.run(record, ["python3", "-c", TOKEN_ECHO])
@@ -230,14 +231,8 @@ def test_pbs_session_through_the_standin(testbed, tmp_path: Path) -> None:  # no
     (user_presets_dir() / f"{preset.name}.toml").write_text(to_toml(preset))
 
     async def work() -> tuple[SessionRecord, Connection, bytes, str]:
-        record = await session.start(preset.name, walltime_min=10, gpu=True)
+        record, conn = await _start_with_server(preset.name, gpu=True)
         try:
-            await session.wait_ready(record, timeout=240)
-            await session.run(record, ["python3", "-c", TOKEN_ECHO])
-            conn = await session.connection(record)
-            deadline = time.monotonic() + 30
-            while not _node_listens(conn.port) and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
                 answer = await asyncio.to_thread(_talk, tunnel.local_port, conn.token)
         finally:

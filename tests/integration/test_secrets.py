@@ -19,14 +19,13 @@ from pathlib import Path
 
 import keyring
 import pytest
-from keyring.backend import KeyringBackend
 from keyring.backends import fail
 
 from braas_hpc import cli
 from braas_hpc.core.jobs import FRAME_FILE
 from braas_hpc.prompts import KEYRING_SERVICE, TerminalPrompts
 from tests.blender.addon_runner import Session
-from tests.helpers import check_frame, make_sample
+from tests.helpers import MemoryKeyring, check_frame, make_sample
 from tests.testbed import testbed as tb
 from tests.testbed.sshlab import SSHLab
 
@@ -80,25 +79,6 @@ result["state"] = jobs[name].state
 result["download"] = sorted(bpy.ops.braas_hpc.download_job(job=name))
 bpy.ops.wm.save_userpref()
 """
-
-
-class MemoryKeyring(KeyringBackend):
-    """The OS keyring for this test: the real keyring API, kept in memory."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.items: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.items.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.items[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        del self.items[(service, username)]
 
 
 def variants(secret: str) -> dict[str, bytes]:

@@ -12,13 +12,14 @@ The node has its own host name (UTS namespace), resolved on the login side by on
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 if __package__:
     from . import testbed as tb
+    from .sshlab import _ip, _link_exists
 else:  # imported as plain `nodens`, beside plain `testbed` (the command-line script)
     import testbed as tb
+    from sshlab import _ip, _link_exists
 
 NETNS = "braas-node"
 NETNS_PATH = Path("/run/netns") / NETNS
@@ -30,15 +31,6 @@ PREFIX_LEN = 30
 HOSTNAME = "braas-node"
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARK = "# braas-testbed compute node"
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return tb._run(["ip", *args], check=check, timeout=20)
-
-
-def _link_exists(name: str, netns: str | None = None) -> bool:
-    ns = ["-n", netns] if netns else []
-    return _ip(*ns, "link", "show", "dev", name, check=False).returncode == 0
 
 
 def ensure() -> None:

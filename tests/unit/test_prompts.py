@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-from keyring.backend import KeyringBackend
-
 from braas_hpc.prompts import KEYRING_SERVICE, TerminalPrompts
-
-
-class MemoryKeyring(KeyringBackend):
-    """An OS keyring for the test: real keyring API, kept in memory (no OS keyring runs here)."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.items: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.items.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.items[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        del self.items[(service, username)]
+from tests.helpers import MemoryKeyring
 
 
 def test_passphrase_is_kept_in_the_keyring_and_replaced_when_wrong() -> None:
