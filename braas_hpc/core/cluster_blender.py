@@ -18,8 +18,8 @@ from .errors import BraasError, UsageError
 from .install import InstalledBlender
 from .jobs import SHA256_HEX
 from .presets import Preset
-from .store import sha256_file
 from .transport import Transport
+from .transport.base import sha256_file
 
 ARCHIVE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)\.(tar\.xz|tar\.gz|tgz|tar\.bz2|tar\.zst|tar)$")
 MODULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+/-]*$")

@@ -32,8 +32,9 @@ from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, Round
 from .spec import SubmitRequest, build_spec
-from .store import HashCache, StoreFile, UploadReport, sha256_file
+from .store import HashCache, StoreFile, UploadReport
 from .transport import Transport, quote_command, transport_for
+from .transport.base import sha256_file
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)

@@ -10,7 +10,6 @@ line, so neither quoting nor the kernel's limit on one argument (128 KiB) can bi
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import posixpath
 import secrets
@@ -24,10 +23,10 @@ from .errors import ConnectionLost, TransferError, UsageError
 from .jobs import SHA256_HEX, store_dir, store_path
 from .paths import data_dir
 from .transport import Transport
+from .transport.base import sha256_file
 
 UPLOADS_AT_ONCE = 4
 HASH_CACHE_FILE = "hash-cache.sqlite"
-_BLOCK = 1 << 20
 
 # stdin: one digest per line; prints the ones the store does not hold. `${h%"${h#??}"}` is the first
 # two characters without starting a process per file.
@@ -55,14 +54,6 @@ exit 0'''
 # stdin: digests to remove; each is removed only if still unreferenced by hard links at that moment.
 _REMOVE_SCRIPT = '''s="$1"; while IFS= read -r h; do f="$s/${h%"${h#??}"}/$h"
   [ -f "$f" ] && [ "$(stat -c %h -- "$f")" = 1 ] && rm -f -- "$f"; done; exit 0'''
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class HashCache:

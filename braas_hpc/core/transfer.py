@@ -18,7 +18,7 @@ from .paths import data_dir
 from .presets import load_preset
 from .schedulers.base import TERMINAL
 from .transport import Transport, transport_for
-from .transport.base import Progress
+from .transport.base import Progress, sha256_file
 
 # What was verified, per job and destination, kept in our data directory (not among the user's frames):
 # name -> [size, mtime_ns, sha256]. A file that changed since is verified again, so a frame damaged on
@@ -48,14 +48,6 @@ def _safe_target(dest: Path, name: str) -> Path | None:
     # another frame) is never written through: the name is left alone and reported as ignored.
     target = dest.resolve() / name
     return None if target.is_symlink() else target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ledger_path(job: str, dest: Path) -> Path:
@@ -119,7 +111,7 @@ async def download_once(name: str, dest: Path, progress: Progress | None = None)
             todo[f"{paths.out_dir}/{entry.name}"] = target
     remote = await _remote_digests(transport, list(todo))
     for source, target in todo.items():
-        here = await asyncio.to_thread(_sha256, target) if target.is_file() else None
+        here = await asyncio.to_thread(sha256_file, target) if target.is_file() else None
         if here == remote[source]:
             ledger.record(target, here)  # already right (fetched before the ledger existed)
             result.skipped += 1
@@ -127,7 +119,7 @@ async def download_once(name: str, dest: Path, progress: Progress | None = None)
         if target.is_file():
             result.refetched.append(target.name)
         await transport.get(source, target, progress)
-        if await asyncio.to_thread(_sha256, target) != remote[source]:
+        if await asyncio.to_thread(sha256_file, target) != remote[source]:
             target.unlink()
             raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, run again")
         ledger.record(target, remote[source])

@@ -288,7 +288,7 @@ class Transport(ABC):
                 resumed = True
                 offset = min(await self._size(temp) or 0, total)  # the next call reconnects
         if resumed or verify:
-            if await asyncio.to_thread(_sha256_file, local) != await self.sha256(temp):
+            if await asyncio.to_thread(sha256_file, local) != await self.sha256(temp):
                 await self.run(["rm", "-f", "--", temp], check=False)
                 raise TransferError(f"upload of {local} to {remote} is corrupt (SHA-256 differs); removed it")
         elif await self._size(temp) != total:
@@ -328,7 +328,7 @@ class Transport(ABC):
                 raise TransferError(f"no space left on the local disk for {local.name} in {local.parent} "
                                     f"({exc.strerror}); free some space and run again") from exc
         if resumed or verify:
-            if await asyncio.to_thread(_sha256_file, temp) != await self.sha256(remote):
+            if await asyncio.to_thread(sha256_file, temp) != await self.sha256(remote):
                 temp.unlink(missing_ok=True)
                 raise TransferError(f"download of {remote} to {local} is corrupt (SHA-256 differs); removed it")
         elif temp.stat().st_size != total:
@@ -370,7 +370,8 @@ class Transport(ABC):
         await self.close()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a local file, read in 1 MiB blocks (the one helper for the whole core)."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(1 << 20):
