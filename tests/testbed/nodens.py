@@ -16,10 +16,10 @@ from pathlib import Path
 
 if __package__:
     from . import testbed as tb
-    from .sshlab import _ip, _link_exists
+    from .sshlab import _ip, _link_exists, ensure_veth_netns
 else:  # imported as plain `nodens`, beside plain `testbed` (the command-line script)
     import testbed as tb
-    from sshlab import _ip, _link_exists
+    from sshlab import _ip, _link_exists, ensure_veth_netns
 
 NETNS = "braas-node"
 NETNS_PATH = Path("/run/netns") / NETNS
@@ -38,17 +38,7 @@ def ensure() -> None:
 
     Every step is idempotent, so a half-built namespace is repaired.
     """
-    if not NETNS_PATH.exists():
-        _ip("netns", "add", NETNS)
-    if _link_exists(VETH_ROOT) and not _link_exists(VETH_NODE, NETNS):
-        _ip("link", "del", VETH_ROOT)  # its peer is in an orphaned namespace
-    if not _link_exists(VETH_ROOT):
-        _ip("link", "add", VETH_ROOT, "type", "veth", "peer", "name", VETH_NODE, "netns", NETNS)
-    _ip("addr", "replace", f"{ROOT_ADDR}/{PREFIX_LEN}", "dev", VETH_ROOT)
-    _ip("-n", NETNS, "addr", "replace", f"{NODE_ADDR}/{PREFIX_LEN}", "dev", VETH_NODE)
-    _ip("link", "set", VETH_ROOT, "up")
-    _ip("-n", NETNS, "link", "set", VETH_NODE, "up")
-    _ip("-n", NETNS, "link", "set", "lo", "up")
+    ensure_veth_netns(NETNS, VETH_ROOT, VETH_NODE, ROOT_ADDR, NODE_ADDR, PREFIX_LEN)
     # Replies to the login side's other addresses (e.g. where srun listens) go back over the veth.
     _ip("-n", NETNS, "route", "replace", "default", "via", ROOT_ADDR)
     _ensure_hosts_line()

@@ -545,19 +545,24 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
     return _ip(*ns, "link", "show", "dev", name, check=False).returncode == 0
 
 
+def ensure_veth_netns(netns: str, veth_root: str, veth_ns: str, root_addr: str, ns_addr: str, prefix: int) -> None:
+    """A namespace joined to the root one by a veth pair with an address at each end. Every step is
+    idempotent, so a half-built one is repaired (the login host's and the compute node's share this)."""
+    if not (Path("/run/netns") / netns).exists():
+        _ip("netns", "add", netns)
+    if _link_exists(veth_root) and not _link_exists(veth_ns, netns):
+        _ip("link", "del", veth_root)  # its peer is elsewhere (a namespace from an earlier crash)
+    if not _link_exists(veth_root):
+        _ip("link", "add", veth_root, "type", "veth", "peer", "name", veth_ns, "netns", netns)
+    _ip("addr", "replace", f"{root_addr}/{prefix}", "dev", veth_root)
+    _ip("-n", netns, "addr", "replace", f"{ns_addr}/{prefix}", "dev", veth_ns)
+    _ip("link", "set", veth_root, "up")
+    _ip("-n", netns, "link", "set", veth_ns, "up")
+    _ip("-n", netns, "link", "set", "lo", "up")
+
+
 def ensure_netns() -> None:
-    """Namespace + veth pair + addresses; every step is idempotent, so a half-built one is repaired."""
-    if not NETNS_PATH.exists():
-        _ip("netns", "add", NETNS)
-    if _link_exists(VETH_ROOT) and not _link_exists(VETH_NS, NETNS):
-        _ip("link", "del", VETH_ROOT)  # its peer is elsewhere (a namespace from an earlier crash)
-    if not _link_exists(VETH_ROOT):
-        _ip("link", "add", VETH_ROOT, "type", "veth", "peer", "name", VETH_NS, "netns", NETNS)
-    _ip("addr", "replace", f"{ROOT_ADDR}/{PREFIX_LEN}", "dev", VETH_ROOT)
-    _ip("-n", NETNS, "addr", "replace", f"{NS_ADDR}/{PREFIX_LEN}", "dev", VETH_NS)
-    _ip("link", "set", VETH_ROOT, "up")
-    _ip("-n", NETNS, "link", "set", VETH_NS, "up")
-    _ip("-n", NETNS, "link", "set", "lo", "up")
+    ensure_veth_netns(NETNS, VETH_ROOT, VETH_NS, ROOT_ADDR, NS_ADDR, PREFIX_LEN)
 
 
 def _in_netns(hostname: str, cmd: list[str]) -> list[str]:
