@@ -207,6 +207,15 @@ def test_qdel_of_an_array_with_running_and_pending_subjobs(cluster: Cluster) -> 
     wait_for(f"{job} to have running and queued subjobs", running_and_pending, timeout=30)
     before = cluster.qstat_json(job)["Jobs"]
     ran = {attrs["array_index"] for attrs in before.values() if attrs["job_state"] == "R"}
+
+    def ran_started_in_accounting() -> bool:
+        # squeue shows R a moment before slurmdbd records the start; a subjob deleted in between is
+        # accounted as never started, so qdel waits until the running ones are really running.
+        rows = cluster.ok(f"sacct -n -X -P -o JobID,Start -j {seq}").split()
+        started = {row.split("|")[0] for row in rows if "|" in row and row.split("|")[1] not in ("", "Unknown", "None")}
+        return all(f"{seq}_{i}" in started for i in ran)
+
+    wait_for("the running subjobs' start in the accounting", ran_started_in_accounting, timeout=30)
     cluster.ok(f"qdel '{job}'")
 
     wait_for("squeue to forget the array", lambda: cluster.ok(f"squeue -h -j {seq}").strip() == "", timeout=20)
