@@ -62,7 +62,7 @@ async def measure(ids: list[str], tasks: int) -> dict[str, float]:
                    tasks=tuple((f,) for f in range(1, tasks + 1)))
     for index, job_id in enumerate(ids):
         registry.add_job(dataclasses.replace(spec, name=f"bench-{index:05d}"), "/home/braastb/work/braas-hpc",
-                         [job_id], "PENDING")
+                         {job_id: tasks}, "PENDING")
     transport = transport_for(load_preset("testbed"))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # slurmdbd records new jobs with a delay: measure the steady state

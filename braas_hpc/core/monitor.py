@@ -65,6 +65,42 @@ def aggregate(states: list[TaskState], frames_missing: int, unseen: bool = False
     return FAILED
 
 
+def covered_tasks(task: str) -> set[int] | None:
+    """Array indices one scheduler line stands for: "3" -> {3}; "[2-5%2]" or "[1,4-5]" (tasks not
+    started, Slurm) -> the range; "" -> None, the whole job. An unreadable index covers nothing."""
+    if not task:
+        return None
+    body = task.strip("[]").split("%", 1)[0]
+    indices: set[int] = set()
+    for part in body.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            return set()
+        indices.update(range(int(first), int(last or first) + 1))
+    return indices
+
+
+def answer_is_whole(answer: list[TaskState], expected_tasks: int) -> bool:
+    """Whether the scheduler's lines for one id account for every task it runs.
+
+    Accounting records array tasks as they start, each in its own record: on a busy controller sacct
+    can list a finished task while a running one is not in the database yet. Taking such an answer
+    for the whole array would end a job with frames still rendering. `expected_tasks` 0: not known
+    (a job registered by an older version), any answer counts.
+    """
+    if not answer:
+        return False
+    if expected_tasks <= 1 or any(s.state not in TERMINAL for s in answer):
+        return True  # a live task: the job is not taken as ended anyway
+    covered: set[int] = set()
+    for state in answer:
+        indices = covered_tasks(state.task)
+        if indices is None:
+            return True
+        covered |= indices
+    return len(covered & set(range(1, expected_tasks + 1))) == expected_tasks
+
+
 # Lists the non-empty frame files of many out/ directories in one call: "<dir>\t<name>\0" each, and
 # "<dir>\tsummary.json\0" when the finish step has written the job's summary beside out/.
 _FRAMES_SCRIPT = ('for d in "$@"; do [ -d "$d" ] && find "$d" -mindepth 1 -maxdepth 1 -type f -name "frame_*" '
@@ -159,9 +195,9 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             state = FAILED if record.state == COMPLETED and missing else record.state
             found[record.name] = (state, record.tasks, missing)
             continue
-        per_id = [by_id.get(job_id, []) for job_id in record.scheduler_ids]
-        states = [s for answer in per_id for s in answer]
-        unseen = any(not answer for answer in per_id)
+        per_id = {job_id: by_id.get(job_id, []) for job_id in record.scheduler_ids}
+        states = [s for answer in per_id.values() for s in answer]
+        unseen = any(not answer_is_whole(answer, record.id_tasks.get(job_id, 0)) for job_id, answer in per_id.items())
         found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
                               missing)
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import JobNotFound
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 # Columns added after the first release, for registries written by an older version.
 _ADDED = {"tasks": "TEXT NOT NULL DEFAULT '{}'", "rounds": "INTEGER NOT NULL DEFAULT 0",
-          "user_cancelled": "INTEGER NOT NULL DEFAULT 0"}
+          "user_cancelled": "INTEGER NOT NULL DEFAULT 0", "id_tasks": "TEXT NOT NULL DEFAULT '{}'"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class JobRecord:
     rounds: int  # resubmissions of missing frames so far
     created: float
     user_cancelled: bool = False  # `braas-hpc cancel` (or the panel's Cancel): never recovered
+    # Tasks behind each scheduler id (an array's size; 1 for a plain job), so a partial answer from the
+    # scheduler (accounting that has not recorded every task yet) is not taken for the whole job.
+    id_tasks: dict[str, int] = field(default_factory=dict)
 
 
 def registry_path() -> Path:
@@ -78,22 +81,23 @@ def _spec_from_json(text: str) -> JobSpec:
 
 
 def _record(row: tuple) -> JobRecord:
-    name, preset, spec, root, ids, state, tasks, rounds, created, user_cancelled = row
+    name, preset, spec, root, ids, state, tasks, rounds, created, user_cancelled, id_tasks = row
     return JobRecord(name, preset, _spec_from_json(spec), root, tuple(json.loads(ids)), state, json.loads(tasks),
-                     rounds, created, bool(user_cancelled))
+                     rounds, created, bool(user_cancelled), json.loads(id_tasks))
 
 
-_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, rounds, created, user_cancelled"
+_COLUMNS = "name, preset, spec, remote_root, scheduler_ids, state, tasks, rounds, created, user_cancelled, id_tasks"
 
 
-def add_job(spec: JobSpec, remote_root: str, scheduler_ids: list[str], state: str) -> None:
+def add_job(spec: JobSpec, remote_root: str, id_tasks: dict[str, int], state: str) -> None:
+    """A new job: `id_tasks` maps each scheduler id to the number of tasks it runs, in submission order."""
     now = time.time()
     with _db() as db:
         db.execute(
-            "INSERT INTO jobs (name, preset, spec, remote_root, scheduler_ids, state, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (spec.name, spec.preset, json.dumps(spec.to_dict()), remote_root, json.dumps(scheduler_ids), state,
-             now, now),
+            "INSERT INTO jobs (name, preset, spec, remote_root, scheduler_ids, state, created, updated, id_tasks) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (spec.name, spec.preset, json.dumps(spec.to_dict()), remote_root, json.dumps(list(id_tasks)), state,
+             now, now, json.dumps(id_tasks)),
         )
 
 
@@ -103,12 +107,13 @@ def set_state(name: str, state: str, tasks: dict[str, int] | None = None) -> Non
                    (state, json.dumps(tasks or {}), time.time(), name))
 
 
-def add_round(name: str, job_ids: list[str], state: str) -> None:
+def add_round(name: str, id_tasks: dict[str, int], state: str) -> None:
     """A resubmission: more scheduler ids, one more round, and the job is live again."""
     record = get_job(name)
     with _db() as db:
-        db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = ?, state = ?, tasks = '{}', updated = ? WHERE name = ?",
-                   (json.dumps([*record.scheduler_ids, *job_ids]), record.rounds + 1, state, time.time(), name))
+        db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = ?, state = ?, tasks = '{}', updated = ?, id_tasks = ? "
+                   "WHERE name = ?", (json.dumps([*record.scheduler_ids, *id_tasks]), record.rounds + 1, state,
+                                      time.time(), json.dumps({**record.id_tasks, **id_tasks}), name))
 
 
 def cancelled_by_user(name: str, state: str) -> None:

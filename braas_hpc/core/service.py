@@ -265,9 +265,10 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
     progress.report("submitting")
-    ids = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
+    id_tasks = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
+    ids = list(id_tasks)
     if not registry.has_job(spec.name):
-        registry.add_job(spec, paths.root, ids, PENDING)
+        registry.add_job(spec, paths.root, id_tasks, PENDING)
     finish_id = await _submit_finish(transport, preset, paths, 0, ids)
     intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
@@ -297,17 +298,17 @@ async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, 
     return finish_id
 
 
-async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> list[str]:
+async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> dict[str, int]:
     """One array submission, or one job per task on a site without arrays; each made at most once
-    (a record beside the script answers a repeated one)."""
+    (a record beside the script answers a repeated one). Returns each scheduler id's number of tasks."""
     scheduler = scheduler_for(preset.scheduler)
-    ids = []
+    id_tasks = {}
     records = f"{posixpath.dirname(script)}/submitted"
     for task in scheduler.submissions(preset, round_):
         record = f"{records}/r{round_.number}-{'array' if task is None else f'task{task}'}"
         done = await transport.run(intents.guarded(scheduler.submit_argv(script, task), record))
-        ids.append(scheduler.parse_submit(done.stdout))
-    return ids
+        id_tasks[scheduler.parse_submit(done.stdout)] = round_.tasks if task is None else 1
+    return id_tasks
 
 
 async def cancel(name: str) -> tuple[str, ...]:
@@ -347,8 +348,9 @@ async def resubmit(name: str, missing: list[int], chunk: int | None = None,
         await transport.put(staging / "frames", paths.round_frames_file(round_.number))
         await transport.put(staging / "job.sh", paths.round_script(round_.number))
         await transport.put(staging / "finish.sh", finish_file(paths, round_.number))
-    ids = await _submit_round(transport, preset, paths.round_script(round_.number), round_)
-    registry.add_round(name, ids, PENDING)
+    id_tasks = await _submit_round(transport, preset, paths.round_script(round_.number), round_)
+    ids = list(id_tasks)
+    registry.add_round(name, id_tasks, PENDING)
     finish_id = await _submit_finish(transport, preset, paths, round_.number, ids)
     return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir,
                         finish_id=finish_id, scripts_updated=scripts.uploaded)
@@ -363,7 +365,7 @@ async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback
         raise UsageError(f"preset {preset.name} is a cluster: use `braas-hpc submit` for it")
     transport = transport_for(preset)
     paths = await prepare_job(spec, preset, transport)
-    registry.add_job(spec, paths.root, [], RUNNING)
+    registry.add_job(spec, paths.root, {}, RUNNING)
     total = len(spec.frames)
     done = 0
     try:

@@ -55,3 +55,46 @@ def workdir(testbed: tb.Testbed) -> Path:
 def own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test its own job registry and downloads ledger (the presets stay the session's)."""
     monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
+
+
+# What the cluster did during a failed test, in its report: a flake seen only in CI must be
+# explainable from the CI log (the test cluster there is gone afterwards).
+_DIAGNOSE_LINES = 25
+_started = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    import time
+
+    item.stash[_started] = time.time()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "testbed" in getattr(item, "fixturenames", ()):
+        report.sections.append(("cluster during this test", _cluster_diagnosis(item.stash.get(_started, 0.0))))
+
+
+def _tail(path: Path, lines: int = _DIAGNOSE_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"({error})"
+
+
+def _cluster_diagnosis(since: float) -> str:
+    """Task logs and markers of the jobs touched since `since`, and the controller's log tail."""
+    layout = tb.Layout.from_env()
+    parts: list[str] = []
+    jobs = layout.workdir / "braas-hpc" / "jobs"
+    for job in sorted(jobs.glob("*")) if jobs.is_dir() else []:
+        if job.stat().st_mtime < since - 1:
+            continue
+        for path in sorted([*job.glob("log/*.log"), *job.glob("log/*.out"), *job.glob("status/*.json")]):
+            if path.stat().st_mtime >= since - 1:
+                parts.append(f"== {path.relative_to(jobs)}\n{_tail(path)}")
+    parts.append(f"== slurmctld.log\n{_tail(layout.log('slurmctld'), 40)}")
+    return "\n".join(parts)

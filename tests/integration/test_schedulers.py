@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from braas_hpc.core import registry
 from braas_hpc.core.presets import BUILTIN_DIR, load_preset, load_preset_file
 from tests.conftest import run_cli
 from tests.helpers import check_frame, make_sample
@@ -100,6 +101,8 @@ def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_pa
     assert early.returncode == 0, early.stderr
     again = json.loads(early.stdout)
     assert again["frames"] == "2-3" and again["tasks"] == 1
+    # Each scheduler id with its number of tasks: a partial accounting answer is not the whole array.
+    assert registry.get_job(job["job"]).id_tasks == {job["scheduler_ids"][0]: 2, again["scheduler_ids"][0]: 1}
     assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
     marker = json.loads(remote(f"cat {job_dir}/status/r1-task-1.json").stdout)
     assert marker["frames"] == [2, 3] and marker["rendered"] == [2, 3]

@@ -381,7 +381,7 @@ def test_download_writes_only_frames_inside_the_destination(tmp_path: Path,
     for n in (1, 2, 3):
         (out / f"frame_{n:06d}.png").write_bytes(f"frame {n}".encode())
     spec = JobSpec(name=paths.name, preset="local", scene="/s.blend", frames=(1, 2, 3), tasks=((1, 2, 3),))
-    registry.add_job(spec, paths.root, [], "COMPLETED")
+    registry.add_job(spec, paths.root, {}, "COMPLETED")
     dest, outside = tmp_path / "here" / "dest", tmp_path / "here" / "precious.txt"
     dest.mkdir(parents=True)
     outside.write_text("precious")

@@ -109,3 +109,23 @@ def test_markers_tell_an_ended_job_when_the_queue_forgot_it(tmp_path: Path) -> N
     assert asyncio.run(_ended_by_markers(LocalTransport(), [again])) == set()
     _marker(job / "status" / "r1-task-1.json", "done")
     assert asyncio.run(_ended_by_markers(LocalTransport(), [again])) == {"j1"}
+
+
+def test_partial_accounting_is_not_the_whole_array() -> None:
+    # Seen when slurmdbd lags behind a busy controller: task 2 (the array's own record) has finished and
+    # is in the accounting; task 1 is still rendering and not recorded yet. Taking this answer as the
+    # whole array ended the job as FAILED with a frame still on its way.
+    from braas_hpc.core.monitor import answer_is_whole
+
+    parse = SlurmScheduler().parse_query
+    assert not answer_is_whole(parse("8_2|COMPLETED|0:0\n"), 2)
+    assert answer_is_whole(parse("8_2|COMPLETED|0:0\n8_1|COMPLETED|0:0\n"), 2)
+    assert answer_is_whole(parse("8_2|COMPLETED|0:0\n8_1|RUNNING|0:0\n"), 2)  # live: decided by the state
+    assert answer_is_whole(parse("8|PENDING|0:0\n"), 2)  # the array's record before its tasks are split
+    # Tasks cancelled before they started are one line with their range (throttle suffix included).
+    assert answer_is_whole(parse("42_1|CANCELLED by 1001|0:0\n42_[2-4%2]|CANCELLED by 1001|0:0\n"), 4)
+    assert answer_is_whole(parse("42_[1,2-4]|CANCELLED by 1001|0:0\n"), 4)
+    assert not answer_is_whole(parse("42_[2-4]|CANCELLED by 1001|0:0\n"), 4)
+    assert not answer_is_whole(parse("42_x|COMPLETED|0:0\n"), 2)  # an index we cannot read covers nothing
+    assert answer_is_whole(parse("43|FAILED|1:0\n"), 1) and answer_is_whole(parse("43|FAILED|1:0\n"), 0)
+    assert not answer_is_whole([], 1)
