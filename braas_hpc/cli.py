@@ -107,10 +107,13 @@ async def cmd_gc(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_json())
         return 0
-    for f in result.files:
+    for f in (*result.files, *result.abandoned):
         print(f"{f.size:>12}  {f.digest}")
     verb = "removed" if result.removed else "would remove (run again with --yes)"
     print(f"{verb}: {len(result.files)} unreferenced file(s), {result.total_bytes} bytes in {result.store_dir}")
+    if result.abandoned:
+        print(f"{verb}: {len(result.abandoned)} temp file(s) of uploads that failed a day or more ago, "
+              f"{result.abandoned_bytes} bytes")
     return 0
 
 

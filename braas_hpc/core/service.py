@@ -203,25 +203,33 @@ class GcResult:
     store_dir: str
     files: tuple[StoreFile, ...]
     removed: bool
+    abandoned: tuple[StoreFile, ...] = ()  # temp files of failed uploads, a day old or more (by name)
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def abandoned_bytes(self) -> int:
+        return sum(f.size for f in self.abandoned)
+
     def to_json(self) -> dict[str, object]:
         return {"preset": self.preset, "store": self.store_dir, "removed": self.removed,
-                "total_bytes": self.total_bytes, "files": [{"sha256": f.digest, "size": f.size} for f in self.files]}
+                "total_bytes": self.total_bytes, "files": [{"sha256": f.digest, "size": f.size} for f in self.files],
+                "abandoned_bytes": self.abandoned_bytes,
+                "abandoned_uploads": [{"name": f.digest, "size": f.size} for f in self.abandoned]}
 
 
 async def gc(preset_name: str, remove: bool = False) -> GcResult:
-    """Store files that no job's in/ links to; removed only with `remove` (a dry run by default)."""
+    """Store files that no job's in/ links to and temp files that failed uploads left; removed only with
+    `remove` (a dry run by default)."""
     preset = load_preset(preset_name)
     root = remote_root(preset)
     transport = transport_for(preset)
-    files = tuple(await store.unreferenced(transport, root))
+    found = await store.scan(transport, root)
     if remove:
-        await store.remove(transport, root, files)
-    return GcResult(preset.name, store_dir(root), files, remove)
+        await store.remove(transport, root, found.unreferenced, found.abandoned)
+    return GcResult(preset.name, store_dir(root), tuple(found.unreferenced), remove, tuple(found.abandoned))
 
 
 @dataclass(frozen=True)

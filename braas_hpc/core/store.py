@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -49,7 +50,17 @@ done'''
 _UNREFERENCED_SCRIPT = '''r="$1"
 [ -d "$r/jobs" ] && find "$r/jobs" -mindepth 3 -type l -printf 'L\\t%l\\n'
 [ -d "$r/store" ] && find "$r/store" -mindepth 2 -maxdepth 2 -type f -links 1 ! -name '.*' -printf 'F\\t%s\\t%f\\n'
+[ -d "$r/store" ] && find "$r/store" -mindepth 2 -maxdepth 2 -type f \\( -name '*.part' -o -name '*.braas-part' \\) \\
+  -mmin +"$2" -printf 'T\\t%s\\t%f\\n'
 exit 0'''
+
+# Temp files of uploads that never finished: the store's own (<digest>.<hex>.part) and put()'s resumable
+# one (.<digest>.braas-part). Only this old: a younger one may belong to an upload still running.
+ABANDONED_AFTER_MIN = 24 * 60
+_TEMP_NAME = re.compile(r"^(?:[0-9a-f]{64}\.[0-9a-f]+\.part|\.[0-9a-f]{64}\.braas-part)\Z")
+# stdin: temp file names; each goes only if it is still that old at that moment.
+_REMOVE_TEMPS_SCRIPT = '''s="$1"; while IFS= read -r n; do h="${n#.}"
+  find "$s/${h%"${h#??}"}" -maxdepth 1 -type f -name "$n" -mmin +"$2" -delete 2>/dev/null; done; exit 0'''
 
 # stdin: digests to remove; each is removed only if still unreferenced by hard links at that moment.
 _REMOVE_SCRIPT = '''s="$1"; while IFS= read -r h; do f="$s/${h%"${h#??}"}/$h"
@@ -206,25 +217,47 @@ class StoreFile:
     size: int
 
 
-async def unreferenced(transport: Transport, root: str) -> list[StoreFile]:
-    """Store files that no job's `in/` links to (neither by hard link nor by symbolic link)."""
-    done = await transport.run(["sh", "-c", _UNREFERENCED_SCRIPT, "sh", root], timeout=600)
+@dataclass(frozen=True)
+class StoreScan:
+    unreferenced: list[StoreFile]  # store files no job's in/ links to
+    abandoned: list[StoreFile]  # temp files of uploads that never finished (`digest` is the file's name)
+
+
+async def scan(transport: Transport, root: str) -> StoreScan:
+    """What `gc` may remove, in one remote command: store files that no job's `in/` links to (neither by
+    hard link nor by symbolic link), and temp files that failed uploads left behind."""
+    done = await transport.run(["sh", "-c", _UNREFERENCED_SCRIPT, "sh", root, str(ABANDONED_AFTER_MIN)],
+                               timeout=600)
     linked: set[str] = set()
     candidates: list[StoreFile] = []
+    abandoned: list[StoreFile] = []
     for line in done.stdout.splitlines():
         kind, _, rest = line.partition("\t")
+        size, _, name = rest.partition("\t")
         if kind == "L":
             linked.add(posixpath.basename(rest))
-        elif kind == "F":
-            size, _, name = rest.partition("\t")
-            if SHA256_HEX.match(name) and size.isdigit():
-                candidates.append(StoreFile(name, int(size)))
-    return sorted((f for f in candidates if f.digest not in linked), key=lambda f: f.digest)
+        elif kind == "F" and SHA256_HEX.match(name) and size.isdigit():
+            candidates.append(StoreFile(name, int(size)))
+        elif kind == "T" and _TEMP_NAME.match(name) and size.isdigit():
+            abandoned.append(StoreFile(name, int(size)))
+    return StoreScan(sorted((f for f in candidates if f.digest not in linked), key=lambda f: f.digest),
+                     sorted(abandoned, key=lambda f: f.digest))
 
 
-async def remove(transport: Transport, root: str, files: Iterable[StoreFile]) -> None:
-    """Remove store files; each is checked again for hard links just before it goes."""
+async def unreferenced(transport: Transport, root: str) -> list[StoreFile]:
+    """Store files that no job's `in/` links to (neither by hard link nor by symbolic link)."""
+    return (await scan(transport, root)).unreferenced
+
+
+async def remove(transport: Transport, root: str, files: Iterable[StoreFile],
+                 abandoned: Iterable[StoreFile] = ()) -> None:
+    """Remove store files, each checked again for hard links just before it goes, and abandoned temp
+    files, each checked again for its age."""
     digests = [f.digest for f in files if SHA256_HEX.match(f.digest)]
     if digests:
         await transport.run(["sh", "-c", _REMOVE_SCRIPT, "sh", store_dir(root)],
                             stdin="".join(f"{d}\n" for d in digests), timeout=600)
+    temps = [f.digest for f in abandoned if _TEMP_NAME.match(f.digest)]
+    if temps:
+        await transport.run(["sh", "-c", _REMOVE_TEMPS_SCRIPT, "sh", store_dir(root), str(ABANDONED_AFTER_MIN)],
+                            stdin="".join(f"{n}\n" for n in temps), timeout=600)

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,31 @@ def test_linking_a_digest_the_store_lacks_fails(tmp_path: Path) -> None:
     with pytest.raises(RemoteCommandError):
         asyncio.run(store.link_inputs(LocalTransport(), str(tmp_path), str(tmp_path / "in"), {"x": DIGEST}))
     assert not (tmp_path / "in" / "x").exists()  # no dangling link
+
+
+def test_gc_removes_temp_files_of_failed_uploads_only_when_a_day_old(tmp_path: Path) -> None:
+    root = str(tmp_path / "braas-hpc")
+    transport = LocalTransport()
+    digest = "ab" + "0" * 62
+    shelf = Path(store_path(root, digest)).parent
+    shelf.mkdir(parents=True)
+    old_put = shelf / f".{digest}.braas-part"  # put()'s resumable temp file
+    old_store = shelf / f"{digest}.1f2e.part"  # the batched upload's temp file
+    young = shelf / f".{'ab' + '1' * 62}.braas-part"  # may be an upload running now
+    stranger = shelf / ".notes.braas-part"  # not a name we make: never touched
+    for path in (old_put, old_store, young, stranger):
+        path.write_bytes(b"x" * 100)
+    two_days_ago = time.time() - 2 * 86400
+    for path in (old_put, old_store, stranger):
+        os.utime(path, (two_days_ago, two_days_ago))
+
+    async def scenario() -> None:
+        found = await store.scan(transport, root)
+        assert found.unreferenced == []
+        assert sorted(f.digest for f in found.abandoned) == sorted([old_put.name, old_store.name])
+        os.utime(old_store)  # written again since the scan (a resumed upload): must stay
+        await store.remove(transport, root, [], found.abandoned)
+        assert not old_put.exists()
+        assert old_store.exists() and young.exists() and stranger.exists()
+
+    asyncio.run(scenario())
