@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 
 import bpy
 
@@ -100,6 +101,12 @@ def render_frame(scene: bpy.types.Scene, frame: int, temp: str, final: str) -> N
     os.replace(temp, final)
 
 
+def node_name(env: Mapping[str, str]) -> str:
+    """The scheduler's name for this node, which `--exclude` understands: Slurm's node name can differ
+    from the host name (an FQDN, an alias, several nodes on one host)."""
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def main() -> int:
     args = parse_args()
     out_dir = os.path.join(args.job_dir, "out")
@@ -110,8 +117,8 @@ def main() -> int:
     frames = task_frames(args.job_dir, args.frames_file, args.task)
     marker: dict[str, object] = {
         "task": args.task, "frames": frames, "rendered": [], "skipped": [], "failed": [], "timings": {},
-        "node": socket.gethostname(), "started": time.time(), "finished": None, "exit_code": None,
-        "state": "running", "blender": bpy.app.version_string,
+        "node": node_name(os.environ), "host": socket.gethostname(), "started": time.time(), "finished": None,
+        "exit_code": None, "state": "running", "blender": bpy.app.version_string,
     }
     write_json_atomic(marker_path, marker)
     scene = bpy.context.scene

@@ -122,12 +122,41 @@ async def _frames_present(transport: Transport, records: list[JobRecord]) -> dic
     return present
 
 
-async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> dict[str, list[TaskState]]:
-    """One scheduler call for every unfinished job of a cluster (a second kind of call if that fails)."""
+@dataclass(frozen=True)
+class Answers:
+    """The scheduler's lines for each asked id, and the ids whose lines account for every task they run."""
+
+    by_id: dict[str, list[TaskState]]
+    whole: set[str]
+
+
+async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> Answers:
+    """One scheduler call for every unfinished job of a cluster (a second kind of call if that fails),
+    and one call to the live queue for arrays the accounting does not cover whole yet."""
     ids = [job_id for r in records if r.state not in TERMINAL for job_id in r.scheduler_ids]
-    by_id: dict[str, list[TaskState]] = defaultdict(list)
     if not ids or kind == "local":
-        return by_id
+        return Answers({}, set())
+    by_id = await _ask_scheduler(transport, kind, ids)
+    expected = {job_id: r.id_tasks.get(job_id, 0) for r in records for job_id in r.scheduler_ids}
+    whole = {job_id for job_id in ids if answer_is_whole(by_id[job_id], expected[job_id])}
+    partial = [job_id for job_id in ids if by_id[job_id] and job_id not in whole]
+    scheduler = scheduler_for(kind)
+    if partial and (argv := scheduler.live_query_argv(partial)):
+        # Accounting lags the controller (a task that just started is not recorded yet) and never records
+        # a task cancelled before it started. The queue lists every task still to run or running: what
+        # it does not list has ended, so with its lines added the answer is whole.
+        live = await transport.run(argv, check=False)
+        if live.exit_status == 0 or "Invalid job id" in live.stderr:
+            for state in scheduler.parse_fallback(live.stdout):
+                for job_id in partial:
+                    if scheduler.job_key(job_id) == state.job_id:
+                        by_id[job_id] = [s for s in by_id[job_id] if s.task != state.task] + [state]
+            whole.update(partial)
+    return Answers(by_id, whole)
+
+
+async def _ask_scheduler(transport: Transport, kind: str, ids: list[str]) -> dict[str, list[TaskState]]:
+    by_id: dict[str, list[TaskState]] = defaultdict(list)
     scheduler = scheduler_for(kind)
     states: list[TaskState] = []
     done = await transport.run(scheduler.query_argv(ids), check=False)
@@ -184,7 +213,7 @@ async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> s
 async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:
     preset = load_preset(preset_name)
     transport = transport_for(preset)
-    by_id = await _query(transport, preset.scheduler, records)
+    answers = await _query(transport, preset.scheduler, records)
     frames = await _frames_present(transport, records)
     found: dict[str, tuple[str, dict[str, int], list[int]]] = {}
     for record in records:
@@ -195,9 +224,8 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             state = FAILED if record.state == COMPLETED and missing else record.state
             found[record.name] = (state, record.tasks, missing)
             continue
-        per_id = {job_id: by_id.get(job_id, []) for job_id in record.scheduler_ids}
-        states = [s for answer in per_id.values() for s in answer]
-        unseen = any(not answer_is_whole(answer, record.id_tasks.get(job_id, 0)) for job_id, answer in per_id.items())
+        states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])]
+        unseen = any(job_id not in answers.whole for job_id in record.scheduler_ids)
         found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
                               missing)
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]

@@ -39,7 +39,7 @@ def _record(name: str, ids: tuple[str, ...], state: str = PENDING) -> JobRecord:
 
 def _ask(replay: Replay, records: list[JobRecord]) -> dict[str, list[str]]:
     got = asyncio.run(_query(replay, "slurm", records))  # type: ignore[arg-type]
-    return {job_id: [s.state for s in states] for job_id, states in got.items()}
+    return {job_id: [s.state for s in states] for job_id, states in got.by_id.items()}
 
 
 # Captured from the testbed (Slurm 22.05): a mix of array tasks, a cancelled pending array and a plain job.
@@ -129,3 +129,30 @@ def test_partial_accounting_is_not_the_whole_array() -> None:
     assert not answer_is_whole(parse("42_x|COMPLETED|0:0\n"), 2)  # an index we cannot read covers nothing
     assert answer_is_whole(parse("43|FAILED|1:0\n"), 1) and answer_is_whole(parse("43|FAILED|1:0\n"), 0)
     assert not answer_is_whole([], 1)
+
+
+def test_the_queue_completes_a_partial_accounting_answer() -> None:
+    record = dataclasses.replace(_record("a", ("8",)), id_tasks={"8": 2})
+    partial = (0, "8_2|COMPLETED|0:0\n", "")
+
+    # Task 1 is rendering but not in the accounting yet: the queue has it.
+    replay = Replay({"sacct": partial, "squeue": (0, "8_1|RUNNING|None\n", "")})
+    got = asyncio.run(_query(replay, "slurm", [record]))  # type: ignore[arg-type]
+    assert [a[0] for a in replay.asked] == ["sacct", "squeue"] and replay.asked[1][-1] == "8"
+    assert sorted((s.task, s.state) for s in got.by_id["8"]) == [("1", RUNNING), ("2", COMPLETED)]
+    assert got.whole == {"8"}
+
+    # Task 1 was cancelled before it started (the accounting never records it) and the queue is empty:
+    # the array has ended, and its missing frames decide the rest.
+    for empty in ((0, "", ""), (1, "", "slurm_load_jobs error: Invalid job id specified\n")):
+        got = asyncio.run(_query(Replay({"sacct": partial, "squeue": empty}), "slurm", [record]))  # type: ignore[arg-type]
+        assert [s.state for s in got.by_id["8"]] == [COMPLETED] and got.whole == {"8"}
+
+    # The queue does not answer: the job stays open (UNKNOWN), never taken as ended.
+    lost = (1, "", "slurm_load_jobs error: Socket timed out on send/recv\n")
+    got = asyncio.run(_query(Replay({"sacct": partial, "squeue": lost}), "slurm", [record]))  # type: ignore[arg-type]
+    assert got.whole == set()
+
+    # A whole answer needs no second call.
+    replay = Replay({"sacct": (0, "8_2|COMPLETED|0:0\n8_1|COMPLETED|0:0\n", "")})
+    assert asyncio.run(_query(replay, "slurm", [record])).whole == {"8"} and len(replay.asked) == 1  # type: ignore[arg-type]

@@ -200,6 +200,12 @@ class Scheduler(ABC):
         """A second way to ask when the first fails (Slurm without accounting: squeue)."""
         return None
 
+    def live_query_argv(self, job_ids: list[str]) -> list[str] | None:
+        """The queue of tasks still pending or running, answered by `parse_fallback`: asked when the first
+        answer does not cover every task of an array (Slurm's accounting lags its controller). None: the
+        first answer is always whole (PBS's qstat -x comes from the server itself)."""
+        return None
+
     def parse_fallback(self, stdout: str) -> list[TaskState]:
         return []
 

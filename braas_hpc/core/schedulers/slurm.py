@@ -124,6 +124,9 @@ class SlurmScheduler(Scheduler):
     def parse_fallback(self, stdout: str) -> list[TaskState]:
         return self.parse_query(stdout)
 
+    def live_query_argv(self, job_ids: list[str]) -> list[str]:
+        return self.fallback_query_argv(job_ids)  # squeue: the controller's own, current view
+
     def cancel_argv(self, job_ids: list[str]) -> list[str]:
         # An array id without a task index cancels every task of the array, pending or running.
         return ["scancel", *job_ids]
