@@ -1,14 +1,20 @@
-"""braas_hpc_interactive: interactive jobs, tunnels and a remote Cycles viewport (a later issue).
+"""braas_hpc_interactive: interactive sessions on compute nodes, tunnels and a remote Cycles viewport.
 
-A placeholder extension for now: it registers nothing.
+As a Blender add-on, Blender calls register()/unregister(); the bpy face (sidebar panels, operators,
+the viewport engine) lives in `braas_hpc_interactive.blender` and is imported only then. As a pip
+package, this module imports nothing from Blender, so the `braas-hpc interactive` CLI runs without it.
 """
 
 from __future__ import annotations
 
 
 def register() -> None:
-    return None
+    from . import blender
+
+    blender.register()
 
 
 def unregister() -> None:
-    return None
+    from . import blender
+
+    blender.unregister()

@@ -9,8 +9,9 @@ import sys
 
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import SSH_BACKENDS
+from braas_hpc.core.transport import quote_command
 
-from .core import session
+from .core import launch, session
 from .core.records import all_records, load_record
 from .core.tunnel import CHECK_S, for_session
 
@@ -44,6 +45,17 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(line.text, file=sys.stderr if line.stderr else sys.stdout, flush=True)
     status = await session.exit_status(record)
     return 0 if status == 0 else 1
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    record = load_record(args.session)
+    kind = {"builtin": launch.BUILTIN, "blenderphi": launch.BLENDERPHI}[args.type]
+    argv = await session.start_server(record, kind, blendfile=args.blendfile or "",
+                                      blenderphi=args.blenderphi or launch.BLENDERPHI_DEFAULT)
+    conn = await session.connection(record)
+    _say(f"{record.name}: {args.type} server on {conn.host}:{conn.port} ({quote_command(argv)})")
+    _say(f"reach it with `braas-hpc interactive tunnel {record.name}`; end it with `braas-hpc interactive stop`")
+    return 0
 
 
 async def cmd_stop(args: argparse.Namespace) -> int:
@@ -108,6 +120,14 @@ def add_interactive(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("session", metavar="SESSION")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.add_argument("--detach", action="store_true", help="return once it runs")
+
+    p = add("serve", cmd_serve, "start a render server in the session: the built-in Cycles server or BlenderPhi")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--type", choices=("builtin", "blenderphi"), default="builtin",
+                   help="builtin: stock Blender on the node with a token (default); blenderphi: BlenderPhi")
+    p.add_argument("--blendfile", metavar="REMOTE_PATH", help="the scene on the cluster (default: the session's)")
+    p.add_argument("--blenderphi", metavar="REMOTE_PATH", help=f"BlenderPhi's blender (default "
+                   f"{launch.BLENDERPHI_DEFAULT})")
 
     p = add("stop", cmd_stop, "end the session's command (its process group only) and the job")
     p.add_argument("session", metavar="SESSION")

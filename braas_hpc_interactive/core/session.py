@@ -15,7 +15,9 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from braas_hpc.core import progress
 from braas_hpc.core.errors import RemoteCommandError, SchedulerError, UsageError
+from braas_hpc.core.install import installed_blender
 from braas_hpc.core.jobs import JobSpec
 from braas_hpc.core.presets import Preset, load_preset
 from braas_hpc.core.schedulers import scheduler_for
@@ -23,7 +25,8 @@ from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState
 from braas_hpc.core.service import remote_root
 from braas_hpc.core.transport import StreamLine, Transport, quote_command, transport_for
 
-from . import node_script
+from ..node import SERVER_FILES
+from . import launch, node_script
 from .records import (
     Connection,
     SessionPaths,
@@ -152,6 +155,19 @@ async def wait_ready(record: SessionRecord, timeout: float = READY_TIMEOUT_S) ->
                          f"(state {await job_state(record)})")
 
 
+async def blendfile_of(record: SessionRecord) -> str:
+    """The scene the session was started with (its `blendfile` file on the cluster), or ""."""
+    return (await _read(_transport(record), record.paths.file("blendfile")) or "").strip()
+
+
+async def install_server(record: SessionRecord) -> None:
+    """Put the built-in render server in the session's directory, its files side by side as it expects
+    (launch.builtin_argv): the add-on's own version, whatever ran there before."""
+    t = _transport(record)
+    for source in SERVER_FILES:
+        await _write(t, record.paths.file(source.name), source.read_text(encoding="utf-8"))
+
+
 def _command_script(preset: Preset, argv: Sequence[str]) -> str:
     return "\n".join(["#!/bin/sh", "# braas-hpc interactive command", *preset.env, f"exec {quote_command(argv)}", ""])
 
@@ -183,6 +199,27 @@ async def run(record: SessionRecord, argv: Sequence[str], timeout: float = START
         await asyncio.sleep(POLL_S)
     log = await _read(t, paths.file("launch.log")) or ""
     raise SchedulerError(f"session {record.name}: the command did not start within {timeout:.0f} s\n{log[-2000:]}")
+
+
+async def start_server(record: SessionRecord, kind: str, *, gpu: bool | None = None, blendfile: str = "",
+                       command: str = "", blenderphi: str = launch.BLENDERPHI_DEFAULT) -> list[str]:
+    """Start a server of `kind` in the session (what the panel's Run and `braas-hpc interactive serve`
+    do): the session's scene unless another is given, the Blender `braas-hpc install` recorded, the
+    built-in server's files copied first. Returns the argv it runs."""
+    preset = load_preset(record.preset)
+    installed = installed_blender(preset.name)
+    if kind != launch.COMMAND and not blendfile:
+        progress.report("reading the session's scene path")
+        blendfile = await blendfile_of(record)
+    argv = launch.server_argv(kind, preset, record, record.gpu if gpu is None else gpu, blendfile=blendfile,
+                              command=command, blenderphi=blenderphi,
+                              blender=installed.blender if installed else "", setup=installed.env if installed else ())
+    if kind == launch.BUILTIN:
+        progress.report("copying the render server")
+        await install_server(record)
+    progress.report("starting the command")
+    await run(record, argv)
+    return argv
 
 
 async def _command_running(t: Transport, paths: SessionPaths) -> bool:
