@@ -1,5 +1,6 @@
 """Automatic recovery on the test cluster: frames lost to a cancelled task or vanished from disk come
-back without the user asking, finished frames are not rendered again, and the retry limit holds."""
+back without the user asking, finished frames are not rendered again, the retry limit holds, and a
+node that kills tasks is excluded from the next round (the testbed's two-node partition `qpair`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import shlex
 import time
 from pathlib import Path
 
+from braas_hpc.core import registry
+from braas_hpc.core.presets import load_preset
 from tests.conftest import run_cli
+from tests.helpers import check_frame
 
 
 def _json(*args: str) -> dict:
@@ -67,3 +71,106 @@ def test_a_task_killed_mid_render_keeps_its_finished_frames(testbed, remote, sam
     marker = json.loads(remote(f"cat {shlex.quote(job['job_dir'])}/status/r1-task-1.json").stdout)
     assert not set(marker["frames"]) & {int(n[6:12]) for n in kept if n.startswith("frame_")}
     assert sorted(marker["rendered"]) == marker["frames"] and 40 in marker["frames"]
+
+
+# Blender on a node that kills render tasks: on the node whose host name is braas-node (Slurm's
+# `localhost`) a render task is SIGKILLed as soon as its marker says "running" (a few seconds after
+# start: the task has begun, as a node failure or an OOM killer would find it); everywhere else, and for
+# any other Blender run (the finish step), it is the cluster's Blender unchanged.
+_NODE_KILLS_TASKS = """\
+#!/bin/sh
+real={real}
+case "$(hostname)" in braas-node) ;; *) exec "$real" "$@" ;; esac
+case " $* " in *"/render_task.py "*) ;; *) exec "$real" "$@" ;; esac
+job_dir= task= prefix= prev=
+for arg in "$@"; do
+    case "$prev" in
+        --job-dir) job_dir=$arg ;;
+        --task) task=$arg ;;
+        --marker-prefix) prefix=$arg ;;
+    esac
+    prev=$arg
+done
+marker="$job_dir/status/${{prefix}}task-$task.json"
+"$real" "$@" &
+pid=$!
+waited=0
+while [ ! -s "$marker" ] && [ "$waited" -lt 1200 ] && kill -0 "$pid" 2>/dev/null; do
+    sleep 0.05
+    waited=$((waited + 1))
+done
+echo "test wrapper: killing render task $task on $(hostname) after $waited polls" >&2
+kill -KILL "$pid"
+wait "$pid"
+"""
+
+
+def _markers(remote, job_dir: str) -> dict[str, dict]:  # noqa: ANN001
+    """Every marker of the job by file name (task-K.json for round 0, rR-task-K.json for round R)."""
+    done = remote(f"cd {shlex.quote(job_dir)}/status && for f in *.json; do printf '%s\\0' \"$f\"; cat \"$f\"; "
+                  "printf '\\0'; done")
+    parts = done.stdout.split("\0")
+    return {name: json.loads(text) for name, text in zip(parts[0::2], parts[1::2], strict=False) if text}
+
+
+def _round_of(marker_name: str) -> int:
+    return 0 if marker_name.startswith("task-") else int(marker_name[1:marker_name.index("-")])
+
+
+def test_a_node_that_kills_tasks_is_excluded_from_the_next_round(  # noqa: ANN001
+        testbed, remote, sample_scene: Path, tmp_path: Path) -> None:
+    """Two real nodes in partition qpair; the one whose host name is braas-node kills every render task.
+    Once it has killed two tasks and node2 has finished one, recovery resubmits with --exclude=localhost,
+    and that round runs on node2 only, until every frame is there."""
+    started = time.monotonic()
+    wrapper = f"{testbed.workdir}/node-kills-tasks/blender"
+    text = _NODE_KILLS_TASKS.format(real=shlex.quote(str(testbed.blender)))
+    q = shlex.quote
+    put = remote(f"mkdir -p {q(str(Path(wrapper).parent))} && printf %s {q(text)} > {q(wrapper)} && "
+                 f"chmod 755 {q(wrapper)}")
+    assert put.returncode == 0, put.stderr
+    base = Path(load_preset("testbed").source)
+    preset = base.read_text().replace('name = "testbed"', 'name = "tb-node-kills"')
+    preset = preset.replace('blender = "blender"', f'blender = "{wrapper}"')
+    assert wrapper in preset
+    (base.parent / "tb-node-kills.toml").write_text(preset)
+
+    job = _json("submit", str(sample_scene), "--preset", "tb-node-kills", "--partition", "qpair",
+                "--frames", "1-4", "--chunk", "1", "--retries", "3")
+    waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
+    final = json.loads(waited.stdout or "{}")
+    record = registry.get_job(job["job"])
+    job_dir = job["job_dir"]
+    markers = _markers(remote, job_dir)
+    assert waited.returncode == 0 and final["state"] == "COMPLETED" and final["frames_done"] == 4, (
+        f"{final} {waited.stderr}\nmarkers: {markers}")
+
+    got = run_cli("download", job["job"], "--dest", str(tmp_path / "frames"), "--json")
+    assert got.returncode == 0, got.stderr
+    frames = sorted((tmp_path / "frames").glob("frame_*.png"))
+    assert [f.name for f in frames] == [f"frame_{n:06d}.png" for n in range(1, 5)]
+    for frame in frames:
+        check_frame(frame)
+
+    scripts = [remote(f"cat {shlex.quote(job_dir)}/{'job.sh' if r == 0 else f'job-r{r}.sh'}").stdout
+               for r in range(record.rounds + 1)]
+    excluding = [r for r, script in enumerate(scripts) if "#SBATCH --exclude=localhost" in script.splitlines()]
+    assert excluding, f"no round excluded localhost in {record.rounds} round(s); markers: {markers}"
+    first = excluding[0]
+    assert first in (1, 2) and excluding == list(range(first, record.rounds + 1)), (excluding, record.rounds)
+
+    before = [m for name, m in markers.items() if _round_of(name) < first]
+    deaths = sum(1 for m in before if m["node"] == "localhost" and m["state"] == "running")
+    node2_done = sum(1 for m in before if m["node"] == "node2" and m["state"] == "done")
+    assert deaths >= 2 and node2_done >= 1, f"excluded in round {first} after {deaths} death(s): {markers}"
+    after = {name: m for name, m in markers.items() if _round_of(name) >= first}
+    assert after and all(m["node"] == "node2" for m in after.values()), after
+    assert any(m["state"] == "done" for m in after.values()), after
+
+    # Slurm's own record: the excluding rounds' tasks ran on node2 and nowhere else.
+    for round_id in record.scheduler_ids[first:]:
+        rows = remote(f"sacct -n -P -X -o JobID,NodeList,State -j {shlex.quote(round_id)}").stdout.splitlines()
+        assert rows and all(row.split("|")[1] == "node2" for row in rows), rows
+    print(f"FIGURES node-kills-tasks rounds={record.rounds + 1} excluded_from_round={first} "
+          f"deaths_on_localhost={deaths} done_on_node2_before={node2_done} frames_checked={len(frames)} "
+          f"seconds={time.monotonic() - started:.0f}")

@@ -1,0 +1,120 @@
+"""The built-in Cycles server in an interactive session on the test cluster, seen through the tunnel.
+
+The scene is uploaded to the cluster, the session's job holds the node (its own network namespace),
+`session.start_server` copies the server there and starts it in stock Blender (the bpy wheel's
+command line), and the client talks to it through an SSH tunnel that crosses login -> node. Real
+Cycles renders every frame on the node's CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.transport import transport_for
+from braas_hpc_interactive.core import launch, session
+from braas_hpc_interactive.core.client import Frame, RenderClient
+from braas_hpc_interactive.core.protocol import HandshakeRefused, ViewRequest, expected_pixel_bytes
+from braas_hpc_interactive.core.tunnel import for_session
+from tests.helpers import make_sample
+from tests.testbed import nodens
+
+
+def _top_down(x: float, y: float, z: float, width: int, height: int, half_extent: float) -> ViewRequest:
+    """A camera looking straight down at the sample's floor from (x, y, z)."""
+    rows = (1.0, 0.0, 0.0, x, 0.0, 1.0, 0.0, y, 0.0, 0.0, 1.0, z)
+    return ViewRequest(width, height, matrix=rows, lens=2 * float(np.arctan(half_extent / z)), clip_start=0.1,
+                       clip_end=100.0)
+
+
+def _rgba(frame: Frame) -> np.ndarray:
+    return np.frombuffer(frame.pixels, "<f2").astype(np.float32).reshape(frame.height, frame.width, 4)
+
+
+def _node_processes(marker: str) -> list[str]:
+    pids = subprocess.run(["ip", "netns", "pids", nodens.NETNS], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in environ:
+            found.append(pid)
+    return found
+
+
+def _frames(port: int, token: str) -> tuple[Frame, Frame, Frame]:
+    """Two frames of one view (the second refines the first), then a moved camera."""
+    with RenderClient("127.0.0.1", port, token, timeout=120) as client:
+        still = _top_down(0.0, 0.0, 10.0, 96, 54, 6.0)
+        return client.request(still), client.request(still), client.request(_top_down(3.0, 2.0, 6.0, 96, 54, 3.0))
+
+
+def _refused(port: int, token: str) -> bool:
+    try:
+        with RenderClient("127.0.0.1", port, token, timeout=30) as client:
+            client.request(_top_down(0.0, 0.0, 10.0, 32, 18, 6.0))
+    except HandshakeRefused:
+        return True
+    return False
+
+
+def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path: Path) -> None:  # noqa: ANN001
+    scene = make_sample(tmp_path / "scene")
+    remote_scene = f"{testbed.workdir}/interactive-scene/sample scene's.blend"  # quoting on the way
+
+    async def work() -> dict[str, object]:
+        t = transport_for(load_preset("testbed"))
+        folder = str(Path(remote_scene).parent)
+        await t.run(["mkdir", "-p", "--", f"{folder}/textures"])
+        await t.put(scene, remote_scene)
+        await t.put(scene.parent / "textures" / "checker.png", f"{folder}/textures/checker.png")  # relative path
+        record = await session.start("testbed", walltime_min=10, blendfile=remote_scene)
+        try:
+            await session.wait_ready(record, timeout=240)
+            argv = await session.start_server(record, launch.BUILTIN)
+            conn = await session.connection(record)
+            log = Path(record.paths.dir) / "command.err"
+            deadline = time.monotonic() + 120
+            while "listening on" not in (log.read_text() if log.exists() else ""):
+                assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
+                assert await session.exit_status(record) is None, f"the server exited: {log.read_text()}"
+                await asyncio.sleep(0.3)
+            async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
+                port = tunnel.local_port
+                refused = await asyncio.to_thread(_refused, port, conn.token[:-1] + "x")
+                frames = await asyncio.to_thread(_frames, port, conn.token)
+            stopped = await session.stop(record)
+        except BaseException:
+            await session.stop(record)
+            raise
+        return {"record": record, "conn": conn, "argv": argv, "refused": refused, "frames": frames,
+                "stopped": stopped}
+
+    got = asyncio.run(work())
+    record, conn, frames = got["record"], got["conn"], got["frames"]
+    assert conn.host == nodens.HOSTNAME  # served from the node, reached through the login host
+    assert got["argv"][:2] == [load_preset("testbed").blender, "-b"] and "--device" in got["argv"]
+    assert got["refused"] is True
+    first, second, moved = frames
+    assert [f.state.samples for f in frames] == [1, 2, 1]  # refines while still, starts over when moved
+    assert all(len(f.pixels) == expected_pixel_bytes(96, 54) for f in frames)
+    image = _rgba(second)
+    assert np.isfinite(image).all() and image[..., :3].max() > 0.2  # lit, not blank
+    reds = ((image[..., 0] > 0.5) & (image[..., 1] < 0.2)).sum()
+    greens = ((image[..., 1] > 0.4) & (image[..., 0] < 0.2)).sum()
+    assert reds > 50 and greens > 50, (reds, greens)  # the sample floor's checker texture, rendered by Cycles
+    assert not np.array_equal(_rgba(first), image)  # the second pass refined the first
+    assert not np.array_equal(_rgba(moved), image)  # a camera change renders a new view
+    assert got["stopped"] == "stopped"
+    deadline = time.monotonic() + 15
+    while _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") == []  # Stop left nothing on the node
+    assert (Path(record.paths.dir) / "protocol.py").is_file()  # installed beside render_server.py
