@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from braas_hpc.core.errors import BraasError
 from braas_hpc.core.transport import Forward, Transport
+from braas_hpc.core.transport.base import Release
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Tunnel:
         self._on_event = on_event or (lambda message: log.info("%s", message))
         self._transport: Transport | None = None
         self._forward: Forward | None = None
+        self._release: Release | None = None  # the held terminal session (Transport.hold_interactive)
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -62,6 +64,10 @@ class Tunnel:
         await self._transport.connect()
         self._forward = await self._transport.forward(self.remote_host, self.remote_port, self.local_port or None)
         self.local_port = self._forward.local_port
+        try:  # small messages at once: without it every lock-step round trip waits 40 ms
+            self._release = await self._transport.hold_interactive()
+        except (BraasError, OSError) as exc:
+            self._on_event(f"tunnel works, but with higher latency (no terminal session: {exc})")
         self.stats.opened += 1
         self._on_event(f"tunnel 127.0.0.1:{self.local_port} -> {self.remote_host}:{self.remote_port} open")
 
@@ -102,12 +108,12 @@ class Tunnel:
                 await asyncio.sleep(delay)
 
     async def _discard(self) -> None:
-        forward, transport = self._forward, self._transport
-        self._forward = self._transport = None
-        for thing in (forward, transport):
-            if thing is not None:
-                with contextlib.suppress(BraasError, OSError):
-                    await asyncio.wait_for(thing.close(), timeout=10)
+        release, forward, transport = self._release, self._forward, self._transport
+        self._release = self._forward = self._transport = None
+        for close in (release, forward and forward.close, transport and transport.close):
+            if close is not None:
+                with contextlib.suppress(BraasError, OSError, TimeoutError):
+                    await asyncio.wait_for(close(), timeout=10)
 
     async def close(self) -> None:
         self._closed = True

@@ -49,6 +49,26 @@ def _node_processes(marker: str) -> list[str]:
     return found
 
 
+def _held_terminals(user: str) -> list[int]:
+    """`cat` processes of the cluster user that have a controlling terminal: what a tunnel holds open so
+    sshd sends small packets at once (Transport.hold_interactive)."""
+    import pwd
+
+    uid = pwd.getpwnam(user).pw_uid
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or proc.stat().st_uid != uid:
+                continue
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name == "cat" and int(fields[4]) != 0:  # tty_nr
+            found.append(int(proc.name))
+    return found
+
+
 def _frames(port: int, token: str) -> tuple[Frame, Frame, Frame]:
     """Two frames of one view (the second refines the first), then a moved camera."""
     with RenderClient("127.0.0.1", port, token, timeout=120) as client:
@@ -86,22 +106,32 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
                 assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
                 assert await session.exit_status(record) is None, f"the server exited: {log.read_text()}"
                 await asyncio.sleep(0.3)
+            before = _held_terminals(testbed.user)
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
                 port = tunnel.local_port
+                held: list[int] = []
+                for _ in range(50):  # the session's shell starts `cat` a moment after the channel opens
+                    held = [pid for pid in _held_terminals(testbed.user) if pid not in before]
+                    if held:
+                        break
+                    await asyncio.sleep(0.1)
                 refused = await asyncio.to_thread(_refused, port, conn.token[:-1] + "x")
                 frames = await asyncio.to_thread(_frames, port, conn.token)
+            await asyncio.sleep(1)
+            released = [pid for pid in held if pid in _held_terminals(testbed.user)]
             stopped = await session.stop(record)
         except BaseException:
             await session.stop(record)
             raise
         return {"record": record, "conn": conn, "argv": argv, "refused": refused, "frames": frames,
-                "stopped": stopped}
+                "stopped": stopped, "held": held, "released": released}
 
     got = asyncio.run(work())
     record, conn, frames = got["record"], got["conn"], got["frames"]
     assert conn.host == nodens.HOSTNAME  # served from the node, reached through the login host
     assert got["argv"][:2] == [load_preset("testbed").blender, "-b"] and "--device" in got["argv"]
     assert got["refused"] is True
+    assert len(got["held"]) == 1 and got["released"] == []  # the tunnel's terminal session, closed with it
     first, second, moved = frames
     assert [f.state.samples for f in frames] == [1, 2, 1]  # refines while still, starts over when moved
     assert all(len(f.pixels) == expected_pixel_bytes(96, 54) for f in frames)

@@ -7,6 +7,7 @@ to tell the user its type and fingerprint (unknown) or to refuse it loudly (chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ import asyncssh
 
 from ..errors import AuthenticationFailed, ConnectionFailed, ConnectionLost, TransferError
 from .base import (
+    HOLD_COMMAND,
     Forward,
     NoPrompts,
     Progress,
     Prompts,
+    Release,
     RemoteEntry,
     SSHTarget,
     StreamHandle,
@@ -318,6 +321,20 @@ class AsyncsshTransport(Transport):
         conn = await self._connection()
         listener = await conn.forward_local_port("127.0.0.1", local_port or 0, remote_host, remote_port)
         return AsyncsshForward(listener, remote_host, remote_port, conn)
+
+    async def hold_interactive(self) -> Release | None:
+        conn = await self._connection()
+        try:
+            process = await conn.create_process(HOLD_COMMAND, term_type="dumb")
+        except asyncssh.Error as exc:  # a site that refuses terminals: the tunnel still works
+            raise ConnectionFailed(f"{self.target.host} refused a terminal session: {exc}") from exc
+
+        async def release() -> None:
+            process.close()
+            with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
+                await asyncio.wait_for(process.wait_closed(), timeout=5)
+
+        return release
 
 
 async def _copy_to(source: Any, local: Path, offset: int, progress: Progress | None) -> None:

@@ -148,6 +148,11 @@ def merge_lines(stdout: Any, stderr: Any, on_line: Callable[[StreamLine], None] 
     return lines(), stop
 
 
+Release = Callable[[], Awaitable[None]]
+# What a held interactive session runs: waits on its (never written) stdin, ends with the channel.
+HOLD_COMMAND = "exec cat"
+
+
 class Forward(ABC):
     """A listener on 127.0.0.1:local_port whose connections reach remote_host:remote_port via SSH."""
 
@@ -216,6 +221,17 @@ class Transport(ABC):
     @abstractmethod
     async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
         """Listen on 127.0.0.1 (a free port when none is given) and tunnel to remote_host:remote_port."""
+
+    async def hold_interactive(self) -> Release | None:
+        """Keep a session with a terminal open on this connection; returns what ends it, or None where
+        the back end cannot.
+
+        OpenSSH's sshd turns Nagle's algorithm off for a connection (TCP_NODELAY) only once it runs a
+        command with a terminal. A tunnel carrying a lock-step protocol (the render client's small
+        messages and one-byte ACKs) otherwise waits for the client's delayed ACK, 40 ms a round trip:
+        measured 44 ms a frame instead of 4.5 for a 64x36 remote render.
+        """
+        return None
 
     async def close(self) -> None:
         return None

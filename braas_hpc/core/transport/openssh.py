@@ -45,10 +45,12 @@ from ..errors import (
 )
 from . import askpass
 from .base import (
+    HOLD_COMMAND,
     Forward,
     NoPrompts,
     Progress,
     Prompts,
+    Release,
     RemoteEntry,
     SSHTarget,
     StreamHandle,
@@ -890,6 +892,24 @@ class OpenSSHTransport(Transport):
             last = forward  # someone took the port in between: try another one
         raise ConnectionFailed(f"cannot listen on 127.0.0.1 for a tunnel to {remote_host}:{remote_port}:\n"
                                f"{_tail(last)}")
+
+    async def hold_interactive(self) -> Release | None:
+        if not self._mux:
+            return None  # each call is a connection of its own: nothing to hold on the tunnel's one
+        await self.connect()
+        argv = self._client_argv(session=False)
+        argv[-2:-2] = [*_o("ClearAllForwardings", "yes"), *_o("RemoteCommand", "none"), "-tt"]
+        process = await asyncio.create_subprocess_exec(
+            *argv, HOLD_COMMAND, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, env=self._env(), start_new_session=True)
+
+        async def release() -> None:
+            if process.returncode is None:
+                process.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), timeout=5)
+
+        return release
 
     async def _mux_forward(self, spec: str, port: int, remote_host: str, remote_port: int) -> Forward | str:
         status, _, err = await self._control("forward", "-L", spec)

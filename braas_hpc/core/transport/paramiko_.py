@@ -27,10 +27,12 @@ from scp import SCPClient, SCPException
 
 from ..errors import AuthenticationFailed, ConnectionFailed, ConnectionLost
 from .base import (
+    HOLD_COMMAND,
     Forward,
     NoPrompts,
     Progress,
     Prompts,
+    Release,
     RemoteEntry,
     SSHTarget,
     StreamHandle,
@@ -518,6 +520,7 @@ class ParamikoForward(Forward):
             conn.close()
             return
         conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small lock-step messages go at once
         splice = _Splice(conn, chan, self._forget)
         with self._lock:
             self._splices.add(splice)
@@ -879,6 +882,23 @@ class ParamikoTransport(Transport):
         forward = ParamikoForward(self, listener, remote_host, remote_port)
         self._forwards.add(forward)
         return forward
+
+    async def hold_interactive(self) -> Release | None:
+        hops = await self._connection()
+
+        def open_session() -> paramiko.Channel:
+            channel = hops[-1].open_session(timeout=self.target.connect_timeout)
+            channel.get_pty(term="dumb")
+            channel.exec_command(HOLD_COMMAND)
+            return channel
+
+        with self._mapped(hops):
+            channel = await _in_thread(open_session, orphan=_close_quietly)
+
+        async def release() -> None:
+            await _in_thread(_close_quietly, channel)
+
+        return release
 
     async def _open_tunnel(self, remote_host: str, remote_port: int, peer: tuple[str, int]) -> paramiko.Channel:
         """A direct-tcpip channel from the last hop; reconnects first if the connection dropped."""
