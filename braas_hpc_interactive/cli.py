@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import SSH_BACKENDS
@@ -21,7 +22,8 @@ def _say(message: str) -> None:
 
 
 async def cmd_start(args: argparse.Namespace) -> int:
-    record = await session.start(args.preset, args.walltime, args.gpu, args.blendfile or "", args.ssh_backend)
+    record = await session.start(args.preset, args.walltime, args.gpu, args.blendfile or "", args.ssh_backend,
+                                 scene=args.scene)
     _say(f"submitted session {record.name} as job {record.job_id}; waiting for a node")
     node = await session.wait_ready(record, timeout=args.timeout)
     if args.json:
@@ -112,6 +114,8 @@ def add_interactive(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--walltime", type=int, metavar="MIN", help="minutes to hold the node")
     p.add_argument("--gpu", action="store_true", help="hold a GPU node (the preset's GPU partition)")
     p.add_argument("--blendfile", metavar="REMOTE_PATH", help="the scene on the cluster, written to `blendfile`")
+    p.add_argument("--scene", type=Path, metavar="LOCAL.blend",
+                   help="a local scene: packed and uploaded for the session (instead of --blendfile)")
     p.add_argument("--timeout", type=float, default=session.READY_TIMEOUT_S, metavar="S",
                    help="how long to wait for the node")
     p.add_argument("--ssh-backend", choices=SSH_BACKENDS, help="override the preset's SSH back end")

@@ -45,10 +45,11 @@ while IFS="	" read -r h rel; do
   ln -f -- "$src" "$dst" 2>/dev/null || ln -sf -- "$src" "$dst" || exit 1
 done'''
 
-# Store files no hard link references (link count 1), and the targets of symbolic links in jobs/,
-# whose referenced store files also have link count 1. Names in the store are hex digests.
+# Store files no hard link references (link count 1), and the targets of symbolic links in jobs/ and
+# interactive/ (sessions' scenes), whose referenced store files also have link count 1. Names in the
+# store are hex digests.
 _UNREFERENCED_SCRIPT = '''r="$1"
-[ -d "$r/jobs" ] && find "$r/jobs" -mindepth 3 -type l -printf 'L\\t%l\\n'
+for d in "$r/jobs" "$r/interactive"; do [ -d "$d" ] && find "$d" -mindepth 3 -type l -printf 'L\\t%l\\n'; done
 [ -d "$r/store" ] && find "$r/store" -mindepth 2 -maxdepth 2 -type f -links 1 ! -name '.*' -printf 'F\\t%s\\t%f\\n'
 [ -d "$r/store" ] && find "$r/store" -mindepth 2 -maxdepth 2 -type f \\( -name '*.part' -o -name '*.braas-part' \\) \\
   -mmin +"$2" -printf 'T\\t%s\\t%f\\n'

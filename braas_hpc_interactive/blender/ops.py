@@ -8,6 +8,7 @@ Session operators take `session="NAME"` (empty: the session selected in the list
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import bpy
@@ -143,6 +144,16 @@ def _stop_viewing_session(name: str) -> None:
 # ---- operators
 
 
+def _saved_scene() -> Path:
+    """The open .blend, saved first when it has unsaved changes (as Submit does): the session renders
+    what the user sees, packed and uploaded."""
+    if not bpy.data.filepath:
+        raise UsageError("save the scene first (or give the path of a .blend already on the cluster)")
+    if bpy.data.is_dirty:
+        bpy.ops.wm.save_mainfile()
+    return Path(bpy.data.filepath)
+
+
 class BRAAS_HPC_INTERACTIVE_OT_start_session(bpy.types.Operator):
     """Submit a job that holds a compute node for the walltime, and wait for the node"""
 
@@ -158,6 +169,7 @@ class BRAAS_HPC_INTERACTIVE_OT_start_session(bpy.types.Operator):
             if not preset:
                 raise UsageError("no cluster preset: add one in BRaaS-HPC's preferences")
             _online_or_error()
+            scene = None if blendfile else _saved_scene()
         except BraasError as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
@@ -174,7 +186,7 @@ class BRAAS_HPC_INTERACTIVE_OT_start_session(bpy.types.Operator):
 
         if bpy.app.background:  # a script gets the node, or the reason there is none, when this returns
             async def start_and_wait() -> tuple[SessionRecord, str]:
-                record = await session.start(preset, walltime, gpu, blendfile)
+                record = await session.start(preset, walltime, gpu, blendfile, scene=scene)
                 return record, await _wait_ready(record)
 
             def done(result: tuple[SessionRecord, str]) -> None:
@@ -188,8 +200,8 @@ class BRAAS_HPC_INTERACTIVE_OT_start_session(bpy.types.Operator):
             runtime.launch(None, f"Waiting for a node for {record.name}", lambda: _wait_ready(record), "start",
                            lambda node: ready(record, node))
 
-        return runtime.launch(self, label, lambda: session.start(preset, walltime, gpu, blendfile), "start",
-                              submitted)
+        return runtime.launch(self, label, lambda: session.start(preset, walltime, gpu, blendfile, scene=scene),
+                              "start", submitted)
 
 
 class BRAAS_HPC_INTERACTIVE_OT_wait_session(SessionOperator):

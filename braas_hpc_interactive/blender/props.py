@@ -43,7 +43,7 @@ class SessionSettings(bpy.types.PropertyGroup):
                               description="How long to hold the node; 0: the partition's default")
     gpu: BoolProperty(name="GPU", default=False, description="Hold a node of the preset's GPU partition")
     blendfile: StringProperty(name="Scene on the cluster", description="Absolute path of the .blend on the "
-                              "cluster (e.g. uploaded with a render job); empty: the one the session started with")
+                              "cluster; empty: Start Session packs and uploads the open scene, Run uses the session's")
     kind: EnumProperty(name="Type", items=KIND_ITEMS, description="What runs in the session")
     command: StringProperty(name="Command", description="Split like a shell would; $BRAAS_PORT, $BRAAS_HOST, "
                             "$BRAAS_TOKEN and $BRAAS_SESSION_DIR are filled in on the node")

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
-from braas_hpc.core import progress
+from braas_hpc.core import progress, store
 from braas_hpc.core.errors import RemoteCommandError, SchedulerError, UsageError
 from braas_hpc.core.install import installed_blender
 from braas_hpc.core.jobs import JobSpec
+from braas_hpc.core.packing import MAIN_BLEND, pack_scene
 from braas_hpc.core.presets import Preset, load_preset
 from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState
@@ -88,15 +91,35 @@ async def _write(t: Transport, path: str, text: str, mode: str = "644") -> None:
                  stdin=text)
 
 
+async def upload_scene(t: Transport, paths: SessionPaths, scene: Path) -> str:
+    """The local scene packed (its images inside, so nothing is missing on the node) and sent into the
+    session's in/ through the cluster's store: a scene sent before, for a job or a session, is not sent
+    again. Returns its path on the cluster."""
+    with tempfile.TemporaryDirectory(prefix="braas-session-") as temp:
+        progress.report("packing the scene")
+        packed = Path(temp) / MAIN_BLEND
+        await pack_scene(scene, packed)
+        progress.report("uploading the scene")
+        await store.upload_inputs(t, paths.root, paths.file("in"), {MAIN_BLEND: packed})
+    return paths.file(f"in/{MAIN_BLEND}")
+
+
 async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = False, blendfile: str = "",
-                backend: str | None = None) -> SessionRecord:
-    """Submit the holding job; returns at once (see `wait_ready`)."""
+                backend: str | None = None, scene: Path | None = None) -> SessionRecord:
+    """Submit the holding job; returns at once (see `wait_ready`). `scene`: a local .blend to pack and
+    upload for the session (its path on the cluster becomes `blendfile`)."""
+    if scene is not None and blendfile:
+        raise UsageError("give either a local scene to upload or a .blend already on the cluster, not both")
+    if scene is not None and not scene.is_file():
+        raise UsageError(f"no such scene: {scene}")
     preset = load_preset(preset_name)
     name = new_session_name()
     spec = holder_spec(preset, name, walltime_min, gpu)
     paths = SessionPaths(remote_root(preset), name)
     t = transport_for(preset, backend)
     await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
+    if scene is not None:
+        blendfile = await upload_scene(t, paths, scene)
     await _write(t, paths.node_script, node_script.SCRIPT, "755")
     await _write(t, paths.file("blendfile"), blendfile + ("\n" if blendfile else ""))
     script = holder_script(preset, spec, paths)

@@ -60,6 +60,11 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
             except RuntimeError as error:
                 errors[name] = str(error)
         result["errors"] = errors
+        try:  # an unsaved scene cannot be packed and uploaded for the session
+            bpy.ops.braas_hpc_interactive.start_session()
+        except RuntimeError as error:
+            result["unsaved_error"] = str(error)
+        bpy.context.scene.braas_hpc_interactive.blendfile = "/cluster/scene.blend"
         try:
             bpy.ops.braas_hpc_interactive.start_session()  # the only presets here: none can hold a node
         except RuntimeError as error:
@@ -93,6 +98,7 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
         expected = "no tunnel open" if name == "close_tunnel" else "no interactive session selected"
         assert expected in error, (name, error)
     assert "preset" in got["start_error"] or "Slurm or PBS" in got["start_error"]
+    assert "save the scene first" in got["unsaved_error"]
     assert "only shows a remote viewport" in got["f12"]
     assert got["listed"] == [["i-20260101-120000-ab12", "karolina", "77", True]]
     assert got["selected"] == "i-20260101-120000-ab12"

@@ -148,3 +148,36 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
         time.sleep(0.2)
     assert _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") == []  # Stop left nothing on the node
     assert (Path(record.paths.dir) / "protocol.py").is_file()  # installed beside render_server.py
+
+
+def test_a_local_scene_is_packed_and_uploaded_for_the_session(testbed, tmp_path: Path) -> None:  # noqa: ANN001
+    """`start(scene=...)`, what the panel's Start Session does with the open file: packed (the external
+    texture goes inside), sent through the store, and rendered on the node with its texture."""
+    scene = make_sample(tmp_path / "scene")
+
+    async def work() -> tuple[session.SessionRecord, str, Frame]:
+        record = await session.start("testbed", walltime_min=10, scene=scene)
+        try:
+            await session.wait_ready(record, timeout=240)
+            blendfile = await session.blendfile_of(record)
+            await session.start_server(record, launch.BUILTIN)
+            conn = await session.connection(record)
+            log = Path(record.paths.dir) / "command.err"
+            deadline = time.monotonic() + 120
+            while "listening on" not in (log.read_text() if log.exists() else ""):
+                assert time.monotonic() < deadline and await session.exit_status(record) is None, log.read_text()
+                await asyncio.sleep(0.3)
+            async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
+                frame = await asyncio.to_thread(_frames, tunnel.local_port, conn.token)
+        finally:
+            await session.stop(record)
+        return record, blendfile, frame[1]
+
+    record, blendfile, frame = asyncio.run(work())
+    assert blendfile == f"{record.paths.dir}/in/scene.blend"
+    uploaded = Path(blendfile)
+    assert uploaded.stat().st_nlink >= 2  # a hard link into the store: sent once, kept by gc while here
+    image = _rgba(frame)
+    reds = ((image[..., 0] > 0.5) & (image[..., 1] < 0.2)).sum()
+    greens = ((image[..., 1] > 0.4) & (image[..., 0] < 0.2)).sum()
+    assert reds > 50 and greens > 50, (reds, greens)  # the texture travelled inside the packed scene
