@@ -52,11 +52,12 @@ def draw_status(layout: bpy.types.UILayout) -> None:
     message = runtime.state.message
     if message.text and not visible:
         icon = {"ERROR": "ERROR", "WARNING": "INFO"}.get(message.level, "CHECKMARK")
-        for index, line in enumerate(_wrap(message.text, 90)[:4]):
+        for index, line in enumerate(wrap_text(message.text, 90)[:4]):
             layout.label(text=line, icon=icon if index == 0 else "BLANK1")
 
 
-def _wrap(text: str, width: int) -> list[str]:
+def wrap_text(text: str, width: int) -> list[str]:
+    """Lines of at most `width` characters, broken at spaces: panels have no wrapping label."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         while len(paragraph) > width:

@@ -7,6 +7,8 @@ import time
 
 import bpy
 
+from braas_hpc.blender.ui import wrap_text
+
 from ..core import launch
 from . import links, runtime
 
@@ -36,20 +38,8 @@ def draw_status(layout: bpy.types.UILayout) -> None:
     elif runtime.state.message:
         icon = {"ERROR": "ERROR", "WARNING": "INFO"}.get(runtime.state.level, "CHECKMARK")
         column = layout.column(align=True)
-        for index, line in enumerate(_wrap(runtime.state.message, 48)[:5]):
+        for index, line in enumerate(wrap_text(runtime.state.message, 48)[:5]):
             column.label(text=line, icon=icon if index == 0 else "BLANK1")
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [""]:
-        while len(paragraph) > width:
-            cut = paragraph.rfind(" ", 0, width)
-            cut = cut if cut > 0 else width
-            lines.append(paragraph[:cut])
-            paragraph = paragraph[cut:].lstrip()
-        lines.append(paragraph)
-    return lines
 
 
 class BRAAS_HPC_INTERACTIVE_UL_sessions(bpy.types.UIList):
@@ -62,11 +52,16 @@ class BRAAS_HPC_INTERACTIVE_UL_sessions(bpy.types.UIList):
         row.label(text=f"{item.preset} {item.job_state}{where}")
 
 
-class BRAAS_HPC_INTERACTIVE_PT_main(bpy.types.Panel):
-    bl_label = "Interactive"
+class SidebarPanel:
+    """Where every panel of this add-on lives: the 3D viewport's sidebar, tab BRaaS-HPC."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "BRaaS-HPC"
+
+
+class BRAAS_HPC_INTERACTIVE_PT_main(SidebarPanel, bpy.types.Panel):
+    bl_label = "Interactive"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -76,11 +71,8 @@ class BRAAS_HPC_INTERACTIVE_PT_main(bpy.types.Panel):
         draw_status(layout)
 
 
-class BRAAS_HPC_INTERACTIVE_PT_session(bpy.types.Panel):
+class BRAAS_HPC_INTERACTIVE_PT_session(SidebarPanel, bpy.types.Panel):
     bl_label = "Session"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "BRaaS-HPC"
     bl_parent_id = "BRAAS_HPC_INTERACTIVE_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -109,11 +101,8 @@ class BRAAS_HPC_INTERACTIVE_PT_session(bpy.types.Panel):
         box.operator(f"{OP}.stop_session", icon="CANCEL")
 
 
-class BRAAS_HPC_INTERACTIVE_PT_command(bpy.types.Panel):
+class BRAAS_HPC_INTERACTIVE_PT_command(SidebarPanel, bpy.types.Panel):
     bl_label = "Server"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "BRaaS-HPC"
     bl_parent_id = "BRAAS_HPC_INTERACTIVE_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -136,11 +125,8 @@ class BRAAS_HPC_INTERACTIVE_PT_command(bpy.types.Panel):
                 column.label(text=line[:200])
 
 
-class BRAAS_HPC_INTERACTIVE_PT_viewport(bpy.types.Panel):
+class BRAAS_HPC_INTERACTIVE_PT_viewport(SidebarPanel, bpy.types.Panel):
     bl_label = "Viewport"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "BRaaS-HPC"
     bl_parent_id = "BRAAS_HPC_INTERACTIVE_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
