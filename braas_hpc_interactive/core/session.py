@@ -91,19 +91,6 @@ async def _write(t: Transport, path: str, text: str, mode: str = "644") -> None:
                  stdin=text)
 
 
-async def upload_scene(t: Transport, paths: SessionPaths, scene: Path) -> str:
-    """The local scene packed (its images inside, so nothing is missing on the node) and sent into the
-    session's in/ through the cluster's store: a scene sent before, for a job or a session, is not sent
-    again. Returns its path on the cluster."""
-    with tempfile.TemporaryDirectory(prefix="braas-session-") as temp:
-        progress.report("packing the scene")
-        packed = Path(temp) / MAIN_BLEND
-        await pack_scene(scene, packed)
-        progress.report("uploading the scene")
-        await store.upload_inputs(t, paths.root, paths.file("in"), {MAIN_BLEND: packed})
-    return paths.file(f"in/{MAIN_BLEND}")
-
-
 async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = False, blendfile: str = "",
                 backend: str | None = None, scene: Path | None = None) -> SessionRecord:
     """Submit the holding job; returns at once (see `wait_ready`). `scene`: a local .blend to pack and
@@ -117,9 +104,18 @@ async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = F
     spec = holder_spec(preset, name, walltime_min, gpu)
     paths = SessionPaths(remote_root(preset), name)
     t = transport_for(preset, backend)
-    await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
-    if scene is not None:
-        blendfile = await upload_scene(t, paths, scene)
+    with tempfile.TemporaryDirectory(prefix="braas-session-") as temp:
+        packed = None
+        if scene is not None:  # packed first: missing files are refused before the cluster sees anything
+            progress.report("packing the scene")
+            packed = Path(temp) / MAIN_BLEND
+            await pack_scene(scene, packed)
+        await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
+        if packed is not None:
+            # Images inside, through the store: a scene sent before (for a job or a session) is not sent again.
+            progress.report("uploading the scene")
+            await store.upload_inputs(t, paths.root, paths.file("in"), {MAIN_BLEND: packed})
+            blendfile = paths.file(f"in/{MAIN_BLEND}")
     await _write(t, paths.node_script, node_script.SCRIPT, "755")
     await _write(t, paths.file("blendfile"), blendfile + ("\n" if blendfile else ""))
     script = holder_script(preset, spec, paths)
