@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from braas_hpc.core.presets import load_preset  # noqa: E402
 from braas_hpc.core.transport import transport_for  # noqa: E402
-from braas_hpc_interactive.core import launch, session  # noqa: E402
+from braas_hpc_interactive.core import session  # noqa: E402
 from braas_hpc_interactive.core.client import RenderClient  # noqa: E402
 from braas_hpc_interactive.core.protocol import ViewRequest  # noqa: E402
 from braas_hpc_interactive.core.tunnel import for_session  # noqa: E402
 from tests.helpers import make_sample  # noqa: E402
+from tests.integration.test_interactive_render import serve_builtin  # noqa: E402
 from tests.testbed import nodens  # noqa: E402
 from tests.testbed import testbed as tb  # noqa: E402
 
@@ -87,14 +88,7 @@ async def run(frames: int, rounds: int, backends: list[str], scratch: Path) -> l
     record = await session.start("testbed", walltime_min=30, blendfile=remote_scene)
     try:
         await session.wait_ready(record, timeout=240)
-        await session.start_server(record, launch.BUILTIN)
-        conn = await session.connection(record)
-        log = Path(record.paths.dir) / "command.err"
-        deadline = time.monotonic() + 120
-        while "listening on" not in (log.read_text() if log.exists() else ""):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {log.read_text() if log.exists() else ''}")
-            await asyncio.sleep(0.3)
+        _, conn = await serve_builtin(record)
         return await measure(record, conn, backends, frames, rounds)
     finally:
         await session.stop(record)

@@ -139,7 +139,7 @@ async def job_state(record: SessionRecord) -> str:
     (Slurm: squeue; sacct can lag behind a job that just started), then the history (ended jobs)."""
     scheduler = scheduler_for(record.scheduler)
     t = _transport(record)
-    live = scheduler.fallback_query_argv([record.job_id])
+    live = scheduler.live_query_argv([record.job_id])
     states: list[TaskState] = []
     if live:
         done = await t.run(live, check=False)

@@ -9,7 +9,6 @@ Cycles renders every frame on the node's CPU.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from braas_hpc.core.transport import transport_for
 from braas_hpc_interactive.core import launch, session
 from braas_hpc_interactive.core.client import Frame, RenderClient
 from braas_hpc_interactive.core.protocol import HandshakeRefused, ViewRequest, expected_pixel_bytes
+from braas_hpc_interactive.core.records import Connection
 from braas_hpc_interactive.core.tunnel import for_session
 from tests.helpers import make_sample
+from tests.integration.test_interactive import _node_processes
 from tests.testbed import nodens
 
 
@@ -34,19 +35,6 @@ def _top_down(x: float, y: float, z: float, width: int, height: int, half_extent
 
 def _rgba(frame: Frame) -> np.ndarray:
     return np.frombuffer(frame.pixels, "<f2").astype(np.float32).reshape(frame.height, frame.width, 4)
-
-
-def _node_processes(marker: str) -> list[str]:
-    pids = subprocess.run(["ip", "netns", "pids", nodens.NETNS], capture_output=True, text=True).stdout.split()
-    found = []
-    for pid in pids:
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in environ:
-            found.append(pid)
-    return found
 
 
 def _held_terminals(user: str) -> list[int]:
@@ -67,6 +55,20 @@ def _held_terminals(user: str) -> list[int]:
         if name == "cat" and int(fields[4]) != 0:  # tty_nr
             found.append(int(proc.name))
     return found
+
+
+async def serve_builtin(record: session.SessionRecord, timeout: float = 120) -> tuple[list[str], Connection]:
+    """Start the built-in server in the session and wait until it listens (its log says so); returns its
+    argv and the connection file. Also used by bench/interactive_fps_bench.py."""
+    argv = await session.start_server(record, launch.BUILTIN)
+    conn = await session.connection(record)
+    log = Path(record.paths.dir) / "command.err"
+    deadline = time.monotonic() + timeout
+    while "listening on" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
+        assert await session.exit_status(record) is None, f"the server exited: {log.read_text()}"
+        await asyncio.sleep(0.3)
+    return argv, conn
 
 
 def _frames(port: int, token: str) -> tuple[Frame, Frame, Frame]:
@@ -98,14 +100,7 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
         record = await session.start("testbed", walltime_min=10, blendfile=remote_scene)
         try:
             await session.wait_ready(record, timeout=240)
-            argv = await session.start_server(record, launch.BUILTIN)
-            conn = await session.connection(record)
-            log = Path(record.paths.dir) / "command.err"
-            deadline = time.monotonic() + 120
-            while "listening on" not in (log.read_text() if log.exists() else ""):
-                assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
-                assert await session.exit_status(record) is None, f"the server exited: {log.read_text()}"
-                await asyncio.sleep(0.3)
+            argv, conn = await serve_builtin(record)
             before = _held_terminals(testbed.user)
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
                 port = tunnel.local_port
@@ -160,13 +155,7 @@ def test_a_local_scene_is_packed_and_uploaded_for_the_session(testbed, tmp_path:
         try:
             await session.wait_ready(record, timeout=240)
             blendfile = await session.blendfile_of(record)
-            await session.start_server(record, launch.BUILTIN)
-            conn = await session.connection(record)
-            log = Path(record.paths.dir) / "command.err"
-            deadline = time.monotonic() + 120
-            while "listening on" not in (log.read_text() if log.exists() else ""):
-                assert time.monotonic() < deadline and await session.exit_status(record) is None, log.read_text()
-                await asyncio.sleep(0.3)
+            _, conn = await serve_builtin(record)
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
                 frame = await asyncio.to_thread(_frames, tunnel.local_port, conn.token)
         finally:
