@@ -80,6 +80,17 @@ def covered_tasks(task: str) -> set[int] | None:
     return indices
 
 
+def uncovered_tasks(states: list[TaskState], expected_tasks: int) -> set[int]:
+    """Indices 1..expected_tasks no line of `states` stands for."""
+    covered: set[int] = set()
+    for state in states:
+        indices = covered_tasks(state.task)
+        if indices is None:
+            return set()
+        covered |= indices
+    return set(range(1, expected_tasks + 1)) - covered
+
+
 def answer_is_whole(answer: list[TaskState], expected_tasks: int) -> bool:
     """Whether the scheduler's lines for one id account for every task it runs.
 
@@ -92,13 +103,7 @@ def answer_is_whole(answer: list[TaskState], expected_tasks: int) -> bool:
         return False
     if expected_tasks <= 1 or any(s.state not in TERMINAL for s in answer):
         return True  # a live task: the job is not taken as ended anyway
-    covered: set[int] = set()
-    for state in answer:
-        indices = covered_tasks(state.task)
-        if indices is None:
-            return True
-        covered |= indices
-    return len(covered & set(range(1, expected_tasks + 1))) == expected_tasks
+    return not uncovered_tasks(answer, expected_tasks)
 
 
 # Lists the non-empty frame files of many out/ directories in one call: "<dir>\t<name>\0" each, and
@@ -128,6 +133,9 @@ class Answers:
 
     by_id: dict[str, list[TaskState]]
     whole: set[str]
+    # Array tasks neither the accounting nor the queue lists: ended, but not recorded (yet, or ever).
+    unrecorded: dict[str, set[int]] = field(default_factory=dict)
+
 
 
 async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> Answers:
@@ -141,6 +149,7 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
     whole = {job_id for job_id in ids if answer_is_whole(by_id[job_id], expected[job_id])}
     partial = [job_id for job_id in ids if by_id[job_id] and job_id not in whole]
     scheduler = scheduler_for(kind)
+    unrecorded: dict[str, set[int]] = {}
     if partial and (argv := scheduler.live_query_argv(partial)):
         # Accounting lags the controller (a task that just started is not recorded yet) and never records
         # a task cancelled before it started. The queue lists every task still to run or running: what
@@ -152,7 +161,9 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
                     if scheduler.job_key(job_id) == state.job_id:
                         by_id[job_id] = [s for s in by_id[job_id] if s.task != state.task] + [state]
             whole.update(partial)
-    return Answers(by_id, whole)
+            left = {job_id: uncovered_tasks(by_id[job_id], expected[job_id]) for job_id in partial}
+            unrecorded = {job_id: tasks for job_id, tasks in left.items() if tasks}
+    return Answers(by_id, whole, unrecorded)
 
 
 async def _ask_scheduler(transport: Transport, kind: str, ids: list[str]) -> dict[str, list[TaskState]]:
@@ -210,6 +221,43 @@ async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> s
     return ended
 
 
+# For each marker path: "<path>\t<its state, or 'none' when the task never wrote one>".
+_TASK_STATES_SCRIPT = r"""
+for m in "$@"; do
+  s=$(sed -n 's/.*"state": "\([a-z]*\)".*/\1/p' "$m" 2>/dev/null | head -n 1)
+  printf '%s\t%s\n' "$m" "${s:-none}"
+done
+"""
+# A task the scheduler no longer lists, by its marker: a "running" one was killed before its last word,
+# one with no marker never started (cancelled while pending: Slurm's accounting keeps no line for it).
+_MARKER_STATES = {"done": COMPLETED, "failed": FAILED, "running": FAILED, "none": CANCELLED}
+
+
+async def _unrecorded_states(transport: Transport, record: JobRecord, unrecorded: dict[str, set[int]]
+                             ) -> list[TaskState]:
+    """States of a job's ended tasks that no scheduler answer lists, read from their markers.
+
+    Only arrays leave tasks unrecorded, and each round submits one array: the id's place is its round.
+    """
+    paths = JobPaths(record.remote_root, record.name)
+    wanted: dict[str, tuple[str, int]] = {}
+    for job_id in record.scheduler_ids:
+        round_ = record.scheduler_ids.index(job_id)
+        prefix = f"r{round_}-" if round_ else ""
+        for task in sorted(unrecorded.get(job_id, ())):
+            wanted[f"{paths.status_dir}/{prefix}task-{task}.json"] = (job_id, task)
+    if not wanted:
+        return []
+    done = await transport.run(["sh", "-c", _TASK_STATES_SCRIPT, "sh", *wanted], timeout=120, check=False)
+    states = []
+    for line in done.stdout.splitlines():
+        path, _, word = line.partition("\t")
+        if path in wanted and word in _MARKER_STATES:
+            job_id, task = wanted[path]
+            states.append(TaskState(job_id, str(task), _MARKER_STATES[word], f"marker: {word}"))
+    return states
+
+
 async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:
     preset = load_preset(preset_name)
     transport = transport_for(preset)
@@ -226,6 +274,9 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             continue
         states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])]
         unseen = any(job_id not in answers.whole for job_id in record.scheduler_ids)
+        if aggregate(states, len(missing), unseen) in TERMINAL and answers.unrecorded.keys() & {*record.scheduler_ids}:
+            # Ending now: the tasks missing from every answer are counted too (once, in the registry).
+            states += await _unrecorded_states(transport, record, answers.unrecorded)
         found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
                               missing)
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]

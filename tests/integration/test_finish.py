@@ -47,8 +47,9 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
     assert killed.returncode == 0, killed.stderr
     waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
     final = json.loads(waited.stdout)
-    # sacct keeps no line for an array task cancelled while pending: the missing frames make it FAILED.
-    assert waited.returncode == 1 and final["state"] in ("FAILED", "CANCELLED") and final["missing"] == [5, 6], final
+    # sacct keeps no line for an array task cancelled while pending; it wrote no marker: it never started.
+    assert waited.returncode == 1 and final["state"] == "CANCELLED" and final["missing"] == [5, 6], final
+    assert final["tasks"] == {"COMPLETED": 2, "CANCELLED": 1}, final
 
     job_dir = job["job_dir"]
     summary = json.loads(_wait_for(remote, f"{job_dir}/summary.json"))
@@ -68,7 +69,7 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
     assert finish[1] == "COMPLETED" and finish[2] >= max(ends), rows
     status = json.loads(run_cli("status", job["job"], "--json").stdout)[0]
     assert status["summary"] is True and job["finish_id"] not in status["scheduler_ids"]
-    assert status["tasks"] == {"COMPLETED": 2}  # the array's tasks only: the finished finish job is not counted
+    assert status["tasks"] == {"COMPLETED": 2, "CANCELLED": 1}  # the array's tasks only, not the finish job
     assert remote(f"cat {job_dir}/finish.txt").stdout.strip() == f"0 {job['finish_id']}"
 
 
