@@ -18,11 +18,13 @@ def _on_load(_dummy: object = None) -> None:
     jobs_list.load_registry()
 
 
-def register() -> None:
+def register(addon_id: str = "braas_hpc") -> None:
     import bpy
 
     from . import jobs_list, preferences, props, runtime
 
+    # Blender finds an add-on's preferences by the add-on's module name: this package's, or the extension's.
+    runtime.ADDON_ID = preferences.BraasPreferences.bl_idname = addon_id
     for cls in _classes():
         bpy.utils.register_class(cls)
     props.attach()

@@ -21,10 +21,11 @@ import bpy
 
 from ..core.errors import BraasError, HostKeyUnknown
 from ..core.transport import pool
+from ..core.transport.base import NoPrompts
 from .bridge import Bridge, Operation
 from .prompting import PromptBroker, Question
 
-ADDON_ID = __package__.rsplit(".", 1)[0]  # "braas_hpc", or "bl_ext.<repo>.braas_hpc" as an extension
+ADDON_ID = "braas_hpc"  # the add-on's module name; register() sets the extension's ("bl_ext.<repo>.braas_hpc")
 PUMP_INTERVAL_S = 0.1
 IDLE_INTERVAL_S = 1.0
 
@@ -168,6 +169,8 @@ def stop() -> None:
     if bpy.app.timers.is_registered(pump):
         bpy.app.timers.unregister(pump)
     state.broker.refuse_all()
+    if pool.prompts is state.broker:  # the interactive add-on may go on without these popups
+        pool.prompts = NoPrompts()
     if state.question is not None:
         state.question.answer(None)
         state.question = None
