@@ -100,6 +100,7 @@ class BRAAS_HPC_RemoteEngine(bpy.types.RenderEngine):
         except ValueError as error:  # a panoramic camera, a camera view without a camera
             self.update_stats("", str(error))
             return
+        links.drawn()
         serial, frame = links.latest()
         texture = self._texture(serial, frame)
         if texture is not None:

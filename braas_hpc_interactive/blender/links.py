@@ -22,6 +22,7 @@ from ..core.protocol import ViewRequest
 
 CLOSE_TIMEOUT_S = 10.0
 OUTPUT_LINES = 20
+IDLE_AFTER_S = 3.0  # a frame not drawn for this long: no 3D view shows the remote render, pause the link
 
 # The add-on's own asyncio loop, apart from braas_hpc's: tunnels live on it for hours, and disabling
 # one add-on must not pull the connections from under the other.
@@ -80,7 +81,7 @@ def open_view(host: str, port: int, token: str | None, key: str = "", max_sample
     with _state.lock:
         _state.generation += 1
         generation = _state.generation
-    link = link_factory(host, port, token, _storer(generation), max_samples=max_samples)
+    link = link_factory(host, port, token, _storer(generation), max_samples=max_samples, idle_after=IDLE_AFTER_S)
     with _state.lock:
         _state.view, _state.view_key, _state.sent, _state.frame = link, key, None, None
         _state.owner = owner
@@ -113,6 +114,13 @@ def set_view(view: ViewRequest, owner: int = 0) -> bool:
         _state.sent = view
     link.set_view(view)
     return True
+
+
+def drawn() -> None:
+    """The engine drew the viewport (its view_draw): the link keeps rendering."""
+    link = current()
+    if link is not None:
+        link.drawn()
 
 
 def latest() -> tuple[int, Frame | None]:
@@ -236,4 +244,6 @@ def describe_link(link: Any) -> str:
         return link.error
     if not link.connected:
         return f"connecting to {link.host}:{link.port}..."
+    if link.paused:
+        return f"paused: no 3D view shows it (Rendered mode resumes it) | Samples {link.samples}"
     return f"Samples {link.samples} | FPS {link.frames_per_second:.1f}"

@@ -139,13 +139,18 @@ class ViewportLink:
     `on_frame` and `on_error` run on the link's thread: keep them short and do not touch bpy there
     (store the frame, let a timer on the main thread redraw). With `max_samples`, once the server's
     running total reaches it the link waits for another view instead of asking for more samples.
+    With `idle_after`, a frame nobody drew (`drawn()`) for that many seconds pauses the link until
+    the next draw or view: a viewport switched out of Rendered mode no longer keeps the node busy.
     """
 
     def __init__(self, host: str, port: int, token: str | None, on_frame: Callable[[Frame], None],
                  on_error: Callable[[str], None] | None = None, *, max_samples: int | None = None,
-                 timeout: float = 30.0, connect_timeout: float = 10.0, fps_window: float = 2.0) -> None:
+                 idle_after: float | None = None, timeout: float = 30.0, connect_timeout: float = 10.0,
+                 fps_window: float = 2.0) -> None:
         self.host, self.port, self.token = host, port, token
         self._max_samples = max_samples
+        self._idle_after = idle_after
+        self._undrawn_since: float | None = None  # when a delivered frame was first left undrawn
         self._timeout, self._connect_timeout = timeout, connect_timeout
         self._on_frame, self._on_error = on_frame, on_error
         self._fps_window = max(1.0, fps_window)
@@ -175,7 +180,15 @@ class ViewportLink:
             raise ValueError("a view needs reset 0 and a positive size")
         with self._cond:
             self._view = view
+            self._undrawn_since = None  # a new view comes from a viewport that is drawing
             self._cond.notify_all()
+
+    def drawn(self) -> None:
+        """The viewport drew (any frame): someone is looking, so keep the frames coming."""
+        with self._cond:
+            if self._undrawn_since is not None:
+                self._undrawn_since = None
+                self._cond.notify_all()
 
     def set_script(self, text: str | None) -> None:
         """Sent once per connection when it differs from the last one sent; None sends nothing (the
@@ -214,6 +227,12 @@ class ViewportLink:
     def connected(self) -> bool:
         with self._cond:
             return self._connected
+
+    @property
+    def paused(self) -> bool:
+        """Waiting because no one drew the frames it delivered (see `idle_after`)."""
+        with self._cond:
+            return self._idle()
 
     @property
     def error(self) -> str | None:
@@ -305,10 +324,14 @@ class ViewportLink:
                     script = self._script if self._script and self._script != sent_script else None
                     changed = sent_view is None or not view.same_view(sent_view)
                     done = self._max_samples is not None and self._samples >= self._max_samples
-                    if changed or script is not None or not done:
+                    if (changed or script is not None or not done) and not self._idle():
                         return view, script
                 self._cond.wait()
         return None
+
+    def _idle(self) -> bool:  # with the lock held
+        return (self._idle_after is not None and self._undrawn_since is not None
+                and time.monotonic() - self._undrawn_since > self._idle_after)
 
     def _pause(self, seconds: float) -> bool:
         """Sleep unless stopped; True when stopping."""
@@ -319,6 +342,8 @@ class ViewportLink:
         now = time.monotonic()
         with self._cond:
             self._samples = frame.state.samples
+            if self._undrawn_since is None:
+                self._undrawn_since = now
             self._frame_times.append(now)
             if self._first_frame is None:
                 self._first_frame = now

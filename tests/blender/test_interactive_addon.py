@@ -269,6 +269,11 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         result["stats"] = engine.stats_text(links.current(), frame)
         runtime.pump()
         result["drawn_serial_seen"] = runtime.state.drawn_serial == links.serial()
+        # No window here, so no view_draw: once a frame has gone undrawn for IDLE_AFTER_S the link pauses.
+        result["paused"] = runtime.wait_until(lambda: links.current().paused, links.IDLE_AFTER_S + 10)
+        result["paused_status"] = links.describe_link(links.current())
+        links.drawn()  # what view_draw calls: the viewport shows it again
+        result["resumed"] = not links.current().paused
         link = links.current()
         # The add-on going away closes the link (goodbye sent) and the tunnel (its port refuses).
         addon_utils.disable("braas_hpc_interactive", default_set=True)
@@ -294,6 +299,7 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
     assert got["frame"][3] == [0.5, 0.25, 1.0, 1.0] and got["frame"][4] == 200 * 100 * 4
     assert got["stats"].startswith("Samples ") and "(remote 30.0)" in got["stats"]
     assert got["drawn_serial_seen"]
+    assert got["paused"] is True and got["paused_status"].startswith("paused: no 3D view") and got["resumed"]
     assert got["link_thread_alive"] is False and got["goodbye"] is True
     assert got["tunnel_port_open"] is False and got["tunnels_left"] == 0
     assert got["engine_after"] == "BLENDER_WORKBENCH"

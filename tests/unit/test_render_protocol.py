@@ -411,6 +411,32 @@ def test_link_waits_at_max_samples(standin: StandIn) -> None:
     link.stop()
 
 
+def test_link_pauses_while_no_one_draws_its_frames(standin: StandIn) -> None:
+    """A viewport switched out of Rendered mode stops drawing: the link stops asking the node for
+    frames until the next draw (or a new view) instead of rendering for no one."""
+    link, got = collecting_link(standin.port, idle_after=0.3)
+    link.start()
+    link.set_view(ViewRequest(4, 2, matrix=matrix(ROWS), lens=0.8))
+    got.wait_for(lambda: len(got.frames) >= 1)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # a viewport redrawing at 20 Hz: frames keep coming
+        link.drawn()
+        assert not link.paused
+        time.sleep(0.05)
+    seen = len(got.frames)
+    link.drawn()
+    got.wait_for(lambda: len(got.frames) > seen)  # still asking after a second of draws
+    got.wait_for(lambda: link.paused, timeout=5)
+    asked = len(standin.requests)
+    time.sleep(0.5)
+    assert len(standin.requests) == asked and link.paused  # no request while paused
+    link.drawn()  # the viewport shows it again
+    got.wait_for(lambda: len(standin.requests) > asked and not link.paused)
+    link.drawn()
+    link.stop()
+    assert got.errors == []
+
+
 def test_link_reconnects_after_a_drop() -> None:
     server = StandIn(drop_after=2)
     try:
