@@ -21,7 +21,8 @@ from typing import Any
 import bpy
 
 from braas_hpc.blender.bridge import Operation
-from braas_hpc.core.errors import BraasError, HostKeyUnknown
+from braas_hpc.core.errors import AuthenticationFailed, BraasError, HostKeyUnknown
+from braas_hpc.core.transport import NoPrompts, pool
 
 from . import links
 
@@ -54,6 +55,9 @@ def tell(text: str, level: str = "INFO") -> None:
 def describe(error: BaseException) -> str:
     if isinstance(error, HostKeyUnknown):
         return f"{error} (compare and trust it with BRaaS-HPC's Test Connections, or `braas-hpc test PRESET`)"
+    if isinstance(error, AuthenticationFailed) and isinstance(pool.prompts, NoPrompts):
+        # The login popups (key passphrase, one-time code) belong to the BRaaS-HPC add-on.
+        return f"{error} (a login that asks for a passphrase or a code needs the BRaaS-HPC add-on enabled)"
     if isinstance(error, BraasError):
         return str(error)
     if isinstance(error, OSError):

@@ -77,6 +77,14 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
         except RuntimeError as error:
             result["f12"] = str(error)
         bpy.context.scene.render.engine = "CYCLES"
+        # Alone (BRaaS-HPC disabled), no popup can ask for a passphrase: the error says what would.
+        from braas_hpc.core.errors import AuthenticationFailed
+        refused = AuthenticationFailed("karolina.it4i.cz refused the key")
+        result["auth_with_main"] = runtime.describe(refused)
+        from braas_hpc.core.transport import NoPrompts, pool
+        with_popups, pool.prompts = pool.prompts, NoPrompts()  # what disabling BRaaS-HPC leaves (test_extension)
+        result["auth_alone"] = runtime.describe(refused)
+        pool.prompts = with_popups
         # A session recorded on this computer is listed after a restart of the add-on.
         save_record(SessionRecord(name="i-20260101-120000-ab12", preset="karolina", scheduler="slurm", job_id="77",
                                   root="/scratch/p/braas-hpc", walltime_min=30, gpu=True, created=1.0))
@@ -100,6 +108,9 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
     assert "preset" in got["start_error"] or "Slurm or PBS" in got["start_error"]
     assert "save the scene first" in got["unsaved_error"]
     assert "only shows a remote viewport" in got["f12"]
+    assert got["auth_with_main"] == "karolina.it4i.cz refused the key"  # its popups would have asked
+    assert got["auth_alone"] == ("karolina.it4i.cz refused the key (a login that asks for a passphrase or a code "
+                                 "needs the BRaaS-HPC add-on enabled)")
     assert got["listed"] == [["i-20260101-120000-ab12", "karolina", "77", True]]
     assert got["selected"] == "i-20260101-120000-ab12"
     assert got["after"] == {"types": [], "engines": [], "scene_prop": False, "wm_prop": False, "timer": False,
