@@ -414,19 +414,20 @@ def test_link_waits_at_max_samples(standin: StandIn) -> None:
 def test_link_pauses_while_no_one_draws_its_frames(standin: StandIn) -> None:
     """A viewport switched out of Rendered mode stops drawing: the link stops asking the node for
     frames until the next draw (or a new view) instead of rendering for no one."""
-    link, got = collecting_link(standin.port, idle_after=0.3)
+    link, got = collecting_link(standin.port, idle_after=1.0)
     link.start()
     link.set_view(ViewRequest(4, 2, matrix=matrix(ROWS), lens=0.8))
     got.wait_for(lambda: len(got.frames) >= 1)
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:  # a viewport redrawing at 20 Hz: frames keep coming
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # a viewport redrawing at 20 Hz, for longer than idle_after
         link.drawn()
         assert not link.paused
         time.sleep(0.05)
     seen = len(got.frames)
     link.drawn()
-    got.wait_for(lambda: len(got.frames) > seen)  # still asking after a second of draws
-    got.wait_for(lambda: link.paused, timeout=5)
+    got.wait_for(lambda: len(got.frames) > seen)  # still asking after two seconds of draws
+    got.wait_for(lambda: link.paused, timeout=10)  # the draws stopped: it pauses
+    time.sleep(0.3)  # a request already on its way when it paused has arrived by now
     asked = len(standin.requests)
     time.sleep(0.5)
     assert len(standin.requests) == asked and link.paused  # no request while paused
