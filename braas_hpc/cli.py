@@ -21,10 +21,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .core import VERSION, monitor, recovery, service, transfer
+from .core import VERSION, monitor, recovery, registry, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
-from .core.presets import SSH_BACKENDS, all_presets
+from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
+from .core.schedulers import scheduler_for
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
 from .prompts import TerminalPrompts
@@ -169,7 +170,11 @@ async def cmd_resubmit(args: argparse.Namespace) -> int:
     (current,) = await monitor.status([args.job])
     if current.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
         raise UsageError(f"job {args.job} is still {current.state}: wait for it or cancel it first")
-    result = await service.resubmit(args.job, list(current.missing))
+    avoid = tuple(node for node in (args.exclude or "").split(",") if node.strip())
+    scheduler = load_preset(registry.get_job(args.job).preset).scheduler
+    if avoid and not scheduler_for(scheduler).exclude_argv(avoid):
+        raise UsageError(f"{scheduler} cannot keep a job off given nodes; resubmit without --exclude")
+    result = await service.resubmit(args.job, list(current.missing), exclude_nodes=avoid)
     if args.json:
         _print_json(result.to_json())
     else:
@@ -379,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("resubmit", cmd_resubmit, "submit only the missing frames of an ended job again")
     p.add_argument("job", metavar="JOB")
+    p.add_argument("--exclude", metavar="NODES", help="comma-separated nodes the new round must not use (Slurm)")
 
     add("presets", cmd_presets, "list the cluster presets")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,13 +20,12 @@ from .errors import BraasError
 from .jobs import JobPaths, JobSpec
 from .monitor import JobStatus
 from .presets import load_preset
-from .schedulers.base import CANCELLED, FAILED, TIMEOUT
+from .schedulers.base import CANCELLED, FAILED, NODE_NAME, TIMEOUT
 from .transport import Transport, transport_for
 
 WALLTIME_MARGIN = 0.75  # a new chunk's measured render time may fill this share of the walltime
 FAILURES_TO_EXCLUDE = 2  # tasks of the job that died on a node before it is avoided
 EARLY_DEATH = 0.9  # a task that stopped before this share of its walltime died of something else
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # node names come from the cluster: checked
 RECOVERABLE = frozenset({FAILED, TIMEOUT, CANCELLED})  # CANCELLED here: a task cancelled by someone else
 
 # Every marker of the job as "<json>\0", in one call.
@@ -84,7 +82,7 @@ def failing_nodes(markers: list[dict[str, object]], walltime_min: int, now: floa
     deaths: Counter[str] = Counter()
     for marker in markers:
         node, state, started = marker.get("node"), marker.get("state"), marker.get("started")
-        if not isinstance(node, str) or not _NODE.match(node):
+        if not isinstance(node, str) or not NODE_NAME.fullmatch(node):
             continue
         ended_early = (state == "running" and isinstance(started, int | float)
                        and now - started < walltime_min * 60 * EARLY_DEATH)

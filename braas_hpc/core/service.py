@@ -30,7 +30,7 @@ from .packing import MAIN_BLEND, pack_key, pack_scene, stage_tree
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
-from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, Round
+from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round
 from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport
 from .transport import Transport, quote_command, transport_for
@@ -289,18 +289,29 @@ def _after(argv: list[str], options: list[str]) -> list[str]:
     return [argv[0], *options, *argv[1:]]
 
 
-async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, round_: int, ids: list[str]) -> str:
+async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, round_: int, ids: list[str],
+                         avoid_nodes: tuple[str, ...] = ()) -> str:
     """The finish step after every task of the round. Its id goes into the job's finish.txt, not the
     registry: it is no render task and must never keep a job "running". A site that refuses it costs
-    the summary, not the render."""
+    the summary, not the render. It avoids the nodes the round avoids where it can: the scheduler refuses
+    an exclusion that leaves its (CPU) partition no node, and then it goes anywhere rather than nowhere."""
     scheduler = scheduler_for(preset.scheduler)
-    try:
-        argv = _after(scheduler.submit_argv(finish_file(paths, round_)), scheduler.after_argv(ids))
-        done = await transport.run(intents.guarded(argv, f"{paths.job_dir}/submitted/r{round_}-finish"))
-        finish_id = scheduler.parse_submit(done.stdout)
-    except (RemoteCommandError, SchedulerError) as exc:
-        log.warning("the finish step of %s was not submitted: %s", paths.name, exc)
-        return ""
+    after = scheduler.after_argv(ids)
+    avoiding = scheduler.exclude_argv(avoid_nodes)
+    choices = [[*after, *avoiding], after] if avoiding else [after]
+    finish_id = ""
+    for options in choices:
+        argv = _after(scheduler.submit_argv(finish_file(paths, round_)), options)
+        try:
+            done = await transport.run(intents.guarded(argv, f"{paths.job_dir}/submitted/r{round_}-finish"))
+            finish_id = scheduler.parse_submit(done.stdout)
+            break
+        except (RemoteCommandError, SchedulerError) as exc:
+            if options is choices[-1]:
+                log.warning("the finish step of %s was not submitted: %s", paths.name, exc)
+                return ""
+            log.info("the finish step of %s cannot avoid %s (%s); submitting it without", paths.name,
+                     ", ".join(avoid_nodes), exc)
     await transport.run(["sh", "-c", 'printf "%s %s\\n" "$2" "$3" >> "$1"', "sh", f"{paths.job_dir}/finish.txt",
                          str(round_), finish_id])
     return finish_id
@@ -342,6 +353,9 @@ async def resubmit(name: str, missing: list[int], chunk: int | None = None,
         raise UsageError("render the missing frames locally with `braas-hpc render` again")
     if not missing:
         raise UsageError(f"job {name} has every frame; nothing to resubmit")
+    exclude_nodes = tuple(node.strip() for node in exclude_nodes)  # ignored where the scheduler cannot exclude
+    if any(not NODE_NAME.fullmatch(node) for node in exclude_nodes):
+        raise UsageError(f"not a node name: {', '.join(n for n in exclude_nodes if not NODE_NAME.fullmatch(n))}")
     spec = record.spec
     tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or spec.chunk))
     round_ = Round(record.rounds + 1, len(tasks), exclude_nodes)
@@ -359,7 +373,7 @@ async def resubmit(name: str, missing: list[int], chunk: int | None = None,
     id_tasks = await _submit_round(transport, preset, paths.round_script(round_.number), round_)
     ids = list(id_tasks)
     registry.add_round(name, id_tasks, PENDING)
-    finish_id = await _submit_finish(transport, preset, paths, round_.number, ids)
+    finish_id = await _submit_finish(transport, preset, paths, round_.number, ids, exclude_nodes)
     return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir,
                         finish_id=finish_id, scripts_updated=scripts.uploaded)
 

@@ -1,6 +1,7 @@
 """Automatic recovery on the test cluster: frames lost to a cancelled task or vanished from disk come
 back without the user asking, finished frames are not rendered again, the retry limit holds, and a
-node that kills tasks is excluded from the next round (the testbed's two-node partition `qpair`)."""
+node that kills tasks is excluded from the next round, finish step included (the testbed's two-node
+partition `qpair`; its default CPU partition `qcpu` has one node)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,46 @@ def test_a_cancelled_task_is_rendered_again_by_itself(testbed, remote, sample_sc
     marker = json.loads(remote(f"cat {job_dir}/status/r1-task-1.json").stdout)
     assert marker["frames"] == [5, 6] and marker["rendered"] == [5, 6]  # only the lost frames
     assert remote(f"test -e {job_dir}/status/r2-task-1.json").returncode != 0  # one round was enough
+
+
+def _sacct_row(remote, job_id: str, timeout: float = 120) -> list[str]:  # noqa: ANN001
+    """JobID|NodeList|State of a plain job once the accounting has it ended."""
+    deadline = time.monotonic() + timeout
+    row: list[str] = []
+    while time.monotonic() < deadline:
+        rows = remote(f"sacct -n -P -X -o JobID,NodeList,State -j {shlex.quote(job_id)}").stdout.splitlines()
+        row = next((r.split("|") for r in rows if r.startswith(f"{job_id}|")), [])
+        if row and row[2] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            return row
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not end in {timeout} s: {row}")
+
+
+def _finish_ids(remote, job_dir: str) -> dict[int, str]:  # noqa: ANN001
+    lines = remote(f"cat {shlex.quote(job_dir)}/finish.txt").stdout.split("\n")
+    return {int(r): i for r, i in (line.split() for line in lines if line.strip())}
+
+
+def test_resubmit_can_keep_off_a_node_and_the_finish_step_still_runs(  # noqa: ANN001
+        testbed, remote, sample_scene: Path) -> None:
+    job = _json("submit", str(sample_scene), "--preset", "testbed", "--partition", "qpair", "--frames", "1-2",
+                "--retries", "0")
+    assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+    assert remote(f"rm {shlex.quote(job['job_dir'])}/out/frame_000002.png").returncode == 0
+    bad = run_cli("resubmit", job["job"], "--exclude", "node2;reboot")
+    assert bad.returncode == 2 and "not a node name: node2;reboot" in bad.stderr, bad.stderr
+    again = _json("resubmit", job["job"], "--exclude", "localhost")
+    waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
+    assert waited.returncode == 0 and json.loads(waited.stdout)["frames_done"] == 2, waited.stdout + waited.stderr
+    (round_id,) = again["scheduler_ids"]
+    rows = remote(f"sacct -n -P -X -o JobID,NodeList,State -j {round_id}").stdout.splitlines()
+    assert rows and all(r.split("|")[1] == "node2" for r in rows), rows  # the round kept off localhost
+    # Its finish step asked to keep off localhost too; qcpu has no other node, so Slurm refused that
+    # ("Requested node configuration is not available") and it went without: summary over lost.
+    finish = _sacct_row(remote, _finish_ids(remote, job["job_dir"])[1])
+    assert finish[1:] == ["localhost", "COMPLETED"], finish
+    summary = json.loads(remote(f"cat {shlex.quote(job['job_dir'])}/summary.json").stdout)
+    assert summary["frames_ok"] == 2 and summary["missing"] == []
 
 
 def test_frames_lost_later_come_back_until_the_retry_limit(testbed, remote, sample_scene: Path) -> None:  # noqa: ANN001
@@ -132,7 +173,8 @@ def test_a_node_that_kills_tasks_is_excluded_from_the_next_round(  # noqa: ANN00
     base = Path(load_preset("testbed").source)
     preset = base.read_text().replace('name = "testbed"', 'name = "tb-node-kills"')
     preset = preset.replace('blender = "blender"', f'blender = "{wrapper}"')
-    assert wrapper in preset
+    preset = preset.replace('partition_cpu = "qcpu"', 'partition_cpu = "qpair"')  # the finish step can avoid too
+    assert wrapper in preset and "qpair" in preset
     (base.parent / "tb-node-kills.toml").write_text(preset)
 
     job = _json("submit", str(sample_scene), "--preset", "tb-node-kills", "--partition", "qpair",
@@ -171,6 +213,10 @@ def test_a_node_that_kills_tasks_is_excluded_from_the_next_round(  # noqa: ANN00
     for round_id in record.scheduler_ids[first:]:
         rows = remote(f"sacct -n -P -X -o JobID,NodeList,State -j {shlex.quote(round_id)}").stdout.splitlines()
         assert rows and all(row.split("|")[1] == "node2" for row in rows), rows
+    # So did the finish steps of those rounds: the summary is not left to the node that kills tasks.
+    finish_ids = _finish_ids(remote, job_dir)
+    for round_ in range(first, record.rounds + 1):
+        assert _sacct_row(remote, finish_ids[round_])[1:] == ["node2", "COMPLETED"], (round_, finish_ids)
     print(f"FIGURES node-kills-tasks rounds={record.rounds + 1} excluded_from_round={first} "
           f"deaths_on_localhost={deaths} done_on_node2_before={node2_done} frames_checked={len(frames)} "
           f"seconds={time.monotonic() - started:.0f}")

@@ -136,6 +136,9 @@ def test_pbs_site_end_to_end_through_the_stand_in(testbed, remote, scene: Path, 
     assert json.loads(got.stdout)["downloaded"] == 3
     for frame in (tmp_path / "frames").iterdir():
         check_frame(frame)
+    assert remote(f"rm {shlex.quote(job['job_dir'])}/out/frame_000003.png").returncode == 0
+    refused = run_cli("resubmit", job["job"], "--exclude", "x3000c0s1b0n0")  # PBS has no node exclusion
+    assert refused.returncode == 2 and "pbs cannot keep a job off given nodes" in refused.stderr, refused.stderr
 
 
 def test_pbs_cancel_removes_every_subjob(testbed, remote, scene: Path) -> None:  # noqa: ANN001

@@ -7,6 +7,7 @@ A subclass only knows its directives, its commands and its state names (dask-job
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -29,6 +30,11 @@ class TaskState:
     state: str  # one of the normalised states
     raw: str  # what the scheduler said, for the user
     exit_code: str = ""
+
+
+# A node name that may go into --exclude (a directive line and a command): they come from the cluster
+# (task markers) or the user, so anything else is refused rather than quoted.
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,10 @@ class Scheduler(ABC):
     @abstractmethod
     def after_argv(self, job_ids: Sequence[str]) -> list[str]:
         """Submit options that start a job once every job given has ended, however it ended (afterany)."""
+
+    def exclude_argv(self, nodes: Sequence[str]) -> list[str]:
+        """Submit options that keep a job off `nodes`; none where the scheduler cannot say so."""
+        return []
 
     def uses_array(self, preset: Preset, round_: Round) -> bool:
         return preset.arrays

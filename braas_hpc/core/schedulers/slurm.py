@@ -92,6 +92,9 @@ class SlurmScheduler(Scheduler):
         # An array id without an index stands for every task of the array.
         return [f"--dependency=afterany:{':'.join(job_ids)}"]
 
+    def exclude_argv(self, nodes: Sequence[str]) -> list[str]:
+        return [f"--exclude={','.join(nodes)}"] if nodes else []
+
     def submit_argv(self, script: str, task: int | None = None) -> list[str]:
         # A plain job gets its task number as the script's argument (sbatch passes it on).
         return ["sbatch", "--parsable", script, *([str(task)] if task else [])]
