@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .core import VERSION, monitor, recovery, registry, service, transfer
+from .core import VERSION, logs, monitor, recovery, registry, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
@@ -180,6 +180,17 @@ async def cmd_resubmit(args: argparse.Namespace) -> int:
     else:
         print(f"resubmitted frames {result.frames} of {result.job} as {result.tasks} array task(s), "
               f"scheduler id {', '.join(result.scheduler_ids)}")
+    return 0
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    if args.task is not None and args.task < 1:
+        raise UsageError("--task counts from 1 (the array task number)")
+    found = await logs.job_logs(args.job, task=args.task, lines=args.lines)
+    if args.json:
+        _print_json(found.to_json())
+    else:
+        print(found.text())
     return 0
 
 
@@ -381,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("cancel", cmd_cancel, "cancel a job: every array task of every round")
     p.add_argument("job", metavar="JOB")
+
+    p = add("logs", cmd_logs, "the job's settings and the last lines of its logs on the cluster")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--task", type=int, help="only this array task's logs (every round's)")
+    p.add_argument("--lines", type=int, default=logs.TAIL_LINES, help=f"lines from the end (default {logs.TAIL_LINES})")
 
     p = add("resubmit", cmd_resubmit, "submit only the missing frames of an ended job again")
     p.add_argument("job", metavar="JOB")

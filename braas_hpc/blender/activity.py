@@ -4,18 +4,15 @@ thread to show. Errors of one cluster stay that cluster's: a refresh still shows
 from __future__ import annotations
 
 import asyncio
-import posixpath
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..core import monitor, progress, recovery, registry, service, transfer
+from ..core import logs, monitor, progress, recovery, registry, service, transfer
 from ..core.cluster_blender import BlenderSource
 from ..core.errors import BraasError
-from ..core.frames import format_frames
 from ..core.install import InstallReport, install
 from ..core.jobs import FRAME_FILE, JobPaths
 from ..core.paths import data_dir
@@ -26,7 +23,6 @@ from ..core.spec import SubmitRequest, build_spec
 from ..core.transport import transport_for
 from ..core.workdir import Candidate, find_workdir
 
-LOG_TAIL_LINES = 60
 T = TypeVar("T")
 
 
@@ -159,26 +155,8 @@ async def resubmit_missing(name: str) -> service.SubmitResult:
 
 
 async def job_report(name: str) -> str:
-    """The job's settings, state and the last lines of each task's log on the cluster."""
-    record = await asyncio.to_thread(registry.get_job, name)
-    spec = record.spec
-    lines = [f"Job {name} on {record.preset}", f"state: {record.state}",
-             f"created: {time.strftime('%Y-%m-%d %H:%M', time.localtime(record.created))}",
-             f"scheduler ids: {', '.join(record.scheduler_ids) or '-'}", f"scene: {spec.scene}",
-             f"frames: {format_frames(spec.frames)} in {len(spec.tasks)} task(s) of {spec.chunk}",
-             f"device: {spec.device} ({spec.cycles_device}), partition: {spec.partition or '-'}, "
-             f"walltime: {spec.walltime_min} min, resubmissions: {record.rounds}",
-             f"on the cluster: {JobPaths(record.remote_root, name).job_dir}", ""]
-    paths = JobPaths(record.remote_root, name)
-    transport = transport_for(load_preset(record.preset))
-    logs = sorted(e.name for e in await transport.listdir(paths.log_dir) if e.name.endswith((".log", ".out")))
-    for log in logs:
-        done = await transport.run(["tail", "-n", str(LOG_TAIL_LINES), "--", posixpath.join(paths.log_dir, log)],
-                                   check=False)
-        lines += [f"==== {log} (last {LOG_TAIL_LINES} lines) ====", done.stdout.rstrip(), ""]
-    if not logs:
-        lines.append("(no logs yet: no task has started)")
-    return "\n".join(lines)
+    """The job's settings, state and the last lines of each of its logs on the cluster."""
+    return (await logs.job_logs(name)).text()
 
 
 async def cancel(name: str) -> tuple[str, ...]:

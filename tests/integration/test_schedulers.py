@@ -108,6 +108,14 @@ def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_pa
     assert marker["frames"] == [2, 3] and marker["rendered"] == [2, 3]
     first = json.loads(remote(f"cat {job_dir}/status/task-1.json").stdout)
     assert first["frames"] == [1, 2]  # round 0's markers stay as they were
+    # `logs --task 1`: that task's logs of both rounds, Slurm's and ours, in one call.
+    shown = run_cli("logs", job["job"], "--task", "1", "--lines", "5", "--json")
+    assert shown.returncode == 0, shown.stderr
+    tails = json.loads(shown.stdout)["logs"]
+    assert {"task-1.log", "r1-task-1.log"} <= set(tails) and not any("task-2" in name for name in tails), tails
+    assert "BRAAS-PROGRESS task=1 frame=3" in tails["r1-task-1.log"] and len(tails["task-1.log"].splitlines()) == 5
+    text = run_cli("logs", job["job"]).stdout
+    assert "resubmissions: 1" in text and "==== task-2.log (last 60 lines) ====" in text
     got = run_cli("download", job["job"], "--dest", str(tmp_path / "frames"), "--json")
     assert json.loads(got.stdout)["downloaded"] == 4
     for frame in (tmp_path / "frames").iterdir():

@@ -1,0 +1,80 @@
+"""A job's logs on the cluster: the last lines of each, read in one remote call (the panel's "Job Info
+and Logs" and `braas-hpc logs`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import registry
+from .frames import format_frames
+from .jobs import JobPaths
+from .presets import load_preset
+from .registry import JobRecord
+from .transport import Transport, transport_for
+
+TAIL_LINES = 60
+
+# "<name>\0<its last N lines>\0" for each log of the job directory's log/ matching one of the patterns.
+_TAILS_SCRIPT = r"""
+cd "$1" 2>/dev/null || exit 0
+n=$2; shift 2
+for pattern in "$@"; do
+  for f in $pattern; do
+    [ -f "$f" ] || continue
+    printf '%s\0' "$f"; tail -n "$n" -- "$f"; printf '\0'
+  done
+done
+exit 0
+"""
+
+
+def patterns_for(task: int | None) -> list[str]:
+    """Globs for the logs of one array task (every round's), or of everything. Task numbers only:
+    nothing the user types reaches the remote glob."""
+    if task is None:
+        return ["*.log", "*.out"]
+    return [f"task-{task}.log", f"r*-task-{task}.log", f"slurm-*_{task}.out"]  # every round's
+
+
+@dataclass(frozen=True)
+class JobLogs:
+    record: JobRecord
+    tails: dict[str, str]  # log name -> its last lines, in name order
+    lines: int
+
+    def header(self) -> list[str]:
+        record, spec = self.record, self.record.spec
+        return [f"Job {record.name} on {record.preset}", f"state: {record.state}",
+                f"created: {time.strftime('%Y-%m-%d %H:%M', time.localtime(record.created))}",
+                f"scheduler ids: {', '.join(record.scheduler_ids) or '-'}", f"scene: {spec.scene}",
+                f"frames: {format_frames(spec.frames)} in {len(spec.tasks)} task(s) of {spec.chunk}",
+                f"device: {spec.device} ({spec.cycles_device}), partition: {spec.partition or '-'}, "
+                f"walltime: {spec.walltime_min} min, resubmissions: {record.rounds}",
+                f"on the cluster: {JobPaths(record.remote_root, record.name).job_dir}"]
+
+    def text(self) -> str:
+        lines = [*self.header(), ""]
+        for name, tail in self.tails.items():
+            lines += [f"==== {name} (last {self.lines} lines) ====", tail.rstrip(), ""]
+        if not self.tails:
+            lines.append("(no logs yet: no task has started)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        return {"job": self.record.name, "state": self.record.state, "lines": self.lines, "logs": self.tails}
+
+
+async def read_tails(transport: Transport, log_dir: str, task: int | None, lines: int) -> dict[str, str]:
+    """Log name -> its last `lines` lines, in name order; {} when the directory does not exist yet."""
+    done = await transport.run(["sh", "-c", _TAILS_SCRIPT, "sh", log_dir, str(lines), *patterns_for(task)],
+                               timeout=120, check=False)
+    parts = done.stdout.split("\0")
+    return dict(sorted((log, text) for log, text in zip(parts[0::2], parts[1::2], strict=False) if log))
+
+
+async def job_logs(name: str, task: int | None = None, lines: int = TAIL_LINES) -> JobLogs:
+    record = registry.get_job(name)
+    transport = transport_for(load_preset(record.preset))
+    lines = max(1, lines)
+    return JobLogs(record, await read_tails(transport, JobPaths(record.remote_root, name).log_dir, task, lines), lines)

@@ -1,0 +1,36 @@
+"""The log tails script, run by a real shell on real files (the local transport)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from braas_hpc.core.logs import read_tails
+from braas_hpc.core.transport.local import LocalTransport
+
+
+def _tails(log_dir: Path, task: int | None = None, lines: int = 60) -> dict[str, str]:
+    return asyncio.run(read_tails(LocalTransport(), str(log_dir), task, lines))
+
+
+def test_tails_of_every_log_or_of_one_task(tmp_path: Path) -> None:
+    logs = tmp_path / "log"
+    logs.mkdir()
+    names = ["task-1.log", "task-11.log", "r1-task-1.log", "r2-task-11.log", "slurm-5_1.out", "slurm-5_11.out",
+             "slurm-r1-9_1.out", "finish.log", "r1-finish.log"]
+    for name in names:
+        (logs / name).write_text("".join(f"{name} line {i}\n" for i in range(1, 101)))
+    (logs / "notes.txt").write_text("not a log\n")
+    (logs / "dir.log").mkdir()  # not a file
+
+    every = _tails(logs, lines=2)
+    assert list(every) == sorted(names)  # in name order, one call
+    assert every["task-1.log"] == "task-1.log line 99\ntask-1.log line 100\n"
+
+    one = _tails(logs, task=1, lines=1)
+    assert list(one) == ["r1-task-1.log", "slurm-5_1.out", "slurm-r1-9_1.out", "task-1.log"]  # task 11 is not 1
+    assert one["slurm-r1-9_1.out"] == "slurm-r1-9_1.out line 100\n"
+    assert _tails(logs, task=11, lines=1).keys() == {"task-11.log", "r2-task-11.log", "slurm-5_11.out"}
+    assert _tails(logs, task=3) == {}
+    assert _tails(tmp_path / "not-there") == {}  # no task has started yet
+
