@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from .core import VERSION, logs, monitor, recovery, registry, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
@@ -31,6 +34,7 @@ from .core.transport.hostkeys import trust_host_key
 from .prompts import TerminalPrompts
 
 err = Console(stderr=True, soft_wrap=True)
+out = Console()  # the live table of `status --watch`
 
 
 def _print_json(data: object) -> None:
@@ -118,7 +122,23 @@ async def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_line(s: monitor.JobStatus) -> str:
+    return f"{s.job}  {s.preset}  {s.state}  frames {s.frames_done}/{s.frames_total}"
+
+
+def _status_table(statuses: list[monitor.JobStatus]) -> Table:
+    table = Table("job", "cluster", "state", "frames", "tasks", box=None, header_style="bold")
+    for s in statuses:
+        tasks = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.tasks.items()))
+        table.add_row(s.job, s.preset, s.state, f"{s.frames_done}/{s.frames_total}", tasks)
+    return table
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.json:
+            raise UsageError("--watch draws a live table; a script waits with `braas-hpc wait JOB --json`")
+        return await _watch_status(args)
     recoveries: list[recovery.Recovery] = []
     if args.no_recover:
         statuses = await monitor.status(args.jobs or None)
@@ -131,7 +151,25 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no jobs yet")
     for s in statuses:
-        print(f"{s.job}  {s.preset}  {s.state}  frames {s.frames_done}/{s.frames_total}")
+        print(_status_line(s))
+    return 0
+
+
+async def _watch_status(args: argparse.Namespace) -> int:
+    """Until every job shown has ended: a table redrawn in place on a terminal; elsewhere (a pipe, a
+    log) the lines again whenever something changed."""
+    live = Live(console=out, auto_refresh=False) if out.is_terminal else None
+    shown: list[str] = []
+    with live or contextlib.nullcontext():
+        async for statuses, recoveries in monitor.watch(args.jobs or None, recover=not args.no_recover):
+            _tell_recoveries(recoveries)
+            if live is not None:
+                live.update(_status_table(statuses), refresh=True)
+                continue
+            lines = [_status_line(s) for s in statuses] or ["no jobs yet"]
+            if lines != shown:
+                print("\n".join(lines), flush=True)
+                shown = lines
     return 0
 
 
@@ -379,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "state of jobs (all, or the ones named); lost frames are resubmitted")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--no-recover", action="store_true", help=no_recover)
+    p.add_argument("--watch", action="store_true", help="keep showing them until every one has ended")
 
     p = add("wait", cmd_wait, "wait until a job ends; exit 0 only if every frame exists")
     p.add_argument("job", metavar="JOB")

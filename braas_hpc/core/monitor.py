@@ -9,7 +9,9 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import registry
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
@@ -20,6 +22,9 @@ from .schedulers import TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
 from .service import missing_frames
 from .transport import Transport, transport_for
+
+if TYPE_CHECKING:
+    from .recovery import Recovery
 
 log = logging.getLogger(__name__)
 MAX_OUTAGES = 8  # polls in a row that may fail to connect before `wait` gives up (with back-off: minutes)
@@ -306,37 +311,48 @@ async def status(names: list[str] | None = None) -> list[JobStatus]:
     return sorted(results, key=lambda s: order[s.job])
 
 
-async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30.0, recover: bool = True
-               ) -> JobStatus:
-    """Poll with back-off (2, 4, 8 ... s) until the job ends; return its final status. With `recover`,
-    frames lost on the way are resubmitted (core.recovery) and the wait goes on for them."""
+async def watch(names: list[str] | None = None, poll_max_s: float = 30.0, recover: bool = True
+                ) -> AsyncIterator[tuple[list[JobStatus], list[Recovery]]]:
+    """Every poll's statuses (and the recoveries it made), with back-off (2, 4, 8 ... s, at most
+    `poll_max_s`), until every job asked about has ended. With `recover`, frames lost on the way are
+    resubmitted (core.recovery) and watching goes on for them. A dropped connection is a pause, not the
+    end: up to MAX_OUTAGES failed polls in a row are waited out."""
     from .recovery import status_and_recover  # recovery builds on this module
 
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     interval = 2.0
     outages = 0
     while True:
         try:
             if recover:
-                (current,), recoveries = await status_and_recover([name])
-                if any(not r.error for r in recoveries):
-                    interval = 2.0
+                statuses, recoveries = await status_and_recover(names)
             else:
-                (current,) = await status([name])
+                statuses, recoveries = await status(names), []
             outages = 0
         except ConnectionFailed as exc:
-            # A dropped link or a restarted sshd is a pause in watching, not the end of the job; a refused
-            # host key or login is not something waiting fixes.
+            # A refused host key or login is not something waiting fixes.
             outages += 1
             if isinstance(exc, HostKeyError | AuthenticationFailed) or outages > MAX_OUTAGES:
                 raise
-            log.warning("watching %s: %s; trying again in %.0f s", name, exc, interval)
+            log.warning("watching: %s; trying again in %.0f s", exc, interval)
             await asyncio.sleep(interval)
             interval = min(interval * 2, poll_max_s)
             continue
+        if any(not r.error for r in recoveries):
+            interval = 2.0  # a new round: its start is worth seeing soon
+        yield statuses, recoveries
+        if all(s.state in TERMINAL for s in statuses):
+            return
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, poll_max_s)
+
+
+async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30.0, recover: bool = True
+               ) -> JobStatus:
+    """Poll (see `watch`) until the job ends; return its final status."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    async for (current,), _recoveries in watch([name], poll_max_s, recover):
         if current.state in TERMINAL:
             return current
         if deadline is not None and time.monotonic() > deadline:
             raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, poll_max_s)
+    raise AssertionError("watch ends only once the job has ended")  # pragma: no cover

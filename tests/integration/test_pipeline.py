@@ -36,6 +36,13 @@ def test_submit_render_download(testbed, remote, tmp_path: Path) -> None:  # noq
     assert set(states) == {job, second}
     assert states[job]["frames_total"] == 6
 
+    # `status --watch` follows both until they end; not on a terminal it prints the lines that changed.
+    watched = run_cli("status", "--watch", timeout=700)
+    assert watched.returncode == 0, watched.stderr
+    blocks = watched.stdout.strip().split(f"{job}  testbed  ")
+    assert len(blocks) >= 3, watched.stdout  # at least one block before the last: it kept watching
+    assert blocks[-1].startswith("COMPLETED  frames 6/6") and f"{second}  testbed  COMPLETED  frames 1/1" in \
+        watched.stdout.strip().splitlines()[-2:], watched.stdout
     for name in (job, second):
         waited = run_cli("wait", name, "--timeout", "600", timeout=700)
         assert waited.returncode == 0, waited.stdout + waited.stderr
