@@ -205,19 +205,17 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 async def cmd_resubmit(args: argparse.Namespace) -> int:
-    (current,) = await monitor.status([args.job])
-    if current.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
-        raise UsageError(f"job {args.job} is still {current.state}: wait for it or cancel it first")
-    avoid = tuple(node for node in (args.exclude or "").split(",") if node.strip())
+    avoid = None if args.exclude is None else tuple(node for node in args.exclude.split(",") if node.strip())
     scheduler = load_preset(registry.get_job(args.job).preset).scheduler
     if avoid and not scheduler_for(scheduler).exclude_argv(avoid):
         raise UsageError(f"{scheduler} cannot keep a job off given nodes; resubmit without --exclude")
-    result = await service.resubmit(args.job, list(current.missing), exclude_nodes=avoid)
+    result, chosen = await recovery.resubmit_missing(args.job, avoid)
     if args.json:
-        _print_json(result.to_json())
+        _print_json({**result.to_json(), "chunk": chosen.chunk, "exclude_nodes": list(chosen.exclude_nodes)})
     else:
-        print(f"resubmitted frames {result.frames} of {result.job} as {result.tasks} array task(s), "
-              f"scheduler id {', '.join(result.scheduler_ids)}")
+        avoiding = f", avoiding {', '.join(chosen.exclude_nodes)}" if chosen.exclude_nodes else ""
+        print(f"resubmitted frames {result.frames} of {result.job} as {result.tasks} array task(s) of "
+              f"{chosen.chunk}{avoiding}, scheduler id {', '.join(result.scheduler_ids)}")
     return 0
 
 
@@ -439,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("resubmit", cmd_resubmit, "submit only the missing frames of an ended job again")
     p.add_argument("job", metavar="JOB")
-    p.add_argument("--exclude", metavar="NODES", help="comma-separated nodes the new round must not use (Slurm)")
+    p.add_argument("--exclude", metavar="NODES", help="comma-separated nodes the new round must not use (Slurm; "
+                   "default: those where tasks of the job died twice, as automatic recovery does)")
 
     add("presets", cmd_presets, "list the cluster presets")
 

@@ -146,12 +146,8 @@ async def download(name: str, dest: Path) -> Downloaded:
 
 
 async def resubmit_missing(name: str) -> service.SubmitResult:
-    (current,) = await monitor.status([name])
-    if current.state not in TERMINAL:
-        raise BraasError(f"job {name} is still {current.state}: wait for it to end or cancel it first")
-    if not current.missing:
-        raise BraasError(f"job {name} has every frame; nothing to resubmit")
-    return await service.resubmit(name, list(current.missing))
+    result, _plan = await recovery.resubmit_missing(name)
+    return result
 
 
 async def job_report(name: str) -> str:

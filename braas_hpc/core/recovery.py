@@ -9,6 +9,7 @@ cancelled with `braas-hpc cancel` (or the panel's Cancel) is never recovered: th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -16,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import monitor, registry, service
-from .errors import BraasError
+from .errors import BraasError, UsageError
 from .jobs import JobPaths, JobSpec
 from .monitor import JobStatus
 from .presets import load_preset
-from .schedulers.base import CANCELLED, FAILED, NODE_NAME, TIMEOUT
+from .schedulers.base import CANCELLED, FAILED, NODE_NAME, TERMINAL, TIMEOUT
 from .transport import Transport, transport_for
 
 WALLTIME_MARGIN = 0.75  # a new chunk's measured render time may fill this share of the walltime
@@ -133,6 +134,26 @@ async def recover(statuses: list[JobStatus]) -> list[Recovery]:
         except BraasError as error:
             done.append(Recovery(record.name, error=str(error)))
     return done
+
+
+async def resubmit_missing(name: str, exclude_nodes: tuple[str, ...] | None = None
+                           ) -> tuple[service.SubmitResult, Plan]:
+    """The user's Resubmit (the panel's button, `braas-hpc resubmit`): the missing frames of an ended
+    job, planned as automatic recovery plans them (a chunk that fits the walltime, nodes that killed
+    tasks avoided), with the user's own `exclude_nodes` instead when given."""
+    (current,) = await monitor.status([name])
+    if current.state not in TERMINAL:
+        raise UsageError(f"job {name} is still {current.state}: wait for it or cancel it first")
+    if not current.missing:
+        raise UsageError(f"job {name} has every frame; nothing to resubmit")
+    record = registry.get_job(name)
+    markers = [] if record.preset == "local" else await read_markers(
+        transport_for(load_preset(record.preset)), JobPaths(record.remote_root, name))
+    chosen = plan(record.spec, markers, current.missing, current.state == TIMEOUT)
+    if exclude_nodes is not None:
+        chosen = dataclasses.replace(chosen, exclude_nodes=exclude_nodes)
+    result = await service.resubmit(name, list(chosen.frames), chunk=chosen.chunk, exclude_nodes=chosen.exclude_nodes)
+    return result, chosen
 
 
 async def status_and_recover(names: list[str] | None = None) -> tuple[list[JobStatus], list[Recovery]]:

@@ -6,6 +6,7 @@ partition `qpair`; its default CPU partition `qcpu` has one node)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from pathlib import Path
@@ -58,7 +59,12 @@ def test_resubmit_can_keep_off_a_node_and_the_finish_step_still_runs(  # noqa: A
         testbed, remote, sample_scene: Path) -> None:
     job = _json("submit", str(sample_scene), "--preset", "testbed", "--partition", "qpair", "--frames", "1-2",
                 "--retries", "0")
+    early = run_cli("resubmit", job["job"])  # seconds after the submission: nothing has ended yet
+    assert early.returncode == 2 and re.search(r"is still (PENDING|RUNNING|UNKNOWN): wait for it", early.stderr), (
+        early.stderr)
     assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+    whole = run_cli("resubmit", job["job"])
+    assert whole.returncode == 2 and "has every frame; nothing to resubmit" in whole.stderr, whole.stderr
     assert remote(f"rm {shlex.quote(job['job_dir'])}/out/frame_000002.png").returncode == 0
     bad = run_cli("resubmit", job["job"], "--exclude", "node2;reboot")
     assert bad.returncode == 2 and "not a node name: node2;reboot" in bad.stderr, bad.stderr
