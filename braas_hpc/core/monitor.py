@@ -142,7 +142,6 @@ class Answers:
     unrecorded: dict[str, set[int]] = field(default_factory=dict)
 
 
-
 async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> Answers:
     """One scheduler call for every unfinished job of a cluster (a second kind of call if that fails),
     and one call to the live queue for arrays the accounting does not cover whole yet."""

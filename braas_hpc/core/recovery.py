@@ -147,8 +147,8 @@ async def resubmit_missing(name: str, exclude_nodes: tuple[str, ...] | None = No
     if not current.missing:
         raise UsageError(f"job {name} has every frame; nothing to resubmit")
     record = registry.get_job(name)
-    markers = [] if record.preset == "local" else await read_markers(
-        transport_for(load_preset(record.preset)), JobPaths(record.remote_root, name))
+    preset = load_preset(record.preset)
+    markers = [] if preset.is_local else await read_markers(transport_for(preset), JobPaths(record.remote_root, name))
     chosen = plan(record.spec, markers, current.missing, current.state == TIMEOUT)
     if exclude_nodes is not None:
         chosen = dataclasses.replace(chosen, exclude_nodes=exclude_nodes)
