@@ -6,6 +6,7 @@ A job missing from the queue is never "finished" by that fact: the frame files d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -349,9 +350,10 @@ async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30
                ) -> JobStatus:
     """Poll (see `watch`) until the job ends; return its final status."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    async for (current,), _recoveries in watch([name], poll_max_s, recover):
-        if current.state in TERMINAL:
-            return current
-        if deadline is not None and time.monotonic() > deadline:
-            raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
+    async with contextlib.aclosing(watch([name], poll_max_s, recover)) as polls:
+        async for (current,), _recoveries in polls:
+            if current.state in TERMINAL:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
     raise AssertionError("watch ends only once the job has ended")  # pragma: no cover
