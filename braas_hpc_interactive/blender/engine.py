@@ -48,6 +48,12 @@ def viewport_request(region: Any, rv3d: Any, space: Any, scene: Any) -> ViewRequ
                                       rv3d.view_distance, camera=camera, frame=scene.frame_current)
 
 
+def script_of(scene: Any) -> str | None:
+    """The text the server gets as its script (BlenderPhi's XML material), or None for none."""
+    text = scene.braas_hpc_interactive.script_text
+    return text.as_string() if text is not None else None
+
+
 def frame_floats(frame: Frame) -> np.ndarray | None:
     """The frame's half-float RGBA as contiguous float32, as gpu.types.Buffer('FLOAT') wants it; None for a
     frame whose size does not match its pixels."""
@@ -100,6 +106,7 @@ class BRAAS_HPC_RemoteEngine(bpy.types.RenderEngine):
         except ValueError as error:  # a panoramic camera, a camera view without a camera
             self.update_stats("", str(error))
             return
+        links.set_script(script_of(scene))
         links.drawn()
         serial, frame = links.latest()
         texture = self._texture(serial, frame)

@@ -48,6 +48,7 @@ class _State:
         self.view: ViewportLink | None = None
         self.view_key = ""  # the session shown
         self.sent: ViewRequest | None = None
+        self.script: str | None = None  # the last script handed to the link
         self.owner = 0  # the 3D view region whose view is sent; other views only show the frames
         self.generation = 0  # which link may store frames
         self.frame: Frame | None = None
@@ -83,7 +84,7 @@ def open_view(host: str, port: int, token: str | None, key: str = "", max_sample
         generation = _state.generation
     link = link_factory(host, port, token, _storer(generation), max_samples=max_samples, idle_after=IDLE_AFTER_S)
     with _state.lock:
-        _state.view, _state.view_key, _state.sent, _state.frame = link, key, None, None
+        _state.view, _state.view_key, _state.sent, _state.frame, _state.script = link, key, None, None, None
         _state.owner = owner
         _state.serial += 1
     link.start()
@@ -116,6 +117,17 @@ def set_view(view: ViewRequest, owner: int = 0) -> bool:
     return True
 
 
+def set_script(text: str | None) -> bool:
+    """Hand the link a script (sent once per change and connection); True if it differs from the last."""
+    with _state.lock:
+        link = _state.view
+        if link is None or text is None or text == _state.script:
+            return False
+        _state.script = text
+    link.set_script(text)
+    return True
+
+
 def drawn() -> None:
     """The engine drew the viewport (its view_draw): the link keeps rendering."""
     link = current()
@@ -138,6 +150,7 @@ def close_view(timeout: float = 5.0, wait: bool = True) -> bool:
     the goodbye happens on a thread of its own: a server busy with a long sample must not freeze the UI."""
     with _state.lock:
         link, _state.view, _state.view_key, _state.sent, _state.frame = _state.view, None, "", None, None
+        _state.script = None
         _state.generation += 1
         _state.serial += 1
     if link is None:

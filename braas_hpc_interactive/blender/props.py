@@ -53,6 +53,9 @@ class SessionSettings(bpy.types.PropertyGroup):
                              description="Stop asking the server for samples (and frames) at this count until "
                              "the view changes, as Cycles' viewport does; 0: no limit",
                              update=_max_samples_changed)
+    script_text: PointerProperty(type=bpy.types.Text, name="Script",
+                                 description="BlenderPhi: a text block sent to the server whenever it changes "
+                                 "(BlenderPhi applies it as an XML material); the built-in server never runs it")
     previous_engine: StringProperty(name="Previous Engine", options={"HIDDEN"},
                                     description="The render engine to restore on Stop Viewing")
 

@@ -142,6 +142,8 @@ class BRAAS_HPC_INTERACTIVE_PT_viewport(SidebarPanel, bpy.types.Panel):
             row.label(text=f"127.0.0.1:{entry.local_port} -> {entry.node}:{entry.node_port}", icon="LINKED")
             row.operator(f"{OP}.close_tunnel", text="", icon="UNLINKED")
         layout.prop(settings, "max_samples")
+        if settings.kind == launch.BLENDERPHI:
+            layout.prop(settings, "script_text")
         viewing = links.view_key()
         if viewing:
             layout.label(text=f"{viewing}: {runtime.state.link_status}", icon="VIEW3D")

@@ -204,7 +204,7 @@ class FakeServer:
     def __init__(self):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.views, self.goodbye, self.closed = [], False, threading.Event()
+        self.views, self.scripts, self.goodbye, self.closed = [], [], False, threading.Event()
         threading.Thread(target=self.serve, name="fake-render-server", daemon=True).start()
     def serve(self):
         conn, _ = self.listener.accept()
@@ -218,7 +218,7 @@ class FakeServer:
                 self.views.append(view)
                 (length,) = struct.unpack("<i", recv_acked(conn, 4))
                 if length:
-                    recv_acked(conn, length)
+                    self.scripts.append(recv_acked(conn, length))
                 samples += 1
                 pixel = struct.pack("<4e", 0.5, 0.25, 1.0, 1.0)
                 send_acked(conn, pixel * (view.width * view.height))
@@ -278,6 +278,15 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         result["frame"] = [frame.width, frame.height, frame.state.samples, [float(x) for x in floats[:4]],
                            int(floats.size)]
         result["stats"] = engine.stats_text(links.current(), frame)
+        # BlenderPhi's script: the text block goes to the server once per change, as view_draw hands it over.
+        result["no_script"] = engine.script_of(scene)
+        block = bpy.data.texts.new("material.xml")
+        block.write("<shader name='red'/>")
+        scene.braas_hpc_interactive.script_text = block
+        result["script_sent"] = [links.set_script(engine.script_of(scene)), links.set_script(engine.script_of(scene))]
+        links.drawn()  # as view_draw does next: a link paused for want of draws resumes
+        runtime.wait_until(lambda: server.scripts, 10)
+        result["server_scripts"] = [bytes(x).decode() for x in server.scripts]
         runtime.pump()
         result["drawn_serial_seen"] = runtime.state.drawn_serial == links.serial()
         # No window here, so no view_draw: once a frame has gone undrawn for IDLE_AFTER_S the link pauses.
@@ -309,6 +318,8 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
     assert got["frame"][:2] == [200, 100] and got["frame"][2] >= 3
     assert got["frame"][3] == [0.5, 0.25, 1.0, 1.0] and got["frame"][4] == 200 * 100 * 4
     assert got["stats"].startswith("Samples ") and "(remote 30.0)" in got["stats"]
+    assert got["no_script"] is None and got["script_sent"] == [True, False]
+    assert got["server_scripts"] == ["<shader name='red'/>"]
     assert got["drawn_serial_seen"]
     assert got["paused"] is True and got["paused_status"].startswith("paused: no 3D view") and got["resumed"]
     assert got["link_thread_alive"] is False and got["goodbye"] is True
