@@ -205,7 +205,7 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 async def cmd_resubmit(args: argparse.Namespace) -> int:
-    avoid = None if args.exclude is None else tuple(node for node in args.exclude.split(",") if node.strip())
+    avoid = None if args.exclude is None else tuple(n.strip() for n in args.exclude.split(",") if n.strip())
     scheduler = load_preset(registry.get_job(args.job).preset).scheduler
     if avoid and not scheduler_for(scheduler).exclude_argv(avoid):
         raise UsageError(f"{scheduler} cannot keep a job off given nodes; resubmit without --exclude")

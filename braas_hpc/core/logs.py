@@ -22,7 +22,7 @@ n=$2; shift 2
 for pattern in "$@"; do
   for f in $pattern; do
     [ -f "$f" ] || continue
-    printf '%s\0' "$f"; tail -n "$n" -- "$f"; printf '\0'
+    printf '%s\0' "$f"; tail -n "$n" -- "$f" | tr -d '\000'; printf '\0'  # a NUL in a log would split it
   done
 done
 exit 0

@@ -34,3 +34,6 @@ def test_tails_of_every_log_or_of_one_task(tmp_path: Path) -> None:
     assert _tails(logs, task=3) == {}
     assert _tails(tmp_path / "not-there") == {}  # no task has started yet
 
+    (logs / "task-3.log").write_bytes(b"crash \x00\x01 dump\nlast words\n")  # a NUL would split the answer
+    assert _tails(logs, task=3) == {"task-3.log": "crash \x01 dump\nlast words\n"}
+
