@@ -374,6 +374,38 @@ class BRAAS_HPC_INTERACTIVE_OT_stop_viewing(bpy.types.Operator):
         return {"FINISHED"}
 
 
+BOUNDS_OBJECT = "BRaaS-HPC Remote Bounds"
+
+
+class BRAAS_HPC_INTERACTIVE_OT_show_bounds(bpy.types.Operator):
+    """Show the bounds of the scene the render server renders as a box (an empty), to find your way
+    around a remote scene the open file does not hold"""
+
+    bl_idname = "braas_hpc_interactive.show_bounds"
+    bl_label = "Show Remote Bounds"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        _serial, frame = links.latest()
+        if frame is None:
+            self.report({"ERROR"}, "no frame from a render server yet: View in Viewport first")
+            return {"CANCELLED"}
+        lower, upper = frame.state.bounds_lower, frame.state.bounds_upper
+        if not all(low <= high for low, high in zip(lower, upper, strict=True)) or lower == upper:
+            self.report({"ERROR"}, "the render server reports no scene bounds")
+            return {"CANCELLED"}
+        box = bpy.data.objects.get(BOUNDS_OBJECT)
+        if box is None:
+            box = bpy.data.objects.new(BOUNDS_OBJECT, None)
+            box.empty_display_type = "CUBE"
+        if box.name not in context.scene.collection.all_objects:
+            context.scene.collection.objects.link(box)
+        box.location = [(low + high) / 2 for low, high in zip(lower, upper, strict=True)]
+        box.scale = [max((high - low) / 2, 1e-4) for low, high in zip(lower, upper, strict=True)]  # a flat scene
+        runtime.tell(f"remote scene bounds: {tuple(round(v, 3) for v in lower)} to {tuple(round(v, 3) for v in upper)}")
+        return {"FINISHED"}
+
+
 class BRAAS_HPC_INTERACTIVE_OT_abort(bpy.types.Operator):
     """Stop what the add-on is doing now (a wait for a node, a run, a tunnel being opened)"""
 
@@ -392,5 +424,5 @@ CLASSES = (
     BRAAS_HPC_INTERACTIVE_OT_stop_session, BRAAS_HPC_INTERACTIVE_OT_refresh_sessions, BRAAS_HPC_INTERACTIVE_OT_run,
     BRAAS_HPC_INTERACTIVE_OT_stop_command, BRAAS_HPC_INTERACTIVE_OT_open_tunnel,
     BRAAS_HPC_INTERACTIVE_OT_close_tunnel, BRAAS_HPC_INTERACTIVE_OT_view, BRAAS_HPC_INTERACTIVE_OT_stop_viewing,
-    BRAAS_HPC_INTERACTIVE_OT_abort,
+    BRAAS_HPC_INTERACTIVE_OT_show_bounds, BRAAS_HPC_INTERACTIVE_OT_abort,
 )

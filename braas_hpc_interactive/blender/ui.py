@@ -147,7 +147,9 @@ class BRAAS_HPC_INTERACTIVE_PT_viewport(SidebarPanel, bpy.types.Panel):
         viewing = links.view_key()
         if viewing:
             layout.label(text=f"{viewing}: {runtime.state.link_status}", icon="VIEW3D")
-            layout.operator(f"{OP}.stop_viewing", icon="CANCEL")
+            row = layout.row(align=True)
+            row.operator(f"{OP}.stop_viewing", icon="CANCEL")
+            row.operator(f"{OP}.show_bounds", text="Bounds", icon="CUBE")
         else:
             row = layout.row()
             row.enabled = item is not None and settings.kind != launch.COMMAND

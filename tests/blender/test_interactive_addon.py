@@ -53,7 +53,8 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
         result["engine_listed"] = engine.BRAAS_HPC_RemoteEngine.is_registered
         # Without a session every session operator says so (a RuntimeError for scripts).
         errors = {}
-        for name in ("stop_session", "run", "stop_command", "open_tunnel", "view", "wait_session", "close_tunnel"):
+        for name in ("stop_session", "run", "stop_command", "open_tunnel", "view", "wait_session", "close_tunnel",
+                     "show_bounds"):
             try:
                 getattr(bpy.ops.braas_hpc_interactive, name)()
                 errors[name] = "no error"
@@ -103,7 +104,8 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
     assert during["engines"] == ["BRAAS_HPC_REMOTE", "registered"] and during["scene_prop"] and during["timer"]
     assert "braas-hpc-loop" in during["threads"] and got["engine_listed"]
     for name, error in got["errors"].items():
-        expected = "no tunnel open" if name == "close_tunnel" else "no interactive session selected"
+        expected = {"close_tunnel": "no tunnel open", "show_bounds": "no frame from a render server yet"}.get(
+            name, "no interactive session selected")
         assert expected in error, (name, error)
     assert "preset" in got["start_error"] or "Slurm or PBS" in got["start_error"]
     assert "save the scene first" in got["unsaved_error"]
@@ -222,7 +224,7 @@ class FakeServer:
                 samples += 1
                 pixel = struct.pack("<4e", 0.5, 0.25, 1.0, 1.0)
                 send_acked(conn, pixel * (view.width * view.height))
-                send_acked(conn, ServerState(samples=samples, fps=30.0).pack())
+                send_acked(conn, ServerState((-1.0, 2.0, 0.0), (3.0, 6.0, 0.5), samples=samples, fps=30.0).pack())
         except Exception:
             pass
         finally:
@@ -285,6 +287,11 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         scene.braas_hpc_interactive.script_text = block
         result["script_sent"] = [links.set_script(engine.script_of(scene)), links.set_script(engine.script_of(scene))]
         links.drawn()  # as view_draw does next: a link paused for want of draws resumes
+        # The server's scene bounds as a box in the open file.
+        result["bounds_op"] = sorted(bpy.ops.braas_hpc_interactive.show_bounds())
+        box = bpy.data.objects["BRaaS-HPC Remote Bounds"]
+        result["bounds"] = [list(box.location), list(box.scale), box.empty_display_type,
+                            box.name in scene.collection.objects]
         runtime.wait_until(lambda: server.scripts, 10)
         result["server_scripts"] = [bytes(x).decode() for x in server.scripts]
         runtime.pump()
@@ -320,6 +327,8 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
     assert got["stats"].startswith("Samples ") and "(remote 30.0)" in got["stats"]
     assert got["no_script"] is None and got["script_sent"] == [True, False]
     assert got["server_scripts"] == ["<shader name='red'/>"]
+    assert got["bounds_op"] == ["FINISHED"]
+    assert got["bounds"] == [[1.0, 4.0, 0.25], [2.0, 2.0, 0.25], "CUBE", True]
     assert got["drawn_serial_seen"]
     assert got["paused"] is True and got["paused_status"].startswith("paused: no 3D view") and got["resumed"]
     assert got["link_thread_alive"] is False and got["goodbye"] is True
