@@ -192,10 +192,37 @@ def _complete(dest: Path, truth: dict[str, str]) -> None:
         check_frame(dest / name)
 
 
+@contextlib.contextmanager
+def _with_backend(preset: str, backend: str) -> Iterator[str]:
+    """The proxied preset with another SSH back end, under a name of its own."""
+    if backend == "asyncssh":
+        yield preset
+        return
+    source = user_presets_dir() / f"{preset}.toml"
+    text = source.read_text()
+    assert 'ssh_backend = "asyncssh"' in text
+    name = f"{preset}-{backend}"
+    target = source.with_name(f"{name}.toml")
+    target.write_text(text.replace(f'name = "{preset}"', f'name = "{name}"').replace(
+        'ssh_backend = "asyncssh"', f'ssh_backend = "{backend}"'))
+    try:
+        yield name
+    finally:
+        target.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh"])
 def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Testbed, proxied: tuple[CutProxy, str],
                                                                  big_scene: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    proxy, preset = proxied
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 backend: str) -> None:
+    proxy, proxied_preset = proxied
+    with _with_backend(proxied_preset, backend) as preset:
+        _upload_cuts(testbed, proxy, preset, big_scene, tmp_path, capsys, backend)
+
+
+def _upload_cuts(testbed: tb.Testbed, proxy: CutProxy, preset: str, big_scene: Path, tmp_path: Path,
+                 capsys: pytest.CaptureFixture[str], backend: str) -> None:
     store = Path(testbed.workdir) / "braas-hpc" / "store"
     jobs, survived, reruns, temps, drops = [], 0, 0, 0, 0
     for run, cut in enumerate(UPLOAD_CUTS):
@@ -225,13 +252,21 @@ def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Test
         dest = tmp_path / job
         assert _download(job, dest) == ""
         _complete(dest, _frames_on_cluster(testbed, job))
-    print(f"\nFIGURES upload-cut: runs={len(UPLOAD_CUTS)} connections_cut={drops} resumed_in_run={survived} "
+    print(f"\nFIGURES upload-cut {backend}: runs={len(UPLOAD_CUTS)} connections_cut={drops} resumed_in_run={survived} "
           f"failed_then_rerun={reruns} hidden_temps_left={temps} jobs_completed={len(jobs)} frames_lost=0")
 
 
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh"])
 def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tuple[CutProxy, str], big_scene: Path,
-                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    proxy, preset = proxied
+                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                backend: str) -> None:
+    proxy, proxied_preset = proxied
+    with _with_backend(proxied_preset, backend) as preset:
+        _download_cuts(testbed, proxy, preset, big_scene, tmp_path, capsys, backend)
+
+
+def _download_cuts(testbed: tb.Testbed, proxy: CutProxy, preset: str, big_scene: Path, tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str], backend: str) -> None:
     code, out, err = _submit(capsys, big_scene, preset, "1-4")
     assert code == 0, err
     job = json.loads(out)["job"]
@@ -256,8 +291,9 @@ def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tu
             assert "dropped" in error, error
         assert _download(job, dest) == ""
         _complete(dest, truth)
-    print(f"\nFIGURES download-cut: runs={len(DOWNLOAD_CUTS)} connections_cut={drops} failed_then_rerun={failed} "
-          f"half_frames_kept_as_temp={cut_frames} frames_checked={4 * len(DOWNLOAD_CUTS)} frames_lost=0")
+    print(f"\nFIGURES download-cut {backend}: runs={len(DOWNLOAD_CUTS)} connections_cut={drops} "
+          f"failed_then_rerun={failed} half_frames_kept_as_temp={cut_frames} "
+          f"frames_checked={4 * len(DOWNLOAD_CUTS)} frames_lost=0")
 
 
 @contextlib.contextmanager
