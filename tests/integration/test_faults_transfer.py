@@ -192,11 +192,13 @@ def _complete(dest: Path, truth: dict[str, str]) -> None:
         check_frame(dest / name)
 
 
-@contextlib.contextmanager
-def _with_backend(preset: str, backend: str) -> Iterator[str]:
-    """The proxied preset with another SSH back end, under a name of its own."""
+@pytest.fixture(params=["asyncssh", "paramiko", "openssh"])
+def through_proxy(proxied: tuple[CutProxy, str], request: pytest.FixtureRequest) -> Iterator[tuple[CutProxy, str, str]]:
+    """The proxy, a preset through it for each SSH back end, and the back end's name."""
+    proxy, preset = proxied
+    backend = request.param
     if backend == "asyncssh":
-        yield preset
+        yield proxy, preset, backend
         return
     source = user_presets_dir() / f"{preset}.toml"
     text = source.read_text()
@@ -206,23 +208,16 @@ def _with_backend(preset: str, backend: str) -> Iterator[str]:
     target.write_text(text.replace(f'name = "{preset}"', f'name = "{name}"').replace(
         'ssh_backend = "asyncssh"', f'ssh_backend = "{backend}"'))
     try:
-        yield name
+        yield proxy, name, backend
     finally:
         target.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh"])
-def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Testbed, proxied: tuple[CutProxy, str],
+def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Testbed,
+                                                                 through_proxy: tuple[CutProxy, str, str],
                                                                  big_scene: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str],
-                                                                 backend: str) -> None:
-    proxy, proxied_preset = proxied
-    with _with_backend(proxied_preset, backend) as preset:
-        _upload_cuts(testbed, proxy, preset, big_scene, tmp_path, capsys, backend)
-
-
-def _upload_cuts(testbed: tb.Testbed, proxy: CutProxy, preset: str, big_scene: Path, tmp_path: Path,
-                 capsys: pytest.CaptureFixture[str], backend: str) -> None:
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    proxy, preset, backend = through_proxy
     store = Path(testbed.workdir) / "braas-hpc" / "store"
     jobs, survived, reruns, temps, drops = [], 0, 0, 0, 0
     for run, cut in enumerate(UPLOAD_CUTS):
@@ -256,17 +251,10 @@ def _upload_cuts(testbed: tb.Testbed, proxy: CutProxy, preset: str, big_scene: P
           f"failed_then_rerun={reruns} hidden_temps_left={temps} jobs_completed={len(jobs)} frames_lost=0")
 
 
-@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh"])
-def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tuple[CutProxy, str], big_scene: Path,
-                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                backend: str) -> None:
-    proxy, proxied_preset = proxied
-    with _with_backend(proxied_preset, backend) as preset:
-        _download_cuts(testbed, proxy, preset, big_scene, tmp_path, capsys, backend)
-
-
-def _download_cuts(testbed: tb.Testbed, proxy: CutProxy, preset: str, big_scene: Path, tmp_path: Path,
-                   capsys: pytest.CaptureFixture[str], backend: str) -> None:
+def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, through_proxy: tuple[CutProxy, str, str],
+                                                big_scene: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    proxy, preset, backend = through_proxy
     code, out, err = _submit(capsys, big_scene, preset, "1-4")
     assert code == 0, err
     job = json.loads(out)["job"]
