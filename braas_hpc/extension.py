@@ -70,8 +70,12 @@ def download_wheels(platform: str, target: Path) -> list[Path]:
     return sorted(target.glob("*.whl"))
 
 
-_SOURCE_ONLY = shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "dist", "tests", "bench", "docs",
-                                      "examples", "frames")
+_NOT_PACKAGED = {"build", "dist", "tests", "bench", "docs", "examples", "frames"}  # at the top of the tree only
+
+
+def _not_sources(directory: str, names: list[str]) -> set[str]:
+    skip = {n for n in names if n.startswith(".") or n == "__pycache__" or n.endswith(".egg-info")}
+    return skip | (_NOT_PACKAGED & set(names) if Path(directory) == ROOT else set())
 
 
 def core_wheel(target: Path) -> Path:
@@ -79,7 +83,7 @@ def core_wheel(target: Path) -> Path:
     clean copy of the sources: setuptools' build/ directory in the tree could add files deleted since."""
     with tempfile.TemporaryDirectory(prefix="braas-build-") as build_dir:
         source = Path(build_dir) / "src"
-        shutil.copytree(ROOT, source, ignore=_SOURCE_ONLY)
+        shutil.copytree(ROOT, source, ignore=_not_sources)
         argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(target), str(source)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=build_dir)
     if done.returncode != 0:
