@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -139,8 +140,6 @@ class Answers:
 
     by_id: dict[str, list[TaskState]]
     whole: set[str]
-    # Array tasks neither the accounting nor the queue lists: ended, but not recorded (yet, or ever).
-    unrecorded: dict[str, set[int]] = field(default_factory=dict)
 
 
 async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> Answers:
@@ -154,7 +153,6 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
     whole = {job_id for job_id in ids if answer_is_whole(by_id[job_id], expected[job_id])}
     partial = [job_id for job_id in ids if by_id[job_id] and job_id not in whole]
     scheduler = scheduler_for(kind)
-    unrecorded: dict[str, set[int]] = {}
     if partial and (argv := scheduler.live_query_argv(partial)):
         # Accounting lags the controller (a task that just started is not recorded yet) and never records
         # a task cancelled before it started. The queue lists every task still to run or running: what
@@ -166,9 +164,7 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
                     if scheduler.job_key(job_id) == state.job_id:
                         by_id[job_id] = [s for s in by_id[job_id] if s.task != state.task] + [state]
             whole.update(partial)
-            left = {job_id: uncovered_tasks(by_id[job_id], expected[job_id]) for job_id in partial}
-            unrecorded = {job_id: tasks for job_id, tasks in left.items() if tasks}
-    return Answers(by_id, whole, unrecorded)
+    return Answers(by_id, whole)
 
 
 async def _ask_scheduler(transport: Transport, kind: str, ids: list[str]) -> dict[str, list[TaskState]]:
@@ -226,40 +222,49 @@ async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> s
     return ended
 
 
-# For each marker path: "<path>\t<its state, or 'none' when the task never wrote one>".
-_TASK_STATES_SCRIPT = r"""
-for m in "$@"; do
-  s=$(sed -n 's/.*"state": "\([a-z]*\)".*/\1/p' "$m" 2>/dev/null | head -n 1)
-  printf '%s\t%s\n' "$m" "${s:-none}"
-done
-"""
-# A task the scheduler no longer lists, by its marker: a "running" one was killed before its last word,
-# one with no marker never started (cancelled while pending: Slurm's accounting keeps no line for it).
-_MARKER_STATES = {"done": COMPLETED, "failed": FAILED, "running": FAILED, "none": CANCELLED}
+# Each marker asked for as "<path>\0<its JSON, or nothing when the task never wrote one>\0".
+_MARKER_TEXTS_SCRIPT = 'for m in "$@"; do printf "%s\\0" "$m"; cat -- "$m" 2>/dev/null; printf "\\0"; done; exit 0'
 
 
-async def _unrecorded_states(transport: Transport, record: JobRecord, unrecorded: dict[str, set[int]]
-                             ) -> list[TaskState]:
-    """States of a job's ended tasks that no scheduler answer lists, read from their markers.
+def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:
+    """An ended task the scheduler does not list, by its marker: (state, why). Its frames all on disk:
+    COMPLETED, whatever the marker got to say; a marker left "running" was killed before its last word;
+    no marker: the task never started (cancelled while pending: Slurm's accounting keeps no line)."""
+    if not text:
+        return CANCELLED, "never started (no marker)"
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        return FAILED, "marker unreadable"
+    frames = marker.get("frames") if isinstance(marker, dict) else None
+    if isinstance(frames, list) and frames and not {f for f in frames if isinstance(f, int)} & missing:
+        return COMPLETED, "its frames are on disk"
+    word = marker.get("state") if isinstance(marker, dict) else None
+    return (COMPLETED, "marker: done") if word == "done" else (FAILED, f"marker: {word}")
 
-    Only arrays leave tasks unrecorded, and each round submits one array: the id's place is its round.
-    """
+
+async def _states_from_markers(transport: Transport, record: JobRecord, uncovered: dict[str, set[int]],
+                               missing: set[int]) -> list[TaskState]:
+    """States of a job's ended array tasks that no scheduler answer lists (accounting lags, and never
+    records a task cancelled while pending), from their markers, in one call. Each round submits one
+    array, so an id's place among the job's ids is its round."""
     paths = JobPaths(record.remote_root, record.name)
     wanted: dict[str, tuple[str, int]] = {}
-    for job_id in record.scheduler_ids:
-        round_ = record.scheduler_ids.index(job_id)
+    for round_, job_id in enumerate(record.scheduler_ids):
         prefix = f"r{round_}-" if round_ else ""
-        for task in sorted(unrecorded.get(job_id, ())):
+        for task in sorted(uncovered.get(job_id, ())):
             wanted[f"{paths.status_dir}/{prefix}task-{task}.json"] = (job_id, task)
     if not wanted:
         return []
-    done = await transport.run(["sh", "-c", _TASK_STATES_SCRIPT, "sh", *wanted], timeout=120, check=False)
+    done = await transport.run(["sh", "-c", _MARKER_TEXTS_SCRIPT, "sh", *wanted], timeout=120, check=False)
+    parts = done.stdout.split("\0")
+    texts = {path: text for path, text in zip(parts[0::2], parts[1::2], strict=False) if path in wanted}
+    if len(texts) != len(wanted):
+        return []  # the call failed: counts stay as the scheduler gave them
     states = []
-    for line in done.stdout.splitlines():
-        path, _, word = line.partition("\t")
-        if path in wanted and word in _MARKER_STATES:
-            job_id, task = wanted[path]
-            states.append(TaskState(job_id, str(task), _MARKER_STATES[word], f"marker: {word}"))
+    for path, (job_id, task) in wanted.items():
+        state, why = state_from_marker(texts[path].strip(), missing)
+        states.append(TaskState(job_id, str(task), state, why))
     return states
 
 
@@ -279,9 +284,12 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             continue
         states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])]
         unseen = any(job_id not in answers.whole for job_id in record.scheduler_ids)
-        if aggregate(states, len(missing), unseen) in TERMINAL and answers.unrecorded.keys() & {*record.scheduler_ids}:
-            # Ending now: the tasks missing from every answer are counted too (once, in the registry).
-            states += await _unrecorded_states(transport, record, answers.unrecorded)
+        if aggregate(states, len(missing), unseen) in TERMINAL:
+            # Ending now, and counted once for good: the array tasks no answer lists are counted too.
+            uncovered = {job_id: left for job_id in record.scheduler_ids
+                         if (left := uncovered_tasks(answers.by_id.get(job_id, []), record.id_tasks.get(job_id, 0)))}
+            if uncovered:
+                states += await _states_from_markers(transport, record, uncovered, set(missing))
         found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
                               missing)
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]

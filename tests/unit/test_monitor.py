@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from braas_hpc.core.monitor import _ended_by_markers, _query, _unrecorded_states
+from braas_hpc.core.monitor import _ended_by_markers, _query, _states_from_markers
 from braas_hpc.core.registry import JobRecord
 from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN
 from braas_hpc.core.schedulers.slurm import SlurmScheduler, state_of
@@ -147,12 +147,11 @@ def test_the_queue_completes_a_partial_accounting_answer() -> None:
     for empty in ((0, "", ""), (1, "", "slurm_load_jobs error: Invalid job id specified\n")):
         got = asyncio.run(_query(Replay({"sacct": partial, "squeue": empty}), "slurm", [record]))  # type: ignore[arg-type]
         assert [s.state for s in got.by_id["8"]] == [COMPLETED] and got.whole == {"8"}
-        assert got.unrecorded == {"8": {1}}  # ended, in no answer: its marker will tell
 
     # The queue does not answer: the job stays open (UNKNOWN), never taken as ended.
     lost = (1, "", "slurm_load_jobs error: Socket timed out on send/recv\n")
     got = asyncio.run(_query(Replay({"sacct": partial, "squeue": lost}), "slurm", [record]))  # type: ignore[arg-type]
-    assert got.whole == set() and got.unrecorded == {}
+    assert got.whole == set()
 
     # A whole answer needs no second call.
     replay = Replay({"sacct": (0, "8_2|COMPLETED|0:0\n8_1|COMPLETED|0:0\n", "")})
@@ -160,18 +159,23 @@ def test_the_queue_completes_a_partial_accounting_answer() -> None:
 
 
 def test_tasks_no_answer_lists_are_counted_by_their_markers(tmp_path: Path) -> None:
-    """A 3-task array ending with only task 2 in the accounting: task 1 finished but slurmdbd has not
-    recorded it yet, task 3 was cancelled while pending (never recorded). Counting only sacct's lines
-    told the user 1 task had run. The real marker script, run by a real shell."""
+    """Arrays ending with tasks no answer lists: slurmdbd had not recorded a finished task yet (CI saw
+    {COMPLETED: 1} for three finished tasks), or a task was cancelled while pending (never recorded).
+    The real marker script, run by a real shell."""
     root = tmp_path / "braas-hpc"
-    job = root / "jobs" / "j1"
-    _marker(job / "status" / "task-1.json", "done")
-    _marker(job / "status" / "task-2.json", "done")
+    status = root / "jobs" / "j1" / "status"
+    status.mkdir(parents=True)
+    marker = lambda name, **fields: (status / name).write_text(json.dumps(fields, indent=1))  # noqa: E731
+    marker("task-1.json", task=1, frames=[1, 2], state="done")
+    marker("task-2.json", task=2, frames=[3, 4], state="running")  # frames on disk, last word not yet written
+    marker("task-4.json", task=4, frames=[7, 8], state="running")  # killed: frame 8 is missing
+    marker("r1-task-1.json", task=1, frames=[8], state="failed")
+    (status / "r1-task-2.json").write_text('{"task": 2, "fra')  # caught while being rewritten
     record = dataclasses.replace(JobRecord("j1", "site", SPEC, str(root), ("8", "9"), FAILED, {}, 1, 0.0),
-                                 id_tasks={"8": 3, "9": 2})
-    _marker(job / "status" / "r1-task-1.json", "running")  # round 1: killed before its last word
-    _marker(job / "status" / "r1-task-2.json", "failed")
-    got = asyncio.run(_unrecorded_states(LocalTransport(), record, {"8": {1, 3}, "9": {1, 2}}))
-    assert sorted((s.job_id, s.task, s.state) for s in got) == [
-        ("8", "1", COMPLETED), ("8", "3", CANCELLED), ("9", "1", FAILED), ("9", "2", FAILED)]
-    assert asyncio.run(_unrecorded_states(LocalTransport(), record, {})) == []
+                                 id_tasks={"8": 4, "9": 2})
+    got = asyncio.run(_states_from_markers(LocalTransport(), record, {"8": {1, 2, 3, 4}, "9": {1, 2}}, {8}))
+    assert [(s.job_id, s.task, s.state) for s in got] == [
+        ("8", "1", COMPLETED), ("8", "2", COMPLETED), ("8", "3", CANCELLED), ("8", "4", FAILED),
+        ("9", "1", FAILED), ("9", "2", FAILED)]
+    assert got[2].raw == "never started (no marker)" and got[1].raw == "its frames are on disk"
+    assert asyncio.run(_states_from_markers(LocalTransport(), record, {}, set())) == []
