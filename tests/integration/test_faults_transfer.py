@@ -192,36 +192,10 @@ def _complete(dest: Path, truth: dict[str, str]) -> None:
         check_frame(dest / name)
 
 
-# Other back ends: the cut tests ran green for paramiko and system OpenSSH on 2026-12-03, then a CI
-# rehearsal caught paramiko's resumed upload corrupt (refused by the SHA-256 check) and OpenSSH's cut
-# download reported "incomplete" instead of "dropped": docs/reliability.md, "Left over". Add them here
-# once that is understood.
-@pytest.fixture(params=["asyncssh"])
-def through_proxy(proxied: tuple[CutProxy, str], request: pytest.FixtureRequest) -> Iterator[tuple[CutProxy, str, str]]:
-    """The proxy, a preset through it for each SSH back end, and the back end's name."""
-    proxy, preset = proxied
-    backend = request.param
-    if backend == "asyncssh":
-        yield proxy, preset, backend
-        return
-    source = user_presets_dir() / f"{preset}.toml"
-    text = source.read_text()
-    assert 'ssh_backend = "asyncssh"' in text
-    name = f"{preset}-{backend}"
-    target = source.with_name(f"{name}.toml")
-    target.write_text(text.replace(f'name = "{preset}"', f'name = "{name}"').replace(
-        'ssh_backend = "asyncssh"', f'ssh_backend = "{backend}"'))
-    try:
-        yield proxy, name, backend
-    finally:
-        target.unlink(missing_ok=True)
-
-
-def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Testbed,
-                                                                 through_proxy: tuple[CutProxy, str, str],
+def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Testbed, proxied: tuple[CutProxy, str],
                                                                  big_scene: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    proxy, preset, backend = through_proxy
+    proxy, preset = proxied
     store = Path(testbed.workdir) / "braas-hpc" / "store"
     jobs, survived, reruns, temps, drops = [], 0, 0, 0, 0
     for run, cut in enumerate(UPLOAD_CUTS):
@@ -251,14 +225,13 @@ def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Test
         dest = tmp_path / job
         assert _download(job, dest) == ""
         _complete(dest, _frames_on_cluster(testbed, job))
-    print(f"\nFIGURES upload-cut {backend}: runs={len(UPLOAD_CUTS)} connections_cut={drops} resumed_in_run={survived} "
+    print(f"\nFIGURES upload-cut: runs={len(UPLOAD_CUTS)} connections_cut={drops} resumed_in_run={survived} "
           f"failed_then_rerun={reruns} hidden_temps_left={temps} jobs_completed={len(jobs)} frames_lost=0")
 
 
-def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, through_proxy: tuple[CutProxy, str, str],
-                                                big_scene: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    proxy, preset, backend = through_proxy
+def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tuple[CutProxy, str], big_scene: Path,
+                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy, preset = proxied
     code, out, err = _submit(capsys, big_scene, preset, "1-4")
     assert code == 0, err
     job = json.loads(out)["job"]
@@ -283,9 +256,8 @@ def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, through_pro
             assert "dropped" in error, error
         assert _download(job, dest) == ""
         _complete(dest, truth)
-    print(f"\nFIGURES download-cut {backend}: runs={len(DOWNLOAD_CUTS)} connections_cut={drops} "
-          f"failed_then_rerun={failed} half_frames_kept_as_temp={cut_frames} "
-          f"frames_checked={4 * len(DOWNLOAD_CUTS)} frames_lost=0")
+    print(f"\nFIGURES download-cut: runs={len(DOWNLOAD_CUTS)} connections_cut={drops} failed_then_rerun={failed} "
+          f"half_frames_kept_as_temp={cut_frames} frames_checked={4 * len(DOWNLOAD_CUTS)} frames_lost=0")
 
 
 @contextlib.contextmanager
