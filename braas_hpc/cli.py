@@ -24,11 +24,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .core import VERSION, logs, monitor, recovery, registry, service, transfer
+from .core import VERSION, logs, monitor, recovery, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
-from .core.schedulers import scheduler_for
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
 from .prompts import TerminalPrompts
@@ -206,9 +205,6 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 async def cmd_resubmit(args: argparse.Namespace) -> int:
     avoid = None if args.exclude is None else tuple(n.strip() for n in args.exclude.split(",") if n.strip())
-    scheduler = load_preset(registry.get_job(args.job).preset).scheduler
-    if avoid and not scheduler_for(scheduler).exclude_argv(avoid):
-        raise UsageError(f"{scheduler} cannot keep a job off given nodes; resubmit without --exclude")
     result, chosen = await recovery.resubmit_missing(args.job, avoid)
     if args.json:
         _print_json({**result.to_json(), "chunk": chosen.chunk, "exclude_nodes": list(chosen.exclude_nodes)})
@@ -293,7 +289,6 @@ async def cmd_install(args: argparse.Namespace) -> int:
 
 
 async def cmd_workdir(args: argparse.Namespace) -> int:
-    from .core.presets import load_preset
     from .core.transport import transport_for
     from .core.workdir import find_workdir, set_workdir
 

@@ -21,6 +21,7 @@ from .errors import BraasError, UsageError
 from .jobs import JobPaths, JobSpec
 from .monitor import JobStatus
 from .presets import load_preset
+from .schedulers import scheduler_for
 from .schedulers.base import CANCELLED, FAILED, NODE_NAME, TERMINAL, TIMEOUT
 from .transport import Transport, transport_for
 
@@ -148,6 +149,8 @@ async def resubmit_missing(name: str, exclude_nodes: tuple[str, ...] | None = No
         raise UsageError(f"job {name} has every frame; nothing to resubmit")
     record = registry.get_job(name)
     preset = load_preset(record.preset)
+    if exclude_nodes and not scheduler_for(preset.scheduler).exclude_argv(exclude_nodes):
+        raise UsageError(f"{preset.scheduler} cannot keep a job off given nodes; resubmit without --exclude")
     markers = [] if preset.is_local else await read_markers(transport_for(preset), JobPaths(record.remote_root, name))
     chosen = plan(record.spec, markers, current.missing, current.state == TIMEOUT)
     if exclude_nodes is not None:
