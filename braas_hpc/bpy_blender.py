@@ -631,4 +631,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        exit_code = main()  # flushed: every frame and file is written
+    except BaseException:  # noqa: BLE001 - a bug of ours: say so, and still leave
+        traceback.print_exc()
+        flush()
+        exit_code = 1
+    # Leave now, as Blender does once its work is done: Python's own shutdown runs bpy's exit-time
+    # destructors and waits for threads a scene's script left, and was seen to hang there (a
+    # geometry-nodes scene), which would hold a render job until its walltime.
+    os._exit(exit_code)

@@ -25,6 +25,7 @@ import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # devices.py is installed beside this file
 import devices  # noqa: E402
+import watchdog  # noqa: E402
 from devices import Device, DeviceError, DevicePlan  # noqa: E402
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
@@ -139,6 +140,7 @@ def main() -> int:
         return 4
     marker.update(device=plan.note, gpus=plan.gpus)
     print(f"braas-hpc: device {plan.note}; {marker['threads']} threads ({marker['threads_from']})", flush=True)
+    print(f"braas-hpc: {watchdog.start(marker_path, os.environ)}", flush=True)
     extension = EXTENSIONS[args.format]
     for index, frame in enumerate(frames, start=1):
         final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}")
@@ -147,6 +149,8 @@ def main() -> int:
             status = "skipped"
         else:
             temp = os.path.join(out_dir, f".frame_{frame:06d}.task{args.task}.part.{extension}")
+            marker["current"] = {"frame": frame, "started": time.time()}  # what the watchdog times
+            write_json_atomic(marker_path, marker)
             try:
                 render_frame(scene, frame, temp, final)
                 status = "rendered"
@@ -154,6 +158,7 @@ def main() -> int:
                 print(f"braas-hpc: frame {frame} failed: {exc}", file=sys.stderr, flush=True)
                 status = "failed"
         seconds = time.monotonic() - started
+        marker["current"] = None
         marker[status].append(frame)  # type: ignore[union-attr]
         if status == "rendered":
             marker["timings"][str(frame)] = round(seconds, 3)  # type: ignore[index]

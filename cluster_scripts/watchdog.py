@@ -1,0 +1,161 @@
+"""Ends a render task whose Blender stopped making progress, instead of leaving it to its walltime.
+
+render_task.py starts this as a separate process (a Python thread inside Blender is no use: it waits
+for Blender's lock while a frame renders, and was seen to deadlock Blender's render):
+
+    python3 watchdog.py --pid PID --marker DIR/status/task-K.json [--factor F] [--min-seconds S]
+
+The task's marker names the frame being rendered and when it started ("current"). A frame that runs
+longer than `factor` times the slowest frame measured so far (this task's, or any task's of the job:
+status/*.json), and at least `min-seconds`, has hung: Blender is stopped (TERM, then KILL), the marker
+says why, and the frame is left missing, so recovery renders it again. Without any measured frame
+there is nothing to compare with and the scheduler's walltime stays the limit. Exits when Blender does.
+Stdlib only: it runs with the Python that runs Blender's scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+POLL_S = 2.0
+GRACE_S = 15.0  # between TERM and KILL: Blender gets to flush its log
+EXIT_CODE = 5  # in the marker: ended by the watchdog
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="watchdog.py")
+    parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--marker", required=True)
+    parser.add_argument("--factor", type=float, default=10.0)
+    parser.add_argument("--min-seconds", type=float, default=600.0)
+    return parser.parse_args(argv)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except (OSError, ValueError):
+        return {}  # being replaced right now: the next poll reads it
+    return data if isinstance(data, dict) else {}
+
+
+def slowest_frame(marker_path: str) -> float:
+    """The longest measured frame of the job so far, in seconds (0 when none is measured)."""
+    slowest = 0.0
+    for path in glob.glob(os.path.join(os.path.dirname(marker_path), "*task-*.json")):
+        for seconds in (read_json(path).get("timings") or {}).values():
+            try:
+                slowest = max(slowest, float(seconds))
+            except (TypeError, ValueError):
+                continue
+    return slowest
+
+
+def limit_for(slowest: float, factor: float, min_seconds: float) -> float | None:
+    """How long a frame may run, or None (no measure yet: the walltime decides)."""
+    return max(min_seconds, factor * slowest) if slowest > 0 else None
+
+
+def overdue(marker: dict, limit: float | None, now: float) -> float:
+    """Seconds the current frame has run when that is over the limit, else 0."""
+    current = marker.get("current") or {}
+    if limit is None or marker.get("state") != "running" or not current.get("started"):
+        return 0.0
+    running = now - float(current["started"])
+    return running if running > limit else 0.0
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, ended but not yet collected by its parent, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
+            return stream.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal said it exists
+
+
+def stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + GRACE_S
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def record(marker_path: str, message: str) -> None:
+    marker = read_json(marker_path)
+    marker.update(state="failed", exit_code=EXIT_CODE, error=message, finished=time.time(), current=None)
+    temp = f"{marker_path}.watchdog.part"
+    with open(temp, "w", encoding="utf-8") as stream:
+        json.dump(marker, stream, indent=1)
+    os.replace(temp, marker_path)
+
+
+def watch(args: argparse.Namespace) -> int:
+    while alive(args.pid):
+        marker = read_json(args.marker)
+        slowest = slowest_frame(args.marker)
+        limit = limit_for(slowest, args.factor, args.min_seconds)
+        running = overdue(marker, limit, time.time())
+        if running:
+            frame = (marker.get("current") or {}).get("frame")
+            message = (f"frame {frame} made no progress: it has rendered for {running:.0f} s, more than "
+                       f"{limit:.0f} s ({args.factor:g} x the slowest frame of this job, {slowest:.1f} s); "
+                       "Blender was stopped so the frame can be rendered again")
+            print(f"braas-hpc: watchdog: {message}", file=sys.stderr, flush=True)
+            stop(args.pid)
+            record(args.marker, message)  # after Blender is gone: nothing writes the marker any more
+            return 1
+        time.sleep(POLL_S)
+    return 0
+
+
+def python_command() -> str:
+    """A Python to run this file with: Blender's own (sys.executable, its bundled Python) when it is one,
+    else python3 on PATH. Some Blender builds name the blender binary there, which must not be started."""
+    if os.path.basename(sys.executable or "").startswith("python"):
+        return sys.executable
+    return shutil.which("python3") or ""
+
+
+def start(marker_path: str, env: Mapping[str, str]) -> str:
+    """Start watching this process; returns a line for the task's log saying how it is watched."""
+    python = python_command()
+    if not python:
+        return "no watchdog (no Python found to run it): the walltime is the limit for a hung frame"
+    factor = env.get("BRAAS_WATCHDOG_FACTOR", "10")
+    min_seconds = env.get("BRAAS_WATCHDOG_MIN_SECONDS", "600")
+    argv = [python, os.path.abspath(__file__), "--pid", str(os.getpid()), "--marker", marker_path,
+            "--factor", factor, "--min-seconds", min_seconds]
+    try:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+    except OSError as exc:
+        return f"no watchdog ({exc}): the walltime is the limit for a hung frame"
+    return f"watchdog: a frame may take {factor} x the slowest frame so far, at least {min_seconds} s"
+
+
+if __name__ == "__main__":
+    sys.exit(watch(parse_args(sys.argv[1:])))
