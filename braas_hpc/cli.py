@@ -91,6 +91,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             print(plan.finish_script, end="")
         return 0
     result = await service.submit(_request(args, args.preset))
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", highlight=False)
     if args.json:
         _print_json(result.to_json())
     else:

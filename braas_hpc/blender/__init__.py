@@ -21,8 +21,11 @@ def _on_load(_dummy: object = None) -> None:
 def register(addon_id: str = "braas_hpc") -> None:
     import bpy
 
+    from ..core import local_blender
     from . import jobs_list, preferences, props, runtime
 
+    # Packing and local renders use the Blender the artist runs (its Python cannot import bpy by itself).
+    local_blender.use_running_blender(bpy.app.binary_path)
     # Blender finds an add-on's preferences by the add-on's module name: this package's, or the extension's.
     runtime.ADDON_ID = preferences.BraasPreferences.bl_idname = addon_id
     for cls in _classes():

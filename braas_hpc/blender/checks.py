@@ -6,7 +6,9 @@ import os
 
 import bpy
 
+from ..core.blender_version import cluster_warning, dotted, parse_version_line
 from ..core.errors import UsageError
+from ..core.install import installed_blender, record_path
 
 VIDEO_FORMATS = {"FFMPEG", "AVI_JPEG", "AVI_RAW"}
 LISTED = 10  # missing files named in the message; the rest are counted
@@ -19,9 +21,16 @@ def scene_file() -> str:
 
 
 def save_if_changed() -> str | None:
-    """The cluster renders the saved file, so unsaved changes are saved first (as render farm tools do)."""
+    """The cluster renders the saved file, so unsaved changes are saved first (as render farm tools do),
+    except into a file a newer Blender wrote: this one would drop what it does not know, for good."""
     if not bpy.data.is_dirty:
         return None
+    saved_by, running = tuple(bpy.data.version[:2]), tuple(bpy.app.version[:2])
+    if saved_by > running:
+        raise UsageError(f"{bpy.path.basename(bpy.data.filepath)} was saved by Blender {dotted(saved_by)}; saving "
+                         f"it from this Blender {dotted(running)} would lose what {dotted(running)} does not know. "
+                         f"Submit it from Blender {dotted(saved_by)} or newer, or save a copy under a new name "
+                         "(File > Save As) and submit that")
     if bpy.ops.wm.save_mainfile() != {"FINISHED"}:
         raise UsageError(f"could not save {bpy.data.filepath}; save it by hand and submit again")
     return f"saved {bpy.path.basename(bpy.data.filepath)} so the job renders what you see"
@@ -81,3 +90,33 @@ def frames_of(settings: bpy.types.PropertyGroup) -> str:
         return str(scene.frame_current)
     step = f":{scene.frame_step}" if scene.frame_step > 1 else ""
     return f"{scene.frame_start}-{scene.frame_end}{step}"
+
+
+_recorded: dict[str, tuple[float, str]] = {}  # preset -> (record's mtime, version): panels draw often
+
+
+def _cluster_version(preset_name: str) -> str:
+    """What `blender --version` said on the cluster when Install recorded its Blender ("" if never)."""
+    try:
+        mtime = record_path(preset_name).stat().st_mtime
+    except OSError:
+        return ""
+    cached = _recorded.get(preset_name)
+    if cached is None or cached[0] != mtime:
+        installed = installed_blender(preset_name)
+        cached = _recorded[preset_name] = (mtime, installed.version if installed else "")
+    return cached[1]
+
+
+def blender_versions(preset_name: str, pack: str) -> tuple[str, str]:
+    """The panel's line: the scene's Blender beside the one the cluster will use, and a warning ("" if
+    none) when the cluster's is older than the file it will open (in packed mode, the copy this Blender saves)."""
+    scene = tuple(bpy.data.version[:2])
+    if preset_name == "local":
+        return f"Blender: scene {dotted(scene)}, rendered by this Blender {dotted(bpy.app.version[:3])}", ""
+    cluster = _cluster_version(preset_name)
+    found = parse_version_line(cluster)
+    if found is None:
+        return f"Blender: scene {dotted(scene)}, cluster not known yet (Preferences > Install records it)", ""
+    opens = max(scene, tuple(bpy.app.version[:2])) if pack == "packed" else scene
+    return f"Blender: scene {dotted(scene)}, cluster {dotted(found)}", cluster_warning(cluster, opens, preset_name)

@@ -100,7 +100,9 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
         def submitted(result: Any) -> None:
             jobs_list.apply_rows(activity.registry_rows())
             runtime.tell(f"job {result.job} submitted: {result.tasks} task(s), frames {result.frames}"
-                         + (f", scheduler id {', '.join(result.scheduler_ids)}" if result.scheduler_ids else ""))
+                         + (f", scheduler id {', '.join(result.scheduler_ids)}" if result.scheduler_ids else "")
+                         + "".join(f". Warning: {w}" for w in result.warnings),
+                         "WARNING" if result.warnings else "INFO")
             jobs_list.auto_refresh.soon()
 
         def again() -> None:

@@ -7,7 +7,7 @@ import time
 import bpy
 
 from ..core.schedulers.base import TERMINAL
-from . import ops_jobs, runtime
+from . import checks, ops_jobs, runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
                "CANCELLED": "CANCEL", "TIMEOUT": "TIME", "UNKNOWN": "QUESTION"}
@@ -92,6 +92,10 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout.use_property_split = True
         layout.prop(settings, "preset")
         layout.label(text=ops_jobs.preset_summary(settings.preset), icon="INFO")
+        versions, warning = checks.blender_versions(settings.preset, settings.pack)
+        layout.label(text=versions, icon="ERROR" if warning else "BLENDER")
+        for line in wrap_text(warning, 70) if warning else ():
+            layout.label(text=line, icon="BLANK1")
         layout.prop(settings, "project", placeholder=bpy.path.display_name_from_filepath(bpy.data.filepath))
         layout.prop(settings, "email")
         layout.prop(settings, "pack")

@@ -12,13 +12,26 @@ from pathlib import Path
 from .errors import UsageError
 
 BPY_LAUNCHER = Path(__file__).resolve().parents[1] / "bpy_blender.py"
+# Set by the add-on at registration: the executable of the Blender it runs in (bpy.app.binary_path).
+# Inside a downloaded Blender, sys.executable is Blender's bundled Python, which cannot import bpy, so
+# the running Blender itself is the one to pack and render with: it is also the version the artist uses.
+_running: str = ""
+
+
+def use_running_blender(binary_path: str) -> None:
+    """Remember the Blender this process runs in ("" to forget it, as the add-on does when disabled)."""
+    global _running
+    _running = binary_path if binary_path and os.path.isfile(binary_path) else ""
 
 
 def local_blender() -> list[str]:
-    """The command that runs Blender here: $BRAAS_HPC_BLENDER, `blender` on PATH, or the bpy module."""
+    """The command that runs Blender here: $BRAAS_HPC_BLENDER, the Blender the add-on runs in, `blender`
+    on PATH, or the bpy module."""
     configured = os.environ.get("BRAAS_HPC_BLENDER", "").strip()
     if configured:
         return shlex.split(configured)
+    if _running:
+        return [_running]
     found = shutil.which("blender")
     if found:
         return [found]

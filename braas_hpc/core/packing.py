@@ -20,6 +20,7 @@ from blender_asset_tracer.pack import Packer
 from blender_asset_tracer.trace import file_sequence
 from blender_asset_tracer.trace.result import BlockUsage
 
+from .blender_version import check_can_open
 from .errors import BraasError, UsageError
 from .local_blender import local_blender
 
@@ -40,9 +41,12 @@ async def pack_scene(scene: Path, output: Path) -> PackReport:
 
     Blender runs as a child process that is killed when the caller is cancelled (the add-on's Abort)
     or packing overruns its time, so no Blender is left packing for nobody."""
+    blender = local_blender()
+    # The packed copy is saved by this Blender: an older one than the scene's would drop what it does not know.
+    await asyncio.to_thread(check_can_open, scene, tuple(blender), "packs the scene")
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".pack.json")
-    argv = [*local_blender(), "-b", "-Y", str(scene), "-P", str(PACK_SCRIPT), "--",
+    argv = [*blender, "-b", "-Y", str(scene), "-P", str(PACK_SCRIPT), "--",
             "--out", str(output), "--report", str(report_path)]
     process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

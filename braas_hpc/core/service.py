@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import VERSION, intents, progress, registry, store
+from .blender_version import check_can_open, cluster_warning, command_version, file_version
 from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
 from .install import RENDER_TASK, ScriptsReport, git_scripts_dir, installed_blender, scripts_for, scripts_version
@@ -54,11 +55,13 @@ class SubmitResult:
     upload: UploadReport = UploadReport()  # the job's inputs: sent to the store, or already there
     finish_id: str = ""  # the finish step's scheduler id ("" when the site refused it: see the log)
     scripts_updated: tuple[str, ...] = ()  # cluster scripts this submission had to install or repair
+    warnings: tuple[str, ...] = ()  # for the user to read: the job was submitted all the same
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "frames": self.frames, "tasks": self.tasks,
                 "scheduler_ids": list(self.scheduler_ids), "job_dir": self.job_dir, **self.upload.to_json(),
-                "finish_id": self.finish_id, "scripts_updated": list(self.scripts_updated)}
+                "finish_id": self.finish_id, "scripts_updated": list(self.scripts_updated),
+                "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,20 @@ def with_installed_blender(preset: Preset) -> Preset:
     if installed is None:
         return preset
     return dataclasses.replace(preset, blender=installed.blender, env=(*preset.env, *installed.env))
+
+
+def version_warnings(spec: JobSpec, preset: Preset) -> tuple[str, ...]:
+    """A warning when the Blender `install` recorded for the cluster is older than the file it will open
+    (the scene, or in packed mode the copy this computer's Blender saves). A warning, not a refusal: the
+    record can be older than the site's Blender, and nothing is known without one."""
+    installed = None if preset.is_local else installed_blender(preset.name)
+    if installed is None or not installed.version:
+        return ()
+    opens = file_version(Path(spec.scene))
+    if spec.pack == "packed":
+        opens = max(opens, command_version(tuple(local_blender()))[:2])
+    warning = cluster_warning(installed.version, opens, preset.name)
+    return (warning,) if warning else ()
 
 
 def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
@@ -270,6 +287,7 @@ async def submit(request: SubmitRequest) -> SubmitResult:
         spec = dataclasses.replace(spec, name=resumed)
         log.info("resuming the unfinished submission of %s", resumed)
     intents.remember(print_, spec.name)
+    warnings = await asyncio.to_thread(version_warnings, spec, preset)
     transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
     progress.report("submitting")
@@ -281,7 +299,7 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
-                        paths.job_dir, paths.upload, finish_id, updated)
+                        paths.job_dir, paths.upload, finish_id, updated, warnings)
 
 
 def _after(argv: list[str], options: list[str]) -> list[str]:
@@ -385,6 +403,8 @@ async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback
     """
     if not preset.is_local:
         raise UsageError(f"preset {preset.name} is a cluster: use `braas-hpc submit` for it")
+    if spec.pack == "dir":  # packed mode: the copy is saved by this Blender, checked when packing
+        await asyncio.to_thread(check_can_open, Path(spec.scene), tuple(local_blender()), "renders here")
     transport = transport_for(preset)
     paths = await prepare_job(spec, preset, transport)
     registry.add_job(spec, paths.root, {}, RUNNING)

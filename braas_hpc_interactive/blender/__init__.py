@@ -20,8 +20,11 @@ def _on_load(_dummy: object = None) -> None:
 def register() -> None:
     import bpy
 
+    from braas_hpc.core import local_blender
+
     from . import props, runtime, sessions_list
 
+    local_blender.use_running_blender(bpy.app.binary_path)  # packs the scene a session uploads
     for cls in _classes():
         bpy.utils.register_class(cls)
     props.attach()
