@@ -25,12 +25,17 @@ from .core.errors import BraasError, UsageError
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ("asyncssh==2.24.1", "paramiko==5.1.0", "scp==0.16.2", "blender-asset-tracer==1.23",
                 "platformdirs==4.14.7", "tomli-w==1.2.0")
-# pip platform tags per Blender extension platform (Blender 4.2+ bundles CPython 3.11).
+# The Pythons Blender bundles: 3.11 in 4.2 to 5.0, 3.13 from 5.1. Each zip carries wheels for both and
+# Blender installs the ones for its own Python (it reads the versions from the wheel names).
+PYTHON_VERSIONS = ("3.11", "3.13")
+# pip platform tags per Blender extension platform. pip also accepts older macOS versions of a tag, so
+# macosx_11_0_x86_64 takes the macosx_10_15_x86_64 wheels some dependencies (cffi 2) only publish;
+# Blender 4.2+ needs macOS 11.2 anyway.
 PLATFORM_TAGS = {
     "linux-x64": ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"),
     "windows-x64": ("win_amd64",),
     "macos-arm64": ("macosx_11_0_arm64", "macosx_10_9_universal2"),
-    "macos-x64": ("macosx_10_9_x86_64", "macosx_10_12_x86_64", "macosx_10_9_universal2"),
+    "macos-x64": ("macosx_11_0_x86_64", "macosx_10_9_universal2"),
 }
 
 
@@ -61,13 +66,20 @@ def unregister():
 
 
 def download_wheels(platform: str, target: Path) -> list[Path]:
+    """The dependency wheels for `platform`, for every Python in PYTHON_VERSIONS: pure-Python and
+    stable-ABI wheels serve both and are kept once."""
     tags = [arg for tag in PLATFORM_TAGS[platform] for arg in ("--platform", tag)]
-    argv = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *tags, "--python-version", "3.11",
-            "--implementation", "cp", "-d", str(target), *REQUIREMENTS]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise BraasError(f"pip could not fetch the wheels for {platform}:\n{done.stderr[-2000:]}")
-    return sorted(target.glob("*.whl"))
+    wheels: dict[str, Path] = {}
+    for python in PYTHON_VERSIONS:
+        into = target / python
+        argv = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
+                *tags, "--python-version", python, "--implementation", "cp", "-d", str(into), *REQUIREMENTS]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise BraasError(f"pip could not fetch the wheels for {platform} (Python {python}):\n"
+                             f"{done.stderr[-2000:]}")
+        wheels.update((wheel.name, wheel) for wheel in into.glob("*.whl"))
+    return sorted(wheels.values(), key=lambda wheel: wheel.name)
 
 
 _NOT_PACKAGED = {"build", "dist", "tests", "bench", "docs", "examples", "frames"}  # at the top of the tree only

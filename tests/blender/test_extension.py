@@ -1,23 +1,31 @@
-"""The built extensions install and enable in real Blender (the bpy wheel), offline from their own
-wheels, share one copy of the core, and leave nothing registered once disabled."""
+"""The built extensions in every supported Blender (the bpy wheel of 4.2 LTS, 4.5 LTS, 5.0 and the newest
+5.x, each on its own Python): Blender's own validator accepts every zip; they install offline from their
+own wheels, render the scene locally, share one copy of the core, and leave nothing behind once disabled
+and uninstalled. `extension build` with no --platform builds every platform of the manifest."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
+
+from braas_hpc.extension import ADDONS
+from tests.blender.bpy_builds import MATRIX, BpyBuild
 from tests.conftest import run_cli
-from tests.testbed import testbed as tb
+from tests.helpers import REPO, SAMPLE_SCRIPT, check_frame
 
 PROBE = r"""
 import importlib, json, os, sys
 import bpy
-main_zip, interactive_zip, report = sys.argv[-3:]
+main_zip, interactive_zip, scene, report = sys.argv[-4:]
 main, interactive = "bl_ext.user_default.braas_hpc", "bl_ext.user_default.braas_hpc_interactive"
+result = {"blender": list(bpy.app.version[:2]), "python": list(sys.version_info[:2])}
 bpy.ops.extensions.package_install_files(filepath=main_zip, repo="user_default", enable_on_install=True)
-result = {"enabled": main in bpy.context.preferences.addons.keys()}
+result["enabled"] = main in bpy.context.preferences.addons.keys()
 import braas_hpc, asyncssh, paramiko, scp, blender_asset_tracer  # only the bundled wheels can provide these
 from braas_hpc.core import frames, install
 from braas_hpc.core.transport import pool
@@ -27,12 +35,24 @@ result["asyncssh"] = asyncssh.__file__
 site = asyncssh.__file__.split("/asyncssh/")[0]
 result["site"] = site
 result["site_enabled"] = sorted(os.listdir(site))
+import _cffi_backend  # compiled for one Python: Blender picked the wheel for its own
+result["cffi"] = os.path.basename(_cffi_backend.__file__)
 result["frames"] = frames.parse_frames("1-3")
 result["render_task"] = str(install.RENDER_TASK)
 result["render_task_there"] = install.RENDER_TASK.is_file()  # gone with the wheels once all is disabled
 result["operators"] = sorted(dir(bpy.ops.braas_hpc))
 result["prefs"] = type(bpy.context.preferences.addons[main].preferences.presets).__name__
 result["prompts_popups"] = pool.prompts is runtime.state.broker
+
+# What an artist does first: render the open scene on this computer with the `local` preset.
+bpy.ops.wm.open_mainfile(filepath=scene)
+settings = bpy.context.scene.braas_hpc
+settings.preset, settings.frames_mode, settings.custom_frames = "local", "CUSTOM", "1"
+result["submit"] = sorted(bpy.ops.braas_hpc.submit())
+result["download"] = sorted(bpy.ops.braas_hpc.download_job())
+jobs = bpy.context.window_manager.braas_hpc.jobs
+result["jobs"] = [(j.name, j.state, j.frames_done, j.frames_total) for j in jobs]
+result["job_folder"] = jobs[0].local_dir if len(jobs) else ""
 
 bpy.ops.extensions.package_install_files(filepath=interactive_zip, repo="user_default", enable_on_install=True)
 result["interactive_enabled"] = interactive in bpy.context.preferences.addons.keys()
@@ -52,38 +72,98 @@ bpy.ops.preferences.addon_disable(module=interactive)
 result["interactive_after_disable"] = interactive in bpy.context.preferences.addons.keys()
 result["interactive_operators_after"] = sorted(dir(bpy.ops.braas_hpc_interactive))
 result["site_disabled"] = sorted(os.listdir(site)) if os.path.isdir(site) else []
+
+# Uninstalled: both packages and their wheels leave the user's extensions repository.
+repos = bpy.context.preferences.extensions.repos
+index = next(i for i, repo in enumerate(repos) if repo.module == "user_default")
+for package in ("braas_hpc", "braas_hpc_interactive"):
+    result["uninstall_" + package] = sorted(bpy.ops.extensions.package_uninstall(
+        repo_directory=repos[index].directory, repo_index=index, pkg_id=package))
+result["repo_after_uninstall"] = sorted(n for n in os.listdir(repos[index].directory) if not n.startswith("."))
+result["addons_after_uninstall"] = sorted(a for a in bpy.context.preferences.addons.keys() if "braas" in a)
+result["site_after_uninstall"] = sorted(os.listdir(site)) if os.path.isdir(site) else []
+cache = os.path.join(site, "__pycache__")
+result["bytecode_after_uninstall"] = sorted(os.listdir(cache)) if os.path.isdir(cache) else []
 json.dump(result, open(report, "w"))
 """
 
 
-def test_extensions_build_install_share_the_core_and_unregister(tmp_path: Path) -> None:
-    built = run_cli("extension", "build", "--out", str(tmp_path / "dist"), "--platform", "linux-x64", "--json",
-                    timeout=900)
-    assert built.returncode == 0, built.stderr
-    main_zip, interactive_zip = json.loads(built.stdout)["built"]
-    assert Path(main_zip).name == "braas_hpc-0.1.0-linux-x64.zip"
-    assert Path(interactive_zip).name == "braas_hpc_interactive-0.1.0-linux-x64.zip"
-    resources = tmp_path / "blender-user"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Every platform of the manifest (no --platform), as a user builds them: platform -> [main, interactive]."""
+    out = tmp_path_factory.mktemp("dist")
+    done = run_cli("extension", "build", "--out", str(out), "--json", timeout=900)
+    assert done.returncode == 0, done.stderr
+    zips = [Path(z) for z in json.loads(done.stdout)["built"]]
+    platforms = tomllib.loads((REPO / "blender_manifest.toml").read_text())["platforms"]
+    expected = sorted(f"{a.package}-0.1.0-{p}.zip" for p in platforms for a in ADDONS)
+    assert sorted(z.name for z in zips) == expected and all(z.parent == out for z in zips)
+    return {p: [out / f"{a.package}-0.1.0-{p}.zip" for a in ADDONS] for p in platforms}
+
+
+def test_every_zip_bundles_wheels_for_both_pythons(built: dict[str, list[Path]]) -> None:
+    for platform, zips in built.items():
+        for path in zips:
+            with zipfile.ZipFile(path) as archive:
+                manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
+                names = set(archive.namelist())
+            assert manifest["platforms"] == [platform]
+            assert {f"./{n}" for n in names if n.startswith("wheels/")} == set(manifest["wheels"])
+            for python in sorted({b.python for b in MATRIX}):  # cffi has no stable-ABI wheel: one per Python
+                tag = "cp" + python.replace(".", "")
+                assert any(w.startswith("./wheels/cffi-") and f"-{tag}-{tag}-" in w for w in manifest["wheels"]), \
+                    f"{path.name} has no cffi wheel for Python {python}"
+
+
+@pytest.mark.parametrize("blender", MATRIX, ids=str)
+def test_blenders_validator_accepts_every_zip(built: dict[str, list[Path]], blender: BpyBuild,
+                                              tmp_path: Path) -> None:
+    for path in (z for zips in built.values() for z in zips):
+        done = subprocess.run([blender.interpreter(), "-S", str(blender.validator()), "validate", str(path)],
+                              env=blender.env(tmp_path), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"Blender {blender.version} refuses {path.name}:\n{done.stdout}{done.stderr}"
+
+
+@pytest.mark.parametrize("blender", MATRIX, ids=str)
+def test_extensions_install_render_share_the_core_and_uninstall(built: dict[str, list[Path]], blender: BpyBuild,
+                                                                tmp_path: Path) -> None:
+    main_zip, interactive_zip = built["linux-x64"]
+    # A Python that has this bpy and nothing of ours (-S: not even the interpreter's own site-packages), so
+    # the add-ons can only import their code and asyncssh and friends from the wheels they brought; a
+    # private Blender config, never the user's; a scene saved by this very Blender version.
+    env = blender.env(tmp_path)
+    resources = Path(env["BLENDER_USER_RESOURCES"])
+    made = subprocess.run([blender.interpreter(), "-S", str(SAMPLE_SCRIPT), str(tmp_path / "scene")], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-3000:]
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     report = tmp_path / "report.json"
-    # A Python that has bpy and nothing of ours (Debian's, with the test cluster's bpy-only site dir and -S:
-    # not even Debian's own dist-packages), so the add-ons can only import their code and asyncssh and
-    # friends from the wheels they brought; and a private Blender config, never the user's.
-    layout = tb.Layout.from_env()
-    tb.ensure_bpy(layout)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PYTHONPATH": str(layout.bpy_site),
-           "BLENDER_USER_RESOURCES": str(resources)}
-    done = subprocess.run([tb.SYSTEM_PYTHON, "-S", str(probe), main_zip, interactive_zip, str(report)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and report.is_file(), done.stderr[-3000:]
+    # PYTHONPATH stays in env: the add-on renders with this Blender, which may be this Python plus bpy.
+    done = subprocess.run([blender.interpreter(), "-S", str(probe), str(main_zip), str(interactive_zip),
+                           str(tmp_path / "scene" / "sample.blend"), str(report)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0 and report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(report.read_text())
+    assert result["blender"] == [int(n) for n in blender.series.split(".")]
+    assert result["python"] == [int(n) for n in blender.python.split(".")]
     assert result["enabled"] is True and result["after_disable"] is False
     assert result["frames"] == [1, 2, 3]
     assert "submit" in result["operators"] and result["prefs"].startswith("bpy_prop_collection")  # the UI registered
     assert result["render_task"].startswith(str(resources)) and result["render_task_there"] is True
     assert result["site"].startswith(str(resources / "extensions"))  # imported from the installed wheels
     assert result["core"].startswith(result["site"]) and result["prompts_popups"] is True
+    assert result["cffi"].startswith(f"_cffi_backend.cpython-{blender.python.replace('.', '')}-")
+    # The local render: one frame of the scene, downloaded to the job's folder in the private HOME.
+    assert result["submit"] == ["FINISHED"] and result["download"] == ["FINISHED"]
+    ((name, state, done_frames, total),) = result["jobs"]
+    assert (state, done_frames, total) == ("COMPLETED", 1, 1)
+    assert Path(result["job_folder"]) == tmp_path / "braas-hpc" / name
+    check_frame(Path(result["job_folder"]) / "frame_000001.png")
+    logs = [log.read_text() for log in tmp_path.rglob("*.log") if name in log.parts]
+    assert logs and all(f"Blender {blender.version}" in log for log in logs), logs  # rendered by this Blender
     # The interactive add-on runs on the same modules: one copy of the wheel, BRaaS-HPC's popups answer for it.
     assert result["interactive_enabled"] is True and "start_session" in result["interactive_operators"]
     assert result["interactive_core"].startswith(result["site"]) and result["shared_prompts"] is True
@@ -96,3 +176,11 @@ def test_extensions_build_install_share_the_core_and_unregister(tmp_path: Path) 
                     "tomli_w", "braas_hpc", "cluster_scripts"):
         assert package in result["site_enabled"], f"{package} was not installed from the bundled wheels"
         assert package not in result["site_disabled"], f"{package} was left behind after disabling"
+    # Uninstalled: nothing registered, nothing of ours left in the extensions repository or its site dir.
+    assert result["uninstall_braas_hpc"] == ["FINISHED"] and result["uninstall_braas_hpc_interactive"] == ["FINISHED"]
+    assert result["repo_after_uninstall"] == [] and result["addons_after_uninstall"] == []
+    assert [n for n in result["site_after_uninstall"] if n != "__pycache__"] == []
+    # Blender removes the files each wheel lists; Python's bytecode of single-module wheels (scp.py,
+    # typing_extensions.py) stays in __pycache__, which nothing imports without its source.
+    assert {n.split(".")[0] for n in result["bytecode_after_uninstall"]} <= {"scp", "typing_extensions"}, \
+        result["bytecode_after_uninstall"]
