@@ -360,12 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frames: 7, 1-250, 1-100:10 or 1,5,10-20")
         p.add_argument("--chunk", type=int, default=1, help="frames per array task (default 1)")
 
+    def add_pack(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pack", choices=("packed", "dir"), default="packed",
+                       help="packed: one .blend with its resources packed (default); dir: the .blend and its "
+                            "dependency tree, traced with blender-asset-tracer")
+
     def add_backend(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ssh-backend", choices=SSH_BACKENDS, help="override the preset's SSH back end")
 
     p = add("render", cmd_render, "render a scene on this computer (the built-in local preset)")
     add_frames(p, "1")
     p.add_argument("--out", metavar="DIR", help="also copy the frames into DIR")
+    add_pack(p)
 
     p = add("submit", cmd_submit, "submit a scene to a cluster; prints the job name last")
     add_frames(p, None)
@@ -385,9 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=2, metavar="N",
                    help="rounds braas-hpc may resubmit by itself for frames lost to failures (default 2; 0: none)")
     p.add_argument("--name", metavar="PROJECT", help="names the job (default: the scene's file name)")
-    p.add_argument("--pack", choices=("packed", "dir"), default="packed",
-                   help="packed: one .blend with its resources packed (default); dir: the .blend and its "
-                        "dependency tree, traced with blender-asset-tracer")
+    add_pack(p)
     add_backend(p)
 
     p = add("test", cmd_test, "connect to a cluster, run a probe and report")

@@ -19,11 +19,17 @@ from tests.conftest import run_cli
 from tests.helpers import REPO, SAMPLE_SCRIPT, check_frame
 
 PROBE = r"""
-import importlib, json, os, sys
+import importlib, json, os, subprocess, sys
+main_zip, interactive_zip, scene, report, bpy_site, blender_binary = sys.argv[-6:]
+# As in a downloaded Blender: bpy is importable here, but not by this Python started anew (sys.executable),
+# and the add-on learns where Blender's executable is from bpy.app.binary_path.
+sys.path.insert(0, bpy_site)
 import bpy
-main_zip, interactive_zip, scene, report = sys.argv[-4:]
+bpy.app.binary_path = blender_binary
+own_python = subprocess.run([sys.executable, "-S", "-c", "import bpy"], capture_output=True)
 main, interactive = "bl_ext.user_default.braas_hpc", "bl_ext.user_default.braas_hpc_interactive"
-result = {"blender": list(bpy.app.version[:2]), "python": list(sys.version_info[:2])}
+result = {"blender": list(bpy.app.version[:2]), "python": list(sys.version_info[:2]),
+          "own_python_imports_bpy": own_python.returncode == 0}
 bpy.ops.extensions.package_install_files(filepath=main_zip, repo="user_default", enable_on_install=True)
 result["enabled"] = main in bpy.context.preferences.addons.keys()
 import braas_hpc, asyncssh, paramiko, scp, blender_asset_tracer  # only the bundled wheels can provide these
@@ -141,14 +147,22 @@ def test_extensions_install_render_share_the_core_and_uninstall(built: dict[str,
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     report = tmp_path / "report.json"
-    # PYTHONPATH stays in env: the add-on renders with this Blender, which may be this Python plus bpy.
+    # Blender's executable, for the add-on to pack and render with: this bpy behind Blender's command line.
+    # Its Python is not the add-on's way to Blender: the probe's own environment cannot import bpy.
+    binary, calls = tmp_path / "blender-app" / "blender", tmp_path / "blender-calls.txt"
+    binary.parent.mkdir()
+    binary.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\nPYTHONPATH="{env["PYTHONPATH"]}" exec '
+                      f'"{blender.interpreter()}" -S "{REPO / "braas_hpc" / "bpy_blender.py"}" "$@"\n')
+    binary.chmod(0o755)
+    stock = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     done = subprocess.run([blender.interpreter(), "-S", str(probe), str(main_zip), str(interactive_zip),
-                           str(tmp_path / "scene" / "sample.blend"), str(report)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path)
+                           str(tmp_path / "scene" / "sample.blend"), str(report), env["PYTHONPATH"], str(binary)],
+                          env=stock, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0 and report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(report.read_text())
     assert result["blender"] == [int(n) for n in blender.series.split(".")]
     assert result["python"] == [int(n) for n in blender.python.split(".")]
+    assert result["own_python_imports_bpy"] is False  # as inside a downloaded Blender
     assert result["enabled"] is True and result["after_disable"] is False
     assert result["frames"] == [1, 2, 3]
     assert "submit" in result["operators"] and result["prefs"].startswith("bpy_prop_collection")  # the UI registered
@@ -164,6 +178,8 @@ def test_extensions_install_render_share_the_core_and_uninstall(built: dict[str,
     check_frame(Path(result["job_folder"]) / "frame_000001.png")
     logs = [log.read_text() for log in tmp_path.rglob("*.log") if name in log.parts]
     assert logs and all(f"Blender {blender.version}" in log for log in logs), logs  # rendered by this Blender
+    used = calls.read_text()  # the running Blender's executable asked its version, packed and rendered
+    assert "--version" in used and "pack_scene.py" in used and "render_task.py" in used, used
     # The interactive add-on runs on the same modules: one copy of the wheel, BRaaS-HPC's popups answer for it.
     assert result["interactive_enabled"] is True and "start_session" in result["interactive_operators"]
     assert result["interactive_core"].startswith(result["site"]) and result["shared_prompts"] is True

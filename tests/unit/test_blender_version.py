@@ -101,3 +101,26 @@ def test_cluster_warning_only_when_the_cluster_is_older() -> None:
     assert bv.cluster_warning("Blender 4.5.4 LTS", (4, 5), "karolina") == ""
     assert bv.cluster_warning("Blender 5.0.1", (4, 5), "karolina") == ""
     assert bv.cluster_warning("", (4, 5), "karolina") == ""  # not known: nothing to say
+
+
+def test_submit_warns_when_the_clusters_recorded_blender_is_older(tmp_path: Path, user_dirs: dict[str, str]) -> None:
+    from braas_hpc.core import service
+    from braas_hpc.core.install import InstalledBlender, record_blender
+    from braas_hpc.core.jobs import JobSpec
+    from braas_hpc.core.presets import load_preset
+
+    preset = load_preset("karolina")
+    scene = blend(tmp_path / "shot.blend", b"BLENDER17-01v0500", "zstd")  # saved by 5.0
+    spec = JobSpec(name="j", preset="karolina", scene=str(scene), frames=(1,), pack="dir")
+    assert service.version_warnings(spec, preset) == ()  # nothing recorded: nothing known, nothing said
+    record_blender("karolina", InstalledBlender("blender", (), {}, "Blender 4.5.4 LTS"))
+    (warning,) = service.version_warnings(spec, preset)
+    assert "karolina is 4.5.4, older than the file it will render (saved by 5.0)" in warning
+    record_blender("karolina", InstalledBlender("blender", (), {}, "Blender 5.0.1"))
+    assert service.version_warnings(spec, preset) == ()
+    # Packed mode: the cluster opens the copy this computer's Blender (the bpy module, 4.5 here) saves.
+    older = blend(tmp_path / "old.blend", b"BLENDER-v402")
+    record_blender("karolina", InstalledBlender("blender", (), {}, "Blender 4.2.3 LTS"))
+    packed = JobSpec(name="j", preset="karolina", scene=str(older), frames=(1,), pack="packed")
+    (warning,) = service.version_warnings(packed, preset)
+    assert "saved by 4.5" in warning
