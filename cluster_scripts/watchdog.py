@@ -16,6 +16,7 @@ Stdlib only: it runs with the Python that runs Blender's scripts.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import json
 import os
@@ -26,7 +27,9 @@ import sys
 import time
 from collections.abc import Mapping
 
-POLL_S = 2.0
+POLL_S = 1.0  # is Blender still there
+MARKER_EVERY_S = 5.0  # the task's own marker
+JOB_MARKERS_EVERY_S = 600.0  # every marker of the job (thousands on a parallel filesystem)
 GRACE_S = 15.0  # between TERM and KILL: Blender gets to flush its log
 EXIT_CODE = 5  # in the marker: ended by the watchdog
 
@@ -114,10 +117,42 @@ def record(marker_path: str, message: str) -> None:
     os.replace(temp, marker_path)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_the_task(pid: int) -> bool:
+    """Never outlive the Blender this watches (False: it is gone already). Stopping the task (scancel,
+    the add-on's Abort: TERM to its process group) stops this too, even when whoever started Blender
+    blocked or ignored those signals (children inherit both); and on Linux the kernel ends this process
+    the moment Blender ends, even when Blender got its TERM before it started this one."""
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    for number in stops:
+        signal.signal(number, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the poll below still notices
+    return os.getppid() == pid or alive(pid)
+
+
 def watch(args: argparse.Namespace) -> int:
+    """Gentle on a shared filesystem: the task's own marker every few seconds, the job's other markers
+    (for the slowest frame) only now and then."""
+    if not die_with_the_task(args.pid):
+        return 0
+    slowest, job_read, marker_read = 0.0, float("-inf"), float("-inf")
     while alive(args.pid):
-        marker = read_json(args.marker)
-        slowest = slowest_frame(args.marker)
+        now = time.monotonic()
+        if now - job_read >= JOB_MARKERS_EVERY_S:
+            slowest, job_read = slowest_frame(args.marker), now
+        if now - marker_read < MARKER_EVERY_S:
+            time.sleep(POLL_S)
+            continue
+        marker, marker_read = read_json(args.marker), now
+        own = [float(s) for s in (marker.get("timings") or {}).values() if isinstance(s, (int, float))]
+        slowest = max([slowest, *own])
         limit = limit_for(slowest, args.factor, args.min_seconds)
         running = overdue(marker, limit, time.time())
         if running:
@@ -129,7 +164,6 @@ def watch(args: argparse.Namespace) -> int:
             stop(args.pid)
             record(args.marker, message)  # after Blender is gone: nothing writes the marker any more
             return 1
-        time.sleep(POLL_S)
     return 0
 
 
