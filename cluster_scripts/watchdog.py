@@ -129,12 +129,18 @@ def die_with_the_task(pid: int) -> bool:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     for number in stops:
         signal.signal(number, signal.SIG_DFL)
+    parent_death_signal(signal.SIGKILL)
+    return os.getppid() == pid or alive(pid)
+
+
+def parent_death_signal(number: int) -> None:
+    """The signal the kernel sends this process when its parent ends (0: none). Linux only; elsewhere
+    the poll notices a Blender that is gone."""
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, number)
         except (OSError, AttributeError):
-            pass  # the poll below still notices
-    return os.getppid() == pid or alive(pid)
+            pass
 
 
 def watch(args: argparse.Namespace) -> int:
@@ -161,6 +167,7 @@ def watch(args: argparse.Namespace) -> int:
                        f"{limit:.0f} s ({args.factor:g} x the slowest frame of this job, {slowest:.1f} s); "
                        "Blender was stopped so the frame can be rendered again")
             print(f"braas-hpc: watchdog: {message}", file=sys.stderr, flush=True)
+            parent_death_signal(0)  # outlive the Blender it stops, long enough to say why in the marker
             stop(args.pid)
             record(args.marker, message)  # after Blender is gone: nothing writes the marker any more
             return 1
