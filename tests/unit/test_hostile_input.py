@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from braas_hpc.core.store import check_relative
 from braas_hpc.core.transport import quote_command
 from braas_hpc.core.transport.base import RemoteEntry
 from braas_hpc.core.transport.local import LocalTransport
+from tests.helpers import REPO
 
 CANARY = Path(tempfile.gettempdir()) / f"braas-hostile-canary-{os.getpid()}"
 FRAGMENTS = [
@@ -136,7 +138,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("BRAAS_HPC_CONFIG_DIR", str(root / "config"))
         mp.setenv("BRAAS_HPC_DATA_DIR", str(root / "data"))
         (root / "config" / "presets").mkdir(parents=True)
-        (root / "scene.blend").write_bytes(b"BLENDER-v405")
+        shutil.copy(REPO / "examples" / "sample" / "sample.blend", root / "scene.blend")  # its settings are read
         yield root
     no_canary()
 
