@@ -115,7 +115,9 @@ def exr_size(path: str) -> tuple[int, int]:
 
 
 def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
-    """A small JPEG of a frame, written by Blender (color managed like the render) under a temp name."""
+    """A small JPEG of a frame, written by Blender under a temp name. An EXR holds scene-linear light and
+    gets Blender's default view transform; other formats hold the render's finished colours already, so
+    they are only converted back to sRGB (a second view transform would wash them out)."""
     import bpy  # only inside Blender; the summary needs none of it
 
     image = bpy.data.images.load(source, check_existing=False)
@@ -123,6 +125,9 @@ def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
     w, h = tuple(image.size) if image.size[0] else exr_size(source)
     if w > width:
         image.scale(width, max(1, round(h * width / w)))
+    if not source.endswith(".exr"):
+        bpy.context.scene.view_settings.view_transform = "Standard"
+        bpy.context.scene.view_settings.look = "None"
     settings = bpy.context.scene.render.image_settings
     settings.file_format = "JPEG"
     settings.quality = 80

@@ -166,8 +166,12 @@ def main() -> int:
         marker.update(state="failed", exit_code=2, error=str(exc), finished=time.time())
         write_json_atomic(marker_path, marker)
         return 2
-    scene.render.use_overwrite = False
-    scene.render.use_placeholder = False
+    render = scene.render
+    # What the frames are, in the task's own record: the scene's settings with the user's overrides applied.
+    marker.update(scene=scene.name, file_format=render.image_settings.file_format, samples=scene.cycles.samples,
+                  resolution=[render.resolution_x, render.resolution_y, render.resolution_percentage])
+    render.use_overwrite = False
+    render.use_placeholder = False
     threads, threads_from = devices.threads_from_env(os.environ)
     if threads:  # the allocation's cores, not every core of a shared node
         scene.render.threads_mode = "FIXED"

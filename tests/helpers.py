@@ -28,12 +28,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_frame(path: Path, size: tuple[int, int] = SAMPLE_SIZE) -> None:
-    """A valid PNG of the scene's size, not blank, with the red and green of the checker texture."""
+def check_frame(path: Path, size: tuple[int, int] = SAMPLE_SIZE, kind: str = "PNG") -> None:
+    """A valid image (PNG unless told) of the scene's size, not blank, with the red and green of the checker."""
     with Image.open(path) as image:
         image.verify()
     with Image.open(path) as image:
-        assert image.format == "PNG"
+        assert image.format == kind
         assert image.size == size
         rgb = image.convert("RGB")
         colours = rgb.getcolors(maxcolors=size[0] * size[1])
@@ -141,8 +141,9 @@ def make_variant(sample: Path, target: Path, bpy_path: str = "", **settings: obj
     return target
 
 
-def exr_channels(path: Path) -> tuple[list[str], tuple[int, int]]:
-    """Channel names and size from an OpenEXR header (read by hand: Pillow cannot open EXR)."""
+def exr_header(path: Path) -> tuple[dict[str, int], tuple[int, int], int]:
+    """Channels (name -> pixel type: 1 half, 2 float), size and compression (3 ZIP, 4 PIZ, ...) from an
+    OpenEXR header, read by hand: Pillow cannot open EXR."""
     import struct
 
     head = path.read_bytes()[: 1 << 16]
@@ -154,10 +155,10 @@ def exr_channels(path: Path) -> tuple[list[str], tuple[int, int]]:
         (size,) = struct.unpack_from("<i", head, type_end + 1)
         attributes[head[pos:name_end].decode()] = head[type_end + 5 : type_end + 5 + size]
         pos = type_end + 5 + size
-    channels, raw, i = [], attributes["channels"], 0
-    while raw[i] != 0:  # name\0, then pixel type, linearity, reserved, x/y sampling: 16 bytes
+    channels, raw, i = {}, attributes["channels"], 0
+    while raw[i] != 0:  # name\0, pixel type (int32), linearity, reserved, x/y sampling: 16 bytes after the name
         end = raw.index(b"\0", i)
-        channels.append(raw[i:end].decode())
+        channels[raw[i:end].decode()] = struct.unpack_from("<i", raw, end + 1)[0]
         i = end + 1 + 16
     x0, y0, x1, y1 = struct.unpack("<4i", attributes["dataWindow"])
-    return channels, (x1 - x0 + 1, y1 - y0 + 1)
+    return channels, (x1 - x0 + 1, y1 - y0 + 1), attributes["compression"][0]
