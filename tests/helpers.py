@@ -106,8 +106,8 @@ if "file_format" in settings:
         image.media_type = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}.get(
             settings["file_format"], "IMAGE")
     image.file_format = settings["file_format"]
-for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode"):
-    if key in settings:
+for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode", "use_exr_interleave"):
+    if key in settings and hasattr(image, key):  # use_exr_interleave: Blender 5.0+
         setattr(image, key, settings[key])
 if "view_transform" in settings:
     scene.view_settings.view_transform = settings["view_transform"]
@@ -143,22 +143,32 @@ def make_variant(sample: Path, target: Path, bpy_path: str = "", **settings: obj
 
 def exr_header(path: Path) -> tuple[dict[str, int], tuple[int, int], int]:
     """Channels (name -> pixel type: 1 half, 2 float), size and compression (3 ZIP, 4 PIZ, ...) from an
-    OpenEXR header, read by hand: Pillow cannot open EXR."""
+    OpenEXR header, read by hand (Pillow cannot open EXR). A multi-part file (what Blender 5 writes
+    when "Interleave" is off) has one header per part: the channels of every part are listed."""
     import struct
 
-    head = path.read_bytes()[: 1 << 16]
+    head = path.read_bytes()[: 1 << 20]
     assert head[:4] == b"\x76\x2f\x31\x01", f"{path} is no OpenEXR file"
-    pos, attributes = 8, {}
+    multipart = bool(struct.unpack_from("<i", head, 4)[0] & 0x1000)
+    pos, parts = 8, []
     while head[pos] != 0:
-        name_end = head.index(b"\0", pos)
-        type_end = head.index(b"\0", name_end + 1)
-        (size,) = struct.unpack_from("<i", head, type_end + 1)
-        attributes[head[pos:name_end].decode()] = head[type_end + 5 : type_end + 5 + size]
-        pos = type_end + 5 + size
-    channels, raw, i = {}, attributes["channels"], 0
-    while raw[i] != 0:  # name\0, pixel type (int32), linearity, reserved, x/y sampling: 16 bytes after the name
-        end = raw.index(b"\0", i)
-        channels[raw[i:end].decode()] = struct.unpack_from("<i", raw, end + 1)[0]
-        i = end + 1 + 16
-    x0, y0, x1, y1 = struct.unpack("<4i", attributes["dataWindow"])
-    return channels, (x1 - x0 + 1, y1 - y0 + 1), attributes["compression"][0]
+        attributes = {}
+        while head[pos] != 0:
+            name_end = head.index(b"\0", pos)
+            type_end = head.index(b"\0", name_end + 1)
+            (size,) = struct.unpack_from("<i", head, type_end + 1)
+            attributes[head[pos:name_end].decode()] = head[type_end + 5 : type_end + 5 + size]
+            pos = type_end + 5 + size
+        parts.append(attributes)
+        pos += 1  # the null that ends this header
+        if not multipart:
+            break
+    channels: dict[str, int] = {}
+    for attributes in parts:
+        raw, i = attributes["channels"], 0
+        while raw[i] != 0:  # name\0, pixel type (int32), linearity, reserved, x/y sampling: 16 bytes after the name
+            end = raw.index(b"\0", i)
+            channels[raw[i:end].decode()] = struct.unpack_from("<i", raw, end + 1)[0]
+            i = end + 1 + 16
+    x0, y0, x1, y1 = struct.unpack("<4i", parts[0]["dataWindow"])
+    return channels, (x1 - x0 + 1, y1 - y0 + 1), parts[0]["compression"][0]
