@@ -132,6 +132,10 @@ def apply_output(scene: bpy.types.Scene, file_format: str, percentage: int, samp
         settings.file_format = file_format
     # The frame file's name is ours: Blender adds the extension it writes (.exr for both EXR kinds).
     render.use_file_extension = True
+    # An EXR "Preview" is a second file (a JPEG) under a name Blender derives: it would be left behind
+    # as a temp file. The finish step's thumbnail is the job's preview.
+    if getattr(settings, "use_preview", False):
+        settings.use_preview = False
     if percentage:
         render.resolution_percentage = percentage
     if samples:

@@ -106,7 +106,7 @@ if "file_format" in settings:
         image.media_type = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}.get(
             settings["file_format"], "IMAGE")
     image.file_format = settings["file_format"]
-for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode", "use_exr_interleave"):
+for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode", "use_exr_interleave", "use_preview"):
     if key in settings and hasattr(image, key):  # use_exr_interleave: Blender 5.0+
         setattr(image, key, settings[key])
 if "view_transform" in settings:

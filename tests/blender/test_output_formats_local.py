@@ -22,6 +22,7 @@ def test_multilayer_exr_with_passes_and_its_thumbnail(tmp_path: Path, user_dirs:
     scene = make_variant(sample, sample.with_name("passes.blend"), bpy_path, file_format="OPEN_EXR_MULTILAYER",
                          resolution_x=320, resolution_y=180, samples=4, frame_start=2, frame_end=2,
                          use_exr_interleave=False,  # 5.0: one part per layer and pass
+                         use_preview=True,  # an extra JPEG per EXR, which a job does not leave behind
                          view_layers={"ViewLayer": {"use_pass_z": True}, "Extra": {"use": True},
                                       "Off": {"use": False}})
     if bpy_path:  # the render task runs in the bpy this Python imports: 5.0 from here on
@@ -38,6 +39,7 @@ def test_multilayer_exr_with_passes_and_its_thumbnail(tmp_path: Path, user_dirs:
     assert {"ViewLayer.Combined.R", "ViewLayer.Depth.Z", "Extra.Combined.R"} <= set(channels), channels
     assert not [c for c in channels if c.startswith("Off.")]
     job_dir = Path(result["job_dir"])
+    assert sorted(p.name for p in (job_dir / "out").iterdir()) == ["frame_000002.exr"]  # no temp or preview file
     marker = json.loads((job_dir / "status" / "task-1.json").read_text())
     assert marker["blender"].startswith("5.0" if bpy_path else "4.5")
 
