@@ -96,7 +96,7 @@ render, image = scene.render, scene.render.image_settings
 for key in ("frame_start", "frame_end", "frame_step"):
     if key in settings:
         setattr(scene, key, settings[key])
-for key in ("engine", "resolution_x", "resolution_y", "resolution_percentage"):
+for key in ("engine", "resolution_x", "resolution_y", "resolution_percentage", "use_multiview"):
     if key in settings:
         setattr(render, key, settings[key])
 if "samples" in settings:
@@ -106,7 +106,8 @@ if "file_format" in settings:
         image.media_type = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}.get(
             settings["file_format"], "IMAGE")
     image.file_format = settings["file_format"]
-for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode", "use_exr_interleave", "use_preview"):
+for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode", "use_exr_interleave", "use_preview",
+            "views_format"):
     if key in settings and hasattr(image, key):  # use_exr_interleave: Blender 5.0+
         setattr(image, key, settings[key])
 if "view_transform" in settings:

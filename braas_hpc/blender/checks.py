@@ -77,6 +77,7 @@ def scene_settings() -> SceneSettings:
         frame_step=scene.frame_step, image_format=render.image_settings.file_format,
         resolution=(render.resolution_x, render.resolution_y), resolution_percentage=render.resolution_percentage,
         view_layers=tuple(layer.name for layer in scene.view_layers if layer.use),
+        file_per_view=render.use_multiview and render.image_settings.views_format == "INDIVIDUAL",
     )
 
 

@@ -25,6 +25,8 @@ VIDEO_FORMATS = frozenset({"FFMPEG", "AVI_RAW", "AVI_JPEG"})
 ENGINE_LABELS = {"CYCLES": "Cycles", "BLENDER_EEVEE_NEXT": "EEVEE", "BLENDER_EEVEE": "EEVEE",
                  "BLENDER_WORKBENCH": "Workbench"}
 _VIEW_LAYER_RENDER = 1  # ViewLayer.flag bit: "Use for Rendering"
+_MULTIVIEW = 1 << 21  # RenderData.scemode bit: Stereoscopy on
+_VIEWS_INDIVIDUAL = 0  # ImageFormatData.views_format: one file per view
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class SceneSettings:
     resolution: tuple[int, int]  # pixels at 100%
     resolution_percentage: int
     view_layers: tuple[str, ...]  # the view layers set to render
+    file_per_view: bool = False  # stereoscopy writing each view to its own file
 
     @property
     def frames(self) -> str:
@@ -104,6 +107,8 @@ def _settings(scene: object) -> SceneSettings:
         resolution=(int(get((b"r", b"xsch"))), int(get((b"r", b"ysch")))),
         resolution_percentage=int(get((b"r", b"size"))),
         view_layers=tuple(layers),
+        file_per_view=bool(int(get((b"r", b"scemode"))) & _MULTIVIEW)
+        and int(get((b"r", b"im_format", b"views_format"))) == _VIEWS_INDIVIDUAL,
     )
 
 
@@ -116,6 +121,10 @@ def check_renderable(settings: SceneSettings, source: str) -> None:
     if not settings.view_layers:
         raise UsageError(f"scene {settings.scene!r} of {source} has no view layer set to render: tick "
                          "\"Use for Rendering\" (View Layer Properties) on at least one and save the file")
+    if settings.file_per_view:
+        raise UsageError(f"scene {settings.scene!r} of {source} writes each stereo view to a file of its own; jobs "
+                         "write one file per frame: set Output Properties > Views > Views Format to Stereo 3D, "
+                         "or turn off Stereoscopy, and save the file")
 
 
 def job_format(settings: SceneSettings, requested: str, source: str) -> str:

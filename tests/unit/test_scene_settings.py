@@ -84,6 +84,12 @@ def test_a_scene_no_job_can_render_is_refused_naming_the_setting(sample: Path) -
     with pytest.raises(UsageError, match="no view layer set to render"):
         check_renderable(dark, "dark.blend")
 
+    stereo = read_scene_settings(make_variant(sample, sample.with_name("stereo.blend"), use_multiview=True))
+    with pytest.raises(UsageError, match=r"each stereo view to a file of its own; .*Views Format to Stereo 3D"):
+        check_renderable(stereo, "stereo.blend")
+    check_renderable(read_scene_settings(make_variant(sample, sample.with_name("stereo3d.blend"), use_multiview=True,
+                                                      views_format="STEREO_3D")), "stereo3d.blend")
+
     video = make_variant(sample, sample.with_name("video.blend"), file_format="FFMPEG")
     with pytest.raises(UsageError, match=r"writes FFMPEG, a video; .*Output Properties > Output > File Format"):
         job_format(read_scene_settings(video), "", "video.blend")
