@@ -55,7 +55,7 @@ def test_exr_multilayer_jpeg_and_tiff_come_back_as_the_scene_says(testbed, remot
     jpeg = make_variant(sample, sample.with_name("range.blend"), file_format="JPEG", quality=95, frame_start=3,
                         frame_end=7, frame_step=2, **SMALL)
     tiff = make_variant(sample, sample.with_name("print.blend"), file_format="TIFF", tiff_codec="LZW",
-                        color_depth="8", **SMALL)
+                        color_depth="8", view_transform="Standard", **SMALL)
     # The multilayer scene is large and slow on purpose: the job's overrides make it small and quick.
     jobs = {
         "exr": _json("submit", str(multilayer), "--preset", "testbed", "--frames", "1",
@@ -80,6 +80,12 @@ def test_exr_multilayer_jpeg_and_tiff_come_back_as_the_scene_says(testbed, remot
     check_frame(tif, (192, 108), kind="TIFF")
     with Image.open(tif) as image:
         assert image.info.get("compression") == "tiff_lzw"  # the scene's codec, not the format's default
+        colours = image.convert("RGB").getcolors(maxcolors=192 * 108)
+    # The scene's Standard view transform gives the emissive floor its texture's own colours back
+    # (230, 13, 13 and 13, 204, 26 in the texture); Blender's default, AgX, would shift them.
+    assert colours is not None
+    red = max((count, rgb) for count, rgb in colours if rgb[0] > 150)[1]
+    assert all(abs(a - b) <= 4 for a, b in zip(red, (230, 13, 13), strict=True)), colours[:10]
 
     (exr,) = got["exr"].iterdir()
     assert exr.name == "frame_000001.exr"
