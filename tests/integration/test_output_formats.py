@@ -75,6 +75,8 @@ def test_exr_multilayer_jpeg_and_tiff_come_back_as_the_scene_says(testbed, remot
     assert sorted(p.name for p in got["jpg"].iterdir()) == [f"frame_{f:06d}.jpg" for f in (3, 5, 7)]
     for frame in got["jpg"].iterdir():
         check_frame(frame, (192, 108), kind="JPEG")
+        with Image.open(frame) as image:  # libjpeg's tables at the scene's quality 95 (at 90, the default: 3)
+            assert image.quantization[0][0] == 2  # type: ignore[attr-defined]
     (tif,) = got["tif"].iterdir()
     assert tif.name == "frame_000002.tif"
     check_frame(tif, (192, 108), kind="TIFF")
