@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from blender_asset_tracer.blendfile import BlendFile, BlendFileBlock
 
 # The output formats a job writes, Blender's identifier -> the frame files' extension.
 FORMATS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
@@ -74,11 +78,11 @@ def read_scene_settings(path: Path) -> SceneSettings:
         bfile.close()
 
 
-def _active_scene(bfile: object):  # noqa: ANN202 - a BlendFileBlock
-    scenes = bfile.find_blocks_from_code(b"SC")  # type: ignore[attr-defined]
+def _active_scene(bfile: BlendFile) -> BlendFileBlock:
+    scenes = bfile.find_blocks_from_code(b"SC")
     if not scenes:
-        raise UsageError(f"{bfile.filepath} has no scene to render")  # type: ignore[attr-defined]
-    for glob in bfile.find_blocks_from_code(b"GLOB"):  # type: ignore[attr-defined]
+        raise UsageError(f"{bfile.filepath} has no scene to render")
+    for glob in bfile.find_blocks_from_code(b"GLOB"):
         current = glob.get_pointer(b"curscene")
         if current is not None and current.code == b"SC":
             return current
@@ -89,17 +93,17 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _settings(scene: object) -> SceneSettings:
+def _settings(scene: BlendFileBlock) -> SceneSettings:
     from blender_asset_tracer.blendfile import iterators
 
-    get = scene.get  # type: ignore[attr-defined]
+    get = scene.get
     imtype = int(get((b"r", b"im_format", b"imtype")))
     layers = []
-    for layer in iterators.listbase(scene.get_pointer((b"view_layers", b"first"))):  # type: ignore[attr-defined]
+    for layer in iterators.listbase(scene.get_pointer((b"view_layers", b"first"))):
         if int(layer.get(b"flag")) & _VIEW_LAYER_RENDER:
             layers.append(_text(layer.get(b"name")))
     return SceneSettings(
-        scene=_text(scene.id_name)[2:],  # type: ignore[attr-defined]
+        scene=_text(scene.id_name)[2:],  # ID names start with their type code, "SC"
         engine=_text(get((b"r", b"engine"))),
         frame_start=int(get((b"r", b"sfra"))), frame_end=int(get((b"r", b"efra"))),
         frame_step=max(1, int(get((b"r", b"frame_step")))),
