@@ -52,3 +52,11 @@ def test_multilayer_exr_with_passes_and_its_thumbnail(tmp_path: Path, user_dirs:
     summary = json.loads((job_dir / "summary.json").read_text())
     assert summary["thumbnail"] == "thumb.jpg" and summary["last_frame"] == "frame_000002.exr", summary
     check_frame(job_dir / "thumb.jpg", (256, 144), kind="JPEG")
+
+    # A task told to render a scene the file does not hold stops at once and says so in its marker.
+    task = [sys.executable, str(REPO / "braas_hpc" / "bpy_blender.py"), "-b", "-Y", str(job_dir / "in" / "scene.blend"),
+            "-P", str(REPO / "cluster_scripts" / "render_task.py"), "--", "--job-dir", str(job_dir), "--task", "1",
+            "--format", "OPEN_EXR_MULTILAYER", "--scene=Elsewhere", "--marker-prefix", "x-"]
+    ran = subprocess.run(task, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    marker = json.loads((job_dir / "status" / "x-task-1.json").read_text())
+    assert ran.returncode == 2 and marker["exit_code"] == 2 and "no scene 'Elsewhere'" in marker["error"], ran.stderr
