@@ -26,6 +26,7 @@ from rich.table import Table
 
 from .core import VERSION, logs, monitor, recovery, service, transfer
 from .core.errors import BraasError, HostKeyUnknown, UsageError
+from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
 from .core.transport import pool
@@ -42,7 +43,7 @@ def _print_json(data: object) -> None:
 
 def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
     return service.SubmitRequest(
-        scene=Path(args.scene), preset=preset, frames=args.frames, chunk=args.chunk,
+        scene=Path(args.scene), preset=preset, frames=args.frames or "", chunk=args.chunk,
         device="GPU" if getattr(args, "gpu", False) else "CPU",
         walltime_min=getattr(args, "walltime", None), max_parallel=getattr(args, "max_parallel", 0),
         ssh_backend=getattr(args, "ssh_backend", None), account=getattr(args, "account", None) or "",
@@ -51,7 +52,16 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         allow_scripts=getattr(args, "allow_scripts", False), project=getattr(args, "name", None) or "",
         retries=getattr(args, "retries", None) if getattr(args, "retries", None) is not None else 2,
         gpu_backend=getattr(args, "gpu_backend", None) or "",
+        image_format=args.format or "", samples=_positive(args.samples, "--samples"),
+        resolution_percentage=_positive(args.resolution_percentage, "--resolution-percentage"),
     )
+
+
+def _positive(value: int | None, flag: str) -> int:
+    """A flag's number, 0 when not given (the scene's value); 0 or less given by hand is refused."""
+    if value is not None and value < 1:
+        raise UsageError(f"{flag} must be at least 1, got {value} (leave it out for the scene's own)")
+    return value or 0
 
 
 async def cmd_render(args: argparse.Namespace) -> int:
@@ -354,11 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print one JSON document")
         return p
 
-    def add_frames(p: argparse.ArgumentParser, default: str | None) -> None:
+    def add_scene(p: argparse.ArgumentParser) -> None:
         p.add_argument("scene", metavar="SCENE", help="the .blend file")
-        p.add_argument("--frames", default=default, required=default is None,
-                       help="frames: 7, 1-250, 1-100:10 or 1,5,10-20")
+        p.add_argument("--frames", help="frames: 7, 1-250, 1-100:10 or 1,5,10-20 (default: the scene's range and step)")
         p.add_argument("--chunk", type=int, default=1, help="frames per array task (default 1)")
+        p.add_argument("--format", type=str.upper, choices=tuple(IMAGE_FORMATS),
+                       help="the frames' file format (default: the scene's, with its colour settings)")
+        p.add_argument("--resolution-percentage", type=int, metavar="P", help="default: the scene's")
+        p.add_argument("--samples", type=int, metavar="N", help="Cycles samples (default: the scene's)")
 
     def add_pack(p: argparse.ArgumentParser) -> None:
         p.add_argument("--pack", choices=("packed", "dir"), default="packed",
@@ -369,12 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ssh-backend", choices=SSH_BACKENDS, help="override the preset's SSH back end")
 
     p = add("render", cmd_render, "render a scene on this computer (the built-in local preset)")
-    add_frames(p, "1")
+    add_scene(p)
     p.add_argument("--out", metavar="DIR", help="also copy the frames into DIR")
     add_pack(p)
 
     p = add("submit", cmd_submit, "submit a scene to a cluster; prints the job name last")
-    add_frames(p, None)
+    add_scene(p)
     p.add_argument("--preset", required=True, help="cluster preset (see `braas-hpc presets`)")
     p.add_argument("--gpu", action="store_true", help="render on GPUs")
     p.add_argument("--gpu-backend", metavar="KIND",

@@ -15,11 +15,13 @@ import argparse
 import glob
 import json
 import os
+import struct
 import sys
 import time
 
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
 THUMB_WIDTH = 256
+EXR_MAGIC = b"\x76\x2f\x31\x01"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -93,14 +95,39 @@ def write_json_atomic(path: str, data: dict) -> None:
     os.replace(temp, path)
 
 
+def exr_size(path: str) -> tuple[int, int]:
+    """Width and height from an OpenEXR header (its dataWindow), (0, 0) when it has none."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    if head[:4] != EXR_MAGIC:
+        return 0, 0
+    pos = 8
+    while pos < len(head) and head[pos] != 0:  # attributes: name\0 type\0 size(int32) value
+        name_end = head.index(b"\0", pos)
+        type_end = head.index(b"\0", name_end + 1)
+        (size,) = struct.unpack_from("<i", head, type_end + 1)
+        value = type_end + 5
+        if head[pos:name_end] == b"dataWindow":
+            x0, y0, x1, y1 = struct.unpack_from("<4i", head, value)
+            return x1 - x0 + 1, y1 - y0 + 1
+        pos = value + size
+    return 0, 0
+
+
 def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
-    """A small JPEG of a frame, written by Blender (color managed like the render) under a temp name."""
+    """A small JPEG of a frame, written by Blender under a temp name. An EXR holds scene-linear light and
+    gets Blender's default view transform; other formats hold the render's finished colours already, so
+    they are only converted back to sRGB (a second view transform would wash them out)."""
     import bpy  # only inside Blender; the summary needs none of it
 
     image = bpy.data.images.load(source, check_existing=False)
-    w, h = image.size
+    # A multilayer EXR reports no size until a layer is chosen; its header has it.
+    w, h = tuple(image.size) if image.size[0] else exr_size(source)
     if w > width:
         image.scale(width, max(1, round(h * width / w)))
+    if not source.endswith(".exr"):
+        bpy.context.scene.view_settings.view_transform = "Standard"
+        bpy.context.scene.view_settings.look = "None"
     settings = bpy.context.scene.render.image_settings
     settings.file_format = "JPEG"
     settings.quality = 80

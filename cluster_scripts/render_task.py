@@ -1,10 +1,13 @@
 """Runs inside Blender on a compute node: renders the frames of one array task.
 
 Usage: blender -b -Y in/scene.blend -E CYCLES -t N -P render_task.py --
-           --job-dir DIR --task K [--device CPU|GPU] [--format PNG]
+           --job-dir DIR --task K [--device CPU|GPU] [--format PNG] [--scene=NAME]
+           [--resolution-percentage P] [--samples S]
 
 Line K of DIR/frames.txt lists the task's frames. Each frame is rendered to a hidden temp file in
 DIR/out and renamed to frame_NNNNNN.<ext> when complete, so a frame file is never half-written.
+The scene's own output settings (colour depth, codec, view transform), resolution and samples are
+kept; --format changes the file format only when the scene has another one.
 Frames that already exist are skipped. DIR/status/task-K.json records frames done, timings, node and
 exit code. One progress line per frame: `BRAAS-PROGRESS task=K frame=F done=I total=N seconds=S status=X`.
 Exit 0 when every frame of the task exists afterwards, 1 when some failed, 2 on bad arguments,
@@ -28,7 +31,7 @@ import devices  # noqa: E402
 import watchdog  # noqa: E402
 from devices import Device, DeviceError, DevicePlan  # noqa: E402
 
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--marker-prefix", default="")
     parser.add_argument("--cycles-device", default="",
                         help="CUDA, OPTIX, HIP, ONEAPI, METAL, optionally +CPU: the GPU backend to use")
+    parser.add_argument("--scene", default="", help="the scene to render (default: the one the file opens with)")
+    parser.add_argument("--resolution-percentage", type=int, default=0, help="0: the scene's")
+    parser.add_argument("--samples", type=int, default=0, help="0: the scene's")
     return parser.parse_args(argv)
 
 
@@ -96,10 +102,45 @@ def use_device(scene: bpy.types.Scene, device: str, backend_wanted: str = "") ->
 
 
 def render_frame(scene: bpy.types.Scene, frame: int, temp: str, final: str) -> None:
+    """Blender writes the frame as its own render output does (every view layer and pass in a multilayer
+    EXR, which Image.save_render does not promise), to a temp name without '#' or frame suffix."""
     scene.frame_set(frame)
-    bpy.ops.render.render()
-    bpy.data.images["Render Result"].save_render(temp, scene=scene)
+    scene.render.filepath = temp
+    bpy.ops.render.render(write_still=True, scene=scene.name)
+    if not os.path.isfile(temp):
+        raise RuntimeError(f"Blender wrote no {os.path.basename(temp)}")
     os.replace(temp, final)
+
+
+def pick_scene(name: str) -> bpy.types.Scene:
+    """The scene the job was built from (read from the file by braas-hpc), made the window's scene."""
+    scene = bpy.data.scenes.get(name) if name else bpy.context.scene
+    if scene is None:
+        raise ValueError(f"the file has no scene {name!r}")
+    window = bpy.context.window
+    if window is not None and window.scene != scene:
+        window.scene = scene
+    return scene
+
+
+def apply_output(scene: bpy.types.Scene, file_format: str, percentage: int, samples: int) -> None:
+    """The job's file format, and the user's overrides; the scene's other image settings are left alone."""
+    render = scene.render
+    settings = render.image_settings
+    if settings.file_format != file_format:
+        if hasattr(settings, "media_type"):  # Blender 5.0+ lists file formats per media type
+            settings.media_type = "MULTI_LAYER_IMAGE" if file_format == "OPEN_EXR_MULTILAYER" else "IMAGE"
+        settings.file_format = file_format
+    # The frame file's name is ours: Blender adds the extension it writes (.exr for both EXR kinds).
+    render.use_file_extension = True
+    # An EXR "Preview" is a second file (a JPEG) under a name Blender derives: it would be left behind
+    # as a temp file. The finish step's thumbnail is the job's preview.
+    if getattr(settings, "use_preview", False):
+        settings.use_preview = False
+    if percentage:
+        render.resolution_percentage = percentage
+    if samples:
+        scene.cycles.samples = samples
 
 
 def node_name(env: Mapping[str, str]) -> str:
@@ -122,10 +163,20 @@ def main() -> int:
         "exit_code": None, "state": "running", "blender": bpy.app.version_string,
     }
     write_json_atomic(marker_path, marker)
-    scene = bpy.context.scene
-    scene.render.image_settings.file_format = args.format
-    scene.render.use_overwrite = False
-    scene.render.use_placeholder = False
+    try:
+        scene = pick_scene(args.scene)
+        apply_output(scene, args.format, args.resolution_percentage, args.samples)
+    except (ValueError, TypeError, AttributeError) as exc:
+        print(f"braas-hpc: {exc}", file=sys.stderr, flush=True)
+        marker.update(state="failed", exit_code=2, error=str(exc), finished=time.time())
+        write_json_atomic(marker_path, marker)
+        return 2
+    render = scene.render
+    # What the frames are, in the task's own record: the scene's settings with the user's overrides applied.
+    marker.update(scene=scene.name, file_format=render.image_settings.file_format, samples=scene.cycles.samples,
+                  resolution=[render.resolution_x, render.resolution_y, render.resolution_percentage])
+    render.use_overwrite = False
+    render.use_placeholder = False
     threads, threads_from = devices.threads_from_env(os.environ)
     if threads:  # the allocation's cores, not every core of a shared node
         scene.render.threads_mode = "FIXED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,12 +28,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_frame(path: Path, size: tuple[int, int] = SAMPLE_SIZE) -> None:
-    """A valid PNG of the scene's size, not blank, with the red and green of the checker texture."""
+def check_frame(path: Path, size: tuple[int, int] = SAMPLE_SIZE, kind: str = "PNG") -> None:
+    """A valid image (PNG unless told) of the scene's size, not blank, with the red and green of the checker."""
     with Image.open(path) as image:
         image.verify()
     with Image.open(path) as image:
-        assert image.format == "PNG"
+        assert image.format == kind
         assert image.size == size
         rgb = image.convert("RGB")
         colours = rgb.getcolors(maxcolors=size[0] * size[1])
@@ -81,3 +82,94 @@ class MemoryKeyring(KeyringBackend):
 
     def delete_password(self, service: str, username: str) -> None:
         del self.items[(service, username)]
+
+
+# Changes the sample's render settings and saves it under a new name (run by a bpy Python).
+_VARIANT = r"""
+import json, sys
+import bpy
+source, target, settings = sys.argv[-3], sys.argv[-2], json.loads(sys.argv[-1])
+bpy.ops.wm.open_mainfile(filepath=source)
+bpy.context.preferences.filepaths.save_version = 0
+scene = bpy.context.scene
+render, image = scene.render, scene.render.image_settings
+for key in ("frame_start", "frame_end", "frame_step"):
+    if key in settings:
+        setattr(scene, key, settings[key])
+for key in ("engine", "resolution_x", "resolution_y", "resolution_percentage", "use_multiview"):
+    if key in settings:
+        setattr(render, key, settings[key])
+if "samples" in settings:
+    scene.cycles.samples = settings["samples"]
+if "file_format" in settings:
+    if hasattr(image, "media_type"):
+        image.media_type = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}.get(
+            settings["file_format"], "IMAGE")
+    image.file_format = settings["file_format"]
+for key in ("color_depth", "exr_codec", "quality", "tiff_codec", "color_mode", "use_exr_interleave", "use_preview",
+            "views_format"):
+    if key in settings and hasattr(image, key):  # use_exr_interleave: Blender 5.0+
+        setattr(image, key, settings[key])
+if "view_transform" in settings:
+    scene.view_settings.view_transform = settings["view_transform"]
+for name, layer in settings.get("view_layers", {}).items():
+    view_layer = scene.view_layers.get(name) or scene.view_layers.new(name)
+    for key, value in layer.items():
+        setattr(view_layer, key, value)
+if "scene_name" in settings:
+    scene.name = settings["scene_name"]
+if settings.get("other_scene"):  # a second scene with settings of its own; the window shows it when "active"
+    other = bpy.data.scenes.new(settings["other_scene"]["name"])
+    other.render.engine = settings["other_scene"]["engine"]
+    other.frame_start, other.frame_end = 50, 60
+    if settings["other_scene"].get("active"):
+        bpy.context.window.scene = other
+bpy.ops.wm.save_as_mainfile(filepath=target, compress=settings.get("compress", False))
+"""
+
+BPY50 = "/var/tmp/bpy50"  # bpy 5.0.1 for the default Python, beside its own 4.5
+
+
+def make_variant(sample: Path, target: Path, bpy_path: str = "", **settings: object) -> Path:
+    """A copy of the sample scene with other render settings, saved by the bpy given (default: this Python's);
+    the texture is found through its relative path when `target` sits beside the sample."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": bpy_path} if bpy_path else None
+    done = subprocess.run([sys.executable, "-c", _VARIANT, str(sample), str(target), json.dumps(settings)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and target.is_file(), done.stderr[-3000:]
+    return target
+
+
+def exr_header(path: Path) -> tuple[dict[str, int], tuple[int, int], int]:
+    """Channels (name -> pixel type: 1 half, 2 float), size and compression (3 ZIP, 4 PIZ, ...) from an
+    OpenEXR header, read by hand (Pillow cannot open EXR). A multi-part file (what Blender 5 writes
+    when "Interleave" is off) has one header per part: the channels of every part are listed."""
+    import struct
+
+    head = path.read_bytes()[: 1 << 20]
+    assert head[:4] == b"\x76\x2f\x31\x01", f"{path} is no OpenEXR file"
+    multipart = bool(struct.unpack_from("<i", head, 4)[0] & 0x1000)
+    pos, parts = 8, []
+    while head[pos] != 0:
+        attributes = {}
+        while head[pos] != 0:
+            name_end = head.index(b"\0", pos)
+            type_end = head.index(b"\0", name_end + 1)
+            (size,) = struct.unpack_from("<i", head, type_end + 1)
+            attributes[head[pos:name_end].decode()] = head[type_end + 5 : type_end + 5 + size]
+            pos = type_end + 5 + size
+        parts.append(attributes)
+        pos += 1  # the null that ends this header
+        if not multipart:
+            break
+    channels: dict[str, int] = {}
+    for attributes in parts:
+        raw, i = attributes["channels"], 0
+        while raw[i] != 0:  # name\0, pixel type (int32), linearity, reserved, x/y sampling: 16 bytes after the name
+            end = raw.index(b"\0", i)
+            channels[raw[i:end].decode()] = struct.unpack_from("<i", raw, end + 1)[0]
+            i = end + 1 + 16
+    x0, y0, x1, y1 = struct.unpack("<4i", parts[0]["dataWindow"])
+    return channels, (x1 - x0 + 1, y1 - y0 + 1), parts[0]["compression"][0]

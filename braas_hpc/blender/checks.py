@@ -9,8 +9,8 @@ import bpy
 from ..core.blender_version import cluster_warning, dotted, parse_version_line
 from ..core.errors import UsageError
 from ..core.install import installed_blender, record_path
+from ..core.scene_settings import SceneSettings
 
-VIDEO_FORMATS = {"FFMPEG", "AVI_JPEG", "AVI_RAW"}
 LISTED = 10  # missing files named in the message; the rest are counted
 
 
@@ -74,12 +74,20 @@ def check_scene() -> list[str]:
     if missing:
         more = f" and {len(missing) - LISTED} more" if len(missing) > LISTED else ""
         raise UsageError(f"{len(missing)} file(s) the scene uses are missing: " + "; ".join(missing[:LISTED]) + more)
-    warnings = []
-    file_format = bpy.context.scene.render.image_settings.file_format
-    if file_format in VIDEO_FORMATS:
-        warnings.append(f"the output is set to video ({file_format}); the cluster renders PNG frames, one file "
-                        "per frame, so no frame is lost when a task stops. Encode the video from the frames.")
-    return warnings
+    return []  # the scene's engine and output format are checked with the request (core.scene_settings)
+
+
+def scene_settings() -> SceneSettings:
+    """The open scene's render settings: what the job renders, since the file is saved before it is sent."""
+    scene = bpy.context.scene
+    render = scene.render
+    return SceneSettings(
+        scene=scene.name, engine=render.engine, frame_start=scene.frame_start, frame_end=scene.frame_end,
+        frame_step=scene.frame_step, image_format=render.image_settings.file_format,
+        resolution=(render.resolution_x, render.resolution_y), resolution_percentage=render.resolution_percentage,
+        view_layers=tuple(layer.name for layer in scene.view_layers if layer.use),
+        file_per_view=render.use_multiview and render.image_settings.views_format == "INDIVIDUAL",
+    )
 
 
 def frames_of(settings: bpy.types.PropertyGroup) -> str:

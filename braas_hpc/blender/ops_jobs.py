@@ -88,7 +88,7 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 max_parallel=settings.max_parallel, account=settings.account.strip(),
                 partition=settings.partition.strip(), email=settings.email.strip(),
                 allow_scripts=settings.allow_scripts, pack=settings.pack, project=settings.project.strip(),
-                retries=settings.retries, gpu_backend=_gpu_backend(settings))
+                retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
             if saved:

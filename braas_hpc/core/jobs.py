@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .scene_settings import FORMATS as IMAGE_FORMATS
 
 DEVICES = ("CPU", "GPU")
-IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "TIFF": "tif"}
 # Frame files are named by us, so a remote listing can be checked against this before any local path
 # is built from it.
 # `\Z`, not `$`, in these patterns: `$` also matches before a trailing newline ("a@b.org\n").
@@ -23,6 +23,8 @@ EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]*\Z")
 PACK_MODES = ("packed", "dir")  # one packed .blend, or the .blend with its dependency tree
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
+MAX_RESOLUTION_PERCENTAGE = 1000  # Blender allows more; a tenfold render of a scene is already a mistake
+MAX_SAMPLES = 16_777_216  # Cycles' own limit
 
 
 def check_directive_values(**values: str) -> None:
@@ -46,7 +48,7 @@ class JobSpec:
     device: str = "CPU"
     walltime_min: int = 60
     max_parallel: int = 0  # array throttle; 0 = no limit
-    image_format: str = "PNG"
+    image_format: str = "PNG"  # Blender's file_format identifier (IMAGE_FORMATS): the scene's, or the user's choice
     tasks: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
     account: str = ""
     partition: str = ""  # partition (Slurm) or queue (PBS)
@@ -60,6 +62,9 @@ class JobSpec:
     allow_scripts: bool = False  # run Python embedded in the .blend (drivers, startup scripts) on the cluster
     pack: str = "packed"  # one of PACK_MODES
     retries: int = 2  # rounds braas-hpc may add by itself for frames lost to failures (0: none)
+    scene_name: str = ""  # the scene inside the .blend that renders; "": the one Blender opens it with
+    resolution_percentage: int = 0  # 0: the scene's
+    samples: int = 0  # 0: the scene's
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -75,6 +80,11 @@ class JobSpec:
             raise UsageError(f"image format {self.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
         if self.pack not in PACK_MODES:
             raise UsageError(f"pack mode {self.pack!r} is not one of {', '.join(PACK_MODES)}")
+        if not 0 <= self.resolution_percentage <= MAX_RESOLUTION_PERCENTAGE:
+            raise UsageError(f"resolution percentage must be between 1 and {MAX_RESOLUTION_PERCENTAGE}, "
+                             f"got {self.resolution_percentage}")
+        if not 0 <= self.samples <= MAX_SAMPLES:
+            raise UsageError(f"samples must be between 1 and {MAX_SAMPLES}, got {self.samples}")
         if self.walltime_min < 1:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:

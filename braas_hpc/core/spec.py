@@ -14,6 +14,7 @@ from .errors import UsageError
 from .frames import chunk_frames, parse_frames
 from .jobs import PACK_MODES, JobSpec, check_directive_values, make_job_name
 from .presets import CYCLES_DEVICES, Partition, Preset, load_preset
+from .scene_settings import SceneSettings, check_renderable, job_format, read_scene_settings
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class SubmitRequest:
 
     scene: Path
     preset: str
-    frames: str
+    frames: str = ""  # "": the scene's frame range and step
     chunk: int = 1
     device: str = "CPU"
     walltime_min: int | None = None
@@ -37,6 +38,12 @@ class SubmitRequest:
     project: str = ""  # names the job; "": the scene's file name
     retries: int = 2  # automatic resubmissions of lost frames (core.recovery)
     gpu_backend: str = ""  # GPU jobs: CUDA, OPTIX, HIP, ONEAPI or METAL, "+CPU" to add the cores; "": the partition's
+    image_format: str = ""  # "": the scene's file format and colour settings, untouched
+    resolution_percentage: int = 0  # 0: the scene's
+    samples: int = 0  # 0: the scene's
+    # The render settings as the add-on sees them in the open scene (saved before the job is sent);
+    # None: read from the file.
+    scene_settings: SceneSettings | None = None
 
 
 def _scene(path: Path) -> Path:
@@ -46,6 +53,15 @@ def _scene(path: Path) -> Path:
     if scene.suffix.lower() != ".blend":
         raise UsageError(f"not a .blend file: {path}")
     return scene
+
+
+def _from_scene(request: SubmitRequest, scene: Path) -> tuple[SceneSettings, str, list[int]]:
+    """What the scene decides unless the user did: its format and frames; refused when no job can render it."""
+    settings = request.scene_settings or read_scene_settings(scene)
+    check_renderable(settings, scene.name)
+    image_format = job_format(settings, request.image_format, scene.name)
+    frames = parse_frames(request.frames if request.frames.strip() else settings.frames)
+    return settings, image_format, frames
 
 
 def _partition(request: SubmitRequest, preset: Preset) -> tuple[str, Partition]:
@@ -111,7 +127,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
     # The user's own values first, so a hostile one is named as such before it reaches any other message.
     check_directive_values(account=request.account, partition=request.partition, email=request.email)
     preset = load_preset(request.preset)
-    frames = parse_frames(request.frames)
+    settings, image_format, frames = _from_scene(request, scene)
     if request.chunk < 1:
         raise UsageError(f"chunk size must be at least 1, got {request.chunk}")
     if not 0 <= request.retries <= 10:
@@ -133,6 +149,8 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
         memory_gb=request.memory_gb, cycles_device=_gpu_backend(request, part),
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
         pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
+        image_format=image_format, scene_name=settings.scene, resolution_percentage=request.resolution_percentage,
+        samples=request.samples,
     )
     spec.validate()
     return spec, preset

@@ -136,12 +136,18 @@ def test_checks_before_upload_give_clear_messages(tmp_path: Path) -> None:
         settings.preset, settings.frames_mode, settings.custom_frames = "local", "CUSTOM", "9-3"
         result["frames"] = attempt()
         settings.custom_frames = "1"
+        bpy.context.scene.render.engine = "BLENDER_EEVEE_NEXT"  # in the open scene only: the file says Cycles
+        result["eevee"] = attempt()
+        result["eevee_unsaved"] = bpy.data.is_dirty
+        bpy.context.scene.render.engine = "CYCLES"
         os.remove({str(texture)!r})  # the scene's external texture is now missing
         result["missing"] = attempt()
         result["jobs"] = len(bpy.context.window_manager.braas_hpc.jobs)
     """)
     assert "save the .blend file first" in got["unsaved"]
     assert "9-3" in got["frames"] and "ends before it starts" in got["frames"]
+    assert "renders with EEVEE" in got["eevee"] and "Render Properties > Render Engine" in got["eevee"]
+    assert got["eevee_unsaved"]  # refused before the file was saved
     assert "1 file(s) the scene uses are missing" in got["missing"] and 'image "checker.png"' in got["missing"]
     assert got["jobs"] == 0  # nothing was submitted
 

@@ -8,6 +8,7 @@ import pytest
 
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.spec import SubmitRequest, build_spec
+from tests.helpers import REPO
 
 
 def request(scene: Path, **values: object) -> SubmitRequest:
@@ -15,10 +16,8 @@ def request(scene: Path, **values: object) -> SubmitRequest:
 
 
 @pytest.fixture
-def scene(tmp_path: Path) -> Path:
-    path = tmp_path / "s.blend"
-    path.write_bytes(b"BLENDER")
-    return path
+def scene() -> Path:
+    return REPO / "examples" / "sample" / "sample.blend"  # a real scene: its render settings are read
 
 
 def test_the_partition_decides_unless_the_user_does(scene: Path) -> None:

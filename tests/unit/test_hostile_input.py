@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from braas_hpc.core.store import check_relative
 from braas_hpc.core.transport import quote_command
 from braas_hpc.core.transport.base import RemoteEntry
 from braas_hpc.core.transport.local import LocalTransport
+from tests.helpers import REPO
 
 CANARY = Path(tempfile.gettempdir()) / f"braas-hostile-canary-{os.getpid()}"
 FRAGMENTS = [
@@ -136,7 +138,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("BRAAS_HPC_CONFIG_DIR", str(root / "config"))
         mp.setenv("BRAAS_HPC_DATA_DIR", str(root / "data"))
         (root / "config" / "presets").mkdir(parents=True)
-        (root / "scene.blend").write_bytes(b"BLENDER-v405")
+        shutil.copy(REPO / "examples" / "sample" / "sample.blend", root / "scene.blend")  # its settings are read
         yield root
     no_canary()
 
@@ -255,10 +257,10 @@ def test_preset_values_are_refused_or_quoted(site: Path, key: str, value: str, s
 
 
 @settings(max_examples=25, deadline=None)
-@given(root=component, bin_dir=component)
-def test_job_script_runs_hostile_paths_as_plain_words(root: str, bin_dir: str) -> None:
-    """The real bash runs the job script with a hostile working directory and Blender path: Blender gets
-    exactly the words it should, and nothing injected runs."""
+@given(root=component, bin_dir=component, scene_name=hostile.filter(lambda n: "\0" not in n))
+def test_job_script_runs_hostile_paths_as_plain_words(root: str, bin_dir: str, scene_name: str) -> None:
+    """The real bash runs the job script with a hostile working directory, Blender path and scene name (read
+    from the .blend): Blender gets exactly the words it should, and nothing injected runs."""
     with tempfile.TemporaryDirectory() as temp:
         base = Path(temp)
         paths = JobPaths(str(base / root / "braas-hpc"), "job-20260101-000000-abcd")
@@ -268,7 +270,8 @@ def test_job_script_runs_hostile_paths_as_plain_words(root: str, bin_dir: str) -
         argv_file = base / "argv"
         blender.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > {shlex.quote(str(argv_file))}\n")
         blender.chmod(0o755)
-        spec = JobSpec(name=paths.name, preset="local", scene="/s.blend", frames=(1,), tasks=((1,),))
+        spec = JobSpec(name=paths.name, preset="local", scene="/s.blend", frames=(1,), tasks=((1,),),
+                       scene_name=scene_name)
         preset = Preset(name="local", scheduler="local")
         task = paths.render_task("1.0")
         script = render_job_script([], spec, preset, paths, [str(blender)], task, log_to_file=False)
@@ -278,7 +281,8 @@ def test_job_script_runs_hostile_paths_as_plain_words(root: str, bin_dir: str) -
         argv = argv_file.read_bytes().decode().split("\0")[:-1]
         assert not [p for p in base.rglob("*") if p.name == "canary"], "an injected command ran"
     assert argv == ["-b", "-Y", paths.scene, "-E", "CYCLES", "-t", "0", "-P", task, "--", "--job-dir", paths.job_dir,
-                    "--task", "1", "--device", "CPU", "--format", "PNG", "--frames-file", "frames.txt"]
+                    "--task", "1", "--device", "CPU", "--format", "PNG", "--frames-file", "frames.txt",
+                    *([f"--scene={scene_name}"] if scene_name else [])]
     no_canary()
 
 

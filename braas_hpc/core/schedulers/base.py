@@ -75,10 +75,17 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         "--job-dir", paths.job_dir, "--task", task, "--device", spec.device, "--format", spec.image_format,
         "--frames-file", frames_file,
     ]
+    if spec.scene_name:
+        render.append(f"--scene={spec.scene_name}")  # one word: a name may start with "-"
     if round_.marker_prefix:
         render += ["--marker-prefix", round_.marker_prefix]
     if spec.device == "GPU":
         render += ["--cycles-device", spec.cycles_device]
+    # Only what the user overrode: everything else (colour, depth, codec, size, samples) stays the scene's.
+    if spec.resolution_percentage:
+        render += ["--resolution-percentage", spec.resolution_percentage]
+    if spec.samples:
+        render += ["--samples", spec.samples]
     variables = {id(threads): '"$threads"', id(task): '"$task_id"'}
     command = " ".join(variables.get(id(word), q(str(word))) for word in render)
     lines = ["#!/bin/bash", *header, ""]

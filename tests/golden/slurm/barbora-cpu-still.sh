@@ -16,4 +16,4 @@ if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment"
 threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"
 cd /cluster/work/braas-hpc/jobs/golden-job || exit 2
 exec >>/cluster/work/braas-hpc/jobs/golden-job/log/"task-$task_id.log" 2>&1
-exec blender -b -Y /cluster/work/braas-hpc/jobs/golden-job/in/scene.blend -E CYCLES -t "$threads" -P /cluster/work/braas-hpc/scripts/VERSION/render_task.py -- --job-dir /cluster/work/braas-hpc/jobs/golden-job --task "$task_id" --device CPU --format PNG --frames-file frames.txt
+exec blender -b -Y /cluster/work/braas-hpc/jobs/golden-job/in/scene.blend -E CYCLES -t "$threads" -P /cluster/work/braas-hpc/scripts/VERSION/render_task.py -- --job-dir /cluster/work/braas-hpc/jobs/golden-job --task "$task_id" --device CPU --format PNG --frames-file frames.txt --scene=Scene
