@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, make_sample
+from tests.helpers import REPO, bpy_site, make_sample
 
 
 @pytest.fixture
@@ -34,3 +34,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
 @pytest.fixture
 def cli() -> Iterator[object]:
     yield run_cli
+
+
+@pytest.fixture(params=["", "5.0.1"], ids=["bpy-4.5", "bpy-5.0"])
+def bpy_path(request: pytest.FixtureRequest) -> str:
+    """Blender 4.5 (this Python's bpy, "") or 5.0 (the directory of its bpy, for PYTHONPATH)."""
+    return bpy_site(request.param)

@@ -127,7 +127,16 @@ if settings.get("other_scene"):  # a second scene with settings of its own; the 
 bpy.ops.wm.save_as_mainfile(filepath=target, compress=settings.get("compress", False))
 """
 
-BPY50 = "/var/tmp/bpy50"  # bpy 5.0.1 for the default Python, beside its own 4.5
+def bpy_site(version: str) -> str:
+    """"" for this Python's own bpy (4.5), else the directory holding that bpy version for this Python
+    (installed once: tests/blender/bpy_builds.py), for PYTHONPATH."""
+    if not version:
+        return ""
+    from tests.blender.bpy_builds import MATRIX
+
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    (build,) = [b for b in MATRIX if b.version == version and b.python == python]
+    return str(build.site())
 
 
 def make_variant(sample: Path, target: Path, bpy_path: str = "", **settings: object) -> Path:

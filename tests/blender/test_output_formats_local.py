@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.helpers import BPY50, REPO, check_frame, exr_header, make_sample, make_variant
+from tests.helpers import REPO, check_frame, exr_header, make_sample, make_variant
 
 
-@pytest.mark.parametrize("bpy_path", ["", BPY50], ids=["bpy-4.5", "bpy-5.0"])
 def test_multilayer_exr_with_passes_and_its_thumbnail(tmp_path: Path, user_dirs: dict[str, str],
                                                        monkeypatch: pytest.MonkeyPatch, bpy_path: str) -> None:
     sample = make_sample(tmp_path / "project")

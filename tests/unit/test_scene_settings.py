@@ -18,7 +18,7 @@ from braas_hpc.core.scene_settings import (
     read_scene_settings,
 )
 from braas_hpc.core.spec import SubmitRequest, build_spec
-from tests.helpers import BPY50, make_sample, make_variant
+from tests.helpers import make_sample, make_variant
 
 # One file per output format, saved by one bpy process.
 _FORMATS_SCRIPT = r"""
@@ -40,7 +40,6 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sample(tmp_path_factory.mktemp("settings"))
 
 
-@pytest.mark.parametrize("bpy_path", ["", BPY50], ids=["bpy-4.5", "bpy-5.0"])
 def test_every_output_format_is_read_as_blender_names_it(tmp_path: Path, bpy_path: str) -> None:
     env = {**os.environ, "PYTHONPATH": bpy_path} if bpy_path else None
     done = subprocess.run([sys.executable, "-c", _FORMATS_SCRIPT, str(tmp_path)], capture_output=True, text=True,
@@ -50,7 +49,6 @@ def test_every_output_format_is_read_as_blender_names_it(tmp_path: Path, bpy_pat
     assert read == {name: name for name in (*FORMATS, "FFMPEG", "BMP")}
 
 
-@pytest.mark.parametrize("bpy_path", ["", BPY50], ids=["bpy-4.5", "bpy-5.0"])
 def test_range_format_layers_and_active_scene(sample: Path, bpy_path: str) -> None:
     version = "50" if bpy_path else "45"
     scene = make_variant(sample, sample.with_name(f"shot{version}.blend"), bpy_path, frame_start=3, frame_end=7,
