@@ -13,6 +13,7 @@ from tests.helpers import REPO, make_sample
 
 # A scene that says a newer Blender (4.9) saved it: the header of a 4.5 file, its version patched.
 NEWER_FILE = """
+bpy.context.scene.render.engine = "CYCLES"
 bpy.ops.wm.save_as_mainfile(filepath={path!r}, compress=False, copy=True)
 data = open({path!r}, "rb").read()
 assert data[:12] == b"BLENDER-v405", data[:12]
