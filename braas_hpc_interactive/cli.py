@@ -50,10 +50,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    record = load_record(args.session)
     kind = {"builtin": launch.BUILTIN, "blenderphi": launch.BLENDERPHI}[args.type]
+    launch.require_open_port_ok(kind, args.open_port)  # before anything is read or sent
+    record = load_record(args.session)
     argv = await session.start_server(record, kind, blendfile=args.blendfile or "",
-                                      blenderphi=args.blenderphi or launch.BLENDERPHI_DEFAULT)
+                                      blenderphi=args.blenderphi or launch.BLENDERPHI_DEFAULT,
+                                      open_port_ok=args.open_port)
     conn = await session.connection(record)
     _say(f"{record.name}: {args.type} server on {conn.host}:{conn.port} ({quote_command(argv)})")
     _say(f"reach it with `braas-hpc interactive tunnel {record.name}`; end it with `braas-hpc interactive stop`")
@@ -132,6 +134,9 @@ def add_interactive(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--blendfile", metavar="REMOTE_PATH", help="the scene on the cluster (default: the session's)")
     p.add_argument("--blenderphi", metavar="REMOTE_PATH", help=f"BlenderPhi's blender (default "
                    f"{launch.BLENDERPHI_DEFAULT})")
+    p.add_argument("--open-port", action="store_true",
+                   help="start BlenderPhi although its port is open to every user and machine that can reach "
+                   "the node (it has no authentication); required with --type blenderphi")
 
     p = add("stop", cmd_stop, "end the session's command (its process group only) and the job")
     p.add_argument("session", metavar="SESSION")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, StringProperty
 
 from braas_hpc.core import progress
 from braas_hpc.core.errors import BraasError, UsageError
@@ -68,9 +68,11 @@ async def _states(records: list[SessionRecord]) -> tuple[list[session.SessionSta
     return states, problems
 
 
-async def _run(record: SessionRecord, kind: str, blendfile: str, command: str, blenderphi: str) -> None:
+async def _run(record: SessionRecord, kind: str, blendfile: str, command: str, blenderphi: str,
+               open_port_ok: bool) -> None:
     await links.close_tunnel(record.name)  # the new command gets a port of its own
-    await session.start_server(record, kind, blendfile=blendfile, command=command, blenderphi=blenderphi)
+    await session.start_server(record, kind, blendfile=blendfile, command=command, blenderphi=blenderphi,
+                               open_port_ok=open_port_ok)
 
 
 async def _follow(record: SessionRecord) -> None:
@@ -266,10 +268,22 @@ class BRAAS_HPC_INTERACTIVE_OT_run(SessionOperator):
     bl_idname = "braas_hpc_interactive.run"
     bl_label = "Run"
 
+    open_port_ok: BoolProperty(name="Open Port Confirmed", description="BlenderPhi: the user agreed that its "
+                               "port is open to everyone who can reach the node", options={"SKIP_SAVE", "HIDDEN"})
+
+    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+        if context.scene.braas_hpc_interactive.kind != launch.BLENDERPHI:
+            return self.execute(context)
+        self.open_port_ok = True  # execute runs only if the user confirms the popup
+        return context.window_manager.invoke_confirm(self, event, title="Start BlenderPhi with an open port?",
+                                                     message=launch.BLENDERPHI_EXPOSURE, confirm_text="Start",
+                                                     icon="WARNING")
+
     def start(self, context: bpy.types.Context, record: SessionRecord) -> set[str]:
         settings = context.scene.braas_hpc_interactive
         kind, command, blenderphi = settings.kind, settings.command, settings.blenderphi.strip()
-        blendfile = settings.blendfile.strip()
+        blendfile, open_port_ok = settings.blendfile.strip(), self.open_port_ok
+        launch.require_open_port_ok(kind, open_port_ok, how="confirm the popup of Run")
         if kind == launch.COMMAND:
             launch.command_argv(command)  # a typo is reported now, not after connecting
         _stop_viewing_session(record.name)
@@ -280,7 +294,8 @@ class BRAAS_HPC_INTERACTIVE_OT_run(SessionOperator):
             _refresh_later([record.name])
 
         return runtime.launch(self, f"Running in {record.name}",
-                              lambda: _run(record, kind, blendfile, command, blenderphi), "run", started)
+                              lambda: _run(record, kind, blendfile, command, blenderphi, open_port_ok), "run",
+                              started)
 
 
 class BRAAS_HPC_INTERACTIVE_OT_stop_command(SessionOperator):

@@ -89,6 +89,15 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
         # A session recorded on this computer is listed after a restart of the add-on.
         save_record(SessionRecord(name="i-20260101-120000-ab12", preset="karolina", scheduler="slurm", job_id="77",
                                   root="/scratch/p/braas-hpc", walltime_min=30, gpu=True, created=1.0))
+        # BlenderPhi (no authentication) only after the popup's yes: Run from a script without it is refused
+        # before anything reaches the cluster.
+        bpy.context.scene.braas_hpc_interactive.kind = "BLENDERPHI"
+        try:
+            bpy.ops.braas_hpc_interactive.run(session="i-20260101-120000-ab12")
+            result["blenderphi_unconfirmed"] = "no error"
+        except RuntimeError as error:
+            result["blenderphi_unconfirmed"] = str(error)
+        bpy.context.scene.braas_hpc_interactive.kind = "BUILTIN"
         addon_utils.disable("braas_hpc_interactive", default_set=True)
         addon_utils.enable("braas_hpc_interactive", default_set=True)
         props = bpy.context.window_manager.braas_hpc_interactive
@@ -113,6 +122,8 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
     assert got["auth_with_main"] == "karolina.it4i.cz refused the key"  # its popups would have asked
     assert got["auth_alone"] == ("karolina.it4i.cz refused the key (a login that asks for a passphrase or a code "
                                  "needs the BRaaS-HPC add-on enabled)")
+    assert "no authentication" in got["blenderphi_unconfirmed"] and "every user and job on that node" in \
+        got["blenderphi_unconfirmed"] and "confirm the popup of Run" in got["blenderphi_unconfirmed"]
     assert got["listed"] == [["i-20260101-120000-ab12", "karolina", "77", True]]
     assert got["selected"] == "i-20260101-120000-ab12"
     assert got["after"] == {"types": [], "engines": [], "scene_prop": False, "wm_prop": False, "timer": False,

@@ -19,9 +19,9 @@ import pytest
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport.local import LocalTransport
-from braas_hpc_interactive.core import node_script
+from braas_hpc_interactive.core import launch, node_script
 from braas_hpc_interactive.core.records import Connection, SessionPaths, check_session_name, new_session_name
-from braas_hpc_interactive.core.session import holder_script, holder_spec
+from braas_hpc_interactive.core.session import holder_script, holder_spec, start_server
 from braas_hpc_interactive.core.tunnel import Tunnel
 
 PATHS = SessionPaths("/scratch/me/braas-hpc", "i-20260101-120000-ab12")
@@ -179,3 +179,18 @@ def test_watchdog_reopens_on_the_same_port_and_close_stops_it() -> None:
         server.close()
 
     asyncio.run(work())
+
+
+def test_blenderphi_needs_an_explicit_yes_to_its_open_port() -> None:
+    """BlenderPhi cannot check a token: the CLI refuses it without --open-port, saying who can reach the port,
+    before it reads any session or contacts the cluster."""
+    from tests.conftest import run_cli
+
+    done = run_cli("interactive", "serve", "i-20260101-120000-ab12", "--type", "blenderphi")
+    assert done.returncode == 2, done.stderr
+    assert "no authentication" in done.stderr and "every user and job on that node" in done.stderr
+    assert "--open-port" in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(UsageError, match="cluster's internal network"):
+        asyncio.run(start_server(None, "BLENDERPHI"))  # type: ignore[arg-type]  # refused before the record is used
+    launch.require_open_port_ok("BLENDERPHI", True)
+    launch.require_open_port_ok("BUILTIN", False)
