@@ -14,7 +14,7 @@ from braas_hpc.core.transport import quote_command
 
 from .core import launch, session
 from .core.records import all_records, load_record
-from .core.tunnel import CHECK_S, for_session
+from .core.tunnel import CHECK_S, TCP_WARNING, UNIX_SOCKETS, for_session
 
 
 def _say(message: str) -> None:
@@ -73,10 +73,12 @@ async def cmd_tunnel(args: argparse.Namespace) -> int:
     record = load_record(args.session)
     conn = await session.connection(record)
     tunnel = for_session(record.preset, record.ssh_backend, conn.host, conn.port, args.port, args.check,
-                         on_event=_say)
+                         on_event=_say, tcp=args.tcp, name=record.name)
     port = await tunnel.open()
-    print(json.dumps({"local_port": port, "host": conn.host, "port": conn.port}) if args.json
-          else f"127.0.0.1:{port}", flush=True)
+    if tunnel.local_path is None:
+        _say(f"warning: {TCP_WARNING}" + ("" if UNIX_SOCKETS else " (no Unix sockets on this system)"))
+    print(json.dumps({"local_port": port, "local_path": tunnel.local_path, "host": conn.host, "port": conn.port})
+          if args.json else tunnel.local_end, flush=True)
     try:
         while True:  # until Ctrl-C; the watchdog re-opens the tunnel after a drop
             await asyncio.sleep(3600)
@@ -142,9 +144,12 @@ def add_interactive(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--keep-job", action="store_true", help="keep holding the node for another run")
 
-    p = add("tunnel", cmd_tunnel, "forward a local 127.0.0.1 port to the command's port on the node")
+    p = add("tunnel", cmd_tunnel, "forward a private local Unix socket (a 127.0.0.1 port on Windows, or with "
+            "--tcp/--port) to the command's port on the node; prints the socket's path or the address")
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("--port", type=int, metavar="N", help="local port (default: a free one)")
+    p.add_argument("--tcp", action="store_true", help="a 127.0.0.1 port instead of the socket (for a browser; every "
+                   "local user can connect to it)")
+    p.add_argument("--port", type=int, metavar="N", help="this 127.0.0.1 port (implies --tcp)")
     p.add_argument("--check", type=float, default=CHECK_S, metavar="S", help="watchdog interval")
 
     p = add("status", cmd_status, "the sessions this computer knows, with job and command state")

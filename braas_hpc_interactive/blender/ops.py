@@ -19,7 +19,7 @@ from braas_hpc.core.errors import BraasError, UsageError
 
 from ..core import launch, session
 from ..core.records import SessionRecord, all_records, load_record
-from ..core.tunnel import for_session
+from ..core.tunnel import TCP_WARNING, for_session
 from . import engine, links, runtime, sessions_list
 
 
@@ -93,9 +93,11 @@ async def _ensure_tunnel(record: SessionRecord) -> links.TunnelEntry:
     conn = await session.connection(record, timeout=15)
     progress.report(f"opening a tunnel to {conn.host}:{conn.port}")
     tunnel = for_session(record.preset, record.ssh_backend, conn.host, conn.port,
-                         on_event=lambda text: links.output.append(f"[{text}]"))
+                         on_event=lambda text: links.output.append(f"[{text}]"), name=record.name)
     local_port = await tunnel.open()
-    entry = links.TunnelEntry(tunnel, local_port, conn.host, conn.port, conn.token)
+    if tunnel.local_path is None:
+        links.output.append(f"[{TCP_WARNING}]")
+    entry = links.TunnelEntry(tunnel, local_port, conn.host, conn.port, conn.token, tunnel.local_path or "")
     previous = links.add_tunnel(record.name, entry)
     if previous is not None:  # two opens raced: keep one
         await previous.tunnel.close()
@@ -317,14 +319,14 @@ class BRAAS_HPC_INTERACTIVE_OT_stop_command(SessionOperator):
 
 
 class BRAAS_HPC_INTERACTIVE_OT_open_tunnel(SessionOperator):
-    """Forward a local 127.0.0.1 port to the command's port on the node"""
+    """Forward a private local socket (a 127.0.0.1 port on Windows) to the command's port on the node"""
 
     bl_idname = "braas_hpc_interactive.open_tunnel"
     bl_label = "Open Tunnel"
 
     def start(self, context: bpy.types.Context, record: SessionRecord) -> set[str]:
         def opened(entry: links.TunnelEntry) -> None:
-            runtime.tell(f"127.0.0.1:{entry.local_port} -> {entry.node}:{entry.node_port}")
+            runtime.tell(f"{entry.local_path or entry.local_end} -> {entry.node}:{entry.node_port}")
 
         return runtime.launch(self, f"Opening a tunnel to {record.name}", lambda: _ensure_tunnel(record), "tunnel",
                               opened)
@@ -368,9 +370,10 @@ class BRAAS_HPC_INTERACTIVE_OT_view(SessionOperator):
             scene = bpy.data.scenes.get(scene_name)
             if scene is None:
                 return
-            engine.start_viewing(scene, "127.0.0.1", entry.local_port, entry.token if use_token else None,
-                                 record.name, max_samples, owner)
-            runtime.tell(f"viewing {record.name} through 127.0.0.1:{entry.local_port}")
+            host, port = entry.address
+            engine.start_viewing(scene, host, port, entry.token if use_token else None, record.name, max_samples,
+                                 owner)
+            runtime.tell(f"viewing {record.name} through the tunnel ({entry.local_end})")
 
         return runtime.launch(self, f"Connecting the viewport to {record.name}", lambda: _ensure_tunnel(record),
                               "tunnel", connected)
