@@ -250,16 +250,18 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         import math, socket, types
         from mathutils import Matrix
         from braas_hpc.core.transport.local import LocalTransport
-        from braas_hpc_interactive.core.tunnel import Tunnel
+        from braas_hpc_interactive.core.tunnel import Tunnel, socket_path
         server = FakeServer()
         scene = bpy.context.scene
         scene.render.engine = "BLENDER_WORKBENCH"
-        # A real tunnel on the add-on's loop, to the local server.
-        tunnel = Tunnel(lambda: LocalTransport(), "127.0.0.1", server.port, check_s=0.2)
+        # A real tunnel on the add-on's loop, to the local server, from a private Unix socket.
+        path = socket_path("i-20260101-120000-ab12")
+        tunnel = Tunnel(lambda: LocalTransport(), "127.0.0.1", server.port, check_s=0.2, local_path=path)
         local_port = links.loop.run("open", tunnel.open).result(10)
-        links.add_tunnel("i-20260101-120000-ab12", links.TunnelEntry(tunnel, local_port, "127.0.0.1", server.port,
-                                                                     "ab" * 24))
-        engine.start_viewing(scene, "127.0.0.1", local_port, None, "i-20260101-120000-ab12", 0)
+        entry = links.TunnelEntry(tunnel, local_port, "127.0.0.1", server.port, "ab" * 24, path)
+        links.add_tunnel("i-20260101-120000-ab12", entry)
+        result["entry"] = [list(entry.address), entry.local_end, local_port]
+        engine.start_viewing(scene, *entry.address, None, "i-20260101-120000-ab12", 0)
         result["engine_while"] = scene.render.engine
         # What view_draw sends for a 200x100 perspective view (a stand-in 3D view: no window here).
         region = types.SimpleNamespace(width=200, height=100)
@@ -317,14 +319,14 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         addon_utils.disable("braas_hpc_interactive", default_set=True)
         result["link_thread_alive"] = link._thread.is_alive()
         result["goodbye"] = server.closed.wait(5) and server.goodbye
-        probe = socket.socket()
-        result["tunnel_port_open"] = probe.connect_ex(("127.0.0.1", local_port)) == 0
-        probe.close()
+        result["tunnel_port_open"] = __import__("os").path.exists(path)  # closed: its socket removed
         result["engine_after"] = scene.render.engine
         result["tunnels_left"] = len(links.tunnels())
         result["after"] = leftovers()
     """)
     assert got["engine_while"] == "BRAAS_HPC_REMOTE"
+    (path, port), local_end, local_port = got["entry"]
+    assert path.endswith(".sock") and port == 0 and local_end == "private socket" and local_port == 0
     width, height, matrix, lens, ortho = got["view"]
     assert (width, height, ortho) == (200, 100, False)
     assert matrix[3] == -1.0 and matrix[7] == -2.0 and matrix[11] == -3.0  # the inverse of the view matrix
