@@ -37,6 +37,7 @@ CHECK_S = 2.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 Event = Callable[[str], None]
 UNIX_SOCKETS = hasattr(socket, "AF_UNIX") and os.name != "nt"  # Windows: a 127.0.0.1 port
+MAX_SOCKET_PATH = 100  # sun_path is 104 bytes on macOS and the BSDs, 108 on Linux
 TCP_WARNING = "the tunnel is a 127.0.0.1 port: every user of this computer can connect to it"
 
 
@@ -55,8 +56,11 @@ def private_dir(base: str | None = None) -> Path:
 
 def socket_path(name: str = "") -> str:
     """A fresh socket path in the private directory, named after the session when given."""
-    safe = "".join(c for c in name if c.isalnum() or c in "-_.")[:40]
-    return str(private_dir() / f"{safe or 'tunnel'}-{secrets.token_hex(4)}.sock")
+    safe = "".join(c for c in name if c.isalnum() or c in "-_.")[:24]
+    path = str(private_dir() / f"{safe or 'tunnel'}-{secrets.token_hex(4)}.sock")
+    if len(path.encode()) > MAX_SOCKET_PATH and os.path.isdir("/tmp"):  # macOS' long per-user temp dir
+        path = str(private_dir("/tmp") / Path(path).name)
+    return path
 
 
 @dataclasses.dataclass

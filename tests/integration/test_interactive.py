@@ -230,6 +230,41 @@ def test_every_backend_forwards_to_a_private_unix_socket(first, testbed, backend
     assert first_answer == b"ok\nping\n" and second_answer == b"ok\nagain\n"
 
 
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_cli_tunnel_prints_its_private_socket(first, tcp: bool) -> None:  # noqa: ANN001
+    """`braas-hpc interactive tunnel SESSION`: a private socket by default, printed for the user; with --tcp a
+    127.0.0.1 port and a warning that every local user can connect; Ctrl-C closes it (the socket removed)."""
+    import json
+    import signal
+    import sys
+
+    from braas_hpc_interactive.core.records import save_record
+    from tests.helpers import REPO
+
+    record, conn = first
+    save_record(record)  # into this test's own data directory, where the command line looks
+    argv = [sys.executable, "-m", "braas_hpc.cli", "interactive", "tunnel", record.name, "--json",
+            *(["--tcp"] if tcp else [])]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        shown = json.loads(proc.stdout.readline() or "null")
+        assert shown is not None, proc.stderr.read() if proc.stderr else ""
+        address = ("127.0.0.1", shown["local_port"]) if tcp else (shown["local_path"], 0)
+        mode = None if tcp else stat.S_IMODE(os.stat(shown["local_path"]).st_mode)
+        answer = _talk(address, conn.token)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert answer == b"ok\nping\n"
+    if tcp:
+        assert shown["local_path"] is None and shown["local_port"] > 0
+        assert "every user of this computer can connect" in err
+    else:
+        assert mode == 0o600 and shown["local_port"] == 0 and record.name in shown["local_path"]
+        assert "every user" not in err and not os.path.exists(shown["local_path"])  # closed by Ctrl-C
+
 def test_second_session_gets_another_port_and_stop_is_exact(first) -> None:  # noqa: ANN001
     record_a, conn_a = first
     record_b, conn_b = run(_start_with_server())
