@@ -68,7 +68,7 @@ async def measure(record: session.SessionRecord, conn: object, backends: list[st
                 for _ in range(rounds):
                     direct += await asyncio.to_thread(frame_times, nodens.NODE_ADDR, conn.port, conn.token,  # type: ignore[attr-defined]
                                                       size, frames)
-                    tunnelled += await asyncio.to_thread(frame_times, "127.0.0.1", tunnel.local_port,
+                    tunnelled += await asyncio.to_thread(frame_times, *tunnel.address,  # the private socket
                                                          conn.token, size, frames)  # type: ignore[attr-defined]
                 d, t = statistics.median(direct), statistics.median(tunnelled)
                 results.append({"backend": backend, "size": f"{size[0]}x{size[1]}", "frames": len(direct),

@@ -14,7 +14,7 @@ from braas_hpc.core.transport import quote_command
 
 from .core import launch, session
 from .core.records import all_records, load_record
-from .core.tunnel import CHECK_S, for_session
+from .core.tunnel import CHECK_S, TCP_WARNING, UNIX_SOCKETS, for_session
 
 
 def _say(message: str) -> None:
@@ -50,10 +50,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    record = load_record(args.session)
     kind = {"builtin": launch.BUILTIN, "blenderphi": launch.BLENDERPHI}[args.type]
+    launch.require_open_port_ok(kind, args.open_port)  # before anything is read or sent
+    record = load_record(args.session)
     argv = await session.start_server(record, kind, blendfile=args.blendfile or "",
-                                      blenderphi=args.blenderphi or launch.BLENDERPHI_DEFAULT)
+                                      blenderphi=args.blenderphi or launch.BLENDERPHI_DEFAULT,
+                                      open_port_ok=args.open_port)
     conn = await session.connection(record)
     _say(f"{record.name}: {args.type} server on {conn.host}:{conn.port} ({quote_command(argv)})")
     _say(f"reach it with `braas-hpc interactive tunnel {record.name}`; end it with `braas-hpc interactive stop`")
@@ -71,10 +73,12 @@ async def cmd_tunnel(args: argparse.Namespace) -> int:
     record = load_record(args.session)
     conn = await session.connection(record)
     tunnel = for_session(record.preset, record.ssh_backend, conn.host, conn.port, args.port, args.check,
-                         on_event=_say)
+                         on_event=_say, tcp=args.tcp, name=record.name)
     port = await tunnel.open()
-    print(json.dumps({"local_port": port, "host": conn.host, "port": conn.port}) if args.json
-          else f"127.0.0.1:{port}", flush=True)
+    if tunnel.local_path is None:
+        _say(f"warning: {TCP_WARNING}" + ("" if UNIX_SOCKETS else " (no Unix sockets on this system)"))
+    print(json.dumps({"local_port": port, "local_path": tunnel.local_path, "host": conn.host, "port": conn.port})
+          if args.json else tunnel.local_end, flush=True)
     try:
         while True:  # until Ctrl-C; the watchdog re-opens the tunnel after a drop
             await asyncio.sleep(3600)
@@ -132,14 +136,20 @@ def add_interactive(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--blendfile", metavar="REMOTE_PATH", help="the scene on the cluster (default: the session's)")
     p.add_argument("--blenderphi", metavar="REMOTE_PATH", help=f"BlenderPhi's blender (default "
                    f"{launch.BLENDERPHI_DEFAULT})")
+    p.add_argument("--open-port", action="store_true",
+                   help="start BlenderPhi although its port is open to every user and machine that can reach "
+                   "the node (it has no authentication); required with --type blenderphi")
 
     p = add("stop", cmd_stop, "end the session's command (its process group only) and the job")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--keep-job", action="store_true", help="keep holding the node for another run")
 
-    p = add("tunnel", cmd_tunnel, "forward a local 127.0.0.1 port to the command's port on the node")
+    p = add("tunnel", cmd_tunnel, "forward a private local Unix socket (a 127.0.0.1 port on Windows, or with "
+            "--tcp/--port) to the command's port on the node; prints the socket's path or the address")
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("--port", type=int, metavar="N", help="local port (default: a free one)")
+    p.add_argument("--tcp", action="store_true", help="a 127.0.0.1 port instead of the socket (for a browser; every "
+                   "local user can connect to it)")
+    p.add_argument("--port", type=int, metavar="N", help="this 127.0.0.1 port (implies --tcp)")
     p.add_argument("--check", type=float, default=CHECK_S, metavar="S", help="watchdog interval")
 
     p = add("status", cmd_status, "the sessions this computer knows, with job and command state")

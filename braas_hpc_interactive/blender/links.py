@@ -36,10 +36,20 @@ class Closable(Protocol):
 @dataclass
 class TunnelEntry:
     tunnel: Closable
-    local_port: int
+    local_port: int  # 0 with a Unix socket
     node: str
     node_port: int
     token: str  # the session's secret: Python memory only
+    local_path: str = ""  # the tunnel's Unix socket (mode 0600), where the OS has them
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """For RenderClient / open_view: a socket path (port unused) or 127.0.0.1 and the port."""
+        return (self.local_path, 0) if self.local_path else ("127.0.0.1", self.local_port)
+
+    @property
+    def local_end(self) -> str:
+        return "private socket" if self.local_path else f"127.0.0.1:{self.local_port}"
 
 
 class _State:
@@ -256,7 +266,8 @@ def describe_link(link: Any) -> str:
     if link.error and not link.connected:
         return link.error
     if not link.connected:
-        return f"connecting to {link.host}:{link.port}..."
+        return "connecting through the tunnel..." if link.host.startswith("/") else \
+            f"connecting to {link.host}:{link.port}..."
     if link.paused:
         return f"paused: no 3D view shows it (Rendered mode resumes it) | Samples {link.samples}"
     return f"Samples {link.samples} | FPS {link.frames_per_second:.1f}"

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, StringProperty
 
 from braas_hpc.core import progress
 from braas_hpc.core.errors import BraasError, UsageError
 
 from ..core import launch, session
 from ..core.records import SessionRecord, all_records, load_record
-from ..core.tunnel import for_session
+from ..core.tunnel import TCP_WARNING, for_session
 from . import engine, links, runtime, sessions_list
 
 
@@ -68,9 +68,11 @@ async def _states(records: list[SessionRecord]) -> tuple[list[session.SessionSta
     return states, problems
 
 
-async def _run(record: SessionRecord, kind: str, blendfile: str, command: str, blenderphi: str) -> None:
+async def _run(record: SessionRecord, kind: str, blendfile: str, command: str, blenderphi: str,
+               open_port_ok: bool) -> None:
     await links.close_tunnel(record.name)  # the new command gets a port of its own
-    await session.start_server(record, kind, blendfile=blendfile, command=command, blenderphi=blenderphi)
+    await session.start_server(record, kind, blendfile=blendfile, command=command, blenderphi=blenderphi,
+                               open_port_ok=open_port_ok)
 
 
 async def _follow(record: SessionRecord) -> None:
@@ -91,9 +93,11 @@ async def _ensure_tunnel(record: SessionRecord) -> links.TunnelEntry:
     conn = await session.connection(record, timeout=15)
     progress.report(f"opening a tunnel to {conn.host}:{conn.port}")
     tunnel = for_session(record.preset, record.ssh_backend, conn.host, conn.port,
-                         on_event=lambda text: links.output.append(f"[{text}]"))
+                         on_event=lambda text: links.output.append(f"[{text}]"), name=record.name)
     local_port = await tunnel.open()
-    entry = links.TunnelEntry(tunnel, local_port, conn.host, conn.port, conn.token)
+    if tunnel.local_path is None:
+        links.output.append(f"[{TCP_WARNING}]")
+    entry = links.TunnelEntry(tunnel, local_port, conn.host, conn.port, conn.token, tunnel.local_path or "")
     previous = links.add_tunnel(record.name, entry)
     if previous is not None:  # two opens raced: keep one
         await previous.tunnel.close()
@@ -266,10 +270,22 @@ class BRAAS_HPC_INTERACTIVE_OT_run(SessionOperator):
     bl_idname = "braas_hpc_interactive.run"
     bl_label = "Run"
 
+    open_port_ok: BoolProperty(name="Open Port Confirmed", description="BlenderPhi: the user agreed that its "
+                               "port is open to everyone who can reach the node", options={"SKIP_SAVE", "HIDDEN"})
+
+    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+        if context.scene.braas_hpc_interactive.kind != launch.BLENDERPHI:
+            return self.execute(context)
+        self.open_port_ok = True  # execute runs only if the user confirms the popup
+        return context.window_manager.invoke_confirm(self, event, title="Start BlenderPhi with an open port?",
+                                                     message=launch.BLENDERPHI_EXPOSURE, confirm_text="Start",
+                                                     icon="WARNING")
+
     def start(self, context: bpy.types.Context, record: SessionRecord) -> set[str]:
         settings = context.scene.braas_hpc_interactive
         kind, command, blenderphi = settings.kind, settings.command, settings.blenderphi.strip()
-        blendfile = settings.blendfile.strip()
+        blendfile, open_port_ok = settings.blendfile.strip(), self.open_port_ok
+        launch.require_open_port_ok(kind, open_port_ok, how="confirm the popup of Run")
         if kind == launch.COMMAND:
             launch.command_argv(command)  # a typo is reported now, not after connecting
         _stop_viewing_session(record.name)
@@ -280,7 +296,8 @@ class BRAAS_HPC_INTERACTIVE_OT_run(SessionOperator):
             _refresh_later([record.name])
 
         return runtime.launch(self, f"Running in {record.name}",
-                              lambda: _run(record, kind, blendfile, command, blenderphi), "run", started)
+                              lambda: _run(record, kind, blendfile, command, blenderphi, open_port_ok), "run",
+                              started)
 
 
 class BRAAS_HPC_INTERACTIVE_OT_stop_command(SessionOperator):
@@ -302,14 +319,14 @@ class BRAAS_HPC_INTERACTIVE_OT_stop_command(SessionOperator):
 
 
 class BRAAS_HPC_INTERACTIVE_OT_open_tunnel(SessionOperator):
-    """Forward a local 127.0.0.1 port to the command's port on the node"""
+    """Forward a private local socket (a 127.0.0.1 port on Windows) to the command's port on the node"""
 
     bl_idname = "braas_hpc_interactive.open_tunnel"
     bl_label = "Open Tunnel"
 
     def start(self, context: bpy.types.Context, record: SessionRecord) -> set[str]:
         def opened(entry: links.TunnelEntry) -> None:
-            runtime.tell(f"127.0.0.1:{entry.local_port} -> {entry.node}:{entry.node_port}")
+            runtime.tell(f"{entry.local_path or entry.local_end} -> {entry.node}:{entry.node_port}")
 
         return runtime.launch(self, f"Opening a tunnel to {record.name}", lambda: _ensure_tunnel(record), "tunnel",
                               opened)
@@ -353,9 +370,10 @@ class BRAAS_HPC_INTERACTIVE_OT_view(SessionOperator):
             scene = bpy.data.scenes.get(scene_name)
             if scene is None:
                 return
-            engine.start_viewing(scene, "127.0.0.1", entry.local_port, entry.token if use_token else None,
-                                 record.name, max_samples, owner)
-            runtime.tell(f"viewing {record.name} through 127.0.0.1:{entry.local_port}")
+            host, port = entry.address
+            engine.start_viewing(scene, host, port, entry.token if use_token else None, record.name, max_samples,
+                                 owner)
+            runtime.tell(f"viewing {record.name} through the tunnel ({entry.local_end})")
 
         return runtime.launch(self, f"Connecting the viewport to {record.name}", lambda: _ensure_tunnel(record),
                               "tunnel", connected)

@@ -25,8 +25,8 @@ def _preset_items(_self: object, _context: object) -> list[tuple[str, str, str]]
 KIND_ITEMS = [
     (launch.BUILTIN, "Built-in Cycles server", "Stock Blender on the node runs braas-hpc's render server (token "
      "checked)"),
-    (launch.BLENDERPHI, "BlenderPhi", "The BlenderPhi build in interactive mode (no token: anyone on the node "
-     "can connect to its port)"),
+    (launch.BLENDERPHI, "BlenderPhi", "The BlenderPhi build in interactive mode (no authentication: anyone who "
+     "can reach the node, its users, jobs and the cluster network, can connect to its port; Run asks first)"),
     (launch.COMMAND, "Command", "Your own command; it should listen on $BRAAS_PORT"),
 ]
 

@@ -139,8 +139,10 @@ class BRAAS_HPC_INTERACTIVE_PT_viewport(SidebarPanel, bpy.types.Panel):
         if entry is None:
             row.operator(f"{OP}.open_tunnel", icon="LINKED")
         else:
-            row.label(text=f"127.0.0.1:{entry.local_port} -> {entry.node}:{entry.node_port}", icon="LINKED")
+            row.label(text=f"{entry.local_end} -> {entry.node}:{entry.node_port}", icon="LINKED")
             row.operator(f"{OP}.close_tunnel", text="", icon="UNLINKED")
+            if not entry.local_path:  # Windows: no Unix sockets
+                layout.label(text="Open to every user of this computer (a 127.0.0.1 port)", icon="ERROR")
         layout.prop(settings, "max_samples")
         if settings.kind == launch.BLENDERPHI:
             layout.prop(settings, "script_text")

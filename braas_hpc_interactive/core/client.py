@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from .protocol import (
     SCRIPT_LEN_FORMAT,
     STATE_SIZE,
+    Channel,
     ConnectionClosed,
     ProtocolError,
     ServerState,
     ViewRequest,
     client_handshake,
     expected_pixel_bytes,
-    recv_acked,
     reset_request,
-    send_acked,
 )
 
 BACKOFF_MIN = 0.2
@@ -47,9 +46,34 @@ class Frame:
     elapsed: float  # seconds from sending the request to having the state
 
 
+def is_unix_path(host: str) -> bool:
+    """A tunnel's Unix socket is given as its absolute path in place of a host name (port unused)."""
+    return host.startswith("/")
+
+
+def address_text(host: str, port: int) -> str:
+    return host if is_unix_path(host) else f"{host}:{port}"
+
+
+def open_socket(host: str, port: int, timeout: float) -> socket.socket:
+    if not is_unix_path(host):
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ACKs are 1-byte messages
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class RenderClient:
-    """One connection to a render server (BlenderPhi, or ours when `token` is given). Not thread-safe,
-    except `abort()`, which may be called from another thread to break a blocked request."""
+    """One connection to a render server (BlenderPhi, or ours when `token` is given: then the server must
+    prove it knows the token and every message is authenticated). `host` may be a Unix socket's path.
+    Not thread-safe, except `abort()`, which may be called from another thread to break a blocked request."""
 
     def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 30.0,
                  connect_timeout: float = 10.0) -> None:
@@ -59,6 +83,7 @@ class RenderClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._sock: socket.socket | None = None
+        self._channel: Channel | None = None
 
     @property
     def connected(self) -> bool:
@@ -67,22 +92,20 @@ class RenderClient:
     def connect(self) -> None:
         if self._sock is not None:
             return
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        sock = open_socket(self.host, self.port, self.connect_timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ACKs are 1-byte messages
             sock.settimeout(self.timeout)
-            if self.token is not None:
-                client_handshake(sock, self.token)
+            channel = client_handshake(sock, self.token) if self.token is not None else Channel(sock)
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
+        self._sock, self._channel = sock, channel
 
     def request(self, view: ViewRequest, script: bytes | None = None) -> Frame:
         """One lock-step round: the view, the script (None or b"" = unchanged), then pixels and state.
         On any failure the connection is closed (its position in the stream is unknown) and the error raised."""
-        sock = self._sock
-        if sock is None:
+        sock, channel = self._sock, self._channel
+        if sock is None or channel is None:
             raise ConnectionClosed("not connected")
         if view.reset or view.width <= 0 or view.height <= 0:
             raise ValueError("a frame request needs reset 0 and a positive size (the server would end the session)")
@@ -91,26 +114,26 @@ class RenderClient:
             raise ValueError("script too long")
         started = time.monotonic()
         try:
-            send_acked(sock, view.pack())
-            send_acked(sock, struct.pack(SCRIPT_LEN_FORMAT, len(payload)))
+            channel.send_acked(view.pack())
+            channel.send_acked(struct.pack(SCRIPT_LEN_FORMAT, len(payload)))
             if payload:
-                send_acked(sock, payload)
-            pixels = recv_acked(sock, expected_pixel_bytes(view.width, view.height))
-            state = ServerState.unpack(recv_acked(sock, STATE_SIZE))
+                channel.send_acked(payload)
+            pixels = channel.recv_acked(expected_pixel_bytes(view.width, view.height))
+            state = ServerState.unpack(channel.recv_acked(STATE_SIZE))
         except BaseException:
-            self._sock = None
+            self._sock = self._channel = None
             sock.close()
             raise
         return Frame(view.width, view.height, pixels, state, time.monotonic() - started)
 
     def close(self) -> None:
         """Say goodbye (the reset message, best effort), then close."""
-        sock, self._sock = self._sock, None
-        if sock is None:
+        sock, channel, self._sock, self._channel = self._sock, self._channel, None, None
+        if sock is None or channel is None:
             return
         try:
             sock.settimeout(min(self.timeout, CLOSE_TIMEOUT))
-            send_acked(sock, reset_request().pack())
+            channel.send_acked(reset_request().pack())
         except (OSError, ProtocolError):
             pass
         finally:
@@ -171,7 +194,8 @@ class ViewportLink:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("the link was already started")
-        self._thread = threading.Thread(target=self._run, name=f"braas-render-{self.host}:{self.port}", daemon=True)
+        name = f"braas-render-{address_text(self.host, self.port)}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def set_view(self, view: ViewRequest) -> None:
@@ -280,7 +304,7 @@ class ViewportLink:
                     frame = client.request(view, script)
                 except (OSError, ProtocolError) as err:
                     client = None  # request() closed it
-                    self._report(f"render server {self.host}:{self.port}: {err or type(err).__name__}",
+                    self._report(f"render server {address_text(self.host, self.port)}: {err or type(err).__name__}",
                                  connected=False)
                     if self._pause(backoff):
                         return
@@ -306,7 +330,8 @@ class ViewportLink:
         try:
             client.connect()
         except (OSError, ProtocolError, ValueError) as err:
-            self._report(f"cannot connect to the render server {self.host}:{self.port}: {err or type(err).__name__}",
+            where = address_text(self.host, self.port)
+            self._report(f"cannot connect to the render server {where}: {err or type(err).__name__}",
                          connected=False)
             return None
         with self._cond:

@@ -47,6 +47,13 @@ _EXPAND_WRAPPER = (
     'done\n'
     'exec "$@"\n'
 )
+# What a user confirms before starting BlenderPhi (CLI --open-port, the panel's popup).
+BLENDERPHI_EXPOSURE = (
+    "BlenderPhi has no authentication and listens on every network interface of the node: while it runs, "
+    "anyone who can reach the node's port can watch your frames and send it material scripts, that is every "
+    "user and job on that node and every machine on the cluster's internal network (login nodes, other "
+    "compute nodes, other users' jobs). The built-in server checks the session's token instead."
+)
 _REFERENCE = re.compile(r"\$(\{)?(" + "|".join(SESSION_VARIABLES) + r")(?(1)\})")
 
 
@@ -102,6 +109,12 @@ def with_setup(setup: Sequence[str], argv: list[str]) -> list[str]:
     if not setup:
         return argv
     return ["bash", "-c", "\n".join([*setup, 'exec "$@"', ""]), "braas-setup", *argv]
+
+
+def require_open_port_ok(kind: str, confirmed: bool, how: str = "pass --open-port") -> None:
+    """BlenderPhi only with the user's explicit yes to its open port."""
+    if kind == BLENDERPHI and not confirmed:
+        raise UsageError(f"{BLENDERPHI_EXPOSURE} To start it anyway, {how}.")
 
 
 def server_argv(kind: str, preset: Preset, record: SessionRecord, gpu: bool, *, blendfile: str = "",

@@ -4,14 +4,16 @@ and the viewport camera maths that fills the request.
 One TCP connection, strictly lock-step. Per frame the client sends a 124-byte `ViewRequest`, an int32
 script length and (if > 0) the script; the server answers with W*H*8 bytes of half RGBA (bottom-up,
 scene-linear, premultiplied) and a 40-byte `ServerState`. Every message is followed by a 1-byte ACK
-(0x00) from its receiver, even an empty one. All little-endian. The handshake line is ours: BlenderPhi
-has none, so a client sends it only to our built-in server (docs/interactive.md).
+(0x00) from its receiver, even an empty one. All little-endian. The handshake and the message tags are
+ours: BlenderPhi has neither, so a client uses them only with our built-in server (docs/interactive.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
+import secrets
 import socket
 import struct
 import time
@@ -29,10 +31,11 @@ BYTES_PER_PIXEL = 8  # half RGBA, whatever the client would prefer (Q1)
 VIEWPORT_SENSOR = 72.0
 ORTHO_CLIP_LIMIT = 200.0
 
-HANDSHAKE_MAGIC = b"BRAAS-HPC-RENDER/1 "
+HANDSHAKE_MAGIC = b"BRAAS-HPC-RENDER/2 "
 HANDSHAKE_MAX_TOKEN = 128  # the node helper writes 48 hex characters
-HANDSHAKE_MAX_LINE = len(HANDSHAKE_MAGIC) + HANDSHAKE_MAX_TOKEN + 1
-HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 5.0  # for the whole handshake: a stranger's connection is dropped after this
+NONCE_SIZE = 32
+TAG_SIZE = 32  # HMAC-SHA256
 ACK = b"\x00"
 
 _FRAME_OFFSET = 12  # byte offset of `frame` (the 4th int): excluded from change detection
@@ -47,7 +50,11 @@ class ConnectionClosed(ProtocolError):
 
 
 class HandshakeRefused(ConnectionClosed):
-    """The server closed the connection on our token: wrong token, or not our server."""
+    """No authenticated session: the server refused our proof, or could not prove it knows the token."""
+
+
+class AuthenticationFailed(ProtocolError):
+    """A message's tag did not match: changed, replayed, reordered, or from someone else."""
 
 
 Matrix3x4 = tuple[float, float, float, float, float, float, float, float, float, float, float, float]
@@ -180,56 +187,144 @@ def recv_acked(sock: socket.socket, n: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# Token handshake (our built-in server only)
+# Mutual handshake and authenticated messages (our built-in server only; BlenderPhi has neither)
+#
+# The token never crosses the wire. Client: HELLO + 32-byte nonce Nc. Server: its nonce Ns and
+# HMAC(token, "server" Nc Ns), which proves it holds the token (a stranger listening on the port cannot
+# answer, and the client then sends nothing more). Client: HMAC(token, "client" Nc Ns). Server: an ACK
+# as the first authenticated message, or it closes. From then on every message of either side carries
+# HMAC(key, side, sequence number, length, bytes), with key = HMAC(token, "session" Nc Ns): a changed,
+# dropped, replayed or reordered message fails the check. Frames still travel in clear.
 
 
-def handshake_line(token: str) -> bytes:
-    raw = token.encode("ascii")
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+
+def token_key(token: str) -> bytes:
+    raw = token.encode("ascii", "replace")
     if not raw or len(raw) > HANDSHAKE_MAX_TOKEN or not raw.isalnum():
         raise ValueError("a session token is 1 to 128 letters or digits (the node helper writes 48 hex)")
-    return HANDSHAKE_MAGIC + raw + b"\n"
+    return raw
 
 
-def client_handshake(sock: socket.socket, token: str) -> None:
-    """Present the token; the server answers 0x00, or closes the connection when it is wrong."""
-    sock.sendall(handshake_line(token))
+class Channel:
+    """BlenderPhi's framing on a socket: each message acknowledged by one byte, nothing authenticated."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send_acked(self, data: bytes) -> None:
+        send_acked(self.sock, data)
+
+    def recv_acked(self, n: int) -> bytes:
+        return recv_acked(self.sock, n)
+
+
+class SecureChannel(Channel):
+    """The same lock-step messages, each one (ACKs too) followed by its HMAC tag; a bad tag ends the session."""
+
+    def __init__(self, sock: socket.socket, key: bytes, client: bool) -> None:
+        super().__init__(sock)
+        self._key = key
+        self._out, self._in = (b"C", b"S") if client else (b"S", b"C")
+        self._sent = self._received = 0
+
+    def _tag(self, side: bytes, seq: int, data: bytes) -> bytes:
+        return _mac(self._key, side, struct.pack("<QQ", seq, len(data)), data)
+
+    def send(self, data: bytes) -> None:
+        tag = self._tag(self._out, self._sent, data)
+        self._sent += 1
+        if len(data) < 65536:
+            self.sock.sendall(data + tag)
+        else:  # no copy of a frame just to append 32 bytes
+            self.sock.sendall(data)
+            self.sock.sendall(tag)
+
+    def recv(self, n: int) -> bytes:
+        raw = recv_exactly(self.sock, n + TAG_SIZE)
+        data, tag = raw[:n], raw[n:]
+        if not hmac.compare_digest(tag, self._tag(self._in, self._received, data)):
+            raise AuthenticationFailed("a message failed its authentication check (changed or replayed on the way?)")
+        self._received += 1
+        return data
+
+    def send_acked(self, data: bytes) -> None:
+        self.send(data)
+        answer = self.recv(1)
+        if answer != ACK:
+            raise ProtocolError(f"bad ACK {answer!r}")
+
+    def recv_acked(self, n: int) -> bytes:
+        data = self.recv(n)
+        self.send(ACK)
+        return data
+
+
+def client_handshake(sock: socket.socket, token: str) -> SecureChannel:
+    """Prove the token to a server that first proved it to us; the socket's timeout bounds each wait."""
+    key = token_key(token)
+    nonce_c = secrets.token_bytes(NONCE_SIZE)
+    sock.sendall(HANDSHAKE_MAGIC + nonce_c)
     try:
-        answer = sock.recv(1)
-    except ConnectionResetError:
-        answer = b""
-    if not answer:
-        raise HandshakeRefused("the render server closed the connection on our token (wrong token or session?)")
-    if answer != ACK:
-        raise ProtocolError(f"unexpected handshake answer {answer!r}: not a braas-hpc render server?")
+        answer = recv_exactly(sock, NONCE_SIZE + TAG_SIZE)
+    except (ConnectionClosed, ConnectionResetError):
+        raise HandshakeRefused("the render server closed the connection at the handshake (not a braas-hpc "
+                               "render server, or an older one?)") from None
+    nonce_s, proof = answer[:NONCE_SIZE], answer[NONCE_SIZE:]
+    if not hmac.compare_digest(proof, _mac(key, b"server", nonce_c, nonce_s)):
+        raise HandshakeRefused("the render server could not prove it knows this session's token: a stale "
+                               "token (was the command restarted?) or not our server on that port; nothing "
+                               "was sent to it")
+    sock.sendall(_mac(key, b"client", nonce_c, nonce_s))
+    channel = SecureChannel(sock, _mac(key, b"session", nonce_c, nonce_s), client=True)
+    try:
+        accepted = channel.recv(1)
+    except (ConnectionClosed, ConnectionResetError):
+        raise HandshakeRefused("the render server closed the connection on our proof (wrong token?)") from None
+    if accepted != ACK:
+        raise ProtocolError(f"unexpected handshake answer {accepted!r}")
+    return channel
 
 
-def read_handshake_line(sock: socket.socket, timeout: float = HANDSHAKE_TIMEOUT) -> bytes:
-    """The client's first line, within one overall deadline and a bounded length (b"" if neither holds).
-    Reading in chunks is safe: a client sends nothing after its line until it has the answer."""
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n") and len(line) < HANDSHAKE_MAX_LINE:
+def _recv_by(sock: socket.socket, n: int, deadline: float) -> bytes | None:
+    """n bytes before the deadline, or None (silence, close or error)."""
+    buf = b""
+    while len(buf) < n:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return b""
+            return None
         sock.settimeout(remaining)
         try:
-            chunk = sock.recv(HANDSHAKE_MAX_LINE - len(line))
+            chunk = sock.recv(n - len(buf))
         except OSError:  # the timeout included
-            return b""
+            return None
         if not chunk:
-            return b""
-        line += chunk
-    return line
+            return None
+        buf += chunk
+    return buf
 
 
-def server_handshake(sock: socket.socket, token: str, timeout: float = HANDSHAKE_TIMEOUT) -> bool:
-    """Check the client's line against our token in constant time; answer 0x00 only when it matches.
-    The caller closes the connection on False, without a word."""
-    good = hmac.compare_digest(read_handshake_line(sock, timeout), handshake_line(token))
-    if good:
-        sock.sendall(ACK)
-    return good
+def server_handshake(sock: socket.socket, token: str, timeout: float = HANDSHAKE_TIMEOUT) -> SecureChannel | None:
+    """The server's side, within one overall deadline: a channel for a client that proved the token, else
+    None (the caller closes the connection without a word)."""
+    key = token_key(token)
+    deadline = time.monotonic() + timeout
+    hello = _recv_by(sock, len(HANDSHAKE_MAGIC) + NONCE_SIZE, deadline)
+    if hello is None or not hello.startswith(HANDSHAKE_MAGIC):
+        return None
+    nonce_c, nonce_s = hello[len(HANDSHAKE_MAGIC):], secrets.token_bytes(NONCE_SIZE)
+    try:
+        sock.sendall(nonce_s + _mac(key, b"server", nonce_c, nonce_s))
+    except OSError:
+        return None
+    proof = _recv_by(sock, TAG_SIZE, deadline)
+    if proof is None or not hmac.compare_digest(proof, _mac(key, b"client", nonce_c, nonce_s)):
+        return None
+    channel = SecureChannel(sock, _mac(key, b"session", nonce_c, nonce_s), client=False)
+    channel.send(ACK)
+    return channel
 
 
 # --------------------------------------------------------------------------------------------

@@ -221,10 +221,13 @@ async def run(record: SessionRecord, argv: Sequence[str], timeout: float = START
 
 
 async def start_server(record: SessionRecord, kind: str, *, gpu: bool | None = None, blendfile: str = "",
-                       command: str = "", blenderphi: str = launch.BLENDERPHI_DEFAULT) -> list[str]:
+                       command: str = "", blenderphi: str = launch.BLENDERPHI_DEFAULT,
+                       open_port_ok: bool = False) -> list[str]:
     """Start a server of `kind` in the session (what the panel's Run and `braas-hpc interactive serve`
     do): the session's scene unless another is given, the Blender `braas-hpc install` recorded, the
-    built-in server's files copied first. Returns the argv it runs."""
+    built-in server's files copied first. BlenderPhi needs `open_port_ok` (launch.BLENDERPHI_EXPOSURE).
+    Returns the argv it runs."""
+    launch.require_open_port_ok(kind, open_port_ok)
     preset = load_preset(record.preset)
     installed = installed_blender(preset.name)
     if kind != launch.COMMAND and not blendfile:

@@ -1,4 +1,9 @@
-"""A tunnel from a local 127.0.0.1 port to a port on a compute node, through the login host.
+"""A tunnel from a local Unix socket (or, on Windows or when asked, a 127.0.0.1 port) to a port on a
+compute node, through the login host.
+
+The Unix socket is mode 0600 in a directory of this user's alone (0700, checked), so no other user of a
+shared workstation or login node can connect to it or take its place while the tunnel re-opens; a port
+on 127.0.0.1 is open to every local user, which the CLI and the panel say when they use one.
 
 It has its own SSH connection (not the shared pool's), so re-opening it never disturbs other work, and
 short keepalives, so a silent drop is noticed. A watchdog asks the forward every `check_s` whether it
@@ -13,8 +18,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import secrets
+import socket
+import stat
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from braas_hpc.core.errors import BraasError
 from braas_hpc.core.transport import Forward, Transport
@@ -25,6 +36,31 @@ log = logging.getLogger(__name__)
 CHECK_S = 2.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 Event = Callable[[str], None]
+UNIX_SOCKETS = hasattr(socket, "AF_UNIX") and os.name != "nt"  # Windows: a 127.0.0.1 port
+MAX_SOCKET_PATH = 100  # sun_path is 104 bytes on macOS and the BSDs, 108 on Linux
+TCP_WARNING = "the tunnel is a 127.0.0.1 port: every user of this computer can connect to it"
+
+
+def private_dir(base: str | None = None) -> Path:
+    """<tmp>/braas-tunnels-UID, mode 0700 and ours (checked, not trusted): where tunnel sockets live.
+    Short, as a Unix socket's path is limited to about 104 bytes."""
+    path = Path(base or tempfile.gettempdir()) / f"braas-tunnels-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise BraasError(f"{path} must be a directory of this user with mode 0700 (it holds the tunnels' "
+                         "sockets); another user may have made it: remove it and try again")
+    return path
+
+
+def socket_path(name: str = "") -> str:
+    """A fresh socket path in the private directory, named after the session when given."""
+    safe = "".join(c for c in name if c.isalnum() or c in "-_.")[:24]
+    path = str(private_dir() / f"{safe or 'tunnel'}-{secrets.token_hex(4)}.sock")
+    if len(path.encode()) > MAX_SOCKET_PATH and os.path.isdir("/tmp"):  # macOS' long per-user temp dir
+        path = str(private_dir("/tmp") / Path(path).name)
+    return path
 
 
 @dataclasses.dataclass
@@ -36,14 +72,17 @@ class TunnelStats:
 
 
 class Tunnel:
-    """127.0.0.1:local_port -> remote_host:remote_port, seen from the login host."""
+    """local_path (a Unix socket) or 127.0.0.1:local_port -> remote_host:remote_port, seen from the login
+    host. The socket path and the port stay the same across re-opens: a client only reconnects."""
 
     def __init__(self, make_transport: Callable[[], Transport], remote_host: str, remote_port: int,
-                 local_port: int | None = None, check_s: float = CHECK_S, on_event: Event | None = None) -> None:
+                 local_port: int | None = None, check_s: float = CHECK_S, on_event: Event | None = None,
+                 local_path: str | None = None) -> None:
         self._make_transport = make_transport
         self.remote_host = remote_host
         self.remote_port = remote_port
         self.local_port = local_port or 0
+        self.local_path = local_path
         self.check_s = check_s
         self.stats = TunnelStats()
         self._on_event = on_event or (lambda message: log.info("%s", message))
@@ -53,23 +92,38 @@ class Tunnel:
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """What a client connects to: (socket path, 0) or ("127.0.0.1", port); RenderClient takes either."""
+        return (self.local_path, 0) if self.local_path else ("127.0.0.1", self.local_port)
+
+    @property
+    def local_end(self) -> str:
+        return self.local_path or f"127.0.0.1:{self.local_port}"
+
     async def open(self) -> int:
-        """Listen and start the watchdog; returns the local port. Errors (refused login...) are raised."""
+        """Listen and start the watchdog; returns the local port (0 for a Unix socket). Errors (refused
+        login...) are raised."""
         await self._open_once()
-        self._watchdog = asyncio.create_task(self._watch(), name=f"braas-tunnel-{self.local_port}")
+        self._watchdog = asyncio.create_task(self._watch(), name=f"braas-tunnel-{self.local_end}")
         return self.local_port
 
     async def _open_once(self) -> None:
         self._transport = self._make_transport()
         await self._transport.connect()
-        self._forward = await self._transport.forward(self.remote_host, self.remote_port, self.local_port or None)
-        self.local_port = self._forward.local_port
+        if self.local_path:
+            self._forward = await self._transport.forward(self.remote_host, self.remote_port,
+                                                          local_path=self.local_path)
+        else:
+            self._forward = await self._transport.forward(self.remote_host, self.remote_port,
+                                                          self.local_port or None)
+            self.local_port = self._forward.local_port
         try:  # small messages at once: without it every lock-step round trip waits 40 ms
             self._release = await self._transport.hold_interactive()
         except (BraasError, OSError) as exc:
             self._on_event(f"tunnel works, but with higher latency (no terminal session: {exc})")
         self.stats.opened += 1
-        self._on_event(f"tunnel 127.0.0.1:{self.local_port} -> {self.remote_host}:{self.remote_port} open")
+        self._on_event(f"tunnel {self.local_end} -> {self.remote_host}:{self.remote_port} open")
 
     async def alive(self) -> bool:
         return self._forward is not None and await self._forward.alive()
@@ -81,7 +135,7 @@ class Tunnel:
                 continue
             self.stats.drops += 1
             noticed = time.monotonic()
-            self._on_event(f"tunnel 127.0.0.1:{self.local_port} dropped; re-opening")
+            self._on_event(f"tunnel {self.local_end} dropped; re-opening")
             await self._discard()
             await self._reopen()
             self.stats.last_reopen_s = time.monotonic() - noticed
@@ -122,7 +176,10 @@ class Tunnel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
         await self._discard()
-        self._on_event(f"tunnel 127.0.0.1:{self.local_port} closed")
+        if self.local_path:  # our own directory: the socket file is ours to remove
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.local_path)
+        self._on_event(f"tunnel {self.local_end} closed")
 
     async def __aenter__(self) -> Tunnel:
         await self.open()
@@ -134,13 +191,15 @@ class Tunnel:
 
 def for_session(preset_name: str, backend: str | None, remote_host: str, remote_port: int,
                 local_port: int | None = None, check_s: float = CHECK_S, keepalive_s: float = 5.0,
-                on_event: Event | None = None) -> Tunnel:
-    """A tunnel to a session's node through the preset's login host, on its own connection."""
+                on_event: Event | None = None, tcp: bool = False, name: str = "") -> Tunnel:
+    """A tunnel to a session's node through the preset's login host, on its own connection: a private
+    Unix socket, unless the OS has none or `tcp` (or a `local_port`) asks for a 127.0.0.1 port."""
     from braas_hpc.core.presets import load_preset
     from braas_hpc.core.transport import make_transport, pool, target_for
 
     preset = load_preset(preset_name)
     target = dataclasses.replace(target_for(preset), keepalive_s=keepalive_s)
     chosen = backend or preset.ssh_backend
+    path = None if tcp or local_port or not UNIX_SOCKETS else socket_path(name)
     return Tunnel(lambda: make_transport(chosen, target, pool.prompts), remote_host, remote_port, local_port,
-                  check_s, on_event)
+                  check_s, on_event, local_path=path)

@@ -4,8 +4,10 @@
 
 Runs as an interactive session's command on the compute node. The node helper exports BRAAS_HOST,
 BRAAS_PORT and BRAAS_TOKEN; without a token the server refuses to start. It listens on BRAAS_HOST's
-address (127.0.0.1 when empty), serves one client at a time, and asks each for the token line first
-(`BRAAS-HPC-RENDER/1 <token>\\n`, answered by one 0x00 byte; a wrong token gets the connection closed).
+address (127.0.0.1 when empty), serves one client at a time, and lets a client in only after the mutual
+handshake of protocol.py (each side proves it knows the token; the token itself never crosses the wire).
+Handshakes run on threads of their own, each within HANDSHAKE_TIMEOUT, so a stranger that connects and
+stays silent neither blocks the real client nor stays connected. Every message after it is authenticated.
 Then the BlenderPhi loop: per request one more pass of the next N samples, averaged with the earlier
 passes, so the image refines while the view stays (k passes give exactly one pass of k*N samples); a
 changed view (bytes, ignoring `frame`) starts over.
@@ -21,10 +23,10 @@ standard library, bpy and numpy only.
 from __future__ import annotations
 
 import argparse
-import hmac
 import ipaddress
 import math
 import os
+import queue
 import select
 import shutil
 import signal
@@ -32,6 +34,7 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,16 +44,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # protocol.py is installed beside this file
 from protocol import (  # noqa: E402
-    ACK,
     HANDSHAKE_MAX_TOKEN,
+    HANDSHAKE_TIMEOUT,
     STATE_FORMAT,
     VIEW_FORMAT,
     VIEW_SIZE,
+    Channel,
     ProtocolError,
-    handshake_line,
-    read_handshake_line,
-    recv_acked,
-    send_acked,
+    server_handshake,
+    token_key,
 )
 
 bpy: Any = None  # imported by main(): the pure parts of this file are tested without Blender
@@ -58,6 +60,7 @@ bpy: Any = None  # imported by main(): the pure parts of this file are tested wi
 IO_TIMEOUT = 60.0  # once a message has started; between frames a client may be idle for as long as it likes
 MAX_SIDE = 16384
 MAX_SCRIPT = 16 << 20
+MAX_PENDING = 32  # handshakes under way at once; more strangers are turned away at the door
 HALF_MAX = 65504.0
 SENSOR_MM = 36.0
 MIN_LENS_MM = 1.0  # Blender's limit
@@ -302,15 +305,21 @@ def scene_bounds(scene: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class Server:
-    """One client at a time, forever, until SIGTERM."""
+    """One authenticated client at a time, forever, until SIGTERM. A thread accepts connections and runs
+    each handshake on a thread of its own (sockets only, never bpy); the main thread renders for the
+    clients that passed, in arrival order."""
 
     def __init__(self, token: str) -> None:
-        self.expected_line = handshake_line(token)
+        self.token = token
+        token_key(token)  # a bad token fails here, before any network
         self.listener: socket.socket | None = None
         self.renderer: CyclesRenderer | None = None
         self.stopping = False
         self.interruptible = False
         self.script_warned = False
+        self.admitted: queue.Queue[tuple[socket.socket, Channel, str]] = queue.Queue()
+        self.wake_r, self.wake_w = socket.socketpair()  # one byte per admitted client: select()able
+        self.pending = threading.BoundedSemaphore(MAX_PENDING)
 
     def on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -337,34 +346,61 @@ class Server:
             if ready:
                 return
 
+    def accept_forever(self) -> None:
+        """The door (a daemon thread): every connection gets its handshake thread, up to MAX_PENDING."""
+        assert self.listener is not None
+        while not self.stopping:
+            try:
+                conn, addr = self.listener.accept()
+            except OSError:
+                if self.stopping or self.listener.fileno() < 0:
+                    return
+                time.sleep(0.05)  # out of descriptors: let the pending ones time out
+                continue
+            peer = f"{addr[0]}:{addr[1]}"
+            if not self.pending.acquire(blocking=False):
+                log(f"refused {peer}: too many handshakes under way")
+                conn.close()
+                continue
+            threading.Thread(target=self.admit, args=(conn, peer), name=f"braas-handshake-{peer}",
+                             daemon=True).start()
+
+    def admit(self, conn: socket.socket, peer: str) -> None:
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the handshake is lock-step too
+            channel = server_handshake(conn, self.token, HANDSHAKE_TIMEOUT)
+        except OSError:
+            channel = None
+        finally:
+            self.pending.release()
+        if channel is None:
+            log(f"refused {peer}: no valid proof of the session token within {HANDSHAKE_TIMEOUT:g} s")
+            conn.close()
+            return
+        self.admitted.put((conn, channel, peer))
+        self.wake_w.send(b"\0")
+
     def serve_forever(self) -> None:
         assert self.listener is not None
+        threading.Thread(target=self.accept_forever, name="braas-accept", daemon=True).start()
         while True:
-            self.wait_readable(self.listener)
-            with self.waiting():
-                conn, addr = self.listener.accept()
+            self.wait_readable(self.wake_r)
+            self.wake_r.recv(1)
+            conn, channel, peer = self.admitted.get_nowait()
             try:
-                self.session(conn, addr)
+                self.session(conn, channel, peer)
             except Exception as err:  # one client's trouble never ends the server
                 log(f"session error: {type(err).__name__}: {err}")
             finally:
                 conn.close()
 
-    def session(self, conn: socket.socket, addr: tuple[Any, ...]) -> None:
-        peer = f"{addr[0]}:{addr[1]}"
-        with self.waiting():
-            line = read_handshake_line(conn)
-        if not hmac.compare_digest(line, self.expected_line):
-            log(f"refused {peer}: wrong or missing token")
-            return
+    def session(self, conn: socket.socket, channel: Channel, peer: str) -> None:
         conn.settimeout(IO_TIMEOUT)
-        conn.sendall(ACK)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         keepalive(conn)
         log(f"session start: {peer}")
         reason = "ended"
         try:
-            reason = self.frames(conn)
+            reason = self.frames(conn, channel)
         except (ConnectionError, ProtocolError) as err:
             reason = f"connection lost ({err})"
         except TimeoutError:
@@ -376,7 +412,7 @@ class Server:
             assert renderer is not None
             log(f"session end: {peer}, {reason}; the last view had {renderer.samples} samples")
 
-    def frames(self, conn: socket.socket) -> str:
+    def frames(self, conn: socket.socket, channel: Channel) -> str:
         """The BlenderPhi loop; returns why it ended."""
         renderer = self.renderer
         assert renderer is not None
@@ -387,17 +423,17 @@ class Server:
         while True:
             self.wait_readable(conn)  # idle between frames is fine: the client may wait for a view change
             with self.waiting():
-                raw = recv_acked(conn, VIEW_SIZE)
+                raw = channel.recv_acked(VIEW_SIZE)
             width, height, reset = struct.unpack_from("<3i", raw)
             if reset:  # before the size and before the script length (Q5): the rest may be garbage
                 return "client said goodbye"
             if width <= 0 or height <= 0:
                 return f"client asked for {width}x{height}"
             with self.waiting():
-                (length,) = struct.unpack("<i", recv_acked(conn, 4))
+                (length,) = struct.unpack("<i", channel.recv_acked(4))
                 if not 0 <= length <= MAX_SCRIPT:
                     raise BadRequest(f"script length {length}")
-                script = recv_acked(conn, length) if length else b""
+                script = channel.recv_acked(length) if length else b""
             key = raw[:12] + raw[16:]  # every byte but `frame` (Q6)
             changed = key != last_key
             if script and script != last_script:
@@ -412,8 +448,8 @@ class Server:
             state = struct.pack(STATE_FORMAT, *lower, *upper, 0.0, 0.0, renderer.samples,
                                 1.0 / duration if duration > 0 else 0.0)
             with self.waiting():
-                send_acked(conn, pixels)  # exactly W*H*8 (Q18)
-                send_acked(conn, state)
+                channel.send_acked(pixels)  # exactly W*H*8 (Q18)
+                channel.send_acked(state)
 
 
 def keepalive(conn: socket.socket) -> None:
@@ -443,7 +479,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
-        sock.listen(1)
+        sock.listen(16)
     except OSError as err:
         sock.close()
         raise SetupError(f"cannot listen on {sockaddr[0]}:{port}: {err}") from None

@@ -89,6 +89,15 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
         # A session recorded on this computer is listed after a restart of the add-on.
         save_record(SessionRecord(name="i-20260101-120000-ab12", preset="karolina", scheduler="slurm", job_id="77",
                                   root="/scratch/p/braas-hpc", walltime_min=30, gpu=True, created=1.0))
+        # BlenderPhi (no authentication) only after the popup's yes: Run from a script without it is refused
+        # before anything reaches the cluster.
+        bpy.context.scene.braas_hpc_interactive.kind = "BLENDERPHI"
+        try:
+            bpy.ops.braas_hpc_interactive.run(session="i-20260101-120000-ab12")
+            result["blenderphi_unconfirmed"] = "no error"
+        except RuntimeError as error:
+            result["blenderphi_unconfirmed"] = str(error)
+        bpy.context.scene.braas_hpc_interactive.kind = "BUILTIN"
         addon_utils.disable("braas_hpc_interactive", default_set=True)
         addon_utils.enable("braas_hpc_interactive", default_set=True)
         props = bpy.context.window_manager.braas_hpc_interactive
@@ -113,6 +122,8 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
     assert got["auth_with_main"] == "karolina.it4i.cz refused the key"  # its popups would have asked
     assert got["auth_alone"] == ("karolina.it4i.cz refused the key (a login that asks for a passphrase or a code "
                                  "needs the BRaaS-HPC add-on enabled)")
+    assert "no authentication" in got["blenderphi_unconfirmed"] and "every user and job on that node" in \
+        got["blenderphi_unconfirmed"] and "confirm the popup of Run" in got["blenderphi_unconfirmed"]
     assert got["listed"] == [["i-20260101-120000-ab12", "karolina", "77", True]]
     assert got["selected"] == "i-20260101-120000-ab12"
     assert got["after"] == {"types": [], "engines": [], "scene_prop": False, "wm_prop": False, "timer": False,
@@ -239,16 +250,18 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         import math, socket, types
         from mathutils import Matrix
         from braas_hpc.core.transport.local import LocalTransport
-        from braas_hpc_interactive.core.tunnel import Tunnel
+        from braas_hpc_interactive.core.tunnel import Tunnel, socket_path
         server = FakeServer()
         scene = bpy.context.scene
         scene.render.engine = "BLENDER_WORKBENCH"
-        # A real tunnel on the add-on's loop, to the local server.
-        tunnel = Tunnel(lambda: LocalTransport(), "127.0.0.1", server.port, check_s=0.2)
+        # A real tunnel on the add-on's loop, to the local server, from a private Unix socket.
+        path = socket_path("i-20260101-120000-ab12")
+        tunnel = Tunnel(lambda: LocalTransport(), "127.0.0.1", server.port, check_s=0.2, local_path=path)
         local_port = links.loop.run("open", tunnel.open).result(10)
-        links.add_tunnel("i-20260101-120000-ab12", links.TunnelEntry(tunnel, local_port, "127.0.0.1", server.port,
-                                                                     "ab" * 24))
-        engine.start_viewing(scene, "127.0.0.1", local_port, None, "i-20260101-120000-ab12", 0)
+        entry = links.TunnelEntry(tunnel, local_port, "127.0.0.1", server.port, "ab" * 24, path)
+        links.add_tunnel("i-20260101-120000-ab12", entry)
+        result["entry"] = [list(entry.address), entry.local_end, local_port]
+        engine.start_viewing(scene, *entry.address, None, "i-20260101-120000-ab12", 0)
         result["engine_while"] = scene.render.engine
         # What view_draw sends for a 200x100 perspective view (a stand-in 3D view: no window here).
         region = types.SimpleNamespace(width=200, height=100)
@@ -306,14 +319,14 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         addon_utils.disable("braas_hpc_interactive", default_set=True)
         result["link_thread_alive"] = link._thread.is_alive()
         result["goodbye"] = server.closed.wait(5) and server.goodbye
-        probe = socket.socket()
-        result["tunnel_port_open"] = probe.connect_ex(("127.0.0.1", local_port)) == 0
-        probe.close()
+        result["tunnel_port_open"] = __import__("os").path.exists(path)  # closed: its socket removed
         result["engine_after"] = scene.render.engine
         result["tunnels_left"] = len(links.tunnels())
         result["after"] = leftovers()
     """)
     assert got["engine_while"] == "BRAAS_HPC_REMOTE"
+    (path, port), local_end, local_port = got["entry"]
+    assert path.endswith(".sock") and port == 0 and local_end == "private socket" and local_port == 0
     width, height, matrix, lens, ortho = got["view"]
     assert (width, height, ortho) == (200, 100, False)
     assert matrix[3] == -1.0 and matrix[7] == -2.0 and matrix[11] == -3.0  # the inverse of the view matrix

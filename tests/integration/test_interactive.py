@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import stat
@@ -21,8 +22,9 @@ import pytest
 from braas_hpc.core.transport import SSHTarget, make_transport
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
 from braas_hpc_interactive.core import session
+from braas_hpc_interactive.core.client import open_socket
 from braas_hpc_interactive.core.records import Connection, SessionRecord
-from braas_hpc_interactive.core.tunnel import Tunnel, for_session
+from braas_hpc_interactive.core.tunnel import Tunnel, for_session, socket_path
 from tests.testbed import nodens
 from tests.testbed.tcpproxy import running_proxy
 
@@ -54,9 +56,10 @@ def run(coro):  # noqa: ANN001, ANN201
     return asyncio.run(coro)
 
 
-def _talk(port: int, token: str, payload: bytes = b"ping\n") -> bytes:
-    """Greet the server through the tunnel; returns its answer line (and the echo, when accepted)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+def _talk(address: tuple[str, int], token: str, payload: bytes = b"ping\n") -> bytes:
+    """Greet the server through the tunnel (its socket path or 127.0.0.1 port); returns its answer line (and
+    the echo, when accepted)."""
+    with open_socket(*address, timeout=10) as sock:
         sock.sendall(token.encode() + b"\n" + payload)
         reader = sock.makefile("rb")
         answer = reader.readline()
@@ -133,11 +136,11 @@ def test_wrong_token_is_refused_through_the_tunnel(first) -> None:  # noqa: ANN0
     record, conn = first
 
     async def work() -> tuple[bytes, bytes, bytes]:
-        async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
-            port = tunnel.local_port  # the socket calls run in a thread: the loop carries the tunnel
-            return (await asyncio.to_thread(_talk, port, "0" * 48),
-                    await asyncio.to_thread(_talk, port, conn.token[:-1] + "x"),
-                    await asyncio.to_thread(_talk, port, conn.token, b"hello node\n"))
+        async with for_session(record.preset, None, conn.host, conn.port, name=record.name) as tunnel:
+            address = tunnel.address  # the socket calls run in a thread: the loop carries the tunnel
+            return (await asyncio.to_thread(_talk, address, "0" * 48),
+                    await asyncio.to_thread(_talk, address, conn.token[:-1] + "x"),
+                    await asyncio.to_thread(_talk, address, conn.token, b"hello node\n"))
 
     wrong, almost, right = run(work())
     assert wrong == b"refused\n" and almost == b"refused\n"
@@ -162,26 +165,30 @@ def _proxied(testbed, tmp_path: Path, port: int) -> SSHTarget:  # noqa: ANN001
                      known_hosts=str(known), ssh_config="none", use_agent=False, keepalive_s=5)
 
 
+@pytest.mark.parametrize("local", ["socket", "port"])
 @pytest.mark.parametrize("backend", ["asyncssh", "openssh"])
-def test_watchdog_reopens_a_dropped_tunnel(first, testbed, tmp_path: Path, backend: str) -> None:  # noqa: ANN001
+def test_watchdog_reopens_a_dropped_tunnel(first, testbed, tmp_path: Path, backend: str, local: str) -> None:  # noqa: ANN001
     _, conn = first
     events: list[str] = []
     with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
         target = _proxied(testbed, tmp_path, proxy.port)
 
         async def work() -> tuple[bytes, int, int, float]:
+            path = socket_path("watchdog") if local == "socket" else None
             tunnel = Tunnel(lambda: make_transport(backend, target), conn.host, conn.port, check_s=0.25,
-                            on_event=events.append)
+                            on_event=events.append, local_path=path)
             async with tunnel:
-                port = tunnel.local_port
-                before = await asyncio.to_thread(_talk, port, conn.token)
+                address = tunnel.address
+                before = await asyncio.to_thread(_talk, address, conn.token)
                 proxy.drop_all()
                 cut = time.monotonic()
                 while tunnel.stats.last_reopen_s is None and time.monotonic() - cut < 30:
                     await asyncio.sleep(0.05)
                 restored = time.monotonic() - cut
-                after = await asyncio.to_thread(_talk, port, conn.token)
-                assert tunnel.local_port == port  # the same local port: a client just reconnects
+                after = await asyncio.to_thread(_talk, address, conn.token)
+                assert tunnel.address == address  # the same socket or port: a client just reconnects
+                if path:
+                    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # the re-opened socket too
                 return before + after, tunnel.stats.drops, tunnel.stats.opened, restored
 
         answers, drops, opened, restored = run(work())
@@ -190,6 +197,78 @@ def test_watchdog_reopens_a_dropped_tunnel(first, testbed, tmp_path: Path, backe
     assert drops == 1 and opened == 2 and proxy.drops >= 1
     assert restored < 10
 
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh-mux", "openssh-process"])
+def test_every_backend_forwards_to_a_private_unix_socket(first, testbed, backend: str) -> None:  # noqa: ANN001
+    """Each SSH back end listens on a Unix socket of mode 0600 (replacing a stale one left at the path)
+    and carries connections to the node; OpenSSH both with its shared master and with an ssh per forward."""
+    from braas_hpc.core.presets import load_preset
+    from braas_hpc.core.transport import target_for
+
+    _, conn = first
+    path = socket_path(f"backend-{backend}")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)  # what a crashed tunnel leaves behind
+    stale.close()
+
+    async def work() -> tuple[int, bytes, bytes]:
+        t = make_transport(backend.split("-")[0], target_for(load_preset("testbed")))
+        if backend == "openssh-process":
+            t._mux = False  # type: ignore[attr-defined]  # as on Windows: one ssh -N -L per forward
+        async with t:
+            forward = await t.forward(conn.host, conn.port, local_path=path)
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+                assert forward.local_path == path and stat.S_ISSOCK(os.stat(path).st_mode)
+                first_answer = await asyncio.to_thread(_talk, (path, 0), conn.token)
+                second_answer = await asyncio.to_thread(_talk, (path, 0), conn.token, b"again\n")
+            finally:
+                await forward.close()
+        return mode, first_answer, second_answer
+
+    try:
+        mode, first_answer, second_answer = run(work())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a bare forward leaves its socket: the Tunnel removes it on close
+    assert mode == 0o600
+    assert first_answer == b"ok\nping\n" and second_answer == b"ok\nagain\n"
+
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_cli_tunnel_prints_its_private_socket(first, tcp: bool) -> None:  # noqa: ANN001
+    """`braas-hpc interactive tunnel SESSION`: a private socket by default, printed for the user; with --tcp a
+    127.0.0.1 port and a warning that every local user can connect; Ctrl-C closes it (the socket removed)."""
+    import json
+    import signal
+    import sys
+
+    from braas_hpc_interactive.core.records import save_record
+    from tests.helpers import REPO
+
+    record, conn = first
+    save_record(record)  # into this test's own data directory, where the command line looks
+    argv = [sys.executable, "-m", "braas_hpc.cli", "interactive", "tunnel", record.name, "--json",
+            *(["--tcp"] if tcp else [])]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        shown = json.loads(proc.stdout.readline() or "null")
+        assert shown is not None, proc.stderr.read() if proc.stderr else ""
+        address = ("127.0.0.1", shown["local_port"]) if tcp else (shown["local_path"], 0)
+        mode = None if tcp else stat.S_IMODE(os.stat(shown["local_path"]).st_mode)
+        answer = _talk(address, conn.token)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert answer == b"ok\nping\n"
+    if tcp:
+        assert shown["local_path"] is None and shown["local_port"] > 0
+        assert "every user of this computer can connect" in err
+    else:
+        assert mode == 0o600 and shown["local_port"] == 0 and record.name in shown["local_path"]
+        assert "every user" not in err and not os.path.exists(shown["local_path"])  # closed by Ctrl-C
 
 def test_second_session_gets_another_port_and_stop_is_exact(first) -> None:  # noqa: ANN001
     record_a, conn_a = first
@@ -234,7 +313,7 @@ def test_pbs_session_through_the_standin(testbed, tmp_path: Path) -> None:  # no
         record, conn = await _start_with_server(preset.name, gpu=True)
         try:
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
-                answer = await asyncio.to_thread(_talk, tunnel.local_port, conn.token)
+                answer = await asyncio.to_thread(_talk, tunnel.address, conn.token)
         finally:
             stopped = await session.stop(record)
         return record, conn, answer, stopped
@@ -245,3 +324,4 @@ def test_pbs_session_through_the_standin(testbed, tmp_path: Path) -> None:  # no
     assert (Path(record.paths.dir) / "jobid.txt").read_text().strip() == record.job_id
     assert not _node_listens(conn.port)
     assert _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") == []
+

@@ -9,6 +9,8 @@ Cycles renders every frame on the node's CPU.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -71,16 +73,16 @@ async def serve_builtin(record: session.SessionRecord, timeout: float = 120) -> 
     return argv, conn
 
 
-def _frames(port: int, token: str) -> tuple[Frame, Frame, Frame]:
+def _frames(address: tuple[str, int], token: str) -> tuple[Frame, Frame, Frame]:
     """Two frames of one view (the second refines the first), then a moved camera."""
-    with RenderClient("127.0.0.1", port, token, timeout=120) as client:
+    with RenderClient(*address, token, timeout=120) as client:
         still = _top_down(0.0, 0.0, 10.0, 96, 54, 6.0)
         return client.request(still), client.request(still), client.request(_top_down(3.0, 2.0, 6.0, 96, 54, 3.0))
 
 
-def _refused(port: int, token: str) -> bool:
+def _refused(address: tuple[str, int], token: str) -> bool:
     try:
-        with RenderClient("127.0.0.1", port, token, timeout=30) as client:
+        with RenderClient(*address, token, timeout=30) as client:
             client.request(_top_down(0.0, 0.0, 10.0, 32, 18, 6.0))
     except HandshakeRefused:
         return True
@@ -103,15 +105,15 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
             argv, conn = await serve_builtin(record)
             before = _held_terminals(testbed.user)
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
-                port = tunnel.local_port
+                address = tunnel.address
                 held: list[int] = []
                 for _ in range(50):  # the session's shell starts `cat` a moment after the channel opens
                     held = [pid for pid in _held_terminals(testbed.user) if pid not in before]
                     if held:
                         break
                     await asyncio.sleep(0.1)
-                refused = await asyncio.to_thread(_refused, port, conn.token[:-1] + "x")
-                frames = await asyncio.to_thread(_frames, port, conn.token)
+                refused = await asyncio.to_thread(_refused, address, conn.token[:-1] + "x")
+                frames = await asyncio.to_thread(_frames, address, conn.token)
             await asyncio.sleep(1)
             released = [pid for pid in held if pid in _held_terminals(testbed.user)]
             stopped = await session.stop(record)
@@ -157,7 +159,7 @@ def test_a_local_scene_is_packed_and_uploaded_for_the_session(testbed, tmp_path:
             blendfile = await session.blendfile_of(record)
             _, conn = await serve_builtin(record)
             async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
-                frame = await asyncio.to_thread(_frames, tunnel.local_port, conn.token)
+                frame = await asyncio.to_thread(_frames, tunnel.address, conn.token)
         finally:
             await session.stop(record)
         return record, blendfile, frame[1]
@@ -170,3 +172,99 @@ def test_a_local_scene_is_packed_and_uploaded_for_the_session(testbed, tmp_path:
     reds = ((image[..., 0] > 0.5) & (image[..., 1] < 0.2)).sum()
     greens = ((image[..., 1] > 0.4) & (image[..., 0] < 0.2)).sum()
     assert reds > 50 and greens > 50, (reds, greens)  # the texture travelled inside the packed scene
+
+
+STRANGER_ON_NODE = r"""
+import json, os, socket, sys
+host, port, session_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+result = {}
+try:
+    open(os.path.join(session_dir, "connection.json")).read()
+    result["connection_file"] = "read"
+except OSError as err:
+    result["connection_file"] = type(err).__name__
+tokens = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):  # the server's environment holds BRAAS_TOKEN
+    try:
+        tokens += b"BRAAS_TOKEN=" in open(f"/proc/{pid}/environ", "rb").read()
+    except OSError:
+        pass
+result["environments_with_a_token"] = tokens
+
+def drain(sock):
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except OSError:
+        pass
+    return got
+
+idle = socket.create_connection((host, port), timeout=60)  # says nothing
+print("connected", idle.getsockname()[1], flush=True)
+sys.stdin.readline()  # the owner renders meanwhile
+request = bytes(124)
+guess = socket.create_connection((host, port), timeout=30)  # the old way: a token in clear, then a request
+guess.sendall(b"BRAAS-HPC-RENDER/1 " + b"0" * 48 + b"\n" + request + bytes(4))
+result["old_handshake_answer"] = len(drain(guess))
+forged = socket.create_connection((host, port), timeout=30)  # a hello, then a made-up proof and a request
+forged.sendall(b"BRAAS-HPC-RENDER/2 " + os.urandom(32))
+answer = b""
+while len(answer) < 64:
+    chunk = forged.recv(64 - len(answer))
+    if not chunk:
+        break
+    answer += chunk
+forged.sendall(os.urandom(32) + request + bytes(32))
+result["forged_answer"] = [len(answer), len(drain(forged))]
+result["idle_received"] = len(drain(idle))
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_another_user_on_the_node_gets_no_frame_no_command_no_token(testbed, tmp_path: Path) -> None:  # noqa: ANN001
+    """A second Unix user on the compute node, where the server's port is reachable: an idle connection of
+    theirs does not hold up the owner's client (served while it is connected, then dropped without a byte),
+    a guessed or forged handshake gets no frame (only the server's nonce and its proof, useless without the
+    token), and the token is neither in a file nor in a process environment they can read."""
+    from tests.interactive_stranger import as_stranger, stranger_user
+
+    scene = make_sample(tmp_path / "scene")
+
+    async def work(stranger: list[subprocess.Popen[str]]) -> tuple[str, str, dict[str, object], tuple[Frame, ...]]:
+        record = await session.start("testbed", walltime_min=10, scene=scene)
+        try:
+            await session.wait_ready(record, timeout=240)
+            _, conn = await serve_builtin(record)
+            async with for_session(record.preset, None, conn.host, conn.port) as tunnel:
+                proc = await asyncio.to_thread(subprocess.Popen, as_stranger(
+                    STRANGER_ON_NODE, nodens.NODE_ADDR, str(conn.port), record.paths.dir, netns=nodens.NETNS),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                stranger.append(proc)
+                assert proc.stdout is not None and proc.stdin is not None
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line.startswith("connected"), line + proc.stderr.read()  # type: ignore[union-attr]
+                frames = await asyncio.to_thread(_frames, tunnel.address, conn.token)
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                report = json.loads(await asyncio.to_thread(proc.stdout.readline))
+            log = (Path(record.paths.dir) / "command.err").read_text()
+        finally:
+            await session.stop(record)
+        return line.split()[1], log, report, frames
+
+    with stranger_user():
+        started: list[subprocess.Popen[str]] = []
+        try:
+            idle_port, log, report, frames = asyncio.run(work(started))
+        finally:
+            for proc in started:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
+    assert [f.state.samples for f in frames] == [1, 2, 1]  # the owner was served while the stranger sat there
+    assert report == {"connection_file": "PermissionError", "environments_with_a_token": 0,
+                      "old_handshake_answer": 0, "forged_answer": [64, 0], "idle_received": 0}
+    idle = f"{nodens.NODE_ADDR}:{idle_port}"
+    assert log.index("session start:") < log.index(f"refused {idle}")  # served first, the stranger dropped after
+    assert log.count("refused ") >= 3 and log.count("session start:") == 1

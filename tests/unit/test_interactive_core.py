@@ -19,9 +19,9 @@ import pytest
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport.local import LocalTransport
-from braas_hpc_interactive.core import node_script
+from braas_hpc_interactive.core import launch, node_script
 from braas_hpc_interactive.core.records import Connection, SessionPaths, check_session_name, new_session_name
-from braas_hpc_interactive.core.session import holder_script, holder_spec
+from braas_hpc_interactive.core.session import holder_script, holder_spec, start_server
 from braas_hpc_interactive.core.tunnel import Tunnel
 
 PATHS = SessionPaths("/scratch/me/braas-hpc", "i-20260101-120000-ab12")
@@ -179,3 +179,110 @@ def test_watchdog_reopens_on_the_same_port_and_close_stops_it() -> None:
         server.close()
 
     asyncio.run(work())
+
+
+def test_blenderphi_needs_an_explicit_yes_to_its_open_port() -> None:
+    """BlenderPhi cannot check a token: the CLI refuses it without --open-port, saying who can reach the port,
+    before it reads any session or contacts the cluster."""
+    from tests.conftest import run_cli
+
+    done = run_cli("interactive", "serve", "i-20260101-120000-ab12", "--type", "blenderphi")
+    assert done.returncode == 2, done.stderr
+    assert "no authentication" in done.stderr and "every user and job on that node" in done.stderr
+    assert "--open-port" in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(UsageError, match="cluster's internal network"):
+        asyncio.run(start_server(None, "BLENDERPHI"))  # type: ignore[arg-type]  # refused before the record is used
+    launch.require_open_port_ok("BLENDERPHI", True)
+    launch.require_open_port_ok("BUILTIN", False)
+
+
+CONNECT_AS_STRANGER = """
+import json, socket, sys
+result = {}
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(sys.argv[1])
+    result["connect"] = "connected"
+    result["data"] = s.recv(100).decode(errors="replace")
+except OSError as err:
+    result["connect"] = type(err).__name__
+try:
+    result["listing"] = __import__("os").listdir(sys.argv[2])
+except OSError as err:
+    result["listing"] = type(err).__name__
+print(json.dumps(result))
+"""
+
+
+def test_unix_socket_tunnel_is_private_and_survives_a_reopen() -> None:
+    """The tunnel's local end is a socket of mode 0600 in a 0700 directory: another local user can neither
+    connect to it nor see it, before or after the watchdog re-opens it at the same path."""
+    from braas_hpc_interactive.core.client import open_socket
+    from braas_hpc_interactive.core.tunnel import private_dir, socket_path
+    from tests.interactive_stranger import as_stranger, stranger_user
+
+    def talk(path: str) -> bytes:
+        with open_socket(path, 0, 5) as sock:
+            sock.sendall(b"hello")
+            return sock.recv(5)
+
+    async def work(user: str) -> list[dict[str, str]]:
+        server = await _echo_server()
+        path = socket_path("i-20260101-120000-ab12")
+        tunnel = Tunnel(LocalTransport, "127.0.0.1", server.sockets[0].getsockname()[1], check_s=0.05,
+                        local_path=path)
+        await tunnel.open()
+        seen = []
+        for _ in range(2):
+            assert tunnel.address == (path, 0) and tunnel.local_port == 0
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and stat.S_ISSOCK(os.stat(path).st_mode)
+            assert await asyncio.to_thread(talk, path) == b"hello"
+            done = await asyncio.to_thread(subprocess.run, as_stranger(CONNECT_AS_STRANGER, path, str(private_dir())),
+                                           capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            seen.append(json.loads(done.stdout))
+            assert tunnel._forward is not None
+            await tunnel._forward.close()  # the forward dies behind the tunnel's back; the same path again
+            for _ in range(200):
+                if tunnel.stats.opened == len(seen) + 1:
+                    break
+                await asyncio.sleep(0.02)
+        await tunnel.close()
+        assert not os.path.exists(path)  # its socket removed with it
+        server.close()
+        return seen
+
+    with stranger_user() as user:
+        seen = asyncio.run(work(user))
+    assert stat.S_IMODE(private_dir().stat().st_mode) == 0o700
+    assert seen == [{"connect": "PermissionError", "listing": "PermissionError"}] * 2
+
+
+def test_private_dir_refuses_one_made_by_someone_else(tmp_path: Path) -> None:
+    from braas_hpc.core.errors import BraasError
+    from braas_hpc_interactive.core.tunnel import private_dir
+
+    planted = tmp_path / f"braas-tunnels-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    os.chmod(planted, 0o777)  # as another user would leave it for us to use
+    with pytest.raises(BraasError, match="mode 0700"):
+        private_dir(str(tmp_path))
+    planted.rmdir()
+    planted.symlink_to(tmp_path)
+    with pytest.raises(BraasError, match="mode 0700"):
+        private_dir(str(tmp_path))
+
+
+def test_a_file_in_the_sockets_place_is_not_removed() -> None:
+    from braas_hpc.core.errors import ConnectionFailed
+    from braas_hpc_interactive.core.tunnel import socket_path
+
+    path = socket_path("not-a-socket")
+    Path(path).write_text("mine")
+    try:
+        with pytest.raises(ConnectionFailed, match="is not a socket"):
+            asyncio.run(LocalTransport().forward("127.0.0.1", 9, local_path=path))
+        assert Path(path).read_text() == "mine"
+    finally:
+        os.unlink(path)

@@ -111,26 +111,78 @@ def test_ack_framing_on_a_socket_pair() -> None:
             recv_acked(a, 3)
 
 
-def test_token_handshake() -> None:
-    token = secrets.token_hex(24)
-    for offered, accepted in ((token, True), (token[:-1] + "x", False), (token + "0", False)):
-        a, b = socket.socketpair()
-        with a, b:
-            verdict: list[bool] = []
-            server = threading.Thread(target=lambda v=verdict, s=b: v.append(protocol.server_handshake(s, token, 2.0)))
-            server.start()
-            if accepted:
-                protocol.client_handshake(a, offered)
-            else:
-                a.sendall(protocol.handshake_line(offered))
-            server.join(5)
-            assert verdict == [accepted]
+def handshake_pair(client_token: str, server_token: str) -> tuple[object, object]:
+    """Both sides of the handshake on a socket pair: (client's channel or exception, server's channel or None)."""
     a, b = socket.socketpair()
-    with a, b:  # a silent client gets False once the deadline passes
-        started = time.monotonic()
-        assert not protocol.server_handshake(b, token, 0.2) and time.monotonic() - started < 1
+    a.settimeout(5)
+    result: list[object] = []
+    server = threading.Thread(target=lambda: result.append(protocol.server_handshake(b, server_token, 2.0)))
+    server.start()
+    try:
+        client: object = protocol.client_handshake(a, client_token)
+    except (ProtocolError, OSError) as err:
+        client = err
+        a.close()  # as RenderClient does: the server sees the close
+    server.join(5)
+    return client, result[0]
+
+
+def test_mutual_handshake_and_authenticated_messages() -> None:
+    token = secrets.token_hex(24)
+    client, server = handshake_pair(token, token)
+    assert isinstance(client, protocol.SecureChannel) and isinstance(server, protocol.SecureChannel)
+    done: list[bytes] = []
+    receiver = threading.Thread(target=lambda: done.extend([server.recv_acked(5), server.recv_acked(0)]))
+    receiver.start()
+    client.send_acked(b"hello")
+    client.send_acked(b"")  # an empty message is authenticated and acknowledged too
+    receiver.join(5)
+    assert done == [b"hello", b""]
+    # A message changed on the way, or an old one sent again, fails its check.
+    tag = client._tag(b"C", client._sent, b"hello")
+    client.sock.sendall(b"jello" + tag)
+    with pytest.raises(protocol.AuthenticationFailed):
+        server.recv(5)
+    tag = client._tag(b"C", 0, b"hello")  # a replay of the first message
+    client.sock.sendall(b"hello" + tag)
+    with pytest.raises(protocol.AuthenticationFailed):
+        server.recv(5)
+
+
+def test_handshake_refuses_a_wrong_token_on_either_side() -> None:
+    token = secrets.token_hex(24)
+    for wrong in (token[:-1] + ("0" if token[-1] != "0" else "1"), token + "0"):
+        client, server = handshake_pair(wrong, token)
+        assert isinstance(client, HandshakeRefused) and "could not prove" in str(client)
+        assert server is None
+        client, server = handshake_pair(token, wrong)
+        assert isinstance(client, HandshakeRefused) and server is None
     with pytest.raises(ValueError):
-        protocol.handshake_line("not a token\n")
+        protocol.client_handshake(socket.socketpair()[0], "not a token\n")
+
+
+def test_a_server_without_the_token_learns_nothing() -> None:
+    """Whoever listens in the server's place gets the hello only: no token, no proof, no request."""
+    token = secrets.token_hex(24)
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(5)
+        b.sendall(os.urandom(64))  # a made-up nonce and proof
+        with pytest.raises(HandshakeRefused, match="could not prove"):
+            protocol.client_handshake(a, token)
+        a.shutdown(socket.SHUT_WR)
+        b.settimeout(5)
+        heard = b""
+        while chunk := b.recv(4096):
+            heard += chunk
+    assert heard.startswith(protocol.HANDSHAKE_MAGIC) and len(heard) == len(protocol.HANDSHAKE_MAGIC) + 32
+    assert token.encode() not in heard
+
+
+def test_a_silent_client_is_dropped_at_the_deadline() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert protocol.server_handshake(b, secrets.token_hex(24), 0.2) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +245,7 @@ def test_installed_server_imports_and_maps_the_camera(tmp_path: Path) -> None:
     """render_server.py finds protocol.py beside it (as installed on a node) and needs no Blender to import."""
     server = load_server_module(tmp_path / "node")
     assert server.bpy is None
-    assert server.handshake_line("ab" * 24) == protocol.handshake_line("ab" * 24)
+    assert server.token_key("ab" * 24) == protocol.token_key("ab" * 24) and server.MAX_PENDING > 1
     assert server.check_token("") and "not set" in server.check_token("")
     assert server.check_token("ab" * 24) is None
     # Landscape: the height is the shorter side, so the sensor fits vertically; lens for a 36 mm sensor.
@@ -572,7 +624,8 @@ def test_server_refuses_a_wrong_token(cycles_server: RunningServer) -> None:
     with pytest.raises(HandshakeRefused):
         RenderClient("127.0.0.1", cycles_server.port, wrong, timeout=10).connect()
     with socket.create_connection(("127.0.0.1", cycles_server.port), timeout=10) as raw:
-        raw.sendall(protocol.handshake_line(wrong) + ViewRequest(8, 8).pack() + struct.pack("<i", 0))
+        # The old way, a token in clear followed by a request: closed without a byte of answer.
+        raw.sendall(b"BRAAS-HPC-RENDER/1 " + wrong.encode() + b"\n" + ViewRequest(8, 8).pack() + struct.pack("<i", 0))
         try:
             answer = raw.recv(100)
         except ConnectionResetError:  # closed with our request unread
@@ -624,14 +677,19 @@ def test_server_serves_the_next_client_after_one_leaves(cycles_server: RunningSe
     assert cycles_server.text().count("script ignored") == 1
 
 
-def test_a_silent_connection_cannot_hold_the_server(cycles_server: RunningServer) -> None:
-    with socket.create_connection(("127.0.0.1", cycles_server.port), timeout=10) as silent:
-        time.sleep(0.2)  # the server is in this one's handshake now
-        started = time.monotonic()
+def test_a_silent_stranger_does_not_block_the_real_client(cycles_server: RunningServer) -> None:
+    """An idle stranger connected first; the real client is served while the stranger is still connected
+    (the server's log: the client's session starts before the stranger is refused), then the stranger is
+    dropped without a byte."""
+    with socket.create_connection(("127.0.0.1", cycles_server.port), timeout=15) as silent:
+        stranger = f"127.0.0.1:{silent.getsockname()[1]}"
         with RenderClient("127.0.0.1", cycles_server.port, cycles_server.token, timeout=15) as client:
+            mine = f"127.0.0.1:{client._sock.getsockname()[1]}"  # type: ignore[union-attr]
             assert client.request(top_down(0.0, 0.0, 10.0, 8, 8, 8.0)).state.samples == 1
-        assert time.monotonic() - started < 7  # the 5 s handshake limit, not forever
-        assert silent.recv(1) == b""  # and the silent one was dropped
+        assert silent.recv(1) == b""  # dropped, nothing said
+    eventually(lambda: f"refused {stranger}" in cycles_server.text())
+    text = cycles_server.text()
+    assert text.index(f"session start: {mine}") < text.index(f"refused {stranger}")
 
 
 def test_server_refuses_to_start_without_a_token(sample_scene: Path, tmp_path: Path) -> None:

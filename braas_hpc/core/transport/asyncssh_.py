@@ -25,8 +25,10 @@ from .base import (
     SSHTarget,
     StreamHandle,
     Transport,
+    make_private_socket,
     merge_lines,
     quote_command,
+    unlink_stale_socket,
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path
@@ -80,11 +82,12 @@ def _load_key(path: str, prompts: Prompts) -> list[asyncssh.SSHKeyPair]:
 
 class AsyncsshForward(Forward):
     def __init__(self, listener: asyncssh.SSHListener, remote_host: str, remote_port: int,
-                 conn: asyncssh.SSHClientConnection | None = None) -> None:
+                 conn: asyncssh.SSHClientConnection | None = None, local_path: str | None = None) -> None:
         self._listener = listener
         self._conn = conn
         self._closed = False
-        self.local_port = listener.get_port()
+        self.local_path = local_path
+        self.local_port = 0 if local_path else listener.get_port()
         self.remote_host = remote_host
         self.remote_port = remote_port
 
@@ -317,8 +320,14 @@ class AsyncsshTransport(Transport):
             and n.attrs.type in (asyncssh.FILEXFER_TYPE_REGULAR, asyncssh.FILEXFER_TYPE_DIRECTORY)
         ]
 
-    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
+                      local_path: str | None = None) -> Forward:
         conn = await self._connection()
+        if local_path:  # a direct-tcpip channel per connection, as for a port
+            unlink_stale_socket(local_path)
+            listener = await conn.forward_local_path_to_port(local_path, remote_host, remote_port)
+            make_private_socket(local_path)
+            return AsyncsshForward(listener, remote_host, remote_port, conn, local_path)
         listener = await conn.forward_local_port("127.0.0.1", local_port or 0, remote_host, remote_port)
         return AsyncsshForward(listener, remote_host, remote_port, conn)
 

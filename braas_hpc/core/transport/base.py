@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
 import posixpath
 import shlex
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ConnectionLost, RemoteCommandError, TransferError
+from ..errors import ConnectionFailed, ConnectionLost, RemoteCommandError, TransferError
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 TRANSFER_ATTEMPTS = 4  # a transfer survives this many dropped connections, resuming each time
@@ -154,11 +156,13 @@ HOLD_COMMAND = "exec cat"
 
 
 class Forward(ABC):
-    """A listener on 127.0.0.1:local_port whose connections reach remote_host:remote_port via SSH."""
+    """A listener on 127.0.0.1:local_port, or on the Unix socket local_path (local_port 0), whose
+    connections reach remote_host:remote_port via SSH."""
 
     local_port: int
     remote_host: str
     remote_port: int
+    local_path: str | None = None
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -167,6 +171,23 @@ class Forward(ABC):
         """False once the forward can carry no new connection (closed, or its SSH connection dropped and
         the back end does not reconnect by itself), so a watchdog knows to open it again."""
         return True
+
+
+def unlink_stale_socket(path: str) -> None:
+    """Remove a socket left at `path` by an earlier listener (in the caller's private directory), so the
+    new one can bind; anything else there is not ours to remove."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConnectionFailed(f"{path} exists and is not a socket: remove it, then open the tunnel again")
+    os.unlink(path)
+
+
+def make_private_socket(path: str) -> None:
+    """Owner-only access (connecting to a Unix socket needs write permission on it)."""
+    os.chmod(path, 0o600)
 
 
 # GNU dd truncates the whole file when seek rounds down to block 0, so truncate explicitly, then notrunc.
@@ -219,8 +240,10 @@ class Transport(ABC):
         """Entries of a directory (files and directories); an empty list when it does not exist."""
 
     @abstractmethod
-    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
-        """Listen on 127.0.0.1 (a free port when none is given) and tunnel to remote_host:remote_port."""
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
+                      local_path: str | None = None) -> Forward:
+        """Listen on 127.0.0.1 (a free port when none is given), or on the Unix socket `local_path` (mode
+        0600; the caller owns its private directory), and tunnel to remote_host:remote_port."""
 
     async def hold_interactive(self) -> Release | None:
         """Keep a session with a terminal open on this connection; returns what ends it, or None where

@@ -7,7 +7,16 @@ import os
 import socket
 from pathlib import Path
 
-from .base import Forward, Progress, RemoteEntry, StreamHandle, Transport, merge_lines
+from .base import (
+    Forward,
+    Progress,
+    RemoteEntry,
+    StreamHandle,
+    Transport,
+    make_private_socket,
+    merge_lines,
+    unlink_stale_socket,
+)
 
 COPY_BLOCK = 1 << 20
 
@@ -29,9 +38,11 @@ def _copy(source: Path, target: Path, offset: int, progress: Progress | None) ->
 class _LocalForward(Forward):
     """A plain TCP relay on 127.0.0.1, so interactive features work the same on the local preset."""
 
-    def __init__(self, server: asyncio.Server, remote_host: str, remote_port: int) -> None:
+    def __init__(self, server: asyncio.Server, remote_host: str, remote_port: int,
+                 local_path: str | None = None) -> None:
         self._server = server
-        self.local_port = server.sockets[0].getsockname()[1]
+        self.local_path = local_path
+        self.local_port = 0 if local_path else server.sockets[0].getsockname()[1]
         self.remote_host = remote_host
         self.remote_port = remote_port
 
@@ -110,10 +121,16 @@ class LocalTransport(Transport):
         except FileNotFoundError:
             return []
 
-    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
+                      local_path: str | None = None) -> Forward:
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             up_reader, up_writer = await asyncio.open_connection(remote_host, remote_port)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
 
+        if local_path:
+            unlink_stale_socket(local_path)
+            server = await asyncio.start_unix_server(relay, local_path)
+            make_private_socket(local_path)
+            return _LocalForward(server, remote_host, remote_port, local_path)
         server = await asyncio.start_server(relay, "127.0.0.1", local_port or 0, family=socket.AF_INET)
         return _LocalForward(server, remote_host, remote_port)

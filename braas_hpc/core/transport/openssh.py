@@ -55,8 +55,10 @@ from .base import (
     SSHTarget,
     StreamHandle,
     Transport,
+    make_private_socket,
     merge_lines,
     quote_command,
+    unlink_stale_socket,
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path, parse_public_key, recorded_keys
@@ -382,9 +384,10 @@ class _MuxForward(Forward):
     """A -L listener owned by the master connection; closing it cancels just that listener."""
 
     def __init__(self, transport: OpenSSHTransport, spec: str, local_port: int, remote_host: str,
-                 remote_port: int) -> None:
+                 remote_port: int, local_path: str | None = None) -> None:
         self._transport = transport
         self._spec = spec
+        self.local_path = local_path
         self.local_port = local_port
         self.remote_host = remote_host
         self.remote_port = remote_port
@@ -403,9 +406,10 @@ class _ProcessForward(Forward):
     """Without multiplexing: a dedicated `ssh -N -L` process per forward."""
 
     def __init__(self, transport: OpenSSHTransport, process: asyncio.subprocess.Process, local_port: int,
-                 remote_host: str, remote_port: int) -> None:
+                 remote_host: str, remote_port: int, local_path: str | None = None) -> None:
         self._transport = transport
         self._process = process
+        self.local_path = local_path
         self.local_port = local_port
         self.remote_host = remote_host
         self.remote_port = remote_port
@@ -874,8 +878,11 @@ class OpenSSHTransport(Transport):
                 entries.append(RemoteEntry(name.decode("utf-8", "surrogateescape"), int(size), kind == b"d"))
         return entries
 
-    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
+                      local_path: str | None = None) -> Forward:
         await self.connect()
+        if local_path:
+            return await self._path_forward(local_path, remote_host, remote_port)
         last = ""
         for _ in range(1 if local_port else FORWARD_TRIES):
             port = local_port or _free_port()  # ssh -L cannot pick a port itself
@@ -911,19 +918,38 @@ class OpenSSHTransport(Transport):
 
         return release
 
-    async def _mux_forward(self, spec: str, port: int, remote_host: str, remote_port: int) -> Forward | str:
+    async def _path_forward(self, path: str, remote_host: str, remote_port: int) -> Forward:
+        """`-L PATH:HOST:PORT`; ssh makes the socket with StreamLocalBindMask (0177 unless configured
+        otherwise, so it is set again after), the old one is unlinked first."""
+        if ":" in path or any(c.isspace() for c in path):
+            raise ConnectionFailed(f"a tunnel socket path for ssh -L cannot hold ':' or spaces: {path!r}")
+        unlink_stale_socket(path)
+        spec = f"{path}:{_bracket(remote_host)}:{remote_port}"
+        open_forward = self._mux_forward if self._mux else self._process_forward
+        forward = await open_forward(spec, 0, remote_host, remote_port, path)
+        if not isinstance(forward, Forward):
+            raise ConnectionFailed(f"cannot listen on {path} for a tunnel to {remote_host}:{remote_port}:\n"
+                                   f"{_tail(forward)}")
+        make_private_socket(path)
+        self._forwards.append(forward)
+        return forward
+
+    async def _mux_forward(self, spec: str, port: int, remote_host: str, remote_port: int,
+                           path: str | None = None) -> Forward | str:
         status, _, err = await self._control("forward", "-L", spec)
         if status == 0:
-            return _MuxForward(self, spec, port, remote_host, remote_port)
+            return _MuxForward(self, spec, port, remote_host, remote_port, path)
         if not await self._master_alive():
             self._up = False
             raise ConnectionLost(f"the connection to {self.target.host} dropped:\n{_tail(err)}")
         return err
 
-    async def _process_forward(self, spec: str, port: int, remote_host: str, remote_port: int) -> Forward | str:
+    async def _process_forward(self, spec: str, port: int, remote_host: str, remote_port: int,
+                               path: str | None = None) -> Forward | str:
         # LocalCommand runs once the listener is up (ExitOnForwardFailure ends ssh otherwise).
         argv = self._client_argv(session=False)
-        argv[-2:-2] = [*_o("ExitOnForwardFailure", "yes"), *_o("PermitLocalCommand", "yes"),
+        owner_only = [*_o("StreamLocalBindMask", "0177"), *_o("StreamLocalBindUnlink", "yes")] if path else []
+        argv[-2:-2] = [*_o("ExitOnForwardFailure", "yes"), *_o("PermitLocalCommand", "yes"), *owner_only,
                        *_o("LocalCommand", f"echo {FORWARD_READY}"), "-N", "-L", spec]
         # stderr to a file: ssh logs every refused tunnel connection, and an unread pipe would fill up.
         with tempfile.TemporaryFile() as log:
@@ -936,7 +962,7 @@ class OpenSSHTransport(Transport):
                 await _reap(process)
                 raise
             if FORWARD_READY.encode() in line:
-                return _ProcessForward(self, process, port, remote_host, remote_port)
+                return _ProcessForward(self, process, port, remote_host, remote_port, path)
             await _reap(process)
             log.seek(0)
             return log.read()[-16384:].decode(errors="replace")

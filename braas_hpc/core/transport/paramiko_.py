@@ -38,6 +38,8 @@ from .base import (
     StreamHandle,
     StreamLine,
     Transport,
+    make_private_socket,
+    unlink_stale_socket,
 )
 from .hostkeys import check_host_key, known_hosts_path, recorded_keys
 from .sshconfig import Hop, resolve
@@ -486,10 +488,12 @@ class _Splice:
 
 
 class ParamikoForward(Forward):
-    def __init__(self, owner: ParamikoTransport, listener: socket.socket, remote_host: str, remote_port: int) -> None:
+    def __init__(self, owner: ParamikoTransport, listener: socket.socket, remote_host: str, remote_port: int,
+                 local_path: str | None = None) -> None:
         self._owner = owner
         self._listener = listener
-        self.local_port = listener.getsockname()[1]
+        self.local_path = local_path
+        self.local_port = 0 if local_path else listener.getsockname()[1]
         self.remote_host = remote_host
         self.remote_port = remote_port
         self._splices: set[_Splice] = set()
@@ -510,9 +514,10 @@ class ParamikoForward(Forward):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _tunnel(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    async def _tunnel(self, conn: socket.socket, peer: tuple[str, int] | str) -> None:
+        origin = peer if isinstance(peer, tuple) else ("127.0.0.1", 0)  # a Unix socket's peer has no address
         try:
-            chan = await self._owner._open_tunnel(self.remote_host, self.remote_port, peer)
+            chan = await self._owner._open_tunnel(self.remote_host, self.remote_port, origin)
         except asyncio.CancelledError:
             conn.close()
             raise
@@ -520,7 +525,8 @@ class ParamikoForward(Forward):
             conn.close()
             return
         conn.setblocking(True)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small lock-step messages go at once
+        if conn.family != getattr(socket, "AF_UNIX", None):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small lock-step messages go at once
         splice = _Splice(conn, chan, self._forget)
         with self._lock:
             self._splices.add(splice)
@@ -868,18 +874,25 @@ class ParamikoTransport(Transport):
             and (stat.S_ISREG(e.st_mode) or stat.S_ISDIR(e.st_mode))
         ]
 
-    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None) -> Forward:
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
+                      local_path: str | None = None) -> Forward:
         await self._connection()  # fail here, not on the first connection through the tunnel
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if local_path:
+            unlink_stale_socket(local_path)
+        listener = socket.socket(socket.AF_UNIX if local_path else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", local_port or 0))
+            if local_path:
+                listener.bind(local_path)
+                make_private_socket(local_path)
+            else:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(("127.0.0.1", local_port or 0))
             listener.listen(128)
             listener.setblocking(False)
         except OSError:
             listener.close()
             raise
-        forward = ParamikoForward(self, listener, remote_host, remote_port)
+        forward = ParamikoForward(self, listener, remote_host, remote_port, local_path)
         self._forwards.add(forward)
         return forward
 
