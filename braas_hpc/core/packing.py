@@ -11,11 +11,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from blender_asset_tracer import trace
+from blender_asset_tracer.blendfile.exceptions import BlendFileError
 from blender_asset_tracer.pack import Packer
 from blender_asset_tracer.trace import file_sequence
 from blender_asset_tracer.trace.result import BlockUsage
@@ -33,6 +35,19 @@ PACK_TIMEOUT_S = 900
 class PackReport:
     packed_images: int
     output: Path
+
+
+class UnreadableBlend(UsageError):
+    """blender-asset-tracer cannot read the scene or a library it links."""
+
+
+class CannotPack(Exception):
+    """The scene uses files Blender cannot pack into one .blend (sequences, movies, caches, ...)."""
+
+    def __init__(self, scene: Path, blocks: list[str]) -> None:
+        self.blocks = blocks
+        shown = ", ".join(blocks[:4]) + (f" and {len(blocks) - 4} more" if len(blocks) > 4 else "")
+        super().__init__(f"{scene.name} uses files Blender cannot pack into one .blend ({shown})")
 
 
 async def pack_scene(scene: Path, output: Path) -> PackReport:
@@ -59,6 +74,10 @@ async def pack_scene(scene: Path, output: Path) -> PackReport:
     if process.returncode == 3 and report:
         lines = "\n".join(f"  {m['block']}: {m['path']}" for m in report["missing"])
         raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n{lines}")
+    if process.returncode == 4 and report:
+        raise CannotPack(scene, [u["block"] for u in report["unpackable"]])
+    if process.returncode == 5:
+        raise UsageError(f"Blender could not open {scene}: the file is damaged or not a .blend file")
     if process.returncode != 0 or report is None or not output.is_file():
         text = (stderr or stdout).decode(errors="replace")
         tail = "\n".join(text.strip().splitlines()[-15:])
@@ -95,8 +114,12 @@ def _block_label(usage: BlockUsage) -> str:
 def _usages(scene: Path) -> dict[Path, list[BlockUsage]]:
     """Every file the scene uses (libraries followed recursively), with the data-blocks using it."""
     found: dict[Path, list[BlockUsage]] = {}
-    for usage in trace.deps(scene):
-        found.setdefault(usage.abspath, []).append(usage)
+    try:
+        for usage in trace.deps(scene):
+            found.setdefault(usage.abspath, []).append(usage)
+    except (BlendFileError, OSError, EOFError, ValueError, struct.error) as exc:
+        raise UnreadableBlend(f"cannot read {scene} or a file it links: it is damaged or not a .blend file ({exc})"
+                         ) from exc
     return found
 
 
@@ -107,6 +130,25 @@ def _refuse_missing(scene: Path, missing: set[Path], usages: dict[Path, list[Blo
         f"  {path}" for path in sorted(missing)]
     raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n"
                      + "\n".join(lines))
+
+
+def check_missing(scene: Path) -> None:
+    """Refuse (UsageError, each file with its data-block) when the scene uses files that do not exist:
+    images, sequences, UDIM tiles, libraries, caches. Nothing is copied."""
+    usages = _usages(scene)
+    with Packer(scene, scene.parent, str(scene.parent), noop=True) as packer:
+        packer.strategise()
+        _refuse_missing(scene, set(packer.missing_files), usages)
+
+
+def _cache_dir_name(scene: Path, name: str) -> str:
+    """Blender finds the scene's disk point caches (particles, cloth, soft body) in blendcache_<file name>/
+    beside the .blend, by the name it is opened as: in/scene.blend looks in blendcache_scene/. Bakes
+    in sub-folders keep their place: their folder is written in the .blend."""
+    own = f"blendcache_{scene.stem}/"
+    if scene.stem != Path(MAIN_BLEND).stem and name.startswith(own) and "/" not in name[len(own):]:
+        return f"blendcache_{Path(MAIN_BLEND).stem}/{name[len(own):]}"
+    return name
 
 
 def stage_tree(scene: Path, staging: Path) -> StagedTree:
@@ -123,7 +165,7 @@ def stage_tree(scene: Path, staging: Path) -> StagedTree:
         main = Path(packer.output_path)
     files: dict[str, Path] = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "pack-info.txt"):
-        name = MAIN_BLEND if path == main else path.relative_to(staging).as_posix()
+        name = MAIN_BLEND if path == main else _cache_dir_name(scene, path.relative_to(staging).as_posix())
         if name in files:
             raise UsageError(f"{scene}: a dependency is also named {MAIN_BLEND} next to the scene; rename it")
         files[name] = path

@@ -26,7 +26,7 @@ from .frames import chunk_frames, format_frames
 from .install import RENDER_TASK, ScriptsReport, git_scripts_dir, installed_blender, scripts_for, scripts_version
 from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, store_dir
 from .local_blender import local_blender
-from .packing import MAIN_BLEND, pack_key, pack_scene, stage_tree
+from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
@@ -139,8 +139,11 @@ async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, p
 async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,
                          cache: HashCache) -> Callable[[], Awaitable[UploadReport]]:
     """Packed mode. Blender never writes the same bytes twice, so an unchanged scene is recognised by
-    its inputs (pack_key) and the copy packed last time is linked again without packing or sending it."""
+    its inputs (pack_key) and the copy packed last time is linked again without packing or sending it.
+    A scene using files Blender cannot pack (sequences, movies, caches) goes as a folder, with a note."""
     scene = Path(spec.scene)
+    with contextlib.suppress(UnreadableBlend):  # Blender may still open what BAT cannot read: it says
+        await asyncio.to_thread(check_missing, scene)
     try:
         key: str | None = await asyncio.to_thread(pack_key, scene, cache.digest)
     except Exception:  # noqa: BLE001 - BAT cannot read every .blend; packing without the shortcut still works
@@ -152,7 +155,18 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
             return UploadReport(skipped_files=1)
         return link_again
     packed = staging / "packed" / MAIN_BLEND
-    await pack_scene(scene, packed)
+    try:
+        await pack_scene(scene, packed)
+    except CannotPack as exc:
+        note = f"{exc}: it was sent as a folder with its files instead (as with --pack dir)"
+        progress.report(note)
+        log.warning("%s", note)
+        as_folder = await _dir_inputs(transport, spec, paths, staging, cache)
+
+        async def send_folder() -> UploadReport:
+            report = await as_folder()
+            return dataclasses.replace(report, notes=(*report.notes, note))
+        return send_folder
 
     async def send() -> UploadReport:
         digest = await asyncio.to_thread(sha256_file, packed)

@@ -119,10 +119,12 @@ class UploadReport:
     uploaded_files: int = 0
     skipped_files: int = 0  # inputs the store already held
     outside_project: tuple[str, ...] = ()  # dependencies from outside the scene's folder (dir mode)
+    notes: tuple[str, ...] = ()  # what the user should know about how the inputs were sent
 
     def to_json(self) -> dict[str, object]:
         return {"uploaded_bytes": self.uploaded_bytes, "uploaded_files": self.uploaded_files,
-                "skipped_files": self.skipped_files, "outside_project": list(self.outside_project)}
+                "skipped_files": self.skipped_files, "outside_project": list(self.outside_project),
+                "notes": list(self.notes)}
 
 
 def check_relative(name: str) -> str:
