@@ -76,10 +76,14 @@ async def pack_scene(scene: Path, output: Path) -> PackReport:
         raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n{lines}")
     if process.returncode == 4 and report:
         raise CannotPack(scene, [u["block"] for u in report["unpackable"]])
-    if process.returncode == 5:
-        raise UsageError(f"Blender could not open {scene}: the file is damaged or not a .blend file")
+    text = (stderr or stdout).decode(errors="replace")
+    # Blender stops with "Error: ... <file>" when it cannot read the file it was given; the script's 5 is
+    # the same for a file it opened as its start-up scene instead.
+    refused = [line for line in text.splitlines() if line.startswith("Error:") and str(scene) in line]
+    if process.returncode == 5 or (process.returncode != 0 and report is None and refused):
+        why = refused[0].removeprefix("Error:").strip() if refused else "not a .blend file Blender can read"
+        raise UsageError(f"Blender could not open {scene}: the file is damaged or not a .blend file ({why})")
     if process.returncode != 0 or report is None or not output.is_file():
-        text = (stderr or stdout).decode(errors="replace")
         tail = "\n".join(text.strip().splitlines()[-15:])
         raise BraasError(f"Blender could not pack {scene} (exit {process.returncode}):\n{tail}")
     return PackReport(packed_images=int(report.get("packed_images", 0)), output=output)

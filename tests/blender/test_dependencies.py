@@ -1,0 +1,112 @@
+"""What a scene needs reaches the job in both pack modes, checked here without a cluster: how the inputs
+are staged and packed, the `local` render of the scene without its files (so the cluster tests' colours
+can only come from the files), and the refusals before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from blender_asset_tracer import trace
+
+from braas_hpc.core import packing
+from braas_hpc.core.errors import UsageError
+from tests.deps_layout import FRAME
+from tests.helpers import deps_cells, make_deps_scene
+
+RENDER = """
+import bpy, sys
+bpy.ops.wm.open_mainfile(filepath=sys.argv[-2])
+scene = bpy.context.scene
+scene.frame_set(int(sys.argv[-3]))
+scene.render.filepath = sys.argv[-1]
+scene.render.image_settings.file_format = "PNG"
+bpy.ops.render.render(write_still=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def full_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_deps_scene(tmp_path_factory.mktemp("deps") / "project")
+
+
+@pytest.fixture(scope="module")
+def packable_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_deps_scene(tmp_path_factory.mktemp("packable") / "project", packable=True)
+
+
+def _kinds(scene: Path) -> list[str]:
+    import json
+    return json.loads((scene.parent / "deps.json").read_text())["kinds"]
+
+
+def test_without_its_files_the_scene_shows_none_of_their_colours(full_scene: Path, tmp_path: Path) -> None:
+    """The cluster tests check colours; here the same scene, its files left behind, shows none of them."""
+    alone = tmp_path / "alone.blend"
+    shutil.copyfile(full_scene, alone)
+    image = tmp_path / "frame.png"
+    subprocess.run([sys.executable, "-c", RENDER, str(FRAME), str(alone), str(image)], check=True,
+                   capture_output=True, timeout=300)
+    cells = deps_cells(image, _kinds(full_scene))
+    assert not any(cells.values()), cells
+
+
+def test_directory_mode_stages_point_caches_under_the_name_the_job_opens(full_scene: Path, tmp_path: Path) -> None:
+    tree = packing.stage_tree(full_scene, tmp_path / "tree")
+    names = set(tree.files)
+    point_caches = {n for n in names if n.endswith(".bphys")}
+    assert point_caches and all(n.startswith("blendcache_scene/") for n in point_caches), names
+    # A bake's folder is written in the .blend: it keeps its place.
+    assert any(n.startswith("blendcache_deps/bake_bake/") for n in names), names
+    for expected in ("scene.blend", "abc/plane.abc", "cache/plane.pc2", "seq/tile_0002.png", "udim/tile.1002.png",
+                     "lib/library.blend", "lib/textures/lib.png", "fonts/block.ttf"):
+        assert expected in names
+
+
+def test_packed_mode_refuses_to_drop_what_blender_cannot_pack(full_scene: Path, tmp_path: Path) -> None:
+    with pytest.raises(packing.CannotPack) as raised:
+        asyncio.run(packing.pack_scene(full_scene, tmp_path / "packed.blend"))
+    blocks = " ".join(raised.value.blocks)
+    assert "tile_0001.png" in blocks and "plane.abc" in blocks and "disk cache" in blocks, blocks
+    assert not (tmp_path / "packed.blend").exists()
+
+
+def test_packed_mode_packs_linked_libraries_udim_tiles_and_fonts_into_one_file(packable_scene: Path,
+                                                                              tmp_path: Path) -> None:
+    packed = tmp_path / "packed" / "scene.blend"
+    asyncio.run(packing.pack_scene(packable_scene, packed))
+    assert [u.asset_path for u in trace.deps(packed)] == []  # no file left to find on the cluster
+    image = tmp_path / "frame.png"
+    subprocess.run([sys.executable, "-c", RENDER, str(FRAME), str(packed), str(image)], check=True,
+                   capture_output=True, timeout=300)
+    cells = deps_cells(image, _kinds(packable_scene))
+    assert all(cells.values()), cells
+
+
+def test_missing_sequence_frames_tiles_and_caches_are_listed_with_their_data_block(full_scene: Path,
+                                                                                   tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(full_scene.parent, project)
+    for gone in ("seq", "udim", "abc", "blendcache_deps"):
+        shutil.rmtree(project / gone)
+    with pytest.raises(UsageError) as raised:
+        packing.check_missing(project / "deps.blend")
+    text = str(raised.value)
+    for expected in ("Image 'tile_0001.png'", "Image 'tile.1001.png'", "Cache file 'plane.abc'",
+                     "Object 'point_cache.modifiers[0]'", "Object 'bake.modifiers[0].bakes[0]'",
+                     "seq/tile_0001.png", "abc/plane.abc"):
+        assert expected in text, text
+
+
+@pytest.mark.parametrize("content", [b"", b"BLENDER-v405RENDH" + bytes(64), b"not a blend file at all"])
+def test_a_damaged_blend_is_refused_with_its_name(tmp_path: Path, content: bytes) -> None:
+    scene = tmp_path / "broken.blend"
+    scene.write_bytes(content)
+    with pytest.raises(UsageError, match="broken.blend"):
+        packing.stage_tree(scene, tmp_path / "tree")
+    with pytest.raises(UsageError, match="broken.blend"):
+        asyncio.run(packing.pack_scene(scene, tmp_path / "packed.blend"))
