@@ -148,7 +148,10 @@ def main() -> int:
         _write_report(args.report, {"missing": missing})
         return 3
     libraries = _make_local()
-    bpy.ops.file.pack_all()
+    try:
+        bpy.ops.file.pack_all()
+    except RuntimeError as exc:  # 5.0 stops at a bake it cannot pack: what is left unpacked is listed below
+        print(f"pack_scene.py: {exc}", file=sys.stderr)
     left = [{"block": name, "path": ""} for name in libraries] + unpackable()
     if left:
         _write_report(args.report, {"missing": [], "unpackable": left})
