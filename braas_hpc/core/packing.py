@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class StagedTree:
     files: dict[str, Path]  # path inside in/ -> staged local file
     outside: tuple[str, ...]  # dependencies from outside the project, moved under _outside_project/
     sources: dict[Path, Path]  # staged file -> the user's file it is an unchanged copy of
+    copies: frozenset[str] = frozenset()  # paths inside in/ Blender opens read-write (store files are read-only)
 
     def digest(self, staged: Path, cached: Callable[[Path], str], plain: Callable[[Path], str]) -> str:
         """Hash through the user's original when the staged file is a plain copy of it, so the hash
@@ -145,6 +147,11 @@ def check_missing(scene: Path) -> None:
         _refuse_missing(scene, set(packer.missing_files), usages)
 
 
+# Blender (4.2-5.0) opens a geometry-nodes bake's meta/*.json read-write and reads nothing of a bake it
+# cannot open so: those files get a private copy in in/, not a read-only link into the store.
+_BAKE_FILE = re.compile(r"(?:^|/)(?:meta/[^/]+\.json|blobs/[^/]+\.blob)\Z")
+
+
 def _cache_dir_name(scene: Path, name: str) -> str:
     """Blender finds the scene's disk point caches (particles, cloth, soft body) in blendcache_<file name>/
     beside the .blend, by the name it is opened as: in/scene.blend looks in blendcache_scene/. Bakes
@@ -175,7 +182,7 @@ def stage_tree(scene: Path, staging: Path) -> StagedTree:
         files[name] = path
     outside = tuple(sorted(n for n in files if n.startswith("_outside_project/")))
     sources = {path: src for name, path in files.items() if (src := _copied_from(scene.parent, staging, path))}
-    return StagedTree(files, outside, sources)
+    return StagedTree(files, outside, sources, frozenset(n for n in files if _BAKE_FILE.search(n)))
 
 
 def _copied_from(project: Path, staging: Path, staged: Path) -> Path | None:

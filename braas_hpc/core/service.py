@@ -187,7 +187,7 @@ async def _dir_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, stag
         return tree.digest(path, cache.digest, sha256_file)
 
     async def send() -> UploadReport:
-        report = await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest)
+        report = await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest, tree.copies)
         # Files from outside the scene's folder travel too (under _outside_project/); the user is told.
         return dataclasses.replace(report, outside_project=tree.outside)
     return send

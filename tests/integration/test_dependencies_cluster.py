@@ -66,14 +66,8 @@ def test_every_dependency_reaches_the_render_in_both_pack_modes(renders: dict) -
     # Linked library, UDIM tiles, font and image: packed into the one .blend, library made local.
     packed = jobs["packed"]
     assert packed["notes"] == [] and packed["uploaded_files"] + packed["skipped_files"] == 1
-    lost = {mode: [k for k, ok in cells.items() if not ok and k != "bake"] for mode, cells in renders["cells"].items()}
+    lost = {mode: [k for k, ok in cells.items() if not ok] for mode, cells in renders["cells"].items()}
     assert not any(lost.values()), f"dependencies missing from the render: {lost}"
-
-
-@pytest.mark.xfail(strict=True, reason="the geometry-nodes bake reaches in/ (same files as a local render, which "
-                   "uses it) but the testbed's render does not use it; cause not found yet")
-def test_a_geometry_nodes_bake_is_used_on_the_cluster(renders: dict) -> None:
-    assert renders["cells"]["dir"]["bake"] and renders["cells"]["packed (sent as folder)"]["bake"]
 
 
 def test_missing_and_damaged_files_are_refused_before_anything_is_sent(testbed, tmp_path: Path  # noqa: ANN001
