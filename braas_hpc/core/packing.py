@@ -20,7 +20,7 @@ from pathlib import Path
 from blender_asset_tracer import trace
 from blender_asset_tracer.blendfile.exceptions import BlendFileError
 from blender_asset_tracer.pack import Packer
-from blender_asset_tracer.trace import file_sequence
+from blender_asset_tracer.trace import expanders, file_sequence
 from blender_asset_tracer.trace.result import BlockUsage
 
 from .errors import BraasError, UsageError
@@ -28,6 +28,20 @@ from .local_blender import local_blender
 
 # BAT logs each missing file as a warning; we report them ourselves, with the data-block that uses them.
 logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
+
+
+def _node_trees(block: object) -> object:
+    """The node tree an ID owns, followed to what it uses. blender-asset-tracer 1.23 reads the field
+    `compositing_node_group` of every ID in a file saved by Blender 5.0 (only scenes have it), so the
+    materials of linked data lost their images; each ID is read here by the field it has."""
+    for field in (b"nodetree", b"compositing_node_group"):
+        tree = block.get_pointer(field, None) if block.dna_type.has_field(field) else None  # type: ignore[attr-defined]
+        if tree is not None:
+            yield from expanders._expand_generic_nodetree(tree)  # noqa: SLF001
+
+
+if hasattr(expanders, "_expand_generic_nodetree_id"):
+    expanders._expand_generic_nodetree_id = _node_trees  # noqa: SLF001
 PACK_SCRIPT = Path(__file__).resolve().parents[1] / "blender_scripts" / "pack_scene.py"
 PACK_TIMEOUT_S = 900
 

@@ -5,6 +5,7 @@ can only come from the files), and the refusals before anything is sent."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from blender_asset_tracer import trace
 from braas_hpc.core import packing
 from braas_hpc.core.errors import UsageError
 from tests.deps_layout import FRAME
-from tests.helpers import deps_cells, make_deps_scene
+from tests.helpers import DEPS_SCRIPT, deps_cells, make_deps_scene
 
 RENDER = """
 import bpy, sys
@@ -111,3 +112,24 @@ def test_a_damaged_blend_is_refused_with_its_name(tmp_path: Path, content: bytes
         packing.stage_tree(scene, tmp_path / "tree")
     with pytest.raises(UsageError, match="broken.blend"):
         asyncio.run(packing.pack_scene(scene, tmp_path / "packed.blend"))
+
+
+BPY_50 = Path(os.environ.get("BRAAS_BPY50", "/var/tmp/bpy50"))
+
+
+@pytest.mark.skipif(not (BPY_50 / "bpy").is_dir(), reason=f"no bpy 5.0 at {BPY_50} (set BRAAS_BPY50)")
+def test_files_saved_by_blender_5_are_traced_into_linked_materials(tmp_path: Path) -> None:
+    """blender-asset-tracer reads Blender 5.0 files (new header, zstd); the textures of linked materials
+    are found too (BAT 1.23 alone loses them: see packing._node_trees)."""
+    env = {**os.environ, "PYTHONPATH": str(BPY_50)}
+    subprocess.run([sys.executable, str(DEPS_SCRIPT), str(tmp_path / "project")], check=True, capture_output=True,
+                   timeout=300, env=env)
+    scene = tmp_path / "project" / "deps.blend"
+    made_by = subprocess.run([sys.executable, "-c", "import bpy; print(bpy.app.version[0])"], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert made_by == "5"
+    names = set(packing.stage_tree(scene, tmp_path / "tree").files)
+    for expected in ("lib/library.blend", "lib/textures/lib.png", "seq/tile_0002.png", "abc/plane.abc",
+                     "udim/tile.1002.png", "fonts/block.ttf", "cache/plane.pc2"):
+        assert expected in names, sorted(names)
+    assert any(n.startswith("blendcache_scene/") for n in names)
