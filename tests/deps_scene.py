@@ -5,7 +5,7 @@ Writes OUT_DIR/deps.blend and its files. An orthographic camera looks down on a 
 shows one dependency in a flat colour that only that file brings (CELLS below: kind -> (column, row),
 COLOURS: the colour the cell must have at FRAME). Without its file a cell stays black or shows another
 colour, so a render checks by pixels that every file reached Blender and was used.
---packable builds only the kinds Blender packs into one .blend (library, UDIM tiles, font, image).
+--packable builds only the kinds Blender packs into one .blend (library, UDIM tiles, font, image, volume).
 """
 
 from __future__ import annotations
@@ -171,6 +171,109 @@ def sequence(out: str) -> None:
     cell_plane("sequence", material)
 
 
+def movie(out: str) -> None:
+    """A 3-frame lossless video (made here from colour strips) as an image texture: frame 2 has the colour.
+    The same file is also a Movie Clip data-block (kept with a fake user; Cycles does not render clips)."""
+    path = os.path.join(out, "movie", "clip.mkv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    maker = bpy.data.scenes.new("movie_maker")
+    maker.render.resolution_x = maker.render.resolution_y = 16
+    maker.render.resolution_percentage = 100
+    maker.frame_start, maker.frame_end = 1, 3
+    maker.view_settings.view_transform = "Standard"
+    editor = maker.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences  # renamed in 5.0
+    for frame in (1, 2, 3):
+        try:
+            strip = strips.new_effect(name=f"c{frame}", type="COLOR", channel=1, frame_start=frame, length=1)
+        except TypeError:  # before 5.0: frame_end
+            strip = strips.new_effect(name=f"c{frame}", type="COLOR", channel=1, frame_start=frame,
+                                      frame_end=frame + 1)
+        strip.color = [c / 255 for c in (COLOURS["movie"] if frame == FRAME else WRONG)]
+    settings = maker.render.image_settings
+    if hasattr(settings, "media_type"):  # 5.0 chooses video output first
+        settings.media_type = "VIDEO"
+    settings.file_format = "FFMPEG"
+    settings.color_mode = "RGB"
+    maker.render.ffmpeg.format, maker.render.ffmpeg.codec = "MKV", "FFV1"
+    maker.render.filepath = path
+    maker.render.use_file_extension = False
+    bpy.ops.render.render(animation=True, scene=maker.name)
+    bpy.data.scenes.remove(maker)
+    img = bpy.data.images.load(path)
+    img.source = "MOVIE"
+    material = emission("movie", image=img)
+    texture = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE")
+    texture.image_user.frame_duration = 3
+    texture.image_user.frame_start = 1
+    texture.image_user.use_auto_refresh = True
+    cell_plane("movie", material)
+    bpy.data.movieclips.load(path).use_fake_user = True
+
+
+def multires(out: str) -> None:
+    """A Multires modifier whose displacement (moving the plane from off camera into its cell) is saved
+    in an external file, multires/plane.btx."""
+    x, y = centre("multires")
+    plane = cell_plane("multires", emission("multires", COLOURS["multires"]), at=(x + 10, y, 0))
+    modifier = plane.modifiers.new("multires", "MULTIRES")
+    with bpy.context.temp_override(object=plane, active_object=plane):
+        bpy.ops.object.multires_subdivide(modifier=modifier.name, mode="SIMPLE")
+    target = plane.copy()
+    target.data = plane.data.copy()
+    bpy.context.scene.collection.objects.link(target)
+    with bpy.context.temp_override(object=target, active_object=target):
+        bpy.ops.object.modifier_apply(modifier=target.modifiers[0].name)
+    for vertex in target.data.vertices:
+        vertex.co.x -= 10
+    with bpy.context.temp_override(object=plane, active_object=plane, selected_editable_objects=[plane, target]):
+        bpy.ops.object.multires_reshape(modifier=modifier.name)
+    bpy.data.objects.remove(target)
+    os.makedirs(os.path.join(out, "multires"), exist_ok=True)
+    with bpy.context.temp_override(object=plane, active_object=plane):
+        bpy.ops.object.multires_external_save(filepath=os.path.join(out, "multires", "plane.btx"),
+                                              relative_path=True, modifier=modifier.name)
+
+
+def volume(out: str) -> None:
+    """An OpenVDB file (a cube of density, written with the openvdb module Blender bundles) as a Volume
+    object with a bright emission: a white square."""
+    import glob
+    sys.path.extend(glob.glob(os.path.join(bpy.utils.resource_path("LOCAL"), "python", "lib", "python3*",
+                                           "site-packages")))
+    import openvdb  # noqa: PLC0415 - only Blender's own Python has it, on the path added above
+
+    path = os.path.join(out, "vdb", "cube.vdb")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    grid = openvdb.FloatGrid()
+    grid.name = "density"
+    voxels = grid.getAccessor()
+    for i in range(8):
+        for j in range(8):
+            for k in range(8):
+                voxels.setValueOn((i, j, k), 1.0)
+    grid.transform = openvdb.createLinearTransform(voxelSize=0.1)
+    openvdb.write(path, grids=[grid])
+    data = bpy.data.volumes.new("volume")
+    data.filepath = path
+    material = bpy.data.materials.new("volume")
+    material.use_nodes = True
+    nodes = material.node_tree.nodes
+    nodes.clear()
+    glow = nodes.new("ShaderNodeVolumePrincipled")  # density from the file's grid, glowing white
+    glow.inputs["Emission Strength"].default_value = 50.0
+    glow.inputs["Emission Color"].default_value = (1, 1, 1, 1)
+    output = nodes.new("ShaderNodeOutputMaterial")
+    material.node_tree.links.new(glow.outputs[0], output.inputs["Volume"])
+    data.materials.append(material)
+    obj = bpy.data.objects.new("volume", data)
+    x, y = centre("volume")
+    # Below the cells' planes: Cycles (4.5) also renders this volume in arms about a unit long beside it,
+    # which the neighbouring planes hide.
+    obj.location = (x - 0.4, y - 0.4, -1.5)
+    bpy.context.scene.collection.objects.link(obj)
+
+
 def alembic(out: str) -> None:
     """A Mesh Sequence Cache reads the cell's plane from abc/plane.abc; the object's own mesh is off camera."""
     path = os.path.join(out, "abc", "plane.abc")
@@ -321,7 +424,8 @@ def settings(scene: bpy.types.Scene) -> None:
 
 
 BUILDERS = {"image": image, "library": library, "udim": udim, "font": font, "sequence": sequence,
-            "alembic": alembic, "mesh_cache": mesh_cache, "point_cache": point_cache, "bake": bake}
+            "alembic": alembic, "movie": movie, "multires": multires, "volume": volume,
+            "mesh_cache": mesh_cache, "point_cache": point_cache, "bake": bake}
 
 
 if __name__ == "__main__":
