@@ -73,8 +73,9 @@ def _unpacked_blocks() -> list[dict[str, str]]:
             continue
         for block in getattr(bpy.data, collection):
             path = getattr(block, "filepath", "")
-            if path and path != "<builtin>" and getattr(block, "packed_file", None) is None \
-                    and getattr(block, "source", "FILE") != "GENERATED":
+            # Blender (4.2-5.0) packs a volume but reads its grids only from the file.
+            packed = getattr(block, "packed_file", None) is not None and collection != "volumes"
+            if path and path != "<builtin>" and not packed and getattr(block, "source", "FILE") != "GENERATED":
                 found.append(_external(f"{label} '{block.name}'", path, block.library))
     return found
 
