@@ -140,7 +140,8 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
                          cache: HashCache) -> Callable[[], Awaitable[UploadReport]]:
     """Packed mode. Blender never writes the same bytes twice, so an unchanged scene is recognised by
     its inputs (pack_key) and the copy packed last time is linked again without packing or sending it.
-    A scene using files Blender cannot pack (sequences, movies, caches) goes as a folder, with a note."""
+    A scene using files Blender cannot pack (sequences, movies, caches) goes as a folder, with a note;
+    that too is remembered by its key, so an unchanged scene is not given to Blender to pack again."""
     scene = Path(spec.scene)
     with contextlib.suppress(UnreadableBlend):  # Blender may still open what BAT cannot read: it says
         await asyncio.to_thread(check_missing, scene)
@@ -148,6 +149,9 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
         key: str | None = await asyncio.to_thread(pack_key, scene, cache.digest)
     except Exception:  # noqa: BLE001 - BAT cannot read every .blend; packing without the shortcut still works
         key = None
+    why = cache.unpackable(key) if key else None
+    if why:
+        return await _as_folder(transport, spec, paths, staging, cache, why)
     known = cache.packed(key) if key else None
     if known and not await store.lacking(transport, paths.root, [known]):
         async def link_again() -> UploadReport:
@@ -158,15 +162,10 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
     try:
         await pack_scene(scene, packed)
     except CannotPack as exc:
-        note = f"{exc}: it was sent as a folder with its files instead (as with --pack dir)"
-        progress.report(note)
-        log.warning("%s", note)
-        as_folder = await _dir_inputs(transport, spec, paths, staging, cache)
-
-        async def send_folder() -> UploadReport:
-            report = await as_folder()
-            return dataclasses.replace(report, notes=(*report.notes, note))
-        return send_folder
+        why = f"{exc}: it was sent as a folder with its files instead (as with --pack dir)"
+        if key:
+            cache.remember_unpackable(key, why)
+        return await _as_folder(transport, spec, paths, staging, cache, why)
 
     async def send() -> UploadReport:
         digest = await asyncio.to_thread(sha256_file, packed)
@@ -176,6 +175,19 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
             cache.remember_packed(key, digest)
         return report
     return send
+
+
+async def _as_folder(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path, cache: HashCache,
+                     why: str) -> Callable[[], Awaitable[UploadReport]]:
+    """Packed mode for a scene Blender cannot pack: the folder, as in dir mode, with `why` as a note."""
+    progress.report(why)
+    log.warning("%s", why)
+    as_folder = await _dir_inputs(transport, spec, paths, staging, cache)
+
+    async def send_folder() -> UploadReport:
+        report = await as_folder()
+        return dataclasses.replace(report, notes=(*report.notes, why))
+    return send_folder
 
 
 async def _dir_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,

@@ -82,6 +82,7 @@ class HashCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
                          "mtime_ns INTEGER, sha256 TEXT)")
         self._db.execute("CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, sha256 TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS unpackable (key TEXT PRIMARY KEY, why TEXT)")
         self.hashed = 0  # files read in full by this instance (tests check the cache with it)
 
     def digest(self, path: Path) -> str:
@@ -104,6 +105,15 @@ class HashCache:
     def remember_packed(self, key: str, digest: str) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?)", (key, digest))
+
+    def unpackable(self, key: str) -> str | None:
+        """Why the scene with this pack key cannot be packed (it goes as a folder), or None."""
+        row = self._db.execute("SELECT why FROM unpackable WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def remember_unpackable(self, key: str, why: str) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO unpackable VALUES (?, ?)", (key, why))
 
     def close(self) -> None:
         self._db.close()

@@ -141,3 +141,26 @@ def test_files_saved_by_blender_5_are_traced_into_linked_materials(tmp_path: Pat
                      "udim/tile.1002.png", "fonts/block.ttf", "cache/plane.pc2"):
         assert expected in names, sorted(names)
     assert any(n.startswith("blendcache_scene/") for n in names)
+
+
+def test_packed_mode_sends_the_folder_with_a_note_and_remembers_it(full_scene: Path, user_dirs: dict[str, str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the service on the `local` preset (its own store, no render): the first packed-mode
+    submission finds out Blender cannot pack the scene; an unchanged scene is not given to Blender again."""
+    from braas_hpc.core import service
+    from braas_hpc.core.transport import transport_for
+
+    def prepare() -> service.PreparedJob:
+        spec, preset = service.build_spec(service.SubmitRequest(scene=full_scene, preset="local", frames="2"))
+        return asyncio.run(service.prepare_job(spec, preset, transport_for(preset)))
+
+    first = prepare()
+    assert len(first.upload.notes) == 1 and "cannot pack" in first.upload.notes[0]
+    in_dir = Path(first.in_dir)
+    assert (in_dir / "blendcache_scene").is_dir() and (in_dir / "vdb" / "cube.vdb").is_file()
+
+    async def no_packing(*_: object) -> None:
+        raise AssertionError("Blender was asked to pack a scene it could not pack last time")
+    monkeypatch.setattr(service, "pack_scene", no_packing)
+    again = prepare()
+    assert again.upload.notes == first.upload.notes and again.upload.uploaded_files == 0
