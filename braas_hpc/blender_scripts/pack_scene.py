@@ -1,12 +1,12 @@
 """Runs inside Blender on the user's computer: saves a copy of the open .blend with its resources packed.
 
-Usage: blender -b SCENE.blend -Y -P pack_scene.py -- --out COPY.blend --report REPORT.json
+Usage: blender -b SCENE.blend -Y -P pack_scene.py -- --out COPY.blend --report REPORT.json [--keep-unpacked]
 
 The user's file is only read: the copy is written with save_as_mainfile(copy=True) to another path.
 Linked data is made local first, so its images are packed like the scene's own.
 Exit 0 when packed, 3 when files the scene uses are missing (listed in the report), 4 when the scene uses
 files Blender cannot pack (sequences, movies, caches, bakes; listed in the report as "unpackable", no copy
-is written), 5 when the .blend could not be opened, 1 on other errors.
+is written, unless --keep-unpacked), 5 when the .blend could not be opened, 1 on other errors.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def _script_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pack_scene.py")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", required=True)
+    # Save the copy even when some files cannot be packed (listed in the report): interactive sessions.
+    parser.add_argument("--keep-unpacked", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -154,12 +156,13 @@ def main() -> int:
     except RuntimeError as exc:  # 5.0 stops at a bake it cannot pack: what is left unpacked is listed below
         print(f"pack_scene.py: {exc}", file=sys.stderr)
     left = [{"block": name, "path": ""} for name in libraries] + unpackable()
-    if left:
+    if left and not args.keep_unpacked:
         _write_report(args.report, {"missing": [], "unpackable": left})
         return 4
     packed = sum(1 for image in bpy.data.images if image.packed_file is not None)
     bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.out), copy=True, compress=False)
-    _write_report(args.report, {"missing": [], "packed_images": packed, "libraries": len(bpy.data.libraries)})
+    _write_report(args.report, {"missing": [], "packed_images": packed, "libraries": len(bpy.data.libraries),
+                                "unpackable": left})
     return 0
 
 

@@ -50,13 +50,14 @@ PACK_TIMEOUT_S = 900
 class PackReport:
     packed_images: int
     output: Path
+    unpacked: tuple[str, ...] = ()  # data-blocks still reading files (only with keep_unpacked)
 
 
 class UnreadableBlend(UsageError):
     """blender-asset-tracer cannot read the scene or a library it links."""
 
 
-class CannotPack(Exception):
+class CannotPack(UsageError):
     """The scene uses files Blender cannot pack into one .blend (sequences, movies, caches, ...)."""
 
     def __init__(self, scene: Path, blocks: list[str]) -> None:
@@ -65,15 +66,16 @@ class CannotPack(Exception):
         super().__init__(f"{scene.name} uses files Blender cannot pack into one .blend ({shown})")
 
 
-async def pack_scene(scene: Path, output: Path) -> PackReport:
-    """Write `output`, a packed copy of `scene`. Missing files raise UsageError listing each one.
+async def pack_scene(scene: Path, output: Path, keep_unpacked: bool = False) -> PackReport:
+    """Write `output`, a packed copy of `scene`. Missing files raise UsageError listing each one; files
+    Blender cannot pack raise CannotPack, unless `keep_unpacked` (the copy still reads them from disk).
 
     Blender runs as a child process that is killed when the caller is cancelled (the add-on's Abort)
     or packing overruns its time, so no Blender is left packing for nobody."""
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".pack.json")
     argv = [*local_blender(), "-b", "-Y", str(scene), "-P", str(PACK_SCRIPT), "--",
-            "--out", str(output), "--report", str(report_path)]
+            "--out", str(output), "--report", str(report_path), *(["--keep-unpacked"] if keep_unpacked else [])]
     process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
@@ -101,7 +103,8 @@ async def pack_scene(scene: Path, output: Path) -> PackReport:
     if process.returncode != 0 or report is None or not output.is_file():
         tail = "\n".join(text.strip().splitlines()[-15:])
         raise BraasError(f"Blender could not pack {scene} (exit {process.returncode}):\n{tail}")
-    return PackReport(packed_images=int(report.get("packed_images", 0)), output=output)
+    return PackReport(packed_images=int(report.get("packed_images", 0)), output=output,
+                      unpacked=tuple(u["block"] for u in report.get("unpackable", [])))
 
 
 # ---- directory mode and the pack cache: blender-asset-tracer reads .blend files without Blender ----

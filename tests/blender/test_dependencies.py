@@ -77,6 +77,9 @@ def test_packed_mode_refuses_to_drop_what_blender_cannot_pack(full_scene: Path, 
                  "external displacement", "Object 'mesh_cache' modifier"):
         assert kind in blocks, blocks
     assert not (tmp_path / "packed.blend").exists()
+    # An interactive session sends one .blend all the same, and is told what it lacks.
+    kept = asyncio.run(packing.pack_scene(full_scene, tmp_path / "kept.blend", keep_unpacked=True))
+    assert kept.output.is_file() and sorted(kept.unpacked) == sorted(raised.value.blocks)
 
 
 def test_packed_mode_packs_linked_libraries_udim_tiles_and_fonts_into_one_file(packable_scene: Path,
