@@ -1,11 +1,12 @@
 """Builds a scene that needs one file of each kind a render can depend on, for the upload tests.
 
-Run with the bpy module:  python3 tests/deps_scene.py OUT_DIR [--packable]
+Run with the bpy module:  python3 tests/deps_scene.py OUT_DIR [--packable | --only KIND,KIND]
 Writes OUT_DIR/deps.blend and its files. An orthographic camera looks down on a grid of cells; each cell
 shows one dependency in a flat colour that only that file brings (CELLS below: kind -> (column, row),
 COLOURS: the colour the cell must have at FRAME). Without its file a cell stays black or shows another
 colour, so a render checks by pixels that every file reached Blender and was used.
---packable builds only the kinds Blender packs into one .blend (library, UDIM tiles, font, image).
+--packable builds only the kinds Blender packs into one .blend (library, UDIM tiles, font, image);
+--only the kinds named.
 """
 
 from __future__ import annotations
@@ -381,14 +382,14 @@ def bake(out: str) -> None:
     move.inputs["Translation"].default_value = OFF_CAMERA
 
 
-def main(out: str, packable: bool) -> None:
+def main(out: str, wanted: tuple[str, ...]) -> None:
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.context.preferences.filepaths.save_version = 0
     scene = bpy.context.scene
     settings(scene)
-    kinds = tuple(k for k in (PACKABLE if packable else CELLS) if k in BUILDERS)
+    kinds = tuple(k for k in wanted if k in BUILDERS)
     blend = os.path.join(out, "deps.blend")
     bpy.ops.wm.save_as_mainfile(filepath=blend)  # caches and bakes are written relative to the saved file
     for kind in kinds:
@@ -430,4 +431,5 @@ BUILDERS = {"image": image, "library": library, "udim": udim, "font": font, "seq
 
 if __name__ == "__main__":
     args = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
-    main(args[0], "--packable" in args)
+    chosen = args[args.index("--only") + 1].split(",") if "--only" in args else None
+    main(args[0], tuple(chosen or (PACKABLE if "--packable" in args else CELLS)))

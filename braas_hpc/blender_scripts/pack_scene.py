@@ -151,11 +151,15 @@ def main() -> int:
         _write_report(args.report, {"missing": missing})
         return 3
     libraries = _make_local()
+    stopped = []
     try:
         bpy.ops.file.pack_all()
-    except RuntimeError as exc:  # 5.0 stops at a bake it cannot pack: what is left unpacked is listed below
+    except RuntimeError as exc:
+        # 5.x stops at a geometry-nodes bake it cannot pack, already marked packed: nothing tells what
+        # was really packed, so the scene is not sent as one file.
         print(f"pack_scene.py: {exc}", file=sys.stderr)
-    left = [{"block": name, "path": ""} for name in libraries] + unpackable()
+        stopped = [{"block": f"packing stopped ({str(exc).strip()})", "path": ""}]
+    left = [{"block": name, "path": ""} for name in libraries] + stopped + unpackable()
     if left and not args.keep_unpacked:
         _write_report(args.report, {"missing": [], "unpackable": left})
         return 4

@@ -17,7 +17,7 @@ from blender_asset_tracer import trace
 from braas_hpc.core import packing
 from braas_hpc.core.errors import UsageError
 from tests.deps_layout import FRAME
-from tests.helpers import DEPS_SCRIPT, deps_cells, make_deps_scene
+from tests.helpers import DEPS_SCRIPT, REPO, deps_cells, make_deps_scene
 
 RENDER = """
 import bpy, sys
@@ -167,3 +167,20 @@ def test_packed_mode_sends_the_folder_with_a_note_and_remembers_it(full_scene: P
     monkeypatch.setattr(service, "pack_scene", no_packing)
     again = prepare()
     assert again.upload.notes == first.upload.notes and again.upload.uploaded_files == 0
+
+
+@pytest.mark.skipif(not (BPY_50 / "bpy").is_dir(), reason=f"no bpy 5.0 at {BPY_50} (set BRAAS_BPY50)")
+def test_a_bake_blender_5_cannot_pack_is_not_silently_left_out(tmp_path: Path) -> None:
+    """Blender 5.0's pack_all marks a geometry-nodes bake packed, then stops on it: the copy would render
+    without it. pack_scene.py (run by Blender 5.0) refuses to write such a copy."""
+    env = {**os.environ, "PYTHONPATH": str(BPY_50)}
+    project = tmp_path / "project"
+    subprocess.run([sys.executable, str(DEPS_SCRIPT), str(project), "--only", "bake"], check=True,
+                   capture_output=True, timeout=300, env=env)
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, str(REPO / "braas_hpc" / "bpy_blender.py"), "-b",
+                           str(project / "deps.blend"), "-P", str(packing.PACK_SCRIPT), "--", "--out",
+                           str(tmp_path / "copy.blend"), "--report", str(report)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert "packing stopped" in report.read_text() and not (tmp_path / "copy.blend").exists()
