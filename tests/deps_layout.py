@@ -8,7 +8,7 @@ RESOLUTION = (96, 72)  # 24 px per cell
 CELLS = {"library": (0, 0), "sequence": (1, 0), "udim": (2, 0), "movie": (3, 0),
          "alembic": (0, 1), "mesh_cache": (1, 1), "volume": (2, 1), "point_cache": (3, 1),
          "bake": (0, 2), "multires": (1, 2), "font": (2, 2), "image": (3, 2)}
-PACKABLE = ("library", "udim", "font", "image")
+PACKABLE = ("library", "udim", "font", "image", "bake")  # what Blender 4.5 packs (5.x: not the bake)
 # sRGB 8-bit colours the render must show (emission shaders, Standard view transform).
 COLOURS = {"library": (40, 80, 230), "sequence": (230, 200, 30), "udim": (30, 200, 200), "movie": (220, 60, 200),
            "alembic": (240, 120, 20), "mesh_cache": (120, 230, 60), "volume": (255, 255, 255),

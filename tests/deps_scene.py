@@ -5,7 +5,7 @@ Writes OUT_DIR/deps.blend and its files. An orthographic camera looks down on a 
 shows one dependency in a flat colour that only that file brings (CELLS below: kind -> (column, row),
 COLOURS: the colour the cell must have at FRAME). Without its file a cell stays black or shows another
 colour, so a render checks by pixels that every file reached Blender and was used.
---packable builds only the kinds Blender packs into one .blend (library, UDIM tiles, font, image);
+--packable builds only the kinds Blender 4.5 packs into one .blend (library, UDIM tiles, font, image, bake);
 --only the kinds named.
 """
 
