@@ -28,6 +28,16 @@ def _submit(scene: Path, pack: str) -> dict:
     return json.loads(done.stdout)
 
 
+def _submit_text(scene: Path) -> dict:
+    """Packed mode as a user types it: the note is printed; the job name is the last line."""
+    done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", str(FRAME))
+    assert done.returncode == 0, done.stderr
+    notes = [line.removeprefix("note: ") for line in done.stdout.splitlines() if line.startswith("note: ")]
+    sent = next(line for line in done.stdout.splitlines() if line.startswith("inputs: sent"))
+    return {"job": done.stdout.split()[-1], "notes": notes, "uploaded_files": int(sent.split()[2]),
+            "uploaded_bytes": int(sent.split()[4])}
+
+
 def _cells(job: str, dest: Path, kinds: list[str]) -> dict[str, bool]:
     waited = run_cli("wait", job, "--timeout", "600", timeout=700)
     assert waited.returncode == 0, waited.stdout + waited.stderr
@@ -47,7 +57,7 @@ def renders(testbed, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa:
         packable = make_deps_scene(tmp_path / "packable", packable=True)
         kinds = json.loads((full.parent / "deps.json").read_text())["kinds"]
         packable_kinds = json.loads((packable.parent / "deps.json").read_text())["kinds"]
-        jobs = {"dir": _submit(full, "dir"), "packed (sent as folder)": _submit(full, "packed"),
+        jobs = {"dir": _submit(full, "dir"), "packed (sent as folder)": _submit_text(full),
                 "packed": _submit(packable, "packed")}
         print("bytes sent: " + ", ".join(f"{mode} {job['uploaded_bytes']} in {job['uploaded_files']} file(s)"
                                          for mode, job in jobs.items()))
