@@ -90,13 +90,13 @@ def _disk_caches(obj: bpy.types.Object) -> list[dict[str, str]]:
         label = f"Object '{obj.name}' modifier '{mod.name}'"
         if getattr(mod, "point_cache", None) is not None:
             caches.append((f"modifier '{mod.name}'", mod.point_cache))
-        if mod.type == "MESH_CACHE" and mod.filepath:
+        if mod.type == "MESH_CACHE" and os.path.isfile(bpy.path.abspath(mod.filepath)):  # "" is saved as "//"
             found.append(_external(label, mod.filepath))
         elif mod.type == "MULTIRES" and mod.is_external:
             found.append(_external(label + " (external displacement)", ""))
-        elif mod.type == "FLUID" and mod.fluid_type == "DOMAIN" and mod.domain_settings.cache_directory:
+        elif mod.type == "FLUID" and mod.fluid_type == "DOMAIN" and _is_dir(mod.domain_settings.cache_directory):
             found.append(_external(label, mod.domain_settings.cache_directory))
-        elif mod.type == "OCEAN" and mod.use_bake:
+        elif mod.type == "OCEAN" and mod.is_cached:
             found.append(_external(label, mod.filepath))
         elif mod.type == "NODES":
             found += _disk_bakes(label, mod)
@@ -107,13 +107,17 @@ def _disk_caches(obj: bpy.types.Object) -> list[dict[str, str]]:
     return found
 
 
+def _is_dir(path: str) -> bool:
+    return bool(path) and os.path.isdir(bpy.path.abspath(path))
+
+
 def _disk_bakes(label: str, mod: object) -> list[dict[str, str]]:
     found = []
     for bake in mod.bakes:
         target = getattr(bake, "bake_target", "INHERIT")  # 4.2 bakes to disk only
         target = getattr(mod, "bake_target", "DISK") if target == "INHERIT" else target
         directory = bake.directory if bake.use_custom_path else mod.bake_directory
-        if target == "DISK" and directory and os.path.isdir(bpy.path.abspath(directory)):
+        if target == "DISK" and _is_dir(directory):
             found.append(_external(f"{label} bake", directory))
     return found
 

@@ -184,3 +184,24 @@ def test_a_bake_blender_5_cannot_pack_is_not_silently_left_out(tmp_path: Path) -
                           timeout=300, env=env)
     assert done.returncode == 4, done.stderr[-2000:]
     assert "packing stopped" in report.read_text() and not (tmp_path / "copy.blend").exists()
+
+
+PHYSICS = """
+import bpy, sys
+bpy.ops.wm.read_factory_settings(use_empty=True)
+for kind in ("OCEAN", "CLOTH", "SOFT_BODY", "DYNAMIC_PAINT", "MESH_CACHE", "MESH_SEQUENCE_CACHE", "MULTIRES",
+             "NODES", "PARTICLE_SYSTEM", "FLUID", "EXPLODE", "WAVE"):
+    bpy.ops.mesh.primitive_plane_add()
+    modifier = bpy.context.object.modifiers.new(kind.lower(), kind)
+    if kind == "FLUID":
+        modifier.fluid_type = "DOMAIN"
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
+"""
+
+
+def test_modifiers_that_could_read_files_but_do_not_are_packed(tmp_path: Path) -> None:
+    """A scene with each modifier that can read a file, none of them set up to: one packed copy."""
+    scene = tmp_path / "physics.blend"
+    subprocess.run([sys.executable, "-c", PHYSICS, str(scene)], check=True, capture_output=True, timeout=300)
+    report = asyncio.run(packing.pack_scene(scene, tmp_path / "packed.blend"))
+    assert report.output.is_file() and report.unpacked == ()
