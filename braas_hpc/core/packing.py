@@ -13,9 +13,10 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from blender_asset_tracer import trace
 from blender_asset_tracer.blendfile.exceptions import BlendFileError
@@ -30,18 +31,19 @@ from .local_blender import local_blender
 logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
 
 
-def _node_trees(block: object) -> object:
+def _node_trees(block: Any) -> Iterator[Any]:
     """The node tree an ID owns, followed to what it uses. blender-asset-tracer 1.23 reads the field
-    `compositing_node_group` of every ID in a file saved by Blender 5.0 (only scenes have it), so the
-    materials of linked data lost their images; each ID is read here by the field it has."""
+    `compositing_node_group` of every ID in a file saved by Blender 5.x (only scenes have it), so the
+    materials of linked data lost their images; here each ID is read by the field it has."""
     for field in (b"nodetree", b"compositing_node_group"):
-        tree = block.get_pointer(field, None) if block.dna_type.has_field(field) else None  # type: ignore[attr-defined]
+        tree = block.get_pointer(field, None) if block.dna_type.has_field(field) else None
         if tree is not None:
             yield from expanders._expand_generic_nodetree(tree)  # noqa: SLF001
 
 
 if hasattr(expanders, "_expand_generic_nodetree_id"):
-    expanders._expand_generic_nodetree_id = _node_trees  # noqa: SLF001
+    expanders._expand_generic_nodetree_id = _node_trees  # noqa: SLF001 - the one expander BAT gets wrong
+
 PACK_SCRIPT = Path(__file__).resolve().parents[1] / "blender_scripts" / "pack_scene.py"
 PACK_TIMEOUT_S = 900
 
@@ -141,8 +143,8 @@ def _usages(scene: Path) -> dict[Path, list[BlockUsage]]:
         for usage in trace.deps(scene):
             found.setdefault(usage.abspath, []).append(usage)
     except (BlendFileError, OSError, EOFError, ValueError, struct.error) as exc:
-        raise UnreadableBlend(f"cannot read {scene} or a file it links: it is damaged or not a .blend file ({exc})"
-                         ) from exc
+        why = f"cannot read {scene} or a file it links: it is damaged or not a .blend file ({exc})"
+        raise UnreadableBlend(why) from exc
     return found
 
 
