@@ -5,7 +5,7 @@ Writes OUT_DIR/deps.blend and its files. An orthographic camera looks down on a 
 shows one dependency in a flat colour that only that file brings (CELLS below: kind -> (column, row),
 COLOURS: the colour the cell must have at FRAME). Without its file a cell stays black or shows another
 colour, so a render checks by pixels that every file reached Blender and was used.
---packable builds only the kinds Blender 4.5 packs into one .blend (library, UDIM tiles, font, image, bake);
+--packable builds only the kinds Blender 4.5 packs into one .blend (library, UDIM tiles, font, image, bakes);
 --only the kinds named.
 """
 
@@ -382,6 +382,43 @@ def bake(out: str) -> None:
     move.inputs["Translation"].default_value = OFF_CAMERA
 
 
+def simulation(out: str) -> None:
+    """A geometry-nodes simulation baked to disk: each step moved the square half-way from off camera into
+    its cell (two steps by frame 2); the step was set to nothing after baking, so only the bake puts it
+    there."""
+    x, y = centre("simulation")
+    obj = cell_plane("simulation", None, at=(0, 0, 0))
+    tree = bpy.data.node_groups.new("simulation", "GeometryNodeTree")
+    tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = tree.nodes, tree.links
+    grid = nodes.new("GeometryNodeMeshGrid")
+    grid.inputs["Size X"].default_value = grid.inputs["Size Y"].default_value = 0.8
+    start = nodes.new("GeometryNodeTransform")
+    start.inputs["Translation"].default_value = (x + 10, y, 0)
+    zone_in, zone_out = nodes.new("GeometryNodeSimulationInput"), nodes.new("GeometryNodeSimulationOutput")
+    zone_in.pair_with_output(zone_out)
+    step = nodes.new("GeometryNodeTransform")
+    step.inputs["Translation"].default_value = (-5, 0, 0)
+    paint = nodes.new("GeometryNodeSetMaterial")
+    paint.inputs["Material"].default_value = emission("simulation", COLOURS["simulation"])
+    output = nodes.new("NodeGroupOutput")
+    links.new(grid.outputs["Mesh"], start.inputs["Geometry"])
+    links.new(start.outputs["Geometry"], zone_in.inputs["Geometry"])
+    links.new(zone_in.outputs["Geometry"], step.inputs["Geometry"])
+    links.new(step.outputs["Geometry"], zone_out.inputs["Geometry"])
+    links.new(zone_out.outputs["Geometry"], paint.inputs["Geometry"])
+    links.new(paint.outputs["Geometry"], output.inputs[0])
+    modifier = obj.modifiers.new("simulation", "NODES")
+    modifier.node_group = tree
+    if hasattr(modifier, "bake_target"):
+        modifier.bake_target = "DISK"
+    bpy.ops.wm.save_mainfile()
+    _only_selected(obj)
+    bpy.ops.object.geometry_node_bake_single(session_uid=obj.session_uid, modifier_name=modifier.name,
+                                             bake_id=modifier.bakes[0].bake_id)
+    step.inputs["Translation"].default_value = (0, 0, 0)
+
+
 def main(out: str, wanted: tuple[str, ...]) -> None:
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
@@ -426,7 +463,8 @@ def settings(scene: bpy.types.Scene) -> None:
 
 BUILDERS = {"image": image, "library": library, "udim": udim, "font": font, "sequence": sequence,
             "alembic": alembic, "movie": movie, "multires": multires, "volume": volume,
-            "mesh_cache": mesh_cache, "point_cache": point_cache, "bake": bake}
+            "mesh_cache": mesh_cache, "point_cache": point_cache, "bake": bake,
+            "simulation": simulation}
 
 
 if __name__ == "__main__":
