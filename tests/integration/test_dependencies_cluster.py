@@ -1,8 +1,9 @@
 """Every file a scene needs reaches the test cluster and is used, in both pack modes: one scene with a
 linked library, an image sequence, UDIM tiles, a movie, an Alembic mesh cache, a PC2 mesh cache, an
-OpenVDB volume, a disk point cache, a geometry-nodes bake, an external multires displacement, a font and
-an image (tests/deps_scene.py), rendered at 96x72, each dependency checked by the colour only its file
-brings (tests/blender/test_dependencies.py shows the scene renders none of them without its files)."""
+OpenVDB volume, a disk point cache, a geometry-nodes bake and a simulation bake, an external multires
+displacement, a font and an image (tests/deps_scene.py), rendered at 120x72, each dependency checked by
+the colour only its file brings (tests/blender/test_dependencies.py shows the scene renders none of them
+without its files)."""
 
 from __future__ import annotations
 
