@@ -114,6 +114,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         if up.outside_project:
             print(f"note: {len(up.outside_project)} file(s) from outside the scene's folder were included under "
                   f"_outside_project/: {', '.join(up.outside_project[:5])}")
+        for note in up.notes:
+            print(f"note: {note}")
         print(result.job)
     return 0
 

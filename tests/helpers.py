@@ -12,6 +12,8 @@ from pathlib import Path
 from keyring.backend import KeyringBackend
 from PIL import Image
 
+from tests import deps_layout
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SCRIPT = REPO / "examples" / "make_sample.py"
 SAMPLE_SIZE = (192, 108)
@@ -182,3 +184,29 @@ def exr_header(path: Path) -> tuple[dict[str, int], tuple[int, int], int]:
             i = end + 1 + 16
     x0, y0, x1, y1 = struct.unpack("<4i", parts[0]["dataWindow"])
     return channels, (x1 - x0 + 1, y1 - y0 + 1), parts[0]["compression"][0]
+
+
+DEPS_SCRIPT = REPO / "tests" / "deps_scene.py"
+
+
+def make_deps_scene(directory: Path, packable: bool = False) -> Path:
+    """A scene needing one file of each kind (tests/deps_layout.py), or only the kinds Blender packs."""
+    argv = [sys.executable, str(DEPS_SCRIPT), str(directory), *(["--packable"] if packable else [])]
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    return directory / "deps.blend"
+
+
+def deps_cells(path: Path, kinds: list[str]) -> dict[str, bool]:
+    """For each kind: does its cell of a rendered deps scene show the colour only its file brings?"""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    cell = rgb.width // deps_layout.COLUMNS
+    found = {}
+    for kind in kinds:
+        column, row = deps_layout.CELLS[kind]
+        want = deps_layout.COLOURS[kind]
+        inner = [rgb.getpixel((column * cell + x, row * cell + y)) for x in range(6, cell - 6)
+                 for y in range(6, cell - 6)]
+        close = sum(1 for px in inner if max(abs(a - b) for a, b in zip(px, want, strict=True)) <= 12)
+        found[kind] = close >= len(inner) // 2
+    return found

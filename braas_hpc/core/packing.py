@@ -11,13 +11,17 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import re
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from blender_asset_tracer import trace
+from blender_asset_tracer.blendfile.exceptions import BlendFileError
 from blender_asset_tracer.pack import Packer
-from blender_asset_tracer.trace import file_sequence
+from blender_asset_tracer.trace import expanders, file_sequence
 from blender_asset_tracer.trace.result import BlockUsage
 
 from .blender_version import check_can_open
@@ -26,6 +30,21 @@ from .local_blender import local_blender
 
 # BAT logs each missing file as a warning; we report them ourselves, with the data-block that uses them.
 logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
+
+
+def _node_trees(block: Any) -> Iterator[Any]:
+    """The node tree an ID owns, followed to what it uses. blender-asset-tracer 1.23 reads the field
+    `compositing_node_group` of every ID in a file saved by Blender 5.x (only scenes have it), so the
+    materials of linked data lost their images; here each ID is read by the field it has."""
+    for field in (b"nodetree", b"compositing_node_group"):
+        tree = block.get_pointer(field, None) if block.dna_type.has_field(field) else None
+        if tree is not None:
+            yield from expanders._expand_generic_nodetree(tree)  # noqa: SLF001
+
+
+if hasattr(expanders, "_expand_generic_nodetree_id"):
+    expanders._expand_generic_nodetree_id = _node_trees  # noqa: SLF001 - the one expander BAT gets wrong
+
 PACK_SCRIPT = Path(__file__).resolve().parents[1] / "blender_scripts" / "pack_scene.py"
 PACK_TIMEOUT_S = 900
 
@@ -34,10 +53,25 @@ PACK_TIMEOUT_S = 900
 class PackReport:
     packed_images: int
     output: Path
+    unpacked: tuple[str, ...] = ()  # data-blocks still reading files (only with keep_unpacked)
 
 
-async def pack_scene(scene: Path, output: Path) -> PackReport:
-    """Write `output`, a packed copy of `scene`. Missing files raise UsageError listing each one.
+class UnreadableBlend(UsageError):
+    """blender-asset-tracer cannot read the scene or a library it links."""
+
+
+class CannotPack(UsageError):
+    """The scene uses files Blender cannot pack into one .blend (sequences, movies, caches, ...)."""
+
+    def __init__(self, scene: Path, blocks: list[str]) -> None:
+        self.blocks = blocks
+        shown = ", ".join(blocks[:4]) + (f" and {len(blocks) - 4} more" if len(blocks) > 4 else "")
+        super().__init__(f"{scene.name} uses files Blender cannot pack into one .blend ({shown})")
+
+
+async def pack_scene(scene: Path, output: Path, keep_unpacked: bool = False) -> PackReport:
+    """Write `output`, a packed copy of `scene`. Missing files raise UsageError listing each one; files
+    Blender cannot pack raise CannotPack, unless `keep_unpacked` (the copy still reads them from disk).
 
     Blender runs as a child process that is killed when the caller is cancelled (the add-on's Abort)
     or packing overruns its time, so no Blender is left packing for nobody."""
@@ -47,7 +81,7 @@ async def pack_scene(scene: Path, output: Path) -> PackReport:
     output.parent.mkdir(parents=True, exist_ok=True)
     report_path = output.with_suffix(".pack.json")
     argv = [*blender, "-b", "-Y", str(scene), "-P", str(PACK_SCRIPT), "--",
-            "--out", str(output), "--report", str(report_path)]
+            "--out", str(output), "--report", str(report_path), *(["--keep-unpacked"] if keep_unpacked else [])]
     process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
@@ -63,11 +97,20 @@ async def pack_scene(scene: Path, output: Path) -> PackReport:
     if process.returncode == 3 and report:
         lines = "\n".join(f"  {m['block']}: {m['path']}" for m in report["missing"])
         raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n{lines}")
+    if process.returncode == 4 and report:
+        raise CannotPack(scene, [u["block"] for u in report["unpackable"]])
+    text = (stderr or stdout).decode(errors="replace")
+    # Blender stops with "Error: ... <file>" when it cannot read the file it was given; the script's 5 is
+    # the same for a file it opened as its start-up scene instead.
+    refused = [line for line in text.splitlines() if line.startswith("Error:") and str(scene) in line]
+    if process.returncode == 5 or (process.returncode != 0 and report is None and refused):
+        why = refused[0].removeprefix("Error:").strip() if refused else "not a .blend file Blender can read"
+        raise UsageError(f"Blender could not open {scene}: the file is damaged or not a .blend file ({why})")
     if process.returncode != 0 or report is None or not output.is_file():
-        text = (stderr or stdout).decode(errors="replace")
         tail = "\n".join(text.strip().splitlines()[-15:])
         raise BraasError(f"Blender could not pack {scene} (exit {process.returncode}):\n{tail}")
-    return PackReport(packed_images=int(report.get("packed_images", 0)), output=output)
+    return PackReport(packed_images=int(report.get("packed_images", 0)), output=output,
+                      unpacked=tuple(u["block"] for u in report.get("unpackable", [])))
 
 
 # ---- directory mode and the pack cache: blender-asset-tracer reads .blend files without Blender ----
@@ -82,6 +125,7 @@ class StagedTree:
     files: dict[str, Path]  # path inside in/ -> staged local file
     outside: tuple[str, ...]  # dependencies from outside the project, moved under _outside_project/
     sources: dict[Path, Path]  # staged file -> the user's file it is an unchanged copy of
+    copies: frozenset[str] = frozenset()  # paths inside in/ Blender opens read-write (store files are read-only)
 
     def digest(self, staged: Path, cached: Callable[[Path], str], plain: Callable[[Path], str]) -> str:
         """Hash through the user's original when the staged file is a plain copy of it, so the hash
@@ -99,8 +143,12 @@ def _block_label(usage: BlockUsage) -> str:
 def _usages(scene: Path) -> dict[Path, list[BlockUsage]]:
     """Every file the scene uses (libraries followed recursively), with the data-blocks using it."""
     found: dict[Path, list[BlockUsage]] = {}
-    for usage in trace.deps(scene):
-        found.setdefault(usage.abspath, []).append(usage)
+    try:
+        for usage in trace.deps(scene):
+            found.setdefault(usage.abspath, []).append(usage)
+    except (BlendFileError, OSError, EOFError, ValueError, struct.error) as exc:
+        why = f"cannot read {scene} or a file it links: it is damaged or not a .blend file ({exc})"
+        raise UnreadableBlend(why) from exc
     return found
 
 
@@ -111,6 +159,30 @@ def _refuse_missing(scene: Path, missing: set[Path], usages: dict[Path, list[Blo
         f"  {path}" for path in sorted(missing)]
     raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n"
                      + "\n".join(lines))
+
+
+def check_missing(scene: Path) -> None:
+    """Refuse (UsageError, each file with its data-block) when the scene uses files that do not exist:
+    images, sequences, UDIM tiles, libraries, caches. Nothing is copied."""
+    usages = _usages(scene)
+    with Packer(scene, scene.parent, str(scene.parent), noop=True) as packer:
+        packer.strategise()
+        _refuse_missing(scene, set(packer.missing_files), usages)
+
+
+# Blender (4.2-5.0) opens a geometry-nodes bake's meta/*.json read-write and reads nothing of a bake it
+# cannot open so: those files get a private copy in in/, not a read-only link into the store.
+_BAKE_FILE = re.compile(r"(?:^|/)(?:meta/[^/]+\.json|blobs/[^/]+\.blob)\Z")
+
+
+def _cache_dir_name(scene: Path, name: str) -> str:
+    """Blender finds the scene's disk point caches (particles, cloth, soft body) in blendcache_<file name>/
+    beside the .blend, by the name it is opened as: in/scene.blend looks in blendcache_scene/. Bakes
+    in sub-folders keep their place: their folder is written in the .blend."""
+    own = f"blendcache_{scene.stem}/"
+    if scene.stem != Path(MAIN_BLEND).stem and name.startswith(own) and "/" not in name[len(own):]:
+        return f"blendcache_{Path(MAIN_BLEND).stem}/{name[len(own):]}"
+    return name
 
 
 def stage_tree(scene: Path, staging: Path) -> StagedTree:
@@ -127,13 +199,13 @@ def stage_tree(scene: Path, staging: Path) -> StagedTree:
         main = Path(packer.output_path)
     files: dict[str, Path] = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "pack-info.txt"):
-        name = MAIN_BLEND if path == main else path.relative_to(staging).as_posix()
+        name = MAIN_BLEND if path == main else _cache_dir_name(scene, path.relative_to(staging).as_posix())
         if name in files:
             raise UsageError(f"{scene}: a dependency is also named {MAIN_BLEND} next to the scene; rename it")
         files[name] = path
     outside = tuple(sorted(n for n in files if n.startswith("_outside_project/")))
     sources = {path: src for name, path in files.items() if (src := _copied_from(scene.parent, staging, path))}
-    return StagedTree(files, outside, sources)
+    return StagedTree(files, outside, sources, frozenset(n for n in files if _BAKE_FILE.search(n)))
 
 
 def _copied_from(project: Path, staging: Path, staged: Path) -> Path | None:

@@ -27,7 +27,7 @@ from .frames import chunk_frames, format_frames
 from .install import RENDER_TASK, ScriptsReport, git_scripts_dir, installed_blender, scripts_for, scripts_version
 from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, store_dir
 from .local_blender import local_blender
-from .packing import MAIN_BLEND, pack_key, pack_scene, stage_tree
+from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
@@ -156,12 +156,19 @@ async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, p
 async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,
                          cache: HashCache) -> Callable[[], Awaitable[UploadReport]]:
     """Packed mode. Blender never writes the same bytes twice, so an unchanged scene is recognised by
-    its inputs (pack_key) and the copy packed last time is linked again without packing or sending it."""
+    its inputs (pack_key) and the copy packed last time is linked again without packing or sending it.
+    A scene using files Blender cannot pack (sequences, movies, caches) goes as a folder, with a note;
+    that too is remembered by its key, so an unchanged scene is not given to Blender to pack again."""
     scene = Path(spec.scene)
+    with contextlib.suppress(UnreadableBlend):  # Blender may still open what BAT cannot read: it says
+        await asyncio.to_thread(check_missing, scene)
     try:
         key: str | None = await asyncio.to_thread(pack_key, scene, cache.digest)
     except Exception:  # noqa: BLE001 - BAT cannot read every .blend; packing without the shortcut still works
         key = None
+    why = cache.unpackable(key) if key else None
+    if why:
+        return await _as_folder(transport, spec, paths, staging, cache, why)
     known = cache.packed(key) if key else None
     if known and not await store.lacking(transport, paths.root, [known]):
         async def link_again() -> UploadReport:
@@ -169,7 +176,13 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
             return UploadReport(skipped_files=1)
         return link_again
     packed = staging / "packed" / MAIN_BLEND
-    await pack_scene(scene, packed)
+    try:
+        await pack_scene(scene, packed)
+    except CannotPack as exc:
+        why = f"{exc}: it was sent as a folder with its files instead (as with --pack dir)"
+        if key:
+            cache.remember_unpackable(key, why)
+        return await _as_folder(transport, spec, paths, staging, cache, why)
 
     async def send() -> UploadReport:
         digest = await asyncio.to_thread(sha256_file, packed)
@@ -181,6 +194,19 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
     return send
 
 
+async def _as_folder(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path, cache: HashCache,
+                     why: str) -> Callable[[], Awaitable[UploadReport]]:
+    """Packed mode for a scene Blender cannot pack: the folder, as in dir mode, with `why` as a note."""
+    progress.report(why)
+    log.warning("%s", why)
+    as_folder = await _dir_inputs(transport, spec, paths, staging, cache)
+
+    async def send_folder() -> UploadReport:
+        report = await as_folder()
+        return dataclasses.replace(report, notes=(*report.notes, why))
+    return send_folder
+
+
 async def _dir_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path,
                       cache: HashCache) -> Callable[[], Awaitable[UploadReport]]:
     """Directory mode: the scene and its dependency tree, staged by BAT (missing files refused here)."""
@@ -190,7 +216,7 @@ async def _dir_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, stag
         return tree.digest(path, cache.digest, sha256_file)
 
     async def send() -> UploadReport:
-        report = await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest)
+        report = await store.upload_inputs(transport, paths.root, paths.in_dir, tree.files, digest, tree.copies)
         # Files from outside the scene's folder travel too (under _outside_project/); the user is told.
         return dataclasses.replace(report, outside_project=tree.outside)
     return send

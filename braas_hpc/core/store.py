@@ -15,7 +15,7 @@ import posixpath
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +37,13 @@ _LACKS_SCRIPT = ('s="$1"; while IFS= read -r h; do [ -f "$s/${h%"${h#??}"}/$h" ]
 # stdin: "<digest>\t<path inside in/>" per line. Hard links first (the store's link count then says
 # which files a job uses); a symbolic link when `ln` cannot (another filesystem, no hard links).
 # A digest missing from the store stops the script: a dangling link would only fail later, on a node.
+# stdin: digest, L (link) or C (a private writable copy), path inside in/.
 _LINK_SCRIPT = '''in="$1"; s="$2"; mkdir -p -- "$in" || exit 1
-while IFS="	" read -r h rel; do
+while IFS="	" read -r h how rel; do
   src="$s/${h%"${h#??}"}/$h"; dst="$in/$rel"
   [ -f "$src" ] || { echo "store file missing: $h" >&2; exit 3; }
   case "$rel" in */*) mkdir -p -- "${dst%/*}" || exit 1;; esac
+  if [ "$how" = C ]; then rm -f -- "$dst"; cp -- "$src" "$dst" && chmod u+w -- "$dst" || exit 1; continue; fi
   ln -f -- "$src" "$dst" 2>/dev/null || ln -sf -- "$src" "$dst" || exit 1
 done'''
 
@@ -80,6 +82,7 @@ class HashCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
                          "mtime_ns INTEGER, sha256 TEXT)")
         self._db.execute("CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, sha256 TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS unpackable (key TEXT PRIMARY KEY, why TEXT)")
         self.hashed = 0  # files read in full by this instance (tests check the cache with it)
 
     def digest(self, path: Path) -> str:
@@ -103,6 +106,15 @@ class HashCache:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?)", (key, digest))
 
+    def unpackable(self, key: str) -> str | None:
+        """Why the scene with this pack key cannot be packed (it goes as a folder), or None."""
+        row = self._db.execute("SELECT why FROM unpackable WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def remember_unpackable(self, key: str, why: str) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO unpackable VALUES (?, ?)", (key, why))
+
     def close(self) -> None:
         self._db.close()
 
@@ -119,10 +131,12 @@ class UploadReport:
     uploaded_files: int = 0
     skipped_files: int = 0  # inputs the store already held
     outside_project: tuple[str, ...] = ()  # dependencies from outside the scene's folder (dir mode)
+    notes: tuple[str, ...] = ()  # what the user should know about how the inputs were sent
 
     def to_json(self) -> dict[str, object]:
         return {"uploaded_bytes": self.uploaded_bytes, "uploaded_files": self.uploaded_files,
-                "skipped_files": self.skipped_files, "outside_project": list(self.outside_project)}
+                "skipped_files": self.skipped_files, "outside_project": list(self.outside_project),
+                "notes": list(self.notes)}
 
 
 def check_relative(name: str) -> str:
@@ -188,14 +202,17 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
         await transport.run(["chmod", "0444", "--", targets[digest]])
 
 
-async def link_inputs(transport: Transport, root: str, in_dir: str, entries: Mapping[str, str]) -> None:
-    """Build `in_dir` as links into the store (path inside in/ -> digest), in one remote command."""
-    lines = "".join(f"{digest}\t{check_relative(name)}\n" for name, digest in sorted(entries.items()))
+async def link_inputs(transport: Transport, root: str, in_dir: str, entries: Mapping[str, str],
+                      copies: Collection[str] = ()) -> None:
+    """Build `in_dir` as links into the store (path inside in/ -> digest), in one remote command.
+    The names in `copies` get a private writable copy instead: files Blender opens read-write."""
+    lines = "".join(f"{digest}\t{'C' if name in copies else 'L'}\t{check_relative(name)}\n"
+                    for name, digest in sorted(entries.items()))
     await transport.run(["sh", "-c", _LINK_SCRIPT, "sh", in_dir, store_dir(root)], stdin=lines)
 
 
 async def upload_inputs(transport: Transport, root: str, in_dir: str, files: Mapping[str, Path],
-                        digest: Callable[[Path], str] = sha256_file) -> UploadReport:
+                        digest: Callable[[Path], str] = sha256_file, copies: Collection[str] = ()) -> UploadReport:
     """Put `files` (path inside in/ -> local file) into the job's `in/`, sending only what the store lacks.
 
     `digest` hashes a local file (HashCache.digest for the user's own files, which do not change between
@@ -207,7 +224,7 @@ async def upload_inputs(transport: Transport, root: str, in_dir: str, files: Map
     by_digest = {digest: files[name] for name, digest in digests.items() if digest in missing}
     if by_digest:
         await _send(transport, root, by_digest)
-    await link_inputs(transport, root, in_dir, digests)
+    await link_inputs(transport, root, in_dir, digests, copies)
     sent = sum(path.stat().st_size for path in by_digest.values())
     return UploadReport(sent, len(by_digest), len(files) - sum(1 for d in digests.values() if d in missing))
 

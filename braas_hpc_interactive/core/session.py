@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -39,6 +40,7 @@ from .records import (
     save_record,
 )
 
+log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 STARTED_TIMEOUT_S = 60.0
 POLL_S = 0.5
@@ -109,7 +111,11 @@ async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = F
         if scene is not None:  # packed first: missing files are refused before the cluster sees anything
             progress.report("packing the scene")
             packed = Path(temp) / MAIN_BLEND
-            await pack_scene(scene, packed)
+            report = await pack_scene(scene, packed, keep_unpacked=True)
+            if report.unpacked:  # a session sends one .blend: say what it renders without
+                progress.report(f"not sent (Blender cannot pack them): {', '.join(report.unpacked[:4])}")
+                log.warning("session %s renders without files Blender cannot pack: %s", name,
+                            ", ".join(report.unpacked))
         await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
         if packed is not None:
             # Images inside, through the store: a scene sent before (for a job or a session) is not sent again.

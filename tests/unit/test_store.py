@@ -114,6 +114,24 @@ def test_symlinked_inputs_still_count_as_referenced(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_files_blender_opens_read_write_get_a_private_writable_copy(tmp_path: Path) -> None:
+    root = str(tmp_path / "braas-hpc")
+    files = _tree(tmp_path / "local")
+    in_dir = Path(root, "jobs", "j1", "in")
+
+    async def scenario() -> None:
+        await store.upload_inputs(LocalTransport(), root, str(in_dir), files, copies={"textures/a.png"})
+        # Again, as a resubmission links the same in/: the copy replaces whatever is there.
+        await store.upload_inputs(LocalTransport(), root, str(in_dir), files, copies={"textures/a.png"})
+
+    asyncio.run(scenario())
+    copy, link = in_dir / "textures" / "a.png", in_dir / "textures" / "same.png"
+    assert copy.read_bytes() == b"a" * 5000 and copy.stat().st_nlink == 1 and copy.stat().st_mode & 0o200
+    assert link.stat().st_nlink == 2 and link.stat().st_mode & 0o777 == 0o444  # the store's name and same.png
+    stored = Path(store_path(root, hashlib.sha256(b"a" * 5000).hexdigest()))
+    assert stored.stat().st_mode & 0o777 == 0o444  # the store's file stays read-only
+
+
 def test_linking_a_digest_the_store_lacks_fails(tmp_path: Path) -> None:
     from braas_hpc.core.errors import RemoteCommandError
 
