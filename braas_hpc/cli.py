@@ -82,6 +82,8 @@ async def cmd_render(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**result.to_json(), "frames_dir": str(frames_dir)})
     else:
+        for note in result.upload.notes:
+            print(f"note: {note}")
         print(f"rendered {result.frames} ({result.tasks} task(s)) as job {result.job}")
         print(f"frames are in {frames_dir}")
     return 0

@@ -101,8 +101,9 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
             jobs_list.apply_rows(activity.registry_rows())
             runtime.tell(f"job {result.job} submitted: {result.tasks} task(s), frames {result.frames}"
                          + (f", scheduler id {', '.join(result.scheduler_ids)}" if result.scheduler_ids else "")
-                         + "".join(f". Warning: {w}" for w in result.warnings),
-                         "WARNING" if result.warnings else "INFO")
+                         + "".join(f". Warning: {w}" for w in result.warnings)
+                         + "".join(f". Note: {n}" for n in result.upload.notes),
+                         "WARNING" if result.warnings or result.upload.notes else "INFO")
             jobs_list.auto_refresh.soon()
 
         def again() -> None:

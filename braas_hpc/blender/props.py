@@ -43,7 +43,9 @@ class JobSettings(bpy.types.PropertyGroup):
     frames_mode: EnumProperty(name="Frames", items=[("RANGE", "Scene range", "The scene's start, end and step"),
                                                      ("CUSTOM", "Custom", "A frame set such as 1-10,20,30-40:2")])
     custom_frames: StringProperty(name="Frame set", default="1-10", description="e.g. 1-100, 1-100:5, 1,5,9-12")
-    pack: EnumProperty(name="Send", items=[("packed", "Packed .blend", "One file with every resource packed in"),
+    pack: EnumProperty(name="Send", items=[("packed", "Packed .blend",
+                                            "One file with every resource packed in; a scene using files Blender "
+                                            "cannot pack (sequences, movies, caches) is sent as a folder"),
                                            ("dir", "Folder with dependencies",
                                             "The .blend and the files it uses; unchanged files are not sent again")])
     walltime_min: IntProperty(name="Walltime (min)", default=0, min=0, soft_max=2880,

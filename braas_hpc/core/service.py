@@ -197,8 +197,7 @@ async def _packed_inputs(transport: Transport, spec: JobSpec, paths: JobPaths, s
 async def _as_folder(transport: Transport, spec: JobSpec, paths: JobPaths, staging: Path, cache: HashCache,
                      why: str) -> Callable[[], Awaitable[UploadReport]]:
     """Packed mode for a scene Blender cannot pack: the folder, as in dir mode, with `why` as a note."""
-    progress.report(why)
-    log.warning("%s", why)
+    progress.report(why)  # the notes of the result say it again, for whoever shows results
     as_folder = await _dir_inputs(transport, spec, paths, staging, cache)
 
     async def send_folder() -> UploadReport:
@@ -446,7 +445,8 @@ async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback
     registry.set_state(spec.name, state)
     if state != COMPLETED:
         raise BraasError(f"job {spec.name} finished with frames missing; logs are in {paths.log_dir}")
-    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), (), paths.job_dir)
+    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), (), paths.job_dir,
+                        paths.upload)
 
 
 async def _run_local_task(paths: JobPaths, task: int, done: int, total: int,
