@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import registry
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
 from .jobs import JobPaths
+from .markers import parse_marker
 from .presets import load_preset
 from .registry import JobRecord
 from .schedulers import TaskState, scheduler_for
@@ -232,14 +232,13 @@ def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:
     no marker: the task never started (cancelled while pending: Slurm's accounting keeps no line)."""
     if not text:
         return CANCELLED, "never started (no marker)"
-    try:
-        marker = json.loads(text)
-    except ValueError:
-        return FAILED, "marker unreadable"
-    frames = marker.get("frames") if isinstance(marker, dict) else None
-    if isinstance(frames, list) and frames and not {f for f in frames if isinstance(f, int)} & missing:
+    marker = parse_marker(text)
+    if marker is None:  # unreadable, or NaN/a wrong type in it: this task failed, the others are read on
+        return FAILED, "marker damaged"
+    frames = marker.get("frames")
+    if isinstance(frames, list) and frames and not set(frames) & missing:
         return COMPLETED, "its frames are on disk"
-    word = marker.get("state") if isinstance(marker, dict) else None
+    word = marker.get("state")
     return (COMPLETED, "marker: done") if word == "done" else (FAILED, f"marker: {word}")
 
 
