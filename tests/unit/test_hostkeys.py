@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.errors import HostKeyChanged, HostKeyUnknown
+from braas_hpc.core.errors import HostKeyChanged, HostKeyUnknown, UsageError
 from braas_hpc.core.transport.hostkeys import check_host_key, fingerprint, recorded_keys, trust_host_key
 
 BLOB = b"\x00\x00\x00\x0bssh-ed25519" + bytes(range(36))
@@ -60,3 +60,14 @@ def test_fingerprint_matches_openssh(tmp_path: Path) -> None:
     listed = subprocess.run(["ssh-keygen", "-lf", f"{key}.pub"], capture_output=True, text=True, check=True)
     expected = listed.stdout.split()[1]
     assert fingerprint(base64.b64decode(line.split()[1])) == expected
+
+
+@pytest.mark.parametrize("host", ["*", "a\nb", "h*", "a,b", "!x", "a b", "|1|x|y", "@cert-authority", ""])
+def test_a_host_pattern_is_never_recorded(tmp_path: Path, host: str) -> None:
+    """Trusting `*` recorded a line that then matched every host; a newline would add a line of its own."""
+    known = tmp_path / "known_hosts"
+    with pytest.raises(UsageError, match="cannot be recorded in known_hosts"):
+        trust_host_key(str(known), host, 22, KEY)
+    assert not known.exists()
+    with pytest.raises(HostKeyUnknown):
+        check_host_key(str(known), "anything.example.org", 22, "ssh-ed25519", BLOB)

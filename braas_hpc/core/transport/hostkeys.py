@@ -15,7 +15,8 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import HostKeyChanged, HostKeyUnknown
+from ..errors import HostKeyChanged, HostKeyUnknown, UsageError
+from ..hostnames import valid_host_name
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -113,6 +114,9 @@ def check_host_key(known_hosts: str | None, host: str, port: int, key_type: str,
 
 def trust_host_key(known_hosts: str | None, host: str, port: int, public_key: str) -> Path:
     """Record a key the user accepted (after seeing its fingerprint). Creates the file with mode 0600."""
+    if not valid_host_name(host):
+        raise UsageError(f"the host {host!r} cannot be recorded in known_hosts: it must be a host name or address "
+                         "(letters, digits, '.', '-', '_', ':'), not a pattern or several lines")
     key_type, blob = parse_public_key(public_key)
     path = known_hosts_path(known_hosts)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
