@@ -68,6 +68,10 @@ class HostKeyChanged(HostKeyError):
     """A different key is recorded for this host: refused, the user must fix known_hosts by hand."""
 
 
+class HostKeyRevoked(HostKeyError):
+    """The key is listed `@revoked` in known_hosts: refused, and never offered for trust."""
+
+
 class AuthenticationFailed(ConnectionFailed):
     """The server refused every credential we offered (key, agent, passphrase, one-time code)."""
 
