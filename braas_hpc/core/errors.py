@@ -35,6 +35,10 @@ class RemoteCommandError(BraasError):
         super().__init__(f"command failed with exit status {exit_status}: {command}\n{tail}")
 
 
+class AnswerTooLarge(BraasError):
+    """A command on the cluster answered more than braas-hpc reads from one command; nothing was kept."""
+
+
 class SchedulerError(BraasError):
     """The scheduler answered something we could not understand (the raw text is in the message)."""
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 import json
 import math
 
+# A marker holds a few fields and one number per frame: read at most this much of one, and of all of a
+# job's markers together. A cut marker no longer parses: damaged, like any other.
+MARKER_BYTES = 1024 * 1024
+ALL_MARKERS_BYTES = 64 * 1024 * 1024
+
 _NUMBER = (int, float)
 
 

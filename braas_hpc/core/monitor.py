@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import registry
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
 from .jobs import JobPaths
-from .markers import parse_marker
+from .markers import MARKER_BYTES, parse_marker
 from .presets import load_preset
 from .registry import JobRecord
 from .schedulers import TaskState, scheduler_for
@@ -223,7 +223,8 @@ async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> s
 
 
 # Each marker asked for as "<path>\0<its JSON, or nothing when the task never wrote one>\0".
-_MARKER_TEXTS_SCRIPT = 'for m in "$@"; do printf "%s\\0" "$m"; cat -- "$m" 2>/dev/null; printf "\\0"; done; exit 0'
+_MARKER_TEXTS_SCRIPT = (f'for m in "$@"; do printf "%s\\0" "$m"; head -c {MARKER_BYTES + 1} -- "$m" 2>/dev/null; '
+                        'printf "\\0"; done; exit 0')  # capped: a cut marker is a damaged one
 
 
 def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:

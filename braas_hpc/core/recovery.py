@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import monitor, registry, service
 from .errors import BraasError, UsageError
 from .jobs import JobPaths, JobSpec
-from .markers import parse_marker
+from .markers import ALL_MARKERS_BYTES, MARKER_BYTES, parse_marker
 from .monitor import JobStatus
 from .presets import load_preset
 from .schedulers import scheduler_for
@@ -30,8 +30,9 @@ FAILURES_TO_EXCLUDE = 2  # tasks of the job that died on a node before it is avo
 EARLY_DEATH = 0.9  # a task that stopped before this share of its walltime died of something else
 RECOVERABLE = frozenset({FAILED, TIMEOUT, CANCELLED})  # CANCELLED here: a task cancelled by someone else
 
-# Every marker of the job as "<json>\0", in one call.
-_MARKERS_SCRIPT = 'for f in "$1"/*.json; do [ -f "$f" ] && cat -- "$f" && printf "\\0"; done; exit 0'
+# Every marker of the job as "<json>\0", in one call, each and all of them capped.
+_MARKERS_SCRIPT = ('for f in "$1"/*.json; do [ -f "$f" ] && head -c "$2" -- "$f" && printf "\\0"; done | head -c "$3"; '
+                   'exit 0')
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Recovery:
 
 
 async def read_markers(transport: Transport, paths: JobPaths) -> list[dict[str, object]]:
-    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir], timeout=120, check=False)
+    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir, str(MARKER_BYTES + 1),
+                                str(ALL_MARKERS_BYTES)], timeout=120, check=False)
     markers = []
     for text in done.stdout.split("\0"):
         data = parse_marker(text)

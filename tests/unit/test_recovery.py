@@ -116,3 +116,30 @@ def test_a_damaged_marker_fails_its_own_task_only() -> None:
 def test_a_timing_too_small_to_divide_by_keeps_the_chunk() -> None:
     assert fitting_chunk(spec(chunk=3), 1e-320, timed_out=False) == 3  # OverflowError before
     assert fitting_chunk(spec(chunk=3), float("nan"), timed_out=False) == 3
+
+
+def test_a_huge_marker_is_not_read_whole(tmp_path: Path) -> None:
+    """A marker is small; one of 20 MiB (valid JSON) was read whole and used. Now it is cut on the cluster,
+    so it no longer parses: damaged, the other markers still count."""
+    import asyncio
+
+    from braas_hpc.core.markers import MARKER_BYTES
+    from braas_hpc.core.recovery import read_markers
+    from braas_hpc.core.transport.local import LocalTransport
+
+    class Measured(LocalTransport):
+        sizes: list[int] = []
+
+        async def run(self, argv, **kwargs):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN003, ANN201
+            done = await super().run(argv, **kwargs)
+            self.sizes.append(len(done.stdout))
+            return done
+
+    paths = JobPaths(str(tmp_path / "braas-hpc"), "j-20260101-000000-abcd")
+    status = Path(paths.status_dir)
+    status.mkdir(parents=True)
+    (status / "task-1.json").write_text(json.dumps({**marker("n1", "failed"), "pad": "x" * (20 << 20)}))
+    (status / "task-2.json").write_text(json.dumps(marker("n2", "done")))
+    transport = Measured()
+    assert asyncio.run(read_markers(transport, paths)) == [marker("n2", "done")]
+    assert transport.sizes[0] < 2 * MARKER_BYTES + 1000
