@@ -45,7 +45,7 @@ def test_everything_written_is_private(tmp_path: Path, monkeypatch: pytest.Monke
     save_user_preset("mysite", {"workdir": "/scratch/me"}, base="local")
     ledger = transfer._Ledger(spec.name, tmp_path / "dest")
     ledger.save()
-    HashCache()  # the store's own file: created as the store does
+    HashCache().close()  # the store's own file: created as the store does
     assert _open_to_others(config) == []
     # The hash cache file is created by the store with the umask's mode: its directory closes it to others.
     assert [e for e in _open_to_others(data) if "hash-cache" not in e] == []
