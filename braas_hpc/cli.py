@@ -23,8 +23,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from .core import VERSION, logs, monitor, recovery, service, transfer
+from .core.display import plain
 from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
@@ -33,7 +35,8 @@ from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
 from .prompts import TerminalPrompts
 
-err = Console(stderr=True, soft_wrap=True)
+# No markup: messages quote file names, remote errors and logs, which may hold `[/bold]` (a crash) or escapes.
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 out = Console()  # the live table of `status --watch`
 
 
@@ -66,8 +69,8 @@ def _positive(value: int | None, flag: str) -> int:
 
 async def cmd_render(args: argparse.Namespace) -> int:
     spec, preset = service.build_spec(_request(args, "local"))
-    columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn())
+    columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False, disable=args.json) as bar:
         task = bar.add_task("packing the scene", total=None)
 
@@ -104,7 +107,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     result = await service.submit(_request(args, args.preset))
     for warning in result.warnings:
-        err.print(f"warning: {warning}", highlight=False)
+        err.print(f"warning: {plain(warning)}")
     if args.json:
         _print_json(result.to_json())
     else:
@@ -145,7 +148,8 @@ def _status_table(statuses: list[monitor.JobStatus]) -> Table:
     table = Table("job", "cluster", "state", "frames", "tasks", box=None, header_style="bold")
     for s in statuses:
         tasks = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.tasks.items()))
-        table.add_row(s.job, s.preset, s.state, f"{s.frames_done}/{s.frames_total}", tasks)
+        table.add_row(*(Text(plain(cell)) for cell in (s.job, s.preset, s.state, f"{s.frames_done}/{s.frames_total}",
+                                                       tasks)))
     return table
 
 
@@ -166,7 +170,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no jobs yet")
     for s in statuses:
-        print(_status_line(s))
+        print(plain(_status_line(s)))
     return 0
 
 
@@ -181,7 +185,7 @@ async def _watch_status(args: argparse.Namespace) -> int:
             if live is not None:
                 live.update(_status_table(statuses), refresh=True)
                 continue
-            lines = [_status_line(s) for s in statuses] or ["no jobs yet"]
+            lines = [plain(_status_line(s)) for s in statuses] or ["no jobs yet"]
             if lines != shown:
                 print("\n".join(lines), flush=True)
                 shown = lines
@@ -192,7 +196,7 @@ def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
     """On stderr, with --json too: stdout stays the document."""
     for r in recoveries:
         if r.error:
-            err.print(f"could not resubmit the lost frames of {r.job}: {r.error}", highlight=False)
+            err.print(f"could not resubmit the lost frames of {r.job}: {plain(r.error)}")
         elif r.plan is not None:
             avoid = f", avoiding {', '.join(r.plan.exclude_nodes)}" if r.plan.exclude_nodes else ""
             err.print(f"{r.job}: {len(r.plan.frames)} lost frame(s) resubmitted as round {r.round} "
@@ -238,7 +242,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(found.to_json())
     else:
-        print(found.text())
+        print(plain(found.text()))
     return 0
 
 
@@ -261,7 +265,7 @@ async def cmd_download(args: argparse.Namespace) -> int:
     else:
         print(f"downloaded {result.downloaded} frame(s), {result.skipped} already here, into {result.dest}")
         if result.ignored:
-            print(f"ignored {len(result.ignored)} file(s) that are not frames: {', '.join(result.ignored[:5])}")
+            print(f"ignored {len(result.ignored)} file(s) that are not frames: {plain(', '.join(result.ignored[:5]))}")
     return 0
 
 
@@ -272,7 +276,7 @@ async def cmd_test(args: argparse.Namespace) -> int:
         return 0 if report.workdir_ok else 1
     print(f"{report.preset}: connected to {report.host} with {report.backend} in {report.connect_ms:.0f} ms; "
           f"a command takes {report.command_ms:.1f} ms")
-    print(f"login node {report.node} ({report.arch}); found: {' '.join(report.commands) or 'nothing'}")
+    print(plain(f"login node {report.node} ({report.arch}); found: {' '.join(report.commands) or 'nothing'}"))
     print(f"working directory {report.workdir}: {'writable' if report.workdir_ok else 'MISSING or not writable'}")
     return 0 if report.workdir_ok else 1
 
@@ -325,7 +329,7 @@ async def cmd_workdir(args: argparse.Namespace) -> int:
         print(f"the site documents: {preset.workdir_hint}")
     for c in candidates:
         state = "writable" if c.writable else "exists, not writable" if c.exists else "missing"
-        print(f"{c.path}  ({c.source}; {state})")
+        print(plain(f"{c.path}  ({c.source}; {state})"))
     if not candidates:
         print("no candidates found on the cluster: ask the site, then run with --set PATH")
     else:
@@ -484,7 +488,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
     """Show an unknown host's fingerprint; record its key only on an explicit yes."""
-    err.print(f"[bold yellow]{exc}[/]", highlight=False)
+    err.print(Text(plain(str(exc)), style="bold yellow"))
     if not prompts.confirm(f"Trust the {exc.key_type} key {exc.fingerprint} of {exc.host}:{exc.port} "
                            f"and record it in {exc.known_hosts}?"):
         err.print("not trusted; nothing was recorded. (In a script, run `braas-hpc test PRESET` in a terminal "
@@ -507,7 +511,7 @@ def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) 
                 return exc.exit_code
             return asyncio.run(_run(args))
     except BraasError as exc:
-        err.print(f"[bold red]braas-hpc: error:[/] {exc}", markup=True, highlight=False)
+        err.print(Text("braas-hpc: error:", style="bold red"), plain(str(exc)))
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("braas-hpc: interrupted")

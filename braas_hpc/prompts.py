@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .core.display import plain
+
 KEYRING_SERVICE = "braas-hpc"
 
 
@@ -77,10 +79,10 @@ class TerminalPrompts:
         if not self.interactive():
             return None
         with self._lock:
-            for text in (name, instructions):
+            for text in (name, instructions):  # the server's words: shown, never acted on by the terminal
                 if text:
-                    print(text, file=sys.stderr)
-            return [self._ask(prompt) if echo else self._ask_secret(prompt) for prompt, echo in prompts]
+                    print(plain(text), file=sys.stderr)
+            return [self._ask(plain(prompt)) if echo else self._ask_secret(plain(prompt)) for prompt, echo in prompts]
 
     def confirm(self, question: str) -> bool:
         if not self.interactive():

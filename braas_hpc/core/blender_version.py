@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .local_blender import BPY_LAUNCHER
-from .paths import data_dir
+from .paths import data_dir, private_dir, write_private
 
 Version = tuple[int, int]  # (major, minor): what decides whether a file can be read
 
@@ -112,9 +112,9 @@ def _read_cache() -> dict[str, object]:
 def _write_cache(cache: dict[str, object]) -> None:
     path = _cache_path()
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         temp = path.with_name(f"{path.name}.{os.getpid()}.part")
-        temp.write_text(json.dumps(cache))
+        write_private(temp, json.dumps(cache))
         os.replace(temp, path)
 
 

@@ -35,6 +35,10 @@ class RemoteCommandError(BraasError):
         super().__init__(f"command failed with exit status {exit_status}: {command}\n{tail}")
 
 
+class AnswerTooLarge(BraasError):
+    """A command on the cluster answered more than braas-hpc reads from one command; nothing was kept."""
+
+
 class SchedulerError(BraasError):
     """The scheduler answered something we could not understand (the raw text is in the message)."""
 
@@ -66,6 +70,10 @@ class HostKeyUnknown(HostKeyError):
 
 class HostKeyChanged(HostKeyError):
     """A different key is recorded for this host: refused, the user must fix known_hosts by hand."""
+
+
+class HostKeyRevoked(HostKeyError):
+    """The key is listed `@revoked` in known_hosts: refused, and never offered for trust."""
 
 
 class AuthenticationFailed(ConnectionFailed):

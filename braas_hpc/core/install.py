@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import VERSION
 from .errors import UsageError
-from .paths import config_dir
+from .paths import config_dir, private_dir, write_private
 from .presets import Preset
 from .transport import Transport
 
@@ -188,9 +188,9 @@ def installed_blender(preset_name: str) -> InstalledBlender | None:
 
 def record_blender(preset_name: str, installed: InstalledBlender) -> Path:
     path = record_path(preset_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     temp = path.with_suffix(".part")
-    temp.write_text(json.dumps({**installed.to_json(), "recorded": time.time()}, indent=1))
+    write_private(temp, json.dumps({**installed.to_json(), "recorded": time.time()}, indent=1))
     temp.replace(path)
     return path
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .paths import data_dir
+from .paths import data_dir, private_dir, write_private
 from .spec import SubmitRequest
 
 MAX_AGE_S = 24 * 3600  # an older unfinished submission is not resumed: the user has moved on
@@ -73,9 +73,9 @@ def unfinished(print_: str) -> str | None:
 
 def remember(print_: str, job: str) -> None:
     directory = _directory()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     temp = directory / f".{print_}.part"
-    temp.write_text(json.dumps({"job": job, "started": time.time()}), encoding="utf-8")
+    write_private(temp, json.dumps({"job": job, "started": time.time()}))
     os.replace(temp, directory / f"{print_}.json")
 
 

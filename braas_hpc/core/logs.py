@@ -14,17 +14,23 @@ from .registry import JobRecord
 from .transport import Transport, transport_for
 
 TAIL_LINES = 60
+# Lines are asked for, but a log that never ends a line is one line: what comes back is capped per log
+# (cut on the cluster, one byte more so a cut shows) and for the whole answer.
+TAIL_BYTES = 256 * 1024
+ANSWER_BYTES = 16 * 1024 * 1024
 
-# "<name>\0<its last N lines>\0" for each log of the job directory's log/ matching one of the patterns.
+# "<name>\0<its last N lines, at most B+1 bytes>\0" for each log of the job directory's log/ matching
+# one of the patterns, at most A bytes in all.
 _TAILS_SCRIPT = r"""
 cd "$1" 2>/dev/null || exit 0
-n=$2; shift 2
+n=$2 b=$3 a=$4; shift 4
 for pattern in "$@"; do
   for f in $pattern; do
     [ -f "$f" ] || continue
-    printf '%s\0' "$f"; tail -n "$n" -- "$f" | tr -d '\000'; printf '\0'  # a NUL in a log would split it
+    # a NUL in a log would split the answer
+    printf '%s\0' "$f"; tail -n "$n" -- "$f" | tail -c "$((b + 1))" | tr -d '\000'; printf '\0'
   done
-done
+done | head -c "$a"
 exit 0
 """
 
@@ -67,10 +73,21 @@ class JobLogs:
 
 async def read_tails(transport: Transport, log_dir: str, task: int | None, lines: int) -> dict[str, str]:
     """Log name -> its last `lines` lines, in name order; {} when the directory does not exist yet."""
-    done = await transport.run(["sh", "-c", _TAILS_SCRIPT, "sh", log_dir, str(lines), *patterns_for(task)],
-                               timeout=120, check=False)
+    done = await transport.run(["sh", "-c", _TAILS_SCRIPT, "sh", log_dir, str(lines), str(TAIL_BYTES),
+                                str(ANSWER_BYTES), *patterns_for(task)], timeout=120, check=False)
     parts = done.stdout.split("\0")
-    return dict(sorted((log, text) for log, text in zip(parts[0::2], parts[1::2], strict=False) if log))
+    tails = {log: _capped(text) for log, text in zip(parts[0::2], parts[1::2], strict=False) if log}
+    if len(done.stdout.encode()) >= ANSWER_BYTES and tails:
+        last = max(tails)
+        tails[last] += f"\n[braas-hpc: the logs were cut at {ANSWER_BYTES >> 20} MiB in all: ask for one task]"
+    return dict(sorted(tails.items()))
+
+
+def _capped(text: str) -> str:
+    if len(text.encode()) <= TAIL_BYTES:
+        return text
+    kept = text.encode()[-TAIL_BYTES:].decode(errors="replace")
+    return f"[braas-hpc: cut to the last {TAIL_BYTES >> 10} KiB of these lines]\n{kept}"
 
 
 async def job_logs(name: str, task: int | None = None, lines: int = TAIL_LINES) -> JobLogs:

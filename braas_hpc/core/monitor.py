@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import registry
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
 from .jobs import JobPaths
+from .markers import MARKER_BYTES, parse_marker
 from .presets import load_preset
 from .registry import JobRecord
 from .schedulers import TaskState, scheduler_for
@@ -223,7 +223,8 @@ async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> s
 
 
 # Each marker asked for as "<path>\0<its JSON, or nothing when the task never wrote one>\0".
-_MARKER_TEXTS_SCRIPT = 'for m in "$@"; do printf "%s\\0" "$m"; cat -- "$m" 2>/dev/null; printf "\\0"; done; exit 0'
+_MARKER_TEXTS_SCRIPT = (f'for m in "$@"; do printf "%s\\0" "$m"; head -c {MARKER_BYTES + 1} -- "$m" 2>/dev/null; '
+                        'printf "\\0"; done; exit 0')  # capped: a cut marker is a damaged one
 
 
 def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:
@@ -232,14 +233,13 @@ def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:
     no marker: the task never started (cancelled while pending: Slurm's accounting keeps no line)."""
     if not text:
         return CANCELLED, "never started (no marker)"
-    try:
-        marker = json.loads(text)
-    except ValueError:
-        return FAILED, "marker unreadable"
-    frames = marker.get("frames") if isinstance(marker, dict) else None
-    if isinstance(frames, list) and frames and not {f for f in frames if isinstance(f, int)} & missing:
+    marker = parse_marker(text)
+    if marker is None:  # unreadable, or NaN/a wrong type in it: this task failed, the others are read on
+        return FAILED, "marker damaged"
+    frames = marker.get("frames")
+    if isinstance(frames, list) and frames and not set(frames) & missing:
         return COMPLETED, "its frames are on disk"
-    word = marker.get("state") if isinstance(marker, dict) else None
+    word = marker.get("state")
     return (COMPLETED, "marker: done") if word == "done" else (FAILED, f"marker: {word}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PresetError
+from .hostnames import valid_host_name
 from .jobs import SAFE_VALUE
 from .paths import user_presets_dir
 
@@ -175,6 +176,9 @@ def _check_values(p: Preset) -> None:
         for key in ("host", "blender") if p.arch == "x86_64" else ("host",):
             if not getattr(p, key):
                 raise PresetError(f"{where}: {key} is required for a {p.scheduler} cluster")
+        if not valid_host_name(p.host):
+            raise PresetError(f"{where}: host {p.host!r} must be a host name or address (letters, digits, '.', '-', "
+                              "'_', ':'); patterns such as '*', spaces and several lines are refused")
         if p.workdir and not p.workdir.startswith("/"):
             raise PresetError(f"{where}: workdir {p.workdir!r} must be an absolute path on the cluster")
     if not 0 < p.port < 65536:

@@ -10,7 +10,6 @@ cancelled with `braas-hpc cancel` (or the panel's Cancel) is never recovered: th
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from . import monitor, registry, service
 from .errors import BraasError, UsageError
 from .jobs import JobPaths, JobSpec
+from .markers import ALL_MARKERS_BYTES, MARKER_BYTES, parse_marker
 from .monitor import JobStatus
 from .presets import load_preset
 from .schedulers import scheduler_for
@@ -30,8 +30,9 @@ FAILURES_TO_EXCLUDE = 2  # tasks of the job that died on a node before it is avo
 EARLY_DEATH = 0.9  # a task that stopped before this share of its walltime died of something else
 RECOVERABLE = frozenset({FAILED, TIMEOUT, CANCELLED})  # CANCELLED here: a task cancelled by someone else
 
-# Every marker of the job as "<json>\0", in one call.
-_MARKERS_SCRIPT = 'for f in "$1"/*.json; do [ -f "$f" ] && cat -- "$f" && printf "\\0"; done; exit 0'
+# Every marker of the job as "<json>\0", in one call, each and all of them capped.
+_MARKERS_SCRIPT = ('for f in "$1"/*.json; do [ -f "$f" ] && head -c "$2" -- "$f" && printf "\\0"; done | head -c "$3"; '
+                   'exit 0')
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,12 @@ class Recovery:
 
 
 async def read_markers(transport: Transport, paths: JobPaths) -> list[dict[str, object]]:
-    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir], timeout=120, check=False)
+    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir, str(MARKER_BYTES + 1),
+                                str(ALL_MARKERS_BYTES)], timeout=120, check=False)
     markers = []
     for text in done.stdout.split("\0"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            continue  # an empty tail, or a marker being rewritten right now
-        if isinstance(data, dict):
+        data = parse_marker(text)
+        if data is not None:  # else an empty tail, a marker being rewritten right now, or a damaged one
             markers.append(data)
     return markers
 
@@ -100,8 +99,10 @@ def fitting_chunk(spec: JobSpec, per_frame: float | None, timed_out: bool) -> in
     """Frames per task for the new round: what fits the walltime with a margin, never more than asked."""
     if per_frame is None or per_frame <= 0:
         return max(1, spec.chunk // 2) if timed_out else spec.chunk
-    fits = math.floor(spec.walltime_min * 60 * WALLTIME_MARGIN / per_frame)
-    return max(1, min(spec.chunk, fits))
+    fits = spec.walltime_min * 60 * WALLTIME_MARGIN / per_frame
+    if not math.isfinite(fits):  # a timing too small to divide by (or NaN): nothing measured
+        return spec.chunk
+    return max(1, min(spec.chunk, math.floor(fits)))
 
 
 def plan(spec: JobSpec, markers: list[dict[str, object]], missing: tuple[int, ...], timed_out: bool,

@@ -4,6 +4,7 @@ new process (status, wait, download) and the add-on sees what the CLI submitted.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .errors import JobNotFound
 from .jobs import JobSpec
-from .paths import data_dir
+from .paths import data_dir, private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,7 +59,9 @@ def registry_path() -> Path:
 @contextmanager
 def _db() -> Iterator[sqlite3.Connection]:
     path = registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    if not path.exists():  # sqlite would create it with the umask's mode; its journal copies the mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     # A timeout, because the CLI and the add-on may write at the same moment.
     conn = sqlite3.connect(path, timeout=30)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import registry
 from .errors import TransferError, UsageError
 from .jobs import FRAME_FILE, JobPaths
-from .paths import data_dir
+from .paths import data_dir, private_dir, write_private
 from .presets import load_preset
 from .schedulers.base import TERMINAL
 from .transport import Transport, transport_for
@@ -73,9 +73,9 @@ class _Ledger:
         self.items[target.name] = [stat.st_size, stat.st_mtime_ns, digest]
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         temp = self.path.with_name(f"{self.path.name}.part")
-        temp.write_text(json.dumps(self.items))
+        write_private(temp, json.dumps(self.items))
         os.replace(temp, self.path)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import tomli_w
 
 from .errors import PresetError
-from .paths import user_presets_dir
+from .paths import private_dir, user_presets_dir
 from .presets import BUILTIN_DIR, Preset, load_preset_file, preset_from_dict, valid_name, with_base
 
 # What the preferences panel lets a user set; the rest of a preset is the site's, kept in its file.
@@ -61,7 +61,7 @@ def save_user_preset(name: str, values: dict[str, Any], base: str = "") -> Prese
         raise PresetError(f"preset {name}: {', '.join(unknown)} cannot be set here; edit {path} instead")
     data.update({key: value for key, value in values.items() if value not in ("", None)})
     preset = preset_from_dict(with_base(data, path), str(path))  # refuses a bad value before any write
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as stream:

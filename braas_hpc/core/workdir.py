@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import PresetError, UsageError
+from .paths import write_private
 from .presets import Preset, preset_from_dict, with_base
 from .transport import Transport
 from .user_presets import save_user_preset, user_preset_path
@@ -140,6 +141,6 @@ async def set_workdir(preset: Preset, transport: Transport, path: str) -> Path:
     except (tomllib.TOMLDecodeError, PresetError) as exc:
         raise PresetError(f"setting workdir in {target} would make it invalid: {exc}") from exc
     temp = target.with_name(f".{target.name}.part")
-    temp.write_text(text, encoding="utf-8")
+    write_private(temp, text)
     temp.replace(target)
     return target

@@ -22,7 +22,9 @@ import pytest
 
 from braas_hpc.core.errors import (
     AuthenticationFailed,
+    ConnectionFailed,
     HostKeyChanged,
+    HostKeyRevoked,
     HostKeyUnknown,
     RemoteCommandError,
 )
@@ -86,6 +88,7 @@ def connect(backend: str) -> Callable[..., Transport]:
         made.append(transport)
         return transport
 
+    make.backend = backend  # type: ignore[attr-defined]
     return make
 
 
@@ -303,6 +306,44 @@ def test_changed_host_key_is_refused(connect, main_target, tmp_path: Path) -> No
     wrong.write_text(f"{host_pattern('127.0.0.1', main_target.port or 22)} {other.with_suffix('.pub').read_text()}")
     target = SSHTarget(**{**main_target.__dict__, "known_hosts": str(wrong)})
     with pytest.raises(HostKeyChanged, match="CHANGED"):
+        run(_use(connect(target), lambda t: t.run(["true"])))
+
+
+def test_a_missing_known_hosts_file_trusts_no_host(connect, main_target, tmp_path: Path,  # noqa: ANN001
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preset names a known_hosts file that does not exist: no host is known, whatever ~/.ssh/known_hosts
+    says (asyncssh took an empty file argument for "use the default one" and connected)."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text(Path(main_target.known_hosts or "").read_text())
+    monkeypatch.setenv("HOME", str(home))
+    missing = tmp_path / "not-there" / "known_hosts"
+    target = SSHTarget(**{**main_target.__dict__, "known_hosts": str(missing)})
+    with pytest.raises(HostKeyUnknown):
+        run(_use(connect(target), lambda t: t.run(["true"])))
+    assert not missing.exists()
+
+
+def test_revoked_host_key_is_refused(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
+    """The key is recorded, and also listed @revoked: every back end refuses it (paramiko accepted it)."""
+    pub = next(Path(testbed.base_dir).glob("sshd/*ed25519*.pub")).read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(Path(main_target.known_hosts or "").read_text() + f"@revoked * {pub[0]} {pub[1]}\n")
+    target = SSHTarget(**{**main_target.__dict__, "known_hosts": str(known)})
+    with pytest.raises(HostKeyRevoked, match="REVOKED"):
+        run(_use(connect(target), lambda t: t.run(["true"])))
+
+
+def test_a_certificate_authority_line_is_not_a_host_key(connect, main_target, tmp_path: Path,  # noqa: ANN001
+                                                        testbed) -> None:  # noqa: ANN001
+    """The server's own key listed as a certificate authority vouches for certificates only, not for itself;
+    lines that do not parse are skipped (asyncssh raised a bare ValueError for the whole file)."""
+    pub = next(Path(testbed.base_dir).glob("sshd/*ed25519*.pub")).read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@cert-authority * {pub[0]} {pub[1]}\n@cert-authority\n@revoked x\n")
+    target = SSHTarget(**{**main_target.__dict__, "known_hosts": str(known)})
+    # asyncssh, trusting a CA only, asks for a host certificate, which this server has not: no session either.
+    with pytest.raises(ConnectionFailed if connect.backend == "asyncssh" else HostKeyUnknown):
         run(_use(connect(target), lambda t: t.run(["true"])))
 
 

@@ -163,6 +163,40 @@ def check_script(script: str, preset: Preset, job_dir: str, header_lines: int) -
     own = "\n".join(line for line in lines if line not in preset.env)
     done = subprocess.run(["bash", "-n"], input=own, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+    argv = run_harmlessly(own)  # `bash -n` runs nothing: only running the lines shows an injection
+    assert argv[0] == preset.blender and job_dir in argv, argv
+    no_canary()
+
+
+def run_harmlessly(script: str) -> list[str]:
+    """Run the script's lines in a real bash where `cd` and `exec` only record their words and the only
+    program on PATH is `touch` (what the injected fragments call, to create the canary). Returns the words
+    of the last `exec` (Blender's command line)."""
+    with tempfile.TemporaryDirectory() as temp:
+        bin_dir, record = Path(temp) / "bin", Path(temp) / "argv"
+        bin_dir.mkdir()
+        (bin_dir / "touch").symlink_to(next(Path(d) / "touch" for d in ("/usr/bin", "/bin")
+                                            if (Path(d) / "touch").exists()))
+        stubs = 'cd() { :; }\nexec() { [ "$#" -gt 0 ] || return 0; printf "%s\\0" "$@" >"$BRAAS_ARGV"; exit 0; }\n'
+        subprocess.run(["/bin/bash", "-c", stubs + script], capture_output=True, timeout=30, cwd=temp,
+                       env={"PATH": str(bin_dir), "BRAAS_ARGV": str(record), "BRAAS_TASK_ID": "1"})
+        assert record.exists(), "the script never reached Blender's exec"
+        return record.read_bytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+
+
+def test_the_script_check_catches_an_injected_command(site: Path) -> None:
+    """The check above must be able to fail: an unquoted `$(...)` that bash -n accepts, and whose words
+    vanish from Blender's command line, is caught by running the script."""
+    write_preset(site, BASE)
+    script, preset = plan(site)
+    tampered = "\n".join(f"{line} $(touch {CANARY})" if line.startswith("exec ") and " -b " in line else line
+                         for line in script.split("\n"))
+    assert tampered != script
+    try:
+        with pytest.raises(AssertionError, match="an injected command ran"):
+            check_script(tampered, preset, job_dir_of(script, preset), body_lines(site))
+    finally:
+        CANARY.unlink(missing_ok=True)
 
 
 def job_dir_of(script: str, preset: Preset) -> str:

@@ -37,3 +37,33 @@ def test_tails_of_every_log_or_of_one_task(tmp_path: Path) -> None:
     (logs / "task-3.log").write_bytes(b"crash \x00\x01 dump\nlast words\n")  # a NUL would split the answer
     assert _tails(logs, task=3) == {"task-3.log": "crash \x01 dump\nlast words\n"}
 
+
+
+class _Measured(LocalTransport):
+    """The local transport, remembering how much each answer held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def run(self, argv, **kwargs):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN003, ANN201
+        done = await super().run(argv, **kwargs)
+        self.sizes.append(len(done.stdout.encode()))
+        return done
+
+
+def test_a_log_without_newlines_is_cut_with_a_note(tmp_path: Path) -> None:
+    """`tail -n` of a log that never ends a line is the whole log: 20 MiB came back for 60 'lines'."""
+    from braas_hpc.core.logs import TAIL_BYTES
+
+    logs = tmp_path / "log"
+    logs.mkdir()
+    with (logs / "task-1.log").open("wb") as stream:
+        stream.write(b"start " + b"x" * (20 << 20) + b" THE END")
+    (logs / "task-2.log").write_text("fine\n")
+    measured = _Measured()
+    tails = asyncio.run(read_tails(measured, str(logs), None, 60))
+    assert measured.sizes[0] < 2 * TAIL_BYTES + 1000  # cut on the cluster, not here
+    assert tails["task-1.log"].startswith("[braas-hpc: cut to the last") and tails["task-1.log"].endswith(" THE END")
+    assert len(tails["task-1.log"]) < TAIL_BYTES + 200
+    assert tails["task-2.log"] == "fine\n"

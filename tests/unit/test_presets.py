@@ -67,3 +67,22 @@ def test_name_must_match_file(config: Path) -> None:
 def test_unknown_preset_lists_known_ones(config: Path) -> None:
     with pytest.raises(PresetError, match="unknown preset 'nope'; known presets: .*karolina.*local"):
         load_preset("nope")
+
+
+BAD_HOSTS = ["*", "login*", "log?n", "login\nx", "login x", "login\t", "a,b", "!a", "[a]:22", "|1|abc|def",
+             "-oProxyCommand=x", "@revoked", "#h", "h#", "a\0b", "é.example.org", "x" * 300]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_a_host_that_is_a_pattern_or_breaks_a_line_is_refused(config: Path, host: str) -> None:
+    """`*` written into known_hosts trusted every host; a newline would add a line of its own."""
+    escaped = host.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\0", "\\u0000")
+    (config / "mysite.toml").write_text(GOOD.replace('"login.example.org"', f'"{escaped}"'))
+    with pytest.raises(PresetError, match=r"host .* must be a host name or address"):
+        load_preset("mysite")
+
+
+@pytest.mark.parametrize("host", ["login.example.org", "10.0.0.1", "::1", "2001:db8::5", "my_alias", "Login-1"])
+def test_host_names_and_addresses_are_accepted(config: Path, host: str) -> None:
+    (config / "mysite.toml").write_text(GOOD.replace('"login.example.org"', f'"{host}"'))
+    assert load_preset("mysite").host == host

@@ -45,6 +45,21 @@ _LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.SFTPConnect
          BrokenPipeError, ConnectionResetError)
 
 
+def readable_known_hosts(path: Path) -> asyncssh.SSHKnownHosts:
+    """The file's entries, parsed by us for asyncssh. A missing file trusts no host, as with OpenSSH
+    (asyncssh takes a missing or empty argument for "read ~/.ssh/known_hosts"), and a line asyncssh
+    cannot read is skipped, as OpenSSH does (asyncssh raised a ValueError for the whole file)."""
+    good = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                asyncssh.import_known_hosts(line)
+            except (ValueError, asyncssh.KeyImportError):
+                continue
+            good.append(line)
+    return asyncssh.SSHKnownHosts("\n".join(good))  # an object: never the "use the default file" value
+
+
 class _Client(asyncssh.SSHClient):
     """Sends keyboard-interactive prompts (MFA codes) to the user's callback, once per connection."""
 
@@ -170,10 +185,8 @@ class AsyncsshTransport(Transport):
     def _known_hosts(self, hop: Hop) -> str | None:
         return self.target.known_hosts or hop.known_hosts
 
-    def _known_hosts_arg(self, hop: Hop) -> str | bytes:
-        path = known_hosts_path(self._known_hosts(hop))
-        # A missing file trusts nobody (every host is unknown), as with OpenSSH.
-        return str(path) if path.is_file() else b""
+    def _known_hosts_arg(self, hop: Hop) -> asyncssh.SSHKnownHosts:
+        return readable_known_hosts(known_hosts_path(self._known_hosts(hop)))
 
     async def _key(self, path: str) -> list[asyncssh.SSHKeyPair]:
         # Decrypted once per transport: the passphrase is asked once, kept in memory only.

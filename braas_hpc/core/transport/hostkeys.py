@@ -1,8 +1,9 @@
 """known_hosts, read and written by us for all back ends, so trust decisions look the same everywhere.
 
 Lookup understands plain and hashed (`|1|salt|hash`) host patterns, `[host]:port`, comma lists and
-negated patterns; `@cert-authority` and `@revoked` lines are left to the back end (asyncssh and
-OpenSSH check certificates themselves).
+negated patterns. A key listed `@revoked` for the host is refused, as OpenSSH does. `@cert-authority`
+lines vouch for host certificates, which asyncssh and OpenSSH check themselves: the CA's own key is
+never taken for a host key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import HostKeyChanged, HostKeyUnknown
+from ..errors import HostKeyChanged, HostKeyRevoked, HostKeyUnknown, UsageError
+from ..hostnames import valid_host_name
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -73,46 +75,63 @@ def _line_matches(patterns: str, name: str) -> bool:
     return matched
 
 
-def recorded_keys(path: Path, host: str, port: int) -> list[tuple[str, bytes]]:
-    """Plain host keys recorded for host:port (certificate authorities and revocations excluded)."""
+def _entries(path: Path, host: str, port: int) -> list[tuple[str, tuple[str, bytes]]]:
+    """(marker, key) of every line for host:port; marker is "" for a plain host key, else "@revoked",
+    "@cert-authority" (or any other `@word`). Lines that do not parse are skipped, as OpenSSH does."""
     if not path.is_file():
         return []
     name = host_pattern(host, port).lower()
-    keys = []
+    found = []
     for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
         fields = raw.split()
-        if len(fields) < 3 or fields[0].startswith("#") or fields[0].startswith("@"):
+        marker = fields.pop(0) if fields and fields[0].startswith("@") else ""
+        if len(fields) < 3 or fields[0].startswith("#") or not _line_matches(fields[0], name):
             continue
-        if _line_matches(fields[0], name):
-            try:
-                keys.append(parse_public_key(" ".join(fields[1:3])))
-            except ValueError:
-                continue
-    return keys
+        try:
+            found.append((marker, parse_public_key(" ".join(fields[1:3]))))
+        except ValueError:
+            continue
+    return found
+
+
+def recorded_keys(path: Path, host: str, port: int) -> list[tuple[str, bytes]]:
+    """Plain host keys recorded for host:port (certificate authorities and revocations excluded)."""
+    return [key for marker, key in _entries(path, host, port) if not marker]
 
 
 def check_host_key(known_hosts: str | None, host: str, port: int, key_type: str, blob: bytes) -> None:
     """Return when the key is recorded for the host; raise HostKeyUnknown or HostKeyChanged otherwise."""
     path = known_hosts_path(known_hosts)
-    recorded = recorded_keys(path, host, port)
-    if (key_type, blob) in recorded:
-        return
+    entries = _entries(path, host, port)
+    recorded = [key for marker, key in entries if not marker]
     public_key = f"{key_type} {base64.b64encode(blob).decode()}"
     where = host_pattern(host, port)
+    if ("@revoked", (key_type, blob)) in entries:
+        raise HostKeyRevoked(
+            f"the host key {key_type} {fingerprint(blob)} of {where} is REVOKED in {path}: refused. Ask the site "
+            "for the server's current key.", host, port, key_type, fingerprint(blob), public_key, str(path))
+    if (key_type, blob) in recorded:
+        return
     if recorded:
         raise HostKeyChanged(
             f"the host key of {where} has CHANGED: it now sends {key_type} {fingerprint(blob)}, which does not match "
             f"the key recorded in {path}. This may be an attack or a reinstalled server: ask the site, then remove "
             f"the old line for {where} from {path} by hand.",
             host, port, key_type, fingerprint(blob), public_key, str(path))
+    ca = any(marker == "@cert-authority" for marker, _ in entries)
     raise HostKeyUnknown(
         f"{where} is not a known host. It sent the {key_type} key {fingerprint(blob)}; compare it with the "
-        "fingerprint your site publishes before trusting it.",
+        "fingerprint your site publishes before trusting it."
+        + (f" ({path} trusts a certificate authority for this host; this SSH back end does not check host "
+           "certificates: the asyncssh and openssh back ends do.)" if ca else ""),
         host, port, key_type, fingerprint(blob), public_key, str(path))
 
 
 def trust_host_key(known_hosts: str | None, host: str, port: int, public_key: str) -> Path:
     """Record a key the user accepted (after seeing its fingerprint). Creates the file with mode 0600."""
+    if not valid_host_name(host):
+        raise UsageError(f"the host {host!r} cannot be recorded in known_hosts: it must be a host name or address "
+                         "(letters, digits, '.', '-', '_', ':'), not a pattern or several lines")
     key_type, blob = parse_public_key(public_key)
     path = known_hosts_path(known_hosts)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

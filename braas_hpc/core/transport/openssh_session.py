@@ -14,6 +14,12 @@ import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 
+from ..errors import AnswerTooLarge
+
+# The most one answer (stdout and stderr) may hold: the sizes come from the other end, and what they
+# announce is read into memory. Listings of a few hundred thousand frames fit many times over.
+ANSWER_BYTES = 256 * 1024 * 1024
+
 # Set up once: two private temp files, removed when the session ends.
 _SETUP = 'umask 077; O=$(mktemp) && E=$(mktemp) || exit 1; trap \'rm -f "$O" "$E"\' EXIT HUP TERM\n'
 
@@ -54,7 +60,7 @@ class RemoteShell:
                     raise SessionLost("the remote shell did not start", sent=False)
                 if line.decode(errors="replace").strip() == ready:
                     break
-        except (TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError, ValueError) as exc:  # ValueError: a line over the reader's limit
             process.kill()
             await process.wait()
             raise SessionLost("the remote shell did not start", sent=False) from exc
@@ -74,6 +80,11 @@ class RemoteShell:
             await process.stdin.drain()
             header = await asyncio.wait_for(self._header(process.stdout), timeout)
             status, out_size, err_size = (int(field) for field in header[1:4])
+            if out_size + err_size > ANSWER_BYTES:
+                await self._discard(process)
+                raise AnswerTooLarge(f"the answer to `{command[:200]}` holds {out_size + err_size} bytes, more "
+                                     f"than the {ANSWER_BYTES} bytes braas-hpc reads from one command; nothing of it "
+                                     "was kept")
             out = await process.stdout.readexactly(out_size)
             err = await process.stdout.readexactly(err_size)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -90,6 +101,18 @@ class RemoteShell:
         if len(fields) != 4 or fields[0] != self._token:
             raise ValueError(f"unexpected answer from the remote shell: {line[:80]!r}")
         return fields
+
+    async def _discard(self, process: asyncio.subprocess.Process) -> None:
+        """End the session without reading its answer: kill the client, drop what its pipe still holds
+        (the reader stops reading when its buffer is full, and the process is not reaped before EOF)."""
+        self._process = None
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        assert process.stdout is not None
+        with contextlib.suppress(Exception):
+            while await asyncio.wait_for(process.stdout.read(1 << 16), 10):
+                pass
+        await process.wait()
 
     async def close(self) -> None:
         process, self._process = self._process, None
