@@ -76,7 +76,9 @@ class HashCache:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or data_dir() / HASH_CACHE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():  # it holds the user's local paths: 0600, not the umask's mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         # Used from worker threads (asyncio.to_thread), one call at a time.
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
