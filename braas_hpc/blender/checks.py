@@ -128,3 +128,18 @@ def blender_versions(preset_name: str, pack: str) -> tuple[str, str]:
         return f"Blender: scene {dotted(scene)}, cluster not known yet (Preferences > Install records it)", ""
     opens = max(scene, tuple(bpy.app.version[:2])) if pack == "packed" else scene
     return f"Blender: scene {dotted(scene)}, cluster {dotted(found)}", cluster_warning(cluster, opens, preset_name)
+
+
+def has_scripts() -> bool:
+    """Text blocks set to run when the file loads: what a job started with -y would run on the cluster."""
+    return any(text.use_module for text in bpy.data.texts)
+
+
+def check_scripts_allowed() -> None:
+    """Running the file's Python on the cluster is the user's decision for one job, and never wider than
+    what Blender itself allowed this file: scripts it blocked when it opened the file stay blocked."""
+    if bpy.app.autoexec_fail:
+        raise UsageError(f"Blender blocked the scripts of {bpy.path.basename(bpy.data.filepath)} when it opened "
+                         "it (Auto Run Python Scripts is off, or the file's folder is not trusted), so the cluster "
+                         "will not run them either. If you trust the file, reload it with its scripts (File > "
+                         "Revert, Trust, or the Reload Trusted button in the warning) and submit again")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, StringProperty
 
 from ..core.errors import BraasError, UsageError
 from ..core.presets import load_preset
@@ -76,10 +76,25 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
     bl_label = "Submit Job"
     bl_options = {"REGISTER"}
 
+    # Asked for each submission, never kept (SKIP_SAVE) nor stored in the .blend: a downloaded file must
+    # not opt itself into running its code under the user's account.
+    allow_scripts: BoolProperty(name="Run the file's scripts", default=False, options={"SKIP_SAVE"},
+                                description="Let Python embedded in this .blend (text blocks that register, "
+                                            "drivers) run on the cluster, for this job only")
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if not self.allow_scripts:
+            return self.execute(context)
+        return context.window_manager.invoke_confirm(
+            self, event, title="Run this file's scripts on the cluster?", confirm_text="Submit and Run",
+            message="Python in this .blend will run with your account on the cluster. Only for a file you trust.")
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         settings = context.scene.braas_hpc
         try:
             _online_or_error(settings.preset)
+            if self.allow_scripts:
+                checks.check_scripts_allowed()
             for warning in checks.check_scene():
                 self.report({"WARNING"}, warning)
             request = SubmitRequest(
@@ -87,7 +102,7 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 chunk=settings.chunk, device=settings.device, walltime_min=settings.walltime_min or None,
                 max_parallel=settings.max_parallel, account=settings.account.strip(),
                 partition=settings.partition.strip(), email=settings.email.strip(),
-                allow_scripts=settings.allow_scripts, pack=settings.pack, project=settings.project.strip(),
+                allow_scripts=self.allow_scripts, pack=settings.pack, project=settings.project.strip(),
                 retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
@@ -106,8 +121,10 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                          "WARNING" if result.warnings or result.upload.notes else "INFO")
             jobs_list.auto_refresh.soon()
 
+        allow_scripts = self.allow_scripts
+
         def again() -> None:
-            bpy.ops.braas_hpc.submit()
+            bpy.ops.braas_hpc.submit(allow_scripts=allow_scripts)
 
         label = "Rendering here" if settings.preset == "local" else f"Submitting to {settings.preset}"
         return runtime.launch(self, label, lambda: activity.submit(request), "submit", submitted, again)

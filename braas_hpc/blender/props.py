@@ -64,8 +64,6 @@ class JobSettings(bpy.types.PropertyGroup):
                                description="Render with the node's cores next to its GPUs")
     partition: StringProperty(name="Partition", description="Empty: the preset's default for the device")
     account: StringProperty(name="Account", description="Empty: the preset's")
-    allow_scripts: BoolProperty(name="Run scripts in the .blend", default=False,
-                                description="Let drivers and scripts embedded in the file run on the cluster")
 
 
 class JobItem(bpy.types.PropertyGroup):

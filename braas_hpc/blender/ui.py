@@ -116,10 +116,15 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
             layout.prop(settings, "gpu_with_cpu")
         layout.prop(settings, "partition")
         layout.prop(settings, "account")
-        layout.prop(settings, "allow_scripts")
         row = layout.row()
         row.scale_y = 1.4
         row.operator("braas_hpc.submit", icon="RENDER_ANIMATION")
+        if checks.has_scripts():  # the file's scripts run on the cluster only when asked for, job by job
+            row = layout.row()
+            row.enabled = not bpy.app.autoexec_fail
+            row.operator("braas_hpc.submit", text="Submit and Run Its Scripts", icon="SCRIPT").allow_scripts = True
+            if bpy.app.autoexec_fail:
+                layout.label(text="Blender blocked this file's scripts: reload it trusted to run them", icon="INFO")
 
 
 class BRAAS_HPC_UL_jobs(bpy.types.UIList):
