@@ -371,7 +371,13 @@ def bake(out: str) -> None:
     links.new(move.outputs["Geometry"], baked.inputs[0])
     links.new(baked.outputs[0], paint.inputs["Geometry"])
     links.new(paint.outputs["Geometry"], output.inputs[0])
-    modifier = obj.modifiers.new("bake", "NODES")
+    bake_to_disk(obj, "bake", tree)
+    move.inputs["Translation"].default_value = OFF_CAMERA
+
+
+def bake_to_disk(obj: bpy.types.Object, name: str, tree: bpy.types.NodeTree) -> None:
+    """Give `obj` the node group as a modifier and bake it to disk, beside the saved .blend."""
+    modifier = obj.modifiers.new(name, "NODES")
     modifier.node_group = tree
     if hasattr(modifier, "bake_target"):
         modifier.bake_target = "DISK"
@@ -379,7 +385,6 @@ def bake(out: str) -> None:
     _only_selected(obj)
     bpy.ops.object.geometry_node_bake_single(session_uid=obj.session_uid, modifier_name=modifier.name,
                                              bake_id=modifier.bakes[0].bake_id)
-    move.inputs["Translation"].default_value = OFF_CAMERA
 
 
 def simulation(out: str) -> None:
@@ -408,14 +413,7 @@ def simulation(out: str) -> None:
     links.new(step.outputs["Geometry"], zone_out.inputs["Geometry"])
     links.new(zone_out.outputs["Geometry"], paint.inputs["Geometry"])
     links.new(paint.outputs["Geometry"], output.inputs[0])
-    modifier = obj.modifiers.new("simulation", "NODES")
-    modifier.node_group = tree
-    if hasattr(modifier, "bake_target"):
-        modifier.bake_target = "DISK"
-    bpy.ops.wm.save_mainfile()
-    _only_selected(obj)
-    bpy.ops.object.geometry_node_bake_single(session_uid=obj.session_uid, modifier_name=modifier.name,
-                                             bake_id=modifier.bakes[0].bake_id)
+    bake_to_disk(obj, "simulation", tree)
     step.inputs["Translation"].default_value = (0, 0, 0)
 
 
