@@ -1,6 +1,6 @@
 """Blender on a cluster: downloaded there (SHA-256 checked, resumable), uploaded from here, or named.
 
-Archives unpack into `<workdir>/braas-hpc/blender/<archive name>/`, which holds a `.braas-installed`
+Archives unpack into `<workdir>/braas-hpc-<user>/blender/<archive name>/`, which holds a `.braas-installed`
 stamp with the archive's SHA-256 once complete, so a second install of the same archive is a no-op.
 """
 

@@ -1,4 +1,4 @@
-"""`braas-hpc install PRESET`: the cluster scripts, and optionally Blender, under `<workdir>/braas-hpc/`.
+"""`braas-hpc install PRESET`: the cluster scripts, and optionally Blender, under `<workdir>/braas-hpc-<user>/`.
 
 The scripts come from this package (no git, no internet on the cluster), into a directory named by
 the release and a hash of every script, so a job never meets a stale copy. Installing twice sends
@@ -45,6 +45,11 @@ def shipped_scripts() -> dict[str, Path]:
 @functools.cache
 def _digests() -> dict[str, str]:
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in shipped_scripts().items()}
+
+
+def shipped_digests() -> dict[str, str]:
+    """The SHA-256 of every shipped cluster script, by name."""
+    return dict(_digests())
 
 
 @functools.cache
@@ -227,6 +232,7 @@ async def install(preset_name: str, source: BlenderSource | None = None, backend
     from .presets import load_preset
     from .service import remote_root
     from .transport import transport_for
+    from .tree import ensure_root
 
     started = time.perf_counter()
     preset = load_preset(preset_name)
@@ -236,6 +242,7 @@ async def install(preset_name: str, source: BlenderSource | None = None, backend
     if source is not None:
         source.kind()  # refuse two sources before connecting
     transport = transport_for(preset, backend)
+    await ensure_root(transport, root)
     scripts = await scripts_for(transport, preset, root)
     blender = record = None
     if source is not None and source.kind():

@@ -28,6 +28,7 @@ from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState
 from braas_hpc.core.service import remote_root
 from braas_hpc.core.transport import StreamLine, Transport, quote_command, transport_for
+from braas_hpc.core.tree import ensure_root
 
 from ..node import SERVER_FILES
 from . import launch, node_script
@@ -85,7 +86,7 @@ def holder_script(preset: Preset, spec: JobSpec, paths: SessionPaths) -> str:
     header = scheduler.directives(spec, plain, paths, Round(0, 1))  # type: ignore[arg-type]  # JobPaths' face
     hold = ["bash", paths.node_script, "hold", paths.dir, str(spec.walltime_min * 60)]
     return "\n".join(["#!/bin/bash", *header, "", f"# braas-hpc interactive session {paths.name}", "set -u",
-                      *preset.env, f"exec {quote_command(hold)}", ""])
+                      "umask 077", *preset.env, f"exec {quote_command(hold)}", ""])
 
 
 async def _write(t: Transport, path: str, text: str, mode: str = "644") -> None:
@@ -116,7 +117,7 @@ async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = F
                 progress.report(f"not sent (Blender cannot pack them): {', '.join(report.unpacked[:4])}")
                 log.warning("session %s renders without files Blender cannot pack: %s", name,
                             ", ".join(report.unpacked))
-        await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
+        await ensure_root(t, paths.root, [paths.dir])
         if packed is not None:
             # Images inside, through the store: a scene sent before (for a job or a session) is not sent again.
             progress.report("uploading the scene")
@@ -194,7 +195,8 @@ async def install_server(record: SessionRecord) -> None:
 
 
 def _command_script(preset: Preset, argv: Sequence[str]) -> str:
-    return "\n".join(["#!/bin/sh", "# braas-hpc interactive command", *preset.env, f"exec {quote_command(argv)}", ""])
+    return "\n".join(["#!/bin/sh", "# braas-hpc interactive command", "umask 077", *preset.env,
+                      f"exec {quote_command(argv)}", ""])
 
 
 async def run(record: SessionRecord, argv: Sequence[str], timeout: float = STARTED_TIMEOUT_S) -> None:

@@ -56,12 +56,32 @@ def task_id_shell() -> str:
     return 'task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"'
 
 
+def trust_lines(paths: JobPaths, script: str, digest: str) -> list[str]:
+    """Shell that refuses to go on unless the user's tree is still the user's (not swapped for another
+    user's copy after submission) and `script` is still the file submitted (`digest`, its SHA-256).
+    The job script itself is safe: the scheduler keeps its own copy from submission."""
+    q = shlex.quote
+    root = q(paths.root)
+    replaced = f"braas-hpc: {paths.root} is not your own directory any more (another user replaced it?): " \
+               "refusing to run anything from it"
+    lines = [f"if [ -L {root} ] || [ ! -O {root} ]; then echo {q(replaced)} >&2; exit 2; fi"]
+    if digest:
+        said = f"braas-hpc: {script} is not the script this job was submitted with (its SHA-256 differs): " \
+               "refusing to run it; braas-hpc install puts it back"
+        lines.append(f"printf '%s  %s\\n' {digest} {q(script)} | sha256sum -c --status - || "
+                     f"{{ echo {q(said)} >&2; exit 2; }}")
+    return lines
+
+
 def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
-                      render_task: str, round_: Round | None = None, log_to_file: bool = True) -> str:
+                      render_task: str, round_: Round | None = None, log_to_file: bool = True,
+                      task_digest: str = "") -> str:
     """The array job script: maps its task index to frames through the round's frames file.
 
     The same body runs under every scheduler and on the `local` preset (header empty, and output
-    left on stdout, where the local runner reads the progress lines).
+    left on stdout, where the local runner reads the progress lines, and no trust checks: the
+    local tree is in the user's private data directory). `task_digest`: the SHA-256 the render task
+    must have when the job starts ("" when not known at submission: a site's own scripts from git).
     """
     round_ = round_ or Round(0, len(spec.tasks))
     q = shlex.quote
@@ -92,6 +112,7 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
     lines += [
         f"# braas-hpc job {spec.name}: {round_.tasks} task(s), frames per task in {frames_file}",
         "set -u",
+        "umask 077  # frames, logs and markers are the user's alone",
         *preset.env,
         task_id_shell(),
         'if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',
@@ -99,6 +120,7 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         'threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"',
         f"cd {q(paths.job_dir)} || exit 2",
         *([f'exec >>{q(paths.log_dir)}/"{round_.marker_prefix}task-$task_id.log" 2>&1'] if log_to_file else []),
+        *(trust_lines(paths, render_task, task_digest) if log_to_file else []),
         f"exec {command}",
         "",
     ]
@@ -109,7 +131,7 @@ FINISH_WALLTIME_MIN = 15
 
 
 def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
-                      finish_task: str, round_: Round) -> str:
+                      finish_task: str, round_: Round, task_digest: str = "") -> str:
     """The finish step's script: summary.json and thumb.jpg once every task of the round has ended."""
     q = shlex.quote
     command = [*blender, "-b", "--factory-startup", "-Y", "-t", "1", "-P", finish_task, "--",
@@ -118,9 +140,11 @@ def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         "#!/bin/bash", *header, "",
         f"# braas-hpc job {spec.name}: finish step of round {round_.number} (summary.json, thumb.jpg)",
         "set -u",
+        "umask 077",
         *preset.env,
         f"cd {q(paths.job_dir)} || exit 2",
         f"exec >>{q(paths.log_dir)}/{round_.marker_prefix}finish.log 2>&1",
+        *trust_lines(paths, finish_task, task_digest),
         f"exec {' '.join(q(word) for word in command)}",
         "",
     ])
@@ -173,16 +197,16 @@ class Scheduler(ABC):
         return [f"{self.prefix} {line}" for line in lines]
 
     def render_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], render_task: str,
-                      round_: Round | None = None) -> str:
+                      round_: Round | None = None, task_digest: str = "") -> str:
         round_ = round_ or Round(0, len(spec.tasks))
         header = self.directives(spec, preset, paths, round_)
-        return render_job_script(header, spec, preset, paths, blender, render_task, round_)
+        return render_job_script(header, spec, preset, paths, blender, render_task, round_, task_digest=task_digest)
 
     def finish_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], finish_task: str,
-                      round_: Round) -> str:
+                      round_: Round, task_digest: str = "") -> str:
         finish, plain = finish_request(spec, preset)
         header = self.directives(finish, plain, paths, Round(round_.number, 1))
-        return finish_job_script(header, spec, preset, paths, blender, finish_task, round_)
+        return finish_job_script(header, spec, preset, paths, blender, finish_task, round_, task_digest)
 
     @abstractmethod
     def after_argv(self, job_ids: Sequence[str]) -> list[str]:
