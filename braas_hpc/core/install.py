@@ -173,6 +173,8 @@ class InstalledBlender:
     env: tuple[str, ...] = ()
     source: dict[str, str] = field(default_factory=dict)
     version: str = ""  # what `blender --version` printed on the login node, when it ran there
+    tree: str = ""  # the directory braas-hpc unpacked it into (not for a path or module the user names)
+    tree_sha256: str = ""  # that directory's hash (cluster_blender.TREE_HASH_SH), checked by every job
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "env": list(self.env)}
@@ -188,7 +190,7 @@ def installed_blender(preset_name: str) -> InstalledBlender | None:
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
     return InstalledBlender(data["blender"], tuple(data.get("env", ())), data.get("source", {}),
-                            data.get("version", ""))
+                            data.get("version", ""), data.get("tree", ""), data.get("tree_sha256", ""))
 
 
 def record_blender(preset_name: str, installed: InstalledBlender) -> Path:

@@ -39,7 +39,7 @@ from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pac
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
-from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round
+from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round, Trust
 from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport
 from .transport import Transport, quote_command, transport_for
@@ -129,10 +129,13 @@ def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
     return f"{paths.scripts_dir(scripts_version())}/{name}"
 
 
-def script_digest(preset: Preset, name: str) -> str:
-    """The SHA-256 a cluster script must have when a job starts: this release's copy; "" for a site's own
-    scripts from git (not known here; they are the site's responsibility)."""
-    return "" if preset.scripts_git else shipped_digests()[name]
+def job_trust(preset: Preset, name: str) -> Trust:
+    """What a job checks before it runs: the cluster script `name` has this release's SHA-256 (not known
+    for a site's own scripts from git), and a Blender `install` unpacked still has its files."""
+    installed = None if preset.is_local else installed_blender(preset.name)
+    tree = installed if installed is not None and installed.blender == preset.blender else None
+    return Trust("" if preset.scripts_git else shipped_digests()[name],
+                 tree.tree if tree else "", tree.tree_sha256 if tree else "")
 
 
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> str:
@@ -142,14 +145,14 @@ def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | N
     preset = with_installed_blender(preset)
     return scheduler_for(preset.scheduler).render_script(spec, preset, paths, [preset.blender],
                                                          cluster_script(preset, paths, "render_task.py"), round_,
-                                                         script_digest(preset, "render_task.py"))
+                                                         job_trust(preset, "render_task.py"))
 
 
 def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> str:
     preset = with_installed_blender(preset)
     return scheduler_for(preset.scheduler).finish_script(spec, preset, paths, [preset.blender],
                                                          cluster_script(preset, paths, "finish_task.py"), round_,
-                                                         script_digest(preset, "finish_task.py"))
+                                                         job_trust(preset, "finish_task.py"))
 
 
 def finish_file(paths: JobPaths, round_: int) -> str:

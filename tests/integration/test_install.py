@@ -166,7 +166,9 @@ def test_blender_download_checked_resumed_and_idempotent(fresh: str, remote, htt
     assert first["changed"] is True and first["version"] == FAKE_VERSION and first["resumed_from"] == 100_000
     assert "bytes=100000-" in RangeHandler.ranges
     assert first["blender"] == f"{root}/blender-9.9.9-linux-x64/blender"
-    assert remote(f"cat {root}/blender-9.9.9-linux-x64/.braas-installed").stdout.strip() == digest
+    # The stamp: the archive's SHA-256 and the unpacked tree's hash, which the record keeps too.
+    stamp = f"{digest} {first['tree_sha256']}"
+    assert remote(f"cat {root}/blender-9.9.9-linux-x64/.braas-installed").stdout.strip() == stamp
 
     again = _json("install", fresh, "--blender-url", link, "--blender-sha256", digest)["blender"]
     assert again["changed"] is False and again["version"] == FAKE_VERSION

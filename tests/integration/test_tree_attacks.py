@@ -32,6 +32,7 @@ from braas_hpc.core.install import scripts_version
 from braas_hpc.core.presets import load_preset
 from tests.conftest import run_cli
 from tests.helpers import make_sample, sha256
+from tests.integration.test_install import fake_blender
 from tests.retarget import to_toml
 
 ATTACKER = "braasatk"
@@ -231,3 +232,33 @@ def test_a_store_file_with_other_bytes_is_never_linked(project: Project, remote,
     assert remote(f"rm -f {stored}").returncode == 0
     again = project.submit(scene)
     assert json.loads(again.stdout)["uploaded_files"] == 1
+
+
+def test_an_installed_blender_is_checked_by_its_tree_hash(testbed, project: Project, remote,  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    archive = fake_blender(tmp_path)
+    first = run_cli("install", project.preset, "--blender-upload", str(archive), "--json")
+    assert first.returncode == 0, first.stderr
+    installed = json.loads(first.stdout)["blender"]
+    tree = installed["tree"]
+    assert installed["changed"] is True and len(installed["tree_sha256"]) == 64
+    assert as_attacker(f"printf x >> {tree}/blender").returncode != 0  # closed to the attacker
+
+    # The stamp of an older release (or a planted one) holds only the archive's public SHA-256: not enough.
+    payload = f"#!/bin/sh\ntouch {project.canary}\n"
+    assert remote(f"printf %s {shlex.quote(payload)} > {tree}/blender && "
+                  f"echo {sha256(archive)} > {tree}/.braas-installed").returncode == 0
+    again = run_cli("install", project.preset, "--blender-upload", str(archive), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["blender"]["changed"] is True  # unpacked afresh, not trusted
+    assert "touch" not in remote(f"cat {tree}/blender").stdout
+    assert not Path(project.canary).exists()
+
+    # Changed after install, stamp and all: every job recomputes the hash before it starts Blender.
+    project.submit(make_sample(tmp_path / "scene"))
+    job = project.jobs[-1]
+    assert remote(f"printf %s {shlex.quote(payload)} > {tree}/blender").returncode == 0
+    release_and_wait(testbed, job)
+    log = remote(f"cat {project.root}/jobs/{job['job']}/log/task-1.log").stdout
+    assert f"braas-hpc: the Blender in {tree} is not the one braas-hpc install unpacked" in log, log
+    assert not Path(project.canary).exists(), "the changed Blender ran"
