@@ -175,13 +175,18 @@ async def lacking(transport: Transport, root: str, digests: Iterable[str]) -> se
 _SETTLE_SCRIPT = r"""
 while IFS="$(printf '\t')" read -r digest temp final; do
   [ -n "$final" ] || continue
-  got=$(sha256sum -- "$temp" 2>/dev/null | cut -d ' ' -f 1)
+  got=$( [ -f "$temp" ] && [ ! -L "$temp" ] && [ -O "$temp" ] && sha256sum -- "$temp" 2>/dev/null | cut -d ' ' -f 1)
   if [ "$got" = "$digest" ] && chmod 0444 -- "$temp" && mv -f -- "$temp" "$final"; then :; else
     rm -f -- "$temp"; printf '%s\n' "$final"
   fi
 done
 exit 0
 """
+
+
+# $@: directories to make; stdin: temp file names, each created empty and exclusively (noclobber: a name
+# that exists, a planted link included, stops the upload rather than being written through).
+_CREATE_TEMPS_SCRIPT = 'set -C; mkdir -p -- "$@" || exit 1; while IFS= read -r t; do : > "$t" || exit 1; done'
 
 
 async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> None:
@@ -191,7 +196,8 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
     resumes and verifies on its own."""
     targets = {digest: store_path(root, digest) for digest in files}
     temps = {digest: f"{target}.{secrets.token_hex(4)}.part" for digest, target in targets.items()}
-    await transport.run(["mkdir", "-p", "--", *sorted({posixpath.dirname(t) for t in targets.values()})])
+    dirs = sorted({posixpath.dirname(t) for t in targets.values()})
+    await transport.run(["sh", "-c", _CREATE_TEMPS_SCRIPT, "sh", *dirs], stdin="".join(f"{temps[d]}\n" for d in files))
     gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
     counter = progress.ByteCounter("uploading", sum(path.stat().st_size for path in files.values()))
 

@@ -262,3 +262,22 @@ def test_an_installed_blender_is_checked_by_its_tree_hash(testbed, project: Proj
     log = remote(f"cat {project.root}/jobs/{job['job']}/log/task-1.log").stdout
     assert f"braas-hpc: the Blender in {tree} is not the one braas-hpc install unpacked" in log, log
     assert not Path(project.canary).exists(), "the changed Blender ran"
+
+
+def test_temp_files_are_new_files_never_written_through(testbed, project: Project, remote,  # noqa: ANN001
+                                                       tmp_path: Path) -> None:
+    """Links left under the temp names a job used to write (its marker's, its frame's): the job writes
+    new files of its own, renders, and the files the links point to keep their bytes."""
+    project.submit(make_sample(tmp_path / "scene"))
+    job = project.jobs[-1]
+    job_dir = f"{project.root}/jobs/{job['job']}"
+    victim = f"{project.workdir}/victim.txt"
+    plant = (f"echo keep > {victim} && ln -s {victim} {job_dir}/status/task-1.json.part && "
+             f"ln -s {victim} {job_dir}/out/.frame_000001.task1.part.png")
+    assert remote(plant).returncode == 0
+    release_and_wait(testbed, job)
+    assert remote(f"cat {victim}").stdout == "keep\n"
+    marker = json.loads(remote(f"cat {job_dir}/status/task-1.json").stdout)
+    assert marker["state"] == "done" and marker["rendered"] == [1], marker
+    assert remote(f"test -s {job_dir}/out/frame_000001.png && test ! -L {job_dir}/out/frame_000001.png"
+                  ).returncode == 0
