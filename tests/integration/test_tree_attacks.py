@@ -14,6 +14,7 @@ it (scontrol) after planting its attack, so the order is certain.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import grp
 import json
@@ -30,6 +31,7 @@ import pytest
 
 from braas_hpc.core.install import scripts_version
 from braas_hpc.core.presets import load_preset
+from braas_hpc.core.tree import UntrustedTree
 from tests.conftest import run_cli
 from tests.helpers import make_sample, sha256
 from tests.integration.test_install import fake_blender
@@ -281,3 +283,27 @@ def test_temp_files_are_new_files_never_written_through(testbed, project: Projec
     assert marker["state"] == "done" and marker["rendered"] == [1], marker
     assert remote(f"test -s {job_dir}/out/frame_000001.png && test ! -L {job_dir}/out/frame_000001.png"
                   ).returncode == 0
+
+
+def test_a_replaced_session_directory_is_refused(testbed, project: Project, remote) -> None:  # noqa: ANN001
+    """An interactive session's directory swapped for the attacker's (its own node script there): the
+    client refuses to write or run anything in it, and the holding job refuses to start its script."""
+    from braas_hpc_interactive.core import session
+    from braas_hpc_interactive.core.records import NODE_SCRIPT
+
+    record = asyncio.run(session.start(project.preset))
+    project.jobs.append({"job": record.name, "scheduler_ids": [record.job_id], "finish_id": ""})
+    directory = f"{project.root}/interactive/{record.name}"
+    payload = f"#!/bin/bash\ntouch {project.canary}\n"
+    swap = (f"mv {project.root} {project.workdir}/moved && mkdir -p {directory} && "
+            f"printf %s {shlex.quote(payload)} > {directory}/{NODE_SCRIPT} && chmod -R 2777 {project.root}")
+    swapped = as_attacker(swap)
+    assert swapped.returncode == 0, swapped.stderr
+    with pytest.raises(UntrustedTree, match=f"{project.root} is owned by {ATTACKER}, not by you"):
+        asyncio.run(session.install_server(record))
+    release_and_wait(testbed, project.jobs[-1])
+    said = remote(f"cat {directory}/slurm-*.out").stdout
+    assert f"braas-hpc: {project.root} is not your own directory any more" in said, said
+    with pytest.raises(UntrustedTree):
+        asyncio.run(session.stop(record))
+    assert not Path(project.canary).exists(), "the attacker's node script ran"
