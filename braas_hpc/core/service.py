@@ -293,7 +293,8 @@ async def gc(preset_name: str, remove: bool = False) -> GcResult:
     preset = load_preset(preset_name)
     root = remote_root(preset)
     transport = transport_for(preset)
-    await ensure_root(transport, root)
+    if not preset.is_local:  # the data directory is private already
+        await ensure_root(transport, root)
     found = await store.scan(transport, root)
     if remove:
         await store.remove(transport, root, found.unreferenced, found.abandoned)
