@@ -1,1 +1,1 @@
-"""Scripts installed on a cluster under <workdir>/braas-hpc/scripts/<version>/."""
+"""Scripts installed on a cluster under <workdir>/braas-hpc-<user>/scripts/<version>/."""

@@ -12,11 +12,13 @@ Exit 0 when the summary was written, whatever it says; 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
 import struct
 import sys
+import tempfile
 import time
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
@@ -89,10 +91,17 @@ def summarize(job_dir: str, extension: str, markers: list[dict]) -> dict:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
-    temp = f"{path}.part"
-    with open(temp, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=1)
-    os.replace(temp, path)
+    # A new file of our own (O_EXCL, mode 0600, random name), never one that was there: nothing
+    # planted under a fixed temp name (a link to another file) is written through.
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=1)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def exr_size(path: str) -> tuple[int, int]:
@@ -132,6 +141,8 @@ def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
     settings.file_format = "JPEG"
     settings.quality = 80
     temp = os.path.join(os.path.dirname(target), ".thumb.part.jpg")
+    if os.path.lexists(temp):  # Blender opens its fixed name as it finds it: never through a leftover link
+        os.unlink(temp)
     image.save_render(temp, scene=bpy.context.scene)
     os.replace(temp, target)
 

@@ -17,10 +17,12 @@ Exit 0 when every frame of the task exists afterwards, 1 when some failed, 2 on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 
@@ -63,10 +65,17 @@ def task_frames(job_dir: str, frames_file: str, task: int) -> list[int]:
 
 
 def write_json_atomic(path: str, data: dict[str, object]) -> None:
-    temp = f"{path}.part"
-    with open(temp, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=1)
-    os.replace(temp, path)
+    # A new file of our own (O_EXCL, mode 0600, random name), never one that was there: nothing
+    # planted under a fixed temp name (a link to another file) is written through.
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=1)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def cycles_devices(prefs: object) -> list[Device]:
@@ -105,6 +114,8 @@ def render_frame(scene: bpy.types.Scene, frame: int, temp: str, final: str) -> N
     """Blender writes the frame as its own render output does (every view layer and pass in a multilayer
     EXR, which Image.save_render does not promise), to a temp name without '#' or frame suffix."""
     scene.frame_set(frame)
+    if os.path.lexists(temp):  # Blender opens its fixed name as it finds it: never through a leftover link
+        os.unlink(temp)
     scene.render.filepath = temp
     bpy.ops.render.render(write_still=True, scene=scene.name)
     if not os.path.isfile(temp):

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 
@@ -111,8 +112,9 @@ def stop(pid: int) -> None:
 def record(marker_path: str, message: str) -> None:
     marker = read_json(marker_path)
     marker.update(state="failed", exit_code=EXIT_CODE, error=message, finished=time.time(), current=None)
-    temp = f"{marker_path}.watchdog.part"
-    with open(temp, "w", encoding="utf-8") as stream:
+    # A new file of our own (O_EXCL, 0600, random name): nothing planted under a fixed name is written through.
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(marker_path) or ".", prefix=".watchdog.", suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
         json.dump(marker, stream, indent=1)
     os.replace(temp, marker_path)
 

@@ -1,7 +1,9 @@
 """Blender on a cluster: downloaded there (SHA-256 checked, resumable), uploaded from here, or named.
 
-Archives unpack into `<workdir>/braas-hpc/blender/<archive name>/`, which holds a `.braas-installed`
-stamp with the archive's SHA-256 once complete, so a second install of the same archive is a no-op.
+Archives unpack into `<workdir>/braas-hpc-<user>/blender/<archive name>/`, which holds a `.braas-installed`
+stamp once complete: the archive's SHA-256 and a hash of the unpacked tree (TREE_HASH_SH). A second
+install of the same archive is a no-op only when the tree still has that hash; the hash is recorded
+here too, and every job recomputes it before it starts that Blender (schedulers.base.trust_lines).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ ARCHIVE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)\.(tar\.xz|tar\.gz|tgz|tar\
 MODULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+/-]*$")
 X86_NAMES = re.compile(r"x64|x86[_-]64|amd64|linux64", re.I)
 STAMP = ".braas-installed"
+# A shell function: the SHA-256 of a directory tree (every entry's type, mode, path and link target,
+# then every file's SHA-256, in byte order), without the stamp. Also run by every job (so: sh only).
+TREE_HASH_SH = ("braas_tree() { (cd -- \"$1\" && { find . -mindepth 1 ! -path ./.braas-installed "
+                "-printf '%y %m %p %l\\n' | LC_ALL=C sort; find . -type f ! -path ./.braas-installed -print0 "
+                "| LC_ALL=C sort -z | xargs -0 -r sha256sum --; } | sha256sum | cut -d ' ' -f 1); }")
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ mv -f "$part" "$file"; echo "resumed-from $start"
 """
 
 # Unpack into <dest>.unpack, take the archive's single top directory (or all of it), move it to <dest>.
-_UNPACK = r"""
+_UNPACK = TREE_HASH_SH + r"""
 set -u
 file=$1 dest=$2 digest=$3 tmp="$2.unpack"
 rm -rf "$tmp" && mkdir -p "$tmp" || exit 3
@@ -100,13 +107,29 @@ tar -xf "$file" -C "$tmp" || { rm -rf "$tmp"; echo "cannot unpack $file" >&2; ex
 set -- "$tmp"/*
 if [ "$#" = 1 ] && [ -d "$1" ]; then top=$1; else top=$tmp; fi
 [ -x "$top/blender" ] || { rm -rf "$tmp"; echo "the archive has no blender executable at its top" >&2; exit 7; }
-rm -rf "$dest" && mv "$top" "$dest" && rm -rf "$tmp" && echo "$digest" > "$dest/.braas-installed"
+rm -rf "$dest" && mv "$top" "$dest" && rm -rf "$tmp" || exit 3
+tree=$(braas_tree "$dest") && echo "$digest $tree" > "$dest/.braas-installed" && echo "tree $tree"
+"""
+
+# Prints "tree <hash>" when the stamp names this archive and the tree still has the hash it recorded.
+_STAMPED = TREE_HASH_SH + r"""
+dir=$1 want=$2
+read -r archive tree < "$dir/.braas-installed" 2>/dev/null || exit 0
+[ "$archive" = "$want" ] && [ -n "$tree" ] && [ "$(braas_tree "$dir")" = "$tree" ] && echo "tree $tree"
+exit 0
 """
 
 
-async def _stamped(transport: Transport, directory: str, digest: str) -> bool:
-    done = await transport.run(["cat", "--", posixpath.join(directory, STAMP)], check=False)
-    return done.exit_status == 0 and done.stdout.strip() == digest
+def _tree(stdout: str) -> str:
+    words = stdout.split()
+    return words[-1] if words[-2:-1] == ["tree"] and SHA256_HEX.match(words[-1]) else ""
+
+
+async def _stamped(transport: Transport, directory: str, digest: str) -> str:
+    """The tree's hash when this archive is installed there and its files are unchanged, else ""
+    (an older stamp without a tree hash, a changed file: it is unpacked again)."""
+    done = await transport.run(["sh", "-c", _STAMPED, "sh", directory, digest], timeout=600)
+    return _tree(done.stdout)
 
 
 async def _version(transport: Transport, argv: list[str]) -> str:
@@ -115,8 +138,12 @@ async def _version(transport: Transport, argv: list[str]) -> str:
     return lines[0].strip() if done.exit_status == 0 and lines else ""
 
 
-async def _unpack(transport: Transport, archive: str, directory: str, digest: str) -> None:
-    await transport.run(["sh", "-c", _UNPACK, "sh", archive, directory, digest], timeout=1800)
+async def _unpack(transport: Transport, archive: str, directory: str, digest: str) -> str:
+    done = await transport.run(["sh", "-c", _UNPACK, "sh", archive, directory, digest], timeout=1800)
+    tree = _tree(done.stdout)
+    if not tree:
+        raise BraasError(f"unpacking Blender into {directory} gave no tree hash: {done.stderr.strip()}")
+    return tree
 
 
 async def from_url(transport: Transport, preset: Preset, root: str, url: str, digest: str) -> BlenderReport:
@@ -131,8 +158,9 @@ async def from_url(transport: Transport, preset: Preset, root: str, url: str, di
     name = archive_name(file_name)
     _check_arch(preset, file_name)
     directory = posixpath.join(root, "blender", name)
-    if await _stamped(transport, directory, digest):
-        return await _report(transport, directory, url=url, changed=False)
+    tree = await _stamped(transport, directory, digest)
+    if tree:
+        return await _report(transport, directory, tree, url=url, changed=False)
     archive = posixpath.join(root, "blender", "downloads", file_name)
     done = await transport.run(["sh", "-c", _FETCH, "sh", url, archive, digest], check=False, timeout=3600)
     if done.exit_status == 5:
@@ -141,9 +169,9 @@ async def from_url(transport: Transport, preset: Preset, root: str, url: str, di
                          "was removed and nothing was installed")
     if done.exit_status != 0:
         raise BraasError(f"downloading Blender on the cluster failed: {done.stderr.strip() or done.stdout.strip()}")
-    await _unpack(transport, archive, directory, digest)
+    tree = await _unpack(transport, archive, directory, digest)
     await transport.run(["rm", "-f", "--", archive])  # the unpacked copy is what jobs use
-    report = await _report(transport, directory, url=url, changed=True)
+    report = await _report(transport, directory, tree, url=url, changed=True)
     words = done.stdout.split()
     resumed = int(words[-1]) if words[-2:-1] == ["resumed-from"] and words[-1].isdigit() else 0
     return dataclasses.replace(report, resumed_from=resumed)
@@ -156,22 +184,25 @@ async def from_upload(transport: Transport, preset: Preset, root: str, local: Pa
     _check_arch(preset, local.name)
     digest = await asyncio.to_thread(sha256_file, local)
     directory = posixpath.join(root, "blender", name)
-    if await _stamped(transport, directory, digest):
-        return await _report(transport, directory, upload=str(local), changed=False)
+    tree = await _stamped(transport, directory, digest)
+    if tree:
+        return await _report(transport, directory, tree, upload=str(local), changed=False)
     archive = posixpath.join(root, "blender", "downloads", local.name)
     await transport.run(["mkdir", "-p", "--", posixpath.dirname(archive)])
     await transport.put(local, archive, verify=True)  # resumes a part left by a dropped connection
-    await _unpack(transport, archive, directory, digest)
+    tree = await _unpack(transport, archive, directory, digest)
     await transport.run(["rm", "-f", "--", archive])
-    return await _report(transport, directory, upload=str(local), changed=True, sent=local.stat().st_size)
+    return await _report(transport, directory, tree, upload=str(local), changed=True, sent=local.stat().st_size)
 
 
-async def _report(transport: Transport, directory: str, changed: bool, sent: int = 0, **source: str) -> BlenderReport:
+async def _report(transport: Transport, directory: str, tree: str, changed: bool, sent: int = 0,
+                  **source: str) -> BlenderReport:
     blender = posixpath.join(directory, "blender")
     version = await _version(transport, [blender, "--version"])
     if not version:
         raise BraasError(f"{blender} does not run on the login node (wrong architecture or a broken archive)")
-    return BlenderReport(InstalledBlender(blender, (), dict(source), version), directory, changed, sent)
+    installed = InstalledBlender(blender, (), dict(source), version, directory, tree)
+    return BlenderReport(installed, directory, changed, sent)
 
 
 async def named(transport: Transport, preset: Preset, path: str, module: str) -> BlenderReport:

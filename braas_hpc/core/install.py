@@ -1,4 +1,4 @@
-"""`braas-hpc install PRESET`: the cluster scripts, and optionally Blender, under `<workdir>/braas-hpc/`.
+"""`braas-hpc install PRESET`: the cluster scripts, and optionally Blender, under `<workdir>/braas-hpc-<user>/`.
 
 The scripts come from this package (no git, no internet on the cluster), into a directory named by
 the release and a hash of every script, so a job never meets a stale copy. Installing twice sends
@@ -45,6 +45,11 @@ def shipped_scripts() -> dict[str, Path]:
 @functools.cache
 def _digests() -> dict[str, str]:
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in shipped_scripts().items()}
+
+
+def shipped_digests() -> dict[str, str]:
+    """The SHA-256 of every shipped cluster script, by name."""
+    return dict(_digests())
 
 
 @functools.cache
@@ -168,6 +173,8 @@ class InstalledBlender:
     env: tuple[str, ...] = ()
     source: dict[str, str] = field(default_factory=dict)
     version: str = ""  # what `blender --version` printed on the login node, when it ran there
+    tree: str = ""  # the directory braas-hpc unpacked it into (not for a path or module the user names)
+    tree_sha256: str = ""  # that directory's hash (cluster_blender.TREE_HASH_SH), checked by every job
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "env": list(self.env)}
@@ -183,7 +190,7 @@ def installed_blender(preset_name: str) -> InstalledBlender | None:
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
     return InstalledBlender(data["blender"], tuple(data.get("env", ())), data.get("source", {}),
-                            data.get("version", ""))
+                            data.get("version", ""), data.get("tree", ""), data.get("tree_sha256", ""))
 
 
 def record_blender(preset_name: str, installed: InstalledBlender) -> Path:
@@ -227,6 +234,7 @@ async def install(preset_name: str, source: BlenderSource | None = None, backend
     from .presets import load_preset
     from .service import remote_root
     from .transport import transport_for
+    from .tree import ensure_root
 
     started = time.perf_counter()
     preset = load_preset(preset_name)
@@ -236,6 +244,7 @@ async def install(preset_name: str, source: BlenderSource | None = None, backend
     if source is not None:
         source.kind()  # refuse two sources before connecting
     transport = transport_for(preset, backend)
+    await ensure_root(transport, root)
     scripts = await scripts_for(transport, preset, root)
     blender = record = None
     if source is not None and source.kind():

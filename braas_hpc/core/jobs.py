@@ -121,7 +121,7 @@ def store_path(root: str, digest: str) -> str:
 class JobPaths:
     """Every file of a job under its directory, named in one place (remote or local, POSIX paths)."""
 
-    root: str  # <workdir>/braas-hpc
+    root: str  # <workdir>/braas-hpc-<user> (core.tree); older jobs keep the <workdir>/braas-hpc they had
     name: str
 
     @property

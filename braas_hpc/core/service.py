@@ -24,18 +24,27 @@ from . import VERSION, intents, progress, registry, store
 from .blender_version import check_can_open, cluster_warning, command_version, file_version
 from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
-from .install import RENDER_TASK, ScriptsReport, git_scripts_dir, installed_blender, scripts_for, scripts_version
+from .install import (
+    RENDER_TASK,
+    ScriptsReport,
+    git_scripts_dir,
+    installed_blender,
+    scripts_for,
+    scripts_version,
+    shipped_digests,
+)
 from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, store_dir
 from .local_blender import local_blender
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
 from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
-from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round
+from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round, Trust
 from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport
 from .transport import Transport, quote_command, transport_for
 from .transport.base import sha256_file
+from .tree import ensure_root, remote_user, root_name
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
@@ -73,9 +82,10 @@ class PreparedJob(JobPaths):
 
 
 def remote_root(preset: Preset, placeholder: bool = False) -> str:
-    """`<workdir>/braas-hpc`. A cluster preset without a workdir is refused (never guessed)."""
+    """`<workdir>/braas-hpc-<user>` on a cluster (the user's alone: see core.tree), `<data dir>/local/braas-hpc`
+    on this computer. A cluster preset without a workdir is refused (never guessed)."""
     if preset.is_local:
-        base = preset.workdir or str(data_dir() / "local")
+        return f"{(preset.workdir or str(data_dir() / 'local')).rstrip('/')}/braas-hpc"
     elif preset.workdir:
         base = preset.workdir
     elif placeholder:  # a dry run shows where the job would go once a workdir is set
@@ -83,7 +93,7 @@ def remote_root(preset: Preset, placeholder: bool = False) -> str:
     else:
         hint = f" (the site documents {preset.workdir_hint})" if preset.workdir_hint else ""
         raise UsageError(f"preset {preset.name} has no working directory: set workdir in {preset.source}{hint}")
-    return f"{base.rstrip('/')}/braas-hpc"
+    return f"{base.rstrip('/')}/{root_name(remote_user(preset))}"
 
 
 def _job_json(spec: JobSpec) -> str:
@@ -119,19 +129,30 @@ def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
     return f"{paths.scripts_dir(scripts_version())}/{name}"
 
 
+def job_trust(preset: Preset, name: str) -> Trust:
+    """What a job checks before it runs: the cluster script `name` has this release's SHA-256 (not known
+    for a site's own scripts from git), and a Blender `install` unpacked still has its files."""
+    installed = None if preset.is_local else installed_blender(preset.name)
+    tree = installed if installed is not None and installed.blender == preset.blender else None
+    return Trust("" if preset.scripts_git else shipped_digests()[name],
+                 tree.tree if tree else "", tree.tree_sha256 if tree else "")
+
+
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> str:
     if preset.is_local:
         return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(scripts_version()), round_,
                                  log_to_file=False)
     preset = with_installed_blender(preset)
     return scheduler_for(preset.scheduler).render_script(spec, preset, paths, [preset.blender],
-                                                         cluster_script(preset, paths, "render_task.py"), round_)
+                                                         cluster_script(preset, paths, "render_task.py"), round_,
+                                                         job_trust(preset, "render_task.py"))
 
 
 def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> str:
     preset = with_installed_blender(preset)
     return scheduler_for(preset.scheduler).finish_script(spec, preset, paths, [preset.blender],
-                                                         cluster_script(preset, paths, "finish_task.py"), round_)
+                                                         cluster_script(preset, paths, "finish_task.py"), round_,
+                                                         job_trust(preset, "finish_task.py"))
 
 
 def finish_file(paths: JobPaths, round_: int) -> str:
@@ -142,7 +163,11 @@ async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, p
                          inputs: Callable[[], Awaitable[UploadReport]]) -> tuple[UploadReport, ScriptsReport]:
     """The job's own small files directly; its inputs (`inputs`) through the content-addressed store.
     The cluster scripts are checked first (one command) and installed or repaired when they differ."""
-    await transport.run(["mkdir", "-p", paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir])
+    dirs = [paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir]
+    if preset.is_local:  # the data directory is private already
+        await transport.run(["mkdir", "-p", *dirs])
+    else:
+        await ensure_root(transport, paths.root, dirs)
     scripts = await scripts_for(transport, preset, paths.root, update=False)
     report = await inputs()
     files = [("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script)]
@@ -268,6 +293,8 @@ async def gc(preset_name: str, remove: bool = False) -> GcResult:
     preset = load_preset(preset_name)
     root = remote_root(preset)
     transport = transport_for(preset)
+    if not preset.is_local:  # the data directory is private already
+        await ensure_root(transport, root)
     found = await store.scan(transport, root)
     if remove:
         await store.remove(transport, root, found.unreferenced, found.abandoned)
@@ -409,6 +436,7 @@ async def resubmit(name: str, missing: list[int], chunk: int | None = None,
         (staging / "frames").write_text(frames_file_text(tasks))
         (staging / "job.sh").write_text(job_script(spec, preset, paths, round_))
         (staging / "finish.sh").write_text(finish_script(spec, preset, paths, round_))
+        await ensure_root(transport, paths.root)
         scripts = await scripts_for(transport, preset, paths.root, update=False)
         await transport.put(staging / "frames", paths.round_frames_file(round_.number))
         await transport.put(staging / "job.sh", paths.round_script(round_.number))

@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import secrets
+import shlex
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .jobs import SHA256_HEX, store_dir, store_path
 from .paths import data_dir
 from .transport import Transport
 from .transport.base import sha256_file
+from .tree import UntrustedTree
 
 UPLOADS_AT_ONCE = 4
 HASH_CACHE_FILE = "hash-cache.sqlite"
@@ -34,18 +36,25 @@ HASH_CACHE_FILE = "hash-cache.sqlite"
 _LACKS_SCRIPT = ('s="$1"; while IFS= read -r h; do [ -f "$s/${h%"${h#??}"}/$h" ] || printf "%s\\n" "$h"; done; '
                  'exit 0')
 
-# stdin: "<digest>\t<path inside in/>" per line. Hard links first (the store's link count then says
-# which files a job uses); a symbolic link when `ln` cannot (another filesystem, no hard links).
-# A digest missing from the store stops the script: a dangling link would only fail later, on a node.
-# stdin: digest, L (link) or C (a private writable copy), path inside in/.
+# stdin: "<digest>\t<how>\t<path inside in/>" per line, how = L (link) or C (a private writable copy).
+# Hard links first (the store's link count then says which files a job uses); a symbolic link when `ln`
+# cannot (another filesystem, no hard links). A digest missing from the store stops the script: a
+# dangling link would only fail later, on a node. Each store file is checked before a job gets it: a
+# regular file (not a link), the user's own, and its bytes have the SHA-256 its name says; any other
+# stops the script with exit 4 and says which (nothing of it reaches the job).
 _LINK_SCRIPT = '''in="$1"; s="$2"; mkdir -p -- "$in" || exit 1
 while IFS="	" read -r h how rel; do
   src="$s/${h%"${h#??}"}/$h"; dst="$in/$rel"
+  if [ -L "$src" ]; then echo "store file $src is a symbolic link" >&2; exit 4; fi
   [ -f "$src" ] || { echo "store file missing: $h" >&2; exit 3; }
+  [ -O "$src" ] || { echo "store file $src is owned by $(stat -c %U -- "$src"), not by you" >&2; exit 4; }
+  got=$(sha256sum -- "$src" | cut -d " " -f 1)
+  [ "$got" = "$h" ] || { echo "store file $src holds other bytes than its name says (SHA-256 $got)" >&2; exit 4; }
   case "$rel" in */*) mkdir -p -- "${dst%/*}" || exit 1;; esac
   if [ "$how" = C ]; then rm -f -- "$dst"; cp -- "$src" "$dst" && chmod u+w -- "$dst" || exit 1; continue; fi
   ln -f -- "$src" "$dst" 2>/dev/null || ln -sf -- "$src" "$dst" || exit 1
 done'''
+UNTRUSTED_STORE_FILE = 4  # the link script's exit status for a store file that failed its check
 
 # Store files no hard link references (link count 1), and the targets of symbolic links in jobs/ and
 # interactive/ (sessions' scenes), whose referenced store files also have link count 1. Names in the
@@ -166,13 +175,18 @@ async def lacking(transport: Transport, root: str, digests: Iterable[str]) -> se
 _SETTLE_SCRIPT = r"""
 while IFS="$(printf '\t')" read -r digest temp final; do
   [ -n "$final" ] || continue
-  got=$(sha256sum -- "$temp" 2>/dev/null | cut -d ' ' -f 1)
+  got=$( [ -f "$temp" ] && [ ! -L "$temp" ] && [ -O "$temp" ] && sha256sum -- "$temp" 2>/dev/null | cut -d ' ' -f 1)
   if [ "$got" = "$digest" ] && chmod 0444 -- "$temp" && mv -f -- "$temp" "$final"; then :; else
     rm -f -- "$temp"; printf '%s\n' "$final"
   fi
 done
 exit 0
 """
+
+
+# $@: directories to make; stdin: temp file names, each created empty and exclusively (noclobber: a name
+# that exists, a planted link included, stops the upload rather than being written through).
+_CREATE_TEMPS_SCRIPT = 'set -C; mkdir -p -- "$@" || exit 1; while IFS= read -r t; do : > "$t" || exit 1; done'
 
 
 async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> None:
@@ -182,7 +196,8 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
     resumes and verifies on its own."""
     targets = {digest: store_path(root, digest) for digest in files}
     temps = {digest: f"{target}.{secrets.token_hex(4)}.part" for digest, target in targets.items()}
-    await transport.run(["mkdir", "-p", "--", *sorted({posixpath.dirname(t) for t in targets.values()})])
+    dirs = sorted({posixpath.dirname(t) for t in targets.values()})
+    await transport.run(["sh", "-c", _CREATE_TEMPS_SCRIPT, "sh", *dirs], stdin="".join(f"{temps[d]}\n" for d in files))
     gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
     counter = progress.ByteCounter("uploading", sum(path.stat().st_size for path in files.values()))
 
@@ -210,7 +225,16 @@ async def link_inputs(transport: Transport, root: str, in_dir: str, entries: Map
     The names in `copies` get a private writable copy instead: files Blender opens read-write."""
     lines = "".join(f"{digest}\t{'C' if name in copies else 'L'}\t{check_relative(name)}\n"
                     for name, digest in sorted(entries.items()))
-    await transport.run(["sh", "-c", _LINK_SCRIPT, "sh", in_dir, store_dir(root)], stdin=lines)
+    done = await transport.run(["sh", "-c", _LINK_SCRIPT, "sh", in_dir, store_dir(root)], stdin=lines, timeout=1800,
+                               check=False)
+    if done.exit_status == UNTRUSTED_STORE_FILE:
+        what = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "a store file failed its check"
+        named = re.match(r"store file (.+?) (?:is a symbolic|is owned|holds other)", what)
+        bad = shlex.quote(named.group(1) if named else store_dir(root))
+        raise UntrustedTree(f"{what}: refusing to give it to the job, so nothing was submitted. Someone or "
+                            f"something changed the store; remove the file (rm -f {bad}) and submit again: "
+                            "it is uploaded afresh.")
+    done.check()
 
 
 async def upload_inputs(transport: Transport, root: str, in_dir: str, files: Mapping[str, Path],

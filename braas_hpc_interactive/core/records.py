@@ -1,6 +1,6 @@
 """What an interactive session is, where its files are (on the cluster and here), and its connection file.
 
-Remote layout, all under `<workdir>/braas-hpc/interactive/<session>/`: `blendfile`, `hostname.txt`,
+Remote layout, all under `<workdir>/braas-hpc-<user>/interactive/<session>/`: `blendfile`, `hostname.txt`,
 `jobid.txt`, `command.sh`, `command.log`, `command.err` (the names users of the existing add-on know),
 plus `job.sh`, `braas-session.sh`, `command.pid`, `command.exit` and `connection.json` (mode 0600).
 Locally one JSON file per session in `<data dir>/interactive/`.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import tempfile
 import time
@@ -25,9 +26,10 @@ from braas_hpc.core.jobs import JobSpec
 from braas_hpc.core.packing import MAIN_BLEND, pack_scene
 from braas_hpc.core.presets import Preset, load_preset
 from braas_hpc.core.schedulers import scheduler_for
-from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState
+from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState, Trust, trust_lines
 from braas_hpc.core.service import remote_root
 from braas_hpc.core.transport import StreamLine, Transport, quote_command, transport_for
+from braas_hpc.core.tree import UntrustedTree, ensure_root
 
 from ..node import SERVER_FILES
 from . import launch, node_script
@@ -84,13 +86,27 @@ def holder_script(preset: Preset, spec: JobSpec, paths: SessionPaths) -> str:
     plain = dataclasses.replace(preset, arrays=False)  # one plain job, never an array
     header = scheduler.directives(spec, plain, paths, Round(0, 1))  # type: ignore[arg-type]  # JobPaths' face
     hold = ["bash", paths.node_script, "hold", paths.dir, str(spec.walltime_min * 60)]
+    # Before it runs the node script: the tree is still the user's, the script the one written at start.
+    digest = hashlib.sha256(node_script.SCRIPT.encode()).hexdigest()
+    trust = trust_lines(paths, paths.node_script, Trust(digest))  # type: ignore[arg-type]  # JobPaths' face
     return "\n".join(["#!/bin/bash", *header, "", f"# braas-hpc interactive session {paths.name}", "set -u",
-                      *preset.env, f"exec {quote_command(hold)}", ""])
+                      "umask 077", *preset.env, *trust, f"exec {quote_command(hold)}", ""])
+
+
+# A new temp file of our own (noclobber, a name per process), then renamed over the file.
+_WRITE = 'set -C; t="$1.$$.tmp"; cat > "$t" && chmod "$2" "$t" && mv -f "$t" "$1" || { rm -f "$t"; exit 1; }'
 
 
 async def _write(t: Transport, path: str, text: str, mode: str = "644") -> None:
-    await t.run(["sh", "-c", 'cat > "$1.tmp" && chmod "$2" "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path, mode],
-                 stdin=text)
+    await t.run(["sh", "-c", _WRITE, "sh", path, mode], stdin=text)
+
+
+async def _checked(record: SessionRecord) -> Transport:
+    """The session's transport once its tree checked out (core.tree): a session directory another user
+    replaced is refused before anything in it is run or written."""
+    t = _transport(record)
+    await ensure_root(t, record.paths.root)
+    return t
 
 
 async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = False, blendfile: str = "",
@@ -116,7 +132,7 @@ async def start(preset_name: str, walltime_min: int | None = None, gpu: bool = F
                 progress.report(f"not sent (Blender cannot pack them): {', '.join(report.unpacked[:4])}")
                 log.warning("session %s renders without files Blender cannot pack: %s", name,
                             ", ".join(report.unpacked))
-        await t.run(["mkdir", "-p", "-m", "700", "--", paths.dir])
+        await ensure_root(t, paths.root, [paths.dir])
         if packed is not None:
             # Images inside, through the store: a scene sent before (for a job or a session) is not sent again.
             progress.report("uploading the scene")
@@ -188,13 +204,14 @@ async def blendfile_of(record: SessionRecord) -> str:
 async def install_server(record: SessionRecord) -> None:
     """Put the built-in render server in the session's directory, its files side by side as it expects
     (launch.builtin_argv): the add-on's own version, whatever ran there before."""
-    t = _transport(record)
+    t = await _checked(record)
     for source in SERVER_FILES:
         await _write(t, record.paths.file(source.name), source.read_text(encoding="utf-8"))
 
 
 def _command_script(preset: Preset, argv: Sequence[str]) -> str:
-    return "\n".join(["#!/bin/sh", "# braas-hpc interactive command", *preset.env, f"exec {quote_command(argv)}", ""])
+    return "\n".join(["#!/bin/sh", "# braas-hpc interactive command", "umask 077", *preset.env,
+                      f"exec {quote_command(argv)}", ""])
 
 
 async def run(record: SessionRecord, argv: Sequence[str], timeout: float = STARTED_TIMEOUT_S) -> None:
@@ -202,7 +219,7 @@ async def run(record: SessionRecord, argv: Sequence[str], timeout: float = START
     if not argv:
         raise UsageError("no command given to run")
     preset = load_preset(record.preset)
-    t = _transport(record)
+    t = await _checked(record)
     paths = record.paths
     await wait_ready(record, timeout=10)
     if await _command_running(t, paths):
@@ -294,6 +311,13 @@ async def stop(record: SessionRecord, keep_job: bool = False, timeout: float = S
     t = _transport(record)
     paths = record.paths
     result = "no command"
+    try:
+        await ensure_root(t, paths.root)
+    except UntrustedTree:  # nothing in the tree is run: the job is cancelled, which ends its command too
+        with contextlib.suppress(RemoteCommandError):
+            await t.run(scheduler_for(record.scheduler).cancel_argv([record.job_id]))
+        forget_record(record.name)
+        raise
     if await job_state(record) not in TERMINAL and await _read(t, paths.file("hostname.txt")):
         result = await _stop_command(record, t, paths, timeout)
     if not keep_job:

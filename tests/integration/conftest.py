@@ -89,7 +89,7 @@ def _cluster_diagnosis(since: float) -> str:
     """Task logs and markers of the jobs touched since `since`, and the controller's log tail."""
     layout = tb.Layout.from_env()
     parts: list[str] = []
-    jobs = layout.workdir / "braas-hpc" / "jobs"
+    jobs = layout.workdir / f"braas-hpc-{layout.user}" / "jobs"  # the tree is per user (core.tree)
     for job in sorted(jobs.glob("*")) if jobs.is_dir() else []:
         if job.stat().st_mtime < since - 1:
             continue

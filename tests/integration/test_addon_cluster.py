@@ -60,7 +60,7 @@ def test_operators_submit_watch_download_resubmit_and_cancel(testbed, remote, tm
 
     # A frame lost on the cluster after the job ended: the restarted add-on sees the job fail and
     # re-renders only that frame.
-    out = shlex.quote(f"{testbed.workdir}/braas-hpc/jobs/{name}/out/frame_000002.png")
+    out = shlex.quote(f"{testbed.workdir}/braas-hpc-{testbed.user}/jobs/{name}/out/frame_000002.png")
     assert remote(f"rm {out}").returncode == 0
     second = session.run(prelude=WAIT_FOR_END, script=f"""
         jobs = bpy.context.window_manager.braas_hpc.jobs

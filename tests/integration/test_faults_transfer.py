@@ -168,7 +168,7 @@ def _check_store(store: Path, before: dict[str, int]) -> int:
 
 
 def _frames_on_cluster(testbed: tb.Testbed, job: str) -> dict[str, str]:
-    out = Path(testbed.workdir) / "braas-hpc" / "jobs" / job / "out"
+    out = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
     return {p.name: sha256(p) for p in out.iterdir() if FRAME_FILE.match(p.name)}
 
 
@@ -196,7 +196,7 @@ def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Test
                                                                  big_scene: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     proxy, preset = proxied
-    store = Path(testbed.workdir) / "braas-hpc" / "store"
+    store = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "store"
     jobs, survived, reruns, temps, drops = [], 0, 0, 0, 0
     for run, cut in enumerate(UPLOAD_CUTS):
         scene = _variant(big_scene, tmp_path / f"project-{run}")
@@ -237,8 +237,8 @@ def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tu
     job = json.loads(out)["job"]
     assert _wait(job).state == "COMPLETED"
     truth = _frames_on_cluster(testbed, job)
-    assert len(truth) == 4 and min(p.stat().st_size for p in (Path(testbed.workdir) / "braas-hpc" / "jobs" / job
-                                                               / "out").glob("frame_*")) > 100_000
+    out = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    assert len(truth) == 4 and min(p.stat().st_size for p in out.glob("frame_*")) > 100_000
     failed, cut_frames, drops = 0, 0, 0
     for run, cut in enumerate(DOWNLOAD_CUTS):
         dest = tmp_path / f"frames-{run}"
@@ -288,7 +288,8 @@ def test_disk_full_during_download_is_clear_and_leaves_no_frame(testbed: tb.Test
     job = json.loads(out)["job"]
     assert _wait(job).state == "COMPLETED"
     truth = _frames_on_cluster(testbed, job)
-    frame = max(p.stat().st_size for p in (Path(testbed.workdir) / "braas-hpc" / "jobs" / job / "out").iterdir())
+    out = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    frame = max(p.stat().st_size for p in out.iterdir())
     with _tiny_disk(tmp_path / "disk", "1m") as disk:
         for room in DISK_ROOM_FRAMES:
             dest = disk / f"frames-{room}"

@@ -103,7 +103,7 @@ def test_install_from_scratch_then_no_op_then_repair(fresh: str, remote) -> None
     first = _json("install", fresh)
     expected = sorted([*shipped_scripts(), "MANIFEST.json"])
     assert sorted(first["uploaded"]) == expected and first["changed"] is True
-    assert first["scripts_dir"].endswith(f"/braas-hpc/scripts/{scripts_version()}")
+    assert first["scripts_dir"].endswith(f"/braas-hpc-braastb/scripts/{scripts_version()}")
     listing = remote(f"cd {first['scripts_dir']} && sha256sum *").stdout
     for name, path in shipped_scripts().items():
         assert f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {name}" in listing
@@ -154,7 +154,7 @@ def test_blender_download_checked_resumed_and_idempotent(fresh: str, remote, htt
 
     wrong = run_cli("install", fresh, "--blender-url", link, "--blender-sha256", "0" * 64)
     assert wrong.returncode == 1 and f"its SHA-256 is {digest}, not the {'0' * 64} given" in wrong.stderr
-    root = f"{load_preset(fresh).workdir}/braas-hpc/blender"
+    root = f"{load_preset(fresh).workdir}/braas-hpc-braastb/blender"
     assert remote(f"ls -A {root}/downloads; test -e {root}/blender-9.9.9-linux-x64").stdout.strip() == ""
 
     # An interrupted download: the first 100 kB are there; the rest is fetched with a Range request.
@@ -166,7 +166,9 @@ def test_blender_download_checked_resumed_and_idempotent(fresh: str, remote, htt
     assert first["changed"] is True and first["version"] == FAKE_VERSION and first["resumed_from"] == 100_000
     assert "bytes=100000-" in RangeHandler.ranges
     assert first["blender"] == f"{root}/blender-9.9.9-linux-x64/blender"
-    assert remote(f"cat {root}/blender-9.9.9-linux-x64/.braas-installed").stdout.strip() == digest
+    # The stamp: the archive's SHA-256 and the unpacked tree's hash, which the record keeps too.
+    stamp = f"{digest} {first['tree_sha256']}"
+    assert remote(f"cat {root}/blender-9.9.9-linux-x64/.braas-installed").stdout.strip() == stamp
 
     again = _json("install", fresh, "--blender-url", link, "--blender-sha256", digest)["blender"]
     assert again["changed"] is False and again["version"] == FAKE_VERSION
@@ -231,7 +233,7 @@ def test_site_scripts_from_git(fresh: str, remote) -> None:  # noqa: ANN001
 
     first = _json("install", fresh)
     assert first["scripts_source"] == repo and first["changed"] is True
-    assert first["scripts_dir"] == f"{preset.workdir}/braas-hpc/scripts/git-main"
+    assert first["scripts_dir"] == f"{preset.workdir}/braas-hpc-braastb/scripts/git-main"
     assert _json("install", fresh)["changed"] is False
     bump = (f"cd {work} && echo '# site change' >> render_task.py && "
             f"git -c user.name=site -c user.email=s@example.org commit -qam v2 && git push -q {repo} main")

@@ -114,7 +114,8 @@ def first(testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S
 def test_session_start_writes_the_interactive_files(first, testbed) -> None:  # noqa: ANN001
     record, conn = first
     directory = Path(record.paths.dir)
-    assert directory.parent == Path(testbed.workdir) / "braas-hpc" / "interactive"
+    assert directory.parent == Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "interactive"
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
     assert (directory / "hostname.txt").read_text().strip() == nodens.HOSTNAME
     assert (directory / "jobid.txt").read_text().strip() == record.job_id
     assert (directory / "blendfile").exists()

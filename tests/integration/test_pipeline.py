@@ -61,7 +61,7 @@ def test_submit_render_download(testbed, remote, tmp_path: Path) -> None:  # noq
     again = json.loads(run_cli("download", job, "--dest", str(dest), "--json").stdout)
     assert again["downloaded"] == 0 and again["skipped"] == 6
 
-    job_dir = f"{testbed.workdir}/braas-hpc/jobs/{job}"
+    job_dir = f"{testbed.workdir}/braas-hpc-{testbed.user}/jobs/{job}"
     marker = json.loads(remote(f"cat {shlex.quote(job_dir)}/status/task-2.json").stdout)
     assert marker["frames"] == [3, 4] and marker["rendered"] == [3, 4] and marker["exit_code"] == 0
     print(f"end-to-end wall time: {time.monotonic() - started:.1f} s")
@@ -73,7 +73,7 @@ def test_rerun_of_a_finished_task_renders_nothing(testbed, remote, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)["job"]
     assert run_cli("wait", job, "--timeout", "600", timeout=700).returncode == 0
-    job_dir = shlex.quote(f"{testbed.workdir}/braas-hpc/jobs/{job}")
+    job_dir = shlex.quote(f"{testbed.workdir}/braas-hpc-{testbed.user}/jobs/{job}")
     first = json.loads(remote(f"cat {job_dir}/status/task-1.json").stdout)
     assert first["rendered"] == [1, 2] and set(first["timings"]) == {"1", "2"}
     stamps = remote(f"stat -c %Y.%s {job_dir}/out/frame_000001.png {job_dir}/out/frame_000002.png").stdout

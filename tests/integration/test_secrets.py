@@ -188,7 +188,7 @@ def _cli(capsys: pytest.CaptureFixture[str], user: User, console: list[str], *ar
 
 
 def _job_dir(testbed: tb.Testbed, job: str) -> Path:
-    return Path(testbed.workdir) / "braas-hpc" / "jobs" / job
+    return Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job
 
 
 def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, home: Path,

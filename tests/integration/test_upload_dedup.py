@@ -44,7 +44,7 @@ def test_second_submit_of_an_unchanged_scene_sends_nothing(testbed, remote, tmp_
     assert second["uploaded_bytes"] == 0 and second["uploaded_files"] == 0 and second["skipped_files"] >= 1
     print(f"packed: first submit sent {first['uploaded_bytes']} bytes, the second {second['uploaded_bytes']}")
 
-    root = f"{testbed.workdir}/braas-hpc"
+    root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
     inodes = remote("stat -c %i " + " ".join(shlex.quote(f"{root}/jobs/{j['job']}/in/scene.blend")
                                                 for j in (first, second))).stdout.split()
     assert len(inodes) == 2 and inodes[0] == inodes[1]  # both jobs link the one store object
@@ -58,10 +58,10 @@ def test_directory_mode_renders_the_texture_from_its_own_store_object(testbed, r
     texture = scene.parent / "textures" / "checker.png"
     submitted = _submit(scene, "--pack", "dir")
     assert submitted["uploaded_files"] + submitted["skipped_files"] == 2
-    in_dir = f"{testbed.workdir}/braas-hpc/jobs/{submitted['job']}/in"
+    in_dir = f"{testbed.workdir}/braas-hpc-{testbed.user}/jobs/{submitted['job']}/in"
     listed = remote(f"cd {shlex.quote(in_dir)} && find . -type f -o -type l | sort").stdout.split()
     assert listed == ["./scene.blend", "./textures/checker.png"]
-    stored = f"{testbed.workdir}/braas-hpc/store/{sha256(texture)[:2]}/{sha256(texture)}"
+    stored = f"{testbed.workdir}/braas-hpc-{testbed.user}/store/{sha256(texture)[:2]}/{sha256(texture)}"
     assert remote(f"test -f {shlex.quote(stored)}").returncode == 0
     _render_ok(submitted["job"], tmp_path / "frames")
 
@@ -71,7 +71,7 @@ def test_directory_mode_renders_the_texture_from_its_own_store_object(testbed, r
 
 def test_gc_lists_only_what_no_job_uses_and_removes_it_on_yes(testbed, remote, tmp_path: Path
                                                               ) -> None:  # noqa: ANN001
-    root = f"{testbed.workdir}/braas-hpc"
+    root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
     # Jobs of other tests may have left orphans: start from a clean store.
     assert run_cli("gc", "testbed", "--yes").returncode == 0
     scene = make_sample(tmp_path / "project")

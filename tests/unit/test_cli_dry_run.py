@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def test_dry_run_prints_script_and_command(user_dirs: dict[str, str]) -> None:
                    "--account", "OPEN-33-7", "--email", "me@example.org", "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
-    assert plan["submit"].startswith("sbatch --parsable '<workdir>/braas-hpc/jobs/sample-")
+    # The tree is the user's own: its name carries the login name (the local one here: no user in the preset).
+    assert plan["submit"].startswith(f"sbatch --parsable '<workdir>/braas-hpc-{getpass.getuser()}/jobs/sample-")
     for line in ("#SBATCH --account=OPEN-33-7", "#SBATCH --partition=qgpu", "#SBATCH --array=1-2",
                  "#SBATCH --gpus=1", "#SBATCH --mail-user=me@example.org", "#SBATCH --mail-type=END,FAIL"):
         assert line in plan["script"].splitlines()

@@ -30,7 +30,7 @@ from braas_hpc.core.frames import MAX_FRAME_NUMBER, MAX_FRAMES, format_frames, p
 from braas_hpc.core.jobs import FRAME_FILE, JobPaths, JobSpec, make_job_name, store_path
 from braas_hpc.core.presets import Preset, load_preset
 from braas_hpc.core.schedulers.base import render_job_script
-from braas_hpc.core.service import dry_run
+from braas_hpc.core.service import dry_run, remote_root
 from braas_hpc.core.spec import SubmitRequest
 from braas_hpc.core.store import check_relative
 from braas_hpc.core.transport import quote_command
@@ -177,7 +177,9 @@ def run_harmlessly(script: str) -> list[str]:
         bin_dir.mkdir()
         (bin_dir / "touch").symlink_to(next(Path(d) / "touch" for d in ("/usr/bin", "/bin")
                                             if (Path(d) / "touch").exists()))
-        stubs = 'cd() { :; }\nexec() { [ "$#" -gt 0 ] || return 0; printf "%s\\0" "$@" >"$BRAAS_ARGV"; exit 0; }\n'
+        # The job's own checks (its tree is the user's, the render task's hash) pass: nothing here exists.
+        stubs = ('cd() { :; }\nexec() { [ "$#" -gt 0 ] || return 0; printf "%s\\0" "$@" >"$BRAAS_ARGV"; exit 0; }\n'
+                 'sha256sum() { return 0; }\n[() { case "$1" in -L|!) return 1;; esac; builtin [ "$@"; }\n')
         subprocess.run(["/bin/bash", "-c", stubs + script], capture_output=True, timeout=30, cwd=temp,
                        env={"PATH": str(bin_dir), "BRAAS_ARGV": str(record), "BRAAS_TASK_ID": "1"})
         assert record.exists(), "the script never reached Blender's exec"
@@ -200,7 +202,8 @@ def test_the_script_check_catches_an_injected_command(site: Path) -> None:
 
 
 def job_dir_of(script: str, preset: Preset) -> str:
-    base = f"{preset.workdir.rstrip('/')}/braas-hpc/jobs/" if preset.workdir else "<workdir>/braas-hpc/jobs/"
+    root = remote_root(preset, placeholder=True)
+    base = f"{root}/jobs/"
     return str(re.findall(re.escape(base) + r"[A-Za-z0-9_-]+", script)[0])
 
 

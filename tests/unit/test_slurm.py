@@ -29,12 +29,15 @@ EXPECTED = """#!/bin/bash
 
 # braas-hpc job shot 1;$(x): 2 task(s), frames per task in frames.txt
 set -u
+umask 077  # frames, logs and markers are the user's alone
 module load Blender/4.5
 task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"
 if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi
 threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"
 cd /w/braas-hpc/jobs/shot1-20260101-000000-abcd || exit 2
 exec >>/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/"task-$task_id.log" 2>&1
+if [ -L /w/braas-hpc ] || [ ! -O /w/braas-hpc ]; then echo 'braas-hpc: /w/braas-hpc is not your own directory any \
+more (another user replaced it?): refusing to run anything from it' >&2; exit 2; fi
 exec blender -b -Y /w/braas-hpc/jobs/shot1-20260101-000000-abcd/in/scene.blend -E CYCLES -t "$threads" \
 -P '/w/my scripts/render_task.py' -- --job-dir /w/braas-hpc/jobs/shot1-20260101-000000-abcd --task "$task_id" \
 --device CPU --format PNG --frames-file frames.txt

@@ -56,12 +56,48 @@ def task_id_shell() -> str:
     return 'task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"'
 
 
+@dataclass(frozen=True)
+class Trust:
+    """What a job checks before it runs anything: known at submission, so the cluster cannot change it."""
+
+    script_sha256: str = ""  # the render (or finish) task's SHA-256; "": not known (a site's own scripts)
+    blender_tree: str = ""  # the directory `braas-hpc install` unpacked Blender into ("": not ours)
+    blender_tree_sha256: str = ""  # its tree hash (cluster_blender.TREE_HASH_SH)
+
+
+def trust_lines(paths: JobPaths, script: str, trust: Trust | None) -> list[str]:
+    """Shell that refuses to go on unless the user's tree is still the user's (not swapped for another
+    user's copy after submission), `script` is still the file submitted, and an installed Blender still
+    has the files it was unpacked with. The job script itself is safe: the scheduler keeps its own copy."""
+    q = shlex.quote
+    trust = trust or Trust()
+    root = q(paths.root)
+    replaced = f"braas-hpc: {paths.root} is not your own directory any more (another user replaced it?): " \
+               "refusing to run anything from it"
+    lines = [f"if [ -L {root} ] || [ ! -O {root} ]; then echo {q(replaced)} >&2; exit 2; fi"]
+    if trust.script_sha256:
+        said = f"braas-hpc: {script} is not the script this job was submitted with (its SHA-256 differs): " \
+               "refusing to run it; braas-hpc install puts it back"
+        lines.append(f"printf '%s  %s\\n' {trust.script_sha256} {q(script)} | sha256sum -c --status - || "
+                     f"{{ echo {q(said)} >&2; exit 2; }}")
+    if trust.blender_tree and trust.blender_tree_sha256:
+        from ..cluster_blender import TREE_HASH_SH  # the one definition, shared with install
+
+        said = f"braas-hpc: the Blender in {trust.blender_tree} is not the one braas-hpc install unpacked (its " \
+               "files changed): refusing to run it; run braas-hpc install with the same archive again"
+        lines += [TREE_HASH_SH, f'[ "$(braas_tree {q(trust.blender_tree)})" = {trust.blender_tree_sha256} ] || '
+                  f"{{ echo {q(said)} >&2; exit 2; }}"]
+    return lines
+
+
 def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
-                      render_task: str, round_: Round | None = None, log_to_file: bool = True) -> str:
+                      render_task: str, round_: Round | None = None, log_to_file: bool = True,
+                      trust: Trust | None = None) -> str:
     """The array job script: maps its task index to frames through the round's frames file.
 
     The same body runs under every scheduler and on the `local` preset (header empty, and output
-    left on stdout, where the local runner reads the progress lines).
+    left on stdout, where the local runner reads the progress lines, and no trust checks: the
+    local tree is in the user's private data directory). `trust`: what the job checks before it starts.
     """
     round_ = round_ or Round(0, len(spec.tasks))
     q = shlex.quote
@@ -92,6 +128,7 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
     lines += [
         f"# braas-hpc job {spec.name}: {round_.tasks} task(s), frames per task in {frames_file}",
         "set -u",
+        "umask 077  # frames, logs and markers are the user's alone",
         *preset.env,
         task_id_shell(),
         'if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',
@@ -99,6 +136,7 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         'threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"',
         f"cd {q(paths.job_dir)} || exit 2",
         *([f'exec >>{q(paths.log_dir)}/"{round_.marker_prefix}task-$task_id.log" 2>&1'] if log_to_file else []),
+        *(trust_lines(paths, render_task, trust) if log_to_file else []),
         f"exec {command}",
         "",
     ]
@@ -109,7 +147,7 @@ FINISH_WALLTIME_MIN = 15
 
 
 def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
-                      finish_task: str, round_: Round) -> str:
+                      finish_task: str, round_: Round, trust: Trust | None = None) -> str:
     """The finish step's script: summary.json and thumb.jpg once every task of the round has ended."""
     q = shlex.quote
     command = [*blender, "-b", "--factory-startup", "-Y", "-t", "1", "-P", finish_task, "--",
@@ -118,9 +156,11 @@ def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         "#!/bin/bash", *header, "",
         f"# braas-hpc job {spec.name}: finish step of round {round_.number} (summary.json, thumb.jpg)",
         "set -u",
+        "umask 077",
         *preset.env,
         f"cd {q(paths.job_dir)} || exit 2",
         f"exec >>{q(paths.log_dir)}/{round_.marker_prefix}finish.log 2>&1",
+        *trust_lines(paths, finish_task, trust),
         f"exec {' '.join(q(word) for word in command)}",
         "",
     ])
@@ -173,16 +213,16 @@ class Scheduler(ABC):
         return [f"{self.prefix} {line}" for line in lines]
 
     def render_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], render_task: str,
-                      round_: Round | None = None) -> str:
+                      round_: Round | None = None, trust: Trust | None = None) -> str:
         round_ = round_ or Round(0, len(spec.tasks))
         header = self.directives(spec, preset, paths, round_)
-        return render_job_script(header, spec, preset, paths, blender, render_task, round_)
+        return render_job_script(header, spec, preset, paths, blender, render_task, round_, trust=trust)
 
     def finish_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], finish_task: str,
-                      round_: Round) -> str:
+                      round_: Round, trust: Trust | None = None) -> str:
         finish, plain = finish_request(spec, preset)
         header = self.directives(finish, plain, paths, Round(round_.number, 1))
-        return finish_job_script(header, spec, preset, paths, blender, finish_task, round_)
+        return finish_job_script(header, spec, preset, paths, blender, finish_task, round_, trust)
 
     @abstractmethod
     def after_argv(self, job_ids: Sequence[str]) -> list[str]:

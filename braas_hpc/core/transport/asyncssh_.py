@@ -27,7 +27,7 @@ from .base import (
     Transport,
     make_private_socket,
     merge_lines,
-    quote_command,
+    remote_line,
     unlink_stale_socket,
     write_argv,
 )
@@ -288,7 +288,7 @@ class AsyncsshTransport(Transport):
         conn = await self._connection()
         total = local.stat().st_size
         try:
-            process = await conn.create_process(quote_command(write_argv(remote, offset)), encoding=None)
+            process = await conn.create_process(remote_line(write_argv(remote, offset)), encoding=None)
             with local.open("rb") as source:
                 source.seek(offset)
                 position = offset

@@ -38,6 +38,17 @@ def quote_command(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
+# Every command this program runs remotely creates files for its user alone, whatever the site's
+# default umask (often 022, and project directories are shared with the whole group).
+UMASK = "umask 077; "
+
+
+def remote_line(argv: Sequence[str]) -> str:
+    """The command line actually sent: `quote_command(argv)` behind `umask 077` (which sh, bash, csh and
+    fish all read). `quote_command` alone is what a user is shown."""
+    return UMASK + quote_command(argv)
+
+
 @dataclass(frozen=True)
 class SSHTarget:
     """Where and how to connect. Unset fields fall back to ~/.ssh/config, then to OpenSSH defaults."""
@@ -266,7 +277,7 @@ class Transport(ABC):
         check: bool = True,
     ) -> CommandResult:
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        status, out, err = await self._exec(quote_command(argv), data, timeout)
+        status, out, err = await self._exec(remote_line(argv), data, timeout)
         result = CommandResult(tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace"))
         return result.check() if check else result
 
@@ -276,7 +287,7 @@ class Transport(ABC):
         Use `async with contextlib.aclosing(t.stream(argv)) as lines:` to leave a loop with `break`
         and have the remote command ended at once (not when the generator is garbage-collected).
         """
-        command = quote_command(["setsid", "sh", "-c", _STREAM_WRAPPER, "sh", *argv])
+        command = remote_line(["setsid", "sh", "-c", _STREAM_WRAPPER, "sh", *argv])
         handle = await self._open_stream(command)
         pid: str | None = None
         finished = False

@@ -57,7 +57,7 @@ from .base import (
     Transport,
     make_private_socket,
     merge_lines,
-    quote_command,
+    remote_line,
     unlink_stale_socket,
     write_argv,
 )
@@ -97,7 +97,7 @@ _PASSPHRASE_PROMPT = re.compile(r"Enter passphrase for key '(.*)':", re.S)
 _PROMPT_WHO = re.compile(r"^\([^()\s]*@[^()\s]*\) ")  # OpenSSH prefixes kbdint prompts with "(user@host) "
 _RSA_ALGORITHMS = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
 
-# Remote helpers, each one command line via quote_command; the path is always "$1".
+# Remote helpers, each one command line via remote_line (umask 077); the path is always "$1".
 _SIZE_SCRIPT = 'if [ -e "$1" ]; then exec stat -L -c %s -- "$1"; fi; echo missing'
 # The size first (one line, for progress), then the bytes from offset $2.
 _READ_SCRIPT = ('stat -L -c %s -- "$1" || exit; if [ "$2" -gt 0 ]; then exec tail -c "+$(($2 + 1))" -- "$1"; fi; '
@@ -799,7 +799,7 @@ class OpenSSHTransport(Transport):
         return StreamHandle(lines, wait, close)
 
     async def _size(self, remote: str) -> int | None:
-        status, out, err = await self._exec(quote_command(["sh", "-c", _SIZE_SCRIPT, "sh", remote]), None, 120)
+        status, out, err = await self._exec(remote_line(["sh", "-c", _SIZE_SCRIPT, "sh", remote]), None, 120)
         text = out.decode(errors="replace").strip()
         if status == 0 and text == "missing":
             return None
@@ -809,7 +809,7 @@ class OpenSSHTransport(Transport):
 
     async def _send(self, local: Path, remote: str, offset: int, progress: Progress | None) -> None:
         total = local.stat().st_size
-        command = quote_command(write_argv(remote, offset))
+        command = remote_line(write_argv(remote, offset))
         await self.connect()
         report = _Reporter(asyncio.get_running_loop(), progress)
         reader, writer = _pipe()
@@ -826,7 +826,7 @@ class OpenSSHTransport(Transport):
         await self._transfer(process, copy, f"upload of {local} to {remote}")
 
     async def _receive(self, remote: str, local: Path, offset: int, progress: Progress | None) -> None:
-        command = quote_command(["sh", "-c", _READ_SCRIPT, "sh", remote, str(offset)])
+        command = remote_line(["sh", "-c", _READ_SCRIPT, "sh", remote, str(offset)])
         await self.connect()
         report = _Reporter(asyncio.get_running_loop(), progress)
         reader, writer = _pipe()
@@ -865,7 +865,7 @@ class OpenSSHTransport(Transport):
 
     async def listdir(self, remote: str) -> list[RemoteEntry]:
         path = remote if remote.startswith("/") else f"./{remote}"  # find reads "-x" or "!" as an expression
-        status, out, err = await self._exec(quote_command(["sh", "-c", _LIST_SCRIPT, "sh", path, *_LIST_EXPR]),
+        status, out, err = await self._exec(remote_line(["sh", "-c", _LIST_SCRIPT, "sh", path, *_LIST_EXPR]),
                                             None, 300)
         if status != 0:
             raise RemoteCommandError(f"find {remote}", status, "", err.decode(errors="replace"))
