@@ -1,7 +1,7 @@
 """Blender on a cluster: downloaded there (SHA-256 checked, resumable), uploaded from here, or named.
 
 Archives unpack into `<workdir>/braas-hpc-<user>/blender/<archive name>/`, which holds a `.braas-installed`
-stamp once complete: the archive's SHA-256 and a hash of the unpacked tree (TREE_HASH_SH). A second
+stamp once complete: the archive's SHA-256 and a hash of the unpacked tree (jobs.TREE_HASH_SH). A second
 install of the same archive is a no-op only when the tree still has that hash; the hash is recorded
 here too, and every job recomputes it before it starts that Blender (schedulers.base.trust_lines).
 """
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from .errors import BraasError, UsageError
 from .install import InstalledBlender
-from .jobs import SHA256_HEX
+from .jobs import SHA256_HEX, TREE_HASH_SH
 from .presets import Preset
 from .transport import Transport
 from .transport.base import sha256_file
@@ -26,12 +26,6 @@ from .transport.base import sha256_file
 ARCHIVE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)\.(tar\.xz|tar\.gz|tgz|tar\.bz2|tar\.zst|tar)$")
 MODULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+/-]*$")
 X86_NAMES = re.compile(r"x64|x86[_-]64|amd64|linux64", re.I)
-STAMP = ".braas-installed"
-# A shell function: the SHA-256 of a directory tree (every entry's type, mode, path and link target,
-# then every file's SHA-256, in byte order), without the stamp. Also run by every job (so: sh only).
-TREE_HASH_SH = ("braas_tree() { (cd -- \"$1\" && { find . -mindepth 1 ! -path ./.braas-installed "
-                "-printf '%y %m %p %l\\n' | LC_ALL=C sort; find . -type f ! -path ./.braas-installed -print0 "
-                "| LC_ALL=C sort -z | xargs -0 -r sha256sum --; } | sha256sum | cut -d ' ' -f 1); }")
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ class InstalledBlender:
     source: dict[str, str] = field(default_factory=dict)
     version: str = ""  # what `blender --version` printed on the login node, when it ran there
     tree: str = ""  # the directory braas-hpc unpacked it into (not for a path or module the user names)
-    tree_sha256: str = ""  # that directory's hash (cluster_blender.TREE_HASH_SH), checked by every job
+    tree_sha256: str = ""  # that directory's hash (jobs.TREE_HASH_SH), checked by every job
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "env": list(self.env)}

@@ -23,6 +23,13 @@ EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+-]*\Z")
 PACK_MODES = ("packed", "dir")  # one packed .blend, or the .blend with its dependency tree
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
+STAMP = ".braas-installed"  # in a Blender `braas-hpc install` unpacked, once complete
+# A shell function: the SHA-256 of a directory tree (every entry's type, mode, path and link target,
+# then every file's SHA-256, in byte order), without the stamp. Written by install, checked by every
+# job before it starts that Blender (so: sh only).
+TREE_HASH_SH = ("braas_tree() { (cd -- \"$1\" && { find . -mindepth 1 ! -path ./" + STAMP + " "
+                "-printf '%y %m %p %l\\n' | LC_ALL=C sort; find . -type f ! -path ./" + STAMP + " -print0 "
+                "| LC_ALL=C sort -z | xargs -0 -r sha256sum --; } | sha256sum | cut -d ' ' -f 1); }")
 MAX_RESOLUTION_PERCENTAGE = 1000  # Blender allows more; a tenfold render of a scene is already a mistake
 MAX_SAMPLES = 16_777_216  # Cycles' own limit
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..jobs import JobPaths, JobSpec
+from ..jobs import TREE_HASH_SH, JobPaths, JobSpec
 from ..presets import Preset
 
 # Normalised states. Terminal ones never change again, so they are never polled again.
@@ -62,7 +62,7 @@ class Trust:
 
     script_sha256: str = ""  # the render (or finish) task's SHA-256; "": not known (a site's own scripts)
     blender_tree: str = ""  # the directory `braas-hpc install` unpacked Blender into ("": not ours)
-    blender_tree_sha256: str = ""  # its tree hash (cluster_blender.TREE_HASH_SH)
+    blender_tree_sha256: str = ""  # its tree hash (jobs.TREE_HASH_SH)
 
 
 def trust_lines(paths: JobPaths, script: str, trust: Trust | None) -> list[str]:
@@ -81,8 +81,6 @@ def trust_lines(paths: JobPaths, script: str, trust: Trust | None) -> list[str]:
         lines.append(f"printf '%s  %s\\n' {trust.script_sha256} {q(script)} | sha256sum -c --status - || "
                      f"{{ echo {q(said)} >&2; exit 2; }}")
     if trust.blender_tree and trust.blender_tree_sha256:
-        from ..cluster_blender import TREE_HASH_SH  # the one definition, shared with install
-
         said = f"braas-hpc: the Blender in {trust.blender_tree} is not the one braas-hpc install unpacked (its " \
                "files changed): refusing to run it; run braas-hpc install with the same archive again"
         lines += [TREE_HASH_SH, f'[ "$(braas_tree {q(trust.blender_tree)})" = {trust.blender_tree_sha256} ] || '
