@@ -12,14 +12,15 @@ Exit 0 when the summary was written, whatever it says; 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import os
 import struct
 import sys
-import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # jsonfile.py is installed beside this file
+from jsonfile import write_json_atomic  # noqa: E402
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
 THUMB_WIDTH = 256
@@ -88,20 +89,6 @@ def summarize(job_dir: str, extension: str, markers: list[dict]) -> dict:
         "last_frame": f"frame_{ok[-1]:06d}.{extension}" if ok else "",
         "written": time.time(),
     }
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    # A new file of our own (O_EXCL, mode 0600, random name), never one that was there: nothing
-    # planted under a fixed temp name (a link to another file) is written through.
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=1)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def exr_size(path: str) -> tuple[int, int]:

@@ -17,12 +17,9 @@ Exit 0 when every frame of the task exists afterwards, 1 when some failed, 2 on 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 
@@ -32,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # devices.py is 
 import devices  # noqa: E402
 import watchdog  # noqa: E402
 from devices import Device, DeviceError, DevicePlan  # noqa: E402
+from jsonfile import write_json_atomic  # noqa: E402
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
 
@@ -62,20 +60,6 @@ def task_frames(job_dir: str, frames_file: str, task: int) -> list[int]:
     if not 1 <= task <= len(lines):
         raise ValueError(f"task {task} is not in {frames_file} ({len(lines)} tasks)")
     return [int(f) for f in lines[task - 1].split(",") if f.strip()]
-
-
-def write_json_atomic(path: str, data: dict[str, object]) -> None:
-    # A new file of our own (O_EXCL, mode 0600, random name), never one that was there: nothing
-    # planted under a fixed temp name (a link to another file) is written through.
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=1)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def cycles_devices(prefs: object) -> list[Device]:

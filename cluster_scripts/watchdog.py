@@ -24,9 +24,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
+
+from jsonfile import write_json_atomic  # beside this file, as it runs from the scripts directory
 
 POLL_S = 1.0  # is Blender still there
 MARKER_EVERY_S = 5.0  # the task's own marker
@@ -112,11 +113,7 @@ def stop(pid: int) -> None:
 def record(marker_path: str, message: str) -> None:
     marker = read_json(marker_path)
     marker.update(state="failed", exit_code=EXIT_CODE, error=message, finished=time.time(), current=None)
-    # A new file of our own (O_EXCL, 0600, random name): nothing planted under a fixed name is written through.
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(marker_path) or ".", prefix=".watchdog.", suffix=".part")
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        json.dump(marker, stream, indent=1)
-    os.replace(temp, marker_path)
+    write_json_atomic(marker_path, marker)
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
