@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from keyring.backend import KeyringBackend
@@ -210,3 +212,21 @@ def deps_cells(path: Path, kinds: list[str]) -> dict[str, bool]:
         close = sum(1 for px in inner if max(abs(a - b) for a, b in zip(px, want, strict=True)) <= 12)
         found[kind] = close >= len(inner) // 2
     return found
+
+
+@contextmanager
+def temporary_user(name: str, group: str = "") -> Iterator[str]:
+    """A second Unix account for the tests (no home, no login shell; in `group` when given): created when
+    missing and removed afterwards, unless it was there before."""
+    try:
+        pwd.getpwnam(name)
+        created = False
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                        *(["-g", group] if group else []), name], check=True, capture_output=True)
+        created = True
+    try:
+        yield name
+    finally:
+        if created:
+            subprocess.run(["userdel", name], check=False, capture_output=True)

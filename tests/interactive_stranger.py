@@ -9,29 +9,16 @@ network namespace (the test cluster's compute node).
 
 from __future__ import annotations
 
-import pwd
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+
+from tests.helpers import temporary_user
 
 STRANGER = "braasiu2"
 PYTHON = "/usr/bin/python3"
 
 
-@contextmanager
-def stranger_user() -> Iterator[str]:
-    try:
-        pwd.getpwnam(STRANGER)
-        created = False
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                        STRANGER], check=True, capture_output=True)
-        created = True
-    try:
-        yield STRANGER
-    finally:
-        if created:
-            subprocess.run(["userdel", STRANGER], check=False, capture_output=True)
+def stranger_user() -> AbstractContextManager[str]:
+    return temporary_user(STRANGER)
 
 
 def as_stranger(code: str, *args: str, netns: str | None = None) -> list[str]:

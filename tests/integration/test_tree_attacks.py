@@ -33,7 +33,7 @@ from braas_hpc.core.install import scripts_version
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.tree import UntrustedTree
 from tests.conftest import run_cli
-from tests.helpers import make_sample, sha256
+from tests.helpers import make_sample, sha256, temporary_user
 from tests.integration.test_install import fake_blender
 from tests.retarget import to_toml
 
@@ -45,18 +45,8 @@ PAYLOAD = "import pathlib; pathlib.Path({canary!r}).write_text('the attacker ran
 def attacker(testbed) -> Iterator[str]:  # noqa: ANN001
     """Another member of the user's project: the user's primary group is its primary group."""
     group = grp.getgrgid(pwd.getpwnam(testbed.user).pw_gid).gr_name
-    try:
-        pwd.getpwnam(ATTACKER)
-        created = False
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                        "-g", group, ATTACKER], check=True, capture_output=True)
-        created = True
-    try:
-        yield ATTACKER
-    finally:
-        if created:
-            subprocess.run(["userdel", ATTACKER], check=False, capture_output=True)
+    with temporary_user(ATTACKER, group) as name:
+        yield name
 
 
 def as_attacker(script: str) -> subprocess.CompletedProcess[str]:
