@@ -180,7 +180,7 @@ async def _watch_status(args: argparse.Namespace) -> int:
     live = Live(console=out, auto_refresh=False) if out.is_terminal else None
     shown: list[str] = []
     with live or contextlib.nullcontext():
-        async for statuses, recoveries in monitor.watch(args.jobs or None, recover=not args.no_recover):
+        async for statuses, recoveries in monitor.watch(args.jobs or None, args.poll_max, recover=not args.no_recover):
             _tell_recoveries(recoveries)
             if live is not None:
                 live.update(_status_table(statuses), refresh=True)
@@ -204,7 +204,8 @@ def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
-    final = await monitor.wait(args.job, timeout_s=args.timeout, recover=not args.no_recover)
+    final = await monitor.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
+                               recover=not args.no_recover)
     if args.json:
         _print_json(final.to_json())
     else:
@@ -434,15 +435,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend(p)
 
     no_recover = "report lost frames without resubmitting them (the job's retries are otherwise used)"
+    poll_max = {"type": float, "metavar": "SECONDS",
+                "help": f"longest pause between polls, which start at 2 s and double "
+                        f"(default 30, or ${monitor.POLL_MAX_ENV})"}
     p = add("status", cmd_status, "state of jobs (all, or the ones named); lost frames are resubmitted")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--no-recover", action="store_true", help=no_recover)
     p.add_argument("--watch", action="store_true", help="keep showing them until every one has ended")
+    p.add_argument("--poll-max", **poll_max)
 
     p = add("wait", cmd_wait, "wait until a job ends; exit 0 only if every frame exists")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
     p.add_argument("--no-recover", action="store_true", help=no_recover)
+    p.add_argument("--poll-max", **poll_max)
 
     p = add("download", cmd_download, "fetch the frames of a job that are not here yet")
     p.add_argument("job", metavar="JOB")

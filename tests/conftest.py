@@ -11,6 +11,17 @@ import pytest
 from tests.helpers import REPO, bpy_site, make_sample
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_environment() -> Iterator[None]:
+    """What every test runs in: nothing of the machine's own SSH set-up (an agent of the user running
+    the suite would offer its keys), and `wait`/`status --watch` polling every 2 s rather than backing
+    off to 30 s (the back-off itself: tests/unit/test_monitor.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SSH_AUTH_SOCK", raising=False)
+        patch.setenv("BRAAS_HPC_POLL_MAX", "2")
+        yield
+
+
 @pytest.fixture
 def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """A private config and data directory, so tests never touch the user's real ones."""

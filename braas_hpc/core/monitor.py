@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import registry
-from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
+from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, UsageError
 from .jobs import JobPaths
 from .markers import MARKER_BYTES, parse_marker
 from .presets import load_preset
@@ -319,15 +320,33 @@ async def status(names: list[str] | None = None) -> list[JobStatus]:
     return sorted(results, key=lambda s: order[s.job])
 
 
-async def watch(names: list[str] | None = None, poll_max_s: float = 30.0, recover: bool = True
+POLL_MAX_S = 30.0  # the longest pause between polls unless the user asks otherwise
+POLL_MIN_S = 2.0  # gentle on the scheduler: nobody polls it faster than this
+POLL_MAX_ENV = "BRAAS_HPC_POLL_MAX"
+
+
+def poll_max(value: float | str | None = None) -> float:
+    """The longest pause between polls: `value`, else $BRAAS_HPC_POLL_MAX, else 30 s; at least 2 s."""
+    given = value if value is not None else os.environ.get(POLL_MAX_ENV) or POLL_MAX_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        raise UsageError(f"{POLL_MAX_ENV}={given!r} is not a number of seconds") from None
+    if not seconds >= POLL_MIN_S:  # also refuses nan
+        raise UsageError(f"the longest pause between polls must be at least {POLL_MIN_S:.0f} s, not {given}")
+    return seconds
+
+
+async def watch(names: list[str] | None = None, poll_max_s: float | None = None, recover: bool = True
                 ) -> AsyncIterator[tuple[list[JobStatus], list[Recovery]]]:
     """Every poll's statuses (and the recoveries it made), with back-off (2, 4, 8 ... s, at most
-    `poll_max_s`), until every job asked about has ended. With `recover`, frames lost on the way are
+    `poll_max_s`, see `poll_max`), until every job asked about has ended. With `recover`, frames lost on the way are
     resubmitted (core.recovery) and watching goes on for them. A dropped connection is a pause, not the
     end: up to MAX_OUTAGES failed polls in a row are waited out."""
     from .recovery import status_and_recover  # recovery builds on this module
 
-    interval = 2.0
+    poll_max_s = poll_max(poll_max_s)
+    interval = POLL_MIN_S
     outages = 0
     while True:
         try:
@@ -346,7 +365,7 @@ async def watch(names: list[str] | None = None, poll_max_s: float = 30.0, recove
             interval = min(interval * 2, poll_max_s)
             continue
         if any(not r.error for r in recoveries):
-            interval = 2.0  # a new round: its start is worth seeing soon
+            interval = POLL_MIN_S  # a new round: its start is worth seeing soon
         yield statuses, recoveries
         if all(s.state in TERMINAL for s in statuses):
             return
@@ -354,7 +373,7 @@ async def watch(names: list[str] | None = None, poll_max_s: float = 30.0, recove
         interval = min(interval * 2, poll_max_s)
 
 
-async def wait(name: str, timeout_s: float | None = None, poll_max_s: float = 30.0, recover: bool = True
+async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | None = None, recover: bool = True
                ) -> JobStatus:
     """Poll (see `watch`) until the job ends; return its final status."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -179,3 +179,54 @@ def test_tasks_no_answer_lists_are_counted_by_their_markers(tmp_path: Path) -> N
         ("9", "1", FAILED), ("9", "2", FAILED)]
     assert got[2].raw == "never started (no marker)" and got[1].raw == "its frames are on disk"
     assert asyncio.run(_states_from_markers(LocalTransport(), record, {}, set())) == []
+
+
+def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None) -> list[float]:  # noqa: ANN001
+    """The pauses `watch` takes between `polls` answers (the last one ends the job); the answers come
+    from a stand-in for the cluster query, the back-off under test is the real one."""
+    from braas_hpc.core import monitor, recovery
+
+    answers = iter([RUNNING] * (polls - 1) + [COMPLETED])
+    pauses: list[float] = []
+
+    async def answer(names):  # noqa: ANN001, ANN202
+        state = next(answers)
+        return [monitor.JobStatus("j", "site", state, 0, 1, {}, (), ())], []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(recovery, "status_and_recover", answer)
+    monkeypatch.setattr(monitor.asyncio, "sleep", pause)
+
+    async def run() -> None:
+        async for _ in monitor.watch(["j"], poll_max_s):
+            pass
+
+    asyncio.run(run())
+    return pauses
+
+
+def test_watch_backs_off_to_30_s_by_default(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("BRAAS_HPC_POLL_MAX", raising=False)
+    assert _pauses_of_watch(monkeypatch, 8, None) == [2, 4, 8, 16, 30, 30, 30]
+
+
+def test_watch_poll_max_from_the_caller_or_the_environment(monkeypatch) -> None:  # noqa: ANN001
+    assert _pauses_of_watch(monkeypatch, 5, 5) == [2, 4, 5, 5]
+    monkeypatch.setenv("BRAAS_HPC_POLL_MAX", "2")
+    assert _pauses_of_watch(monkeypatch, 4, None) == [2, 2, 2]
+
+
+def test_poll_max_refuses_what_would_hammer_the_scheduler(monkeypatch) -> None:  # noqa: ANN001
+    import pytest
+
+    from braas_hpc.core.errors import UsageError
+    from braas_hpc.core.monitor import poll_max
+
+    for bad in (1.0, 0.0, -5.0, float("nan")):
+        with pytest.raises(UsageError, match="at least 2 s"):
+            poll_max(bad)
+    monkeypatch.setenv("BRAAS_HPC_POLL_MAX", "soon")
+    with pytest.raises(UsageError, match="BRAAS_HPC_POLL_MAX='soon' is not a number"):
+        poll_max()
