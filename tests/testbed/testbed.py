@@ -39,7 +39,8 @@ PBS_COMMANDS = ("qsub", "qstat", "qdel")
 
 BPY_VERSION = "4.5.4"
 SYSTEM_PYTHON = "/usr/bin/python3.11"
-APT_PACKAGES = ("openssh-server", "munge", "slurm-wlm", "slurmdbd", "mariadb-server", "python3.11")
+APT_PACKAGES = ("openssh-server", "munge", "slurm-wlm", "slurmdbd", "mariadb-server", "python3.11",
+                "strace")  # strace: the secrets test watches every write(2) of the client
 
 CLUSTER_NAME = "braastb"
 ACCOUNT = "braas"
@@ -1102,6 +1103,8 @@ def write_preset(layout: Layout) -> Path:
         ("user", _toml_str(layout.user)),
         ("key_file", _toml_str(str(layout.key_file))),
         ("known_hosts", _toml_str(str(layout.known_hosts))),
+        # The machine's own ~/.ssh/config (root's, on a CI runner) must not change how tests connect.
+        ("ssh_config", _toml_str("none")),
         ("ssh_backend", _toml_str("asyncssh")),
         ("workdir", _toml_str(str(layout.workdir))),
         ("account", _toml_str(ACCOUNT)),
