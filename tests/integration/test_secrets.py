@@ -1,8 +1,10 @@
 """No secret is ever written: the real CLI and the real add-on log in with an encrypted key (passphrase)
-to the TOTP sshd (one-time code), submit, follow and download a job, and then every file they wrote
-here and on the cluster is searched for the passphrase and the codes: as typed, as UTF-16, as hex and
-as base64 (at each alignment). With BRAAS_HPC_KEYRING=1 the passphrase may go to the OS keyring (here
-an in-memory one, as no OS keyring runs on the test machine), never to a file of ours.
+to the TOTP sshd (one-time code), submit, follow and download a job. Searched for the passphrase and the
+codes (as typed, as UTF-16, as hex and as base64 at each alignment): every byte this process and its
+children (ssh, Blender) write to any file while that runs, seen by strace at the system call, so a file
+written and removed again is caught too; then every file left here, and every file on the cluster that
+changed meanwhile. With BRAAS_HPC_KEYRING=1 the passphrase may go to the OS keyring (here an in-memory
+one, as no OS keyring runs on the test machine), never to a file of ours.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import keyring
@@ -93,15 +99,21 @@ def variants(secret: str) -> dict[str, bytes]:
     return found
 
 
-def scan(roots: list[Path], needles: dict[str, str], since: float = 0.0) -> tuple[list[str], list[Path]]:
-    """Every regular file under the roots (changed after `since`), searched for every variant of every
-    needle. A one-time code is 6 digits: as typed it counts only where no digit touches it."""
+def _patterns(needles: dict[str, str]) -> list[tuple[str, re.Pattern[bytes]]]:
+    """A one-time code is 6 digits: as typed it counts only where no digit touches it."""
     patterns = []
     for label, secret in needles.items():
         for form, data in variants(secret).items():
             digits = form == "utf-8" and secret.isdigit()
             patterns.append((f"{label} ({form})", re.compile(rb"(?<![0-9])" + re.escape(data) + rb"(?![0-9])"
                                                               if digits else re.escape(data))))
+    return patterns
+
+
+def scan(roots: list[Path], needles: dict[str, str], since: float = 0.0) -> tuple[list[str], list[Path]]:
+    """Every regular file under the roots (changed after `since`), searched for every variant of every
+    needle."""
+    patterns = _patterns(needles)
     leaks, files = [], []
     for root in roots:
         for path in [root] if root.is_file() else sorted(root.rglob("*")):
@@ -111,6 +123,54 @@ def scan(roots: list[Path], needles: dict[str, str], since: float = 0.0) -> tupl
             data = path.read_bytes()
             leaks += [f"{path}: {what}" for what, pattern in patterns if pattern.search(data)]
     return leaks, files
+
+
+# strace -xx writes every string as \xNN escapes, the file name in <...> too (-y).
+_WRITE = re.compile(r"^\d+\s+(?:write|pwrite64|writev|pwritev2?)\((\d+)<((?:\\x[0-9a-f]{2})*)>, (.*)$")
+_STRING = re.compile(r'"((?:\\x[0-9a-f]{2})*)"')
+
+
+def _unhex(escaped: str) -> bytes:
+    return bytes.fromhex(escaped.replace("\\x", ""))
+
+
+@contextmanager
+def traced_writes(log: Path) -> Iterator[dict[str, bytearray]]:
+    """Every write(2)-family call of this process (all threads) and of every child it starts meanwhile,
+    as seen by strace: on leaving, the dict holds the bytes written to each regular file, by path.
+    Pipes, sockets and terminals are left out: a secret may travel there (to ssh's askpass, the agent)."""
+    written: dict[str, bytearray] = defaultdict(bytearray)
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=write,pwrite64,writev,pwritev,pwritev2",
+                               "-e", "signal=none", "-y", "-xx", "-s", "16777216", "-o", str(log),
+                               "-p", str(os.getpid())], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and _traced_by(tracer.pid)):  # attached: our own writes are seen from here on
+            assert tracer.poll() is None and time.monotonic() < deadline, tracer.stderr.read() if tracer.stderr else ""
+            time.sleep(0.05)
+        yield written
+    finally:
+        tracer.send_signal(signal.SIGINT)  # detaches from every traced process; they carry on
+        tracer.wait(60)
+    for line in log.read_text().splitlines():
+        call = _WRITE.match(line)
+        if call is None:
+            continue
+        path = _unhex(call[2]).decode(errors="replace")
+        if path.startswith("/") and not path.startswith("/dev/"):
+            for data in _STRING.findall(call[3]):
+                written[path] += _unhex(data)
+
+
+def _traced_by(tracer: int) -> bool:
+    status = Path("/proc/self/status").read_text()
+    return f"TracerPid:\t{tracer}\n" in status
+
+
+def scan_writes(written: dict[str, bytearray], needles: dict[str, str]) -> list[str]:
+    patterns = _patterns(needles)
+    return [f"{path} (written): {what}" for path, data in written.items()
+            for what, pattern in patterns if pattern.search(data)]
 
 
 @pytest.fixture
@@ -193,8 +253,11 @@ def _job_dir(testbed: tb.Testbed, job: str) -> Path:
 
 def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, home: Path,
                                            memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           capsys: pytest.CaptureFixture[str],
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     started = time.time() - 1
+    trace = ExitStack()  # closed before the scan: the log itself (escaped bytes) lives outside what is scanned
+    written = trace.enter_context(traced_writes(tmp_path_factory.mktemp("strace") / "writes.log"))
     known = home / "home" / ".ssh" / "known_hosts"  # starts empty: the CLI records the host on "yes"
     known.parent.mkdir()
     _preset(testbed, "tb-secrets", lab.totp_port, lab.key_ed25519_enc, known)
@@ -248,10 +311,17 @@ def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, hom
 
     # Everything written, here and on the cluster; and what the CLI printed, as if kept in a log.
     (home / "console.txt").write_text("\n".join(console))
-    roots = [home, _job_dir(testbed, job), _job_dir(testbed, got["job"]), OPENSSH_DIR]
+    trace.close()
     needles = {"passphrase": lab.key_passphrase, **{f"code {i}": c for i, c in enumerate([*user.codes, addon_code])}}
-    leaks, files = scan(roots[:3], needles)
-    more_leaks, more_files = scan(roots[3:], needles, since=started)  # shared by every test: only this run's
+    write_leaks = scan_writes(written, needles)
+    assert write_leaks == [], "secrets were written:\n" + "\n".join(write_leaks)
+    assert str(home / "console.txt") in written and any(path.endswith("jobs.sqlite") for path in written), (
+        f"the trace missed writes it must have seen: {sorted(written)}")
+    leaks, files = scan([home, _job_dir(testbed, job), _job_dir(testbed, got["job"])], needles)
+    # Shared by every test, so only what changed during this one: the cluster user's whole home (every job,
+    # the store, the scripts, the PBS stand-in's records), and the OpenSSH back end's sockets and askpass.
+    cluster_home = Path(testbed.workdir).parent
+    more_leaks, more_files = scan([cluster_home, OPENSSH_DIR], needles, since=started)
     assert leaks + more_leaks == [], "secrets were written:\n" + "\n".join(leaks + more_leaks)
 
     # What was scanned includes every kind of file the brief names (so a moved file cannot pass unseen).
@@ -261,5 +331,6 @@ def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, hom
         assert expected in names_seen, f"{expected} was not among the scanned files"
     assert any(p.parent.name == "downloads" for p in files), "no download ledger was scanned"
     assert sum(1 for p in files if FRAME_FILE.match(p.name)) >= 5
-    print(f"\nFIGURES secrets: files_scanned={len(files) + len(more_files)} secrets={len(needles)} "
+    print(f"\nFIGURES secrets: files_scanned={len(files) + len(more_files)} files_written={len(written)} "
+          f"bytes_written={sum(map(len, written.values()))} secrets={len(needles)} "
           f"variants_each={len(variants(lab.key_passphrase))} leaks=0 codes_typed={len(needles) - 1}")
