@@ -7,9 +7,11 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from keyring.backend import KeyringBackend
 from PIL import Image
@@ -19,6 +21,7 @@ from tests import deps_layout
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SCRIPT = REPO / "examples" / "make_sample.py"
 SAMPLE_SIZE = (192, 108)
+T = TypeVar("T")
 
 
 def make_sample(directory: Path) -> Path:
@@ -26,6 +29,21 @@ def make_sample(directory: Path) -> Path:
     subprocess.run([sys.executable, str(SAMPLE_SCRIPT), str(directory)], check=True, capture_output=True,
                    timeout=300)
     return directory / "sample.blend"
+
+
+def eventually(probe: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float = 120,
+               every: float = 0.5) -> T:
+    """Call `probe` until `done` says its answer is complete, and return that answer: for state that
+    settles after the event a test waited for (slurmdbd's record of a job that has just ended, a file
+    written by a step that runs after it). Fails, naming `what` and the last answer, after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = probe()
+        if done(answer):
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not there after {timeout:.0f} s; last answer: {answer!r}")
+        time.sleep(every)
 
 
 def sha256(path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from tests.conftest import run_cli
+from tests.helpers import eventually
 from tests.testbed import testbed as tb
 
 
@@ -63,7 +64,11 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
         assert len(thumb.convert("RGB").getcolors(maxcolors=192 * 108) or []) > 20
 
     # The finish job ran once every task had ended, and it is not one of the job's render tasks.
-    rows = remote(f"sacct -n -P -X -o JobID,State,Start,End -j {array},{job['finish_id']}").stdout.splitlines()
+    # summary.json is written before the finish job exits: slurmdbd records its end a moment later.
+    rows = eventually(
+        lambda: remote(f"sacct -n -P -X -o JobID,State,Start,End -j {array},{job['finish_id']}").stdout.splitlines(),
+        lambda rows: any(r.startswith(f"{job['finish_id']}|") and r.split("|")[3] != "Unknown" for r in rows),
+        "the finish job's end in sacct")
     ends = [r.split("|")[3] for r in rows if r.startswith(f"{array}_") and r.split("|")[3] != "Unknown"]
     finish = next(r.split("|") for r in rows if r.startswith(f"{job['finish_id']}|"))
     assert finish[1] == "COMPLETED" and finish[2] >= max(ends), rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import REPO, run_cli
+from tests.helpers import eventually
 from tests.testbed import testbed as tb
 
 SLOW_SBATCH = """#!/bin/sh
@@ -27,7 +29,7 @@ exit $status
 
 
 def test_a_killed_submit_run_again_makes_no_second_job(testbed, remote, sample_scene: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    marker = f"idem{os.getpid()}"
+    marker = f"idem{secrets.token_hex(4)}"  # never a job of an earlier run (pids repeat; sacct keeps history)
     scene = tmp_path / f"{marker}.blend"
     scene.write_bytes(sample_scene.read_bytes())
     (tmp_path / "textures").symlink_to(sample_scene.parent / "textures")
@@ -49,7 +51,10 @@ def test_a_killed_submit_run_again_makes_no_second_job(testbed, remote, sample_s
         client.send_signal(signal.SIGKILL)
         client.wait(30)
         assert json.loads(run_cli("status", "--json", "--no-recover").stdout) == []  # nothing registered yet
-        time.sleep(7)  # the first run's sbatch finishes on the cluster and records its answer
+        # The first run's sbatch finishes on the cluster and records its answer: until then a process
+        # there still has the marker in its command line (`[i]` keeps pgrep's own shell out of it).
+        eventually(lambda: remote(f"pgrep -u {testbed.user} -f '[{marker[0]}]{marker[1:]}'").returncode,
+                   lambda status: status == 1, "the first run's sbatch to finish on the cluster", timeout=60)
         again = run_cli(*argv)
     finally:
         wrapper.unlink()

@@ -105,10 +105,11 @@ async def _start_with_server(preset: str = "testbed", gpu: bool = False) -> tupl
 
 @pytest.fixture(scope="module")
 def first(testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SessionRecord, Connection]]:  # noqa: ANN001
-    os.environ["BRAAS_HPC_DATA_DIR"] = str(tmp_path_factory.mktemp("interactive-data"))
-    record, conn = run(_start_with_server())
-    yield record, conn
-    run(session.stop(record))
+    with pytest.MonkeyPatch.context() as patch:  # the module's own data dir, given back afterwards
+        patch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path_factory.mktemp("interactive-data")))
+        record, conn = run(_start_with_server())
+        yield record, conn
+        run(session.stop(record))
 
 
 def test_session_start_writes_the_interactive_files(first, testbed) -> None:  # noqa: ANN001

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -56,7 +57,7 @@ def target(testbed: Any) -> SSHTarget:
 
 @pytest.fixture
 def workdir(testbed: Any) -> str:
-    return f"{testbed.workdir}/openssh-selfcheck-{os.getpid()}"
+    return f"{testbed.workdir}/openssh-selfcheck-{secrets.token_hex(6)}"
 
 
 def with_(target: SSHTarget, **changes: Any) -> SSHTarget:
@@ -67,7 +68,7 @@ def with_(target: SSHTarget, **changes: Any) -> SSHTarget:
 
 
 def test_arguments_verbatim_failures_and_reuse(target: SSHTarget) -> None:
-    canary = f"/tmp/braas-openssh-canary-{os.getpid()}"
+    canary = f"/tmp/braas-openssh-canary-{secrets.token_hex(6)}"
     args = ["a b", "it's", 'say "hi"', f"$(touch {canary})", f"`touch {canary}`", f"x;touch {canary}", "a\nb", "",
             "ü ✓", "*", "-n", "$HOME", "\\", "%h %%"]
 
@@ -95,8 +96,7 @@ def test_arguments_verbatim_failures_and_reuse(target: SSHTarget) -> None:
 
     timings = run(use(OpenSSHTransport(target), work))
     print(f"one command on an open master: {min(timings) * 1000:.1f} ms (median "
-          f"{sorted(timings)[2] * 1000:.1f} ms)")
-    assert sorted(timings)[2] < 0.5
+          f"{sorted(timings)[2] * 1000:.1f} ms)")  # a figure for the reader; reuse is proven by the one port
 
 
 def test_reconnects_after_the_master_went_away(target: SSHTarget) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -52,7 +53,7 @@ def _sha(path: Path) -> str:
 
 
 def test_argv_is_passed_verbatim_and_failures_are_typed(testbed: Any) -> None:
-    canary = f"/tmp/braas-paramiko-canary-{os.getpid()}-{time.monotonic_ns()}"
+    canary = f"/tmp/braas-paramiko-canary-{secrets.token_hex(6)}"
     args = ["a b", "it's", 'say "hi"', f"$(touch {canary})", f"`touch {canary}`", f"x;touch {canary}"]
 
     async def work(t: ParamikoTransport) -> None:
@@ -71,7 +72,7 @@ def test_argv_is_passed_verbatim_and_failures_are_typed(testbed: Any) -> None:
 def test_put_get_and_listdir(testbed: Any, tmp_path: Path) -> None:
     local = tmp_path / "payload.bin"
     local.write_bytes(os.urandom(20 * 1024 * 1024))
-    remote_dir = f"{testbed.workdir}/paramiko-{os.getpid()}"
+    remote_dir = f"{testbed.workdir}/paramiko-{secrets.token_hex(6)}"
     seen: list[tuple[int, int]] = []
 
     async def work(t: ParamikoTransport) -> list[tuple[str, int, bool]]:
@@ -94,7 +95,7 @@ def test_put_get_and_listdir(testbed: Any, tmp_path: Path) -> None:
 def test_names_scp_would_misread(testbed: Any, tmp_path: Path) -> None:
     # Whole files go over scp: a newline or a leading dash must not break its protocol or command line.
     names = ["a\nb", "-n", "*", "$HOME", "it's", "ümlaut ✓"]
-    remote_dir = f"{testbed.workdir}/paramiko-names-{os.getpid()}"
+    remote_dir = f"{testbed.workdir}/paramiko-names-{secrets.token_hex(6)}"
 
     async def work(t: ParamikoTransport) -> list[str]:
         await t.run(["mkdir", "-p", remote_dir])
@@ -118,7 +119,7 @@ def test_transfers_resume_at_an_offset(testbed: Any, tmp_path: Path) -> None:
     whole, first = tmp_path / "whole.bin", tmp_path / "first.bin"
     whole.write_bytes(data)
     first.write_bytes(data[:half])
-    remote = f"{testbed.workdir}/paramiko-resume-{os.getpid()}.bin"
+    remote = f"{testbed.workdir}/paramiko-resume-{secrets.token_hex(6)}.bin"
     partial = tmp_path / "partial.bin"
     partial.write_bytes(data[:half] + b"junk past the offset")
 

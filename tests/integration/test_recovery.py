@@ -14,7 +14,7 @@ from pathlib import Path
 from braas_hpc.core import registry
 from braas_hpc.core.presets import load_preset
 from tests.conftest import run_cli
-from tests.helpers import check_frame
+from tests.helpers import check_frame, eventually
 
 
 def _json(*args: str) -> dict:
@@ -110,7 +110,9 @@ def test_a_task_killed_mid_render_keeps_its_finished_frames(testbed, remote, sam
     while time.monotonic() < deadline and remote(f"test -s {out}/frame_000002.png").returncode != 0:
         time.sleep(0.3)
     assert remote(f"scancel {job['scheduler_ids'][0]}").returncode == 0  # preempted after a few frames
-    time.sleep(2)  # the task is gone: what is in out/ now is what it finished
+    # Once the task is gone from the queue, what is in out/ is what it finished.
+    eventually(lambda: remote(f"squeue -h -j {job['scheduler_ids'][0]}").stdout.strip(), lambda queued: not queued,
+               "the cancelled task to leave the queue", timeout=60)
     kept = set(remote(f"ls {out}").stdout.split())
     assert "frame_000001.png" in kept and "frame_000040.png" not in kept
     waited = run_cli("wait", job["job"], "--timeout", "600", timeout=700)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -103,7 +104,7 @@ async def _use(transport: Transport, work: Callable[[Transport], Coroutine[Any, 
 
 
 def test_arguments_reach_the_command_verbatim(connect, main_target, tmp_path: Path, remote) -> None:  # noqa: ANN001
-    canary = f"/tmp/braas-canary-{os.getpid()}-{time.monotonic_ns()}"
+    canary = f"/tmp/braas-canary-{secrets.token_hex(6)}"
     args = [a.format(canary=canary) for a in HOSTILE]
 
     async def work(t: Transport) -> None:
@@ -168,7 +169,7 @@ def test_stream_lines_arrive_live_and_cancel_ends_the_process(connect, main_targ
 def test_put_get_with_awkward_names(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
     local = tmp_path / "data file ü $(x).bin"
     local.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    remote_dir = f"{testbed.workdir}/contract dir ✓/{os.getpid()}"
+    remote_dir = f"{testbed.workdir}/contract dir ✓/{secrets.token_hex(6)}"
     remote_path = f"{remote_dir}/it's $(touch x) ü.bin"
     seen: list[tuple[int, int]] = []
 
@@ -192,7 +193,7 @@ def test_trees_round_trip(connect, main_target, tmp_path: Path, testbed) -> None
     for rel in ("a.txt", "sub/b.txt", "sub/deeper/c d.txt"):
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_text(rel)
-    remote_dir = f"{testbed.workdir}/tree-{os.getpid()}"
+    remote_dir = f"{testbed.workdir}/tree-{secrets.token_hex(6)}"
 
     async def work(t: Transport) -> int:
         sent = await t.put_tree(source, remote_dir)
@@ -223,7 +224,7 @@ def _through(proxy: Any, testbed: Any, tmp_path: Path) -> SSHTarget:
 def test_upload_survives_dropped_connections(connect, testbed, tmp_path: Path) -> None:  # noqa: ANN001
     local = tmp_path / "big.bin"
     local.write_bytes(os.urandom(12 * 1024 * 1024))
-    remote_path = f"{testbed.workdir}/resume-{os.getpid()}.bin"
+    remote_path = f"{testbed.workdir}/resume-{secrets.token_hex(6)}.bin"
     # Every connection is cut after 5 MB from the client: the upload needs several connections.
     with running_proxy("127.0.0.1", testbed.ssh_port, drop_after_bytes=5 * 1024 * 1024) as proxy:
         target = _through(proxy, testbed, tmp_path)
@@ -241,7 +242,7 @@ def test_upload_survives_dropped_connections(connect, testbed, tmp_path: Path) -
 
 
 def test_download_survives_a_dropped_connection(connect, testbed, tmp_path: Path, remote) -> None:  # noqa: ANN001
-    remote_path = f"{testbed.workdir}/download-{os.getpid()}.bin"
+    remote_path = f"{testbed.workdir}/download-{secrets.token_hex(6)}.bin"
     assert remote(f"head -c 9000000 /dev/urandom > {remote_path}").returncode == 0
     with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
         target = _through(proxy, testbed, tmp_path)

@@ -67,12 +67,11 @@ def test_cancel_stops_the_work_where_it_is(bridge: Bridge) -> None:
 
     operation = bridge.run("Long", long_work)
     time.sleep(0.1)
-    started = time.monotonic()
     assert operation.cancel()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a hang detector, not a speed limit: uncancelled, "end" comes at 60 s
     while "cleanup" not in reached and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert reached == ["cleanup"] and time.monotonic() - started < 2
+    assert reached == ["cleanup"]
     assert operation.cancelled and operation.error() is None
     assert bridge.active() == []
 
@@ -99,7 +98,8 @@ def test_broker_without_a_user_answers_nothing_at_once() -> None:
     broker = PromptBroker(lambda: False)
     started = time.monotonic()
     assert broker.passphrase("/k") is None and broker.kbdint("", "", [("Code: ", False)]) is None
-    assert time.monotonic() - started < 0.5 and broker.next_question() is None
+    # Far below "forever" (waiting for a user who is not there), with room for a loaded CI machine.
+    assert time.monotonic() - started < 5 and broker.next_question() is None
 
 
 def test_broker_question_waits_for_the_main_thread() -> None:

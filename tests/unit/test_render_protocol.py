@@ -408,7 +408,8 @@ def test_client_times_out_instead_of_hanging() -> None:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             client.request(ViewRequest(2, 2))
-        assert time.monotonic() - started < 2 and not client.connected
+        # Its own 0.3 s, not the default 30 s, with room for a loaded CI machine.
+        assert time.monotonic() - started < 10 and not client.connected
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,7 +517,8 @@ def test_link_reports_an_unreachable_server_and_stops_promptly() -> None:
     assert "cannot connect" in (link.error or "") and not link.connected
     started = time.monotonic()
     link.stop()
-    assert time.monotonic() - started < 1.0
+    # Not after stop()'s 5 s grace for a stuck request: the pause between attempts is interrupted.
+    assert time.monotonic() - started < 4.0
 
 
 # --------------------------------------------------------------------------------------------
