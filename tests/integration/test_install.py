@@ -99,6 +99,14 @@ def _json(*args: str) -> dict:
     return json.loads(done.stdout)
 
 
+def _snapshot(remote, directory: str) -> str:  # noqa: ANN001
+    """Every entry under a directory on the cluster with its inode, size, mode and change times: a file
+    rewritten, replaced, touched or chmodded shows up here, whatever the CLI reports."""
+    done = remote(f"cd {directory} && find . -printf '%P %i %s %m %T@ %C@\\n' | sort")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    return done.stdout
+
+
 def test_install_from_scratch_then_no_op_then_repair(fresh: str, remote) -> None:  # noqa: ANN001
     first = _json("install", fresh)
     expected = sorted([*shipped_scripts(), "MANIFEST.json"])
@@ -108,10 +116,12 @@ def test_install_from_scratch_then_no_op_then_repair(fresh: str, remote) -> None
     for name, path in shipped_scripts().items():
         assert f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {name}" in listing
 
+    before = _snapshot(remote, first["scripts_dir"])
     second = _json("install", fresh)
     assert second["uploaded"] == [] and second["changed"] is False and sorted(second["unchanged"]) == expected
     plain = run_cli("install", fresh)
     assert plain.returncode == 0 and "already installed" in plain.stdout and "nothing sent" in plain.stdout
+    assert _snapshot(remote, first["scripts_dir"]) == before, "a second install changed files on the cluster"
     print(f"install: first {first['seconds']:.2f} s, second {second['seconds']:.2f} s")
 
     # A damaged install (an edited render task, a lost helper) is repaired: only those two files go again.
@@ -170,8 +180,10 @@ def test_blender_download_checked_resumed_and_idempotent(fresh: str, remote, htt
     stamp = f"{digest} {first['tree_sha256']}"
     assert remote(f"cat {root}/blender-9.9.9-linux-x64/.braas-installed").stdout.strip() == stamp
 
+    before = _snapshot(remote, root)
     again = _json("install", fresh, "--blender-url", link, "--blender-sha256", digest)["blender"]
     assert again["changed"] is False and again["version"] == FAKE_VERSION
+    assert _snapshot(remote, root) == before, "a second install changed files on the cluster"
     # Jobs now start this Blender.
     plan = _json("submit", str(Path(__file__).resolve().parents[2] / "examples/sample/sample.blend"), "--preset",
                  fresh, "--frames", "1", "--dry-run")
