@@ -1,7 +1,8 @@
 """The built extensions in every supported Blender (the bpy wheel of 4.2 LTS, 4.5 LTS, 5.0 and the newest
-5.x, each on its own Python): Blender's own validator accepts every zip; they install offline from their
-own wheels, render the scene locally, share one copy of the core, and leave nothing behind once disabled
-and uninstalled. `extension build` with no --platform builds every platform of the manifest."""
+5.x, each on its own Python): Blender's own validator accepts every zip; they install with no network at all
+(their own network namespace) from their own wheels, render the scene locally, share one copy of the core,
+and leave nothing behind once disabled and uninstalled. `extension build` with no --platform builds every
+platform of the manifest."""
 
 from __future__ import annotations
 
@@ -27,9 +28,15 @@ sys.path.insert(0, bpy_site)
 import bpy
 bpy.app.binary_path = blender_binary
 own_python = subprocess.run([sys.executable, "-S", "-c", "import bpy"], capture_output=True)
+import errno, socket
+try:  # the install below must need no network: this process has none (its own network namespace)
+    socket.create_connection(("1.1.1.1", 443), timeout=5).close()
+    network = "reachable"
+except OSError as exc:
+    network = errno.errorcode.get(exc.errno or 0, str(exc))
 main, interactive = "bl_ext.user_default.braas_hpc", "bl_ext.user_default.braas_hpc_interactive"
 result = {"blender": list(bpy.app.version[:2]), "python": list(sys.version_info[:2]),
-          "own_python_imports_bpy": own_python.returncode == 0}
+          "own_python_imports_bpy": own_python.returncode == 0, "network": network}
 bpy.ops.extensions.package_install_files(filepath=main_zip, repo="user_default", enable_on_install=True)
 result["enabled"] = main in bpy.context.preferences.addons.keys()
 import braas_hpc, asyncssh, paramiko, scp, blender_asset_tracer  # only the bundled wheels can provide these
@@ -155,14 +162,17 @@ def test_extensions_install_render_share_the_core_and_uninstall(built: dict[str,
                       f'"{blender.interpreter()}" -S "{REPO / "braas_hpc" / "bpy_blender.py"}" "$@"\n')
     binary.chmod(0o755)
     stock = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    done = subprocess.run([blender.interpreter(), "-S", str(probe), str(main_zip), str(interactive_zip),
-                           str(tmp_path / "scene" / "sample.blend"), str(report), env["PYTHONPATH"], str(binary)],
+    # Offline, as on a workstation with no route to PyPI: a network namespace of its own with no interface up.
+    done = subprocess.run(["unshare", "--net", blender.interpreter(), "-S", str(probe), str(main_zip),
+                           str(interactive_zip), str(tmp_path / "scene" / "sample.blend"), str(report),
+                           env["PYTHONPATH"], str(binary)],
                           env=stock, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0 and report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(report.read_text())
     assert result["blender"] == [int(n) for n in blender.series.split(".")]
     assert result["python"] == [int(n) for n in blender.python.split(".")]
     assert result["own_python_imports_bpy"] is False  # as inside a downloaded Blender
+    assert result["network"] == "ENETUNREACH", result["network"]  # installed and rendered with no network
     assert result["enabled"] is True and result["after_disable"] is False
     assert result["frames"] == [1, 2, 3]
     assert "submit" in result["operators"] and result["prefs"].startswith("bpy_prop_collection")  # the UI registered
