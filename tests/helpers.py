@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +27,24 @@ SAMPLE_SIZE = (192, 108)
 T = TypeVar("T")
 
 
-def make_sample(directory: Path) -> Path:
-    """A fresh sample scene (with its external checker texture) built by the shipped generator."""
+_built_sample: list[Path] = []  # the one sample this process built, copied for every test that needs one
+
+
+def make_sample(directory: Path, fresh: bool = False) -> Path:
+    """The sample scene (with its external checker texture) in `directory`: a copy of the one this test
+    process built with the shipped generator, or with `fresh` a new build. Builds differ in their bytes,
+    so a fresh one is what a test needs when the cluster's store must not hold the scene yet."""
+    if fresh or not _built_sample:
+        if fresh:
+            return _build_sample(directory)
+        _built_sample.append(_build_sample(Path(tempfile.mkdtemp(prefix="braas-sample-")) / "sample"))
+        atexit.register(shutil.rmtree, _built_sample[0].parent.parent, True)
+    # Plain copies, new times: like a scene just saved, not an archive unpacked with its old times.
+    shutil.copytree(_built_sample[0].parent, directory, copy_function=shutil.copyfile, dirs_exist_ok=True)
+    return directory / "sample.blend"
+
+
+def _build_sample(directory: Path) -> Path:
     subprocess.run([sys.executable, str(SAMPLE_SCRIPT), str(directory)], check=True, capture_output=True,
                    timeout=300)
     return directory / "sample.blend"

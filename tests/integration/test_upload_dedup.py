@@ -37,7 +37,7 @@ def _render_ok(job: str, dest: Path) -> None:
 
 
 def test_second_submit_of_an_unchanged_scene_sends_nothing(testbed, remote, tmp_path: Path) -> None:  # noqa: ANN001
-    scene = make_sample(tmp_path / "project")
+    scene = make_sample(tmp_path / "project", fresh=True)  # bytes the store has never seen
     first = _submit(scene)
     assert first["uploaded_files"] == 1 and first["uploaded_bytes"] > 100_000
     second = _submit(scene)
@@ -74,7 +74,7 @@ def test_gc_lists_only_what_no_job_uses_and_removes_it_on_yes(testbed, remote, t
     root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
     # Jobs of other tests may have left orphans: start from a clean store.
     assert run_cli("gc", "testbed", "--yes").returncode == 0
-    scene = make_sample(tmp_path / "project")
+    scene = make_sample(tmp_path / "project", fresh=True)  # its own scene bytes: no other job may share them
     # The sample's texture is the same in every sample, and other tests' jobs still use it: give this one
     # its own bytes (PNG readers ignore data after the end chunk) so it can become an orphan.
     with (scene.parent / "textures" / "checker.png").open("ab") as texture:
