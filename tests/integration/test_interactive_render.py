@@ -3,13 +3,18 @@
 The scene is uploaded to the cluster, the session's job holds the node (its own network namespace),
 `session.start_server` copies the server there and starts it in stock Blender (the bpy wheel's
 command line), and the client talks to it through an SSH tunnel that crosses login -> node. Real
-Cycles renders every frame on the node's CPU.
+Cycles renders every frame on the node's CPU. The server's side of the token handshake is checked here,
+against this real server, by a client written from the protocol's description.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import os
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +24,16 @@ import numpy as np
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import transport_for
 from braas_hpc_interactive.core import launch, session
-from braas_hpc_interactive.core.client import Frame, RenderClient
-from braas_hpc_interactive.core.protocol import HandshakeRefused, ViewRequest, expected_pixel_bytes
+from braas_hpc_interactive.core.client import Frame, RenderClient, open_socket
+from braas_hpc_interactive.core.protocol import (
+    ACK,
+    HANDSHAKE_MAGIC,
+    NONCE_SIZE,
+    TAG_SIZE,
+    HandshakeRefused,
+    ViewRequest,
+    expected_pixel_bytes,
+)
 from braas_hpc_interactive.core.records import Connection
 from braas_hpc_interactive.core.tunnel import for_session
 from tests.helpers import make_sample
@@ -89,6 +102,34 @@ def _refused(address: tuple[str, int], token: str) -> bool:
     return False
 
 
+def _sign(key: bytes, *parts: bytes) -> bytes:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+
+
+def _handshake_by_hand(address: tuple[str, int], secret: str, reflect: bool = False) -> tuple[bool, int, bool]:
+    """The client's side of the mutual handshake written out from docs/interactive.md, by a client that does
+    NOT stop when the server's proof fails its own check: it always sends a proof, HMAC-SHA256(secret,
+    "client" Nc Ns), or with `reflect` the server's own proof sent back. Returns whether the server's proof
+    held for `secret`, how many bytes the server sent after our proof (0: it closed), and whether they were
+    the ACK tagged under the session key derived from `secret` (the server accepted that proof)."""
+    key = secret.encode()
+    with open_socket(*address, timeout=30) as sock:
+        nonce_c = os.urandom(NONCE_SIZE)
+        sock.sendall(HANDSHAKE_MAGIC + nonce_c)
+        answer = b""
+        while len(answer) < NONCE_SIZE + TAG_SIZE and (chunk := sock.recv(NONCE_SIZE + TAG_SIZE - len(answer))):
+            answer += chunk
+        nonce_s, server_proof = answer[:NONCE_SIZE], answer[NONCE_SIZE:]
+        server_ok = hmac.compare_digest(server_proof, _sign(key, b"server", nonce_c, nonce_s))
+        sock.sendall(server_proof if reflect else _sign(key, b"client", nonce_c, nonce_s))
+        after = b""
+        while len(after) < len(ACK) + TAG_SIZE and (chunk := sock.recv(len(ACK) + TAG_SIZE - len(after))):
+            after += chunk
+    session_key = _sign(key, b"session", nonce_c, nonce_s)  # the server's first message is tagged with it
+    accepted = after == ACK + _sign(session_key, b"S", struct.pack("<QQ", 0, len(ACK)), ACK)
+    return server_ok, len(after), accepted
+
+
 def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path: Path) -> None:  # noqa: ANN001
     scene = make_sample(tmp_path / "scene")
     remote_scene = f"{testbed.workdir}/interactive-scene/sample scene's.blend"  # quoting on the way
@@ -112,6 +153,14 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
                     if held:
                         break
                     await asyncio.sleep(0.1)
+                log = Path(record.paths.dir) / "command.err"
+                refusals_before = log.read_text().count("braas-render-server: refused ")
+                # The server's own refusal, not only the client's: proofs made with a wrong token, and the
+                # server's proof reflected back with the right one, each sent whatever the server proved.
+                by_hand = {case: await asyncio.to_thread(_handshake_by_hand, address, *args) for case, args in (
+                    ("wrong token", ("0" * 48,)), ("one character off", (conn.token[:-1] + "x",)),
+                    ("reflected proof", (conn.token, True)), ("right token", (conn.token,)))}
+                refusals = log.read_text().count("braas-render-server: refused ") - refusals_before
                 refused = await asyncio.to_thread(_refused, address, conn.token[:-1] + "x")
                 frames = await asyncio.to_thread(_frames, address, conn.token)
             await asyncio.sleep(1)
@@ -121,13 +170,17 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
             await session.stop(record)
             raise
         return {"record": record, "conn": conn, "argv": argv, "refused": refused, "frames": frames,
-                "stopped": stopped, "held": held, "released": released}
+                "stopped": stopped, "held": held, "released": released, "by_hand": by_hand, "refusals": refusals}
 
     got = asyncio.run(work())
     record, conn, frames = got["record"], got["conn"], got["frames"]
     assert conn.host == nodens.HOSTNAME  # served from the node, reached through the login host
     assert got["argv"][:2] == [load_preset("testbed").blender, "-b"] and "--device" in got["argv"]
-    assert got["refused"] is True
+    # The server closed on each wrong proof without a byte, and logged each; the right proof got its ACK.
+    assert got["by_hand"] == {"wrong token": (False, 0, False), "one character off": (False, 0, False),
+                              "reflected proof": (True, 0, False), "right token": (True, len(ACK) + TAG_SIZE, True)}
+    assert got["refusals"] == 3
+    assert got["refused"] is True  # and the real client refuses a server that cannot prove its token
     assert len(got["held"]) == 1 and got["released"] == []  # the tunnel's terminal session, closed with it
     first, second, moved = frames
     assert [f.state.samples for f in frames] == [1, 2, 1]  # refines while still, starts over when moved

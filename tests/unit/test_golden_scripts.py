@@ -1,8 +1,9 @@
 """Golden batch scripts for every preset x CPU/GPU x still/animation.
 
-Each golden file was read against the site's documentation when it was written (see docs/presets.md).
-After an intended change, regenerate with `UPDATE_GOLDEN=1 python3 -m pytest tests/unit/test_golden_scripts.py`
-and read the diff before committing it.
+They catch any change of a script's text; whether a site's directives are right is checked apart from
+them, against a table written from docs/presets.md (test_site_directives.py). After an intended change,
+`UPDATE_GOLDEN=1 python3 -m pytest tests/unit/test_golden_scripts.py` rewrites the files and fails on purpose:
+read `git diff tests/golden`, then run again without it. CI (CI set) refuses UPDATE_GOLDEN.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -53,9 +55,42 @@ def test_golden_script(presets_dir: Path, name: str, device: str, mode: str) -> 
     # The scripts directory carries a hash of render_task.py; the golden files need not change with it.
     script = re.sub(r"/scripts/[0-9.]+-[0-9a-f]{12}/", "/scripts/VERSION/", job_script(spec, preset, paths))
     script = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", script)  # render_task.py's hash, checked by the job
-    golden = GOLDEN / preset.scheduler / f"{name}-{device.lower()}-{mode}.sh"
-    if os.environ.get("UPDATE_GOLDEN"):
+    check_golden(GOLDEN / preset.scheduler / f"{name}-{device.lower()}-{mode}.sh", script, os.environ)
+
+
+def check_golden(golden: Path, script: str, env: Mapping[str, str]) -> None:
+    """Compare with the golden file. With UPDATE_GOLDEN: rewrite it and fail, so that a regeneration can never
+    pass as a test run (it would compare the file with itself); refused outright under CI."""
+    if env.get("UPDATE_GOLDEN"):
+        if env.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail("UPDATE_GOLDEN is refused when CI is set: regenerate the golden scripts on your own "
+                        "machine and review the diff before committing it", pytrace=False)
+        before = golden.read_text() if golden.is_file() else None
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(script)
+        what = "new" if before is None else "unchanged" if before == script else "changed"
+        pytest.fail(f"UPDATE_GOLDEN: wrote {golden} ({what}); review the diff with git diff tests/golden, then run "
+                    "again without UPDATE_GOLDEN", pytrace=False)
     assert golden.is_file(), f"no golden file {golden}: run with UPDATE_GOLDEN=1 and review it"
     assert script == golden.read_text()
+
+
+def test_update_golden_rewrites_and_fails(tmp_path: Path) -> None:
+    golden = tmp_path / "slurm" / "site-cpu-still.sh"
+    for script, what in (("one\n", "new"), ("one\n", "unchanged"), ("two\n", "changed")):
+        with pytest.raises(pytest.fail.Exception, match=rf"wrote .*\({what}\); review the diff with git diff "
+                                                        r"tests/golden"):
+            check_golden(golden, script, {"UPDATE_GOLDEN": "1"})
+        assert golden.read_text() == script
+    check_golden(golden, "two\n", {})  # without it: a plain comparison, which passes
+    with pytest.raises(AssertionError):
+        check_golden(golden, "three\n", {"CI": "true"})
+
+
+@pytest.mark.parametrize("ci", ["true", "1", "yes"])
+def test_update_golden_is_refused_under_ci(tmp_path: Path, ci: str) -> None:
+    golden = tmp_path / "site.sh"
+    golden.write_text("old\n")
+    with pytest.raises(pytest.fail.Exception, match="UPDATE_GOLDEN is refused when CI is set"):
+        check_golden(golden, "new\n", {"UPDATE_GOLDEN": "1", "CI": ci})
+    assert golden.read_text() == "old\n"

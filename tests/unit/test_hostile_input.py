@@ -58,7 +58,10 @@ DIRECTIVE = {"slurm": re.compile(r"#SBATCH --[a-z-]+(=[^\s'\"\\]+)?"),
 
 
 def no_canary() -> None:
-    assert not CANARY.exists(), f"an injected command ran: {CANARY} exists"
+    """Fails when the canary exists, and removes it, so that one injection fails only the check that saw it."""
+    ran = CANARY.exists()
+    CANARY.unlink(missing_ok=True)
+    assert not ran, f"an injected command ran: {CANARY} existed"
 
 
 # ---- frame specs ---------------------------------------------------------------------------------------
@@ -155,23 +158,26 @@ def check_script(script: str, preset: Preset, job_dir: str, header_lines: int) -
     extras = {f"{h} {e}" for e in preset.extra_directives for h in ("#SBATCH", "#PBS")}
     for line in header:
         assert line in extras or DIRECTIVE[preset.scheduler].fullmatch(line), line
+    # env lines are the site's own shell code (module loads), by design not quoted: left out of the run.
+    own = "\n".join(line for line in lines if line not in preset.env)
+    # Run first, then look for the canary, before any text check: `bash -n` runs nothing, and a text check
+    # that fails first would hide that an injected command ran.
+    argv = run_harmlessly(own)
+    no_canary()
+    assert argv is not None, "the script never reached Blender's exec"
+    assert argv[0] == preset.blender and job_dir in argv, argv
     assert len(lines) == len(header) + len(preset.env) + header_lines
     assert f"cd {shlex.quote(job_dir)} || exit 2" in lines
     command = shlex.split(next(line for line in lines if line.startswith("exec ") and " -b " in line))
     assert command[1] == preset.blender and job_dir in command
-    # env lines are the site's own shell code (module loads), by design not quoted: left out of the syntax check.
-    own = "\n".join(line for line in lines if line not in preset.env)
     done = subprocess.run(["bash", "-n"], input=own, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    argv = run_harmlessly(own)  # `bash -n` runs nothing: only running the lines shows an injection
-    assert argv[0] == preset.blender and job_dir in argv, argv
-    no_canary()
 
 
-def run_harmlessly(script: str) -> list[str]:
+def run_harmlessly(script: str) -> list[str] | None:
     """Run the script's lines in a real bash where `cd` and `exec` only record their words and the only
     program on PATH is `touch` (what the injected fragments call, to create the canary). Returns the words
-    of the last `exec` (Blender's command line)."""
+    of the last `exec` (Blender's command line), None when no `exec` ran."""
     with tempfile.TemporaryDirectory() as temp:
         bin_dir, record = Path(temp) / "bin", Path(temp) / "argv"
         bin_dir.mkdir()
@@ -182,7 +188,8 @@ def run_harmlessly(script: str) -> list[str]:
                  'sha256sum() { return 0; }\n[() { case "$1" in -L|!) return 1;; esac; builtin [ "$@"; }\n')
         subprocess.run(["/bin/bash", "-c", stubs + script], capture_output=True, timeout=30, cwd=temp,
                        env={"PATH": str(bin_dir), "BRAAS_ARGV": str(record), "BRAAS_TASK_ID": "1"})
-        assert record.exists(), "the script never reached Blender's exec"
+        if not record.exists():
+            return None
         return record.read_bytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
 
 
@@ -194,11 +201,9 @@ def test_the_script_check_catches_an_injected_command(site: Path) -> None:
     tampered = "\n".join(f"{line} $(touch {CANARY})" if line.startswith("exec ") and " -b " in line else line
                          for line in script.split("\n"))
     assert tampered != script
-    try:
-        with pytest.raises(AssertionError, match="an injected command ran"):
-            check_script(tampered, preset, job_dir_of(script, preset), body_lines(site))
-    finally:
-        CANARY.unlink(missing_ok=True)
+    with pytest.raises(AssertionError, match="an injected command ran"):
+        check_script(tampered, preset, job_dir_of(script, preset), body_lines(site))
+    assert not CANARY.exists()  # the check removed it
 
 
 def job_dir_of(script: str, preset: Preset) -> str:
@@ -242,7 +247,6 @@ def test_submit_fields_are_refused_or_quoted(site: Path, field: str, value: str,
         return
     check_script(script, preset, job_dir_of(script, preset), expected_lines)
     assert "\n" not in value or field == "project", "a newline from the user reached the script"
-    no_canary()
 
 
 PRESET_KEYS = ["workdir", "account", "partition_cpu", "qcpu.partition", "qcpu.qos", "qcpu.(name)", "blender",
@@ -290,7 +294,6 @@ def test_preset_values_are_refused_or_quoted(site: Path, key: str, value: str, s
     check_script(script, preset, job_dir_of(script, preset), expected_lines)
     if key in ("workdir", "account", "qcpu.partition", "qcpu.qos", "qcpu.(name)", "partition_cpu"):
         assert re.fullmatch(r"[\w/.+@-]*", value), f"{key} {value!r} was accepted"
-    no_canary()
 
 
 @settings(max_examples=25, deadline=None)
@@ -314,13 +317,15 @@ def test_job_script_runs_hostile_paths_as_plain_words(root: str, bin_dir: str, s
         script = render_job_script([], spec, preset, paths, [str(blender)], task, log_to_file=False)
         env = {"PATH": "/usr/bin:/bin", "BRAAS_TASK_ID": "1"}
         done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30, cwd=base)
+        # The canaries first: `component` turns the absolute canary into a relative name (its '/' become '_'),
+        # which lands in the job directory the script cd's to.
+        assert not [p for p in base.rglob("*canary*") if p.is_file()], "an injected command ran"
+        no_canary()
         assert done.returncode == 0, done.stderr
         argv = argv_file.read_bytes().decode().split("\0")[:-1]
-        assert not [p for p in base.rglob("*") if p.name == "canary"], "an injected command ran"
     assert argv == ["-b", "-Y", paths.scene, "-E", "CYCLES", "-t", "0", "-P", task, "--", "--job-dir", paths.job_dir,
                     "--task", "1", "--device", "CPU", "--format", "PNG", "--frames-file", "frames.txt",
                     *([f"--scene={scene_name}"] if scene_name else [])]
-    no_canary()
 
 
 # ---- remote commands: one quoting function ----------------------------------------------------------
@@ -334,10 +339,11 @@ def test_quote_command_round_trips_through_a_real_shell(words: list[str]) -> Non
             quote_command(["printf", "%s\\0", *words])
         return
     line = quote_command(["printf", "%s\\0", *words])
-    assert shlex.split(line) == ["printf", "%s\\0", *words]
-    done = subprocess.run(["sh", "-c", line], capture_output=True, timeout=30)
-    assert done.returncode == 0 and done.stdout.decode().split("\0")[:-1] == words
+    with tempfile.TemporaryDirectory() as temp:  # a broken quoting may write files (`>x`): not in the repo
+        done = subprocess.run(["sh", "-c", line], capture_output=True, timeout=30, cwd=temp)
     no_canary()
+    assert shlex.split(line) == ["printf", "%s\\0", *words]
+    assert done.returncode == 0 and done.stdout.decode().split("\0")[:-1] == words
 
 
 # ---- remote names and local paths ---------------------------------------------------------------------
@@ -416,7 +422,10 @@ HOSTILE_NAMES = ["../frame_000009.png", "/etc/frame_000009.png", "frame_000009.p
 def test_download_writes_only_frames_inside_the_destination(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
-    paths = JobPaths(str(tmp_path / "cluster" / "braas-hpc"), "job-20260101-000000-abcd")
+    # The frames' remote paths reach a real shell (sha256sum through the local transport's /bin/sh): a cluster
+    # directory with shell syntax in its name shows that they are quoted there.
+    paths = JobPaths(str(tmp_path / f"cluster $(touch {CANARY}) `touch {CANARY}`" / "braas-hpc"),
+                     "job-20260101-000000-abcd")
     out = Path(paths.out_dir)
     out.mkdir(parents=True)
     for n in (1, 2, 3):
@@ -429,14 +438,16 @@ def test_download_writes_only_frames_inside_the_destination(tmp_path: Path,
     (dest / "frame_000003.png").symlink_to(outside)  # a planted link under a frame's name
     (dest / ".frame_000002.png.braas-part").symlink_to(outside)  # ... and under a download's temp name
     monkeypatch.setattr(transfer, "transport_for", lambda preset: ListingTransport(HOSTILE_NAMES))
-    result = asyncio.run(transfer.download_once(paths.name, dest))
+    try:
+        result = asyncio.run(transfer.download_once(paths.name, dest))
+    finally:  # an injection may also make the command fail: the canary is the finding to report
+        no_canary()
     assert outside.read_text() == "precious"
     assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["dest", "precious.txt"]
     assert sorted(p.name for p in dest.iterdir()) == ["frame_000001.png", "frame_000002.png", "frame_000003.png"]
     assert (dest / "frame_000002.png").read_bytes() == b"frame 2" and (dest / "frame_000003.png").is_symlink()
     assert result.downloaded == 2
     assert set(result.ignored) == {n for n in HOSTILE_NAMES if not n.startswith(".")} | {"frame_000003.png"}
-    no_canary()
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/x", "x/..", "..", ".", "", "x\0", "a/b", "sub/../../x"])
