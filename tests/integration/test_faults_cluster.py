@@ -23,7 +23,8 @@ from tests.testbed import testbed as tb
 T = TypeVar("T")
 
 RUNS = 2
-DOWN_S = 9.0
+RESTART_FRAMES = 20  # four tasks of five: the job outlasts both restarts of a run (2 x (1 s + DOWN_S))
+DOWN_S = 4.0  # two of the watcher's 2 s polls (the suite's BRAAS_HPC_POLL_MAX): at least one meets the closed port
 
 
 def _submit(scene: Path, frames: str, chunk: int = 5) -> dict:
@@ -61,7 +62,7 @@ def test_sshd_restarted_while_a_client_waits(testbed, sample_scene: Path, tmp_pa
     layout = tb.Layout.from_env()
     restarts = outages = checked = 0
     for _ in range(RUNS):
-        job = _submit(sample_scene, "1-40")
+        job = _submit(sample_scene, f"1-{RESTART_FRAMES}")
         watcher = _watch(job["job"])
         for _ in range(2):
             time.sleep(1)
@@ -71,10 +72,10 @@ def test_sshd_restarted_while_a_client_waits(testbed, sample_scene: Path, tmp_pa
         assert watcher.returncode == 0, err
         outages += err.count("trying again")  # polls that met the dropped connection or the closed port
         final = json.loads(out)
-        assert final["state"] == "COMPLETED" and final["frames_done"] == 40
+        assert final["state"] == "COMPLETED" and final["frames_done"] == RESTART_FRAMES
         checked += _frames_checked(job, tmp_path)
     assert outages >= RUNS, "the restarts never reached the watching client: the test injected nothing"
-    lost = RUNS * 40 - checked
+    lost = RUNS * RESTART_FRAMES - checked
     assert lost == 0
     print(f"FIGURES sshd-restart runs={RUNS} restarts={restarts} polls_hit={outages} frames_checked={checked} "
           f"lost={lost}")
