@@ -5,6 +5,7 @@ Counts go to docs/reliability.md."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,13 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from braas_hpc.core.errors import ConnectionLost
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.transport import transport_for
+from tests.client_side import on_cluster_host
 from tests.conftest import REPO, run_cli
 from tests.helpers import check_frame
+from tests.integration.conftest import TESTBED_CLI
 from tests.testbed import nodens
 from tests.testbed import testbed as tb
 
 T = TypeVar("T")
 
+# An admin starting the login node's sshd again, in the cluster's own mount namespace.
+START_SSHD = "from tests.testbed import testbed as tb; tb.start_sshd(tb.Layout.from_env())"
 RUNS = 2
 RESTART_FRAMES = 20  # four tasks of five: the job outlasts both restarts of a run (2 x (1 s + DOWN_S))
 DOWN_S = 4.0  # two of the watcher's 2 s polls (the suite's BRAAS_HPC_POLL_MAX): at least one meets the closed port
@@ -44,7 +52,9 @@ def _restart_sshd(layout: tb.Layout) -> None:
     subprocess.run(["pkill", "-KILL", "-f", f"sshd.*{config}"], check=False)
     subprocess.run(["pkill", "-KILL", "-u", "braastb", "-x", "sshd"], check=False)  # connection children
     time.sleep(DOWN_S)  # longer than the watcher's first poll intervals: a poll meets the closed port
-    tb.start_sshd(layout)
+    started = subprocess.run(on_cluster_host([sys.executable, "-c", START_SSHD]), cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
 
 
 def _frames_checked(job: dict, tmp_path: Path) -> int:
@@ -137,7 +147,10 @@ def test_slurmd_killed_during_a_render(testbed, remote, sample_scene: Path, tmp_
     _until("a frame rendered while slurmd is down", lambda: frames_now() > at_kill)
     assert not node.port_taken(tb.SLURMD_PORT) and not _alive(old)
     rendered_while_down = frames_now() - at_kill
-    tb.up()  # the node's daemon back, as an admin would bring it
+    # The node's daemon back, as an admin would bring it (on the cluster's side: tests/client_side.py).
+    back = subprocess.run(on_cluster_host([sys.executable, str(TESTBED_CLI), "up"]), capture_output=True, text=True,
+                          timeout=600)
+    assert back.returncode == 0, back.stdout + back.stderr
     new = int(layout.pid_file("slurmd").read_text().split()[0])
     assert new != old and _alive(new) and node.port_taken(tb.SLURMD_PORT)
 
@@ -152,3 +165,26 @@ def test_slurmd_killed_during_a_render(testbed, remote, sample_scene: Path, tmp_
     assert lost == 0
     print(f"FIGURES slurmd-kill frames={FRAMES} at_kill={at_kill} rendered_while_down={rendered_while_down} "
           f"slurmd_pid={old}->{new} frames_checked={checked} lost={lost}")
+
+
+def test_a_channel_refused_as_the_connection_drops_is_a_lost_connection(testbed) -> None:  # noqa: ANN001
+    """Found by the sshd-restart test: sshd killed just as `wait` polled. asyncssh had seen the socket
+    drop (its protocol's connection_lost, which the event loop calls) but finishes the close in a callback
+    it schedules, so the connection still read as open and the command's channel was refused ("SSH
+    connection closed"): `wait` died of a traceback instead of waiting the outage out. Here the drop is
+    delivered at exactly that point, every time."""
+    preset = load_preset("testbed")
+
+    async def poll_as_the_socket_drops() -> BaseException:
+        transport = transport_for(preset, "asyncssh")
+        await transport.run(["true"])
+        transport._conns[-1].connection_lost(ConnectionResetError("reset by the test"))  # noqa: SLF001
+        try:
+            await transport.run(["true"])
+        except BaseException as exc:  # noqa: BLE001 - what it raises is the subject
+            return exc
+        finally:
+            await transport.close()
+        raise AssertionError("a command ran on a connection that had dropped")
+
+    assert isinstance(asyncio.run(poll_as_the_socket_drops()), ConnectionLost)

@@ -225,8 +225,19 @@ class AsyncsshTransport(Transport):
     async def _sftp_client(self) -> asyncssh.SFTPClient:
         conn = await self._connection()
         if self._sftp is None:
-            self._sftp = await conn.start_sftp_client()
+            try:
+                self._sftp = await conn.start_sftp_client()
+            except asyncssh.ChannelOpenError as exc:
+                raise await self._refused_or_lost(exc) from exc
         return self._sftp
+
+    async def _refused_or_lost(self, exc: asyncssh.ChannelOpenError) -> Exception:
+        """A channel refused because the connection closed under it (sshd restarted between our check and
+        the channel's opening) is a lost connection, which callers wait out or resume from; a refusal by
+        a live server stays what it is. asyncssh finishes a close in a callback it schedules, so the
+        connection only reads as closed once the loop has run it."""
+        await asyncio.sleep(0)
+        return exc if self._alive() else self._lost(exc)
 
     def _lost(self, exc: BaseException) -> ConnectionLost:
         """Forget the broken chain; the next call connects again."""
@@ -254,12 +265,17 @@ class AsyncsshTransport(Transport):
                                   timeout=timeout, check=False, encoding=None)
         except _LOST as exc:
             raise self._lost(exc) from exc
+        except asyncssh.ChannelOpenError as exc:
+            raise await self._refused_or_lost(exc) from exc
         self._check_cut(done.exit_status)
         return done.exit_status, bytes(done.stdout or b""), bytes(done.stderr or b"")
 
     async def _open_stream(self, command: str) -> StreamHandle:
         conn = await self._connection()
-        process = await conn.create_process(command, stdin=asyncssh.DEVNULL)
+        try:
+            process = await conn.create_process(command, stdin=asyncssh.DEVNULL)
+        except asyncssh.ChannelOpenError as exc:
+            raise await self._refused_or_lost(exc) from exc
         lines, stop = merge_lines(process.stdout, process.stderr)
 
         async def wait() -> int | None:
@@ -302,6 +318,8 @@ class AsyncsshTransport(Transport):
             done = await process.wait(check=False)
         except _LOST as exc:
             raise self._lost(exc) from exc
+        except asyncssh.ChannelOpenError as exc:
+            raise await self._refused_or_lost(exc) from exc
         self._check_cut(done.exit_status)
         if done.exit_status != 0:
             stderr = bytes(done.stderr or b"").decode(errors="replace").strip()
