@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
+from tests.client_side import on_cluster_host
 from tests.helpers import temporary_user
 
 STRANGER = "braasiu2"
@@ -24,4 +25,5 @@ def stranger_user() -> AbstractContextManager[str]:
 def as_stranger(code: str, *args: str, netns: str | None = None) -> list[str]:
     """argv that runs `code` as the stranger (in the network namespace `netns`, when given)."""
     argv = ["runuser", "-u", STRANGER, "--", PYTHON, "-c", code, *args]
-    return (["nsenter", f"--net=/run/netns/{netns}"] if netns else []) + argv
+    # On a compute node the stranger is on the cluster's side, with its disk (tests/client_side.py).
+    return on_cluster_host(["nsenter", f"--net=/run/netns/{netns}", *argv]) if netns else argv

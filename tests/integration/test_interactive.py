@@ -27,6 +27,7 @@ from braas_hpc_interactive.core import session
 from braas_hpc_interactive.core.client import open_socket
 from braas_hpc_interactive.core.records import Connection, SessionRecord
 from braas_hpc_interactive.core.tunnel import Tunnel, for_session, socket_path
+from tests.client_side import cluster_path
 from tests.testbed import nodens
 from tests.testbed.tcpproxy import running_proxy
 
@@ -116,8 +117,8 @@ def first(testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S
 
 def test_session_start_writes_the_interactive_files(first, testbed) -> None:  # noqa: ANN001
     record, conn = first
-    directory = Path(record.paths.dir)
-    assert directory.parent == Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "interactive"
+    assert Path(record.paths.dir).parent == Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "interactive"
+    directory = cluster_path(record.paths.dir)
     assert oct(directory.stat().st_mode & 0o777) == "0o700"
     assert (directory / "hostname.txt").read_text().strip() == nodens.HOSTNAME
     assert (directory / "jobid.txt").read_text().strip() == record.job_id
@@ -131,9 +132,9 @@ def test_session_start_writes_the_interactive_files(first, testbed) -> None:  # 
 
 def test_connection_file_is_private(first, testbed) -> None:  # noqa: ANN001
     record, _ = first
-    info = (Path(record.paths.dir) / "connection.json").stat()
+    info = (cluster_path(record.paths.dir) / "connection.json").stat()
     assert stat.S_IMODE(info.st_mode) == 0o600
-    assert info.st_uid == Path(testbed.workdir).stat().st_uid  # the cluster user, nobody else
+    assert info.st_uid == cluster_path(testbed.workdir).stat().st_uid  # the cluster user, nobody else
 
 
 def test_node_is_reachable_only_from_the_login_side(first) -> None:  # noqa: ANN001
@@ -310,7 +311,7 @@ def test_pbs_session_through_the_standin(testbed, tmp_path: Path) -> None:  # no
     record, conn, answer, stopped = run(work())
     assert record.scheduler == "pbs" and conn.host == nodens.HOSTNAME
     assert answer == b"ok\nping\n" and stopped == "stopped"
-    assert (Path(record.paths.dir) / "jobid.txt").read_text().strip() == record.job_id
+    assert (cluster_path(record.paths.dir) / "jobid.txt").read_text().strip() == record.job_id
     assert not _node_listens(conn.port)
     assert _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") == []
 

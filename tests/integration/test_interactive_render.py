@@ -36,6 +36,7 @@ from braas_hpc_interactive.core.protocol import (
 )
 from braas_hpc_interactive.core.records import Connection
 from braas_hpc_interactive.core.tunnel import for_session
+from tests.client_side import cluster_path
 from tests.helpers import make_sample
 from tests.integration.test_interactive import _node_processes
 from tests.testbed import nodens
@@ -77,7 +78,7 @@ async def serve_builtin(record: session.SessionRecord, timeout: float = 120) -> 
     argv and the connection file. Also used by bench/interactive_fps_bench.py."""
     argv = await session.start_server(record, launch.BUILTIN)
     conn = await session.connection(record)
-    log = Path(record.paths.dir) / "command.err"
+    log = cluster_path(record.paths.dir) / "command.err"
     deadline = time.monotonic() + timeout
     while "listening on" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
@@ -153,7 +154,7 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
                     if held:
                         break
                     await asyncio.sleep(0.1)
-                log = Path(record.paths.dir) / "command.err"
+                log = cluster_path(record.paths.dir) / "command.err"
                 refusals_before = log.read_text().count("braas-render-server: refused ")
                 # The server's own refusal, not only the client's: proofs made with a wrong token, and the
                 # server's proof reflected back with the right one, each sent whatever the server proved.
@@ -197,7 +198,7 @@ def test_builtin_server_renders_real_cycles_through_the_tunnel(testbed, tmp_path
     while _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _node_processes(f"BRAAS_SESSION_DIR={record.paths.dir}") == []  # Stop left nothing on the node
-    assert (Path(record.paths.dir) / "protocol.py").is_file()  # installed beside render_server.py
+    assert (cluster_path(record.paths.dir) / "protocol.py").is_file()  # installed beside render_server.py
 
 
 def test_a_local_scene_is_packed_and_uploaded_for_the_session(testbed, tmp_path: Path) -> None:  # noqa: ANN001
@@ -301,7 +302,7 @@ def test_another_user_on_the_node_gets_no_frame_no_command_no_token(testbed, tmp
                 proc.stdin.write("\n")
                 proc.stdin.flush()
                 report = json.loads(await asyncio.to_thread(proc.stdout.readline))
-            log = (Path(record.paths.dir) / "command.err").read_text()
+            log = (cluster_path(record.paths.dir) / "command.err").read_text()
         finally:
             await session.stop(record)
         return line.split()[1], log, report, frames

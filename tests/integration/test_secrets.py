@@ -31,6 +31,7 @@ from braas_hpc import cli
 from braas_hpc.core.jobs import FRAME_FILE
 from braas_hpc.prompts import KEYRING_SERVICE, TerminalPrompts
 from tests.blender.addon_runner import Session
+from tests.client_side import cluster_path
 from tests.helpers import MemoryKeyring, check_frame, make_sample
 from tests.testbed import testbed as tb
 from tests.testbed.sshlab import SSHLab
@@ -248,7 +249,7 @@ def _cli(capsys: pytest.CaptureFixture[str], user: User, console: list[str], *ar
 
 
 def _job_dir(testbed: tb.Testbed, job: str) -> Path:
-    return Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job
+    return cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job
 
 
 def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, home: Path,
@@ -320,7 +321,7 @@ def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, hom
     leaks, files = scan([home, _job_dir(testbed, job), _job_dir(testbed, got["job"])], needles)
     # Shared by every test, so only what changed during this one: the cluster user's whole home (every job,
     # the store, the scripts, the PBS stand-in's records), and the OpenSSH back end's sockets and askpass.
-    cluster_home = Path(testbed.workdir).parent
+    cluster_home = cluster_path(testbed.workdir).parent
     more_leaks, more_files = scan([cluster_home, OPENSSH_DIR], needles, since=started)
     assert leaks + more_leaks == [], "secrets were written:\n" + "\n".join(leaks + more_leaks)
 

@@ -32,6 +32,7 @@ import pytest
 from braas_hpc.core.install import scripts_version
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.tree import UntrustedTree
+from tests.client_side import on_cluster_host
 from tests.conftest import run_cli
 from tests.helpers import make_sample, sha256, temporary_user
 from tests.integration.test_install import fake_blender
@@ -50,7 +51,8 @@ def attacker(testbed) -> Iterator[str]:  # noqa: ANN001
 
 
 def as_attacker(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", ATTACKER, "--", "/bin/sh", "-c", f"umask 002; {script}"],
+    # Another user of the cluster: on the cluster's side (tests/client_side.py).
+    return subprocess.run(on_cluster_host(["runuser", "-u", ATTACKER, "--", "/bin/sh", "-c", f"umask 002; {script}"]),
                           capture_output=True, text=True, timeout=60)
 
 
@@ -89,7 +91,7 @@ def project(testbed, remote, attacker: str, tmp_path: Path) -> Iterator[Project]
         if ids:
             subprocess.run(["scancel", *ids], env={**os.environ, "SLURM_CONF": str(testbed.slurm_conf)},
                            capture_output=True, timeout=60)
-        subprocess.run(["rm", "-rf", "--", workdir], check=False, timeout=120)
+        subprocess.run(on_cluster_host(["rm", "-rf", "--", workdir]), check=False, timeout=120)
         (Path(base.source).parent / f"{name}.toml").unlink(missing_ok=True)
         assert not Path(canary).exists(), "the attacker's code ran"
 
