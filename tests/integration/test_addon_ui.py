@@ -10,12 +10,17 @@ them (`execute`; `invoke` would need a window).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
 from braas_hpc.core.presets import load_preset
 from tests.blender.addon_runner import Session
+from tests.conftest import run_cli
 
 # Blender's main loop, as far as the add-on can tell: timers registered with bpy.app.timers are called on
 # the main thread when due, between ticks of TICK_S. Each tick records how late it started: the previous
@@ -31,6 +36,7 @@ class MainLoop:
         self.due = {}
         self.late_ms = []
         self.stages = []
+        self.ran = []  # the timers each tick called: the next tick's lateness is theirs
         timers = bpy.app.timers
         timers.register, timers.unregister, timers.is_registered = self.register, self.unregister, self.is_registered
 
@@ -45,13 +51,16 @@ class MainLoop:
         return function in self.due
 
     def tick(self):
+        ran = []
         for function, when in list(self.due.items()):
             if when <= time.perf_counter() and function in self.due:
+                ran.append(function.__name__)
                 delay = function()
                 if delay is None:
                     self.due.pop(function, None)
                 else:
                     self.due[function] = time.perf_counter() + delay
+        self.ran.append(" ".join(ran))
 
     def run_until(self, done, limit):
         deadline = time.perf_counter() + limit
@@ -141,3 +150,97 @@ def test_first_connection_asks_trust_then_passphrase_through_the_popups(testbed,
     assert got["report"].startswith("ok: ") and "writable" in got["report"], got
     line = " ".join(pub.read_text().split()[:2])
     assert known.read_text() == f"[127.0.0.1]:{testbed.ssh_port} {line}\n"
+
+
+BIG_MB = 300
+
+
+def _noise_bmp(path: Path, megabytes: int) -> str:
+    """An uncompressed 24-bit BMP of random pixels (`megabytes` MiB of them): a valid image Blender reads,
+    new content each run so the cluster's store never has it already. Returns its SHA-256."""
+    side = 1024 * int((megabytes / 3) ** 0.5)  # 3 bytes a pixel; rows of a multiple of 4 bytes, no padding
+    pixels = side * side * 3
+    header = (b"BM" + (54 + pixels).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little")
+              + (40).to_bytes(4, "little") + side.to_bytes(4, "little") + side.to_bytes(4, "little")
+              + (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + bytes(24))
+    digest = hashlib.sha256(header)
+    with path.open("wb") as stream:
+        stream.write(header)
+        for _ in range(pixels // (1 << 20)):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            stream.write(block)
+        rest = os.urandom(pixels % (1 << 20))
+        digest.update(rest)
+        stream.write(rest)
+    return digest.hexdigest()
+
+
+def test_main_thread_never_stalls_during_a_300_mb_upload(testbed, sample_scene: Path, remote,  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    """Submit (the panel's button) of a scene with a 300 MB texture, its folder sent as is: every tick of
+    the main loop from the press until the result is delivered is timed."""
+    folder = tmp_path / "scene"
+    shutil.copytree(sample_scene.parent, folder)
+    big = folder / "big_noise.bmp"
+    digest = _noise_bmp(big, BIG_MB)
+    got = Session(tmp_path / "user").run(prelude=MAIN_LOOP, script=f"""
+        bpy.ops.wm.open_mainfile(filepath={str(folder / sample_scene.name)!r})
+        image = bpy.data.images.load({str(big)!r})
+        image.use_fake_user = True  # in the file and its dependencies, though no material renders it
+        bpy.ops.wm.save_mainfile()
+        settings = bpy.context.scene.braas_hpc
+        settings.preset, settings.frames_mode, settings.custom_frames, settings.pack = "testbed", "CUSTOM", "1", "dir"
+        pressed = []
+
+        def press():  # the button, clicked on the main thread between two ticks
+            pressed.append(sorted(bpy.ops.braas_hpc.submit()))
+            pressed.extend(op for op in runtime.state.bridge.operations() if op.kind == "submit")
+
+        loop.register(press)
+        uploaded = [0, 0]
+
+        def delivered():
+            for op in runtime.state.bridge.active():
+                snap = op.snapshot()
+                if snap.stage == "uploading":
+                    uploaded[:] = [max(uploaded[0], snap.done), snap.total]
+            return len(pressed) == 2 and pressed[1] not in runtime.state.bridge.operations()
+
+        result["ended"] = loop.run_until(delivered, 300)
+        result["press"] = pressed[0]
+        result["error"] = str(pressed[1].error()) if pressed[1].error() else ""
+        result["uploaded"] = uploaded
+        result["late_ms"] = loop.late_ms
+        result["stages"] = loop.stages
+        result["ran"] = loop.ran
+        jobs = bpy.context.window_manager.braas_hpc.jobs
+        result["job"] = jobs[0].name if jobs else ""
+        result["message"] = runtime.state.message.text
+    """)
+    try:
+        assert got["ended"] and got["press"] == ["FINISHED"] and got["error"] == "", got["message"]
+        late = got["late_ms"]
+        uploading = [ms for ms, stage in zip(late, got["stages"], strict=True) if stage == "uploading"]
+        before = ["after " + (ran or "no timer") for ran in ["", *got["ran"][:-1]]]  # tick i waited on i-1
+        worst = sorted(zip(late, got["stages"], before, strict=True), reverse=True)[:5]
+        seen = (f"{len(late)} ticks, {len(uploading)} while uploading ({sum(ms > 20 for ms in uploading)} > 20 ms, "
+                f"max {max(uploading, default=0):.1f} ms); median {statistics.median(late):.2f} ms; worst: "
+                + ", ".join(f"{ms:.1f} ms ({stage}, {ran})" for ms, stage, ran in worst))
+        print(seen)
+        # Measured on the 2-core machine (3 runs each, other test suites running beside): while uploading,
+        # 500-700 ticks, the slowest 3.6-8.3 ms (up to 19 ms with two busy-looping processes added), none
+        # over 20 ms. The worst tick of the whole submission is one full garbage collection of the Blender
+        # process's heap (any thread's allocations can trigger it; it holds the GIL), while the dependencies
+        # are collected: 50-60 ms, 88-99 ms under load. So: a tick over 200 ms means work on the main
+        # thread (an upload there takes seconds); more than 1% of the upload's ticks over 20 ms means a
+        # recurring stall (a pump that waits 50 ms makes one tick in ~25 late), not scheduler noise.
+        assert max(late) < 200, seen
+        assert len(uploading) >= 100, seen  # the upload really ran under this loop's eyes
+        assert sum(ms > 20 for ms in uploading) < len(uploading) / 100, seen
+        assert got["uploaded"][1] >= BIG_MB * 2**20 and got["uploaded"][0] == got["uploaded"][1]
+    finally:
+        if got.get("job"):
+            run_cli("cancel", got["job"])
+        root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
+        remote(f"rm -rf {root}/store/{digest[:2]}/{digest} {root}/jobs/{got.get('job') or 'none'}")
