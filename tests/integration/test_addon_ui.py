@@ -184,9 +184,22 @@ def test_main_thread_never_stalls_during_a_300_mb_upload(testbed, sample_scene: 
     shutil.copytree(sample_scene.parent, folder)
     big = folder / "big_noise.bmp"
     digest = _noise_bmp(big, BIG_MB)
-    got = Session(tmp_path / "user").run(prelude=MAIN_LOOP, script=f"""
-        bpy.ops.wm.open_mainfile(filepath={str(folder / sample_scene.name)!r})
-        image = bpy.data.images.load({str(big)!r})
+    got: dict = {}
+    try:
+        got = _submit_under_main_loop(tmp_path / "user", folder / sample_scene.name, big)
+        _check_ticks(got)
+    finally:
+        if got.get("job"):
+            run_cli("cancel", got["job"])
+        root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
+        remote(f"rm -rf {root}/store/{digest[:2]}/{digest} {root}/jobs/{got.get('job') or 'none'}")
+
+
+def _submit_under_main_loop(user: Path, scene: Path, big: Path) -> dict:
+    return Session(user).run(prelude=MAIN_LOOP, script=f"""
+        bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
+        image = bpy.data.images.load({str(big)!r}, check_existing=False)
+        image.filepath = "//{big.name}"  # relative, as Blender's file browser sets it
         image.use_fake_user = True  # in the file and its dependencies, though no material renders it
         bpy.ops.wm.save_mainfile()
         settings = bpy.context.scene.braas_hpc
@@ -218,29 +231,28 @@ def test_main_thread_never_stalls_during_a_300_mb_upload(testbed, sample_scene: 
         result["job"] = jobs[0].name if jobs else ""
         result["message"] = runtime.state.message.text
     """)
-    try:
-        assert got["ended"] and got["press"] == ["FINISHED"] and got["error"] == "", got["message"]
-        late = got["late_ms"]
-        uploading = [ms for ms, stage in zip(late, got["stages"], strict=True) if stage == "uploading"]
-        before = ["after " + (ran or "no timer") for ran in ["", *got["ran"][:-1]]]  # tick i waited on i-1
-        worst = sorted(zip(late, got["stages"], before, strict=True), reverse=True)[:5]
-        seen = (f"{len(late)} ticks, {len(uploading)} while uploading ({sum(ms > 20 for ms in uploading)} > 20 ms, "
-                f"max {max(uploading, default=0):.1f} ms); median {statistics.median(late):.2f} ms; worst: "
-                + ", ".join(f"{ms:.1f} ms ({stage}, {ran})" for ms, stage, ran in worst))
-        print(seen)
-        # Measured on the 2-core machine (3 runs each, other test suites running beside): while uploading,
-        # 500-700 ticks, the slowest 3.6-8.3 ms (up to 19 ms with two busy-looping processes added), none
-        # over 20 ms. The worst tick of the whole submission is one full garbage collection of the Blender
-        # process's heap (any thread's allocations can trigger it; it holds the GIL), while the dependencies
-        # are collected: 50-60 ms, 88-99 ms under load. So: a tick over 200 ms means work on the main
-        # thread (an upload there takes seconds); more than 1% of the upload's ticks over 20 ms means a
-        # recurring stall (a pump that waits 50 ms makes one tick in ~25 late), not scheduler noise.
-        assert max(late) < 200, seen
-        assert len(uploading) >= 100, seen  # the upload really ran under this loop's eyes
-        assert sum(ms > 20 for ms in uploading) < len(uploading) / 100, seen
-        assert got["uploaded"][1] >= BIG_MB * 2**20 and got["uploaded"][0] == got["uploaded"][1]
-    finally:
-        if got.get("job"):
-            run_cli("cancel", got["job"])
-        root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
-        remote(f"rm -rf {root}/store/{digest[:2]}/{digest} {root}/jobs/{got.get('job') or 'none'}")
+
+
+def _check_ticks(got: dict) -> None:
+    assert got["ended"] and got["press"] == ["FINISHED"] and got["error"] == "", got["message"]
+    late = got["late_ms"]
+    uploading = [ms for ms, stage in zip(late, got["stages"], strict=True) if stage == "uploading"]
+    before = ["after " + (ran or "no timer") for ran in ["", *got["ran"][:-1]]]  # tick i waited on i-1
+    worst = sorted(zip(late, got["stages"], before, strict=True), reverse=True)[:5]
+    seen = (f"{len(late)} ticks, {len(uploading)} while uploading ({sum(ms > 20 for ms in uploading)} > 20 ms, "
+            f"max {max(uploading, default=0):.1f} ms); median {statistics.median(late):.2f} ms; worst: "
+            + ", ".join(f"{ms:.1f} ms ({stage}, {ran})" for ms, stage, ran in worst))
+    print(seen)
+    # Measured on the 2-core machine, other test suites running beside (4 runs), then with two busy-looping
+    # processes added (5 runs, load average up to 4): while uploading, 500-770 ticks, the slowest 3.6-8.3
+    # ms, under load 19-29 ms with at most 3 ticks (0.4%) over 20 ms. Before the upload, one tick waits
+    # for a full garbage collection of the Blender process's heap (the dependency tracer's allocations
+    # in its worker thread trigger it; it holds the GIL): 50-109 ms, under load 88-188 ms. So: any tick
+    # over 1 s means work on the main thread (a 300 MB upload there takes seconds); during the upload, a
+    # tick over 200 ms, or more than 2% of ticks over 20 ms, means a stall that recurs (a pump that waits
+    # 50 ms makes 5.5% of the ticks late), not scheduler noise.
+    assert max(late) < 1000, seen
+    assert len(uploading) >= 100, seen  # the upload really ran under this loop's eyes
+    assert max(uploading) < 200, seen
+    assert sum(ms > 20 for ms in uploading) < len(uploading) * 0.02, seen
+    assert got["uploaded"][1] >= BIG_MB * 2**20 and got["uploaded"][0] == got["uploaded"][1]
