@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import shutil
 import statistics
@@ -82,29 +83,37 @@ runtime.force_ui = True
 '''
 
 
-def _preset(name: str, **changes: str) -> Path:
-    """A copy of the `testbed` preset under `name`, with some of its lines changed (key = "value")."""
+def _preset(name: str, **changes: str | int) -> Path:
+    """A copy of the `testbed` preset under `name`, with some of its lines changed (key = value)."""
     source = Path(load_preset("testbed").source)
     text = source.read_text()
     for key, value in {"name": name, **changes}.items():
-        text, count = re.subn(rf'^{key} = ".*"$', f'{key} = "{value}"', text, flags=re.MULTILINE)
+        shown = str(value) if isinstance(value, int) else f'"{value}"'
+        text, count = re.subn(rf"^{key} = .*$", f"{key} = {shown}", text, flags=re.MULTILINE)
         assert count == 1, key
     path = source.parent / f"{name}.toml"
     path.write_text(text)
     return path
 
 
-def test_first_connection_asks_trust_then_passphrase_through_the_popups(testbed, tmp_path: Path) -> None:  # noqa: ANN001
-    """A new cluster with an encrypted key: Test Connections meets the real unknown host key, the trust
-    popup's OK records it and connects again, the passphrase popup's answer reaches the connection."""
+def test_first_connection_asks_trust_passphrase_and_code_through_the_popups(testbed, tmp_path: Path) -> None:  # noqa: ANN001
+    """A new cluster with an encrypted key and a one-time code (the lab's TOTP sshd): Test Connections
+    meets the real unknown host key, the trust popup's OK records it and connects again, the answers
+    typed in the login popup (passphrase, then code) reach the connection."""
     known = tmp_path / "known_hosts"
     encrypted = Path(testbed.key_file).parent / "id_ed25519_enc"
-    preset = _preset("tb-new", known_hosts=str(known), key_file=str(encrypted))
-    pub = Path(testbed.base_dir) / "sshd" / "ssh_host_ed25519_key.pub"
+    lab = testbed.ssh_lab
+    preset = _preset("tb-new", port=lab.totp_port, known_hosts=str(known), key_file=str(encrypted))
+    pub = Path(testbed.base_dir) / "lab" / "sshd-totp" / "ssh_host_ed25519_key.pub"
+    (tmp_path / "lab.pickle").write_bytes(pickle.dumps(lab))  # the code is computed when it is asked
     fingerprint = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
                                  check=True).stdout.split()[1]
     try:
         got = Session(tmp_path / "user").run(prelude=MAIN_LOOP, script=f"""
+            import pickle
+            import tests.testbed.testbed  # before sshlab, which the pickle names (they import each other)
+            with open({str(tmp_path / "lab.pickle")!r}, "rb") as stream:
+                lab = pickle.load(stream)
             bpy.ops.braas_hpc.presets_reload()
             for item in prefs.presets:
                 item.enabled = item.name == "tb-new"
@@ -127,8 +136,8 @@ def test_first_connection_asks_trust_then_passphrase_through_the_popups(testbed,
                     result["trust"] = sorted(bpy.ops.braas_hpc.trust_host())  # what the popup's OK runs
                 elif runtime.state.question is not None:
                     question = runtime.state.question
-                    events.append([question.kind, question.title])
-                    answer = {testbed.ssh_lab.key_passphrase!r}
+                    events.append([question.kind, question.title, question.fields])
+                    answer = lab.key_passphrase if question.kind == "passphrase" else lab.fresh_totp()
                     result["answer"] = sorted(bpy.ops.braas_hpc.answer_prompt(answer_1=answer))
                 else:
                     break
@@ -141,15 +150,16 @@ def test_first_connection_asks_trust_then_passphrase_through_the_popups(testbed,
     assert got["launch"] == ["FINISHED"] and got["returned_at_once"]  # the UI branch: nothing waited
     # asyncssh decrypts the key before it connects, so the passphrase comes first; each is asked once.
     asked = {event[0]: event for event in got["events"]}
-    assert len(asked) == len(got["events"]) == 2, got["events"]
-    host, passphrase = asked["host key"], asked["passphrase"]
-    assert host == ["host key", "127.0.0.1", testbed.ssh_port, "ssh-ed25519", fingerprint]
+    assert list(asked) == ["passphrase", "host key", "kbdint"] and len(got["events"]) == 3, got["events"]
+    host, passphrase, code = asked["host key"], asked["passphrase"], asked["kbdint"]
+    assert host == ["host key", "127.0.0.1", lab.totp_port, "ssh-ed25519", fingerprint]
+    assert len(code[2]) == 1 and code[2][0][1] is False  # one field, a code not shown as typed
     assert got["known_before_yes"] is False  # nothing recorded before the user's yes
     assert got["trust"] == ["FINISHED"] and got["answer"] == ["FINISHED"]
-    assert passphrase == ["passphrase", f"Passphrase for {encrypted}"]
+    assert passphrase == ["passphrase", f"Passphrase for {encrypted}", [["Passphrase", False]]]
     assert got["report"].startswith("ok: ") and "writable" in got["report"], got
     line = " ".join(pub.read_text().split()[:2])
-    assert known.read_text() == f"[127.0.0.1]:{testbed.ssh_port} {line}\n"
+    assert known.read_text() == f"[127.0.0.1]:{lab.totp_port} {line}\n"
 
 
 BIG_MB = 300
