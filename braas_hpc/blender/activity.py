@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from ..core import logs, monitor, progress, recovery, registry, service, transfer
 from ..core.cluster_blender import BlenderSource
-from ..core.errors import BraasError
+from ..core.errors import BraasError, HostKeyUnknown
 from ..core.install import InstallReport, install
 from ..core.jobs import FRAME_FILE, JobPaths
 from ..core.paths import data_dir
@@ -166,14 +166,20 @@ async def test_presets(names: list[str]) -> dict[str, ProbeReport | str]:
 
 async def each_cluster(names: list[str], action: Callable[[str], Awaitable[T]]) -> dict[str, T | str]:
     """`action` on every cluster at once; each answers for itself (its result, or why it failed), and
-    the status line counts the clusters that have answered."""
+    the status line counts the clusters that have answered. An unknown host key is raised instead, once
+    all have answered: it is the user's question (the trust popup), and the whole action runs again
+    after a yes."""
     answered = 0
+    unknown: list[HostKeyUnknown] = []
     progress.report("clusters answered", 0, len(names))
 
     async def one(name: str) -> T | str:
         nonlocal answered
         try:
             return await action(name)
+        except HostKeyUnknown as error:
+            unknown.append(error)
+            return str(error)
         except BraasError as error:
             return str(error)
         finally:
@@ -181,6 +187,8 @@ async def each_cluster(names: list[str], action: Callable[[str], Awaitable[T]]) 
             progress.report("clusters answered", answered, len(names))
 
     results = await asyncio.gather(*(one(n) for n in names))
+    if unknown:
+        raise unknown[0]
     return dict(zip(names, results, strict=True))
 
 

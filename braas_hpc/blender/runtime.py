@@ -6,7 +6,9 @@ list's refresh when due and redraws the panel. It only copies small results: the
 the main thread is what a callback does with them (a few list items), never network or disk work.
 
 In background mode (`blender -b`, scripts) there is no event loop to pump, so `launch` waits for the
-operation and reports its outcome the way any Blender operator does.
+operation and reports its outcome the way any Blender operator does. `force_ui` selects the UI branch
+there too: the bpy module is always in background mode, and the tests of the UI branch drive its timer
+themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from .prompting import PromptBroker, Question
 ADDON_ID = "braas_hpc"  # the add-on's module name; register() sets the extension's ("bl_ext.<repo>.braas_hpc")
 PUMP_INTERVAL_S = 0.1
 IDLE_INTERVAL_S = 1.0
+force_ui = False  # True: the UI branch even in background mode (whoever sets it runs the timers)
+
+
+def background() -> bool:
+    """No event loop will run the pump: operations wait, questions get no answer."""
+    return bool(bpy.app.background) and not force_ui
 
 
 @dataclass
@@ -40,7 +48,7 @@ class Message:
 @dataclass
 class State:
     bridge: Bridge = field(default_factory=Bridge)
-    broker: PromptBroker = field(default_factory=lambda: PromptBroker(lambda: not bpy.app.background))
+    broker: PromptBroker = field(default_factory=lambda: PromptBroker(lambda: not background()))
     message: Message = field(default_factory=Message)
     question: Question | None = None  # shown by the prompt popup, answered there
     host_key: tuple[HostKeyUnknown, Callable[[], None]] | None = None  # waiting for the trust popup
@@ -76,7 +84,7 @@ def launch(operator: bpy.types.Operator, label: str, factory: Callable[[], Await
            on_done: Callable[[Any], None] | None = None, retry: Callable[[], None] | None = None) -> set[str]:
     """Run `factory()` on the loop. UI: returns at once and `on_done(result)` runs later on the main thread.
     Background: waits, runs `on_done`, and turns a failure into the operator's error report."""
-    if bpy.app.background:
+    if background():
         operation = state.bridge.run(label, factory, kind)
         try:
             result = operation.result()
@@ -161,7 +169,7 @@ def ensure_pump() -> None:
 def start() -> None:
     pool.prompts = state.broker
     state.bridge.start()
-    if not bpy.app.background:
+    if not background():
         ensure_pump()
 
 

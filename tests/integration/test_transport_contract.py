@@ -287,12 +287,31 @@ def test_next_call_reconnects_after_a_drop(connect, testbed, tmp_path: Path) -> 
 # ---- trust and authentication -----------------------------------------------------------------
 
 
+class YesToEverything:
+    """A user who answers every question with yes: the passphrase, any code, any prompt. Prompts has no
+    host-key question, so a back end that trusts a host on such answers (or by itself) is caught."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def passphrase(self, key_file: str) -> str | None:
+        self.asked.append(f"passphrase {key_file}")
+        return "yes"
+
+    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
+        self.asked.append(f"kbdint {name} {instructions} {prompts}")
+        return ["yes" for _ in prompts]
+
+
 def test_unknown_host_key_carries_the_fingerprint(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
+    """Never trusted silently: an empty known_hosts and a user who says yes to everything still fail."""
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     target = SSHTarget(**{**main_target.__dict__, "known_hosts": str(empty)})
+    yes = YesToEverything()
     with pytest.raises(HostKeyUnknown) as info:
-        run(_use(connect(target), lambda t: t.run(["true"])))
+        run(_use(connect(target, yes), lambda t: t.run(["true"])))
+    assert yes.asked == []  # the host is checked before any credential question
     pub = next(Path(testbed.base_dir).glob("sshd/*ed25519*.pub"))
     expected = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True).stdout.split()[1]
     assert info.value.fingerprint == expected and info.value.key_type == "ssh-ed25519"
@@ -306,8 +325,11 @@ def test_changed_host_key_is_refused(connect, main_target, tmp_path: Path) -> No
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"{host_pattern('127.0.0.1', main_target.port or 22)} {other.with_suffix('.pub').read_text()}")
     target = SSHTarget(**{**main_target.__dict__, "known_hosts": str(wrong)})
+    recorded = wrong.read_text()
+    yes = YesToEverything()
     with pytest.raises(HostKeyChanged, match="CHANGED"):
-        run(_use(connect(target), lambda t: t.run(["true"])))
+        run(_use(connect(target, yes), lambda t: t.run(["true"])))
+    assert yes.asked == [] and wrong.read_text() == recorded
 
 
 def test_a_missing_known_hosts_file_trusts_no_host(connect, main_target, tmp_path: Path,  # noqa: ANN001
