@@ -220,7 +220,7 @@ def test_a_local_scene_is_packed_and_uploaded_for_the_session(testbed, tmp_path:
 
     record, blendfile, frame = asyncio.run(work())
     assert blendfile == f"{record.paths.dir}/in/scene.blend"
-    uploaded = Path(blendfile)
+    uploaded = cluster_path(blendfile)
     assert uploaded.stat().st_nlink >= 2  # a hard link into the store: sent once, kept by gc while here
     image = _rgba(frame)
     reds = ((image[..., 0] > 0.5) & (image[..., 1] < 0.2)).sum()
