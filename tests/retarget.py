@@ -2,7 +2,8 @@
 
 Everything the site's scheduler sees stays (directives, GPU request style, whole-node requests,
 arrays or plain jobs, extra and dropped directives); what only that site has is mapped: its host
-and workdir become the testbed's, partitions become qcpu/qgpu by kind, QoS values (the testbed has
+and workdir become the testbed's, partitions become qpair (CPU: the testbed's two nodes, so the whole-node
+jobs of several sites run side by side) or qgpu by kind, QoS values (the testbed has
 none) are cleared, cores per task are capped at the testbed's 2, and the account is the testbed's.
 """
 
@@ -42,7 +43,7 @@ def to_toml(preset: Preset) -> str:
 
 def _mapped(part: Partition, scheduler: str) -> Partition:
     # PBS queue names stay: the PBS stand-in knows ALCF's queues and maps them itself.
-    partition = part.partition if scheduler == "pbs" else "qgpu" if part.kind == "gpu" else "qcpu"
+    partition = part.partition if scheduler == "pbs" else "qgpu" if part.kind == "gpu" else "qpair"
     return dataclasses.replace(part, partition=partition, qos="", arch="",
                                cpus_per_task=min(part.cpus_per_task, TESTBED_CPUS), max_jobs_per_user=0)
 

@@ -40,8 +40,10 @@ def test_every_site_script_runs_on_real_slurm(testbed, remote, scene: Path) -> N
         for gpu in (False, True):
             if not preset.default_partition(gpu):
                 continue
-            done = run_cli("submit", str(scene), "--preset", preset.name, "--frames", "2", "--json",
-                           *(["--gpu"] if gpu else []))
+            # --pack dir: the script's shape is the subject, not packing (which starts Blender per submit).
+            # A GPU task fails here (no GPU): --retries 0, or recovery would resubmit it round after round.
+            done = run_cli("submit", str(scene), "--preset", preset.name, "--frames", "2", "--json", "--pack", "dir",
+                           *(["--gpu", "--retries", "0"] if gpu else []))
             assert done.returncode == 0, f"{site} gpu={gpu}: {done.stderr}"
             submitted.append((site, gpu, json.loads(done.stdout)))
     assert len(submitted) >= len(SLURM_SITES)
