@@ -41,7 +41,9 @@ APT_PACKAGES = ("libpam-oath", "oathtool", "iproute2")
 KEY_PASSPHRASE = "braas test passphrase 7"
 
 TOTP_PORT = 2223
-TOTP_WINDOW = 4  # pam_oath accepts codes up to this many 30-s steps before or after the server's time
+TOTP_WINDOW = 20  # pam_oath accepts codes up to this many 30-s steps (10 min) before or after the server's time:
+# a site accepts one or two, but each login of a test needs a step of its own (replay protection), so a
+# narrow window made the suite wait for the clock
 TOTP_STEP = 30
 PAM_SERVICE = "sshd-totp"
 PAM_FILE = Path("/etc/pam.d") / PAM_SERVICE
