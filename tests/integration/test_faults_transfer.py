@@ -47,11 +47,10 @@ BACKENDS = ("asyncssh", "paramiko", "openssh")
 # paramiko, whose resumed uploads were once corrupt, both kinds; OpenSSH one the resume finishes.
 UPLOAD_CUTS = {"asyncssh": (40_000, 120_000, 250_000, 330_000, 400_000),
                "paramiko": (40_000, 400_000), "openssh": (330_000,)}
-# Server->client bytes per connection during a download of four ~170 kB frames: inside the first frame
-# (each reconnection too), inside a later one. OpenSSH, whose cut downloads were once taken for
-# finished, both; paramiko the first.
+# Server->client bytes per connection during a download of four ~170 kB frames: asyncssh the sweep,
+# the others one cut inside the first frame (each reconnection too).
 DOWNLOAD_CUTS = {"asyncssh": (30_000, 90_000, 200_000, 330_000, 520_000),
-                 "paramiko": (90_000,), "openssh": (90_000, 330_000)}
+                 "paramiko": (90_000,), "openssh": (90_000,)}
 # Server->client bytes per connection while a 170 kB file is fetched: the last reconnection of each
 # is cut inside the file's last 64 kB.
 LAST_BYTES_CUTS = (45_000, 55_000, 65_000)
