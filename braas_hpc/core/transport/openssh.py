@@ -323,8 +323,9 @@ def _move(source: int, target: int, splice: bool) -> tuple[int, bool]:
     return len(data), False
 
 
-def _copy(source: int, target: int, position: int, total: int, report: _Reporter) -> None:
-    """Move bytes until end of file, reporting progress (splice where the OS has it)."""
+def _copy(source: int, target: int, position: int, total: int, report: _Reporter) -> int:
+    """Move bytes until end of file, reporting progress (splice where the OS has it). Returns the
+    position reached."""
     splice = _SPLICE
     while True:
         count, splice = _move(source, target, splice)
@@ -333,6 +334,7 @@ def _copy(source: int, target: int, position: int, total: int, report: _Reporter
         position += count
         report(position, total)
     report(position, total, final=True)
+    return position
 
 
 def _file_to_pipe(local: Path, offset: int, pipe: int, report: _Reporter, total: int) -> None:
@@ -350,10 +352,11 @@ def _file_to_pipe(local: Path, offset: int, pipe: int, report: _Reporter, total:
         os.close(pipe)
 
 
-def _pipe_to_file(pipe: int, local: Path, offset: int, report: _Reporter) -> int | None:
+def _pipe_to_file(pipe: int, local: Path, offset: int, report: _Reporter) -> tuple[int, int] | None:
     """Thread: read the size line, then write the rest into local at offset. Owns and closes `pipe`.
 
-    Returns the remote file's size, or None when no size came (the remote command failed).
+    Returns the remote file's size and the position the local file reached, or None when no size came
+    (the remote command failed).
     """
     try:
         header = b""
@@ -369,10 +372,9 @@ def _pipe_to_file(pipe: int, local: Path, offset: int, report: _Reporter) -> int
         try:
             os.ftruncate(target, offset)
             os.lseek(target, offset, os.SEEK_SET)
-            _copy(pipe, target, offset, total, report)
+            return total, _copy(pipe, target, offset, total, report)
         finally:
             os.close(target)
-        return total
     finally:
         os.close(pipe)
 
@@ -840,8 +842,23 @@ class OpenSSHTransport(Transport):
         finally:
             os.close(writer)
         copy = asyncio.to_thread(_pipe_to_file, reader, local, offset, report)
-        if await self._transfer(process, copy, f"download of {remote} to {local}") is None:
+        sizes = await self._transfer(process, copy, f"download of {remote} to {local}")
+        if sizes is None:
             raise TransferError(f"download of {remote} to {local} failed: the remote side sent no size")
+        total, reached = sizes
+        if reached < total:
+            await self._short_read(remote, reached, total)
+
+    async def _short_read(self, remote: str, reached: int, total: int) -> None:
+        """The output ended before the size announced. Through a master, ssh passes on the command's exit
+        status as soon as the server sends it, which can be before the last of its output: when the
+        connection then drops, ssh exits 0 with the tail missing. A dead master says it was that."""
+        if self._mux and not await self._master_alive():
+            self._up = False  # the next call reconnects
+            raise ConnectionLost(f"the connection to {self.target.host} dropped during the download of {remote} "
+                                 f"(at byte {reached} of {total})")
+        raise TransferError(f"download of {remote} ended at byte {reached} of {total}: the file shrank on the "
+                            "cluster while it was read")
 
     async def _transfer(self, process: asyncio.subprocess.Process, copy: Coroutine[Any, Any, T], what: str) -> T:
         """Wait for a copy thread and its ssh; map ssh's failure. Cancelling ends ssh, which ends the thread."""

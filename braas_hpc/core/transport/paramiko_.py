@@ -25,7 +25,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 from scp import SCPClient, SCPException
 
-from ..errors import AuthenticationFailed, ConnectionFailed, ConnectionLost
+from ..errors import AuthenticationFailed, ConnectionFailed, ConnectionLost, TransferError
 from .base import (
     HOLD_COMMAND,
     Forward,
@@ -422,6 +422,13 @@ def _send_file(session: _Session, local: Path, remote: str, offset: int, report:
             out.write(chunk)
             done += len(chunk)
             report(done, total)
+        out.flush()
+        # paramiko never reads the replies to pipelined writes, and its close() ignores a connection
+        # that dropped: the upload would look complete with its tail lost. The server answers a stat of
+        # the same handle only after every write sent before it, and a dropped connection fails it.
+        written = out.stat().st_size or 0
+    if written < total:
+        raise TransferError(f"the server kept only {written} of {total} bytes of {remote}")
 
 
 def _receive_file(session: _Session, remote: str, local: Path, offset: int, report: _Reporter) -> None:
