@@ -32,6 +32,7 @@ from braas_hpc.core.paths import user_presets_dir
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import Transport, make_transport, pool, target_for
 from braas_hpc.core.transport.base import PART_SUFFIX
+from tests.client_side import cluster_path
 from tests.helpers import check_frame, make_sample, sha256
 from tests.testbed import testbed as tb
 from tests.testbed.tcpproxy import TcpProxy
@@ -139,7 +140,7 @@ def proxied(testbed: tb.Testbed, tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="module")
 def big_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scene = make_sample(tmp_path_factory.mktemp("faults-scene"))
+    scene = make_sample(tmp_path_factory.mktemp("faults-scene"), fresh=True)  # bytes no store has yet
     subprocess.run([sys.executable, "-c", BIG_FRAMES, str(scene)], check=True, capture_output=True, timeout=120)
     return scene
 
@@ -212,7 +213,7 @@ def _check_store(store: Path, before: dict[str, int]) -> int:
 
 
 def _frames_on_cluster(testbed: tb.Testbed, job: str) -> dict[str, str]:
-    out = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    out = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
     return {p.name: sha256(p) for p in out.iterdir() if FRAME_FILE.match(p.name)}
 
 
@@ -241,7 +242,7 @@ def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Test
                                                                  big_scene: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     proxy, preset, backend = proxied
-    store = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "store"
+    store = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "store"
     jobs, survived, reruns, temps, drops = [], 0, 0, 0, 0
     for run, cut in enumerate(UPLOAD_CUTS[backend]):
         scene = _variant(big_scene, tmp_path / f"project-{run}")
@@ -283,7 +284,7 @@ def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tu
     job = json.loads(out)["job"]
     assert _wait(job).state == "COMPLETED"
     truth = _frames_on_cluster(testbed, job)
-    out = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    out = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
     assert len(truth) == 4 and min(p.stat().st_size for p in out.glob("frame_*")) > 100_000
     failed, cut_frames, drops = 0, 0, 0
     for run, cut in enumerate(DOWNLOAD_CUTS[backend]):
@@ -430,7 +431,7 @@ def test_disk_full_during_download_is_clear_and_leaves_no_frame(testbed: tb.Test
     job = json.loads(out)["job"]
     assert _wait(job).state == "COMPLETED"
     truth = _frames_on_cluster(testbed, job)
-    out = Path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    out = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
     frame = max(p.stat().st_size for p in out.iterdir())
     with _tiny_disk(tmp_path / "disk", "1m") as disk:
         for room in DISK_ROOM_FRAMES:
