@@ -241,7 +241,10 @@ def test_cli_tunnel_prints_its_private_socket(first, tcp: bool) -> None:  # noqa
     save_record(record)  # into this test's own data directory, where the command line looks
     argv = [sys.executable, "-m", "braas_hpc.cli", "interactive", "tunnel", record.name, "--json",
             *(["--tcp"] if tcp else [])]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C on a terminal meets a command whose SIGINT is at its default, even when this test runs in a
+    # background job (which starts with SIGINT ignored, and would pass that on).
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         shown = json.loads(proc.stdout.readline() or "null")
