@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 
 from braas_hpc.core import registry
 from braas_hpc.core.presets import BUILTIN_DIR, load_preset, load_preset_file
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.helpers import check_frame, make_sample
 from tests.retarget import retarget, to_toml
 
@@ -33,35 +36,44 @@ def test_every_site_script_runs_on_real_slurm(testbed, remote, scene: Path) -> N
     """Each Slurm site's CPU and GPU script, retargeted to the testbed, is accepted and run by Slurm."""
     base = load_preset("testbed")
     users = Path(base.source).parent
-    submitted = []
+    wanted = []
     for site in SLURM_SITES:
         preset = retarget(load_preset_file(BUILTIN_DIR / f"{site}.toml"), base)
         (users / f"{preset.name}.toml").write_text(to_toml(preset))
-        for gpu in (False, True):
-            if not preset.default_partition(gpu):
-                continue
-            # --pack dir: the script's shape is the subject, not packing (which starts Blender per submit).
-            # A GPU task fails here (no GPU): --retries 0, or recovery would resubmit it round after round.
-            done = run_cli("submit", str(scene), "--preset", preset.name, "--frames", "2", "--json", "--pack", "dir",
-                           *(["--gpu", "--retries", "0"] if gpu else []))
-            assert done.returncode == 0, f"{site} gpu={gpu}: {done.stderr}"
-            submitted.append((site, gpu, json.loads(done.stdout)))
-    assert len(submitted) >= len(SLURM_SITES)
-    for site, gpu, job in submitted:
-        waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
-        final = json.loads(waited.stdout)
+        wanted += [(site, gpu, preset.name) for gpu in (False, True) if preset.default_partition(gpu)]
+    assert len(wanted) >= len(SLURM_SITES)
+    # All at once, as several users of one cluster would: the submissions, then the waits.
+    # --pack dir: the script's shape is the subject, not packing (which starts Blender per submit).
+    # A GPU task fails here (no GPU): --retries 0, or recovery would resubmit it round after round.
+    submits = [_cli_process("submit", str(scene), "--preset", name, "--frames", "2", "--json", "--pack", "dir",
+                            *(["--gpu", "--retries", "0"] if gpu else [])) for _, gpu, name in wanted]
+    submitted = []
+    for (site, gpu, _), proc in zip(wanted, submits, strict=True):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{site} gpu={gpu}: {err}"
+        submitted.append((site, gpu, json.loads(out)))
+    waits = [_cli_process("wait", job["job"], "--timeout", "600", "--json") for _, _, job in submitted]
+    for (site, gpu, job), proc in zip(submitted, waits, strict=True):
+        out, err = proc.communicate(timeout=700)
+        final = json.loads(out)
         job_dir = shlex.quote(job["job_dir"])
         if not gpu:
-            assert waited.returncode == 0 and final["state"] == "COMPLETED", f"{site}: {final}"
+            assert proc.returncode == 0 and final["state"] == "COMPLETED", f"{site}: {final} {err}"
             continue
         # No GPU here: the render task must refuse loudly instead of rendering on the CPU.
-        assert waited.returncode == 1 and final["state"] == "FAILED", f"{site} gpu: {final}"
+        assert proc.returncode == 1 and final["state"] == "FAILED", f"{site} gpu: {final}"
         marker = json.loads(remote(f"cat {job_dir}/status/task-1.json").stdout)
         assert marker["exit_code"] == 4 and "found none" in marker["error"], marker
         tres = " ".join(_sacct(remote, job["scheduler_ids"][0], "ReqTRES%120"))
         preset = load_preset(f"tb-{site}")
         if preset.gpu_request in ("gpus", "gres"):
             assert "gres/gpu=1" in tres, f"{site}: Slurm did not get the GPU request: {tres}"
+
+
+def _cli_process(*args: str) -> subprocess.Popen[str]:
+    """The real command line, started and left running (run_cli waits for it)."""
+    return subprocess.Popen([sys.executable, "-m", "braas_hpc.cli", *args], cwd=REPO, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_cancel_removes_running_and_pending_tasks(testbed, remote, scene: Path) -> None:  # noqa: ANN001
