@@ -65,6 +65,14 @@ def eventually(probe: Callable[[], T], done: Callable[[T], bool], what: str, tim
         time.sleep(every)
 
 
+def cluster_file_when_written(remote: Callable[[str], subprocess.CompletedProcess[str]], path: str,
+                              timeout: float = 300) -> str:
+    """The text of a file on the cluster once a later step (the finish job) has written it, read over SSH
+    with the `remote` fixture."""
+    return eventually(lambda: remote(f"cat {path}"), lambda done: done.returncode == 0, f"{path} to be written",
+                      timeout=timeout, every=2).stdout
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

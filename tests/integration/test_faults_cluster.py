@@ -12,21 +12,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from braas_hpc.core.errors import ConnectionLost
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import transport_for
 from tests.client_side import on_cluster_host
 from tests.conftest import REPO, run_cli
-from tests.helpers import check_frame
+from tests.helpers import check_frame, eventually
 from tests.integration.conftest import TESTBED_CLI
 from tests.testbed import nodens
 from tests.testbed import testbed as tb
-
-T = TypeVar("T")
 
 # An admin starting the login node's sshd again, in the cluster's own mount namespace.
 START_SSHD = "from tests.testbed import testbed as tb; tb.start_sshd(tb.Layout.from_env())"
@@ -113,14 +109,6 @@ def _render_pids(job_dir: str) -> list[int]:
     return found
 
 
-def _until(what: str, check: Callable[[], T], timeout: float = 120, every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)  # a polling cadence, not a synchronisation: the condition decides
-    return result
-
-
 FRAMES = 10  # one task; the first frame marks it running, the rest are rendered across the kill
 
 
@@ -136,15 +124,17 @@ def test_slurmd_killed_during_a_render(testbed, remote, sample_scene: Path, tmp_
     def frames_now() -> int:
         return int(remote(f"ls {out_dir} | grep -c '^frame_'").stdout.strip() or 0)
 
-    _until("the task's first frame", frames_now, timeout=300)
-    renderers = _until("the task's Blender", lambda: _render_pids(job["job_dir"]), timeout=30)
+    eventually(frames_now, bool, "the task's first frame", timeout=300, every=0.1)
+    renderers = eventually(lambda: _render_pids(job["job_dir"]), bool, "the task's Blender", timeout=30,
+                           every=0.1)
     old = int(layout.pid_file("slurmd").read_text().split()[0])
     os.kill(old, signal.SIGKILL)  # mid-render: the node's daemon is gone
-    _until("slurmd to die", lambda: not _alive(old) and not node.port_taken(tb.SLURMD_PORT), timeout=30)
+    eventually(lambda: not _alive(old) and not node.port_taken(tb.SLURMD_PORT), bool, "slurmd to die",
+               timeout=30, every=0.1)
     at_kill = frames_now()
     assert at_kill < FRAMES and all(_alive(pid) for pid in renderers), "the task ended before the kill"
     # With the daemon down, the task renders on: a frame written now was written without slurmd.
-    _until("a frame rendered while slurmd is down", lambda: frames_now() > at_kill)
+    eventually(lambda: frames_now() > at_kill, bool, "a frame rendered while slurmd is down", every=0.1)
     assert not node.port_taken(tb.SLURMD_PORT) and not _alive(old)
     rendered_while_down = frames_now() - at_kill
     # The node's daemon back, as an admin would bring it (on the cluster's side: tests/client_side.py).

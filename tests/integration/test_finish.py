@@ -7,13 +7,12 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image
 
 from tests.conftest import run_cli
-from tests.helpers import eventually
+from tests.helpers import cluster_file_when_written, eventually
 from tests.testbed import testbed as tb
 
 
@@ -21,16 +20,6 @@ def _json(*args: str) -> dict:
     done = run_cli(*args, "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)
-
-
-def _wait_for(remote, path: str, timeout: float = 300) -> str:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = remote(f"cat {path}")
-        if done.returncode == 0:
-            return done.stdout
-        time.sleep(2)
-    raise AssertionError(f"{path} did not appear in {timeout} s")
 
 
 def _fetch(path: str) -> bytes:
@@ -53,7 +42,7 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
     assert final["tasks"] == {"COMPLETED": 2, "CANCELLED": 1}, final
 
     job_dir = job["job_dir"]
-    summary = json.loads(_wait_for(remote, f"{job_dir}/summary.json"))
+    summary = json.loads(cluster_file_when_written(remote, f"{job_dir}/summary.json"))
     assert summary["frames_total"] == 6 and summary["frames_ok"] == 4 and summary["missing"] == [5, 6]
     assert set(summary["timings"]) == {"1", "2", "3", "4"} and summary["seconds_per_frame"]["mean"] > 0
     assert summary["tasks"] == 2 and summary["tasks_failed"] == [] and summary["gpu_hours"] == 0

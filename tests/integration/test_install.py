@@ -15,7 +15,6 @@ import secrets
 import subprocess
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,7 @@ import pytest
 from braas_hpc.core.install import scripts_version, shipped_scripts
 from braas_hpc.core.presets import load_preset
 from tests.conftest import run_cli
+from tests.helpers import cluster_file_when_written
 from tests.retarget import to_toml
 from tests.testbed import testbed as tb
 
@@ -140,20 +140,10 @@ def test_submission_repairs_stale_scripts_and_the_job_runs(fresh: str, remote, s
     waited = run_cli("wait", submitted["job"], "--timeout", "600", timeout=700)
     assert waited.returncode == 0, waited.stdout + waited.stderr  # the repaired task rendered the frame
     job_dir = submitted["job_dir"]
-    summary = _wait_for(remote, f"{job_dir}/summary.json")
+    summary = json.loads(cluster_file_when_written(remote, f"{job_dir}/summary.json"))
     assert summary["frames_ok"] == 1 and summary["missing"] == [] and summary["thumbnail"] == "thumb.jpg"
     status = json.loads(run_cli("status", submitted["job"], "--json").stdout)[0]
     assert status["state"] == "COMPLETED" and status["summary"] is True
-
-
-def _wait_for(remote, path: str, timeout: float = 300) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = remote(f"cat {path}")
-        if done.returncode == 0:
-            return json.loads(done.stdout)
-        time.sleep(2)
-    raise AssertionError(f"{path} did not appear in {timeout} s")
 
 
 def test_blender_download_checked_resumed_and_idempotent(fresh: str, remote, http_dir) -> None:  # noqa: ANN001

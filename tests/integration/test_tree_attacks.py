@@ -113,6 +113,13 @@ def release_and_wait(testbed, job: dict) -> None:  # noqa: ANN001
     raise AssertionError(f"job {job['job']} never ended")
 
 
+def first_task_log(testbed, remote, project: Project, job: dict) -> str:  # noqa: ANN001
+    """Release the held job, wait until it has ended, and return its first task's log (where a job that
+    refuses to run says why)."""
+    release_and_wait(testbed, job)
+    return remote(f"cat {project.root}/jobs/{job['job']}/log/task-1.log").stdout
+
+
 def test_a_root_planted_by_another_member_is_refused(project: Project, remote, tmp_path: Path) -> None:  # noqa: ANN001
     planted = as_attacker(f"mkdir -p {project.root}/scripts/{scripts_version()} && "
                           f"printf %s {shlex.quote(PAYLOAD.format(canary=project.canary))} "
@@ -176,8 +183,7 @@ def test_a_tree_swapped_after_submission_is_refused_by_the_job(testbed, project:
             f"chmod -R 2777 {project.root}")
     swapped = as_attacker(swap)
     assert swapped.returncode == 0, swapped.stderr
-    release_and_wait(testbed, job)
-    log = remote(f"cat {project.root}/jobs/{name}/log/task-1.log").stdout
+    log = first_task_log(testbed, remote, project, job)
     assert f"braas-hpc: {project.root} is not your own directory any more" in log, log
     assert not Path(project.canary).exists(), "the attacker's render task ran"
 
@@ -193,8 +199,7 @@ def test_a_changed_render_task_is_refused_by_the_job(testbed, project: Project, 
     # Changed all the same (by the user, or where a tree was open): the job checks it before running it.
     payload = shlex.quote(PAYLOAD.format(canary=project.canary))
     assert remote(f"chmod u+w {task} && printf %s {payload} >> {task}").returncode == 0
-    release_and_wait(testbed, job)
-    log = remote(f"cat {project.root}/jobs/{job['job']}/log/task-1.log").stdout
+    log = first_task_log(testbed, remote, project, job)
     assert f"braas-hpc: {task} is not the script this job was submitted with" in log, log
     assert remote(f"ls {project.root}/jobs/{job['job']}/out").stdout == ""
     assert not Path(project.canary).exists()
@@ -252,8 +257,7 @@ def test_an_installed_blender_is_checked_by_its_tree_hash(testbed, project: Proj
     project.submit(make_sample(tmp_path / "scene"))
     job = project.jobs[-1]
     assert remote(f"printf %s {shlex.quote(payload)} > {tree}/blender").returncode == 0
-    release_and_wait(testbed, job)
-    log = remote(f"cat {project.root}/jobs/{job['job']}/log/task-1.log").stdout
+    log = first_task_log(testbed, remote, project, job)
     assert f"braas-hpc: the Blender in {tree} is not the one braas-hpc install unpacked" in log, log
     assert not Path(project.canary).exists(), "the changed Blender ran"
 
