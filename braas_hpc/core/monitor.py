@@ -88,10 +88,19 @@ def covered_tasks(task: str) -> set[int] | None:
     return indices
 
 
+def is_unplaced(state: TaskState, expected_tasks: int) -> bool:
+    """An ended line of an array without a task index. Slurm's accounting can keep an array task so
+    (seen when a pending task is cancelled before the array's first task starts: the task that then
+    runs under the array's own id is recorded as "123", the others not at all); it stands for no task."""
+    return expected_tasks > 1 and not state.task and state.state in TERMINAL
+
+
 def uncovered_tasks(states: list[TaskState], expected_tasks: int) -> set[int]:
     """Indices 1..expected_tasks no line of `states` stands for."""
     covered: set[int] = set()
     for state in states:
+        if is_unplaced(state, expected_tasks):
+            continue
         indices = covered_tasks(state.task)
         if indices is None:
             return set()
@@ -152,12 +161,13 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
     by_id = await _ask_scheduler(transport, kind, ids)
     expected = {job_id: r.id_tasks.get(job_id, 0) for r in records for job_id in r.scheduler_ids}
     whole = {job_id for job_id in ids if answer_is_whole(by_id[job_id], expected[job_id])}
-    partial = [job_id for job_id in ids if by_id[job_id] and job_id not in whole]
+    partial = [job_id for job_id in ids if job_id not in whole]
     scheduler = scheduler_for(kind)
     if partial and (argv := scheduler.live_query_argv(partial)):
-        # Accounting lags the controller (a task that just started is not recorded yet) and never records
-        # a task cancelled before it started. The queue lists every task still to run or running: what
-        # it does not list has ended, so with its lines added the answer is whole.
+        # Accounting lags the controller (a job just submitted or a task just started is not recorded
+        # yet; a job queued where it cannot start yet may not be until it can) and never records a task
+        # cancelled before it started. The queue lists every task still to run or running: what it does
+        # not list has ended, so with its lines added the answer is whole.
         live = await transport.run(argv, check=False)
         if live.exit_status == 0 or "Invalid job id" in live.stderr:
             for state in scheduler.parse_fallback(live.stdout):
@@ -289,8 +299,11 @@ async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[
             # Ending now, and counted once for good: the array tasks no answer lists are counted too.
             uncovered = {job_id: left for job_id in record.scheduler_ids
                          if (left := uncovered_tasks(answers.by_id.get(job_id, []), record.id_tasks.get(job_id, 0)))}
-            if uncovered:
-                states += await _states_from_markers(transport, record, uncovered, set(missing))
+            if uncovered and (from_markers := await _states_from_markers(transport, record, uncovered,
+                                                                          set(missing))):
+                # The markers now count the tasks an unplaced line stood for: it is not counted twice.
+                states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])
+                          if not is_unplaced(s, record.id_tasks.get(job_id, 0))] + from_markers
         found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
                               missing)
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]

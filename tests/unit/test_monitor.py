@@ -158,6 +158,31 @@ def test_the_queue_completes_a_partial_accounting_answer() -> None:
     assert asyncio.run(_query(replay, "slurm", [record])).whole == {"8"} and len(replay.asked) == 1  # type: ignore[arg-type]
 
 
+def test_the_queue_answers_for_a_job_the_accounting_does_not_know_yet() -> None:
+    # Just submitted (slurmdbd lags) or queued where it cannot start yet: sacct says nothing, the
+    # controller has it. The user sees PENDING, not UNKNOWN.
+    record = dataclasses.replace(_record("a", ("8",)), id_tasks={"8": 2})
+    replay = Replay({"sacct": (0, "", ""), "squeue": (0, "8_[1-2]|PENDING|PartitionDown\n", "")})
+    got = asyncio.run(_query(replay, "slurm", [record]))  # type: ignore[arg-type]
+    assert [a[0] for a in replay.asked] == ["sacct", "squeue"] and got.whole == {"8"}
+    assert [(s.task, s.state) for s in got.by_id["8"]] == [("[1-2]", PENDING)]
+
+
+def test_an_array_line_without_its_index_stands_for_no_task() -> None:
+    # Captured from the testbed: task 3 of a throttled 3-task array cancelled before task 1 started.
+    # The accounting then kept task 2 (run under the array's own id) as "8", and task 1 not at all.
+    from braas_hpc.core.monitor import answer_is_whole, uncovered_tasks
+
+    unplaced = SlurmScheduler().parse_query("8|COMPLETED|0:0\n")
+    assert uncovered_tasks(unplaced, 3) == {1, 2, 3} and not answer_is_whole(unplaced, 3)
+    assert uncovered_tasks(unplaced, 1) == set() and answer_is_whole(unplaced, 1)  # a plain job: the whole job
+    record = dataclasses.replace(_record("a", ("8",)), id_tasks={"8": 3})
+    replay = Replay({"sacct": (0, "8|COMPLETED|0:0\n", ""), "squeue": (0, "", "")})
+    got = asyncio.run(_query(replay, "slurm", [record]))  # type: ignore[arg-type]
+    # The queue has nothing left: the array has ended, and its markers will count the tasks.
+    assert [a[0] for a in replay.asked] == ["sacct", "squeue"] and got.whole == {"8"}
+
+
 def test_tasks_no_answer_lists_are_counted_by_their_markers(tmp_path: Path) -> None:
     """Arrays ending with tasks no answer lists: slurmdbd had not recorded a finished task yet (CI saw
     {COMPLETED: 1} for three finished tasks), or a task was cancelled while pending (never recorded).
