@@ -275,3 +275,16 @@ def temporary_user(name: str, group: str = "") -> Iterator[str]:
     finally:
         if created:
             subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@contextmanager
+def partition_closed(slurm_conf: Path, partition: str = "qcpu") -> Iterator[None]:
+    """Jobs submitted inside queue on `partition` without starting (State=DOWN), whatever the
+    scheduler's pace: for a test that must see or touch a job before it runs. Opened again on leaving."""
+    update = ["scontrol", "update", f"PartitionName={partition}"]
+    env = {**os.environ, "SLURM_CONF": str(slurm_conf)}
+    subprocess.run([*update, "State=DOWN"], env=env, check=True, capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run([*update, "State=UP"], env=env, check=True, capture_output=True, timeout=60)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from tests.conftest import run_cli
-from tests.helpers import check_frame, make_sample, sha256
+from tests.helpers import REPO, check_frame, make_sample, partition_closed, sha256
 
 
 def test_submit_render_download(testbed, remote, tmp_path: Path) -> None:  # noqa: ANN001
@@ -16,33 +19,42 @@ def test_submit_render_download(testbed, remote, tmp_path: Path) -> None:  # noq
     scene = make_sample(tmp_path / "project")
     before = sha256(scene)
 
-    done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1-6", "--chunk", "2", "--json")
-    assert done.returncode == 0, done.stderr
-    submitted = json.loads(done.stdout)
-    job = submitted["job"]
-    assert submitted["preset"] == "testbed" and submitted["frames"] == "1-6" and submitted["tasks"] == 3
-    assert len(submitted["scheduler_ids"]) == 1 and submitted["scheduler_ids"][0].isdigit()
-    assert sha256(scene) == before
+    # The jobs wait until the watch below has seen them queued, however fast the scheduler starts them.
+    with partition_closed(testbed.slurm_conf):
+        done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1-6", "--chunk", "2", "--json")
+        assert done.returncode == 0, done.stderr
+        submitted = json.loads(done.stdout)
+        job = submitted["job"]
+        assert submitted["preset"] == "testbed" and submitted["frames"] == "1-6" and submitted["tasks"] == 3
+        assert len(submitted["scheduler_ids"]) == 1 and submitted["scheduler_ids"][0].isdigit()
+        assert sha256(scene) == before
 
-    # A second, one-frame job: the plain output ends with the job name, and status batches both.
-    single = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "3")
-    assert single.returncode == 0, single.stderr
-    second = single.stdout.strip().splitlines()[-1]
-    assert second.startswith("sample-") and second != job
+        # A second, one-frame job: the plain output ends with the job name, and status batches both.
+        single = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "3")
+        assert single.returncode == 0, single.stderr
+        second = single.stdout.strip().splitlines()[-1]
+        assert second.startswith("sample-") and second != job
 
-    listed = run_cli("status", "--json")
-    assert listed.returncode == 0, listed.stderr
-    states = {s["job"]: s for s in json.loads(listed.stdout)}
-    assert set(states) == {job, second}
-    assert states[job]["frames_total"] == 6
+        listed = run_cli("status", "--json")
+        assert listed.returncode == 0, listed.stderr
+        states = {s["job"]: s for s in json.loads(listed.stdout)}
+        assert set(states) == {job, second}
+        assert states[job]["frames_total"] == 6 and states[job]["state"] == "PENDING"
 
-    # `status --watch` follows both until they end; not on a terminal it prints the lines that changed.
-    watched = run_cli("status", "--watch", timeout=700)
-    assert watched.returncode == 0, watched.stderr
-    blocks = watched.stdout.strip().split(f"{job}  testbed  ")
-    assert len(blocks) >= 3, watched.stdout  # at least one block before the last: it kept watching
+        # `status --watch` follows both until they end; not on a terminal it prints the lines that changed.
+        watch = subprocess.Popen([sys.executable, "-m", "braas_hpc.cli", "status", "--watch"], cwd=REPO,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert watch.stdout is not None
+        first = [watch.stdout.readline() for _ in range(2)]
+        assert all(line.startswith(f"{name}  testbed  PENDING") for line, name in zip(first, (job, second),
+                                                                                      strict=True)), first
+    out, err = watch.communicate(timeout=700)
+    assert watch.returncode == 0, err
+    blocks = "".join([*first, out]).strip().split(f"{job}  testbed  ")
+    assert len(blocks) >= 3, out  # at least one block before the last: it kept watching
     assert blocks[-1].startswith("COMPLETED  frames 6/6") and f"{second}  testbed  COMPLETED  frames 1/1" in \
-        watched.stdout.strip().splitlines()[-2:], watched.stdout
+        out.strip().splitlines()[-2:], out
     for name in (job, second):
         waited = run_cli("wait", name, "--timeout", "600", timeout=700)
         assert waited.returncode == 0, waited.stdout + waited.stderr
