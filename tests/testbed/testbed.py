@@ -820,6 +820,10 @@ AccountingStoragePort={SLURMDBD_PORT}
 # Record GPU allocations, so `sacct -o AllocTRES` shows gres/gpu=N per job.
 AccountingStorageTRES=gres/gpu
 SchedulerType=sched/backfill
+# A test cluster with a handful of jobs: look at pending jobs every second (the default main loop runs
+# every 60 s and backfill every 30 s; a site tunes these for thousands of jobs), so a dependent or
+# queued job starts as soon as it can, as it would on a quiet cluster.
+SchedulerParameters=sched_interval=1,bf_interval=1,batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
