@@ -3,8 +3,10 @@
 On a real site the cluster user's home, its working directory, the store and every job live on another
 machine; only SSH reaches them. Here client and cluster share one host, so once the test cluster is up
 (`separate`, run once per session as root), this process moves into a mount namespace of its own where
-the cluster user's home is an empty directory. Every process it starts inherits that: the CLI, ssh, the
-add-on in Blender. A bug that reads a cluster path on the client finds nothing, as it would at a site.
+the cluster user's home is an empty directory. Every process it starts inherits that: the pytest
+workers, the CLI, ssh, the add-on in Blender. A bug that reads a cluster path on the client finds
+nothing, as it would at a site. The way back and the observer's window are in the environment, so the
+workers know them too.
 
 The cluster side stays in the machine's own mount namespace, where the test cluster's daemons run.
 What acts there on purpose goes through `on_cluster_host` (an admin restarting a daemon, another user
@@ -24,13 +26,12 @@ from pathlib import Path
 from tests.testbed import testbed as tb
 
 CLONE_NEWNS = 0x00020000
-
-_host_namespace: list[str] = []  # nsenter's --mount= argument, once separated
-_view: list[tuple[Path, Path]] = []  # (the cluster user's home, where this process still sees it)
+HOST_NAMESPACE_ENV = "BRAAS_TEST_HOST_MNT"  # nsenter's --mount= argument, once separated
+VIEW_ENV = "BRAAS_TEST_CLUSTER_VIEW"  # "<the cluster user's home>:<where this process still sees it>"
 
 
 def separated() -> bool:
-    return bool(_host_namespace)
+    return HOST_NAMESPACE_ENV in os.environ
 
 
 def separate(layout: tb.Layout) -> None:
@@ -53,22 +54,22 @@ def separate(layout: tb.Layout) -> None:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if done.returncode != 0:
             raise RuntimeError(f"separating the client from the cluster: {' '.join(argv)}: {done.stderr.strip()}")
-    _host_namespace.append(f"/proc/{os.getpid()}/fd/{host}")
-    _view.append((layout.home, view))
+    os.environ[HOST_NAMESPACE_ENV] = f"/proc/{os.getpid()}/fd/{host}"
+    os.environ[VIEW_ENV] = f"{layout.home}:{view}"
 
 
 def cluster_path(path: str | os.PathLike[str]) -> Path:
     """Where the test (never the code under test) reads a file of the cluster user's home."""
     path = Path(path)
-    if not _view:
+    if VIEW_ENV not in os.environ:
         return path
-    home, view = _view[0]
+    home, view = map(Path, os.environ[VIEW_ENV].split(":", 1))
     return view / path.relative_to(home) if path.is_relative_to(home) else path
 
 
 def on_cluster_host(argv: Sequence[str], cwd: str | os.PathLike[str] | None = None) -> list[str]:
     """argv run in the cluster's mount namespace (as an admin or another user of the cluster would), in
     `cwd` (default: this process's own; entering a mount namespace would otherwise start it in /)."""
-    if not _host_namespace:
+    if not separated():
         return list(argv)
-    return ["nsenter", f"--mount={_host_namespace[0]}", f"--wd={cwd or os.getcwd()}", "--", *argv]
+    return ["nsenter", f"--mount={os.environ[HOST_NAMESPACE_ENV]}", f"--wd={cwd or os.getcwd()}", "--", *argv]

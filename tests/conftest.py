@@ -8,7 +8,40 @@ from pathlib import Path
 
 import pytest
 
+from tests import cluster_session
 from tests.helpers import REPO, bpy_site, make_sample
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject.toml): two workers when the run has the cluster's tests and others, else one
+    process (tests/cluster_session.py)."""
+    return cluster_session.workers_for(config)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Before xdist starts its workers (its own sessionstart runs last): they inherit the cluster's state.
+    config = session.config
+    if cluster_session.is_distributed(config) and cluster_session.covers_cluster(config):
+        cluster_session.bring_up(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cluster_session.group_items(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a run of one process: the cluster comes up only when a selected test needs it, before the first
+    test, while this process still has one thread."""
+    config = session.config
+    if cluster_session.is_worker(config) or cluster_session.is_distributed(config) or config.option.collectonly:
+        return
+    if any("testbed" in getattr(item, "fixturenames", ()) for item in session.items):
+        cluster_session.bring_up(config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cluster_session.take_down(session)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""The real test cluster for integration tests: brought up once per session.
+"""The real test cluster for integration tests: brought up once per run (tests/cluster_session.py).
 
 There is no skip: when the cluster cannot start, every test that needs it errors with the daemon's
 name and log tail, so CI goes red.
@@ -8,66 +8,28 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests import client_side
+from tests import client_side, cluster_session
 from tests.testbed import testbed as tb
-
-TESTBED_CLI = Path(tb.__file__).with_name("testbed")
-
-
-_up = pytest.StashKey[tuple[Path, "tb.Testbed | tb.TestbedError"]]()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Bring the test cluster up before the first test, while this process still has one thread, then
-    take this process (and so every client it starts) off the cluster's disk (tests/client_side.py)."""
-    if session.config.option.collectonly or not any("testbed" in getattr(item, "fixturenames", ())
-                                                    for item in session.items):
-        return
-    dirs = session.config._tmp_path_factory.mktemp("testbed-user")  # noqa: SLF001 - pytest's own factory
-    saved = {k: os.environ.get(k) for k in ("BRAAS_HPC_CONFIG_DIR", "BRAAS_HPC_DATA_DIR")}
-    os.environ["BRAAS_HPC_CONFIG_DIR"] = str(dirs / "config")  # where `up` writes the `testbed` preset
-    try:
-        bed: tb.Testbed | tb.TestbedError = tb.up()
-        if os.geteuid() == 0:
-            client_side.separate(tb.Layout.from_env())
-    except tb.TestbedError as error:  # every test that needs the cluster errors with it: no skip
-        bed = error
-    finally:
-        _restore(saved)
-    session.config.stash[_up] = (dirs, bed)
 
 
 @pytest.fixture(scope="session")
-def testbed(pytestconfig: pytest.Config) -> Iterator[tb.Testbed]:
-    dirs, bed = pytestconfig.stash[_up]
+def testbed() -> Iterator[tb.Testbed]:
+    """The cluster this run brought up (tests/cluster_session.py), with the user dirs its preset is in."""
+    dirs, bed = cluster_session.state()
     if isinstance(bed, tb.TestbedError):
         raise bed
-    saved = {k: os.environ.get(k) for k in ("BRAAS_HPC_CONFIG_DIR", "BRAAS_HPC_DATA_DIR")}
+    saved = {key: os.environ.get(key) for key in cluster_session.USER_DIR_KEYS}
     os.environ["BRAAS_HPC_CONFIG_DIR"] = str(dirs / "config")
     os.environ["BRAAS_HPC_DATA_DIR"] = str(dirs / "data")
     try:
         yield bed
     finally:
-        if not os.environ.get("BRAAS_TESTBED_KEEP"):
-            # In the cluster's own mount namespace: its network namespaces and files are mounted there.
-            down = subprocess.run(client_side.on_cluster_host([sys.executable, str(TESTBED_CLI), "down"]),
-                                  capture_output=True, text=True, timeout=600)
-            assert down.returncode == 0, down.stdout + down.stderr
-        _restore(saved)
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        cluster_session.restore(saved)
 
 
 @pytest.fixture

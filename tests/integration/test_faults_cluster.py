@@ -18,9 +18,9 @@ from braas_hpc.core.errors import ConnectionLost
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import transport_for
 from tests.client_side import on_cluster_host
+from tests.cluster_session import TESTBED_CLI
 from tests.conftest import REPO, run_cli
 from tests.helpers import check_frame, eventually
-from tests.integration.conftest import TESTBED_CLI
 from tests.testbed import nodens
 from tests.testbed import testbed as tb
 
