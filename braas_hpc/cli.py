@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .core import VERSION, logs, monitor, recovery, service, transfer
+from .core import VERSION, logs, monitor, recovery, service, transfer, watch
 from .core.display import plain
 from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.jobs import IMAGE_FORMATS
@@ -180,7 +180,7 @@ async def _watch_status(args: argparse.Namespace) -> int:
     live = Live(console=out, auto_refresh=False) if out.is_terminal else None
     shown: list[str] = []
     with live or contextlib.nullcontext():
-        async for statuses, recoveries in monitor.watch(args.jobs or None, args.poll_max, recover=not args.no_recover):
+        async for statuses, recoveries in watch.watch(args.jobs or None, args.poll_max, recover=not args.no_recover):
             _tell_recoveries(recoveries)
             if live is not None:
                 live.update(_status_table(statuses), refresh=True)
@@ -204,7 +204,7 @@ def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
-    final = await monitor.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
+    final = await watch.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
                                recover=not args.no_recover)
     if args.json:
         _print_json(final.to_json())
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     no_recover = "report lost frames without resubmitting them (the job's retries are otherwise used)"
     poll_max = {"type": float, "metavar": "SECONDS",
                 "help": f"longest pause between polls, which start at 2 s and double "
-                        f"(default 30, or ${monitor.POLL_MAX_ENV})"}
+                        f"(default 30, or ${watch.POLL_MAX_ENV})"}
     p = add("status", cmd_status, "state of jobs (all, or the ones named); lost frames are resubmitted")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--no-recover", action="store_true", help=no_recover)

@@ -7,8 +7,8 @@ import os
 import bpy
 
 from ..core.blender_version import cluster_warning, dotted, parse_version_line
+from ..core.cluster_blender import installed_blender, record_path
 from ..core.errors import UsageError
-from ..core.install import installed_blender, record_path
 from ..core.scene_settings import SceneSettings
 
 LISTED = 10  # missing files named in the message; the rest are counted

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import posixpath
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import BraasError, UsageError
-from .install import InstalledBlender
 from .jobs import SHA256_HEX, TREE_HASH_SH
+from .paths import config_dir, private_dir, write_private
 from .presets import Preset
 from .transport import Transport
 from .transport.base import sha256_file
@@ -26,6 +28,49 @@ from .transport.base import sha256_file
 ARCHIVE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)\.(tar\.xz|tar\.gz|tgz|tar\.bz2|tar\.zst|tar)$")
 MODULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+/-]*$")
 X86_NAMES = re.compile(r"x64|x86[_-]64|amd64|linux64", re.I)
+
+
+# ---- the Blender recorded for a preset (what jobs start) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstalledBlender:
+    """What `install` recorded for a preset: the command job scripts start, and lines run before it."""
+
+    blender: str
+    env: tuple[str, ...] = ()
+    source: dict[str, str] = field(default_factory=dict)
+    version: str = ""  # what `blender --version` printed on the login node, when it ran there
+    tree: str = ""  # the directory braas-hpc unpacked it into (not for a path or module the user names)
+    tree_sha256: str = ""  # that directory's hash (jobs.TREE_HASH_SH), checked by every job
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "env": list(self.env)}
+
+
+def record_path(preset_name: str) -> Path:
+    return config_dir() / "installed" / f"{preset_name}.json"
+
+
+def installed_blender(preset_name: str) -> InstalledBlender | None:
+    path = record_path(preset_name)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return InstalledBlender(data["blender"], tuple(data.get("env", ())), data.get("source", {}),
+                            data.get("version", ""), data.get("tree", ""), data.get("tree_sha256", ""))
+
+
+def record_blender(preset_name: str, installed: InstalledBlender) -> Path:
+    path = record_path(preset_name)
+    private_dir(path.parent)
+    temp = path.with_suffix(".part")
+    write_private(temp, json.dumps({**installed.to_json(), "recorded": time.time()}, indent=1))
+    temp.replace(path)
+    return path
+
+
+# ---- installing it ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

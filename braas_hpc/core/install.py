@@ -1,208 +1,21 @@
-"""`braas-hpc install PRESET`: the cluster scripts, and optionally Blender, under `<workdir>/braas-hpc-<user>/`.
+"""`braas-hpc install PRESET`: the cluster scripts (core.scripts), and optionally Blender
+(core.cluster_blender), under `<workdir>/braas-hpc-<user>/`.
 
-The scripts come from this package (no git, no internet on the cluster), into a directory named by
-the release and a hash of every script, so a job never meets a stale copy. Installing twice sends
-nothing the second time. A site that keeps its own scripts names a git repository and branch in its
-preset instead. Blender comes from a download link (checked against its SHA-256), from an archive on
-this computer, or is a path or module the user names (aarch64 nodes have no official build).
+Blender comes from a download link (checked against its SHA-256), from an archive on this computer, or
+is a path or module the user names (aarch64 nodes have no official build).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import posixpath
-import re
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from . import VERSION
+from .cluster_blender import BlenderReport, BlenderSource, install_blender, record_blender
 from .errors import UsageError
-from .paths import config_dir, private_dir, write_private
-from .presets import Preset
-from .transport import Transport
-
-if TYPE_CHECKING:  # cluster_blender imports this module
-    from .cluster_blender import BlenderReport, BlenderSource
-
-# Beside the package in a checkout or pip install; inside it in the Blender extension zip.
-RENDER_TASK = next((p for p in (Path(__file__).resolve().parents[i] / "cluster_scripts" / "render_task.py"
-                                for i in (2, 1)) if p.is_file()),
-                   Path(__file__).resolve().parents[2] / "cluster_scripts" / "render_task.py")
-MANIFEST = "MANIFEST.json"
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
-
-
-def shipped_scripts() -> dict[str, Path]:
-    """Every file installed on a cluster, by name."""
-    return {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
-
-
-@functools.cache
-def _digests() -> dict[str, str]:
-    return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in shipped_scripts().items()}
-
-
-def shipped_digests() -> dict[str, str]:
-    """The SHA-256 of every shipped cluster script, by name."""
-    return dict(_digests())
-
-
-@functools.cache
-def scripts_version() -> str:
-    """The scripts' directory name: the release plus a hash of every script, so a changed script never
-    meets a stale copy installed under the same release number."""
-    whole = hashlib.sha256(json.dumps(_digests(), sort_keys=True).encode()).hexdigest()
-    return f"{VERSION}-{whole[:12]}"
-
-
-def manifest_text() -> str:
-    return json.dumps({"version": scripts_version(), "braas_hpc": VERSION, "files": _digests()}, indent=1,
-                      sort_keys=True) + "\n"
-
-
-@dataclass(frozen=True)
-class ScriptsReport:
-    directory: str
-    version: str
-    uploaded: tuple[str, ...] = ()  # files sent now (missing or different on the cluster)
-    unchanged: tuple[str, ...] = ()
-    source: str = "package"  # "package" or the git URL
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.uploaded)
-
-
-# Prints "<sha256>  <name>" for each named file that exists in the directory; nothing when it does not.
-_HASH_SCRIPT = 'cd "$1" 2>/dev/null || exit 0; shift; sha256sum -- "$@" 2>/dev/null; exit 0'
-
-
-async def remote_digests(transport: Transport, directory: str, names: list[str]) -> dict[str, str]:
-    done = await transport.run(["sh", "-c", _HASH_SCRIPT, "sh", directory, *names], check=False)
-    found = {}
-    for line in done.stdout.splitlines():
-        digest, _, name = line.partition("  ")
-        if name in names:
-            found[name] = digest
-    return found
-
-
-async def ensure_scripts(transport: Transport, root: str) -> ScriptsReport:
-    """Install or repair this release's scripts under `<root>/scripts/<version>/`: one command checks
-    every file's SHA-256; only files missing or different are sent; the manifest is written last."""
-    directory = posixpath.join(root, "scripts", scripts_version())
-    wanted = {**_digests(), MANIFEST: hashlib.sha256(manifest_text().encode()).hexdigest()}
-    present = await remote_digests(transport, directory, sorted(wanted))
-    stale = [name for name in sorted(wanted) if present.get(name) != wanted[name]]
-    if not stale:
-        return ScriptsReport(directory, scripts_version(), (), tuple(sorted(wanted)))
-    await transport.run(["mkdir", "-p", "--", directory])
-    files = shipped_scripts()
-    with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:
-        manifest = Path(temp) / MANIFEST
-        manifest.write_text(manifest_text())
-        # The manifest goes last: when it is there, every script before it is complete.
-        for name in [n for n in stale if n != MANIFEST] + [MANIFEST]:
-            await transport.put(files.get(name, manifest), posixpath.join(directory, name), verify=True)
-    return ScriptsReport(directory, scripts_version(), tuple(stale),
-                         tuple(n for n in sorted(wanted) if n not in stale))
-
-
-def git_scripts_dir(root: str, branch: str) -> str:
-    return posixpath.join(root, "scripts", "git-" + re.sub(r"[^A-Za-z0-9._-]", "_", branch))
-
-
-def check_git_source(preset: Preset) -> None:
-    if preset.scripts_git.startswith("-") or not preset.scripts_git.strip():
-        raise UsageError(f"preset {preset.name}: scripts_git {preset.scripts_git!r} is not a git URL")
-    if not _BRANCH.match(preset.scripts_branch) or ".." in preset.scripts_branch:
-        raise UsageError(f"preset {preset.name}: scripts_branch {preset.scripts_branch!r} is not a branch name")
-
-
-# Clone once; later runs fetch the branch and move to it. "changed" or "unchanged" on stdout.
-_GIT_SCRIPT = r"""
-set -eu
-url=$1 branch=$2 dir=$3
-if [ ! -d "$dir/.git" ]; then
-  rm -rf "$dir.clone"; git clone --quiet --depth 1 --branch "$branch" -- "$url" "$dir.clone"
-  mv "$dir.clone" "$dir"; echo changed; exit 0
-fi
-before=$(git -C "$dir" rev-parse HEAD)
-git -C "$dir" fetch --quiet --depth 1 origin "$branch"
-git -C "$dir" reset --quiet --hard FETCH_HEAD
-[ "$before" = "$(git -C "$dir" rev-parse HEAD)" ] && echo unchanged || echo changed
-"""
-
-
-async def git_scripts(transport: Transport, preset: Preset, root: str, update: bool = True) -> ScriptsReport:
-    """The site's own scripts from its git repository and branch (cloned, or brought up to date)."""
-    check_git_source(preset)
-    directory = git_scripts_dir(root, preset.scripts_branch)
-    if not update and await remote_digests(transport, directory, ["render_task.py"]):
-        return ScriptsReport(directory, preset.scripts_branch, (), ("render_task.py",), preset.scripts_git)
-    await transport.run(["mkdir", "-p", "--", posixpath.join(root, "scripts")])
-    done = await transport.run(["sh", "-c", _GIT_SCRIPT, "sh", preset.scripts_git, preset.scripts_branch, directory],
-                               timeout=600)
-    if not await remote_digests(transport, directory, ["render_task.py"]):
-        raise UsageError(f"the git repository {preset.scripts_git} (branch {preset.scripts_branch}) has no "
-                         "render_task.py at its top level")
-    changed = done.stdout.strip().endswith("changed") and not done.stdout.strip().endswith("unchanged")
-    return ScriptsReport(directory, preset.scripts_branch, ("(git)",) if changed else (), (), preset.scripts_git)
-
-
-async def scripts_for(transport: Transport, preset: Preset, root: str, update: bool = True) -> ScriptsReport:
-    """What a submission calls: the package's scripts, or the site's git scripts when it names them."""
-    if preset.scripts_git:
-        return await git_scripts(transport, preset, root, update)
-    return await ensure_scripts(transport, root)
-
-
-# ---- the Blender recorded for a preset --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InstalledBlender:
-    """What `install` recorded for a preset: the command job scripts start, and lines run before it."""
-
-    blender: str
-    env: tuple[str, ...] = ()
-    source: dict[str, str] = field(default_factory=dict)
-    version: str = ""  # what `blender --version` printed on the login node, when it ran there
-    tree: str = ""  # the directory braas-hpc unpacked it into (not for a path or module the user names)
-    tree_sha256: str = ""  # that directory's hash (jobs.TREE_HASH_SH), checked by every job
-
-    def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "env": list(self.env)}
-
-
-def record_path(preset_name: str) -> Path:
-    return config_dir() / "installed" / f"{preset_name}.json"
-
-
-def installed_blender(preset_name: str) -> InstalledBlender | None:
-    path = record_path(preset_name)
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return InstalledBlender(data["blender"], tuple(data.get("env", ())), data.get("source", {}),
-                            data.get("version", ""), data.get("tree", ""), data.get("tree_sha256", ""))
-
-
-def record_blender(preset_name: str, installed: InstalledBlender) -> Path:
-    path = record_path(preset_name)
-    private_dir(path.parent)
-    temp = path.with_suffix(".part")
-    write_private(temp, json.dumps({**installed.to_json(), "recorded": time.time()}, indent=1))
-    temp.replace(path)
-    return path
-
-
-# ---- the verb ---------------------------------------------------------------------------------------
+from .presets import load_preset
+from .scripts import ScriptsReport, scripts_for
+from .transport import transport_for
+from .tree import ensure_root, remote_root
 
 
 @dataclass(frozen=True)
@@ -229,13 +42,6 @@ class InstallReport:
 async def install(preset_name: str, source: BlenderSource | None = None, backend: str | None = None
                   ) -> InstallReport:
     """Install (or check) the scripts for a preset, and the Blender named by `source` if any."""
-    # Imported here: service imports this module for every submission.
-    from .cluster_blender import install_blender
-    from .presets import load_preset
-    from .service import remote_root
-    from .transport import transport_for
-    from .tree import ensure_root
-
     started = time.perf_counter()
     preset = load_preset(preset_name)
     if preset.is_local:

@@ -194,3 +194,8 @@ class JobPaths:
 def frames_file_text(tasks: tuple[tuple[int, ...], ...]) -> str:
     """Line N holds the frames of array task N: the job maps its index through this, never by arithmetic."""
     return "".join(",".join(str(f) for f in task) + "\n" for task in tasks)
+
+
+def missing_frames(spec: JobSpec, present: set[str]) -> list[int]:
+    """Frames of the job whose files are not among `present` (file names in out/)."""
+    return [f for f in spec.frames if frame_file_name(f, spec.extension) not in present]

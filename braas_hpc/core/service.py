@@ -22,35 +22,27 @@ from pathlib import Path
 
 from . import VERSION, intents, progress, registry, store
 from .blender_version import check_can_open, cluster_warning, command_version, file_version
+from .cluster_blender import installed_blender
 from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
-from .install import (
-    RENDER_TASK,
-    ScriptsReport,
-    git_scripts_dir,
-    installed_blender,
-    scripts_for,
-    scripts_version,
-    shipped_digests,
-)
-from .jobs import JobPaths, JobSpec, frame_file_name, frames_file_text, store_dir
+from .jobs import JobPaths, JobSpec, frames_file_text, missing_frames, store_dir
 from .local_blender import local_blender
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
-from .paths import data_dir
 from .presets import Preset, load_preset
 from .schedulers import render_job_script, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round, Trust
+from .scripts import ScriptsReport, git_scripts_dir, scripts_for, scripts_version, shipped_digests
 from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport
 from .transport import Transport, quote_command, transport_for
 from .transport.base import sha256_file
-from .tree import ensure_root, remote_user, root_name
+from .tree import ensure_root, remote_root
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
 
-__all__ = ["RENDER_TASK", "GcResult", "SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "gc",
-           "missing_frames", "prepare_job", "remote_root", "render_local", "resubmit", "scripts_version", "submit"]
+__all__ = ["GcResult", "SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "gc", "prepare_job",
+           "render_local", "resubmit", "submit"]
 
 
 @dataclass(frozen=True)
@@ -79,21 +71,6 @@ class PreparedJob(JobPaths):
 
     upload: UploadReport = UploadReport()
     scripts: ScriptsReport | None = None
-
-
-def remote_root(preset: Preset, placeholder: bool = False) -> str:
-    """`<workdir>/braas-hpc-<user>` on a cluster (the user's alone: see core.tree), `<data dir>/local/braas-hpc`
-    on this computer. A cluster preset without a workdir is refused (never guessed)."""
-    if preset.is_local:
-        return f"{(preset.workdir or str(data_dir() / 'local')).rstrip('/')}/braas-hpc"
-    elif preset.workdir:
-        base = preset.workdir
-    elif placeholder:  # a dry run shows where the job would go once a workdir is set
-        base = "<workdir>"
-    else:
-        hint = f" (the site documents {preset.workdir_hint})" if preset.workdir_hint else ""
-        raise UsageError(f"preset {preset.name} has no working directory: set workdir in {preset.source}{hint}")
-    return f"{base.rstrip('/')}/{root_name(remote_user(preset))}"
 
 
 def _job_json(spec: JobSpec) -> str:
@@ -506,8 +483,3 @@ async def _run_local_task(paths: JobPaths, task: int, done: int, total: int,
 
 def _frame_names(out_dir: Path) -> set[str]:
     return {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
-
-
-def missing_frames(spec: JobSpec, present: set[str]) -> list[int]:
-    """Frames of the job whose files are not among `present` (file names in out/)."""
-    return [f for f in spec.frames if frame_file_name(f, spec.extension) not in present]

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import registry
 from .errors import TransferError, UsageError
 from .jobs import FRAME_FILE, JobPaths
+from .monitor import status
 from .paths import data_dir, private_dir, write_private
 from .presets import load_preset
 from .schedulers.base import TERMINAL
@@ -132,8 +133,6 @@ async def download_once(name: str, dest: Path, progress: Progress | None = None)
 async def download(name: str, dest: Path, progress: Progress | None = None, *, follow: bool = False,
                    on_round: Callable[[DownloadResult], None] | None = None) -> DownloadResult:
     """Fetch the job's frames; with `follow`, keep fetching as they appear until the job has ended."""
-    from .monitor import status  # late: monitor imports the service layer
-
     total = DownloadResult(name, dest)
     interval = 2.0
     while True:

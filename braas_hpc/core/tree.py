@@ -16,9 +16,11 @@ import getpass
 import re
 from collections.abc import Sequence
 
-from .errors import BraasError
+from .errors import BraasError, UsageError
+from .paths import data_dir
 from .presets import Preset
-from .transport import Transport
+from .transport import Transport, target_for
+from .transport.sshconfig import resolve
 
 ROOT_PREFIX = "braas-hpc-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -44,9 +46,6 @@ def remote_user(preset: Preset) -> str:
     if preset.user:
         return preset.user
     try:
-        from .transport import target_for
-        from .transport.sshconfig import resolve
-
         return resolve(target_for(preset))[-1].user
     except Exception:  # noqa: BLE001 - no ssh config library or an unreadable config: OpenSSH's default
         return getpass.getuser()
@@ -55,6 +54,21 @@ def remote_user(preset: Preset) -> str:
 def root_name(user: str) -> str:
     """`braas-hpc-<user>`, with anything unusual in the name replaced (it goes into paths and scripts)."""
     return ROOT_PREFIX + (_UNSAFE.sub("_", user) or "user")
+
+
+def remote_root(preset: Preset, placeholder: bool = False) -> str:
+    """`<workdir>/braas-hpc-<user>` on a cluster (the user's alone: see core.tree), `<data dir>/local/braas-hpc`
+    on this computer. A cluster preset without a workdir is refused (never guessed)."""
+    if preset.is_local:
+        return f"{(preset.workdir or str(data_dir() / 'local')).rstrip('/')}/braas-hpc"
+    elif preset.workdir:
+        base = preset.workdir
+    elif placeholder:  # a dry run shows where the job would go once a workdir is set
+        base = "<workdir>"
+    else:
+        hint = f" (the site documents {preset.workdir_hint})" if preset.workdir_hint else ""
+        raise UsageError(f"preset {preset.name} has no working directory: set workdir in {preset.source}{hint}")
+    return f"{base.rstrip('/')}/{root_name(remote_user(preset))}"
 
 
 def _finding(line: str) -> str:

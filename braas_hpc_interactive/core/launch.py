@@ -121,7 +121,7 @@ def server_argv(kind: str, preset: Preset, record: SessionRecord, gpu: bool, *, 
                 command: str = "", blenderphi: str = BLENDERPHI_DEFAULT, blender: str = "",
                 setup: Sequence[str] = ()) -> list[str]:
     """The argv for `session.run`. `blender` and `setup` override the preset's Blender command with the
-    one `braas-hpc install` recorded (`install.installed_blender`) and the lines it needs first."""
+    one `braas-hpc install` recorded (`cluster_blender.installed_blender`) and the lines it needs first."""
     if kind == BUILTIN:
         device = cycles_device(preset, gpu).removesuffix("+CPU")  # the render server takes one device
         argv = builtin_argv(blender or preset.blender or "blender", record, blendfile, device)

@@ -20,16 +20,15 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from braas_hpc.core import progress, store
+from braas_hpc.core.cluster_blender import installed_blender
 from braas_hpc.core.errors import RemoteCommandError, SchedulerError, UsageError
-from braas_hpc.core.install import installed_blender
 from braas_hpc.core.jobs import JobSpec
 from braas_hpc.core.packing import MAIN_BLEND, pack_scene
 from braas_hpc.core.presets import Preset, load_preset
 from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.schedulers.base import TERMINAL, Round, TaskState, Trust, trust_lines
-from braas_hpc.core.service import remote_root
 from braas_hpc.core.transport import StreamLine, Transport, quote_command, transport_for
-from braas_hpc.core.tree import UntrustedTree, ensure_root
+from braas_hpc.core.tree import UntrustedTree, ensure_root, remote_root
 
 from ..node import SERVER_FILES
 from . import launch, node_script

@@ -40,7 +40,7 @@ result = {"blender": list(bpy.app.version[:2]), "python": list(sys.version_info[
 bpy.ops.extensions.package_install_files(filepath=main_zip, repo="user_default", enable_on_install=True)
 result["enabled"] = main in bpy.context.preferences.addons.keys()
 import braas_hpc, asyncssh, paramiko, scp, blender_asset_tracer  # only the bundled wheels can provide these
-from braas_hpc.core import frames, install
+from braas_hpc.core import frames, scripts
 from braas_hpc.core.transport import pool
 from braas_hpc.blender import runtime
 result["core"] = braas_hpc.__file__
@@ -51,8 +51,8 @@ result["site_enabled"] = sorted(os.listdir(site))
 import _cffi_backend  # compiled for one Python: Blender picked the wheel for its own
 result["cffi"] = os.path.basename(_cffi_backend.__file__)
 result["frames"] = frames.parse_frames("1-3")
-result["render_task"] = str(install.RENDER_TASK)
-result["render_task_there"] = install.RENDER_TASK.is_file()  # gone with the wheels once all is disabled
+result["render_task"] = str(scripts.RENDER_TASK)
+result["render_task_there"] = scripts.RENDER_TASK.is_file()  # gone with the wheels once all is disabled
 result["operators"] = sorted(dir(bpy.ops.braas_hpc))
 result["prefs"] = type(bpy.context.preferences.addons[main].preferences.presets).__name__
 result["prompts_popups"] = pool.prompts is runtime.state.broker

@@ -52,7 +52,7 @@ def test_the_panel_shows_the_scenes_and_the_clusters_blender(tmp_path: Path) -> 
     scene = make_sample(tmp_path / "scene")
     got = Session(tmp_path / "user").run(f"""
 from braas_hpc.blender import checks
-from braas_hpc.core.install import InstalledBlender, record_blender
+from braas_hpc.core.cluster_blender import InstalledBlender, record_blender
 bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
 result["unknown"] = checks.blender_versions("karolina", "dir")
 result["local"] = checks.blender_versions("local", "packed")

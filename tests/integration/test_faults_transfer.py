@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from braas_hpc import cli
-from braas_hpc.core import monitor, transfer
+from braas_hpc.core import monitor, transfer, watch
 from braas_hpc.core.errors import BraasError, ConnectionLost
 from braas_hpc.core.jobs import FRAME_FILE, SHA256_HEX
 from braas_hpc.core.paths import user_presets_dir
@@ -160,7 +160,7 @@ def _submit(capsys: pytest.CaptureFixture[str], scene: Path, preset: str, frames
 def _wait(job: str) -> monitor.JobStatus:
     async def go() -> monitor.JobStatus:
         try:
-            return await monitor.wait(job, timeout_s=300, poll_max_s=2)
+            return await watch.wait(job, timeout_s=300, poll_max_s=2)
         finally:
             await pool.close_all()
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.install import scripts_version, shipped_scripts
 from braas_hpc.core.presets import load_preset
+from braas_hpc.core.scripts import scripts_version, shipped_scripts
 from tests.conftest import run_cli
 from tests.helpers import cluster_file_when_written
 from tests.retarget import to_toml

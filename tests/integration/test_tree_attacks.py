@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.install import scripts_version
 from braas_hpc.core.presets import load_preset
+from braas_hpc.core.scripts import scripts_version
 from braas_hpc.core.tree import UntrustedTree
 from tests.client_side import on_cluster_host
 from tests.conftest import run_cli

@@ -105,7 +105,7 @@ def test_cluster_warning_only_when_the_cluster_is_older() -> None:
 
 def test_submit_warns_when_the_clusters_recorded_blender_is_older(tmp_path: Path, user_dirs: dict[str, str]) -> None:
     from braas_hpc.core import service
-    from braas_hpc.core.install import InstalledBlender, record_blender
+    from braas_hpc.core.cluster_blender import InstalledBlender, record_blender
     from braas_hpc.core.jobs import JobSpec
     from braas_hpc.core.presets import load_preset
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core import install
+from braas_hpc.core import scripts
 from braas_hpc.core.cluster_blender import BlenderSource, _check_arch, archive_name
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.jobs import JobPaths
@@ -79,10 +79,10 @@ def test_after_argv_waits_for_every_task() -> None:
 
 
 def test_scripts_version_covers_every_shipped_script() -> None:
-    names = set(install.shipped_scripts())
+    names = set(scripts.shipped_scripts())
     assert {"render_task.py", "devices.py", "finish_task.py"} <= names and "__init__.py" not in names
-    manifest = json.loads(install.manifest_text())
-    assert manifest["version"] == install.scripts_version() and set(manifest["files"]) == names
+    manifest = json.loads(scripts.manifest_text())
+    assert manifest["version"] == scripts.scripts_version() and set(manifest["files"]) == names
 
 
 @pytest.mark.parametrize("name", ["blender.zip", "../blender.tar.xz", "-x.tar.xz", "blender 4.tar.gz", "blender"])

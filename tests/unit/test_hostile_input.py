@@ -30,12 +30,13 @@ from braas_hpc.core.frames import MAX_FRAME_NUMBER, MAX_FRAMES, format_frames, p
 from braas_hpc.core.jobs import FRAME_FILE, JobPaths, JobSpec, make_job_name, store_path
 from braas_hpc.core.presets import Preset, load_preset
 from braas_hpc.core.schedulers.base import render_job_script
-from braas_hpc.core.service import dry_run, remote_root
+from braas_hpc.core.service import dry_run
 from braas_hpc.core.spec import SubmitRequest
 from braas_hpc.core.store import check_relative
 from braas_hpc.core.transport import quote_command
 from braas_hpc.core.transport.base import RemoteEntry
 from braas_hpc.core.transport.local import LocalTransport
+from braas_hpc.core.tree import remote_root
 from tests.helpers import REPO
 
 CANARY = Path(tempfile.gettempdir()) / f"braas-hostile-canary-{os.getpid()}"

@@ -209,7 +209,7 @@ def test_tasks_no_answer_lists_are_counted_by_their_markers(tmp_path: Path) -> N
 def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None) -> list[float]:  # noqa: ANN001
     """The pauses `watch` takes between `polls` answers (the last one ends the job); the answers come
     from a stand-in for the cluster query, the back-off under test is the real one."""
-    from braas_hpc.core import monitor, recovery
+    from braas_hpc.core import monitor, recovery, watch
 
     answers = iter([RUNNING] * (polls - 1) + [COMPLETED])
     pauses: list[float] = []
@@ -222,10 +222,10 @@ def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None) -> list[
         pauses.append(seconds)
 
     monkeypatch.setattr(recovery, "status_and_recover", answer)
-    monkeypatch.setattr(monitor.asyncio, "sleep", pause)
+    monkeypatch.setattr(watch.asyncio, "sleep", pause)
 
     async def run() -> None:
-        async for _ in monitor.watch(["j"], poll_max_s):
+        async for _ in watch.watch(["j"], poll_max_s):
             pass
 
     asyncio.run(run())
@@ -247,7 +247,7 @@ def test_poll_max_refuses_what_would_hammer_the_scheduler(monkeypatch) -> None: 
     import pytest
 
     from braas_hpc.core.errors import UsageError
-    from braas_hpc.core.monitor import poll_max
+    from braas_hpc.core.watch import poll_max
 
     for bad in (1.0, 0.0, -5.0, float("nan")):
         with pytest.raises(UsageError, match="at least 2 s"):

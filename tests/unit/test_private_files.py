@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from braas_hpc.core import blender_version, intents, paths, registry, transfer
-from braas_hpc.core.install import InstalledBlender, record_blender
+from braas_hpc.core.cluster_blender import InstalledBlender, record_blender
 from braas_hpc.core.jobs import JobSpec
 from braas_hpc.core.store import HashCache
 from braas_hpc.core.user_presets import save_user_preset

@@ -1,0 +1,80 @@
+"""`wait` and `status --watch`: poll a job's state (core.monitor), resubmitting lost frames on the way
+(core.recovery), with a back-off that is gentle on the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from . import monitor, recovery
+from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, UsageError
+from .schedulers.base import TERMINAL
+
+log = logging.getLogger(__name__)
+MAX_OUTAGES = 8  # polls in a row that may fail to connect before `wait` gives up (with back-off: minutes)
+POLL_MAX_S = 30.0  # the longest pause between polls unless the user asks otherwise
+POLL_MIN_S = 2.0  # gentle on the scheduler: nobody polls it faster than this
+POLL_MAX_ENV = "BRAAS_HPC_POLL_MAX"
+
+
+def poll_max(value: float | str | None = None) -> float:
+    """The longest pause between polls: `value`, else $BRAAS_HPC_POLL_MAX, else 30 s; at least 2 s."""
+    given = value if value is not None else os.environ.get(POLL_MAX_ENV) or POLL_MAX_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        raise UsageError(f"{POLL_MAX_ENV}={given!r} is not a number of seconds") from None
+    if not seconds >= POLL_MIN_S:  # also refuses nan
+        raise UsageError(f"the longest pause between polls must be at least {POLL_MIN_S:.0f} s, not {given}")
+    return seconds
+
+
+async def watch(names: list[str] | None = None, poll_max_s: float | None = None, recover: bool = True
+                ) -> AsyncIterator[tuple[list[monitor.JobStatus], list[recovery.Recovery]]]:
+    """Every poll's statuses (and the recoveries it made), with back-off (2, 4, 8 ... s, at most
+    `poll_max_s`, see `poll_max`), until every job asked about has ended. With `recover`, frames lost on the way are
+    resubmitted (core.recovery) and watching goes on for them. A dropped connection is a pause, not the
+    end: up to MAX_OUTAGES failed polls in a row are waited out."""
+    poll_max_s = poll_max(poll_max_s)
+    interval = POLL_MIN_S
+    outages = 0
+    while True:
+        try:
+            if recover:
+                statuses, recoveries = await recovery.status_and_recover(names)
+            else:
+                statuses, recoveries = await monitor.status(names), []
+            outages = 0
+        except ConnectionFailed as exc:
+            # A refused host key or login is not something waiting fixes.
+            outages += 1
+            if isinstance(exc, HostKeyError | AuthenticationFailed) or outages > MAX_OUTAGES:
+                raise
+            log.warning("watching: %s; trying again in %.0f s", exc, interval)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, poll_max_s)
+            continue
+        if any(not r.error for r in recoveries):
+            interval = POLL_MIN_S  # a new round: its start is worth seeing soon
+        yield statuses, recoveries
+        if all(s.state in TERMINAL for s in statuses):
+            return
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, poll_max_s)
+
+
+async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | None = None, recover: bool = True
+               ) -> monitor.JobStatus:
+    """Poll (see `watch`) until the job ends; return its final status."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    async with contextlib.aclosing(watch([name], poll_max_s, recover)) as polls:
+        async for (current,), _recoveries in polls:
+            if current.state in TERMINAL:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
+    raise AssertionError("watch ends only once the job has ended")  # pragma: no cover
