@@ -22,8 +22,6 @@ MASK_VARIABLES = {
     "ONEAPI": ("ZE_AFFINITY_MASK",),
     "METAL": (),
 }
-# Cores of the allocation, most specific first (Slurm, PBS Pro, then what a site's wrapper sets).
-THREAD_VARIABLES = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "NCPUS", "OMP_NUM_THREADS")
 _NO_DEVICES = ("", "NoDevFiles", "-1", "none")
 
 
@@ -94,9 +92,10 @@ def plan_devices(request: str, devices: Sequence[Device], env: Mapping[str, str]
 
 
 def threads_from_env(env: Mapping[str, str]) -> tuple[int, str]:
-    """(threads, the variable they came from); (0, "") lets Blender use every core it sees."""
-    for name in THREAD_VARIABLES:
-        value = env.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value), name
+    """(threads, the scheduler's variable they came from), as the job script exported them
+    (BRAAS_THREADS, BRAAS_THREADS_FROM: each scheduler maps its own); (0, "") lets Blender use every core
+    it sees."""
+    value = env.get("BRAAS_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value), env.get("BRAAS_THREADS_FROM", "").strip() or "BRAAS_THREADS"
     return 0, ""

@@ -68,7 +68,7 @@ class BRAAS_HPC_OT_preset_add_custom(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     name: StringProperty(name="Name", description="Lower-case letters, digits, - _ .")
-    scheduler: EnumProperty(name="Scheduler", items=[("slurm", "Slurm", ""), ("pbs", "PBS Pro", "")])
+    scheduler: EnumProperty(name="Scheduler", items=preferences.scheduler_items())
     host: StringProperty(name="Login host")
     user: StringProperty(name="User")
     workdir: StringProperty(name="Working directory", description="Absolute path on the cluster")

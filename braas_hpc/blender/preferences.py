@@ -15,6 +15,7 @@ from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntPropert
 
 from ..core.errors import BraasError
 from ..core.presets import SSH_BACKENDS, load_preset
+from ..core.schedulers import all_schedulers, scheduler_names
 from ..core.user_presets import EDITABLE, read_user_values, save_user_preset, user_preset_names
 from .runtime import ADDON_ID
 
@@ -42,13 +43,17 @@ class WorkdirCandidate(bpy.types.PropertyGroup):
     writable: BoolProperty()
 
 
+def scheduler_items() -> list[tuple[str, str, str]]:
+    """The Scheduler choices: one per scheduler braas-hpc has (core.schedulers)."""
+    return [(s.name, s.label, "") for s in all_schedulers()]
+
+
 class PresetItem(bpy.types.PropertyGroup):
     # `name` (the preset's name) comes from PropertyGroup.
     base: StringProperty(name="Catalogue preset", description="The built-in preset this one starts from")
     enabled: BoolProperty(name="Enabled", default=True, description="Include in Test, Find and Install")
     device: EnumProperty(name="Device", items=[("CPU", "CPU", ""), ("GPU", "GPU", "")], default="CPU")
-    scheduler: EnumProperty(name="Scheduler", items=[("slurm", "Slurm", ""), ("pbs", "PBS Pro", "")],
-                            update=_save)
+    scheduler: EnumProperty(name="Scheduler", items=scheduler_items(), update=_save)
     host: StringProperty(name="Host", update=_save)
     port: IntProperty(name="Port", default=22, min=1, max=65535, update=_save)
     user: StringProperty(name="User", description="Your login on the cluster", update=_save)
@@ -83,7 +88,7 @@ def _fill(item: PresetItem, name: str) -> None:
         setattr(item, key, str(own.get(key, "" if preset.base else getattr(preset, key))))
     item.port = int(own.get("port", preset.port))
     item.ssh_backend = preset.ssh_backend
-    if preset.scheduler in ("slurm", "pbs"):
+    if preset.scheduler in scheduler_names():
         item.scheduler = preset.scheduler
 
 

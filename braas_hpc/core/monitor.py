@@ -157,7 +157,7 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
         # cancelled before it started. The queue lists every task still to run or running: what it does
         # not list has ended, so with its lines added the answer is whole.
         live = await transport.run(argv, check=False)
-        if live.exit_status == 0 or "Invalid job id" in live.stderr:
+        if live.exit_status == 0 or scheduler.says_unknown_id(live.stderr):
             for state in scheduler.parse_fallback(live.stdout):
                 for job_id in partial:
                     if scheduler.job_key(job_id) == state.job_id:

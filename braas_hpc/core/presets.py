@@ -8,6 +8,8 @@ A new site needs a file, not code. Every error names the file, the key and what 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pkgutil
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ from .jobs import SAFE_VALUE
 from .paths import user_presets_dir
 
 BUILTIN_DIR = Path(__file__).parent / "presets"
-SCHEDULERS = ("slurm", "pbs", "local")
+SCHEDULERS_DIR = Path(__file__).parent / "schedulers"
+LOCAL = "local"  # the scheduler of the `local` preset: this computer, no queue
 SSH_BACKENDS = ("asyncssh", "paramiko", "openssh")
 KINDS = ("cpu", "gpu")
 GPU_REQUESTS = ("gpus", "gres", "ngpus", "none")  # --gpus=N, --gres=gpu:N, PBS select ngpus=N, implied by node
@@ -93,7 +96,7 @@ class Preset:
 
     @property
     def is_local(self) -> bool:
-        return self.scheduler == "local"
+        return self.scheduler == LOCAL
 
     def partition(self, name: str) -> Partition:
         """A partition by name; one not in the table is taken as described by the preset's defaults."""
@@ -159,6 +162,14 @@ def preset_from_dict(data: dict[str, object], source: str) -> Preset:
     return preset
 
 
+@functools.cache
+def scheduler_names() -> tuple[str, ...]:
+    """Every cluster scheduler a preset may name: one module each in core/schedulers, named as presets
+    name it (`slurm.py` for "slurm"). Listed by file, not imported: the schedulers build on presets."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules([str(SCHEDULERS_DIR)])
+                        if not m.name.startswith("_") and m.name != "base"))
+
+
 def _one_of(where: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise PresetError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
@@ -168,7 +179,7 @@ def _check_values(p: Preset) -> None:
     where = f"preset {p.source}"
     if not _NAME.match(p.name):
         raise PresetError(f"{where}: name {p.name!r} must be lower-case letters, digits, '-', '_' or '.'")
-    _one_of(where, "scheduler", p.scheduler, SCHEDULERS)
+    _one_of(where, "scheduler", p.scheduler, (*scheduler_names(), LOCAL))
     _one_of(where, "ssh_backend", p.ssh_backend, SSH_BACKENDS)
     _one_of(where, "gpu_request", p.gpu_request, GPU_REQUESTS)
     _one_of(where, "arch", p.arch, ARCHES)

@@ -89,7 +89,7 @@ do_stop() {
 
 do_hold() {
     seconds="$3"
-    echo "${SLURM_JOB_ID:-${PBS_JOBID:-}}" > jobid.txt.tmp && mv -f jobid.txt.tmp jobid.txt
+    echo "${BRAAS_JOB_ID:-}" > jobid.txt.tmp && mv -f jobid.txt.tmp jobid.txt
     hostname > hostname.txt.tmp && mv -f hostname.txt.tmp hostname.txt
     end=$(( $(date +%s) + seconds ))
     trap 'bash "$0" stop "$dir" >/dev/null; exit 0' TERM INT HUP

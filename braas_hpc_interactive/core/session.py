@@ -89,7 +89,8 @@ def holder_script(preset: Preset, spec: JobSpec, paths: SessionPaths) -> str:
     digest = hashlib.sha256(node_script.SCRIPT.encode()).hexdigest()
     trust = trust_lines(paths, paths.node_script, Trust(digest))  # type: ignore[arg-type]  # JobPaths' face
     return "\n".join(["#!/bin/bash", *header, "", f"# braas-hpc interactive session {paths.name}", "set -u",
-                      "umask 077", *preset.env, *trust, f"exec {quote_command(hold)}", ""])
+                      "umask 077", *preset.env, *scheduler.task_environment(), *trust, f"exec {quote_command(hold)}",
+                      ""])
 
 
 # A new temp file of our own (noclobber, a name per process), then renamed over the file.

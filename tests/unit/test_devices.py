@@ -6,8 +6,12 @@ switches on the ids the plan names. GPU rendering itself cannot be tested on thi
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
+from braas_hpc.core.schedulers import scheduler_for
 from cluster_scripts.devices import Device, DeviceError, parse_request, plan_devices, threads_from_env
 
 CPU = Device("CPU", "CPU", "AMD EPYC 7H12")
@@ -71,12 +75,32 @@ def test_unknown_requests_are_refused(text: str) -> None:
         parse_request(text)
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({"SLURM_CPUS_PER_TASK": "16", "SLURM_CPUS_ON_NODE": "128", "OMP_NUM_THREADS": "4"}, (16, "SLURM_CPUS_PER_TASK")),
-    ({"SLURM_CPUS_ON_NODE": "128"}, (128, "SLURM_CPUS_ON_NODE")),
-    ({"NCPUS": "32", "OMP_NUM_THREADS": "8"}, (32, "NCPUS")),
-    ({"OMP_NUM_THREADS": "8"}, (8, "OMP_NUM_THREADS")),
-    ({"NCPUS": "", "OMP_NUM_THREADS": "x"}, (0, "")),
+@pytest.mark.parametrize(("scheduler", "env", "expected"), [
+    ("slurm", {"SLURM_CPUS_PER_TASK": "16", "SLURM_CPUS_ON_NODE": "128", "OMP_NUM_THREADS": "4"},
+     (16, "SLURM_CPUS_PER_TASK")),
+    ("slurm", {"SLURM_CPUS_ON_NODE": "128"}, (128, "SLURM_CPUS_ON_NODE")),
+    ("slurm", {"NCPUS": "32"}, (0, "")),  # another scheduler's variable means nothing under Slurm
+    ("pbs", {"NCPUS": "32", "OMP_NUM_THREADS": "8"}, (32, "NCPUS")),
+    ("pbs", {"OMP_NUM_THREADS": "8"}, (8, "OMP_NUM_THREADS")),
+    ("pbs", {"NCPUS": "", "OMP_NUM_THREADS": "x"}, (0, "")),
+    ("pbs", {"NCPUS": "0", "OMP_NUM_THREADS": "2"}, (2, "OMP_NUM_THREADS")),
 ])
-def test_threads_come_from_the_allocation(env: dict[str, str], expected: tuple[int, str]) -> None:
-    assert threads_from_env(env) == expected
+def test_threads_come_from_the_allocation(scheduler: str, env: dict[str, str], expected: tuple[int, str]) -> None:
+    """The scheduler's own lines of a job script, run by a real shell, then what the render task reads."""
+    lines = ["set -u", *scheduler_for(scheduler).task_environment(), "env -0"]
+    done = subprocess.run(["bash", "-c", "\n".join(lines)], env={"PATH": os.environ["PATH"], **env},
+                          capture_output=True, check=True, timeout=30)
+    exported = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
+    assert threads_from_env(exported) == expected
+
+
+def test_the_task_id_comes_from_the_array_else_as_given() -> None:
+    for scheduler, env, argv, expected in (("slurm", {"SLURM_ARRAY_TASK_ID": "3"}, [], "3|"),
+                                           ("slurm", {"SLURM_JOB_ID": "77"}, ["5"], "5|77"),  # a plain job: $1
+                                           ("pbs", {"PBS_ARRAY_INDEX": "2", "PBS_JOBID": "9[2].srv"}, [], "2|9[2].srv"),
+                                           ("pbs", {"BRAAS_TASK_ID": "4"}, [], "4|")):  # qsub -v, one task
+        lines = ["set -u", *scheduler_for(scheduler).task_environment(), 'echo "$BRAAS_TASK_ID|$BRAAS_JOB_ID"']
+        done = subprocess.run(["bash", "-c", "\n".join(lines), "job.sh", *argv],
+                              env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, check=True,
+                              timeout=30)
+        assert done.stdout.strip() == expected, (scheduler, env)

@@ -31,15 +31,18 @@ EXPECTED = """#!/bin/bash
 set -u
 umask 077  # frames, logs and markers are the user's alone
 module load Blender/4.5
-task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"
-if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi
-threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"
+export BRAAS_TASK_ID="${SLURM_ARRAY_TASK_ID:-${BRAAS_TASK_ID:-${1:-}}}" BRAAS_JOB_ID="${SLURM_JOB_ID:-}"
+BRAAS_THREADS=0 BRAAS_THREADS_FROM=
+for v in SLURM_CPUS_PER_TASK SLURM_CPUS_ON_NODE OMP_NUM_THREADS; do eval "n=\\${$v:-}"; case "$n" in ""|*[!0-9]*|0) ;; \
+*) BRAAS_THREADS=$n BRAAS_THREADS_FROM=$v; break ;; esac; done
+export BRAAS_THREADS BRAAS_THREADS_FROM
+if [ -z "$BRAAS_TASK_ID" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi
 cd /w/braas-hpc/jobs/shot1-20260101-000000-abcd || exit 2
-exec >>/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/"task-$task_id.log" 2>&1
+exec >>/w/braas-hpc/jobs/shot1-20260101-000000-abcd/log/"task-$BRAAS_TASK_ID.log" 2>&1
 if [ -L /w/braas-hpc ] || [ ! -O /w/braas-hpc ]; then echo 'braas-hpc: /w/braas-hpc is not your own directory any \
 more (another user replaced it?): refusing to run anything from it' >&2; exit 2; fi
-exec blender -b -Y /w/braas-hpc/jobs/shot1-20260101-000000-abcd/in/scene.blend -E CYCLES -t "$threads" \
--P '/w/my scripts/render_task.py' -- --job-dir /w/braas-hpc/jobs/shot1-20260101-000000-abcd --task "$task_id" \
+exec blender -b -Y /w/braas-hpc/jobs/shot1-20260101-000000-abcd/in/scene.blend -E CYCLES -t "$BRAAS_THREADS" \
+-P '/w/my scripts/render_task.py' -- --job-dir /w/braas-hpc/jobs/shot1-20260101-000000-abcd --task "$BRAAS_TASK_ID" \
 --device CPU --format PNG --frames-file frames.txt
 """
 

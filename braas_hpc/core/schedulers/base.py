@@ -50,10 +50,23 @@ class Round:
         return "" if self.number == 0 else f"r{self.number}-"
 
 
-def task_id_shell() -> str:
-    """Shell that finds the task number: an array index, BRAAS_TASK_ID (local runs, plain PBS jobs) or
-    the script's first argument (plain Slurm jobs on sites without arrays)."""
-    return 'task_id="${SLURM_ARRAY_TASK_ID:-${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}}"'
+def task_environment_lines(index_variable: str = "", job_variable: str = "",
+                           thread_variables: Sequence[str] = ()) -> list[str]:
+    """Shell that exports what a task needs to know under braas-hpc's own names, from the scheduler's:
+    BRAAS_TASK_ID (the array index; else BRAAS_TASK_ID as given, for local runs and one-task jobs, or the
+    script's first argument), BRAAS_JOB_ID, and BRAAS_THREADS (the allocation's cores, 0: every core
+    Blender sees) with BRAAS_THREADS_FROM, the variable they came from. The cluster scripts read only
+    these. The names are the scheduler's constants, never user input."""
+    index = f"${{{index_variable}:-${{BRAAS_TASK_ID:-${{1:-}}}}}}" if index_variable else "${BRAAS_TASK_ID:-${1:-}}"
+    job = f"${{{job_variable}:-}}" if job_variable else "${BRAAS_JOB_ID:-}"
+    threads = " ".join([*thread_variables, "OMP_NUM_THREADS"])  # OMP_NUM_THREADS: what a site's wrapper sets
+    return [
+        f'export BRAAS_TASK_ID="{index}" BRAAS_JOB_ID="{job}"',
+        "BRAAS_THREADS=0 BRAAS_THREADS_FROM=",
+        f'for v in {threads}; do eval "n=\\${{$v:-}}"; case "$n" in ""|*[!0-9]*|0) ;; '
+        '*) BRAAS_THREADS=$n BRAAS_THREADS_FROM=$v; break ;; esac; done',
+        "export BRAAS_THREADS BRAAS_THREADS_FROM",
+    ]
 
 
 @dataclass(frozen=True)
@@ -90,12 +103,13 @@ def trust_lines(paths: JobPaths, script: str, trust: Trust | None) -> list[str]:
 
 def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str],
                       render_task: str, round_: Round | None = None, log_to_file: bool = True,
-                      trust: Trust | None = None) -> str:
+                      trust: Trust | None = None, environment: list[str] | None = None) -> str:
     """The array job script: maps its task index to frames through the round's frames file.
 
     The same body runs under every scheduler and on the `local` preset (header empty, and output
     left on stdout, where the local runner reads the progress lines, and no trust checks: the
-    local tree is in the user's private data directory). `trust`: what the job checks before it starts.
+    local tree is in the user's private data directory). `trust`: what the job checks before it starts;
+    `environment`: the scheduler's task_environment (default: a local run's).
     """
     round_ = round_ or Round(0, len(spec.tasks))
     q = shlex.quote
@@ -120,7 +134,7 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         render += ["--resolution-percentage", spec.resolution_percentage]
     if spec.samples:
         render += ["--samples", spec.samples]
-    variables = {id(threads): '"$threads"', id(task): '"$task_id"'}
+    variables = {id(threads): '"$BRAAS_THREADS"', id(task): '"$BRAAS_TASK_ID"'}
     command = " ".join(variables.get(id(word), q(str(word))) for word in render)
     lines = ["#!/bin/bash", *header, ""]
     lines += [
@@ -128,12 +142,11 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         "set -u",
         "umask 077  # frames, logs and markers are the user's alone",
         *preset.env,
-        task_id_shell(),
-        'if [ -z "$task_id" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',
-        # The allocation's cores (render_task.py reads the same variables, in the same order).
-        'threads="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-${NCPUS:-${OMP_NUM_THREADS:-0}}}}"',
+        *(environment if environment is not None else task_environment_lines()),
+        'if [ -z "$BRAAS_TASK_ID" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',
         f"cd {q(paths.job_dir)} || exit 2",
-        *([f'exec >>{q(paths.log_dir)}/"{round_.marker_prefix}task-$task_id.log" 2>&1'] if log_to_file else []),
+        *([f'exec >>{q(paths.log_dir)}/"{round_.marker_prefix}task-$BRAAS_TASK_ID.log" 2>&1']
+          if log_to_file else []),
         *(trust_lines(paths, render_task, trust) if log_to_file else []),
         f"exec {command}",
         "",
@@ -192,8 +205,21 @@ def apply_drops(directives: list[tuple[str, str]], preset: Preset) -> list[tuple
 
 
 class Scheduler(ABC):
-    name: str
+    name: str  # what a preset's `scheduler` says
+    label: str  # how the preferences and messages name it
     prefix: str  # "#SBATCH" or "#PBS"
+    # The scheduler's names for what a task needs to know (see task_environment_lines).
+    index_variable: str = ""
+    job_variable: str = ""
+    thread_variables: tuple[str, ...] = ()
+
+    def task_environment(self) -> list[str]:
+        """Shell lines of a job script that export BRAAS_TASK_ID, BRAAS_JOB_ID and BRAAS_THREADS."""
+        return task_environment_lines(self.index_variable, self.job_variable, self.thread_variables)
+
+    def says_unknown_id(self, stderr: str) -> bool:
+        """Whether a failed queue query only said it knows none of the ids (they have all left the queue)."""
+        return False
 
     @abstractmethod
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
@@ -214,7 +240,8 @@ class Scheduler(ABC):
                       round_: Round | None = None, trust: Trust | None = None) -> str:
         round_ = round_ or Round(0, len(spec.tasks))
         header = self.directives(spec, preset, paths, round_)
-        return render_job_script(header, spec, preset, paths, blender, render_task, round_, trust=trust)
+        return render_job_script(header, spec, preset, paths, blender, render_task, round_, trust=trust,
+                                 environment=self.task_environment())
 
     def finish_script(self, spec: JobSpec, preset: Preset, paths: JobPaths, blender: list[str], finish_task: str,
                       round_: Round, trust: Trust | None = None) -> str:

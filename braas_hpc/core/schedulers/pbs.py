@@ -58,7 +58,11 @@ def base_id(job_id: str) -> str:
 
 class PBSScheduler(Scheduler):
     name = "pbs"
+    label = "PBS Pro"
     prefix = "#PBS"
+    index_variable = "PBS_ARRAY_INDEX"
+    job_variable = "PBS_JOBID"
+    thread_variables = ("NCPUS",)
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         name = _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX]

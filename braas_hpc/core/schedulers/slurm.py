@@ -50,7 +50,11 @@ def state_of(raw: str) -> str:
 
 class SlurmScheduler(Scheduler):
     name = "slurm"
+    label = "Slurm"
     prefix = "#SBATCH"
+    index_variable = "SLURM_ARRAY_TASK_ID"
+    job_variable = "SLURM_JOB_ID"
+    thread_variables = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         throttle = f"%{spec.max_parallel}" if 0 < spec.max_parallel < round_.tasks else ""
@@ -126,6 +130,9 @@ class SlurmScheduler(Scheduler):
 
     def parse_fallback(self, stdout: str) -> list[TaskState]:
         return self.parse_query(stdout)
+
+    def says_unknown_id(self, stderr: str) -> bool:
+        return "Invalid job id" in stderr  # squeue, when none of the ids is in the queue any more
 
     def live_query_argv(self, job_ids: list[str]) -> list[str]:
         return self.fallback_query_argv(job_ids)  # squeue: the controller's own, current view
