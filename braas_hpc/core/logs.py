@@ -11,6 +11,7 @@ from .frames import format_frames
 from .jobs import JobPaths
 from .presets import load_preset
 from .registry import JobRecord
+from .schedulers import Scheduler, scheduler_for
 from .transport import Transport, transport_for
 
 TAIL_LINES = 60
@@ -35,12 +36,12 @@ exit 0
 """
 
 
-def patterns_for(task: int | None) -> list[str]:
-    """Globs for the logs of one array task (every round's), or of everything. Task numbers only:
-    nothing the user types reaches the remote glob."""
+def patterns_for(task: int | None, scheduler: Scheduler | None = None) -> list[str]:
+    """Globs for the logs of one array task (every round's, and the scheduler's own output of it), or of
+    everything. Task numbers only: nothing the user types reaches the remote glob."""
     if task is None:
         return ["*.log", "*.out"]
-    return [f"task-{task}.log", f"r*-task-{task}.log", f"slurm-*_{task}.out"]  # every round's
+    return [f"task-{task}.log", f"r*-task-{task}.log", *(scheduler.task_log_patterns(task) if scheduler else [])]
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,11 @@ class JobLogs:
         return {"job": self.record.name, "state": self.record.state, "lines": self.lines, "logs": self.tails}
 
 
-async def read_tails(transport: Transport, log_dir: str, task: int | None, lines: int) -> dict[str, str]:
+async def read_tails(transport: Transport, log_dir: str, task: int | None, lines: int,
+                     scheduler: Scheduler | None = None) -> dict[str, str]:
     """Log name -> its last `lines` lines, in name order; {} when the directory does not exist yet."""
     done = await transport.run(["sh", "-c", _TAILS_SCRIPT, "sh", log_dir, str(lines), str(TAIL_BYTES),
-                                str(ANSWER_BYTES), *patterns_for(task)], timeout=120, check=False)
+                                str(ANSWER_BYTES), *patterns_for(task, scheduler)], timeout=120, check=False)
     parts = done.stdout.split("\0")
     tails = {log: _capped(text) for log, text in zip(parts[0::2], parts[1::2], strict=False) if log}
     if len(done.stdout.encode()) >= ANSWER_BYTES and tails:
@@ -92,6 +94,8 @@ def _capped(text: str) -> str:
 
 async def job_logs(name: str, task: int | None = None, lines: int = TAIL_LINES) -> JobLogs:
     record = registry.get_job(name)
-    transport = transport_for(load_preset(record.preset))
-    lines = max(1, lines)
-    return JobLogs(record, await read_tails(transport, JobPaths(record.remote_root, name).log_dir, task, lines), lines)
+    preset = load_preset(record.preset)
+    scheduler = None if preset.is_local else scheduler_for(preset.scheduler)
+    log_dir = JobPaths(record.remote_root, name).log_dir
+    return JobLogs(record, await read_tails(transport_for(preset), log_dir, task, max(1, lines), scheduler),
+                   max(1, lines))

@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 
 from .presets import load_preset
+from .schedulers import scheduler_for
 from .transport import transport_for
 
-# A fixed probe: no user value is ever part of it.
-_PROBE = (
-    'for c in sbatch squeue sacct qsub qstat blender; do command -v "$c" >/dev/null 2>&1 && printf "%s " "$c"; done'
-)
+# Prints the names of the commands given ($@) that the login node has. The names are the scheduler's
+# constants and "blender": no user value is ever part of it.
+_PROBE = 'for c in "$@"; do command -v "$c" >/dev/null 2>&1 && printf "%s " "$c"; done'
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ async def probe(preset_name: str, backend: str | None = None) -> ProbeReport:
     connected = time.perf_counter()
     uname = (await transport.run(["uname", "-nm"])).stdout.split()
     command_ms = (time.perf_counter() - connected) * 1000
-    found = (await transport.run(["sh", "-c", _PROBE])).stdout.split()
+    wanted = [*([] if preset.is_local else scheduler_for(preset.scheduler).commands), "blender"]
+    found = (await transport.run(["sh", "-c", _PROBE, "sh", *wanted])).stdout.split()
     workdir = preset.workdir or "~"
     ok = (await transport.run(["test", "-d", workdir, "-a", "-w", workdir], check=False)).exit_status == 0
     return ProbeReport(preset.name, transport.name, preset.host or "localhost", (connected - started) * 1000,

@@ -1,8 +1,9 @@
 """Interactive sessions: a job that holds a compute node, commands run inside it, and their end.
 
-`start` submits the holding job through the scheduler layer (Slurm or PBS Pro); `run` starts one
-command inside the job (Slurm: `srun --overlap --jobid`; PBS: the holding job itself starts it, as PBS
-Pro has no way to add a step to a running job); `follow` streams its output; `stop` ends exactly that
+`start` submits the holding job through the scheduler layer; `run` starts one command inside the job
+(through a step of the running job where the scheduler has one, Slurm's `srun --overlap`; else the
+holding job itself starts it when asked, as on PBS Pro, which cannot add a step to a running job);
+`follow` streams its output; `stop` ends exactly that
 command's process group and, unless asked to keep it, the job. All of it goes through the preset's
 transport, so every SSH back end works.
 """
@@ -58,9 +59,8 @@ class SessionState:
 
 def holder_spec(preset: Preset, name: str, walltime_min: int | None, gpu: bool) -> JobSpec:
     """The holding job's request: one task on one node, CPU or GPU partition, the preset's account."""
-    if preset.is_local or preset.scheduler not in ("slurm", "pbs"):
-        raise UsageError(f"interactive sessions need a Slurm or PBS cluster; preset {preset.name} is "
-                         f"{preset.scheduler}")
+    if preset.is_local:
+        raise UsageError(f"interactive sessions need a cluster; preset {preset.name} is this computer")
     partition = preset.default_partition(gpu)
     if not partition:
         raise UsageError(f"preset {preset.name} has no default {'GPU' if gpu else 'CPU'} partition")
@@ -226,9 +226,8 @@ async def run(record: SessionRecord, argv: Sequence[str], timeout: float = START
         raise UsageError(f"a command already runs in session {record.name}; stop it first")
     await t.run(["rm", "-f", "--", *(paths.file(f) for f in ("command.exit", "command.pid", "connection.json"))])
     await _write(t, paths.file("command.sh"), _command_script(preset, argv), "700")
-    if record.scheduler == "slurm":
-        launch = ["srun", "--overlap", f"--jobid={record.job_id}", "--nodes=1", "--ntasks=1",
-                  "bash", paths.node_script, "exec", paths.dir]
+    launch = scheduler_for(record.scheduler).step_argv(record.job_id, ["bash", paths.node_script, "exec", paths.dir])
+    if launch:
         # Detached from this SSH session: the command outlives a dropped connection; Stop ends it.
         await t.run(["setsid", "sh", "-c", 'nohup "$@" > "$0" 2>&1 < /dev/null &', paths.file("launch.log"),
                      *launch])
@@ -329,9 +328,9 @@ async def stop(record: SessionRecord, keep_job: bool = False, timeout: float = S
 
 
 async def _stop_command(record: SessionRecord, t: Transport, paths: SessionPaths, timeout: float) -> str:
-    if record.scheduler == "slurm":
-        done = await t.run(["srun", "--overlap", f"--jobid={record.job_id}", "--nodes=1", "--ntasks=1",
-                            "bash", paths.node_script, "stop", paths.dir], timeout=timeout)
+    step = scheduler_for(record.scheduler).step_argv(record.job_id, ["bash", paths.node_script, "stop", paths.dir])
+    if step:
+        done = await t.run(step, timeout=timeout)
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "stopped"
     await t.run(["rm", "-f", "--", paths.file("stop.result")])
     await t.run(["touch", "--", paths.file("stop.request")])

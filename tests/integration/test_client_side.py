@@ -3,6 +3,7 @@ starts see the cluster user's home empty, while SSH reaches it and the observer'
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,3 +34,5 @@ def test_the_cli_works_only_through_ssh(testbed) -> None:  # noqa: ANN001
     """The same `test` a user runs first: every check passes with the cluster's files out of reach."""
     done = run_cli("test", "testbed", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
+    # It looks for the preset's scheduler's commands (Slurm's), and Blender.
+    assert json.loads(done.stdout)["commands"] == ["sbatch", "squeue", "sacct", "blender"], done.stdout

@@ -47,7 +47,7 @@ def test_holder_script_pbs_is_one_plain_job() -> None:
 def test_holder_spec_refuses_what_the_site_refuses() -> None:
     with pytest.raises(UsageError, match="above the limit"):
         holder_spec(load_preset("karolina"), PATHS.name, 100_000, gpu=False)
-    with pytest.raises(UsageError, match="Slurm or PBS"):
+    with pytest.raises(UsageError, match="need a cluster; preset local is this computer"):
         holder_spec(load_preset("local"), PATHS.name, 10, gpu=False)
 
 

@@ -6,11 +6,12 @@ import asyncio
 from pathlib import Path
 
 from braas_hpc.core.logs import read_tails
+from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.transport.local import LocalTransport
 
 
-def _tails(log_dir: Path, task: int | None = None, lines: int = 60) -> dict[str, str]:
-    return asyncio.run(read_tails(LocalTransport(), str(log_dir), task, lines))
+def _tails(log_dir: Path, task: int | None = None, lines: int = 60, scheduler: str = "slurm") -> dict[str, str]:
+    return asyncio.run(read_tails(LocalTransport(), str(log_dir), task, lines, scheduler_for(scheduler)))
 
 
 def test_tails_of_every_log_or_of_one_task(tmp_path: Path) -> None:
@@ -32,6 +33,7 @@ def test_tails_of_every_log_or_of_one_task(tmp_path: Path) -> None:
     assert one["slurm-r1-9_1.out"] == "slurm-r1-9_1.out line 100\n"
     assert _tails(logs, task=11, lines=1).keys() == {"task-11.log", "r2-task-11.log", "slurm-5_11.out"}
     assert _tails(logs, task=3) == {}
+    assert _tails(logs, task=1, scheduler="pbs").keys() == {"task-1.log", "r1-task-1.log"}  # no Slurm output
     assert _tails(tmp_path / "not-there") == {}  # no task has started yet
 
     (logs / "task-3.log").write_bytes(b"crash \x00\x01 dump\nlast words\n")  # a NUL would split the answer

@@ -217,9 +217,20 @@ class Scheduler(ABC):
         """Shell lines of a job script that export BRAAS_TASK_ID, BRAAS_JOB_ID and BRAAS_THREADS."""
         return task_environment_lines(self.index_variable, self.job_variable, self.thread_variables)
 
+    commands: tuple[str, ...] = ()  # what `braas-hpc test` looks for on the login node
+
     def says_unknown_id(self, stderr: str) -> bool:
         """Whether a failed queue query only said it knows none of the ids (they have all left the queue)."""
         return False
+
+    def task_log_patterns(self, task: int) -> list[str]:
+        """Globs of the scheduler's own output files for one array task (beside braas-hpc's task-N.log)."""
+        return []
+
+    def step_argv(self, job_id: str, argv: Sequence[str]) -> list[str] | None:
+        """A command that runs `argv` inside the running job `job_id`, from the login node; None where
+        the scheduler has none (the interactive session's job then starts commands it is asked for)."""
+        return None
 
     @abstractmethod
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:

@@ -63,6 +63,7 @@ class PBSScheduler(Scheduler):
     index_variable = "PBS_ARRAY_INDEX"
     job_variable = "PBS_JOBID"
     thread_variables = ("NCPUS",)
+    commands = ("qsub", "qstat", "qdel")
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         name = _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX]

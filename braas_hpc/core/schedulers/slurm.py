@@ -55,6 +55,7 @@ class SlurmScheduler(Scheduler):
     index_variable = "SLURM_ARRAY_TASK_ID"
     job_variable = "SLURM_JOB_ID"
     thread_variables = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
+    commands = ("sbatch", "squeue", "sacct")
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         throttle = f"%{spec.max_parallel}" if 0 < spec.max_parallel < round_.tasks else ""
@@ -130,6 +131,13 @@ class SlurmScheduler(Scheduler):
 
     def parse_fallback(self, stdout: str) -> list[TaskState]:
         return self.parse_query(stdout)
+
+    def task_log_patterns(self, task: int) -> list[str]:
+        return [f"slurm-*_{task}.out"]  # --output=slurm-%A_%a.out, every round's
+
+    def step_argv(self, job_id: str, argv: Sequence[str]) -> list[str]:
+        # --overlap: beside the job's own step, which holds the allocation.
+        return ["srun", "--overlap", f"--jobid={job_id}", "--nodes=1", "--ntasks=1", *argv]
 
     def says_unknown_id(self, stderr: str) -> bool:
         return "Invalid job id" in stderr  # squeue, when none of the ids is in the queue any more
