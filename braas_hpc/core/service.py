@@ -298,7 +298,7 @@ def dry_run(request: SubmitRequest) -> DryRun:
     round_ = Round(0, len(spec.tasks))
     commands = [quote_command(scheduler.submit_argv(paths.script, task))
                 for task in scheduler.submissions(preset, round_)]
-    after = _after(scheduler.submit_argv(finish_file(paths, 0)), scheduler.after_argv(["<ID>"]))
+    after = scheduler.submit_argv(finish_file(paths, 0), options=scheduler.after_argv(["<ID>"]))
     return DryRun(job_script(spec, preset, paths), "\n".join(commands), frames_file_text(spec.tasks), paths.job_dir,
                   finish_script(spec, preset, paths, round_), quote_command(after))
 
@@ -331,11 +331,6 @@ async def submit(request: SubmitRequest) -> SubmitResult:
                         paths.job_dir, paths.upload, finish_id, updated, warnings)
 
 
-def _after(argv: list[str], options: list[str]) -> list[str]:
-    """Submit options go right after the command name (sbatch/qsub read options before the script)."""
-    return [argv[0], *options, *argv[1:]]
-
-
 async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, round_: int, ids: list[str],
                          avoid_nodes: tuple[str, ...] = ()) -> str:
     """The finish step after every task of the round. Its id goes into the job's finish.txt, not the
@@ -348,7 +343,7 @@ async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, 
     choices = [[*after, *avoiding], after] if avoiding else [after]
     finish_id = ""
     for options in choices:
-        argv = _after(scheduler.submit_argv(finish_file(paths, round_)), options)
+        argv = scheduler.submit_argv(finish_file(paths, round_), options=options)
         try:
             done = await transport.run(intents.guarded(argv, f"{paths.job_dir}/submitted/r{round_}-finish"))
             finish_id = scheduler.parse_submit(done.stdout)

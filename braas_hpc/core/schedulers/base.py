@@ -276,8 +276,9 @@ class Scheduler(ABC):
         return [None] if self.uses_array(preset, round_) else list(range(1, round_.tasks + 1))
 
     @abstractmethod
-    def submit_argv(self, script: str, task: int | None = None) -> list[str]:
-        """The submit command; `task` set means a plain job that runs that one task (no array)."""
+    def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
+        """The submit command; `task` set means a plain job that runs that one task (no array);
+        `options` (from after_argv, exclude_argv) go where this scheduler's submit command reads them."""
 
     @abstractmethod
     def parse_submit(self, stdout: str) -> str: ...

@@ -100,9 +100,9 @@ class PBSScheduler(Scheduler):
         # Ids as qsub printed them: '123[].server' waits for every subjob of the array.
         return ["-W", f"depend=afterany:{':'.join(job_ids)}"]
 
-    def submit_argv(self, script: str, task: int | None = None) -> list[str]:
+    def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
         single = ["-v", f"BRAAS_TASK_ID={task}"] if task else []
-        return ["qsub", *single, script]
+        return ["qsub", *single, *options, script]
 
     def parse_submit(self, stdout: str) -> str:
         last = stdout.strip().splitlines()[-1:] or [""]

@@ -100,9 +100,8 @@ class SlurmScheduler(Scheduler):
     def exclude_argv(self, nodes: Sequence[str]) -> list[str]:
         return [f"--exclude={','.join(nodes)}"] if nodes else []
 
-    def submit_argv(self, script: str, task: int | None = None) -> list[str]:
-        # A plain job gets its task number as the script's argument (sbatch passes it on).
-        return ["sbatch", "--parsable", script, *([str(task)] if task else [])]
+    def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
+        return ["sbatch", "--parsable", *options, script, *([str(task)] if task else [])]
 
     def parse_submit(self, stdout: str) -> str:
         last = stdout.strip().splitlines()[-1:] or [""]
