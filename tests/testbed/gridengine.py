@@ -13,6 +13,7 @@ Only stdlib at import time, like testbed.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -112,7 +113,9 @@ def host() -> str:
     return socket.gethostname().split(".")[0]
 
 
+@functools.cache
 def arch() -> str:
+    """Grid Engine's name for this platform (lx-amd64): the directory its binaries are in under SGE_ROOT/bin."""
     return tb._run([str(DEBIAN_ROOT / "util" / "arch")], timeout=10).stdout.strip()
 
 
@@ -317,6 +320,7 @@ def build_cell(layout: tb.Layout) -> bool:
     want = _config_hash(templates)
     have = paths.hash_file.read_text().strip() if paths.hash_file.exists() else ""
     if have == want and (paths.qmaster_spool / "managers").exists():
+        _write_cell_files(paths)  # refreshed on every up, like the PBS stand-in (content only: no restart needed)
         return False
     tb._say(f"building the Grid Engine cell in {paths.root}")
     down(layout)  # daemons of the old cell, if any
@@ -338,8 +342,6 @@ def build_cell(layout: tb.Layout) -> bool:
         source = tpl / folder if folder else SHARE / "util" / "resources" / "usersets"
         _as_admin(layout, f"{libexec}/spooldefaults", what, str(source))
     _as_admin(layout, f"{libexec}/spooldefaults", "managers", "root", ADMIN_USER)
-    tb._write(paths.common / "sched_configuration", SCHED_CONFIGURATION)
-    shutil.chown(paths.common / "sched_configuration", ADMIN_USER, ADMIN_USER)
     tb._write(paths.hash_file, want + "\n")
     return True
 
@@ -491,11 +493,14 @@ def _stop_execd(pid: int) -> None:
 
 
 def ensure_queue(layout: tb.Layout) -> None:
-    """Add the queue through the qmaster: one spooled before its first start gets no queue instance."""
+    """The queue and the scheduler's pace, set through the running qmaster: a queue spooled before its first
+    start gets no queue instance, and the qmaster writes its default scheduler configuration over ours."""
     paths = _paths(layout)
-    if (paths.qmaster_spool / "cqueues" / QUEUE).exists():
-        return
-    qcmd(layout, "qconf", "-Aq", str(paths.templates / "cqueues" / QUEUE))
+    if not (paths.qmaster_spool / "cqueues" / QUEUE).exists():
+        qcmd(layout, "qconf", "-Aq", str(paths.templates / "cqueues" / QUEUE))
+    spooled = paths.common / "sched_configuration"
+    if "schedule_interval 0:0:1\n" not in (spooled.read_text() if spooled.exists() else ""):
+        qcmd(layout, "qconf", "-Msconf", str(paths.templates / "sched_configuration"))
 
 
 def up(layout: tb.Layout) -> None:
