@@ -536,13 +536,14 @@ def status(layout: tb.Layout) -> bool:
     for daemon in DAEMONS:
         pid = state.get(daemon, {}).get("pid")
         running = tb._is_running(pid, daemon)
-        where = ", ".join(tb._listening(pid)) if running else ""
-        if running and daemon == "sge_execd":
+        label, where = ("running" if running else "stopped"), (", ".join(tb._listening(pid)) if running else "")
+        if running and daemon == "sge_execd":  # it runs, but can the queue take jobs?
             qstate = queue_state(layout)
             where += f" (queue {QUEUE}@{host()} " + ("absent" if qstate is None else (qstate or "ok")) + ")"
             running = qstate == ""
+            label = label if running else "unusable"
         all_up &= running
-        print(f"{daemon:11} {'running' if running else 'stopped':8} pid={pid or '-':<8} {where}")
+        print(f"{daemon:11} {label:8} pid={pid or '-':<8} {where}")
     return all_up
 
 
