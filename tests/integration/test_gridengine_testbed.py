@@ -161,18 +161,22 @@ def test_array_runs_every_task_but_the_deleted_one_and_qacct_reports_each(cluste
 
 def test_tc_runs_one_task_at_a_time_and_qstat_shows_it_running(cluster: Cluster) -> None:
     job = array_id(cluster.ok(f"{QSUB} -tc 1 -t 1-2 -v GATE=1 task.sh"), "1-2:1")
+    # Submitted after it, without -tc: once both of its tasks run, the scheduler has had its chance to
+    # start the first job's second task too (there are slots for all four), so that one waits for -tc only.
+    free = array_id(cluster.ok(f"{QSUB} -t 1-2 -v GATE=1 task.sh"), "1-2:1")
 
-    def running(doc: ET.Element) -> list[dict[str, str]]:
-        return [e for e in job_lists(doc, job) if e["list"] == "running"]
+    def running(doc: ET.Element, of: int) -> list[dict[str, str]]:
+        return [e for e in job_lists(doc, of) if e["list"] == "running"]
 
-    doc = eventually(cluster.qstat_xml, lambda d: bool(running(d)), f"a task of {job} to run", timeout=30)
-    [first] = running(doc)
+    doc = eventually(cluster.qstat_xml, lambda d: len(running(d, free)) == 2, f"both tasks of {free} to run",
+                     timeout=30)
+    [first] = running(doc, job)
     assert (first["state"], first["queue_name"]) == ("r", f"{gridengine.QUEUE}@{gridengine.host()}")
     [pending] = [e for e in job_lists(doc, job) if e["list"] == "pending"]
     assert (pending["state"], pending["tasks"]) == ("qw", "2" if first["tasks"] == "1" else "1")
     assert re.search(r"^maximum concurrency:\s+1$", cluster.ok(f"qstat -j {job}"), re.M)
 
-    cluster.ok(f"touch gate.{job}")
+    cluster.ok(f"touch gate.{job} gate.{free}")
     eventually(lambda: cluster.gone(job), bool, f"job {job} to end", timeout=60)
     t = times(cluster.ok(f"cat times.{job}"))
     a, b = sorted(("1", "2"), key=lambda task: t[("start", task)])
