@@ -27,8 +27,9 @@ from pathlib import Path
 
 # sshlab imports this module back; it only uses it inside functions, so the cycle is harmless.
 if __package__:
-    from . import nodens, sshlab
+    from . import gridengine, nodens, sshlab
 else:  # plain `import testbed`, as the command-line script does
+    import gridengine
     import nodens
     import sshlab
 
@@ -163,6 +164,10 @@ class Layout:
     @property
     def db_password_file(self) -> Path:
         return self.base / "db-password"
+
+    @property
+    def sge_root(self) -> Path:
+        return self.base / "sge"  # Grid Engine's SGE_ROOT (gridengine.py)
 
     @property
     def session_path(self) -> str:
@@ -397,7 +402,7 @@ def _require_free_port(layout: Layout, daemon: str, port: int) -> None:
 
 def _missing_packages() -> list[str]:
     missing = []
-    for pkg in APT_PACKAGES:
+    for pkg in (*APT_PACKAGES, *gridengine.APT_PACKAGES):
         proc = _run(["dpkg-query", "-W", "-f=${Status}", pkg], check=False)
         if proc.returncode != 0 or "install ok installed" not in proc.stdout:
             missing.append(pkg)
@@ -411,6 +416,8 @@ def install_packages() -> None:
     _say(f"installing Debian packages: {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update"], env=env, timeout=600)
+    if set(missing) & set(gridengine.APT_PACKAGES):  # answer their questions before they are asked
+        _run(["debconf-set-selections"], input=gridengine.DEBCONF_SELECTIONS)
     _run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env, timeout=1800)
 
 
@@ -489,7 +496,8 @@ def ensure_login_profile(layout: Layout) -> None:
     if PROFILE_BEGIN in text:
         text = text[: text.index(PROFILE_BEGIN)].rstrip("\n") + "\n"
     block = (
-        f"{PROFILE_BEGIN}\nexport PATH={layout.session_path}\nexport SLURM_CONF={layout.slurm_conf}\n{PROFILE_END}\n"
+        f"{PROFILE_BEGIN}\nexport PATH={layout.session_path}\nexport SLURM_CONF={layout.slurm_conf}\n"
+        f"export SGE_ROOT={layout.sge_root}\nexport SGE_CELL={gridengine.CELL}\n{PROFILE_END}\n"
     )
     _write(profile, text + block)
     _chown(profile, layout.user)
@@ -640,7 +648,7 @@ Subsystem sftp internal-sftp
 # Tests open many connections at once; the default (10:30:100) drops some at random.
 MaxStartups 100:30:200
 MaxSessions 100
-SetEnv SLURM_CONF={layout.slurm_conf} PATH={layout.session_path}
+SetEnv SLURM_CONF={layout.slurm_conf} PATH={layout.session_path} SGE_ROOT={layout.sge_root} SGE_CELL={gridengine.CELL}
 """
 
 
@@ -649,11 +657,16 @@ def start_sshd(layout: Layout) -> None:
     _write(config, _sshd_config(layout))
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # privilege separation dir
     _run(["/usr/sbin/sshd", "-t", "-f", str(config)])
-    if _recorded_running(layout, "sshd"):
-        return
+    digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    if pid := _recorded_running(layout, "sshd"):
+        if _load_state(layout)["sshd"].get("config") == digest:
+            return
+        # A session environment changed (SetEnv): restart the listener; open sessions are its children's and stay.
+        _say(f"sshd_config changed; restarting sshd (pid {pid})")
+        _stop_pid(pid, "sshd")
     _require_free_port(layout, "sshd", layout.ssh_port)
     pid = _spawn(layout, "sshd", ["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(layout.log("sshd"))])
-    _record(layout, "sshd", pid)
+    _record(layout, "sshd", pid, config=digest)
     if not _wait_for(lambda: _ssh_banner(layout.ssh_port), START_TIMEOUT):
         raise _daemon_error(layout, "sshd", f"no SSH banner on 127.0.0.1:{layout.ssh_port}")
 
@@ -693,10 +706,14 @@ def ssh_command(layout: Layout, remote: str) -> list[str]:
 
 
 def _verify_ssh(layout: Layout) -> None:
-    remote = 'echo "$PATH"; command -v blender sbatch qsub qstat qdel; echo "$SLURM_CONF"'
+    # Grid Engine's qsub/qstat/qdel come first once its settings.sh is sourced (qacct has no PBS namesake).
+    remote = ('echo "$PATH"; command -v blender sbatch qsub qstat qdel qacct; echo "$SLURM_CONF $SGE_ROOT $SGE_CELL"; '
+              '. "$SGE_ROOT/$SGE_CELL/common/settings.sh" && command -v qsub qstat qdel')
     proc = _run(ssh_command(layout, remote), check=False, timeout=60)
     pbs = [str(layout.bin / name) for name in PBS_COMMANDS]
-    want = [layout.session_path, str(layout.bin / "blender"), "/usr/bin/sbatch", *pbs, str(layout.slurm_conf)]
+    sge_bin = layout.sge_root / "bin" / gridengine.arch()
+    want = [layout.session_path, str(layout.bin / "blender"), "/usr/bin/sbatch", *pbs, "/usr/bin/qacct",
+            str(layout.slurm_conf), str(layout.sge_root), gridengine.CELL, *(str(sge_bin / n) for n in PBS_COMMANDS)]
     if proc.returncode != 0 or proc.stdout.split() != want:
         raise _daemon_error(
             layout,
@@ -1151,6 +1168,7 @@ def up() -> Testbed:
     start_slurmctld(layout)
     start_slurmd(layout)
     check_sacct(layout)
+    gridengine.up(layout)
 
     check_blender(layout)
     _verify_ssh(layout)
@@ -1192,6 +1210,7 @@ def down(purge: bool = False) -> None:
     """
     layout = Layout.from_env()
     sshlab.down(layout)  # first: it also edits state.json, which is loaded next
+    gridengine.down(layout)  # likewise; deletes its jobs first
     state = _load_state(layout)
     if layout.slurm_conf.exists():
         _cancel_jobs(layout)
@@ -1262,7 +1281,8 @@ def status() -> int:
     nodes_ok, node_lines = nodens.status_lines()
     print("\n".join(node_lines))
     lab_ok = sshlab.status(layout)  # printed whatever the nodes' state
-    all_up &= nodes_ok and lab_ok
+    sge_ok = gridengine.status(layout)
+    all_up &= nodes_ok and lab_ok and sge_ok
     return 0 if all_up else 1
 
 
