@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .core import VERSION, logs, monitor, recovery, service, transfer, watch
+from .core.context import job_context
 from .core.display import plain
 from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.jobs import IMAGE_FORMATS
@@ -80,7 +81,7 @@ async def cmd_render(args: argparse.Namespace) -> int:
         result = await service.render_local(spec, preset, on_progress)
     frames_dir = Path(result.job_dir) / "out"
     if args.out:
-        got = await transfer.download(result.job, Path(args.out))
+        got = await transfer.download(job_context(result.job), Path(args.out))
         frames_dir = got.dest.resolve()
     if args.json:
         _print_json({**result.to_json(), "frames_dir": str(frames_dir)})
@@ -216,7 +217,7 @@ async def cmd_wait(args: argparse.Namespace) -> int:
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    ids = await service.cancel(args.job)
+    ids = await service.cancel(job_context(args.job))
     if args.json:
         _print_json({"job": args.job, "cancelled": list(ids)})
     else:
@@ -226,7 +227,7 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 async def cmd_resubmit(args: argparse.Namespace) -> int:
     avoid = None if args.exclude is None else tuple(n.strip() for n in args.exclude.split(",") if n.strip())
-    result, chosen = await recovery.resubmit_missing(args.job, avoid)
+    result, chosen = await recovery.resubmit_missing(job_context(args.job), avoid)
     if args.json:
         _print_json({**result.to_json(), "chunk": chosen.chunk, "exclude_nodes": list(chosen.exclude_nodes)})
     else:
@@ -239,7 +240,7 @@ async def cmd_resubmit(args: argparse.Namespace) -> int:
 async def cmd_logs(args: argparse.Namespace) -> int:
     if args.task is not None and args.task < 1:
         raise UsageError("--task counts from 1 (the array task number)")
-    found = await logs.job_logs(args.job, task=args.task, lines=args.lines)
+    found = await logs.job_logs(job_context(args.job), task=args.task, lines=args.lines)
     if args.json:
         _print_json(found.to_json())
     else:
@@ -260,7 +261,8 @@ async def cmd_download(args: argparse.Namespace) -> int:
             if args.follow and got.downloaded and not args.json:
                 err.print(f"{got.downloaded} new frame(s) in {dest}", highlight=False)
 
-        result = await transfer.download(args.job, dest, on_bytes, follow=args.follow, on_round=each_round)
+        result = await transfer.download(job_context(args.job), dest, on_bytes, follow=args.follow,
+                                         on_round=each_round)
     if args.json:
         _print_json(result.to_json())
     else:

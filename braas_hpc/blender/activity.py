@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from ..core import logs, monitor, progress, recovery, registry, service, transfer
 from ..core.cluster_blender import BlenderSource
+from ..core.context import job_context
 from ..core.errors import BraasError, HostKeyUnknown
 from ..core.install import InstallReport, install
 from ..core.jobs import FRAME_FILE, JobPaths
@@ -141,22 +142,22 @@ async def download(name: str, dest: Path) -> Downloaded:
     def on_bytes(done: int, total: int) -> None:
         progress.report("downloading", done, total)
 
-    result = await transfer.download(name, dest, on_bytes)
+    result = await transfer.download(job_context(name), dest, on_bytes)
     return Downloaded(result, await asyncio.to_thread(last_frame, dest))
 
 
 async def resubmit_missing(name: str) -> service.SubmitResult:
-    result, _plan = await recovery.resubmit_missing(name)
+    result, _plan = await recovery.resubmit_missing(job_context(name))
     return result
 
 
 async def job_report(name: str) -> str:
     """The job's settings, state and the last lines of each of its logs on the cluster."""
-    return (await logs.job_logs(name)).text()
+    return (await logs.job_logs(job_context(name))).text()
 
 
 async def cancel(name: str) -> tuple[str, ...]:
-    return await service.cancel(name)
+    return await service.cancel(job_context(name))
 
 
 async def test_presets(names: list[str]) -> dict[str, ProbeReport | str]:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import registry
+from .context import JobContext
 from .frames import format_frames
 from .jobs import JobPaths
-from .presets import load_preset
 from .registry import JobRecord
-from .schedulers import Scheduler, scheduler_for
-from .transport import Transport, transport_for
+from .schedulers import Scheduler
+from .transport import Transport
 
 TAIL_LINES = 60
 # Lines are asked for, but a log that never ends a line is one line: what comes back is capped per log
@@ -92,10 +91,6 @@ def _capped(text: str) -> str:
     return f"[braas-hpc: cut to the last {TAIL_BYTES >> 10} KiB of these lines]\n{kept}"
 
 
-async def job_logs(name: str, task: int | None = None, lines: int = TAIL_LINES) -> JobLogs:
-    record = registry.get_job(name)
-    preset = load_preset(record.preset)
-    scheduler = None if preset.is_local else scheduler_for(preset.scheduler)
-    log_dir = JobPaths(record.remote_root, name).log_dir
-    return JobLogs(record, await read_tails(transport_for(preset), log_dir, task, max(1, lines), scheduler),
-                   max(1, lines))
+async def job_logs(job: JobContext, task: int | None = None, lines: int = TAIL_LINES) -> JobLogs:
+    lines = max(1, lines)
+    return JobLogs(job.record, await read_tails(job.transport, job.paths.log_dir, task, lines, job.scheduler), lines)

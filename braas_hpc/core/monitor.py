@@ -10,9 +10,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from . import registry
+from .context import JobContext
 from .jobs import JobPaths, missing_frames
 from .markers import MARKER_BYTES, parse_marker
-from .presets import load_preset
+from .presets import Preset, load_preset
 from .registry import JobRecord
 from .schedulers import TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
@@ -267,8 +268,7 @@ async def _states_from_markers(transport: Transport, record: JobRecord, uncovere
     return states
 
 
-async def _status_of_preset(preset_name: str, records: list[JobRecord]) -> list[JobStatus]:
-    preset = load_preset(preset_name)
+async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[JobStatus]:
     transport = transport_for(preset)
     answers = await _query(transport, preset.scheduler, records)
     frames = await _frames_present(transport, records)
@@ -316,6 +316,12 @@ async def status(names: list[str] | None = None) -> list[JobStatus]:
         by_preset[record.preset].append(record)
     results: list[JobStatus] = []
     for preset_name, group in by_preset.items():
-        results += await _status_of_preset(preset_name, group)
+        results += await _status_of_preset(load_preset(preset_name), group)
     order = {r.name: i for i, r in enumerate(records)}
     return sorted(results, key=lambda s: order[s.job])
+
+
+async def job_status(job: JobContext) -> JobStatus:
+    """The state of one resolved job (core.context), without looking it up again."""
+    (found,) = await _status_of_preset(job.preset, [job.record])
+    return found

@@ -16,14 +16,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import monitor, registry, service
+from .context import JobContext, context_of
 from .errors import BraasError, UsageError
 from .jobs import JobPaths, JobSpec
 from .markers import ALL_MARKERS_BYTES, MARKER_BYTES, parse_marker
 from .monitor import JobStatus
-from .presets import load_preset
-from .schedulers import scheduler_for
 from .schedulers.base import CANCELLED, FAILED, NODE_NAME, TERMINAL, TIMEOUT
-from .transport import Transport, transport_for
+from .transport import Transport
 
 WALLTIME_MARGIN = 0.75  # a new chunk's measured render time may fill this share of the walltime
 FAILURES_TO_EXCLUDE = 2  # tasks of the job that died on a node before it is avoided
@@ -126,11 +125,10 @@ async def recover(statuses: list[JobStatus]) -> list[Recovery]:
         if not due(status, record):
             continue
         try:
-            paths = JobPaths(record.remote_root, record.name)
-            transport = transport_for(load_preset(record.preset))
-            chosen = plan(record.spec, await read_markers(transport, paths), status.missing,
+            job = context_of(record)
+            chosen = plan(record.spec, await read_markers(job.transport, job.paths), status.missing,
                           status.state == TIMEOUT)
-            result = await service.resubmit(record.name, list(chosen.frames), chunk=chosen.chunk,
+            result = await service.resubmit(job, list(chosen.frames), chunk=chosen.chunk,
                                             exclude_nodes=chosen.exclude_nodes)
             done.append(Recovery(record.name, chosen, record.rounds + 1, result.scheduler_ids))
         except BraasError as error:
@@ -138,25 +136,23 @@ async def recover(statuses: list[JobStatus]) -> list[Recovery]:
     return done
 
 
-async def resubmit_missing(name: str, exclude_nodes: tuple[str, ...] | None = None
+async def resubmit_missing(job: JobContext, exclude_nodes: tuple[str, ...] | None = None
                            ) -> tuple[service.SubmitResult, Plan]:
     """The user's Resubmit (the panel's button, `braas-hpc resubmit`): the missing frames of an ended
     job, planned as automatic recovery plans them (a chunk that fits the walltime, nodes that killed
     tasks avoided), with the user's own `exclude_nodes` instead when given."""
-    (current,) = await monitor.status([name])
+    current = await monitor.job_status(job)
     if current.state not in TERMINAL:
-        raise UsageError(f"job {name} is still {current.state}: wait for it or cancel it first")
+        raise UsageError(f"job {job.name} is still {current.state}: wait for it or cancel it first")
     if not current.missing:
-        raise UsageError(f"job {name} has every frame; nothing to resubmit")
-    record = registry.get_job(name)
-    preset = load_preset(record.preset)
-    if exclude_nodes and not scheduler_for(preset.scheduler).exclude_argv(exclude_nodes):
-        raise UsageError(f"{preset.scheduler} cannot keep a job off given nodes; resubmit without --exclude")
-    markers = [] if preset.is_local else await read_markers(transport_for(preset), JobPaths(record.remote_root, name))
-    chosen = plan(record.spec, markers, current.missing, current.state == TIMEOUT)
+        raise UsageError(f"job {job.name} has every frame; nothing to resubmit")
+    if exclude_nodes and (job.scheduler is None or not job.scheduler.exclude_argv(exclude_nodes)):
+        raise UsageError(f"{job.preset.scheduler} cannot keep a job off given nodes; resubmit without --exclude")
+    markers = [] if job.scheduler is None else await read_markers(job.transport, job.paths)
+    chosen = plan(job.record.spec, markers, current.missing, current.state == TIMEOUT)
     if exclude_nodes is not None:
         chosen = dataclasses.replace(chosen, exclude_nodes=exclude_nodes)
-    result = await service.resubmit(name, list(chosen.frames), chunk=chosen.chunk, exclude_nodes=chosen.exclude_nodes)
+    result = await service.resubmit(job, list(chosen.frames), chunk=chosen.chunk, exclude_nodes=chosen.exclude_nodes)
     return result, chosen
 
 

@@ -111,12 +111,17 @@ def set_state(name: str, state: str, tasks: dict[str, int] | None = None) -> Non
 
 
 def add_round(name: str, id_tasks: dict[str, int], state: str) -> None:
-    """A resubmission: more scheduler ids, one more round, and the job is live again."""
-    record = get_job(name)
+    """A resubmission: more scheduler ids, one more round, and the job is live again. Read and written in
+    one transaction: the CLI and the add-on may both add a round."""
     with _db() as db:
-        db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = ?, state = ?, tasks = '{}', updated = ?, id_tasks = ? "
-                   "WHERE name = ?", (json.dumps([*record.scheduler_ids, *id_tasks]), record.rounds + 1, state,
-                                      time.time(), json.dumps({**record.id_tasks, **id_tasks}), name))
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT scheduler_ids, id_tasks FROM jobs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job named {name!r} in the registry ({registry_path()})")
+        ids, known = json.loads(row[0]), json.loads(row[1] or "{}")
+        db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = rounds + 1, state = ?, tasks = '{}', updated = ?, "
+                   "id_tasks = ? WHERE name = ?", (json.dumps([*ids, *id_tasks]), state, time.time(),
+                                                   json.dumps({**known, **id_tasks}), name))
 
 
 def cancelled_by_user(name: str, state: str) -> None:

@@ -23,13 +23,14 @@ from pathlib import Path
 from . import VERSION, intents, progress, registry, store
 from .blender_version import check_can_open, cluster_warning, command_version, file_version
 from .cluster_blender import installed_blender
+from .context import JobContext
 from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
 from .jobs import JobPaths, JobSpec, frames_file_text, missing_frames, store_dir
 from .local_blender import local_blender
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
 from .presets import Preset, load_preset
-from .schedulers import render_job_script, scheduler_for
+from .schedulers import Scheduler, render_job_script, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round, Trust
 from .scripts import ScriptsReport, git_scripts_dir, scripts_for, scripts_version, shipped_digests
 from .spec import SubmitRequest, build_spec
@@ -115,21 +116,23 @@ def job_trust(preset: Preset, name: str) -> Trust:
                  tree.tree if tree else "", tree.tree_sha256 if tree else "")
 
 
-def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> str:
+def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None,
+               scheduler: Scheduler | None = None) -> str:
     if preset.is_local:
         return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(scripts_version()), round_,
                                  log_to_file=False)
     preset = with_installed_blender(preset)
-    return scheduler_for(preset.scheduler).render_script(spec, preset, paths, [preset.blender],
-                                                         cluster_script(preset, paths, "render_task.py"), round_,
-                                                         job_trust(preset, "render_task.py"))
+    return (scheduler or scheduler_for(preset.scheduler)).render_script(
+        spec, preset, paths, [preset.blender], cluster_script(preset, paths, "render_task.py"), round_,
+        job_trust(preset, "render_task.py"))
 
 
-def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> str:
+def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round,
+                  scheduler: Scheduler | None = None) -> str:
     preset = with_installed_blender(preset)
-    return scheduler_for(preset.scheduler).finish_script(spec, preset, paths, [preset.blender],
-                                                         cluster_script(preset, paths, "finish_task.py"), round_,
-                                                         job_trust(preset, "finish_task.py"))
+    return (scheduler or scheduler_for(preset.scheduler)).finish_script(
+        spec, preset, paths, [preset.blender], cluster_script(preset, paths, "finish_task.py"), round_,
+        job_trust(preset, "finish_task.py"))
 
 
 def finish_file(paths: JobPaths, round_: int) -> str:
@@ -320,24 +323,24 @@ async def submit(request: SubmitRequest) -> SubmitResult:
     transport = transport_for(preset, request.ssh_backend)
     paths = await prepare_job(spec, preset, transport)
     progress.report("submitting")
-    id_tasks = await _submit_round(transport, preset, paths.script, Round(0, len(spec.tasks)))
+    scheduler = scheduler_for(preset.scheduler)
+    id_tasks = await _submit_round(transport, scheduler, preset, paths.script, Round(0, len(spec.tasks)))
     ids = list(id_tasks)
     if not registry.has_job(spec.name):
         registry.add_job(spec, paths.root, id_tasks, PENDING)
-    finish_id = await _submit_finish(transport, preset, paths, 0, ids)
+    finish_id = await _submit_finish(transport, scheduler, paths, 0, ids)
     intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
                         paths.job_dir, paths.upload, finish_id, updated, warnings)
 
 
-async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, round_: int, ids: list[str],
+async def _submit_finish(transport: Transport, scheduler: Scheduler, paths: JobPaths, round_: int, ids: list[str],
                          avoid_nodes: tuple[str, ...] = ()) -> str:
     """The finish step after every task of the round. Its id goes into the job's finish.txt, not the
     registry: it is no render task and must never keep a job "running". A site that refuses it costs
     the summary, not the render. It avoids the nodes the round avoids where it can: the scheduler refuses
     an exclusion that leaves its (CPU) partition no node, and then it goes anywhere rather than nowhere."""
-    scheduler = scheduler_for(preset.scheduler)
     after = scheduler.after_argv(ids)
     avoiding = scheduler.exclude_argv(avoid_nodes)
     choices = [[*after, *avoiding], after] if avoiding else [after]
@@ -359,10 +362,10 @@ async def _submit_finish(transport: Transport, preset: Preset, paths: JobPaths, 
     return finish_id
 
 
-async def _submit_round(transport: Transport, preset: Preset, script: str, round_: Round) -> dict[str, int]:
+async def _submit_round(transport: Transport, scheduler: Scheduler, preset: Preset, script: str, round_: Round
+                        ) -> dict[str, int]:
     """One array submission, or one job per task on a site without arrays; each made at most once
     (a record beside the script answers a repeated one). Returns each scheduler id's number of tasks."""
-    scheduler = scheduler_for(preset.scheduler)
     id_tasks = {}
     records = f"{posixpath.dirname(script)}/submitted"
     for task in scheduler.submissions(preset, round_):
@@ -372,26 +375,24 @@ async def _submit_round(transport: Transport, preset: Preset, script: str, round
     return id_tasks
 
 
-async def cancel(name: str) -> tuple[str, ...]:
+async def cancel(job: JobContext) -> tuple[str, ...]:
     """Cancel every scheduler job of a job (all rounds, all array tasks). Returns the ids cancelled."""
-    record = registry.get_job(name)
-    preset = load_preset(record.preset)
-    if preset.is_local:
+    record = job.record
+    if job.scheduler is None:
         raise UsageError("local jobs run in the foreground: stop them with Ctrl+C")
     if record.state in TERMINAL:
         return ()
-    await transport_for(preset).run(scheduler_for(preset.scheduler).cancel_argv(list(record.scheduler_ids)))
-    registry.cancelled_by_user(name, CANCELLED)
+    await job.transport.run(job.scheduler.cancel_argv(list(record.scheduler_ids)))
+    registry.cancelled_by_user(record.name, CANCELLED)
     return record.scheduler_ids
 
 
-async def resubmit(name: str, missing: list[int], chunk: int | None = None,
+async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None,
                    exclude_nodes: tuple[str, ...] = ()) -> SubmitResult:
     """Submit the missing frames of an ended job again, as a new round with only those frames
     (`chunk` frames per task, default the job's; Slurm avoids `exclude_nodes`)."""
-    record = registry.get_job(name)
-    preset = load_preset(record.preset)
-    if preset.is_local:
+    record, preset, name, scheduler = job.record, job.preset, job.name, job.scheduler
+    if scheduler is None:
         raise UsageError("render the missing frames locally with `braas-hpc render` again")
     if not missing:
         raise UsageError(f"job {name} has every frame; nothing to resubmit")
@@ -401,22 +402,21 @@ async def resubmit(name: str, missing: list[int], chunk: int | None = None,
     spec = record.spec
     tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or spec.chunk))
     round_ = Round(record.rounds + 1, len(tasks), exclude_nodes)
-    paths = JobPaths(record.remote_root, name)
-    transport = transport_for(preset)
+    paths, transport = job.paths, job.transport
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:
         staging = Path(temp)
         (staging / "frames").write_text(frames_file_text(tasks))
-        (staging / "job.sh").write_text(job_script(spec, preset, paths, round_))
-        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, round_))
+        (staging / "job.sh").write_text(job_script(spec, preset, paths, round_, scheduler))
+        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, round_, scheduler))
         await ensure_root(transport, paths.root)
         scripts = await scripts_for(transport, preset, paths.root, update=False)
         await transport.put(staging / "frames", paths.round_frames_file(round_.number))
         await transport.put(staging / "job.sh", paths.round_script(round_.number))
         await transport.put(staging / "finish.sh", finish_file(paths, round_.number))
-    id_tasks = await _submit_round(transport, preset, paths.round_script(round_.number), round_)
+    id_tasks = await _submit_round(transport, scheduler, preset, paths.round_script(round_.number), round_)
     ids = list(id_tasks)
     registry.add_round(name, id_tasks, PENDING)
-    finish_id = await _submit_finish(transport, preset, paths, round_.number, ids, exclude_nodes)
+    finish_id = await _submit_finish(transport, scheduler, paths, round_.number, ids, exclude_nodes)
     return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir,
                         finish_id=finish_id, scripts_updated=scripts.uploaded)
 

@@ -11,14 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry
+from .context import JobContext
 from .errors import TransferError, UsageError
-from .jobs import FRAME_FILE, JobPaths
-from .monitor import status
+from .jobs import FRAME_FILE
+from .monitor import job_status
 from .paths import data_dir, private_dir, write_private
-from .presets import load_preset
 from .schedulers.base import TERMINAL
-from .transport import Transport, transport_for
+from .transport import Transport
 from .transport.base import Progress, sha256_file
 
 # What was verified, per job and destination, kept in our data directory (not among the user's frames):
@@ -92,13 +91,11 @@ async def _remote_digests(transport: Transport, paths: list[str]) -> dict[str, s
     return digests
 
 
-async def download_once(name: str, dest: Path, progress: Progress | None = None) -> DownloadResult:
-    record = registry.get_job(name)
+async def download_once(job: JobContext, dest: Path, progress: Progress | None = None) -> DownloadResult:
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"download destination {dest} exists and is not a directory")
     dest.mkdir(parents=True, exist_ok=True)
-    paths = JobPaths(record.remote_root, record.name)
-    transport = transport_for(load_preset(record.preset))
+    name, paths, transport = job.name, job.paths, job.transport
     result, ledger, ignored = DownloadResult(name, dest), _Ledger(name, dest), []
     todo: dict[str, Path] = {}
     for entry in sorted(await transport.listdir(paths.out_dir), key=lambda e: e.name):
@@ -130,14 +127,14 @@ async def download_once(name: str, dest: Path, progress: Progress | None = None)
     return result
 
 
-async def download(name: str, dest: Path, progress: Progress | None = None, *, follow: bool = False,
+async def download(job: JobContext, dest: Path, progress: Progress | None = None, *, follow: bool = False,
                    on_round: Callable[[DownloadResult], None] | None = None) -> DownloadResult:
     """Fetch the job's frames; with `follow`, keep fetching as they appear until the job has ended."""
-    total = DownloadResult(name, dest)
+    total = DownloadResult(job.name, dest)
     interval = 2.0
     while True:
-        ended = (await status([name]))[0].state in TERMINAL if follow else True
-        got = await download_once(name, dest, progress)
+        ended = (await job_status(job)).state in TERMINAL if follow else True
+        got = await download_once(job, dest, progress)
         total.downloaded += got.downloaded
         total.skipped = got.skipped
         total.ignored = got.ignored

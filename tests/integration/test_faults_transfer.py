@@ -26,6 +26,7 @@ import pytest
 
 from braas_hpc import cli
 from braas_hpc.core import monitor, transfer, watch
+from braas_hpc.core.context import job_context
 from braas_hpc.core.errors import BraasError, ConnectionLost
 from braas_hpc.core.jobs import FRAME_FILE, SHA256_HEX
 from braas_hpc.core.paths import user_presets_dir
@@ -171,7 +172,7 @@ def _download(job: str, dest: Path) -> str:
     """transfer.download in this process: "" when it completed, else the error it raised."""
     async def go() -> None:
         try:
-            await transfer.download(job, dest)
+            await transfer.download(job_context(job), dest)
         finally:
             await pool.close_all()
 

@@ -6,7 +6,6 @@ partition `qpair`; its default CPU partition `qcpu` has one node)."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from braas_hpc.core import registry
 from braas_hpc.core.presets import load_preset
 from tests.conftest import run_cli
-from tests.helpers import check_frame, eventually
+from tests.helpers import check_frame, eventually, partition_closed
 
 
 def _json(*args: str) -> dict:
@@ -57,11 +56,11 @@ def _finish_ids(remote, job_dir: str) -> dict[int, str]:  # noqa: ANN001
 
 def test_resubmit_can_keep_off_a_node_and_the_finish_step_still_runs(  # noqa: ANN001
         testbed, remote, sample_scene: Path) -> None:
-    job = _json("submit", str(sample_scene), "--preset", "testbed", "--partition", "qpair", "--frames", "1-2",
-                "--retries", "0")
-    early = run_cli("resubmit", job["job"])  # seconds after the submission: nothing has ended yet
-    assert early.returncode == 2 and re.search(r"is still (PENDING|RUNNING|UNKNOWN): wait for it", early.stderr), (
-        early.stderr)
+    with partition_closed(testbed.slurm_conf, "qpair"):  # queued, whatever the scheduler's pace
+        job = _json("submit", str(sample_scene), "--preset", "testbed", "--partition", "qpair", "--frames", "1-2",
+                    "--retries", "0")
+        early = run_cli("resubmit", job["job"])
+    assert early.returncode == 2 and "is still PENDING: wait for it" in early.stderr, early.stderr
     assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
     whole = run_cli("resubmit", job["job"])
     assert whole.returncode == 2 and "has every frame; nothing to resubmit" in whole.stderr, whole.stderr

@@ -101,6 +101,42 @@ def test_cancel_removes_running_and_pending_tasks(testbed, remote, scene: Path) 
     assert again.returncode == 0 and "already ended" in again.stdout
 
 
+def test_a_resubmit_looks_its_job_up_once(testbed, remote, scene: Path) -> None:  # noqa: ANN001
+    """The panel's and the CLI's Resubmit, in this process: the registry, the preset and the scheduler are
+    resolved once (core.context) and handed down, not looked up again by name in each step."""
+    import asyncio
+    import sys as _sys
+    from collections import Counter
+
+    from braas_hpc.core import presets, recovery, schedulers
+    from braas_hpc.core.context import job_context
+    from braas_hpc.core.transport import pool
+
+    job = json.loads(run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1-2", "--json").stdout)
+    assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+    assert remote(f"rm {shlex.quote(job['job_dir'])}/out/frame_000002.png").returncode == 0
+    calls: Counter[str] = Counter()
+
+    async def resubmit():  # noqa: ANN202
+        try:
+            return await recovery.resubmit_missing(job_context(job["job"]))
+        finally:
+            await pool.close_all()
+
+    with pytest.MonkeyPatch.context() as patch:  # every binding of the three functions counts its calls
+        for original in (registry.get_job, presets.load_preset, schedulers.scheduler_for):
+            def counted(*args, _f=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                calls[_f.__name__] += 1
+                return _f(*args, **kwargs)
+            for module in [m for name, m in _sys.modules.items() if name.startswith("braas_hpc")]:
+                if getattr(module, original.__name__, None) is original:
+                    patch.setattr(module, original.__name__, counted)
+        result, _plan = asyncio.run(resubmit())
+    assert result.frames == "2"
+    assert calls == {"get_job": 1, "load_preset": 1, "scheduler_for": 1}, calls
+    assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+
+
 def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_path: Path) -> None:  # noqa: ANN001
     done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1-4", "--chunk", "2", "--json")
     job = json.loads(done.stdout)

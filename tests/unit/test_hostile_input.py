@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from braas_hpc.core import registry, transfer
+from braas_hpc.core.context import JobContext
 from braas_hpc.core.errors import PresetError, TransferError, UsageError
 from braas_hpc.core.frames import MAX_FRAME_NUMBER, MAX_FRAMES, format_frames, parse_frames
 from braas_hpc.core.jobs import FRAME_FILE, JobPaths, JobSpec, make_job_name, store_path
@@ -438,9 +439,10 @@ def test_download_writes_only_frames_inside_the_destination(tmp_path: Path,
     outside.write_text("precious")
     (dest / "frame_000003.png").symlink_to(outside)  # a planted link under a frame's name
     (dest / ".frame_000002.png.braas-part").symlink_to(outside)  # ... and under a download's temp name
-    monkeypatch.setattr(transfer, "transport_for", lambda preset: ListingTransport(HOSTILE_NAMES))
+    # The job as a verb receives it, reached through a transport that lists the hostile names.
+    job = JobContext(registry.get_job(paths.name), load_preset("local"), None, ListingTransport(HOSTILE_NAMES))
     try:
-        result = asyncio.run(transfer.download_once(paths.name, dest))
+        result = asyncio.run(transfer.download_once(job, dest))
     finally:  # an injection may also make the command fail: the canary is the finding to report
         no_canary()
     assert outside.read_text() == "precious"
