@@ -133,16 +133,7 @@ class Copies(Connecting):
         command = remote_line(write_argv(remote, offset))
         await self.connect()
         report = CopyProgress(progress)
-        reader, writer = _pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._client_argv(), command, stdin=reader, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, env=self._env())
-        except BaseException:
-            os.close(writer)
-            raise
-        finally:
-            os.close(reader)  # ssh has its own copy; the thread owns the writing end from here
+        process, writer = await self._ssh_on_pipe(command, upload=True)
         copy = asyncio.to_thread(_file_to_pipe, local, offset, writer, report, total)
         await self._transfer(process, copy, f"upload of {local} to {remote}")
 
@@ -150,16 +141,7 @@ class Copies(Connecting):
         command = remote_line(["sh", "-c", _READ_SCRIPT, "sh", remote, str(offset)])
         await self.connect()
         report = CopyProgress(progress)
-        reader, writer = _pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._client_argv(), command, stdin=asyncio.subprocess.DEVNULL, stdout=writer,
-                stderr=asyncio.subprocess.PIPE, env=self._env())
-        except BaseException:
-            os.close(reader)
-            raise
-        finally:
-            os.close(writer)
+        process, reader = await self._ssh_on_pipe(command, upload=False)
         copy = asyncio.to_thread(_pipe_to_file, reader, local, offset, report)
         sizes = await self._transfer(process, copy, f"download of {remote} to {local}")
         if sizes is None:
@@ -167,6 +149,23 @@ class Copies(Connecting):
         total, reached = sizes
         if reached < total:
             await self._short_read(remote, reached, total)
+
+    async def _ssh_on_pipe(self, command: str, *, upload: bool) -> tuple[asyncio.subprocess.Process, int]:
+        """ssh running `command` with one end of a new pipe as its stdin (upload) or its stdout (download).
+        Returns ssh and the other end, which the copy thread owns (and closes) from here."""
+        reader, writer = _pipe()
+        theirs, ours = (reader, writer) if upload else (writer, reader)
+        quiet = asyncio.subprocess.DEVNULL
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._client_argv(), command, stdin=theirs if upload else quiet, stdout=quiet if upload else theirs,
+                stderr=asyncio.subprocess.PIPE, env=self._env())
+        except BaseException:
+            os.close(ours)
+            raise
+        finally:
+            os.close(theirs)  # ssh has its own copy
+        return process, ours
 
     async def _short_read(self, remote: str, reached: int, total: int) -> None:
         """The output ended before the size announced. Through a master, ssh passes on the command's exit

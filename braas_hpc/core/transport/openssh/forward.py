@@ -22,17 +22,25 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class _MuxForward(Forward):
-    """A -L listener owned by the master connection; closing it cancels just that listener."""
+class _Listener(Forward):
+    """What every forward of this back end knows: its transport and both ends."""
 
-    def __init__(self, transport: Client, spec: str, local_port: int, remote_host: str,
-                 remote_port: int, local_path: str | None = None) -> None:
+    def __init__(self, transport: Client, local_port: int, remote_host: str, remote_port: int,
+                 local_path: str | None) -> None:
         self._transport = transport
-        self._spec = spec
         self.local_path = local_path
         self.local_port = local_port
         self.remote_host = remote_host
         self.remote_port = remote_port
+
+
+class _MuxForward(_Listener):
+    """A -L listener owned by the master connection; closing it cancels just that listener."""
+
+    def __init__(self, transport: Client, spec: str, local_port: int, remote_host: str,
+                 remote_port: int, local_path: str | None = None) -> None:
+        super().__init__(transport, local_port, remote_host, remote_port, local_path)
+        self._spec = spec
 
     async def close(self) -> None:
         if self in self._transport._forwards:
@@ -44,17 +52,13 @@ class _MuxForward(Forward):
         return self in self._transport._forwards and await self._transport._master_alive()
 
 
-class _ProcessForward(Forward):
+class _ProcessForward(_Listener):
     """Without multiplexing: a dedicated `ssh -N -L` process per forward."""
 
     def __init__(self, transport: Client, process: asyncio.subprocess.Process, local_port: int,
                  remote_host: str, remote_port: int, local_path: str | None = None) -> None:
-        self._transport = transport
+        super().__init__(transport, local_port, remote_host, remote_port, local_path)
         self._process = process
-        self.local_path = local_path
-        self.local_port = local_port
-        self.remote_host = remote_host
-        self.remote_port = remote_port
 
     async def close(self) -> None:
         if self in self._transport._forwards:
