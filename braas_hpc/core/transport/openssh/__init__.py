@@ -15,8 +15,9 @@ The parts carry the same names as the paramiko back end's, one role each:
 - diagnose.py: ssh's failures as typed errors, refused host keys explained
 and OpenSSH's own: options.py (the ssh command line, ProxyJump by hand), process.py (local processes),
 shell.py (a long-lived remote shell for short commands), askpass.py (the helper program ssh runs).
-Each part is a class on top of client.Client; transport.py joins them (Copies and Forwards, which
-build on Connecting, which builds on Diagnosing and Asking).
+The shared-name parts that need the connection's state are classes on top of client.Client, and
+transport.py joins them: OpenSSHTransport(Copies, Forwards), both on Connecting, which is on Diagnosing
+and Asking. A part imports only the parts below it.
 """
 
 from .options import proxy_command, split_jump, ssh_options

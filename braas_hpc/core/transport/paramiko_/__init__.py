@@ -11,9 +11,9 @@ The parts carry the same names as the OpenSSH back end's, one role each:
 - forward.py: port forwards
 - diagnose.py: paramiko's failures as typed errors
 and paramiko's own: threads.py (blocking calls on threads of their own), channels.py (a command's
-output, exit status and input on a channel). Each part is a class on top of client.Client;
-transport.py joins them (Copies and Forwards, which build on Connecting, which builds on
-Diagnosing and Authenticating).
+output, exit status and input on a channel). The shared-name parts that need the connection's state
+are classes on top of client.Client, and transport.py joins them: ParamikoTransport(Copies, Forwards),
+both on Connecting, which is on Diagnosing and Authenticating. A part imports only the parts below it.
 """
 
 from .forward import ParamikoForward
