@@ -6,6 +6,7 @@ platform of the manifest."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import tomllib
@@ -103,6 +104,10 @@ json.dump(result, open(report, "w"))
 
 
 
+SOURCES = {p.relative_to(REPO).as_posix() for package in ("braas_hpc", "braas_hpc_interactive")
+           for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     """Every platform of the manifest (no --platform), as a user builds them: platform -> [main, interactive]."""
@@ -122,6 +127,11 @@ def test_every_zip_bundles_wheels_for_both_pythons(built: dict[str, list[Path]])
             with zipfile.ZipFile(path) as archive:
                 manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
                 names = set(archive.namelist())
+                (core,) = [n for n in names if n.startswith("wheels/braas_hpc-")]
+                with zipfile.ZipFile(io.BytesIO(archive.read(core))) as wheel:
+                    bundled = set(wheel.namelist())
+            missing = SOURCES - bundled  # every module of the product, subpackages too, is in the core wheel
+            assert not missing, f"{path.name} lacks {sorted(missing)}"
             assert manifest["platforms"] == [platform]
             assert {f"./{n}" for n in names if n.startswith("wheels/")} == set(manifest["wheels"])
             for python in sorted({b.python for b in MATRIX}):  # cffi has no stable-ABI wheel: one per Python

@@ -285,11 +285,11 @@ def test_options_and_the_branch_without_multiplexing(target: SSHTarget, monkeypa
     assert openssh.split_jump("u@[::1]:2200") == ("::1", "u", "2200")
     assert openssh.split_jump("ssh://h") == ("h", None, None)
 
-    monkeypatch.setattr(openssh, "WINDOWS", True)
+    monkeypatch.setattr(openssh.client, "WINDOWS", True)  # what Client() reads
     transport = OpenSSHTransport(target)
     argv = transport._client_argv()
     assert "ControlMaster=no" in argv and "ControlPath=none" in argv and not transport._can_prompt()
-    monkeypatch.setattr(openssh, "WINDOWS", False)
+    monkeypatch.setattr(openssh.client, "WINDOWS", False)
 
     async def work(t: Transport) -> bytes:
         assert (await t.run(["echo", "direct"])).stdout == "direct\n"
@@ -313,9 +313,9 @@ def test_an_oversized_answer_of_the_remote_shell_is_refused(target: SSHTarget,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The session's header gives the answer's size: a size over the cap is not read into memory (it was read
     whole, whatever the server said); the session starts afresh and the next command works."""
-    from braas_hpc.core.transport import openssh_session
+    from braas_hpc.core.transport.openssh import shell
 
-    monkeypatch.setattr(openssh_session, "ANSWER_BYTES", 100_000, raising=False)
+    monkeypatch.setattr(shell, "ANSWER_BYTES", 100_000)
 
     async def work(t: OpenSSHTransport) -> None:
         assert (await t.run(["echo", "warm"])).stdout == "warm\n"  # the session is up: the next call uses it

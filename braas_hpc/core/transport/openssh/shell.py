@@ -14,7 +14,7 @@ import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 
-from ..errors import AnswerTooLarge
+from ...errors import AnswerTooLarge
 
 # The most one answer (stdout and stderr) may hold: the sizes come from the other end, and what they
 # announce is read into memory. Listings of a few hundred thousand frames fit many times over.
