@@ -131,6 +131,44 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
                             "handlers": [], "threads": []}
 
 
+def test_each_add_on_has_its_own_loop_and_outlives_the_other(tmp_path: Path) -> None:
+    """Both add-ons enabled in one Blender run on one copy of the toolkit but each on its own loop thread:
+    disabling BRaaS-HPC stops its loop and takes its login popups away, while the interactive add-on's work
+    (a tunnel lives for hours) goes on and its Abort still works."""
+    got = Session(tmp_path).run(prelude=ENABLE, script="""
+        import asyncio
+        from braas_hpc.blender.addon import runtime as main
+        from braas_hpc.core.transport import pool
+        loops = lambda: sum(1 for t in threading.enumerate() if t.name == "braas-hpc-loop" and t.is_alive())
+        result["loops_both"] = loops()
+        result["distinct"] = main.state.bridge is not runtime.state.bridge
+        result["prompts_main"] = pool.prompts is main.state.broker and runtime.state.broker is None
+        gate = threading.Event()
+
+        async def hold():
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+            return "still here"
+
+        holding = runtime.state.bridge.run("Holding a tunnel", hold, kind="tunnel")
+        addon_utils.disable("braas_hpc", default_set=True)
+        result["loops_after"] = loops()
+        result["main_running"] = main.state.bridge.running
+        result["prompts_after"] = type(pool.prompts).__name__
+        result["holding_untouched"] = not holding.finished
+        gate.set()
+        result["held"] = holding.result(10)
+        waiting = runtime.state.bridge.run("Waiting", lambda: asyncio.sleep(30), kind="start")
+        result["abort"] = sorted(bpy.ops.braas_hpc_interactive.abort())
+        result["aborted"] = runtime.wait_until(lambda: waiting.finished, 10) and waiting.cancelled
+        result["message"] = runtime.state.message.text
+    """)
+    assert got["loops_both"] == 2 and got["distinct"] and got["prompts_main"]
+    assert got["loops_after"] == 1 and not got["main_running"] and got["prompts_after"] == "NoPrompts"
+    assert got["holding_untouched"] and got["held"] == "still here"
+    assert got["abort"] == ["FINISHED"] and got["aborted"] and got["message"] == "stopped 1 operation(s)"
+
+
 ICONS_CHECKED = """
 ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
 _unchecked = Layout.__getattr__
