@@ -8,23 +8,18 @@ import bpy
 from bpy.props import PointerProperty
 
 
-def register(classes: Sequence[type], name: str, scene: type | None = None,
-             window_manager: type | None = None) -> None:
+def register(classes: Sequence[type], name: str, scene: type, window_manager: type) -> None:
     """Register `classes`, then `Scene.<name>` (saved with the .blend) and `WindowManager.<name>` (this
     session only) as pointers to the add-on's property groups."""
     for cls in classes:
         bpy.utils.register_class(cls)
-    if scene is not None:
-        setattr(bpy.types.Scene, name, PointerProperty(type=scene))
-    if window_manager is not None:
-        setattr(bpy.types.WindowManager, name, PointerProperty(type=window_manager))
+    setattr(bpy.types.Scene, name, PointerProperty(type=scene))
+    setattr(bpy.types.WindowManager, name, PointerProperty(type=window_manager))
 
 
-def unregister(classes: Sequence[type], name: str, scene: bool = True, window_manager: bool = True) -> None:
+def unregister(classes: Sequence[type], name: str) -> None:
     """The reverse of `register`: the pointers first (they hold the classes), then the classes."""
-    if window_manager:
-        delattr(bpy.types.WindowManager, name)
-    if scene:
-        delattr(bpy.types.Scene, name)
+    delattr(bpy.types.WindowManager, name)
+    delattr(bpy.types.Scene, name)
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
