@@ -1,6 +1,6 @@
 """Main-thread stalls while the add-on uploads (issue 5): Blender's UI must stay responsive.
 
-The add-on's loop thread (braas_hpc.blender.bridge, the same code Blender runs) uploads a file to the
+The add-on's loop thread (braas_hpc.addon_kit.bridge, the same code Blender runs) uploads a file to the
 test cluster while this process's main thread does what Blender's timer does: wake every 10 ms, take
 finished operations and copy a progress snapshot. Each tick records how late it woke up; the longest
 lateness is the longest stall the upload inflicts on Blender's main thread (Python's GIL is shared).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from braas_hpc.blender.bridge import Bridge, Operation  # noqa: E402
+from braas_hpc.addon_kit.bridge import Bridge, Operation  # noqa: E402
 from braas_hpc.core import progress  # noqa: E402
 from braas_hpc.core.transport import SSHTarget, make_transport  # noqa: E402
 from tests.testbed import testbed as tb  # noqa: E402

@@ -1,14 +1,15 @@
-"""The Blender face of braas_hpc: preferences, the Render Properties panel, operators and the loop
-bridge. Imported only inside Blender (`braas_hpc.register()`); the core never imports it. `bpy` is
-imported inside the functions so that `bridge` and `prompting` (no bpy) can be tested without Blender."""
+"""The Blender face of braas_hpc: preferences, the Render Properties panel and its operators, on the add-on
+toolkit (`braas_hpc.addon_kit`: the loop bridge, the timer, the login popups, Abort). Imported only inside
+Blender (`braas_hpc.register()`); the core never imports it. `bpy` is imported inside the functions, so
+this package imports without Blender."""
 
 from __future__ import annotations
 
 
 def _classes() -> tuple[type, ...]:
-    from . import ops_jobs, ops_popups, ops_prefs, preferences, props, ui
+    from . import addon, ops_jobs, ops_prefs, preferences, props, ui
 
-    return (*preferences.CLASSES, *props.CLASSES, *ops_jobs.CLASSES, *ops_popups.CLASSES, *ops_prefs.CLASSES,
+    return (*preferences.CLASSES, *props.CLASSES, *ops_jobs.CLASSES, *addon.CLASSES, *ops_prefs.CLASSES,
             *ui.CLASSES)
 
 
@@ -21,19 +22,18 @@ def _on_load(_dummy: object = None) -> None:
 def register(addon_id: str = "braas_hpc") -> None:
     import bpy
 
+    from ..addon_kit import registration
     from ..core import local_blender
-    from . import jobs_list, preferences, props, runtime
+    from . import addon, jobs_list, preferences, props
 
     # Packing and local renders use the Blender the artist runs (its Python cannot import bpy by itself).
     local_blender.use_running_blender(bpy.app.binary_path)
     # Blender finds an add-on's preferences by the add-on's module name: this package's, or the extension's.
-    runtime.ADDON_ID = preferences.BraasPreferences.bl_idname = addon_id
-    for cls in _classes():
-        bpy.utils.register_class(cls)
-    props.attach()
-    runtime.start()
-    runtime.state.periodic.append(jobs_list.auto_refresh)
-    for problem in preferences.sync_from_files(runtime.preferences()):
+    addon.ADDON_ID = preferences.BraasPreferences.bl_idname = addon_id
+    registration.register(_classes(), addon.NAME, scene=props.JobSettings, window_manager=props.Runtime)
+    addon.runtime.start()
+    addon.runtime.state.periodic.append(jobs_list.auto_refresh)
+    for problem in preferences.sync_from_files(addon.preferences()):
         print(f"braas-hpc: {problem}")
     bpy.app.handlers.load_post.append(bpy.app.handlers.persistent(_on_load))
     if bpy.app.background:
@@ -45,12 +45,11 @@ def register(addon_id: str = "braas_hpc") -> None:
 def unregister() -> None:
     import bpy
 
-    from . import props, runtime, ui
+    from ..addon_kit import registration
+    from . import addon, ui
 
     if _on_load in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_on_load)
-    runtime.stop()
+    addon.runtime.stop()
     ui.release_thumbnails()
-    props.detach()
-    for cls in reversed(_classes()):
-        bpy.utils.unregister_class(cls)
+    registration.unregister(_classes(), addon.NAME)

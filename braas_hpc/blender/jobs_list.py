@@ -10,9 +10,10 @@ from pathlib import Path
 
 import bpy
 
+from ..addon_kit.bridge import Operation
 from ..core.schedulers.base import TERMINAL
-from . import activity, runtime
-from .bridge import Operation
+from . import activity, addon
+from .addon import runtime
 
 FIRST_INTERVAL_S = 5.0
 MAX_INTERVAL_S = 60.0
@@ -40,7 +41,7 @@ def apply_rows(rows: Iterable[activity.JobRow]) -> None:
         if row.created:
             item.created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created))
             item.sort_key = f"{row.created:020.6f}"
-        folder = runtime.preferences().storage() / row.name
+        folder = addon.preferences().storage() / row.name
         item.local_dir = str(folder)
         if not item.thumbnail:  # a downloaded frame, else the cluster's thumbnail of the last frame
             newest = activity.last_frame(folder)
@@ -137,4 +138,4 @@ def load_registry() -> None:
 
 
 def job_folder(name: str) -> Path:
-    return runtime.preferences().storage() / name
+    return addon.preferences().storage() / name

@@ -15,7 +15,8 @@ from bpy.props import BoolProperty, StringProperty
 from ..core.errors import BraasError, UsageError
 from ..core.presets import load_preset
 from ..core.spec import SubmitRequest, build_spec
-from . import activity, checks, jobs_list, runtime
+from . import activity, checks, jobs_list
+from .addon import runtime
 
 
 def _online_or_error(preset: str) -> None:
@@ -245,23 +246,6 @@ class BRAAS_HPC_OT_open_folder(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class BRAAS_HPC_OT_abort(bpy.types.Operator):
-    """Stop every running operation (upload, download, refresh); jobs already on the cluster keep running"""
-
-    bl_idname = "braas_hpc.abort"
-    bl_label = "Abort"
-    bl_options = {"REGISTER", "INTERNAL"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        stopped = runtime.state.bridge.cancel_all()
-        runtime.state.broker.refuse_all()
-        if runtime.state.question is not None:
-            runtime.state.question.answer(None)
-            runtime.state.question = None
-        runtime.tell(f"stopped {stopped} operation(s)", "WARNING")
-        return {"FINISHED"}
-
-
 def preset_summary(name: str) -> str:
     """One line under the cluster choice: where jobs go, or what is missing."""
     try:
@@ -275,4 +259,4 @@ def preset_summary(name: str) -> str:
 
 
 CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job, BRAAS_HPC_OT_download_job,
-           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_open_folder, BRAAS_HPC_OT_abort)
+           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_open_folder)

@@ -14,7 +14,8 @@ from ..core.install import InstallReport
 from ..core.probe import ProbeReport
 from ..core.user_presets import catalogue, delete_user_preset, save_user_preset, user_preset_path
 from ..core.workdir import Candidate
-from . import activity, preferences, runtime
+from . import activity, addon, preferences
+from .addon import runtime
 
 
 def _catalogue_items(_self: object, _context: object) -> list[tuple[str, str, str]]:
@@ -56,7 +57,7 @@ class BRAAS_HPC_OT_preset_add(bpy.types.Operator):
         except BraasError as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
-        _select(runtime.preferences(), name)
+        _select(addon.preferences(), name)
         return {"FINISHED"}
 
 
@@ -86,7 +87,7 @@ class BRAAS_HPC_OT_preset_add_custom(bpy.types.Operator):
         except BraasError as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
-        _select(runtime.preferences(), name)
+        _select(addon.preferences(), name)
         return {"FINISHED"}
 
 
@@ -103,7 +104,7 @@ class BRAAS_HPC_OT_preset_remove(bpy.types.Operator):
         return context.window_manager.invoke_confirm(self, event)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        prefs = runtime.preferences()
+        prefs = addon.preferences()
         name = self.name or (prefs.presets[prefs.active_preset].name if prefs.presets else "")
         try:
             delete_user_preset(name)
@@ -122,13 +123,13 @@ class BRAAS_HPC_OT_presets_reload(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        for problem in preferences.sync_from_files(runtime.preferences()):
+        for problem in preferences.sync_from_files(addon.preferences()):
             self.report({"WARNING"}, problem)
         return {"FINISHED"}
 
 
 def enabled_presets() -> list[str]:
-    return [item.name for item in runtime.preferences().presets if item.enabled and not item.error]
+    return [item.name for item in addon.preferences().presets if item.enabled and not item.error]
 
 
 class BRAAS_HPC_OT_test_connections(bpy.types.Operator):
@@ -175,7 +176,7 @@ class BRAAS_HPC_OT_find_workdirs(bpy.types.Operator):
             return {"CANCELLED"}
 
         def show(found: dict[str, list[Candidate] | str]) -> None:
-            for item in runtime.preferences().presets:
+            for item in addon.preferences().presets:
                 if item.name not in found:
                     continue
                 item.candidates.clear()
@@ -209,7 +210,7 @@ class BRAAS_HPC_OT_use_workdir(bpy.types.Operator):
     path: StringProperty(options={"SKIP_SAVE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        item = runtime.preferences().presets.get(self.preset)
+        item = addon.preferences().presets.get(self.preset)
         if item is None or self.path not in item.candidates:
             self.report({"ERROR"}, f"{self.path!r} is not a directory found on {self.preset!r}")
             return {"CANCELLED"}
@@ -230,7 +231,7 @@ class BRAAS_HPC_OT_install(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        prefs = runtime.preferences()
+        prefs = addon.preferences()
         source = None
         if prefs.blender_url.strip():
             source = BlenderSource(url=prefs.blender_url.strip(), sha256=prefs.blender_sha256.strip().lower())
@@ -262,7 +263,7 @@ def _install_line(report: InstallReport) -> str:
 def _report_each(reports: dict[str, T | str], line: Callable[[T], str]) -> int:
     """Each cluster's outcome under its preset; the status line sums them up. Returns the failures."""
     failed = 0
-    for item in runtime.preferences().presets:
+    for item in addon.preferences().presets:
         if item.name in reports:
             got = reports[item.name]
             failed += isinstance(got, str)

@@ -17,7 +17,7 @@ from ..core.errors import BraasError
 from ..core.presets import SSH_BACKENDS, load_preset
 from ..core.schedulers import all_schedulers, scheduler_names
 from ..core.user_presets import EDITABLE, read_user_values, save_user_preset, user_preset_names
-from .runtime import ADDON_ID
+from .addon import ADDON_ID
 
 _syncing = False  # filling items from files must not write the files back
 

@@ -8,7 +8,6 @@ from bpy.props import (
     CollectionProperty,
     EnumProperty,
     IntProperty,
-    PointerProperty,
     StringProperty,
 )
 
@@ -27,7 +26,7 @@ _PRESET_ITEMS: list[tuple[str, str, str]] = []
 
 def _preset_chosen(settings: JobSettings, context: bpy.types.Context) -> None:
     """A cluster's CPU/GPU choice from the preferences becomes the job's default device."""
-    from .runtime import preferences
+    from .addon import preferences
 
     item = preferences().presets.get(settings.preset)
     if item is not None:
@@ -87,12 +86,3 @@ class Runtime(bpy.types.PropertyGroup):
 
 CLASSES = (JobSettings, JobItem, Runtime)
 
-
-def attach() -> None:
-    bpy.types.Scene.braas_hpc = PointerProperty(type=JobSettings)
-    bpy.types.WindowManager.braas_hpc = PointerProperty(type=Runtime)
-
-
-def detach() -> None:
-    del bpy.types.WindowManager.braas_hpc
-    del bpy.types.Scene.braas_hpc

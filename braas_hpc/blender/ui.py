@@ -6,8 +6,10 @@ import time
 
 import bpy
 
+from ..addon_kit.text import wrap_text
 from ..core.schedulers.base import TERMINAL
-from . import checks, ops_jobs, runtime
+from . import checks, ops_jobs
+from .addon import runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
                "CANCELLED": "CANCEL", "TIMEOUT": "TIME", "UNKNOWN": "QUESTION"}
@@ -54,19 +56,6 @@ def draw_status(layout: bpy.types.UILayout) -> None:
         icon = {"ERROR": "ERROR", "WARNING": "INFO"}.get(message.level, "CHECKMARK")
         for index, line in enumerate(wrap_text(message.text, 90)[:4]):
             layout.label(text=line, icon=icon if index == 0 else "BLANK1")
-
-
-def wrap_text(text: str, width: int) -> list[str]:
-    """Lines of at most `width` characters, broken at spaces: panels have no wrapping label."""
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [""]:
-        while len(paragraph) > width:
-            cut = paragraph.rfind(" ", 0, width)
-            cut = cut if cut > 0 else width
-            lines.append(paragraph[:cut])
-            paragraph = paragraph[cut:].lstrip()
-        lines.append(paragraph)
-    return lines
 
 
 class BRAAS_HPC_PT_main(bpy.types.Panel):

@@ -2,8 +2,8 @@
 
 The engine itself holds no connection. "View in Viewport" opens a link in `links` (its own thread);
 view_draw only reads the view on the main thread, hands it to the link when it changed, and draws the
-newest frame the link delivered. The runtime's timer tags the 3D views when a frame arrives, so nothing
-off the main thread touches bpy, and an engine instance Blender throws away leaves nothing behind (the
+newest frame the link delivered. The runtime's timer (`addon.py`) tags the 3D views when a frame arrives,
+so nothing off the main thread touches bpy, and an engine instance Blender throws away leaves nothing behind (the
 texture it cached goes with it).
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 
 from ..core.client import Frame
 from ..core.protocol import BYTES_PER_PIXEL, CameraInfo, ViewRequest, view_request_from_viewport
-from . import links, runtime
+from . import links
+from .addon import panel
 
 ENGINE_ID = "BRAAS_HPC_REMOTE"
 F12_MESSAGE = ("BRaaS-HPC Remote Cycles only shows a remote viewport: use Cycles to render here, or submit a "
@@ -157,7 +158,7 @@ def start_viewing(scene: bpy.types.Scene, host: str, port: int, token: str | Non
         scene.render.engine = ENGINE_ID
     for space in _view3d_spaces(scene, only_pointer=owner):
         if space.shading.type != "RENDERED":
-            runtime.state.shading[space.as_pointer()] = space.shading.type
+            panel.shading[space.as_pointer()] = space.shading.type
             space.shading.type = "RENDERED"
 
 
@@ -174,10 +175,10 @@ def restore_engines() -> None:
             previous = scene.braas_hpc_interactive.previous_engine
             scene.render.engine = previous if previous and previous != ENGINE_ID else "CYCLES"
     for space in _view3d_spaces(None):
-        shading = runtime.state.shading.pop(space.as_pointer(), None)
+        shading = panel.shading.pop(space.as_pointer(), None)
         if shading is not None and space.shading.type == "RENDERED":
             space.shading.type = shading
-    runtime.state.shading.clear()
+    panel.shading.clear()
 
 
 def _view3d_spaces(scene: bpy.types.Scene | None, only_pointer: int = 0) -> list[Any]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from braas_hpc.blender.bridge import Bridge
+from braas_hpc.addon_kit.bridge import Bridge
 
 from ..core.client import Frame, ViewportLink
 from ..core.protocol import ViewRequest

@@ -20,7 +20,8 @@ from braas_hpc.core.errors import BraasError, UsageError
 from ..core import launch, session
 from ..core.records import SessionRecord, all_records, load_record
 from ..core.tunnel import TCP_WARNING, for_session
-from . import engine, links, runtime, sessions_list
+from . import engine, links, sessions_list
+from .addon import runtime
 
 
 def _online_or_error() -> None:
@@ -424,23 +425,10 @@ class BRAAS_HPC_INTERACTIVE_OT_show_bounds(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class BRAAS_HPC_INTERACTIVE_OT_abort(bpy.types.Operator):
-    """Stop what the add-on is doing now (a wait for a node, a run, a tunnel being opened)"""
-
-    bl_idname = "braas_hpc_interactive.abort"
-    bl_label = "Abort"
-    bl_options = {"REGISTER", "INTERNAL"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        stopped = sum(1 for op in runtime.busy() if op.cancel())
-        runtime.tell(f"stopped {stopped} operation(s)" if stopped else "nothing to stop")
-        return {"FINISHED"}
-
-
 CLASSES = (
     BRAAS_HPC_INTERACTIVE_OT_start_session, BRAAS_HPC_INTERACTIVE_OT_wait_session,
     BRAAS_HPC_INTERACTIVE_OT_stop_session, BRAAS_HPC_INTERACTIVE_OT_refresh_sessions, BRAAS_HPC_INTERACTIVE_OT_run,
     BRAAS_HPC_INTERACTIVE_OT_stop_command, BRAAS_HPC_INTERACTIVE_OT_open_tunnel,
     BRAAS_HPC_INTERACTIVE_OT_close_tunnel, BRAAS_HPC_INTERACTIVE_OT_view, BRAAS_HPC_INTERACTIVE_OT_stop_viewing,
-    BRAAS_HPC_INTERACTIVE_OT_show_bounds, BRAAS_HPC_INTERACTIVE_OT_abort,
+    BRAAS_HPC_INTERACTIVE_OT_show_bounds,
 )

@@ -79,12 +79,3 @@ class Runtime(bpy.types.PropertyGroup):
 
 CLASSES = (SessionSettings, SessionItem, Runtime)
 
-
-def attach() -> None:
-    bpy.types.Scene.braas_hpc_interactive = PointerProperty(type=SessionSettings)
-    bpy.types.WindowManager.braas_hpc_interactive = PointerProperty(type=Runtime)
-
-
-def detach() -> None:
-    del bpy.types.WindowManager.braas_hpc_interactive
-    del bpy.types.Scene.braas_hpc_interactive

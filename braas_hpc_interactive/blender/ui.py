@@ -1,5 +1,5 @@
 """The "Interactive" panels in the 3D viewport's sidebar (tab BRaaS-HPC). Drawing only reads state that
-the main thread owns (properties, `runtime.state`, `links`' snapshots); it never waits for anything."""
+the main thread owns (properties, `runtime.state`, `addon.panel`, `links`' snapshots); it never waits for anything."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import time
 
 import bpy
 
-from braas_hpc.blender.ui import wrap_text
+from braas_hpc.addon_kit.text import wrap_text
 
 from ..core import launch
-from . import links, runtime
+from . import links
+from .addon import panel, runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
                "CANCELLED": "CANCEL", "TIMEOUT": "TIME"}
@@ -35,10 +36,10 @@ def draw_status(layout: bpy.types.UILayout) -> None:
         layout.label(text=f"{snap.label}: {snap.stage} ({time.monotonic() - snap.started:.0f} s)", icon="SORTTIME")
     if busy:
         layout.operator(f"{OP}.abort", icon="CANCEL")
-    elif runtime.state.message:
-        icon = {"ERROR": "ERROR", "WARNING": "INFO"}.get(runtime.state.level, "CHECKMARK")
+    elif runtime.state.message.text:
+        icon = {"ERROR": "ERROR", "WARNING": "INFO"}.get(runtime.state.message.level, "CHECKMARK")
         column = layout.column(align=True)
-        for index, line in enumerate(wrap_text(runtime.state.message, 48)[:5]):
+        for index, line in enumerate(wrap_text(runtime.state.message.text, 48)[:5]):
             column.label(text=line, icon=icon if index == 0 else "BLANK1")
 
 
@@ -117,11 +118,11 @@ class BRAAS_HPC_INTERACTIVE_PT_command(SidebarPanel, bpy.types.Panel):
         row.enabled = _selected(context) is not None
         row.operator(f"{OP}.run", icon="PLAY")
         row.operator(f"{OP}.stop_command", icon="PAUSE")
-        if runtime.state.output:
+        if panel.output:
             box = layout.box()
             column = box.column(align=True)
             column.scale_y = 0.7
-            for line in runtime.state.output:
+            for line in panel.output:
                 column.label(text=line[:200])
 
 
@@ -148,7 +149,7 @@ class BRAAS_HPC_INTERACTIVE_PT_viewport(SidebarPanel, bpy.types.Panel):
             layout.prop(settings, "script_text")
         viewing = links.view_key()
         if viewing:
-            layout.label(text=f"{viewing}: {runtime.state.link_status}", icon="VIEW3D")
+            layout.label(text=f"{viewing}: {panel.link_status}", icon="VIEW3D")
             row = layout.row(align=True)
             row.operator(f"{OP}.stop_viewing", icon="CANCEL")
             row.operator(f"{OP}.show_bounds", text="Bounds", icon="CUBE")

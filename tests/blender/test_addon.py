@@ -40,8 +40,8 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
 def test_preferences_round_trip_stores_no_secret(tmp_path: Path) -> None:
     session = Session(tmp_path)
     first = session.run(f"""
-        from braas_hpc.blender import runtime
-        from braas_hpc.blender.prompting import Question
+        from braas_hpc.addon_kit.prompting import Question
+        from braas_hpc.blender.addon import runtime
         bpy.ops.braas_hpc.preset_add(base="karolina")
         item = prefs.presets[0]
         item.user, item.account, item.workdir = "alice", "dd-24-7", "/scratch/project/dd-24-7"
@@ -178,7 +178,8 @@ def test_abort_really_stops_a_local_render(tmp_path: Path) -> None:
     got = Session(tmp_path / "user").run(f"""
         import subprocess, time
         from pathlib import Path
-        from braas_hpc.blender import activity, runtime
+        from braas_hpc.blender import activity
+        from braas_hpc.blender.addon import runtime
         from braas_hpc.core.spec import SubmitRequest
         from braas_hpc.core import registry
         request = SubmitRequest(scene=Path({str(scene)!r}), preset="local", frames="1-30")
@@ -212,7 +213,7 @@ def test_pump_hands_results_to_the_main_thread_and_holds_an_unknown_host_for_the
     known_hosts = tmp_path / "known_hosts"
     got = Session(tmp_path).run(prelude=f"KNOWN_HOSTS = {str(known_hosts)!r}\n", script="""
         import asyncio, threading, time
-        from braas_hpc.blender import runtime
+        from braas_hpc.blender.addon import runtime
         from braas_hpc.core.errors import HostKeyUnknown
         seen, retried = [], []
         def deliver(factory, on_done):

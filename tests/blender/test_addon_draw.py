@@ -47,8 +47,9 @@ def panel(cls):
 def test_every_panel_draws_with_the_real_ui_api(tmp_path: Path) -> None:
     scene = make_sample(tmp_path / "scene")
     got = Session(tmp_path / "user").run(prelude=RECORDER, script=f"""
-        from braas_hpc.blender import ui, jobs_list, activity, runtime
-        from braas_hpc.blender.bridge import Operation
+        from braas_hpc.blender import ui, jobs_list, activity
+        from braas_hpc.blender.addon import runtime
+        from braas_hpc.addon_kit.bridge import Operation
         bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
         bpy.ops.braas_hpc.preset_add(base="lumi")
         context = bpy.context

@@ -43,7 +43,7 @@ result["enabled"] = main in bpy.context.preferences.addons.keys()
 import braas_hpc, asyncssh, paramiko, scp, blender_asset_tracer  # only the bundled wheels can provide these
 from braas_hpc.core import frames, scripts
 from braas_hpc.core.transport import pool
-from braas_hpc.blender import runtime
+from braas_hpc.blender.addon import runtime
 result["core"] = braas_hpc.__file__
 result["asyncssh"] = asyncssh.__file__
 site = asyncssh.__file__.split("/asyncssh/")[0]

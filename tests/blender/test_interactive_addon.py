@@ -18,7 +18,8 @@ import threading
 threads_before = set(threading.enumerate())
 addon_utils.enable("braas_hpc_interactive", default_set=True)
 assert "braas_hpc_interactive" in bpy.context.preferences.addons, "the interactive add-on did not enable"
-from braas_hpc_interactive.blender import engine, links, runtime, sessions_list
+from braas_hpc_interactive.blender import addon, engine, links, sessions_list
+runtime = addon.runtime
 
 def engine_selectable():
     render = bpy.context.scene.render
@@ -31,13 +32,13 @@ def engine_selectable():
     return ["BRAAS_HPC_REMOTE"]
 
 def leftovers():
-    from braas_hpc_interactive.blender import runtime as rt
+    from braas_hpc_interactive.blender.addon import runtime as rt
     return {
         "types": [n for n in dir(bpy.types) if n.startswith("BRAAS_HPC_INTERACTIVE")],
         "engines": engine_selectable() + (["registered"] if engine.BRAAS_HPC_RemoteEngine.is_registered else []),
         "scene_prop": hasattr(bpy.types.Scene, "braas_hpc_interactive"),
         "wm_prop": hasattr(bpy.types.WindowManager, "braas_hpc_interactive"),
-        "timer": bpy.app.timers.is_registered(rt.pump),
+        "timer": bpy.app.timers.is_registered(rt.timer),
         "handlers": [h.__name__ for h in bpy.app.handlers.load_post if "braas_hpc_interactive" in h.__module__],
         "threads": sorted(t.name for t in set(threading.enumerate()) - threads_before
                           if t.is_alive() and not t.name.startswith("fake-")),
@@ -130,6 +131,44 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
                             "handlers": [], "threads": []}
 
 
+def test_each_add_on_has_its_own_loop_and_outlives_the_other(tmp_path: Path) -> None:
+    """Both add-ons enabled in one Blender run on one copy of the toolkit but each on its own loop thread:
+    disabling BRaaS-HPC stops its loop and takes its login popups away, while the interactive add-on's work
+    (a tunnel lives for hours) goes on and its Abort still works."""
+    got = Session(tmp_path).run(prelude=ENABLE, script="""
+        import asyncio
+        from braas_hpc.blender.addon import runtime as main
+        from braas_hpc.core.transport import pool
+        loops = lambda: sum(1 for t in threading.enumerate() if t.name == "braas-hpc-loop" and t.is_alive())
+        result["loops_both"] = loops()
+        result["distinct"] = main.state.bridge is not runtime.state.bridge
+        result["prompts_main"] = pool.prompts is main.state.broker and runtime.state.broker is None
+        gate = threading.Event()
+
+        async def hold():
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+            return "still here"
+
+        holding = runtime.state.bridge.run("Holding a tunnel", hold, kind="tunnel")
+        addon_utils.disable("braas_hpc", default_set=True)
+        result["loops_after"] = loops()
+        result["main_running"] = main.state.bridge.running
+        result["prompts_after"] = type(pool.prompts).__name__
+        result["holding_untouched"] = not holding.finished
+        gate.set()
+        result["held"] = holding.result(10)
+        waiting = runtime.state.bridge.run("Waiting", lambda: asyncio.sleep(30), kind="start")
+        result["abort"] = sorted(bpy.ops.braas_hpc_interactive.abort())
+        result["aborted"] = runtime.wait_until(lambda: waiting.finished, 10) and waiting.cancelled
+        result["message"] = runtime.state.message.text
+    """)
+    assert got["loops_both"] == 2 and got["distinct"] and got["prompts_main"]
+    assert got["loops_after"] == 1 and not got["main_running"] and got["prompts_after"] == "NoPrompts"
+    assert got["holding_untouched"] and got["held"] == "still here"
+    assert got["abort"] == ["FINISHED"] and got["aborted"] and got["message"] == "stopped 1 operation(s)"
+
+
 ICONS_CHECKED = """
 ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
 _unchecked = Layout.__getattr__
@@ -162,14 +201,14 @@ def test_every_panel_draws_with_the_real_ui_api(tmp_path: Path) -> None:
         links.output.append("Blender 4.5.4")
         links.output.append("braas-render-server: listening on 10.0.0.7:40123")
         links.add_tunnel(item.name, links.TunnelEntry(types.SimpleNamespace(), 50000, "nid001", 40123, "ab" * 24))
-        runtime.copy_for_panel()
+        addon.copy_for_panel()
         for kind in ("COMMAND", "BLENDERPHI", "BUILTIN"):
             context.scene.braas_hpc_interactive.kind = kind
             for cls in panels:
                 cls.draw(panel(cls), context)
         operation = links.loop.run("Waiting for a node", lambda: __import__("asyncio").sleep(5), kind="start")
         links.open_view("127.0.0.1", 9, None, key=item.name)  # nothing listens: the status shows the error
-        runtime.copy_for_panel()
+        addon.copy_for_panel()
         for cls in panels:
             cls.draw(panel(cls), context)
         ui.BRAAS_HPC_INTERACTIVE_UL_sessions.draw_item(None, context, Layout(), None, item, 0, None, "", 0)
@@ -308,7 +347,7 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         runtime.wait_until(lambda: server.scripts, 10)
         result["server_scripts"] = [bytes(x).decode() for x in server.scripts]
         runtime.pump()
-        result["drawn_serial_seen"] = runtime.state.drawn_serial == links.serial()
+        result["drawn_serial_seen"] = addon.panel.drawn_serial == links.serial()
         # No window here, so no view_draw: once a frame has gone undrawn for IDLE_AFTER_S the link pauses.
         result["paused"] = runtime.wait_until(lambda: links.current().paused, links.IDLE_AFTER_S + 10)
         result["paused_status"] = links.describe_link(links.current())

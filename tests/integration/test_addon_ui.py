@@ -28,7 +28,7 @@ from tests.conftest import run_cli
 # tick's timer work plus how late the sleep woke up, i.e. how long the main thread could not draw.
 MAIN_LOOP = '''
 import time
-from braas_hpc.blender import runtime
+from braas_hpc.blender.addon import runtime
 
 class MainLoop:
     TICK_S = 0.005

@@ -42,8 +42,8 @@ OPENSSH_DIR = Path(f"/tmp/braas-ssh-{os.getuid()}")  # the OpenSSH back end's co
 
 ADDON_SCRIPT = """
 import asyncio, time
-from braas_hpc.blender import runtime
-from braas_hpc.blender.prompting import PromptBroker
+from braas_hpc.blender.addon import runtime
+from braas_hpc.addon_kit.prompting import PromptBroker
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import pool, transport_for
 answers = {"passphrase": os.environ.pop("BRAAS_TEST_PASSPHRASE"), "kbdint": os.environ.pop("BRAAS_TEST_CODE")}

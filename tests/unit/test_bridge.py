@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from braas_hpc.blender.bridge import Bridge
-from braas_hpc.blender.prompting import PromptBroker
+from braas_hpc.addon_kit.bridge import Bridge
+from braas_hpc.addon_kit.prompting import PromptBroker
 from braas_hpc.core import progress
 
 

@@ -28,9 +28,12 @@ PROBE = textwrap.dedent(
 
     import braas_hpc.core as core
     names = [m.name for m in pkgutil.walk_packages(core.__path__, "braas_hpc.core.")]
-    # The add-on's loop bridge and prompt broker hold no bpy either (they are tested without Blender).
-    for name in names + ["braas_hpc", "braas_hpc.cli", "braas_hpc.blender.bridge", "braas_hpc.blender.prompting",
-                         "braas_hpc.blender.activity"]:
+    # The add-on toolkit's loop bridge, prompt broker and text hold no bpy either (they are tested without
+    # Blender), nor do the add-ons' packages themselves (they import bpy when registered).
+    for name in names + ["braas_hpc", "braas_hpc.cli", "braas_hpc.addon_kit", "braas_hpc.addon_kit.bridge",
+                         "braas_hpc.addon_kit.prompting", "braas_hpc.addon_kit.text", "braas_hpc.blender",
+                         "braas_hpc.blender.activity", "braas_hpc_interactive", "braas_hpc_interactive.blender",
+                         "braas_hpc_interactive.blender.links"]:
         importlib.import_module(name)
     assert "bpy" not in sys.modules
     print(len(names))

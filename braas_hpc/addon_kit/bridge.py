@@ -1,4 +1,4 @@
-"""The add-on's one asyncio loop, in a background thread (no bpy here).
+"""An add-on's asyncio loop, in a background thread (no bpy here).
 
 Blender's main thread hands the loop coroutine factories and gets back an `Operation` it can poll from
 a timer (progress, result) and cancel. Every connection lives on this loop, so a passphrase or one-time
