@@ -32,6 +32,7 @@ from .core.errors import BraasError, HostKeyUnknown, UsageError
 from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
+from .core.schedulers import scheduler_for
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
 from .prompts import TerminalPrompts
@@ -354,6 +355,9 @@ async def cmd_extension(args: argparse.Namespace) -> int:
 
 async def cmd_presets(args: argparse.Namespace) -> int:
     presets = all_presets()
+    for preset in presets:  # what only the preset's scheduler can check
+        if not preset.is_local:
+            scheduler_for(preset.scheduler).gpu_request(preset)
     if args.json:
         _print_json([{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
                       "source": p.source} for p in presets])

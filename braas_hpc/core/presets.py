@@ -26,7 +26,6 @@ SCHEDULERS_DIR = Path(__file__).parent / "schedulers"
 LOCAL = "local"  # the scheduler of the `local` preset: this computer, no queue
 SSH_BACKENDS = ("asyncssh", "paramiko", "openssh")
 KINDS = ("cpu", "gpu")
-GPU_REQUESTS = ("gpus", "gres", "ngpus", "none")  # --gpus=N, --gres=gpu:N, PBS select ngpus=N, implied by node
 CYCLES_DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
 ARCHES = ("x86_64", "aarch64")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: `$` would let "name\n" pass
@@ -75,7 +74,7 @@ class Preset:
     partitions: dict[str, Partition] = field(default_factory=dict)
     partition_cpu: str = ""  # the default CPU partition (a key of `partitions`)
     partition_gpu: str = ""  # the default GPU partition
-    gpu_request: str = "gpus"
+    gpu_request: str = ""  # how GPUs are asked for: each scheduler's own words (Scheduler.gpu_requests)
     memory_allowed: bool = True  # whether --mem / mem= may be sent (Vista rejects it)
     mail_allowed: bool = True
     extra_directives: tuple[str, ...] = ()  # directive arguments added to every job, e.g. "-l filesystems=eagle"
@@ -181,7 +180,6 @@ def _check_values(p: Preset) -> None:
         raise PresetError(f"{where}: name {p.name!r} must be lower-case letters, digits, '-', '_' or '.'")
     _one_of(where, "scheduler", p.scheduler, (*scheduler_names(), LOCAL))
     _one_of(where, "ssh_backend", p.ssh_backend, SSH_BACKENDS)
-    _one_of(where, "gpu_request", p.gpu_request, GPU_REQUESTS)
     _one_of(where, "arch", p.arch, ARCHES)
     if not p.is_local:
         for key in ("host", "blender") if p.arch == "x86_64" else ("host",):
@@ -209,6 +207,8 @@ def _check_values(p: Preset) -> None:
 def _check_directive_words(p: Preset, where: str) -> None:
     """Values that go into scheduler directives (`#SBATCH --output=<workdir>/...`, `--partition=...`), where a
     space, quote, '%' or newline would break the line or the job script: refused here, naming the key."""
+    if p.gpu_request and not re.fullmatch(r"[a-z]{1,16}", p.gpu_request):  # which words: the scheduler's
+        raise PresetError(f"{where}: gpu_request {p.gpu_request!r} is not a word (gpus, gres, ngpus, none ...)")
     workdir = p.workdir
     if workdir and (".." in workdir.split("/") or not all(c.isalnum() or c in _WORKDIR_PUNCTUATION for c in workdir)):
         raise PresetError(f"{where}: workdir {workdir!r} may hold only letters, digits and / _ . - + @ (no spaces, "

@@ -14,6 +14,7 @@ import pytest
 
 from braas_hpc.core import registry
 from braas_hpc.core.presets import BUILTIN_DIR, load_preset, load_preset_file
+from braas_hpc.core.schedulers import scheduler_for
 from tests.conftest import REPO, run_cli
 from tests.helpers import check_frame, make_sample
 from tests.retarget import retarget, to_toml
@@ -66,7 +67,7 @@ def test_every_site_script_runs_on_real_slurm(testbed, remote, scene: Path) -> N
         assert marker["exit_code"] == 4 and "found none" in marker["error"], marker
         tres = " ".join(_sacct(remote, job["scheduler_ids"][0], "ReqTRES%120"))
         preset = load_preset(f"tb-{site}")
-        if preset.gpu_request in ("gpus", "gres"):
+        if scheduler_for(preset.scheduler).gpu_request(preset) in ("gpus", "gres"):
             assert "gres/gpu=1" in tres, f"{site}: Slurm did not get the GPU request: {tres}"
 
 

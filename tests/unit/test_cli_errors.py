@@ -52,3 +52,13 @@ def test_unknown_job(user_dirs: dict[str, str]) -> None:
 def test_usage_error_exit_code(user_dirs: dict[str, str]) -> None:
     done = run_cli("submit")
     assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_presets_checks_what_only_the_scheduler_knows(user_dirs: dict[str, str]) -> None:
+    presets = Path(user_dirs["BRAAS_HPC_CONFIG_DIR"]) / "presets"
+    presets.mkdir(parents=True)
+    (presets / "mine.toml").write_text('name = "mine"\nscheduler = "sge"\nhost = "login"\nblender = "blender"\n'
+                                       'gpu_request = "ngpus"\n')
+    done = run_cli("presets")
+    assert done.returncode == 2 and "gpu_request 'ngpus' is not one of gpus, none under Grid Engine" in done.stderr, (
+        done.stderr)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.errors import SchedulerError
+from braas_hpc.core.errors import PresetError, SchedulerError
 from braas_hpc.core.jobs import JobPaths, JobSpec
 from braas_hpc.core.presets import preset_from_dict
 from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT, Round
@@ -87,3 +87,15 @@ def test_garbage_is_an_error_with_the_text() -> None:
 
 def test_cancel_removes_whole_arrays() -> None:
     assert PBSScheduler().cancel_argv(["4120[].server", "4121.server"]) == ["qdel", "4120[].server", "4121.server"]
+
+
+def test_gpus_are_asked_for_in_the_schedulers_own_words() -> None:
+    """`gpu_request` is each scheduler's word: unset, PBS asks `ngpus`; Slurm's `gres` is refused here
+    before any script is written, naming the preset file."""
+    plain = preset_from_dict({"name": "alcf", "scheduler": "pbs", "host": "login", "workdir": "/eagle/P"}, "test")
+    assert "#PBS -l select=1:ngpus=1:mem=8gb" in PBSScheduler().directives(SPEC, plain, PATHS)
+    slurm_word = preset_from_dict({"name": "alcf", "scheduler": "pbs", "host": "login", "workdir": "/eagle/P",
+                                   "gpu_request": "gres"}, "/home/me/presets/alcf.toml")
+    with pytest.raises(PresetError, match=r"preset /home/me/presets/alcf.toml: gpu_request 'gres' is not one of "
+                                          r"ngpus, none under PBS Pro"):
+        PBSScheduler().directives(SPEC, slurm_word, PATHS)

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import PresetError
 from ..jobs import TREE_HASH_SH, JobPaths, JobSpec
 from ..presets import Preset
 
@@ -218,6 +219,16 @@ class Scheduler(ABC):
         return task_environment_lines(self.index_variable, self.job_variable, self.thread_variables)
 
     commands: tuple[str, ...] = ()  # what `braas-hpc test` looks for on the login node
+    gpu_requests: tuple[str, ...] = ("none",)  # how a preset may ask for GPUs here; the first is the default
+
+    def gpu_request(self, preset: Preset) -> str:
+        """The preset's way of asking for GPUs (its `gpu_request`, else this scheduler's default), checked:
+        a word another scheduler uses is refused before any script is written."""
+        chosen = preset.gpu_request or self.gpu_requests[0]
+        if chosen not in self.gpu_requests:
+            raise PresetError(f"preset {preset.source}: gpu_request {chosen!r} is not one of "
+                              f"{', '.join(self.gpu_requests)} under {self.label}")
+        return chosen
 
     def says_unknown_id(self, stderr: str) -> bool:
         """Whether a failed queue query only said it knows none of the ids (they have all left the queue)."""
@@ -241,6 +252,7 @@ class Scheduler(ABC):
 
     def directives(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None) -> list[str]:
         round_ = round_ or Round(0, len(spec.tasks))
+        self.gpu_request(preset)  # a wrong word is refused for CPU jobs too: the preset is wrong
         pairs = apply_drops(self.directive_pairs(spec, preset, paths, round_), preset)
         extras = [*preset.extra_directives, *preset.partition(spec.partition).extra_directives]
         lines = [self.format_directive(n, v) for n, v in pairs]

@@ -64,6 +64,7 @@ class PBSScheduler(Scheduler):
     job_variable = "PBS_JOBID"
     thread_variables = ("NCPUS",)
     commands = ("qsub", "qstat", "qdel")
+    gpu_requests = ("ngpus", "none")  # select=1:ngpus=N, or the node comes with its GPUs
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         name = _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX]
@@ -76,7 +77,7 @@ class PBSScheduler(Scheduler):
         chunk = "select=1"
         if spec.cpus and not spec.whole_node:
             chunk += f":ncpus={spec.cpus}"
-        if spec.gpus and preset.gpu_request == "ngpus":
+        if spec.gpus and self.gpu_request(preset) == "ngpus":
             chunk += f":ngpus={spec.gpus}"
         if spec.memory_gb:
             chunk += f":mem={spec.memory_gb}gb"

@@ -133,6 +133,7 @@ class GridEngineScheduler(Scheduler):
     job_variable = "JOB_ID"
     thread_variables = ("NSLOTS",)
     commands = ("qsub", "qstat", "qacct")
+    gpu_requests = ("gpus", "none")  # -l gpu=N (the consumable most sites name gpu), or none
 
     def task_environment(self) -> list[str]:
         # A job without an array has SGE_TASK_ID=undefined: its task number comes as given (-v).
@@ -154,7 +155,7 @@ class GridEngineScheduler(Scheduler):
         pairs.append(("-l", f"h_rt={walltime_hms(spec.walltime_min)}"))
         if spec.cpus and not spec.whole_node:
             pairs.append(("-pe", f"{PARALLEL_ENVIRONMENT} {spec.cpus}"))
-        if spec.gpus and preset.gpu_request != "none":
+        if spec.gpus and self.gpu_request(preset) == "gpus":
             pairs.append(("-l", f"gpu={spec.gpus}"))
         if spec.memory_gb:
             pairs.append(("-l", f"mem_free={spec.memory_gb}G"))

@@ -56,6 +56,7 @@ class SlurmScheduler(Scheduler):
     job_variable = "SLURM_JOB_ID"
     thread_variables = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
     commands = ("sbatch", "squeue", "sacct")
+    gpu_requests = ("gpus", "gres", "none")  # --gpus=N, --gres=gpu:N, or the node comes with its GPUs
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         throttle = f"%{spec.max_parallel}" if 0 < spec.max_parallel < round_.tasks else ""
@@ -78,9 +79,9 @@ class SlurmScheduler(Scheduler):
             pairs.append(("--exclusive", ""))
         elif spec.cpus:
             pairs.append(("--cpus-per-task", str(spec.cpus)))
-        if spec.gpus and preset.gpu_request == "gpus":
+        if spec.gpus and self.gpu_request(preset) == "gpus":
             pairs.append(("--gpus", str(spec.gpus)))
-        elif spec.gpus and preset.gpu_request == "gres":
+        elif spec.gpus and self.gpu_request(preset) == "gres":
             pairs.append(("--gres", f"gpu:{spec.gpus}"))
         if spec.memory_gb:
             pairs.append(("--mem", f"{spec.memory_gb}G"))
