@@ -256,10 +256,16 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write only when the content changed, so a second `up` touches nothing."""
+    """Write only when the content changed, so a second `up` touches nothing; through a new file renamed
+    over the old one, so a reader (another test session's ssh) never sees it half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(text)
+        if path.exists():  # the owner a daemon may insist on stays
+            old = path.stat()
+            os.chown(temp, old.st_uid, old.st_gid)
+        os.replace(temp, path)
     os.chmod(path, mode)
 
 
@@ -462,9 +468,13 @@ def ensure_keys(layout: Layout) -> None:
     os.chmod(layout.key_file, 0o600)
     os.chmod(host_key, 0o600)
 
-    # Pin exactly our host key for [127.0.0.1]:PORT (plain, readable format).
+    # Pin exactly our host key for [127.0.0.1]:PORT (plain, readable format); the lab's pins that
+    # sshlab.write_known_hosts adds stay, so a second `up` does not take them away for a moment.
     host_pub = host_key.with_suffix(".pub").read_text().split()
-    _write(layout.known_hosts, f"[127.0.0.1]:{layout.ssh_port} {host_pub[0]} {host_pub[1]}\n")
+    main = f"[127.0.0.1]:{layout.ssh_port}"
+    current = layout.known_hosts.read_text().splitlines() if layout.known_hosts.exists() else []
+    others = [line for line in current if line.split(" ", 1)[0] != main]
+    _write(layout.known_hosts, "\n".join([f"{main} {host_pub[0]} {host_pub[1]}", *others]) + "\n")
 
     ssh_dir = layout.home / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
