@@ -190,6 +190,17 @@ def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
     return finish, dataclasses.replace(preset, arrays=False)
 
 
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+JOB_NAME_MAX = 64  # the schedulers allow more; shorter names stay readable in queue listings and e-mails
+
+
+def job_name(name: str, letter_first: bool = False) -> str:
+    """A job name the scheduler takes: printable, at most JOB_NAME_MAX long; with `letter_first`, starting
+    with a letter (PBS Pro and Grid Engine refuse a leading digit)."""
+    safe = _NAME_UNSAFE.sub("_", name)[:JOB_NAME_MAX]
+    return safe if not letter_first or safe[:1].isalpha() else f"j{safe}"[:JOB_NAME_MAX]
+
+
 def walltime_hms(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 

@@ -20,6 +20,7 @@ from .base import (
     Round,
     Scheduler,
     TaskState,
+    job_name,
     scheduler_partition,
     walltime_hms,
 )
@@ -32,8 +33,6 @@ _ENDED = frozenset({"X", "F"})
 _KILLED = frozenset({"271", "265", "-11"})  # SIGTERM (qdel), SIGKILL, JOB_EXEC_KILL_...
 _WALLTIME = frozenset({"-29"})  # JOB_EXEC_KILL_WALLTIME
 _ID = re.compile(r"^(\d+)(\[(\d*)\])?(\.\S+)?$")
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-NAME_MAX = 64  # PBS Pro allows 236; shorter names stay readable in qstat
 
 
 def state_of(job_state: str, exit_status: str | None) -> str:
@@ -67,8 +66,7 @@ class PBSScheduler(Scheduler):
     gpu_requests = ("ngpus", "none")  # select=1:ngpus=N, or the node comes with its GPUs
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
-        name = _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX]
-        name = name if name[:1].isalpha() else f"j{name}"[:NAME_MAX]  # PBS names start with a letter
+        name = job_name(spec.name, letter_first=True)  # PBS Pro allows 236 characters
         pairs = [("-N", name)]
         if spec.account:
             pairs.append(("-A", spec.account))

@@ -26,18 +26,19 @@ from .base import (
     Round,
     Scheduler,
     TaskState,
+    job_name,
     scheduler_partition,
     task_environment_lines,
     walltime_hms,
 )
 
-# Runs "$@" with the cell's settings read (PATH to its commands), as a login shell there would.
-_WITH_CELL = ('[ -n "${SGE_ROOT:-}" ] && [ -r "$SGE_ROOT/${SGE_CELL:-default}/common/settings.sh" ] && '
-              '. "$SGE_ROOT/${SGE_CELL:-default}/common/settings.sh"; exec "$@"')
+# Reads the cell's settings (PATH to its commands), as a login shell there would; every script starts so.
+_READ_CELL = ('[ -n "${SGE_ROOT:-}" ] && [ -r "$SGE_ROOT/${SGE_CELL:-default}/common/settings.sh" ] && '
+              '. "$SGE_ROOT/${SGE_CELL:-default}/common/settings.sh"\n')
+_WITH_CELL = _READ_CELL + 'exec "$@"'  # runs "$@"
 # State of many jobs in one call: what is queued or running (qstat -xml), then the accounting of each
 # id qstat no longer lists (a job leaves qstat when its last task ends). Sections start with "@@".
-_QUERY = ('[ -n "${SGE_ROOT:-}" ] && [ -r "$SGE_ROOT/${SGE_CELL:-default}/common/settings.sh" ] && '
-          '. "$SGE_ROOT/${SGE_CELL:-default}/common/settings.sh"\n'
+_QUERY = (_READ_CELL +
           'live=$(qstat -xml) || exit 1\n'
           'printf "@@qstat\\n%s\\n" "$live"\n'
           'for id in "$@"; do\n'
@@ -46,12 +47,10 @@ _QUERY = ('[ -n "${SGE_ROOT:-}" ] && [ -r "$SGE_ROOT/${SGE_CELL:-default}/common
           'done\n'
           'exit 0')
 # qdel of a job that has ended says it "does not exist": that cancel has nothing left to do.
-_CANCEL = (_WITH_CELL.removesuffix('exec "$@"') +
+_CANCEL = (_READ_CELL +
            'out=$("$@" 2>&1); rc=$?; printf "%s\\n" "$out"; [ "$rc" = 0 ] && exit 0\n'
            'printf "%s\\n" "$out" | grep -v "does not exist" | grep -q . && exit "$rc"; exit 0')
 _SUBMITTED = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")  # qsub -terse: "42", an array "42.1-3:1"
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-NAME_MAX = 64
 PARALLEL_ENVIRONMENT = "smp"  # cores on one node; a site with another name drops "-pe" and adds its own
 
 
@@ -141,9 +140,8 @@ class GridEngineScheduler(Scheduler):
                 *task_environment_lines(self.index_variable, self.job_variable, self.thread_variables)]
 
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
-        name = _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX]
-        name = name if name[:1].isalpha() else f"j{name}"[:NAME_MAX]  # a name must not start with a digit
-        pairs = [("-N", name), ("-S", "/bin/bash")]  # the queue's shell ignores the #! line
+        # -S: the queue's shell ignores the #! line.
+        pairs = [("-N", job_name(spec.name, letter_first=True)), ("-S", "/bin/bash")]
         if queue := scheduler_partition(spec, preset):
             pairs.append(("-q", queue))
         if spec.account:

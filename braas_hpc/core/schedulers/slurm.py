@@ -19,6 +19,7 @@ from .base import (
     Round,
     Scheduler,
     TaskState,
+    job_name,
     scheduler_partition,
     walltime_hms,
 )
@@ -37,9 +38,6 @@ STATES = {
     "CANCELLED": CANCELLED, "CA": CANCELLED, "REVOKED": CANCELLED, "RV": CANCELLED,
 }
 _SUBMITTED = re.compile(r"^(\d+)(;\S+)?$")
-# Slurm job names: short and printable so squeue columns and e-mails stay readable.
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-NAME_MAX = 64
 
 
 def state_of(raw: str) -> str:
@@ -61,7 +59,7 @@ class SlurmScheduler(Scheduler):
     def directive_pairs(self, spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round) -> list[tuple[str, str]]:
         throttle = f"%{spec.max_parallel}" if 0 < spec.max_parallel < round_.tasks else ""
         array = self.uses_array(preset, round_)
-        pairs = [("--job-name", _NAME_UNSAFE.sub("_", spec.name)[:NAME_MAX])]
+        pairs = [("--job-name", job_name(spec.name))]
         partition = scheduler_partition(spec, preset)
         for name, value in (("--account", spec.account), ("--partition", partition), ("--qos", spec.qos)):
             if value:
