@@ -70,7 +70,8 @@ def _positive(value: int | None, flag: str) -> int:
 
 
 async def cmd_render(args: argparse.Namespace) -> int:
-    spec, preset = service.build_spec(_request(args, "local"))
+    request = _request(args, "local")
+    built = service.build_spec(request)
     columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False, disable=args.json) as bar:
@@ -79,7 +80,7 @@ async def cmd_render(args: argparse.Namespace) -> int:
         def on_progress(done: int, total: int, message: str) -> None:
             bar.update(task, completed=done, total=total, description=message)
 
-        result = await service.render_local(spec, preset, on_progress)
+        result = await watch.render_local(request, built, on_progress)
     frames_dir = Path(result.job_dir) / "out"
     if args.out:
         got = await transfer.download(job_context(result.job), Path(args.out))
@@ -356,8 +357,7 @@ async def cmd_extension(args: argparse.Namespace) -> int:
 async def cmd_presets(args: argparse.Namespace) -> int:
     presets = all_presets()
     for preset in presets:  # what only the preset's scheduler can check
-        if not preset.is_local:
-            scheduler_for(preset.scheduler).gpu_request(preset)
+        scheduler_for(preset.scheduler).gpu_request(preset)
     if args.json:
         _print_json([{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
                       "source": p.source} for p in presets])
@@ -396,12 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     def add_backend(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ssh-backend", choices=SSH_BACKENDS, help="override the preset's SSH back end")
 
-    p = add("render", cmd_render, "render a scene on this computer (the built-in local preset)")
+    p = add("render", cmd_render, "render a scene on this computer and wait for it (the built-in local preset)")
     add_scene(p)
     p.add_argument("--out", metavar="DIR", help="also copy the frames into DIR")
     add_pack(p)
 
-    p = add("submit", cmd_submit, "submit a scene to a cluster; prints the job name last")
+    p = add("submit", cmd_submit, "submit a scene to a cluster (or this computer's queue: --preset local); "
+            "prints the job name last")
     add_scene(p)
     p.add_argument("--preset", required=True, help="cluster preset (see `braas-hpc presets`)")
     p.add_argument("--gpu", action="store_true", help="render on GPUs")

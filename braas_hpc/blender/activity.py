@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..core import logs, monitor, progress, recovery, registry, service, transfer
+from ..core import logs, monitor, progress, recovery, registry, service, transfer, watch
 from ..core.cluster_blender import BlenderSource
 from ..core.context import job_context
 from ..core.errors import BraasError, HostKeyUnknown
@@ -65,7 +65,7 @@ async def _thumbnail(record: registry.JobRecord, status: monitor.JobStatus) -> P
     local = thumbnail_path(record.name)
     if local.is_file():
         return local
-    if not status.summary or record.preset == "local":
+    if not status.summary:
         return None
     local.parent.mkdir(parents=True, exist_ok=True)
     transport = transport_for(load_preset(record.preset))
@@ -116,15 +116,15 @@ async def refresh(names: Iterable[str] | None = None) -> Refresh:
 
 
 async def submit(request: SubmitRequest) -> service.SubmitResult:
-    """A cluster job; or, on the `local` preset, the render itself on this machine."""
-    spec, preset = build_spec(request)
-    if not preset.is_local:
-        return await service.submit(request)
+    """A cluster job; or, on the `local` preset, the render itself on this machine (Abort cancels it)."""
+    built = build_spec(request)
+    if not built[1].is_local:
+        return await service.submit(request, built)
 
     def rendered(done: int, total: int, _message: str) -> None:
         progress.report("rendering", done, total)
 
-    return await service.render_local(spec, preset, rendered)
+    return await watch.render_local(request, built, rendered)
 
 
 @dataclass(frozen=True)

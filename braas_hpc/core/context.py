@@ -17,7 +17,7 @@ from .transport import Transport, transport_for
 class JobContext:
     record: JobRecord
     preset: Preset
-    scheduler: Scheduler | None  # None for the `local` preset: this computer has no queue
+    scheduler: Scheduler
     transport: Transport
 
     @property
@@ -32,8 +32,7 @@ class JobContext:
 def context_of(record: JobRecord, preset: Preset | None = None, backend: str | None = None) -> JobContext:
     """The context of a job whose record is already read (and its preset, when already loaded)."""
     preset = preset or load_preset(record.preset)
-    scheduler = None if preset.is_local else scheduler_for(preset.scheduler)
-    return JobContext(record, preset, scheduler, transport_for(preset, backend))
+    return JobContext(record, preset, scheduler_for(preset.scheduler), transport_for(preset, backend))
 
 
 def job_context(name: str, backend: str | None = None) -> JobContext:

@@ -145,7 +145,7 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
     """One scheduler call for every unfinished job of a cluster (a second kind of call if that fails),
     and one call to the live queue for arrays the accounting does not cover whole yet."""
     ids = [job_id for r in records if r.state not in TERMINAL for job_id in r.scheduler_ids]
-    if not ids or kind == "local":
+    if not ids:
         return Answers({}, set())
     by_id = await _ask_scheduler(transport, kind, ids)
     expected = {job_id: r.id_tasks.get(job_id, 0) for r in records for job_id in r.scheduler_ids}
@@ -275,9 +275,9 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[Jo
     found: dict[str, tuple[str, dict[str, int], list[int]]] = {}
     for record in records:
         missing = missing_frames(record.spec, frames[record.name])
-        if record.state in TERMINAL or preset.is_local:
-            # Finished jobs are never polled again; local jobs have no queue to ask. A job whose
-            # frames went missing since is not complete, whatever the scheduler said then.
+        if record.state in TERMINAL:
+            # Finished jobs are never polled again. A job whose frames went missing since is not
+            # complete, whatever the scheduler said then.
             state = FAILED if record.state == COMPLETED and missing else record.state
             found[record.name] = (state, record.tasks, missing)
             continue

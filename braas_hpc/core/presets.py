@@ -23,7 +23,7 @@ from .paths import user_presets_dir
 
 BUILTIN_DIR = Path(__file__).parent / "presets"
 SCHEDULERS_DIR = Path(__file__).parent / "schedulers"
-LOCAL = "local"  # the scheduler of the `local` preset: this computer, no queue
+LOCAL = "local"  # the scheduler of the `local` preset: this computer's own queue (schedulers/local.py)
 SSH_BACKENDS = ("asyncssh", "paramiko", "openssh")
 KINDS = ("cpu", "gpu")
 CYCLES_DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
@@ -178,7 +178,7 @@ def _check_values(p: Preset) -> None:
     where = f"preset {p.source}"
     if not _NAME.match(p.name):
         raise PresetError(f"{where}: name {p.name!r} must be lower-case letters, digits, '-', '_' or '.'")
-    _one_of(where, "scheduler", p.scheduler, (*scheduler_names(), LOCAL))
+    _one_of(where, "scheduler", p.scheduler, scheduler_names())
     _one_of(where, "ssh_backend", p.ssh_backend, SSH_BACKENDS)
     _one_of(where, "arch", p.arch, ARCHES)
     if not p.is_local:

@@ -39,7 +39,7 @@ async def probe(preset_name: str, backend: str | None = None) -> ProbeReport:
     connected = time.perf_counter()
     uname = (await transport.run(["uname", "-nm"])).stdout.split()
     command_ms = (time.perf_counter() - connected) * 1000
-    wanted = [*([] if preset.is_local else scheduler_for(preset.scheduler).commands), "blender"]
+    wanted = [*scheduler_for(preset.scheduler).commands, "blender"]
     found = (await transport.run(["sh", "-c", _PROBE, "sh", *wanted])).stdout.split()
     workdir = preset.workdir or "~"
     ok = (await transport.run(["test", "-d", workdir, "-a", "-w", workdir], check=False)).exit_status == 0

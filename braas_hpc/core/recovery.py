@@ -113,7 +113,7 @@ def plan(spec: JobSpec, markers: list[dict[str, object]], missing: tuple[int, ..
 
 def due(status: JobStatus, record: registry.JobRecord) -> bool:
     return (status.state in RECOVERABLE and bool(status.missing) and not record.user_cancelled
-            and record.rounds < record.spec.retries and record.preset != "local")
+            and record.rounds < record.spec.retries)
 
 
 async def recover(statuses: list[JobStatus]) -> list[Recovery]:
@@ -146,9 +146,9 @@ async def resubmit_missing(job: JobContext, exclude_nodes: tuple[str, ...] | Non
         raise UsageError(f"job {job.name} is still {current.state}: wait for it or cancel it first")
     if not current.missing:
         raise UsageError(f"job {job.name} has every frame; nothing to resubmit")
-    if exclude_nodes and (job.scheduler is None or not job.scheduler.exclude_argv(exclude_nodes)):
+    if exclude_nodes and not job.scheduler.exclude_argv(exclude_nodes):
         raise UsageError(f"{job.preset.scheduler} cannot keep a job off given nodes; resubmit without --exclude")
-    markers = [] if job.scheduler is None else await read_markers(job.transport, job.paths)
+    markers = await read_markers(job.transport, job.paths)
     chosen = plan(job.record.spec, markers, current.missing, current.state == TIMEOUT)
     if exclude_nodes is not None:
         chosen = dataclasses.replace(chosen, exclude_nodes=exclude_nodes)

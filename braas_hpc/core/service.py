@@ -1,7 +1,7 @@
 """The service layer: what the CLI verbs and the add-on's operators call. Async, bpy-free.
 
 Submission: validate -> pack -> upload -> write the array script -> submit -> register.
-The `local` preset runs the same job script here, task by task, with no SSH and no scheduler.
+The `local` preset goes the same way, to this computer's own queue (core.schedulers.local).
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import posixpath
-import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -21,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import VERSION, intents, progress, registry, store
-from .blender_version import check_can_open, cluster_warning, command_version, file_version
+from .blender_version import cluster_warning, command_version, file_version
 from .cluster_blender import installed_blender
 from .context import JobContext
-from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
+from .errors import RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
-from .jobs import JobPaths, JobSpec, frames_file_text, missing_frames, store_dir
+from .jobs import JobPaths, JobSpec, frames_file_text, store_dir
 from .local_blender import local_blender
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
 from .presets import Preset, load_preset
-from .schedulers import Scheduler, render_job_script, scheduler_for
-from .schedulers.base import CANCELLED, COMPLETED, FAILED, NODE_NAME, PENDING, RUNNING, TERMINAL, Round, Trust
+from .schedulers import Scheduler, scheduler_for
+from .schedulers.base import CANCELLED, NODE_NAME, PENDING, TERMINAL, Round, Trust
 from .scripts import ScriptsReport, git_scripts_dir, scripts_for, scripts_version, shipped_digests
 from .spec import SubmitRequest, build_spec
 from .store import HashCache, StoreFile, UploadReport
@@ -43,7 +41,7 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
 
 __all__ = ["GcResult", "SubmitRequest", "SubmitResult", "build_spec", "cancel", "dry_run", "gc", "prepare_job",
-           "render_local", "resubmit", "submit"]
+           "resubmit", "submit"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ def _job_json(spec: JobSpec) -> str:
 
 def with_installed_blender(preset: Preset) -> Preset:
     """The preset with the Blender `braas-hpc install` recorded for it (a path, or a module to load)."""
-    installed = None if preset.is_local else installed_blender(preset.name)
+    installed = installed_blender(preset.name)  # none for `local`: `install` refuses it
     if installed is None:
         return preset
     return dataclasses.replace(preset, blender=installed.blender, env=(*preset.env, *installed.env))
@@ -90,7 +88,7 @@ def version_warnings(spec: JobSpec, preset: Preset) -> tuple[str, ...]:
     """A warning when the Blender `install` recorded for the cluster is older than the file it will open
     (the scene, or in packed mode the copy this computer's Blender saves). A warning, not a refusal: the
     record can be older than the site's Blender, and nothing is known without one."""
-    installed = None if preset.is_local else installed_blender(preset.name)
+    installed = installed_blender(preset.name)  # none for `local`: `install` refuses it
     if installed is None or not installed.version:
         return ()
     opens = file_version(Path(spec.scene))
@@ -110,20 +108,22 @@ def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
 def job_trust(preset: Preset, name: str) -> Trust:
     """What a job checks before it runs: the cluster script `name` has this release's SHA-256 (not known
     for a site's own scripts from git), and a Blender `install` unpacked still has its files."""
-    installed = None if preset.is_local else installed_blender(preset.name)
+    installed = installed_blender(preset.name)  # none for `local`: `install` refuses it
     tree = installed if installed is not None and installed.blender == preset.blender else None
     return Trust("" if preset.scripts_git else shipped_digests()[name],
                  tree.tree if tree else "", tree.tree_sha256 if tree else "")
 
 
+def blender_command(preset: Preset) -> list[str]:
+    """How the job starts Blender: the preset's command; on this computer without one, the Blender found here."""
+    return local_blender() if preset.is_local and not preset.blender else [preset.blender]
+
+
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None,
                scheduler: Scheduler | None = None) -> str:
-    if preset.is_local:
-        return render_job_script([], spec, preset, paths, local_blender(), paths.render_task(scripts_version()), round_,
-                                 log_to_file=False)
     preset = with_installed_blender(preset)
     return (scheduler or scheduler_for(preset.scheduler)).render_script(
-        spec, preset, paths, [preset.blender], cluster_script(preset, paths, "render_task.py"), round_,
+        spec, preset, paths, blender_command(preset), cluster_script(preset, paths, "render_task.py"), round_,
         job_trust(preset, "render_task.py"))
 
 
@@ -131,7 +131,7 @@ def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round,
                   scheduler: Scheduler | None = None) -> str:
     preset = with_installed_blender(preset)
     return (scheduler or scheduler_for(preset.scheduler)).finish_script(
-        spec, preset, paths, [preset.blender], cluster_script(preset, paths, "finish_task.py"), round_,
+        spec, preset, paths, blender_command(preset), cluster_script(preset, paths, "finish_task.py"), round_,
         job_trust(preset, "finish_task.py"))
 
 
@@ -143,16 +143,11 @@ async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, p
                          inputs: Callable[[], Awaitable[UploadReport]]) -> tuple[UploadReport, ScriptsReport]:
     """The job's own small files directly; its inputs (`inputs`) through the content-addressed store.
     The cluster scripts are checked first (one command) and installed or repaired when they differ."""
-    dirs = [paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir]
-    if preset.is_local:  # the data directory is private already
-        await transport.run(["mkdir", "-p", *dirs])
-    else:
-        await ensure_root(transport, paths.root, dirs)
+    await ensure_root(transport, paths.root, [paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir])
     scripts = await scripts_for(transport, preset, paths.root, update=False)
     report = await inputs()
-    files = [("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script)]
-    if (staging / "finish.sh").is_file():
-        files.append(("finish.sh", finish_file(paths, 0)))
+    files = [("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script),
+             ("finish.sh", finish_file(paths, 0))]
     for name, target in files:
         await transport.put(staging / name, target)
     return report, scripts
@@ -236,8 +231,7 @@ async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> Pr
         progress.report("packing" if spec.pack == "packed" else "collecting dependencies")
         inputs = await stage(transport, spec, paths, staging, cache)
         (staging / "job.sh").write_text(job_script(spec, preset, paths))
-        if not preset.is_local:
-            (staging / "finish.sh").write_text(finish_script(spec, preset, paths, Round(0, len(spec.tasks))))
+        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, Round(0, len(spec.tasks))))
         (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
         (staging / "job.json").write_text(_job_json(spec))
         report, scripts = await _upload_inputs(transport, staging, paths, preset, inputs)
@@ -273,8 +267,7 @@ async def gc(preset_name: str, remove: bool = False) -> GcResult:
     preset = load_preset(preset_name)
     root = remote_root(preset)
     transport = transport_for(preset)
-    if not preset.is_local:  # the data directory is private already
-        await ensure_root(transport, root)
+    await ensure_root(transport, root)
     found = await store.scan(transport, root)
     if remove:
         await store.remove(transport, root, found.unreferenced, found.abandoned)
@@ -294,8 +287,6 @@ class DryRun:
 def dry_run(request: SubmitRequest) -> DryRun:
     """The exact batch script and submit command, without packing or connecting."""
     spec, preset = build_spec(request)
-    if preset.is_local:
-        raise UsageError("the local preset has no batch script: use `braas-hpc render`")
     paths = JobPaths(remote_root(preset, placeholder=True), spec.name)
     scheduler = scheduler_for(preset.scheduler)
     round_ = Round(0, len(spec.tasks))
@@ -306,12 +297,11 @@ def dry_run(request: SubmitRequest) -> DryRun:
                   finish_script(spec, preset, paths, round_), quote_command(after))
 
 
-async def submit(request: SubmitRequest) -> SubmitResult:
+async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = None) -> SubmitResult:
     """Submit a job. Safe to run again after the client was killed half-way (core.intents): the same
-    request resumes the same job and no scheduler submission is made twice."""
-    spec, preset = build_spec(request)
-    if preset.is_local:
-        raise UsageError("the local preset renders at once: use `braas-hpc render` instead of submit")
+    request resumes the same job and no scheduler submission is made twice. `built`: the request's
+    build_spec, when the caller has it already."""
+    spec, preset = built or build_spec(request)
     remote_root(preset)  # refuse a missing workdir before packing anything
     print_ = intents.fingerprint(request)
     resumed = intents.unfinished(print_)
@@ -378,8 +368,6 @@ async def _submit_round(transport: Transport, scheduler: Scheduler, preset: Pres
 async def cancel(job: JobContext) -> tuple[str, ...]:
     """Cancel every scheduler job of a job (all rounds, all array tasks). Returns the ids cancelled."""
     record = job.record
-    if job.scheduler is None:
-        raise UsageError("local jobs run in the foreground: stop them with Ctrl+C")
     if record.state in TERMINAL:
         return ()
     await job.transport.run(job.scheduler.cancel_argv(list(record.scheduler_ids)))
@@ -392,8 +380,6 @@ async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None
     """Submit the missing frames of an ended job again, as a new round with only those frames
     (`chunk` frames per task, default the job's; Slurm avoids `exclude_nodes`)."""
     record, preset, name, scheduler = job.record, job.preset, job.name, job.scheduler
-    if scheduler is None:
-        raise UsageError("render the missing frames locally with `braas-hpc render` again")
     if not missing:
         raise UsageError(f"job {name} has every frame; nothing to resubmit")
     exclude_nodes = tuple(node.strip() for node in exclude_nodes)  # ignored where the scheduler cannot exclude
@@ -419,62 +405,3 @@ async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None
     finish_id = await _submit_finish(transport, scheduler, paths, round_.number, ids, exclude_nodes)
     return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir,
                         finish_id=finish_id, scripts_updated=scripts.uploaded)
-
-
-async def render_local(spec: JobSpec, preset: Preset, progress: ProgressCallback | None = None) -> SubmitResult:
-    """Render on this computer through the same job script and render task as a cluster.
-
-    Takes a spec from `build_spec`, so bad input is refused before anything is shown or written.
-    """
-    if not preset.is_local:
-        raise UsageError(f"preset {preset.name} is a cluster: use `braas-hpc submit` for it")
-    if spec.pack == "dir":  # packed mode: the copy is saved by this Blender, checked when packing
-        await asyncio.to_thread(check_can_open, Path(spec.scene), tuple(local_blender()), "renders here")
-    transport = transport_for(preset)
-    paths = await prepare_job(spec, preset, transport)
-    registry.add_job(spec, paths.root, {}, RUNNING)
-    total = len(spec.frames)
-    done = 0
-    try:
-        for task in range(1, len(spec.tasks) + 1):
-            done = await _run_local_task(paths, task, done, total, progress)
-    except asyncio.CancelledError:
-        registry.set_state(spec.name, CANCELLED)
-        raise
-    state = COMPLETED if not missing_frames(spec, _frame_names(Path(paths.out_dir))) else FAILED
-    registry.set_state(spec.name, state)
-    if state != COMPLETED:
-        raise BraasError(f"job {spec.name} finished with frames missing; logs are in {paths.log_dir}")
-    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), (), paths.job_dir,
-                        paths.upload)
-
-
-async def _run_local_task(paths: JobPaths, task: int, done: int, total: int,
-                          progress: ProgressCallback | None) -> int:
-    log_path = Path(paths.log_dir) / f"task-{task}.log"
-    env = {**os.environ, "BRAAS_TASK_ID": str(task)}
-    process = await asyncio.create_subprocess_exec(
-        "bash", paths.script, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL, start_new_session=True,  # its own group: a cancel stops Blender too
-    )
-    assert process.stdout is not None
-    try:
-        with log_path.open("wb") as log:
-            async for line in process.stdout:
-                log.write(line)
-                text = line.decode(errors="replace")
-                if text.startswith("BRAAS-PROGRESS ") and progress:
-                    fields = dict(part.split("=", 1) for part in text.split()[1:] if "=" in part)
-                    done += 1
-                    progress(done, total, f"frame {fields.get('frame')} {fields.get('status')}")
-        await process.wait()
-    finally:
-        if process.returncode is None:  # cancelled (the add-on's Abort, Ctrl-C): stop the whole render
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            await asyncio.shield(process.wait())
-    return done
-
-
-def _frame_names(out_dir: Path) -> set[str]:
-    return {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()

@@ -114,7 +114,7 @@ def _check_tasks(preset: Preset, part: Partition, frames: int, tasks: int, chunk
     array_limit = preset.max_array_size if preset.arrays else 0
     for limit, what in ((array_limit, "array size"), (part.max_jobs_per_user or preset.max_jobs_per_user,
                                                       "jobs per user")):
-        if limit and tasks > limit and not preset.is_local:
+        if limit and tasks > limit:
             need = math.ceil(frames / limit)
             raise UsageError(f"{tasks} array tasks exceed the {what} limit of {preset.name} ({limit}; each "
                              f"array task counts): use --chunk {need} or more (now {chunk})")

@@ -1,5 +1,6 @@
 """`wait` and `status --watch`: poll a job's state (core.monitor), resubmitting lost frames on the way
-(core.recovery), with a back-off that is gentle on the scheduler."""
+(core.recovery), with a back-off that is gentle on the scheduler; `render`: a job on this computer,
+followed to its end."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from . import monitor, recovery
+from . import monitor, recovery, service
+from .blender_version import check_can_open
+from .context import job_context
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, UsageError
-from .schedulers.base import TERMINAL
+from .frames import format_frames
+from .jobs import JobSpec
+from .local_blender import local_blender
+from .presets import Preset
+from .schedulers.base import COMPLETED, TERMINAL
+from .service import ProgressCallback, SubmitResult
+from .spec import SubmitRequest, build_spec
 
 log = logging.getLogger(__name__)
 MAX_OUTAGES = 8  # polls in a row that may fail to connect before `wait` gives up (with back-off: minutes)
@@ -78,3 +88,37 @@ async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | No
             if deadline is not None and time.monotonic() > deadline:
                 raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
     raise AssertionError("watch ends only once the job has ended")  # pragma: no cover
+
+
+LOCAL_POLL_S = 0.5  # this computer's queue costs nothing to ask: the bar moves with each frame
+
+
+async def render_local(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = None,
+                       on_progress: ProgressCallback | None = None) -> SubmitResult:
+    """Render on this computer and wait for it: a job on the local queue like any other (status, logs,
+    resubmit work on it), followed until its frames are done. Cancelling this (Ctrl+C, the add-on's
+    Abort) cancels the job; a job left to run on its own is `braas-hpc submit --preset local`.
+
+    `built`: the request's build_spec, so bad input is refused before anything is shown or written.
+    """
+    spec, preset = built or build_spec(request)
+    if not preset.is_local:
+        raise UsageError(f"preset {preset.name} is a cluster: use `braas-hpc submit` for it")
+    if spec.pack == "dir":  # packed mode: the copy is saved by this Blender, checked when packing
+        await asyncio.to_thread(check_can_open, Path(spec.scene), tuple(local_blender()), "renders here")
+    result = await service.submit(request, (spec, preset))
+    try:
+        while True:  # lost frames are rendered again as on a cluster (core.recovery), up to the job's retries
+            (status,), _ = await recovery.status_and_recover([result.job])
+            if on_progress:
+                on_progress(status.frames_done, status.frames_total, status.state.lower())
+            if status.state in TERMINAL:
+                break
+            await asyncio.sleep(LOCAL_POLL_S)
+    except asyncio.CancelledError:
+        await asyncio.shield(service.cancel(job_context(result.job)))
+        raise
+    if status.state != COMPLETED:
+        raise BraasError(f"job {spec.name} ended {status.state} with frames missing "
+                         f"({format_frames(status.missing)}); logs are in {result.job_dir}/log")
+    return result

@@ -196,10 +196,16 @@ def test_abort_really_stops_a_local_render(tmp_path: Path) -> None:
             time.sleep(0.05)
         result["stop_s"] = time.time() - started
         result["cancelled"] = operation.cancelled
-        time.sleep(0.5)
-        (job,) = registry.list_jobs()
+        # The operation ends at once; the job's cancel goes on on the loop (the queue stops its task).
+        while (job := registry.list_jobs()[0]).state == "PENDING" and time.time() < started + 10:
+            time.sleep(0.05)
         result["state"] = job.state
-        result["renderers"] = subprocess.run(["pgrep", "-f", job.name], capture_output=True, text=True).stdout
+        # The job's queue stops its render task (its finish step may still write the summary after it).
+        rendering = ["pgrep", "-f", f"render_task[.]py -- --job-dir [^ ]*/{{job.name}} "]
+        while (renderers := subprocess.run(rendering, capture_output=True, text=True).stdout) \
+                and time.time() < started + 10:
+            time.sleep(0.1)
+        result["renderers"] = renderers
         result["message"] = runtime.state.message.text
     """)
     assert 1 <= got["frames_before_abort"] < 30
