@@ -89,6 +89,14 @@ def test_repeated_jobs_key_of_older_servers() -> None:
     assert states("repeated_jobs_key.json") == {**GOOD, ("5102", ""): RUNNING}
 
 
+def test_jobs_outside_the_jobs_object_are_read() -> None:
+    """A brace closed too early (openpbs PR 1033 fixed the order objects were closed in): valid JSON whose
+    `Jobs` holds only the first job. Each job's own block is read instead of what the whole seems to say."""
+    whole = json.loads((QSTAT / "misnested.json").read_text())
+    assert list(whole["Jobs"]) == [f"5101.{SERVER}"]
+    assert states("misnested.json") == {**GOOD, ("5102", ""): RUNNING}
+
+
 def test_a_table_printed_before_the_json() -> None:
     """openpbs PR 2675: plain-text lines before the JSON."""
     assert states("table_first.json") == GOOD
@@ -178,6 +186,7 @@ ARRAY = {
     ("6300", "4"): TIMEOUT, ("6300", "5"): CANCELLED,
     ("6300", "6"): FAILED,  # 271 with substate 93: PBS killed it (a limit, a node), not a qdel
     ("6300", "7"): FAILED, ("6300", "8"): FAILED, ("6300", "9"): FAILED,
+    ("6300", "10"): FAILED,  # left X with -11 after its array finished: the rerun never comes
 }
 
 
