@@ -84,6 +84,16 @@ def test_a_key_twice_with_the_same_value_is_harmless_and_differently_is_unknown(
     assert by_task["5102"].state == UNKNOWN and "job_state R and F" in by_task["5102"].raw
 
 
+def test_what_qstat_printed_reaches_the_status_text_escaped() -> None:
+    """A broken answer may put control characters where a letter belongs: the status text shows them escaped.
+    (The answer is on one line, not laid out as PBS does: it is read as the JSON it is.)"""
+    text = json.dumps({"Jobs": {f"5.{SERVER}": {"job_state": "\x1b[2J"}, f"6.{SERVER}": {"job_state": "R"}}})
+    got = {s.job_id: s for s in PBSScheduler().parse_query(text.replace('"R"}', '"R", "job_state": "\\u001b"}'))}
+    assert (got["5"].state, got["5"].raw) == (UNKNOWN, '"\\u001b[2J"')
+    assert got["6"].state == UNKNOWN
+    assert got["6"].raw == f'qstat printed 6.{SERVER} twice, differently (job_state R and "\\u001b")'
+
+
 def test_repeated_jobs_key_of_older_servers() -> None:
     """openpbs PR 585: `"Jobs":{` before every job, never closed: each job is read on its own."""
     assert states("repeated_jobs_key.json") == {**GOOD, ("5102", ""): RUNNING}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -113,6 +114,13 @@ def _is_array(job_id: str) -> bool:
     return bool(match and match.group(2) is not None and match.group(3) == "")
 
 
+def _shown(value: object) -> str:
+    """A value from qstat as the status text shows it: plain words as they are, anything else quoted and
+    escaped (a broken answer may put control characters where a letter was expected)."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w.+-]*", text, re.ASCII) else json.dumps(text)
+
+
 def task_state(block: JobBlock, job_id: str, task: str, array_done: bool) -> TaskState:
     """One job or subjob of qstat's answer as a TaskState, its raw text saying what PBS printed."""
     if block.how == UNREADABLE:
@@ -120,12 +128,12 @@ def task_state(block: JobBlock, job_id: str, task: str, array_done: bool) -> Tas
     attrs = block.attrs
     twice = [key for key in ("job_state", "Exit_status", "substate") if key in block.conflicts]
     if twice:
-        said = ", ".join(f"{key} {' and '.join(map(str, block.conflicts[key]))}" for key in twice)
+        said = ", ".join(f"{key} {' and '.join(map(_shown, block.conflicts[key]))}" for key in twice)
         return TaskState(job_id, task, UNKNOWN, f"qstat printed {block.job_id} twice, differently ({said})")
     letter = str(attrs.get("job_state", ""))
     exit_status = attrs.get("Exit_status")
     state = state_of(letter, exit_status, attrs.get("substate"), array_done or not task)
-    raw = letter or "no job_state"
+    raw = _shown(letter) if letter else "no job_state"
     if exit_status is not None:
         raw += f" ({exit_words(exit_status)}{_SUBSTATE_WORDS.get(_number(attrs.get('substate')), '')})"
         raw += "; PBS runs it again" if state == PENDING and letter in ENDED else ""

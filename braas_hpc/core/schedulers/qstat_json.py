@@ -133,10 +133,11 @@ def read_jobs(stdout: str) -> list[JobBlock]:
         return []
     text = stdout[start:]  # a server that mixes a table into its JSON prints the table first
     heads = list(_JOB_HEAD.finditer(text))
-    for candidate, how in ((text, READ_AS_JSON), (repair(text), REPAIRED)):
-        jobs = _jobs_of(_decode(candidate))
-        # Read whole only if every block was read as one job: a repair that went wrong merges blocks.
-        if jobs is not None and sorted(jobs) == sorted(head.group(1) for head in heads):
+    for how in (READ_AS_JSON, REPAIRED):  # repaired only when it does not read as it is
+        jobs = _jobs_of(_decode(text if how == READ_AS_JSON else repair(text)))
+        # Read whole only if it holds every job block the text has (a brace closed too early leaves jobs
+        # outside "Jobs"; a repair gone wrong merges blocks). Text not laid out one key a line has no blocks.
+        if jobs is not None and (not heads or sorted(jobs) == sorted(head.group(1) for head in heads)):
             return [JobBlock(job_id, attrs, how, attrs.conflicts) for job_id, attrs in jobs.items()]
     if not heads:
         raise SchedulerError(f"qstat printed JSON that cannot be read, with no job in it: {text[:200]!r}")
@@ -166,8 +167,8 @@ def _decode(text: str) -> object:
 
 def _read_block(job_id: str, text: str, cut_off: bool) -> JobBlock:
     """One job's block alone (from its opening brace): as JSON, repaired, else its state lines."""
-    for candidate, how in ((text, READ_AS_JSON), (repair(text), REPAIRED)):
-        attrs = _decode(candidate)
+    for how in (READ_AS_JSON, REPAIRED):
+        attrs = _decode(text if how == READ_AS_JSON else repair(text))
         if isinstance(attrs, _Attrs):
             return JobBlock(job_id, attrs, how, attrs.conflicts)
     return salvage(job_id, text, cut_off)
