@@ -163,8 +163,9 @@ def preset_from_dict(data: dict[str, object], source: str) -> Preset:
 
 @functools.cache
 def scheduler_names() -> tuple[str, ...]:
-    """Every cluster scheduler a preset may name: one module each in core/schedulers, named as presets
-    name it (`slurm.py` for "slurm"). Listed by file, not imported: the schedulers build on presets."""
+    """Every scheduler a preset may name: one module each in core/schedulers, named as presets name it
+    (`slurm.py` for "slurm"; `_name.py` modules are helpers). Listed by file, not imported: the schedulers
+    build on presets."""
     return tuple(sorted(m.name for m in pkgutil.iter_modules([str(SCHEDULERS_DIR)])
                         if not m.name.startswith("_") and m.name != "base"))
 

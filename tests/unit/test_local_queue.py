@@ -191,3 +191,11 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_every_scheduler_module_is_found_and_helpers_are_not() -> None:
+    from braas_hpc.core.presets import scheduler_names
+    from braas_hpc.core.schedulers import all_schedulers
+
+    assert scheduler_names() == ("local", "pbs", "sge", "slurm")  # _qstat_json.py and base.py are helpers
+    assert [s.name for s in all_schedulers()] == list(scheduler_names())

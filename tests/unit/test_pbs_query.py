@@ -13,9 +13,9 @@ import pytest
 
 from braas_hpc.core.errors import SchedulerError
 from braas_hpc.core.monitor import aggregate
+from braas_hpc.core.schedulers._qstat_json import READ_AS_JSON, REPAIRED, SALVAGED, UNREADABLE, read_jobs, repair
 from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT, UNKNOWN
 from braas_hpc.core.schedulers.pbs import PBSScheduler, exit_words, state_of
-from braas_hpc.core.schedulers.qstat_json import READ_AS_JSON, REPAIRED, SALVAGED, UNREADABLE, read_jobs, repair
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 QSTAT = DATA / "qstat"

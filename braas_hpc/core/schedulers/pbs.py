@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from ..errors import SchedulerError
 from ..jobs import JobPaths, JobSpec
 from ..presets import Preset
+from ._qstat_json import ENDED, SALVAGED, UNREADABLE, JobBlock, read_jobs
 from .base import (
     CANCELLED,
     COMPLETED,
@@ -24,7 +25,6 @@ from .base import (
     scheduler_partition,
     walltime_hms,
 )
-from .qstat_json import ENDED, SALVAGED, UNREADABLE, JobBlock, read_jobs
 
 # job_state letters (pbs_job_attributes(7B)) of a job that is still to end. B: an array has begun (its
 # subjobs carry the real states); E: exiting, cleaning up after its run; S/U: suspended after it started,
@@ -209,7 +209,7 @@ class PBSScheduler(Scheduler):
         return ["qstat", "-x", "-f", "-F", "json", "-t", *job_ids]
 
     def parse_query(self, stdout: str) -> list[TaskState]:
-        """Task states from qstat's JSON, read job by job where the whole does not read (qstat_json):
+        """Task states from qstat's JSON, read job by job where the whole does not read (_qstat_json):
         a job whose block cannot be read is UNKNOWN (never an end), and the others are read on."""
         blocks = read_jobs(stdout)
         # A finished array runs none of its subjobs again (qstat -t lists the array's own line too).
