@@ -3,7 +3,7 @@
 Before anything is sent, the request is remembered under a fingerprint (the request and the scene
 file's size and time). A second run of the same request while that is unfinished takes the same job
 name, so it lands in the same job directory on the cluster, where every scheduler submission is
-guarded by a record file: a submission that already happened is answered from its record instead of
+guarded by a record file (core.rounds.GUARD): a submission that already happened is answered from its record instead of
 being made again. Once the job is registered the intent is forgotten, so submitting the same scene
 again on purpose makes a new job.
 """
@@ -21,29 +21,6 @@ from .paths import data_dir, private_dir, write_private
 from .spec import SubmitRequest
 
 MAX_AGE_S = 24 * 3600  # an older unfinished submission is not resumed: the user has moved on
-
-# Runs one submit command at most once per record file, even when the client is gone: the output
-# (the scheduler's id line) is kept in the record and printed again for a later run. Hang-ups are
-# ignored so a dropped connection does not stop it between the submission and the record.
-GUARD = r"""
-trap '' HUP PIPE
-record=$1; shift
-mkdir -p -- "$(dirname -- "$record")"
-if [ -s "$record" ]; then cat -- "$record"; exit 0; fi
-if ! mkdir -- "$record.lock" 2>/dev/null; then
-  echo "another submission of this job is running now (lock $record.lock)" >&2; exit 75
-fi
-out=$("$@"); status=$?
-if [ "$status" -eq 0 ]; then printf '%s\n' "$out" > "$record.part" && mv -f -- "$record.part" "$record"; fi
-rmdir -- "$record.lock"
-printf '%s\n' "$out"
-exit "$status"
-"""
-
-
-def guarded(argv: list[str], record: str) -> list[str]:
-    return ["sh", "-c", GUARD, "sh", record, *argv]
-
 
 def _directory() -> Path:
     return data_dir() / "submitting"

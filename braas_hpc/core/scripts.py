@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import posixpath
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
+
 from . import VERSION
 from .errors import UsageError
+from .paths import data_dir, private_dir
 from .presets import Preset
 from .transport import Transport
 
@@ -30,14 +35,59 @@ MANIFEST = "MANIFEST.json"
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 
+CORE_KIT = "braas_core.zip"
+_PACKAGE = Path(__file__).resolve().parents[1]  # braas_hpc/
+# What the finish step's own recovery (core.rounds.recover_here) imports on the cluster: the modules that
+# plan a round and write its scripts, as they are here, so the cluster writes what this computer would.
+_KIT_MODULES = ("__init__.py", "core/__init__.py", "core/errors.py", "core/frames.py", "core/jobs.py",
+                "core/scene_settings.py", "core/presets.py", "core/hostnames.py", "core/paths.py", "core/markers.py",
+                "core/planning.py", "core/rounds.py")
+
+
+def _kit_files() -> list[tuple[str, Path]]:
+    files = [(f"braas_hpc/{name}", _PACKAGE / name) for name in _KIT_MODULES]
+    schedulers = sorted((_PACKAGE / "core" / "schedulers").glob("*.py"))
+    files += [(f"braas_hpc/core/schedulers/{p.name}", p) for p in schedulers]
+    platform = Path(platformdirs.__file__).parent
+    files += [(f"platformdirs/{p.name}", p) for p in sorted(platform.glob("*.py"))]
+    return files
+
+
+@functools.cache
+def core_kit_bytes() -> bytes:
+    """The kit as a zip Python imports from: stored, not compressed, with fixed times, so the same
+    sources give the same bytes (and the same scripts version) in every Python that builds it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as kit:
+        for name, path in _kit_files():
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            kit.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+@functools.cache
+def _core_kit() -> Path:
+    data = core_kit_bytes()
+    path = private_dir(data_dir() / "kit") / f"braas_core-{hashlib.sha256(data).hexdigest()[:16]}.zip"
+    if not path.is_file() or path.read_bytes() != data:
+        temp = path.with_suffix(".part")
+        temp.write_bytes(data)
+        temp.replace(path)
+    return path
+
+
 def shipped_scripts() -> dict[str, Path]:
-    """Every file installed on a cluster, by name."""
-    return {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
+    """Every file installed on a cluster, by name: the cluster scripts and the core kit."""
+    scripts = {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
+    return {**scripts, CORE_KIT: _core_kit()}
 
 
 @functools.cache
 def _digests() -> dict[str, str]:
-    return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in shipped_scripts().items()}
+    scripts = {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
+    return {**{name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in scripts.items()},
+            CORE_KIT: hashlib.sha256(core_kit_bytes()).hexdigest()}
 
 
 def shipped_digests() -> dict[str, str]:

@@ -11,23 +11,23 @@ import contextlib
 import dataclasses
 import json
 import logging
-import posixpath
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import VERSION, intents, progress, registry, store
+from . import VERSION, intents, progress, registry, rounds, store
 from .blender_version import cluster_warning, command_version, file_version
 from .cluster_blender import installed_blender
 from .context import JobContext
-from .errors import RemoteCommandError, SchedulerError, UsageError
+from .errors import BraasError, RemoteCommandError, SchedulerError, UsageError
 from .frames import chunk_frames, format_frames
 from .jobs import JobPaths, JobSpec, frames_file_text, store_dir
 from .local_blender import local_blender
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
 from .presets import Preset, load_preset
+from .rounds import RoundKit
 from .schedulers import Scheduler, scheduler_for
 from .schedulers.base import CANCELLED, NODE_NAME, PENDING, TERMINAL, Round, Trust
 from .scripts import ScriptsReport, git_scripts_dir, scripts_for, scripts_version, shipped_digests
@@ -72,8 +72,9 @@ class PreparedJob(JobPaths):
     scripts: ScriptsReport | None = None
 
 
-def _job_json(spec: JobSpec) -> str:
-    return json.dumps({"spec": spec.to_dict(), "braas_hpc": VERSION, "submitted": time.time()}, indent=1)
+def _job_json(spec: JobSpec, kit: RoundKit) -> str:
+    return json.dumps({"spec": spec.to_dict(), "kit": kit.to_dict(), "braas_hpc": VERSION, "submitted": time.time()},
+                      indent=1)
 
 
 def with_installed_blender(preset: Preset) -> Preset:
@@ -119,24 +120,24 @@ def blender_command(preset: Preset) -> list[str]:
     return local_blender() if preset.is_local and not preset.blender else [preset.blender]
 
 
+def kit_for(preset: Preset, paths: JobPaths) -> RoundKit:
+    """What the job's rounds are written with (see rounds.RoundKit), resolved now, on this computer."""
+    preset = with_installed_blender(preset)
+    return RoundKit(preset, tuple(blender_command(preset)), cluster_script(preset, paths, "render_task.py"),
+                    cluster_script(preset, paths, "finish_task.py"), job_trust(preset, "render_task.py"),
+                    job_trust(preset, "finish_task.py"))
+
+
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None,
                scheduler: Scheduler | None = None) -> str:
-    preset = with_installed_blender(preset)
-    return (scheduler or scheduler_for(preset.scheduler)).render_script(
-        spec, preset, paths, blender_command(preset), cluster_script(preset, paths, "render_task.py"), round_,
-        job_trust(preset, "render_task.py"))
+    return rounds.job_script(spec, kit_for(preset, paths), paths, round_ or Round(0, len(spec.tasks)),
+                             scheduler or scheduler_for(preset.scheduler))
 
 
 def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round,
                   scheduler: Scheduler | None = None) -> str:
-    preset = with_installed_blender(preset)
-    return (scheduler or scheduler_for(preset.scheduler)).finish_script(
-        spec, preset, paths, blender_command(preset), cluster_script(preset, paths, "finish_task.py"), round_,
-        job_trust(preset, "finish_task.py"))
-
-
-def finish_file(paths: JobPaths, round_: int) -> str:
-    return f"{paths.job_dir}/{'finish.sh' if round_ == 0 else f'finish-r{round_}.sh'}"
+    return rounds.finish_script(spec, kit_for(preset, paths), paths, round_,
+                                scheduler or scheduler_for(preset.scheduler))
 
 
 async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, preset: Preset,
@@ -147,7 +148,7 @@ async def _upload_inputs(transport: Transport, staging: Path, paths: JobPaths, p
     scripts = await scripts_for(transport, preset, paths.root, update=False)
     report = await inputs()
     files = [("frames.txt", paths.frames_file), ("job.json", paths.job_json), ("job.sh", paths.script),
-             ("finish.sh", finish_file(paths, 0))]
+             ("finish.sh", rounds.finish_file(paths, 0))]
     for name, target in files:
         await transport.put(staging / name, target)
     return report, scripts
@@ -233,7 +234,7 @@ async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> Pr
         (staging / "job.sh").write_text(job_script(spec, preset, paths))
         (staging / "finish.sh").write_text(finish_script(spec, preset, paths, Round(0, len(spec.tasks))))
         (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
-        (staging / "job.json").write_text(_job_json(spec))
+        (staging / "job.json").write_text(_job_json(spec, kit_for(preset, paths)))
         report, scripts = await _upload_inputs(transport, staging, paths, preset, inputs)
     return PreparedJob(paths.root, paths.name, report, scripts)
 
@@ -292,7 +293,7 @@ def dry_run(request: SubmitRequest) -> DryRun:
     round_ = Round(0, len(spec.tasks))
     commands = [quote_command(scheduler.submit_argv(paths.script, task))
                 for task in scheduler.submissions(preset, round_)]
-    after = scheduler.submit_argv(finish_file(paths, 0), options=scheduler.after_argv(["<ID>"]))
+    after = scheduler.submit_argv(rounds.finish_file(paths, 0), options=scheduler.after_argv(["<ID>"]))
     return DryRun(job_script(spec, preset, paths), "\n".join(commands), frames_file_text(spec.tasks), paths.job_dir,
                   finish_script(spec, preset, paths, round_), quote_command(after))
 
@@ -314,65 +315,68 @@ async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = 
     paths = await prepare_job(spec, preset, transport)
     progress.report("submitting")
     scheduler = scheduler_for(preset.scheduler)
-    id_tasks = await _submit_round(transport, scheduler, preset, paths.script, Round(0, len(spec.tasks)))
-    ids = list(id_tasks)
+    round_ = Round(0, len(spec.tasks))
+    id_tasks = await _submit_round(transport, scheduler, preset, paths, round_)
     if not registry.has_job(spec.name):
         registry.add_job(spec, paths.root, id_tasks, PENDING)
-    finish_id = await _submit_finish(transport, scheduler, paths, 0, ids)
+    finish_id = await _submit_finish(transport, scheduler, paths, round_, list(id_tasks))
     intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
-    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(ids),
+    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(id_tasks),
                         paths.job_dir, paths.upload, finish_id, updated, warnings)
 
 
-async def _submit_finish(transport: Transport, scheduler: Scheduler, paths: JobPaths, round_: int, ids: list[str],
-                         avoid_nodes: tuple[str, ...] = ()) -> str:
-    """The finish step after every task of the round. Its id goes into the job's finish.txt, not the
-    registry: it is no render task and must never keep a job "running". A site that refuses it costs
-    the summary, not the render. It avoids the nodes the round avoids where it can: the scheduler refuses
-    an exclusion that leaves its (CPU) partition no node, and then it goes anywhere rather than nowhere."""
-    after = scheduler.after_argv(ids)
-    avoiding = scheduler.exclude_argv(avoid_nodes)
-    choices = [[*after, *avoiding], after] if avoiding else [after]
-    finish_id = ""
-    for options in choices:
-        argv = scheduler.submit_argv(finish_file(paths, round_), options=options)
+async def _submit_finish(transport: Transport, scheduler: Scheduler, paths: JobPaths, round_: Round,
+                         ids: list[str]) -> str:
+    """The finish step after every task of the round (rounds.finish_choices). Its id goes into the job's
+    finish.txt, not the registry: it is no render task and must never keep a job "running". A site that
+    refuses it costs the summary, not the render."""
+    choices = rounds.finish_choices(scheduler, paths, round_, ids)
+    for argv in choices:
         try:
-            done = await transport.run(intents.guarded(argv, f"{paths.job_dir}/submitted/r{round_}-finish"))
-            finish_id = scheduler.parse_submit(done.stdout)
-            break
+            finish_id = scheduler.parse_submit((await transport.run(argv)).stdout)
         except (RemoteCommandError, SchedulerError) as exc:
-            if options is choices[-1]:
+            if argv is choices[-1]:
                 log.warning("the finish step of %s was not submitted: %s", paths.name, exc)
                 return ""
             log.info("the finish step of %s cannot avoid %s (%s); submitting it without", paths.name,
-                     ", ".join(avoid_nodes), exc)
-    await transport.run(["sh", "-c", 'printf "%s %s\\n" "$2" "$3" >> "$1"', "sh", f"{paths.job_dir}/finish.txt",
-                         str(round_), finish_id])
-    return finish_id
+                     ", ".join(round_.exclude_nodes), exc)
+            continue
+        await transport.run(rounds.finish_note(paths, round_.number, finish_id))
+        return finish_id
+    return ""
 
 
-async def _submit_round(transport: Transport, scheduler: Scheduler, preset: Preset, script: str, round_: Round
+async def _submit_round(transport: Transport, scheduler: Scheduler, preset: Preset, paths: JobPaths, round_: Round
                         ) -> dict[str, int]:
     """One array submission, or one job per task on a site without arrays; each made at most once
     (a record beside the script answers a repeated one). Returns each scheduler id's number of tasks."""
     id_tasks = {}
-    records = f"{posixpath.dirname(script)}/submitted"
-    for task in scheduler.submissions(preset, round_):
-        record = f"{records}/r{round_.number}-{'array' if task is None else f'task{task}'}"
-        done = await transport.run(intents.guarded(scheduler.submit_argv(script, task), record))
-        id_tasks[scheduler.parse_submit(done.stdout)] = round_.tasks if task is None else 1
+    for argv, tasks in rounds.array_submissions(scheduler, preset, paths, round_):
+        id_tasks[scheduler.parse_submit((await transport.run(argv)).stdout)] = tasks
     return id_tasks
+
+
+# Marks the job cancelled by the user (the cluster's recovery reads it) and prints the recorded answer of
+# every render submission of every round.
+_CANCEL_SCRIPT = ('touch -- "$1/$2" 2>/dev/null; for f in "$1"/submitted/r*-array "$1"/submitted/r*-task*; do '
+                  '[ -s "$f" ] && case "$f" in *.lock|*.part) ;; *) head -n 1 -- "$f" ;; esac; done; exit 0')
 
 
 async def cancel(job: JobContext) -> tuple[str, ...]:
     """Cancel every scheduler job of a job (all rounds, all array tasks). Returns the ids cancelled."""
-    record = job.record
-    if record.state in TERMINAL:
+    record, scheduler = job.record, job.scheduler
+    # The flag first: a finish step about to recover the job sees it and submits nothing (or cancels what
+    # it just submitted); then every round's id, also those the cluster's recovery submitted.
+    done = await job.transport.run(["sh", "-c", _CANCEL_SCRIPT, "sh", job.paths.job_dir, rounds.CANCELLED_FLAG])
+    found = [scheduler.parse_submit(line) for line in done.stdout.splitlines() if line.strip()]
+    extra = [job_id for job_id in found if job_id not in record.scheduler_ids]
+    ids = [*([] if record.state in TERMINAL else record.scheduler_ids), *extra]
+    if not ids:
         return ()
-    await job.transport.run(job.scheduler.cancel_argv(list(record.scheduler_ids)))
+    await job.transport.run(scheduler.cancel_argv(ids))
     registry.cancelled_by_user(record.name, CANCELLED)
-    return record.scheduler_ids
+    return tuple(ids)
 
 
 async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None,
@@ -385,23 +389,47 @@ async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None
     exclude_nodes = tuple(node.strip() for node in exclude_nodes)  # ignored where the scheduler cannot exclude
     if any(not NODE_NAME.fullmatch(node) for node in exclude_nodes):
         raise UsageError(f"not a node name: {', '.join(n for n in exclude_nodes if not NODE_NAME.fullmatch(n))}")
-    spec = record.spec
+    spec, paths, transport = record.spec, job.paths, job.transport
+    number = record.rounds + 1
+    await ensure_root(transport, paths.root)
+    scripts = await scripts_for(transport, preset, paths.root, update=False)
+    claim = await transport.run(["sh", "-c", 'mkdir -p -- "$1" && mkdir -- "$1/r$2.claim"', "sh",
+                                 f"{paths.job_dir}/submitted", str(number)], check=False)
+    if claim.exit_status != 0:  # the cluster's own recovery took this round: take it as it is
+        return await _adopt_round(job, number, scripts)
     tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or spec.chunk))
-    round_ = Round(record.rounds + 1, len(tasks), exclude_nodes)
-    paths, transport = job.paths, job.transport
+    round_ = Round(number, len(tasks), exclude_nodes)
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp:
-        staging = Path(temp)
-        (staging / "frames").write_text(frames_file_text(tasks))
-        (staging / "job.sh").write_text(job_script(spec, preset, paths, round_, scheduler))
-        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, round_, scheduler))
-        await ensure_root(transport, paths.root)
-        scripts = await scripts_for(transport, preset, paths.root, update=False)
-        await transport.put(staging / "frames", paths.round_frames_file(round_.number))
-        await transport.put(staging / "job.sh", paths.round_script(round_.number))
-        await transport.put(staging / "finish.sh", finish_file(paths, round_.number))
-    id_tasks = await _submit_round(transport, scheduler, preset, paths.round_script(round_.number), round_)
-    ids = list(id_tasks)
+        for index, (target, text) in enumerate(rounds.round_files(spec, kit_for(preset, paths), paths, round_, tasks,
+                                                                  scheduler).items()):
+            (Path(temp) / str(index)).write_text(text)
+            await transport.put(Path(temp) / str(index), target)
+    ready = f"{paths.job_dir}/submitted/r{number}.claim/ready"  # the files are complete: anyone may submit them
+    await transport.run(["sh", "-c", 'printf "%s" "$2" > "$1"', "sh", ready, json.dumps(exclude_nodes)])
+    id_tasks = await _submit_round(transport, scheduler, preset, paths, round_)
     registry.add_round(name, id_tasks, PENDING)
-    finish_id = await _submit_finish(transport, scheduler, paths, round_.number, ids, exclude_nodes)
-    return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(ids), paths.job_dir,
+    finish_id = await _submit_finish(transport, scheduler, paths, round_, list(id_tasks))
+    return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(id_tasks), paths.job_dir,
                         finish_id=finish_id, scripts_updated=scripts.uploaded)
+
+
+async def _adopt_round(job: JobContext, number: int, scripts: ScriptsReport) -> SubmitResult:
+    """Round `number` of the job as the cluster's recovery submitted it (rounds.recover_here): its frames
+    file and the nodes it avoids are read back, its guarded submissions answer with the ids they made
+    (or are made now, if the cluster stopped before making them)."""
+    paths, transport = job.paths, job.transport
+    read = await transport.run(["sh", "-c", 'cat -- "$1" || exit 3; printf "\\0"; cat -- "$2"', "sh",
+                                f"{paths.job_dir}/submitted/r{number}.claim/ready", paths.round_frames_file(number)],
+                               check=False)
+    ready, _, frames_text = read.stdout.partition("\0")
+    if read.exit_status != 0 or not frames_text.strip():
+        raise BraasError(f"round {number} of job {job.name} is being submitted by the cluster right now; "
+                         "it is taken up at the next look")
+    exclude = tuple(json.loads(ready or "[]"))
+    lines = [line for line in frames_text.splitlines() if line.strip()]
+    round_ = Round(number, len(lines), exclude)
+    id_tasks = await _submit_round(transport, job.scheduler, job.preset, paths, round_)
+    registry.add_round(job.name, id_tasks, PENDING)
+    frames = sorted({int(f) for line in lines for f in line.split(",") if f.strip()})
+    return SubmitResult(job.name, job.preset.name, format_frames(frames), len(lines), tuple(id_tasks), paths.job_dir,
+                        scripts_updated=scripts.uploaded)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from braas_hpc.core.jobs import JobPaths, JobSpec
+from braas_hpc.core.planning import failing_nodes, fitting_chunk, plan, seconds_per_frame
 from braas_hpc.core.presets import load_preset
-from braas_hpc.core.recovery import failing_nodes, fitting_chunk, plan, seconds_per_frame
 from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.schedulers.base import Round
 

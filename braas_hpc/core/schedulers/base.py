@@ -163,7 +163,7 @@ def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
     """The finish step's script: summary.json and thumb.jpg once every task of the round has ended."""
     q = shlex.quote
     command = [*blender, "-b", "--factory-startup", "-Y", "-t", "1", "-P", finish_task, "--",
-               "--job-dir", paths.job_dir, "--format", spec.image_format]
+               "--job-dir", paths.job_dir, "--format", spec.image_format, "--round", str(round_.number)]
     return "\n".join([
         "#!/bin/bash", *header, "",
         f"# braas-hpc job {spec.name}: finish step of round {round_.number} (summary.json, thumb.jpg)",
