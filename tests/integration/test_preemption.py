@@ -11,12 +11,18 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from braas_hpc.core import registry
-from braas_hpc.core.presets import load_preset
+from braas_hpc.core.jobs import JobPaths, JobSpec
+from braas_hpc.core.presets import load_preset, preset_from_dict
+from braas_hpc.core.schedulers.sge import GridEngineScheduler
 from braas_hpc.core.schedulers.slurm import SlurmScheduler
 from tests import client_side
 from tests.conftest import run_cli
 from tests.helpers import eventually
+
+pytestmark = pytest.mark.testbed
 
 FRAMES = 40  # one task renders them all; a frame takes a fraction of a second, so the task is still busy
 ALIVE = ("PENDING", "RUNNING")
@@ -103,3 +109,24 @@ def _runs(log: str) -> list[dict[str, list[int]]]:
             runs[-1][fields["status"]].append(int(fields["frame"]))
     assert len(runs) == 2, f"the task ran {len(runs)} time(s), not twice:\n{log}"
     return runs
+
+
+def test_grid_engine_reads_the_requeue_request(testbed, remote, tmp_path: Path) -> None:  # noqa: ANN001
+    """The directives Grid Engine gets for a queue marked preemptible, in a held job: restart y (rerunnable),
+    and not for another queue."""
+    preset = preset_from_dict({"name": "ge", "scheduler": "sge", "host": "h", "workdir": testbed.workdir,
+                               "partitions": {"all.q": {}, "spare.q": {"preemptible": True}}}, "test")
+    paths = JobPaths(f"{testbed.workdir}/preempt-{tmp_path.name}", "ge-job")
+    restart = {}
+    for queue in ("all.q", "spare.q"):
+        spec = JobSpec(name="ge", preset="ge", scene="/s.blend", frames=(1,), chunk=1, walltime_min=5,
+                       tasks=((1,),), partition=queue)
+        header = "\n".join(line for line in GridEngineScheduler().directives(spec, preset, paths)
+                           if not line.startswith("#$ -q "))  # the test cluster has one queue, all.q
+        script = f"#!/bin/bash\n{header}\ntrue\n"
+        done = remote(f'. "$SGE_ROOT/$SGE_CELL/common/settings.sh" && mkdir -p {shlex.quote(paths.log_dir)} && '
+                      f"f=$(mktemp) && printf %s {shlex.quote(script)} > $f && id=$(qsub -terse -h $f) && "
+                      'qstat -j "$id"; qdel "$id" >/dev/null; rm -f $f')
+        assert done.returncode == 0, done.stdout + done.stderr
+        restart[queue] = [line.split()[-1] for line in done.stdout.splitlines() if line.startswith("restart:")]
+    assert restart == {"all.q": [], "spare.q": ["y"]}, restart
