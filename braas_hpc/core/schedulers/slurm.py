@@ -1,4 +1,5 @@
-"""Slurm: sbatch arrays, one batched `sacct` for many jobs (squeue when accounting is off), scancel."""
+"""Slurm: sbatch arrays, one batched `sacct` for many jobs (squeue when accounting is off, and for a task sacct
+calls PREEMPTED), scancel."""
 
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ STATES = {
     "CANCELLED": CANCELLED, "CA": CANCELLED, "REVOKED": CANCELLED, "RV": CANCELLED,
 }
 _SUBMITTED = re.compile(r"^(\d+)(;\S+)?$")
-_PREEMPTED = frozenset({"PREEMPTED", "PR"})
 # Runs the sacct command given ("$@"; the ids are its last word). sacct says PREEMPTED both for a task that
 # preemption cancelled and, for a few seconds, for one Slurm has requeued (until the next run's record is
 # written; seen with Slurm 22.05). Only then the controller's queue is asked too: it lists a requeued task
@@ -144,8 +144,7 @@ class SlurmScheduler(Scheduler):
         """sacct's lines; a PREEMPTED task the queue still lists (requeued) takes the queue's line."""
         accounted, _, queued = stdout.partition("@@queue\n")
         live = {(s.job_id, s.task): s for s in _parse_lines(queued)}
-        return [live.get((s.job_id, s.task), s) if s.raw.split()[:1] and s.raw.split()[0] in _PREEMPTED else s
-                for s in _parse_lines(accounted)]
+        return [live.get((s.job_id, s.task), s) if s.raw == "PREEMPTED" else s for s in _parse_lines(accounted)]
 
     def fallback_query_argv(self, job_ids: list[str]) -> list[str]:
         # Without accounting only the queue knows: -r lists array tasks one per line.
