@@ -48,6 +48,7 @@ class Partition:
     extra_directives: tuple[str, ...] = ()  # added for jobs on this partition only
     arch: str = ""  # overrides the preset's arch (an arm partition on an x86 cluster)
     max_jobs_per_user: int = 0  # this partition's own limit (each array task counts); 0: the preset's
+    preemptible: bool = False  # the site may stop a job here for other work: jobs ask to be requeued
     note: str = ""  # shown to the user (access rules, limits)
 
 

@@ -864,10 +864,24 @@ NodeName={second.slurm_name} NodeAddr={second.node_addr} CPUs={_node_cpus()} Rea
 Gres=gpu:{NODE_GPUS} State=UNKNOWN
 NodeName={first.slurm_name} NodeAddr={first.node_addr} CPUs={_node_cpus()} RealMemory={_node_memory_mb()} \
 Gres=gpu:{NODE_GPUS} State=UNKNOWN
-PartitionName=qcpu Nodes={first.slurm_name} Default=YES MaxTime=INFINITE State=UP
-PartitionName=qgpu Nodes={first.slurm_name} Default=NO MaxTime=INFINITE State=UP
+# Preemption by partition: a job in a partition of a higher PriorityTier takes the nodes of running jobs in
+# partitions of a lower one whose PreemptMode allows it. Only qhigh is higher and only qlow allows it (every
+# other partition says OFF), so only a test that submits to qhigh ever preempts, and only jobs in qlow.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+# As at many sites, a batch job is requeued (after preemption or a node failure) only when it asked with
+# --requeue: without it a preempted job is cancelled (Slurm's default, 1, would requeue every job).
+JobRequeue=0
+# A requeued job waits as long as a step credential lives before it may start again (Slurm's default 120 s):
+# 30 s keeps a preemption test short and is still far more than a step launch here takes.
+AuthInfo=cred_expire=30
+PartitionName=qcpu Nodes={first.slurm_name} Default=YES MaxTime=INFINITE State=UP PreemptMode=OFF
+PartitionName=qgpu Nodes={first.slurm_name} Default=NO MaxTime=INFINITE State=UP PreemptMode=OFF
 # The second node is in this partition only, so jobs elsewhere keep running on the first node alone.
-PartitionName=qpair Nodes={first.slurm_name},{second.slurm_name} Default=NO MaxTime=INFINITE State=UP
+PartitionName=qpair Nodes={first.slurm_name},{second.slurm_name} Default=NO MaxTime=INFINITE State=UP PreemptMode=OFF
+# A preemptible queue and the queue that preempts it, on the second node (off the default partitions' node).
+PartitionName=qlow Nodes={second.slurm_name} Default=NO MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
+PartitionName=qhigh Nodes={second.slurm_name} Default=NO MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 

@@ -58,6 +58,24 @@ def test_golden_script(presets_dir: Path, name: str, device: str, mode: str) -> 
     check_golden(GOLDEN / preset.scheduler / f"{name}-{device.lower()}-{mode}.sh", script, os.environ)
 
 
+# Each queue a built-in preset marks preemptible, as a still of its own kind: the requeue request in its words.
+PREEMPTIBLE = [(name, part) for name in CLUSTERS
+               for part, spec in load_preset_file(BUILTIN_DIR / f"{name}.toml").partitions.items() if spec.preemptible]
+
+
+@pytest.mark.parametrize(("name", "partition"), PREEMPTIBLE)
+def test_golden_preemptible_script(presets_dir: Path, name: str, partition: str) -> None:
+    gpu = load_preset_file(BUILTIN_DIR / f"{name}.toml").partitions[partition].kind == "gpu"
+    request = SubmitRequest(scene=SCENE, preset=name, frames="7", chunk=1, device="GPU" if gpu else "CPU",
+                            account="PROJ-1", max_parallel=8, partition=partition)
+    spec, preset = build_spec(request)
+    spec = dataclasses.replace(spec, name="golden-job")
+    paths = JobPaths("/cluster/work/braas-hpc", spec.name)
+    script = re.sub(r"/scripts/[0-9.]+-[0-9a-f]{12}/", "/scripts/VERSION/", job_script(spec, preset, paths))
+    script = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", script)
+    check_golden(GOLDEN / preset.scheduler / f"{name}-{partition}-still.sh", script, os.environ)
+
+
 def check_golden(golden: Path, script: str, env: Mapping[str, str]) -> None:
     """Compare with the golden file. With UPDATE_GOLDEN: rewrite it and fail, so that a regeneration can never
     pass as a test run (it would compare the file with itself); refused outright under CI."""

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from braas_hpc.core.errors import SchedulerError
@@ -100,7 +103,7 @@ def test_parse_sacct() -> None:
 
 def test_query_is_one_batched_call() -> None:
     argv = SlurmScheduler().query_argv(["7", "8", "9"])
-    assert argv[0] == "sacct" and argv[-2:] == ["-j", "7,8,9"]
+    assert argv[:2] == ["sh", "-c"] and argv[4] == "sacct" and argv[-2:] == ["-j", "7,8,9"]  # ids never in the script
 
 
 def test_aggregate_trusts_frames_over_the_queue() -> None:
@@ -115,3 +118,42 @@ def test_aggregate_trusts_frames_over_the_queue() -> None:
     assert aggregate([], frames_missing=0) == COMPLETED
     # A resubmitted round not yet in the accounting database: not ended, whatever round 0 says.
     assert aggregate(done, frames_missing=2, unseen=True) == UNKNOWN
+
+
+# Captured on the testbed (Slurm 22.05, PreemptType=preempt/partition_prio, PreemptMode=REQUEUE, JobRequeue=0):
+# array 6402 (--requeue) and job 6406 (without) preempted by a job of a higher tier. For about three seconds
+# sacct said PREEMPTED for both, while the controller's queue already had the requeued tasks waiting.
+SACCT_PREEMPTED = "6402_1|PREEMPTED|0:0\n6402_2|PREEMPTED|0:0\n6406|PREEMPTED|0:0\n"
+QUEUE_REQUEUED = "6402_1|PENDING|BeginTime\n6402_2|PENDING|BeginTime\n"
+
+
+def test_a_requeued_task_is_pending_and_a_preempted_one_failed() -> None:
+    slurm = SlurmScheduler()
+    states = slurm.parse_query(SACCT_PREEMPTED + "@@queue\n" + QUEUE_REQUEUED)
+    assert [(s.job_id, s.task, s.state, s.raw) for s in states] == [
+        ("6402", "1", PENDING, "PENDING"), ("6402", "2", PENDING, "PENDING"), ("6406", "", FAILED, "PREEMPTED")]
+    assert aggregate(states[:2], frames_missing=4) == PENDING  # not ended: nothing is resubmitted
+    # Without the queue's word (it lists neither: both were cancelled), preempted is an end: FAILED, recovered.
+    assert {s.state for s in slurm.parse_query(SACCT_PREEMPTED + "@@queue\n")} == {FAILED}
+    # The queue's line replaces a PREEMPTED line only: a finished task stays as the accounting has it.
+    done = slurm.parse_query("6402_1|COMPLETED|0:0\n@@queue\n6402_1|PENDING|BeginTime\n")
+    assert [s.state for s in done] == [COMPLETED]
+
+
+def test_the_query_asks_the_queue_only_after_a_preemption(tmp_path: Path) -> None:
+    """The query's script in a real shell, the sacct command replaced by one that prints captured lines."""
+    (tmp_path / "sh").symlink_to("/bin/sh")  # the only command on PATH: squeue, if asked, is not found
+
+    def run(sacct_lines: str) -> subprocess.CompletedProcess[str]:
+        argv = SlurmScheduler().query_argv(["6402"])
+        sacct = argv.index("sacct")
+        argv[sacct:] = ["sh", "-c", 'printf %s "$1"', "sacct", sacct_lines, "6402"]  # the ids stay last
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": str(tmp_path)})
+
+    quiet = run("6402_1|RUNNING|0:0\n")
+    assert quiet.returncode == 0 and quiet.stdout == "6402_1|RUNNING|0:0\n"
+    preempted = run(SACCT_PREEMPTED)
+    assert preempted.returncode == 0 and preempted.stdout == SACCT_PREEMPTED + "@@queue\n"
+    failing = subprocess.run(["sh", "-c", SlurmScheduler().query_argv(["1"])[2], "sh", "false"], timeout=30,
+                             capture_output=True)
+    assert failing.returncode == 1  # sacct's failure is the query's: the monitor then asks squeue instead

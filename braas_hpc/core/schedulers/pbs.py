@@ -178,6 +178,8 @@ class PBSScheduler(Scheduler):
         if self.uses_array(preset, round_):
             throttle = f"%{spec.max_parallel}" if 0 < spec.max_parallel < round_.tasks else ""
             pairs += [("-J", f"1-{round_.tasks}{throttle}"), ("-r", "y")]
+        elif preset.partition(spec.partition).preemptible:
+            pairs.append(("-r", "y"))  # rerunnable (PBS's default, unless the site changed it): requeued when preempted
         pairs += [("-j", "oe"), ("-o", f"{paths.log_dir}/pbs-{round_.marker_prefix}{name}.log")]
         if spec.email:
             pairs += [("-M", spec.email), ("-m", "ae")]

@@ -151,6 +151,8 @@ class GridEngineScheduler(Scheduler):
             if 0 < spec.max_parallel < round_.tasks:
                 pairs.append(("-tc", str(spec.max_parallel)))
         pairs.append(("-l", f"h_rt={walltime_hms(spec.walltime_min)}"))
+        if preset.partition(spec.partition).preemptible:
+            pairs.append(("-r", "y"))  # rerunnable: a task stopped by the site (or its host) goes back to the queue
         if spec.cpus and not spec.whole_node:
             pairs.append(("-pe", f"{PARALLEL_ENVIRONMENT} {spec.cpus}"))
         if spec.gpus and self.gpu_request(preset) == "gpus":

@@ -1,4 +1,5 @@
-"""Slurm: sbatch arrays, one batched `sacct` for many jobs (squeue when accounting is off), scancel."""
+"""Slurm: sbatch arrays, one batched `sacct` for many jobs (squeue when accounting is off, and for a task sacct
+calls PREEMPTED), scancel."""
 
 from __future__ import annotations
 
@@ -38,6 +39,27 @@ STATES = {
     "CANCELLED": CANCELLED, "CA": CANCELLED, "REVOKED": CANCELLED, "RV": CANCELLED,
 }
 _SUBMITTED = re.compile(r"^(\d+)(;\S+)?$")
+# Runs the sacct command given ("$@"; the ids are its last word). sacct says PREEMPTED both for a task that
+# preemption cancelled and, for a few seconds, for one Slurm has requeued (until the next run's record is
+# written; seen with Slurm 22.05). Only then the controller's queue is asked too: it lists a requeued task
+# (PENDING) and not a cancelled one. One call either way.
+_QUERY = ('out=$("$@") || exit\n'
+          'printf "%s\\n" "$out"\n'
+          'case "$out" in *"|PREEMPTED"*) for ids; do :; done; printf "@@queue\\n"\n'
+          '  squeue --noheader -r -o "%i|%T|%r" -j "$ids" 2>/dev/null ;; esac\n'
+          'exit 0')
+
+
+def _parse_lines(text: str) -> list[TaskState]:
+    """'JobID|State|ExitCode-or-Reason' lines (sacct and squeue) as task states."""
+    states = []
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 3 or not fields[0]:
+            continue
+        job_id, _, task = fields[0].partition("_")
+        states.append(TaskState(job_id, task, state_of(fields[1]), fields[1].strip(), fields[2]))
+    return states
 
 
 def state_of(raw: str) -> str:
@@ -87,6 +109,10 @@ class SlurmScheduler(Scheduler):
             pairs += [("--mail-user", spec.email), ("--mail-type", "END,FAIL")]
         if round_.exclude_nodes:
             pairs.append(("--exclude", ",".join(round_.exclude_nodes)))
+        if preset.partition(spec.partition).preemptible:
+            # Preempted, the task waits in the queue and runs again (skipping its finished frames); without
+            # it a site whose JobRequeue is 0 cancels it, and the frames wait for a client to resubmit them.
+            pairs.append(("--requeue", ""))
         return pairs
 
     def format_directive(self, name: str, value: str) -> str:
@@ -111,17 +137,14 @@ class SlurmScheduler(Scheduler):
 
     def query_argv(self, job_ids: list[str]) -> list[str]:
         # -X: allocations only (each array task one line); a wide State so "CANCELLED by N" is whole.
-        return ["sacct", "--parsable2", "--noheader", "-X", "-o", "JobID,State%40,ExitCode", "-j", ",".join(job_ids)]
+        sacct = ["sacct", "--parsable2", "--noheader", "-X", "-o", "JobID,State%40,ExitCode", "-j", ",".join(job_ids)]
+        return ["sh", "-c", _QUERY, "sh", *sacct]
 
     def parse_query(self, stdout: str) -> list[TaskState]:
-        states = []
-        for line in stdout.splitlines():
-            fields = line.strip().split("|")
-            if len(fields) < 3 or not fields[0]:
-                continue
-            job_id, _, task = fields[0].partition("_")
-            states.append(TaskState(job_id, task, state_of(fields[1]), fields[1].strip(), fields[2]))
-        return states
+        """sacct's lines; a PREEMPTED task the queue still lists (requeued) takes the queue's line."""
+        accounted, _, queued = stdout.partition("@@queue\n")
+        live = {(s.job_id, s.task): s for s in _parse_lines(queued)}
+        return [live.get((s.job_id, s.task), s) if s.raw == "PREEMPTED" else s for s in _parse_lines(accounted)]
 
     def fallback_query_argv(self, job_ids: list[str]) -> list[str]:
         # Without accounting only the queue knows: -r lists array tasks one per line.
