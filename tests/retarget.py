@@ -33,7 +33,7 @@ def to_toml(preset: Preset) -> str:
     lines = []
     for f in dataclasses.fields(preset):
         value = getattr(preset, f.name)
-        if f.name not in ("source", "partitions"):
+        if f.name not in ("source", "partitions") and value is not None:  # None: the key absent
             lines.append(f"{f.name} = {_value(value)}")
     for name, part in preset.partitions.items():
         lines.append(f"\n[partitions.{json.dumps(name)}]")

@@ -49,6 +49,9 @@ class Partition:
     arch: str = ""  # overrides the preset's arch (an arm partition on an x86 cluster)
     max_jobs_per_user: int = 0  # this partition's own limit (each array task counts); 0: the preset's
     preemptible: bool = False  # the site may stop a job here for other work: jobs ask to be requeued
+    # Where the finish step of a job on this partition goes (a key of `partitions`), for a site whose rules
+    # make a summary cheaper elsewhere for every project that may use this one; empty: this partition.
+    finish: str = ""
     note: str = ""  # shown to the user (access rules, limits)
 
 
@@ -89,6 +92,9 @@ class Preset:
     scripts_git: str = ""  # a site that keeps its own cluster scripts: their git URL (empty: from the package)
     scripts_branch: str = "main"  # the branch of scripts_git
     env: tuple[str, ...] = ()  # lines run before Blender (module loads)
+    # The finish step's lines instead of `env` (it renders nothing, so GPU modules are not needed);
+    # None (the key absent): `env`, which a site whose Blender itself comes from a module needs.
+    finish_env: tuple[str, ...] | None = None
     default_walltime_min: int = 60
     max_walltime_min: int = 2880
     base: str = ""  # a user preset's built-in parent: every key not set here comes from it
@@ -122,7 +128,7 @@ def _type_ok(expected: str, value: object) -> tuple[bool, object]:
         return isinstance(value, bool), value
     if expected == "str":
         return isinstance(value, str), value
-    if expected == "tuple[str, ...]":
+    if expected in ("tuple[str, ...]", "tuple[str, ...] | None"):  # TOML has no null: present is a list
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         return ok, tuple(value) if ok else value  # type: ignore[arg-type]
     raise AssertionError(f"no check for {expected}")
@@ -197,7 +203,7 @@ def _check_values(p: Preset) -> None:
     if p.scripts_git.startswith("-") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z", p.scripts_branch):
         raise PresetError(f"{where}: scripts_git must be a git URL and scripts_branch a branch name, got "
                           f"{p.scripts_git!r} and {p.scripts_branch!r}")
-    for line in (*p.env, *p.extra_directives, p.blender):
+    for line in (*p.env, *(p.finish_env or ()), *p.extra_directives, p.blender):
         if any(c in line for c in "\n\r\0"):
             raise PresetError(f"{where}: env lines, directives and blender must be single lines without NUL, "
                               f"got {line!r}")
@@ -238,6 +244,11 @@ def _check_partitions(p: Preset, where: str) -> None:
             _one_of(pwhere, "arch", part.arch, ARCHES)
         if part.kind == "gpu" and part.cycles_device == "CPU":
             raise PresetError(f"{pwhere}: a gpu partition needs a GPU cycles_device ({', '.join(CYCLES_DEVICES[1:])})")
+        if part.finish and part.finish not in p.partitions:
+            raise PresetError(f"{pwhere}: finish {part.finish!r} is not in [partitions] ({', '.join(p.partitions)})")
+        if part.finish and p.partitions[part.finish].finish not in ("", part.finish):
+            raise PresetError(f"{pwhere}: finish {part.finish!r} sends its own finish step elsewhere; name the "
+                              "partition where it ends up")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

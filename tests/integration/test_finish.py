@@ -74,6 +74,32 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
     assert remote(f"cat {job_dir}/finish.txt").stdout.strip() == f"0 {job['finish_id']}"
 
 
+def test_the_finish_of_a_gpu_job_runs_in_its_partition_with_one_gpu(testbed, remote,  # noqa: ANN001
+                                                                     sample_scene: Path) -> None:
+    """The testbed preset names no finish partition: the finish step of a job in its GPU partition (qgpu)
+    stays there with the smallest request a GPU partition surely takes (one GPU, one core), not in the
+    CPU partition a GPU-only project may not have. The render task fails here (no GPU hardware), and the
+    finish step still runs after it (afterany) and writes the summary."""
+    planned = _json("submit", str(sample_scene), "--preset", "testbed", "--frames", "1", "--gpu", "--dry-run")
+    header = [line for line in planned["finish_script"].splitlines() if line.startswith("#SBATCH ")]
+    assert "#SBATCH --partition=qgpu" in header and "#SBATCH --gpus=1" in header, header
+    assert "#SBATCH --cpus-per-task=1" in header and not [h for h in header if "qcpu" in h], header
+
+    job = _json("submit", str(sample_scene), "--preset", "testbed", "--frames", "1", "--gpu", "--retries", "0",
+                "--pack", "dir")
+    waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
+    assert waited.returncode == 1 and json.loads(waited.stdout)["state"] == "FAILED", waited.stdout
+    summary = json.loads(cluster_file_when_written(remote, f"{job['job_dir']}/summary.json"))
+    assert summary["frames_total"] == 1 and summary["missing"] == [1]
+    row = eventually(
+        lambda: remote(f"sacct -n -P -X -o State,Partition,AllocTRES%200 -j {job['finish_id']}").stdout.strip(),
+        lambda row: row.startswith("COMPLETED|"), "the finish job's record in sacct")
+    state, partition, tres = row.split("|")
+    assert partition == "qgpu", row
+    allocated = dict(item.split("=", 1) for item in tres.split(","))
+    assert allocated["cpu"] == "1" and allocated["gres/gpu"] == "1", row
+
+
 _DRIVER_SCENE = r"""
 import os
 import sys

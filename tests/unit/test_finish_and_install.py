@@ -13,9 +13,9 @@ from braas_hpc.core import scripts
 from braas_hpc.core.cluster_blender import BlenderSource, _check_arch, archive_name
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.jobs import JobPaths
-from braas_hpc.core.presets import BUILTIN_DIR, load_preset_file
+from braas_hpc.core.presets import BUILTIN_DIR, load_preset_file, preset_from_dict
 from braas_hpc.core.schedulers import scheduler_for
-from braas_hpc.core.schedulers.base import Round
+from braas_hpc.core.schedulers.base import Round, finish_request
 from braas_hpc.core.spec import SubmitRequest, build_spec
 from braas_hpc.core.workdir import _set_in_text, hint_patterns
 from cluster_scripts import finish_task
@@ -57,20 +57,82 @@ def _spec(name: str, gpu: bool):  # noqa: ANN202
     return dataclasses.replace(spec, name="golden-job"), preset
 
 
-@pytest.mark.parametrize(("name", "expect", "refuse"), [
-    ("karolina", ["#SBATCH --partition=qcpu", "#SBATCH --cpus-per-task=1", "#SBATCH --time=00:15:00",
-                  "#SBATCH --job-name=golden-job-finish"], ["--gpus", "--array", "--exclusive"]),
-    ("polaris", ["#PBS -l select=1:ncpus=1", "#PBS -N golden-job-finish", "#PBS -A PROJ-1"], ["-J", "ngpus"]),
-])
-def test_finish_script_asks_for_one_core_and_no_gpu(name: str, expect: list[str], refuse: list[str]) -> None:
-    spec, preset = _spec(name, gpu=True)
+def _finish_text(spec, preset) -> str:  # noqa: ANN001
     paths = JobPaths("/cluster/work/braas-hpc", spec.name)
-    text = scheduler_for(preset.scheduler).finish_script(spec, preset, paths, ["blender"], "/s/finish_task.py",
+    return scheduler_for(preset.scheduler).finish_script(spec, preset, paths, ["blender"], "/s/finish_task.py",
                                                          Round(0, 5))
-    for line in expect:
-        assert line in text.splitlines(), text
-    assert not [w for w in refuse for line in text.splitlines() if line.startswith("#") and w in line], text
-    assert "-P /s/finish_task.py -- --job-dir /cluster/work/braas-hpc/jobs/golden-job --format PNG" in text
+
+
+def _directives(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("#SBATCH ", "#PBS "))]
+
+
+@pytest.mark.parametrize("partition", ["qgpu", "qgpu_exp", "qgpu_free", "qgpu_preempt"])
+def test_a_gpu_job_at_it4i_never_sends_its_finish_to_qcpu(partition: str) -> None:
+    """A project with Karolina GPU node-hours only may be refused in qcpu (or billed a CPU node): the finish
+    step of a GPU job stays in the job's GPU partition, with one GPU (a GPU is what such a project pays)."""
+    spec, preset = _spec("karolina", gpu=True)
+    spec = dataclasses.replace(spec, partition=partition)
+    finish, _ = finish_request(spec, preset)
+    assert (finish.partition, finish.gpus, finish.cpus, finish.whole_node) == (partition, 1, 16, False)
+    lines = _directives(_finish_text(spec, preset))
+    assert f"#SBATCH --partition={partition}" in lines and "#SBATCH --gpus=1" in lines, lines
+    assert not [line for line in lines if "qcpu" in line or "--array" in line or "--exclusive" in line], lines
+    assert "#SBATCH --job-name=golden-job-finish" in lines and "#SBATCH --time=00:15:00" in lines
+
+
+def test_the_finish_goes_to_qcpu_only_when_the_preset_says_so(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site (or a user whose project has CPU hours) may name the finish step's partition per partition."""
+    monkeypatch.setenv("BRAAS_HPC_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "presets").mkdir()
+    text = (BUILTIN_DIR / "karolina.toml").read_text().replace(
+        'cycles_device = "CUDA"\nmax_walltime_min = 2880\nnote = "8x', 'cycles_device = "CUDA"\n'
+        'max_walltime_min = 2880\nfinish = "qcpu"\nnote = "8x', 1)
+    assert 'finish = "qcpu"' in text
+    (tmp_path / "presets" / "karolina.toml").write_text(text)
+    spec, preset = _spec("karolina", gpu=True)
+    finish, _ = finish_request(spec, preset)
+    assert (finish.partition, finish.gpus, finish.cpus) == ("qcpu", 0, 1)
+    lines = _directives(_finish_text(spec, preset))
+    assert "#SBATCH --partition=qcpu" in lines and not [line for line in lines if "--gpus" in line], lines
+
+
+def test_the_finish_at_lumi_loads_no_gpu_modules() -> None:
+    spec, preset = _spec("lumi", gpu=True)
+    rocm = [line for line in preset.env if "rocm" in line]
+    assert rocm, preset.env  # the render tasks do load them
+    text = _finish_text(spec, preset)
+    assert not [line for line in text.splitlines() if "module" in line or "rocm" in line], text
+    assert "#SBATCH --partition=small-g" in text and "#SBATCH --gres=gpu:1" in text
+
+
+@pytest.mark.parametrize(("partition", "expected"), [
+    ("standard-g", ("small-g", 1, 7)), ("dev-g", ("small-g", 1, 7)), ("small-g", ("small-g", 1, 7)),
+    ("standard", ("small", 0, 1)), ("small", ("small", 0, 1)), ("debug", ("debug", 0, 1)),
+])
+def test_lumi_sends_whole_node_and_dev_jobs_finish_to_the_shared_partition(partition: str,
+                                                                           expected: tuple[str, int, int]) -> None:
+    spec, preset = _spec("lumi", gpu=partition.endswith("-g"))
+    finish, _ = finish_request(dataclasses.replace(spec, partition=partition), preset)
+    assert (finish.partition, finish.gpus, finish.cpus) == expected
+
+
+def test_a_preset_without_a_word_keeps_the_finish_in_the_job_partition() -> None:
+    """No `finish` anywhere: the job's own partition (one the project can use), never the CPU default."""
+    preset = preset_from_dict({"name": "site", "scheduler": "slurm", "host": "h", "blender": "b",
+                               "partition_cpu": "cpu", "partition_gpu": "gpu", "gpu_request": "gres",
+                               "env": ["module load cuda"],
+                               "partitions": {"cpu": {"kind": "cpu", "cpus_per_task": 8},
+                                              "gpu": {"kind": "gpu", "gpus_per_task": 2, "cpus_per_task": 12,
+                                                      "cycles_device": "CUDA", "qos": "gq"}}}, "site.toml")
+    spec, _ = _spec("karolina", gpu=True)
+    finish, _ = finish_request(dataclasses.replace(spec, partition="gpu", gpus=2, cpus=12), preset)
+    assert (finish.partition, finish.gpus, finish.cpus, finish.qos) == ("gpu", 1, 6, "gq")
+    text = _finish_text(dataclasses.replace(spec, partition="gpu"), preset)
+    assert "module load cuda" in text.splitlines()  # without finish_env the finish runs the preset's env
+    finish, _ = finish_request(dataclasses.replace(spec, partition="cpu", gpus=0, cpus=8), preset)
+    assert (finish.partition, finish.gpus, finish.cpus, finish.qos) == ("cpu", 0, 1, "")
 
 
 def test_after_argv_waits_for_every_task() -> None:

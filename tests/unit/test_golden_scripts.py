@@ -18,7 +18,8 @@ import pytest
 
 from braas_hpc.core.jobs import JobPaths
 from braas_hpc.core.presets import BUILTIN_DIR, load_preset_file
-from braas_hpc.core.service import job_script
+from braas_hpc.core.schedulers.base import Round
+from braas_hpc.core.service import finish_script, job_script
 from braas_hpc.core.spec import SubmitRequest, build_spec
 from tests.helpers import REPO
 
@@ -29,6 +30,7 @@ CLUSTERS = sorted(p.stem for p in BUILTIN_DIR.glob("*.toml") if p.stem != "local
 # Only the devices a site has a default partition for (Polaris and Aurora have no CPU-only queue).
 CASES = [(name, device, mode) for name in CLUSTERS for device in ("CPU", "GPU") for mode in ("still", "anim")
          if load_preset_file(BUILTIN_DIR / f"{name}.toml").default_partition(device == "GPU")]
+FINISH_CASES = sorted({(name, device) for name, device, _ in CASES})
 
 
 @pytest.fixture
@@ -74,6 +76,21 @@ def test_golden_preemptible_script(presets_dir: Path, name: str, partition: str)
     script = re.sub(r"/scripts/[0-9.]+-[0-9a-f]{12}/", "/scripts/VERSION/", job_script(spec, preset, paths))
     script = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", script)
     check_golden(GOLDEN / preset.scheduler / f"{name}-{partition}-still.sh", script, os.environ)
+
+
+@pytest.mark.parametrize(("name", "device"), FINISH_CASES)
+def test_golden_finish_script(presets_dir: Path, name: str, device: str) -> None:
+    """The finish step that follows a CPU and a GPU job on each site's default partition (where it goes
+    and what it asks: docs/presets.md, "The finish step at each site")."""
+    request = SubmitRequest(scene=SCENE, preset=name, frames="1-100", chunk=5, device=device, account="PROJ-1",
+                            max_parallel=8)
+    spec, preset = build_spec(request)
+    spec = dataclasses.replace(spec, name="golden-job")
+    paths = JobPaths("/cluster/work/braas-hpc", spec.name)
+    script = finish_script(spec, preset, paths, Round(0, len(spec.tasks)))
+    script = re.sub(r"/scripts/[0-9.]+-[0-9a-f]{12}/", "/scripts/VERSION/", script)
+    script = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", script)  # finish_task.py's hash, checked by the job
+    check_golden(GOLDEN / preset.scheduler / f"{name}-{device.lower()}-finish.sh", script, os.environ)
 
 
 def check_golden(golden: Path, script: str, env: Mapping[str, str]) -> None:

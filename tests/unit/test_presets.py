@@ -86,3 +86,53 @@ def test_a_host_that_is_a_pattern_or_breaks_a_line_is_refused(config: Path, host
 def test_host_names_and_addresses_are_accepted(config: Path, host: str) -> None:
     (config / "mysite.toml").write_text(GOOD.replace('"login.example.org"', f'"{host}"'))
     assert load_preset("mysite").host == host
+
+
+PARTS = """
+[partitions.cpu]
+kind = "cpu"
+
+[partitions.big]
+kind = "cpu"
+whole_node = true
+"""
+
+
+def test_finish_keys_are_read(config: Path) -> None:
+    (config / "mysite.toml").write_text(GOOD + "finish_env = []\n" + PARTS + 'finish = "cpu"\n')
+    preset = load_preset("mysite")
+    assert preset.finish_env == () and preset.partitions["big"].finish == "cpu"
+    (config / "mysite.toml").write_text(GOOD + PARTS)
+    assert load_preset("mysite").finish_env is None  # absent: the finish step runs `env`
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ('finish = "nowhere"\n', r"partitions.big: finish 'nowhere' is not in \[partitions\] \(cpu, big\)"),
+        ("finish = 3\n", "partitions.big: finish must be of type str, got 3"),
+    ],
+)
+def test_a_finish_partition_must_be_in_the_table(config: Path, change: str, message: str) -> None:
+    (config / "mysite.toml").write_text(GOOD + PARTS + change)
+    with pytest.raises(PresetError, match=message):
+        load_preset("mysite")
+
+
+def test_a_finish_partition_may_not_send_it_on(config: Path) -> None:
+    chain = GOOD + PARTS.replace('kind = "cpu"\n\n', 'kind = "cpu"\nfinish = "third"\n\n', 1) + \
+        'finish = "cpu"\n[partitions.third]\nkind = "cpu"\n'
+    (config / "mysite.toml").write_text(chain)
+    with pytest.raises(PresetError, match="partitions.big: finish 'cpu' sends its own finish step elsewhere"):
+        load_preset("mysite")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"module load x"', r"finish_env must be of type tuple\[str, \.\.\.\] \| None"),
+    ('["a", 1]', "finish_env must be of type"),
+    ('["module load x\\nrm -rf ~"]', "single lines"),
+])
+def test_bad_finish_env_is_refused(config: Path, value: str, message: str) -> None:
+    (config / "mysite.toml").write_text(GOOD + f"finish_env = {value}\n")
+    with pytest.raises(PresetError, match=message):
+        load_preset("mysite")

@@ -35,6 +35,9 @@ class Job:
     lines: tuple[str, ...]  # directive arguments the job must carry
     absent: tuple[str, ...] = ()  # directive names it must not carry
     device: str = "CPU"  # the Cycles device the render is told to use
+    # The finish step of this job: the smallest request the job's own partition takes (or the cheaper
+    # partition every project may use that the preset names); every other resource directive is absent.
+    finish: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,46 +50,62 @@ class Site:
     rejected: tuple[str, ...] = ()  # directive names the site refuses: in no job at all
     arrays: bool = True
     env: tuple[str, ...] = ()  # shell lines every job runs before Blender
+    finish_env: tuple[str, ...] | None = None  # the finish step's lines instead of env; None: env
 
 
 SITES: dict[str, Site] = {
     "karolina": Site(
         "slurm", account_required=True,  # -A PROJECT-ID is mandatory [D]
-        cpu=Job(("--partition=qcpu", "--exclusive"), absent=("--cpus-per-task",)),  # qcpu: whole nodes [D]
-        # qgpu: `--gpus 1` gives one A100 and 16 cores [D]; A100 has no RT cores: CUDA.
-        gpu=Job(("--partition=qgpu", "--gpus=1", "--cpus-per-task=16"), absent=("--gres",), device="CUDA"),
+        # qcpu: whole nodes [D]; its finish: one core asked, a node given (granularity 1 node [D]).
+        cpu=Job(("--partition=qcpu", "--exclusive"), absent=("--cpus-per-task",),
+                finish=("--partition=qcpu", "--cpus-per-task=1")),
+        # qgpu: `--gpus 1` gives one A100 and 16 cores [D]; A100 has no RT cores: CUDA. Its finish stays in
+        # qgpu: Karolina GPU node-hours are a project's own resource, billed per GPU (1/8 node) [D].
+        gpu=Job(("--partition=qgpu", "--gpus=1", "--cpus-per-task=16"), absent=("--gres",), device="CUDA",
+                finish=("--partition=qgpu", "--gpus=1", "--cpus-per-task=16")),
     ),
     "barbora": Site(
         "slurm", account_required=True,  # as Karolina [D]
-        cpu=Job(("--partition=qcpu", "--exclusive")),  # whole nodes assumed as on Karolina [M]
+        # whole nodes assumed as on Karolina [M]; Barbora's granularity is 1 node in every partition [D].
+        cpu=Job(("--partition=qcpu", "--exclusive"), finish=("--partition=qcpu", "--cpus-per-task=1")),
         # --gres=gpu:1 as the original add-on does [B]; single GPUs with 6 cores each: NOT verified [M].
-        gpu=Job(("--partition=qgpu", "--gres=gpu:1", "--cpus-per-task=6"), absent=("--gpus",), device="CUDA"),
+        gpu=Job(("--partition=qgpu", "--gres=gpu:1", "--cpus-per-task=6"), absent=("--gpus",), device="CUDA",
+                finish=("--partition=qgpu", "--gres=gpu:1", "--cpus-per-task=6")),
     ),
     "it4i-cs": Site(
         "slurm", account_required=True,  # IT4I project accounting as on Karolina: NOT verified for CS [B/M]
-        cpu=Job(("--partition=p00-arm", "--exclusive")),  # partition name [B]; whole nodes [M]
+        cpu=Job(("--partition=p00-arm", "--exclusive"),  # partition name [B]; whole nodes [M]
+                finish=("--partition=p00-arm", "--cpus-per-task=1")),
         # p01-arm [B]; --gres=gpu:1 and 16 cores per GPU task are NOT verified [M].
-        gpu=Job(("--partition=p01-arm", "--gres=gpu:1", "--cpus-per-task=16"), device="CUDA"),
+        gpu=Job(("--partition=p01-arm", "--gres=gpu:1", "--cpus-per-task=16"), device="CUDA",
+                finish=("--partition=p01-arm", "--gres=gpu:1", "--cpus-per-task=16")),
     ),
     "lumi": Site(
         "slurm", account_required=True,  # --account=project_<id> is mandatory [D]
-        cpu=Job(("--partition=small", "--cpus-per-task=32")),  # small: shared nodes [D]; 32 of 128 cores [M]
+        # small: shared nodes, billed per core [D]; 32 of 128 cores [M].
+        cpu=Job(("--partition=small", "--cpus-per-task=32"), finish=("--partition=small", "--cpus-per-task=1")),
         # small-g [D]; --gres=gpu:N as the original add-on [B]; 7 cores per GCD [M]; HIP on MI250X: uncertain.
-        gpu=Job(("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7"), device="HIP"),
+        gpu=Job(("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7"), device="HIP",
+                finish=("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7")),
         # ROCm modules as the original add-on loads them [B], NOT verified; CPU jobs run them too.
         env=("module load LUMI/23.09 partition/G PrgEnv-gnu/8.3.3 craype-accel-amd-gfx90a rocm/5.2.3",),
+        finish_env=(),  # the summary renders nothing: no GPU modules
+
     ),
     "leonardo": Site(
         "slurm", account_required=True,  # docs/presets.md records budgets (saldo), not the rule: [M]
         # dcgp_usr_prod, 112 cores [U]: a quarter, 28 [M]; its QoS is left to the partition default [M].
-        cpu=Job(("--partition=dcgp_usr_prod", "--cpus-per-task=28"), absent=("--qos",)),
+        # The finish of every job: lrd_all_serial, budget-free, 4 cores and 4 h at most [U].
+        cpu=Job(("--partition=dcgp_usr_prod", "--cpus-per-task=28"), absent=("--qos",),
+                finish=("--partition=lrd_all_serial", "--cpus-per-task=1")),
         # boost_usr_prod with QoS normal [D/U]; 4 A100 and 32 cores per node [D/U]: 8 cores per GPU.
-        gpu=Job(("--partition=boost_usr_prod", "--qos=normal", "--gres=gpu:1", "--cpus-per-task=8"), device="CUDA"),
+        gpu=Job(("--partition=boost_usr_prod", "--qos=normal", "--gres=gpu:1", "--cpus-per-task=8"), device="CUDA",
+                finish=("--partition=lrd_all_serial", "--cpus-per-task=1")),
     ),
     "mn5-gpp": Site(
         "slurm", account_required=True,  # the account is the group, e.g. ehpc123 [U/B]
         # The queue is a QoS and --partition is optional [U/B]: never sent. 28 of 112 cores [M].
-        cpu=Job(("--qos=gp_debug", "--cpus-per-task=28")),
+        cpu=Job(("--qos=gp_debug", "--cpus-per-task=28"), finish=("--qos=gp_debug", "--cpus-per-task=1")),
         gpu=None,  # no GPUs on GPP [U]
         rejected=("--partition",),
     ),
@@ -94,23 +113,27 @@ SITES: dict[str, Site] = {
         "slurm", account_required=True,  # as mn5-gpp [U/B]
         cpu=None,  # ACC nodes are for GPU work
         # QoS acc_debug [U]; --gres=gpu:1 with -c 20 as users and the original add-on do [U/B].
-        gpu=Job(("--qos=acc_debug", "--gres=gpu:1", "--cpus-per-task=20"), device="CUDA"),
+        gpu=Job(("--qos=acc_debug", "--gres=gpu:1", "--cpus-per-task=20"), device="CUDA",
+                finish=("--qos=acc_debug", "--gres=gpu:1", "--cpus-per-task=20")),
         rejected=("--partition",),
     ),
     "vista": Site(
         "slurm", account_required=False,  # -A only for users in more than one project [D]
         # TACC never shares nodes [D]; -N and -t are required [D] (-t: the walltime line, checked for all).
-        cpu=Job(("--partition=gg", "--nodes=1", "--exclusive")),
+        cpu=Job(("--partition=gg", "--nodes=1", "--exclusive"), finish=("--partition=gg", "--cpus-per-task=1")),
         # A gh node comes with its one H200 [D]: no GPU request at all.
-        gpu=Job(("--partition=gh", "--nodes=1", "--exclusive"), absent=("--gpus",), device="CUDA"),
+        gpu=Job(("--partition=gh", "--nodes=1", "--exclusive"), absent=("--gpus",), device="CUDA",
+                finish=("--partition=gh", "--cpus-per-task=1")),
         # "the scheduler will not accept your job" with these [D]; --export: TACC asks users not to use it [D].
         rejected=("--gres", "--gpus-per-task", "--mem", "--export"),
     ),
     "frontera": Site(
         "slurm", account_required=False,  # as Vista [D]
-        cpu=Job(("--partition=small", "--nodes=1", "--exclusive")),  # small: 1-2 whole nodes [D]
+        cpu=Job(("--partition=small", "--nodes=1", "--exclusive"),  # small: 1-2 whole nodes [D]
+                finish=("--partition=small", "--cpus-per-task=1")),
         # rtx: whole node, 4 Quadro RTX 5000 with RT cores: OPTIX (driver 535 NOT verified [M]).
-        gpu=Job(("--partition=rtx", "--nodes=1", "--exclusive"), absent=("--gpus", "--gres"), device="OPTIX"),
+        gpu=Job(("--partition=rtx", "--nodes=1", "--exclusive"), absent=("--gpus", "--gres"), device="OPTIX",
+                finish=("--partition=rtx", "--cpus-per-task=1")),
         rejected=("--mem", "--export"),  # --mem is "Not available" and the job is refused [D]
         arrays=False,  # -a/--array is "Not available" on Frontera [D]
     ),
@@ -118,7 +141,7 @@ SITES: dict[str, Site] = {
         "pbs", account_required=True,  # -A is mandatory [D]
         cpu=None,  # every node carries 4 A100: no CPU default (the project's choice, from [D] hardware)
         # capacity queue [D, snapshot]; jobs never share nodes [D]: one whole node, no ngpus.
-        gpu=Job(("-q capacity", "-l select=1"), device="CUDA"),
+        gpu=Job(("-q capacity", "-l select=1"), device="CUDA", finish=("-q capacity", "-l select=1:ncpus=1")),
         # -l filesystems=home:eagle is mandatory (Grand is retired) [D]; place=scatter is documented [D].
         every_job=("-l filesystems=home:eagle", "-l place=scatter"),
     ),
@@ -126,7 +149,7 @@ SITES: dict[str, Site] = {
         "pbs", account_required=True,  # as Polaris [D]
         cpu=None,
         # capacity queue [D, snapshot]; a task takes the whole node (6 GPU Max 1550) [D]; ONEAPI: uncertain.
-        gpu=Job(("-q capacity", "-l select=1"), device="ONEAPI"),
+        gpu=Job(("-q capacity", "-l select=1"), device="ONEAPI", finish=("-q capacity", "-l select=1:ncpus=1")),
         # -l filesystems=flare is required [D]; place=scatter and -k doe are the recommended options [D].
         every_job=("-l filesystems=flare", "-l place=scatter", "-k doe"),
     ),
@@ -195,14 +218,31 @@ def test_render_job_directives(scene: Path, name: str, device: str) -> None:
     assert [line for line in site.env if line not in body] == []
 
 
-@pytest.mark.parametrize("name", list(SITES))
-def test_finish_job_directives(scene: Path, name: str) -> None:
-    """The finish step is a job on the same site: it needs the same account, filesystems and rules."""
+# What a finish step may ask beyond its table's lines: nothing that makes it bigger or repeats it.
+FINISH_NEVER = {"--array", "-J", "-a", "--exclusive", "--mem", "--mail-user", "-M"}
+RESOURCES = {"--partition", "--qos", "--gpus", "--gres", "--cpus-per-task", "-q"}
+
+
+@pytest.mark.parametrize(("name", "device"), CASES)
+def test_finish_job_directives(scene: Path, name: str, device: str) -> None:
+    """The finish step is a job on the same site: the same account, filesystems and rules, and the request
+    in the table for the job it follows."""
     site = SITES[name]
-    device = "CPU" if site.cpu else "GPU"
-    args = directives(plan(scene, name, device).finish_script, {"slurm": "#SBATCH", "pbs": "#PBS"}[site.scheduler])
-    assert [line for line in (ACCOUNT_LINE[site.scheduler], *site.every_job) if line not in args] == [], args
-    assert names(args) & {*site.rejected, "--array", "-J", "--gpus", "--gres"} == set(), args
+    job = site.cpu if device == "CPU" else site.gpu
+    assert job is not None and job.finish, f"{name} {device}: the table has no finish request"
+    planned = plan(scene, name, device)
+    args = directives(planned.finish_script, {"slurm": "#SBATCH", "pbs": "#PBS"}[site.scheduler])
+    expected = [ACCOUNT_LINE[site.scheduler], "--time=00:15:00" if site.scheduler == "slurm" else
+                "-l walltime=00:15:00", *job.finish, *site.every_job]
+    assert [line for line in expected if line not in args] == [], args
+    assert names(args) & {*site.rejected, *FINISH_NEVER} == set(), args
+    # No resource line the table does not name (a second GPU request, a QoS left from the render job).
+    extra = [a for a in args if names([a]) & RESOURCES and a not in job.finish and a not in site.every_job]
+    assert extra == [], args
+    body = planned.finish_script.split("\n")
+    finish_env = site.env if site.finish_env is None else site.finish_env
+    assert [line for line in finish_env if line not in body] == []
+    assert [line for line in site.env if line not in finish_env and line in body] == [], "GPU modules in the finish"
 
 
 @pytest.mark.parametrize("name", list(SITES))

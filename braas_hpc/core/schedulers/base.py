@@ -169,7 +169,7 @@ def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         f"# braas-hpc job {spec.name}: finish step of round {round_.number} (summary.json, thumb.jpg)",
         "set -u",
         "umask 077",
-        *preset.env,
+        *finish_environment(preset),
         f"cd {q(paths.job_dir)} || exit 2",
         f"exec >>{q(paths.log_dir)}/{round_.marker_prefix}finish.log 2>&1",
         *trust_lines(paths, finish_task, trust),
@@ -179,15 +179,26 @@ def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
 
 
 def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
-    """What the finish job asks for: one core for a few minutes, no GPU, no array, on a CPU partition
-    when the site has one (a GPU queue may refuse or bill a job that asks for no GPU)."""
-    partition = preset.partition_cpu or spec.partition
+    """What the finish job asks for: the smallest request the job's own partition takes, there (a project
+    that may render in a partition may run its summary there too), or in the partition that entry's
+    `finish` names. No array, a few minutes; one core on a CPU partition; one GPU with the cores the site
+    gives with one GPU on a GPU partition, where a request for no GPU may be refused and a GPU is what the
+    project's allocation pays for. On a whole-node partition the site gives the node whatever is asked."""
+    partition = preset.partition(spec.partition).finish or spec.partition
     part = preset.partition(partition)
     walltime = min(FINISH_WALLTIME_MIN, part.max_walltime_min if preset.partitions else preset.max_walltime_min)
-    finish = dataclasses.replace(spec, name=f"{spec.name[:52]}-finish", partition=partition, qos=part.qos, gpus=0,
-                                 cpus=1, whole_node=False, walltime_min=walltime, max_parallel=0, email="",
-                                 memory_gb=0, device="CPU", cycles_device="CPU")
+    gpus = 1 if part.kind == "gpu" else 0
+    cpus = max(1, part.cpus_per_task // max(1, part.gpus_per_task)) if gpus else 1
+    finish = dataclasses.replace(spec, name=f"{spec.name[:52]}-finish", partition=partition, qos=part.qos,
+                                 gpus=gpus, cpus=cpus, whole_node=False, walltime_min=walltime, max_parallel=0,
+                                 email="", memory_gb=0, device="CPU", cycles_device="CPU")
     return finish, dataclasses.replace(preset, arrays=False)
+
+
+def finish_environment(preset: Preset) -> tuple[str, ...]:
+    """The finish step's environment lines: the preset's `finish_env` when it has one (a summary needs no
+    GPU modules), else its `env` (a site's Blender may itself come from a module)."""
+    return preset.env if preset.finish_env is None else preset.finish_env
 
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
