@@ -54,7 +54,8 @@ def test_remove_from_list_removes_the_row_and_its_thumbnail_for_good(tmp_path: P
     scene = make_sample(tmp_path / "scene")
     session = Session(tmp_path / "user")
     first = session.run(f"""
-        import time
+        import dataclasses, time
+        from braas_hpc.core import registry
         bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
         settings = bpy.context.scene.braas_hpc
         settings.preset, settings.frames_mode, settings.custom_frames = "local", "CUSTOM", "1"
@@ -65,19 +66,38 @@ def test_remove_from_list_removes_the_row_and_its_thumbnail_for_good(tmp_path: P
             bpy.ops.braas_hpc.refresh_jobs()
             time.sleep(0.2)
         result["before"] = [(j.name, j.state, j.thumbnail) for j in jobs]
-        bpy.context.window_manager.braas_hpc.active_job = 0
-        result["removed"] = sorted(bpy.ops.braas_hpc.remove_job())
-        result["after"] = [j.name for j in jobs]
-        result["active"] = bpy.context.window_manager.braas_hpc.active_job
+        # A job of a cluster whose preset file has been removed since (the registry keeps its record).
+        record = registry.get_job(jobs[0].name)
+        orphan = dataclasses.replace(record.spec, name="orphan", preset="gone")
+        registry.add_job(orphan, record.remote_root, {{}}, "FAILED")
     """)
     ((name, state, thumbnail),) = first["before"]
     assert state == "COMPLETED" and thumbnail == str(tmp_path / "user" / "data" / "thumbnails" / f"{name}.jpg")
-    assert first["removed"] == ["FINISHED"] and first["after"] == [] and first["active"] == -1
-    assert not Path(thumbnail).exists()
 
     second = session.run("""
+        from braas_hpc.blender.addon import runtime
+        jobs = bpy.context.window_manager.braas_hpc.jobs
+        result["listed"] = [j.name for j in jobs]
+        # The refresh answers for the job it can ask, and says what is wrong with the other.
+        result["refresh"] = sorted(bpy.ops.braas_hpc.refresh_jobs())
+        result["message"] = [runtime.state.message.level, runtime.state.message.text]
+        result["removed"] = []
+        for _ in range(2):
+            bpy.context.window_manager.braas_hpc.active_job = 0
+            top = jobs[0].name
+            result["removed"].append(top if bpy.ops.braas_hpc.remove_job() == {"FINISHED"} else "")
+        result["after"] = [j.name for j in jobs]
+        result["active"] = bpy.context.window_manager.braas_hpc.active_job
+    """)
+    assert second["listed"] == ["orphan", name] and second["refresh"] == ["FINISHED"]  # newest first
+    assert second["message"] == ["WARNING", "orphan: preset 'gone' no longer exists: braas-hpc forget orphan "
+                                            "(in Blender: Remove from List)"]
+    assert second["removed"] == ["orphan", name] and second["after"] == [] and second["active"] == -1
+    assert not Path(thumbnail).exists()
+
+    third = session.run("""
         from braas_hpc.core import registry
         result["jobs"] = [j.name for j in bpy.context.window_manager.braas_hpc.jobs]
         result["registry"] = [r.name for r in registry.list_jobs()]
     """)
-    assert second == {"jobs": [], "registry": []}
+    assert third == {"jobs": [], "registry": []}
