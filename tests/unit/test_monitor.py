@@ -309,3 +309,20 @@ def test_watch_gives_up_on_a_cluster_after_max_outages(monkeypatch) -> None:  # 
 
     seen, _ = _watch_through(monkeypatch, [(["a"], "connection")] * (MAX_OUTAGES + 1))
     assert len(seen) == MAX_OUTAGES + 1 and seen[-1] == (["a"], ["down"])
+
+
+def test_wait_raises_its_jobs_error_once_waiting_no_longer_helps(monkeypatch) -> None:  # noqa: ANN001
+    import pytest
+
+    from braas_hpc.core import monitor, recovery, watch
+
+    record = JobRecord("down", "gone", SPEC, "/r", ("7",), "RUNNING", {}, 0, 0.0)
+    missing = monitor.PresetMissing("preset 'gone' no longer exists")
+
+    async def answer(names):  # noqa: ANN001, ANN202
+        return monitor.StatusReport([], [monitor.ClusterError("gone", (record,), missing)]), []
+
+    monkeypatch.setattr(recovery, "status_and_recover", answer)
+    with pytest.raises(monitor.PresetMissing) as raised:
+        asyncio.run(watch.wait("down"))
+    assert raised.value is missing and raised.value.exit_code == 2
