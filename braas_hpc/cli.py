@@ -418,7 +418,9 @@ async def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.")
+    parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.",
+                                     epilog=f"exit status: 0 success, 1 the job or command failed, 2 bad usage or "
+                                            f"input, {PARTIAL} (status) some clusters did not answer")
     parser.add_argument("--version", action="version", version=f"braas-hpc {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
