@@ -1,4 +1,5 @@
-"""`braas-hpc`: the same verbs as the Blender panel. Exit codes: 0 success, 1 failure, 2 bad input."""
+"""`braas-hpc`: the same verbs as the Blender panel. Exit codes: 0 success, 1 failure, 2 bad input,
+3 `status`: some clusters did not answer (their jobs are listed with the error)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .core import VERSION, logs, monitor, recovery, service, transfer, watch
+from .core import VERSION, logs, monitor, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
 from .core.errors import BraasError, HostKeyUnknown, UsageError
@@ -33,6 +34,7 @@ from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
 from .core.schedulers import scheduler_for
+from .core.schedulers.base import TERMINAL
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
 from .prompts import TerminalPrompts
@@ -147,13 +149,43 @@ def _status_line(s: monitor.JobStatus) -> str:
     return f"{s.job}  {s.preset}  {s.state}  frames {s.frames_done}/{s.frames_total}"
 
 
-def _status_table(statuses: list[monitor.JobStatus]) -> Table:
+PARTIAL = 3  # `status`: some clusters did not answer; the others' jobs are shown
+
+
+def _error_lines(report: monitor.StatusReport) -> list[str]:
+    """One line per cluster that did not answer (its jobs, what failed), or per job whose preset is gone."""
+    lines = []
+    for e in report.errors:
+        if e.kind == "preset_missing":
+            lines.append(f"{', '.join(e.jobs)}: {e.error}")
+        else:
+            lines.append(f"{e.preset} did not answer ({e.kind}) for {', '.join(e.jobs)}: {e.error}")
+    return [plain(line) for line in lines]
+
+
+def _report_lines(report: monitor.StatusReport) -> list[str]:
+    lines = [plain(_status_line(s)) for s in report.statuses] + _error_lines(report)
+    return lines or ["no jobs yet"]
+
+
+def _status_table(report: monitor.StatusReport) -> Table:
     table = Table("job", "cluster", "state", "frames", "tasks", box=None, header_style="bold")
-    for s in statuses:
+    for s in report.statuses:
         tasks = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.tasks.items()))
         table.add_row(*(Text(plain(cell)) for cell in (s.job, s.preset, s.state, f"{s.frames_done}/{s.frames_total}",
                                                        tasks)))
+    for e in report.errors:
+        for job in e.jobs:
+            first = str(e.error).strip().splitlines()[0] if str(e.error).strip() else e.kind
+            table.add_row(*(Text(plain(cell)) for cell in (job, e.preset, "NOT ANSWERED", "", f"{e.kind}: {first}")))
     return table
+
+
+def _ask_about_host_keys(report: monitor.StatusReport) -> None:
+    """An unknown host key is a question for the user when one can answer (main asks, then runs again)."""
+    for e in report.errors:
+        if isinstance(e.error, HostKeyUnknown) and getattr(pool.prompts, "interactive", lambda: False)():
+            raise e.error
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -163,18 +195,16 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return await _watch_status(args)
     recoveries: list[recovery.Recovery] = []
     if args.no_recover:
-        statuses = await monitor.status(args.jobs or None)
+        report = await monitor.status_report(args.jobs or None)
     else:
-        statuses, recoveries = await recovery.status_and_recover(args.jobs or None)
+        report, recoveries = await recovery.status_and_recover(args.jobs or None)
+    _ask_about_host_keys(report)
     _tell_recoveries(recoveries)
     if args.json:
-        _print_json([s.to_json() for s in statuses])
-        return 0
-    if not statuses:
-        print("no jobs yet")
-    for s in statuses:
-        print(plain(_status_line(s)))
-    return 0
+        _print_json(report.to_json())
+    else:
+        print("\n".join(_report_lines(report)))
+    return PARTIAL if report.errors else 0
 
 
 async def _watch_status(args: argparse.Namespace) -> int:
@@ -182,16 +212,36 @@ async def _watch_status(args: argparse.Namespace) -> int:
     log) the lines again whenever something changed."""
     live = Live(console=out, auto_refresh=False) if out.is_terminal else None
     shown: list[str] = []
+    report = monitor.StatusReport([])
     with live or contextlib.nullcontext():
-        async for statuses, recoveries in watch.watch(args.jobs or None, args.poll_max, recover=not args.no_recover):
+        async for report, recoveries in watch.watch(args.jobs or None, args.poll_max, recover=not args.no_recover):
+            _ask_about_host_keys(report)
             _tell_recoveries(recoveries)
             if live is not None:
-                live.update(_status_table(statuses), refresh=True)
+                live.update(_status_table(report), refresh=True)
                 continue
-            lines = [plain(_status_line(s)) for s in statuses] or ["no jobs yet"]
+            lines = _report_lines(report)
             if lines != shown:
                 print("\n".join(lines), flush=True)
                 shown = lines
+    return PARTIAL if report.errors else 0
+
+
+async def cmd_forget(args: argparse.Namespace) -> int:
+    if not args.force:
+        # Only what the registry records as not ended is asked about: an ended job is then recorded so.
+        live = [r.name for r in map(registry.get_job, dict.fromkeys(args.jobs)) if r.state not in TERMINAL]
+        if live:
+            await monitor.status_report(live)
+    try:
+        forgotten = registry.forget(args.jobs, None if args.force else TERMINAL)
+    except registry.StillActive as error:
+        raise UsageError(f"{error} (braas-hpc cancel {error.record.name}), or forget it anyway with --force") from None
+    if args.json:
+        _print_json({"forgotten": [r.name for r in forgotten]})
+    else:
+        for r in forgotten:
+            print(f"forgot {r.name} ({r.preset}, {r.state}); its files on the cluster are untouched")
     return 0
 
 
@@ -368,7 +418,9 @@ async def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.")
+    parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.",
+                                     epilog=f"exit status: 0 success, 1 the job or command failed, 2 bad usage or "
+                                            f"input, {PARTIAL} (status) some clusters did not answer")
     parser.add_argument("--version", action="version", version=f"braas-hpc {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -450,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recover", action="store_true", help=no_recover)
     p.add_argument("--watch", action="store_true", help="keep showing them until every one has ended")
     p.add_argument("--poll-max", **poll_max)
+    p.epilog = (f"exit status: 0 every job's cluster answered; {PARTIAL} some did not (the others' jobs are shown, "
+                "each one that did not answer is listed with its error; with --json, as the job's \"error\"); "
+                "1 a failure; 2 bad input")
+
+    p = add("forget", cmd_forget, "remove jobs from the local job list; nothing on the cluster changes")
+    p.add_argument("jobs", nargs="+", metavar="JOB")
+    p.add_argument("--force", action="store_true",
+                   help="also a job still pending or running (it may still use the allocation: cancel it first)")
 
     p = add("wait", cmd_wait, "wait until a job ends; exit 0 only if every frame exists")
     p.add_argument("job", metavar="JOB")

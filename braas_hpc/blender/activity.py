@@ -4,7 +4,6 @@ thread to show. Errors of one cluster stay that cluster's: a refresh still shows
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,6 @@ from ..core.context import job_context
 from ..core.errors import BraasError, HostKeyUnknown
 from ..core.install import InstallReport, install
 from ..core.jobs import FRAME_FILE, JobPaths
-from ..core.paths import data_dir
 from ..core.presets import load_preset
 from ..core.probe import ProbeReport, probe
 from ..core.schedulers.base import TERMINAL
@@ -47,7 +45,8 @@ class JobRow:
 @dataclass
 class Refresh:
     rows: list[JobRow] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)  # preset -> why its jobs could not be asked
+    # preset (or the job, when its preset is gone) -> why its jobs could not be asked; the others are in rows
+    errors: dict[str, str] = field(default_factory=dict)
     recoveries: list[recovery.Recovery] = field(default_factory=list)  # lost frames sent again just now
 
 
@@ -56,8 +55,7 @@ def _row(status: monitor.JobStatus, created: float, thumbnail: Path | None = Non
                   status.scheduler_ids, status.missing, created, str(thumbnail) if thumbnail else "")
 
 
-def thumbnail_path(name: str) -> Path:
-    return data_dir() / "thumbnails" / f"{name}.jpg"
+thumbnail_path = registry.thumbnail_path
 
 
 async def _thumbnail(record: registry.JobRecord, status: monitor.JobStatus) -> Path | None:
@@ -92,27 +90,31 @@ async def load_rows() -> list[JobRow]:
 
 
 async def refresh(names: Iterable[str] | None = None) -> Refresh:
-    """Ask each cluster once about its jobs (all of them, or `names`)."""
-    records = await asyncio.to_thread(registry.list_jobs)
-    wanted = set(names) if names is not None else None
-    by_preset: dict[str, list[registry.JobRecord]] = defaultdict(list)
-    for record in records:
-        if wanted is None or record.name in wanted:
-            by_preset[record.preset].append(record)
+    """Ask each cluster once about its jobs (all of them, or `names`, those still in the registry)."""
+    records = {r.name: r for r in await asyncio.to_thread(registry.list_jobs)}
+    wanted = [n for n in names if n in records] if names is not None else list(records)
     result = Refresh()
-    for preset, group in by_preset.items():
-        progress.report(f"asking {preset}")
-        try:
-            statuses, recoveries = await recovery.status_and_recover([r.name for r in group])
-        except BraasError as error:
-            result.errors[preset] = str(error)
-            continue
-        result.recoveries += recoveries
-        records = {r.name: r for r in group}
-        for status in statuses:
-            record = records[status.job]
-            result.rows.append(_row(status, record.created, await _thumbnail(record, status)))
+    if not wanted:
+        return result
+    progress.report(f"asking {len({records[n].preset for n in wanted})} cluster(s)")
+    report, result.recoveries = await recovery.status_and_recover(wanted)
+    for error in report.errors:  # a removed preset: one line per job, each says how to forget it
+        key = error.preset if len(error.jobs) != 1 or error.kind != "preset_missing" else error.jobs[0]
+        result.errors[key] = str(error.error)
+    for status in report.statuses:
+        record = records[status.job]
+        result.rows.append(_row(status, record.created, await _thumbnail(record, status)))
     return result
+
+
+async def forget(name: str, ask: bool = True) -> registry.JobRecord:
+    """Remove a job from the list (the registry and its cached thumbnail); nothing on the cluster
+    changes. A job recorded as not ended is asked about first when `ask` (one that has ended since is
+    then recorded so); one still pending or running, or not asked, is refused: cancel it first."""
+    if ask and (await asyncio.to_thread(registry.get_job, name)).state not in TERMINAL:
+        await monitor.status_report([name])
+    (record,) = await asyncio.to_thread(registry.forget, [name], TERMINAL)
+    return record
 
 
 async def submit(request: SubmitRequest) -> service.SubmitResult:

@@ -223,6 +223,38 @@ class BRAAS_HPC_OT_job_info(JobOperator):
         return runtime.launch(self, f"Reading logs of {name}", lambda: activity.job_report(name), "info", show)
 
 
+class BRAAS_HPC_OT_remove_job(JobOperator):
+    """Remove the job from this list (its files on the cluster stay); a job still running: cancel it first"""
+
+    bl_idname = "braas_hpc.remove_job"
+    bl_label = "Remove from List"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            name = _job_name(self, context)
+        except BraasError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        return self.start(context, name)  # offline too: a job recorded as ended needs no cluster
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        ask = _preset_of(name) == "local" or bpy.app.online_access  # whether it may still run, if not recorded ended
+
+        def removed(record: Any) -> None:
+            items = jobs_list.jobs()
+            index = items.find(name)
+            if index >= 0:
+                items.remove(index)
+            state = bpy.context.window_manager.braas_hpc
+            state.active_job = min(state.active_job, len(items) - 1)
+            runtime.tell(f"job {name} removed from the list; its files on {record.preset} are untouched")
+
+        return runtime.launch(self, f"Removing {name}", lambda: activity.forget(name, ask=ask), "forget", removed)
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        return context.window_manager.invoke_confirm(self, event)
+
+
 class BRAAS_HPC_OT_open_folder(bpy.types.Operator):
     """Open the folder of the job's downloaded frames"""
 
@@ -259,4 +291,4 @@ def preset_summary(name: str) -> str:
 
 
 CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job, BRAAS_HPC_OT_download_job,
-           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_open_folder)
+           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_remove_job, BRAAS_HPC_OT_open_folder)

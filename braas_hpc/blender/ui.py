@@ -155,6 +155,7 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         grid.operator("braas_hpc.job_info", icon="TEXT")
         grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
         grid.operator("braas_hpc.cancel_job", icon="CANCEL")
+        grid.operator("braas_hpc.remove_job", icon="TRASH")
         if job.thumbnail:
             thumbnails = _thumbnails()
             if job.thumbnail not in thumbnails:

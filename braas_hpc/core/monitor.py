@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from . import registry
 from .context import JobContext
+from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, PresetError
 from .jobs import JobPaths, missing_frames
 from .markers import MARKER_BYTES, parse_marker
-from .presets import Preset, load_preset
+from .presets import Preset, load_preset, preset_files
 from .registry import JobRecord
 from .schedulers import TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
@@ -309,16 +310,119 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[Jo
     return results
 
 
-async def status(names: list[str] | None = None) -> list[JobStatus]:
+class PresetMissing(PresetError):
+    """A job's preset file was removed since the job was submitted."""
+
+
+ERROR_KINDS = ("preset_missing", "preset", "host_key", "authentication", "connection", "error")
+
+
+@dataclass(frozen=True)
+class ClusterError:
+    """Why some jobs got no answer this time: their cluster did not answer, or their preset is gone.
+    `error` is kept so a caller that cannot go on without these jobs (`wait`) raises it as it was."""
+
+    preset: str
+    records: tuple[JobRecord, ...]
+    error: BraasError
+
+    @property
+    def jobs(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.records)
+
+    @property
+    def kind(self) -> str:
+        """One of ERROR_KINDS: what failed, for scripts (`status --json`)."""
+        if isinstance(self.error, PresetMissing):
+            return "preset_missing"
+        if isinstance(self.error, PresetError):
+            return "preset"
+        for kind, error_type in (("host_key", HostKeyError), ("authentication", AuthenticationFailed),
+                                 ("connection", ConnectionFailed)):
+            if isinstance(self.error, error_type):
+                return kind
+        return "error"
+
+    @property
+    def lasting(self) -> bool:
+        """Waiting does not fix it: only a dropped or refused connection is waited out (a host key, a
+        login or a preset needs the user; a scheduler's unreadable answer is not a pause either)."""
+        return self.kind != "connection"
+
+    def jobs_json(self) -> list[dict[str, object]]:
+        """Its jobs as `status --json` lists them: the keys of an answer, with what only the cluster could
+        say null, the state UNKNOWN (not ended: nobody could tell) and the error."""
+        return [{"job": r.name, "preset": r.preset, "state": UNKNOWN, "frames_done": None,
+                 "frames_total": len(r.spec.frames), "tasks": {}, "scheduler_ids": list(r.scheduler_ids),
+                 "missing": None, "summary": False, "error": {"kind": self.kind, "message": str(self.error)}}
+                for r in self.records]
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The jobs that were answered, in the order asked, and one error per cluster (or per job whose
+    preset is gone) that was not."""
+
+    statuses: list[JobStatus]
+    errors: list[ClusterError] = field(default_factory=list)
+    asked: tuple[str, ...] = ()  # every job asked about, in order
+
+    def to_json(self) -> list[dict[str, object]]:
+        """One entry per job asked about, in order; `error` is null for a job its cluster answered."""
+        entries: dict[str, dict[str, object]] = {s.job: {**s.to_json(), "error": None} for s in self.statuses}
+        for error in self.errors:
+            entries.update(zip(error.jobs, error.jobs_json(), strict=True))
+        order = {job: i for i, job in enumerate(self.asked)}
+        return [entries[job] for job in sorted(entries, key=lambda job: order.get(job, len(order)))]
+
+    def unanswered(self) -> set[str]:
+        return {job for e in self.errors for job in e.jobs}
+
+    def raise_first(self) -> list[JobStatus]:
+        """The statuses, when every job was answered; else the first error, as it was raised."""
+        if self.errors:
+            raise self.errors[0].error
+        return self.statuses
+
+
+def _preset_or_error(name: str, group: list[JobRecord]) -> Preset | list[ClusterError]:
+    if name not in preset_files():
+        return [ClusterError(name, (r,), PresetMissing(f"preset {name!r} no longer exists: " + (
+            f"braas-hpc forget {r.name} (in Blender: Remove from List)" if r.state in TERMINAL else
+            f"it was last seen {r.state}; cancel it on the cluster if it may still run, then "
+            f"braas-hpc forget --force {r.name}"))) for r in group]
+    try:
+        return load_preset(name)
+    except PresetError as error:
+        return [ClusterError(name, tuple(group), error)]
+
+
+async def status_report(names: list[str] | None = None) -> StatusReport:
+    """Every job (or the ones named), one batched query per cluster. A cluster that does not answer, or
+    a job whose preset is gone, is reported as such and does not hide the others."""
     records = [registry.get_job(n) for n in names] if names else registry.list_jobs()
     by_preset: dict[str, list[JobRecord]] = defaultdict(list)
     for record in records:
         by_preset[record.preset].append(record)
     results: list[JobStatus] = []
+    errors: list[ClusterError] = []
     for preset_name, group in by_preset.items():
-        results += await _status_of_preset(load_preset(preset_name), group)
+        preset = _preset_or_error(preset_name, group)
+        if isinstance(preset, list):
+            errors += preset
+            continue
+        try:
+            results += await _status_of_preset(preset, group)
+        except BraasError as error:
+            log.info("status: %s did not answer: %s", preset_name, error)
+            errors.append(ClusterError(preset_name, tuple(group), error))
     order = {r.name: i for i, r in enumerate(records)}
-    return sorted(results, key=lambda s: order[s.job])
+    return StatusReport(sorted(results, key=lambda s: order[s.job]), errors, tuple(order))
+
+
+async def status(names: list[str] | None = None) -> list[JobStatus]:
+    """Every job asked about, or the first cluster's error (for callers that need them all)."""
+    return (await status_report(names)).raise_first()
 
 
 async def job_status(job: JobContext) -> JobStatus:

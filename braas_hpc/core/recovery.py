@@ -100,13 +100,16 @@ async def resubmit_missing(job: JobContext, exclude_nodes: tuple[str, ...] | Non
     return result, chosen
 
 
-async def status_and_recover(names: list[str] | None = None) -> tuple[list[JobStatus], list[Recovery]]:
+async def status_and_recover(names: list[str] | None = None) -> tuple[monitor.StatusReport, list[Recovery]]:
     """What watchers call (`status`, `wait`, the add-on's refresh): the jobs' states, with lost frames
-    already on their way again; recovered jobs are reported as they stand after the resubmission."""
-    statuses = await monitor.status(names)
-    recoveries = await recover(statuses)
+    already on their way again; recovered jobs are reported as they stand after the resubmission. A
+    cluster that does not answer is in the report's errors; the jobs of the others are recovered."""
+    report = await monitor.status_report(names)
+    recoveries = await recover(report.statuses)
     again = [r.job for r in recoveries if not r.error]
     if again:
-        fresh = {s.job: s for s in await monitor.status(again)}
-        statuses = [fresh.get(s.job, s) for s in statuses]
-    return statuses, recoveries
+        fresh = await monitor.status_report(again)
+        by_job = {s.job: s for s in fresh.statuses}
+        # A cluster that answered a moment ago and not now: its jobs keep the first answer.
+        report = dataclasses.replace(report, statuses=[by_job.get(s.job, s) for s in report.statuses])
+    return report, recoveries

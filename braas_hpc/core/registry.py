@@ -7,12 +7,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import JobNotFound
+from .errors import JobNotFound, UsageError
 from .jobs import JobSpec
 from .paths import data_dir, private_dir
 
@@ -147,3 +147,41 @@ def list_jobs() -> list[JobRecord]:
     with _db() as db:
         rows = db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created").fetchall()
     return [_record(row) for row in rows]
+
+
+class StillActive(UsageError):
+    """`forget` of a job not recorded as ended: it may still hold (and be billed for) its allocation."""
+
+    def __init__(self, record: JobRecord, message: str) -> None:
+        self.record = record
+        super().__init__(message)
+
+
+def thumbnail_path(name: str) -> Path:
+    """The job's cached thumbnail (the add-on fetches the finish step's thumb.jpg once)."""
+    return data_dir() / "thumbnails" / f"{name}.jpg"
+
+
+def forget(names: list[str], ended: Collection[str] | None) -> list[JobRecord]:
+    """Remove jobs from the registry (and their cached thumbnails); nothing on any cluster changes.
+
+    All or none, in one transaction: an unknown name, or a job whose recorded state is not in `ended`
+    (None: any state goes), removes nothing. Its frames and files on the cluster stay where they are.
+    """
+    with _db() as db:
+        db.execute("BEGIN IMMEDIATE")  # a round added meanwhile by the add-on or a `status` is seen here
+        records = []
+        for name in dict.fromkeys(names):
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job named {name!r} in the registry ({registry_path()}); nothing was forgotten")
+            records.append(_record(row))
+        for record in records:
+            if ended is not None and record.state not in ended:
+                raise StillActive(record, f"job {record.name} is {record.state} as far as braas-hpc knows: it may "
+                                          f"still be using the allocation on {record.preset}. Cancel it first; "
+                                          "nothing was forgotten")
+        db.executemany("DELETE FROM jobs WHERE name = ?", [(r.name,) for r in records])
+    for record in records:
+        thumbnail_path(record.name).unlink(missing_ok=True)
+    return records

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from . import monitor, recovery, service
 from .blender_version import check_can_open
 from .context import job_context
-from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, UsageError
+from .errors import BraasError, UsageError
 from .frames import format_frames
 from .jobs import JobSpec
 from .local_blender import local_blender
@@ -43,50 +44,66 @@ def poll_max(value: float | str | None = None) -> float:
     return seconds
 
 
+async def _poll(names: list[str] | None, recover: bool) -> tuple[monitor.StatusReport, list[recovery.Recovery]]:
+    if recover:
+        return await recovery.status_and_recover(names)
+    return await monitor.status_report(names), []
+
+
 async def watch(names: list[str] | None = None, poll_max_s: float | None = None, recover: bool = True
-                ) -> AsyncIterator[tuple[list[monitor.JobStatus], list[recovery.Recovery]]]:
-    """Every poll's statuses (and the recoveries it made), with back-off (2, 4, 8 ... s, at most
-    `poll_max_s`, see `poll_max`), until every job asked about has ended. With `recover`, frames lost on the way are
-    resubmitted (core.recovery) and watching goes on for them. A dropped connection is a pause, not the
-    end: up to MAX_OUTAGES failed polls in a row are waited out."""
+                ) -> AsyncIterator[tuple[monitor.StatusReport, list[recovery.Recovery]]]:
+    """Every poll's report (and the recoveries it made), with back-off (2, 4, 8 ... s, at most
+    `poll_max_s`, see `poll_max`), until every job asked about has ended or can no longer be asked. With
+    `recover`, frames lost on the way are resubmitted (core.recovery) and watching goes on for them.
+
+    A cluster that does not answer hides none of the others. A dropped connection is a pause for its
+    jobs: up to MAX_OUTAGES polls in a row are waited out. A refused host key or login, or a preset that
+    is gone, is not something waiting fixes: those jobs are not asked again, and their errors stay in
+    every later report."""
     poll_max_s = poll_max(poll_max_s)
     interval = POLL_MIN_S
     outages = 0
+    lasting: list[monitor.ClusterError] = []
     while True:
-        try:
-            if recover:
-                statuses, recoveries = await recovery.status_and_recover(names)
-            else:
-                statuses, recoveries = await monitor.status(names), []
-            outages = 0
-        except ConnectionFailed as exc:
-            # A refused host key or login is not something waiting fixes.
-            outages += 1
-            if isinstance(exc, HostKeyError | AuthenticationFailed) or outages > MAX_OUTAGES:
-                raise
-            log.warning("watching: %s; trying again in %.0f s", exc, interval)
-            await asyncio.sleep(interval)
-            interval = min(interval * 2, poll_max_s)
-            continue
+        report, recoveries = await _poll(names, recover)
+        lasting += [e for e in report.errors if e.lasting]
+        outages = outages + 1 if any(not e.lasting for e in report.errors) else 0
+        for error in report.errors:
+            if not error.lasting:
+                log.warning("watching: %s did not answer: %s; trying again in %.0f s", error.preset, error.error,
+                            interval)
+        report = dataclasses.replace(report, errors=lasting + [e for e in report.errors if not e.lasting])
         if any(not r.error for r in recoveries):
             interval = POLL_MIN_S  # a new round: its start is worth seeing soon
-        yield statuses, recoveries
-        if all(s.state in TERMINAL for s in statuses):
+        yield report, recoveries
+        waiting_helps = outages and outages <= MAX_OUTAGES
+        if all(s.state in TERMINAL for s in report.statuses) and not waiting_helps:
             return
+        given_up = {job for e in lasting for job in e.jobs}
+        names = [s.job for s in report.statuses] + [j for e in report.errors if not e.lasting for j in e.jobs
+                                                    if j not in given_up]
         await asyncio.sleep(interval)
         interval = min(interval * 2, poll_max_s)
 
 
 async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | None = None, recover: bool = True
                ) -> monitor.JobStatus:
-    """Poll (see `watch`) until the job ends; return its final status."""
+    """Poll (see `watch`) until the job ends; return its final status. Its cluster's error is raised
+    once waiting no longer helps (a refused login, a preset gone, too many failed polls in a row)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    failed: monitor.ClusterError | None = None
     async with contextlib.aclosing(watch([name], poll_max_s, recover)) as polls:
-        async for (current,), _recoveries in polls:
+        async for report, _recoveries in polls:
+            if report.errors:
+                failed = report.errors[0]
+                continue
+            (current,) = report.statuses
             if current.state in TERMINAL:
                 return current
             if deadline is not None and time.monotonic() > deadline:
                 raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
+    if failed is not None:
+        raise failed.error
     raise AssertionError("watch ends only once the job has ended")  # pragma: no cover
 
 
@@ -109,7 +126,8 @@ async def render_local(request: SubmitRequest, built: tuple[JobSpec, Preset] | N
     result = await service.submit(request, (spec, preset))
     try:
         while True:  # lost frames are rendered again as on a cluster (core.recovery), up to the job's retries
-            (status,), _ = await recovery.status_and_recover([result.job])
+            report, _ = await recovery.status_and_recover([result.job])
+            (status,) = report.raise_first()
             if on_progress:
                 on_progress(status.frames_done, status.frames_total, status.state.lower())
             if status.state in TERMINAL:

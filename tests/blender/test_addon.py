@@ -29,8 +29,9 @@ def test_register_and_unregister_leave_nothing(tmp_path: Path) -> None:
                                and getattr(bpy.ops.braas_hpc, n).get_rna_type() is not None] \
             if hasattr(bpy.ops, "braas_hpc") else []
     """)
-    for op in ("submit", "refresh_jobs", "cancel_job", "download_job", "resubmit_failed", "job_info", "open_folder",
-               "abort", "trust_host", "answer_prompt", "preset_add", "preset_remove", "test_connections"):
+    for op in ("submit", "refresh_jobs", "cancel_job", "download_job", "resubmit_failed", "job_info", "remove_job",
+               "open_folder", "abort", "trust_host", "answer_prompt", "preset_add", "preset_remove",
+               "test_connections"):
         assert op in got["ops"]
     assert got["panel"] and got["scene_prop"] and got["loop"]
     assert got["after_types"] == [] and not got["after_scene_prop"] and not got["after_wm_prop"]

@@ -218,7 +218,7 @@ def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None) -> list[
 
     async def answer(names):  # noqa: ANN001, ANN202
         state = next(answers)
-        return [monitor.JobStatus("j", "site", state, 0, 1, {}, (), ())], []
+        return monitor.StatusReport([monitor.JobStatus("j", "site", state, 0, 1, {}, (), ())]), []
 
     async def pause(seconds: float) -> None:
         pauses.append(seconds)
@@ -257,3 +257,74 @@ def test_poll_max_refuses_what_would_hammer_the_scheduler(monkeypatch) -> None: 
     monkeypatch.setenv("BRAAS_HPC_POLL_MAX", "soon")
     with pytest.raises(UsageError, match="BRAAS_HPC_POLL_MAX='soon' is not a number"):
         poll_max()
+
+
+def _watch_through(monkeypatch, answers: list[tuple[list[str], str]]) -> tuple[list[tuple[list[str], list[str]]],
+                                                                                 list[list[str] | None]]:
+    """`watch` over answers given as (jobs answered COMPLETED, kind of the error for job "down" or "");
+    returns what each poll yielded (jobs shown, jobs in error) and the names each poll asked about."""
+    from braas_hpc.core import monitor, recovery, watch
+    from braas_hpc.core.errors import BraasError, ConnectionFailed
+
+    polls = iter(answers)
+    asked: list[list[str] | None] = []
+    errors = {"connection": ConnectionFailed("refused"), "preset_missing": monitor.PresetMissing("gone"),
+              "error": BraasError("unreadable")}
+    record = JobRecord("down", "site", SPEC, "/r", ("7",), "RUNNING", {}, 0, 0.0)
+
+    async def answer(names):  # noqa: ANN001, ANN202
+        asked.append(names)
+        done, kind = next(polls)
+        statuses = [monitor.JobStatus(j, "site", COMPLETED, 1, 1, {}, (), ()) for j in done]
+        failed = [monitor.ClusterError("site", (record,), errors[kind])] if kind else []
+        return monitor.StatusReport(statuses, failed), []
+
+    async def pause(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(recovery, "status_and_recover", answer)
+    monkeypatch.setattr(watch.asyncio, "sleep", pause)
+    seen = []
+
+    async def run() -> None:
+        async for report, _ in watch.watch(None, 2):
+            seen.append(([s.job for s in report.statuses], sorted(report.unanswered())))
+
+    asyncio.run(run())
+    return seen, asked
+
+
+def test_watch_shows_the_others_and_waits_out_a_cluster_that_comes_back(monkeypatch) -> None:  # noqa: ANN001
+    seen, asked = _watch_through(monkeypatch, [(["a"], "connection"), (["a"], "connection"), (["a", "down"], "")])
+    assert seen == [(["a"], ["down"]), (["a"], ["down"]), (["a", "down"], [])]
+    assert asked == [None, ["a", "down"], ["a", "down"]]
+
+
+def test_watch_ends_when_only_a_lasting_error_is_left(monkeypatch) -> None:  # noqa: ANN001
+    for kind in ("preset_missing", "error"):
+        seen, asked = _watch_through(monkeypatch, [(["a"], kind)])
+        assert seen == [(["a"], ["down"])] and asked == [None]
+
+
+def test_watch_gives_up_on_a_cluster_after_max_outages(monkeypatch) -> None:  # noqa: ANN001
+    from braas_hpc.core.watch import MAX_OUTAGES
+
+    seen, _ = _watch_through(monkeypatch, [(["a"], "connection")] * (MAX_OUTAGES + 1))
+    assert len(seen) == MAX_OUTAGES + 1 and seen[-1] == (["a"], ["down"])
+
+
+def test_wait_raises_its_jobs_error_once_waiting_no_longer_helps(monkeypatch) -> None:  # noqa: ANN001
+    import pytest
+
+    from braas_hpc.core import monitor, recovery, watch
+
+    record = JobRecord("down", "gone", SPEC, "/r", ("7",), "RUNNING", {}, 0, 0.0)
+    missing = monitor.PresetMissing("preset 'gone' no longer exists")
+
+    async def answer(names):  # noqa: ANN001, ANN202
+        return monitor.StatusReport([], [monitor.ClusterError("gone", (record,), missing)]), []
+
+    monkeypatch.setattr(recovery, "status_and_recover", answer)
+    with pytest.raises(monitor.PresetMissing) as raised:
+        asyncio.run(watch.wait("down"))
+    assert raised.value is missing and raised.value.exit_code == 2
