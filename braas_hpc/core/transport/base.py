@@ -65,9 +65,11 @@ class SSHTarget:
     keepalive_s: float = 30.0
 
     @property
-    def key(self) -> tuple[str, str, int | None, str | None]:
-        """What the pool keys connections on."""
-        return (self.host, self.user or "", self.port, self.proxy_jump)
+    def key(self) -> tuple[object, ...]:
+        """What the pool keys connections on: everything that decides where it goes, who logs in and which
+        host keys are trusted, so a preset never rides a connection opened under another one's trust."""
+        return (self.host, self.user or "", self.port, self.proxy_jump, self.key_files, self.known_hosts,
+                self.ssh_config, self.use_agent)
 
 
 class Prompts(Protocol):
