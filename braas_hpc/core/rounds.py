@@ -71,7 +71,8 @@ class RoundKit:
     finish_trust: Trust
 
     def to_dict(self) -> dict[str, object]:
-        preset = {k: v for k, v in dataclasses.asdict(self.preset).items() if k != "source"}
+        # As a preset file would say it: no "source", and no key left unset (None: a file cannot say it).
+        preset = {k: v for k, v in dataclasses.asdict(self.preset).items() if k != "source" and v is not None}
         return {"preset": preset, "blender": list(self.blender), "render_task": self.render_task,
                 "finish_task": self.finish_task, "render_trust": dataclasses.asdict(self.render_trust),
                 "finish_trust": dataclasses.asdict(self.finish_trust)}
@@ -212,9 +213,14 @@ def submit_claimed(spec: JobSpec, kit: RoundKit, paths: JobPaths, number: int, c
     scheduler = scheduler_for(kit.preset.scheduler)
     tasks = tuple(tuple(t) for t in chunk_frames(list(chosen.frames), chosen.chunk))
     round_ = Round(number, len(tasks), chosen.exclude_nodes)
-    for path, text in round_files(spec, kit, paths, round_, tasks, scheduler).items():
-        _write(path, text)
-    _write(f"{paths.job_dir}/submitted/r{number}.claim/ready", json.dumps(chosen.exclude_nodes))
+    claimed = f"{paths.job_dir}/submitted/r{number}.claim"
+    try:
+        for path, text in round_files(spec, kit, paths, round_, tasks, scheduler).items():
+            _write(path, text)
+        _write(f"{claimed}/ready", json.dumps(chosen.exclude_nodes))
+    except BaseException:
+        os.rmdir(claimed)  # nothing submitted: the round is free again for the client's recovery
+        raise
     return submit_ready(kit, paths, round_, scheduler, run)
 
 
