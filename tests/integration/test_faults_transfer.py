@@ -44,15 +44,10 @@ BACKENDS = ("asyncssh", "paramiko", "openssh")
 # Client->server bytes a proxied connection may carry before it is cut. The packed sample is ~430 kB
 # and the commands before the upload take a few kB, so every cut lands inside the store upload; the
 # small ones also cut every reconnection before the file is through (the submit fails), the large ones
-# let the resume finish it (the submit succeeds). asyncssh runs the whole sweep; the other back ends a
-# representative cut or two (their resume and cut handling are pinned down by the tests after these):
-# paramiko, whose resumed uploads were once corrupt, both kinds; OpenSSH one the resume finishes.
-UPLOAD_CUTS = {"asyncssh": (40_000, 120_000, 250_000, 330_000, 400_000),
-               "paramiko": (40_000, 400_000), "openssh": (330_000,)}
-# Server->client bytes per connection during a download of four ~170 kB frames: asyncssh the sweep,
-# the others one cut inside the first frame (each reconnection too).
-DOWNLOAD_CUTS = {"asyncssh": (30_000, 90_000, 200_000, 330_000, 520_000),
-                 "paramiko": (90_000,), "openssh": (90_000,)}
+# let the resume finish it (the submit succeeds). Every back end runs the whole sweep.
+UPLOAD_CUTS = dict.fromkeys(BACKENDS, (40_000, 120_000, 250_000, 330_000, 400_000))
+# Server->client bytes per connection during a download of four ~170 kB frames, the same sweep for each.
+DOWNLOAD_CUTS = dict.fromkeys(BACKENDS, (30_000, 90_000, 200_000, 330_000, 520_000))
 # Server->client bytes per connection while a 170 kB file is fetched: the last reconnection of each
 # is cut inside the file's last 64 kB.
 LAST_BYTES_CUTS = (45_000, 55_000, 65_000)

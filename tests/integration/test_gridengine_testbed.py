@@ -168,8 +168,11 @@ def test_tc_runs_one_task_at_a_time_and_qstat_shows_it_running(cluster: Cluster)
     def running(doc: ET.Element, of: int) -> list[dict[str, str]]:
         return [e for e in job_lists(doc, of) if e["list"] == "running"]
 
-    doc = eventually(cluster.qstat_xml, lambda d: len(running(d, free)) == 2, f"both tasks of {free} to run",
-                     timeout=30)
+    def settled(doc: ET.Element) -> bool:  # "t" (being handed to the execd) turns "r" a moment later
+        tasks = running(doc, free) + running(doc, job)
+        return len(running(doc, free)) == 2 and all(e["state"] == "r" for e in tasks)
+
+    doc = eventually(cluster.qstat_xml, settled, f"both tasks of {free} to run", timeout=90)
     [first] = running(doc, job)
     assert (first["state"], first["queue_name"]) == ("r", f"{gridengine.QUEUE}@{gridengine.host()}")
     [pending] = [e for e in job_lists(doc, job) if e["list"] == "pending"]

@@ -56,9 +56,15 @@ def _finish_ids(remote, job_dir: str) -> dict[int, str]:  # noqa: ANN001
 
 def test_resubmit_can_keep_off_a_node_and_the_finish_step_still_runs(  # noqa: ANN001
         testbed, remote, sample_scene: Path) -> None:
+    # A site whose finish steps for qpair go to qcpu (localhost only): keeping the finish step off
+    # localhost there leaves it no node.
+    base = Path(load_preset("testbed").source)
+    preset = base.read_text().replace('name = "testbed"', 'name = "tb-finish-qcpu"')
+    (base.parent / "tb-finish-qcpu.toml").write_text(preset + '\n[partitions.qpair]\nfinish = "qcpu"\n\n'
+                                                      '[partitions.qcpu]\n\n[partitions.qgpu]\nkind = "gpu"\ncycles_device = "CUDA"\ngpus_per_task = 1\n')
     with partition_closed(testbed.slurm_conf, "qpair"):  # queued, whatever the scheduler's pace
-        job = _json("submit", str(sample_scene), "--preset", "testbed", "--partition", "qpair", "--frames", "1-2",
-                    "--retries", "0")
+        job = _json("submit", str(sample_scene), "--preset", "tb-finish-qcpu", "--partition", "qpair",
+                    "--frames", "1-2", "--retries", "0")
         early = run_cli("resubmit", job["job"])
     assert early.returncode == 2 and "is still PENDING: wait for it" in early.stderr, early.stderr
     assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
