@@ -9,11 +9,19 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from braas_hpc.core import registry
-from braas_hpc.core.presets import load_preset
+from braas_hpc.core.presets import BUILTIN_DIR, load_preset, load_preset_file
 from tests.conftest import run_cli
-from tests.helpers import eventually, partition_closed
+from tests.helpers import eventually, make_sample, partition_closed
 from tests.integration.test_recovery import _NODE_KILLS_TASKS, _markers, _round_of
+from tests.retarget import retarget, to_toml
+
+
+@pytest.fixture
+def scene_dir(tmp_path: Path) -> Path:
+    return tmp_path
 
 
 def _json(*args: str) -> dict:
@@ -140,3 +148,26 @@ def test_a_cancelled_job_is_not_recovered_by_the_cluster(testbed, remote, sample
                      lambda text: "braas-hpc finish:" in text, "the finish step after the cancel", timeout=300)
     assert "the user cancelled the job: nothing is resubmitted" in log
     assert remote(f"ls {shlex.quote(job_dir)}/submitted").stdout.split().count("r1.claim") == 0
+
+
+def test_pbs_frames_come_back_from_the_cluster_after_an_admins_qdel(testbed, remote, scene_dir: Path) -> None:  # noqa: ANN001
+    """Polaris's scripts on the PBS Pro stand-in: an admin's qdel of the whole array while one subjob runs
+    and one waits, and no braas-hpc command after the submit: the finish step (depend=afterany) qsubs the
+    lost frames as round 1."""
+    base = load_preset("testbed")
+    preset = retarget(load_preset_file(BUILTIN_DIR / "polaris.toml"), base)
+    (Path(base.source).parent / f"{preset.name}.toml").write_text(to_toml(preset))
+    sample = make_sample(scene_dir / "pbs")
+    job = _json("submit", str(sample), "--preset", preset.name, "--partition", "debug", "--frames", "1-6")
+    array_id, job_dir = job["scheduler_ids"][0], job["job_dir"]
+    eventually(lambda: remote(f"qstat -t -f -F json {shlex.quote(array_id)}").stdout,
+               lambda out: '"job_state":"R"' in out and '"job_state":"Q"' in out, "a running and a queued subjob")
+    assert remote(f"qdel {shlex.quote(array_id)}").returncode == 0
+
+    wanted = {f"frame_{n:06d}.png" for n in range(1, 7)}
+    eventually(lambda: _frames_there(remote, job_dir), lambda got: got >= wanted, "every frame", timeout=600)
+    log = remote(f"cat {shlex.quote(job_dir)}/log/finish.log").stdout
+    assert "round 1 submitted for frames" in log, log
+    again = {name: m for name, m in _markers(remote, job_dir).items() if _round_of(name) >= 1}
+    assert again and all(set(m["rendered"]) <= set(m["frames"]) for m in again.values())
+    assert set(_rendered_once(again).values()) == {1}

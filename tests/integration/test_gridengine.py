@@ -103,3 +103,22 @@ def test_an_interactive_session_runs_a_command_in_its_job(sge_preset: str) -> No
     finally:
         stopped = run_cli("interactive", "stop", session, timeout=300)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_a_lost_task_is_rendered_again_by_the_cluster_with_no_client(sge_preset: str, remote,  # noqa: ANN001
+                                                                    sample_scene: Path) -> None:
+    """The finish step's own recovery (core.rounds) through Grid Engine: task 3 deleted while it waits,
+    and no braas-hpc command after the submit; the finish step qsubs frames 5-6 as round 1."""
+    job = _json("submit", str(sample_scene), "--preset", sge_preset, "--frames", "1-6", "--chunk", "2",
+                "--max-parallel", "1")
+    (array,) = job["scheduler_ids"]
+    assert _sge(remote, f"qdel {array} -t 3").returncode == 0
+    job_dir = shlex.quote(job["job_dir"])
+    wanted = {f"frame_{n:06d}.png" for n in range(1, 7)}
+    eventually(lambda: set(remote(f"ls {job_dir}/out").stdout.split()), lambda got: got >= wanted, "every frame",
+               timeout=600)
+    log = eventually(lambda: remote(f"cat {job_dir}/log/finish.log").stdout,
+                     lambda text: "round 1 submitted for frames [5, 6]" in text, "the finish step's recovery")
+    marker = json.loads(remote(f"cat {job_dir}/status/r1-task-1.json").stdout)
+    assert marker["frames"] == [5, 6] and marker["rendered"] == [5, 6], log
+    assert remote(f"test -e {job_dir}/status/r2-task-1.json").returncode != 0
