@@ -10,21 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import REPO, run_cli
-from tests.helpers import check_frame, make_sample
+from tests.helpers import check_frame, eventually, make_sample
 
 
 def _until(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := condition():
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Wait for a condition the queue brings about in another process (tests.helpers.eventually)."""
+    return eventually(condition, bool, what, timeout=timeout, every=0.05)
 
 
 def _status(job: str) -> dict:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 from braas_hpc.core.schedulers.local import QUEUE_SCRIPT, LocalScheduler
+from tests.helpers import eventually
 
 # A task: records its start, waits for its gate file (when the test made one to hold it), ends.
 TASK = """#!/bin/bash
@@ -31,19 +31,14 @@ exit {code}
 HOLD = 'while [ -e {gate} ]; do sleep 0.05; done'
 
 
+def _until(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
+    """Wait for a condition the queue brings about in another process (tests.helpers.eventually)."""
+    return eventually(condition, bool, what, timeout=timeout, every=0.05)
+
+
 def queue(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(QUEUE_SCRIPT), str(directory), *args], capture_output=True,
                           text=True, timeout=60)
-
-
-def until(condition: Callable[[], object], what: str, timeout: float = 60) -> object:
-    """Wait for a condition (the queue works in another process), failing with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := condition():
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Bench:
@@ -88,11 +83,11 @@ def test_submit_returns_while_the_array_runs_detached_one_task_at_a_time_in_orde
     second = bench.submit(bench.script(tasks=0), "--after", first)
 
     # The submission returned while task 1 still waits on the gate: it runs in a worker of its own.
-    until(lambda: bench.states(first)[(first, "1")] == RUNNING, "task 1 running")
+    _until(lambda: bench.states(first)[(first, "1")] == RUNNING, "task 1 running")
     assert bench.states(first, second) == {(first, "1"): RUNNING, (first, "2"): PENDING, (first, "3"): PENDING,
                                           (second, ""): PENDING}
     gate.unlink()
-    assert until(lambda: bench.ended(first, second), "both jobs ended") == {
+    assert _until(lambda: bench.ended(first, second), "both jobs ended") == {
         (first, "1"): COMPLETED, (first, "2"): COMPLETED, (first, "3"): COMPLETED, (second, ""): COMPLETED}
     events = [tuple(line[:3]) for line in bench.lines()]  # a job without an array has no task id: "-"
     assert events == [(k, first, t) for t in "123" for k in ("start", "end")] + [("start", second, "-"),
@@ -102,7 +97,7 @@ def test_submit_returns_while_the_array_runs_detached_one_task_at_a_time_in_orde
 def test_a_failed_task_fails_alone_and_the_queue_goes_on(bench: Bench) -> None:
     failing = bench.submit(bench.script(tasks=2, code=3))
     after = bench.submit(bench.script(tasks=1))
-    states = until(lambda: bench.ended(failing, after), "both ended")
+    states = _until(lambda: bench.ended(failing, after), "both ended")
     assert states == {(failing, "1"): FAILED, (failing, "2"): FAILED, (after, "1"): COMPLETED}
     done = queue(bench.dir, "query", failing)
     assert {json.loads(line)["exit"] for line in done.stdout.splitlines()} == {"3"}
@@ -112,14 +107,14 @@ def test_cancel_stops_the_running_task_with_its_children_and_the_rest_never_star
     gate, child = bench.tmp / "gate", bench.tmp / "child.pid"
     gate.touch()
     job = bench.submit(bench.script(tasks=3, hold=gate, body=f"sleep 300 & echo $! > {child}\n"))
-    until(child.exists, "the task's child started")
-    sleeper = int(until(lambda: child.read_text().strip(), "the child's pid"))
+    _until(child.exists, "the task's child started")
+    sleeper = int(_until(lambda: child.read_text().strip(), "the child's pid"))
 
     done = queue(bench.dir, "cancel", job)
 
     assert done.returncode == 0, done.stderr
-    assert until(lambda: bench.ended(job), "the job ended") == {(job, t): CANCELLED for t in "123"}
-    until(lambda: not _alive(sleeper), "the task's child stopped")  # the whole group, not only bash
+    assert _until(lambda: bench.ended(job), "the job ended") == {(job, t): CANCELLED for t in "123"}
+    _until(lambda: not _alive(sleeper), "the task's child stopped")  # the whole group, not only bash
     assert [line[0] for line in bench.lines()] == ["start"]  # task 1 never ended, 2 and 3 never started
     assert queue(bench.dir, "cancel", job).returncode == 0  # cancelling an ended job is no error
 
@@ -128,15 +123,15 @@ def test_a_runner_that_died_fails_its_task_and_the_next_command_resumes_the_queu
     gate = bench.tmp / "gate"
     gate.touch()
     held = bench.submit(bench.script(tasks=2, hold=gate))
-    until(lambda: bench.lines(), "task 1 started")
+    _until(lambda: bench.lines(), "task 1 started")
     _, _, _, task_pid, worker_pid = bench.lines()[0]
     # As a restart does: the runner and the task are gone at once, without a word.
     os.kill(int(worker_pid), signal.SIGKILL)
     os.killpg(int(task_pid), signal.SIGKILL)
-    until(lambda: not _alive(int(worker_pid)), "the runner gone")
+    _until(lambda: not _alive(int(worker_pid)), "the runner gone")
     gate.unlink()
 
-    states = until(lambda: bench.ended(held), "the queue resumed and ended")  # each query settles it
+    states = _until(lambda: bench.ended(held), "the queue resumed and ended")  # each query settles it
 
     assert states == {(held, "1"): FAILED, (held, "2"): COMPLETED}
     assert "interrupted" in _raw(bench, held)["1"]
@@ -147,7 +142,7 @@ def test_submissions_at_once_each_run_once_and_never_two_tasks_together(bench: B
     with ThreadPoolExecutor(6) as pool:
         ids = list(pool.map(bench.submit, scripts))
     assert sorted(ids, key=int) == [str(i) for i in range(1, 7)]
-    until(lambda: bench.ended(*ids), "every job ended")
+    _until(lambda: bench.ended(*ids), "every job ended")
     events = bench.lines()
     assert len(events) == 24
     for start, end in zip(events[0::2], events[1::2], strict=True):  # never two tasks at once
