@@ -76,6 +76,11 @@ class JobSpec:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> JobSpec:
+        """The spec `to_dict` gave (JSON has lists where the spec holds tuples)."""
+        return cls(**{**data, "frames": tuple(data["frames"]), "tasks": tuple(tuple(t) for t in data["tasks"])})
+
     @property
     def extension(self) -> str:
         return IMAGE_FORMATS[self.image_format]

@@ -77,10 +77,7 @@ def _db() -> Iterator[sqlite3.Connection]:
 
 
 def _spec_from_json(text: str) -> JobSpec:
-    data = json.loads(text)
-    data["frames"] = tuple(data["frames"])
-    data["tasks"] = tuple(tuple(t) for t in data["tasks"])
-    return JobSpec(**data)
+    return JobSpec.from_dict(json.loads(text))
 
 
 def _record(row: tuple) -> JobRecord:

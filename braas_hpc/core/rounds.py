@@ -162,6 +162,22 @@ def _timed_out(markers: list[dict[str, object]], walltime_min: int, now: float) 
                and now - m["started"] >= walltime_min * 60 * EARLY_DEATH for m in markers)  # type: ignore[operator]
 
 
+def _frames_present(out_dir: str) -> set[str]:
+    """Names of the non-empty files in out/ (a file that goes while it is looked at is not there)."""
+    try:
+        entries = list(os.scandir(out_dir))
+    except FileNotFoundError:
+        return set()
+    present = set()
+    for entry in entries:
+        try:
+            if entry.is_file() and entry.stat().st_size > 0:
+                present.add(entry.name)
+        except FileNotFoundError:
+            continue
+    return present
+
+
 def claim(paths: JobPaths, round_: int) -> bool:
     """Whether this side now owns round `round_` (it is the first to ask)."""
     os.makedirs(f"{paths.job_dir}/submitted", mode=0o700, exist_ok=True)
@@ -181,7 +197,7 @@ def recover_here(job_dir: str, finished_round: int, run: Runner = _run, now: flo
         job = json.load(stream)
     if "kit" not in job:
         return "no recovery here: the job was submitted by an older braas-hpc"
-    spec, kit = spec_from_dict(job["spec"]), RoundKit.from_dict(job["kit"])
+    spec, kit = JobSpec.from_dict(job["spec"]), RoundKit.from_dict(job["kit"])
     number = finished_round + 1
     if kit.preset.is_local:  # its queue's script is not among the installed ones; the client is here anyway
         return "this computer's jobs are recovered by the client (braas-hpc wait, status, render)"
@@ -189,9 +205,7 @@ def recover_here(job_dir: str, finished_round: int, run: Runner = _run, now: flo
         return "the user cancelled the job: nothing is resubmitted"
     if number > spec.retries:
         return f"no retries left ({spec.retries} used)"
-    present = set(os.listdir(paths.out_dir)) if os.path.isdir(paths.out_dir) else set()
-    present = {name for name in present if os.path.getsize(os.path.join(paths.out_dir, name)) > 0}
-    missing = tuple(missing_frames(spec, present))
+    missing = tuple(missing_frames(spec, _frames_present(paths.out_dir)))
     if not missing:
         return "every frame is there"
     if not claim(paths, number):
@@ -201,10 +215,6 @@ def recover_here(job_dir: str, finished_round: int, run: Runner = _run, now: flo
     chosen = plan(spec, markers, missing, _timed_out(markers, spec.walltime_min, now), now)
     ids = submit_claimed(spec, kit, paths, number, chosen, run)
     return f"round {number} submitted for frames {list(missing)} as {', '.join(ids)}"
-
-
-def spec_from_dict(data: dict) -> JobSpec:
-    return JobSpec(**{**data, "frames": tuple(data["frames"]), "tasks": tuple(tuple(t) for t in data["tasks"])})
 
 
 def submit_claimed(spec: JobSpec, kit: RoundKit, paths: JobPaths, number: int, chosen: Plan, run: Runner
