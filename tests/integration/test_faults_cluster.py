@@ -6,6 +6,7 @@ Counts go to docs/reliability.md."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -155,6 +156,73 @@ def test_slurmd_killed_during_a_render(testbed, remote, sample_scene: Path, tmp_
     assert lost == 0
     print(f"FIGURES slurmd-kill frames={FRAMES} at_kill={at_kill} rendered_while_down={rendered_while_down} "
           f"slurmd_pid={old}->{new} frames_checked={checked} lost={lost}")
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _step_of(pid: int) -> int:
+    """The slurmstepd a task's process runs under (0: none found)."""
+    while pid > 1:
+        pid = _parent(pid)
+        try:
+            if (Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"slurmstepd")):
+                return pid
+        except OSError:
+            return 0
+    return 0
+
+
+def test_a_node_that_crashes_mid_render_is_recovered_by_the_cluster_alone(  # noqa: ANN001
+        testbed, remote, sample_scene: Path, tmp_path: Path) -> None:
+    """A node crash with nobody watching: slurmd, the task's slurmstepd and its Blender SIGKILLed at once
+    (the node's processes gone, as in a power cut); Slurm marks the node down and ends the task; the node's
+    slurmd starts again, as after a reboot. No braas-hpc command runs until the end: the round's finish
+    step submits the frames the task lost as round 1, and every frame is there, each rendered once."""
+    layout = tb.Layout.from_env()
+    node = nodens.NODES[0]
+    job = _submit(sample_scene, f"1-{FRAMES}", chunk=FRAMES)
+    out_dir = f"{job['job_dir']}/out"
+
+    def frames_now() -> set[str]:
+        return set(remote(f"find {out_dir} -name 'frame_*' -size +0 -printf '%f\\n'").stdout.split())
+
+    eventually(frames_now, bool, "the task's first frame", timeout=300, every=0.1)
+    renderers = eventually(lambda: _render_pids(job["job_dir"]), bool, "the task's Blender", timeout=30, every=0.1)
+    steps = {_step_of(pid) for pid in renderers} - {0}
+    assert steps, "no slurmstepd above the task's Blender"
+    daemon = int(layout.pid_file("slurmd").read_text().split()[0])
+    for pid in [daemon, *steps, *renderers]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not _alive(daemon) and not node.port_taken(tb.SLURMD_PORT), bool, "slurmd to die",
+               timeout=30, every=0.1)
+    at_crash = len(frames_now())
+    assert at_crash < FRAMES, "the task ended before the crash"
+    # Slurm finds the node silent past SlurmdTimeout (30 s on the test cluster), marks it DOWN and ends its
+    # job (NODE_FAIL); only then does the node come back, as after a reboot.
+    eventually(lambda: remote(f"sinfo -h -n {node.slurm_name} -o %T").stdout.strip(),
+               lambda state: state.startswith("down"), "Slurm to mark the node down", timeout=120, every=1)
+    back = subprocess.run(on_cluster_host([sys.executable, str(TESTBED_CLI), "up"]), capture_output=True, text=True,
+                          timeout=600)
+    assert back.returncode == 0, back.stdout + back.stderr
+
+    wanted = {f"frame_{n:06d}.png" for n in range(1, FRAMES + 1)}
+    eventually(frames_now, lambda got: got >= wanted, "every frame, with no client", timeout=600, every=1)
+    log = remote(f"cat {job['job_dir']}/log/finish.log").stdout
+    assert "round 1 submitted for frames" in log, log
+    markers = json.loads(remote(f"cd {job['job_dir']}/status && python3 -c 'import glob, json; print(json.dumps("
+                                "[json.load(open(f)) for f in glob.glob(\"*.json\")]))'").stdout)
+    rendered = [frame for marker in markers for frame in marker.get("rendered", [])]
+    assert sorted(rendered) == sorted(set(rendered)), f"a frame rendered twice: {markers}"
+    checked = _frames_checked(job, tmp_path)  # the client, back in the morning
+    assert checked == FRAMES
+    print(f"FIGURES node-crash-no-client frames={FRAMES} at_crash={at_crash} frames_checked={checked} lost=0")
 
 
 def test_a_channel_refused_as_the_connection_drops_is_a_lost_connection(testbed) -> None:  # noqa: ANN001

@@ -855,6 +855,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
 ReturnToService=2
+# A node silent this long is marked DOWN and its jobs end (NODE_FAIL): Slurm's 300 s would make the
+# node-crash test wait five minutes. The slurmd-kill test brings its daemon back well within it.
+SlurmdTimeout=30
 MaxArraySize=10001
 MinJobAge=300
 # node2 before localhost: while slurmctld reads the node lines, a lookup of any name finds the only node
