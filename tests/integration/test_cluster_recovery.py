@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,32 @@ def test_pbs_frames_come_back_from_the_cluster_after_an_admins_qdel(testbed, rem
     again = {name: m for name, m in _markers(remote, job_dir).items() if _round_of(name) >= 1}
     assert again and all(set(m["rendered"]) <= set(m["frames"]) for m in again.values())
     assert set(_rendered_once(again).values()) == {1}
+
+
+def test_client_and_cluster_racing_for_a_round_submit_it_once(testbed, remote, sample_scene: Path) -> None:  # noqa: ANN001
+    """Both at the same moment, three times over: the client's `resubmit` and the finish step run again
+    on the cluster. Exactly one of them submits each round; the other takes it as it is."""
+    q = shlex.quote
+    for attempt in range(3):
+        job, job_dir = _lose_a_frame_of_a_finished_job(remote, sample_scene)
+        with partition_closed(testbed.slurm_conf, "qcpu"), ThreadPoolExecutor(2) as both:
+            mine = both.submit(run_cli, "resubmit", job["job"], "--json")
+            cluster = both.submit(remote, f"bash {q(job_dir)}/finish.sh; tail -n 3 {q(job_dir)}/log/finish.log")
+            mine_done, cluster_said = mine.result(timeout=300), cluster.result(timeout=300).stdout
+        recorded = remote(f"cat {q(job_dir)}/submitted/r1-array").stdout.strip()
+        submitted_by_cluster = "round 1 submitted for frames [2]" in cluster_said
+        assert submitted_by_cluster != ("round 1 is someone else's already" in cluster_said), cluster_said
+        if mine_done.returncode == 0:  # the client submitted, or adopted the cluster's round
+            assert json.loads(mine_done.stdout)["scheduler_ids"] == [recorded], (attempt, mine_done.stdout)
+        else:  # the cluster was still writing the round's files: the client takes it up at its next look
+            assert submitted_by_cluster and "is being submitted by the cluster right now" in mine_done.stderr
+        final = _json("wait", job["job"], "--timeout", "600")
+        assert final["state"] == "COMPLETED" and final["frames_done"] == 2
+        assert registry.get_job(job["job"]).scheduler_ids[-1] == recorded
+        # Slurm's own count: round 0's two array tasks and round 1's one, never a second round 1.
+        accounting = f"sacct -n -X -P -o JobID -S now-1hour --name {q(job['job'])}"
+        tasks = eventually(lambda command=accounting: remote(command).stdout.split(), lambda ids: len(ids) >= 3,
+                           "the accounting of both rounds")
+        assert len(tasks) == 3, tasks
+        print(f"FIGURES race attempt={attempt} cluster_submitted={submitted_by_cluster} "
+              f"client_rc={mine_done.returncode} render_tasks={len(tasks)}")
