@@ -37,6 +37,7 @@ PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "PENDING", "RUNNING", "COMPLETE
 ENDED = {COMPLETED, FAILED, CANCELLED}
 ARRAY_LINE = re.compile(r"^#BRAAS-LOCAL\s+--array=1-(\d+)\s*$", re.M)
 KILL_AFTER_S = 10.0  # a cancelled task that ignores SIGTERM this long gets SIGKILL
+FORGET_AFTER_S = 30 * 24 * 3600
 USAGE = "usage: local_queue.py DIR submit [--after IDS] [--task N] SCRIPT | query ID... | cancel ID... | work"
 
 
@@ -103,6 +104,7 @@ class Queue:
     def settle(self) -> None:
         """Under the queue lock: with no worker alive, tasks it left running failed, and queued work gets
         a worker again (after a restart, the next command resumes the queue)."""
+        self.forget_old()
         if self.worker_running():
             return
         waiting = False
@@ -111,14 +113,26 @@ class Queue:
             if job is None:
                 continue
             states = job["states"]
-            for task, state in states.items():
-                if state == RUNNING:
-                    states[task] = FAILED
-                    job["raw"][task] = "interrupted: the local runner stopped (restart, or killed)"
+            interrupted = [task for task, state in states.items() if state == RUNNING]
+            for task in interrupted:
+                states[task] = FAILED
+                job["raw"][task] = "interrupted: the local runner stopped (restart, or killed)"
+            if interrupted:
+                self.write(job)
             waiting = waiting or PENDING in states.values()
-            self.write(job)
         if waiting:
             self.start_worker()
+
+    def forget_old(self) -> None:
+        """Jobs ended longer ago than FORGET_AFTER_S leave the queue (braas-hpc stops asking about a job once
+        it has ended), so the queue stays small however long it is used."""
+        cutoff = time.time() - FORGET_AFTER_S
+        for path in self.jobs.glob("*.json"):
+            try:
+                if path.stat().st_mtime < cutoff and set(json.loads(path.read_text())["states"].values()) <= ENDED:
+                    path.unlink()
+            except (OSError, ValueError, KeyError):
+                continue
 
 
 def submit(queue: Queue, args: list[str]) -> str:

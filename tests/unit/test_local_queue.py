@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -194,3 +195,13 @@ def test_every_scheduler_module_is_found_and_helpers_are_not() -> None:
 
     assert scheduler_names() == ("local", "pbs", "sge", "slurm")  # _qstat_json.py and base.py are helpers
     assert [s.name for s in all_schedulers()] == list(scheduler_names())
+
+
+def test_jobs_ended_a_month_ago_leave_the_queue(bench: Bench) -> None:
+    old, recent = bench.submit(bench.script()), bench.submit(bench.script())
+    _until(lambda: bench.ended(old, recent), "both ended")
+    month_ago = time.time() - 31 * 24 * 3600
+    os.utime(bench.dir / "jobs" / f"{old}.json", (month_ago, month_ago))
+
+    assert set(bench.states(old, recent)) == {(recent, "1")}  # any command tidies the queue
+    assert sorted(p.name for p in (bench.dir / "jobs").glob("*.json")) == [f"{recent}.json"]
