@@ -50,6 +50,18 @@ printf '%s\n' "$out"
 exit "$status"
 """
 CANCELLED_FLAG = "cancelled"  # in the job directory: the user cancelled, no side recovers the job
+# A claim still without `ready` this long after it was made: its claimant died while writing the round's
+# files (seconds of work). Either side may then take the round over.
+STALE_CLAIM_MIN = 10
+# Claims round "$2" in the submitted directory "$1": exit 0 when this side now owns it. A stale claim is
+# moved aside first (mv is atomic: of two taking it over, one wins).
+CLAIM_SH = r"""
+d=$1 c=$1/r$2.claim
+mkdir -p -- "$d" && mkdir -- "$c" 2>/dev/null && exit 0
+[ ! -e "$c/ready" ] && [ -n "$(find "$c" -maxdepth 0 -mmin +"$3" 2>/dev/null)" ] &&
+  mv -- "$c" "$c.stale.$$" 2>/dev/null && mkdir -- "$c" 2>/dev/null && exit 0
+exit 1
+"""
 Runner = Callable[[list[str]], tuple[int, str, str]]  # argv -> (exit status, stdout, stderr)
 
 
@@ -178,14 +190,15 @@ def _frames_present(out_dir: str) -> set[str]:
     return present
 
 
+def claim_argv(paths: JobPaths, round_: int) -> list[str]:
+    """The command that claims round `round_` (exit 0: this side owns it), taking over a stale claim."""
+    return ["sh", "-c", CLAIM_SH, "sh", f"{paths.job_dir}/submitted", str(round_), str(STALE_CLAIM_MIN)]
+
+
 def claim(paths: JobPaths, round_: int) -> bool:
-    """Whether this side now owns round `round_` (it is the first to ask)."""
-    os.makedirs(f"{paths.job_dir}/submitted", mode=0o700, exist_ok=True)
-    try:
-        os.mkdir(f"{paths.job_dir}/submitted/r{round_}.claim")
-    except FileExistsError:
-        return False
-    return True
+    """Whether this side (the cluster, where the job's files are) now owns round `round_`: it is the first
+    to ask, or the first claimant died before its files were written."""
+    return _run(claim_argv(paths, round_))[0] == 0
 
 
 def recover_here(job_dir: str, finished_round: int, run: Runner = _run, now: float | None = None) -> str:

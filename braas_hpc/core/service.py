@@ -393,8 +393,7 @@ async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None
     number = record.rounds + 1
     await ensure_root(transport, paths.root)
     scripts = await scripts_for(transport, preset, paths.root, update=False)
-    claim = await transport.run(["sh", "-c", 'mkdir -p -- "$1" && mkdir -- "$1/r$2.claim"', "sh",
-                                 f"{paths.job_dir}/submitted", str(number)], check=False)
+    claim = await transport.run(rounds.claim_argv(paths, number), check=False)
     if claim.exit_status != 0:  # the cluster's own recovery took this round: take it as it is
         return await _adopt_round(job, number, scripts)
     tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or spec.chunk))

@@ -201,3 +201,22 @@ def test_client_and_cluster_racing_for_a_round_submit_it_once(testbed, remote, s
         assert len(tasks) == 3, tasks
         print(f"FIGURES race attempt={attempt} cluster_submitted={submitted_by_cluster} "
               f"client_rc={mine_done.returncode} render_tasks={len(tasks)}")
+
+
+def test_a_round_left_half_claimed_is_taken_over_by_the_client_once_stale(testbed, remote,  # noqa: ANN001
+                                                                         sample_scene: Path) -> None:
+    """A finish step killed while writing round 1's files leaves a claim without `ready`. While fresh it may
+    still be at work: the client says so and does nothing; once stale, the client takes the round."""
+    job, job_dir = _lose_a_frame_of_a_finished_job(remote, sample_scene)
+    claimed = shlex.quote(f"{job_dir}/submitted/r1.claim")
+    assert remote(f"mkdir -p {claimed}").returncode == 0
+
+    fresh = run_cli("resubmit", job["job"])
+    assert fresh.returncode != 0 and "being submitted by the cluster right now" in fresh.stderr, fresh.stderr
+
+    assert remote(f"touch -d '30 minutes ago' {claimed}").returncode == 0
+    mine = _json("resubmit", job["job"])
+    assert mine["frames"] == "2" and remote(f"test -s {claimed}/ready").returncode == 0
+    assert list(mine["scheduler_ids"]) == [remote(f"cat {shlex.quote(job_dir)}/submitted/r1-array").stdout.strip()]
+    final = _json("wait", job["job"], "--timeout", "600")
+    assert final["state"] == "COMPLETED" and final["frames_done"] == 2

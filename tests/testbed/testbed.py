@@ -373,7 +373,7 @@ def _load_state(layout: Layout) -> dict[str, dict]:
 
 
 def _save_state(layout: Layout, daemons: dict[str, dict]) -> None:
-    tmp = layout.state_file.with_suffix(".tmp")
+    tmp = layout.state_file.with_suffix(f".{os.getpid()}.tmp")  # two `up` at once each write their own
     tmp.write_text(json.dumps({"daemons": daemons}, indent=2) + "\n")
     tmp.replace(layout.state_file)
 

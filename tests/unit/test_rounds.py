@@ -5,6 +5,8 @@ tests/integration/test_cluster_recovery.py)."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,25 @@ def test_a_cancel_that_lands_during_the_submission_undoes_it(job: JobPaths) -> N
     assert said.startswith("round 1 submitted")
     assert run.calls[-1][0] == "scancel" and "4242" in run.calls[-1]
     assert not any("--dependency=afterany:4242" in " ".join(argv) for argv in run.calls)  # no finish step
+
+
+def test_a_claim_left_unready_by_a_dead_claimant_is_taken_over_once_stale(job: JobPaths) -> None:
+    claimed = Path(f"{job.job_dir}/submitted/r1.claim")
+    claimed.mkdir(parents=True)  # a claimant that died before writing the round's files
+    run = Scheduler()
+    assert recover_here(job.job_dir, 0, run) == "round 1 is someone else's already (the client's recovery)"
+    stale = time.time() - (rounds.STALE_CLAIM_MIN + 1) * 60
+    os.utime(claimed, (stale, stale))
+
+    assert recover_here(job.job_dir, 0, run).startswith("round 1 submitted")
+    assert (claimed / "ready").is_file() and len(run.submitted()) == 2
+    assert [p.name for p in claimed.parent.glob("r1.claim.stale.*")]  # the dead claim, moved aside
+
+
+def test_a_claim_with_its_files_written_is_never_stale(job: JobPaths) -> None:
+    claimed = Path(f"{job.job_dir}/submitted/r1.claim")
+    claimed.mkdir(parents=True)
+    (claimed / "ready").write_text("[]")  # whoever made it may be submitting now: it stays theirs
+    stale = time.time() - 3600
+    os.utime(claimed, (stale, stale))
+    assert recover_here(job.job_dir, 0, Scheduler()).startswith("round 1 is someone else's")
