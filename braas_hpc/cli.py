@@ -74,6 +74,8 @@ def _positive(value: int | None, flag: str) -> int:
 async def cmd_render(args: argparse.Namespace) -> int:
     request = _request(args, "local")
     built = service.build_spec(request)
+    if args.out:
+        transfer.check_dest(Path(args.out))  # before rendering, not after
     columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False, disable=args.json) as bar:
@@ -85,7 +87,10 @@ async def cmd_render(args: argparse.Namespace) -> int:
         result = await watch.render_local(request, built, on_progress)
     frames_dir = Path(result.job_dir) / "out"
     if args.out:
-        got = await transfer.download(job_context(result.job), Path(args.out))
+        try:
+            got = await transfer.download(job_context(result.job), Path(args.out))
+        except UsageError as exc:
+            raise UsageError(f"{exc}; the frames are in {frames_dir}") from None
         frames_dir = got.dest.resolve()
     if args.json:
         _print_json({**result.to_json(), "frames_dir": str(frames_dir)})

@@ -91,10 +91,27 @@ async def _remote_digests(transport: Transport, paths: list[str]) -> dict[str, s
     return digests
 
 
+def check_dest(dest: Path) -> None:
+    """Refuse, before anything is rendered or fetched, a destination no frame could be written to."""
+    probe = dest
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"download destination {dest}: {probe} exists and is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"download destination {dest}: you may not write in {probe}")
+
+
+def make_dest(dest: Path) -> None:
+    check_dest(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # /proc, a read-only mount: what the system said, not a traceback
+        raise UsageError(f"download destination {dest} cannot be made: {exc.strerror or exc}") from None
+
+
 async def download_once(job: JobContext, dest: Path, progress: Progress | None = None) -> DownloadResult:
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"download destination {dest} exists and is not a directory")
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dest(dest)
     name, paths, transport = job.name, job.paths, job.transport
     result, ledger, ignored = DownloadResult(name, dest), _Ledger(name, dest), []
     todo: dict[str, Path] = {}

@@ -64,3 +64,13 @@ def test_missing_texture_is_listed_before_rendering(user_dirs: dict[str, str], t
     assert done.returncode == 2
     assert "uses files that do not exist" in done.stderr and "Image 'checker.png'" in done.stderr
     assert not (Path(user_dirs["BRAAS_HPC_DATA_DIR"]) / "local" / "braas-hpc" / "jobs").exists()
+
+
+def test_an_out_folder_the_system_refuses_is_a_clear_error_naming_the_frames(user_dirs: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    scene = make_sample(tmp_path / "project")
+    done = run_cli("render", str(scene), "--frames", "1", "--out", "/proc/braas-frames")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "download destination /proc/braas-frames cannot be made" in done.stderr
+    frames = done.stderr.rsplit("the frames are in ", 1)[-1].strip()
+    assert sorted(p.name for p in Path(frames).iterdir()) == ["frame_000001.png"]

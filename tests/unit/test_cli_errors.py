@@ -62,3 +62,13 @@ def test_presets_checks_what_only_the_scheduler_knows(user_dirs: dict[str, str])
     done = run_cli("presets")
     assert done.returncode == 2 and "gpu_request 'ngpus' is not one of gpus, none under Grid Engine" in done.stderr, (
         done.stderr)
+
+
+def test_render_out_that_cannot_hold_frames_is_refused_before_rendering(user_dirs: dict[str, str],
+                                                                        sample_scene: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    done = run_cli("render", str(sample_scene), "--frames", "1", "--out", str(a_file / "frames"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{a_file} exists and is not a directory" in done.stderr
+    assert _nothing_written(user_dirs)  # nothing rendered, nothing registered

@@ -66,3 +66,15 @@ def test_server_prompts_are_shown_not_acted_on(capsys: pytest.CaptureFixture[str
     shown = capsys.readouterr().err + "".join(asked)
     assert "name a\\x1b]0;owned" in shown and "code a\\x1b" in shown
     assert not any(c in shown for c in ACTED_ON), shown
+
+
+def test_loading_the_asyncssh_back_end_prints_no_deprecation_warnings() -> None:
+    """asyncssh names DSA key types as it loads; cryptography warns of each. Shown warnings included
+    (-W default), the back end loads silently: the CLI's stderr is for the user's errors."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "default", "-c", "import braas_hpc.core.transport.asyncssh_"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from cryptography.utils import CryptographyDeprecationWarning
+
+with warnings.catch_warnings():
+    # asyncssh names DSA's key types as it loads (it still reads DSA keys), and cryptography answers each
+    # with a deprecation warning: six blocks on every command, to users who have never had a DSA key.
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import asyncssh
 
 from ..errors import AuthenticationFailed, ConnectionFailed, ConnectionLost, TransferError
 from .base import (
