@@ -77,16 +77,19 @@ def _core_kit() -> Path:
     return path
 
 
+def _cluster_scripts() -> dict[str, Path]:
+    return {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
+
+
 def shipped_scripts() -> dict[str, Path]:
     """Every file installed on a cluster, by name: the cluster scripts and the core kit."""
-    scripts = {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
-    return {**scripts, CORE_KIT: _core_kit()}
+    return {**_cluster_scripts(), CORE_KIT: _core_kit()}
 
 
 @functools.cache
 def _digests() -> dict[str, str]:
-    scripts = {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
-    return {**{name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in scripts.items()},
+    # The kit by its bytes, without writing it out: a digest is asked for by dry runs too.
+    return {**{name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in _cluster_scripts().items()},
             CORE_KIT: hashlib.sha256(core_kit_bytes()).hexdigest()}
 
 

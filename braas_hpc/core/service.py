@@ -77,14 +77,6 @@ def _job_json(spec: JobSpec, kit: RoundKit) -> str:
                       indent=1)
 
 
-def with_installed_blender(preset: Preset) -> Preset:
-    """The preset with the Blender `braas-hpc install` recorded for it (a path, or a module to load)."""
-    installed = installed_blender(preset.name)  # none for `local`: `install` refuses it
-    if installed is None:
-        return preset
-    return dataclasses.replace(preset, blender=installed.blender, env=(*preset.env, *installed.env))
-
-
 def version_warnings(spec: JobSpec, preset: Preset) -> tuple[str, ...]:
     """A warning when the Blender `install` recorded for the cluster is older than the file it will open
     (the scene, or in packed mode the copy this computer's Blender saves). A warning, not a refusal: the
@@ -106,37 +98,37 @@ def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
     return f"{paths.scripts_dir(scripts_version())}/{name}"
 
 
-def job_trust(preset: Preset, name: str) -> Trust:
-    """What a job checks before it runs: the cluster script `name` has this release's SHA-256 (not known
-    for a site's own scripts from git), and a Blender `install` unpacked still has its files."""
-    installed = installed_blender(preset.name)  # none for `local`: `install` refuses it
-    tree = installed if installed is not None and installed.blender == preset.blender else None
-    return Trust("" if preset.scripts_git else shipped_digests()[name],
-                 tree.tree if tree else "", tree.tree_sha256 if tree else "")
-
-
 def blender_command(preset: Preset) -> list[str]:
     """How the job starts Blender: the preset's command; on this computer without one, the Blender found here."""
     return local_blender() if preset.is_local and not preset.blender else [preset.blender]
 
 
 def kit_for(preset: Preset, paths: JobPaths) -> RoundKit:
-    """What the job's rounds are written with (see rounds.RoundKit), resolved now, on this computer."""
-    preset = with_installed_blender(preset)
+    """What the job's rounds are written with (see rounds.RoundKit), resolved now, on this computer: the
+    Blender `braas-hpc install` recorded for the preset (a path, or a module to load), and what a job
+    checks before it runs: each cluster script's SHA-256 (not known for a site's own scripts from git),
+    and that an unpacked Blender still has its files."""
+    installed = installed_blender(preset.name)  # none for `local`: `install` refuses it
+    if installed is not None:
+        preset = dataclasses.replace(preset, blender=installed.blender, env=(*preset.env, *installed.env))
+    tree = (installed.tree, installed.tree_sha256) if installed is not None else ("", "")
+
+    def trust(name: str) -> Trust:
+        return Trust("" if preset.scripts_git else shipped_digests()[name], *tree)
+
     return RoundKit(preset, tuple(blender_command(preset)), cluster_script(preset, paths, "render_task.py"),
-                    cluster_script(preset, paths, "finish_task.py"), job_trust(preset, "render_task.py"),
-                    job_trust(preset, "finish_task.py"))
+                    cluster_script(preset, paths, "finish_task.py"), trust("render_task.py"), trust("finish_task.py"))
 
 
 def job_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round | None = None,
-               scheduler: Scheduler | None = None) -> str:
-    return rounds.job_script(spec, kit_for(preset, paths), paths, round_ or Round(0, len(spec.tasks)),
+               scheduler: Scheduler | None = None, kit: RoundKit | None = None) -> str:
+    return rounds.job_script(spec, kit or kit_for(preset, paths), paths, round_ or Round(0, len(spec.tasks)),
                              scheduler or scheduler_for(preset.scheduler))
 
 
 def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round,
-                  scheduler: Scheduler | None = None) -> str:
-    return rounds.finish_script(spec, kit_for(preset, paths), paths, round_,
+                  scheduler: Scheduler | None = None, kit: RoundKit | None = None) -> str:
+    return rounds.finish_script(spec, kit or kit_for(preset, paths), paths, round_,
                                 scheduler or scheduler_for(preset.scheduler))
 
 
@@ -231,10 +223,11 @@ async def prepare_job(spec: JobSpec, preset: Preset, transport: Transport) -> Pr
         stage = _dir_inputs if spec.pack == "dir" else _packed_inputs
         progress.report("packing" if spec.pack == "packed" else "collecting dependencies")
         inputs = await stage(transport, spec, paths, staging, cache)
-        (staging / "job.sh").write_text(job_script(spec, preset, paths))
-        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, Round(0, len(spec.tasks))))
+        kit = kit_for(preset, paths)
+        (staging / "job.sh").write_text(job_script(spec, preset, paths, kit=kit))
+        (staging / "finish.sh").write_text(finish_script(spec, preset, paths, Round(0, len(spec.tasks)), kit=kit))
         (staging / "frames.txt").write_text(frames_file_text(spec.tasks))
-        (staging / "job.json").write_text(_job_json(spec, kit_for(preset, paths)))
+        (staging / "job.json").write_text(_job_json(spec, kit))
         report, scripts = await _upload_inputs(transport, staging, paths, preset, inputs)
     return PreparedJob(paths.root, paths.name, report, scripts)
 
@@ -294,8 +287,9 @@ def dry_run(request: SubmitRequest) -> DryRun:
     commands = [quote_command(scheduler.submit_argv(paths.script, task))
                 for task in scheduler.submissions(preset, round_)]
     after = scheduler.submit_argv(rounds.finish_file(paths, 0), options=scheduler.after_argv(["<ID>"]))
-    return DryRun(job_script(spec, preset, paths), "\n".join(commands), frames_file_text(spec.tasks), paths.job_dir,
-                  finish_script(spec, preset, paths, round_), quote_command(after))
+    kit = kit_for(preset, paths)
+    return DryRun(job_script(spec, preset, paths, kit=kit), "\n".join(commands), frames_file_text(spec.tasks),
+                  paths.job_dir, finish_script(spec, preset, paths, round_, kit=kit), quote_command(after))
 
 
 async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = None) -> SubmitResult:

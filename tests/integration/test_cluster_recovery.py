@@ -10,25 +10,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from braas_hpc.core import registry
 from braas_hpc.core.presets import BUILTIN_DIR, load_preset, load_preset_file
 from tests.conftest import run_cli
 from tests.helpers import eventually, make_sample, partition_closed
-from tests.integration.test_recovery import _NODE_KILLS_TASKS, _markers, _round_of
+from tests.integration.test_recovery import _NODE_KILLS_TASKS, _json, _markers, _round_of
 from tests.retarget import retarget, to_toml
-
-
-@pytest.fixture
-def scene_dir(tmp_path: Path) -> Path:
-    return tmp_path
-
-
-def _json(*args: str) -> dict:
-    done = run_cli(*args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def _frames_there(remote, job_dir: str) -> set[str]:  # noqa: ANN001
@@ -151,14 +138,14 @@ def test_a_cancelled_job_is_not_recovered_by_the_cluster(testbed, remote, sample
     assert remote(f"ls {shlex.quote(job_dir)}/submitted").stdout.split().count("r1.claim") == 0
 
 
-def test_pbs_frames_come_back_from_the_cluster_after_an_admins_qdel(testbed, remote, scene_dir: Path) -> None:  # noqa: ANN001
+def test_pbs_frames_come_back_from_the_cluster_after_an_admins_qdel(testbed, remote, tmp_path: Path) -> None:  # noqa: ANN001
     """Polaris's scripts on the PBS Pro stand-in: an admin's qdel of the whole array while one subjob runs
     and one waits, and no braas-hpc command after the submit: the finish step (depend=afterany) qsubs the
     lost frames as round 1."""
     base = load_preset("testbed")
     preset = retarget(load_preset_file(BUILTIN_DIR / "polaris.toml"), base)
     (Path(base.source).parent / f"{preset.name}.toml").write_text(to_toml(preset))
-    sample = make_sample(scene_dir / "pbs")
+    sample = make_sample(tmp_path / "pbs")
     job = _json("submit", str(sample), "--preset", preset.name, "--partition", "debug", "--frames", "1-6")
     array_id, job_dir = job["scheduler_ids"][0], job["job_dir"]
     eventually(lambda: remote(f"qstat -t -f -F json {shlex.quote(array_id)}").stdout,

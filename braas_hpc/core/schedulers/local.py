@@ -20,7 +20,7 @@ from ..presets import LOCAL, Preset
 from .base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN, Round, Scheduler, TaskState
 
 QUEUE_SCRIPT = Path(__file__).resolve().parents[2] / "local_queue.py"
-_STATES = {s: s for s in (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)}
+_STATES = frozenset({PENDING, RUNNING, COMPLETED, FAILED, CANCELLED})  # what the queue says; else UNKNOWN
 
 
 def queue_dir() -> Path:
@@ -63,7 +63,8 @@ class LocalScheduler(Scheduler):
         for line in stdout.splitlines():
             try:
                 item = json.loads(line)
-                states.append(TaskState(str(item["job"]), str(item["task"]), _STATES.get(item["state"], UNKNOWN),
+                state = item["state"] if item["state"] in _STATES else UNKNOWN
+                states.append(TaskState(str(item["job"]), str(item["task"]), state,
                                         str(item.get("raw", "")), str(item.get("exit", ""))))
             except (ValueError, KeyError, TypeError):
                 continue  # a damaged line says nothing; the frames and the next poll decide
