@@ -16,15 +16,15 @@ import re
 import secrets
 import shlex
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import progress
-from .errors import ConnectionLost, TransferError, UsageError
+from .errors import BraasError, ConnectionLost, TransferError, UsageError
 from .jobs import SHA256_HEX, store_dir, store_path
 from .paths import data_dir
-from .transport import Transport
+from .transport import CommandResult, Transport
 from .transport.base import sha256_file
 from .tree import UntrustedTree
 
@@ -94,6 +94,7 @@ class HashCache:
                          "mtime_ns INTEGER, sha256 TEXT)")
         self._db.execute("CREATE TABLE IF NOT EXISTS packs (key TEXT PRIMARY KEY, sha256 TEXT)")
         self._db.execute("CREATE TABLE IF NOT EXISTS unpackable (key TEXT PRIMARY KEY, why TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS scripts (place TEXT PRIMARY KEY, version TEXT)")
         self.hashed = 0  # files read in full by this instance (tests check the cache with it)
 
     def digest(self, path: Path) -> str:
@@ -116,6 +117,19 @@ class HashCache:
     def remember_packed(self, key: str, digest: str) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?)", (key, digest))
+
+    def forget_packed(self, key: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM packs WHERE key = ?", (key,))
+
+    def scripts_seen(self, where: str) -> str | None:
+        """The cluster scripts' version last seen installed at `where` (a host and root)."""
+        row = self._db.execute("SELECT version FROM scripts WHERE place = ?", (where,)).fetchone()
+        return str(row[0]) if row else None
+
+    def remember_scripts(self, where: str, version: str) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO scripts VALUES (?, ?)", (where, version))
 
     def unpackable(self, key: str) -> str | None:
         """Why the scene with this pack key cannot be packed (it goes as a folder), or None."""
@@ -219,14 +233,24 @@ async def _send(transport: Transport, root: str, files: Mapping[str, Path]) -> N
         await transport.run(["chmod", "0444", "--", targets[digest]])
 
 
+def link_command(root: str, in_dir: str, entries: Mapping[str, str], copies: Collection[str] = ()
+                 ) -> tuple[list[str], str]:
+    """The command (argv, stdin) that builds `in_dir` as links into the store; see link_inputs."""
+    lines = "".join(f"{digest}\t{'C' if name in copies else 'L'}\t{check_relative(name)}\n"
+                    for name, digest in sorted(entries.items()))
+    return ["sh", "-c", _LINK_SCRIPT, "sh", in_dir, store_dir(root)], lines
+
+
 async def link_inputs(transport: Transport, root: str, in_dir: str, entries: Mapping[str, str],
                       copies: Collection[str] = ()) -> None:
     """Build `in_dir` as links into the store (path inside in/ -> digest), in one remote command.
     The names in `copies` get a private writable copy instead: files Blender opens read-write."""
-    lines = "".join(f"{digest}\t{'C' if name in copies else 'L'}\t{check_relative(name)}\n"
-                    for name, digest in sorted(entries.items()))
-    done = await transport.run(["sh", "-c", _LINK_SCRIPT, "sh", in_dir, store_dir(root)], stdin=lines, timeout=1800,
-                               check=False)
+    argv, lines = link_command(root, in_dir, entries, copies)
+    check_linked(root, await transport.run(argv, stdin=lines, timeout=1800, check=False))
+
+
+def check_linked(root: str, done: CommandResult) -> None:
+    """Raise on the link command's failure; a store file that failed its check says which and what to do."""
     if done.exit_status == UNTRUSTED_STORE_FILE:
         what = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "a store file failed its check"
         named = re.match(r"store file (.+?) (?:is a symbolic|is owned|holds other)", what)
@@ -246,13 +270,32 @@ async def upload_inputs(transport: Transport, root: str, in_dir: str, files: Map
     for name in files:
         check_relative(name)
     digests = {name: await asyncio.to_thread(digest, path) for name, path in files.items()}
-    missing = await lacking(transport, root, digests.values())
-    by_digest = {digest: files[name] for name, digest in digests.items() if digest in missing}
+    return await upload_digested(transport, root, in_dir, digests, {d: files[n] for n, d in digests.items()}, copies)
+
+
+async def upload_digested(transport: Transport, root: str, in_dir: str, entries: Mapping[str, str],
+                          sources: Mapping[str, Path | None], copies: Collection[str] = ()) -> UploadReport:
+    """upload_inputs for files already hashed: `entries` (path inside in/ -> digest), `sources` (digest ->
+    local file; None for one this computer remembers in the store and holds no copy of: its absence
+    raises MissingFromStore)."""
+    missing = await lacking(transport, root, entries.values())
+    gone = sorted(d for d in missing if sources.get(d) is None)
+    if gone:
+        raise MissingFromStore(gone)
+    by_digest = {digest: sources[digest] for digest in missing}
     if by_digest:
-        await _send(transport, root, by_digest)
-    await link_inputs(transport, root, in_dir, digests, copies)
-    sent = sum(path.stat().st_size for path in by_digest.values())
-    return UploadReport(sent, len(by_digest), len(files) - sum(1 for d in digests.values() if d in missing))
+        await _send(transport, root, by_digest)  # type: ignore[arg-type]
+    await link_inputs(transport, root, in_dir, entries, copies)
+    sent = sum(path.stat().st_size for path in by_digest.values() if path is not None)
+    return UploadReport(sent, len(by_digest), len(entries) - sum(1 for d in entries.values() if d in missing))
+
+
+class MissingFromStore(BraasError):
+    """The store lacks files this computer holds no copy of (a packed scene it remembered there)."""
+
+    def __init__(self, digests: Sequence[str]) -> None:
+        super().__init__(f"the cluster's store lacks {len(digests)} file(s) this computer has no copy of")
+        self.digests = tuple(digests)
 
 
 @dataclass(frozen=True)

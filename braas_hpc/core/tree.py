@@ -83,11 +83,22 @@ def _finding(line: str) -> str:
     return line
 
 
+def ensure_argv(root: str, dirs: Sequence[str] = ()) -> list[str]:
+    """The command that checks the root (creating it 0700 when missing) and then creates `dirs` in it;
+    it prints what it found wrong, and then creates nothing."""
+    return ["sh", "-c", _ENSURE_SCRIPT, "sh", root, *dirs]
+
+
 async def ensure_root(transport: Transport, root: str, dirs: Sequence[str] = ()) -> None:
     """Create the root 0700 when missing, refuse it when it is not the user's alone, then create `dirs`
     inside it; one remote command."""
-    done = await transport.run(["sh", "-c", _ENSURE_SCRIPT, "sh", root, *dirs])
-    findings = [_finding(line) for line in done.stdout.splitlines() if line.strip()]
+    done = await transport.run(ensure_argv(root, dirs))
+    refuse_findings(root, done.stdout)
+
+
+def refuse_findings(root: str, answer: str) -> None:
+    """Raise UntrustedTree when the check's answer (ensure_argv's stdout) found anything."""
+    findings = [_finding(line) for line in answer.splitlines() if line.strip()]
     if findings:
         raise UntrustedTree(
             "the braas-hpc directory on the cluster is not yours alone, so nothing was sent or run:\n  "

@@ -23,7 +23,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
                "scene_settings"),
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers"),  # with every module inside them
-    "cluster": ("tree", "workdir", "store", "scripts", "cluster_blender", "context", "planning", "rounds"),
+    "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "cluster_blender", "context", "planning",
+                "rounds"),
     "verbs": ("service", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe"),
 }
 PRODUCT = ("braas_hpc", "braas_hpc_interactive", "cluster_scripts")

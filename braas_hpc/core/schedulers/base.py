@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import PresetError
+from ..errors import PresetError, SchedulerError
 from ..jobs import TREE_HASH_SH, JobPaths, JobSpec
 from ..presets import Preset
 
@@ -314,8 +314,17 @@ class Scheduler(ABC):
         """The submit command; `task` set means a plain job that runs that one task (no array);
         `options` (from after_argv, exclude_argv) go where this scheduler's submit command reads them."""
 
-    @abstractmethod
-    def parse_submit(self, stdout: str) -> str: ...
+    # The submit command's answer: its last line, whole, matches this; group `id` is the job's id. The
+    # cluster's submission helper reads ids with the same pattern (a finish step names its array's id).
+    submit_id: str = r"(?P<id>\d+)"
+    submit_program: str = "the submit command"
+
+    def parse_submit(self, stdout: str) -> str:
+        last = stdout.strip().splitlines()[-1:] or [""]
+        match = re.fullmatch(self.submit_id, last[0].strip())
+        if not match:
+            raise SchedulerError(f"{self.submit_program} gave no job id; it said: {stdout.strip()[:200]!r}")
+        return match.group("id")
 
     @abstractmethod
     def query_argv(self, job_ids: list[str]) -> list[str]:

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import SchedulerError
 from ..jobs import JobPaths, JobSpec
 from ..paths import data_dir
 from ..presets import LOCAL, Preset
@@ -32,6 +31,7 @@ class LocalScheduler(Scheduler):
     name = LOCAL
     label = "This computer"
     prefix = "#BRAAS-LOCAL"
+    submit_program = "the local queue"
 
     def _queue(self, verb: str) -> list[str]:
         # The Python running braas-hpc: in Blender, its bundled Python (the queue needs only the stdlib).
@@ -48,12 +48,6 @@ class LocalScheduler(Scheduler):
 
     def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
         return [*self._queue("submit"), *options, *(["--task", str(task)] if task is not None else []), script]
-
-    def parse_submit(self, stdout: str) -> str:
-        job_id = stdout.strip()
-        if not job_id.isdigit():
-            raise SchedulerError(f"the local queue gave no job id: {stdout.strip()[:200]!r}")
-        return job_id
 
     def query_argv(self, job_ids: list[str]) -> list[str]:
         return [*self._queue("query"), *job_ids]

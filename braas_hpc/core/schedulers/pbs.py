@@ -6,7 +6,6 @@ import json
 import re
 from collections.abc import Sequence
 
-from ..errors import SchedulerError
 from ..jobs import JobPaths, JobSpec
 from ..presets import Preset
 from ._qstat_json import ENDED, SALVAGED, UNREADABLE, JobBlock, read_jobs
@@ -154,6 +153,8 @@ class PBSScheduler(Scheduler):
     name = "pbs"
     label = "PBS Pro"
     prefix = "#PBS"
+    submit_id = r"(?P<id>\d+(\[\d*\])?(\.\S+)?)"  # the whole id: "123[].server" names the array
+    submit_program = "qsub"
     index_variable = "PBS_ARRAY_INDEX"
     job_variable = "PBS_JOBID"
     thread_variables = ("NCPUS",)
@@ -199,12 +200,6 @@ class PBSScheduler(Scheduler):
     def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
         single = ["-v", f"BRAAS_TASK_ID={task}"] if task else []
         return ["qsub", *single, *options, script]
-
-    def parse_submit(self, stdout: str) -> str:
-        last = stdout.strip().splitlines()[-1:] or [""]
-        if not _ID.match(last[0].strip()):
-            raise SchedulerError(f"qsub gave no job id; it said: {stdout.strip()!r}")
-        return last[0].strip()
 
     def query_argv(self, job_ids: list[str]) -> list[str]:
         # -x: finished jobs too; -t: array subjobs; JSON so no field is ever truncated.

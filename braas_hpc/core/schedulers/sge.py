@@ -50,7 +50,6 @@ _QUERY = (_READ_CELL +
 _CANCEL = (_READ_CELL +
            'out=$("$@" 2>&1); rc=$?; printf "%s\\n" "$out"; [ "$rc" = 0 ] && exit 0\n'
            'printf "%s\\n" "$out" | grep -v "does not exist" | grep -q . && exit "$rc"; exit 0')
-_SUBMITTED = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")  # qsub -terse: "42", an array "42.1-3:1"
 PARALLEL_ENVIRONMENT = "smp"  # cores on one node; a site with another name drops "-pe" and adds its own
 
 
@@ -128,6 +127,8 @@ class GridEngineScheduler(Scheduler):
     name = "sge"
     label = "Grid Engine"
     prefix = "#$"
+    submit_id = r"(?P<id>\d+)(\.\d+-\d+:\d+)?"  # qsub -terse: "42", an array "42.1-3:1"
+    submit_program = "qsub"
     index_variable = "SGE_TASK_ID"
     job_variable = "JOB_ID"
     thread_variables = ("NSLOTS",)
@@ -177,13 +178,6 @@ class GridEngineScheduler(Scheduler):
     def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
         single = ["-v", f"BRAAS_TASK_ID={task}"] if task else []
         return ["sh", "-c", _WITH_CELL, "sh", "qsub", "-terse", *single, *options, script]
-
-    def parse_submit(self, stdout: str) -> str:
-        last = stdout.strip().splitlines()[-1:] or [""]
-        match = _SUBMITTED.match(last[0].strip())
-        if not match:
-            raise SchedulerError(f"qsub gave no job id; it said: {stdout.strip()!r}")
-        return match.group(1)
 
     def query_argv(self, job_ids: list[str]) -> list[str]:
         return ["sh", "-c", _QUERY, "sh", *job_ids]

@@ -3,10 +3,8 @@ calls PREEMPTED), scancel."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
-from ..errors import SchedulerError
 from ..jobs import JobPaths, JobSpec
 from ..presets import Preset
 from .base import (
@@ -38,7 +36,6 @@ STATES = {
     "DEADLINE": TIMEOUT, "DL": TIMEOUT, "TIMEOUT": TIMEOUT, "TO": TIMEOUT,
     "CANCELLED": CANCELLED, "CA": CANCELLED, "REVOKED": CANCELLED, "RV": CANCELLED,
 }
-_SUBMITTED = re.compile(r"^(\d+)(;\S+)?$")
 # Runs the sacct command given ("$@"; the ids are its last word). sacct says PREEMPTED both for a task that
 # preemption cancelled and, for a few seconds, for one Slurm has requeued (until the next run's record is
 # written; seen with Slurm 22.05). Only then the controller's queue is asked too: it lists a requeued task
@@ -72,6 +69,8 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
     label = "Slurm"
     prefix = "#SBATCH"
+    submit_id = r"(?P<id>\d+)(;\S+)?"  # --parsable: "42", or "42;cluster" on a federation
+    submit_program = "sbatch"
     index_variable = "SLURM_ARRAY_TASK_ID"
     job_variable = "SLURM_JOB_ID"
     thread_variables = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
@@ -127,13 +126,6 @@ class SlurmScheduler(Scheduler):
 
     def submit_argv(self, script: str, task: int | None = None, options: Sequence[str] = ()) -> list[str]:
         return ["sbatch", "--parsable", *options, script, *([str(task)] if task else [])]
-
-    def parse_submit(self, stdout: str) -> str:
-        last = stdout.strip().splitlines()[-1:] or [""]
-        match = _SUBMITTED.match(last[0].strip())
-        if not match:
-            raise SchedulerError(f"sbatch gave no job id; it said: {stdout.strip()!r}")
-        return match.group(1)
 
     def query_argv(self, job_ids: list[str]) -> list[str]:
         # -X: allocations only (each array task one line); a wide State so "CANCELLED by N" is whole.

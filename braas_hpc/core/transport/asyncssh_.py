@@ -277,13 +277,25 @@ class AsyncsshTransport(Transport):
         self._check_cut(done.exit_status)
         return done.exit_status, bytes(done.stdout or b""), bytes(done.stderr or b"")
 
-    async def _open_stream(self, command: str) -> StreamHandle:
+    async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
         conn = await self._connection()
         try:
-            process = await conn.create_process(command, stdin=asyncssh.DEVNULL)
+            process = await conn.create_process(command, stdin=asyncssh.PIPE if stdin else asyncssh.DEVNULL,
+                                                encoding=None)
         except asyncssh.ChannelOpenError as exc:
             raise await self._refused_or_lost(exc) from exc
         lines, stop = merge_lines(process.stdout, process.stderr)
+
+        async def write(data: bytes) -> None:
+            try:
+                process.stdin.write(data)
+                await process.stdin.drain()
+            except _LOST as exc:
+                raise self._lost(exc) from exc
+
+        async def write_eof() -> None:
+            with contextlib.suppress(*_LOST):
+                process.stdin.write_eof()
 
         async def wait() -> int | None:
             done = await process.wait(check=False)
@@ -293,7 +305,7 @@ class AsyncsshTransport(Transport):
             stop()
             process.close()
 
-        return StreamHandle(lines, wait, close)
+        return StreamHandle(lines, wait, close, write if stdin else None, write_eof if stdin else None)
 
     async def _size(self, remote: str) -> int | None:
         sftp = await self._sftp_client()

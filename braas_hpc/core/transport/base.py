@@ -9,6 +9,7 @@ list and `quote_command` is the one place it becomes a shell string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -126,6 +127,9 @@ class StreamHandle:
     lines: AsyncIterator[StreamLine]
     wait: Callable[[], Awaitable[int | None]]  # the exit status, once the lines are exhausted
     close: Callable[[], Awaitable[None]]  # release the channel/process (called in every case)
+    # With stdin=True: bytes into the command's stdin (returns once the channel took them), then its end.
+    write: Callable[[bytes], Awaitable[None]] | None = None
+    write_eof: Callable[[], Awaitable[None]] | None = None
 
 
 def merge_lines(stdout: Any, stderr: Any, on_line: Callable[[StreamLine], None] | None = None
@@ -161,6 +165,29 @@ def merge_lines(stdout: Any, stderr: Any, on_line: Callable[[StreamLine], None] 
             task.cancel()
 
     return lines(), stop
+
+
+def pipe_writer(process: asyncio.subprocess.Process, lost: str
+                ) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """A StreamHandle's write and write_eof on a local process's stdin pipe (OpenSSH's client, or the
+    command itself for `local`); a pipe the other end closed is a ConnectionLost saying `lost`."""
+    pipe = process.stdin
+    assert pipe is not None
+
+    async def write(data: bytes) -> None:
+        try:
+            pipe.write(data)
+            await pipe.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionLost(lost) from exc
+
+    async def write_eof() -> None:
+        if not pipe.is_closing():
+            pipe.close()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await pipe.wait_closed()
+
+    return write, write_eof
 
 
 Release = Callable[[], Awaitable[None]]
@@ -233,8 +260,9 @@ class Transport(ABC):
         """Run a shell command line; return (exit status, stdout, stderr)."""
 
     @abstractmethod
-    async def _open_stream(self, command: str) -> StreamHandle:
-        """Start a command whose stdout and stderr lines are read as they arrive."""
+    async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
+        """Start a command whose stdout and stderr lines are read as they arrive; with `stdin`, the
+        handle also writes the command's stdin (else it reads /dev/null)."""
 
     @abstractmethod
     async def _size(self, remote: str) -> int | None:
@@ -307,6 +335,13 @@ class Transport(ABC):
             if not finished and pid is not None and pid.isdigit():
                 await asyncio.shield(self._end_group(pid))
             await handle.close()
+
+    async def converse(self, argv: Sequence[str]) -> StreamHandle:
+        """Start a command that reads what `write` sends while its lines are read: a conversation in one
+        channel (the cluster's submission helper). The caller closes the handle."""
+        handle = await self._open_stream(remote_line(argv), stdin=True)
+        assert handle.write is not None and handle.write_eof is not None
+        return handle
 
     async def _end_group(self, pid: str) -> None:
         try:

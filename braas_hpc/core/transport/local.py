@@ -15,6 +15,7 @@ from .base import (
     Transport,
     make_private_socket,
     merge_lines,
+    pipe_writer,
     unlink_stale_socket,
 )
 
@@ -84,9 +85,9 @@ class LocalTransport(Transport):
             raise
         return process.returncode, out, err
 
-    async def _open_stream(self, command: str) -> StreamHandle:
+    async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
         process = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
+            "/bin/sh", "-c", command, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None and process.stderr is not None
@@ -98,7 +99,9 @@ class LocalTransport(Transport):
                 process.kill()
                 await process.wait()
 
-        return StreamHandle(lines, process.wait, close)
+        if not stdin:
+            return StreamHandle(lines, process.wait, close)
+        return StreamHandle(lines, process.wait, close, *pipe_writer(process, "the command stopped reading"))
 
     async def _size(self, remote: str) -> int | None:
         try:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from ...errors import ConnectionLost, RemoteCommandError
-from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, merge_lines, remote_line
+from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, merge_lines, pipe_writer, remote_line
 from .copy import Copies
 from .forward import Forwards
 from .options import opt
@@ -44,11 +44,11 @@ class OpenSSHTransport(Copies, Forwards):
             return status, out, err
         raise AssertionError("unreachable")
 
-    async def _open_stream(self, command: str) -> StreamHandle:
+    async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
         await self.connect()
         process = await asyncio.create_subprocess_exec(
-            *self._client_argv(), command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self._env(), limit=STREAM_LINE_LIMIT)
+            *self._client_argv(), command, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._env(), limit=STREAM_LINE_LIMIT)
         errors: list[str] = []
         assert process.stdout is not None and process.stderr is not None
         lines, stop = merge_lines(process.stdout, process.stderr,
@@ -64,7 +64,10 @@ class OpenSSHTransport(Copies, Forwards):
             stop()
             await reap(process)  # ends the local ssh; the master then closes the session
 
-        return StreamHandle(lines, wait, close)
+        if not stdin:
+            return StreamHandle(lines, wait, close)
+        write, write_eof = pipe_writer(process, f"the connection to {self.target.host} dropped")
+        return StreamHandle(lines, wait, close, write, write_eof)
 
     async def listdir(self, remote: str) -> list[RemoteEntry]:
         path = remote if remote.startswith("/") else f"./{remote}"  # find reads "-x" or "!" as an expression

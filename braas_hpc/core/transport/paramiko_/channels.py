@@ -74,15 +74,24 @@ def run(chan: paramiko.Channel, command: str, stdin: bytes | None, timeout: floa
     return status, bytes(out), bytes(err)
 
 
-def start(transport: paramiko.Transport, command: str) -> paramiko.Channel:
+def start(transport: paramiko.Transport, command: str, stdin: bool = False) -> paramiko.Channel:
     chan = transport.open_session()
     try:
         chan.exec_command(command)
-        chan.shutdown_write()  # stdin is /dev/null
+        if not stdin:
+            chan.shutdown_write()  # stdin is /dev/null
     except BaseException:
         chan.close()
         raise
     return chan
+
+
+def send_all(chan: paramiko.Channel, data: bytes) -> None:
+    """Write a stream's stdin (in a worker thread: sendall blocks while the server's window is full)."""
+    if chan.closed or chan.eof_received and chan.exit_status_ready():
+        raise EOFError("the command ended and reads no more input")
+    for begin in range(0, len(data), SEND_BLOCK):
+        chan.sendall(data[begin:begin + SEND_BLOCK])
 
 
 def pump_lines(chan: paramiko.Channel, loop: asyncio.AbstractEventLoop,

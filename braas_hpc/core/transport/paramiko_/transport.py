@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 import threading
 from collections.abc import AsyncIterator
 
 import paramiko
 
+from ...errors import ConnectionLost
 from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, StreamLine
-from .channels import pump_lines, run, start
+from .channels import pump_lines, run, send_all, start
 from .copy import Copies
 from .forward import Forwards
 from .threads import close_later, close_quietly, in_thread
@@ -30,10 +32,10 @@ class ParamikoTransport(Copies, Forwards):
                 close_later([chan])  # ends the thread too (timeout, cancel, error)
                 raise
 
-    async def _open_stream(self, command: str) -> StreamHandle:
+    async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
         hops = await self._connection()
         with self._mapped(hops):
-            chan = await in_thread(start, hops[-1], command, orphan=close_quietly)
+            chan = await in_thread(start, hops[-1], command, stdin, orphan=close_quietly)
         self._channels.add(chan)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
@@ -55,7 +57,20 @@ class ParamikoTransport(Copies, Forwards):
             self._channels.discard(chan)
             close_later([chan])
 
-        return StreamHandle(lines(), wait, close)
+        async def write(data: bytes) -> None:
+            with self._mapped(hops):
+                try:
+                    await in_thread(send_all, chan, data)
+                except (OSError, EOFError) as exc:
+                    raise ConnectionLost(f"the command on {self.target.host} stopped reading its input") from exc
+
+        async def write_eof() -> None:
+            with contextlib.suppress(OSError, EOFError):
+                await in_thread(chan.shutdown_write)
+
+        if not stdin:
+            return StreamHandle(lines(), wait, close)
+        return StreamHandle(lines(), wait, close, write, write_eof)
 
     async def listdir(self, remote: str) -> list[RemoteEntry]:
         async with self._sftp() as sftp:

@@ -1,0 +1,233 @@
+"""A submission in one conversation with the cluster's submission helper (cluster_scripts/submit_helper.py).
+
+The client writes one request: the directory check, the cluster scripts and store files it could send
+(by SHA-256), and the steps (link the inputs, write the job's files, submit). The helper answers which
+files it lacks; the client streams exactly those on the same channel and the helper does the rest and
+answers once. Two round trips plus the new bytes, where the step-by-step way took one per command.
+
+The helper runs from the installed scripts when this computer has seen them installed there (checked
+by SHA-256 before it runs), else it is sent inline in the command line, and installs the scripts itself.
+A login node without a usable python3 raises HelperUnavailable: the caller then goes step by step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import progress
+from .errors import BraasError, ConnectionLost, RemoteCommandError, UsageError
+from .jobs import store_dir
+from .scripts import MANIFEST, RENDER_TASK, manifest_text, scripts_version, shipped_digests, shipped_scripts
+from .store import MissingFromStore
+from .transport import CommandResult, Transport
+from .tree import ensure_argv, refuse_findings
+
+log = logging.getLogger(__name__)
+
+HELPER = "submit_helper.py"
+PROTOCOL = 1
+SEND_BLOCK = 1 << 20
+STALE_HELPER = 97  # the installed helper is not this release's: it goes inline instead
+# Runs the installed helper only when its bytes are this release's ($2): never a copy someone changed.
+_RUN_INSTALLED = '[ "$(sha256sum < "$1" 2>/dev/null | cut -c1-64)" = "$2" ] || exit 97; exec "$3" "$1"'
+_NO_INTERPRETER = (126, 127)
+
+
+class HelperUnavailable(BraasError):
+    """The login node cannot run the helper (no python3, or one too old): go step by step."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the client can send: store files by SHA-256 (None: no local copy), and whether the
+    package's cluster scripts are to be checked and repaired in `scripts_dir`."""
+
+    store: Mapping[str, Path | None]
+    sizes: Mapping[str, int]
+    scripts_dir: str = ""
+
+
+@dataclass
+class Outcome:
+    results: list[dict[str, Any]]
+    stopped: int | None  # the step that ended with a status it does not allow
+    scripts_sent: tuple[str, ...] = ()
+    store_sent: tuple[str, ...] = ()
+    sent_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def helper_source() -> str:
+    return (RENDER_TASK.parent / HELPER).read_text(encoding="utf-8")
+
+
+def _script_offer(scripts_dir: str) -> dict[str, Any]:
+    digests = shipped_digests()
+    return {"dir": scripts_dir, "manifest": manifest_text(),
+            "files": {name: [digests[name], path.stat().st_size] for name, path in shipped_scripts().items()}}
+
+
+def scripts_dir(root: str) -> str:
+    return posixpath.join(root, "scripts", scripts_version())
+
+
+def helper_argv(root: str, python: str, installed: bool) -> list[str]:
+    if installed:
+        path = posixpath.join(scripts_dir(root), HELPER)
+        return ["sh", "-c", _RUN_INSTALLED, "sh", path, shipped_digests()[HELPER], python]
+    return [python, "-c", helper_source()]
+
+
+class _Stale(Exception):
+    """The installed helper's bytes are not this release's (it did not run)."""
+
+
+async def converse(transport: Transport, root: str, dirs: Sequence[str], offer: Offer, steps: list[dict[str, Any]],
+                   python: str = "python3", installed: bool = False) -> Outcome:
+    """One conversation (see the module's text). `installed`: this computer saw the helper installed in
+    `root` (a stale copy costs one more round trip: it then goes inline)."""
+    if installed:
+        try:
+            return await _converse(transport, root, dirs, offer, steps, helper_argv(root, python, True))
+        except _Stale:
+            log.info("the installed submission helper is not this release's: sending it inline")
+    return await _converse(transport, root, dirs, offer, steps, helper_argv(root, python, False))
+
+
+def _request(root: str, dirs: Sequence[str], offer: Offer, steps: list[dict[str, Any]]) -> bytes:
+    request = {"protocol": PROTOCOL, "root": root, "check": ensure_argv(root, dirs),
+               "scripts": _script_offer(offer.scripts_dir) if offer.scripts_dir else None,
+               "store": {"dir": store_dir(root), "files": dict(offer.sizes)}, "steps": steps}
+    return json.dumps(request).encode() + b"\n"
+
+
+async def _converse(transport: Transport, root: str, dirs: Sequence[str], offer: Offer, steps: list[dict[str, Any]],
+                    argv: list[str]) -> Outcome:
+    handle = await transport.converse(argv)
+    assert handle.write is not None and handle.write_eof is not None
+    sending: asyncio.Task[tuple[tuple[str, ...], tuple[str, ...], int]] | None = None
+    final: dict[str, Any] | None = None
+    lacking: list[str] = []
+    errors: list[str] = []
+    try:
+        await handle.write(_request(root, dirs, offer, steps))
+        async for line in handle.lines:
+            message = _message(line.text) if not line.stderr else None
+            if message is None:
+                errors.append(line.text)
+            elif "need" in message:
+                lacking = [d for d in message["need"].get("store", []) if offer.store.get(d) is None]
+                if lacking:  # nothing to send it from: end the request; the helper stops before any step
+                    await handle.write_eof()
+                else:
+                    sending = asyncio.create_task(_send(handle, message["need"], offer))
+            else:
+                final = message
+        status = await handle.wait()
+        sent = await _finish_sending(sending, final)
+    finally:
+        if sending is not None and not sending.done():
+            sending.cancel()
+        await handle.close()
+    if lacking:
+        raise MissingFromStore(lacking)
+    if final is None and status == STALE_HELPER:
+        raise _Stale()
+    if final is None:
+        raise _no_answer(argv, status, errors)
+    _raise_error(root, final)
+    return Outcome(final.get("results", final.get("done", [])), final.get("stopped"), *sent)
+
+
+async def _finish_sending(sending: asyncio.Task | None, final: dict[str, Any] | None
+                          ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    if sending is None:
+        return (), (), 0
+    try:
+        return await sending
+    except ConnectionLost:
+        if final is None:
+            raise
+        return (), (), 0  # the helper stopped reading to answer with an error: the answer says why
+
+
+def _message(text: str) -> dict[str, Any] | None:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+async def _send(handle: Any, need: dict[str, Any], offer: Offer) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """The files the helper asked for, in its order (scripts, then store files, each by name/digest)."""
+    shipped = shipped_scripts()
+    scripts = [name for name in need.get("scripts", []) if name in shipped]
+    store = [d for d in need.get("store", []) if offer.store.get(d) is not None]
+    files = [(shipped[name], shipped[name].stat().st_size) for name in scripts]
+    files += [(offer.store[d], offer.sizes[d]) for d in store]  # type: ignore[misc]
+    counter = progress.ByteCounter("uploading", sum(size for _, size in files))
+    done = 0
+    for path, size in files:
+        done = await _send_file(handle, path, size, done, counter.for_item("all"))
+    await handle.write_eof()
+    return tuple(scripts), tuple(store), done
+
+
+async def _send_file(handle: Any, path: Path, size: int, done: int, report: Any) -> int:
+    """Exactly `size` bytes of `path` (a file that shrank since it was hashed is padded: the helper's
+    SHA-256 check then refuses it, and the stream stays in step)."""
+    left = size
+    with path.open("rb") as stream:
+        while left:
+            block = await asyncio.to_thread(stream.read, min(SEND_BLOCK, left)) or bytes(min(SEND_BLOCK, left))
+            await handle.write(block)
+            left -= len(block)
+            done += len(block)
+            report(done, 0)
+    return done
+
+
+def _no_answer(argv: list[str], status: int | None, errors: list[str]) -> BraasError:
+    said = "\n".join(errors[-10:])
+    if status in _NO_INTERPRETER or "SyntaxError" in said or "ImportError" in said:
+        return HelperUnavailable(f"the login node cannot run the submission helper: {said[-300:] or status}")
+    if status is None:
+        return ConnectionLost("the connection dropped during the submission")
+    return RemoteCommandError(argv[0] + " (submission helper)", status, "", said)
+
+
+def _raise_error(root: str, final: dict[str, Any]) -> None:
+    error = final.get("error")
+    if not error:
+        return
+    if error in ("untrusted", "check"):
+        check = final.get("check", {})
+        CommandResult(tuple(ensure_argv(root)), check.get("status"), check.get("stdout", ""),
+                      check.get("stderr", "")).check()
+        refuse_findings(root, check.get("stdout", ""))
+    if error == "changed":
+        raise UsageError("a file changed on this computer while it was being sent (its SHA-256 no longer "
+                         "matches); nothing was submitted: submit again")
+    if error == "cut":
+        raise ConnectionLost(f"the submission was cut off: {final.get('why', '')}")
+    raise BraasError(f"the cluster's submission helper refused the request ({error}): {final.get('why', '')}")
+
+
+def step_result(outcome: Outcome, index: int, argv: Sequence[str]) -> CommandResult:
+    """Step `index`'s command result, as transport.run would have returned it (not checked)."""
+    if index >= len(outcome.results):
+        return CommandResult(tuple(argv), None, "", "not run: an earlier step stopped the submission")
+    result = outcome.results[index]
+    return CommandResult(tuple(argv), result.get("status"), result.get("stdout", ""), result.get("stderr", ""))
+
+
+__all__ = ["HELPER", "MANIFEST", "HelperUnavailable", "Offer", "Outcome", "converse", "helper_argv",
+           "scripts_dir", "step_result"]
