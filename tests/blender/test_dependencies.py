@@ -146,10 +146,10 @@ def test_packed_mode_sends_the_folder_with_a_note_and_remembers_it(full_scene: P
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the service on the `local` preset (its own store, no render): the first packed-mode
     submission finds out Blender cannot pack the scene; an unchanged scene is not given to Blender again."""
-    from braas_hpc.core import service
+    from braas_hpc.core import delivery, service
     from braas_hpc.core.transport import transport_for
 
-    def prepare() -> service.PreparedJob:
+    def prepare() -> delivery.PreparedJob:
         spec, preset = service.build_spec(service.SubmitRequest(scene=full_scene, preset="local", frames="2"))
         return asyncio.run(service.prepare_job(spec, preset, transport_for(preset)))
 

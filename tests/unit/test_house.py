@@ -23,9 +23,9 @@ FLOORS: dict[str, tuple[str, ...]] = {
                "scene_settings"),
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers"),  # with every module inside them
-    "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "cluster_blender", "context", "planning",
-                "rounds"),
-    "verbs": ("service", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe"),
+    "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "cluster_blender", "context",
+                "planning", "rounds"),
+    "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe"),
 }
 PRODUCT = ("braas_hpc", "braas_hpc_interactive", "cluster_scripts")
 # Loaded only when chosen: each back end pulls in its own SSH library.
