@@ -166,7 +166,8 @@ _STEPWISE: set[str] = set()  # presets whose login node cannot run the helper (t
 def conversing(preset: Preset) -> bool:
     """Whether submissions to the preset go in one conversation: not on this computer (nothing to save)
     nor with a site's own scripts from git (the helper is among the package's)."""
-    return not preset.is_local and not preset.scripts_git and preset.name not in _STEPWISE
+    return (not preset.is_local and not preset.scripts_git and bool(preset.login_python)
+            and preset.name not in _STEPWISE)
 
 
 def _scripts_place(preset: Preset, root: str) -> str:
@@ -199,7 +200,7 @@ async def _converse(transport: Transport, preset: Preset, paths: JobPaths, dirs:
     """One conversation with the cluster's submission helper; the scripts are checked (and repaired) in it."""
     place = _scripts_place(preset, paths.root)
     offer = submit_exchange.Offer(staged.sources, staged.sizes, submit_exchange.scripts_dir(paths.root))
-    outcome = await submit_exchange.converse(transport, paths.root, dirs, offer, steps,
+    outcome = await submit_exchange.converse(transport, paths.root, dirs, offer, steps, preset.login_python,
                                              installed=cache.scripts_seen(place) == scripts_version())
     cache.remember_scripts(place, scripts_version())
     return outcome, ScriptsReport(submit_exchange.scripts_dir(paths.root), scripts_version(), outcome.scripts_sent)

@@ -91,6 +91,8 @@ class Preset:
     blender_note: str = ""  # why a user-given Blender is needed (aarch64 has no official build)
     scripts_git: str = ""  # a site that keeps its own cluster scripts: their git URL (empty: from the package)
     scripts_branch: str = "main"  # the branch of scripts_git
+    # The login node's Python (3.6+) that runs the submission helper; empty: one remote command at a time.
+    login_python: str = "python3"
     env: tuple[str, ...] = ()  # lines run before Blender (module loads)
     # The finish step's lines instead of `env` (it renders nothing, so GPU modules are not needed);
     # None (the key absent): `env`, which a site whose Blender itself comes from a module needs.
@@ -203,9 +205,10 @@ def _check_values(p: Preset) -> None:
     if p.scripts_git.startswith("-") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z", p.scripts_branch):
         raise PresetError(f"{where}: scripts_git must be a git URL and scripts_branch a branch name, got "
                           f"{p.scripts_git!r} and {p.scripts_branch!r}")
-    for line in (*p.env, *(p.finish_env or ()), *p.extra_directives, p.blender):
+    for line in (*p.env, *(p.finish_env or ()), *p.extra_directives, p.blender, p.login_python):
         if any(c in line for c in "\n\r\0"):
-            raise PresetError(f"{where}: env lines, directives and blender must be single lines without NUL, "
+            raise PresetError(f"{where}: env lines, directives, blender and login_python must be single lines "
+                              "without NUL, "
                               f"got {line!r}")
     _check_partitions(p, where)
     if not p.is_local:

@@ -13,6 +13,7 @@ A login node without a usable python3 raises HelperUnavailable: the caller then 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import posixpath
@@ -117,7 +118,8 @@ async def _converse(transport: Transport, root: str, dirs: Sequence[str], offer:
     lacking: list[str] = []
     errors: list[str] = []
     try:
-        await handle.write(_request(root, dirs, offer, steps))
+        with contextlib.suppress(ConnectionLost):  # it ended at once (no python3): its status says why
+            await handle.write(_request(root, dirs, offer, steps))
         async for line in handle.lines:
             message = _message(line.text) if not line.stderr else None
             if message is None:
@@ -216,6 +218,9 @@ def _raise_error(root: str, final: dict[str, Any]) -> None:
     if error == "changed":
         raise UsageError("a file changed on this computer while it was being sent (its SHA-256 no longer "
                          "matches); nothing was submitted: submit again")
+    if error == "io":
+        raise BraasError(f"writing on the cluster failed, so nothing was submitted: {final.get('why', '')} "
+                         "(a full disk or quota shows here: free space in the working directory and submit again)")
     if error == "cut":
         raise ConnectionLost(f"the submission was cut off: {final.get('why', '')}")
     raise BraasError(f"the cluster's submission helper refused the request ({error}): {final.get('why', '')}")
