@@ -8,13 +8,14 @@ submit it and its finish step) and answers with what each step did. So a submiss
 two round trips plus the time its new bytes take, wherever the cluster is.
 
 Lines on stdout, one JSON object each:
-  {"need": {"scripts": [names], "store": [sha256, ...]}}     once the directory checked out
+  {"need": {"scripts": [names], "store": [sha256, ...], "from": {sha256: bytes already here}}}
   {"done": [result, ...]}                                   every step ran
   {"stopped": i, "results": [result, ...]}                  step i ended with a status it does not allow
   {"error": "why", ...}                                     a bad request, an untrusted directory, a cut
 Nothing the request names leaves the user's directory: every path is checked to lie inside it, every
-digest and name is checked, files are written under fresh private temp names and renamed into place.
-A cut (end of input before the files it asked for) leaves temp files removed and no step run.
+digest and name is checked, files are written under private temp names and renamed into place once
+whole. A cut (end of input before the files it asked for) runs no step; what arrived of a store file is
+kept under its temp name, and the next try sends only the rest (the need answer says from where).
 
 Python 3.6 or newer, standard library only: a login node's python3 can be that old (RHEL 8, SLES 15).
 """
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ BLOCK = 1 << 20
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 MANIFEST = "MANIFEST.json"
+PART_SUFFIX = ".braas-part"  # as the client's resumable uploads name theirs (gc knows it)
 UNTRUSTED = 3  # exit status when the directory check found what another user could have planted
 
 
@@ -125,33 +128,52 @@ class Cut(Exception):
     pass
 
 
-def receive(source: Any, final: str, size: int, digest: str, mode: int) -> bool:
-    """Read exactly `size` bytes into a fresh temp file beside `final`; in place when its SHA-256 is
-    `digest` (False, and nothing kept, when not). Raises Cut at an early end of input."""
+def partial_of(final: str) -> str:
+    """Where a store file's bytes gather until complete: kept across a cut, so the next try resumes."""
+    return os.path.join(os.path.dirname(final), "." + os.path.basename(final) + PART_SUFFIX)
+
+
+def resumable(final: str, size: int) -> int:
+    """How many bytes of `final` an earlier, cut try left: a regular file of ours, not longer than whole."""
+    try:
+        found = os.lstat(partial_of(final))
+    except OSError:
+        return 0
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.getuid() or found.st_size > size:
+        return 0
+    return found.st_size
+
+
+def receive(source: Any, final: str, size: int, digest: str, mode: int, offset: int = 0) -> bool:
+    """Read `size - offset` bytes onto the partial file of `final` (whose first `offset` bytes an earlier
+    try left); in place when the whole has SHA-256 `digest` (False, and nothing kept, when not). Raises
+    Cut at an early end of input, keeping what arrived for the next try."""
     directory = os.path.dirname(final)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(final) + ".", suffix=".part")
+    partial = partial_of(final)
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if offset else os.O_TRUNC)
     hasher = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            left = size
-            while left:
-                block = source.read(min(BLOCK, left))
-                if not block:
-                    raise Cut("the request ended {} bytes before the end of {}".format(left, final))
-                hasher.update(block)
-                stream.write(block)
-                left -= len(block)
-        if hasher.hexdigest() != digest:
-            os.unlink(temp)
-            return False
-        os.chmod(temp, mode)
-        os.replace(temp, final)
-        return True
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with os.fdopen(os.open(partial, flags, 0o600), "wb") as stream:
+        if offset:
+            if os.fstat(stream.fileno()).st_size != offset:
+                raise Cut("the partial file of {} changed since it was measured".format(final))
+            with open(partial, "rb") as earlier:
+                for block in iter(lambda: earlier.read(BLOCK), b""):
+                    hasher.update(block)
+        left = size - offset
+        while left:
+            block = source.read(min(BLOCK, left))
+            if not block:
+                raise Cut("the request ended {} bytes before the end of {}".format(left, final))
+            hasher.update(block)
+            stream.write(block)
+            left -= len(block)
+    if hasher.hexdigest() != digest:
+        os.unlink(partial)
+        return False
+    os.chmod(partial, mode)
+    os.replace(partial, final)
+    return True
 
 
 def submit(step: Dict[str, Any]) -> Dict[str, Any]:
@@ -247,12 +269,13 @@ def lacking_scripts(scripts_dir: str, offered: Dict[str, Any]) -> Dict[str, List
     return wanted
 
 
-def lacking_store(store_dir: str, offered: Dict[str, Any]) -> Dict[str, int]:
-    """The offered store files (sha256 -> size) the store does not hold."""
-    wanted = {}  # type: Dict[str, int]
+def lacking_store(store_dir: str, offered: Dict[str, Any]) -> Dict[str, List[int]]:
+    """The offered store files (sha256 -> size) the store does not hold: [size, bytes already here]."""
+    wanted = {}  # type: Dict[str, List[int]]
     for digest, size in sorted(offered.items()):
-        if not os.path.isfile(os.path.join(store_dir, _digest(digest)[:2], digest)):
-            wanted[digest] = _count(size, digest)
+        final = os.path.join(store_dir, _digest(digest)[:2], digest)
+        if not os.path.isfile(final):
+            wanted[digest] = [_count(size, digest), resumable(final, size)]
     return wanted
 
 
@@ -278,13 +301,14 @@ def serve(source: Any) -> int:
     store = request.get("store") or {}
     store_dir = _inside(root, store["dir"], "the store") if store else ""
     wanted_store = lacking_store(store_dir, store.get("files") or {})
-    answer({"need": {"scripts": sorted(wanted_scripts), "store": sorted(wanted_store)}})
+    answer({"need": {"scripts": sorted(wanted_scripts), "store": sorted(wanted_store),
+                     "from": {d: at for d, (_, at) in wanted_store.items() if at}}})
 
     bad = [name for name, (digest, size) in sorted(wanted_scripts.items())
            if not receive(source, os.path.join(scripts_dir, name), size, digest, 0o600)]
     # Read-only: a job's input is a hard link to the same inode, and must not change the store.
-    bad += [digest for digest, size in sorted(wanted_store.items())
-            if not receive(source, os.path.join(store_dir, digest[:2], digest), size, digest, 0o444)]
+    bad += [digest for digest, (size, at) in sorted(wanted_store.items())
+            if not receive(source, os.path.join(store_dir, digest[:2], digest), size, digest, 0o444, at)]
     if bad:
         answer({"error": "changed", "files": bad})
         return 1

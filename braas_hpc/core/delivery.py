@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import progress, rounds, store, submit_exchange
 from .context import JobContext
-from .errors import RemoteCommandError, SchedulerError
+from .errors import ConnectionLost, RemoteCommandError, SchedulerError
 from .job_files import job_files
 from .jobs import JobPaths, JobSpec
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
@@ -27,7 +27,7 @@ from .scripts import ScriptsReport, scripts_for, scripts_version
 from .store import HashCache, MissingFromStore, UploadReport
 from .submit_exchange import HelperUnavailable
 from .transport import CommandResult, Transport
-from .transport.base import sha256_file
+from .transport.base import TRANSFER_ATTEMPTS, sha256_file
 from .tree import ensure_root, remote_root
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,17 @@ async def _converse(transport: Transport, preset: Preset, paths: JobPaths, dirs:
     """One conversation with the cluster's submission helper; the scripts are checked (and repaired) in it."""
     place = _scripts_place(preset, paths.root)
     offer = submit_exchange.Offer(staged.sources, staged.sizes, submit_exchange.scripts_dir(paths.root))
-    outcome = await submit_exchange.converse(transport, paths.root, dirs, offer, steps, preset.login_python,
-                                             installed=cache.scripts_seen(place) == scripts_version())
+    for attempt in range(TRANSFER_ATTEMPTS):
+        # A dropped connection is tried again: every step is safe to repeat (guarded submissions answer
+        # from their records), and the cluster kept what arrived of a file, so only the rest goes.
+        try:
+            outcome = await submit_exchange.converse(transport, paths.root, dirs, offer, steps, preset.login_python,
+                                                     installed=cache.scripts_seen(place) == scripts_version())
+            break
+        except (ConnectionLost, submit_exchange.SentFileChanged) as exc:
+            if attempt == TRANSFER_ATTEMPTS - 1 or isinstance(exc, submit_exchange.SentFileChanged) and attempt:
+                raise
+            log.info("%s; trying again", exc)
     cache.remember_scripts(place, scripts_version())
     return outcome, ScriptsReport(submit_exchange.scripts_dir(paths.root), scripts_version(), outcome.scripts_sent)
 

@@ -45,6 +45,10 @@ class HelperUnavailable(BraasError):
     """The login node cannot run the helper (no python3, or one too old): go step by step."""
 
 
+class SentFileChanged(UsageError):
+    """A file failed its SHA-256 on arrival; the cluster kept nothing of it."""
+
+
 @dataclass(frozen=True)
 class Offer:
     """What the client can send: store files by SHA-256 (None: no local copy), and whether the
@@ -173,21 +177,32 @@ async def _send(handle: Any, need: dict[str, Any], offer: Offer) -> tuple[tuple[
     shipped = shipped_scripts()
     scripts = [name for name in need.get("scripts", []) if name in shipped]
     store = [d for d in need.get("store", []) if offer.store.get(d) is not None]
-    files = [(shipped[name], shipped[name].stat().st_size) for name in scripts]
-    files += [(offer.store[d], offer.sizes[d]) for d in store]  # type: ignore[misc]
-    counter = progress.ByteCounter("uploading", sum(size for _, size in files))
+    resume = need.get("from", {})
+    files = [(shipped[name], shipped[name].stat().st_size, 0) for name in scripts]
+    # From where an earlier, cut try stopped (the helper kept those bytes and checks the whole).
+    files += [(offer.store[d], offer.sizes[d], _offset(resume.get(d), offer.sizes[d])) for d in store]  # type: ignore[misc]
+    counter = progress.ByteCounter("uploading", sum(size - offset for _, size, offset in files))
     done = 0
-    for path, size in files:
-        done = await _send_file(handle, path, size, done, counter.for_item("all"))
+    for path, size, offset in files:
+        done = await _send_file(handle, path, size, offset, done, counter.for_item("all"))
     await handle.write_eof()
     return tuple(scripts), tuple(store), done
 
 
-async def _send_file(handle: Any, path: Path, size: int, done: int, report: Any) -> int:
-    """Exactly `size` bytes of `path` (a file that shrank since it was hashed is padded: the helper's
-    SHA-256 check then refuses it, and the stream stays in step)."""
-    left = size
+def _offset(value: object, size: int) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= size:
+        raise BraasError(f"the cluster's submission helper named an impossible resume point: {value!r}")
+    return value
+
+
+async def _send_file(handle: Any, path: Path, size: int, offset: int, done: int, report: Any) -> int:
+    """Bytes `offset` to `size` of `path` (a file that shrank since it was hashed is padded: the
+    helper's SHA-256 check then refuses it, and the stream stays in step)."""
+    left = size - offset
     with path.open("rb") as stream:
+        stream.seek(offset)
         while left:
             block = await asyncio.to_thread(stream.read, min(SEND_BLOCK, left)) or bytes(min(SEND_BLOCK, left))
             await handle.write(block)
@@ -216,8 +231,9 @@ def _raise_error(root: str, final: dict[str, Any]) -> None:
                       check.get("stderr", "")).check()
         refuse_findings(root, check.get("stdout", ""))
     if error == "changed":
-        raise UsageError("a file changed on this computer while it was being sent (its SHA-256 no longer "
-                         "matches); nothing was submitted: submit again")
+        raise SentFileChanged("a file arrived on the cluster with other bytes than were hashed here (it changed "
+                              "on this computer while it was being sent, or a partial copy a dropped connection "
+                              "left was damaged); nothing was submitted and the copy was removed: submit again")
     if error == "io":
         raise BraasError(f"writing on the cluster failed, so nothing was submitted: {final.get('why', '')} "
                          "(a full disk or quota shows here: free space in the working directory and submit again)")
@@ -234,5 +250,5 @@ def step_result(outcome: Outcome, index: int, argv: Sequence[str]) -> CommandRes
     return CommandResult(tuple(argv), result.get("status"), result.get("stdout", ""), result.get("stderr", ""))
 
 
-__all__ = ["HELPER", "MANIFEST", "HelperUnavailable", "Offer", "Outcome", "converse", "helper_argv",
+__all__ = ["HELPER", "MANIFEST", "HelperUnavailable", "Offer", "Outcome", "SentFileChanged", "converse", "helper_argv",
            "scripts_dir", "step_result"]

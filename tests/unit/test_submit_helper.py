@@ -82,7 +82,7 @@ def _whole_conversation(tmp_path: Path, python: str) -> None:
     assert (job / "after").read_text() == "4242"  # the array's id, read with the scheduler's pattern
     assert len(submitted["finish_errors"]) == 1  # the first choice failed, the second was taken
     assert (job / "finish.txt").read_text() == "77\n"
-    assert not list(root.rglob("*.part"))
+    assert not list(root.rglob("*part"))
 
     # Again, from the installed helper: nothing is sent, and the guarded submissions answer from their
     # records (the array's command would now print another id if it ran).
@@ -98,7 +98,7 @@ def test_a_whole_submission_in_one_conversation(tmp_path: Path) -> None:
 
 
 def test_the_helper_runs_on_python_3_6(tmp_path: Path) -> None:
-    assert PY36.is_file(), f"Python 3.6 (a login node's python3 on RHEL 8 / SLES 15) is missing: pyenv install 3.6.15"
+    assert PY36.is_file(), "Python 3.6 (a login node's python3 on RHEL 8 / SLES 15) is missing: pyenv install 3.6.15"
     _whole_conversation(tmp_path, str(PY36))
 
 
@@ -126,7 +126,7 @@ def test_a_file_changed_while_sent_stops_everything(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="changed on this computer"):
         _talk(root, Offer({digest: scene}, {digest: 24}), _steps(root, digest))
     assert not _store_path(root, digest).exists() and not (root / "jobs" / "j1" / "job.sh").exists()
-    assert not list(root.rglob("*.part"))
+    assert not list(root.rglob("*part"))
 
 
 def test_a_store_file_this_computer_has_no_copy_of(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_a_store_file_this_computer_has_no_copy_of(tmp_path: Path) -> None:
     assert not (root / "jobs" / "j1" / "job.sh").exists()
 
 
-def test_a_cut_stream_leaves_no_temp_file_and_runs_no_step(tmp_path: Path) -> None:
+def test_a_cut_stream_runs_no_step_and_the_next_try_sends_only_the_rest(tmp_path: Path) -> None:
     root = tmp_path / "braas-hpc-me"
     digest, scene = _file(tmp_path, "scene.blend", os.urandom(3 << 20))
 
@@ -157,8 +157,31 @@ def test_a_cut_stream_leaves_no_temp_file_and_runs_no_step(tmp_path: Path) -> No
         await handle.close()
 
     asyncio.run(cut())
-    assert not _store_path(root, digest).exists() and not list(root.rglob("*.part"))
-    assert not (root / "jobs" / "j1" / "job.sh").exists()
+    assert not _store_path(root, digest).exists() and not (root / "jobs" / "j1" / "job.sh").exists()
+    (kept,) = root.rglob("*part")
+    assert kept.stat().st_size == 1 << 20
+
+    again = _talk(root, Offer({digest: scene}, {digest: scene.stat().st_size}), _steps(root, digest))
+    assert again.store_sent == (digest,) and again.sent_bytes == (3 << 20) - (1 << 20)
+    assert _store_path(root, digest).read_bytes() == scene.read_bytes() and not list(root.rglob("*part"))
+    assert (root / "jobs" / "j1" / "job.sh").exists()
+
+
+def test_a_kept_partial_file_with_other_bytes_is_not_stored(tmp_path: Path) -> None:
+    """What an earlier try left is checked with the rest: a partial file that does not belong to these
+    bytes makes the whole fail its SHA-256, nothing is stored, and the next try starts afresh."""
+    root = tmp_path / "braas-hpc-me"
+    digest, scene = _file(tmp_path, "scene.blend", os.urandom(1 << 20))
+    partial = _store_path(root, digest).with_name(f".{digest}.braas-part")
+    partial.parent.mkdir(parents=True)
+    root.chmod(0o700)
+    partial.write_bytes(b"x" * 1000)
+    offer = Offer({digest: scene}, {digest: scene.stat().st_size})
+    with pytest.raises(UsageError, match="changed"):
+        _talk(root, offer, _steps(root, digest))
+    assert not _store_path(root, digest).exists() and not partial.exists()
+    assert _talk(root, offer, _steps(root, digest)).sent_bytes == 1 << 20
+    assert _store_path(root, digest).read_bytes() == scene.read_bytes()
 
 
 @pytest.mark.parametrize("bad", [
