@@ -139,15 +139,20 @@ def merge_lines(stdout: Any, stderr: Any, on_line: Callable[[StreamLine], None] 
     Returns the lines and a function that stops the readers (for a StreamHandle's close).
     """
     queue: asyncio.Queue[StreamLine | None] = asyncio.Queue()
+    failures: list[BaseException] = []
 
     async def pump(reader: Any, is_stderr: bool) -> None:
-        while raw := await reader.readline():  # empty at end of file
-            text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-            line = StreamLine(text.rstrip("\r\n"), is_stderr)
-            if on_line:
-                on_line(line)
-            await queue.put(line)
-        await queue.put(None)
+        try:
+            while raw := await reader.readline():  # empty at end of file
+                text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+                line = StreamLine(text.rstrip("\r\n"), is_stderr)
+                if on_line:
+                    on_line(line)
+                await queue.put(line)
+        except Exception as exc:  # noqa: BLE001 - a reader of a dropped connection raises instead of ending
+            failures.append(exc)
+        finally:
+            queue.put_nowait(None)  # the lines end in every case: nothing waits on a reader that died
 
     tasks = [asyncio.create_task(pump(stdout, False)), asyncio.create_task(pump(stderr, True))]
 
@@ -159,6 +164,9 @@ def merge_lines(stdout: Any, stderr: Any, on_line: Callable[[StreamLine], None] 
                 ended += 1
             else:
                 yield item
+        if failures:
+            raise ConnectionLost(f"the connection dropped while a command's output was read: {failures[0]}") \
+                from failures[0]
 
     def stop() -> None:
         for task in tasks:
