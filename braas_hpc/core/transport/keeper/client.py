@@ -1,0 +1,366 @@
+"""A transport whose connection is kept by the keeper process: the primitives become keeper requests.
+
+The keeper runs on this computer as this user, so files are read and written by it on our own paths;
+command lines, their output and stream lines cross the socket. Login questions come back to this
+command's own Prompts. When the keeper cannot be used (cannot start, unsafe directory, another
+version, dies) the command goes on over a direct connection of its own and says so in the debug log:
+a command never fails because of the keeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from ... import VERSION
+from ...errors import ConnectionLost
+from ..base import (
+    Forward,
+    Progress,
+    Prompts,
+    Release,
+    RemoteEntry,
+    SSHTarget,
+    StreamHandle,
+    StreamLine,
+    Transport,
+)
+from . import sockets, wire
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 15.0
+
+
+class KeeperGone(Exception):
+    """The keeper's end closed in the middle of a request."""
+
+
+class KeeperMismatch(sockets.KeeperUnavailable):
+    """The running keeper cannot serve this command (another version, another HOME or ssh-agent)."""
+
+
+def portable_target(target: SSHTarget) -> dict[str, Any]:
+    """The target as the keeper must see it: paths absolute (its working directory is not ours)."""
+    def absolute(path: str | None) -> str | None:
+        return os.path.abspath(os.path.expanduser(path)) if path and path != "none" else path
+
+    values = dataclasses.asdict(target)
+    values["key_files"] = [absolute(k) for k in target.key_files]
+    values["known_hosts"] = absolute(target.known_hosts)
+    values["ssh_config"] = absolute(target.ssh_config)
+    return values
+
+
+def _start_keeper(directory: Path) -> None:
+    """The keeper, detached from this command (a new session, no terminal), as local_queue starts its worker."""
+    env = {**os.environ, "BRAAS_HPC_KEEPER_DIR": str(directory),
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # Blender's Python finds our wheels so
+    fd = os.open(directory / "keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        subprocess.Popen([sys.executable, "-m", "braas_hpc.core.transport.keeper.server"], stdin=subprocess.DEVNULL,
+                         stdout=fd, stderr=fd, start_new_session=True, close_fds=True, cwd=directory, env=env)
+    finally:
+        os.close(fd)
+
+
+async def open_connection(start: bool = True) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the keeper, checked (our socket, our uid), starting the keeper when none runs."""
+    directory = sockets.private_dir()
+    path = directory / sockets.SOCKET_NAME
+    deadline = time.monotonic() + START_TIMEOUT_S
+    started = False
+    while True:
+        try:
+            sockets.check_socket(path)
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.LINE_LIMIT)
+            break
+        except (sockets.KeeperNotRunning, FileNotFoundError, ConnectionRefusedError) as exc:
+            if not start:
+                raise sockets.KeeperNotRunning("no keeper is running") from exc
+            if not started:
+                _start_keeper(directory)
+                started = True
+            if time.monotonic() > deadline:
+                raise sockets.KeeperUnavailable(f"the keeper did not start within {START_TIMEOUT_S:.0f} s "
+                                                f"(see {directory / 'keeper.log'})") from exc
+            await asyncio.sleep(0.02)
+    try:
+        sockets.check_peer(writer.get_extra_info("socket"))
+    except sockets.KeeperUnavailable:
+        writer.close()
+        raise
+    return reader, writer
+
+
+class Request:
+    """One request on its own connection: its messages until `ok` or `error`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, prompts: Prompts,
+                 progress: Progress | None = None) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.prompts = prompts
+        self.progress = progress
+        self.lines: list[StreamLine] = []
+
+    async def next(self) -> dict[str, Any]:
+        """The next message that is not a question or a progress report."""
+        while True:
+            try:
+                message = await wire.receive(self.reader)
+            except (OSError, ValueError) as exc:
+                raise KeeperGone(str(exc)) from exc
+            if message is None:
+                raise KeeperGone("the keeper closed the connection")
+            if "ask" in message:
+                await wire.send(self.writer, {"answer": await self._answer(message)})
+            elif "progress" in message:
+                if self.progress:
+                    self.progress(*message["progress"])
+            elif "error" in message:
+                if message["error"].get("type") == "KeeperMismatch":
+                    raise KeeperMismatch(message["error"].get("message", ""))
+                raise wire.decode_error(message["error"])
+            else:
+                return message
+
+    async def _answer(self, message: dict[str, Any]) -> Any:
+        if message["ask"] == "passphrase":
+            return await asyncio.to_thread(self.prompts.passphrase, str(message.get("key_file", "")))
+        prompts = [(str(text), bool(echo)) for text, echo in message.get("prompts", [])]
+        return await asyncio.to_thread(self.prompts.kbdint, str(message.get("name", "")),
+                                       str(message.get("instructions", "")), prompts)
+
+    async def result(self) -> dict[str, Any]:
+        message = await self.next()
+        if "ok" not in message:
+            raise KeeperGone(f"unexpected keeper message: {sorted(message)}")
+        return dict(message["ok"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def ask_keeper(op: str, start: bool = False) -> dict[str, Any]:
+    """A request about the keeper itself (status, stop); KeeperNotRunning when none runs."""
+    reader, writer = await open_connection(start)
+    request = Request(reader, writer, _NoQuestions())
+    try:
+        await wire.send(writer, {"op": op})
+        return await request.result()
+    finally:
+        request.close()
+
+
+class _NoQuestions:
+    def passphrase(self, key_file: str) -> str | None:
+        return None
+
+    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
+        return None
+
+
+class KeptForward(Forward):
+    """A forward listening in the keeper, for as long as this request's connection stays open."""
+
+    def __init__(self, request: Request, reply: dict[str, Any], remote_host: str, remote_port: int) -> None:
+        self._request = request
+        self.local_port = int(reply.get("local_port") or 0)
+        self.local_path = reply.get("local_path")
+        self.remote_host = remote_host
+        self.remote_port = remote_port
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        self._request.close()
+        with contextlib.suppress(OSError):
+            await self._request.writer.wait_closed()
+
+    async def alive(self) -> bool:
+        async with self._lock:
+            if self._request.writer.is_closing():
+                return False
+            try:
+                await wire.send(self._request.writer, {"alive": True})
+                return bool((await self._request.next()).get("alive"))
+            except (KeeperGone, OSError, sockets.KeeperUnavailable):
+                return False
+
+
+class KeptTransport(Transport):
+    """The face of a kept connection; `direct` makes the command's own connection when the keeper fails."""
+
+    def __init__(self, backend: str, target: SSHTarget, prompts: Prompts, keep_s: float,
+                 direct: Callable[[], Transport]) -> None:
+        self.name = backend
+        self.backend = backend
+        self.target = target
+        self.prompts = prompts
+        self.keep_s = keep_s
+        self._make_direct = direct
+        self._direct: Transport | None = None
+
+    @property
+    def is_direct(self) -> bool:
+        """True once this command has gone on without the keeper."""
+        return self._direct is not None
+
+    def _go_direct(self, why: object) -> Transport:
+        if self._direct is None:
+            log.debug("connection keeper not used for %s (%s): connecting directly", self.target.host, why)
+            self._direct = self._make_direct()
+        return self._direct
+
+    async def _open(self, op: str, progress: Progress | None = None, **args: Any) -> Request | None:
+        """The request sent, or None when this command goes direct."""
+        if self._direct is not None:
+            return None
+        try:
+            reader, writer = await open_connection()
+            await wire.send(writer, {"op": op, "protocol": wire.PROTOCOL, "version": VERSION, "backend": self.backend,
+                                     "target": portable_target(self.target), "keep_s": self.keep_s,
+                                     "env": {k: os.environ.get(k, "") for k in wire.ENV_KEYS}, **args})
+        except (sockets.KeeperUnavailable, OSError) as exc:
+            self._go_direct(exc)
+            return None
+        return Request(reader, writer, self.prompts, progress)
+
+    async def _call(self, op: str, *, replayable: bool, progress: Progress | None = None,
+                    **args: Any) -> dict[str, Any] | None:
+        """The keeper's reply, or None when the caller must do it directly. A keeper lost in the middle of
+        a request that must not run twice (a command, an upload) is a lost connection, as when the SSH
+        connection itself drops; the next call goes direct."""
+        request = await self._open(op, progress, **args)
+        if request is None:
+            return None
+        try:
+            return await request.result()
+        except KeeperMismatch as exc:
+            self._go_direct(exc)
+            return None
+        except KeeperGone as exc:
+            self._go_direct(exc)
+            if replayable:
+                return None
+            raise ConnectionLost(f"the connection keeper stopped during a request to {self.target.host}") from exc
+        finally:
+            request.close()
+
+    # ---- primitives ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if await self._call("connect", replayable=True) is None:
+            await self._go_direct("direct").connect()
+
+    async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
+                    ) -> tuple[int | None, bytes, bytes]:
+        reply = await self._call("exec", replayable=False, command=command, stdin=wire.encode_bytes(stdin),
+                                 timeout=timeout)
+        if reply is None:
+            return await self._go_direct("direct")._exec(command, stdin, timeout)
+        return reply["status"], wire.decode_bytes(reply["stdout"]), wire.decode_bytes(reply["stderr"])
+
+    async def _open_stream(self, command: str) -> StreamHandle:
+        request = await self._open("stream", command=command)
+        if request is None:
+            return await self._go_direct("direct")._open_stream(command)
+        status: list[int | None] = []
+
+        async def lines() -> AsyncIterator[StreamLine]:
+            while True:
+                try:
+                    message = await request.next()
+                except KeeperMismatch as exc:
+                    self._go_direct(exc)
+                    raise ConnectionLost(f"the connection keeper cannot serve {self.target.host}: {exc}") from exc
+                except KeeperGone as exc:
+                    self._go_direct(exc)
+                    raise ConnectionLost(f"the connection keeper stopped reading from {self.target.host}") from exc
+                if "line" in message:
+                    yield StreamLine(str(message["line"]), bool(message.get("stderr")))
+                else:
+                    status.append(message.get("ok", {}).get("status"))
+                    return
+
+        async def wait() -> int | None:
+            return status[0] if status else None
+
+        async def close() -> None:
+            request.close()
+
+        return StreamHandle(lines(), wait, close)
+
+    async def _size(self, remote: str) -> int | None:
+        reply = await self._call("size", replayable=True, remote=remote)
+        if reply is None:
+            return await self._go_direct("direct")._size(remote)
+        return reply["size"]
+
+    async def _send(self, local: Path, remote: str, offset: int, progress: Progress | None) -> None:
+        reply = await self._call("send", replayable=False, progress=progress, local=str(local.absolute()),
+                                 remote=remote, offset=offset)
+        if reply is None:
+            await self._go_direct("direct")._send(local, remote, offset, progress)
+
+    async def _receive(self, remote: str, local: Path, offset: int, progress: Progress | None) -> None:
+        reply = await self._call("receive", replayable=True, progress=progress, remote=remote,
+                                 local=str(local.absolute()), offset=offset)
+        if reply is None:
+            await self._go_direct("direct")._receive(remote, local, offset, progress)
+
+    async def listdir(self, remote: str) -> list[RemoteEntry]:
+        reply = await self._call("listdir", replayable=True, remote=remote)
+        if reply is None:
+            return await self._go_direct("direct").listdir(remote)
+        return [RemoteEntry(str(name), int(size), bool(is_dir)) for name, size, is_dir in reply["entries"]]
+
+    async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
+                      local_path: str | None = None) -> Forward:
+        request = await self._open("forward", remote_host=remote_host, remote_port=remote_port,
+                                   local_port=local_port, local_path=local_path)
+        if request is not None:
+            try:
+                return KeptForward(request, await request.result(), remote_host, remote_port)
+            except (KeeperGone, KeeperMismatch) as exc:
+                request.close()
+                self._go_direct(exc)
+            except BaseException:
+                request.close()
+                raise
+        return await self._go_direct("direct").forward(remote_host, remote_port, local_port, local_path)
+
+    async def hold_interactive(self) -> Release | None:
+        request = await self._open("hold")
+        if request is not None:
+            try:
+                held = (await request.result()).get("held")
+            except (KeeperGone, KeeperMismatch) as exc:
+                request.close()
+                self._go_direct(exc)
+            except BaseException:
+                request.close()
+                raise
+            else:
+                if not held:
+                    request.close()
+                    return None
+
+                async def release() -> None:
+                    request.close()
+
+                return release
+        return await self._go_direct("direct").hold_interactive()
+
+    async def close(self) -> None:
+        """The kept connection stays open for the next command; only a direct one of ours is closed."""
+        if self._direct is not None:
+            await self._direct.close()

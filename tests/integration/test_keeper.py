@@ -1,0 +1,164 @@
+"""The connection keeper against the test cluster, for each SSH back end: ten CLI commands to the TOTP sshd
+ask one one-time code and log in once (read back from the sshd's own log); a connection cut under the
+keeper is opened again by the next command; a refused host key keeps its type across the socket.
+
+The suite runs with BRAAS_HPC_KEEPER=off (tests/conftest.py); these tests turn the keeper on, each with a
+keeper directory of its own, and stop their keeper at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from braas_hpc import cli
+from braas_hpc.core.transport.keeper import client as keeper_client
+from braas_hpc.core.transport.keeper import sockets
+from braas_hpc.prompts import TerminalPrompts
+from tests.testbed import testbed as tb
+from tests.testbed.sshlab import SSHLab
+from tests.testbed.tcpproxy import running_proxy
+
+pytestmark = pytest.mark.testbed
+
+BACKENDS = ("asyncssh", "paramiko", "openssh")
+COMMANDS = 10
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def lab(testbed: tb.Testbed) -> SSHLab:
+    return testbed.ssh_lab
+
+
+def stop_keeper() -> None:
+    with contextlib.suppress(sockets.KeeperUnavailable):
+        asyncio.run(keeper_client.ask_keeper("stop"))
+
+
+@pytest.fixture
+def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The keeper on, in a short private directory of this test's own (a socket path has ~100 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="bk-", dir="/tmp"))
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_DIR", str(directory))
+    try:
+        yield directory
+    finally:
+        stop_keeper()
+        deadline = time.monotonic() + 15
+        while (directory / sockets.SOCKET_NAME).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def write_preset(testbed: tb.Testbed, name: str, **changes: object) -> None:
+    """The testbed preset under another name, with some keys replaced (`key = value` lines)."""
+    lines = []
+    for line in testbed.preset_file.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if key in changes:
+            continue
+        lines.append(f'name = "{name}"' if key == "name" else line)
+    head = [f"{k} = {json.dumps(v)}" for k, v in changes.items()]
+    first_table = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
+    text = "\n".join([*lines[:first_table], *head, *lines[first_table:]]) + "\n"
+    presets = Path(os.environ["BRAAS_HPC_CONFIG_DIR"]) / "presets"
+    presets.mkdir(exist_ok=True)
+    (presets / f"{name}.toml").write_text(text)
+
+
+class CodeUser:
+    """A person at a terminal who types a fresh one-time code whenever asked, and is counted."""
+
+    def __init__(self, lab: SSHLab) -> None:
+        self.lab = lab
+        self.codes: list[str] = []
+        self.other: list[str] = []
+
+    def _secret(self, prompt: str) -> str:
+        if "one-time" in prompt.lower() or "oath" in prompt.lower():
+            self.codes.append(self.lab.fresh_totp())
+            return self.codes[-1]
+        self.other.append(prompt)
+        return ""
+
+    def prompts(self) -> TerminalPrompts:
+        return TerminalPrompts(ask_secret=self._secret, ask=self._secret, interactive=True)
+
+
+def _logins(lab: SSHLab) -> int:
+    return lab.logs["totp"].read_text(errors="replace").count("Accepted keyboard-interactive")
+
+
+def _cli(capsys: pytest.CaptureFixture[str], user: CodeUser | None, *argv: str) -> str:
+    capsys.readouterr()
+    code = cli.main(list(argv), user.prompts() if user else TerminalPrompts(interactive=False))
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    return out
+
+
+def test_ten_commands_one_code(testbed: tb.Testbed, lab: SSHLab, keeper: Path, backend: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"tb-keep-{backend}"
+    write_preset(testbed, name, port=lab.totp_port, ssh_backend=backend, known_hosts=str(lab.known_hosts))
+    user = CodeUser(lab)
+    before = _logins(lab)
+    for _ in range(COMMANDS):
+        _cli(capsys, user, "test", name)
+    assert len(user.codes) == 1, f"{len(user.codes)} codes asked for {COMMANDS} commands"
+    assert user.other == []
+    assert _logins(lab) - before == 1, "the TOTP sshd saw more than one login"
+
+    status = json.loads(_cli(capsys, None, "keeper", "status", "--json"))
+    kept = [k for k in status["kept"] if k["port"] == lab.totp_port]
+    assert [k["backend"] for k in kept] == [backend]
+    log = (keeper / "keeper.log").read_text()
+    assert user.codes[0] not in log, "a one-time code reached the keeper's log"
+
+    _cli(capsys, None, "keeper", "stop")
+    assert "no connection keeper is running" in _cli(capsys, None, "keeper", "status")
+
+
+def test_a_cut_connection_is_opened_again(testbed: tb.Testbed, keeper: Path, backend: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
+        known = tmp_path / "known_hosts"  # the cluster's key, pinned for the proxy's address
+        pinned = Path(testbed.known_hosts).read_text().split("\n")[0].split(maxsplit=1)[1]
+        known.write_text(f"[127.0.0.1]:{proxy.port} {pinned}\n")
+        name = f"tb-cut-{backend}"
+        write_preset(testbed, name, port=proxy.port, ssh_backend=backend, known_hosts=str(known))
+        _cli(capsys, None, "test", name)
+        _cli(capsys, None, "test", name)
+        assert proxy.connections == 1, "the second command did not ride the kept connection"
+        assert proxy.drop_all() == 1
+        _cli(capsys, None, "test", name)
+        assert proxy.connections == 2 and proxy.drops == 1
+        _cli(capsys, None, "test", name)
+        assert proxy.connections == 2
+
+
+def test_an_unknown_host_key_keeps_its_type(testbed: tb.Testbed, keeper: Path, backend: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"tb-unknown-{backend}"
+    write_preset(testbed, name, ssh_backend=backend, known_hosts=str(tmp_path / "empty_known_hosts"))
+    capsys.readouterr()
+    code = cli.main(["test", name], TerminalPrompts(interactive=False))
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert "is not a known host" in err and "SHA256:" in err, err
+    assert (keeper / sockets.SOCKET_NAME).exists(), "the keeper was not used"
