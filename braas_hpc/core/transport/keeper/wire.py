@@ -63,11 +63,11 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
                 "stdout": exc.stdout, "stderr": exc.stderr}
     if isinstance(exc, BraasError):
         return {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, TimeoutError):  # before OSError, of which it is one
+        return {"type": "TimeoutError", "message": str(exc)}
     if isinstance(exc, OSError):
         return {"type": "OSError", "errno": exc.errno, "strerror": exc.strerror or str(exc),
                 "filename": None if exc.filename is None else str(exc.filename)}
-    if isinstance(exc, TimeoutError):
-        return {"type": "TimeoutError", "message": str(exc)}
     return {"type": "KeeperFailure", "message": f"{type(exc).__name__}: {exc}"}
 
 
