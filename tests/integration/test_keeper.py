@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -162,3 +163,17 @@ def test_an_unknown_host_key_keeps_its_type(testbed: tb.Testbed, keeper: Path, b
     assert code == 1, out + err
     assert "is not a known host" in err and "SHA256:" in err, err
     assert (keeper / sockets.SOCKET_NAME).exists(), "the keeper was not used"
+
+
+def test_a_killed_keeper_is_replaced(testbed: tb.Testbed, keeper: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A keeper killed outright leaves its socket behind: the next command starts a new keeper on it."""
+    _cli(capsys, None, "test", "testbed")
+    first = json.loads(_cli(capsys, None, "keeper", "status", "--json"))["pid"]
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{first}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (keeper / sockets.SOCKET_NAME).exists(), "the stale socket is the case under test"
+    _cli(capsys, None, "test", "testbed")
+    status = json.loads(_cli(capsys, None, "keeper", "status", "--json"))
+    assert status["pid"] != first and [k["port"] for k in status["kept"]] == [testbed.ssh_port]

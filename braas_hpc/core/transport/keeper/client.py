@@ -60,14 +60,24 @@ def portable_target(target: SSHTarget) -> dict[str, Any]:
     return values
 
 
+# Started through a short-lived launcher, so the keeper is nobody's child: a long-lived caller (Blender)
+# is left no zombie when the keeper leaves.
+_LAUNCHER = ("import subprocess, sys; subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, "
+             "start_new_session=True, close_fds=True)")
+
+
 def _start_keeper(directory: Path) -> None:
     """The keeper, detached from this command (a new session, no terminal), as local_queue starts its worker."""
     env = {**os.environ, "BRAAS_HPC_KEEPER_DIR": str(directory),
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # Blender's Python finds our wheels so
     fd = os.open(directory / "keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        subprocess.Popen([sys.executable, "-m", "braas_hpc.core.transport.keeper.server"], stdin=subprocess.DEVNULL,
-                         stdout=fd, stderr=fd, start_new_session=True, close_fds=True, cwd=directory, env=env)
+        server = [sys.executable, "-m", "braas_hpc.core.transport.keeper.server"]
+        subprocess.run([sys.executable, "-c", _LAUNCHER, *server],
+                       stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True, cwd=directory, env=env,
+                       timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise sockets.KeeperUnavailable(f"the keeper cannot be started: {exc}") from exc
     finally:
         os.close(fd)
 

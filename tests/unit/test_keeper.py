@@ -1,0 +1,210 @@
+"""The connection keeper's guards and fallbacks, without a cluster: who may own its directory and socket,
+who may answer on the socket (SO_PEERCRED), typed errors across the wire, and a command that goes on over
+a direct connection whenever the keeper cannot serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from braas_hpc.core.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    ConnectionLost,
+    HostKeyChanged,
+    RemoteCommandError,
+)
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, TransportPool, keep_seconds
+from braas_hpc.core.transport.keeper import client, sockets, wire
+from braas_hpc.core.transport.local import LocalTransport
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def keeper_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="bk-", dir="/tmp"))
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_DIR", str(base / "k"))
+    yield base / "k"
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# ---- the directory and the socket ----------------------------------------------------------------
+
+
+def test_the_directory_is_made_private(keeper_dir: Path) -> None:
+    assert sockets.private_dir() == keeper_dir
+    assert keeper_dir.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o705, 0o777])
+def test_a_directory_open_to_others_is_refused(keeper_dir: Path, mode: int) -> None:
+    keeper_dir.mkdir(mode=0o700)
+    keeper_dir.chmod(mode)
+    with pytest.raises(sockets.KeeperUnavailable, match="open to others"):
+        sockets.private_dir()
+
+
+def test_a_directory_of_another_user_is_refused(keeper_dir: Path) -> None:
+    keeper_dir.mkdir(mode=0o700)
+    os.chown(keeper_dir, NOBODY, NOBODY)
+    with pytest.raises(sockets.KeeperUnavailable, match="belongs to uid"):
+        sockets.private_dir()
+
+
+def test_a_link_in_place_of_the_directory_is_refused(keeper_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    keeper_dir.symlink_to(elsewhere)
+    with pytest.raises(sockets.KeeperUnavailable):
+        sockets.private_dir()
+
+
+def test_a_parent_others_can_change_is_refused(keeper_dir: Path) -> None:
+    keeper_dir.parent.chmod(0o777)  # no sticky bit: anyone could rename our directory away
+    with pytest.raises(sockets.KeeperUnavailable, match="other users"):
+        sockets.private_dir()
+
+
+def test_the_socket_is_0600_and_a_foreign_one_is_refused(keeper_dir: Path) -> None:
+    path = sockets.private_dir() / sockets.SOCKET_NAME
+    listener = sockets.listening_socket(path)
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        sockets.check_socket(path)
+        os.chmod(path, 0o666)
+        with pytest.raises(sockets.KeeperUnavailable, match="open to others"):
+            sockets.check_socket(path)
+        os.chmod(path, 0o600)
+        os.chown(path, NOBODY, NOBODY)
+        with pytest.raises(sockets.KeeperUnavailable, match="belongs to uid"):
+            sockets.check_socket(path)
+    finally:
+        listener.close()
+
+
+def test_a_socket_served_by_another_uid_is_refused(keeper_dir: Path) -> None:
+    """The socket file is ours and 0600, but the process answering on it is another user's (it called
+    listen()): SO_PEERCRED names it, and the client refuses before sending anything."""
+    path = sockets.private_dir() / sockets.SOCKET_NAME
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound.bind(str(path))
+    os.chmod(path, 0o600)
+    serve = ("import socket, sys\ns = socket.socket(fileno=int(sys.argv[1]))\ns.listen(1)\nprint('ready', flush=True)\n"
+             "c, _ = s.accept()\nsys.stdout.write(repr(c.recv(100)))\n")
+    # The system's Python: the suite's own may live where that user cannot read (root's pyenv).
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    child = subprocess.Popen([python, "-c", serve, str(bound.fileno())], pass_fds=(bound.fileno(),), user=NOBODY,
+                             group=NOBODY, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with pytest.raises(sockets.KeeperUnavailable, match=f"uid {NOBODY}"):
+            asyncio.run(client.open_connection(start=False))
+        assert child.communicate(timeout=10)[0] == "b''", "the client sent something to a stranger"
+    finally:
+        child.kill()
+        bound.close()
+
+
+# ---- errors across the socket ----------------------------------------------------------------------
+
+
+def _across(exc: BaseException) -> BaseException:
+    return wire.decode_error(wire.encode_error(exc))
+
+
+def test_typed_errors_keep_their_type_and_fields() -> None:
+    changed = _across(HostKeyChanged("changed!", "h", 2222, "ssh-ed25519", "SHA256:x", "ssh-ed25519 AAAA", "/kh"))
+    assert type(changed) is HostKeyChanged and str(changed) == "changed!"
+    assert (changed.host, changed.port, changed.fingerprint, changed.known_hosts) == ("h", 2222, "SHA256:x", "/kh")
+    failed = _across(RemoteCommandError("ls x", 2, "out", "no such file"))
+    assert type(failed) is RemoteCommandError and (failed.exit_status, failed.stderr) == (2, "no such file")
+    assert type(_across(AuthenticationFailed("refused"))) is AuthenticationFailed
+    assert type(_across(ConnectionLost("dropped"))) is ConnectionLost
+    assert type(_across(TimeoutError("slow"))) is TimeoutError
+    missing = _across(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"))
+    assert type(missing) is FileNotFoundError and missing.filename == "/x"
+    assert type(_across(KeyError("bug"))) is ConnectionFailed
+
+
+# ---- when the keeper cannot serve, the command goes direct -------------------------------------------
+
+
+def _kept(keep_s: float = 60.0) -> KeptTransport:
+    return KeptTransport("asyncssh", SSHTarget(host="cluster.invalid"), NoPrompts(), keep_s, LocalTransport)
+
+
+def test_an_unsafe_keeper_directory_means_a_direct_connection(keeper_dir: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    keeper_dir.mkdir(mode=0o777)
+    keeper_dir.chmod(0o777)
+    transport = _kept()
+    with caplog.at_level(logging.DEBUG, logger="braas_hpc"):
+        done = asyncio.run(transport.run(["echo", "direct"]))
+    assert done.stdout == "direct\n" and transport.is_direct
+    assert "connection keeper not used" in caplog.text and "open to others" in caplog.text
+    assert not (keeper_dir / sockets.SOCKET_NAME).exists()
+
+
+def test_a_keeper_that_does_not_start_means_a_direct_connection(keeper_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "START_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(client, "_start_keeper", lambda directory: None)  # as if Python could not run it
+    transport = _kept()
+    assert asyncio.run(transport.run(["echo", "direct"])).stdout == "direct\n"
+    assert transport.is_direct
+
+
+def test_a_keeper_that_hangs_up_mid_command_is_a_lost_connection_then_direct(keeper_dir: Path) -> None:
+    """A command may have run when the keeper vanished: not run again, but a lost connection (as when
+    SSH drops); the next call goes direct."""
+    path = sockets.private_dir() / sockets.SOCKET_NAME
+    listener = sockets.listening_socket(path)
+
+    async def scenario() -> tuple[BaseException | None, str]:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.close()
+
+        server = await asyncio.start_unix_server(hang_up, sock=listener)
+        transport = _kept()
+        lost: BaseException | None = None
+        try:
+            await transport.run(["echo", "once"])
+        except ConnectionLost as exc:
+            lost = exc
+        again = await transport.run(["echo", "direct"])
+        server.close()
+        return lost, again.stdout
+
+    lost, again = asyncio.run(scenario())
+    assert isinstance(lost, ConnectionLost) and "keeper stopped" in str(lost)
+    assert again == "direct\n"
+
+
+def test_keep_seconds_follow_the_preset_and_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
+    preset = load_preset("karolina")
+    assert keep_seconds(preset) == preset.keep_connection_min * 60 > 0
+    assert keep_seconds(load_preset("local")) == 0
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "off")
+    assert keep_seconds(preset) == 0
+
+    async def made() -> object:
+        return TransportPool().get(preset)
+
+    assert not isinstance(asyncio.run(made()), KeptTransport)
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
+    assert isinstance(asyncio.run(made()), KeptTransport)
