@@ -8,21 +8,15 @@ keeper directory of its own, and stop their keeper at the end.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from braas_hpc import cli
-from braas_hpc.core.transport.keeper import client as keeper_client
 from braas_hpc.core.transport.keeper import sockets
 from braas_hpc.prompts import TerminalPrompts
 from tests.testbed import testbed as tb
@@ -43,27 +37,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def lab(testbed: tb.Testbed) -> SSHLab:
     return testbed.ssh_lab
-
-
-def stop_keeper() -> None:
-    with contextlib.suppress(sockets.KeeperUnavailable):
-        asyncio.run(keeper_client.ask_keeper("stop"))
-
-
-@pytest.fixture
-def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The keeper on, in a short private directory of this test's own (a socket path has ~100 bytes)."""
-    directory = Path(tempfile.mkdtemp(prefix="bk-", dir="/tmp"))
-    monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
-    monkeypatch.setenv("BRAAS_HPC_KEEPER_DIR", str(directory))
-    try:
-        yield directory
-    finally:
-        stop_keeper()
-        deadline = time.monotonic() + 15
-        while (directory / sockets.SOCKET_NAME).exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_preset(testbed: tb.Testbed, name: str, **changes: object) -> None:

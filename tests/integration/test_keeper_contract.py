@@ -15,7 +15,7 @@ import pytest
 
 from braas_hpc.core.transport import NoPrompts, SSHTarget, Transport
 from braas_hpc.core.transport.keeper.client import KeptTransport
-from tests.integration.test_keeper import keeper  # noqa: F401 - the fixture
+from tests.integration.conftest import no_direct
 from tests.integration.test_transport_contract import (  # noqa: F401 - collected here too, on a kept transport
     backend,
     client,
@@ -44,14 +44,10 @@ pytestmark = pytest.mark.testbed
 KEEP_S = 600.0
 
 
-def _no_direct() -> Transport:
-    raise AssertionError("the kept transport fell back to a direct connection")
-
-
 @pytest.fixture
-def connect(backend: str, keeper: Path) -> Iterator[Callable[..., Transport]]:  # noqa: F811 - the keeper fixture
+def connect(backend: str, keeper: Path) -> Iterator[Callable[..., Transport]]:  # noqa: F811 - the fixture above
     def make(target: SSHTarget, prompts: Any = None) -> Transport:
-        return KeptTransport(backend, target, prompts or NoPrompts(), KEEP_S, _no_direct)
+        return KeptTransport(backend, target, prompts or NoPrompts(), KEEP_S, no_direct)
 
     make.backend = backend  # type: ignore[attr-defined]
     yield make

@@ -88,6 +88,11 @@ class TransportPool:
             self._live[key] = self._new(preset, chosen, target)
         return self._live[key]
 
+    def dedicated(self, preset: Preset, backend: str, target: SSHTarget) -> Transport:
+        """A transport for one long-lived user (the interactive tunnel), not shared within this process;
+        with the keeper it still rides the kept connection, so it asks for no login of its own."""
+        return self._new(preset, backend, target)
+
     def _new(self, preset: Preset, backend: str, target: SSHTarget) -> Transport:
         prompts = self.prompts
         keep_s = keep_seconds(preset)

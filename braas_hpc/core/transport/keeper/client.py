@@ -38,6 +38,7 @@ from . import sockets, wire
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 15.0
+KEPT_KEEPALIVE_S = 5.0  # the interactive tunnel's own: three missed, and the link is known dead in 15 s
 
 
 class KeeperGone(Exception):
@@ -49,11 +50,14 @@ class KeeperMismatch(sockets.KeeperUnavailable):
 
 
 def portable_target(target: SSHTarget) -> dict[str, Any]:
-    """The target as the keeper must see it: paths absolute (its working directory is not ours)."""
+    """The target as the keeper must see it: paths absolute (its working directory is not ours), and a
+    keepalive short enough that a kept connection that died quietly (a laptop asleep, a VPN switched) is
+    noticed while idle, not by the next command, and that a tunnel on it is re-opened quickly."""
     def absolute(path: str | None) -> str | None:
         return os.path.abspath(os.path.expanduser(path)) if path and path != "none" else path
 
     values = dataclasses.asdict(target)
+    values["keepalive_s"] = min(target.keepalive_s, KEPT_KEEPALIVE_S)
     values["key_files"] = [absolute(k) for k in target.key_files]
     values["known_hosts"] = absolute(target.known_hosts)
     values["ssh_config"] = absolute(target.ssh_config)
