@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ import pytest
 from braas_hpc import cli
 from braas_hpc.core.transport.keeper import sockets
 from braas_hpc.prompts import TerminalPrompts
+from tests.blender.addon_runner import Session
+from tests.integration.test_addon_ui import MAIN_LOOP
 from tests.testbed import testbed as tb
 from tests.testbed.sshlab import SSHLab
 from tests.testbed.tcpproxy import running_proxy
@@ -150,3 +153,39 @@ def test_a_killed_keeper_is_replaced(testbed: tb.Testbed, keeper: Path, capsys: 
     _cli(capsys, None, "test", "testbed")
     status = json.loads(_cli(capsys, None, "keeper", "status", "--json"))
     assert status["pid"] != first and [k["port"] for k in status["kept"]] == [testbed.ssh_port]
+
+
+def test_the_addon_and_then_the_cli_ride_one_login(testbed: tb.Testbed, lab: SSHLab, keeper: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The render add-on (in the bpy module, its UI branch) logs in to the TOTP sshd: the code typed in its
+    popup reaches the keeper. A CLI command afterwards, by the same user, asks nothing and logs in nowhere."""
+    name = "tb-keep-addon"
+    write_preset(testbed, name, port=lab.totp_port, known_hosts=str(lab.known_hosts))
+    (tmp_path / "lab.pickle").write_bytes(pickle.dumps(lab))
+    user = Session(tmp_path / "user")
+    before = _logins(lab)
+    got = user.run(prelude=MAIN_LOOP, script=f"""
+        import pickle
+        import tests.testbed.testbed  # before sshlab, which the pickle names
+        with open({str(tmp_path / "lab.pickle")!r}, "rb") as stream:
+            lab = pickle.load(stream)
+        bpy.ops.braas_hpc.presets_reload()
+        for item in prefs.presets:
+            item.enabled = item.name == {name!r}
+        asked = []
+        bpy.ops.braas_hpc.test_connections()
+        for _ in range(3):
+            loop.run_until(lambda: runtime.state.question is not None or not runtime.state.bridge.operations(), 60)
+            if runtime.state.question is None:
+                break
+            asked.append(runtime.state.question.kind)
+            bpy.ops.braas_hpc.answer_prompt(answer_1=lab.fresh_totp())
+        result["asked"] = asked
+        result["report"] = prefs.presets[{name!r}].report
+    """)
+    assert got["asked"] == ["kbdint"] and got["report"].startswith("ok: "), got
+    monkeypatch.setenv("HOME", str(user.env["HOME"]))  # the same user: the keeper serves one HOME
+    cli_user = CodeUser(lab)
+    _cli(capsys, cli_user, "test", name)
+    assert cli_user.codes == [] and _logins(lab) - before == 1
