@@ -337,42 +337,43 @@ class KeptTransport(Transport):
             return await self._go_direct("direct").listdir(remote)
         return [RemoteEntry(str(name), int(size), bool(is_dir)) for name, size, is_dir in reply["entries"]]
 
+    async def _held(self, op: str, **args: Any) -> tuple[Request, dict[str, Any]] | None:
+        """A request that stays open as long as what it opened is used (a forward, a terminal session):
+        the open request and the keeper's reply, or None when the caller must do it directly."""
+        request = await self._open(op, **args)
+        if request is None:
+            return None
+        try:
+            return request, await request.result()
+        except (KeeperGone, KeeperMismatch) as exc:
+            request.close()
+            self._go_direct(exc)
+            return None
+        except BaseException:
+            request.close()
+            raise
+
     async def forward(self, remote_host: str, remote_port: int, local_port: int | None = None,
                       local_path: str | None = None) -> Forward:
-        request = await self._open("forward", remote_host=remote_host, remote_port=remote_port,
-                                   local_port=local_port, local_path=local_path)
-        if request is not None:
-            try:
-                return KeptForward(request, await request.result(), remote_host, remote_port)
-            except (KeeperGone, KeeperMismatch) as exc:
-                request.close()
-                self._go_direct(exc)
-            except BaseException:
-                request.close()
-                raise
-        return await self._go_direct("direct").forward(remote_host, remote_port, local_port, local_path)
+        held = await self._held("forward", remote_host=remote_host, remote_port=remote_port, local_port=local_port,
+                                local_path=local_path)
+        if held is None:
+            return await self._go_direct("direct").forward(remote_host, remote_port, local_port, local_path)
+        return KeptForward(*held, remote_host, remote_port)
 
     async def hold_interactive(self) -> Release | None:
-        request = await self._open("hold")
-        if request is not None:
-            try:
-                held = (await request.result()).get("held")
-            except (KeeperGone, KeeperMismatch) as exc:
-                request.close()
-                self._go_direct(exc)
-            except BaseException:
-                request.close()
-                raise
-            else:
-                if not held:
-                    request.close()
-                    return None
+        held = await self._held("hold")
+        if held is None:
+            return await self._go_direct("direct").hold_interactive()
+        request, reply = held
+        if not reply.get("held"):
+            request.close()
+            return None
 
-                async def release() -> None:
-                    request.close()
+        async def release() -> None:
+            request.close()
 
-                return release
-        return await self._go_direct("direct").hold_interactive()
+        return release
 
     async def close(self) -> None:
         """The kept connection stays open for the next command; only a direct one of ours is closed."""
