@@ -94,9 +94,7 @@ async def open_connection(start: bool = True) -> tuple[asyncio.StreamReader, asy
     started = False
     while True:
         try:
-            sockets.check_socket(path)
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.LINE_LIMIT)
-            break
+            return await sockets.connect(path)
         except (sockets.KeeperNotRunning, FileNotFoundError, ConnectionRefusedError) as exc:
             if not start:
                 raise sockets.KeeperNotRunning("no keeper is running") from exc
@@ -107,12 +105,6 @@ async def open_connection(start: bool = True) -> tuple[asyncio.StreamReader, asy
                 raise sockets.KeeperUnavailable(f"the keeper did not start within {START_TIMEOUT_S:.0f} s "
                                                 f"(see {directory / 'keeper.log'})") from exc
             await asyncio.sleep(0.02)
-    try:
-        sockets.check_peer(writer.get_extra_info("socket"))
-    except sockets.KeeperUnavailable:
-        writer.close()
-        raise
-    return reader, writer
 
 
 class Request:

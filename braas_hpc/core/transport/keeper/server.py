@@ -226,7 +226,7 @@ class Keeper:
     # ---- life ----------------------------------------------------------------------------------
 
     async def run(self, listener: Any) -> None:
-        server = await asyncio.start_unix_server(self.handle, sock=listener, limit=wire.LINE_LIMIT)
+        server = await sockets.serve(self.handle, listener)
         log.info("keeper %s listening (pid %d)", VERSION, os.getpid())
         try:
             while not self.stopping.is_set():

@@ -9,14 +9,18 @@ then not used and commands connect directly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import stat
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ...paths import data_dir
+
+LINE_LIMIT = 1 << 30  # a command's whole output travels in one message line (base64)
 
 SOCKET_NAME = "keeper.sock"
 MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS
@@ -120,3 +124,21 @@ def listening_socket(path: Path) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(64)
     return sock
+
+
+async def connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A checked connection to the keeper: our socket, served by us."""
+    check_socket(path)
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+    try:
+        check_peer(writer.get_extra_info("socket"))
+    except KeeperUnavailable:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def serve(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                listener: socket.socket) -> asyncio.Server:
+    """Serve the keeper's clients on its bound socket; the handler checks each one with `check_peer`."""
+    return await asyncio.start_unix_server(handler, sock=listener, limit=LINE_LIMIT)

@@ -19,7 +19,6 @@ from ... import errors as errors_module
 from ...errors import BraasError, ConnectionFailed, HostKeyError, RemoteCommandError
 
 PROTOCOL = 1
-LINE_LIMIT = 1 << 28  # a command's whole output travels in one line
 # What decides a login and its trust beside the target: a client whose values differ from the keeper's
 # connects directly.
 ENV_KEYS = ("HOME", "SSH_AUTH_SOCK")
