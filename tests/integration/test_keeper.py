@@ -8,10 +8,16 @@ keeper directory of its own, and stop their keeper at the end.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
+import pty
+import select
 import signal
+import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from braas_hpc import cli
 from braas_hpc.core.transport.keeper import sockets
 from braas_hpc.prompts import TerminalPrompts
 from tests.blender.addon_runner import Session
+from tests.helpers import REPO
 from tests.integration.test_addon_ui import MAIN_LOOP
 from tests.testbed import testbed as tb
 from tests.testbed.sshlab import SSHLab
@@ -66,7 +73,7 @@ class CodeUser:
         self.codes: list[str] = []
         self.other: list[str] = []
 
-    def _secret(self, prompt: str) -> str:
+    def answer(self, prompt: str) -> str:
         if "one-time" in prompt.lower() or "oath" in prompt.lower():
             self.codes.append(self.lab.fresh_totp())
             return self.codes[-1]
@@ -74,7 +81,7 @@ class CodeUser:
         return ""
 
     def prompts(self) -> TerminalPrompts:
-        return TerminalPrompts(ask_secret=self._secret, ask=self._secret, interactive=True)
+        return TerminalPrompts(ask_secret=self.answer, ask=self.answer, interactive=True)
 
 
 def _logins(lab: SSHLab) -> int:
@@ -89,14 +96,57 @@ def _cli(capsys: pytest.CaptureFixture[str], user: CodeUser | None, *argv: str) 
     return out
 
 
+def _become_terminal_owner() -> None:
+    """In the child, after setsid: its stdin (the pty) becomes its controlling terminal, so getpass asks
+    on it as on a real terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def on_terminal(argv: list[str], user: CodeUser, timeout: float = 120) -> tuple[int, str]:
+    """One `braas-hpc` process on a terminal of its own (a pty), the user typing a fresh code at each
+    one-time-code prompt. Returns its exit status and everything it printed."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "braas_hpc.cli", *argv], stdin=follower, stdout=follower,
+                               stderr=follower, start_new_session=True, preexec_fn=_become_terminal_owner,
+                               cwd=REPO, env=os.environ.copy())
+    os.close(follower)
+    seen = b""
+    answered = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # EIO: the process closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if seen.count(b"One-time password") > answered:
+                    answered += 1
+                    os.write(leader, user.answer("One-time password").encode() + b"\n")
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout=max(1.0, deadline - time.monotonic())), seen.decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+
+
 def test_ten_commands_one_code(testbed: tb.Testbed, lab: SSHLab, keeper: Path, backend: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Ten `braas-hpc test` processes, each on a terminal as a user runs them, to the TOTP sshd: one code."""
     name = f"tb-keep-{backend}"
     write_preset(testbed, name, port=lab.totp_port, ssh_backend=backend, known_hosts=str(lab.known_hosts))
     user = CodeUser(lab)
     before = _logins(lab)
     for _ in range(COMMANDS):
-        _cli(capsys, user, "test", name)
+        status, shown = on_terminal(["test", name], user)
+        assert status == 0, shown
+        assert "writable" in shown, shown
     assert len(user.codes) == 1, f"{len(user.codes)} codes asked for {COMMANDS} commands"
     assert user.other == []
     assert _logins(lab) - before == 1, "the TOTP sshd saw more than one login"
