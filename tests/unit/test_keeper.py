@@ -26,7 +26,7 @@ from braas_hpc.core.errors import (
 )
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, TransportPool, keep_seconds
-from braas_hpc.core.transport.keeper import client, sockets, wire
+from braas_hpc.core.transport.keeper import client, server, sockets, wire
 from braas_hpc.core.transport.local import LocalTransport
 
 NOBODY = 65534
@@ -208,3 +208,35 @@ def test_keep_seconds_follow_the_preset_and_the_switch(monkeypatch: pytest.Monke
     assert not isinstance(asyncio.run(made()), KeptTransport)
     monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
     assert isinstance(asyncio.run(made()), KeptTransport)
+
+
+class _Closing(LocalTransport):
+    """A transport that records being closed (the keeper's expiry is what is tested)."""
+
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_an_idle_connection_is_closed_one_in_use_is_not_and_the_keeper_leaves(
+        keeper_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "CHECK_S", 0.05)
+    monkeypatch.setattr(server, "LEAVE_AFTER_S", 0.3)
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        keeper = server.Keeper()
+        relay = server.RelayPrompts(asyncio.get_running_loop())
+        idle, used = _Closing(), _Closing()
+        keeper.kept[("idle",)] = server.Kept("asyncssh", SSHTarget(host="a"), idle, relay, keep_s=0.2)
+        in_use = keeper.kept[("used",)] = server.Kept("asyncssh", SSHTarget(host="b"), used, relay, keep_s=0.0)
+        in_use.busy = 1  # a forward, a held session, a running command
+        running = asyncio.create_task(keeper.run(sockets.listening_socket(sockets.socket_path())))
+        await asyncio.sleep(0.6)
+        idle_closed, used_closed_early, still_running = idle.closed, used.closed, not running.done()
+        in_use.busy = 0
+        await asyncio.wait_for(running, 5)  # nothing kept, no client: it leaves
+        return idle_closed, used_closed_early, still_running, used.closed
+
+    idle_closed, used_closed_early, still_running, used_closed = asyncio.run(scenario())
+    assert idle_closed and not used_closed_early and still_running and used_closed
