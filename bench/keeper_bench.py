@@ -29,7 +29,7 @@ from braas_hpc.core import registry  # noqa: E402
 from braas_hpc.core.jobs import JobSpec  # noqa: E402
 from braas_hpc.core.presets import load_preset  # noqa: E402
 from braas_hpc.core.transport import pool, transport_for  # noqa: E402
-from braas_hpc.core.transport.keeper import client as keeper_client  # noqa: E402
+from braas_hpc.core.transport.keeper import link as keeper_link  # noqa: E402
 from braas_hpc.core.transport.keeper import sockets  # noqa: E402
 from tests.testbed import testbed as tb  # noqa: E402
 from tests.testbed.tcpproxy import running_proxy  # noqa: E402
@@ -59,7 +59,7 @@ def one_command(argv: list[str], env: dict[str, str]) -> float:
 
 def stop_keeper() -> None:
     with contextlib.suppress(sockets.KeeperUnavailable):
-        asyncio.run(keeper_client.ask_keeper("stop"))
+        asyncio.run(keeper_link.ask_keeper("stop"))
     time.sleep(0.3)
 
 

@@ -39,7 +39,7 @@ from .core.schedulers import scheduler_for
 from .core.schedulers.base import TERMINAL
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
-from .core.transport.keeper import client as keeper_client
+from .core.transport.keeper import link as keeper_link
 from .core.transport.keeper.sockets import KeeperNotRunning, KeeperUnavailable
 from .prompts import TerminalPrompts
 
@@ -429,7 +429,7 @@ async def cmd_presets(args: argparse.Namespace) -> int:
 async def cmd_keeper(args: argparse.Namespace) -> int:
     """The connection keeper: the connections it holds, or end it (and them)."""
     try:
-        answer = await keeper_client.ask_keeper(args.action)
+        answer = await keeper_link.ask_keeper(args.action)
     except KeeperUnavailable as exc:
         if args.json:
             _print_json({"running": False, "kept": [], "why": str(exc)})

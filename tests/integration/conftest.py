@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from braas_hpc.core.transport import Transport
-from braas_hpc.core.transport.keeper import client as keeper_client
+from braas_hpc.core.transport.keeper import link as keeper_link
 from braas_hpc.core.transport.keeper import sockets
 from tests import client_side, cluster_session
 from tests.testbed import testbed as tb
@@ -59,7 +59,7 @@ def workdir(testbed: tb.Testbed) -> Path:
 
 def stop_keeper() -> None:
     with contextlib.suppress(sockets.KeeperUnavailable):
-        asyncio.run(keeper_client.ask_keeper("stop"))
+        asyncio.run(keeper_link.ask_keeper("stop"))
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from braas_hpc.core.errors import (
 )
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, TransportPool, keep_seconds
-from braas_hpc.core.transport.keeper import client, server, sockets, wire
+from braas_hpc.core.transport.keeper import link, server, sockets, wire
 from braas_hpc.core.transport.local import LocalTransport
 
 NOBODY = 65534
@@ -111,7 +111,7 @@ def test_a_socket_served_by_another_uid_is_refused(keeper_dir: Path) -> None:
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         with pytest.raises(sockets.KeeperUnavailable, match=f"uid {NOBODY}"):
-            asyncio.run(client.open_connection(start=False))
+            asyncio.run(link.open_connection(start=False))
         assert child.communicate(timeout=10)[0] == "b''", "the client sent something to a stranger"
     finally:
         child.kill()
@@ -160,8 +160,8 @@ def test_an_unsafe_keeper_directory_means_a_direct_connection(keeper_dir: Path,
 
 def test_a_keeper_that_does_not_start_means_a_direct_connection(keeper_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "START_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(client, "_start_keeper", lambda directory: None)  # as if Python could not run it
+    monkeypatch.setattr(link, "START_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(link, "_start_keeper", lambda directory: None)  # as if Python could not run it
     transport = _kept()
     assert asyncio.run(transport.run(["echo", "direct"])).stdout == "direct\n"
     assert transport.is_direct

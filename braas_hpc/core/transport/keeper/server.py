@@ -18,48 +18,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ... import VERSION
 from .. import make_transport
-from ..base import Forward, SSHTarget, Transport
+from ..base import SSHTarget, Transport
 from . import sockets, wire
+from .handling import CLOSE_TIMEOUT_S, Client, RelayPrompts, run_op
 
 log = logging.getLogger("braas_hpc.keeper")
 LEAVE_AFTER_S = 10.0  # nothing kept and no client this long: the process ends
 CHECK_S = 1.0
 LOCK_WAIT_S = 5.0  # a keeper that is just leaving holds the lock this long at most
-CLOSE_TIMEOUT_S = 10.0
-
-
-class RelayPrompts:
-    """The Prompts a kept transport asks: relayed to the client whose request is logging in. Called from
-    the back end's worker threads, never from the keeper's loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.asker: Client | None = None
-
-    def _ask(self, message: dict[str, Any]) -> Any:
-        asker = self.asker
-        if asker is None:
-            return None
-        try:
-            return asyncio.run_coroutine_threadsafe(asker.ask(message), self._loop).result()
-        except Exception:  # noqa: BLE001 - the client went away: no answer, the login fails cleanly
-            return None
-
-    def passphrase(self, key_file: str) -> str | None:
-        answer = self._ask({"ask": "passphrase", "key_file": key_file})
-        return answer if isinstance(answer, str) else None
-
-    def kbdint(self, name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str] | None:
-        answer = self._ask({"ask": "kbdint", "name": name, "instructions": instructions,
-                            "prompts": [[text, echo] for text, echo in prompts]})
-        ok = isinstance(answer, list) and all(isinstance(a, str) for a in answer)
-        return answer if ok else None
 
 
 @dataclasses.dataclass
@@ -79,44 +50,6 @@ class Kept:
         return {"backend": self.backend, "host": t.host, "port": t.port, "user": t.user or "",
                 "proxy_jump": t.proxy_jump or "", "opened": self.opened, "busy": self.busy,
                 "idle_s": round(time.monotonic() - self.last_used, 1), "keep_s": self.keep_s}
-
-
-class Client:
-    """One connection: one request, its login questions and the answers."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.answers: asyncio.Queue[Any] = asyncio.Queue()
-        self.gone = asyncio.Event()
-        self.forward: Forward | None = None
-        self._ask_lock = asyncio.Lock()
-
-    def write(self, message: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(wire.json_line(message))
-
-    async def ask(self, message: dict[str, Any]) -> Any:
-        async with self._ask_lock:  # one question at a time, answered in order
-            if self.gone.is_set():
-                return None
-            self.write(message)
-            return await self.answers.get()
-
-    async def read_follow_ups(self) -> None:
-        """Answers to questions and forward checks, until the client hangs up."""
-        try:
-            while (message := await wire.receive(self.reader)) is not None:
-                if "answer" in message:
-                    await self.answers.put(message["answer"])
-                elif "alive" in message:
-                    alive = self.forward is not None and await self.forward.alive()
-                    self.write({"alive": alive})
-        except (OSError, ValueError):
-            pass
-        finally:
-            self.gone.set()
-            self.answers.put_nowait(None)
 
 
 class Keeper:
@@ -251,67 +184,6 @@ def target_from(data: dict[str, Any]) -> SSHTarget:
 async def close_quietly(transport: Transport) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(transport.close(), CLOSE_TIMEOUT_S)
-
-
-async def run_op(op: object, request: dict[str, Any], t: Transport, client: Client) -> None:
-    def progress(done: int, total: int) -> None:  # copy threads call it too
-        loop.call_soon_threadsafe(client.write, {"progress": [done, total]})
-
-    loop = asyncio.get_running_loop()
-    reply: dict[str, Any]
-    if op == "connect":
-        reply = {}
-    elif op == "exec":
-        status, out, err = await t._exec(request["command"], wire.decode_bytes(request.get("stdin")) or None,
-                                         request.get("timeout"))
-        reply = {"status": status, "stdout": wire.encode_bytes(out), "stderr": wire.encode_bytes(err)}
-    elif op == "stream":
-        reply = await _stream(request["command"], t, client)
-    elif op == "size":
-        reply = {"size": await t._size(request["remote"])}
-    elif op == "send":
-        await t._send(Path(request["local"]), request["remote"], int(request["offset"]), progress)
-        reply = {}
-    elif op == "receive":
-        await t._receive(request["remote"], Path(request["local"]), int(request["offset"]), progress)
-        reply = {}
-    elif op == "listdir":
-        reply = {"entries": [[e.name, e.size, e.is_dir] for e in await t.listdir(request["remote"])]}
-    elif op == "forward":
-        client.forward = await t.forward(request["remote_host"], int(request["remote_port"]),
-                                         request.get("local_port"), request.get("local_path"))
-        await _hold(client, {"local_port": client.forward.local_port, "local_path": client.forward.local_path},
-                    client.forward.close)
-        return
-    elif op == "hold":
-        release = await t.hold_interactive()
-        await _hold(client, {"held": release is not None}, release)
-        return
-    else:
-        raise ValueError(f"unknown keeper request {op!r}")
-    client.write({"ok": reply})
-
-
-async def _stream(command: str, t: Transport, client: Client) -> dict[str, Any]:
-    handle = await t._open_stream(command)
-    try:
-        async for line in handle.lines:
-            client.write({"line": line.text, "stderr": line.stderr})
-            await client.writer.drain()
-        return {"status": await handle.wait()}
-    finally:
-        await handle.close()
-
-
-async def _hold(client: Client, reply: dict[str, Any], release: Callable[[], Awaitable[None]] | None) -> None:
-    """Answer, then keep what was opened until the client hangs up (its `close`)."""
-    client.write({"ok": reply})
-    try:
-        await client.gone.wait()
-    finally:
-        if release is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.wait_for(release(), CLOSE_TIMEOUT_S))
 
 
 def _take_lock(directory: Path) -> Any | None:
