@@ -8,6 +8,7 @@ keeper directory of its own, and stop their keeper at the end.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -24,10 +25,15 @@ from pathlib import Path
 import pytest
 
 from braas_hpc import cli
+from braas_hpc.core.presets import load_preset
+from braas_hpc.core.transport import target_for
 from braas_hpc.core.transport.keeper import sockets
+from braas_hpc.core.transport.keeper.client import KeptTransport
+from braas_hpc.core.transport.keeper.server import SESSIONS_AT_ONCE
 from braas_hpc.prompts import TerminalPrompts
 from tests.blender.addon_runner import Session
 from tests.helpers import REPO
+from tests.integration.conftest import no_direct
 from tests.integration.test_addon_ui import MAIN_LOOP
 from tests.testbed import testbed as tb
 from tests.testbed.sshlab import SSHLab
@@ -239,3 +245,24 @@ def test_the_addon_and_then_the_cli_ride_one_login(testbed: tb.Testbed, lab: SSH
     cli_user = CodeUser(lab)
     _cli(capsys, cli_user, "test", name)
     assert cli_user.codes == [] and _logins(lab) - before == 1
+
+
+def test_commands_of_many_clients_share_the_connection_within_sshds_session_limit(testbed: tb.Testbed,
+                                                                                   keeper: Path) -> None:
+    """sshd allows a few sessions per connection (MaxSessions, 10 by default) and every command on the kept
+    connection counts: beyond SESSIONS_AT_ONCE at once, commands wait their turn instead of being refused."""
+    from braas_hpc.core.transport.base import NoPrompts
+
+    many = 2 * SESSIONS_AT_ONCE + 2
+    script = 'date +%s.%N; sleep 0.4; date +%s.%N'
+
+    async def clients() -> list[tuple[float, float]]:
+        target = target_for(load_preset("testbed"))
+        each = [KeptTransport("asyncssh", target, NoPrompts(), 60, no_direct) for _ in range(many)]
+        await each[0].connect()
+        done = await asyncio.gather(*(t.run(["sh", "-c", script]) for t in each))
+        return [tuple(float(x) for x in d.stdout.split()) for d in done]  # type: ignore[misc]
+
+    spans = asyncio.run(clients())
+    at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert 2 <= at_once <= SESSIONS_AT_ONCE, at_once

@@ -31,6 +31,11 @@ log = logging.getLogger("braas_hpc.keeper")
 LEAVE_AFTER_S = 10.0  # nothing kept and no client this long: the process ends
 CHECK_S = 1.0
 LOCK_WAIT_S = 5.0  # a keeper that is just leaving holds the lock this long at most
+# sshd allows 10 sessions on one connection by default (MaxSessions), counted across every command now
+# sharing it: short requests beyond this many at once wait their turn instead of being refused. Streams
+# and held sessions are long and few; the SFTP session and the OpenSSH back end's shell take two more.
+SESSIONS_AT_ONCE = 6
+QUEUED_OPS = frozenset({"exec", "send", "receive", "size", "listdir"})
 
 
 @dataclasses.dataclass
@@ -44,6 +49,7 @@ class Kept:
     opened: float = dataclasses.field(default_factory=time.time)
     last_used: float = dataclasses.field(default_factory=time.monotonic)
     busy: int = 0  # requests running on it, forwards and held sessions included
+    sessions: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(SESSIONS_AT_ONCE))
 
     def describe(self) -> dict[str, Any]:
         t = self.target
@@ -137,7 +143,11 @@ class Keeper:
                 kept.busy += 1
                 try:
                     transport = await self._connected(kept, client)
-                    await run_op(op, request, transport, client)
+                    if op in QUEUED_OPS:
+                        async with kept.sessions:
+                            await run_op(op, request, transport, client)
+                    else:
+                        await run_op(op, request, transport, client)
                 finally:
                     kept.busy -= 1
                     kept.last_used = time.monotonic()
