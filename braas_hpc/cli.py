@@ -610,13 +610,21 @@ def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if os.environ.get("BRAAS_HPC_DEBUG") == "1":  # our own messages only: the SSH libraries' are not for users
+def _debug_to_stderr() -> None:
+    """Our own debug messages on stderr (the SSH libraries' are not for users); once per process."""
+    logger = logging.getLogger("braas_hpc")
+    if not any(getattr(h, "braas_debug", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("braas-hpc: debug: %(name)s: %(message)s"))
-        logging.getLogger("braas_hpc").addHandler(handler)
-        logging.getLogger("braas_hpc").setLevel(logging.DEBUG)
+        handler.braas_debug = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+
+def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.environ.get("BRAAS_HPC_DEBUG") == "1":
+        _debug_to_stderr()
     prompts = prompts or TerminalPrompts()
     pool.prompts = prompts
     try:

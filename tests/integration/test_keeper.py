@@ -32,6 +32,7 @@ from braas_hpc.core.transport.keeper.client import KeptTransport
 from braas_hpc.core.transport.keeper.server import SESSIONS_AT_ONCE
 from braas_hpc.prompts import TerminalPrompts
 from tests.blender.addon_runner import Session
+from tests.conftest import run_cli
 from tests.helpers import REPO
 from tests.integration.conftest import no_direct
 from tests.integration.test_addon_ui import MAIN_LOOP
@@ -266,3 +267,17 @@ def test_commands_of_many_clients_share_the_connection_within_sshds_session_limi
     spans = asyncio.run(clients())
     at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
     assert 2 <= at_once <= SESSIONS_AT_ONCE, at_once
+
+
+def test_a_command_from_another_home_goes_direct_and_says_why(testbed: tb.Testbed, keeper: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper logs in with its own HOME (~/.ssh): a command with another one is not served by it, but
+    connects on its own, and `BRAAS_HPC_DEBUG=1` says why."""
+    first = run_cli("test", "testbed")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BRAAS_HPC_DEBUG", "1")
+    other = run_cli("test", "testbed")
+    assert other.returncode == 0, other.stderr
+    assert "connection keeper not used" in other.stderr and "another HOME" in other.stderr, other.stderr

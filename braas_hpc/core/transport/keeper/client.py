@@ -104,6 +104,12 @@ class KeptTransport(Transport):
             self._direct = self._make_direct()
         return self._direct
 
+    def _login_env(self) -> dict[str, str]:
+        """What of our environment decides this login (the keeper's must be the same): HOME (~/.ssh), and
+        the ssh-agent when the target may use one."""
+        keys = [k for k in wire.ENV_KEYS if k != "SSH_AUTH_SOCK" or self.target.use_agent]
+        return {k: os.environ.get(k, "") for k in keys}
+
     async def _open(self, op: str, progress: Progress | None = None, **args: Any) -> Request | None:
         """The request sent, or None when this command goes direct."""
         if self._direct is not None:
@@ -112,7 +118,7 @@ class KeptTransport(Transport):
             reader, writer = await open_connection()
             await wire.send(writer, {"op": op, "protocol": wire.PROTOCOL, "version": VERSION, "backend": self.backend,
                                      "target": portable_target(self.target), "keep_s": self.keep_s,
-                                     "env": {k: os.environ.get(k, "") for k in wire.ENV_KEYS}, **args})
+                                     "env": self._login_env(), **args})
         except (sockets.KeeperUnavailable, OSError) as exc:
             self._go_direct(exc)
             return None

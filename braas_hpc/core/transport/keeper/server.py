@@ -163,7 +163,7 @@ class Keeper:
         if request.get("protocol") != wire.PROTOCOL or request.get("version") != VERSION:
             return f"the running keeper is braas-hpc {VERSION} (protocol {wire.PROTOCOL})"
         theirs = request.get("env") or {}
-        differs = [k for k in wire.ENV_KEYS if (theirs.get(k) or "") != os.environ.get(k, "")]
+        differs = [k for k in wire.ENV_KEYS if k in theirs and (theirs[k] or "") != os.environ.get(k, "")]
         return f"the running keeper has another {', '.join(differs)}" if differs else ""
 
     # ---- life ----------------------------------------------------------------------------------
