@@ -198,7 +198,7 @@ async def close_quietly(transport: Transport) -> None:
 
 def _take_lock(directory: Path) -> Any | None:
     """The keeper's lock, held for its life: one keeper per directory. None when another keeps it."""
-    lock = open(directory / "keeper.lock", "a")  # noqa: SIM115 - held until the process ends
+    lock = os.fdopen(os.open(directory / "keeper.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
