@@ -14,7 +14,10 @@ import json
 import os
 import pickle
 import pty
+import secrets
 import select
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +36,7 @@ from braas_hpc.core.transport.keeper.server import SESSIONS_AT_ONCE
 from braas_hpc.prompts import TerminalPrompts
 from tests.blender.addon_runner import Session
 from tests.conftest import run_cli
-from tests.helpers import REPO
+from tests.helpers import REPO, check_frame, sha256
 from tests.integration.conftest import no_direct
 from tests.integration.test_addon_ui import MAIN_LOOP
 from tests.testbed import testbed as tb
@@ -281,3 +284,48 @@ def test_a_command_from_another_home_goes_direct_and_says_why(testbed: tb.Testbe
     other = run_cli("test", "testbed")
     assert other.returncode == 0, other.stderr
     assert "connection keeper not used" in other.stderr and "another HOME" in other.stderr, other.stderr
+
+
+def _submit(scene: Path, preset: str) -> tuple[dict, str]:
+    done = run_cli("submit", str(scene), "--preset", preset, "--frames", "1", "--pack", "dir", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def test_two_submits_ride_one_login_and_stream_the_inputs_through_the_keeper(testbed: tb.Testbed, keeper: Path,
+                                                                           backend: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           remote) -> None:  # noqa: ANN001
+    """`braas-hpc submit` of the sample, twice, through the keeper: the first streams its new store file
+    (the texture, made 8 MiB of bytes the cluster has never seen) to the cluster's submission helper on
+    the kept connection's channel, the second sends nothing; the frame renders with that texture. The proxy
+    in front of sshd saw one connection for all five commands, and neither submit fell back to a connection
+    of its own or to step-by-step."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "examples" / "sample", project)
+    texture = project / "textures" / "checker.png"
+    with texture.open("ab") as stream:  # PNG readers ignore what follows the end chunk
+        stream.write(secrets.token_bytes(8 << 20))
+    monkeypatch.setenv("BRAAS_HPC_DEBUG", "1")
+    with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
+        known = tmp_path / "known_hosts"
+        pinned = Path(testbed.known_hosts).read_text().split("\n")[0].split(maxsplit=1)[1]
+        known.write_text(f"[127.0.0.1]:{proxy.port} {pinned}\n")
+        name = f"tb-submit-{backend}"
+        write_preset(testbed, name, port=proxy.port, ssh_backend=backend, known_hosts=str(known))
+        first, said = _submit(project / "sample.blend", name)
+        second, said_again = _submit(project / "sample.blend", name)
+        assert proxy.connections == 1, "the second submit did not ride the kept connection"
+        for job in (first, second):
+            assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
+        got = run_cli("download", first["job"], "--dest", str(tmp_path / "frames"))
+        assert got.returncode == 0, got.stderr
+        assert proxy.connections == 1
+    check_frame(tmp_path / "frames" / "frame_000001.png")  # the checker's colours: the texture was rendered
+    for stderr in (said, said_again):
+        assert "connection keeper not used" not in stderr and "step by step" not in stderr, stderr
+    assert first["uploaded_bytes"] >= 8 << 20 and second["uploaded_bytes"] == 0
+    assert first["scheduler_ids"] and second["scheduler_ids"]
+    digest = sha256(texture)
+    stored = f"{testbed.workdir}/braas-hpc-{testbed.user}/store/{digest[:2]}/{digest}"
+    assert remote(f"sha256sum {shlex.quote(stored)}").stdout.split()[:1] == [digest]

@@ -24,6 +24,8 @@ from tests.integration.test_transport_contract import (  # noqa: F401 - collecte
     test_arguments_reach_the_command_verbatim,
     test_changed_host_key_is_refused,
     test_commands_reuse_one_connection,
+    test_converse_streams_input_held_back_by_flow_control,
+    test_converse_to_a_command_that_stops_reading,
     test_download_survives_a_dropped_connection,
     test_encrypted_key_asks_once,
     test_failure_is_a_typed_error_with_the_stderr_tail,

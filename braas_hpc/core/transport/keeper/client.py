@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ from ..base import (
     RemoteEntry,
     SSHTarget,
     StreamHandle,
-    StreamLine,
     Transport,
 )
 from . import sockets, wire
 from .link import KeeperGone, KeeperMismatch, Request, open_connection
+from .stream import KeptStream
 
 log = logging.getLogger(__name__)
 KEPT_KEEPALIVE_S = 5.0  # the interactive tunnel's own: three missed, and the link is known dead in 15 s
@@ -159,35 +159,22 @@ class KeptTransport(Transport):
             return await self._go_direct("direct")._exec(command, stdin, timeout)
         return reply["status"], wire.decode_bytes(reply["stdout"]), wire.decode_bytes(reply["stderr"])
 
-    async def _open_stream(self, command: str) -> StreamHandle:
-        request = await self._open("stream", command=command)
+    async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
+        request = await self._open("stream", command=command, stdin=stdin)
         if request is None:
-            return await self._go_direct("direct")._open_stream(command)
-        status: list[int | None] = []
-
-        async def lines() -> AsyncIterator[StreamLine]:
-            while True:
-                try:
-                    message = await request.next()
-                except KeeperMismatch as exc:
-                    self._go_direct(exc)
-                    raise ConnectionLost(f"the connection keeper cannot serve {self.target.host}: {exc}") from exc
-                except KeeperGone as exc:
-                    self._go_direct(exc)
-                    raise ConnectionLost(f"the connection keeper stopped reading from {self.target.host}") from exc
-                if "line" in message:
-                    yield StreamLine(str(message["line"]), bool(message.get("stderr")))
-                else:
-                    status.append(message.get("ok", {}).get("status"))
-                    return
-
-        async def wait() -> int | None:
-            return status[0] if status else None
-
-        async def close() -> None:
+            return await self._go_direct("direct")._open_stream(command, stdin)
+        try:
+            opened = await request.next()  # the stream's own errors (refused, lost) come here, typed
+            if "opened" not in opened:
+                raise KeeperGone(f"unexpected keeper message: {sorted(opened)}")
+        except (KeeperGone, KeeperMismatch) as exc:  # nothing ran yet: the command goes on directly
             request.close()
-
-        return StreamHandle(lines(), wait, close)
+            self._go_direct(exc)
+            return await self._go_direct("direct")._open_stream(command, stdin)
+        except BaseException:
+            request.close()
+            raise
+        return KeptStream(request, self.target.host, self._go_direct).handle(stdin)
 
     async def _size(self, remote: str) -> int | None:
         reply = await self._call("size", replayable=True, remote=remote)

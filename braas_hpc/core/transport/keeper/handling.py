@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..base import Forward, Transport
+from ..base import Forward, StreamHandle, Transport
 from . import wire
 
 CLOSE_TIMEOUT_S = 10.0
@@ -52,6 +52,8 @@ class Client:
         self.answers: asyncio.Queue[Any] = asyncio.Queue()
         self.gone = asyncio.Event()
         self.forward: Forward | None = None
+        # A stream's input as it arrives (None: its end); the client keeps at most its window unacknowledged.
+        self.input: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._ask_lock = asyncio.Lock()
 
     def write(self, message: dict[str, Any]) -> None:
@@ -66,7 +68,7 @@ class Client:
             return await self.answers.get()
 
     async def read_follow_ups(self) -> None:
-        """Answers to questions and forward checks, until the client hangs up."""
+        """Answers to questions, forward checks and a stream's input, until the client hangs up."""
         try:
             while (message := await wire.receive(self.reader)) is not None:
                 if "answer" in message:
@@ -74,7 +76,11 @@ class Client:
                 elif "alive" in message:
                     alive = self.forward is not None and await self.forward.alive()
                     self.write({"alive": alive})
-        except (OSError, ValueError):
+                elif "write" in message:
+                    self.input.put_nowait(await self.reader.readexactly(int(message["write"])))
+                elif "write_eof" in message:
+                    self.input.put_nowait(None)
+        except (OSError, ValueError, asyncio.IncompleteReadError):
             pass
         finally:
             self.gone.set()
@@ -94,7 +100,7 @@ async def run_op(op: object, request: dict[str, Any], t: Transport, client: Clie
                                          request.get("timeout"))
         reply = {"status": status, "stdout": wire.encode_bytes(out), "stderr": wire.encode_bytes(err)}
     elif op == "stream":
-        reply = await _stream(request["command"], t, client)
+        reply = await _stream(request["command"], bool(request.get("stdin")), t, client)
     elif op == "size":
         reply = {"size": await t._size(request["remote"])}
     elif op == "send":
@@ -120,15 +126,42 @@ async def run_op(op: object, request: dict[str, Any], t: Transport, client: Clie
     client.write({"ok": reply})
 
 
-async def _stream(command: str, t: Transport, client: Client) -> dict[str, Any]:
-    handle = await t._open_stream(command)
+async def _stream(command: str, stdin: bool, t: Transport, client: Client) -> dict[str, Any]:
+    handle = await t._open_stream(command, stdin)
+    feeding = asyncio.create_task(_feed(handle, client)) if stdin else None
     try:
+        client.write({"opened": True})
         async for line in handle.lines:
             client.write({"line": line.text, "stderr": line.stderr})
             await client.writer.drain()
         return {"status": await handle.wait()}
     finally:
+        if feeding is not None:
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
         await handle.close()
+
+
+async def _feed(handle: StreamHandle, client: Client) -> None:
+    """The client's input into the stream, each frame acknowledged once the transport took it. After a
+    failed write (the command stopped reading) every further frame is answered with that error."""
+    assert handle.write is not None and handle.write_eof is not None
+    failed: dict[str, Any] | None = None
+    while True:
+        data = await client.input.get()
+        try:
+            if data is None:
+                if failed is None:
+                    await handle.write_eof()
+                client.write({"input_closed": True})
+            elif failed is not None:
+                client.write({"write_error": failed})
+            else:
+                await handle.write(data)
+                client.write({"wrote": len(data)})
+        except Exception as exc:  # noqa: BLE001 - typed, to the client's write
+            failed = wire.encode_error(exc)
+            client.write({"write_error": failed})
 
 
 async def _hold(client: Client, reply: dict[str, Any], release: Callable[[], Awaitable[None]] | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from ... import errors as errors_module
 from ...errors import BraasError, ConnectionFailed, HostKeyError, RemoteCommandError
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: streams say `opened` and take input frames
 # What decides a login and its trust beside the target: a client whose values differ from the keeper's
 # connects directly.
 ENV_KEYS = ("HOME", "SSH_AUTH_SOCK")
