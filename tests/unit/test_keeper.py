@@ -27,6 +27,7 @@ from braas_hpc.core.errors import (
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, TransportPool, keep_seconds
 from braas_hpc.core.transport.keeper import link, server, sockets, wire
+from braas_hpc.core.transport.keeper.client import portable_target
 from braas_hpc.core.transport.local import LocalTransport
 
 NOBODY = 65534
@@ -240,3 +241,97 @@ def test_an_idle_connection_is_closed_one_in_use_is_not_and_the_keeper_leaves(
 
     idle_closed, used_closed_early, still_running, used_closed = asyncio.run(scenario())
     assert idle_closed and not used_closed_early and still_running and used_closed
+
+
+# ---- a stream's input through the keeper ------------------------------------------------------------
+
+
+async def _local_keeper(target: SSHTarget) -> asyncio.Task[None]:
+    """A keeper in this process whose kept connection to `target` runs commands here (LocalTransport)."""
+    keeper = server.Keeper()
+    key = ("asyncssh", *server.target_from(portable_target(target)).key)
+    relay = server.RelayPrompts(asyncio.get_running_loop())
+    keeper.kept[key] = server.Kept("asyncssh", target, LocalTransport(), relay, keep_s=60.0)
+    return asyncio.create_task(keeper.run(sockets.listening_socket(sockets.socket_path())))
+
+
+def test_stream_input_is_held_back_until_the_command_takes_it(keeper_dir: Path, tmp_path: Path) -> None:
+    """Blocks written while the command sleeps return only as its pipe takes them (a write returns once
+    the kept transport took its bytes; a keeper that buffered the input would let all 8 MiB through);
+    afterwards the command has every byte, in order."""
+    blocks = [os.urandom(1 << 20) for _ in range(8)]
+    out = tmp_path / "out"
+
+    async def scenario() -> int:
+        running = await _local_keeper(_kept().target)
+        handle = await _kept().converse(["sh", "-c", f'sleep 1.5; exec cat > "{out}"'])
+        assert handle.write is not None and handle.write_eof is not None
+        started, before = asyncio.get_running_loop().time(), 0
+        for block in blocks:
+            await handle.write(block)
+            if asyncio.get_running_loop().time() - started < 1.0:
+                before += len(block)
+        await handle.write_eof()
+        assert [line async for line in handle.lines] == [] and await handle.wait() == 0
+        await handle.close()
+        running.cancel()
+        return before
+
+    before = asyncio.run(scenario())
+    assert before <= 2 << 20, f"{before} bytes written before the command read any"
+    assert out.read_bytes() == b"".join(blocks)
+
+
+def test_input_to_a_command_that_exited_is_a_lost_connection(keeper_dir: Path) -> None:
+    async def scenario() -> tuple[list[str], int | None]:
+        running = await _local_keeper(_kept().target)
+        handle = await _kept().converse(["sh", "-c", "head -c 10 >/dev/null; echo read; exit 4"])
+        assert handle.write is not None and handle.write_eof is not None
+        reading = asyncio.create_task(_texts(handle.lines))
+        with pytest.raises(ConnectionLost):
+            for _ in range(64):
+                await asyncio.wait_for(handle.write(bytes(1 << 20)), 10)
+        await handle.write_eof()  # as on a direct connection: no error
+        lines = await asyncio.wait_for(reading, 10)
+        status = await handle.wait()
+        await handle.close()
+        running.cancel()
+        return lines, status
+
+    assert asyncio.run(scenario()) == (["read"], 4)
+
+
+async def _texts(lines: object) -> list[str]:
+    return [line.text async for line in lines]  # type: ignore[attr-defined]
+
+
+def test_a_keeper_that_hangs_up_mid_input_is_a_lost_connection_then_direct(keeper_dir: Path) -> None:
+    """The keeper opened the stream, then vanished while input was on its way: the write is a lost
+    connection naming the keeper (the command may have read part of it: nothing is sent again), and the
+    next call goes direct."""
+    listener = sockets.listening_socket(sockets.private_dir() / sockets.SOCKET_NAME)
+
+    async def scenario() -> tuple[BaseException | None, str]:
+        async def hang_up_after_the_first_frame(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            await wire.send(writer, {"opened": True})
+            await reader.readline()  # a frame's header
+            writer.close()
+
+        keeper = await asyncio.start_unix_server(hang_up_after_the_first_frame, sock=listener)
+        transport = _kept()
+        handle = await transport.converse(["cat"])
+        assert handle.write is not None
+        lost: BaseException | None = None
+        try:
+            await asyncio.wait_for(handle.write(bytes(1 << 20)), 10)
+        except ConnectionLost as exc:
+            lost = exc
+        await handle.close()
+        again = await transport.run(["echo", "direct"])
+        keeper.close()
+        return lost, again.stdout
+
+    lost, again = asyncio.run(scenario())
+    assert isinstance(lost, ConnectionLost) and "keeper stopped" in str(lost), lost
+    assert again == "direct\n"

@@ -37,6 +37,7 @@ class KeptStream:
         self._input_closed = False
         self._write_error: dict[str, Any] | None = None
         self._ended = False
+        self._keeper_lost = ""  # why the keeper stopped serving this stream, when it did
         self._status: int | None = None
         self._reader = asyncio.create_task(self._read())
 
@@ -61,7 +62,8 @@ class KeptStream:
                     await self._acknowledged(message)
         except (KeeperGone, KeeperMismatch) as exc:
             self._keeper_failed(exc)
-            end = ConnectionLost(f"the connection keeper stopped serving the command on {self._host}")
+            self._keeper_lost = f"the connection keeper stopped serving the command on {self._host}"
+            end = ConnectionLost(self._keeper_lost)
             end.__cause__ = exc
         except Exception as exc:  # noqa: BLE001 - a typed error of the stream (wire.decode_error): the reader raises it
             end = exc
@@ -106,6 +108,8 @@ class KeptStream:
     def _stopped_reading(self) -> BaseException:
         if self._write_error is not None:
             return wire.decode_error(self._write_error)
+        if self._keeper_lost:
+            return ConnectionLost(self._keeper_lost)
         return ConnectionLost(f"the command on {self._host} stopped reading its input")
 
     async def _until(self, ready: Callable[[], bool]) -> None:
@@ -129,7 +133,8 @@ class KeptStream:
                 self._sent += len(frame)
                 await writer.drain()
             except OSError as exc:
-                raise ConnectionLost(f"the connection keeper stopped serving the command on {self._host}") from exc
+                raise ConnectionLost(self._keeper_lost or f"the connection keeper stopped serving the command on "
+                                     f"{self._host}") from exc
         await self._until(lambda: self._taken >= self._sent)
         if self._taken < self._sent:
             raise self._stopped_reading()

@@ -3,6 +3,8 @@
 A request is the first line of a connection; the keeper answers on the same connection with any number of
 `ask` (a login question for this client's user), `progress` and `line` messages, then one `ok` or
 `error`. The client answers an `ask` with an `answer` line. Closing the connection cancels the request.
+A stream first says `opened`; its input goes as `{"write": n}` lines each followed by n raw bytes (not
+JSON), acknowledged with `wrote` (or `write_error`), then `write_eof`, acknowledged with `input_closed`.
 Typed errors (core/errors.py) cross with their fields, so a host-key refusal, a refused login and a lost
 connection are the same exceptions on both sides.
 """
