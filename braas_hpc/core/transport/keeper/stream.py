@@ -19,7 +19,7 @@ from ..base import StreamHandle, StreamLine
 from . import wire
 from .link import KeeperGone, KeeperMismatch, Request
 
-FRAME = 256 * 1024  # input bytes a frame carries at most
+FRAME = 1024 * 1024  # input bytes a frame carries at most
 WINDOW = 2 * 1024 * 1024  # input sent but not yet taken by the keeper's transport
 
 
