@@ -15,8 +15,8 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from braas_hpc.core.errors import (
     RemoteCommandError,
 )
 from braas_hpc.core.transport import SSHTarget, Transport, make_transport
-from braas_hpc.core.transport.base import StreamLine
+from braas_hpc.core.transport.base import StreamHandle, StreamLine
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
 from tests.helpers import Answers, sha256
 from tests.testbed.tcpproxy import running_proxy
@@ -173,6 +173,19 @@ async def _collect(lines: Any) -> list[StreamLine]:
     return [line async for line in lines]
 
 
+@asynccontextmanager
+async def _conversation(t: Transport, script: str) -> AsyncIterator[tuple[StreamHandle, asyncio.Task]]:
+    """`sh -c script` started with converse, its lines read all along (as the submission does)."""
+    handle = await t.converse(["sh", "-c", script])
+    assert handle.write is not None and handle.write_eof is not None
+    reading = asyncio.create_task(_collect(handle.lines))
+    try:
+        yield handle, reading
+    finally:
+        reading.cancel()
+        await handle.close()
+
+
 def test_converse_streams_input_held_back_by_flow_control(connect, main_target) -> None:  # noqa: ANN001
     """20 MiB written in 1 MiB blocks to a command that reads them only after a pause: the writes wait
     for it (each returns once the channel took its bytes, nothing is buffered whole), and it sees every
@@ -182,10 +195,7 @@ def test_converse_streams_input_held_back_by_flow_control(connect, main_target) 
     pause = 2.0
 
     async def work(t: Transport) -> tuple[list[StreamLine], int | None, int]:
-        handle = await t.converse(["sh", "-c", f"sleep {pause}; head -c {total} | sha256sum"])
-        assert handle.write is not None and handle.write_eof is not None
-        reading = asyncio.create_task(_collect(handle.lines))
-        try:
+        async with _conversation(t, f"sleep {pause}; head -c {total} | sha256sum") as (handle, reading):
             started = time.monotonic()
             before_it_read = 0
             for block in data:
@@ -195,9 +205,6 @@ def test_converse_streams_input_held_back_by_flow_control(connect, main_target) 
             await handle.write_eof()
             lines = await asyncio.wait_for(reading, 60)
             return lines, await handle.wait(), before_it_read
-        finally:
-            reading.cancel()
-            await handle.close()
 
     lines, status, before_it_read = run(_use(connect(main_target), work))
     assert [line.text.split()[0] for line in lines] == [hashlib.sha256(b"".join(data)).hexdigest()]
@@ -212,20 +219,14 @@ def test_converse_to_a_command_that_stops_reading(connect, main_target) -> None:
     script = "head -c 1000 >/dev/null; echo early; echo said >&2; exit 3"
 
     async def work(t: Transport) -> tuple[list[StreamLine], int | None, int]:
-        handle = await t.converse(["sh", "-c", script])
-        assert handle.write is not None
-        reading = asyncio.create_task(_collect(handle.lines))
         written = 0
-        try:
+        async with _conversation(t, script) as (handle, reading):
             with pytest.raises(ConnectionLost):
                 for _ in range(CONVERSE_BLOCKS):
                     await asyncio.wait_for(handle.write(bytes(CONVERSE_BLOCK)), 60)
                     written += CONVERSE_BLOCK
             lines = await asyncio.wait_for(reading, 60)
             return lines, await handle.wait(), written
-        finally:
-            reading.cancel()
-            await handle.close()
 
     lines, status, written = run(_use(connect(main_target), work))
     assert sorted((line.text, line.stderr) for line in lines) == [("early", False), ("said", True)]
