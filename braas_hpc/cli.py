@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -37,6 +39,8 @@ from .core.schedulers import scheduler_for
 from .core.schedulers.base import TERMINAL
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
+from .core.transport.keeper import link as keeper_link
+from .core.transport.keeper.sockets import KeeperNotRunning, KeeperUnavailable
 from .prompts import TerminalPrompts
 
 # No markup: messages quote file names, remote errors and logs, which may hold `[/bold]` (a crash) or escapes.
@@ -422,6 +426,32 @@ async def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_keeper(args: argparse.Namespace) -> int:
+    """The connection keeper: the connections it holds, or end it (and them)."""
+    try:
+        answer = await keeper_link.ask_keeper(args.action)
+    except KeeperUnavailable as exc:
+        if args.json:
+            _print_json({"running": False, "kept": [], "why": str(exc)})
+        else:
+            print(f"no connection keeper is running ({exc})" if not isinstance(exc, KeeperNotRunning)
+                  else "no connection keeper is running")
+        return 0
+    if args.json:
+        _print_json({"running": args.action == "status", **answer})
+    elif args.action == "stop":
+        print(f"connection keeper stopped; {answer.get('closed', 0)} kept connection(s) closed")
+    else:
+        kept = answer.get("kept", [])
+        print(f"connection keeper {answer.get('version')} (pid {answer.get('pid')}): {len(kept)} kept connection(s)")
+        for k in kept:
+            left = max(0.0, k["keep_s"] - k["idle_s"])
+            who = plain(f"{k['user']}@{k['host']}:{k['port'] or 22}")
+            state = "in use" if k["busy"] else f"idle {k['idle_s']:.0f} s, closes in {left / 60:.0f} min"
+            print(f"  {who:40} {k['backend']:9} {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.",
                                      epilog=f"exit status: 0 success, 1 the job or command failed, 2 bad usage or "
@@ -542,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("presets", cmd_presets, "list the cluster presets")
 
+    p = add("keeper", cmd_keeper, "the connections kept open between commands: list them, or close them all")
+    p.add_argument("action", choices=["status", "stop"])
+
     p = add("extension", cmd_extension, "build the Blender extension zips (one per platform, wheels bundled)")
     p.add_argument("action", choices=["build"])
     p.add_argument("--out", required=True, metavar="DIR")
@@ -577,8 +610,21 @@ def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
     return True
 
 
+def _debug_to_stderr() -> None:
+    """Our own debug messages on stderr (the SSH libraries' are not for users); once per process."""
+    logger = logging.getLogger("braas_hpc")
+    if not any(getattr(h, "braas_debug", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("braas-hpc: debug: %(name)s: %(message)s"))
+        handler.braas_debug = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+
 def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get("BRAAS_HPC_DEBUG") == "1":
+        _debug_to_stderr()
     prompts = prompts or TerminalPrompts()
     pool.prompts = prompts
     try:

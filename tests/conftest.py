@@ -47,11 +47,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def test_environment() -> Iterator[None]:
     """What every test runs in: nothing of the machine's own SSH set-up (an agent of the user running
-    the suite would offer its keys), and `wait`/`status --watch` polling every 2 s rather than backing
-    off to 30 s (the back-off itself: tests/unit/test_monitor.py)."""
+    the suite would offer its keys), `wait`/`status --watch` polling every 2 s rather than backing
+    off to 30 s (the back-off itself: tests/unit/test_monitor.py), and direct connections: a kept one
+    would outlive the test in a keeper process, and what a test cuts would be the keeper's connection.
+    The keeper's own tests (tests/integration/test_keeper.py, tests/unit/test_keeper.py) turn it on."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SSH_AUTH_SOCK", raising=False)
         patch.setenv("BRAAS_HPC_POLL_MAX", "2")
+        patch.setenv("BRAAS_HPC_KEEPER", "off")
         yield
 
 

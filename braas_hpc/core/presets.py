@@ -28,6 +28,7 @@ SSH_BACKENDS = ("asyncssh", "paramiko", "openssh")
 KINDS = ("cpu", "gpu")
 CYCLES_DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
 ARCHES = ("x86_64", "aarch64")
+MAX_KEEP_CONNECTION_MIN = 24 * 60  # a kept login outlives no working day
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: `$` would let "name\n" pass
 _WORKDIR_PUNCTUATION = frozenset("/_.-+@")
 
@@ -70,6 +71,8 @@ class Preset:
     proxy_jump: str = ""  # OpenSSH ProxyJump syntax, e.g. "me@gateway.example.org"
     ssh_config: str = ""  # empty: ~/.ssh/config when it exists; "none": ignore it
     auth_note: str = ""  # how a user logs in (MFA, certificates), shown in the UI
+    # Minutes an unused connection stays open in the connection keeper for the next command; 0: none is kept.
+    keep_connection_min: int = 30
     workdir: str = ""  # absolute path on the cluster; empty on `local`: the user's data directory
     workdir_hint: str = ""  # the documented place, e.g. "/scratch/project/{account}" (shown, never guessed)
     workdir_command: tuple[str, ...] = ()  # a site command that prints it, e.g. ["it4i-get-project-dir", "{account}"]
@@ -200,8 +203,7 @@ def _check_values(p: Preset) -> None:
                               "'_', ':'); patterns such as '*', spaces and several lines are refused")
         if p.workdir and not p.workdir.startswith("/"):
             raise PresetError(f"{where}: workdir {p.workdir!r} must be an absolute path on the cluster")
-    if not 0 < p.port < 65536:
-        raise PresetError(f"{where}: port {p.port} is not a TCP port")
+    _check_numbers(p, where)
     if p.scripts_git.startswith("-") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z", p.scripts_branch):
         raise PresetError(f"{where}: scripts_git must be a git URL and scripts_branch a branch name, got "
                           f"{p.scripts_git!r} and {p.scripts_branch!r}")
@@ -213,6 +215,14 @@ def _check_values(p: Preset) -> None:
     _check_partitions(p, where)
     if not p.is_local:
         _check_directive_words(p, where)
+
+
+def _check_numbers(p: Preset, where: str) -> None:
+    if not 0 < p.port < 65536:
+        raise PresetError(f"{where}: port {p.port} is not a TCP port")
+    if not 0 <= p.keep_connection_min <= MAX_KEEP_CONNECTION_MIN:
+        raise PresetError(f"{where}: keep_connection_min must be 0 (no kept connection) to {MAX_KEEP_CONNECTION_MIN} "
+                          f"minutes, got {p.keep_connection_min}")
 
 
 def _check_directive_words(p: Preset, where: str) -> None:

@@ -192,14 +192,15 @@ class Tunnel:
 def for_session(preset_name: str, backend: str | None, remote_host: str, remote_port: int,
                 local_port: int | None = None, check_s: float = CHECK_S, keepalive_s: float = 5.0,
                 on_event: Event | None = None, tcp: bool = False, name: str = "") -> Tunnel:
-    """A tunnel to a session's node through the preset's login host, on its own connection: a private
-    Unix socket, unless the OS has none or `tcp` (or a `local_port`) asks for a 127.0.0.1 port."""
+    """A tunnel to a session's node through the preset's login host, on its own connection (or the kept
+    one, when the connection keeper is on): a private Unix socket, unless the OS has none or `tcp` (or a
+    `local_port`) asks for a 127.0.0.1 port."""
     from braas_hpc.core.presets import load_preset
-    from braas_hpc.core.transport import make_transport, pool, target_for
+    from braas_hpc.core.transport import pool, target_for
 
     preset = load_preset(preset_name)
     target = dataclasses.replace(target_for(preset), keepalive_s=keepalive_s)
     chosen = backend or preset.ssh_backend
     path = None if tcp or local_port or not UNIX_SOCKETS else socket_path(name)
-    return Tunnel(lambda: make_transport(chosen, target, pool.prompts), remote_host, remote_port, local_port,
+    return Tunnel(lambda: pool.dedicated(preset, chosen, target), remote_host, remote_port, local_port,
                   check_s, on_event, local_path=path)

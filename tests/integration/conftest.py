@@ -6,13 +6,21 @@ name and log tail, so CI goes red.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from braas_hpc.core.transport import Transport
+from braas_hpc.core.transport.keeper import link as keeper_link
+from braas_hpc.core.transport.keeper import sockets
 from tests import client_side, cluster_session
 from tests.testbed import testbed as tb
 
@@ -47,6 +55,33 @@ def remote(testbed: tb.Testbed):  # noqa: ANN201 - returns a small callable
 def workdir(testbed: tb.Testbed) -> Path:
     """The cluster's working directory as the test sees it to check results (client_side.cluster_path)."""
     return client_side.cluster_path(testbed.workdir)
+
+
+def stop_keeper() -> None:
+    with contextlib.suppress(sockets.KeeperUnavailable):
+        asyncio.run(keeper_link.ask_keeper("stop"))
+
+
+@pytest.fixture
+def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The connection keeper on (the suite runs without), in a short private directory of the test's own (a
+    socket path has ~100 bytes); stopped at the end, with the connections it kept."""
+    directory = Path(tempfile.mkdtemp(prefix="bk-", dir="/tmp"))
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "on")
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_DIR", str(directory))
+    try:
+        yield directory
+    finally:
+        stop_keeper()
+        deadline = time.monotonic() + 15
+        while (directory / sockets.SOCKET_NAME).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def no_direct() -> Transport:
+    """The direct factory of a KeptTransport in tests of the kept path: falling back fails the test."""
+    raise AssertionError("the kept transport fell back to a direct connection")
 
 
 @pytest.fixture(autouse=True)

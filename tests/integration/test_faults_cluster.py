@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from braas_hpc.core.errors import ConnectionLost
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import transport_for
@@ -30,6 +32,13 @@ START_SSHD = "from tests.testbed import testbed as tb; tb.start_sshd(tb.Layout.f
 RUNS = 2
 RESTART_FRAMES = 20  # four tasks of five: the job outlasts both restarts of a run (2 x (1 s + DOWN_S))
 DOWN_S = 4.0  # two of the watcher's 2 s polls (the suite's BRAAS_HPC_POLL_MAX): at least one meets the closed port
+
+
+@pytest.fixture(autouse=True)
+def direct_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What these tests cut is the command's own SSH connection: never a connection keeper's in between
+    (the suite's default too, said here because these tests depend on it)."""
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "off")
 
 
 def _submit(scene: Path, frames: str, chunk: int = 5) -> dict:

@@ -65,6 +65,13 @@ bpy.ops.wm.save_mainfile()
 """
 
 
+@pytest.fixture(autouse=True)
+def direct_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What these tests cut is the command's own SSH connection: never a connection keeper's in between
+    (the suite's default too, said here because these tests depend on it)."""
+    monkeypatch.setenv("BRAAS_HPC_KEEPER", "off")
+
+
 class _Swallow:
     """A stream reader that passes the first `room` bytes and then reads on but passes nothing: the
     client's sends all complete while the server gets none of them (a link that went dead silently)."""

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.transport import SSHTarget, make_transport
+from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, Transport, make_transport
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
 from braas_hpc_interactive.core import session
 from braas_hpc_interactive.core.client import open_socket
 from braas_hpc_interactive.core.records import Connection, SessionRecord
 from braas_hpc_interactive.core.tunnel import Tunnel, for_session, socket_path
 from tests.client_side import cluster_path
+from tests.integration.conftest import no_direct
 from tests.testbed import nodens
 from tests.testbed.tcpproxy import running_proxy
 
@@ -186,6 +187,35 @@ def test_watchdog_reopens_a_dropped_tunnel(first, testbed, tmp_path: Path, backe
     assert answers == b"ok\nping\n" * 2
     assert drops == 1 and opened == 2 and proxy.drops >= 1
     assert restored < 10
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh"])
+def test_a_tunnel_on_the_kept_connection_is_reopened_after_a_cut(first, testbed, tmp_path: Path, keeper: Path,  # noqa: ANN001
+                                                                  backend: str) -> None:
+    """The tunnel's forward and terminal session held by the connection keeper (the kept connection, no
+    login of its own): cut under the keeper, the watchdog sees it and the keeper opens it again."""
+    _, conn = first
+    with running_proxy("127.0.0.1", testbed.ssh_port) as proxy:
+        target = _proxied(testbed, tmp_path, proxy.port)
+
+        def kept() -> Transport:
+            return KeptTransport(backend, target, NoPrompts(), 600.0, no_direct)
+
+        async def work() -> tuple[bytes, int]:
+            tunnel = Tunnel(kept, conn.host, conn.port, check_s=0.25, local_path=socket_path("kept"))
+            async with tunnel:
+                before = await asyncio.to_thread(_talk, tunnel.address, conn.token)
+                proxy.drop_all()
+                cut = time.monotonic()
+                while tunnel.stats.last_reopen_s is None and time.monotonic() - cut < 30:
+                    await asyncio.sleep(0.05)
+                after = await asyncio.to_thread(_talk, tunnel.address, conn.token)
+                return before + after, tunnel.stats.drops
+
+        answers, drops = run(work())
+    assert answers == b"ok\nping\n" * 2 and proxy.connections == 2
+    # paramiko's forward opens its connection again by itself, so its watchdog sees no drop
+    assert drops == (0 if backend == "paramiko" else 1)
 
 
 @pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh-mux", "openssh-process"])

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ import pytest
 from braas_hpc.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    ConnectionLost,
     HostKeyChanged,
     HostKeyRevoked,
     HostKeyUnknown,
     RemoteCommandError,
 )
 from braas_hpc.core.transport import SSHTarget, Transport, make_transport
+from braas_hpc.core.transport.base import StreamHandle, StreamLine
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
 from tests.helpers import Answers, sha256
 from tests.testbed.tcpproxy import running_proxy
@@ -160,6 +163,75 @@ def test_stream_lines_arrive_live_and_cancel_ends_the_process(connect, main_targ
     while remote(f"pgrep -f '{pattern}'").returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert remote(f"pgrep -f '{pattern}'").returncode == 1, "the cancelled command still runs"
+
+
+CONVERSE_BLOCK = 1 << 20
+CONVERSE_BLOCKS = 20
+
+
+async def _collect(lines: Any) -> list[StreamLine]:
+    return [line async for line in lines]
+
+
+@asynccontextmanager
+async def _conversation(t: Transport, script: str) -> AsyncIterator[tuple[StreamHandle, asyncio.Task]]:
+    """`sh -c script` started with converse, its lines read all along (as the submission does)."""
+    handle = await t.converse(["sh", "-c", script])
+    assert handle.write is not None and handle.write_eof is not None
+    reading = asyncio.create_task(_collect(handle.lines))
+    try:
+        yield handle, reading
+    finally:
+        reading.cancel()
+        await handle.close()
+
+
+def test_converse_streams_input_held_back_by_flow_control(connect, main_target) -> None:  # noqa: ANN001
+    """20 MiB written in 1 MiB blocks to a command that reads them only after a pause: the writes wait
+    for it (each returns once the channel took its bytes, nothing is buffered whole), and it sees every
+    byte, in order (its SHA-256)."""
+    data = [secrets.token_bytes(CONVERSE_BLOCK) for _ in range(CONVERSE_BLOCKS)]
+    total = CONVERSE_BLOCK * CONVERSE_BLOCKS
+    pause = 2.0
+
+    async def work(t: Transport) -> tuple[list[StreamLine], int | None, int]:
+        async with _conversation(t, f"sleep {pause}; head -c {total} | sha256sum") as (handle, reading):
+            started = time.monotonic()
+            before_it_read = 0
+            for block in data:
+                await asyncio.wait_for(handle.write(block), 60)
+                if time.monotonic() - started < pause * 0.75:
+                    before_it_read += len(block)
+            await handle.write_eof()
+            lines = await asyncio.wait_for(reading, 60)
+            return lines, await handle.wait(), before_it_read
+
+    lines, status, before_it_read = run(_use(connect(main_target), work))
+    assert [line.text.split()[0] for line in lines] == [hashlib.sha256(b"".join(data)).hexdigest()]
+    assert status == 0
+    # SSH's channel window (2 MiB) and the pipes on the way hold a few MiB, not the whole stream.
+    assert before_it_read <= total // 2, f"{before_it_read} bytes taken before the command read any"
+
+
+def test_converse_to_a_command_that_stops_reading(connect, main_target) -> None:  # noqa: ANN001
+    """The command reads 1000 bytes, answers and exits: the writer gets ConnectionLost (not a hang, not
+    another error) and the answer's lines, stdout and stderr, still arrive with the exit status."""
+    script = "head -c 1000 >/dev/null; echo early; echo said >&2; exit 3"
+
+    async def work(t: Transport) -> tuple[list[StreamLine], int | None, int]:
+        written = 0
+        async with _conversation(t, script) as (handle, reading):
+            with pytest.raises(ConnectionLost):
+                for _ in range(CONVERSE_BLOCKS):
+                    await asyncio.wait_for(handle.write(bytes(CONVERSE_BLOCK)), 60)
+                    written += CONVERSE_BLOCK
+            lines = await asyncio.wait_for(reading, 60)
+            return lines, await handle.wait(), written
+
+    lines, status, written = run(_use(connect(main_target), work))
+    assert sorted((line.text, line.stderr) for line in lines) == [("early", False), ("said", True)]
+    assert status == 3
+    assert written < CONVERSE_BLOCK * CONVERSE_BLOCKS
 
 
 # ---- files --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the user answers a passphrase or one-time code once.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from ..errors import PresetError
@@ -23,10 +24,13 @@ from .base import (
     Transport,
     quote_command,
 )
+from .keeper.client import KeptTransport
+from .keeper.sockets import supported as keeper_supported
 from .local import LocalTransport
 
-__all__ = ["CommandResult", "Forward", "NoPrompts", "Prompts", "RemoteEntry", "SSHTarget", "StreamLine",
-           "Transport", "TransportPool", "make_transport", "pool", "quote_command", "target_for", "transport_for"]
+__all__ = ["CommandResult", "Forward", "KeptTransport", "NoPrompts", "Prompts", "RemoteEntry", "SSHTarget",
+           "StreamLine", "Transport", "TransportPool", "keep_seconds", "make_transport", "pool", "quote_command",
+           "target_for", "transport_for"]
 
 
 def target_for(preset: Preset) -> SSHTarget:
@@ -58,6 +62,17 @@ def make_transport(backend: str, target: SSHTarget, prompts: Prompts | None = No
     raise PresetError(f"ssh back end {backend!r} is not one of {', '.join(SSH_BACKENDS)}")
 
 
+KEEPER_OFF = ("0", "off", "no", "false")
+
+
+def keep_seconds(preset: Preset) -> float:
+    """How long the connection keeper holds this preset's connection between commands; 0: it is not used
+    (the preset says 0, BRAAS_HPC_KEEPER=off, or the system has no Unix sockets)."""
+    if preset.is_local or os.environ.get("BRAAS_HPC_KEEPER", "").strip().lower() in KEEPER_OFF:
+        return 0.0
+    return preset.keep_connection_min * 60.0 if keeper_supported() else 0.0
+
+
 class TransportPool:
     def __init__(self) -> None:
         self.prompts: Prompts = NoPrompts()
@@ -70,8 +85,20 @@ class TransportPool:
         target = target_for(preset)
         key = (id(asyncio.get_running_loop()), chosen, *target.key)
         if key not in self._live:
-            self._live[key] = make_transport(chosen, target, self.prompts)
+            self._live[key] = self._new(preset, chosen, target)
         return self._live[key]
+
+    def dedicated(self, preset: Preset, backend: str, target: SSHTarget) -> Transport:
+        """A transport for one long-lived user (the interactive tunnel), not shared within this process;
+        with the keeper it still rides the kept connection, so it asks for no login of its own."""
+        return self._new(preset, backend, target)
+
+    def _new(self, preset: Preset, backend: str, target: SSHTarget) -> Transport:
+        prompts = self.prompts
+        keep_s = keep_seconds(preset)
+        if keep_s:
+            return KeptTransport(backend, target, prompts, keep_s, lambda: make_transport(backend, target, prompts))
+        return make_transport(backend, target, prompts)
 
     async def close_all(self) -> None:
         """Close the transports of the running loop (the CLI calls this when a command ends)."""
