@@ -36,8 +36,8 @@ T = TypeVar("T")
 # The most round trips each verb may take on an open connection. Submission is being brought down to 3:
 # SUBMIT_* are what it costs today; lower them as it comes down.
 LIMITS = {
-    "status 1 job": 2,
-    "status 5 jobs": 4,
+    "status 1 job": 1,
+    "status 5 jobs": 1,
     "download 4 new frames": 10,
     "download, nothing new": 1,
     "cancel": 2,
@@ -196,7 +196,7 @@ def _measured(transport: RecordingTransport, verb: str, work: Callable[[], Await
     return answer
 
 
-def test_status_of_one_and_of_five_jobs(cluster: RecordingTransport, tmp_path: Path) -> None:
+def _five_jobs(tmp_path: Path) -> list[JobPaths]:
     paths = [_job(f"job-{n}") for n in range(5)]
     ids = [registry.get_job(p.name).scheduler_ids[0] for p in paths]
     # Running; pending; ended with every frame; just submitted (the queue has it, the accounting not yet);
@@ -208,10 +208,30 @@ def test_status_of_one_and_of_five_jobs(cluster: RecordingTransport, tmp_path: P
     _frames(paths[2], range(1, 5))
     for task in range(1, 5):
         Path(paths[4].status_dir, f"task-{task}.json").write_text(json.dumps({"task": task, "state": "failed"}))
+    return paths
+
+
+FIVE_STATES = ["RUNNING", "PENDING", "COMPLETED", "PENDING", "FAILED"]
+
+
+def test_status_of_one_and_of_five_jobs(cluster: RecordingTransport, tmp_path: Path) -> None:
+    paths = _five_jobs(tmp_path)
     (one,) = _measured(cluster, "status 1 job", lambda: monitor.status([paths[0].name]))
     assert (one.state, one.frames_done) == ("RUNNING", 1)
     every = _measured(cluster, "status 5 jobs", lambda: monitor.status())
-    assert [s.state for s in every] == ["RUNNING", "PENDING", "COMPLETED", "PENDING", "FAILED"]
+    assert [s.state for s in every] == FIVE_STATES
+
+
+def test_status_is_the_same_when_the_batch_brings_nothing(cluster: RecordingTransport, tmp_path: Path) -> None:
+    """A cluster without the batch's tools (here a `base64` that fails): each command is asked alone."""
+    base64 = tmp_path / "bin" / "base64"
+    base64.write_text("#!/bin/sh\nexit 1\n")
+    base64.chmod(0o700)
+    _five_jobs(tmp_path)
+    every = asyncio.run(monitor.status())
+    trips, calls = cluster.counted()
+    assert [s.state for s in every] == FIVE_STATES
+    assert trips == 5, calls  # the batch, then query, live queue, frames and markers one by one
 
 
 def test_download(cluster: RecordingTransport, tmp_path: Path) -> None:
