@@ -38,7 +38,7 @@ T = TypeVar("T")
 LIMITS = {
     "status 1 job": 1,
     "status 5 jobs": 1,
-    "download 4 new frames": 10,
+    "download 4 new frames": 3,  # the listing with hashes, then each frame's size and bytes, all frames at once
     "download, nothing new": 1,
     "cancel": 2,
     "logs": 1,
