@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,16 +171,19 @@ class _Progress:
         return each
 
 
-async def download_once(job: JobContext, dest: Path, progress: Progress | None = None) -> DownloadResult:
-    """One call lists out/ and hashes the frames not verified here yet; the new frames are then fetched
-    at once, each checked against its hash. A frame that fails does not stop the others."""
-    make_dest(dest)
-    name, paths, transport = job.name, job.paths, job.transport
-    result, ledger, ignored = DownloadResult(name, dest), _Ledger(name, dest), []
-    held = {p.name: p.stat().st_size for p in dest.iterdir() if FRAME_FILE.match(p.name) and p.is_file()
-            and not p.is_symlink() and ledger.verified(p)} if dest.is_dir() else {}
-    remote = await _remote_listing(transport, paths.out_dir, held)
+def _held(dest: Path, ledger: _Ledger) -> dict[str, int]:
+    """Frames here as the ledger verified them: name -> size (the cluster need not hash them again)."""
+    if not dest.is_dir():
+        return {}
+    return {p.name: p.stat().st_size for p in dest.iterdir()
+            if FRAME_FILE.match(p.name) and p.is_file() and not p.is_symlink() and ledger.verified(p)}
+
+
+def _sort_out(remote: RemoteFrames, dest: Path, ledger: _Ledger, result: DownloadResult) -> dict[str, tuple[Path, int]]:
+    """The frames to fetch (name -> local target and size); what is not a frame goes to `result.ignored`,
+    what is here and verified to `result.skipped`."""
     todo: dict[str, tuple[Path, int]] = {}
+    ignored = []
     for entry in sorted(remote.entries, key=lambda e: e.name):
         target = None if entry.is_dir else _safe_target(dest, entry.name)
         if target is None:
@@ -190,37 +193,65 @@ async def download_once(job: JobContext, dest: Path, progress: Progress | None =
             result.skipped += 1
         else:
             todo[entry.name] = (target, entry.size)
-    digests = remote.digests
-    if unhashed := sorted(n for n in todo if n not in digests):
+    result.ignored = tuple(ignored)
+    if unhashed := sorted(n for n in todo if n not in remote.digests):
         # Rewritten between the listing and its hashing (or a listing that does not add up): never fetched
         # without a hash to check it against; the next download asks again.
-        log.info("download of %s: no SHA-256 for %s this time", name, ", ".join(unhashed))
+        log.info("download of %s: no SHA-256 for %s this time", result.job, ", ".join(unhashed))
         for frame in unhashed:
             del todo[frame]
+    return todo
+
+
+async def _each(frames: list[str], fetch: Callable[[str], Awaitable[None]]) -> list[Exception]:
+    """Fetch the frames at once; what failed other than by its bytes or the disk (a dropped connection
+    under transfers made at once) is fetched again alone, resuming its temp file. Returns the failures."""
+    outcomes = await asyncio.gather(*(fetch(frame) for frame in frames), return_exceptions=True)
+    if stop := next((o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Exception)), None):
+        raise stop  # cancelled: not a frame's failure
+    failed: list[Exception] = [o for o in outcomes if isinstance(o, TransferError)]  # final
+    for frame in [f for f, o in zip(frames, outcomes, strict=True) if isinstance(o, Exception)
+                  and not isinstance(o, TransferError)]:
+        try:
+            await fetch(frame)
+        except Exception as error:  # noqa: BLE001 - raised once the ledger keeps what was verified
+            failed.append(error)
+    return failed
+
+
+async def download_once(job: JobContext, dest: Path, progress: Progress | None = None) -> DownloadResult:
+    """One call lists out/ and hashes the frames not verified here yet; the new frames are then fetched
+    at once, each checked against its hash. A frame that fails does not stop the others."""
+    make_dest(dest)
+    paths, transport = job.paths, job.transport
+    result, ledger = DownloadResult(job.name, dest), _Ledger(job.name, dest)
+    remote = await _remote_listing(transport, paths.out_dir, _held(dest, ledger))
+    todo = _sort_out(remote, dest, ledger, result)
     bytes_done = _Progress(progress)
     limit = asyncio.Semaphore(PARALLEL_GETS)
 
-    async def fetch(frame: str, target: Path, size: int) -> None:
+    async def fetch(frame: str) -> None:
+        target, size = todo[frame]
+        digest = remote.digests[frame]
         async with limit:
             here = await asyncio.to_thread(sha256_file, target) if target.is_file() else None
-            if here == digests[frame]:
+            if here == digest:
                 ledger.record(target, here)  # already right (fetched before the ledger existed)
                 result.skipped += 1
                 return
-            if target.is_file():
-                result.refetched.append(target.name)
+            replaced = target.is_file()
             await transport.get(f"{paths.out_dir}/{frame}", target, bytes_done.of(frame, size))
-            if await asyncio.to_thread(sha256_file, target) != digests[frame]:
+            if await asyncio.to_thread(sha256_file, target) != digest:
                 target.unlink()
                 raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, "
                                     "run again")
-            ledger.record(target, digests[frame])
+            ledger.record(target, digest)
             result.downloaded += 1
+            if replaced:
+                result.refetched.append(target.name)
 
-    failed = [f for f in await asyncio.gather(*(fetch(frame, *item) for frame, item in todo.items()),
-                                              return_exceptions=True) if isinstance(f, BaseException)]
+    failed = await _each(list(todo), fetch)
     ledger.save()
-    result.ignored = tuple(ignored)
     result.refetched.sort()
     if failed:
         raise failed[0]
