@@ -28,7 +28,10 @@ SCHEDULER_TAGS = ("query", "fallback", "live")  # their stdout is what "seen" ke
 #   always: run it.   failed: run it when the step tagged "query" failed and printed nothing.
 #   unseen: run it when it has no keys, or one of its keys is not in what the scheduler steps printed.
 # A command line is run by this shell as sshd would run it (it was quoted for that by quote_command).
+# Without the tools to frame the answers (base64, mktemp) nothing runs: the caller then runs each command
+# itself, once (some have effects: a cancel).
 _SCRIPT = r"""
+printf x | base64 -w 0 > /dev/null 2>&1 || exit 3  # answers it could not frame: run nothing
 t=$(mktemp -d) || exit 1
 trap 'rm -rf -- "$t"' EXIT
 : > "$t/seen"; failed=0

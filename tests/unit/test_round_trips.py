@@ -40,7 +40,7 @@ LIMITS = {
     "status 5 jobs": 1,
     "download 4 new frames": 3,  # the listing with hashes, then each frame's size and bytes, all frames at once
     "download, nothing new": 1,
-    "cancel": 2,
+    "cancel": 1,
     "logs": 1,
     "resubmit": 22,  # today's cost: status, markers, root, scripts, claim, the round's files one by one, ...
     "submit first": 55,  # today's cost; the target is 3
@@ -260,6 +260,30 @@ async def _installed_scripts() -> None:
 
     preset = load_preset("trips")
     await scripts_for(pool.get(preset), preset, remote_root(preset), update=False)
+
+
+def test_cancel_also_rounds_the_cluster_submitted(cluster: RecordingTransport, tmp_path: Path) -> None:
+    """A round the cluster's own recovery submitted is not in the registry: found in the same call, cancelled
+    in a second one."""
+    paths = _job("job-x")
+    job_id = registry.get_job("job-x").scheduler_ids[0]
+    Path(f"{paths.job_dir}/submitted/r1-array").write_text("777\n")
+    ids = asyncio.run(service.cancel(job_context("job-x")))
+    trips, calls = cluster.counted()
+    assert ids == (job_id, "777") and trips == 2, calls
+    assert (tmp_path / "slurm" / "cancelled").read_text().split() == [job_id, "777"]
+    assert Path(paths.job_dir, "cancelled").exists() and registry.get_job("job-x").user_cancelled
+
+
+def test_cancel_without_a_batch_answer(cluster: RecordingTransport, tmp_path: Path) -> None:
+    base64 = tmp_path / "bin" / "base64"
+    base64.write_text("#!/bin/sh\nexit 1\n")
+    base64.chmod(0o700)
+    _job("job-y")
+    job_id = registry.get_job("job-y").scheduler_ids[0]
+    assert asyncio.run(service.cancel(job_context("job-y"))) == (job_id,)
+    # Without its tools the batch runs nothing: the cancel is made once, by a call of its own.
+    assert (tmp_path / "slurm" / "cancelled").read_text().split() == [job_id]
 
 
 def test_resubmit(cluster: RecordingTransport, tmp_path: Path) -> None:
