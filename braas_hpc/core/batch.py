@@ -24,18 +24,21 @@ from .transport import CommandResult, Transport, quote_command
 ALWAYS, AFTER_FAILED_QUERY, IF_UNSEEN = "always", "failed", "unseen"
 SCHEDULER_TAGS = ("query", "fallback", "live")  # their stdout is what "seen" keys are looked for in
 
-# Steps come as: <tag> <when> <number of keys> <keys...> <command line (quote_command)>.
+# The batch is a small program: these definitions, then one `step` line per command, every word of it
+# quoted by quote_command. A step: <tag> <when> <number of keys> <keys...> <command line>.
 #   always: run it.   failed: run it when the step tagged "query" failed and printed nothing.
 #   unseen: run it when it has no keys, or one of its keys is not in what the scheduler steps printed.
-# A command line is run by this shell as sshd would run it (it was quoted for that by quote_command).
+# A command line is run by this shell as sshd would run it (it was quoted for that by quote_command); it
+# may read what the scheduler steps printed so far from the file $BRAAS_BATCH_SEEN.
 # Without the tools to frame the answers (base64, mktemp) nothing runs: the caller then runs each command
 # itself, once (some have effects: a cancel).
-_SCRIPT = r"""
-printf x | base64 -w 0 > /dev/null 2>&1 || exit 3  # answers it could not frame: run nothing
+_DEFINITIONS = r"""
+printf x | base64 -w 0 > /dev/null 2>&1 || exit 3
 t=$(mktemp -d) || exit 1
 trap 'rm -rf -- "$t"' EXIT
 : > "$t/seen"; failed=0
-while [ "$#" -ge 4 ]; do
+BRAAS_BATCH_SEEN=$t/seen; export BRAAS_BATCH_SEEN
+step() {
   tag=$1 when=$2 n=$3; shift 3
   run=1
   case $when in
@@ -46,17 +49,18 @@ while [ "$#" -ge 4 ]; do
     [ "$when" = unseen ] && ! grep -qF -- "$1" "$t/seen" && run=1
     n=$((n - 1)); shift
   done
-  line=$1; shift
-  [ "$run" = 1 ] || continue
-  (eval "$line") < /dev/null > "$t/out" 2> "$t/err"; s=$?
+  [ "$run" = 1 ] || return 0
+  (eval "$1") < /dev/null > "$t/out" 2> "$t/err"; s=$?
   o=$(base64 -w 0 < "$t/out") || o=!
   e=$(base64 -w 0 < "$t/err") || e=!
   printf '%s\t%s\t%s\t%s\n' "$tag" "$s" "$o" "$e"
   case $tag in query|fallback|live) cat "$t/out" >> "$t/seen" ;; esac
   if [ "$tag" = query ] && [ "$s" != 0 ] && ! grep -q '[^[:space:]]' "$t/out"; then failed=1; fi
-done
-exit 0
+}
 """
+# A command line longer than this goes on stdin instead (sshd hands it to the shell as one argument,
+# which Linux caps at 128 KiB): a status of a thousand jobs lists a thousand directories.
+INLINE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,14 +102,14 @@ def parse(stdout: str, steps: Sequence[Step]) -> Answers:
     return answers
 
 
-def argv(steps: Sequence[Step]) -> list[str]:
-    words = ["sh", "-c", _SCRIPT, "sh"]
+def program(steps: Sequence[Step]) -> str:
+    lines = [_DEFINITIONS]
     for step in steps:
         if not step.tag.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"not a batch tag: {step.tag!r}")
         keys = step.keys if step.when == IF_UNSEEN else ()
-        words += [step.tag, step.when, str(len(keys)), *keys, quote_command(step.argv)]
-    return words
+        lines.append(quote_command(["step", step.tag, step.when, str(len(keys)), *keys, quote_command(step.argv)]))
+    return "\n".join([*lines, "exit 0\n"])
 
 
 async def run(transport: Transport, steps: Sequence[Step], timeout: float = 300) -> Answers:
@@ -113,5 +117,9 @@ async def run(transport: Transport, steps: Sequence[Step], timeout: float = 300)
     for each itself); a lost connection is raised, as the first of the commands would have raised it."""
     if not steps:
         return Answers()
-    done = await transport.run(argv(steps), timeout=timeout, check=False)
+    text = program(steps)
+    if len(text.encode()) <= INLINE_BYTES:
+        done = await transport.run(["sh", "-c", text], timeout=timeout, check=False)
+    else:  # read by sh from stdin; every step's own stdin is /dev/null, so none eats the program
+        done = await transport.run(["sh", "-s"], stdin=text, timeout=timeout, check=False)
     return parse(done.stdout, steps) if done.exit_status == 0 else Answers()

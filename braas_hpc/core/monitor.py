@@ -5,7 +5,6 @@ A job missing from the queue is never "finished" by that fact: the frame files d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -200,9 +199,7 @@ async def _ask_scheduler(transport: Transport, kind: str, ids: list[str],
 
 
 # For each job: "<job dir> <tasks in its latest round> <markers still running> <markers ended>".
-_MARKERS_SCRIPT = r"""
-while [ "$#" -ge 3 ]; do
-  d=$1 p=$2 f=$3; shift 3
+_MARKERS_COUNT = r"""
   n=$(wc -l < "$d/$f" 2>/dev/null || echo 0); r=0; e=0
   for m in "$d/status/${p}task-"*.json; do
     [ -e "$m" ] || continue
@@ -210,21 +207,36 @@ while [ "$#" -ge 3 ]; do
   done
   printf '%s	%s	%s	%s
 ' "$d" "$n" "$r" "$e"
-done
 """
+_MARKERS_SCRIPT = 'while [ "$#" -ge 3 ]; do\n  d=$1 p=$2 f=$3; shift 3' + _MARKERS_COUNT + "done\n"
+# The same in a batch, for the jobs with a key no scheduler answer so far mentions: each job as
+# "<number of keys> <keys...> <job dir> <prefix> <frames file>".
+_UNSEEN_MARKERS_SCRIPT = r"""
+seen=${BRAAS_BATCH_SEEN:-/dev/null}
+while [ "$#" -ge 4 ]; do
+  k=$1; shift; run=0; [ "$k" = 0 ] && run=1
+  while [ "$k" -gt 0 ]; do grep -qF -- "$1" "$seen" || run=1; k=$((k - 1)); shift; done
+  d=$1 p=$2 f=$3; shift 3
+  [ "$run" = 1 ] || continue
+""" + _MARKERS_COUNT + "done\n"
 
 
-def _markers_tag(record: JobRecord) -> str:
-    return "markers-" + hashlib.sha256(record.name.encode()).hexdigest()[:16]  # a plain word, whatever the name
+def _marker_args(record: JobRecord) -> list[str]:
+    paths = JobPaths(record.remote_root, record.name)
+    frames_file = paths.round_frames_file(record.rounds).rsplit("/", 1)[-1]
+    return [paths.job_dir, f"r{record.rounds}-" if record.rounds else "", frames_file]
 
 
 def _markers_argv(records: list[JobRecord]) -> list[str]:
+    return ["sh", "-c", _MARKERS_SCRIPT, "sh", *(arg for record in records for arg in _marker_args(record))]
+
+
+def _unseen_markers_argv(kind: str, records: list[JobRecord]) -> list[str]:
     args: list[str] = []
     for record in records:
-        paths = JobPaths(record.remote_root, record.name)
-        frames_file = paths.round_frames_file(record.rounds).rsplit("/", 1)[-1]
-        args += [paths.job_dir, f"r{record.rounds}-" if record.rounds else "", frames_file]
-    return ["sh", "-c", _MARKERS_SCRIPT, "sh", *args]
+        keys = [scheduler_for(kind).job_key(job_id) for job_id in record.scheduler_ids]
+        args += [str(len(keys)), *keys, *_marker_args(record)]
+    return ["sh", "-c", _UNSEEN_MARKERS_SCRIPT, "sh", *args]
 
 
 async def _ended_by_markers(transport: Transport, records: list[JobRecord],
@@ -235,19 +247,14 @@ async def _ended_by_markers(transport: Transport, records: list[JobRecord],
     answer; a task killed before it could write its marker keeps the job UNKNOWN. A job's counts come
     from the batch when it brought them; the others' in one call.
     """
-    texts = []
-    asked = []
-    for record in records:
-        found = ahead.take(_markers_tag(record)) if ahead else None
-        if found is None:
-            asked.append(record)
-        else:
-            texts.append(found.stdout)
-    if asked:
-        texts.append((await transport.run(_markers_argv(asked), timeout=120, check=False)).stdout)
     by_dir = {JobPaths(r.remote_root, r.name).job_dir: r.name for r in records}
+    found = ahead.take("markers") if ahead else None
+    text = found.stdout if found else ""
+    answered = {line.split("\t", 1)[0] for line in text.splitlines()}
+    if asked := [r for r in records if JobPaths(r.remote_root, r.name).job_dir not in answered]:
+        text += (await transport.run(_markers_argv(asked), timeout=120, check=False)).stdout
     ended = set()
-    for line in "".join(texts).splitlines():
+    for line in text.splitlines():
         fields = line.split("\t")
         if len(fields) == 4 and fields[0] in by_dir and all(f.strip().isdigit() for f in fields[1:]):
             tasks, running, finished = (int(f) for f in fields[1:])
@@ -316,10 +323,8 @@ def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
         if live := scheduler.live_query_argv(ids):
             steps.append(batch.Step("live", live, batch.IF_UNSEEN, tuple(scheduler.job_key(i) for i in ids)))
     steps.append(batch.Step("frames", _frames_argv(records)))
-    for record in records:
-        if record.state not in TERMINAL:
-            steps.append(batch.Step(_markers_tag(record), _markers_argv([record]), batch.IF_UNSEEN,
-                                    tuple(scheduler.job_key(i) for i in record.scheduler_ids)))
+    if unfinished := [r for r in records if r.state not in TERMINAL]:
+        steps.append(batch.Step("markers", _unseen_markers_argv(kind, unfinished)))
     return steps
 
 

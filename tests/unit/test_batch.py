@@ -81,3 +81,13 @@ def test_a_batch_that_fails_as_a_whole_brings_nothing() -> None:
             return 1, f"query\t0\t{_b64('half')}\t\n".encode(), b"mktemp: no space\n"
 
     assert asyncio.run(batch.run(Broken(), [Step("query", ["true"])])).by_tag == {}
+
+
+def test_a_batch_too_long_for_a_command_line_goes_on_stdin() -> None:
+    """sshd (and here /bin/sh -c) takes the command line as one argument, which Linux caps at 128 KiB: a
+    status of a thousand jobs lists more than that."""
+    long = "x" * 200_000
+    got = _run([Step("query", ["sh", "-c", 'printf "%s" "$1" | wc -c', "sh", long]),
+                Step("frames", ["sh", "-c", "cat; echo read-nothing"])])  # a step's stdin is not the program
+    assert got.take("query").stdout.strip() == "200000"
+    assert got.take("frames").stdout == "read-nothing\n"
