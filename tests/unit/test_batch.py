@@ -87,7 +87,7 @@ def test_a_batch_too_long_for_a_command_line_goes_on_stdin() -> None:
     """sshd (and here /bin/sh -c) takes the command line as one argument, which Linux caps at 128 KiB: a
     status of a thousand jobs lists more than that."""
     many = [f"/w/braas-hpc/jobs/job-{n:04d}/out" for n in range(5000)]  # 170 kB in all
-    got = _run([Step("query", ["sh", "-c", 'echo "$#"', "sh", *many]),
-                Step("frames", ["sh", "-c", "cat; echo read-nothing"])])  # a step's stdin is not the program
+    got = _run([Step("frames", ["sh", "-c", "cat; echo read-nothing"]),  # a step's stdin is not the program
+                Step("query", ["sh", "-c", 'echo "$#"', "sh", *many])])
     assert got.take("query").stdout.strip() == "5000"
     assert got.take("frames").stdout == "read-nothing\n"
