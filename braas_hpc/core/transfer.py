@@ -84,6 +84,9 @@ class _Ledger:
 
 
 PARALLEL_GETS = 4  # frames fetched at once: a far cluster's round trips overlap instead of adding up
+# Back ends that fetch one frame at a time: paramiko's, fetching several at once, now and then loses its
+# connection under the next command ("Unable to open channel", seen in bench/latency_bench.py).
+ONE_AT_A_TIME = frozenset({"paramiko"})
 
 # Lists out/ ($1) and hashes, in the same call, the frames the client does not hold verified already (stdin:
 # "<name>\t<size>" lines). Prints "L\t<f or d>\t<size>\t<name>\0" per entry, "H\t<sha256>\t<name>\0" per
@@ -228,7 +231,7 @@ async def download_once(job: JobContext, dest: Path, progress: Progress | None =
     remote = await _remote_listing(transport, paths.out_dir, _held(dest, ledger))
     todo = _sort_out(remote, dest, ledger, result)
     bytes_done = _Progress(progress)
-    limit = asyncio.Semaphore(PARALLEL_GETS)
+    limit = asyncio.Semaphore(1 if transport.name in ONE_AT_A_TIME else PARALLEL_GETS)
 
     async def fetch(frame: str) -> None:
         target, size = todo[frame]
