@@ -16,7 +16,7 @@ from .jobs import JobPaths, missing_frames
 from .markers import MARKER_BYTES, parse_marker
 from .presets import Preset, load_preset, preset_files
 from .registry import JobRecord
-from .schedulers import TaskState, scheduler_for
+from .schedulers import Scheduler, TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
 from .transport import Transport, transport_for
 
@@ -231,10 +231,10 @@ def _markers_argv(records: list[JobRecord]) -> list[str]:
     return ["sh", "-c", _MARKERS_SCRIPT, "sh", *(arg for record in records for arg in _marker_args(record))]
 
 
-def _unseen_markers_argv(kind: str, records: list[JobRecord]) -> list[str]:
+def _unseen_markers_argv(scheduler: Scheduler, records: list[JobRecord]) -> list[str]:
     args: list[str] = []
     for record in records:
-        keys = [scheduler_for(kind).job_key(job_id) for job_id in record.scheduler_ids]
+        keys = [scheduler.job_key(job_id) for job_id in record.scheduler_ids]
         args += [str(len(keys)), *keys, *_marker_args(record)]
     return ["sh", "-c", _UNSEEN_MARKERS_SCRIPT, "sh", *args]
 
@@ -313,19 +313,18 @@ def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
     """Everything a status of these jobs usually needs, as one remote call: the scheduler's answer (a
     second kind of query when the first failed), the live queue when the answer lacks a job, the frames
     on disk, and the markers of a job no scheduler answer mentions (it may have ended unseen)."""
-    scheduler = scheduler_for(kind)
     ids = _unfinished_ids(records)
-    steps = []
-    if ids:
-        steps.append(batch.Step("query", scheduler.query_argv(ids)))
-        if fallback := scheduler.fallback_query_argv(ids):
-            steps.append(batch.Step("fallback", fallback, batch.AFTER_FAILED_QUERY))
-        if live := scheduler.live_query_argv(ids):
-            steps.append(batch.Step("live", live, batch.IF_UNSEEN, tuple(scheduler.job_key(i) for i in ids)))
-    steps.append(batch.Step("frames", _frames_argv(records)))
-    if unfinished := [r for r in records if r.state not in TERMINAL]:
-        steps.append(batch.Step("markers", _unseen_markers_argv(kind, unfinished)))
-    return steps
+    frames = batch.Step("frames", _frames_argv(records))
+    if not ids:
+        return [frames]  # finished jobs are not asked about: only their frames
+    scheduler = scheduler_for(kind)
+    steps = [batch.Step("query", scheduler.query_argv(ids)), frames]
+    if fallback := scheduler.fallback_query_argv(ids):
+        steps.append(batch.Step("fallback", fallback, batch.AFTER_FAILED_QUERY))
+    if live := scheduler.live_query_argv(ids):
+        steps.append(batch.Step("live", live, batch.IF_UNSEEN, tuple(scheduler.job_key(i) for i in ids)))
+    unfinished = [r for r in records if r.state not in TERMINAL]
+    return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished))]
 
 
 async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[JobStatus]:
