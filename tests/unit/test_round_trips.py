@@ -33,8 +33,8 @@ from braas_hpc.core.tree import remote_root
 
 T = TypeVar("T")
 
-# The most round trips each verb may take on an open connection. Submission is being brought down to 3:
-# SUBMIT_* are what it costs today; lower them as it comes down.
+# The most round trips each verb may take on an open connection. Submission (target 3) and resubmission
+# (target 1-2) are being brought down: their limits are what they cost today; lower them as they come down.
 LIMITS = {
     "status 1 job": 1,
     "status 5 jobs": 1,
