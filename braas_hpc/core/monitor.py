@@ -9,14 +9,14 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from . import registry
+from . import batch, registry
 from .context import JobContext
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, PresetError
 from .jobs import JobPaths, missing_frames
 from .markers import MARKER_BYTES, parse_marker
 from .presets import Preset, load_preset, preset_files
 from .registry import JobRecord
-from .schedulers import TaskState, scheduler_for
+from .schedulers import Scheduler, TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
 from .transport import Transport, transport_for
 
@@ -120,13 +120,18 @@ _FRAMES_SCRIPT = ('for d in "$@"; do [ -d "$d" ] && find "$d" -mindepth 1 -maxde
                   'done; exit 0')
 
 
-async def _frames_present(transport: Transport, records: list[JobRecord]) -> dict[str, set[str]]:
-    """Frame files of every job of a cluster, in one remote call (not one per job)."""
+def _frames_argv(records: list[JobRecord]) -> list[str]:
+    return ["sh", "-c", _FRAMES_SCRIPT, "sh", *(JobPaths(r.remote_root, r.name).out_dir for r in records)]
+
+
+async def _frames_present(transport: Transport, records: list[JobRecord],
+                          ahead: batch.Answers | None = None) -> dict[str, set[str]]:
+    """Frame files of every job of a cluster, in one remote call (not one per job), or from the batch."""
     dirs = {JobPaths(r.remote_root, r.name).out_dir: r.name for r in records}
     present: dict[str, set[str]] = {r.name: set() for r in records}
     if not dirs:
         return present
-    done = await transport.run(["sh", "-c", _FRAMES_SCRIPT, "sh", *dirs], timeout=120)
+    done = (ahead and ahead.take("frames")) or await transport.run(_frames_argv(records), timeout=120)
     for item in done.stdout.split("\0"):
         directory, _, name = item.partition("\t")
         if directory in dirs and name:
@@ -142,13 +147,19 @@ class Answers:
     whole: set[str]
 
 
-async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> Answers:
+def _unfinished_ids(records: list[JobRecord]) -> list[str]:
+    return [job_id for r in records if r.state not in TERMINAL for job_id in r.scheduler_ids]
+
+
+async def _query(transport: Transport, kind: str, records: list[JobRecord],
+                 ahead: batch.Answers | None = None) -> Answers:
     """One scheduler call for every unfinished job of a cluster (a second kind of call if that fails),
-    and one call to the live queue for arrays the accounting does not cover whole yet."""
-    ids = [job_id for r in records if r.state not in TERMINAL for job_id in r.scheduler_ids]
+    and one call to the live queue for arrays the accounting does not cover whole yet; each taken from
+    the batch (`ahead`) when it brought it."""
+    ids = _unfinished_ids(records)
     if not ids:
         return Answers({}, set())
-    by_id = await _ask_scheduler(transport, kind, ids)
+    by_id = await _ask_scheduler(transport, kind, ids, ahead)
     expected = {job_id: r.id_tasks.get(job_id, 0) for r in records for job_id in r.scheduler_ids}
     whole = {job_id for job_id in ids if answer_is_whole(by_id[job_id], expected[job_id])}
     partial = [job_id for job_id in ids if job_id not in whole]
@@ -158,7 +169,8 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
         # yet; a job queued where it cannot start yet may not be until it can) and never records a task
         # cancelled before it started. The queue lists every task still to run or running: what it does
         # not list has ended, so with its lines added the answer is whole.
-        live = await transport.run(argv, check=False)
+        # The batch asked the queue about every unfinished id: its lines for the others are not read.
+        live = (ahead and ahead.take("live")) or await transport.run(argv, check=False)
         if live.exit_status == 0 or scheduler.says_unknown_id(live.stderr):
             for state in scheduler.parse_fallback(live.stdout):
                 for job_id in partial:
@@ -168,16 +180,17 @@ async def _query(transport: Transport, kind: str, records: list[JobRecord]) -> A
     return Answers(by_id, whole)
 
 
-async def _ask_scheduler(transport: Transport, kind: str, ids: list[str]) -> dict[str, list[TaskState]]:
+async def _ask_scheduler(transport: Transport, kind: str, ids: list[str],
+                         ahead: batch.Answers | None = None) -> dict[str, list[TaskState]]:
     by_id: dict[str, list[TaskState]] = defaultdict(list)
     scheduler = scheduler_for(kind)
     states: list[TaskState] = []
-    done = await transport.run(scheduler.query_argv(ids), check=False)
+    done = (ahead and ahead.take("query")) or await transport.run(scheduler.query_argv(ids), check=False)
     if done.stdout.strip():
         # PBS prints the jobs it knows and complains about the others: what it printed still counts.
         states = scheduler.parse_query(done.stdout)
     elif done.exit_status != 0 and (fallback := scheduler.fallback_query_argv(ids)):
-        again = await transport.run(fallback, check=False)
+        again = (ahead and ahead.take("fallback")) or await transport.run(fallback, check=False)
         states = scheduler.parse_fallback(again.stdout)
     # A failed poll leaves states unknown, never "failed": frames and the next poll decide.
     for state in states:
@@ -186,9 +199,7 @@ async def _ask_scheduler(transport: Transport, kind: str, ids: list[str]) -> dic
 
 
 # For each job: "<job dir> <tasks in its latest round> <markers still running> <markers ended>".
-_MARKERS_SCRIPT = r"""
-while [ "$#" -ge 3 ]; do
-  d=$1 p=$2 f=$3; shift 3
+_MARKERS_COUNT = r"""
   n=$(wc -l < "$d/$f" 2>/dev/null || echo 0); r=0; e=0
   for m in "$d/status/${p}task-"*.json; do
     [ -e "$m" ] || continue
@@ -196,25 +207,54 @@ while [ "$#" -ge 3 ]; do
   done
   printf '%s	%s	%s	%s
 ' "$d" "$n" "$r" "$e"
-done
 """
+_MARKERS_SCRIPT = 'while [ "$#" -ge 3 ]; do\n  d=$1 p=$2 f=$3; shift 3' + _MARKERS_COUNT + "done\n"
+# The same in a batch, for the jobs with a key no scheduler answer so far mentions: each job as
+# "<number of keys> <keys...> <job dir> <prefix> <frames file>".
+_UNSEEN_MARKERS_SCRIPT = r"""
+seen=${BRAAS_BATCH_SEEN:-/dev/null}
+while [ "$#" -ge 4 ]; do
+  k=$1; shift; run=0; [ "$k" = 0 ] && run=1
+  while [ "$k" -gt 0 ]; do grep -qF -- "$1" "$seen" || run=1; k=$((k - 1)); shift; done
+  d=$1 p=$2 f=$3; shift 3
+  [ "$run" = 1 ] || continue
+""" + _MARKERS_COUNT + "done\n"
 
 
-async def _ended_by_markers(transport: Transport, records: list[JobRecord]) -> set[str]:
+def _marker_args(record: JobRecord) -> list[str]:
+    paths = JobPaths(record.remote_root, record.name)
+    frames_file = paths.round_frames_file(record.rounds).rsplit("/", 1)[-1]
+    return [paths.job_dir, f"r{record.rounds}-" if record.rounds else "", frames_file]
+
+
+def _markers_argv(records: list[JobRecord]) -> list[str]:
+    return ["sh", "-c", _MARKERS_SCRIPT, "sh", *(arg for record in records for arg in _marker_args(record))]
+
+
+def _unseen_markers_argv(scheduler: Scheduler, records: list[JobRecord]) -> list[str]:
+    args: list[str] = []
+    for record in records:
+        keys = [scheduler.job_key(job_id) for job_id in record.scheduler_ids]
+        args += [str(len(keys)), *keys, *_marker_args(record)]
+    return ["sh", "-c", _UNSEEN_MARKERS_SCRIPT, "sh", *args]
+
+
+async def _ended_by_markers(transport: Transport, records: list[JobRecord],
+                            ahead: batch.Answers | None = None) -> set[str]:
     """Jobs the scheduler no longer knows whose every task of the latest round wrote its final marker.
 
     Without accounting (squeue forgets finished jobs) this is what tells a failed job from a lost
-    answer; a task killed before it could write its marker keeps the job UNKNOWN.
+    answer; a task killed before it could write its marker keeps the job UNKNOWN. A job's counts come
+    from the batch when it brought them; the others' in one call.
     """
-    args: list[str] = []
-    for record in records:
-        paths = JobPaths(record.remote_root, record.name)
-        frames_file = paths.round_frames_file(record.rounds).rsplit("/", 1)[-1]
-        args += [paths.job_dir, f"r{record.rounds}-" if record.rounds else "", frames_file]
-    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", *args], timeout=120, check=False)
     by_dir = {JobPaths(r.remote_root, r.name).job_dir: r.name for r in records}
+    found = ahead.take("markers") if ahead else None
+    text = found.stdout if found else ""
+    answered = {line.split("\t", 1)[0] for line in text.splitlines()}
+    if asked := [r for r in records if JobPaths(r.remote_root, r.name).job_dir not in answered]:
+        text += (await transport.run(_markers_argv(asked), timeout=120, check=False)).stdout
     ended = set()
-    for line in done.stdout.splitlines():
+    for line in text.splitlines():
         fields = line.split("\t")
         if len(fields) == 4 and fields[0] in by_dir and all(f.strip().isdigit() for f in fields[1:]):
             tasks, running, finished = (int(f) for f in fields[1:])
@@ -269,10 +309,30 @@ async def _states_from_markers(transport: Transport, record: JobRecord, uncovere
     return states
 
 
+def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
+    """Everything a status of these jobs usually needs, as one remote call: the scheduler's answer (a
+    second kind of query when the first failed), the live queue when the answer lacks a job, the frames
+    on disk, and the markers of a job no scheduler answer mentions (it may have ended unseen)."""
+    ids = _unfinished_ids(records)
+    frames = batch.Step("frames", _frames_argv(records))
+    if not ids:
+        return [frames]  # finished jobs are not asked about: only their frames
+    scheduler = scheduler_for(kind)
+    steps = [batch.Step("query", scheduler.query_argv(ids)), frames]
+    if fallback := scheduler.fallback_query_argv(ids):
+        steps.append(batch.Step("fallback", fallback, batch.AFTER_FAILED_QUERY))
+    if live := scheduler.live_query_argv(ids):
+        steps.append(batch.Step("live", live, batch.IF_UNSEEN, tuple(scheduler.job_key(i) for i in ids)))
+    unfinished = [r for r in records if r.state not in TERMINAL]
+    return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished))]
+
+
 async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[JobStatus]:
     transport = transport_for(preset)
-    answers = await _query(transport, preset.scheduler, records)
-    frames = await _frames_present(transport, records)
+    # This computer is no round trip away: its jobs are asked about command by command.
+    ahead = None if preset.is_local else await batch.run(transport, _batch_steps(preset.scheduler, records))
+    answers = await _query(transport, preset.scheduler, records, ahead)
+    frames = await _frames_present(transport, records, ahead)
     found: dict[str, tuple[str, dict[str, int], list[int]]] = {}
     for record in records:
         missing = missing_frames(record.spec, frames[record.name])
@@ -296,7 +356,7 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[Jo
         found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
                               missing)
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]
-    for name in await _ended_by_markers(transport, unknown) if unknown else ():
+    for name in await _ended_by_markers(transport, unknown, ahead) if unknown else ():
         found[name] = (FAILED, found[name][1], found[name][2])
     results = []
     for record in records:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import delivery, intents, registry, rounds, store
+from . import batch, delivery, intents, registry, rounds, store
 from .blender_version import cluster_warning, command_version, file_version
 from .cluster_blender import installed_blender
 from .context import JobContext
@@ -166,19 +166,26 @@ _CANCEL_SCRIPT = ('touch -- "$1/$2" 2>/dev/null; for f in "$1"/submitted/r*-arra
 
 
 async def cancel(job: JobContext) -> tuple[str, ...]:
-    """Cancel every scheduler job of a job (all rounds, all array tasks). Returns the ids cancelled."""
-    record, scheduler = job.record, job.scheduler
+    """Cancel every scheduler job of a job (all rounds, all array tasks). Returns the ids cancelled.
+    One remote call, and a second only for rounds the cluster's recovery submitted that this side does
+    not know yet."""
+    record, scheduler, transport = job.record, job.scheduler, job.transport
+    known = [] if record.state in TERMINAL else list(record.scheduler_ids)
     # The flag first: a finish step about to recover the job sees it and submits nothing (or cancels what
     # it just submitted); then every round's id, also those the cluster's recovery submitted.
-    done = await job.transport.run(["sh", "-c", _CANCEL_SCRIPT, "sh", job.paths.job_dir, rounds.CANCELLED_FLAG])
+    flag = ["sh", "-c", _CANCEL_SCRIPT, "sh", job.paths.job_dir, rounds.CANCELLED_FLAG]
+    steps = [batch.Step("flag", flag), *([batch.Step("cancel", scheduler.cancel_argv(known))] if known else [])]
+    ahead = batch.Answers() if job.preset.is_local else await batch.run(transport, steps)
+    done = (ahead.take("flag") or await transport.run(flag)).check()
+    if known:
+        (ahead.take("cancel") or await transport.run(scheduler.cancel_argv(known))).check()
+        registry.cancelled_by_user(record.name, CANCELLED)  # at once: an unreadable record below still raises
     found = [scheduler.parse_submit(line) for line in done.stdout.splitlines() if line.strip()]
     extra = [job_id for job_id in found if job_id not in record.scheduler_ids]
-    ids = [*([] if record.state in TERMINAL else record.scheduler_ids), *extra]
-    if not ids:
-        return ()
-    await job.transport.run(scheduler.cancel_argv(ids))
-    registry.cancelled_by_user(record.name, CANCELLED)
-    return tuple(ids)
+    if extra:
+        await transport.run(scheduler.cancel_argv(extra))
+        registry.cancelled_by_user(record.name, CANCELLED)
+    return (*known, *extra)
 
 
 async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None,

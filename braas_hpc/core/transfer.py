@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +19,10 @@ from .jobs import FRAME_FILE
 from .monitor import job_status
 from .paths import data_dir, private_dir, write_private
 from .schedulers.base import TERMINAL
-from .transport import Transport
+from .transport import RemoteEntry, Transport
 from .transport.base import Progress, sha256_file
+
+log = logging.getLogger(__name__)
 
 # What was verified, per job and destination, kept in our data directory (not among the user's frames):
 # name -> [size, mtime_ns, sha256]. A file that changed since is verified again, so a frame damaged on
@@ -79,16 +83,55 @@ class _Ledger:
         os.replace(temp, self.path)
 
 
-async def _remote_digests(transport: Transport, paths: list[str]) -> dict[str, str]:
-    """SHA-256 of many remote files in one call."""
-    if not paths:
-        return {}
-    done = await transport.run(["sha256sum", "--", *paths], timeout=600)
-    digests = {}
-    for line in done.stdout.splitlines():
-        digest, _, path = line.partition("  ")
-        digests[path] = digest
-    return digests
+PARALLEL_GETS = 4  # frames fetched at once: a far cluster's round trips overlap instead of adding up
+# Back ends that fetch one frame at a time: paramiko's, fetching several at once, now and then loses its
+# connection under the next command ("Unable to open channel", seen in bench/latency_bench.py).
+ONE_AT_A_TIME = frozenset({"paramiko"})
+
+# Lists out/ ($1) and hashes, in the same call, the frames the client does not hold verified already (stdin:
+# "<name>\t<size>" lines). Prints "L\t<f or d>\t<size>\t<name>\0" per entry, "H\t<sha256>\t<name>\0" per
+# hash. Only names of frame characters are hashed, so sha256sum prints them as they are.
+_LISTING_SCRIPT = r"""
+cd -- "$1" 2>/dev/null || exit 0
+known=$(mktemp) || exit 1
+trap 'rm -f -- "$known"' EXIT
+cat > "$known"
+find . -mindepth 1 -maxdepth 1 \( -type f -o -type d \) -printf 'L\t%y\t%s\t%f\0'
+find . -mindepth 1 -maxdepth 1 -type f -name 'frame_*' ! -name '*[!A-Za-z0-9._-]*' -printf '%f\t%s\n' |
+  grep -vxF -f "$known" | cut -f 1 | xargs -r sha256sum -- |
+  while read -r digest name; do printf 'H\t%s\t%s\0' "$digest" "$name"; done
+exit 0
+"""
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RemoteFrames:
+    """What the cluster's out/ holds (every entry, as a listing gives it) and the SHA-256 of the frames
+    the client asked to have hashed."""
+
+    entries: list[RemoteEntry]
+    digests: dict[str, str]
+
+
+async def _remote_listing(transport: Transport, out_dir: str, verified: dict[str, int]) -> RemoteFrames:
+    """out/'s entries and the digests of its frames but those in `verified` (name -> size held here), in
+    one call. A record that does not read as one is dropped; a digest must be one."""
+    known = "".join(f"{name}\t{size}\n" for name, size in verified.items())
+    # Through stdin, however many frames are held (a command line has a size limit); none: no stdin at all.
+    done = await transport.run(["sh", "-c", _LISTING_SCRIPT, "sh", out_dir], stdin=known or None, timeout=600)
+    entries, digests = [], {}
+    for record in done.stdout.split("\0"):
+        kind, _, rest = record.partition("\t")
+        if kind == "L":
+            type_, size, name = (rest.split("\t", 2) + ["", ""])[:3]
+            if type_ in ("f", "d") and size.isdigit() and name:
+                entries.append(RemoteEntry(name, int(size), type_ == "d"))
+        elif kind == "H":
+            digest, _, name = rest.partition("\t")
+            if _DIGEST.fullmatch(digest):
+                digests[name] = digest
+    return RemoteFrames(entries, digests)
 
 
 def check_dest(dest: Path) -> None:
@@ -110,12 +153,41 @@ def make_dest(dest: Path) -> None:
         raise UsageError(f"download destination {dest} cannot be made: {exc.strerror or exc}") from None
 
 
-async def download_once(job: JobContext, dest: Path, progress: Progress | None = None) -> DownloadResult:
-    make_dest(dest)
-    name, paths, transport = job.name, job.paths, job.transport
-    result, ledger, ignored = DownloadResult(name, dest), _Ledger(name, dest), []
-    todo: dict[str, Path] = {}
-    for entry in sorted(await transport.listdir(paths.out_dir), key=lambda e: e.name):
+class _Progress:
+    """One progress for frames fetched at once: bytes done and total over all of them."""
+
+    def __init__(self, report: Progress | None) -> None:
+        self.report = report
+        self.done: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def of(self, name: str, size: int) -> Progress | None:
+        if self.report is None:
+            return None
+        self.total[name] = size
+
+        def each(done: int, total: int) -> None:
+            self.done[name] = done
+            self.total[name] = total
+            assert self.report is not None
+            self.report(sum(self.done.values()), sum(self.total.values()))
+        return each
+
+
+def _held(dest: Path, ledger: _Ledger) -> dict[str, int]:
+    """Frames here as the ledger verified them: name -> size (the cluster need not hash them again)."""
+    if not dest.is_dir():
+        return {}
+    return {p.name: p.stat().st_size for p in dest.iterdir()
+            if FRAME_FILE.match(p.name) and p.is_file() and not p.is_symlink() and ledger.verified(p)}
+
+
+def _sort_out(remote: RemoteFrames, dest: Path, ledger: _Ledger, result: DownloadResult) -> dict[str, tuple[Path, int]]:
+    """The frames to fetch (name -> local target and size); what is not a frame goes to `result.ignored`,
+    what is here and verified to `result.skipped`."""
+    todo: dict[str, tuple[Path, int]] = {}
+    ignored = []
+    for entry in sorted(remote.entries, key=lambda e: e.name):
         target = None if entry.is_dir else _safe_target(dest, entry.name)
         if target is None:
             if not entry.name.startswith("."):  # hidden names are frames still being written
@@ -123,24 +195,69 @@ async def download_once(job: JobContext, dest: Path, progress: Progress | None =
         elif target.is_file() and target.stat().st_size == entry.size and ledger.verified(target):
             result.skipped += 1
         else:
-            todo[f"{paths.out_dir}/{entry.name}"] = target
-    remote = await _remote_digests(transport, list(todo))
-    for source, target in todo.items():
-        here = await asyncio.to_thread(sha256_file, target) if target.is_file() else None
-        if here == remote[source]:
-            ledger.record(target, here)  # already right (fetched before the ledger existed)
-            result.skipped += 1
-            continue
-        if target.is_file():
-            result.refetched.append(target.name)
-        await transport.get(source, target, progress)
-        if await asyncio.to_thread(sha256_file, target) != remote[source]:
-            target.unlink()
-            raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, run again")
-        ledger.record(target, remote[source])
-        result.downloaded += 1
-    ledger.save()
+            todo[entry.name] = (target, entry.size)
     result.ignored = tuple(ignored)
+    if unhashed := sorted(n for n in todo if n not in remote.digests):
+        # Rewritten between the listing and its hashing (or a listing that does not add up): never fetched
+        # without a hash to check it against; the next download asks again.
+        log.info("download of %s: no SHA-256 for %s this time", result.job, ", ".join(unhashed))
+        for frame in unhashed:
+            del todo[frame]
+    return todo
+
+
+async def _each(frames: list[str], fetch: Callable[[str], Awaitable[None]]) -> list[Exception]:
+    """Fetch the frames at once; what failed other than by its bytes or the disk (a dropped connection
+    under transfers made at once) is fetched again alone, resuming its temp file. Returns the failures."""
+    outcomes = await asyncio.gather(*(fetch(frame) for frame in frames), return_exceptions=True)
+    if stop := next((o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Exception)), None):
+        raise stop  # cancelled: not a frame's failure
+    failed: list[Exception] = [o for o in outcomes if isinstance(o, TransferError)]  # final
+    for frame in [f for f, o in zip(frames, outcomes, strict=True) if isinstance(o, Exception)
+                  and not isinstance(o, TransferError)]:
+        try:
+            await fetch(frame)
+        except Exception as error:  # noqa: BLE001 - raised once the ledger keeps what was verified
+            failed.append(error)
+    return failed
+
+
+async def download_once(job: JobContext, dest: Path, progress: Progress | None = None) -> DownloadResult:
+    """One call lists out/ and hashes the frames not verified here yet; the new frames are then fetched
+    at once, each checked against its hash. A frame that fails does not stop the others."""
+    make_dest(dest)
+    paths, transport = job.paths, job.transport
+    result, ledger = DownloadResult(job.name, dest), _Ledger(job.name, dest)
+    remote = await _remote_listing(transport, paths.out_dir, _held(dest, ledger))
+    todo = _sort_out(remote, dest, ledger, result)
+    bytes_done = _Progress(progress)
+    limit = asyncio.Semaphore(1 if transport.name in ONE_AT_A_TIME else PARALLEL_GETS)
+
+    async def fetch(frame: str) -> None:
+        target, size = todo[frame]
+        digest = remote.digests[frame]
+        async with limit:
+            here = await asyncio.to_thread(sha256_file, target) if target.is_file() else None
+            if here == digest:
+                ledger.record(target, here)  # already right (fetched before the ledger existed)
+                result.skipped += 1
+                return
+            replaced = target.is_file()
+            await transport.get(f"{paths.out_dir}/{frame}", target, bytes_done.of(frame, size))
+            if await asyncio.to_thread(sha256_file, target) != digest:
+                target.unlink()
+                raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, "
+                                    "run again")
+            ledger.record(target, digest)
+            result.downloaded += 1
+            if replaced:
+                result.refetched.append(target.name)
+
+    failed = await _each(list(todo), fetch)
+    ledger.save()
+    result.refetched.sort()
+    if failed:
+        raise failed[0]
     return result
 
 

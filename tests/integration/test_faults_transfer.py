@@ -474,18 +474,18 @@ def test_a_frame_changed_on_the_cluster_after_its_hash_fails_the_download_and_is
     victim = names[1]
     out = f"{testbed.workdir}/braas-hpc-{testbed.user}/jobs/{job}/out"
     target, kept = f"{out}/{victim}", f"{out}/.{victim}.kept"
-    real_digests = transfer._remote_digests
+    real_listing = transfer._remote_listing
     changed: list[str] = []
 
-    async def hash_then_change(transport: Transport, paths: list[str]) -> dict[str, str]:
-        digests = await real_digests(transport, paths)
-        if target in paths and not changed:  # the fault, injected on the cluster between hash and copy
+    async def hash_then_change(transport: Transport, out_dir: str, verified: dict[str, int]) -> transfer.RemoteFrames:
+        listing = await real_listing(transport, out_dir, verified)
+        if victim in listing.digests and not changed:  # the fault, injected on the cluster between hash and copy
             await transport.run(["sh", "-c", 'cp -p -- "$1" "$2" && cp -- "$3" "$1"', "sh", target, kept,
                                  f"{out}/{names[0]}"])
             changed.append(target)
-        return digests
+        return listing
 
-    monkeypatch.setattr(transfer, "_remote_digests", hash_then_change)
+    monkeypatch.setattr(transfer, "_remote_listing", hash_then_change)
     dest = tmp_path / "frames"
     code, _, err = _cli(capsys, "download", job, "--dest", str(dest))
     assert changed == [target], "the frame was not changed between its hash and its copy"
@@ -494,7 +494,7 @@ def test_a_frame_changed_on_the_cluster_after_its_hash_fails_the_download_and_is
     assert sorted(p.name for p in dest.iterdir()) == [names[0]], "the changed frame or a temp file was left"
     assert sha256(dest / names[0]) == truth[names[0]]
 
-    monkeypatch.setattr(transfer, "_remote_digests", real_digests)
+    monkeypatch.setattr(transfer, "_remote_listing", real_listing)
 
     async def put_back() -> None:
         async with _through("testbed", "asyncssh") as cluster:

@@ -17,8 +17,9 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -35,7 +36,7 @@ from braas_hpc.core.service import dry_run
 from braas_hpc.core.spec import SubmitRequest
 from braas_hpc.core.store import check_relative
 from braas_hpc.core.transport import quote_command
-from braas_hpc.core.transport.base import RemoteEntry
+from braas_hpc.core.transport.base import CommandResult, RemoteEntry
 from braas_hpc.core.transport.local import LocalTransport
 from braas_hpc.core.tree import remote_root
 from tests.helpers import REPO
@@ -406,7 +407,8 @@ def test_store_paths_take_only_digests(digest: str) -> None:
 
 
 class ListingTransport(LocalTransport):
-    """The local transport, with extra names in every listing: what a hostile SFTP server may send."""
+    """The local transport, with extra names in every listing: what a hostile SFTP server may send, or a
+    hostile cluster may print for the download's listing command (as regular files of 5 bytes)."""
 
     def __init__(self, extra: list[str]) -> None:
         super().__init__()
@@ -414,6 +416,13 @@ class ListingTransport(LocalTransport):
 
     async def listdir(self, remote: str) -> list[RemoteEntry]:
         return [*await super().listdir(remote), *(RemoteEntry(n, 5) for n in self.extra)]
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        done = await super().run(argv, **kwargs)
+        if list(argv[:3]) != ["sh", "-c", transfer._LISTING_SCRIPT]:
+            return done
+        records = "".join(f"L\tf\t5\t{n}\0" for n in self.extra)
+        return dataclasses.replace(done, stdout=done.stdout + records)
 
 
 HOSTILE_NAMES = ["../frame_000009.png", "/etc/frame_000009.png", "frame_000009.png\n", "frame_000009.png/..", "..",
@@ -450,7 +459,10 @@ def test_download_writes_only_frames_inside_the_destination(tmp_path: Path,
     assert sorted(p.name for p in dest.iterdir()) == ["frame_000001.png", "frame_000002.png", "frame_000003.png"]
     assert (dest / "frame_000002.png").read_bytes() == b"frame 2" and (dest / "frame_000003.png").is_symlink()
     assert result.downloaded == 2
-    assert set(result.ignored) == {n for n in HOSTILE_NAMES if not n.startswith(".")} | {"frame_000003.png"}
+    # A listing record cannot carry an empty name, and a NUL ends one: the part before it ("frame_000009.png",
+    # which the cluster never hashed) is not fetched, as the destination above shows.
+    printable = {n for n in HOSTILE_NAMES if n and "\0" not in n}
+    assert set(result.ignored) == {n for n in printable if not n.startswith(".")} | {"frame_000003.png"}
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/x", "x/..", "..", ".", "", "x\0", "a/b", "sub/../../x"])

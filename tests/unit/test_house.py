@@ -22,7 +22,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "basics": ("core", "errors", "paths", "display", "progress", "markers", "hostnames", "frames", "local_blender",
                "scene_settings"),
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
-    "reach": ("transport", "schedulers"),  # with every module inside them
+    "reach": ("transport", "schedulers", "batch"),  # with every module inside them
     "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "cluster_blender", "context",
                 "planning", "rounds"),
     "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe"),
