@@ -160,7 +160,7 @@ def test_packed_mode_sends_the_folder_with_a_note_and_remembers_it(full_scene: P
 
     async def no_packing(*_: object) -> None:
         raise AssertionError("Blender was asked to pack a scene it could not pack last time")
-    monkeypatch.setattr(service, "pack_scene", no_packing)
+    monkeypatch.setattr(delivery, "pack_scene", no_packing)
     again = prepare()
     assert again.upload.notes == first.upload.notes and again.upload.uploaded_files == 0
 
