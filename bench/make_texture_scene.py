@@ -35,6 +35,7 @@ def main() -> None:
     os.makedirs(os.path.join(out, "textures"), exist_ok=True)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.context.preferences.filepaths.save_version = 0
+    bpy.context.scene.render.engine = "CYCLES"  # what jobs render with (another engine is refused)
     blend = os.path.join(out, "scene.blend")
     bpy.ops.wm.save_as_mainfile(filepath=blend)
     for index in range(args.textures):

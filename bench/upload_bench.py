@@ -4,7 +4,8 @@ Measures, over a TCP proxy in front of the test cluster's sshd that adds `--dela
   1. the first upload (`submit --pack dir`) against `scp -r` of the same tree over the same proxy;
   2. a re-submission after one texture changed: bytes sent / bytes changed, and its wall time
      against the first (full) upload;
-  3. remote round trips (commands and file transfers) per submission, for two numbers of files.
+  3. remote calls per submission (conversations with the submission helper, other commands, separate
+     file transfers), for two numbers of files.
 
     python3 bench/upload_bench.py [--textures 40] [--size 1450] [--delay-ms 20]
 """
@@ -43,7 +44,12 @@ class Calls:
         self.commands = 0
         self.files = 0
         self.streams = 0
-        run, put, send = transport.run, transport.put, transport.send_exact
+        self.conversations = 0
+        run, put, send, converse = transport.run, transport.put, transport.send_exact, transport.converse
+
+        async def counted_converse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self.conversations += 1
+            return await converse(*args, **kwargs)
 
         async def counted_run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             self.commands += 1
@@ -58,6 +64,7 @@ class Calls:
             return await send(*args, **kwargs)
 
         transport.run, transport.put, transport.send_exact = counted_run, counted_put, counted_send
+        transport.converse = counted_converse
 
 
 def make_scene(out: Path, textures: int, size: int) -> Path:
@@ -142,11 +149,12 @@ def main() -> int:
           f"{second_bytes / 1e6:.2f} MB sent |")
     print(f"| bytes sent / bytes changed | {second_bytes / size:.3f} (fixed cost {second_bytes - size} bytes) |")
     print(f"| re-submission / full upload (time) | {second_s / first_s:.2f} |")
-    print(f"| remote commands + job-file uploads, {args.textures} textures | {first_calls.commands} + "
-          f"{first_calls.files} first, {second_calls.commands} + {second_calls.files} re-submission |")
-    print(f"| remote commands + job-file uploads, 5 textures | {small_calls.commands} + {small_calls.files} |")
-    print(f"| data streams (one per file the store lacked, 4 at once) | {first_calls.streams} first, "
-          f"{second_calls.streams} re-submission, {small_calls.streams} for 5 textures |")
+    print(f"| conversations with the submission helper + other remote commands, {args.textures} textures | "
+          f"{first_calls.conversations} + {first_calls.commands} first, {second_calls.conversations} + "
+          f"{second_calls.commands} re-submission |")
+    print(f"| the same, 5 textures | {small_calls.conversations} + {small_calls.commands} |")
+    print(f"| file uploads and data streams outside the conversation | {first_calls.files + first_calls.streams} "
+          f"first, {second_calls.files + second_calls.streams} re-submission |")
     shutil.rmtree(root, ignore_errors=True)
     return 0
 
