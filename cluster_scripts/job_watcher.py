@@ -56,8 +56,9 @@ def files_of(directory, pattern):
 
 
 def marker_state(path):
-    try:
-        with open(path, "rb") as handle:
+    try:  # not through a link, never blocking on a pipe put there since the look
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
             data = json.loads(handle.read(MARKER_BYTES).decode("utf-8"))
     except (OSError, ValueError):
         return "damaged"
