@@ -66,6 +66,9 @@ def marker_state(path):
     return state if isinstance(state, str) and len(state) <= 32 else "damaged"
 
 
+RACY_S = 2.0  # a directory changed this recently is read again: its time stamp may be too coarse to tell
+
+
 class Job:
     def __init__(self, name, directory):
         self.name = name
@@ -73,24 +76,39 @@ class Job:
         self.frames = {}
         self.markers = {}
         self.summary = None
+        self.stamps = {}
+
+    def unchanged(self, directory):
+        """Whether `directory` is as at the last look: its time stamp moves with every file renamed into
+        it, so a job of thousands of frames costs one stat a look on a parallel file system, not thousands."""
+        try:
+            stamp = os.stat(directory).st_mtime_ns
+        except OSError:
+            stamp = None
+        same = stamp is not None and self.stamps.get(directory) == stamp and time.time() * 1e9 - stamp > RACY_S * 1e9
+        self.stamps[directory] = stamp
+        return same
 
     def look(self):
         """Say what changed since the last look; whether anything did."""
         changed = False
-        frames = files_of(os.path.join(self.directory, "out"), FRAME)
+        out = os.path.join(self.directory, "out")
+        frames = self.frames if self.unchanged(out) else files_of(out, FRAME)
         for name, seen in sorted(frames.items()):
             if seen[0] > 0 and self.frames.get(name) != seen:
                 say({"e": "frame", "job": self.name, "name": name, "size": seen[0]})
                 changed = True
         self.frames = frames
-        markers = files_of(os.path.join(self.directory, "status"), MARKER)
+        status = os.path.join(self.directory, "status")
+        markers = self.markers if self.unchanged(status) else files_of(status, MARKER)
         for name, seen in sorted(markers.items()):
             if self.markers.get(name) != seen:
                 say({"e": "marker", "job": self.name, "task": name,
                      "state": marker_state(os.path.join(self.directory, "status", name))})
                 changed = True
         self.markers = markers
-        summary = files_of(self.directory, re.compile(r"summary\.json\Z")).get("summary.json")
+        summary = self.summary if self.unchanged(self.directory) else files_of(
+            self.directory, re.compile(r"summary\.json\Z")).get("summary.json")
         if summary and summary[0] > 0 and summary != self.summary:
             say({"e": "summary", "job": self.name})
             changed = True
