@@ -119,11 +119,11 @@ def test_wait_and_follow_learn_from_the_cluster_at_once(testbed, remote, sample_
     # The baseline never had a watcher; it returned at a back-off poll.
     assert not [s for s in seen if s[0] == "until" and off["job"] in s[1]]
 
-    # `download --follow` fetched frames in rounds that asked the scheduler nothing.
-    assert any(got and calls_then == calls_before for (got, calls_then), (_, calls_before)
-               in zip(rounds[1:], rounds, strict=False)), rounds
-
     # No more scheduler queries than the baseline: one sacct per status poll. (A poll brought by the end
     # can meet accounting that has not recorded the last task yet; it then asks squeue too, in that poll.)
     off_calls, on_calls = (_calls_naming(calls, "sacct", job["scheduler_ids"][0]) for job in (off, on))
     assert off_calls >= 1 and on_calls <= off_calls, (on_calls, off_calls, calls)
+
+    # `download --follow` fetched frames in rounds that asked the scheduler nothing.
+    assert any(got and calls_then == calls_before for (got, calls_then), (_, calls_before)
+               in zip(rounds[1:], rounds, strict=False)), rounds
