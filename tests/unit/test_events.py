@@ -130,3 +130,22 @@ def test_frames_the_watcher_saw_are_shown_without_a_poll() -> None:
     report = monitor.StatusReport([monitor.JobStatus("j1", "p", "RUNNING", 1, 4, missing=(2, 3, 4))])
     (shown,) = watch._with_frames(report, news).statuses
     assert (shown.frames_done, shown.missing) == (3, (3,))
+
+
+def test_watcher_lists_a_directory_again_only_when_it_changed(tmp_path: Path) -> None:
+    """One stat a look for a still directory (thousands of frames on a parallel file system are not read
+    twice a second); read again when a file is renamed into it, or while its time stamp is too recent."""
+    from cluster_scripts import job_watcher
+
+    job = job_watcher.Job("j", str(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert not job.unchanged(str(out))  # never looked at
+    assert not job.unchanged(str(out))  # changed less than 2 s ago: its stamp may be too coarse to trust
+    old = time.time() - 10
+    os.utime(out, (old, old))
+    assert not job.unchanged(str(out))  # its stamp moved
+    assert job.unchanged(str(out))
+    (tmp_path / "frame_000001.png.part").write_bytes(b"x")
+    os.rename(tmp_path / "frame_000001.png.part", out / "frame_000001.png")
+    assert not job.unchanged(str(out))
