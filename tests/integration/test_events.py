@@ -42,8 +42,9 @@ def _calls_naming(log: str, tool: str, job_id: str) -> int:
                if line.startswith(f"{tool} ") and re.search(rf"(?<![0-9]){job_id}(?![0-9])", line))
 
 
-def test_wait_and_follow_learn_from_the_cluster_at_once(testbed, remote, sample_scene: Path, tmp_path: Path,  # noqa: ANN001
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wait_and_follow_learn_from_the_cluster_at_once(testbed, remote, keeper, sample_scene: Path,  # noqa: ANN001
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the connection keeper, as users run it: the watchers' streams ride the kept connection."""
     layout = tb.Layout.from_env()
     log = f"/tmp/braas-events-{secrets.token_hex(4)}.log"
     wrappers = [layout.bin / tool for tool in ("sacct", "squeue")]
