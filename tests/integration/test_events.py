@@ -9,6 +9,7 @@ to log every call; the sacct calls naming each job's id (one per status poll) ar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import secrets
@@ -19,8 +20,10 @@ import pytest
 
 from braas_hpc.core import events, recovery, transfer, watch
 from braas_hpc.core.context import job_context
+from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import pool
 from tests.conftest import run_cli
+from tests.retarget import to_toml
 from tests.testbed import testbed as tb
 
 COUNTING = """#!/bin/sh
@@ -128,3 +131,31 @@ def test_wait_and_follow_learn_from_the_cluster_at_once(testbed, remote, keeper,
     # `download --follow` fetched frames in rounds that asked the scheduler nothing.
     assert any(got and calls_then == calls_before for (got, calls_then), (_, calls_before)
                in zip(rounds[1:], rounds, strict=False)), rounds
+
+
+def test_without_python_on_the_login_node_wait_polls_as_before(testbed, sample_scene: Path,  # noqa: ANN001
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    base = load_preset("testbed")
+    preset = dataclasses.replace(base, name="tb-events-nopy", login_python="/nonexistent/python3")
+    (Path(base.source).parent / f"{preset.name}.toml").write_text(to_toml(preset))
+    done = run_cli("submit", str(sample_scene), "--preset", preset.name, "--frames", "1-2", "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)["job"]
+    monkeypatch.setenv(events.EVENTS_ENV, "on")
+    followers: list[events.JobEvents] = []
+    real_follow = events.JobEvents.follow
+
+    def follow(self: events.JobEvents, records, presets) -> None:  # noqa: ANN001
+        followers.append(self)
+        real_follow(self, records, presets)
+
+    monkeypatch.setattr(events.JobEvents, "follow", follow)
+
+    async def run() -> str:
+        try:
+            return (await watch.wait(job, timeout_s=600)).state
+        finally:
+            await pool.close_all()
+
+    assert asyncio.run(run()) == "COMPLETED"
+    assert followers and followers[0].unable == {preset.name}  # tried once, then the back-off alone
