@@ -50,11 +50,14 @@ def test_environment() -> Iterator[None]:
     the suite would offer its keys), `wait`/`status --watch` polling every 2 s rather than backing
     off to 30 s (the back-off itself: tests/unit/test_monitor.py), and direct connections: a kept one
     would outlive the test in a keeper process, and what a test cuts would be the keeper's connection.
-    The keeper's own tests (tests/integration/test_keeper.py, tests/unit/test_keeper.py) turn it on."""
+    The keeper's own tests (tests/integration/test_keeper.py, tests/unit/test_keeper.py) turn it on. The
+    cluster's job watcher is off too (with 2 s polls it adds little and a stream more to every `wait`);
+    tests/integration/test_events.py turns it on."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SSH_AUTH_SOCK", raising=False)
         patch.setenv("BRAAS_HPC_POLL_MAX", "2")
         patch.setenv("BRAAS_HPC_KEEPER", "off")
+        patch.setenv("BRAAS_HPC_EVENTS", "off")
         yield
 
 

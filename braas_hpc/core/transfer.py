@@ -9,10 +9,12 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import events
 from .context import JobContext
 from .errors import TransferError, UsageError
 from .jobs import FRAME_FILE
@@ -264,10 +266,21 @@ async def download_once(job: JobContext, dest: Path, progress: Progress | None =
 async def download(job: JobContext, dest: Path, progress: Progress | None = None, *, follow: bool = False,
                    on_round: Callable[[DownloadResult], None] | None = None) -> DownloadResult:
     """Fetch the job's frames; with `follow`, keep fetching as they appear until the job has ended."""
+    news = events.JobEvents()  # frames that land are fetched at once, without a status call (core.events)
+    try:
+        return await _download_rounds(job, dest, progress, follow, on_round, news)
+    finally:
+        await news.close()
+
+
+async def _download_rounds(job: JobContext, dest: Path, progress: Progress | None, follow: bool,
+                           on_round: Callable[[DownloadResult], None] | None, news: events.JobEvents
+                           ) -> DownloadResult:
     total = DownloadResult(job.name, dest)
     interval = 2.0
+    frames_only = False  # woken by frames that landed: fetched without asking the scheduler
     while True:
-        ended = (await job_status(job)).state in TERMINAL if follow else True
+        ended = (await job_status(job)).state in TERMINAL if follow and not frames_only else not follow
         got = await download_once(job, dest, progress)
         total.downloaded += got.downloaded
         total.skipped = got.skipped
@@ -277,6 +290,8 @@ async def download(job: JobContext, dest: Path, progress: Progress | None = None
             on_round(got)
         if ended:  # the frames fetched after the job ended are the last ones
             return total
-        await asyncio.sleep(interval)
-        interval = interval * 2 if got.downloaded == 0 else 2.0
-        interval = min(interval, FOLLOW_POLL_MAX_S)
+        if not frames_only:
+            deadline = time.monotonic() + interval
+            interval = interval * 2 if got.downloaded == 0 else 2.0
+            interval = min(interval, FOLLOW_POLL_MAX_S)
+        frames_only = await events.pause(news, job.record, job.preset, deadline)

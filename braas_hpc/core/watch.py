@@ -13,14 +13,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from . import monitor, recovery, service
+from . import events, monitor, recovery, registry, service
 from .blender_version import check_can_open
 from .context import job_context
 from .errors import BraasError, UsageError
 from .frames import format_frames
-from .jobs import JobSpec
+from .jobs import JobSpec, frame_file_name
 from .local_blender import local_blender
-from .presets import Preset
+from .presets import Preset, load_preset
 from .schedulers.base import COMPLETED, TERMINAL
 from .service import ProgressCallback, SubmitResult
 from .spec import SubmitRequest, build_spec
@@ -61,11 +61,22 @@ async def watch(names: list[str] | None = None, poll_max_s: float | None = None,
     is gone, is not something waiting fixes: those jobs are not asked again, and their errors stay in
     every later report."""
     poll_max_s = poll_max(poll_max_s)
+    news = events.JobEvents()
+    try:
+        async for found in _watch(names, poll_max_s, recover, news):
+            yield found
+    finally:
+        await news.close()
+
+
+async def _watch(names: list[str] | None, poll_max_s: float, recover: bool, news: events.JobEvents
+                 ) -> AsyncIterator[tuple[monitor.StatusReport, list[recovery.Recovery]]]:
     interval = POLL_MIN_S
     outages = 0
     lasting: list[monitor.ClusterError] = []
     while True:
         report, recoveries = await _poll(names, recover)
+        news.polled()
         lasting += [e for e in report.errors if e.lasting]
         outages = outages + 1 if any(not e.lasting for e in report.errors) else 0
         for error in report.errors:
@@ -82,8 +93,42 @@ async def watch(names: list[str] | None = None, poll_max_s: float | None = None,
         given_up = {job for e in lasting for job in e.jobs}
         names = [s.job for s in report.statuses] + [j for e in report.errors if not e.lasting for j in e.jobs
                                                     if j not in given_up]
-        await asyncio.sleep(interval)
+        _follow(news, report)
+        deadline = time.monotonic() + interval
+        if not news.live():
+            await asyncio.sleep(interval)  # no watcher there: the back-off alone, as without events
+        while news.live() and not (await news.until(deadline))[0]:
+            if (seen := _with_frames(report, news)) != report:  # frames landed: shown without asking the scheduler
+                report = seen
+                yield report, []
         interval = min(interval * 2, poll_max_s)
+
+
+def _follow(news: events.JobEvents, report: monitor.StatusReport) -> None:
+    """The cluster watchers for the jobs still running (started again if one ended)."""
+    records: list[registry.JobRecord] = []
+    presets: dict[str, Preset] = {}
+    for status in report.statuses:
+        if status.state in TERMINAL:
+            continue
+        with contextlib.suppress(BraasError):  # forgotten meanwhile, or its preset gone: the polls tell
+            record = registry.get_job(status.job)
+            presets.setdefault(record.preset, load_preset(record.preset))
+            records.append(record)
+    news.follow(records, presets)
+
+
+def _with_frames(report: monitor.StatusReport, news: events.JobEvents) -> monitor.StatusReport:
+    """The report with the frames the watcher saw land counted in (never fewer than the poll found)."""
+    statuses = []
+    for status in report.statuses:
+        seen = news.frames.get(status.job, set())
+        record = news.records.get(status.job)
+        if seen and record is not None and status.missing:
+            missing = tuple(f for f in status.missing if frame_file_name(f, record.spec.extension) not in seen)
+            status = dataclasses.replace(status, missing=missing, frames_done=status.frames_total - len(missing))
+        statuses.append(status)
+    return dataclasses.replace(report, statuses=statuses)
 
 
 async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | None = None, recover: bool = True

@@ -23,8 +23,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
                "scene_settings"),
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers", "batch"),  # with every module inside them
-    "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "cluster_blender", "context",
-                "planning", "rounds"),
+    "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "events", "cluster_blender",
+                "context", "planning", "rounds"),
     "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe"),
 }
 PRODUCT = ("braas_hpc", "braas_hpc_interactive", "cluster_scripts")
