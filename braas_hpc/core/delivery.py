@@ -164,8 +164,9 @@ _STEPWISE: set[str] = set()  # presets whose login node cannot run the helper (t
 
 
 def conversing(preset: Preset) -> bool:
-    """Whether submissions to the preset go in one conversation: not on this computer (nothing to save)
-    nor with a site's own scripts from git (the helper is among the package's)."""
+    """Whether submissions to the preset go in one conversation: not on this computer (nothing to save),
+    nor with a site's own scripts from git (the helper is among the package's), nor where the preset's
+    `login_python` is empty or this process found that the login node cannot run the helper."""
     return (not preset.is_local and not preset.scripts_git and bool(preset.login_python)
             and preset.name not in _STEPWISE)
 
