@@ -91,7 +91,11 @@ class RoundKit:
 
     @classmethod
     def from_dict(cls, data: dict) -> RoundKit:
-        return cls(preset_from_dict(data["preset"], "job.json"), tuple(data["blender"]), data["render_task"],
+        # Keys a newer braas-hpc wrote (its kit recorded by a newer client, read by this one's recovery):
+        # the round is written without them rather than not at all. A preset file keeps the strict check.
+        known = {f.name for f in dataclasses.fields(Preset)}
+        preset = {key: value for key, value in data["preset"].items() if key in known}
+        return cls(preset_from_dict(preset, "job.json"), tuple(data["blender"]), data["render_task"],
                    data["finish_task"], Trust(**data["render_trust"]), Trust(**data["finish_trust"]))
 
 

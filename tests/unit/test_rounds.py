@@ -134,3 +134,12 @@ def test_a_claim_with_its_files_written_is_never_stale(job: JobPaths) -> None:
     stale = time.time() - 3600
     os.utime(claimed, (stale, stale))
     assert recover_here(job.job_dir, 0, Scheduler()).startswith("round 1 is someone else's")
+
+
+def test_a_kit_a_newer_client_recorded_is_read_without_the_keys_this_release_does_not_know(job: JobPaths) -> None:
+    """A job submitted by a newer braas-hpc, recovered by an older one (an add-on and a CLI of different
+    releases): the round is planned with what this release knows, not refused."""
+    recorded = json.loads(json.dumps(kit_for(load_preset("karolina"), job).to_dict()))  # as job.json holds it
+    newer = json.loads(json.dumps(recorded))
+    newer["preset"]["a_key_from_the_future"] = True
+    assert RoundKit.from_dict(newer) == RoundKit.from_dict(recorded)
