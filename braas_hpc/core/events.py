@@ -31,7 +31,7 @@ from .errors import BraasError
 from .jobs import JobPaths
 from .presets import Preset
 from .registry import JobRecord
-from .scripts import RENDER_TASK
+from .scripts import script_source
 from .transport import transport_for
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,6 @@ def parse_event(text: str, jobs: Collection[str]) -> Event | None:
         if isinstance(name, str) and _MARKER.fullmatch(name) and isinstance(state, str) and _STATE.fullmatch(state):
             return Event(kind, job, name, state=state)
     return None
-
-
-def watcher_source() -> str:
-    return (RENDER_TASK.parent / WATCHER).read_text(encoding="utf-8")
 
 
 def events_wanted(preset: Preset) -> bool:
@@ -147,7 +143,7 @@ class JobEvents:
 
     async def _run(self, watcher: _Watcher, dirs: dict[str, str]) -> None:
         request = json.dumps({"jobs": dirs, "interval": WATCH_INTERVAL_S, "idle": WATCH_IDLE_S})
-        argv = [watcher.preset.login_python, "-c", watcher_source(), request]
+        argv = [watcher.preset.login_python, "-c", script_source(WATCHER), request]
         said: list[str] = []
         try:
             transport = transport_for(watcher.preset)
@@ -257,4 +253,4 @@ async def pause(news: JobEvents, record: JobRecord, preset: Preset, deadline: fl
     return not poll
 
 
-__all__ = ["EVENTS_ENV", "Event", "JobEvents", "events_wanted", "parse_event", "pause", "watcher_source"]
+__all__ = ["EVENTS_ENV", "Event", "JobEvents", "events_wanted", "parse_event", "pause"]

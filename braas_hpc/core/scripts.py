@@ -81,6 +81,11 @@ def _cluster_scripts() -> dict[str, Path]:
     return {p.name: p for p in sorted(RENDER_TASK.parent.glob("*.py")) if p.name != "__init__.py"}
 
 
+def script_source(name: str) -> str:
+    """A shipped cluster script's text, for running it inline (`python3 -c`) where it is not installed."""
+    return _cluster_scripts()[name].read_text(encoding="utf-8")
+
+
 def shipped_scripts() -> dict[str, Path]:
     """Every file installed on a cluster, by name: the cluster scripts and the core kit."""
     return {**_cluster_scripts(), CORE_KIT: _core_kit()}

@@ -118,10 +118,6 @@ class HashCache:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?)", (key, digest))
 
-    def forget_packed(self, key: str) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM packs WHERE key = ?", (key,))
-
     def scripts_seen(self, where: str) -> str | None:
         """The cluster scripts' version last seen installed at `where` (a host and root)."""
         row = self._db.execute("SELECT version FROM scripts WHERE place = ?", (where,)).fetchone()

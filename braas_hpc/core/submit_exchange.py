@@ -18,14 +18,14 @@ import json
 import logging
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import progress
 from .errors import BraasError, ConnectionLost, RemoteCommandError, UsageError
 from .jobs import store_dir
-from .scripts import MANIFEST, RENDER_TASK, manifest_text, scripts_version, shipped_digests, shipped_scripts
+from .scripts import manifest_text, script_source, scripts_version, shipped_digests, shipped_scripts
 from .store import MissingFromStore
 from .transport import CommandResult, Transport
 from .tree import ensure_argv, refuse_findings
@@ -66,11 +66,6 @@ class Outcome:
     scripts_sent: tuple[str, ...] = ()
     store_sent: tuple[str, ...] = ()
     sent_bytes: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def helper_source() -> str:
-    return (RENDER_TASK.parent / HELPER).read_text(encoding="utf-8")
 
 
 def _script_offer(scripts_dir: str) -> dict[str, Any]:
@@ -87,7 +82,7 @@ def helper_argv(root: str, python: str, installed: bool) -> list[str]:
     if installed:
         path = posixpath.join(scripts_dir(root), HELPER)
         return ["sh", "-c", _RUN_INSTALLED, "sh", path, shipped_digests()[HELPER], python]
-    return [python, "-c", helper_source()]
+    return [python, "-c", script_source(HELPER)]
 
 
 class _Stale(Exception):
@@ -250,5 +245,5 @@ def step_result(outcome: Outcome, index: int, argv: Sequence[str]) -> CommandRes
     return CommandResult(tuple(argv), result.get("status"), result.get("stdout", ""), result.get("stderr", ""))
 
 
-__all__ = ["HELPER", "MANIFEST", "HelperUnavailable", "Offer", "Outcome", "SentFileChanged", "converse", "helper_argv",
+__all__ = ["HELPER", "HelperUnavailable", "Offer", "Outcome", "SentFileChanged", "converse", "helper_argv",
            "scripts_dir", "step_result"]

@@ -14,12 +14,13 @@ from braas_hpc.core import events, monitor, watch
 from braas_hpc.core.events import Event, JobEvents, parse_event
 from braas_hpc.core.jobs import JobSpec
 from braas_hpc.core.registry import JobRecord
+from braas_hpc.core.scripts import script_source
 
 PY36 = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions" / "3.6.15" / "bin" / "python3"
 
 
 def _watcher(python: str, request: dict) -> subprocess.Popen[str]:
-    return subprocess.Popen([python, "-c", events.watcher_source(), json.dumps(request)], stdout=subprocess.PIPE,
+    return subprocess.Popen([python, "-c", script_source(events.WATCHER), json.dumps(request)], stdout=subprocess.PIPE,
                             text=True)
 
 
