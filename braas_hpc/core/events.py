@@ -9,9 +9,11 @@ dropped: the watcher only ever decides *when* to look, never what is true.
 
 A frame event updates what is shown without a scheduler query. An event that says a job ended (its
 summary written, or every task of its latest round wrote its final marker) brings the next status poll
-forward; that poll is the truth, and it counts as the scheduled one, so the scheduler is never asked
-more often than by the back-off alone (event polls in a row are spaced 2, 4, 8 ... s apart, so a
-watcher that cries wolf cannot make one per line). Without the watcher (no python3 there, `login_python`
+forward; that poll is the truth, and it counts as the scheduled one: the back-off starts again from it.
+Event polls in a row are spaced 2, 4, 8 ... s apart, so a watcher that cries wolf cannot make one per
+line. A task's final marker is its last act before it exits, so a poll brought by markers waits
+EVENT_SETTLE_S for the scheduler to record that exit; one that still comes before the scheduler's
+accounting does is followed by the next only twice the gap later. Without the watcher (no python3 there, `login_python`
 empty, BRAAS_HPC_EVENTS=off) everything runs on the back-off as before.
 """
 
@@ -40,6 +42,7 @@ EVENTS_ENV = "BRAAS_HPC_EVENTS"  # "off": poll on the back-off alone
 WATCH_INTERVAL_S = 0.5  # how often the watcher looks on the cluster (its own file system: no scheduler)
 WATCH_IDLE_S = 900.0  # it ends after this long without a change; the next poll starts it again
 EVENT_GAP_S = 2.0  # the first event-brought poll may come this soon after the last poll; then 4, 8 ...
+EVENT_SETTLE_S = 1.0  # a poll brought by a task's final marker waits this long: the task is still exiting
 LINE_LIMIT = 4096
 _FRAME = re.compile(r"frame_[0-9]{1,12}\.[A-Za-z0-9]{1,8}")
 _MARKER = re.compile(r"(?:r([0-9]{1,6})-)?task-[0-9]{1,9}\.json")
@@ -117,7 +120,9 @@ class JobEvents:
     records: dict[str, JobRecord] = field(default_factory=dict)
     last_poll: float = field(default_factory=time.monotonic)
     gap: float = EVENT_GAP_S
+    settle: float = EVENT_SETTLE_S
     end_pending: bool = False
+    end_seen: float = 0.0  # when markers first said a job ended since the last poll (0: not, or a summary did)
 
     def follow(self, records: Iterable[JobRecord], presets: dict[str, Preset]) -> None:
         """Have a watcher running for each cluster of `records` (started again when it ended, or when
@@ -198,15 +203,17 @@ class JobEvents:
         """A status poll was made: it is the truth until the next event, whatever the events said before."""
         self.last_poll = time.monotonic()
         self.end_pending = False
+        self.end_seen = 0.0
 
     async def until(self, deadline: float) -> tuple[bool, list[Event]]:
         """Wait until `deadline` (time.monotonic) or an event: (poll now, the events). Poll when the
         deadline came, or when an event said a job ended and an event-brought poll is allowed (at least
-        `gap` after the last poll; each such poll doubles `gap`). Frame events alone return (False, ...)."""
+        `gap` after the last poll, each such poll doubling `gap`; and `settle` after markers said it).
+        Frame events alone return (False, ...)."""
         got: list[Event] = []
         while True:
             if self.end_pending:
-                allowed = self.last_poll + self.gap
+                allowed = max(self.last_poll + self.gap, self.end_seen + self.settle)
                 if time.monotonic() >= allowed:
                     self.gap *= 2
                     self.end_pending = False
@@ -220,9 +227,20 @@ class JobEvents:
             with contextlib.suppress(TimeoutError):
                 got.append(await asyncio.wait_for(self.queue.get(), left))
                 got += self._drain()
-                self.end_pending = self.end_pending or any(self.says_ended(e) for e in got)
+                if ended := [e for e in got if self.says_ended(e)]:
+                    self._end_said(any(e.kind == "summary" for e in ended))
                 if not any(e.kind == "frame" for e in got):
                     got = []  # nothing to show: wait on (or poll, if the job ended)
+
+    def _end_said(self, by_summary: bool) -> None:
+        """A job ended, by its summary (the finish step ran after the scheduler saw the array end: no
+        settling) or by its markers (settled once, from the first such event since the last poll)."""
+        already_by_summary = self.end_pending and not self.end_seen
+        if by_summary or already_by_summary:
+            self.end_seen = 0.0
+        elif not self.end_seen:
+            self.end_seen = time.monotonic()
+        self.end_pending = True
 
     def _drain(self) -> list[Event]:
         drained = []

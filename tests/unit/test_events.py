@@ -124,6 +124,29 @@ def test_event_brought_polls_are_spaced_whatever_the_watcher_says() -> None:
     assert all(gap >= 0.95 * 0.2 * 2 ** (i + 1) for i, gap in enumerate(spacing)), times
 
 
+def test_a_poll_brought_by_markers_lets_the_task_exit_first_and_a_summary_does_not_wait() -> None:
+    """The last task's final marker is written just before the task exits: the poll it brings waits
+    `settle` after it (the scheduler has not recorded the exit yet); the summary is written after the
+    scheduler saw the array end: its poll comes as soon as the gap allows."""
+    async def brought_after(ending: list[Event]) -> float:
+        news = JobEvents(gap=0.05, settle=0.5)
+        news.records["j1"] = _record()
+        news.polled()
+        await asyncio.sleep(0.1)  # the gap has passed: only the settling can hold the poll back
+        start = time.monotonic()
+        for event in ending:  # as the watcher's reader hands them on
+            news._note(event)
+            news.queue.put_nowait(event)
+        poll, _ = await news.until(start + 30)
+        assert poll
+        return time.monotonic() - start
+
+    markers = [Event("marker", "j1", f"task-{t}.json", state="done") for t in (1, 2)]
+    assert 0.45 <= asyncio.run(brought_after(markers)) < 5
+    assert asyncio.run(brought_after([Event("summary", "j1")])) < 0.3
+    assert asyncio.run(brought_after([*markers, Event("summary", "j1")])) < 0.3
+
+
 def test_frames_the_watcher_saw_are_shown_without_a_poll() -> None:
     news = JobEvents()
     news.records["j1"] = _record()
