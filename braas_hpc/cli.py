@@ -1,5 +1,6 @@
-"""`braas-hpc`: the same verbs as the Blender panel. Exit codes: 0 success, 1 failure, 2 bad input,
-3 `status`: some clusters did not answer (their jobs are listed with the error)."""
+"""`braas-hpc`: the same verbs as the Blender panel. Exit codes (core.errors): 0 success, 1 the job or
+command failed, 2 bad input, 3 a cluster could not be reached (`status`: some did not answer; the others'
+jobs are listed), 124 `wait --timeout` ran out, 130 interrupted."""
 
 from __future__ import annotations
 
@@ -28,10 +29,20 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import cli_logging
 from .core import VERSION, logs, monitor, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
-from .core.errors import BraasError, HostKeyUnknown, UsageError
+from .core.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TIMED_OUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    BraasError,
+    HostKeyUnknown,
+    UsageError,
+)
 from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
@@ -158,7 +169,7 @@ def _status_line(s: monitor.JobStatus) -> str:
     return f"{s.job}  {s.preset}  {s.state}  frames {s.frames_done}/{s.frames_total}"
 
 
-PARTIAL = 3  # `status`: some clusters did not answer; the others' jobs are shown
+PARTIAL = EXIT_UNREACHABLE  # `status`: some clusters did not answer; the others' jobs are shown
 
 
 def _error_lines(report: monitor.StatusReport) -> list[str]:
@@ -452,16 +463,30 @@ async def cmd_keeper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_log_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="say what is being done (connections, jobs, watchers)")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="also every command run on a cluster, with its exit status and time")
+    parser.add_argument("--log-file", metavar="FILE", default=default,
+                        help="append the --debug log to FILE (created private to you), whatever is shown")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braas-hpc", description="Render Blender scenes on HPC clusters.",
-                                     epilog=f"exit status: 0 success, 1 the job or command failed, 2 bad usage or "
-                                            f"input, {PARTIAL} (status) some clusters did not answer")
+                                     epilog=f"exit status: 0 success, {EXIT_FAILED} the job or command failed, "
+                                            f"{EXIT_USAGE} bad usage or input, {EXIT_UNREACHABLE} a cluster could not "
+                                            f"be reached (status: some did not answer), {EXIT_TIMED_OUT} wait "
+                                            f"--timeout ran out, {EXIT_INTERRUPTED} interrupted")
     parser.add_argument("--version", action="version", version=f"braas-hpc {VERSION}")
+    _add_log_options(parser, argparse.SUPPRESS)  # also after the verb: `braas-hpc submit ... --debug`
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    after_verb = argparse.ArgumentParser(add_help=False)
+    _add_log_options(after_verb, argparse.SUPPRESS)
 
     def add(name: str, handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], help_: str
             ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, parents=[after_verb])
         p.set_defaults(handler=handler)
         p.add_argument("--json", action="store_true", help="print one JSON document")
         return p
@@ -610,21 +635,15 @@ def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
     return True
 
 
-def _debug_to_stderr() -> None:
-    """Our own debug messages on stderr (the SSH libraries' are not for users); once per process."""
-    logger = logging.getLogger("braas_hpc")
-    if not any(getattr(h, "braas_debug", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("braas-hpc: debug: %(name)s: %(message)s"))
-        handler.braas_debug = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-
-
 def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if os.environ.get("BRAAS_HPC_DEBUG") == "1":
-        _debug_to_stderr()
+    try:
+        cli_logging.configure(
+            debug=getattr(args, "debug", False) or os.environ.get("BRAAS_HPC_DEBUG") == "1",
+            verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None))
+    except BraasError as exc:
+        err.print(Text("braas-hpc: error:", style="bold red"), plain(str(exc)))
+        return exc.exit_code
     prompts = prompts or TerminalPrompts()
     pool.prompts = prompts
     try:
@@ -637,9 +656,13 @@ def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) 
     except BraasError as exc:
         err.print(Text("braas-hpc: error:", style="bold red"), plain(str(exc)))
         return exc.exit_code
+    except OSError as exc:  # this computer's own refusal (a full disk, a folder not ours): said, not a traceback
+        logging.getLogger("braas_hpc").debug("unexpected OSError", exc_info=True)
+        err.print(Text("braas-hpc: error:", style="bold red"), plain(cli_logging.describe_os_error(exc)))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         err.print("braas-hpc: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+# The CLI's exit statuses (README, `braas-hpc --help`): scripts branch on them.
+EXIT_FAILED = 1  # the job or the command failed
+EXIT_USAGE = 2  # bad usage or input: nothing was changed
+EXIT_UNREACHABLE = 3  # a cluster could not be reached or would not let us in
+EXIT_TIMED_OUT = 124  # `wait --timeout` ran out (as timeout(1))
+EXIT_INTERRUPTED = 130  # Ctrl+C (128 + SIGINT, as shells say)
+
 
 class BraasError(Exception):
     """Base of every error braas-hpc reports to a user. `exit_code` follows the CLI convention."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class UsageError(BraasError):
     """Bad input: a missing file, an unknown preset, an invalid frame spec. Nothing was changed."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class PresetError(UsageError):
@@ -21,6 +28,14 @@ class PresetError(UsageError):
 
 class ConnectionFailed(BraasError):
     """The cluster could not be reached or refused us (host key, authentication, network)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class WaitTimedOut(BraasError):
+    """`wait --timeout` ran out before the job ended; the job goes on."""
+
+    exit_code = EXIT_TIMED_OUT
 
 
 class RemoteCommandError(BraasError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import events, monitor, recovery, registry, service
 from .blender_version import check_can_open
 from .context import job_context
-from .errors import BraasError, UsageError
+from .errors import BraasError, UsageError, WaitTimedOut
 from .frames import format_frames
 from .jobs import JobSpec, frame_file_name
 from .local_blender import local_blender
@@ -146,7 +146,8 @@ async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | No
             if current.state in TERMINAL:
                 return current
             if deadline is not None and time.monotonic() > deadline:
-                raise BraasError(f"job {name} is still {current.state} after {timeout_s:.0f} s")
+                raise WaitTimedOut(f"job {name} is still {current.state} after {timeout_s:.0f} s; it goes on: "
+                                   f"braas-hpc wait {name} again, or braas-hpc status {name}")
     if failed is not None:
         raise failed.error
     raise AssertionError("watch ends only once the job has ended")  # pragma: no cover

@@ -32,6 +32,7 @@ from .base import (
     SSHTarget,
     StreamHandle,
     Transport,
+    connect_error_words,
     make_private_socket,
     merge_lines,
     remote_line,
@@ -169,7 +170,7 @@ class AsyncsshTransport(Transport):
                 f"{', '.join(hop.key_files or self.target.key_files) or 'ssh-agent and default keys'}") from exc
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise ConnectionFailed(f"cannot connect to {hop.user}@{hop.hostname}:{hop.port}: "
-                                   f"{exc or type(exc).__name__}") from exc
+                                   f"{connect_error_words(exc)}") from exc
 
     async def _options(self, hop: Hop) -> dict[str, Any]:
         options: dict[str, Any] = {

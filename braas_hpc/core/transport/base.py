@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import posixpath
 import shlex
 import stat
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +26,19 @@ from typing import Any, Protocol
 
 from ..errors import ConnectionFailed, ConnectionLost, RemoteCommandError, TransferError
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 TRANSFER_ATTEMPTS = 4  # a transfer survives this many dropped connections, resuming each time
 PART_SUFFIX = ".braas-part"
+
+
+def connect_error_words(exc: BaseException) -> str:
+    """Why a connection could not be made, in words a user can act on (asyncio says only "Connect call
+    failed" for a refused connection)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing accepts connections there (a wrong host or port, or the login node is down)"
+    return str(exc) or type(exc).__name__
 
 
 def quote_command(argv: Sequence[str]) -> str:
@@ -315,9 +327,17 @@ class Transport(ABC):
         check: bool = True,
     ) -> CommandResult:
         data = stdin.encode() if isinstance(stdin, str) else stdin
+        started = time.monotonic()
         status, out, err = await self._exec(remote_line(argv), data, timeout)
+        if log.isEnabledFor(logging.DEBUG):  # `--debug`, `--log-file`: what ran where, and how long it took
+            log.debug("%s %s: %.300s -> exit %s in %.3f s (%d bytes out, %d err)", self.name, self._where(),
+                      quote_command(argv), status, time.monotonic() - started, len(out), len(err))
         result = CommandResult(tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace"))
         return result.check() if check else result
+
+    def _where(self) -> str:
+        target = getattr(self, "target", None)
+        return f"{target.host}" if target is not None else "this computer"
 
     async def stream(self, argv: Sequence[str], *, check: bool = True) -> AsyncIterator[StreamLine]:
         """Lines as they arrive. Cancelling, or closing the generator early, ends the remote process group.

@@ -1,0 +1,82 @@
+"""The CLI's exit statuses, as scripts branch on them (README: 0 ok, 1 the job failed, 2 bad input, 3 a
+cluster could not be reached, 124 `wait --timeout` ran out, 130 interrupted), and what `--debug` and
+`--log-file` tell: every command run on the cluster, with its exit status and time, in a private file."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from braas_hpc import cli
+from tests.conftest import run_cli
+from tests.integration.test_keeper import write_preset
+from tests.testbed import testbed as tb
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:  # bound, never listening: a connection to it is refused at once
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko", "openssh"])
+def test_a_cluster_that_refuses_the_connection_is_exit_3(testbed: tb.Testbed, backend: str) -> None:
+    write_preset(testbed, "tb-refused", port=_closed_port(), ssh_backend=backend)
+    done = run_cli("test", "tb-refused")
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "refused" in done.stderr.lower(), done.stderr
+
+
+def test_wait_that_runs_out_is_exit_124_and_the_job_goes_on(testbed: tb.Testbed, sample_scene: Path) -> None:
+    submitted = run_cli("submit", str(sample_scene), "--preset", "testbed", "--frames", "1-3", "--max-parallel", "1",
+                        "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)["job"]
+    try:
+        waited = run_cli("wait", job, "--timeout", "0")
+        assert waited.returncode == 124, waited.stderr
+        assert f"braas-hpc wait {job}" in waited.stderr and "Traceback" not in waited.stderr
+    finally:
+        run_cli("cancel", job)
+
+
+def test_debug_and_log_file_tell_every_remote_command_and_the_file_is_private(testbed: tb.Testbed,
+                                                                              tmp_path: Path) -> None:
+    log = tmp_path / "braas.log"
+    shown = run_cli("test", "testbed", "--debug", "--log-file", str(log))
+    assert shown.returncode == 0, shown.stderr
+    commands = [line for line in shown.stderr.splitlines()
+                if line.startswith("braas-hpc: debug:") and " -> exit " in line]
+    assert commands and all(" s (" in line for line in commands), shown.stderr
+    written = log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert sum(" -> exit " in line for line in written.splitlines()) == len(commands), written
+    quiet = run_cli("--log-file", str(log), "test", "testbed")  # the option before the verb; nothing shown
+    assert quiet.returncode == 0 and "debug:" not in quiet.stderr, quiet.stderr
+    assert log.read_text().count(" -> exit ") == 2 * len(commands)  # appended, not replaced
+
+
+def test_a_log_file_through_a_link_is_refused(user_dirs: dict[str, str], tmp_path: Path) -> None:
+    target = tmp_path / "someone-elses.log"
+    target.write_text("theirs\n")
+    link = tmp_path / "braas.log"
+    link.symlink_to(target)
+    done = run_cli("--log-file", str(link), "presets")
+    assert done.returncode == 2 and "is a symbolic link" in done.stderr, done.stderr
+    assert target.read_text() == "theirs\n"
+
+
+def test_an_os_error_is_a_sentence_not_a_traceback(user_dirs: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    async def refused(_args: object) -> int:
+        raise PermissionError(13, os.strerror(13), "/somewhere/frames")
+
+    monkeypatch.setattr(cli, "cmd_presets", refused)
+    assert cli.main(["presets"]) == 1
+    said = capsys.readouterr().err
+    assert "Permission denied: /somewhere/frames" in said and "Traceback" not in said, said
