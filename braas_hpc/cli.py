@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_logging
+from . import cli_logging, cli_progress
 from .core import VERSION, logs, monitor, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
@@ -130,7 +130,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             print(f"# then the finish step (summary.json, thumb.jpg), submitted with:\n#   {plan.finish_command}")
             print(plan.finish_script, end="")
         return 0
-    result = await service.submit(_request(args, args.preset))
+    with cli_progress.shown(err, args.json):
+        result = await service.submit(_request(args, args.preset))
     for warning in result.warnings:
         err.print(f"warning: {plain(warning)}")
     if args.json:
@@ -277,8 +278,9 @@ def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
-    final = await watch.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
-                               recover=not args.no_recover)
+    with cli_progress.shown(err, args.json):
+        final = await watch.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
+                                 recover=not args.no_recover)
     if args.json:
         _print_json(final.to_json())
     else:
@@ -299,7 +301,8 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 async def cmd_resubmit(args: argparse.Namespace) -> int:
     avoid = None if args.exclude is None else tuple(n.strip() for n in args.exclude.split(",") if n.strip())
-    result, chosen = await recovery.resubmit_missing(job_context(args.job), avoid)
+    with cli_progress.shown(err, args.json):
+        result, chosen = await recovery.resubmit_missing(job_context(args.job), avoid)
     if args.json:
         _print_json({**result.to_json(), "chunk": chosen.chunk, "exclude_nodes": list(chosen.exclude_nodes)})
     else:
@@ -365,7 +368,8 @@ async def cmd_install(args: argparse.Namespace) -> int:
     source = BlenderSource(url=args.blender_url or "", sha256=args.blender_sha256 or "",
                            upload=Path(args.blender_upload) if args.blender_upload else None,
                            path=args.blender_path or "", module=args.blender_module or "")
-    report = await install(args.preset, source, args.ssh_backend)
+    with cli_progress.shown(err, args.json):
+        report = await install(args.preset, source, args.ssh_backend)
     if args.json:
         _print_json(report.to_json())
         return 0
@@ -635,6 +639,18 @@ def _trust_and_retry(exc: HostKeyUnknown, prompts: TerminalPrompts) -> bool:
     return True
 
 
+# What Ctrl+C left, and how to go on: nothing is ever half-written (uploads and downloads land under their
+# names only when whole; an interrupted submission is resumed by the same request: core.intents).
+RESUME_HINTS = {
+    "submit": "the same command again resumes this submission: what was sent is kept, nothing is submitted twice",
+    "resubmit": "braas-hpc status {job} shows whether the new round was submitted; if not, resubmit again",
+    "wait": "the job goes on: braas-hpc wait {job}",
+    "status": "the jobs go on: braas-hpc status",
+    "download": "the frames already here are kept and checked: braas-hpc download {job} fetches the rest",
+    "install": "what was installed is kept: the same command goes on from there",
+}
+
+
 def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -661,7 +677,8 @@ def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) 
         err.print(Text("braas-hpc: error:", style="bold red"), plain(cli_logging.describe_os_error(exc)))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        err.print("braas-hpc: interrupted")
+        hint = RESUME_HINTS.get(args.command, "")
+        err.print(f"braas-hpc: interrupted{'; ' + hint.format(job=getattr(args, 'job', '')) if hint else ''}")
         return EXIT_INTERRUPTED
 
 

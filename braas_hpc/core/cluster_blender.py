@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import progress
 from .errors import BraasError, UsageError
 from .jobs import SHA256_HEX, TREE_HASH_SH
 from .paths import config_dir, private_dir, write_private
@@ -178,6 +179,7 @@ async def _version(transport: Transport, argv: list[str]) -> str:
 
 
 async def _unpack(transport: Transport, archive: str, directory: str, digest: str) -> str:
+    progress.report("unpacking Blender on the cluster")
     done = await transport.run(["sh", "-c", _UNPACK, "sh", archive, directory, digest], timeout=1800)
     tree = _tree(done.stdout)
     if not tree:
@@ -201,6 +203,7 @@ async def from_url(transport: Transport, preset: Preset, root: str, url: str, di
     if tree:
         return await _report(transport, directory, tree, url=url, changed=False)
     archive = posixpath.join(root, "blender", "downloads", file_name)
+    progress.report(f"downloading {file_name} on the cluster")  # curl there: no byte count comes back
     done = await transport.run(["sh", "-c", _FETCH, "sh", url, archive, digest], check=False, timeout=3600)
     if done.exit_status == 5:
         got = done.stdout.split()[-1] if done.stdout.split() else "?"
@@ -228,7 +231,8 @@ async def from_upload(transport: Transport, preset: Preset, root: str, local: Pa
         return await _report(transport, directory, tree, upload=str(local), changed=False)
     archive = posixpath.join(root, "blender", "downloads", local.name)
     await transport.run(["mkdir", "-p", "--", posixpath.dirname(archive)])
-    await transport.put(local, archive, verify=True)  # resumes a part left by a dropped connection
+    await transport.put(local, archive, lambda done, total: progress.report(f"uploading {local.name}", done, total),
+                        verify=True)  # resumes a part left by a dropped connection
     tree = await _unpack(transport, archive, directory, digest)
     await transport.run(["rm", "-f", "--", archive])
     return await _report(transport, directory, tree, upload=str(local), changed=True, sent=local.stat().st_size)

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from . import events, monitor, recovery, registry, service
+from . import events, monitor, progress, recovery, registry, service
 from .blender_version import check_can_open
 from .context import job_context
 from .errors import BraasError, UsageError, WaitTimedOut
@@ -143,6 +143,7 @@ async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | No
                 failed = report.errors[0]
                 continue
             (current,) = report.statuses
+            progress.report(f"{current.state.lower()}, frames", current.frames_done, current.frames_total)
             if current.state in TERMINAL:
                 return current
             if deadline is not None and time.monotonic() > deadline:

@@ -1,19 +1,26 @@
-"""The CLI's exit statuses, as scripts branch on them (README: 0 ok, 1 the job failed, 2 bad input, 3 a
-cluster could not be reached, 124 `wait --timeout` ran out, 130 interrupted), and what `--debug` and
-`--log-file` tell: every command run on the cluster, with its exit status and time, in a private file."""
+"""The CLI as scripts and people meet it: its exit statuses (README: 0 ok, 1 the job failed, 2 bad input,
+3 a cluster could not be reached, 124 `wait --timeout` ran out, 130 interrupted); what `--debug` and
+`--log-file` tell (every command run on the cluster, with its exit status and time, in a private file);
+progress drawn on a terminal, and nowhere else."""
 
 from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import secrets
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from braas_hpc import cli
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.integration.test_keeper import write_preset
 from tests.testbed import testbed as tb
 
@@ -80,3 +87,47 @@ def test_an_os_error_is_a_sentence_not_a_traceback(user_dirs: dict[str, str], mo
     assert cli.main(["presets"]) == 1
     said = capsys.readouterr().err
     assert "Permission denied: /somewhere/frames" in said and "Traceback" not in said, said
+
+
+def _on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal (as a user's shell has it): its exit status, what it printed
+    and what it drew."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    process = subprocess.Popen([sys.executable, "-m", "braas_hpc.cli", *args], stdout=subprocess.PIPE,
+                               stderr=secondary, env=env, cwd=REPO)
+    os.close(secondary)
+    drawn = bytearray()
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the CLI closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    printed, _ = process.communicate(timeout=600)
+    os.close(primary)
+    return process.returncode, printed.decode(), drawn.decode(errors="replace")
+
+
+def test_a_long_submit_and_wait_show_their_progress_on_a_terminal_only(testbed: tb.Testbed, tmp_path: Path) -> None:
+    """A scene with 30 MB of texture the cluster has never seen: the terminal shows the packing, the
+    upload in human units with its rate, then `wait` the frames; `--json` and a pipe show nothing."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "examples" / "sample", project)
+    with (project / "textures" / "checker.png").open("ab") as texture:  # PNG readers ignore what follows
+        texture.write(secrets.token_bytes(30 << 20))
+    status, printed, drawn = _on_a_terminal("submit", str(project / "sample.blend"), "--preset", "testbed",
+                                            "--frames", "1-2")
+    assert status == 0, drawn
+    assert "packing" in drawn and "uploading" in drawn, drawn
+    assert re.search(r"[0-9.]+ MB/[0-9.]+ MB at [0-9.]+ [kMG]B/s", drawn), drawn  # human units, with the rate
+    job = printed.strip().splitlines()[-1].strip()
+    status, _, drawn = _on_a_terminal("wait", job, "--timeout", "600")
+    assert status == 0 and re.search(r"frames.*[0-2]/2", drawn), drawn
+    status, _, drawn = _on_a_terminal("submit", str(project / "sample.blend"), "--preset", "testbed", "--frames", "1",
+                                      "--json")
+    assert status == 0 and "packing" not in drawn and "uploading" not in drawn, drawn
+    piped = run_cli("submit", str(project / "sample.blend"), "--preset", "testbed", "--frames", "1")
+    assert piped.returncode == 0 and "packing" not in piped.stderr, piped.stderr
