@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_logging, cli_progress
-from .core import VERSION, logs, monitor, recovery, registry, service, transfer, watch
+from .core import VERSION, logs, monitor, readiness, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
 from .core.errors import (
@@ -48,10 +48,12 @@ from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
 from .core.schedulers import scheduler_for
 from .core.schedulers.base import TERMINAL
+from .core.store import HashCache
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
 from .core.transport.keeper import link as keeper_link
 from .core.transport.keeper.sockets import KeeperNotRunning, KeeperUnavailable
+from .core.user_presets import catalogue, is_builtin, save_user_preset, user_preset_path
 from .prompts import TerminalPrompts
 
 # No markup: messages quote file names, remote errors and logs, which may hold `[/bold]` (a crash) or escapes.
@@ -429,16 +431,70 @@ async def cmd_extension(args: argparse.Namespace) -> int:
 
 
 async def cmd_presets(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        return _add_preset(args)
     presets = all_presets()
     for preset in presets:  # what only the preset's scheduler can check
         scheduler_for(preset.scheduler).gpu_request(preset)
+    cache = HashCache()
+    checks = {p.name: readiness.local_checks(p, cache) for p in presets}
     if args.json:
         _print_json([{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
-                      "source": p.source} for p in presets])
-    else:
-        for p in presets:
-            print(f"{p.name:16} {p.scheduler:6} {p.title}")
+                      "yours": not is_builtin(p), "ready": readiness.summary(checks[p.name]),
+                      "checks": [c.to_json() for c in checks[p.name]]} for p in presets])
+        return 0
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("preset", "scheduler", "ready", "title"):
+        table.add_column(column, overflow="fold")
+    for p in presets:
+        ready = readiness.summary(checks[p.name])
+        table.add_row(p.name + ("" if is_builtin(p) else " (yours)"), p.scheduler,
+                      Text(ready, style="green" if ready == "ready" else "yellow"), p.title)
+    out.print(table)
+    print("what a preset needs, and how: braas-hpc doctor PRESET; your own: braas-hpc presets add NAME --base SITE")
     return 0
+
+
+def _add_preset(args: argparse.Namespace) -> int:
+    if not args.name:
+        raise UsageError("presets add needs a NAME: braas-hpc presets add NAME --base SITE --account A ...")
+    path = user_preset_path(args.name)
+    if path.exists() and not args.force:
+        raise UsageError(f"preset {args.name} already exists ({path}); --force replaces it")
+    if not args.base and not args.host:
+        raise UsageError(f"a preset needs a --base (one of: {', '.join(catalogue())}) or a --host and --scheduler")
+    values = {key: getattr(args, key) for key in ("host", "user", "account", "workdir", "partition_cpu",
+                                                  "partition_gpu", "key_file", "proxy_jump", "ssh_backend",
+                                                  "scheduler", "blender", "title") if getattr(args, key, None)}
+    if args.port:
+        values["port"] = args.port
+    preset = save_user_preset(args.name, values, base=args.base or "")
+    checks = readiness.local_checks(preset)
+    if args.json:
+        _print_json({"name": preset.name, "file": str(path), "ready": readiness.summary(checks),
+                     "checks": [c.to_json() for c in checks]})
+        return 0
+    print(f"wrote {path}" + (f" (on top of the built-in {args.base})" if args.base else ""))
+    for check in checks:
+        if check.ok is False:
+            print(f"  to do, {check.what}: {check.found}; {check.fix}")
+    print(f"next: braas-hpc doctor {preset.name}")
+    return 0
+
+
+async def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = await readiness.doctor(args.preset, args.ssh_backend)
+    if args.json:
+        _print_json({"preset": args.preset, "ready": readiness.summary(checks),
+                     "checks": [c.to_json() for c in checks]})
+    else:
+        for check in checks:
+            mark = {True: "ok  ", False: "FAIL", None: "--  "}[check.ok]
+            print(plain(f"{mark} {check.what:9} {check.found}"))
+            if check.ok is False and check.fix:
+                print(plain(f"     {'':9} to fix: {check.fix}"))
+        print(f"{args.preset}: {readiness.summary(checks)}")
+    return 1 if any(c.ok is False for c in checks) else 0
 
 
 async def cmd_keeper(args: argparse.Namespace) -> int:
@@ -599,7 +655,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", metavar="NODES", help="comma-separated nodes the new round must not use (Slurm; "
                    "default: those where tasks of the job died twice, as automatic recovery does)")
 
-    add("presets", cmd_presets, "list the cluster presets")
+    p = add("presets", cmd_presets, "list the cluster presets and whether each is ready; or add one of yours")
+    p.add_argument("action", nargs="?", choices=["list", "add"], default="list")
+    p.add_argument("name", nargs="?", metavar="NAME", help="add: the new preset's name")
+    p.add_argument("--base", metavar="SITE", help="add: the built-in preset it starts from (every key not given)")
+    p.add_argument("--force", action="store_true", help="add: replace a preset of yours of that name")
+    for key, what in (("host", "the login node"), ("user", "your user name there"),
+                      ("account", "the project charged"), ("workdir", "your working directory there (absolute)"),
+                      ("partition-cpu", "the CPU partition"), ("partition-gpu", "the GPU partition"),
+                      ("key-file", "your private key"), ("proxy-jump", "a gateway, OpenSSH ProxyJump syntax"),
+                      ("scheduler", "slurm, pbs or sge (no --base)"), ("blender", "Blender's command there"),
+                      ("title", "a description")):
+        p.add_argument(f"--{key}", help=f"add: {what}")
+    p.add_argument("--port", type=int, help="add: the SSH port")
+    p.add_argument("--ssh-backend", choices=SSH_BACKENDS, help="add: how to connect")
+
+    p = add("doctor", cmd_doctor, "check a preset on its cluster (login, account, workdir, scripts, Blender) and "
+            "say what to do")
+    p.add_argument("preset", metavar="PRESET")
+    p.add_argument("--ssh-backend", choices=SSH_BACKENDS)
 
     p = add("keeper", cmd_keeper, "the connections kept open between commands: list them, or close them all")
     p.add_argument("action", choices=["status", "stop"])

@@ -23,7 +23,7 @@ from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pac
 from .presets import Preset
 from .schedulers import Scheduler, scheduler_for
 from .schedulers.base import Round
-from .scripts import ScriptsReport, scripts_for, scripts_version
+from .scripts import ScriptsReport, scripts_for, scripts_place, scripts_version
 from .store import HashCache, MissingFromStore, UploadReport
 from .submit_exchange import HelperUnavailable
 from .transport import CommandResult, Transport
@@ -171,10 +171,6 @@ def conversing(preset: Preset) -> bool:
             and preset.name not in _STEPWISE)
 
 
-def _scripts_place(preset: Preset, root: str) -> str:
-    return f"{preset.user}@{preset.host}:{preset.port}{root}"
-
-
 async def _deliver_conversing(transport: Transport, preset: Preset, paths: JobPaths, staged: StagedInputs,
                               files: dict[str, str], round_: Round | None, cache: HashCache) -> Delivered:
     scheduler = scheduler_for(preset.scheduler)
@@ -199,7 +195,7 @@ async def _deliver_conversing(transport: Transport, preset: Preset, paths: JobPa
 async def _converse(transport: Transport, preset: Preset, paths: JobPaths, dirs: list[str], staged: StagedInputs,
                     steps: list[dict[str, object]], cache: HashCache) -> tuple[submit_exchange.Outcome, ScriptsReport]:
     """One conversation with the cluster's submission helper; the scripts are checked (and repaired) in it."""
-    place = _scripts_place(preset, paths.root)
+    place = scripts_place(preset, paths.root)
     offer = submit_exchange.Offer(staged.sources, staged.sizes, submit_exchange.scripts_dir(paths.root))
     for attempt in range(TRANSFER_ATTEMPTS):
         # A dropped connection is tried again: every step is safe to repeat (guarded submissions answer

@@ -164,6 +164,11 @@ async def ensure_scripts(transport: Transport, root: str) -> ScriptsReport:
                          tuple(n for n in sorted(wanted) if n not in stale))
 
 
+def scripts_place(preset: Preset, root: str) -> str:
+    """Where this computer records the cluster scripts it saw installed (store.HashCache.scripts_seen)."""
+    return f"{preset.user}@{preset.host}:{preset.port}{root}"
+
+
 def git_scripts_dir(root: str, branch: str) -> str:
     return posixpath.join(root, "scripts", "git-" + re.sub(r"[^A-Za-z0-9._-]", "_", branch))
 

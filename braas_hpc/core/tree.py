@@ -21,6 +21,7 @@ from .paths import data_dir
 from .presets import Preset
 from .transport import Transport, target_for
 from .transport.sshconfig import resolve
+from .user_presets import how_to_set
 
 ROOT_PREFIX = "braas-hpc-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -67,7 +68,8 @@ def remote_root(preset: Preset, placeholder: bool = False) -> str:
         base = "<workdir>"
     else:
         hint = f" (the site documents {preset.workdir_hint})" if preset.workdir_hint else ""
-        raise UsageError(f"preset {preset.name} has no working directory: set workdir in {preset.source}{hint}")
+        raise UsageError(f"preset {preset.name} has no working directory{hint}: braas-hpc workdir {preset.name} "
+                         f"lists candidates; then {how_to_set(preset, 'workdir', 'PATH')}")
     return f"{base.rstrip('/')}/{root_name(remote_user(preset))}"
 
 

@@ -32,6 +32,19 @@ def user_preset_path(name: str) -> Path:
     return user_presets_dir() / f"{name}.toml"
 
 
+def is_builtin(preset: Preset) -> bool:
+    """Whether the preset is read from the package's own catalogue (not a file of the user's)."""
+    return not preset.source or Path(preset.source).parent == BUILTIN_DIR
+
+
+def how_to_set(preset: Preset, option: str, value: str) -> str:
+    """How the user sets one key of this preset: in their own file, or by the command that writes one;
+    never by editing a file inside the installed package."""
+    if is_builtin(preset):
+        return f"braas-hpc presets add {preset.name} --base {preset.name} --{option} {value}"
+    return f"set {option.replace('-', '_')} in {preset.source}"
+
+
 def catalogue() -> list[str]:
     """Names of the built-in presets a user can start from (the local preset needs no setting up)."""
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml") if p.stem != "local")
