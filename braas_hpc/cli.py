@@ -39,9 +39,13 @@ from .core.errors import (
     EXIT_TIMED_OUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    AuthenticationFailed,
     BraasError,
+    ConnectionFailed,
+    HostKeyError,
     HostKeyUnknown,
     UsageError,
+    WaitTimedOut,
 )
 from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
@@ -732,8 +736,7 @@ def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) 
             debug=getattr(args, "debug", False) or os.environ.get("BRAAS_HPC_DEBUG") == "1",
             verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None))
     except BraasError as exc:
-        err.print(Text("braas-hpc: error:", style="bold red"), plain(str(exc)))
-        return exc.exit_code
+        return _failed(args, _error_kind(exc), str(exc), exc.exit_code)
     prompts = prompts or TerminalPrompts()
     pool.prompts = prompts
     try:
@@ -741,19 +744,37 @@ def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) 
             return asyncio.run(_run(args))
         except HostKeyUnknown as exc:
             if not _trust_and_retry(exc, prompts):
-                return exc.exit_code
+                return _failed(args, "host_key", str(exc), exc.exit_code, said=True)
             return asyncio.run(_run(args))
     except BraasError as exc:
-        err.print(Text("braas-hpc: error:", style="bold red"), plain(str(exc)))
-        return exc.exit_code
+        return _failed(args, _error_kind(exc), str(exc), exc.exit_code)
     except OSError as exc:  # this computer's own refusal (a full disk, a folder not ours): said, not a traceback
         logging.getLogger("braas_hpc").debug("unexpected OSError", exc_info=True)
-        err.print(Text("braas-hpc: error:", style="bold red"), plain(cli_logging.describe_os_error(exc)))
-        return EXIT_FAILED
+        return _failed(args, "system", cli_logging.describe_os_error(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(args.command, "")
-        err.print(f"braas-hpc: interrupted{'; ' + hint.format(job=getattr(args, 'job', '')) if hint else ''}")
-        return EXIT_INTERRUPTED
+        message = f"interrupted{'; ' + hint.format(job=getattr(args, 'job', '')) if hint else ''}"
+        return _failed(args, "interrupted", message, EXIT_INTERRUPTED)
+
+
+def _error_kind(exc: BraasError) -> str:
+    """The `kind` of a `--json` error, for scripts: what failed, not how it was said."""
+    for kind, types in (("host_key", HostKeyError), ("authentication", AuthenticationFailed),
+                        ("connection", ConnectionFailed), ("timeout", WaitTimedOut), ("usage", UsageError)):
+        if isinstance(exc, types):
+            return kind
+    return "failed"
+
+
+def _failed(args: argparse.Namespace, kind: str, message: str, code: int, said: bool = False) -> int:
+    """Say why the command failed on stderr and, with `--json`, as the one JSON document on stdout:
+    {"error": {"kind", "message", "exit_code"}}, so a script reads the reason where it reads results."""
+    if not said:
+        err.print(Text("braas-hpc: error:" if kind != "interrupted" else "braas-hpc:", style="bold red"),
+                  plain(message))
+    if getattr(args, "json", False):
+        _print_json({"error": {"kind": kind, "message": plain(message), "exit_code": code}})
+    return code
 
 
 if __name__ == "__main__":

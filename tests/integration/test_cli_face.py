@@ -37,6 +37,15 @@ def test_a_cluster_that_refuses_the_connection_is_exit_3(testbed: tb.Testbed, ba
     done = run_cli("test", "tb-refused")
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and "refused" in done.stderr.lower(), done.stderr
+    scripted = run_cli("test", "tb-refused", "--json")
+    assert scripted.returncode == 3 and json.loads(scripted.stdout)["error"]["kind"] == "connection", scripted.stdout
+
+
+def test_bad_input_with_json_is_a_json_error_on_stdout(user_dirs: dict[str, str]) -> None:
+    done = run_cli("wait", "no-such-job", "--json")
+    error = json.loads(done.stdout)["error"]
+    assert done.returncode == 2 and (error["kind"], error["exit_code"]) == ("usage", 2), done.stdout
+    assert "no job named 'no-such-job'" in error["message"] and "no job named" in done.stderr
 
 
 def test_wait_that_runs_out_is_exit_124_and_the_job_goes_on(testbed: tb.Testbed, sample_scene: Path) -> None:
@@ -48,6 +57,10 @@ def test_wait_that_runs_out_is_exit_124_and_the_job_goes_on(testbed: tb.Testbed,
         waited = run_cli("wait", job, "--timeout", "0")
         assert waited.returncode == 124, waited.stderr
         assert f"braas-hpc wait {job}" in waited.stderr and "Traceback" not in waited.stderr
+        scripted = run_cli("wait", job, "--timeout", "0", "--json")  # the reason where a script reads results
+        error = json.loads(scripted.stdout)["error"]
+        assert scripted.returncode == 124 and error["kind"] == "timeout" and error["exit_code"] == 124, error
+        assert f"braas-hpc wait {job}" in error["message"]
     finally:
         run_cli("cancel", job)
 
