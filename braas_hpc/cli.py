@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -29,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_logging, cli_progress
+from . import cli_json, cli_logging, cli_progress
 from .core import VERSION, logs, monitor, readiness, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
@@ -65,8 +64,10 @@ err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 out = Console()  # the live table of `status --watch`
 
 
-def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=1))
+def _print_json(data: dict[str, object]) -> None:
+    """The one JSON document of a `--json` command: an object whose `schema` says which version of the
+    documented contract (docs/json.md) it follows."""
+    print(cli_json.document(data))
 
 
 def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
@@ -228,7 +229,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     _ask_about_host_keys(report)
     _tell_recoveries(recoveries)
     if args.json:
-        _print_json(report.to_json())
+        _print_json({"jobs": report.to_json()})
     else:
         print("\n".join(_report_lines(report)))
     return PARTIAL if report.errors else 0
@@ -408,7 +409,7 @@ async def cmd_workdir(args: argparse.Namespace) -> int:
         return 0
     candidates = await find_workdir(preset, transport)
     if args.json:
-        _print_json([c.to_json() for c in candidates])
+        _print_json({"preset": preset.name, "candidates": [c.to_json() for c in candidates]})
         return 0
     if preset.workdir_hint:
         print(f"the site documents: {preset.workdir_hint}")
@@ -443,9 +444,9 @@ async def cmd_presets(args: argparse.Namespace) -> int:
     cache = HashCache()
     checks = {p.name: readiness.local_checks(p, cache) for p in presets}
     if args.json:
-        _print_json([{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
-                      "yours": not is_builtin(p), "ready": readiness.summary(checks[p.name]),
-                      "checks": [c.to_json() for c in checks[p.name]]} for p in presets])
+        _print_json({"presets": [{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
+                                  "yours": not is_builtin(p), "ready": readiness.summary(checks[p.name]),
+                                  "checks": [c.to_json() for c in checks[p.name]]} for p in presets]})
         return 0
     table = Table(box=None, pad_edge=False, show_edge=False)
     for column in ("preset", "scheduler", "ready", "title"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
+from braas_hpc.cli_json import document
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import SSH_BACKENDS
 from braas_hpc.core.transport import quote_command
@@ -27,7 +27,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
     _say(f"submitted session {record.name} as job {record.job_id}; waiting for a node")
     node = await session.wait_ready(record, timeout=args.timeout)
     if args.json:
-        print(json.dumps({"session": record.name, "job": record.job_id, "node": node, "dir": record.paths.dir}))
+        print(document({"session": record.name, "job": record.job_id, "node": node, "dir": record.paths.dir}))
     else:
         _say(f"session {record.name} holds {node} (job {record.job_id}, {record.walltime_min} min)")
         print(record.name)
@@ -77,8 +77,8 @@ async def cmd_tunnel(args: argparse.Namespace) -> int:
     port = await tunnel.open()
     if tunnel.local_path is None:
         _say(f"warning: {TCP_WARNING}" + ("" if UNIX_SOCKETS else " (no Unix sockets on this system)"))
-    print(json.dumps({"local_port": port, "local_path": tunnel.local_path, "host": conn.host, "port": conn.port})
-          if args.json else tunnel.local_end, flush=True)
+    print(document({"local_port": port, "local_path": tunnel.local_path, "host": conn.host, "port": conn.port},
+                   indent=None) if args.json else tunnel.local_end, flush=True)
     try:
         while True:  # until Ctrl-C; the watchdog re-opens the tunnel after a drop
             await asyncio.sleep(3600)
@@ -90,9 +90,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     records = [load_record(args.session)] if args.session else all_records()
     states = [await session.state(r) for r in records]
     if args.json:
-        print(json.dumps([{"session": s.record.name, "preset": s.record.preset, "job": s.record.job_id,
-                           "state": s.job_state, "node": s.node, "command": s.command, "port": s.port}
-                          for s in states], indent=1))
+        print(document({"sessions": [{"session": s.record.name, "preset": s.record.preset, "job": s.record.job_id,
+                                      "state": s.job_state, "node": s.node, "command": s.command, "port": s.port}
+                                     for s in states]}))
     else:
         for s in states:
             print(session.describe(s))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from . import batch, registry
 from .context import JobContext
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, PresetError
+from .frames import format_frames
 from .jobs import JobPaths, missing_frames
 from .markers import MARKER_BYTES, parse_marker
 from .presets import Preset, load_preset, preset_files
@@ -38,7 +39,7 @@ class JobStatus:
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "state": self.state, "frames_done": self.frames_done,
                 "frames_total": self.frames_total, "tasks": self.tasks, "scheduler_ids": list(self.scheduler_ids),
-                "missing": list(self.missing), "summary": self.summary}
+                "missing": format_frames(self.missing), "summary": self.summary}
 
 
 def aggregate(states: list[TaskState], frames_missing: int, unseen: bool = False) -> str:

@@ -21,7 +21,7 @@ def _submit(scene: Path, frames: str, chunk: str = "1") -> tuple[str, Path]:
 def _listed() -> list[str]:
     done = run_cli("status", "--json", "--no-recover")
     assert done.returncode == 0, done.stderr
-    return [entry["job"] for entry in json.loads(done.stdout)]
+    return [entry["job"] for entry in json.loads(done.stdout)["jobs"]]
 
 
 def test_forget_takes_ended_jobs_off_the_list_and_refuses_a_running_one(user_dirs: dict[str, str],

@@ -25,7 +25,7 @@ def _until(condition: Callable[[], object], what: str, timeout: float = 120) -> 
 def _status(job: str) -> dict:
     done = run_cli("status", job, "--json")
     assert done.returncode == 0, done.stderr
-    (found,) = json.loads(done.stdout)
+    (found,) = json.loads(done.stdout)["jobs"]
     return found
 
 

@@ -25,7 +25,7 @@ def test_follow_fetches_while_running_and_verifies(testbed, tmp_path: Path) -> N
     assert [p.name for p in frames] == [f"frame_{f:06d}.png" for f in range(1, 5)]
     for frame in frames:
         check_frame(frame)
-    assert json.loads(run_cli("status", job, "--json").stdout)[0]["state"] == "COMPLETED"
+    assert json.loads(run_cli("status", job, "--json").stdout)["jobs"][0]["state"] == "COMPLETED"
 
     # A frame damaged on this side (same size) is noticed and fetched again.
     damaged = frames[2]

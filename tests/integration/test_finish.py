@@ -45,7 +45,7 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
     waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
     final = json.loads(waited.stdout)
     # sacct keeps no line for an array task cancelled while pending; it wrote no marker: it never started.
-    assert waited.returncode == 1 and final["state"] == "CANCELLED" and final["missing"] == [5, 6], final
+    assert waited.returncode == 1 and final["state"] == "CANCELLED" and final["missing"] == "5-6", final
     assert final["tasks"] == {"COMPLETED": 2, "CANCELLED": 1}, final
 
     job_dir = job["job_dir"]
@@ -69,7 +69,7 @@ def test_summary_of_a_job_with_a_cancelled_task(testbed, remote, sample_scene: P
     ends = [r.split("|")[3] for r in rows if r.split("|")[0].split("_")[0] == array and r.split("|")[3] != "Unknown"]
     finish = next(r.split("|") for r in rows if r.startswith(f"{job['finish_id']}|"))
     assert finish[1] == "COMPLETED" and finish[2] >= max(ends), rows
-    status = json.loads(run_cli("status", job["job"], "--json").stdout)[0]
+    status = json.loads(run_cli("status", job["job"], "--json").stdout)["jobs"][0]
     assert status["summary"] is True and job["finish_id"] not in status["scheduler_ids"]
     assert status["tasks"] == {"COMPLETED": 2, "CANCELLED": 1}  # the array's tasks only, not the finish job
     assert remote(f"cat {job_dir}/finish.txt").stdout.strip() == f"0 {job['finish_id']}"

@@ -11,8 +11,10 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from braas_hpc.cli_json import SCHEMAS
 from tests.conftest import run_cli
 from tests.helpers import check_frame, eventually
 
@@ -58,7 +60,7 @@ def test_an_array_job_renders_finishes_and_comes_back(sge_preset: str, remote, s
     for frame in sorted((tmp_path / "frames").iterdir()):
         check_frame(frame)
     # The finish step ran after both tasks (-hold_jid) and wrote the summary.
-    status = eventually(lambda: json.loads(run_cli("status", job["job"], "--json").stdout)[0],
+    status = eventually(lambda: json.loads(run_cli("status", job["job"], "--json").stdout)["jobs"][0],
                         lambda s: s["summary"], "the finish step's summary")
     assert status["state"] == "COMPLETED"
     # `logs --task 1`: braas-hpc's log of the task and Grid Engine's own output file of it.
@@ -92,13 +94,15 @@ def test_a_lost_frame_is_rendered_again(sge_preset: str, remote, sample_scene: P
 
 
 def test_an_interactive_session_runs_a_command_in_its_job(sge_preset: str) -> None:
-    started = run_cli("interactive", "start", sge_preset, "--walltime", "10", timeout=300)
+    started = run_cli("interactive", "start", sge_preset, "--walltime", "10", "--json", timeout=300)
     assert started.returncode == 0, started.stderr
-    session = started.stdout.strip().splitlines()[-1]
+    shown = json.loads(started.stdout)
+    jsonschema.validate(shown, SCHEMAS["interactive start"])  # the documented --json contract (docs/json.md)
+    session = shown["session"]
     try:
         ran = run_cli("interactive", "run", session, "--", "sh", "-c", 'echo "job=$BRAAS_JOB_ID"', timeout=300)
         assert ran.returncode == 0, ran.stderr
-        (state,) = [s for s in _json("interactive", "status") if s["session"] == session]
+        (state,) = [s for s in _json("interactive", "status")["sessions"] if s["session"] == session]
         assert re.search(r"^job=\d+$", ran.stdout, flags=re.M) and f"job={state['job']}" in ran.stdout
     finally:
         stopped = run_cli("interactive", "stop", session, timeout=300)

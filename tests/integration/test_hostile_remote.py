@@ -86,7 +86,7 @@ def test_hostile_fields_are_refused_before_anything_is_sent(testbed, tmp_path: P
         frames = [] if "--frames" in args else ["--frames", "1"]
         done = run_cli("submit", str(scene), "--preset", "testbed", *frames, *args)
         assert done.returncode == 2 and named in done.stderr, (args, done.stderr)
-    assert json.loads(run_cli("status", "--json").stdout) == []  # nothing was registered, so nothing submitted
+    assert json.loads(run_cli("status", "--json").stdout)["jobs"] == []  # nothing was registered, so nothing submitted
 
 
 def test_hostile_scene_and_project_names_render(testbed, remote: Remote, tmp_path: Path) -> None:  # noqa: ANN001

@@ -50,7 +50,7 @@ def test_a_killed_submit_run_again_makes_no_second_job(testbed, remote, sample_s
             raise AssertionError(f"the job never reached the scheduler: {client.communicate(timeout=5)}")
         client.send_signal(signal.SIGKILL)
         client.wait(30)
-        assert json.loads(run_cli("status", "--json", "--no-recover").stdout) == []  # nothing registered yet
+        assert json.loads(run_cli("status", "--json", "--no-recover").stdout)["jobs"] == []  # nothing registered yet
         # The first run's sbatch finishes on the cluster and records its answer: until then a process
         # there still has the marker in its command line (`[i]` keeps pgrep's own shell out of it).
         eventually(lambda: remote(f"pgrep -u {testbed.user} -f '[{marker[0]}]{marker[1:]}'").returncode,
@@ -64,7 +64,7 @@ def test_a_killed_submit_run_again_makes_no_second_job(testbed, remote, sample_s
     arrays = {line.split("|")[0].split("_")[0] for line in ids if "finish" not in line}
     assert len(arrays) == 1, f"the scheduler holds {arrays} for one submission"
     assert result["scheduler_ids"] == [arrays.pop()]
-    (registered,) = json.loads(run_cli("status", "--json", "--no-recover").stdout)
+    (registered,) = json.loads(run_cli("status", "--json", "--no-recover").stdout)["jobs"]
     assert registered["job"] == result["job"]
     assert run_cli("wait", result["job"], "--timeout", "600", timeout=700).returncode == 0
 

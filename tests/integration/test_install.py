@@ -142,7 +142,7 @@ def test_submission_repairs_stale_scripts_and_the_job_runs(fresh: str, remote, s
     job_dir = submitted["job_dir"]
     summary = json.loads(cluster_file_when_written(remote, f"{job_dir}/summary.json"))
     assert summary["frames_ok"] == 1 and summary["missing"] == [] and summary["thumbnail"] == "thumb.jpg"
-    status = json.loads(run_cli("status", submitted["job"], "--json").stdout)[0]
+    status = json.loads(run_cli("status", submitted["job"], "--json").stdout)["jobs"][0]
     assert status["state"] == "COMPLETED" and status["summary"] is True
 
 
@@ -204,7 +204,7 @@ def test_workdir_is_found_shown_and_set_only_on_request(testbed, remote) -> None
                                  workdir_command=("printenv", "HOME"))
     path.write_text(to_toml(preset))
     before = path.read_text()
-    found = {c["path"]: c for c in _json("workdir", name)}
+    found = {c["path"]: c for c in _json("workdir", name)["candidates"]}
     assert found["/home/braastb"]["source"] == "printenv HOME" and found["/home/braastb"]["writable"] is True
     assert found["/home/braastb/work"]["source"] == "hint /home/{user}/work" and found["/home/braastb/work"]["exists"]
     assert path.read_text() == before  # shown, never silently written

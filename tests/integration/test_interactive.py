@@ -19,8 +19,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from braas_hpc.cli_json import SCHEMAS
 from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, Transport, make_transport
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
 from braas_hpc_interactive.core import session
@@ -279,6 +281,7 @@ def test_cli_tunnel_prints_its_private_socket(first, tcp: bool) -> None:  # noqa
         assert proc.stdout is not None
         shown = json.loads(proc.stdout.readline() or "null")
         assert shown is not None, proc.stderr.read() if proc.stderr else ""
+        jsonschema.validate(shown, SCHEMAS["interactive tunnel"])  # the documented --json contract
         address = ("127.0.0.1", shown["local_port"]) if tcp else (shown["local_path"], 0)
         mode = None if tcp else stat.S_IMODE(os.stat(shown["local_path"]).st_mode)
         answer = _talk(address, conn.token)

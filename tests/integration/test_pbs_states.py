@@ -44,7 +44,7 @@ def test_a_qdel_by_someone_else_ends_every_subjob_cancelled(testbed, remote, sce
     def status() -> dict[str, object]:
         got = run_cli("status", job["job"], "--json", "--no-recover")
         assert got.returncode == 0, got.stderr
-        return json.loads(got.stdout)[0]
+        return json.loads(got.stdout)["jobs"][0]
 
     final = eventually(status, lambda s: s["state"] != "RUNNING" and s["state"] != "PENDING", "the job's end")
     tasks = final["tasks"]

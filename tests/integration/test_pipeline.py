@@ -37,7 +37,7 @@ def test_submit_render_download(testbed, remote, tmp_path: Path) -> None:  # noq
 
         listed = run_cli("status", "--json")
         assert listed.returncode == 0, listed.stderr
-        states = {s["job"]: s for s in json.loads(listed.stdout)}
+        states = {s["job"]: s for s in json.loads(listed.stdout)["jobs"]}
         assert set(states) == {job, second}
         assert states[job]["frames_total"] == 6 and states[job]["state"] == "PENDING"
 
@@ -59,8 +59,8 @@ def test_submit_render_download(testbed, remote, tmp_path: Path) -> None:  # noq
         waited = run_cli("wait", name, "--timeout", "600", timeout=700)
         assert waited.returncode == 0, waited.stdout + waited.stderr
 
-    final = json.loads(run_cli("status", job, "--json").stdout)[0]
-    assert final["state"] == "COMPLETED" and final["frames_done"] == 6 and final["missing"] == []
+    final = json.loads(run_cli("status", job, "--json").stdout)["jobs"][0]
+    assert final["state"] == "COMPLETED" and final["frames_done"] == 6 and final["missing"] == ""
     assert final["tasks"] == {"COMPLETED": 3}  # Slurm really ran a 3-task array (sacct says so)
 
     dest = tmp_path / "frames"

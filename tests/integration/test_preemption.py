@@ -67,7 +67,7 @@ def test_a_preempted_render_is_requeued_and_loses_no_frame(testbed, remote, samp
         nonlocal window
         window += "@@queue" in remote(raw_query).stdout  # sacct still said PREEMPTED: the queue decided
         status = run_cli("status", job["job"], "--json")
-        said.append((json.loads(status.stdout)[0]["state"] if status.returncode == 0 else "?", status.stderr))
+        said.append((json.loads(status.stdout)["jobs"][0]["state"] if status.returncode == 0 else "?", status.stderr))
         return _queue(remote, array)
 
     eventually(poll, lambda queue: "RUNNING" in queue or not queue, "the requeued task to run again", timeout=300,

@@ -27,7 +27,7 @@ def test_presets_add_writes_the_users_own_file_and_presets_says_what_it_still_ne
     assert tomllib.loads(path.read_text()) == {"name": "kar", "base": "karolina", "account": "OPEN-00-00",
                                                "user": "me"}
     assert "to do, workdir" in added.stdout and "braas-hpc workdir kar" in added.stdout, added.stdout
-    listed = json.loads(run_cli("presets", "--json").stdout)
+    listed = json.loads(run_cli("presets", "--json").stdout)["presets"]
     mine = next(p for p in listed if p["name"] == "kar")
     assert mine["yours"] and mine["ready"] == "needs workdir, host key", mine
     assert not any("source" in p or any(str(v).startswith("/") and "site-packages" in str(v) for v in p.values())

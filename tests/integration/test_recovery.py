@@ -94,15 +94,15 @@ def test_frames_lost_later_come_back_until_the_retry_limit(testbed, remote, samp
     frame = shlex.quote(f"{job['job_dir']}/out/frame_000002.png")
     assert remote(f"rm {frame}").returncode == 0
     status = run_cli("status", job["job"], "--json")
-    (current,) = json.loads(status.stdout)
+    (current,) = json.loads(status.stdout)["jobs"]
     assert "1 lost frame(s) resubmitted as round 1" in status.stderr
     assert current["state"] in ("PENDING", "RUNNING", "UNKNOWN", "COMPLETED")  # UNKNOWN: not in sacct yet
     assert run_cli("wait", job["job"], "--timeout", "600", timeout=700).returncode == 0
     assert remote(f"test -s {frame}").returncode == 0
 
     assert remote(f"rm {frame}").returncode == 0  # lost again: the one retry is used up
-    (current,) = json.loads(run_cli("status", job["job"], "--json").stdout)
-    assert current["state"] == "FAILED" and current["missing"] == [2]
+    (current,) = json.loads(run_cli("status", job["job"], "--json").stdout)["jobs"]
+    assert current["state"] == "FAILED" and current["missing"] == "2"
     waited = run_cli("wait", job["job"], "--timeout", "60", timeout=120)
     assert waited.returncode == 1 and "missing frames: 2" in waited.stdout
 

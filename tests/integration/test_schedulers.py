@@ -97,7 +97,7 @@ def test_cancel_removes_running_and_pending_tasks(testbed, remote, scene: Path) 
     while remote(f"squeue -h -j {job_id}").stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert remote(f"squeue -h -j {job_id}").stdout.strip() == ""
-    assert json.loads(run_cli("status", job["job"], "--json").stdout)[0]["state"] == "CANCELLED"
+    assert json.loads(run_cli("status", job["job"], "--json").stdout)["jobs"][0]["state"] == "CANCELLED"
     again = run_cli("cancel", job["job"])
     assert again.returncode == 0 and "already ended" in again.stdout
 
@@ -145,8 +145,8 @@ def test_resubmit_sends_only_missing_frames(testbed, remote, scene: Path, tmp_pa
     job_dir = shlex.quote(job["job_dir"])
     # Lose two frames (a purge, a full disk): the job is no longer complete.
     assert remote(f"rm {job_dir}/out/frame_000002.png {job_dir}/out/frame_000003.png").returncode == 0
-    status = json.loads(run_cli("status", job["job"], "--json", "--no-recover").stdout)[0]
-    assert status["missing"] == [2, 3] and status["state"] == "FAILED"  # the frames decide, not the queue
+    status = json.loads(run_cli("status", job["job"], "--json", "--no-recover").stdout)["jobs"][0]
+    assert status["missing"] == "2-3" and status["state"] == "FAILED"  # the frames decide, not the queue
 
     early = run_cli("resubmit", job["job"], "--json")
     assert early.returncode == 0, early.stderr

@@ -76,7 +76,7 @@ def test_one_cluster_down_hides_no_other_job(broken_presets: list[str], sample_s
     done = run_cli("status", "--json")
 
     assert done.returncode == 3, done.stderr
-    entries = json.loads(done.stdout)
+    entries = json.loads(done.stdout)["jobs"]
     assert [e["job"] for e in entries] == [good, local, closed, f"{good}-otherkey", f"{good}-nologin", doomed]
     for entry in entries[:2]:
         assert (entry["state"], entry["frames_done"], entry["error"]) == ("COMPLETED", 1, None), entry
@@ -116,4 +116,4 @@ def test_one_cluster_down_hides_no_other_job(broken_presets: list[str], sample_s
     assert forced.returncode == 0, forced.stderr
     assert run_cli("forget", "--force", f"{good}-otherkey", f"{good}-nologin").returncode == 0
     after = run_cli("status", "--json")
-    assert after.returncode == 0 and [e["job"] for e in json.loads(after.stdout)] == [good, local]
+    assert after.returncode == 0 and [e["job"] for e in json.loads(after.stdout)["jobs"]] == [good, local]

@@ -37,7 +37,8 @@ def connect_error_words(exc: BaseException) -> str:
     """Why a connection could not be made, in words a user can act on (asyncio says only "Connect call
     failed" for a refused connection)."""
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused: nothing accepts connections there (a wrong host or port, or the login node is down)"
+        return (f"connection refused: nothing accepts connections there (a wrong host or port, or the login node "
+                f"is down): {exc}")
     return str(exc) or type(exc).__name__
 
 
