@@ -14,9 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from braas_hpc.core import VERSION
 from tests.helpers import REPO
@@ -108,6 +111,32 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(wheel: Path, tmp_path: Path, na
     assert plan.returncode == 0, plan.stderr
     assert "#SBATCH --account=<ACCOUNT>" in plan.stdout and "#SBATCH --partition=qcpu" in plan.stdout, plan.stdout
     assert "render_task.py" in plan.stdout  # the cluster scripts are in the wheel (their hash names the directory)
+    if name.endswith("-3.12"):  # no bpy for this Python: the render extra installs, render asks for a Blender
+        _install(venv / "bin" / "python", Path(f"{wheel}[render]"), "3.12")
+        render = subprocess.run([command, "render", str(scene), "--frames", "1", "--out", str(home / "frames")],
+                                capture_output=True, text=True, env=env, cwd=home, timeout=120)
+        assert render.returncode == 2 and "no Blender found" in render.stderr, render.stderr
+        assert "BRAAS_HPC_BLENDER" in render.stderr and not (home / "frames").exists()
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import braas_hpc; print(braas_hpc.__file__)"],
                            capture_output=True, text=True, env=env, cwd=home, timeout=60)
     assert where.stdout.startswith(str(venv)), where.stdout  # the venv's copy, not the clone
+
+
+def _bpy_python(version: str) -> str:
+    """The one Python a bpy release has wheels for: Blender's own (3.11 up to 5.0, 3.13 from 5.1)."""
+    return "3.11" if Version(version) < Version("5.1") else "3.13"
+
+
+def test_render_extra_pins_a_bpy_with_a_wheel_for_each_python(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        (meta,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = archive.read(meta).decode().splitlines()
+    bpy = [Requirement(line.split(":", 1)[1]) for line in lines if line.startswith("Requires-Dist: bpy")]
+    for python in ("3.11", "3.12", "3.13"):
+        pins = [r for r in bpy if r.marker and r.marker.evaluate({"python_version": python, "extra": "render"})]
+        versions = [str(s.version) for r in pins for s in r.specifier if s.operator == "=="]
+        assert len(versions) == len(pins) <= 1, (python, pins)
+        assert [_bpy_python(v) for v in versions] == ([] if python == "3.12" else [python]), (python, versions)
+    # The pins are Blenders the suite runs: the test cluster's (3.11) and the extension matrix's (3.13).
+    from tests.blender.bpy_builds import MATRIX
+    assert {str(s.version) for r in bpy for s in r.specifier} <= {b.version for b in MATRIX}
