@@ -129,8 +129,11 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         plan = service.dry_run(_request(args, args.preset))
         if args.json:
             _print_json({"script": plan.script, "submit": plan.submit_command, "frames_file": plan.frames_file,
-                         "job_dir": plan.job_dir, "finish_script": plan.finish_script, "finish": plan.finish_command})
+                         "job_dir": plan.job_dir, "finish_script": plan.finish_script, "finish": plan.finish_command,
+                         "placeholders": plan.placeholders})
         else:
+            for mark, what in plan.placeholders.items():
+                print(f"# placeholder {mark}: {what}")
             print(f"# would be uploaded to {plan.job_dir}/job.sh and submitted with:\n#   {plan.submit_command}")
             print(plan.script)
             print(f"# frames.txt (one line per array task):\n{plan.frames_file}", end="")

@@ -40,5 +40,6 @@ def local_blender() -> list[str]:
         return [sys.executable, str(BPY_LAUNCHER)]
     raise UsageError(
         "no Blender found on this computer: install Blender 4.2 or newer and put `blender` on PATH, "
-        "set BRAAS_HPC_BLENDER to its command, or `pip install bpy==4.5.4`"
+        "set BRAAS_HPC_BLENDER to its command, or install Blender as a Python module with the render extra "
+        "(`pip install 'braas-hpc[render]'`; Blender publishes it for Python 3.11 and 3.13 only)"
     )

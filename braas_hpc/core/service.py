@@ -28,10 +28,10 @@ from .presets import Preset, load_preset
 from .schedulers import scheduler_for
 from .schedulers.base import CANCELLED, NODE_NAME, PENDING, TERMINAL, Round
 from .scripts import ScriptsReport
-from .spec import SubmitRequest, build_spec
+from .spec import ACCOUNT_PLACEHOLDER, BLENDER_PLACEHOLDER, SubmitRequest, build_spec
 from .store import StoreFile, UploadReport
 from .transport import quote_command, transport_for
-from .tree import ensure_root, remote_root
+from .tree import WORKDIR_PLACEHOLDER, ensure_root, remote_root
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
@@ -118,11 +118,24 @@ class DryRun:
     job_dir: str
     finish_script: str = ""
     finish_command: str = ""
+    # What the script shows in place of a value nobody gave yet (placeholder: what to set), for every preset.
+    placeholders: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _placeholders(spec: JobSpec, preset: Preset) -> dict[str, str]:
+    source = preset.source
+    shown = {ACCOUNT_PLACEHOLDER: f"your project: give --account, or set account in {source}",
+             BLENDER_PLACEHOLDER: f"your own Blender build on the cluster: set blender in {source}",
+             WORKDIR_PLACEHOLDER: f"your working directory on the cluster: set workdir in {source}"}
+    used = {spec.account, preset.blender, WORKDIR_PLACEHOLDER if not (preset.workdir or preset.is_local) else ""}
+    return {mark: what for mark, what in shown.items() if mark in used}
 
 
 def dry_run(request: SubmitRequest) -> DryRun:
-    """The exact batch script and submit command, without packing or connecting."""
-    spec, preset = build_spec(request)
+    """The exact batch script and submit command, without packing or connecting. A value the preset needs
+    and nobody gave yet (account, workdir, an aarch64 Blender) is shown as a placeholder, listed in
+    `placeholders`; a real submission refuses it."""
+    spec, preset = build_spec(request, dry_run=True)
     paths = JobPaths(remote_root(preset, placeholder=True), spec.name)
     scheduler = scheduler_for(preset.scheduler)
     round_ = Round(0, len(spec.tasks))
@@ -131,7 +144,8 @@ def dry_run(request: SubmitRequest) -> DryRun:
     after = scheduler.submit_argv(rounds.finish_file(paths, 0), options=scheduler.after_argv(["<ID>"]))
     kit = kit_for(preset, paths)
     return DryRun(job_script(spec, preset, paths, kit=kit), "\n".join(commands), frames_file_text(spec.tasks),
-                  paths.job_dir, finish_script(spec, preset, paths, round_, kit=kit), quote_command(after))
+                  paths.job_dir, finish_script(spec, preset, paths, round_, kit=kit), quote_command(after),
+                  _placeholders(spec, preset))
 
 
 async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = None) -> SubmitResult:

@@ -6,6 +6,7 @@ bad request fails with a message naming the value and the limit, and nothing is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,10 @@ from .frames import chunk_frames, parse_frames
 from .jobs import PACK_MODES, JobSpec, check_directive_values, make_job_name
 from .presets import CYCLES_DEVICES, Partition, Preset, load_preset
 from .scene_settings import SceneSettings, check_renderable, job_format, read_scene_settings
+
+# What a dry run shows where the user's own value is still missing; never sent (a real submission refuses).
+ACCOUNT_PLACEHOLDER = "<ACCOUNT>"
+BLENDER_PLACEHOLDER = "<YOUR-BLENDER>"
 
 
 @dataclass(frozen=True)
@@ -64,20 +69,34 @@ def _from_scene(request: SubmitRequest, scene: Path) -> tuple[SceneSettings, str
     return settings, image_format, frames
 
 
+def _partition_list(preset: Preset, kind: str = "") -> str:
+    """The preset's partitions (of one kind when given), as a user would type them, with kind and QoS."""
+    shown = [f"{n} ({p.kind}{', QoS ' + p.qos if p.qos else ''})" for n, p in preset.partitions.items()
+             if not kind or p.kind == kind]
+    return ", ".join(shown) or "none"
+
+
 def _partition(request: SubmitRequest, preset: Preset) -> tuple[str, Partition]:
     gpu = request.device == "GPU"
     name = request.partition or preset.default_partition(gpu)
     if preset.is_local:
         return "", Partition(kind="gpu" if gpu else "cpu", cycles_device="CUDA" if gpu else "CPU")
     if not name:
-        choices = [n for n, p in preset.partitions.items() if p.kind == ("gpu" if gpu else "cpu")]
-        raise UsageError(f"preset {preset.name} has no default {'GPU' if gpu else 'CPU'} partition; "
-                         f"choose one with --partition ({', '.join(choices) or 'none listed'})")
+        kind = "gpu" if gpu else "cpu"
+        if not any(p.kind == kind for p in preset.partitions.values()):
+            other = "add --gpu" if not gpu else "leave --gpu out"
+            raise UsageError(f"preset {preset.name} has no {kind.upper()} partition ({other}); its partitions: "
+                             f"{_partition_list(preset)}")
+        raise UsageError(f"preset {preset.name} has no default {kind.upper()} partition; choose one with "
+                         f"--partition: {_partition_list(preset, kind)}")
+    if preset.partitions and name not in preset.partitions:
+        # MareNostrum 5's entries are QoS names: the same list answers a QoS typed as a partition.
+        what = "partition or QoS" if any(p.qos for p in preset.partitions.values()) else "partition"
+        raise UsageError(f"preset {preset.name} has no {what} {name!r}; choose one of: {_partition_list(preset)}")
     part = preset.partition(name)
     if gpu and part.kind != "gpu":
-        gpus = [n for n, p in preset.partitions.items() if p.kind == "gpu"]
         raise UsageError(f"partition {name} of preset {preset.name} has no GPUs; GPU partitions: "
-                         f"{', '.join(gpus) or 'none'}")
+                         f"{_partition_list(preset, 'gpu')}")
     return name, part
 
 
@@ -96,11 +115,11 @@ def _gpu_backend(request: SubmitRequest, part: Partition) -> str:
     return chosen
 
 
-def _check_site(request: SubmitRequest, preset: Preset, part: Partition, account: str) -> None:
-    if preset.account_required and not account:
+def _check_site(request: SubmitRequest, preset: Preset, part: Partition, account: str, dry_run: bool) -> None:
+    if preset.account_required and not account and not dry_run:
         raise UsageError(f"preset {preset.name} needs an account (project) for every job: give --account "
                          f"or set account in {preset.source}")
-    if (part.arch or preset.arch) == "aarch64" and not preset.blender:
+    if (part.arch or preset.arch) == "aarch64" and not preset.blender and not dry_run:
         raise UsageError(f"preset {preset.name} runs on aarch64 nodes and needs the path of your own Blender "
                          f"build (blender = ... in {preset.source}): {preset.blender_note}")
     if request.email and not preset.mail_allowed:
@@ -120,7 +139,9 @@ def _check_tasks(preset: Preset, part: Partition, frames: int, tasks: int, chunk
                              f"array task counts): use --chunk {need} or more (now {chunk})")
 
 
-def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
+def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, Preset]:
+    """The validated job and its preset. `dry_run`: an account or Blender the preset needs and nobody gave
+    is shown as a placeholder (ACCOUNT_PLACEHOLDER, BLENDER_PLACEHOLDER) instead of refused."""
     scene = _scene(request.scene)
     if request.pack not in PACK_MODES:
         raise UsageError(f"pack mode {request.pack!r} is not one of {', '.join(PACK_MODES)}")
@@ -138,7 +159,7 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
     if walltime > limit:
         raise UsageError(f"walltime {walltime} min is above the limit of {partition or preset.name} ({limit} min)")
     account = request.account or preset.account
-    _check_site(request, preset, part, account)
+    _check_site(request, preset, part, account, dry_run)
     tasks = tuple(tuple(task) for task in chunk_frames(frames, request.chunk))
     _check_tasks(preset, part, len(frames), len(tasks), request.chunk)
     gpu = request.device == "GPU"
@@ -153,4 +174,15 @@ def build_spec(request: SubmitRequest) -> tuple[JobSpec, Preset]:
         samples=request.samples,
     )
     spec.validate()
+    if dry_run:
+        return _with_placeholders(spec, preset, part)
+    return spec, preset
+
+
+def _with_placeholders(spec: JobSpec, preset: Preset, part: Partition) -> tuple[JobSpec, Preset]:
+    """After validation (a placeholder is no valid value): what a real submission would refuse as missing."""
+    if preset.account_required and not spec.account:
+        spec = dataclasses.replace(spec, account=ACCOUNT_PLACEHOLDER)
+    if (part.arch or preset.arch) == "aarch64" and not preset.blender:
+        preset = dataclasses.replace(preset, blender=BLENDER_PLACEHOLDER)
     return spec, preset

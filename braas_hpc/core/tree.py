@@ -57,6 +57,9 @@ def root_name(user: str) -> str:
     return ROOT_PREFIX + (_UNSAFE.sub("_", user) or "user")
 
 
+WORKDIR_PLACEHOLDER = "<workdir>"  # a dry run's root of a preset without a workdir yet
+
+
 def remote_root(preset: Preset, placeholder: bool = False) -> str:
     """`<workdir>/braas-hpc-<user>` on a cluster (the user's alone: see core.tree), `<data dir>/local/braas-hpc`
     on this computer. A cluster preset without a workdir is refused (never guessed)."""
@@ -65,7 +68,7 @@ def remote_root(preset: Preset, placeholder: bool = False) -> str:
     elif preset.workdir:
         base = preset.workdir
     elif placeholder:  # a dry run shows where the job would go once a workdir is set
-        base = "<workdir>"
+        base = WORKDIR_PLACEHOLDER
     else:
         hint = f" (the site documents {preset.workdir_hint})" if preset.workdir_hint else ""
         raise UsageError(f"preset {preset.name} has no working directory{hint}: braas-hpc workdir {preset.name} "

@@ -18,7 +18,7 @@ import pytest
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import BUILTIN_DIR
 from braas_hpc.core.service import DryRun, dry_run
-from braas_hpc.core.spec import SubmitRequest
+from braas_hpc.core.spec import ACCOUNT_PLACEHOLDER, SubmitRequest, build_spec
 from tests.helpers import REPO
 
 ACCOUNT = "project_465000001"  # LUMI's form (project_<id>) [D]; any other site takes it as a plain project id
@@ -258,8 +258,11 @@ def test_account_rule(scene: Path, name: str) -> None:
     site = SITES[name]
     device = "CPU" if site.cpu else "GPU"
     if site.account_required:
+        request = SubmitRequest(scene=scene, preset=name, frames="1-4", device=device, account="")
         with pytest.raises(UsageError, match=f"preset {name} needs an account"):
-            plan(scene, name, device, account="")
+            build_spec(request)
+        shown = plan(scene, name, device, account="")  # a dry run shows the missing account as such
+        assert ACCOUNT_PLACEHOLDER in shown.script and ACCOUNT_PLACEHOLDER in shown.placeholders
         return
     args = directives(plan(scene, name, device, account="").script, "#SBATCH")
     assert names(args) & {"--account", "-A"} == set(), args
