@@ -54,7 +54,7 @@ SCHEMAS: dict[str, Schema] = {
     "render": top({**SUBMITTED, "frames_dir": STR}),
     "submit": top(SUBMITTED),
     "submit --dry-run": top({"script": STR, "submit": STR, "frames_file": STR, "job_dir": STR, "finish_script": STR,
-                             "finish": STR}),
+                             "finish": STR, "placeholders": {"type": "object", "additionalProperties": STR}}),
     "status": top({"jobs": {"type": "array", "items": {"anyOf": [
         obj({**JOB_STATUS, "error": {"type": "null"}}),
         obj({**JOB_STATUS, "frames_done": {"type": "null"}, "missing": {"type": "null"},

@@ -32,6 +32,7 @@ from .spec import ACCOUNT_PLACEHOLDER, BLENDER_PLACEHOLDER, SubmitRequest, build
 from .store import StoreFile, UploadReport
 from .transport import quote_command, transport_for
 from .tree import WORKDIR_PLACEHOLDER, ensure_root, remote_root
+from .user_presets import how_to_set
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]  # (frames done, frames total, message)
@@ -123,10 +124,9 @@ class DryRun:
 
 
 def _placeholders(spec: JobSpec, preset: Preset) -> dict[str, str]:
-    source = preset.source
-    shown = {ACCOUNT_PLACEHOLDER: f"your project: give --account, or set account in {source}",
-             BLENDER_PLACEHOLDER: f"your own Blender build on the cluster: set blender in {source}",
-             WORKDIR_PLACEHOLDER: f"your working directory on the cluster: set workdir in {source}"}
+    shown = {ACCOUNT_PLACEHOLDER: f"your project: give --account, or {how_to_set(preset, 'account', 'PROJECT')}",
+             BLENDER_PLACEHOLDER: f"your own Blender build on the cluster: {how_to_set(preset, 'blender', 'PATH')}",
+             WORKDIR_PLACEHOLDER: f"your working directory on the cluster: {how_to_set(preset, 'workdir', 'PATH')}"}
     used = {spec.account, preset.blender, WORKDIR_PLACEHOLDER if not (preset.workdir or preset.is_local) else ""}
     return {mark: what for mark, what in shown.items() if mark in used}
 

@@ -16,6 +16,7 @@ from .frames import chunk_frames, parse_frames
 from .jobs import PACK_MODES, JobSpec, check_directive_values, make_job_name
 from .presets import CYCLES_DEVICES, Partition, Preset, load_preset
 from .scene_settings import SceneSettings, check_renderable, job_format, read_scene_settings
+from .user_presets import how_to_set
 
 # What a dry run shows where the user's own value is still missing; never sent (a real submission refuses).
 ACCOUNT_PLACEHOLDER = "<ACCOUNT>"
@@ -117,11 +118,11 @@ def _gpu_backend(request: SubmitRequest, part: Partition) -> str:
 
 def _check_site(request: SubmitRequest, preset: Preset, part: Partition, account: str, dry_run: bool) -> None:
     if preset.account_required and not account and not dry_run:
-        raise UsageError(f"preset {preset.name} needs an account (project) for every job: give --account "
-                         f"or set account in {preset.source}")
+        raise UsageError(f"preset {preset.name} needs an account (project) for every job: give --account, "
+                         f"or once for all: {how_to_set(preset, 'account', 'PROJECT')}")
     if (part.arch or preset.arch) == "aarch64" and not preset.blender and not dry_run:
         raise UsageError(f"preset {preset.name} runs on aarch64 nodes and needs the path of your own Blender "
-                         f"build (blender = ... in {preset.source}): {preset.blender_note}")
+                         f"build ({how_to_set(preset, 'blender', 'PATH')}): {preset.blender_note}")
     if request.email and not preset.mail_allowed:
         raise UsageError(f"preset {preset.name} does not send job e-mail; leave the e-mail empty")
     if request.memory_gb and not preset.memory_allowed:
