@@ -197,3 +197,21 @@ def test_timeout_without_proxy_says_so() -> None:
     assert "no ProxyJump or ProxyCommand applies to c" in sshconfig.no_proxy_hint(hop, None, TimeoutError())
     assert sshconfig.no_proxy_hint(hop, object(), TimeoutError()) == ""
     assert sshconfig.no_proxy_hint(hop, None, ConnectionRefusedError()) == ""
+
+
+@pytest.mark.parametrize(("line", "named"), [("Match exec \"true\"", "Match exec"),
+                                             ("CanonicalizeHostname yes", "CanonicalizeHostname")])
+def test_rules_refuse_what_needs_openssh(tmp_path: Path, line: str, named: str) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"{line}\n  User x\n")
+    with pytest.raises(PresetError, match=named):
+        resolve_rules(str(config), "h", None, None)
+
+
+def test_ssh_g_errors_are_reported(tmp_path: Path) -> None:
+    if SSH is None:
+        pytest.skip("no OpenSSH client")
+    config = tmp_path / "config"
+    config.write_text("Host h\n  NoSuchOption 1\n")
+    with pytest.raises(PresetError, match="(?s)OpenSSH cannot read the ssh config for h: .*line 2: Bad configuration"):
+        sshconfig.ask_openssh(SSH, str(config), "h", None, None)

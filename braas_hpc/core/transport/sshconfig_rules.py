@@ -197,6 +197,9 @@ def resolve_rules(config: str | None, host: str, user: str | None, port: int | N
             if path.is_file() or config:
                 _read(state, path, 0, system)
     found = {k: v for k, v in state.found.items() if k not in ("include",)}
+    if found.get("canonicalizehostname", ["no"])[0].lower() in ("yes", "always"):
+        raise PresetError(f"ssh config: CanonicalizeHostname for {host} needs the OpenSSH client installed "
+                          "(`ssh -G` resolves it)")
     # Command line first, then the file, then OpenSSH's defaults.
     found["user"] = [user or found.get("user", [getpass.getuser()])[0]]
     found["port"] = [str(port or found.get("port", ["22"])[0])]
