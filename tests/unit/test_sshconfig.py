@@ -59,6 +59,7 @@ Host "quoted" !notme *.neg
     User "quoted user"
 Match originalhost m-* user root
     User matched-root
+    IdentityFile ~/.ssh/root-match
 Match host m-final exec-never final
 Match host m-* !user alice
     HostName %h.matched.example
@@ -74,7 +75,7 @@ QUERIES = [
     ("proxied", None, None), ("quoted", None, None), ("notme", None, None), ("x.neg", None, None),
     ("m-one", None, None), ("m-one", "alice", None), ("m-one", "root", 22), ("inc-a", None, None),
     ("inc-b", None, 2300), ("gw2", None, None), ("Unknown.Host", None, None),
-    ("Alias1", None, None), ("M-One", None, None),
+    ("Alias1", None, None), ("M-One", None, None), ("m-one", "ROOT", None),
 ]
 
 
