@@ -34,7 +34,7 @@ Host route-url
 Host route-chain
     ProxyJump tb-main,{user}@{sshlab.NS_ADDR}
 Host route-command
-    ProxyCommand ssh -F {lab.ssh_config} -o BatchMode=yes -W %h:%p tb-jump
+    ProxyCommand ssh -F {lab.ssh_config} -o BatchMode=yes -W %h:%p tb-jump 2>>{tmp_path}/proxy.log
 Host route-alias
     HostKeyAlias somewhere-else
 Host route-*

@@ -40,7 +40,7 @@ from .base import (
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path
-from .sshconfig import Hop, no_proxy_hint, resolve
+from .sshconfig import Hop, no_proxy_hint, proxy_argv, resolve
 
 COPY_BLOCK = 64 * 1024  # under OpenSSH sftp-server's 256 KiB message limit
 STREAM_BLOCK = 1 << 20
@@ -160,7 +160,7 @@ class AsyncsshTransport(Transport):
         if tunnel is not None:
             options["tunnel"] = tunnel
         elif hop.proxy_command:
-            options["proxy_command"] = hop.proxy_command  # run by asyncssh; its stdin/stdout are the link
+            options["proxy_command"] = proxy_argv(hop.proxy_command)  # its stdin/stdout are the link
         try:
             return await asyncssh.connect(hop.hostname, hop.port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:

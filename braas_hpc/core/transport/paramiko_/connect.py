@@ -7,13 +7,14 @@ a direct-tcpip channel of the hop before it.
 
 from __future__ import annotations
 
+import shlex
 import socket
 
 import paramiko
 
 from ...errors import ConnectionFailed
 from ..hostkeys import check_host_key, known_hosts_path, recorded_keys
-from ..sshconfig import Hop, no_proxy_hint, resolve
+from ..sshconfig import Hop, no_proxy_hint, proxy_argv, resolve
 from .auth import Authenticating
 from .channels import MAX_PACKET, WINDOW
 from .diagnose import Diagnosing, why
@@ -72,7 +73,7 @@ class Connecting(Authenticating, Diagnosing):
         try:
             if via is None and hop.proxy_command:
                 # ProxyCommand from the ssh config: the command's stdin/stdout are our socket.
-                proxy = paramiko.ProxyCommand(hop.proxy_command)
+                proxy = paramiko.ProxyCommand(shlex.join(proxy_argv(hop.proxy_command)))
                 proxy.settimeout(timeout)
                 return proxy  # type: ignore[return-value]
             if via is None:
