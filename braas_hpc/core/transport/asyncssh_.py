@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from .base import (
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path
-from .sshconfig import Hop, no_proxy_hint, proxy_argv, resolve
+from .proxycommand import Proxy, proxy_argv
+from .sshconfig import Hop, no_proxy_hint, resolve
 
 COPY_BLOCK = 64 * 1024  # under OpenSSH sftp-server's 256 KiB message limit
 STREAM_BLOCK = 1 << 20
@@ -131,6 +133,7 @@ class AsyncsshTransport(Transport):
         self.target = target
         self.prompts = prompts or NoPrompts()
         self._conns: list[asyncssh.SSHClientConnection] = []  # jump hosts first, the target last
+        self._proxies: list[Proxy] = []  # the ProxyCommand of the first hop, when the config has one
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._keys: dict[str, list[asyncssh.SSHKeyPair]] = {}
@@ -159,8 +162,12 @@ class AsyncsshTransport(Transport):
         options = await self._options(hop)
         if tunnel is not None:
             options["tunnel"] = tunnel
+        elif hop.proxy_command and os.name == "posix":
+            proxy = Proxy(hop.proxy_command)  # ended with the connection (_drop)
+            self._proxies.append(proxy)
+            options["sock"] = proxy.sock
         elif hop.proxy_command:
-            options["proxy_command"] = proxy_argv(hop.proxy_command)  # its stdin/stdout are the link
+            options["proxy_command"] = proxy_argv(hop.proxy_command)  # no socket pair for a child on Windows
         try:
             return await asyncssh.connect(hop.hostname, hop.port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -221,6 +228,9 @@ class AsyncsshTransport(Transport):
         for conn in reversed(self._conns):
             conn.close()
         self._conns = []
+        for proxy in self._proxies:
+            proxy.end()
+        self._proxies = []
         self._sftp = None
 
     async def close(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -130,13 +129,6 @@ def _hop(config: str | None, alias: str, user: str | None, port: int | None,
         refused=refused,
     )
     return hop, found.get("proxyjump", [None])[0]
-
-
-def proxy_argv(command: str) -> list[str]:
-    """How OpenSSH runs a ProxyCommand: through the user's shell (pipes, redirections and variables work)."""
-    if os.name != "posix":
-        return shlex.split(command)
-    return [os.environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"]
 
 
 def split_jump(spec: str) -> tuple[str, str | None, int | None]:

@@ -7,6 +7,7 @@ a direct-tcpip channel of the hop before it.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 
@@ -14,7 +15,8 @@ import paramiko
 
 from ...errors import ConnectionFailed
 from ..hostkeys import check_host_key, known_hosts_path, recorded_keys
-from ..sshconfig import Hop, no_proxy_hint, proxy_argv, resolve
+from ..proxycommand import Proxy, proxy_argv
+from ..sshconfig import Hop, no_proxy_hint, resolve
 from .auth import Authenticating
 from .channels import MAX_PACKET, WINDOW
 from .diagnose import Diagnosing, why
@@ -45,7 +47,8 @@ class Connecting(Authenticating, Diagnosing):
             for hop in resolve(self.target, "paramiko"):
                 opened.append(self._open_hop(hop, opened[-1] if opened else None))
         except BaseException:
-            close_quietly(*reversed(opened))
+            close_quietly(*reversed(opened), *self._proxies)
+            self._proxies = []
             raise
         return opened
 
@@ -71,11 +74,15 @@ class Connecting(Authenticating, Diagnosing):
     def _socket(self, hop: Hop, via: paramiko.Transport | None, where: str) -> socket.socket | paramiko.Channel:
         timeout = self.target.connect_timeout
         try:
-            if via is None and hop.proxy_command:
-                # ProxyCommand from the ssh config: the command's stdin/stdout are our socket.
-                proxy = paramiko.ProxyCommand(shlex.join(proxy_argv(hop.proxy_command)))
-                proxy.settimeout(timeout)
-                return proxy  # type: ignore[return-value]
+            if via is None and hop.proxy_command and os.name == "posix":
+                proxy = Proxy(hop.proxy_command)  # ended by close()
+                self._proxies.append(proxy)
+                proxy.sock.settimeout(timeout)
+                return proxy.sock
+            if via is None and hop.proxy_command:  # no socket pair for a child on Windows
+                command = paramiko.ProxyCommand(shlex.join(proxy_argv(hop.proxy_command)))
+                command.settimeout(timeout)
+                return command  # type: ignore[return-value]
             if via is None:
                 sock = socket.create_connection((hop.hostname, hop.port), timeout=timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # commands are small round trips
