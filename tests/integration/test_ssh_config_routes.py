@@ -29,12 +29,13 @@ def _config(testbed, tmp_path: Path) -> Path:  # noqa: ANN001
     user = testbed.user
     text = f"""\
 Include {lab.ssh_config}
+# `ssh -G` rewrites a lone ssh:// jump as user@host:port, but passes a chain as written.
 Host route-url
-    ProxyJump ssh://{user}@tb-jump:{sshlab.JUMP_PORT}
+    ProxyJump ssh://{user}@tb-main:{testbed.ssh_port},ssh://{user}@tb-jump:{sshlab.JUMP_PORT}
 Host route-chain
     ProxyJump tb-main,{user}@{sshlab.NS_ADDR}
 Host route-command
-    ProxyCommand ssh -F {lab.ssh_config} -o BatchMode=yes -W %h:%p tb-jump 2>>{tmp_path}/proxy.log
+    ProxyCommand ${{BRAAS_NO_SUCH_VARIABLE:-ssh}} -F {lab.ssh_config} -o BatchMode=yes -W %h:%p tb-jump 2>/dev/null
 Host route-alias
     HostKeyAlias somewhere-else
 Host route-*
