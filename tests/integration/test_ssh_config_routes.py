@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.errors import PresetError
+from braas_hpc.core.errors import ConnectionFailed, PresetError
 from braas_hpc.core.transport import SSHTarget, Transport, make_transport
 from tests.testbed import sshlab
 
@@ -157,3 +157,28 @@ def test_certificate_file_logs_in(cert_sshd: tuple[int, Path], backend: str) -> 
     target = SSHTarget(host="cert-only", ssh_config=str(config), use_agent=False, connect_timeout=15)
     words = asyncio.run(_where(make_transport(backend, target)))
     assert words[2:4] == ["127.0.0.1", str(port)]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose connections time out, as a cluster behind a gateway does: its listen queue is
+    full (held by one connection nobody accepts), so further connection requests go unanswered."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    held = socket.create_connection(("127.0.0.1", port), timeout=2)
+    try:
+        yield port
+    finally:
+        held.close()
+        server.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+def test_time_out_without_a_proxy_hints_at_one(tmp_path: Path, silent_port: int, backend: str) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"Host far-cluster\n    HostName 127.0.0.1\n    Port {silent_port}\n    User nobody\n")
+    target = SSHTarget(host="far-cluster", ssh_config=str(config), use_agent=False, connect_timeout=2)
+    with pytest.raises(ConnectionFailed, match="no ProxyJump or ProxyCommand applies to far-cluster"):
+        asyncio.run(_where(make_transport(backend, target)))
