@@ -175,7 +175,7 @@ def silent_port() -> Iterator[int]:
         server.close()
 
 
-@pytest.mark.parametrize("backend", ["asyncssh", "paramiko"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_time_out_without_a_proxy_hints_at_one(tmp_path: Path, silent_port: int, backend: str) -> None:
     config = tmp_path / "config"
     config.write_text(f"Host far-cluster\n    HostName 127.0.0.1\n    Port {silent_port}\n    User nobody\n")

@@ -191,10 +191,14 @@ def resolve(target: SSHTarget, backend: str | None = None) -> list[Hop]:
     return chain
 
 
+def missing_proxy_hint(alias: str) -> str:
+    return (f" (no ProxyJump or ProxyCommand applies to {alias} in your ssh config: if this cluster is "
+            "reached through a gateway or a VPN, connect the VPN or set ProxyJump for it in ~/.ssh/config "
+            "or proxy_jump in the preset)")
+
+
 def no_proxy_hint(hop: Hop, via: object, exc: BaseException) -> str:
     """A time-out reaching a server directly: the usual cause is a cluster reachable only through a gateway."""
     if via is not None or hop.proxy_command or not isinstance(exc, TimeoutError | socket.timeout):
         return ""
-    return (f" (no ProxyJump or ProxyCommand applies to {hop.alias} in your ssh config: if this cluster is "
-            "reached through a gateway or a VPN, connect the VPN or set ProxyJump for it in ~/.ssh/config "
-            "or proxy_jump in the preset)")
+    return missing_proxy_hint(hop.alias)
