@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from .base import (
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path
-from .sshconfig import Hop, resolve
+from .proxycommand import Proxy, proxy_argv
+from .sshconfig import Hop, no_proxy_hint, resolve
 
 COPY_BLOCK = 64 * 1024  # under OpenSSH sftp-server's 256 KiB message limit
 STREAM_BLOCK = 1 << 20
@@ -131,6 +133,7 @@ class AsyncsshTransport(Transport):
         self.target = target
         self.prompts = prompts or NoPrompts()
         self._conns: list[asyncssh.SSHClientConnection] = []  # jump hosts first, the target last
+        self._proxies: list[Proxy] = []  # the ProxyCommand of the first hop, when the config has one
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._keys: dict[str, list[asyncssh.SSHKeyPair]] = {}
@@ -150,7 +153,7 @@ class AsyncsshTransport(Transport):
                 return
             await self._drop()
             tunnel: asyncssh.SSHClientConnection | None = None
-            for hop in await asyncio.to_thread(resolve, self.target):
+            for hop in await asyncio.to_thread(resolve, self.target, "asyncssh"):
                 tunnel = await self._connect_hop(hop, tunnel)
                 self._conns.append(tunnel)
 
@@ -159,6 +162,12 @@ class AsyncsshTransport(Transport):
         options = await self._options(hop)
         if tunnel is not None:
             options["tunnel"] = tunnel
+        elif hop.proxy_command and os.name == "posix":
+            proxy = Proxy(hop.proxy_command)  # ended with the connection (_drop)
+            self._proxies.append(proxy)
+            options["sock"] = proxy.sock
+        elif hop.proxy_command:
+            options["proxy_command"] = proxy_argv(hop.proxy_command)  # no socket pair for a child on Windows
         try:
             return await asyncssh.connect(hop.hostname, hop.port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -169,8 +178,9 @@ class AsyncsshTransport(Transport):
                 f"{hop.user}@{hop.hostname}:{hop.port} refused the login ({exc.reason}); offered: "
                 f"{', '.join(hop.key_files or self.target.key_files) or 'ssh-agent and default keys'}") from exc
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise ConnectionFailed(f"cannot connect to {hop.user}@{hop.hostname}:{hop.port}: "
-                                   f"{connect_error_words(exc)}") from exc
+            through = f" through ProxyCommand {hop.proxy_command!r}" if tunnel is None and hop.proxy_command else ""
+            raise ConnectionFailed(f"cannot connect to {hop.user}@{hop.hostname}:{hop.port}{through}: "
+                                   f"{connect_error_words(exc)}{no_proxy_hint(hop, tunnel, exc)}") from exc
 
     async def _options(self, hop: Hop) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -186,6 +196,8 @@ class AsyncsshTransport(Transport):
         key_files = hop.key_files or tuple(str(Path(k).expanduser()) for k in self.target.key_files)
         if key_files:
             options["client_keys"] = [pair for path in key_files for pair in await self._key(path)]
+        if hop.certificate_files:  # CertificateFile: asyncssh pairs each with its key
+            options["client_certs"] = list(hop.certificate_files)
         if not self.target.use_agent:
             options["agent_path"] = None
         return options
@@ -216,6 +228,9 @@ class AsyncsshTransport(Transport):
         for conn in reversed(self._conns):
             conn.close()
         self._conns = []
+        for proxy in self._proxies:
+            proxy.end()
+        self._proxies = []
         self._sftp = None
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import shutil
 
 from ...errors import AuthenticationFailed, ConnectionFailed, ConnectionLost, HostKeyError
 from ..hostkeys import check_host_key, known_hosts_path, parse_public_key, recorded_keys
+from ..sshconfig import missing_proxy_hint
 from .client import NO_MASTER, Client
 from .process import run_local
 
@@ -66,7 +67,9 @@ class Diagnosing(Client):
             self._passphrases.clear()  # one of them may be the wrong one
             offered = ", ".join(self.target.key_files) or "ssh-agent and default keys"
             return AuthenticationFailed(f"{where} refused the login; offered: {offered}\n{tail(stderr)}")
-        return ConnectionFailed(f"cannot connect to {where}:\n{tail(stderr)}")
+        direct = not self._proxy and all(info.get(k, "none") == "none" for k in ("proxycommand", "proxyjump"))
+        hint = missing_proxy_hint(self.target.host) if direct and "timed out" in stderr else ""
+        return ConnectionFailed(f"cannot connect to {where}{hint}:\n{tail(stderr)}")
 
     async def _explain_host_key(self, info: dict[str, str]) -> None:
         """Fetch the server's keys and let check_host_key raise the error the user can act on."""

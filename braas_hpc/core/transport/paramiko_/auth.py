@@ -84,6 +84,18 @@ def _agent_key_for(path: str, agent_keys: list[paramiko.AgentKey]) -> paramiko.A
     return None
 
 
+def _attach_certificate(path: str, keys: list[tuple[str, paramiko.PKey]]) -> None:
+    """CertificateFile: the certificate goes with the key (file or agent) it certifies, as OpenSSH pairs them.
+    A file that is missing or certifies none of the keys is passed over, as OpenSSH does."""
+    cert = _public_blob(path)
+    if cert is None:
+        return
+    for _, key in keys:
+        if _certifies(cert, key.asbytes()):
+            with contextlib.suppress(ValueError, OSError):
+                key.load_certificate(path)
+
+
 def _open_agent() -> tuple[paramiko.Agent | None, list[paramiko.AgentKey]]:
     try:
         agent = paramiko.Agent()  # SSH_AUTH_SOCK; no keys when there is no agent
@@ -146,6 +158,8 @@ class Authenticating(Client):
             elif (key := self._key(path, bool(explicit))) is not None:
                 found.append((path, key))
         found += [(f"ssh-agent key {k.comment or k.get_name()}", k) for k in agent_keys]
+        for cert in hop.certificate_files:
+            _attach_certificate(cert, found)
         return found, agent
 
     def _key(self, path: str, explicit: bool) -> paramiko.PKey | None:

@@ -20,6 +20,7 @@ class Client(Transport):
         self._idle: list[Any] = []  # SFTP sessions kept for reuse (copy._Session)
         self._channels: set[paramiko.Channel] = set()  # open streams, closed with the connection
         self._forwards: set[Forward] = set()
+        self._proxies: list[Any] = []  # proxycommand.Proxy of the first hop, ended with the connection
         self._lock = asyncio.Lock()
         self._keys: dict[str, paramiko.PKey] = {}  # decrypted once per transport, in memory only
 
@@ -33,8 +34,8 @@ class Client(Transport):
 
     def _detach(self) -> list[Any]:
         """Forget the connection; returns what to close (innermost first)."""
-        things: list[Any] = [*self._idle, *self._channels, *reversed(self._hops)]
-        self._idle, self._hops = [], []
+        things: list[Any] = [*self._idle, *self._channels, *reversed(self._hops), *self._proxies]
+        self._idle, self._hops, self._proxies = [], [], []
         self._channels = set()
         return things
 

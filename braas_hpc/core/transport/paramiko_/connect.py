@@ -7,13 +7,16 @@ a direct-tcpip channel of the hop before it.
 
 from __future__ import annotations
 
+import os
+import shlex
 import socket
 
 import paramiko
 
 from ...errors import ConnectionFailed
 from ..hostkeys import check_host_key, known_hosts_path, recorded_keys
-from ..sshconfig import Hop, resolve
+from ..proxycommand import Proxy, proxy_argv
+from ..sshconfig import Hop, no_proxy_hint, resolve
 from .auth import Authenticating
 from .channels import MAX_PACKET, WINDOW
 from .diagnose import Diagnosing, why
@@ -41,10 +44,11 @@ class Connecting(Authenticating, Diagnosing):
     def _open_chain(self) -> list[paramiko.Transport]:
         opened: list[paramiko.Transport] = []
         try:
-            for hop in resolve(self.target):
+            for hop in resolve(self.target, "paramiko"):
                 opened.append(self._open_hop(hop, opened[-1] if opened else None))
         except BaseException:
-            close_quietly(*reversed(opened))
+            close_quietly(*reversed(opened), *self._proxies)
+            self._proxies = []
             raise
         return opened
 
@@ -70,6 +74,15 @@ class Connecting(Authenticating, Diagnosing):
     def _socket(self, hop: Hop, via: paramiko.Transport | None, where: str) -> socket.socket | paramiko.Channel:
         timeout = self.target.connect_timeout
         try:
+            if via is None and hop.proxy_command and os.name == "posix":
+                proxy = Proxy(hop.proxy_command)  # ended by close()
+                self._proxies.append(proxy)
+                proxy.sock.settimeout(timeout)
+                return proxy.sock
+            if via is None and hop.proxy_command:  # no socket pair for a child on Windows
+                command = paramiko.ProxyCommand(shlex.join(proxy_argv(hop.proxy_command)))
+                command.settimeout(timeout)
+                return command  # type: ignore[return-value]
             if via is None:
                 sock = socket.create_connection((hop.hostname, hop.port), timeout=timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # commands are small round trips
@@ -82,7 +95,9 @@ class Connecting(Authenticating, Diagnosing):
             return via.open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=timeout)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             through = " through the jump host" if via is not None else ""
-            raise ConnectionFailed(f"cannot connect to {where}{through}: {why(exc)}") from exc
+            through = f" through ProxyCommand {hop.proxy_command!r}" if via is None and hop.proxy_command else through
+            raise ConnectionFailed(f"cannot connect to {where}{through}: {why(exc)}{no_proxy_hint(hop, via, exc)}"
+                                   ) from exc
 
     def _handshake(self, transport: paramiko.Transport, hop: Hop, where: str) -> None:
         timeout = self.target.connect_timeout
