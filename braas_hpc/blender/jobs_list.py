@@ -199,7 +199,7 @@ follower = Follower()
 
 
 def load_registry() -> None:
-    """At register and after a restart: the list as recorded, then a refresh if any job is active."""
+    """At register and after a restart: the list as recorded, then the follower if any job is active."""
     def loaded(rows: list[activity.JobRow]) -> None:
         apply_rows(rows)
         if any(row.active for row in rows):
