@@ -36,17 +36,19 @@ async def counted(names=None):  # each is one scheduler query (the follower's an
     return await real_poll(names)
 
 recovery.status_and_recover = counted
-jobs = bpy.context.window_manager.braas_hpc.jobs
+
+def jobs():  # looked up each time: opening a file may give the window manager new properties
+    return bpy.context.window_manager.braas_hpc.jobs
 
 def submit(scene, frames, max_parallel=1):
-    before = {job.name for job in jobs}
+    before = {job.name for job in jobs()}
     bpy.ops.wm.open_mainfile(filepath=scene)
     settings = bpy.context.scene.braas_hpc
     settings.preset, settings.frames_mode, settings.custom_frames = "testbed", "CUSTOM", frames
     settings.max_parallel = max_parallel
     assert sorted(bpy.ops.braas_hpc.submit()) == ["FINISHED"]  # the UI branch: returns at once
-    assert loop.run_until(lambda: {job.name for job in jobs} - before, 120), runtime.state.message.text
-    (name,) = {job.name for job in jobs} - before
+    assert loop.run_until(lambda: {job.name for job in jobs()} - before, 120), runtime.state.message.text
+    (name,) = {job.name for job in jobs()} - before
     return name
 
 def following():
@@ -79,13 +81,14 @@ def _mtimes(folder: Path, pattern: str) -> list[float]:
 def test_the_list_shows_frames_and_the_end_as_they_land(testbed, workdir: Path, remote, sample_scene: Path,  # noqa: ANN001
                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(events.EVENTS_ENV, "on")  # the suite runs without (tests/conftest.py); Blender inherits it
+    monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))  # a registry of its own: only its job listed
     got = Session(tmp_path / "user").run(prelude=MAIN_LOOP + RECORDING, script=f"""
         name = submit({str(sample_scene)!r}, "1-{FRAMES}")
-        result["name"], result["ids"], result["submitted"] = name, jobs[name].scheduler_ids, time.time()
+        result["name"], result["ids"], result["submitted"] = name, jobs()[name].scheduler_ids, time.time()
         seen = []  # (when, frames done, state) at each change the list shows
 
         def ended():
-            job = jobs[name]
+            job = jobs()[name]
             if not seen or seen[-1][1:] != [job.frames_done, job.state]:
                 seen.append([time.time(), job.frames_done, job.state])
             return job.state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
@@ -127,7 +130,9 @@ def test_the_list_shows_frames_and_the_end_as_they_land(testbed, workdir: Path, 
 
 
 def test_the_follower_restarts_when_jobs_change_and_stops_when_none_is_left(testbed, sample_scene: Path,  # noqa: ANN001
-                                                                              tmp_path: Path) -> None:
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))  # a registry of its own: only its jobs listed
     got: dict = {}
     try:
         got = Session(tmp_path / "user").run(prelude=MAIN_LOOP + RECORDING, timeout=900, script=f"""
@@ -152,8 +157,8 @@ def test_the_follower_restarts_when_jobs_change_and_stops_when_none_is_left(test
             # Both cancelled: once the list shows them ended, nothing is followed.
             for name in both:
                 assert sorted(bpy.ops.braas_hpc.cancel_job(job=name)) == ["FINISHED"]
-            ended = lambda: all(jobs[name].state == "CANCELLED" for name in both)
-            steps.append(["cancelled", loop.run_until(ended, 180), [jobs[name].state for name in both]])
+            ended = lambda: all(jobs()[name].state == "CANCELLED" for name in both)
+            steps.append(["cancelled", loop.run_until(ended, 180), [jobs()[name].state for name in both]])
             steps.append(["none", loop.run_until(lambda: not runtime.state.bridge.active(jobs_list.FOLLOW)
                                                  and jobs_list.follower.operation is None, 5)])
             # A new job is followed; disabling the add-on stops its follower with the loop.
