@@ -8,6 +8,7 @@ offline, and when the add-on is disabled."""
 from __future__ import annotations
 
 import datetime
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,13 @@ def _slurm_end(remote, job_id: str) -> float:  # noqa: ANN001
     return max(datetime.datetime.fromisoformat(end).timestamp() for end in ends)
 
 
+def _scene(sample_scene: Path, tmp_path: Path) -> Path:
+    """A copy of the sample: Submit saves the settings it changes into the file."""
+    folder = tmp_path / "scene"
+    shutil.copytree(sample_scene.parent, folder)
+    return folder / sample_scene.name
+
+
 def _mtimes(folder: Path, pattern: str) -> list[float]:
     return sorted(path.stat().st_mtime for path in folder.glob(pattern))
 
@@ -83,7 +91,7 @@ def test_the_list_shows_frames_and_the_end_as_they_land(testbed, workdir: Path, 
     monkeypatch.setenv(events.EVENTS_ENV, "on")  # the suite runs without (tests/conftest.py); Blender inherits it
     monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))  # a registry of its own: only its job listed
     got = Session(tmp_path / "user").run(prelude=MAIN_LOOP + RECORDING, script=f"""
-        name = submit({str(sample_scene)!r}, "1-{FRAMES}")
+        name = submit({str(_scene(sample_scene, tmp_path))!r}, "1-{FRAMES}")
         result["name"], result["ids"], result["submitted"] = name, jobs()[name].scheduler_ids, time.time()
         seen = []  # (when, frames done, state) at each change the list shows
 
@@ -134,15 +142,16 @@ def test_the_follower_restarts_when_jobs_change_and_stops_when_none_is_left(test
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))  # a registry of its own: only its jobs listed
     got: dict = {}
+    scene = _scene(sample_scene, tmp_path)
     try:
         got = Session(tmp_path / "user").run(prelude=MAIN_LOOP + RECORDING, timeout=900, script=f"""
             import addon_utils
             steps = result["steps"] = []
-            first = submit({str(sample_scene)!r}, "1-60")
+            first = submit({str(scene)!r}, "1-60")
             result["names"] = [first]
             steps.append(["one", loop.run_until(lambda: following() == [first], 10), following()])
             operation = jobs_list.follower.operation
-            second = submit({str(sample_scene)!r}, "1-60")
+            second = submit({str(scene)!r}, "1-60")
             result["names"].append(second)
             both = sorted([first, second])
             steps.append(["two", loop.run_until(lambda: following() == both, 10), following(),
@@ -162,7 +171,7 @@ def test_the_follower_restarts_when_jobs_change_and_stops_when_none_is_left(test
             steps.append(["none", loop.run_until(lambda: not runtime.state.bridge.active(jobs_list.FOLLOW)
                                                  and jobs_list.follower.operation is None, 5)])
             # A new job is followed; disabling the add-on stops its follower with the loop.
-            third = submit({str(sample_scene)!r}, "1-60")
+            third = submit({str(scene)!r}, "1-60")
             result["names"].append(third)
             steps.append(["three", loop.run_until(lambda: following() == [third], 10), following()])
             operation = jobs_list.follower.operation
