@@ -20,7 +20,7 @@ from tests.conftest import run_cli
 from tests.helpers import eventually
 from tests.integration.test_addon_ui import MAIN_LOOP
 
-FRAMES = 8  # one task a frame, one at a time: frames land a second or two apart
+FRAMES = 16  # one task a frame, one at a time: frames land about a second apart, most after the first poll
 MAX_INTERVAL_S = 60.0  # the panel's longest pause between polls
 FRAME_LAG_S = 3.0  # the watcher looks twice a second, the timer ticks once a second when idle
 END_LAG_S = 6.0  # the end's poll waits 1 s for the task's exit, and one too early is followed 4 s later
