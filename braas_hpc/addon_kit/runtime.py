@@ -76,16 +76,18 @@ class Runtime:
     `prompts` makes it the transports' passphrase and one-time-code asker; `explain` adds its own words
     to an error (None: the common wording); `redraw` tags what it draws, once per tick; `fast` asks for
     the fast tick; `lasting` names operation kinds that run for long (following output): not busy work,
-    and Abort leaves them alone; `bridge`: its loop, when bpy-free code of the add-on needs it too."""
+    and Abort leaves them alone; `idle` names operation kinds that leave the timer at its idle pace (they run
+    as long as something is followed; a second is soon enough for what they report); `bridge`: its loop,
+    when bpy-free code of the add-on needs it too."""
 
     def __init__(self, name: str, operators: str, *, prompts: bool = False,
                  explain: Callable[[BaseException], str | None] = lambda _error: None,
                  redraw: Callable[[], None] = _nothing, fast: Callable[[], bool] = lambda: False,
-                 lasting: tuple[str, ...] = (), bridge: Bridge | None = None) -> None:
+                 lasting: tuple[str, ...] = (), idle: tuple[str, ...] = (), bridge: Bridge | None = None) -> None:
         self.name = name
         self.operators = operators
         self.force_ui = False  # True: the UI branch even in background mode (whoever sets it runs the timers)
-        self.explain, self.redraw, self.fast, self.lasting = explain, redraw, fast, lasting
+        self.explain, self.redraw, self.fast, self.lasting, self.idle = explain, redraw, fast, lasting, idle
         broker = PromptBroker(lambda: not self.background()) if prompts else None
         self.state = State(bridge=bridge or Bridge(), broker=broker)
         self.timer = self.pump  # one bound method, kept: bpy.app.timers knows a timer by its object
@@ -196,7 +198,7 @@ class Runtime:
         self.redraw()
         if self.fast():
             return FAST_INTERVAL_S
-        busy = state.bridge.active() or state.question is not None
+        busy = any(op.kind not in self.idle for op in state.bridge.active()) or state.question is not None
         return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:

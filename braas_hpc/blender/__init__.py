@@ -32,7 +32,7 @@ def register(addon_id: str = "braas_hpc") -> None:
     addon.ADDON_ID = preferences.BraasPreferences.bl_idname = addon_id
     registration.register(_classes(), addon.NAME, scene=props.JobSettings, window_manager=props.Runtime)
     addon.runtime.start()
-    addon.runtime.state.periodic.append(jobs_list.auto_refresh)
+    addon.runtime.state.periodic.append(jobs_list.follower)
     for problem in preferences.sync_from_files(addon.preferences()):
         print(f"braas-hpc: {problem}")
     bpy.app.handlers.load_post.append(bpy.app.handlers.persistent(_on_load))
@@ -46,10 +46,11 @@ def unregister() -> None:
     import bpy
 
     from ..addon_kit import registration
-    from . import addon, ui
+    from . import addon, jobs_list, ui
 
     if _on_load in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_on_load)
-    addon.runtime.stop()
+    addon.runtime.stop()  # cancels the follower with every other operation
+    jobs_list.follower.reset()
     ui.release_thumbnails()
     registration.unregister(_classes(), addon.NAME)

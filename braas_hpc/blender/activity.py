@@ -4,6 +4,7 @@ thread to show. Errors of one cluster stay that cluster's: a refresh still shows
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,22 +90,51 @@ async def load_rows() -> list[JobRow]:
     return await asyncio.to_thread(registry_rows)
 
 
+async def _records() -> dict[str, registry.JobRecord]:
+    return {r.name: r for r in await asyncio.to_thread(registry.list_jobs)}
+
+
 async def refresh(names: Iterable[str] | None = None) -> Refresh:
     """Ask each cluster once about its jobs (all of them, or `names`, those still in the registry)."""
-    records = {r.name: r for r in await asyncio.to_thread(registry.list_jobs)}
+    records = await _records()
     wanted = [n for n in names if n in records] if names is not None else list(records)
-    result = Refresh()
     if not wanted:
-        return result
+        return Refresh()
     progress.report(f"asking {len({records[n].preset for n in wanted})} cluster(s)")
-    report, result.recoveries = await recovery.status_and_recover(wanted)
+    return await _shown(*await recovery.status_and_recover(wanted), records)
+
+
+async def _shown(report: monitor.StatusReport, recoveries: list[recovery.Recovery],
+                 records: dict[str, registry.JobRecord]) -> Refresh:
+    result = Refresh(recoveries=recoveries)
     for error in report.errors:  # a removed preset: one line per job, each says how to forget it
         key = error.preset if len(error.jobs) != 1 or error.kind != "preset_missing" else error.jobs[0]
         result.errors[key] = str(error.error)
     for status in report.statuses:
-        record = records[status.job]
-        result.rows.append(_row(status, record.created, await _thumbnail(record, status)))
+        record = records.get(status.job)
+        if record is not None:  # else forgotten meanwhile
+            result.rows.append(_row(status, record.created, await _thumbnail(record, status)))
     return result
+
+
+FOLLOW_POLL_MAX_S = 60.0
+
+
+async def follow(names: list[str], deliver: Callable[[Refresh], None], first_s: float, growth: float) -> None:
+    """The panel's follower: the active jobs `names` watched until each has ended (core.watch: lost frames
+    resubmitted, the cluster's job watcher streaming what lands), each report handed to `deliver` (called
+    on this loop; it must only queue). Polls as the panel always has: the first `first_s` from now, each
+    next pause `growth` times the last, at most FOLLOW_POLL_MAX_S; frames the watcher sees land come in
+    between with no poll, and a job's end brings its poll forward (core.events)."""
+    await asyncio.sleep(first_s)
+    records = await _records()
+    names = [name for name in names if name in records]  # one forgotten meanwhile is not asked about
+    if not names:
+        return
+    polls = watch.watch(names, poll_max_s=FOLLOW_POLL_MAX_S, recover=True, first_s=first_s, growth=growth)
+    async with contextlib.aclosing(polls):
+        async for report, recoveries in polls:
+            deliver(await _shown(report, recoveries, await _records()))
 
 
 async def forget(name: str, ask: bool = True) -> registry.JobRecord:

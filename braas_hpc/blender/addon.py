@@ -22,7 +22,8 @@ def _redraw() -> None:
     tag_redraw(("PROPERTIES", "PREFERENCES"))
 
 
-runtime = Runtime("braas-hpc", NAME, prompts=True, redraw=_redraw)
+# The jobs follower (jobs_list.Follower) runs while a job is active: Abort leaves it alone, the timer stays slow.
+runtime = Runtime("braas-hpc", NAME, prompts=True, redraw=_redraw, lasting=("follow",), idle=("follow",))
 CLASSES = (abort_operator(NAME, runtime, "Stop every running operation (upload, download, refresh); jobs "
                           "already on the cluster keep running"), *login_popups(NAME, runtime))
 

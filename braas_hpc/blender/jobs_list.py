@@ -1,9 +1,13 @@
-"""The jobs list on the main thread: rows from the loop into the runtime collection, and the refresh
-that keeps active jobs current with back-off (5 s after a change, up to one minute), gentle on the
-scheduler: one query per cluster per refresh, and none at all once every job has ended."""
+"""The jobs list on the main thread: rows from the loop into the runtime collection, and the follower that
+keeps active jobs current: one long-lived operation on the loop (activity.follow) that polls as gently as
+the panel always has (5 s after a change, backing off to once a minute, one query per cluster, none once
+every job has ended) and, between polls, shows what the cluster's job watcher sees land (core.events).
+Its reports wait in a thread-safe queue; the pump applies them here."""
 
 from __future__ import annotations
 
+import dataclasses
+import queue
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,12 +15,14 @@ from pathlib import Path
 import bpy
 
 from ..addon_kit.bridge import Operation
-from ..core.schedulers.base import TERMINAL
+from ..core.schedulers.base import PENDING, TERMINAL
 from . import activity, addon
 from .addon import runtime
 
 FIRST_INTERVAL_S = 5.0
-MAX_INTERVAL_S = 60.0
+GROWTH = 1.6
+RETRY_S = 60.0  # a follower that ended with jobs still active (a cluster down, a login refused): again after this
+FOLLOW = "follow"  # its operations' kind: lasting (Abort leaves it alone) and idle (the timer keeps its slow pace)
 
 
 def jobs() -> bpy.types.bpy_prop_collection:
@@ -62,28 +68,88 @@ def active_names() -> list[str]:
     return [item.name for item in jobs() if item.state not in TERMINAL]
 
 
-class AutoRefresh:
-    """Called by the pump every tick; starts a refresh of the active jobs when due."""
+class Follower:
+    """Called by the pump every tick: applies what the follower reported, and keeps one follower running
+    for the active jobs (restarted when a job joins them or on `soon`; stopped when none is left, or when
+    Blender is offline by the user's choice, for the jobs that need the network)."""
 
     def __init__(self) -> None:
-        self.interval = FIRST_INTERVAL_S
-        self.due = 0.0
+        self.reports: queue.SimpleQueue[activity.Refresh] = queue.SimpleQueue()  # filled on the loop thread
+        self.operation: Operation | None = None
+        self.following: tuple[str, ...] = ()
+        self.again = False  # `soon` was asked: start over (and from the first interval)
+        self.retry_at = 0.0
+        self.told = ""  # the last notes a report told: the same ones are not told again between polls
 
     def soon(self) -> None:
-        self.interval = FIRST_INTERVAL_S
-        self.due = time.monotonic() + FIRST_INTERVAL_S
+        """Follow again from the start of the back-off (a submission, a cancel, a resubmission)."""
+        self.again = True
         runtime.ensure_pump()
 
+    def running(self) -> bool:
+        return self.operation is not None and not self.operation.finished
+
     def __call__(self) -> None:
-        names = active_names()
-        if not names or time.monotonic() < self.due or runtime.state.bridge.active("refresh"):
+        ended = self.operation is not None and self.operation.finished  # before its last reports are applied
+        self._apply_reports()
+        if runtime.background():
+            return  # no timer runs there; each operator refreshes what it changed
+        wanted = active_names()
+        if not bpy.app.online_access:
+            wanted = [name for name in wanted if not _remote(name)]  # offline by choice: no network
+        if not wanted:
+            self.stop()
             return
-        if not bpy.app.online_access and any(_remote(name) for name in names):
-            return  # Blender is offline by the user's choice: no network, not even for status
-        self.due = time.monotonic() + self.interval
-        self.interval = min(self.interval * 1.6, MAX_INTERVAL_S)
-        runtime.state.bridge.run("Refreshing jobs", lambda: activity.refresh(names), "refresh",
-                                 on_done=_refreshed)
+        listed = {item.name for item in jobs()}
+        changed = self.again or not set(wanted) <= set(self.following) or not set(self.following) <= listed
+        if self.operation is not None and not ended:
+            if changed:
+                self._start(wanted)
+            return
+        if self.operation is not None and self.retry_at == 0.0:
+            self.retry_at = time.monotonic() + RETRY_S  # it ended with jobs not seen to end: a cluster's fault
+        if changed or time.monotonic() >= self.retry_at:
+            self._start(wanted)
+
+    def _start(self, names: list[str]) -> None:
+        self.stop()
+        self.again, self.retry_at, self.following = False, 0.0, tuple(names)
+        put = self.reports.put
+        self.operation = runtime.state.bridge.run(
+            "Following jobs", lambda: activity.follow(names, put, FIRST_INTERVAL_S, GROWTH), FOLLOW,
+            on_done=_followed)
+
+    def stop(self) -> None:
+        if self.running():
+            assert self.operation is not None
+            self.operation.cancel()
+        self.operation, self.following, self.retry_at = None, (), 0.0
+
+    def reset(self) -> None:
+        """At unregister: nothing followed, nothing left to apply (the loop is stopped with its operations)."""
+        self.stop()
+        self.again, self.told = False, ""
+        self.reports = queue.SimpleQueue()
+
+    def _apply_reports(self) -> None:
+        while True:
+            try:
+                result = self.reports.get_nowait()
+            except queue.Empty:
+                return
+            listed = {item.name for item in jobs()}  # a job removed meanwhile stays removed
+            notes = show_rows(dataclasses.replace(result, rows=[r for r in result.rows if r.name in listed]))
+            if notes and notes != self.told:
+                tell_notes(result, notes)
+            self.told = notes
+
+    def describe(self) -> str:
+        """A line for the panel: what is followed now."""
+        if self.running():
+            return f"Following {len(self.following)} active job(s)"
+        if any(_remote(name) for name in active_names()) and not bpy.app.online_access:
+            return "Not following the active jobs: Blender's online access is off"
+        return ""
 
 
 def _remote(name: str) -> bool:
@@ -91,38 +157,53 @@ def _remote(name: str) -> bool:
     return item is None or item.preset != "local"
 
 
-def _refreshed(operation: Operation) -> None:
+def _followed(operation: Operation) -> None:
     if operation.cancelled:
         return
     error = operation.error()
     if error is not None:
-        runtime.tell(f"refresh: {runtime.describe(error)}", "WARNING")
-        return
-    show_refresh(operation.result())
+        runtime.tell(f"following jobs: {runtime.describe(error)}", "WARNING")
+
+
+def mark_pending(name: str) -> None:
+    """A new round of an ended job was submitted (the registry records it pending): follow it again."""
+    item = jobs().get(name)
+    if item is not None:
+        item.state = PENDING
+    follower.soon()
 
 
 def show_refresh(result: activity.Refresh) -> None:
+    """A refresh's answer in the list, and its notes (errors per cluster, recoveries) on the status line."""
+    tell_notes(result, show_rows(result))
+    if any(not r.error for r in result.recoveries):
+        follower.soon()  # the new rounds: followed from the first interval
+
+
+def show_rows(result: activity.Refresh) -> str:
+    """The rows in the list; returns the notes to tell."""
     apply_rows(result.rows)
     notes = [f"{preset}: {why}" for preset, why in result.errors.items()]
     notes += [f"{r.job}: {len(r.plan.frames)} lost frame(s) resubmitted (round {r.round})"
               for r in result.recoveries if r.plan is not None and not r.error]
     notes += [f"{r.job}: lost frames not resubmitted: {r.error}" for r in result.recoveries if r.error]
+    return "; ".join(notes)
+
+
+def tell_notes(result: activity.Refresh, notes: str) -> None:
     if notes:
-        runtime.tell("; ".join(notes), "WARNING" if result.errors or any(r.error for r in result.recoveries)
-                     else "INFO")
-    if any(not r.error for r in result.recoveries):
-        auto_refresh.soon()
+        runtime.tell(notes, "WARNING" if result.errors or any(r.error for r in result.recoveries) else "INFO")
 
 
-auto_refresh = AutoRefresh()
+follower = Follower()
 
 
 def load_registry() -> None:
-    """At register and after a restart: the list as recorded, then a refresh if any job is active."""
+    """At register and after a restart: the list as recorded, then the follower if any job is active."""
     def loaded(rows: list[activity.JobRow]) -> None:
         apply_rows(rows)
         if any(row.active for row in rows):
-            auto_refresh.soon()
+            follower.soon()
 
     if bpy.app.background:
         loaded(activity.registry_rows())

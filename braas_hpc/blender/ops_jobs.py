@@ -120,7 +120,7 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                          + "".join(f". Warning: {w}" for w in result.warnings)
                          + "".join(f". Note: {n}" for n in result.upload.notes),
                          "WARNING" if result.warnings or result.upload.notes else "INFO")
-            jobs_list.auto_refresh.soon()
+            jobs_list.follower.soon()
 
         allow_scripts = self.allow_scripts
 
@@ -162,7 +162,7 @@ class BRAAS_HPC_OT_cancel_job(JobOperator):
     def start(self, context: bpy.types.Context, name: str) -> set[str]:
         def cancelled(ids: tuple[str, ...]) -> None:
             runtime.tell(f"job {name}: cancel sent for {', '.join(ids) or 'nothing (already ended)'}")
-            jobs_list.auto_refresh.soon()
+            jobs_list.follower.soon()
 
         return runtime.launch(self, f"Cancelling {name}", lambda: activity.cancel(name), "cancel", cancelled)
 
@@ -200,7 +200,7 @@ class BRAAS_HPC_OT_resubmit_failed(JobOperator):
     def start(self, context: bpy.types.Context, name: str) -> set[str]:
         def resubmitted(result: Any) -> None:
             runtime.tell(f"job {name}: frames {result.frames} resubmitted as {result.tasks} task(s)")
-            jobs_list.auto_refresh.soon()
+            jobs_list.mark_pending(name)
 
         return runtime.launch(self, f"Resubmitting {name}", lambda: activity.resubmit_missing(name), "submit",
                               resubmitted)

@@ -8,7 +8,7 @@ import bpy
 
 from ..addon_kit.text import wrap_text
 from ..core.schedulers.base import TERMINAL
-from . import checks, ops_jobs
+from . import checks, jobs_list, ops_jobs
 from .addon import runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
@@ -34,7 +34,7 @@ def release_thumbnails() -> None:
 
 def draw_status(layout: bpy.types.UILayout) -> None:
     """The status line: what runs now with its progress bar and Abort, or the last message."""
-    active = runtime.state.bridge.active()
+    active = runtime.busy()  # the jobs follower aside: it runs as long as a job is active
     visible = [op for op in active if op.kind not in ("refresh", "registry")] or active
     for operation in visible[:3]:
         snap = operation.snapshot()
@@ -138,6 +138,8 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         row = layout.row()
         row.template_list("BRAAS_HPC_UL_jobs", "", state, "jobs", state, "active_job", rows=4)
         row.operator("braas_hpc.refresh_jobs", text="", icon="FILE_REFRESH")
+        if following := jobs_list.follower.describe():
+            layout.label(text=following, icon="INFO")
         if not 0 <= state.active_job < len(state.jobs):
             return
         job = state.jobs[state.active_job]

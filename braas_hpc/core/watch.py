@@ -50,10 +50,12 @@ async def _poll(names: list[str] | None, recover: bool) -> tuple[monitor.StatusR
     return await monitor.status_report(names), []
 
 
-async def watch(names: list[str] | None = None, poll_max_s: float | None = None, recover: bool = True
+async def watch(names: list[str] | None = None, poll_max_s: float | None = None, recover: bool = True, *,
+                first_s: float | None = None, growth: float = 2.0
                 ) -> AsyncIterator[tuple[monitor.StatusReport, list[recovery.Recovery]]]:
     """Every poll's report (and the recoveries it made), with back-off (2, 4, 8 ... s, at most
-    `poll_max_s`, see `poll_max`), until every job asked about has ended or can no longer be asked. With
+    `poll_max_s`, see `poll_max`; the add-on's panel keeps its own pace: `first_s` after the first poll,
+    each pause `growth` times the last), until every job asked about has ended or can no longer be asked. With
     `recover`, frames lost on the way are resubmitted (core.recovery) and watching goes on for them.
 
     A cluster that does not answer hides none of the others. A dropped connection is a pause for its
@@ -61,17 +63,19 @@ async def watch(names: list[str] | None = None, poll_max_s: float | None = None,
     is gone, is not something waiting fixes: those jobs are not asked again, and their errors stay in
     every later report."""
     poll_max_s = poll_max(poll_max_s)
+    pace = (max(first_s or POLL_MIN_S, POLL_MIN_S), max(growth, 1.0))  # never faster than POLL_MIN_S
     news = events.JobEvents()
     try:
-        async for found in _watch(names, poll_max_s, recover, news):
+        async for found in _watch(names, poll_max_s, recover, news, pace):
             yield found
     finally:
         await news.close()
 
 
-async def _watch(names: list[str] | None, poll_max_s: float, recover: bool, news: events.JobEvents
-                 ) -> AsyncIterator[tuple[monitor.StatusReport, list[recovery.Recovery]]]:
-    interval = POLL_MIN_S
+async def _watch(names: list[str] | None, poll_max_s: float, recover: bool, news: events.JobEvents,
+                 pace: tuple[float, float]) -> AsyncIterator[tuple[monitor.StatusReport, list[recovery.Recovery]]]:
+    first_s, growth = pace
+    interval = first_s
     outages = 0
     lasting: list[monitor.ClusterError] = []
     while True:
@@ -85,7 +89,7 @@ async def _watch(names: list[str] | None, poll_max_s: float, recover: bool, news
                             interval)
         report = dataclasses.replace(report, errors=lasting + [e for e in report.errors if not e.lasting])
         if any(not r.error for r in recoveries):
-            interval = POLL_MIN_S  # a new round: its start is worth seeing soon
+            interval = first_s  # a new round: its start is worth seeing soon
         yield report, recoveries
         waiting_helps = outages and outages <= MAX_OUTAGES
         if all(s.state in TERMINAL for s in report.statuses) and not waiting_helps:
@@ -101,7 +105,7 @@ async def _watch(names: list[str] | None, poll_max_s: float, recover: bool, news
             if (seen := _with_frames(report, news)) != report:  # frames landed: shown without asking the scheduler
                 report = seen
                 yield report, []
-        interval = min(interval * 2, poll_max_s)
+        interval = min(interval * growth, poll_max_s)
 
 
 def _follow(news: events.JobEvents, report: monitor.StatusReport) -> None:

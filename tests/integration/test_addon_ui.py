@@ -74,7 +74,7 @@ class MainLoop:
             self.late_ms.append((woke - started - self.TICK_S) * 1000)
             started = woke
             self.tick()
-            active = runtime.state.bridge.active()
+            active = runtime.busy()  # what the status line shows (the jobs follower aside)
             self.stages.append(active[0].snapshot().stage if active else "")
         return True
 

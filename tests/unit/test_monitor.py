@@ -208,7 +208,7 @@ def test_tasks_no_answer_lists_are_counted_by_their_markers(tmp_path: Path) -> N
     assert asyncio.run(_states_from_markers(LocalTransport(), record, {}, set())) == []
 
 
-def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None) -> list[float]:  # noqa: ANN001
+def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None, **pace: float) -> list[float]:  # noqa: ANN001
     """The pauses `watch` takes between `polls` answers (the last one ends the job); the answers come
     from a stand-in for the cluster query, the back-off under test is the real one."""
     from braas_hpc.core import monitor, recovery, watch
@@ -227,7 +227,7 @@ def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None) -> list[
     monkeypatch.setattr(watch.asyncio, "sleep", pause)
 
     async def run() -> None:
-        async for _ in watch.watch(["j"], poll_max_s):
+        async for _ in watch.watch(["j"], poll_max_s, **pace):
             pass
 
     asyncio.run(run())
@@ -243,6 +243,13 @@ def test_watch_poll_max_from_the_caller_or_the_environment(monkeypatch) -> None:
     assert _pauses_of_watch(monkeypatch, 5, 5) == [2, 4, 5, 5]
     monkeypatch.setenv("BRAAS_HPC_POLL_MAX", "2")
     assert _pauses_of_watch(monkeypatch, 4, None) == [2, 2, 2]
+
+
+def test_watch_at_the_add_on_panel_s_pace(monkeypatch) -> None:  # noqa: ANN001
+    """The jobs list's follower: 5 s, then 1.6 times longer each, up to a minute; never under 2 s."""
+    pauses = _pauses_of_watch(monkeypatch, 9, 60, first_s=5, growth=1.6)
+    assert [round(p, 2) for p in pauses] == [5, 8, 12.8, 20.48, 32.77, 52.43, 60, 60]
+    assert _pauses_of_watch(monkeypatch, 3, 60, first_s=0.5, growth=0.5) == [2, 2]
 
 
 def test_poll_max_refuses_what_would_hammer_the_scheduler(monkeypatch) -> None:  # noqa: ANN001
