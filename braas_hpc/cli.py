@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.filesize import decimal
 from rich.live import Live
 from rich.progress import (
     BarColumn,
@@ -150,7 +151,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         up = result.upload
         print(f"submitted {result.frames} on {result.preset} as {result.tasks} array task(s), "
               f"scheduler id {', '.join(result.scheduler_ids)}")
-        print(f"inputs: sent {up.uploaded_files} file(s), {up.uploaded_bytes} bytes; "
+        print(f"inputs: sent {up.uploaded_files} file(s), {decimal(up.uploaded_bytes)}; "
               f"{up.skipped_files} already on the cluster")
         if up.outside_project:
             print(f"note: {len(up.outside_project)} file(s) from outside the scene's folder were included under "
@@ -167,12 +168,12 @@ async def cmd_gc(args: argparse.Namespace) -> int:
         _print_json(result.to_json())
         return 0
     for f in (*result.files, *result.abandoned):
-        print(f"{f.size:>12}  {f.digest}")
+        print(f"{decimal(f.size):>10}  {f.digest}")
     verb = "removed" if result.removed else "would remove (run again with --yes)"
-    print(f"{verb}: {len(result.files)} unreferenced file(s), {result.total_bytes} bytes in {result.store_dir}")
+    print(f"{verb}: {len(result.files)} unreferenced file(s), {decimal(result.total_bytes)} in {result.store_dir}")
     if result.abandoned:
         print(f"{verb}: {len(result.abandoned)} temp file(s) of uploads that failed a day or more ago, "
-              f"{result.abandoned_bytes} bytes")
+              f"{decimal(result.abandoned_bytes)}")
     return 0
 
 

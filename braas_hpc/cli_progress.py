@@ -44,7 +44,7 @@ def shown(console: Console, quiet: bool) -> Iterator[None]:
     if quiet or not console.is_terminal:
         yield
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), _Amount(),
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(bar_width=24), _Amount(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         current: dict[str, object] = {}
