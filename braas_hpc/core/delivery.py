@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shutil
 import tempfile
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from .errors import ConnectionLost, RemoteCommandError, SchedulerError
 from .job_files import job_files
 from .jobs import JobPaths, JobSpec
 from .packing import MAIN_BLEND, CannotPack, UnreadableBlend, check_missing, pack_key, pack_scene, stage_tree
+from .paths import data_dir, private_dir
 from .presets import Preset
 from .schedulers import Scheduler, scheduler_for
 from .schedulers.base import Round
@@ -77,6 +80,12 @@ async def _stage_packed(spec: JobSpec, staging: Path, cache: HashCache, reuse: b
     known = cache.packed(key) if key and reuse else None
     if known:
         return StagedInputs({MAIN_BLEND: known}, {known: None})
+    pending = pending_pack(key) if key else None
+    if pending is not None and reuse and pending.is_file():
+        # Packed by a try that did not deliver it (interrupted, cut): the same bytes, so the cluster
+        # resumes the part it kept instead of receiving a new pack whole.
+        digest = await asyncio.to_thread(sha256_file, pending)
+        return StagedInputs({MAIN_BLEND: digest}, {digest: pending}, pack_key=key)
     packed = staging / "packed" / MAIN_BLEND
     try:
         await pack_scene(scene, packed)
@@ -85,8 +94,29 @@ async def _stage_packed(spec: JobSpec, staging: Path, cache: HashCache, reuse: b
         if key:
             cache.remember_unpackable(key, why)
         return await _stage_as_folder(spec, staging, cache, why)
+    if pending is not None:
+        await asyncio.to_thread(_keep_pending, packed, pending)
+        packed = pending
     digest = await asyncio.to_thread(sha256_file, packed)
     return StagedInputs({MAIN_BLEND: digest}, {digest: packed}, pack_key=key)
+
+
+PENDING_PACK_DAYS = 7  # a pack no try delivered in this long is removed (the scene has surely changed)
+
+
+def pending_pack(key: str) -> Path:
+    """Where a packed copy waits until a submission delivers it: this user's data directory, private."""
+    return data_dir() / "pending-packs" / f"{key}.blend"
+
+
+def _keep_pending(packed: Path, pending: Path) -> None:
+    directory = private_dir(pending.parent)
+    cutoff = time.time() - PENDING_PACK_DAYS * 86400
+    for old in directory.glob("*.blend"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+    shutil.move(packed, pending)  # a rename when the staging directory is on the same disk, else a copy
 
 
 async def _stage_as_folder(spec: JobSpec, staging: Path, cache: HashCache, why: str) -> StagedInputs:
@@ -117,10 +147,11 @@ async def _stage(spec: JobSpec, staging: Path, cache: HashCache, reuse: bool = T
     return await _stage_packed(spec, staging, cache, reuse)
 
 
-def _report(staged: StagedInputs, sent: Collection[str]) -> UploadReport:
+def _report(staged: StagedInputs, sent: Collection[str], sent_bytes: int | None = None) -> UploadReport:
+    """`sent_bytes`: what actually travelled, when files were resumed (else their whole sizes)."""
     sizes = staged.sizes
-    return UploadReport(sum(sizes[d] for d in sent), len(sent), len(staged.entries) - len(sent),
-                        staged.outside, staged.notes)
+    sent_bytes = sum(sizes[d] for d in sent) if sent_bytes is None else sent_bytes
+    return UploadReport(sent_bytes, len(sent), len(staged.entries) - len(sent), staged.outside, staged.notes)
 
 
 @dataclass(frozen=True)
@@ -157,6 +188,7 @@ async def deliver(spec: JobSpec, preset: Preset, transport: Transport, paths: Jo
                 staged = await _stage(spec, Path(temp), cache, reuse=False)
         if staged.pack_key:
             cache.remember_packed(staged.pack_key, staged.entries[MAIN_BLEND])
+            pending_pack(staged.pack_key).unlink(missing_ok=True)  # the cluster has it now
     return delivered
 
 
@@ -184,7 +216,7 @@ async def _deliver_conversing(transport: Transport, preset: Preset, paths: JobPa
                                                                   paths.status_dir], staged, steps, cache)
     if outcome.stopped == 0:
         store.check_linked(paths.root, submit_exchange.step_result(outcome, 0, link_argv))
-    prepared = PreparedJob(paths.root, paths.name, _report(staged, outcome.store_sent), scripts)
+    prepared = PreparedJob(paths.root, paths.name, _report(staged, outcome.store_sent, outcome.store_bytes), scripts)
     if round_ is None:
         return Delivered(prepared, {})
     id_tasks, finish_id = _submitted(scheduler, outcome.results[2] if len(outcome.results) > 2 else {}, submissions,

@@ -65,7 +65,8 @@ class Outcome:
     stopped: int | None  # the step that ended with a status it does not allow
     scripts_sent: tuple[str, ...] = ()
     store_sent: tuple[str, ...] = ()
-    sent_bytes: int = 0
+    sent_bytes: int = 0  # every byte streamed (scripts and store files), less what earlier tries left
+    store_bytes: int = 0  # of those, the store files' (what a submission reports as uploaded)
 
 
 def _script_offer(scripts_dir: str) -> dict[str, Any]:
@@ -148,15 +149,15 @@ async def _converse(transport: Transport, root: str, dirs: Sequence[str], offer:
 
 
 async def _finish_sending(sending: asyncio.Task | None, final: dict[str, Any] | None
-                          ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+                          ) -> tuple[tuple[str, ...], tuple[str, ...], int, int]:
     if sending is None:
-        return (), (), 0
+        return (), (), 0, 0
     try:
         return await sending
     except ConnectionLost:
         if final is None:
             raise
-        return (), (), 0  # the helper stopped reading to answer with an error: the answer says why
+        return (), (), 0, 0  # the helper stopped reading to answer with an error: the answer says why
 
 
 def _message(text: str) -> dict[str, Any] | None:
@@ -167,7 +168,8 @@ def _message(text: str) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
-async def _send(handle: Any, need: dict[str, Any], offer: Offer) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+async def _send(handle: Any, need: dict[str, Any], offer: Offer
+                ) -> tuple[tuple[str, ...], tuple[str, ...], int, int]:
     """The files the helper asked for, in its order (scripts, then store files, each by name/digest)."""
     shipped = shipped_scripts()
     scripts = [name for name in need.get("scripts", []) if name in shipped]
@@ -181,7 +183,7 @@ async def _send(handle: Any, need: dict[str, Any], offer: Offer) -> tuple[tuple[
     for path, size, offset in files:
         done = await _send_file(handle, path, size, offset, done, counter.for_item("all"))
     await handle.write_eof()
-    return tuple(scripts), tuple(store), done
+    return tuple(scripts), tuple(store), done, sum(size - offset for _, size, offset in files[len(scripts):])
 
 
 def _offset(value: object, size: int) -> int:

@@ -5,12 +5,14 @@ progress drawn on a terminal, and nowhere else."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
 import re
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -144,3 +146,44 @@ def test_a_long_submit_and_wait_show_their_progress_on_a_terminal_only(testbed: 
     assert status == 0 and "packing" not in drawn and "uploading" not in drawn, drawn
     piped = run_cli("submit", str(project / "sample.blend"), "--preset", "testbed", "--frames", "1")
     assert piped.returncode == 0 and "packing" not in piped.stderr, piped.stderr
+
+
+def test_ctrl_c_in_the_middle_of_an_upload_says_how_to_go_on_and_the_same_command_does(testbed: tb.Testbed,
+                                                                                       tmp_path: Path) -> None:
+    """Ctrl+C while a 400 MB texture the cluster has never seen is being sent: exit 130 with what to do;
+    the same command again resumes that submission (the same job, the bytes already sent not sent
+    again) and the frame renders with the texture."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "examples" / "sample", project)
+    with (project / "textures" / "checker.png").open("ab") as texture:  # PNG readers ignore what follows
+        texture.write(secrets.token_bytes(400 << 20))
+    argv = [sys.executable, "-m", "braas_hpc.cli", "submit", str(project / "sample.blend"), "--preset", "testbed",
+            "--frames", "1"]
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=secondary, stdin=secondary, cwd=REPO,
+                               env={**os.environ, "COLUMNS": "160", "TERM": "xterm"}, start_new_session=True)
+    os.close(secondary)
+    drawn = bytearray()
+    while b"MB/" not in drawn:  # the upload has begun and sent some
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the command ended first
+            chunk = b""
+        assert chunk, drawn.decode(errors="replace")
+        drawn += chunk
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl+C does
+    with contextlib.suppress(OSError):
+        while chunk := os.read(primary, 65536):
+            drawn += chunk
+    printed, _ = process.communicate(timeout=120)
+    os.close(primary)
+    said = drawn.decode(errors="replace")
+    assert process.returncode == 130, said
+    assert "the same command again resumes this submission" in said and "Traceback" not in said, said
+    assert not printed.strip(), printed  # no job was announced
+
+    again = run_cli(*argv[3:], "--json")
+    assert again.returncode == 0, again.stderr
+    resumed = json.loads(again.stdout)
+    assert resumed["uploaded_bytes"] < (400 << 20), resumed  # what the first try sent was kept
+    assert run_cli("wait", resumed["job"], "--timeout", "600", timeout=700).returncode == 0
