@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -80,13 +81,14 @@ async def _stage_packed(spec: JobSpec, staging: Path, cache: HashCache, reuse: b
     known = cache.packed(key) if key and reuse else None
     if known:
         return StagedInputs({MAIN_BLEND: known}, {known: None})
-    pending = pending_pack(key) if key else None
-    if pending is not None and reuse and pending.is_file():
+    if key and reuse and (waiting := await asyncio.to_thread(_pending_pack, key)):
         # Packed by a try that did not deliver it (interrupted, cut): the same bytes, so the cluster
         # resumes the part it kept instead of receiving a new pack whole.
-        digest = await asyncio.to_thread(sha256_file, pending)
-        return StagedInputs({MAIN_BLEND: digest}, {digest: pending}, pack_key=key)
-    packed = staging / "packed" / MAIN_BLEND
+        digest, path = waiting
+        return StagedInputs({MAIN_BLEND: digest}, {digest: path}, pack_key=key)
+    # With a key, packed where it waits until delivered (no copy of a large pack from a temp disk after).
+    work = await asyncio.to_thread(_pending_work) if key else staging / "packed"
+    packed = work / MAIN_BLEND
     try:
         await pack_scene(scene, packed)
     except CannotPack as exc:
@@ -94,29 +96,45 @@ async def _stage_packed(spec: JobSpec, staging: Path, cache: HashCache, reuse: b
         if key:
             cache.remember_unpackable(key, why)
         return await _stage_as_folder(spec, staging, cache, why)
-    if pending is not None:
-        await asyncio.to_thread(_keep_pending, packed, pending)
-        packed = pending
+    finally:
+        if key and not packed.is_file():
+            shutil.rmtree(work, ignore_errors=True)
     digest = await asyncio.to_thread(sha256_file, packed)
+    if key:
+        waiting_path = work.parent / f"{key}-{digest[:16]}.blend"
+        os.replace(packed, waiting_path)
+        shutil.rmtree(work, ignore_errors=True)
+        packed = waiting_path
     return StagedInputs({MAIN_BLEND: digest}, {digest: packed}, pack_key=key)
 
 
 PENDING_PACK_DAYS = 7  # a pack no try delivered in this long is removed (the scene has surely changed)
 
 
-def pending_pack(key: str) -> Path:
-    """Where a packed copy waits until a submission delivers it: this user's data directory, private."""
-    return data_dir() / "pending-packs" / f"{key}.blend"
+def _pending_dir() -> Path:
+    """Where packed copies wait until a submission delivers them: this user's data directory, private."""
+    return private_dir(data_dir() / "pending-packs")
 
 
-def _keep_pending(packed: Path, pending: Path) -> None:
-    directory = private_dir(pending.parent)
+def _pending_pack(key: str) -> tuple[str, Path] | None:
+    """The newest undelivered pack of these inputs whose bytes are still what its name says."""
+    for path in sorted(_pending_dir().glob(f"{key}-*.blend"), key=lambda p: p.stat().st_mtime, reverse=True):
+        digest = sha256_file(path)
+        if path.stem.endswith(digest[:16]):
+            return digest, path
+        path.unlink(missing_ok=True)  # damaged: packed again
+    return None
+
+
+def _pending_work() -> Path:
+    """A private folder of this try's own to pack into; packs no try delivered in a week are removed."""
+    directory = _pending_dir()
     cutoff = time.time() - PENDING_PACK_DAYS * 86400
-    for old in directory.glob("*.blend"):
+    for old in [*directory.glob("*.blend"), *directory.glob(".packing-*")]:
         with contextlib.suppress(OSError):
             if old.stat().st_mtime < cutoff:
-                old.unlink()
-    shutil.move(packed, pending)  # a rename when the staging directory is on the same disk, else a copy
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return Path(tempfile.mkdtemp(prefix=".packing-", dir=directory))
 
 
 async def _stage_as_folder(spec: JobSpec, staging: Path, cache: HashCache, why: str) -> StagedInputs:
@@ -188,7 +206,9 @@ async def deliver(spec: JobSpec, preset: Preset, transport: Transport, paths: Jo
                 staged = await _stage(spec, Path(temp), cache, reuse=False)
         if staged.pack_key:
             cache.remember_packed(staged.pack_key, staged.entries[MAIN_BLEND])
-            pending_pack(staged.pack_key).unlink(missing_ok=True)  # the cluster has it now
+            source = staged.sources.get(staged.entries[MAIN_BLEND])
+            if source is not None and source.parent == _pending_dir():
+                source.unlink(missing_ok=True)  # the cluster has it now
     return delivered
 
 

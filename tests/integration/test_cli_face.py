@@ -186,4 +186,6 @@ def test_ctrl_c_in_the_middle_of_an_upload_says_how_to_go_on_and_the_same_comman
     assert again.returncode == 0, again.stderr
     resumed = json.loads(again.stdout)
     assert resumed["uploaded_bytes"] < (400 << 20), resumed  # what the first try sent was kept
+    waiting = Path(os.environ["BRAAS_HPC_DATA_DIR"]) / "pending-packs"
+    assert not list(waiting.glob("*.blend")), list(waiting.iterdir())  # delivered: no local copy left
     assert run_cli("wait", resumed["job"], "--timeout", "600", timeout=700).returncode == 0
