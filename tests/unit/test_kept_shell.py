@@ -1,0 +1,150 @@
+"""The kept shell (a long-lived `sh` that short commands share) over a local `sh` process: the framing,
+the answer cap, time-outs and the rules for falling back to a call of its own. Over real sshd for each
+back end: tests/integration/test_transport_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from braas_hpc.core.errors import AnswerTooLarge
+from braas_hpc.core.transport import kept_shell
+from braas_hpc.core.transport.kept_shell import KeptShell, SessionLost, ShellPipe, run_kept
+from braas_hpc.core.transport.openssh.shell import remote_shell
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def local_shell() -> KeptShell:
+    return remote_shell(lambda: (["sh", "-c"], dict(os.environ)))  # `sh -c "exec sh"`: the kept sh, here
+
+
+async def _run(shell: KeptShell, command: str, timeout: float | None = 10) -> tuple[int, bytes, bytes]:
+    async with shell.lock:
+        return await shell.run(command, timeout)
+
+
+def test_many_commands_share_one_session_each_in_a_subshell() -> None:
+    async def work() -> None:
+        shell = local_shell()
+        try:
+            first = await _run(shell, "echo $PPID")  # the subshell's parent: the kept sh
+            assert first[0] == 0
+            assert await _run(shell, "cd /; echo out; echo err >&2; exit 3") == (3, b"out\n", b"err\n")
+            assert await _run(shell, "pwd") == (0, os.getcwd().encode() + b"\n", b"")  # the cd stayed inside
+            assert await _run(shell, "head -c 70000 /dev/zero") == (0, bytes(70000), b"")
+            assert (await _run(shell, "echo $PPID"))[1] == first[1]
+            assert await _run(shell, "cat") == (0, b"", b"")  # stdin is /dev/null, not the session's requests
+            assert shell.starts == 1
+        finally:
+            await shell.close()
+
+    run(work())
+
+
+def test_an_answer_over_the_cap_is_not_read_and_the_session_starts_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kept_shell, "ANSWER_BYTES", 100_000)
+
+    async def work() -> None:
+        shell = local_shell()
+        try:
+            await _run(shell, "true")
+            with pytest.raises(AnswerTooLarge, match="holds 300000 bytes, more than the 100000"):
+                await _run(shell, "head -c 300000 /dev/zero")
+            assert await _run(shell, "echo ok") == (0, b"ok\n", b"")
+            assert shell.starts == 2
+        finally:
+            await shell.close()
+
+    run(work())
+
+
+def test_a_time_out_ends_the_session_and_the_next_command_gets_a_new_one() -> None:
+    async def work() -> None:
+        shell = local_shell()
+        try:
+            await _run(shell, "true")
+            with pytest.raises(TimeoutError):
+                await _run(shell, "sleep 30", timeout=0.5)
+            assert await _run(shell, "echo ok") == (0, b"ok\n", b"")
+            assert shell.starts == 2
+        finally:
+            await shell.close()
+
+    run(work())
+
+
+class _Broken(ShellPipe):
+    """A session that ends as soon as a request is written."""
+
+    alive = True
+
+    async def write(self, data: bytes) -> None:
+        if b"braas-end" in data and b"ready" not in data:
+            raise ConnectionResetError("gone")
+
+    async def readline(self) -> bytes:
+        return self.ready
+
+    async def readexactly(self, size: int) -> bytes:
+        raise AssertionError("not reached")
+
+    async def close(self) -> None:
+        self.alive = False
+
+    async def abort(self) -> None:
+        self.alive = False
+
+
+def test_the_rules_for_a_call_of_its_own() -> None:
+    async def nothing() -> None:
+        return None
+
+    async def work() -> None:
+        shell = local_shell()
+        try:
+            still_up = lambda _lost: asyncio.sleep(0)  # noqa: E731 - the connection is up: no error
+            # With stdin, or while the session is busy: not through the session.
+            assert await run_kept(shell, "echo a", b"input", None, nothing, still_up) is None
+            async with shell.lock:
+                assert await run_kept(shell, "echo a", None, None, nothing, still_up) is None
+            assert shell.starts == 0
+            assert await run_kept(shell, "echo a", None, None, nothing, still_up) == (0, b"a\n", b"")
+        finally:
+            await shell.close()
+
+        async def cannot_start() -> ShellPipe:
+            raise OSError("no channel")
+
+        gone = [SessionLost("x", sent=True)]
+
+        async def connection_gone(lost: SessionLost) -> Exception | None:
+            gone.append(lost)
+            return ConnectionError("dropped")
+
+        # Not started: nothing was sent, so a call of its own runs it, whatever the connection says.
+        assert await run_kept(KeptShell(cannot_start), "echo", None, None, nothing, connection_gone) is None
+        assert len(gone) == 1
+
+        broken = _Broken()
+
+        async def opens_broken() -> ShellPipe:
+            return broken
+
+        sent = KeptShell(opens_broken)
+        broken.ready = f"{sent._token} ready\n".encode()
+        # Sent, the connection gone: its error.
+        with pytest.raises(ConnectionError, match="dropped"):
+            await run_kept(sent, "echo", None, None, nothing, connection_gone)
+        assert gone[-1].sent
+        # Sent, only the session ended: a call of its own.
+        broken.alive = True
+        assert await run_kept(sent, "echo", None, None, nothing, still_up) is None
+
+    run(work())
