@@ -330,6 +330,9 @@ class AsyncsshTransport(Transport):
         await asyncio.sleep(0)  # asyncssh marks a connection closed in a callback it schedules
         return None if self._alive() else self._lost(lost)
 
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell
+
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
         if (done := await run_kept(self._shell, command, stdin, timeout, self.connect,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..errors import AnswerTooLarge
 
@@ -21,6 +21,14 @@ from ..errors import AnswerTooLarge
 # announce is read into memory. Listings of a few hundred thousand frames fit many times over.
 ANSWER_BYTES = 256 * 1024 * 1024
 START_TIMEOUT = 30.0  # for the shell's ready line (a login script may be slow)
+STALL_TIMEOUT = 300.0  # the longest wait for the next bytes of a file stream
+FILE_BLOCK = 1 << 20
+
+# Whole files one after another on the session's stdout ($@: their paths): per file "F <size>" and its bytes,
+# or "M" when it is not a readable regular file. The size is that of the file opened (fd 3), so a frame
+# renamed over meanwhile is sent whole, old or new.
+SEND_FILES = ('for f; do if [ -f "$f" ] && { s=$(stat -L -c %s /dev/fd/3) && printf \'F %s\\n\' "$s" && '
+              'head -c "$s" <&3; } 3<"$f"; then :; else printf \'M\\n\'; fi; done')
 SHELL_COMMAND = "exec sh"
 
 # Set up once: two private temp files, removed when the session ends.
@@ -128,6 +136,39 @@ class KeptShell:
             raise
         return status, out, err
 
+    async def send_files(self, command: str, count: int,
+                         on_file: Callable[[int, int | None, AsyncIterator[bytes]], Awaitable[None]]) -> None:
+        """Run `command` (SEND_FILES for `count` paths, quoted by the caller) with its output straight on the
+        session, and hand each file to `on_file(index, size or None when missing, its bytes)`, which reads
+        them all. The caller holds `lock`. A session lost midway raises SessionLost (sent)."""
+        if not self.alive:
+            self.forget()
+            self._pipe = await self._start()
+        pipe = self._pipe
+        assert pipe is not None
+        try:
+            await pipe.write(f'({command}\n) </dev/null 2>/dev/null; printf \'%s %s\\n\' {self._token} "$?"\n'.encode())
+            for index in range(count):
+                async with asyncio.timeout(STALL_TIMEOUT):
+                    line = await pipe.readline()
+                kind, _, size = line.decode(errors="replace").strip().partition(" ")
+                if kind == "M" and not size:
+                    await on_file(index, None, _no_bytes())
+                elif kind == "F" and size.isdigit():
+                    await on_file(index, int(size), _bytes_of(pipe, int(size)))
+                else:
+                    raise ValueError(f"unexpected answer from the remote shell: {line[:80]!r}")
+            async with asyncio.timeout(STALL_TIMEOUT):
+                end = (await pipe.readline()).split()
+            if len(end) != 2 or end[0] != self._token.encode():
+                raise ValueError(f"unexpected end of a file stream from the remote shell: {end[:2]!r}")
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
+            await self._abort()
+            raise SessionLost(str(exc) or type(exc).__name__, sent=True) from exc
+        except BaseException:  # cancelled, or the local disk refused: the stream is mid-file
+            await self._abort()
+            raise
+
     async def _header(self, pipe: ShellPipe) -> list[str]:
         line = await pipe.readline()
         fields = line.decode(errors="replace").split()
@@ -148,6 +189,20 @@ class KeptShell:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             await pipe.close()
+
+
+async def _no_bytes() -> AsyncIterator[bytes]:
+    return
+    yield
+
+
+async def _bytes_of(pipe: ShellPipe, size: int) -> AsyncIterator[bytes]:
+    left = size
+    while left:
+        async with asyncio.timeout(STALL_TIMEOUT):
+            chunk = await pipe.readexactly(min(left, FILE_BLOCK))
+        left -= len(chunk)
+        yield chunk
 
 
 async def run_kept(shell: KeptShell, command: str, stdin: bytes | None, timeout: float | None,

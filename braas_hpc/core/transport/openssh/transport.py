@@ -7,7 +7,7 @@ import contextlib
 
 from ...errors import ConnectionLost, RemoteCommandError
 from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, merge_lines, pipe_writer, remote_line
-from ..kept_shell import SessionLost, run_kept
+from ..kept_shell import KeptShell, SessionLost, run_kept
 from .copy import Copies
 from .forward import Forwards
 from .options import opt
@@ -20,6 +20,9 @@ _LIST_EXPR = ["-mindepth", "1", "-maxdepth", "1", "(", "-type", "f", "-o", "-typ
 
 class OpenSSHTransport(Copies, Forwards):
     name = "openssh"
+
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell if self._mux else None
 
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:

@@ -12,7 +12,7 @@ import paramiko
 
 from ...errors import ConnectionLost
 from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, StreamLine
-from ..kept_shell import SessionLost, ShellPipe, run_kept
+from ..kept_shell import KeptShell, SessionLost, ShellPipe, run_kept
 from .channels import pump_lines, run, send_all, start
 from .copy import Copies
 from .forward import Forwards
@@ -32,6 +32,9 @@ class ParamikoTransport(Copies, Forwards):
     async def _connection_gone(self, lost: SessionLost) -> Exception | None:
         hops = self._hops
         return None if self._alive() else self._lost(lost, hops)
+
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell
 
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
