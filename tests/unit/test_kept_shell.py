@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from braas_hpc.core.errors import AnswerTooLarge
 from braas_hpc.core.transport import kept_shell
 from braas_hpc.core.transport.kept_shell import KeptShell, SessionLost, ShellPipe, run_kept
+from braas_hpc.core.transport.local import LocalTransport
 from braas_hpc.core.transport.openssh.shell import remote_shell
 
 
@@ -148,3 +150,73 @@ def test_the_rules_for_a_call_of_its_own() -> None:
         assert await run_kept(sent, "echo", None, None, nothing, still_up) is None
 
     run(work())
+
+
+class KeptLocal(LocalTransport):
+    """The local transport with a kept shell (a local sh), as the SSH back ends have one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shell = local_shell()
+
+    def _kept_shell(self) -> KeptShell | None:
+        return self.shell
+
+
+AWKWARD = ["frame_0001.png", "-dash.png", "with space.png", "new\nline.png", "empty.png"]
+
+
+def test_a_batch_brings_whole_files_in_one_request(tmp_path: Path) -> None:
+    remote, here = tmp_path / "remote", tmp_path / "here"
+    remote.mkdir()
+    contents = {name: os.urandom(n * 300_001) for n, name in enumerate(AWKWARD[:-1], 1)} | {"empty.png": b""}
+    for name, data in contents.items():
+        (remote / name).write_bytes(data)
+    (here / ".resumed.png.braas-part").parent.mkdir()
+    (here / ".resumed.png.braas-part").write_bytes(b"half")  # a cut download: left to `get`, which resumes it
+    (remote / "resumed.png").write_bytes(b"half and the rest")
+    items = [(str(remote / n), here / n) for n in [*AWKWARD, "missing.png", "resumed.png"]]
+    seen: list[tuple[str, int, int]] = []
+
+    async def work() -> set[str]:
+        t = KeptLocal()
+        try:
+            return await t.get_batch(items, lambda path: lambda done, total: seen.append((path, done, total)))
+        finally:
+            await t.shell.close()
+            assert t.shell.starts == 1
+
+    done = run(work())
+    assert done == {str(remote / n) for n in AWKWARD}
+    assert {p.name: p.read_bytes() for p in here.iterdir() if not p.name.startswith(".")} == contents
+    assert sorted(p.name for p in here.iterdir() if p.name.startswith(".")) == [".resumed.png.braas-part"]
+    assert (str(remote / "-dash.png"), 600_002, 600_002) in seen
+
+
+def test_a_batch_cut_midway_keeps_what_arrived_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session dies in the second file: the first is in place, the second's bytes wait in its temp file
+    for `get` to resume, the rest is left to `get`; nothing half-written under a frame's name."""
+    remote, here = tmp_path / "remote", tmp_path / "here"
+    remote.mkdir()
+    for n in range(3):
+        (remote / f"f{n}").write_bytes(bytes([n]) * 3_000_000)
+    monkeypatch.setattr(kept_shell, "FILE_BLOCK", 1 << 16)
+    t = KeptLocal()
+    arrived = []
+    real = kept_shell._bytes_of
+
+    async def cut_in_the_second(pipe: ShellPipe, size: int):  # noqa: ANN202
+        async for chunk in real(pipe, size):
+            arrived.append(len(chunk))
+            if len(arrived) == 50:  # the first file was 46 blocks
+                await pipe.abort()
+            yield chunk
+
+    monkeypatch.setattr(kept_shell, "_bytes_of", cut_in_the_second)
+    items = [(str(remote / f"f{n}"), here / f"f{n}") for n in range(3)]
+    done = run(t.get_batch(items))
+    assert done == {str(remote / "f0")} and (here / "f0").read_bytes() == bytes([0]) * 3_000_000
+    assert not (here / "f1").exists() and not (here / "f2").exists()
+    assert 0 < (here / ".f1.braas-part").stat().st_size < 3_000_000
+    run(t.get(str(remote / "f1"), here / "f1"))  # resumed from the temp file, checked by its hash
+    assert (here / "f1").read_bytes() == bytes([1]) * 3_000_000
