@@ -156,7 +156,7 @@ def test_short_commands_share_one_session_channel(connect, main_target) -> None:
         sessions = {(await t.run(["sh", "-c", _SESSION_OF])).stdout for _ in range(5)}
         with_stdin = (await t.run(["sh", "-c", _SESSION_OF], stdin="x")).stdout  # a channel of its own
         # The kept shell killed from outside: the next command still runs (a new session, or its own call).
-        await t.run(["kill", "-9", next(iter(sessions)).strip()], stdin="")
+        await t.run(["kill", "-9", next(iter(sessions)).strip()], stdin="", check=False)
         await asyncio.sleep(0.3)
         after = (await t.run(["echo", "still here"])).stdout
         return sessions, with_stdin, after
@@ -299,6 +299,34 @@ def test_put_get_with_awkward_names(connect, main_target, tmp_path: Path, testbe
     names = run(_use(connect(main_target), work))
     assert names == ["it's $(touch x) ü.bin"]  # no temp file left behind
     assert seen and seen[-1] == (local.stat().st_size, local.stat().st_size)
+
+
+def test_new_files_come_in_one_stream_on_the_kept_shell(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
+    """A batch download: every file through the session short commands use (no channel, no SFTP session
+    per file), whole and under its own name; a file missing on the cluster is left to `get`."""
+    remote_dir = f"{testbed.workdir}/batch {secrets.token_hex(6)}"
+    names = ["frame_0001.png", "-dash $(x) ü.png", "empty.png"]
+    data = {names[0]: os.urandom(2 * 1024 * 1024 + 5), names[1]: os.urandom(70_001), names[2]: b""}
+    for name, content in data.items():
+        (tmp_path / "up").mkdir(exist_ok=True)
+        (tmp_path / "up" / name).write_bytes(content)
+
+    async def work(t: Transport) -> tuple[set[str], int]:
+        await t.run(["mkdir", "-p", remote_dir])
+        for name in names:
+            await t.put(tmp_path / "up" / name, f"{remote_dir}/{name}")
+        shell = t._kept_shell()
+        assert shell is not None
+        await t.run(["true"])  # the kept shell is up
+        starts = shell.starts
+        items = [(f"{remote_dir}/{n}", tmp_path / "down" / n) for n in [*names, "missing.png"]]
+        done = await t.get_batch(items)
+        await t.run(["rm", "-rf", remote_dir])
+        return done, shell.starts - starts
+
+    done, new_sessions = run(_use(connect(main_target), work))
+    assert done == {f"{remote_dir}/{n}" for n in names} and new_sessions == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "down").iterdir()} == data  # no temp file left
 
 
 def test_trees_round_trip(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
