@@ -235,6 +235,19 @@ async def download_once(job: JobContext, dest: Path, progress: Progress | None =
     bytes_done = _Progress(progress)
     limit = asyncio.Semaphore(1 if transport.name in ONE_AT_A_TIME else PARALLEL_GETS)
 
+    async def settle(frame: str, replaced: bool) -> None:
+        """The frame's bytes are here: checked against the cluster's hash, then recorded."""
+        target = todo[frame][0]
+        digest = remote.digests[frame]
+        if await asyncio.to_thread(sha256_file, target) != digest:
+            target.unlink()
+            raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, "
+                                "run again")
+        ledger.record(target, digest)
+        result.downloaded += 1
+        if replaced:
+            result.refetched.append(target.name)
+
     async def fetch(frame: str) -> None:
         target, size = todo[frame]
         digest = remote.digests[frame]
@@ -246,16 +259,21 @@ async def download_once(job: JobContext, dest: Path, progress: Progress | None =
                 return
             replaced = target.is_file()
             await transport.get(f"{paths.out_dir}/{frame}", target, bytes_done.of(frame, size))
-            if await asyncio.to_thread(sha256_file, target) != digest:
-                target.unlink()
-                raise TransferError(f"{target.name} does not match the cluster's copy (SHA-256); removed it, "
-                                    "run again")
-            ledger.record(target, digest)
-            result.downloaded += 1
-            if replaced:
-                result.refetched.append(target.name)
+            await settle(frame, replaced)
 
-    failed = await _each(list(todo), fetch)
+    # New frames come in one stream where the back end keeps a shell (one round trip); the others (a frame
+    # here to compare, a cut stream, no kept shell) one by one as before.
+    new = {f"{paths.out_dir}/{frame}": frame for frame, (target, _) in todo.items()
+           if not os.path.lexists(target)}
+    streamed = await transport.get_batch([(path, todo[frame][0]) for path, frame in new.items()],
+                                         lambda path: bytes_done.of(new[path], todo[new[path]][1])) if new else set()
+    failed: list[Exception] = []
+    for path in sorted(streamed):
+        try:
+            await settle(new[path], False)
+        except TransferError as error:
+            failed.append(error)
+    failed += await _each([frame for frame in todo if f"{paths.out_dir}/{frame}" not in streamed], fetch)
     ledger.save()
     result.refetched.sort()
     if failed:

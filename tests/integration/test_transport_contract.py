@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from braas_hpc.core.errors import (
+    AnswerTooLarge,
     AuthenticationFailed,
     ConnectionFailed,
     ConnectionLost,
@@ -31,7 +32,7 @@ from braas_hpc.core.errors import (
     HostKeyUnknown,
     RemoteCommandError,
 )
-from braas_hpc.core.transport import SSHTarget, Transport, make_transport
+from braas_hpc.core.transport import SSHTarget, Transport, kept_shell, make_transport
 from braas_hpc.core.transport.base import StreamHandle, StreamLine
 from braas_hpc.core.transport.hostkeys import host_pattern, recorded_keys
 from tests.helpers import Answers, sha256
@@ -139,6 +140,46 @@ def test_commands_reuse_one_connection(connect, main_target) -> None:  # noqa: A
     # The client port is part of $SSH_CONNECTION: one connection means one client port.
     seen = run(_use(connect(main_target), work))
     assert len({line.split()[1] for line in seen}) == 1
+
+
+# The sshd child that runs a command's session (its ancestor whose parent is sshd): one per session channel.
+_SESSION_OF = (
+    'p=$$; while :; do q=$(cut -d" " -f4 "/proc/$p/stat"); '
+    'case $(cat "/proc/$q/comm") in sshd*) echo "$p"; exit 0;; esac; [ "$q" -gt 1 ] || exit 1; p=$q; done')
+
+
+def test_short_commands_share_one_session_channel(connect, main_target) -> None:  # noqa: ANN001
+    """Commands without stdin go through one kept remote shell: no channel opened per command (a round
+    trip each). Counted on the real sshd: the session each command runs under."""
+
+    async def work(t: Transport) -> tuple[set[str], str, str]:
+        sessions = {(await t.run(["sh", "-c", _SESSION_OF])).stdout for _ in range(5)}
+        with_stdin = (await t.run(["sh", "-c", _SESSION_OF], stdin="x")).stdout  # a channel of its own
+        # The kept shell killed from outside: the next command still runs (a new session, or its own call).
+        await t.run(["kill", "-9", next(iter(sessions)).strip()], stdin="", check=False)
+        await asyncio.sleep(0.3)
+        after = (await t.run(["echo", "still here"])).stdout
+        return sessions, with_stdin, after
+
+    sessions, with_stdin, after = run(_use(connect(main_target), work))
+    assert len(sessions) == 1 and next(iter(sessions)).strip().isdigit()
+    assert with_stdin not in sessions
+    assert after == "still here\n"
+
+
+def test_an_oversized_answer_is_refused_unread(connect, main_target, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The kept shell's header gives the answer's size: a size over the cap is not read into memory; the
+    session starts afresh and the next command works."""
+    monkeypatch.setattr(kept_shell, "ANSWER_BYTES", 100_000)
+
+    async def work(t: Transport) -> None:
+        assert (await t.run(["echo", "warm"])).stdout == "warm\n"  # the session is up: the next call uses it
+        with pytest.raises(AnswerTooLarge, match="more than the 100000 bytes") as info:
+            await t.run(["head", "-c", "300000", "/dev/zero"])
+        assert "300000 bytes" in str(info.value)
+        assert (await t.run(["echo", "ok"])).stdout == "ok\n"
+
+    run(_use(connect(main_target), work))
 
 
 def test_stream_lines_arrive_live_and_cancel_ends_the_process(connect, main_target, remote) -> None:  # noqa: ANN001
@@ -258,6 +299,34 @@ def test_put_get_with_awkward_names(connect, main_target, tmp_path: Path, testbe
     names = run(_use(connect(main_target), work))
     assert names == ["it's $(touch x) ü.bin"]  # no temp file left behind
     assert seen and seen[-1] == (local.stat().st_size, local.stat().st_size)
+
+
+def test_new_files_come_in_one_stream_on_the_kept_shell(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001
+    """A batch download: every file through the session short commands use (no channel, no SFTP session
+    per file), whole and under its own name; a file missing on the cluster is left to `get`."""
+    remote_dir = f"{testbed.workdir}/batch {secrets.token_hex(6)}"
+    names = ["frame_0001.png", "-dash $(x) ü.png", "empty.png"]
+    data = {names[0]: os.urandom(2 * 1024 * 1024 + 5), names[1]: os.urandom(70_001), names[2]: b""}
+    for name, content in data.items():
+        (tmp_path / "up").mkdir(exist_ok=True)
+        (tmp_path / "up" / name).write_bytes(content)
+
+    async def work(t: Transport) -> tuple[set[str], int]:
+        await t.run(["mkdir", "-p", remote_dir])
+        for name in names:
+            await t.put(tmp_path / "up" / name, f"{remote_dir}/{name}")
+        shell = t._kept_shell()
+        assert shell is not None
+        await t.run(["true"])  # the kept shell is up
+        starts = shell.starts
+        items = [(f"{remote_dir}/{n}", tmp_path / "down" / n) for n in [*names, "missing.png"]]
+        done = await t.get_batch(items)
+        await t.run(["rm", "-rf", remote_dir])
+        return done, shell.starts - starts
+
+    done, new_sessions = run(_use(connect(main_target), work))
+    assert done == {f"{remote_dir}/{n}" for n in names} and new_sessions == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "down").iterdir()} == data  # no temp file left
 
 
 def test_trees_round_trip(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001

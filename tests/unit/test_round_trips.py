@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +29,9 @@ from braas_hpc.core.presets import load_preset
 from braas_hpc.core.spec import SubmitRequest
 from braas_hpc.core.transport import pool
 from braas_hpc.core.transport.base import Forward, Progress, RemoteEntry, StreamHandle, StreamLine
+from braas_hpc.core.transport.kept_shell import KeptShell
 from braas_hpc.core.transport.local import LocalTransport
+from braas_hpc.core.transport.openssh.shell import remote_shell
 from braas_hpc.core.tree import remote_root
 
 T = TypeVar("T")
@@ -39,7 +41,7 @@ T = TypeVar("T")
 LIMITS = {
     "status 1 job": 1,
     "status 5 jobs": 1,
-    "download 4 new frames": 3,  # the listing with hashes, then each frame's size and bytes, all frames at once
+    "download 4 new frames": 2,  # the listing with hashes, then every frame in one stream (the kept shell)
     "download, nothing new": 1,
     "cancel": 1,
     "logs": 1,
@@ -75,13 +77,26 @@ class Call:
 
 
 class RecordingTransport(LocalTransport):
-    """The local transport, each primitive recorded and delayed by PAUSE_S."""
+    """The local transport, each primitive recorded and delayed by PAUSE_S. It keeps a shell (a local `sh`)
+    as the SSH back ends do, for the files a batch download streams through it."""
 
     name = "recording"
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[Call] = []
+        self._shell = remote_shell(lambda: (["sh", "-c"], dict(os.environ)))
+
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell
+
+    async def get_batch(self, items: Sequence[tuple[str, Path]],
+                        progress: Callable[[str], Progress | None] | None = None) -> set[str]:
+        return await self._record("batch", lambda: super(RecordingTransport, self).get_batch(items, progress))
+
+    async def close(self) -> None:
+        await self._shell.close()  # its sh belongs to this event loop
+        await super().close()
 
     async def _record(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
         start = time.monotonic()

@@ -41,6 +41,7 @@ from .base import (
     write_argv,
 )
 from .hostkeys import check_host_key, known_hosts_path
+from .kept_shell import SHELL_COMMAND, KeptShell, SessionLost, ShellPipe, run_kept
 from .proxycommand import Proxy, proxy_argv
 from .sshconfig import Hop, no_proxy_hint, resolve
 
@@ -126,6 +127,46 @@ class AsyncsshForward(Forward):
         return not self._closed and not (self._conn is not None and self._conn.is_closed())
 
 
+class AsyncsshPipe(ShellPipe):
+    """The kept remote sh on a session channel of the connection."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._process = process
+
+    @property
+    def alive(self) -> bool:
+        return not self._process.is_closing() and self._process.exit_status is None
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._process.stdin.write(data)
+            await self._process.stdin.drain()
+        except _LOST as exc:
+            raise ConnectionResetError(str(exc)) from exc
+
+    async def readline(self) -> bytes:
+        try:
+            return await self._process.stdout.readline()
+        except _LOST as exc:
+            raise ConnectionResetError(str(exc)) from exc
+
+    async def readexactly(self, size: int) -> bytes:
+        try:
+            return await self._process.stdout.readexactly(size)
+        except _LOST as exc:
+            raise ConnectionResetError(str(exc)) from exc
+
+    async def abort(self) -> None:
+        self._process.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_LOST, OSError):
+            self._process.stdin.write_eof()
+        with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
+            await asyncio.wait_for(self._process.wait_closed(), 5)
+        self._process.close()
+
+
 class AsyncsshTransport(Transport):
     name = "asyncssh"
 
@@ -137,6 +178,7 @@ class AsyncsshTransport(Transport):
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._keys: dict[str, list[asyncssh.SSHKeyPair]] = {}
+        self._shell = KeptShell(self._open_shell)  # short commands without a channel of their own
 
     # ---- connection ---------------------------------------------------------------------------
 
@@ -225,6 +267,7 @@ class AsyncsshTransport(Transport):
             check_host_key(self._known_hosts(hop), hop.hostname, hop.port, key.get_algorithm(), key.public_data)
 
     async def _drop(self) -> None:
+        self._shell.forget()
         for conn in reversed(self._conns):
             conn.close()
         self._conns = []
@@ -264,6 +307,7 @@ class AsyncsshTransport(Transport):
 
     def _lost(self, exc: BaseException) -> ConnectionLost:
         """Forget the broken chain; the next call connects again."""
+        self._shell.forget()
         for conn in self._conns:
             conn.close()
         self._conns = []
@@ -278,8 +322,22 @@ class AsyncsshTransport(Transport):
 
     # ---- primitives ---------------------------------------------------------------------------
 
+    async def _open_shell(self) -> ShellPipe:
+        conn = await self._connection()
+        return AsyncsshPipe(await conn.create_process(SHELL_COMMAND, encoding=None))
+
+    async def _connection_gone(self, lost: SessionLost) -> Exception | None:
+        await asyncio.sleep(0)  # asyncssh marks a connection closed in a callback it schedules
+        return None if self._alive() else self._lost(lost)
+
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell
+
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
+        if (done := await run_kept(self._shell, command, stdin, timeout, self.connect,
+                                   self._connection_gone)) is not None:
+            return done
         conn = await self._connection()
         try:
             # asyncssh sends end-of-file only after non-empty input: no input is /dev/null, or a command

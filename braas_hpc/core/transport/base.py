@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConnectionFailed, ConnectionLost, RemoteCommandError, TransferError
+from .kept_shell import SEND_FILES, KeptShell, SessionLost
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+BATCH_FILES = 500  # files asked for in one request of a batch download (its command line stays short)
 TRANSFER_ATTEMPTS = 4  # a transfer survives this many dropped connections, resuming each time
 PART_SUFFIX = ".braas-part"
 
@@ -419,7 +421,7 @@ class Transport(ABC):
     async def get(self, remote: str, local: Path, progress: Progress | None = None, *, verify: bool = False) -> None:
         """Download a file; the local file appears only when complete. Resumes and verifies like `put`."""
         local.parent.mkdir(parents=True, exist_ok=True)
-        temp = local.with_name(f".{local.name}{PART_SUFFIX}")
+        temp = _part_of(local)
         if temp.is_symlink():  # never write through a link planted under our temp name
             temp.unlink()
         total = await self._size(remote)
@@ -450,6 +452,58 @@ class Transport(ABC):
         elif temp.stat().st_size != total:
             raise TransferError(f"download of {remote} to {local} is incomplete")
         temp.replace(local)
+
+    def _kept_shell(self) -> KeptShell | None:
+        """The back end's long-lived remote shell, when it keeps one (get_batch streams files through it)."""
+        return None
+
+    async def get_batch(self, items: Sequence[tuple[str, Path]],
+                        progress: Callable[[str], Progress | None] | None = None) -> set[str]:
+        """Whole files (remote, local) in one exchange on the kept shell, one stream after the other: one
+        round trip plus the bytes, however many files. Each local file appears only when complete (its temp
+        file renamed) with the size the cluster gave. Returns the remote paths written; the caller fetches
+        the rest with `get` (not there, a temp file to resume, a back end without a kept shell, the shell
+        busy, the session lost midway: `get` resumes what it left and checks it)."""
+        shell = self._kept_shell()
+        fresh = [(remote, local) for remote, local in items if not os.path.lexists(_part_of(local))]
+        done: set[str] = set()
+        if shell is None or not fresh or shell.lock.locked():
+            return done
+
+        def receive(group: Sequence[tuple[str, Path]]) -> Callable[[int, int | None, AsyncIterator[bytes]],
+                                                                      Awaitable[None]]:
+            async def on_file(index: int, size: int | None, chunks: AsyncIterator[bytes]) -> None:
+                remote, local = group[index]
+                if size is None:
+                    return  # gone since the listing: `get` says so
+                report = progress(remote) if progress else None
+                local.parent.mkdir(parents=True, exist_ok=True)
+                temp = _part_of(local)
+                try:
+                    with temp.open("xb") as out:  # exclusive: never through a link planted under our temp name
+                        written = 0
+                        async for chunk in chunks:
+                            out.write(chunk)
+                            written += len(chunk)
+                            if report:
+                                report(written, size)
+                except OSError:
+                    temp.unlink(missing_ok=True)  # a full disk gets its space back; `get` tells the user
+                    raise
+                temp.replace(local)
+                done.add(remote)
+            return on_file
+
+        async with shell.lock:
+            await self.connect()
+            for start in range(0, len(fresh), BATCH_FILES):
+                group = fresh[start:start + BATCH_FILES]
+                try:
+                    await shell.send_files(remote_line(["sh", "-c", SEND_FILES, "sh", *(r for r, _ in group)]),
+                                           len(group), receive(group))
+                except (SessionLost, OSError):
+                    break  # what arrived stays; `get` resumes the file cut off and fetches the rest
+        return done
 
     async def put_tree(self, local_dir: Path, remote_dir: str, progress: Progress | None = None) -> int:
         """Upload a directory tree (regular files; symlinks are followed). Returns the number of files."""
@@ -484,6 +538,11 @@ class Transport(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _part_of(local: Path) -> Path:
+    """Where a download is written until it is complete."""
+    return local.with_name(f".{local.name}{PART_SUFFIX}")
 
 
 def sha256_file(path: Path) -> str:

@@ -30,6 +30,7 @@ from ..base import (
     StreamHandle,
     Transport,
 )
+from ..kept_shell import KeptShell
 from . import sockets, wire
 from .link import KeeperGone, KeeperMismatch, Request, open_connection
 from .stream import KeptStream
@@ -144,6 +145,11 @@ class KeptTransport(Transport):
             raise ConnectionLost(f"the connection keeper stopped during a request to {self.target.host}") from exc
         finally:
             request.close()
+
+    def _kept_shell(self) -> KeptShell | None:
+        # The keeper has no batch download yet: frames come one by one through it, or in one stream when
+        # this command went direct.
+        return self._direct._kept_shell() if self._direct is not None else None
 
     # ---- primitives ---------------------------------------------------------------------------
 

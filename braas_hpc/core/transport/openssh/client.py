@@ -13,7 +13,7 @@ from ..base import Forward, NoPrompts, Prompts, SSHTarget, Transport
 from . import askpass
 from .options import opt, pct, ssh_options
 from .process import WINDOWS, private_dir, reap, run_local
-from .shell import RemoteShell
+from .shell import remote_shell
 
 # What a multiplexed call prints when there is no master: its ProxyCommand (see _client_argv). The inner
 # sh keeps the proxy's stdout open until the marker is written; with `exec echo ... >&2` ssh would see
@@ -41,7 +41,7 @@ class Client(Transport):
         self._passphrases: dict[str, str] = {}  # in memory only, so a reconnect need not ask again
         self._tried: set[str] = set()  # keys whose remembered passphrase this connect already offered
         self._prompt_error: BaseException | None = None
-        self._shell = RemoteShell(lambda: (self._client_argv(), self._env()))  # fast path for short commands
+        self._shell = remote_shell(lambda: (self._client_argv(), self._env()))  # fast path for short commands
 
     def _ssh(self) -> str:
         if self._program is None:

@@ -7,11 +7,11 @@ import contextlib
 
 from ...errors import ConnectionLost, RemoteCommandError
 from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, merge_lines, pipe_writer, remote_line
+from ..kept_shell import KeptShell, SessionLost, run_kept
 from .copy import Copies
 from .forward import Forwards
 from .options import opt
 from .process import reap
-from .shell import SessionLost
 
 STREAM_LINE_LIMIT = 8 << 20
 _LIST_SCRIPT = '[ -e "$1" ] || exit 0; exec find -H "$@"'
@@ -21,18 +21,14 @@ _LIST_EXPR = ["-mindepth", "1", "-maxdepth", "1", "(", "-type", "f", "-o", "-typ
 class OpenSSHTransport(Copies, Forwards):
     name = "openssh"
 
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell if self._mux else None
+
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
-        if stdin is None and self._mux and not self._shell.lock.locked():
-            async with self._shell.lock:
-                await self.connect()
-                try:
-                    return await self._shell.run(command, timeout)
-                except SessionLost as lost:
-                    if lost.sent and not await self._master_alive():
-                        self._up = False
-                        raise ConnectionLost(f"the connection to {self.target.host} dropped") from None
-                    # Not sent (no master: reconnect below), or only the shell ended: run it as a call.
+        if self._mux and (done := await run_kept(self._shell, command, stdin, timeout, self.connect,
+                                                 self._master_gone)) is not None:
+            return done
         for attempt in range(2):
             await self.connect()
             status, out, err = await self._run_client(command, stdin, timeout)
@@ -43,6 +39,12 @@ class OpenSSHTransport(Copies, Forwards):
                 await self._failed(err)
             return status, out, err
         raise AssertionError("unreachable")
+
+    async def _master_gone(self, _lost: SessionLost) -> Exception | None:
+        if await self._master_alive():
+            return None  # only the shell ended: the command is run as a call of its own
+        self._up = False
+        return ConnectionLost(f"the connection to {self.target.host} dropped")
 
     async def _open_stream(self, command: str, stdin: bool = False) -> StreamHandle:
         await self.connect()

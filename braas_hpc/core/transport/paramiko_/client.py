@@ -8,6 +8,7 @@ from typing import Any
 import paramiko
 
 from ..base import Forward, NoPrompts, Prompts, SSHTarget, Transport
+from ..kept_shell import KeptShell, ShellPipe
 
 
 class Client(Transport):
@@ -23,6 +24,10 @@ class Client(Transport):
         self._proxies: list[Any] = []  # proxycommand.Proxy of the first hop, ended with the connection
         self._lock = asyncio.Lock()
         self._keys: dict[str, paramiko.PKey] = {}  # decrypted once per transport, in memory only
+        self._shell = KeptShell(self._open_shell)  # short commands without a channel of their own
+
+    async def _open_shell(self) -> ShellPipe:
+        raise NotImplementedError  # the transport's
 
     @property
     def _stall_timeout(self) -> float:
@@ -34,6 +39,7 @@ class Client(Transport):
 
     def _detach(self) -> list[Any]:
         """Forget the connection; returns what to close (innermost first)."""
+        self._shell.forget()  # its channel closes with the connection
         things: list[Any] = [*self._idle, *self._channels, *reversed(self._hops), *self._proxies]
         self._idle, self._hops, self._proxies = [], [], []
         self._channels = set()

@@ -12,17 +12,35 @@ import paramiko
 
 from ...errors import ConnectionLost
 from ..base import HOLD_COMMAND, Release, RemoteEntry, StreamHandle, StreamLine
+from ..kept_shell import KeptShell, SessionLost, ShellPipe, run_kept
 from .channels import pump_lines, run, send_all, start
 from .copy import Copies
 from .forward import Forwards
+from .shell import ChannelPipe, open_shell
 from .threads import close_later, close_quietly, in_thread
 
 
 class ParamikoTransport(Copies, Forwards):
     name = "paramiko"
 
+    async def _open_shell(self) -> ShellPipe:
+        hops = await self._connection()
+        with self._mapped(hops):
+            chan = await in_thread(open_shell, hops[-1], orphan=close_quietly)
+        return ChannelPipe(chan, asyncio.get_running_loop())
+
+    async def _connection_gone(self, lost: SessionLost) -> Exception | None:
+        hops = self._hops
+        return None if self._alive() else self._lost(lost, hops)
+
+    def _kept_shell(self) -> KeptShell | None:
+        return self._shell
+
     async def _exec(self, command: str, stdin: bytes | None, timeout: float | None
                     ) -> tuple[int | None, bytes, bytes]:
+        if (done := await run_kept(self._shell, command, stdin, timeout, self.connect,
+                                   self._connection_gone)) is not None:
+            return done
         hops = await self._connection()
         with self._mapped(hops):
             chan = await in_thread(hops[-1].open_session, orphan=close_quietly)
