@@ -161,8 +161,9 @@ async def _blender(transport, preset: Preset) -> Check:  # noqa: ANN001
         done = await transport.run(["bash", "-lc", script], check=False, timeout=120)
     except BraasError as exc:
         return Check("blender", False, f"`{command}` did not answer: {exc}", f"braas-hpc install {preset.name}")
-    line = done.stdout.strip()
-    if line.startswith("Blender"):
+    # A login shell may print the site's banner first: the version is the line that starts "Blender".
+    line = next((text.strip() for text in done.stdout.splitlines() if text.startswith("Blender")), "")
+    if line:
         return Check("blender", True, f"{line} ({command})")
     return Check("blender", False, f"`{command}` does not run on the login node",
                  f"braas-hpc install {preset.name} --blender-url URL --blender-sha256 HEX (or --blender-path PATH)")
