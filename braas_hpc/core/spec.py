@@ -93,7 +93,8 @@ def _partition(request: SubmitRequest, preset: Preset) -> tuple[str, Partition]:
     if preset.partitions and name not in preset.partitions:
         # MareNostrum 5's entries are QoS names: the same list answers a QoS typed as a partition.
         what = "partition or QoS" if any(p.qos for p in preset.partitions.values()) else "partition"
-        raise UsageError(f"preset {preset.name} has no {what} {name!r}; choose one of: {_partition_list(preset)}")
+        shown = repr(name) if len(name) <= 64 else f"{name[:60]!r}..."  # a pasted paragraph is not echoed whole
+        raise UsageError(f"preset {preset.name} has no {what} {shown}; choose one of: {_partition_list(preset)}")
     part = preset.partition(name)
     if gpu and part.kind != "gpu":
         raise UsageError(f"partition {name} of preset {preset.name} has no GPUs; GPU partitions: "

@@ -46,7 +46,7 @@ def test_forget_takes_ended_jobs_off_the_list_and_refuses_a_running_one(user_dir
     assert (ended_dir / "out" / "frame_000001.png").is_file()  # the job's files stay where they are
 
     assert run_cli("cancel", running).returncode == 0
-    assert run_cli("forget", running, "--json").stdout.strip() == json.dumps({"forgotten": [running]}, indent=1)
+    assert json.loads(run_cli("forget", running, "--json").stdout) == {"schema": 1, "forgotten": [running]}
     assert _listed() == []
 
 

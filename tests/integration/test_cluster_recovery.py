@@ -45,8 +45,8 @@ def test_a_lost_task_is_rendered_again_by_the_cluster_with_no_client(testbed, re
         lambda: remote(f"cat {shlex.quote(job_dir)}/log/r1-finish.log").stdout, bool, "round 1's finish step"), log
 
     # The client, looking later, takes the job as it stands: complete, nothing resubmitted again.
-    status = _json("status", job["job"])
-    assert status[0]["state"] == "COMPLETED" and status[0]["frames_done"] == 6
+    (status,) = _json("status", job["job"])["jobs"]
+    assert status["state"] == "COMPLETED" and status["frames_done"] == 6
 
 
 def test_a_node_that_kills_tasks_is_left_by_the_cluster_alone(testbed, remote, sample_scene: Path) -> None:  # noqa: ANN001

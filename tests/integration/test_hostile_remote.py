@@ -119,7 +119,7 @@ def test_hostile_scene_and_project_names_render(testbed, remote: Remote, tmp_pat
            "frame_000002.png; touch x"]
     made = remote(" && ".join(f"cp -- {shlex.quote(out)}/frame_000001.png {shlex.quote(f'{out}/{n}')}" for n in odd))
     assert made.returncode == 0, made.stderr
-    status = json.loads(run_cli("status", job, "--json").stdout)[0]
+    status = json.loads(run_cli("status", job, "--json").stdout)["jobs"][0]
     assert status["state"] == "COMPLETED" and status["frames_done"] == 2
 
     dest = tmp_path / f"down $(touch {CANARY}) '\"" / "frames"  # '/' in it: nested folders
