@@ -1267,9 +1267,10 @@ def exit_status(row: SlurmRow) -> int | None:
     code, _colon, sig = row.exit_code.partition(":")
     if sig.isdigit() and int(sig):
         return SIGNAL_BASE + int(sig)
-    if row.state == "CANCELLED" and code in ("", "0"):
-        # Deleted while running, but Slurm recorded no signal (the script was gone before the
-        # step's status was taken): PBS reports the SIGTERM that qdel sends.
+    if row.state == "CANCELLED" and code in ("", "0", str(int(signal.SIGTERM))):
+        # Deleted while running, but Slurm recorded no signal (the script was gone before the step's
+        # status was taken), or recorded SIGTERM's number as the exit code (seen under load): PBS reports
+        # the SIGTERM that qdel sends.
         return SIGNAL_BASE + signal.SIGTERM
     return int(code) if code.isdigit() else None
 
