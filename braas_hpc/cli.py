@@ -39,13 +39,11 @@ from .core.errors import (
     EXIT_TIMED_OUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    AuthenticationFailed,
     BraasError,
-    ConnectionFailed,
-    HostKeyError,
     HostKeyUnknown,
     UsageError,
     WaitTimedOut,
+    connection_failure_kind,
 )
 from .core.jobs import IMAGE_FORMATS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
@@ -764,11 +762,9 @@ def main(argv: list[str] | None = None, prompts: TerminalPrompts | None = None) 
 
 def _error_kind(exc: BraasError) -> str:
     """The `kind` of a `--json` error, for scripts: what failed, not how it was said."""
-    for kind, types in (("host_key", HostKeyError), ("authentication", AuthenticationFailed),
-                        ("connection", ConnectionFailed), ("timeout", WaitTimedOut), ("usage", UsageError)):
-        if isinstance(exc, types):
-            return kind
-    return "failed"
+    if kind := connection_failure_kind(exc):
+        return kind
+    return "timeout" if isinstance(exc, WaitTimedOut) else "usage" if isinstance(exc, UsageError) else "failed"
 
 
 def _failed(args: argparse.Namespace, kind: str, message: str, code: int, said: bool = False) -> int:

@@ -101,3 +101,13 @@ class TransferError(BraasError):
 
 class ConnectionLost(ConnectionFailed):
     """An open connection dropped; the next call reconnects, and transfers resume where they stopped."""
+
+
+def connection_failure_kind(error: BaseException) -> str | None:
+    """What kept us from a cluster, in the words scripts read (`status --json`, a `--json` error):
+    "host_key", "authentication" or "connection"; None when the error is not a connection failure."""
+    for kind, error_type in (("host_key", HostKeyError), ("authentication", AuthenticationFailed),
+                             ("connection", ConnectionFailed)):
+        if isinstance(error, error_type):
+            return kind
+    return None

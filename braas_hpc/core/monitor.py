@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import batch, registry
 from .context import JobContext
-from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, PresetError
+from .errors import BraasError, PresetError, connection_failure_kind
 from .frames import format_frames
 from .jobs import JobPaths, missing_frames
 from .markers import MARKER_BYTES, parse_marker
@@ -398,11 +398,7 @@ class ClusterError:
             return "preset_missing"
         if isinstance(self.error, PresetError):
             return "preset"
-        for kind, error_type in (("host_key", HostKeyError), ("authentication", AuthenticationFailed),
-                                 ("connection", ConnectionFailed)):
-            if isinstance(self.error, error_type):
-                return kind
-        return "error"
+        return connection_failure_kind(self.error) or "error"
 
     @property
     def lasting(self) -> bool:
