@@ -87,37 +87,36 @@ async def doctor(preset_name: str, backend: str | None = None) -> list[Check]:
     """Every local check, then the cluster's answers: the login, the account, the working directory,
     the installed scripts, Blender. Stops after a failed login (nothing else can be asked)."""
     preset = load_preset(preset_name)
-    checks = [c for c in local_checks(preset) if c.what not in ("account", "workdir", "scripts", "blender")]
     if preset.is_local:
         return [Check("local", True, "renders on this computer: nothing to set up")]
+    local = {c.what: c for c in local_checks(preset)}  # what the cluster cannot answer better is kept
     transport = transport_for(preset, backend)
     started = time.perf_counter()
     try:
         await transport.connect()
     except HostKeyError as exc:
-        return [*checks, Check("login", False, str(exc), f"braas-hpc test {preset.name} (in a terminal)")]
+        return [local["host key"], Check("login", False, str(exc), f"braas-hpc test {preset.name} (in a terminal)")]
     except AuthenticationFailed as exc:
-        return [*checks, Check("login", False, str(exc), "check user (ssh config or the preset), key_file, and "
-                               "that the key is registered with the site; a one-time code is asked in a terminal")]
+        return [local["host key"], Check("login", False, str(exc), "check user (ssh config or the preset), key_file, "
+                                         "and that the key is registered with the site; a one-time code is asked "
+                                         "in a terminal")]
     except ConnectionFailed as exc:
-        return [*checks, Check("login", False, str(exc), "check the network: a VPN the site requires, a proxy "
-                               "(proxy_jump, or ProxyJump in ~/.ssh/config), the host name and port")]
-    checks = [c for c in checks if c.what != "host key"] + [
-        Check("host key", True, "verified"),
-        Check("login", True, f"{transport.name} in {(time.perf_counter() - started) * 1000:.0f} ms")]
-    checks.append(await _account(transport, preset))
-    checks.append(await _workdir(transport, preset))
+        return [local["host key"], Check("login", False, str(exc), "check the network: a VPN the site requires, a "
+                                         "proxy (proxy_jump, or ProxyJump in ~/.ssh/config), the host name and port")]
+    checks = [Check("host key", True, "verified"),
+              Check("login", True, f"{transport.name} in {(time.perf_counter() - started) * 1000:.0f} ms")]
+    if preset.scheduler == "slurm":
+        checks.append(await _slurm_account(transport, preset))
+    else:  # only Slurm lists a user's accounts: what this computer knows
+        checks.append(local.get("account", Check("account", None, "none set")))
+    checks.append(await _workdir(transport, preset) if preset.workdir else local["workdir"])
     if preset.workdir:
         checks.append(await _scripts(transport, preset))
     checks.append(await _blender(transport, preset))
     return checks
 
 
-async def _account(transport, preset: Preset) -> Check:  # noqa: ANN001
-    if preset.scheduler != "slurm":
-        return Check("account", None if preset.account or not preset.account_required else False,
-                     preset.account or "none set", "" if preset.account or not preset.account_required
-                     else how_to_set(preset, "account", "PROJECT"))
+async def _slurm_account(transport, preset: Preset) -> Check:  # noqa: ANN001
     done = await transport.run(["sh", "-c", _SLURM_ACCOUNTS], check=False)
     mine = sorted({line.strip() for line in done.stdout.splitlines() if line.strip()})
     if not preset.account:
@@ -133,8 +132,6 @@ async def _account(transport, preset: Preset) -> Check:  # noqa: ANN001
 
 
 async def _workdir(transport, preset: Preset) -> Check:  # noqa: ANN001
-    if not preset.workdir:
-        return next(c for c in local_checks(preset) if c.what == "workdir")
     done = await transport.run(["sh", "-c", 'test -d "$1" && test -w "$1"', "sh", preset.workdir], check=False)
     if done.exit_status == 0:
         return Check("workdir", True, f"{preset.workdir} (writable)")
