@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import batch, registry
@@ -328,10 +329,17 @@ def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
     return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished))]
 
 
-async def _status_of_preset(preset: Preset, records: list[JobRecord]) -> list[JobStatus]:
+async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequence[batch.Step] = (),
+                            also_answers: batch.Answers | None = None) -> list[JobStatus]:
+    """The jobs' states; `also`: steps a caller needs next, brought in the same call, their answers put
+    in `also_answers` (none on this computer)."""
     transport = transport_for(preset)
     # This computer is no round trip away: its jobs are asked about command by command.
-    ahead = None if preset.is_local else await batch.run(transport, _batch_steps(preset.scheduler, records))
+    ahead = None if preset.is_local else await batch.run(transport, [*_batch_steps(preset.scheduler, records), *also])
+    if ahead is not None and also_answers is not None:
+        for step in also:
+            if (answer := ahead.take(step.tag)) is not None:
+                also_answers.by_tag[step.tag] = answer
     answers = await _query(transport, preset.scheduler, records, ahead)
     frames = await _frames_present(transport, records, ahead)
     found: dict[str, tuple[str, dict[str, int], list[int]]] = {}
@@ -486,3 +494,11 @@ async def job_status(job: JobContext) -> JobStatus:
     """The state of one resolved job (core.context), without looking it up again."""
     (found,) = await _status_of_preset(job.preset, [job.record])
     return found
+
+
+async def job_status_and(job: JobContext, also: Sequence[batch.Step]) -> tuple[JobStatus, batch.Answers]:
+    """The job's state and the answers of `also`, in one remote call (empty answers on this computer, or
+    where the batch could not run: the caller then runs those commands itself)."""
+    ahead = batch.Answers()
+    (found,) = await _status_of_preset(job.preset, [job.record], also, ahead)
+    return found, ahead

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from . import monitor, registry, service
+from . import batch, monitor, registry, service
 from .context import JobContext, context_of
 from .errors import BraasError, UsageError
 from .jobs import JobPaths
@@ -44,9 +44,15 @@ class Recovery:
                 "exclude_nodes": list(plan.exclude_nodes) if plan else []}
 
 
-async def read_markers(transport: Transport, paths: JobPaths) -> list[dict[str, object]]:
-    done = await transport.run(["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir, str(MARKER_BYTES + 1),
-                                str(ALL_MARKERS_BYTES)], timeout=120, check=False)
+def _markers_argv(paths: JobPaths) -> list[str]:
+    return ["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir, str(MARKER_BYTES + 1), str(ALL_MARKERS_BYTES)]
+
+
+async def read_markers(transport: Transport, paths: JobPaths, ahead: batch.Answers | None = None
+                       ) -> list[dict[str, object]]:
+    """Every marker of the job, from `ahead` when a batch brought them, else in a call of their own."""
+    done = (ahead.take("all_markers") if ahead is not None else None) or await transport.run(
+        _markers_argv(paths), timeout=120, check=False)
     markers = []
     for text in done.stdout.split("\0"):
         data = parse_marker(text)
@@ -84,15 +90,16 @@ async def resubmit_missing(job: JobContext, exclude_nodes: tuple[str, ...] | Non
                            ) -> tuple[service.SubmitResult, Plan]:
     """The user's Resubmit (the panel's button, `braas-hpc resubmit`): the missing frames of an ended
     job, planned as automatic recovery plans them (a chunk that fits the walltime, nodes that killed
-    tasks avoided), with the user's own `exclude_nodes` instead when given."""
-    current = await monitor.job_status(job)
+    tasks avoided), with the user's own `exclude_nodes` instead when given. The markers come with the
+    status, in one remote call: with the submission that follows, two round trips."""
+    current, ahead = await monitor.job_status_and(job, [batch.Step("all_markers", _markers_argv(job.paths))])
     if current.state not in TERMINAL:
         raise UsageError(f"job {job.name} is still {current.state}: wait for it or cancel it first")
     if not current.missing:
         raise UsageError(f"job {job.name} has every frame; nothing to resubmit")
     if exclude_nodes and not job.scheduler.exclude_argv(exclude_nodes):
         raise UsageError(f"{job.preset.scheduler} cannot keep a job off given nodes; resubmit without --exclude")
-    markers = await read_markers(job.transport, job.paths)
+    markers = await read_markers(job.transport, job.paths, ahead)
     chosen = plan(job.record.spec, markers, current.missing, current.state == TIMEOUT)
     if exclude_nodes is not None:
         chosen = dataclasses.replace(chosen, exclude_nodes=exclude_nodes)

@@ -4,6 +4,10 @@ The client writes one request: the directory check, the cluster scripts and stor
 (by SHA-256), and the steps (link the inputs, write the job's files, submit). The helper answers which
 files it lacks; the client streams exactly those on the same channel and the helper does the rest and
 answers once. Two round trips plus the new bytes, where the step-by-step way took one per command.
+When the request offers no store file (a new round of a job: its files travel in the request), the
+helper is expected to need nothing: the request goes as the command's whole input, through the
+connection's kept shell, and the answer comes back in one round trip. Should the helper lack a script
+after all, it stops before any step and the conversation is held as above.
 
 The helper runs from the installed scripts when this computer has seen them installed there (checked
 by SHA-256 before it runs), else it is sent inline in the command line, and installs the scripts itself.
@@ -96,10 +100,45 @@ async def converse(transport: Transport, root: str, dirs: Sequence[str], offer: 
     `root` (a stale copy costs one more round trip: it then goes inline)."""
     if installed:
         try:
-            return await _converse(transport, root, dirs, offer, steps, helper_argv(root, python, True))
+            return await _converse_either(transport, root, dirs, offer, steps, helper_argv(root, python, True))
         except _Stale:
             log.info("the installed submission helper is not this release's: sending it inline")
-    return await _converse(transport, root, dirs, offer, steps, helper_argv(root, python, False))
+    return await _converse_either(transport, root, dirs, offer, steps, helper_argv(root, python, False))
+
+
+async def _converse_either(transport: Transport, root: str, dirs: Sequence[str], offer: Offer,
+                           steps: list[dict[str, Any]], argv: list[str]) -> Outcome:
+    if not offer.sizes and (outcome := await _ask_at_once(transport, root, dirs, offer, steps, argv)) is not None:
+        return outcome
+    return await _converse(transport, root, dirs, offer, steps, argv)
+
+
+async def _ask_at_once(transport: Transport, root: str, dirs: Sequence[str], offer: Offer,
+                       steps: list[dict[str, Any]], argv: list[str]) -> Outcome | None:
+    """The request as the helper's whole input, its answer read once the helper ended; None when it
+    lacked a file (its input ended before the file could come, so it ran no step)."""
+    done = await transport.run(argv, stdin=_request(root, dirs, offer, steps), timeout=None, check=False)
+    need: dict[str, Any] = {}
+    final: dict[str, Any] | None = None
+    errors = done.stderr.splitlines()
+    for text in done.stdout.splitlines():
+        message = _message(text)
+        if message is None:
+            errors.append(text)
+        elif "need" in message:
+            need = message["need"] if isinstance(message["need"], dict) else {}
+        else:
+            final = message
+    if final is None and done.exit_status == STALE_HELPER:
+        raise _Stale()
+    if need.get("scripts") or need.get("store"):
+        log.info("the submission helper lacks %s: sending it", ", ".join([*need.get("scripts", []),
+                                                                           *need.get("store", [])]))
+        return None
+    if final is None:
+        raise _no_answer(argv, done.exit_status, errors)
+    _raise_error(root, final)
+    return Outcome(final.get("results", final.get("done", [])), final.get("stopped"))
 
 
 def _request(root: str, dirs: Sequence[str], offer: Offer, steps: list[dict[str, Any]]) -> bytes:

@@ -149,21 +149,26 @@ _SESSION_OF = (
 
 
 def test_short_commands_share_one_session_channel(connect, main_target) -> None:  # noqa: ANN001
-    """Commands without stdin go through one kept remote shell: no channel opened per command (a round
-    trip each). Counted on the real sshd: the session each command runs under."""
+    """Commands without stdin, or with a small one, go through one kept remote shell: no channel opened
+    per command (a round trip each). Counted on the real sshd: the session each command runs under."""
+    small = bytes(range(256)) * 4 + b"\n"
+    large = b"y" * (kept_shell.STDIN_BYTES + 1)
 
-    async def work(t: Transport) -> tuple[set[str], str, str]:
+    async def work(t: Transport) -> tuple[set[str], str, str, str]:
         sessions = {(await t.run(["sh", "-c", _SESSION_OF])).stdout for _ in range(5)}
-        with_stdin = (await t.run(["sh", "-c", _SESSION_OF], stdin="x")).stdout  # a channel of its own
+        given = await t.run(["sh", "-c", f'({_SESSION_OF}); sha256sum'], stdin=small)
+        sessions.add(given.stdout.splitlines()[0] + "\n")
+        with_large = (await t.run(["sh", "-c", f"({_SESSION_OF}); cat >/dev/null"], stdin=large)).stdout
         # The kept shell killed from outside: the next command still runs (a new session, or its own call).
-        await t.run(["kill", "-9", next(iter(sessions)).strip()], stdin="", check=False)
+        await t.run(["kill", "-9", next(iter(sessions)).strip()], stdin=large, check=False)
         await asyncio.sleep(0.3)
         after = (await t.run(["echo", "still here"])).stdout
-        return sessions, with_stdin, after
+        return sessions, given.stdout.splitlines()[1], with_large, after
 
-    sessions, with_stdin, after = run(_use(connect(main_target), work))
+    sessions, digest, with_large, after = run(_use(connect(main_target), work))
     assert len(sessions) == 1 and next(iter(sessions)).strip().isdigit()
-    assert with_stdin not in sessions
+    assert digest.split()[0] == hashlib.sha256(small).hexdigest()  # the input arrived byte for byte
+    assert with_large not in sessions  # a channel of its own
     assert after == "still here\n"
 
 

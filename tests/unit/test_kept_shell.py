@@ -5,7 +5,9 @@ back end: tests/integration/test_transport_contract.py."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import shutil
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,9 @@ def test_the_rules_for_a_call_of_its_own() -> None:
         shell = local_shell()
         try:
             still_up = lambda _lost: asyncio.sleep(0)  # noqa: E731 - the connection is up: no error
-            # With stdin, or while the session is busy: not through the session.
-            assert await run_kept(shell, "echo a", b"input", None, nothing, still_up) is None
+            # With more stdin than the session carries, or while the session is busy: not through the session.
+            big = bytes(kept_shell.STDIN_BYTES + 1)
+            assert await run_kept(shell, "wc -c", big, None, nothing, still_up) is None
             async with shell.lock:
                 assert await run_kept(shell, "echo a", None, None, nothing, still_up) is None
             assert shell.starts == 0
@@ -150,6 +153,55 @@ def test_the_rules_for_a_call_of_its_own() -> None:
         assert await run_kept(sent, "echo", None, None, nothing, still_up) is None
 
     run(work())
+
+
+def test_a_small_stdin_goes_through_the_session_byte_for_byte() -> None:
+    async def work() -> None:
+        shell = local_shell()
+        try:
+            still_up = lambda _lost: asyncio.sleep(0)  # noqa: E731
+            awkward = (b"line\n\0nul\xff\xfe" + f"{shell._token}-in\n".encode() + b"EOF\n" * 3 + bytes(range(256)))
+            assert await run_kept(shell, "cat", awkward, None, nothing, still_up) == (0, awkward, b"")
+            assert await run_kept(shell, "wc -c", b"", None, nothing, still_up) == (0, b"0\n", b"")
+            most = os.urandom(kept_shell.STDIN_BYTES)
+            assert await run_kept(shell, "sha256sum", most, None, nothing, still_up) == (
+                0, hashlib.sha256(most).hexdigest().encode() + b"  -\n", b"")
+            # The next command without stdin reads /dev/null, not what the last one was given.
+            assert await run_kept(shell, "cat", None, None, nothing, still_up) == (0, b"", b"")
+            assert shell.starts == 1
+        finally:
+            await shell.close()
+
+    run(work())
+
+
+def test_a_session_that_cannot_decode_stdin_runs_nothing_and_stops_trying(tmp_path: Path) -> None:
+    """A cluster without `base64`: the command does not run with wrong input; it goes on a call of its
+    own, and the session keeps serving commands without stdin."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "mktemp", "cat", "wc", "rm", "touch"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    env = {**os.environ, "PATH": str(bin_dir)}
+    marker = tmp_path / "ran"
+
+    async def work() -> None:
+        shell = remote_shell(lambda: (["/bin/sh", "-c"], env))
+        try:
+            still_up = lambda _lost: asyncio.sleep(0)  # noqa: E731
+            assert await run_kept(shell, f"touch {marker}", b"data", None, nothing, still_up) is None
+            assert not marker.exists() and not shell.takes_stdin
+            assert await run_kept(shell, f"touch {marker}", b"data", None, nothing, still_up) is None
+            assert await run_kept(shell, "echo still", None, None, nothing, still_up) == (0, b"still\n", b"")
+            assert shell.starts == 1
+        finally:
+            await shell.close()
+
+    run(work())
+
+
+async def nothing() -> None:
+    return None
 
 
 class KeptLocal(LocalTransport):

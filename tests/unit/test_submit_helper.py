@@ -10,6 +10,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,3 +230,44 @@ def test_a_helper_that_cannot_write_answers_while_the_client_still_sends(tmp_pat
     with pytest.raises(BraasError, match="writing on the cluster failed"):
         asyncio.run(asyncio.wait_for(converse(LocalTransport(), str(root), [], offer, _steps(root, digest)), 60))
     assert not (root / "jobs" / "j1" / "job.sh").exists()
+
+
+class _Counting(LocalTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams = 0
+        self.runs: list[bool] = []  # each run: whether it had input
+
+    async def _exec(self, command: str, stdin: bytes | None, timeout: float | None) -> tuple[int | None, bytes, bytes]:
+        self.runs.append(stdin is not None)
+        return await super()._exec(command, stdin, timeout)
+
+    async def _open_stream(self, command: str, stdin: bool = False) -> Any:
+        self.streams += 1
+        return await super()._open_stream(command, stdin)
+
+
+def test_a_request_offering_no_store_file_goes_as_one_command_and_a_lacking_script_is_still_sent(
+        tmp_path: Path) -> None:
+    """A new round (its files travel in the request): one command with the request as its input, which
+    the SSH back ends send through their kept shell. A script found damaged stops the helper before any
+    step; the conversation then sends it and the steps run once."""
+    root = tmp_path / "braas-hpc-me"
+    offer = Offer({}, {}, submit_exchange.scripts_dir(str(root)))
+    _talk(root, offer, [])  # the scripts installed, as by the job's first submission
+    counter = tmp_path / "count"
+    step = [{"run": ["sh", "-c", 'echo x >> "$1"', "sh", str(counter)], "ok": [0]}]
+
+    quiet = _Counting()
+    outcome = asyncio.run(converse(quiet, str(root), [], offer, step, installed=True))
+    assert outcome.stopped is None and outcome.scripts_sent == ()
+    assert (quiet.streams, quiet.runs) == (0, [True])
+    assert counter.read_text() == "x\n"
+
+    damaged = Path(submit_exchange.scripts_dir(str(root))) / "render_task.py"
+    damaged.write_text("# someone's edit\n")
+    repairing = _Counting()
+    outcome = asyncio.run(converse(repairing, str(root), [], offer, step, installed=True))
+    assert outcome.scripts_sent == ("render_task.py",) and repairing.streams == 1
+    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == shipped_digests()["render_task.py"]
+    assert counter.read_text() == "x\nx\n"  # the first try ran no step

@@ -4,13 +4,17 @@ session channel (asyncssh, paramiko) and no new `ssh` process (OpenSSH) per comm
 Any back end can keep one: it gives a ShellPipe, a byte stream to and from a remote `sh` it started.
 One request at a time: the command runs in a subshell (so `cd`, `exit` or exports never touch the
 session), with stdin from /dev/null and its output in two temporary files on the cluster; then a
-header line with a random token, the exit status and both sizes, then both outputs. Commands that
-need stdin, or arrive while the session is busy, use a call of their own instead.
+header line with a random token, the exit status and both sizes, then both outputs. A command with a
+small, whole stdin (a request of a few kilobytes) gets it through the session too: sent as base64 in a
+here-document, decoded into a third private temp file and read from there, so the command sees exactly
+those bytes and then the end. Commands with more input, input streamed while they run, or arriving
+while the session is busy, use a call of their own instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +27,8 @@ ANSWER_BYTES = 256 * 1024 * 1024
 START_TIMEOUT = 30.0  # for the shell's ready line (a login script may be slow)
 STALL_TIMEOUT = 300.0  # the longest wait for the next bytes of a file stream
 FILE_BLOCK = 1 << 20
+# The most stdin a command may bring through the session (base64 in the request): more goes on a call of its own.
+STDIN_BYTES = 256 * 1024
 
 # Whole files one after another on the session's stdout ($@: their paths): per file "F <size>" and its bytes,
 # or "M" when it is not a readable regular file. The size is that of the file opened (fd 3), so a frame
@@ -32,7 +38,8 @@ SEND_FILES = ('for f; do if [ -f "$f" ] && { s=$(stat -L -c %s /dev/fd/3) && pri
 SHELL_COMMAND = "exec sh"
 
 # Set up once: two private temp files, removed when the session ends.
-_SETUP = 'umask 077; O=$(mktemp) && E=$(mktemp) || exit 1; trap \'rm -f "$O" "$E"\' EXIT HUP TERM\n'
+_SETUP = ('umask 077; O=$(mktemp) && E=$(mktemp) && I=$(mktemp) || exit 1; '
+          'trap \'rm -f "$O" "$E" "$I"\' EXIT HUP TERM\n')
 
 
 class SessionLost(Exception):
@@ -41,6 +48,10 @@ class SessionLost(Exception):
     def __init__(self, message: str, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+class NoStdinHere(Exception):
+    """The session could not decode a command's stdin (no `base64` there): the command did not run."""
 
 
 class ShellPipe(ABC):
@@ -78,6 +89,7 @@ class KeptShell:
         self._token = f"braas-end-{secrets.token_hex(8)}"
         self.lock = asyncio.Lock()
         self.starts = 0  # sessions started, for tests and benchmarks
+        self.takes_stdin = True  # until a session could not decode one
 
     @property
     def alive(self) -> bool:
@@ -107,33 +119,50 @@ class KeptShell:
             await pipe.abort()
             raise
 
-    async def run(self, command: str, timeout: float | None) -> tuple[int, bytes, bytes]:
-        """Run one command line; the caller holds `lock`."""
+    def _request(self, command: str, stdin: bytes | None) -> str:
+        answer = (f'printf \'%s %s %s %s\\n\' {self._token} "$s" "$(wc -c <"$O")" "$(wc -c <"$E")"; '
+                  'cat "$O" "$E"\n')
+        if stdin is None:
+            return f'({command}\n) </dev/null >"$O" 2>"$E"; s=$?; {answer}'
+        # The end word holds the token: no line of base64 can be it. A failed decode runs nothing ("x").
+        end = f"{self._token}-in"
+        return (f"base64 -d >\"$I\" 2>/dev/null <<'{end}'\n{base64.encodebytes(stdin).decode()}{end}\n"
+                f'if [ $? = 0 ]; then ({command}\n) <"$I" >"$O" 2>"$E"; s=$?; else s=x; : >"$O"; : >"$E"; fi; '
+                f': >"$I"; {answer}')
+
+    async def run(self, command: str, timeout: float | None, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+        """Run one command line (with `stdin`: at most STDIN_BYTES, given whole); the caller holds `lock`.
+        Raises NoStdinHere when the session cannot decode stdin (the command did not run)."""
         if not self.alive:
             self.forget()
             self._pipe = await self._start()
         pipe = self._pipe
         assert pipe is not None
-        request = (f'({command}\n) </dev/null >"$O" 2>"$E"; s=$?; '
-                   f'printf \'%s %s %s %s\\n\' {self._token} "$s" "$(wc -c <"$O")" "$(wc -c <"$E")"; '
-                   'cat "$O" "$E"\n')
+        request = self._request(command, stdin)
         try:
             await pipe.write(request.encode())
             header = await asyncio.wait_for(self._header(pipe), timeout)
-            status, out_size, err_size = (int(field) for field in header[1:4])
-            if out_size + err_size > ANSWER_BYTES:
-                await self._abort()
-                raise AnswerTooLarge(f"the answer to `{command[:200]}` holds {out_size + err_size} bytes, more "
-                                     f"than the {ANSWER_BYTES} bytes braas-hpc reads from one command; nothing of it "
-                                     "was kept")
-            out = await pipe.readexactly(out_size)
-            err = await pipe.readexactly(err_size)
+            if header[1:4] == ["x", "0", "0"] and stdin is not None:
+                undecoded = True  # nothing follows this header: the session stays usable
+            else:
+                undecoded = False
+                status, out_size, err_size = (int(field) for field in header[1:4])
+                if out_size + err_size > ANSWER_BYTES:
+                    await self._abort()
+                    raise AnswerTooLarge(f"the answer to `{command[:200]}` holds {out_size + err_size} bytes, more "
+                                         f"than the {ANSWER_BYTES} bytes braas-hpc reads from one command; nothing "
+                                         "of it was kept")
+                out = await pipe.readexactly(out_size)
+                err = await pipe.readexactly(err_size)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             await self._abort()
             raise SessionLost(str(exc), sent=True) from exc
         except BaseException:  # a time-out or a cancel leaves the stream mid-answer: killed, a new one next time
             await self._abort()
             raise
+        if undecoded:
+            self.takes_stdin = False
+            raise NoStdinHere("the remote shell cannot decode base64")
         return status, out, err
 
     async def send_files(self, command: str, count: int,
@@ -209,16 +238,19 @@ async def run_kept(shell: KeptShell, command: str, stdin: bytes | None, timeout:
                    connect: Callable[[], Awaitable[None]],
                    connection_gone: Callable[[SessionLost], Awaitable[Exception | None]]
                    ) -> tuple[int, bytes, bytes] | None:
-    """A command through the kept shell when it can go there (no stdin, the shell not busy); None when
-    the caller should make a call of its own (also when the session ended before the command was sent,
-    or after it was sent with the connection still up: only the shell ended). `connection_gone` returns
-    the error to raise when the connection itself dropped, else None."""
-    if stdin is not None or shell.lock.locked():
+    """A command through the kept shell when it can go there (no stdin or a small one, the shell not
+    busy); None when the caller should make a call of its own (also when the session ended before the
+    command was sent, or after it was sent with the connection still up: only the shell ended, or when
+    it could not decode the stdin). `connection_gone` returns the error to raise when the connection
+    itself dropped, else None."""
+    if stdin is not None and (len(stdin) > STDIN_BYTES or not shell.takes_stdin) or shell.lock.locked():
         return None
     async with shell.lock:
         await connect()
         try:
-            return await shell.run(command, timeout)
+            return await shell.run(command, timeout, stdin)
+        except NoStdinHere:
+            return None
         except SessionLost as lost:
             if lost.sent and (error := await connection_gone(lost)) is not None:
                 raise error from None
