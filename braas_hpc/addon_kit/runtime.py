@@ -32,6 +32,9 @@ from .prompting import PromptBroker, Question
 FAST_INTERVAL_S = 1 / 30
 BUSY_INTERVAL_S = 0.1
 IDLE_INTERVAL_S = 1.0
+# While an idle-kind operation runs (the jobs follower): its reports are applied within this; the panels
+# are still redrawn only when a periodic task changed something, or once an IDLE_INTERVAL_S.
+WATCHING_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -48,7 +51,8 @@ class State:
     message: Message = field(default_factory=Message)
     question: Question | None = None  # shown by the prompt popup, answered there
     host_key: tuple[HostKeyUnknown, Callable[[], None]] | None = None  # waiting for the trust popup
-    periodic: list[Callable[[], None]] = field(default_factory=list)  # run by the pump (jobs refresh)
+    # Run by the pump (jobs refresh); a task returns True when it changed what the panels show.
+    periodic: list[Callable[[], bool | None]] = field(default_factory=list)
 
 
 def _nothing() -> None:
@@ -76,9 +80,9 @@ class Runtime:
     `prompts` makes it the transports' passphrase and one-time-code asker; `explain` adds its own words
     to an error (None: the common wording); `redraw` tags what it draws, once per tick; `fast` asks for
     the fast tick; `lasting` names operation kinds that run for long (following output): not busy work,
-    and Abort leaves them alone; `idle` names operation kinds that leave the timer at its idle pace (they run
-    as long as something is followed; a second is soon enough for what they report); `bridge`: its loop,
-    when bpy-free code of the add-on needs it too."""
+    and Abort leaves them alone; `idle` names operation kinds that are not busy work either (they run as
+    long as something is followed): the timer then looks for their reports at WATCHING_INTERVAL_S and
+    redraws only when there was one; `bridge`: its loop, when bpy-free code of the add-on needs it too."""
 
     def __init__(self, name: str, operators: str, *, prompts: bool = False,
                  explain: Callable[[BaseException], str | None] = lambda _error: None,
@@ -91,6 +95,7 @@ class Runtime:
         broker = PromptBroker(lambda: not self.background()) if prompts else None
         self.state = State(bridge=bridge or Bridge(), broker=broker)
         self.timer = self.pump  # one bound method, kept: bpy.app.timers knows a timer by its object
+        self._redrawn_at = 0.0
 
     def background(self) -> bool:
         """No event loop will run the pump: operations wait, questions get no answer."""
@@ -183,7 +188,8 @@ class Runtime:
     def pump(self) -> float | None:
         """The timer. Returns the delay until the next call (None would end the timer)."""
         state = self.state
-        for operation in state.bridge.take_finished():
+        finished = state.bridge.take_finished()
+        for operation in finished:
             if operation.on_done is not None:
                 try:
                     operation.on_done(operation)
@@ -193,13 +199,20 @@ class Runtime:
             state.question = state.broker.next_question()
             if state.question is not None:
                 self.invoke_popup("answer_prompt")
+        changed = bool(finished)
         for task in list(state.periodic):
-            task()
-        self.redraw()
+            changed = bool(task()) or changed
+        active = state.bridge.active()
+        busy = any(op.kind not in self.idle for op in active) or state.question is not None
+        now = time.monotonic()
+        if changed or busy or self.fast() or now - self._redrawn_at >= IDLE_INTERVAL_S - 0.05:
+            self.redraw()
+            self._redrawn_at = now
         if self.fast():
             return FAST_INTERVAL_S
-        busy = any(op.kind not in self.idle for op in state.bridge.active()) or state.question is not None
-        return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
+        if busy:
+            return BUSY_INTERVAL_S
+        return WATCHING_INTERVAL_S if active else IDLE_INTERVAL_S
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """For background scripts and tests only: poll `predicate` while pumping, without a window."""

@@ -89,27 +89,29 @@ class Follower:
     def running(self) -> bool:
         return self.operation is not None and not self.operation.finished
 
-    def __call__(self) -> None:
+    def __call__(self) -> bool:
+        """Returns whether a report was applied (the panels then redraw at once)."""
         ended = self.operation is not None and self.operation.finished  # before its last reports are applied
-        self._apply_reports()
+        applied = self._apply_reports()
         if runtime.background():
-            return  # no timer runs there; each operator refreshes what it changed
+            return applied  # no timer runs there; each operator refreshes what it changed
         wanted = active_names()
         if not bpy.app.online_access:
             wanted = [name for name in wanted if not _remote(name)]  # offline by choice: no network
         if not wanted:
             self.stop()
-            return
+            return applied
         listed = {item.name for item in jobs()}
         changed = self.again or not set(wanted) <= set(self.following) or not set(self.following) <= listed
         if self.operation is not None and not ended:
             if changed:
                 self._start(wanted)
-            return
+            return applied
         if self.operation is not None and self.retry_at == 0.0:
             self.retry_at = time.monotonic() + RETRY_S  # it ended with jobs not seen to end: a cluster's fault
         if changed or time.monotonic() >= self.retry_at:
             self._start(wanted)
+        return applied
 
     def _start(self, names: list[str]) -> None:
         self.stop()
@@ -131,12 +133,14 @@ class Follower:
         self.again, self.told = False, ""
         self.reports = queue.SimpleQueue()
 
-    def _apply_reports(self) -> None:
+    def _apply_reports(self) -> bool:
+        applied = False
         while True:
             try:
                 result = self.reports.get_nowait()
             except queue.Empty:
-                return
+                return applied
+            applied = True
             listed = {item.name for item in jobs()}  # a job removed meanwhile stays removed
             notes = show_rows(dataclasses.replace(result, rows=[r for r in result.rows if r.name in listed]))
             if notes and notes != self.told:

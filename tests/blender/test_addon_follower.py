@@ -45,7 +45,11 @@ steps.append(["b", settle(lambda: len(started) == 2 and jobs()["b"].frames_done 
               first.cancelled, len(ops()), runtime.state.message.text])
 second = jobs_list.follower.operation
 jobs_list.apply_rows([row("a", "COMPLETED", 1.0)])  # one ends: the follower goes on with the other
+drawn, redraw = [], runtime.redraw
+runtime.redraw = lambda: drawn.append(1)
 steps.append(["a ended", settle(lambda: False, 5), len(started), second.cancelled])  # 5 s of nothing new
+runtime.redraw = redraw
+result["redraws while nothing changed"] = len(drawn)
 bpy.context.preferences.system.use_online_access = False
 steps.append(["offline", settle(lambda: not ops()), second.cancelled, jobs_list.follower.describe()])
 bpy.context.preferences.system.use_online_access = True
@@ -68,13 +72,15 @@ def test_the_follower_follows_the_active_jobs_and_hands_reports_to_the_list(tmp_
     got = Session(tmp_path / "user").run(SCRIPT.replace("import asyncio", "import addon_utils, asyncio"))
     steps = {step[0]: step[1:] for step in got["steps"]}
     # Started for the active job only, with the panel's back-off; its reports applied on the main thread
-    # (the list shows its frames), the timer at its idle pace (1 s) while only the follower runs, the
-    # cluster's error told.
-    assert steps["a"] == [True, [["a"], 5.0, 1.6], 1, 1.0, "faraway: no route to host"], got
+    # (the list shows its frames), the timer looking for reports four times a second while only the
+    # follower runs, the cluster's error told.
+    assert steps["a"] == [True, [["a"], 5.0, 1.6], 1, 0.25, "faraway: no route to host"], got
     assert got["threads"] == ["braas-hpc-loop"]
     # A job joins: a new follower for both, the old one stopped; the same error is not told again.
     assert steps["b"] == [True, ["a", "b"], True, 1, "job b submitted"], got
     assert steps["a ended"] == [False, 2, False], got  # not started again for a job that ended
+    # About 100 pumps in those 5 s, and the panels redrawn only once a second: nothing changed.
+    assert 3 <= got["redraws while nothing changed"] <= 7, got
     assert steps["offline"] == [True, True, "Not following the active jobs: Blender's online access is off"], got
     assert steps["online"] == [True, ["b"]] and steps["soon"] == [True, ["b"]], got
     assert steps["none"] == [True], got

@@ -7,6 +7,9 @@ connections, typed host-key and login refusals, passphrases and one-time codes r
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from braas_hpc.core.transport import NoPrompts, SSHTarget, Transport
 from braas_hpc.core.transport.keeper.client import KeptTransport
 from tests.integration.conftest import no_direct
 from tests.integration.test_transport_contract import (  # noqa: F401 - collected here too, on a kept transport
+    _use,
     backend,
     client,
     main_target,
@@ -53,3 +57,34 @@ def connect(backend: str, keeper: Path) -> Iterator[Callable[..., Transport]]:  
 
     make.backend = backend  # type: ignore[attr-defined]
     yield make
+
+
+def test_new_files_come_in_one_stream_through_the_keeper(connect, main_target, tmp_path: Path, testbed) -> None:  # noqa: ANN001, F811
+    """A batch download through the keeper: the keeper streams every file through its connection's kept
+    shell and writes it here whole; each file's progress reaches this command; a missing one is left."""
+    remote_dir = f"{testbed.workdir}/kept batch {secrets.token_hex(6)}"
+    names = ["frame_0001.png", "-dash $(x) ü.png", "empty.png"]
+    data = {names[0]: os.urandom(2 * 1024 * 1024 + 5), names[1]: os.urandom(70_001), names[2]: b""}
+    (tmp_path / "up").mkdir()
+    for name, content in data.items():
+        (tmp_path / "up" / name).write_bytes(content)
+    seen: dict[str, tuple[int, int]] = {}
+
+    def progress(remote: str) -> Any:
+        return lambda done, total: seen.__setitem__(remote.rsplit("/", 1)[1], (done, total))
+
+    async def work(t: Transport) -> set[str]:
+        await t.run(["mkdir", "-p", remote_dir])
+        for name in names:
+            await t.put(tmp_path / "up" / name, f"{remote_dir}/{name}")
+        items = [(f"{remote_dir}/{n}", tmp_path / "down" / n) for n in [*names, "missing.png"]]
+        done = await t.get_batch(items, progress)
+        await t.run(["rm", "-rf", remote_dir])
+        return done
+
+    transport = connect(main_target)
+    done = asyncio.run(_use(transport, work))
+    assert isinstance(transport, KeptTransport) and transport._direct is None
+    assert done == {f"{remote_dir}/{n}" for n in names}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "down").iterdir()} == data  # no temp file left
+    assert seen[names[0]] == (len(data[names[0]]),) * 2 and seen[names[1]] == (70_001, 70_001)

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +147,25 @@ class KeptTransport(Transport):
             request.close()
 
     def _kept_shell(self) -> KeptShell | None:
-        # The keeper has no batch download yet: frames come one by one through it, or in one stream when
-        # this command went direct.
         return self._direct._kept_shell() if self._direct is not None else None
+
+    async def get_batch(self, items: Sequence[tuple[str, Path]],
+                        progress: Callable[[str], Progress | None] | None = None) -> set[str]:
+        """The keeper streams the files through its connection's kept shell and writes them here (each
+        local file appears whole, as Transport.get_batch makes them)."""
+        if self._direct is not None:
+            return await self._direct.get_batch(items, progress)
+        reports = [progress(remote) if progress else None for remote, _ in items]
+
+        def report(index: int, done: int, total: int) -> None:
+            if 0 <= index < len(reports) and (each := reports[index]) is not None:
+                each(done, total)
+
+        reply = await self._call("batch", replayable=True, progress=report,  # type: ignore[arg-type]
+                                 items=[[remote, str(local.absolute())] for remote, local in items])
+        if reply is None:
+            return await self._go_direct("direct").get_batch(items, progress)
+        return {remote for remote in reply["done"] if isinstance(remote, str)}
 
     # ---- primitives ---------------------------------------------------------------------------
 

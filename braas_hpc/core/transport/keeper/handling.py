@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..base import Forward, StreamHandle, Transport
+from ..base import Forward, Progress, StreamHandle, Transport
 from . import wire
 
 CLOSE_TIMEOUT_S = 10.0
@@ -109,6 +109,8 @@ async def run_op(op: object, request: dict[str, Any], t: Transport, client: Clie
     elif op == "receive":
         await t._receive(request["remote"], Path(request["local"]), int(request["offset"]), progress)
         reply = {}
+    elif op == "batch":
+        reply = await _batch(request["items"], t, client)
     elif op == "listdir":
         reply = {"entries": [[e.name, e.size, e.is_dir] for e in await t.listdir(request["remote"])]}
     elif op == "forward":
@@ -124,6 +126,22 @@ async def run_op(op: object, request: dict[str, Any], t: Transport, client: Clie
     else:
         raise ValueError(f"unknown keeper request {op!r}")
     client.write({"ok": reply})
+
+
+async def _batch(pairs: list[list[str]], t: Transport, client: Client) -> dict[str, Any]:
+    """Files streamed through the kept connection's shell, written here by Transport.get_batch; progress
+    goes to the client as [the file's place in the batch, bytes, size], written at once (get_batch reports
+    on this loop, so every report goes before the reply)."""
+    items = [(str(remote), Path(local)) for remote, local in pairs]
+    index_of: dict[str, int] = {}
+    for index, (remote, _) in enumerate(items):
+        index_of.setdefault(remote, index)
+
+    def each(remote: str) -> Progress:
+        index = index_of[remote]
+        return lambda done, total: client.write({"progress": [index, done, total]})
+
+    return {"done": sorted(await t.get_batch(items, each))}
 
 
 async def _stream(command: str, stdin: bool, t: Transport, client: Client) -> dict[str, Any]:
