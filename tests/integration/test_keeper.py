@@ -23,6 +23,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,11 @@ def on_terminal(argv: list[str], user: CodeUser, timeout: float = 120) -> tuple[
 def test_ten_commands_one_code(testbed: tb.Testbed, lab: SSHLab, keeper: Path, backend: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """Ten `braas-hpc test` processes, each on a terminal as a user runs them, to the TOTP sshd: one code."""
+    _ten_commands(testbed, lab, keeper, backend, capsys)
+
+
+def _ten_commands(testbed: tb.Testbed, lab: SSHLab, keeper: Path, backend: str, capsys: pytest.CaptureFixture[str],
+                  while_kept: Callable[[], None] = lambda: None) -> None:
     name = f"tb-keep-{backend}"
     write_preset(testbed, name, port=lab.totp_port, ssh_backend=backend, known_hosts=str(lab.known_hosts))
     user = CodeUser(lab)
@@ -166,9 +172,24 @@ def test_ten_commands_one_code(testbed: tb.Testbed, lab: SSHLab, keeper: Path, b
     assert [k["backend"] for k in kept] == [backend]
     log = (keeper / "keeper.log").read_text()
     assert user.codes[0] not in log, "a one-time code reached the keeper's log"
+    while_kept()
 
     _cli(capsys, None, "keeper", "stop")
     assert "no connection keeper is running" in _cli(capsys, None, "keeper", "status")
+
+
+def test_ten_commands_one_code_on_the_windows_endpoint(testbed: tb.Testbed, lab: SSHLab, keeper: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, with the keeper on the endpoint Windows uses (a key's proof both ways; here over a Unix
+    socket in place of the named pipe)."""
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_ENDPOINT", "pipe")
+    seen: list[bool] = []
+    _ten_commands(testbed, lab, keeper, "asyncssh", capsys, lambda: seen.append(
+        (keeper / "keeper.key").is_file() and (keeper / "keeper.pipe.sock").exists()
+        and not (keeper / "keeper.sock").exists()))
+    assert seen == [True]
+    assert not (keeper / "keeper.key").exists()  # the keeper took its key with it
 
 
 def test_a_cut_connection_is_opened_again(testbed: tb.Testbed, keeper: Path, backend: str, tmp_path: Path,

@@ -12,8 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from braas_hpc.core.errors import (
 )
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import KeptTransport, NoPrompts, SSHTarget, TransportPool, keep_seconds
-from braas_hpc.core.transport.keeper import link, server, sockets, wire
+from braas_hpc.core.transport.keeper import link, pipes, server, sockets, wire
 from braas_hpc.core.transport.keeper.client import portable_target
 from braas_hpc.core.transport.local import LocalTransport
 
@@ -232,7 +233,7 @@ def test_an_idle_connection_is_closed_one_in_use_is_not_and_the_keeper_leaves(
         keeper.kept[("idle",)] = server.Kept("asyncssh", SSHTarget(host="a"), idle, relay, keep_s=0.2)
         in_use = keeper.kept[("used",)] = server.Kept("asyncssh", SSHTarget(host="b"), used, relay, keep_s=0.0)
         in_use.busy = 1  # a forward, a held session, a running command
-        running = asyncio.create_task(keeper.run(sockets.listening_socket(sockets.socket_path())))
+        running = asyncio.create_task(keeper.run(sockets.Listening(sockets.private_dir())))
         await asyncio.sleep(0.6)
         idle_closed, used_closed_early, still_running = idle.closed, used.closed, not running.done()
         in_use.busy = 0
@@ -252,7 +253,14 @@ async def _local_keeper(target: SSHTarget) -> asyncio.Task[None]:
     key = ("asyncssh", *server.target_from(portable_target(target)).key)
     relay = server.RelayPrompts(asyncio.get_running_loop())
     keeper.kept[key] = server.Kept("asyncssh", target, LocalTransport(), relay, keep_s=60.0)
-    return asyncio.create_task(keeper.run(sockets.listening_socket(sockets.socket_path())))
+    directory = sockets.private_dir()
+    running = asyncio.create_task(keeper.run(sockets.Listening(directory)))
+    where = Path(pipes.address(directory)) if sockets.endpoint() == "pipe" else directory / sockets.SOCKET_NAME
+    for _ in range(500):  # listening before a client comes (else the client would start a keeper process)
+        if where.exists():
+            break
+        await asyncio.sleep(0.01)
+    return running
 
 
 def test_stream_input_is_held_back_until_the_command_takes_it(keeper_dir: Path, tmp_path: Path) -> None:
@@ -335,3 +343,94 @@ def test_a_keeper_that_hangs_up_mid_input_is_a_lost_connection_then_direct(keepe
     lost, again = asyncio.run(scenario())
     assert isinstance(lost, ConnectionLost) and "keeper stopped" in str(lost), lost
     assert again == "direct\n"
+
+
+# ---- the Windows endpoint (a named pipe and a key's proof), run here over a Unix socket ------------------
+# Only the two pipe calls of Windows' event loop (start_serving_pipe, create_pipe_connection) and the file
+# lock (msvcrt) cannot run here: everything around them does.
+
+
+def test_commands_go_through_a_keeper_on_the_pipe_endpoint(keeper_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_ENDPOINT", "pipe")
+
+    async def scenario() -> tuple[str, bool]:
+        running = await _local_keeper(_kept().target)
+        transport = _kept()
+        done = await transport.run(["echo", "through the keeper"])
+        direct = transport.is_direct
+        running.cancel()
+        return done.stdout, direct
+
+    out, direct = asyncio.run(scenario())
+    assert out == "through the keeper\n" and not direct
+    assert (keeper_dir / pipes.KEY_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def _impostor_keeper(directory: Path, answer: Callable[[bytes], bytes], said: list[bytes]) -> Any:
+    """Something else listening where the keeper would, answering the greeting with `answer(greeting)`."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        greeting = await reader.readline()
+        writer.write(answer(greeting))
+        await writer.drain()
+        said.append(await reader.read(1 << 16))  # all the client sends afterwards
+        writer.close()
+
+    return asyncio.start_unix_server(handler, pipes.address(directory))
+
+
+@pytest.mark.parametrize("answer", [
+    lambda greeting: b"00" * 32 + b" " + b"0" * 64 + b"\n",  # a made-up proof
+    lambda greeting: b"not a proof\n",
+    lambda greeting: b"",  # silence, then hangs up
+], ids=["wrong-proof", "garbage", "hangs-up"])
+def test_a_pipe_served_by_an_impostor_gets_no_request(keeper_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       answer: Callable[[bytes], bytes]) -> None:
+    """Another user made the pipe first: the command sends it no request (no command, no answer to a
+    login question), and goes direct."""
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_ENDPOINT", "pipe")
+    directory = sockets.private_dir()
+    pipes.write_key(directory)
+    said: list[bytes] = []
+
+    async def scenario() -> tuple[str, bool]:
+        impostor = await _impostor_keeper(directory, answer, said)
+        transport = _kept()
+        done = await transport.run(["echo", "direct"])
+        impostor.close()
+        await asyncio.sleep(0.1)
+        return done.stdout, transport.is_direct
+
+    out, direct = asyncio.run(scenario())
+    assert out == "direct\n" and direct
+    assert all(b"echo" not in part and b"op" not in part for part in said), said
+
+
+def test_a_client_without_the_key_gets_no_service(keeper_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAAS_HPC_KEEPER_ENDPOINT", "pipe")
+
+    async def scenario() -> tuple[bytes, bytes]:
+        running = await _local_keeper(_kept().target)
+        # Another user: can reach the pipe, cannot read the key; guesses one.
+        reader, writer = await asyncio.open_unix_connection(pipes.address(keeper_dir))
+        with pytest.raises(pipes.ProofFailed):
+            await pipes.prove_to_keeper(reader, writer, b"guessed key".ljust(32, b"."))
+        writer.close()
+        # One that skips the proof and sends a request at once.
+        reader, writer = await asyncio.open_unix_connection(pipes.address(keeper_dir))
+        writer.write(b'{"op": "exec", "command": "echo served"}\n')
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(1 << 16), 10)
+        writer.close()
+        # And one that replays a real client's proof from an earlier exchange: the nonces differ.
+        reader, writer = await asyncio.open_unix_connection(pipes.address(keeper_dir))
+        writer.write(pipes.GREETING + b"11" * 32 + b"\n")
+        await writer.drain()
+        await reader.readline()
+        writer.write(b"0" * 64 + b"\n")
+        await writer.drain()
+        replayed = await asyncio.wait_for(reader.read(1 << 16), 10)
+        running.cancel()
+        return answer, replayed
+
+    answer, replayed = asyncio.run(scenario())
+    assert answer == b"" and replayed == b""  # hung up on, nothing served

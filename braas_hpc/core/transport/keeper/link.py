@@ -28,8 +28,10 @@ class KeeperMismatch(sockets.KeeperUnavailable):
 
 # Started through a short-lived launcher, so the keeper is nobody's child: a long-lived caller (Blender)
 # is left no zombie when the keeper leaves.
+# On Windows it is detached from the console instead (the flags are 0 elsewhere).
 _LAUNCHER = ("import subprocess, sys; subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, "
-             "start_new_session=True, close_fds=True)")
+             "start_new_session=True, close_fds=True, creationflags=getattr(subprocess, 'DETACHED_PROCESS', 0) | "
+             "getattr(subprocess, 'CREATE_NEW_PROCESS_GROUP', 0))")
 
 
 def _start_keeper(directory: Path) -> None:
@@ -51,12 +53,11 @@ def _start_keeper(directory: Path) -> None:
 async def open_connection(start: bool = True) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to the keeper, checked (our socket, our uid), starting the keeper when none runs."""
     directory = sockets.private_dir()
-    path = directory / sockets.SOCKET_NAME
     deadline = time.monotonic() + START_TIMEOUT_S
     started = False
     while True:
         try:
-            return await sockets.connect(path)
+            return await sockets.connect_in(directory)
         except (sockets.KeeperNotRunning, FileNotFoundError, ConnectionRefusedError) as exc:
             if not start:
                 raise sockets.KeeperNotRunning("no keeper is running") from exc

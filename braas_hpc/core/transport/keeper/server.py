@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import sys
@@ -168,8 +167,8 @@ class Keeper:
 
     # ---- life ----------------------------------------------------------------------------------
 
-    async def run(self, listener: Any) -> None:
-        server = await sockets.serve(self.handle, listener)
+    async def run(self, listener: sockets.Listening) -> None:
+        server = await listener.serve(self.handle)
         log.info("keeper %s listening (pid %d)", VERSION, os.getpid())
         try:
             while not self.stopping.is_set():
@@ -196,15 +195,25 @@ async def close_quietly(transport: Transport) -> None:
         await asyncio.wait_for(transport.close(), CLOSE_TIMEOUT_S)
 
 
+def _lock_now(fd: int) -> None:
+    """Lock the file without waiting; OSError when another process holds it."""
+    if os.name == "nt":
+        import msvcrt
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def _take_lock(directory: Path) -> Any | None:
     """The keeper's lock, held for its life: one keeper per directory. None when another keeps it."""
     lock = os.fdopen(os.open(directory / "keeper.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_now(lock.fileno())
             return lock
-        except BlockingIOError:
+        except OSError:
             if time.monotonic() > deadline:
                 lock.close()
                 return None
@@ -217,13 +226,11 @@ def main() -> int:
     lock = _take_lock(directory)
     if lock is None:
         return 0  # another keeper serves this directory
-    path = directory / sockets.SOCKET_NAME
-    listener = sockets.listening_socket(path)
+    listener = sockets.Listening(directory)
     try:
         asyncio.run(Keeper().run(listener))
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # still under the lock: no newer keeper listens there yet
+        listener.remove()
         lock.close()
     return 0
 
