@@ -1,0 +1,67 @@
+"""Runs inside Blender on the user's computer: times the scene's render at reduced settings, for estimates.
+
+Usage: blender -b SCENE.blend -Y -P calibrate.py -- --report REPORT.json --percentage P --samples S1,S2
+       [--frame F] [--scene NAME] [--threads N]
+
+Renders one frame once per sample count at P % of the scene's resolution, into memory only (nothing is
+written beside the scene), and reports each render's seconds with the scene's own resolution, percentage
+and samples, so the caller can scale to the job's settings. Exit 0 when timed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import bpy
+
+
+def _args() -> argparse.Namespace:
+    argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    parser = argparse.ArgumentParser(prog="calibrate.py")
+    parser.add_argument("--report", required=True)
+    parser.add_argument("--percentage", type=int, required=True)
+    parser.add_argument("--samples", required=True)
+    parser.add_argument("--frame", type=int, default=None)
+    parser.add_argument("--scene", default="")
+    parser.add_argument("--threads", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = _args()
+    scene = bpy.data.scenes[args.scene] if args.scene else bpy.context.scene
+    if bpy.context.window is not None:
+        bpy.context.window.scene = scene
+    render = scene.render
+    own = {"resolution": [render.resolution_x, render.resolution_y], "percentage": render.resolution_percentage,
+           "samples": scene.cycles.samples if render.engine == "CYCLES" else 0, "engine": render.engine,
+           "frame": scene.frame_current}
+    if args.frame is not None:
+        scene.frame_set(args.frame)
+    render.resolution_percentage = args.percentage
+    if args.threads:
+        render.threads_mode = "FIXED"
+        render.threads = args.threads
+    timings = []
+    for samples in [int(s) for s in args.samples.split(",")]:
+        if render.engine == "CYCLES":
+            scene.cycles.samples = samples
+        started = time.monotonic()
+        bpy.ops.render.render(write_still=False, scene=scene.name)
+        timings.append({"samples": samples, "seconds": time.monotonic() - started})
+    with open(args.report, "w", encoding="utf-8") as stream:
+        json.dump({"scene": own, "percentage": args.percentage, "timings": timings,
+                   "threads": render.threads}, stream)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, which shows it
+        print(f"braas-hpc calibrate: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    sys.exit(code)
