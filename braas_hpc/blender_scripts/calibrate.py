@@ -3,7 +3,8 @@
 Usage: blender -b SCENE.blend -Y -P calibrate.py -- --report REPORT.json --percentage P --samples S1,S2
        [--frame F] [--scene NAME] [--threads N]
 
-Renders one frame once per sample count at P % of the scene's resolution, into memory only (nothing is
+Renders one frame once at one sample (not timed: what a first render loads), then once per sample count
+at P % of the scene's resolution, into memory only (nothing is
 written beside the scene), and reports each render's seconds with the scene's own resolution, percentage
 and samples, so the caller can scale to the job's settings. Exit 0 when timed, 1 otherwise.
 """
@@ -45,6 +46,11 @@ def main() -> int:
     if args.threads:
         render.threads_mode = "FIXED"
         render.threads = args.threads
+    # A first render loads what every later one reuses (kernels, textures): it belongs to the task's start-up,
+    # so it is made once, at one sample, and not timed as a frame.
+    if render.engine == "CYCLES":
+        scene.cycles.samples = 1
+    bpy.ops.render.render(write_still=False, scene=scene.name)
     timings = []
     for samples in [int(s) for s in args.samples.split(",")]:
         if render.engine == "CYCLES":
