@@ -29,14 +29,14 @@ def main():
     line = "  ".join("-" * w for w in widths)
     print("\nProjects I am participating in\n==============================")
     header = ("PID", "Resource type", "Days left", "Total", "Used", "By me", "Free")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip())
     print(line)
     for pid, resources in rows().items():
         for i, (resource, days, total, used) in enumerate(resources):
             cells = (pid if i == 0 else "", resource, str(days))
-            numbers = ("%g" % total, "%g" % used, "%g" % used, "%g" % (total - used))
-            print("  ".join([c.ljust(w) for c, w in zip(cells, widths)] +
-                            [n.rjust(w) for n, w in zip(numbers, widths[3:])]))
+            numbers = tuple(f"{n:g}" for n in (total, used, used, total - used))
+            print("  ".join([c.ljust(w) for c, w in zip(cells, widths, strict=False)] +
+                            [n.rjust(w) for n, w in zip(numbers, widths[3:], strict=True)]))
     print("\n\nLegend\n======\nResource type  =   where the node-hours are granted (testbed stand-in)")
     return 0
 
