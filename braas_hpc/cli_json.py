@@ -49,9 +49,9 @@ SUBMITTED = {"job": STR, "preset": STR, "frames": FRAMES, "tasks": INT, "schedul
              "notes": STRS, "finish_id": STR, "scripts_updated": STRS, "warnings": STRS}
 BILLING = {"enum": ["core-hours", "gpu-hours", "node-hours"]}
 ESTIMATE = {"source": {"enum": ["history", "calibration"]}, "detail": STR, "frames": INT, "tasks": INT,
-            "parallel": INT, "frame_seconds": NUM, "task_seconds": NUM, "wall_seconds": NUM, "cores_per_task": INT,
-            "gpus_per_task": INT, "core_hours": NUM, "gpu_hours": NUM, "node_hours": NUM, "billing": BILLING,
-            "billing_factor": NUM, "billing_confirmed": BOOL, "units": NUM}
+            "parallel": INT, "frame_seconds": NUM, "task_seconds": NUM, "gap_seconds": NUM, "wall_seconds": NUM,
+            "cores_per_task": INT, "gpus_per_task": INT, "core_hours": NUM, "gpu_hours": NUM, "node_hours": NUM,
+            "billing": BILLING, "billing_factor": NUM, "billing_confirmed": BOOL, "units": NUM}
 BALANCE = obj({"project": STR, "resource": STR, "unit": STR, "remaining": NUM, "total": nullable(NUM),
                "used": nullable(NUM)})
 ALLOCATION = {"preset": STR, "account": STR, "command": STRS, "balances": {"type": "array", "items": BALANCE},

@@ -167,6 +167,8 @@ def choose(balances: list[Balance], account: str, hints: tuple[str, ...]) -> Bal
 
     best = max(score(b) for b in mine)
     chosen = [b for b in mine if score(b) == best]
+    if len(chosen) == 1:
+        return chosen[0]
     if len({(b.resource, b.unit) for b in chosen}) == 1 or len({b.unit for b in chosen}) == 1:
         first = chosen[0]
         totals = [b.total for b in chosen]

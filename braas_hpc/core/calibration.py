@@ -117,4 +117,6 @@ def rate_from_calibration(calibration: Calibration, spec: JobSpec, task_cores: i
               f"{calibration.percentage}% took {calibration.seconds[0]:.2f} s and {calibration.seconds[1]:.2f} s; "
               f"fitted {a:.2f} s + {b:.3g} s per sample-pixel, for {samples} samples at {percentage}%; the plain "
               f"ratio would say {ratio:.3g} s; cores {calibration.threads} here, {task_cores or 'as here'} per task")
-    return Rate(frame, calibration.startup_seconds, "calibration", detail, task_cores or calibration.threads)
+    # Blender starting and loading the scene comes before a task's first record: a gap, not the task's own time.
+    return Rate(frame, 0.0, "calibration", detail, task_cores or calibration.threads,
+                gap_seconds=calibration.startup_seconds)

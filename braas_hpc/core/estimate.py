@@ -32,10 +32,13 @@ class Rate:
     """Seconds one frame takes at the job's settings, and a task's start-up, with where they come from."""
 
     frame_seconds: float
-    task_seconds: float  # start-up of one task: Blender starting and loading the scene
+    task_seconds: float  # a task's own time besides its frames (its first record to its last, frames aside)
     source: str  # "history" or "calibration"
     detail: str
     threads: int = 0  # cores the measured tasks used (0: not known)
+    # Between one task ending and the next starting in its place: the scheduler's pace, and Blender starting
+    # and loading the scene before the task's first record. In the wall time; the summary's hours leave it out.
+    gap_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Estimate:
     parallel: int  # tasks running at once
     frame_seconds: float
     task_seconds: float
+    gap_seconds: float
     wall_seconds: float  # first task starting to last task ending
     cores_per_task: int
     gpus_per_task: int
@@ -84,11 +88,12 @@ def billing_of(preset: Preset, partition: Partition) -> tuple[str, float, bool]:
     return ("gpu-hours" if partition.kind == "gpu" else "core-hours"), 1.0, False
 
 
-def makespan(durations: list[float], parallel: int) -> float:
-    """When the last task ends, tasks taken in order by `parallel` slots (each slot takes the next task)."""
-    slots = [0.0] * max(1, min(parallel, len(durations)))
+def makespan(durations: list[float], parallel: int, gap: float = 0.0) -> float:
+    """When the last task ends, tasks taken in order by `parallel` slots (each slot takes the next task,
+    `gap` seconds after its last one ended)."""
+    slots = [-gap] * max(1, min(parallel, len(durations)))
     for seconds in durations:
-        heapq.heappush(slots, heapq.heappop(slots) + seconds)
+        heapq.heappush(slots, heapq.heappop(slots) + gap + seconds)
     return max(slots) if durations else 0.0
 
 
@@ -113,7 +118,8 @@ def estimate(spec: JobSpec, preset: Preset, rate: Rate) -> Estimate:
     amounts = {"core-hours": task_hours * cores, "gpu-hours": task_hours * gpus, "node-hours": task_hours * node_share}
     unit, factor, confirmed = billing_of(preset, partition)
     return Estimate(rate.source, rate.detail, len(spec.frames), len(spec.tasks), min(parallel, len(spec.tasks)),
-                    rate.frame_seconds, rate.task_seconds, makespan(durations, parallel), cores, gpus,
+                    rate.frame_seconds, rate.task_seconds, rate.gap_seconds,
+                    makespan(durations, parallel, rate.gap_seconds), cores, gpus,
                     amounts["core-hours"], amounts["gpu-hours"], amounts["node-hours"], unit, factor, confirmed,
                     amounts[unit] * factor)
 
@@ -159,16 +165,21 @@ async def read_summaries(preset: Preset, records: list[registry.JobRecord]) -> d
     return found
 
 
-def rate_from_summary(summary: dict) -> tuple[float, float, int] | None:
-    """(seconds per frame, seconds of start-up per task, threads) measured by a finished job."""
+def rate_from_summary(summary: dict, parallel: int) -> tuple[float, float, int, float] | None:
+    """(seconds per frame, a task's own seconds besides its frames, threads, gap between tasks in a slot)
+    measured by a finished job whose tasks ran `parallel` at a time (0: all at once). The gap comes from its
+    wall time against its tasks' time, when some tasks had to wait for others."""
     timings = [float(v) for v in (summary.get("timings") or {}).values()]
     tasks = int(summary.get("tasks") or 0)
     if not timings or not tasks:
         return None
     frame = sum(timings) / len(timings)
     busy = float(summary.get("task_seconds") or 0.0)  # the tasks' time in Blender (older summaries: unknown)
-    startup = max(0.0, (busy - sum(timings)) / tasks) if busy else 0.0
-    return frame, startup, int(summary.get("threads") or 0)
+    own = max(0.0, (busy - sum(timings)) / tasks) if busy else 0.0
+    waves = math.ceil(tasks / (parallel or tasks))
+    wall = float(summary.get("wall_seconds") or 0.0)
+    gap = max(0.0, (wall - waves * busy / tasks) / (waves - 1)) if busy and waves > 1 else 0.0
+    return frame, own, int(summary.get("threads") or 0), gap
 
 
 async def rate_from_history(spec: JobSpec, preset: Preset, scene_percentage: int) -> Rate | None:
@@ -176,17 +187,20 @@ async def rate_from_history(spec: JobSpec, preset: Preset, scene_percentage: int
     summaries = await read_summaries(preset, records)
     rates = []
     for record in records:
-        measured = rate_from_summary(summaries.get(record.name, {}))
+        measured = rate_from_summary(summaries.get(record.name, {}), record.spec.max_parallel)
         scale = _scale(record.spec, spec, scene_percentage)
         if measured and scale is not None:
-            rates.append((record.name, measured[0] * scale, measured[1], measured[2], scale))
+            rates.append((record.name, measured[0] * scale, measured[1], measured[2], scale, measured[3]))
     if not rates:
         return None
-    frame = sum(r[1] for r in rates) / len(rates)
-    startup = sum(r[2] for r in rates) / len(rates)
+
+    def mean(i: int) -> float:
+        return sum(r[i] for r in rates) / len(rates)  # type: ignore[misc]
+
+    gaps = [r[5] for r in rates if r[5] > 0]  # only jobs whose tasks waited for others measured it
     scaled = [f"{r[0]} x{r[4]:.3g}" for r in rates if not math.isclose(r[4], 1.0)]
     detail = f"{len(rates)} previous job(s) of this scene: {', '.join(r[0] for r in rates)}"
     if scaled:
         detail += f"; scaled by samples x pixels: {', '.join(scaled)}"
-    return Rate(frame, startup, "history", detail, max(r[3] for r in rates))
+    return Rate(mean(1), mean(2), "history", detail, max(r[3] for r in rates), sum(gaps) / len(gaps) if gaps else 0.0)
 

@@ -30,6 +30,8 @@ def test_makespan_takes_tasks_in_order_by_free_slot() -> None:
     assert makespan([10, 10, 10, 10], 3) == 20
     assert makespan([30, 10, 10, 10], 2) == 30
     assert makespan([], 3) == 0
+    assert makespan([10, 10, 10, 10], 2, gap=5) == 25  # a gap between the tasks of a slot, not before the first
+    assert makespan([10], 4, gap=5) == 10
 
 
 def test_wall_time_and_core_hours_from_the_rate() -> None:
@@ -71,9 +73,11 @@ def test_a_preset_that_does_not_say_how_it_bills_shows_core_hours_unconfirmed() 
 
 def test_rate_from_a_summary_splits_frames_from_start_up() -> None:
     summary = {"timings": {"1": 10.0, "2": 14.0, "3": 12.0}, "tasks": 3, "task_seconds": 3 * 5 + 36.0, "threads": 8}
-    assert rate_from_summary(summary) == (12.0, 5.0, 8)
-    assert rate_from_summary({**summary, "task_seconds": None}) == (12.0, 0.0, 8)  # an older summary
-    assert rate_from_summary({"timings": {}, "tasks": 1}) is None
+    assert rate_from_summary(summary, 0) == (12.0, 5.0, 8, 0.0)  # all at once: no gap to be seen
+    assert rate_from_summary({**summary, "task_seconds": None}, 0) == (12.0, 0.0, 8, 0.0)  # an older summary
+    assert rate_from_summary({"timings": {}, "tasks": 1}, 0) is None
+    # One at a time: 3 tasks of 17 s in a 61 s wall time leave 5 s between tasks.
+    assert rate_from_summary({**summary, "wall_seconds": 61.0}, 1) == (12.0, 5.0, 8, 5.0)
 
 
 def test_previous_job_scaled_by_samples_and_pixels_only_when_comparable() -> None:

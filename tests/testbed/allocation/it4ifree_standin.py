@@ -34,7 +34,7 @@ def main():
     for pid, resources in rows().items():
         for i, (resource, days, total, used) in enumerate(resources):
             cells = (pid if i == 0 else "", resource, str(days))
-            numbers = tuple(f"{n:g}" for n in (total, used, used, total - used))
+            numbers = tuple(f"{n:.6f}".rstrip("0").rstrip(".") for n in (total, used, used, total - used))
             print("  ".join([c.ljust(w) for c, w in zip(cells, widths, strict=False)] +
                             [n.rjust(w) for n, w in zip(numbers, widths[3:], strict=True)]))
     print("\n\nLegend\n======\nResource type  =   where the node-hours are granted (testbed stand-in)")
