@@ -1,8 +1,9 @@
 """Before Submit: what the job will cost (core.estimate) against what the project has left (core.allocation).
 
 The CLI's `submit --estimate`, `submit` itself and the panel call `costs`. A calibration is a render on
-this computer, so only an explicit estimate makes one; it is remembered for the scene as it was (its
-file's size and time) and settings, so the Submit that follows uses it without rendering again.
+this computer, so only an explicit estimate makes one; its rate is remembered for the scene file and the
+settings that change a frame's time (samples, resolution, device, partition, cores) for a day, so the
+Submit that follows uses it without rendering again (the panel saves the file at Submit: its time is no key).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,18 +52,22 @@ class Costs:
         return lines + [f"note: {n}" for n in self.notes]
 
 
+REMEMBERED_S = 24 * 3600
+
+
 def _cache_file(spec: JobSpec) -> Path:
-    scene = Path(spec.scene)
-    stat = scene.stat()
-    key = json.dumps([spec.scene, stat.st_size, stat.st_mtime_ns, spec.preset, spec.device, spec.partition,
-                      spec.samples, spec.resolution_percentage, spec.scene_name, spec.cpus, spec.gpus])
+    key = json.dumps([spec.scene, spec.preset, spec.device, spec.partition, spec.samples,
+                      spec.resolution_percentage, spec.scene_name, spec.cpus, spec.gpus])
     return data_dir() / "estimates" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def remembered_rate(spec: JobSpec) -> Rate | None:
+def remembered_rate(spec: JobSpec, now: float | None = None) -> Rate | None:
     try:
-        return Rate(**json.loads(_cache_file(spec).read_text()))
-    except (OSError, ValueError, TypeError):
+        data = json.loads(_cache_file(spec).read_text())
+        if (now or time.time()) - float(data.pop("made")) > REMEMBERED_S:
+            return None
+        return Rate(**data)
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
@@ -69,7 +75,7 @@ def remember_rate(spec: JobSpec, rate: Rate) -> None:
     path = _cache_file(spec)
     private_dir(path.parent)
     temp = path.with_suffix(".part")
-    temp.write_text(json.dumps(asdict(rate)))
+    temp.write_text(json.dumps({**asdict(rate), "made": time.time()}))
     os.replace(temp, path)
 
 

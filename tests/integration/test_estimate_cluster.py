@@ -10,16 +10,19 @@ import os
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from braas_hpc.cli_json import SCHEMAS
 from braas_hpc.core import registry
 from tests.conftest import run_cli
 from tests.helpers import cluster_file_when_written, make_sample
 
 FRAMES = ("--frames", "1-4", "--chunk", "1", "--max-parallel", "1", "--retries", "0")
-# The testbed runs tiny frames: a task is mostly Blender starting, and Slurm's pace between tasks is not
-# in any estimate. Within these factors the estimate says the right order of time and cost.
-HISTORY_FACTOR, CALIBRATION_FACTOR = 2.0, 4.0
+# The testbed renders tiny frames (0.3 to 0.8 s) on a machine shared with other work: two identical jobs
+# differed by 2.5x in their time per frame under load. Within these factors the estimate has the right
+# order of time and cost (wrong parallelism, a missing gap between tasks or wrong cores fall outside).
+HISTORY_FACTOR, CALIBRATION_FACTOR = 3.0, 5.0
 
 
 @pytest.fixture
@@ -46,9 +49,13 @@ def _balance(remote, free: float) -> None:  # noqa: ANN001
 
 
 def _json(*args: str, timeout: float = 600) -> dict:
+    """The command's document, checked against its --json contract (cli_json.SCHEMAS)."""
     done = run_cli(*args, "--json", timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
+    document = json.loads(done.stdout)
+    verb = "submit --estimate" if "--estimate" in args else args[0]
+    jsonschema.validate(document, SCHEMAS[verb])
+    return document
 
 
 def _run(scene: Path, preset: str, remote) -> tuple[dict, dict]:  # noqa: ANN001
@@ -126,3 +133,28 @@ def test_estimate_from_a_calibration_against_its_jobs_actual(it4i_preset: str, r
           f"{summary['core_hours']}, frame {summary['seconds_per_frame']}; actual/estimate {ratios}")
     for key in ("wall_seconds", "core_hours"):
         assert 1 / CALIBRATION_FACTOR < ratios[key] < CALIBRATION_FACTOR, (key, ratios)
+
+
+def test_panel_estimate_then_submit_keeps_it_with_the_job(it4i_preset: str, tmp_path: Path) -> None:
+    from tests.blender.addon_runner import Session
+
+    scene = make_sample(tmp_path / "panel")
+    found = Session(tmp_path / "user").run(script=f"""
+        from braas_hpc.blender import ops_estimate
+        bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
+        settings = bpy.context.scene.braas_hpc
+        settings.preset, settings.frames_mode, settings.custom_frames = {it4i_preset!r}, "CUSTOM", "1-2"
+        result["estimate"] = sorted(bpy.ops.braas_hpc.estimate())
+        result["lines"] = ops_estimate.shown_lines(settings)[0]
+        settings.chunk = 2
+        result["changed"] = ops_estimate.shown_lines(settings)[0]  # other settings: that estimate is not shown
+        settings.chunk = 1
+        result["submit"] = sorted(bpy.ops.braas_hpc.submit())
+        result["name"] = bpy.context.window_manager.braas_hpc.jobs[0].name
+    """)
+    assert found["estimate"] == ["FINISHED"] and found["submit"] == ["FINISHED"]
+    assert found["lines"][0].startswith("estimate: about ") and "from calibration" in found["lines"][0]
+    assert found["lines"][1] == "allocation: 100 node-hours left for braas on Karolina CPU", found["lines"]
+    assert found["changed"] == []
+    kept = registry.get_estimate(found["name"])
+    assert kept is not None and kept["source"] == "calibration" and kept["frames"] == 2

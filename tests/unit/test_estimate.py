@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,8 @@ def test_finish_step_puts_the_estimate_beside_the_actual(tmp_path: Path) -> None
     assert finish_task.with_estimate(str(job), plain) == plain
 
 
-def test_a_remembered_rate_is_for_the_scene_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_remembered_rate_is_for_the_scene_and_settings_for_a_day(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
     scene = tmp_path / "s.blend"
     scene.write_bytes(b"BLENDER")
@@ -142,5 +144,5 @@ def test_a_remembered_rate_is_for_the_scene_as_it_was(tmp_path: Path, monkeypatc
     costs.remember_rate(spec, rate)
     assert costs.remembered_rate(spec) == rate
     assert costs.remembered_rate(dataclasses.replace(spec, samples=8)) is None
-    scene.write_bytes(b"BLENDER changed")
-    assert costs.remembered_rate(spec) is None
+    assert costs.remembered_rate(dataclasses.replace(spec, scene=str(tmp_path / "other.blend"))) is None
+    assert costs.remembered_rate(spec, now=time.time() + costs.REMEMBERED_S + 1) is None
