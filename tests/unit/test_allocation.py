@@ -81,9 +81,11 @@ def test_choose_takes_the_presets_cluster_and_kind() -> None:
     assert choose(sbank, "RenderFarmX", ("aurora", "gpu")).remaining == 1860.0  # type: ignore[union-attr]
 
 
-def test_choose_does_not_add_different_units() -> None:
+def test_choose_does_not_add_different_units_and_prefers_node_hours_to_legacy() -> None:
     rows = [Balance("p", "x", "core-hours", 5.0), Balance("p", "y", "gpu-hours", 7.0)]
     assert choose(rows, "p", ()).remaining == 5.0  # type: ignore[union-attr]
+    legacy_first = [Balance("p", "Legacy NCH", "core-hours (normalized)", 9.0), Balance("p", "Site", "node-hours", 3.0)]
+    assert choose(legacy_first, "p", ()).unit == "node-hours"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("parser", [parse_it4ifree, parse_lumi_allocations, parse_saldo, parse_sbank])

@@ -79,6 +79,9 @@ def test_rate_from_a_summary_splits_frames_from_start_up() -> None:
     assert rate_from_summary({"timings": {}, "tasks": 1}, 0) is None
     # One at a time: 3 tasks of 17 s in a 61 s wall time leave 5 s between tasks.
     assert rate_from_summary({**summary, "wall_seconds": 61.0}, 1) == (12.0, 5.0, 8, 5.0)
+    # Two at a time: 4 tasks of 12 s in two waves, 29 s in all: 5 s between the waves.
+    pairs = {"timings": {str(f): 10.0 for f in range(1, 5)}, "tasks": 4, "task_seconds": 48.0, "wall_seconds": 29.0}
+    assert rate_from_summary(pairs, 2) == (10.0, 2.0, 0, 5.0)
 
 
 def test_previous_job_scaled_by_samples_and_pixels_only_when_comparable() -> None:
