@@ -20,6 +20,8 @@ from pathlib import Path
 
 from . import registry
 from .allocation import Allocation, allocation
+from .calibration import calibrate as run_calibration
+from .calibration import rate_from_calibration
 from .errors import BraasError
 from .estimate import Estimate, Rate, estimate, rate_from_history, read_summaries
 from .jobs import JobSpec
@@ -90,9 +92,6 @@ async def job_rate(spec: JobSpec, preset: Preset, scene_percentage: int, calibra
     if rate is None and calibrate:
         rate = remembered_rate(spec)
         if rate is None or rate.source != "calibration":
-            from .calibration import calibrate as run_calibration
-            from .calibration import rate_from_calibration
-
             measured = await run_calibration(spec, scene_percentage)
             task_cores = spec.cpus or preset.partition(spec.partition).node_cores
             rate = rate_from_calibration(measured, spec, task_cores)

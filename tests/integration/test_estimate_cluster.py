@@ -1,7 +1,8 @@
 """Estimates and the allocation on the test cluster: the balance read by the it4ifree stand-in over the real
 SSH path, an estimate from the scene's previous job against a second identical job's actual, a
 calibration-based estimate against its job's actual, and Submit's warning when the estimate exceeds the
-balance. The figures each test measured are printed (pytest -s) and reported in docs/presets.md#billing-and-allocation."""
+balance. The figures each test measured are printed (pytest -s) and reported in docs/presets.md
+(Billing and allocation)."""
 
 from __future__ import annotations
 
