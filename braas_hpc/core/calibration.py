@@ -13,7 +13,6 @@ which is only as good as the two kinds of core are alike.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 from .errors import BraasError
 from .estimate import Rate
 from .jobs import JobSpec
-from .local_blender import local_blender
+from .local_blender import local_blender, run_blender
 
 SCRIPT = Path(__file__).resolve().parents[1] / "blender_scripts" / "calibrate.py"
 TIMEOUT_S = 600
@@ -81,21 +80,11 @@ async def calibrate(spec: JobSpec, scene_percentage: int) -> Calibration:
                 "--percentage", str(percentage), "--samples", ",".join(map(str, samples)),
                 "--frame", str(spec.frames[0]), *(["--scene", spec.scene_name] if spec.scene_name else [])]
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
-        except TimeoutError as exc:
-            raise BraasError(f"the calibration render of {spec.scene} took longer than {TIMEOUT_S} s") from exc
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await asyncio.shield(process.wait())
+        code, stdout, stderr = await run_blender(argv, TIMEOUT_S, f"the calibration render of {spec.scene}")
         elapsed = time.monotonic() - started
-        if process.returncode != 0 or not report.is_file():
+        if code != 0 or not report.is_file():
             tail = "\n".join((stderr or stdout).decode(errors="replace").strip().splitlines()[-10:])
-            raise BraasError(f"the calibration render of {spec.scene} failed (exit status {process.returncode}):\n"
-                             f"{tail}")
+            raise BraasError(f"the calibration render of {spec.scene} failed (exit status {code}):\n{tail}")
         data = json.loads(report.read_text())
     scene = data["scene"]
     if scene["engine"] != "CYCLES":
