@@ -1,11 +1,11 @@
 """Runs inside Blender on the user's computer: times the scene's render at reduced settings, for estimates.
 
-Usage: blender -b SCENE.blend -Y -P calibrate.py -- --report REPORT.json --percentage P --samples S1,S2
+Usage: blender -b SCENE.blend -Y -P calibrate.py -- --report REPORT.json --out DIR --percentage P --samples S1,S2
        [--frame F] [--scene NAME] [--threads N]
 
 Renders one frame once at one sample (not timed: what a first render loads), then once per sample count
-at P % of the scene's resolution, into memory only (nothing is
-written beside the scene), and reports each render's seconds with the scene's own resolution, percentage
+at P % of the scene's resolution, each written into OUT as a job writes its frames (nothing is written
+beside the scene), and reports each render's seconds with the scene's own resolution, percentage
 and samples, so the caller can scale to the job's settings. Exit 0 when timed, 1 otherwise.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -28,6 +29,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--frame", type=int, default=None)
     parser.add_argument("--scene", default="")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", required=True, help="a private folder the timed frames are written to, as a job does")
     return parser.parse_args(argv)
 
 
@@ -52,11 +54,12 @@ def main() -> int:
         scene.cycles.samples = 1
     bpy.ops.render.render(write_still=False, scene=scene.name)
     timings = []
-    for samples in [int(s) for s in args.samples.split(",")]:
+    for index, samples in enumerate(int(s) for s in args.samples.split(",")):
         if render.engine == "CYCLES":
             scene.cycles.samples = samples
+        render.filepath = os.path.join(args.out, f"calibration_{index}")  # the scene's own format, as a job writes
         started = time.monotonic()
-        bpy.ops.render.render(write_still=False, scene=scene.name)
+        bpy.ops.render.render(write_still=True, scene=scene.name)
         timings.append({"samples": samples, "seconds": time.monotonic() - started})
     with open(args.report, "w", encoding="utf-8") as stream:
         json.dump({"scene": own, "percentage": args.percentage, "timings": timings,

@@ -76,7 +76,7 @@ async def calibrate(spec: JobSpec, scene_percentage: int) -> Calibration:
         samples = [max(1, min(LOW_SAMPLES, spec.samples // 4)), max(2, min(HIGH_SAMPLES, spec.samples))]
     with tempfile.TemporaryDirectory(prefix="braas-hpc-calibrate-") as temp:
         report = Path(temp) / "calibration.json"
-        argv = [*blender, "-b", "-Y", spec.scene, "-P", str(SCRIPT), "--", "--report", str(report),
+        argv = [*blender, "-b", "-Y", spec.scene, "-P", str(SCRIPT), "--", "--report", str(report), "--out", temp,
                 "--percentage", str(percentage), "--samples", ",".join(map(str, samples)),
                 "--frame", str(spec.frames[0]), *(["--scene", spec.scene_name] if spec.scene_name else [])]
         started = time.monotonic()
