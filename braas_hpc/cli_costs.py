@@ -18,8 +18,9 @@ PrintJson = Callable[[dict[str, object]], None]
 
 
 async def submit_estimate(args: argparse.Namespace, request: SubmitRequest, print_json: PrintJson) -> int:
-    """`submit --estimate`: the estimate and the balance, nothing submitted."""
-    built = service.build_spec(request)
+    """`submit --estimate`: the estimate and the balance, nothing submitted. A value only the submission
+    needs (an account, a workdir) may still be missing, as for --dry-run."""
+    built = service.build_spec(request, dry_run=True)
     found = await costs.for_request(request, built, calibrate=True)
     if args.json:
         print_json({"job": built[0].name, "preset": built[1].name, **found.to_json()})

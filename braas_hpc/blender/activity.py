@@ -164,7 +164,7 @@ async def submit(request: SubmitRequest) -> service.SubmitResult:
 
 async def estimate(request: SubmitRequest) -> costs.Costs:
     """The panel's Estimate: the scene's earlier jobs, else a calibration render here; and the allocation."""
-    return await costs.for_request(request, build_spec(request), calibrate=True)
+    return await costs.for_request(request, build_spec(request, dry_run=True), calibrate=True)
 
 
 @dataclass(frozen=True)

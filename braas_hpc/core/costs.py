@@ -28,7 +28,7 @@ from .jobs import JobSpec
 from .paths import data_dir, private_dir
 from .presets import Preset, load_preset
 from .scene_settings import read_scene_settings
-from .spec import SubmitRequest
+from .spec import ACCOUNT_PLACEHOLDER, SubmitRequest
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,9 @@ async def costs(spec: JobSpec, preset: Preset, scene_percentage: int, calibrate:
             raise
         notes.append(f"no estimate: {exc}")
     balance = None
-    if preset.allocation_command and spec.account:
+    if preset.allocation_command and spec.account == ACCOUNT_PLACEHOLDER:
+        notes.append("no allocation shown: give the project (--account, or the preset's account)")
+    elif preset.allocation_command and spec.account:
         kind = preset.partition(spec.partition).kind
         try:
             balance = await allocation(preset, spec.account, kind)

@@ -67,12 +67,15 @@ class Estimate:
 
     def line(self) -> str:
         unconfirmed = "" if self.billing_confirmed else " (the preset does not say how the site bills)"
-        return (f"about {_duration(self.wall_seconds)} wall time for {self.frames} frame(s) as {self.tasks} task(s), "
-                f"{self.parallel} at a time; {self.units:.4g} {self.billing}{unconfirmed}; "
+        return (f"{_duration(self.wall_seconds)} from the first task's start for {self.frames} frame(s) as "
+                f"{self.tasks} task(s), {self.parallel} at a time (the queue aside); {self.units:.4g} {self.billing}"
+                f"{unconfirmed}; "
                 f"{self.frame_seconds:.3g} s per frame from {self.source} ({self.detail})")
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

@@ -154,7 +154,8 @@ def test_panel_estimate_then_submit_keeps_it_with_the_job(it4i_preset: str, tmp_
         result["name"] = bpy.context.window_manager.braas_hpc.jobs[0].name
     """)
     assert found["estimate"] == ["FINISHED"] and found["submit"] == ["FINISHED"]
-    assert found["lines"][0].startswith("estimate: about ") and "from calibration" in found["lines"][0]
+    assert " from the first task's start for 2 frame(s) as 2 task(s)" in found["lines"][0], found["lines"]
+    assert "from calibration" in found["lines"][0]
     assert found["lines"][1] == "allocation: 100 node-hours left for braas on Karolina CPU", found["lines"]
     assert found["changed"] == []
     kept = registry.get_estimate(found["name"])
