@@ -29,8 +29,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_json, cli_logging, cli_progress
-from .core import VERSION, logs, monitor, readiness, recovery, registry, service, transfer, watch
+from . import cli_costs, cli_json, cli_logging, cli_progress
+from .core import VERSION, costs, logs, monitor, readiness, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
 from .core.errors import (
@@ -139,12 +139,17 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             print(f"# then the finish step (summary.json, thumb.jpg), submitted with:\n#   {plan.finish_command}")
             print(plan.finish_script, end="")
         return 0
+    if args.estimate:
+        return await cli_costs.submit_estimate(args, _request(args, args.preset), _print_json)
+    request = _request(args, args.preset)
+    built, expected = await cli_costs.before_submit(request)
     with cli_progress.shown(err, args.json):
-        result = await service.submit(_request(args, args.preset))
-    for warning in result.warnings:
+        result = await service.submit(request, built, expected.estimate.to_json() if expected.estimate else None)
+    for warning in (*result.warnings, *expected.warnings):
         err.print(f"warning: {plain(warning)}")
     if args.json:
-        _print_json(result.to_json())
+        data = result.to_json()
+        _print_json({**data, "warnings": [*data["warnings"], *expected.warnings], "costs": expected.to_json()})
     else:
         up = result.upload
         print(f"submitted {result.frames} on {result.preset} as {result.tasks} array task(s), "
@@ -158,6 +163,10 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         print(result.job)
     return 0
+
+
+async def cmd_allocation(args: argparse.Namespace) -> int:
+    return await cli_costs.cmd_allocation(args, _print_json)
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
@@ -230,10 +239,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
         report, recoveries = await recovery.status_and_recover(args.jobs or None)
     _ask_about_host_keys(report)
     _tell_recoveries(recoveries)
+    estimates = await cli_costs.estimates(report)
     if args.json:
-        _print_json({"jobs": report.to_json()})
+        _print_json({"jobs": [{**e, **({"estimate": estimates[e["job"]]} if e["job"] in estimates else {})}
+                              for e in report.to_json()]})
     else:
-        print("\n".join(_report_lines(report)))
+        print("\n".join(_report_lines(report) + [plain(f"{job}: {costs.compared(e)}") for job, e in estimates.items()]))
     return PARTIAL if report.errors else 0
 
 
@@ -594,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", metavar="ADDRESS", help="mail when the job ends or fails")
     p.add_argument("--memory", type=int, metavar="GB", help="memory per array task, where the site allows it")
     p.add_argument("--dry-run", action="store_true", help="print the batch script and submit command; send nothing")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the expected wall time and core-/GPU-/node-hours, and the allocation left; send nothing")
     p.add_argument("--allow-scripts", action="store_true",
                    help="let Python embedded in the .blend (drivers, scripts) run on the cluster for this job")
     p.add_argument("--retries", type=int, default=2, metavar="N",
@@ -601,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="PROJECT", help="names the job (default: the scene's file name)")
     add_pack(p)
     add_backend(p)
+
+    cli_costs.add_parser(add, cmd_allocation)
 
     p = add("test", cmd_test, "connect to a cluster, run a probe and report")
     p.add_argument("preset", metavar="PRESET")

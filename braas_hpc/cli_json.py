@@ -47,16 +47,31 @@ JOB_STATUS = {"job": STR, "preset": STR, "state": {"enum": STATES}, "frames_done
 SUBMITTED = {"job": STR, "preset": STR, "frames": FRAMES, "tasks": INT, "scheduler_ids": STRS, "job_dir": STR,
              "uploaded_bytes": INT, "uploaded_files": INT, "skipped_files": INT, "outside_project": STRS,
              "notes": STRS, "finish_id": STR, "scripts_updated": STRS, "warnings": STRS}
+BILLING = {"enum": ["core-hours", "gpu-hours", "node-hours"]}
+ESTIMATE = {"source": {"enum": ["history", "calibration"]}, "detail": STR, "frames": INT, "tasks": INT,
+            "parallel": INT, "frame_seconds": NUM, "task_seconds": NUM, "gap_seconds": NUM, "wall_seconds": NUM,
+            "cores_per_task": INT, "gpus_per_task": INT, "core_hours": NUM, "gpu_hours": NUM, "node_hours": NUM,
+            "billing": BILLING, "billing_factor": NUM, "billing_confirmed": BOOL, "units": NUM}
+BALANCE = obj({"project": STR, "resource": STR, "unit": STR, "remaining": NUM, "total": nullable(NUM),
+               "used": nullable(NUM)})
+ALLOCATION = {"preset": STR, "account": STR, "command": STRS, "balances": {"type": "array", "items": BALANCE},
+              "remaining": nullable(BALANCE)}
+COSTS = {"estimate": nullable(obj(ESTIMATE)), "allocation": nullable(obj(ALLOCATION)), "warnings": STRS,
+         "notes": STRS}
+ACTUAL = obj({"wall_seconds": NUM, "core_hours": NUM, "gpu_hours": NUM, "task_seconds": nullable(NUM),
+              "frame_seconds": nullable(NUM)})
 ERROR_KINDS = ["usage", "connection", "host_key", "authentication", "timeout", "failed", "system", "interrupted"]
 
 SCHEMAS: dict[str, Schema] = {
     "error": top({"error": obj({"kind": {"enum": ERROR_KINDS}, "message": STR, "exit_code": INT})}),
     "render": top({**SUBMITTED, "frames_dir": STR}),
-    "submit": top(SUBMITTED),
+    "submit": top(SUBMITTED, {"costs": obj(COSTS)}),
+    "submit --estimate": top({"job": STR, "preset": STR, **COSTS}),
+    "allocation": top(ALLOCATION),
     "submit --dry-run": top({"script": STR, "submit": STR, "frames_file": STR, "job_dir": STR, "finish_script": STR,
                              "finish": STR, "placeholders": {"type": "object", "additionalProperties": STR}}),
     "status": top({"jobs": {"type": "array", "items": {"anyOf": [
-        obj({**JOB_STATUS, "error": {"type": "null"}}),
+        obj({**JOB_STATUS, "error": {"type": "null"}}, {"estimate": obj(ESTIMATE, {"actual": ACTUAL})}),
         obj({**JOB_STATUS, "frames_done": {"type": "null"}, "missing": {"type": "null"},
              "error": obj({"kind": {"enum": ["preset_missing", "preset", "host_key", "authentication", "connection",
                                              "error"]}, "message": STR})})]}}}),

@@ -86,10 +86,11 @@ def summarize(job_dir: str, extension: str, markers: list[dict]) -> dict:
 
     ok = [f for f in frames if present(f)]
     timings: dict[str, float] = {}
-    core_s = gpu_s = 0.0
+    core_s = gpu_s = task_s = 0.0
     for marker in markers:
         timings.update({str(k): float(v) for k, v in (marker.get("timings") or {}).items()})
         elapsed = max(0.0, float(marker["_ended"]) - float(marker.get("started") or marker["_ended"]))
+        task_s += elapsed
         core_s += elapsed * int(marker.get("threads") or 1)
         gpu_s += elapsed * int(marker.get("gpus") or 0)
     seconds = sorted(timings.values())
@@ -105,9 +106,27 @@ def summarize(job_dir: str, extension: str, markers: list[dict]) -> dict:
         "tasks_failed": [m["_name"] for m in markers if m.get("exit_code") != 0],
         "core_hours": round(core_s / 3600, 6), "gpu_hours": round(gpu_s / 3600, 6),
         "wall_seconds": round(max(m["_ended"] for m in markers) - min(starts), 3) if starts else 0.0,
+        "task_seconds": round(task_s, 3),  # every task's time in Blender, start-up included (estimates use it)
+        "threads": max((int(m.get("threads") or 0) for m in markers), default=0),
         "last_frame": f"frame_{ok[-1]:06d}.{extension}" if ok else "",
         "written": time.time(),
     }
+
+
+def with_estimate(job_dir: str, summary: dict) -> dict:
+    """The estimate made before Submit (job.json's "estimate"), beside the actual: each figure's ratio."""
+    try:
+        with open(os.path.join(job_dir, "job.json"), encoding="utf-8") as stream:
+            expected = json.load(stream).get("estimate")
+    except (OSError, ValueError):
+        expected = None
+    if not isinstance(expected, dict):
+        return summary
+    actual = {"wall_seconds": summary["wall_seconds"], "core_hours": summary["core_hours"],
+              "gpu_hours": summary["gpu_hours"], "frame_seconds": (summary["seconds_per_frame"] or {}).get("mean")}
+    ratios = {k: round(actual[k] / expected[k], 3) for k in actual
+              if isinstance(expected.get(k), (int, float)) and expected[k] > 0 and actual[k] is not None}
+    return {**summary, "estimate": expected, "actual_vs_estimate": ratios}
 
 
 def exr_size(path: str) -> tuple[int, int]:
@@ -157,7 +176,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print(f"braas-hpc finish: {recover(args.job_dir, args.round)}", flush=True)
     extension = EXTENSIONS[args.format]
-    summary = summarize(args.job_dir, extension, read_markers(args.job_dir))
+    summary = with_estimate(args.job_dir, summarize(args.job_dir, extension, read_markers(args.job_dir)))
     summary["thumbnail"] = ""
     if summary["last_frame"]:
         try:

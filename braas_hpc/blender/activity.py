@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..core import logs, monitor, progress, recovery, registry, service, transfer, watch
+from ..core import costs, logs, monitor, progress, recovery, registry, service, transfer, watch
 from ..core.cluster_blender import BlenderSource
 from ..core.context import job_context
 from ..core.errors import BraasError, HostKeyUnknown
@@ -151,12 +152,19 @@ async def submit(request: SubmitRequest) -> service.SubmitResult:
     """A cluster job; or, on the `local` preset, the render itself on this machine (Abort cancels it)."""
     built = build_spec(request)
     if not built[1].is_local:
-        return await service.submit(request, built)
+        expected = await costs.for_request(request, built)  # no render here; the allocation where the site has one
+        result = await service.submit(request, built, expected.estimate.to_json() if expected.estimate else None)
+        return dataclasses.replace(result, warnings=(*result.warnings, *expected.warnings))
 
     def rendered(done: int, total: int, _message: str) -> None:
         progress.report("rendering", done, total)
 
     return await watch.render_local(request, built, rendered)
+
+
+async def estimate(request: SubmitRequest) -> costs.Costs:
+    """The panel's Estimate: the scene's earlier jobs, else a calibration render here; and the allocation."""
+    return await costs.for_request(request, build_spec(request, dry_run=True), calibrate=True)
 
 
 @dataclass(frozen=True)

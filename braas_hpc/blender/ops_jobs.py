@@ -70,6 +70,17 @@ class JobOperator(bpy.types.Operator):
         raise NotImplementedError
 
 
+def submit_request(settings: bpy.types.PropertyGroup, allow_scripts: bool = False) -> SubmitRequest:
+    """The panel's fields as a request (Submit, and Estimate)."""
+    return SubmitRequest(
+        scene=Path(checks.scene_file()), preset=settings.preset, frames=checks.frames_of(settings),
+        chunk=settings.chunk, device=settings.device, walltime_min=settings.walltime_min or None,
+        max_parallel=settings.max_parallel, account=settings.account.strip(),
+        partition=settings.partition.strip(), email=settings.email.strip(),
+        allow_scripts=allow_scripts, pack=settings.pack, project=settings.project.strip(),
+        retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
+
+
 class BRAAS_HPC_OT_submit(bpy.types.Operator):
     """Check the scene, upload what the cluster lacks and submit the render job"""
 
@@ -98,13 +109,7 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 checks.check_scripts_allowed()
             for warning in checks.check_scene():
                 self.report({"WARNING"}, warning)
-            request = SubmitRequest(
-                scene=Path(checks.scene_file()), preset=settings.preset, frames=checks.frames_of(settings),
-                chunk=settings.chunk, device=settings.device, walltime_min=settings.walltime_min or None,
-                max_parallel=settings.max_parallel, account=settings.account.strip(),
-                partition=settings.partition.strip(), email=settings.email.strip(),
-                allow_scripts=self.allow_scripts, pack=settings.pack, project=settings.project.strip(),
-                retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
+            request = submit_request(settings, self.allow_scripts)
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
             if saved:

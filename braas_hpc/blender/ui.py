@@ -8,7 +8,7 @@ import bpy
 
 from ..addon_kit.text import wrap_text
 from ..core.schedulers.base import TERMINAL
-from . import checks, jobs_list, ops_jobs
+from . import checks, jobs_list, ops_estimate, ops_jobs
 from .addon import runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
@@ -108,6 +108,10 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         row = layout.row()
         row.scale_y = 1.4
         row.operator("braas_hpc.submit", icon="RENDER_ANIMATION")
+        row.operator("braas_hpc.estimate", icon="TIME")
+        lines, warned = ops_estimate.shown_lines(settings)
+        for index, line in enumerate(wrapped for text in lines for wrapped in wrap_text(text, 70)):
+            layout.label(text=line, icon=("ERROR" if warned else "TIME") if index == 0 else "BLANK1")
         if checks.has_scripts():  # the file's scripts run on the cluster only when asked for, job by job
             row = layout.row()
             row.enabled = not bpy.app.autoexec_fail

@@ -182,13 +182,13 @@ class Delivered:
 
 
 async def deliver(spec: JobSpec, preset: Preset, transport: Transport, paths: JobPaths,
-                   round_: Round | None) -> Delivered:
+                   round_: Round | None, estimate: dict | None = None) -> Delivered:
     """Pack (or stage) locally first, so missing files are refused before anything is sent; then send
     what the cluster's store lacks, write the job's files and, with `round_`, submit it. In one
     conversation with the cluster's submission helper where the site can run it, else step by step."""
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp, HashCache() as cache:
         staged = await _stage(spec, Path(temp), cache)
-        files = job_files(spec, preset, paths)
+        files = job_files(spec, preset, paths, estimate)
         while True:  # each way out of the loop below happens at most once
             try:
                 if conversing(preset):

@@ -19,9 +19,10 @@ from .schedulers.base import Round, Trust
 from .scripts import git_scripts_dir, scripts_version, shipped_digests
 
 
-def job_json(spec: JobSpec, kit: RoundKit) -> str:
-    return json.dumps({"spec": spec.to_dict(), "kit": kit.to_dict(), "braas_hpc": VERSION, "submitted": time.time()},
-                      indent=1)
+def job_json(spec: JobSpec, kit: RoundKit, estimate: dict | None = None) -> str:
+    """`estimate`: what core.estimate expected before Submit; the finish step puts it beside the actual."""
+    return json.dumps({"spec": spec.to_dict(), "kit": kit.to_dict(), "braas_hpc": VERSION, "submitted": time.time(),
+                       **({"estimate": estimate} if estimate else {})}, indent=1)
 
 
 def cluster_script(preset: Preset, paths: JobPaths, name: str) -> str:
@@ -65,9 +66,9 @@ def finish_script(spec: JobSpec, preset: Preset, paths: JobPaths, round_: Round,
                                 scheduler or scheduler_for(preset.scheduler))
 
 
-def job_files(spec: JobSpec, preset: Preset, paths: JobPaths) -> dict[str, str]:
+def job_files(spec: JobSpec, preset: Preset, paths: JobPaths, estimate: dict | None = None) -> dict[str, str]:
     """The job's own files by their path on the cluster, round 0's scripts among them."""
     kit = kit_for(preset, paths)
-    return {paths.frames_file: frames_file_text(spec.tasks), paths.job_json: job_json(spec, kit),
+    return {paths.frames_file: frames_file_text(spec.tasks), paths.job_json: job_json(spec, kit, estimate),
             paths.script: job_script(spec, preset, paths, kit=kit),
             rounds.finish_file(paths, 0): finish_script(spec, preset, paths, Round(0, len(spec.tasks)), kit=kit)}

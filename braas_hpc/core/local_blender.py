@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shlex
@@ -9,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import BraasError, UsageError
 
 BPY_LAUNCHER = Path(__file__).resolve().parents[1] / "bpy_blender.py"
 # Set by the add-on at registration: the executable of the Blender it runs in (bpy.app.binary_path).
@@ -43,3 +44,19 @@ def local_blender() -> list[str]:
         "set BRAAS_HPC_BLENDER to its command, or install Blender as a Python module with the render extra "
         "(`pip install 'braas-hpc[render]'`; Blender publishes it for Python 3.11 and 3.13 only)"
     )
+
+
+async def run_blender(argv: list[str], timeout_s: float, what: str) -> tuple[int, bytes, bytes]:
+    """A Blender child process run to its end: (exit status, stdout, stderr). Killed when the caller is
+    cancelled (the add-on's Abort) or after `timeout_s`, so no Blender is left working for nobody."""
+    process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError as exc:
+        raise BraasError(f"{what} took longer than {timeout_s} s and was stopped") from exc
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.shield(process.wait())
+    return process.returncode if process.returncode is not None else -1, stdout, stderr

@@ -26,7 +26,7 @@ from blender_asset_tracer.trace.result import BlockUsage
 
 from .blender_version import check_can_open
 from .errors import BraasError, UsageError
-from .local_blender import local_blender
+from .local_blender import local_blender, run_blender
 
 # BAT logs each missing file as a warning; we report them ourselves, with the data-block that uses them.
 logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
@@ -82,33 +82,24 @@ async def pack_scene(scene: Path, output: Path, keep_unpacked: bool = False) -> 
     report_path = output.with_suffix(".pack.json")
     argv = [*blender, "-b", "-Y", str(scene), "-P", str(PACK_SCRIPT), "--",
             "--out", str(output), "--report", str(report_path), *(["--keep-unpacked"] if keep_unpacked else [])]
-    process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), PACK_TIMEOUT_S)
-    except TimeoutError as exc:
-        raise BraasError(f"packing {scene} took longer than {PACK_TIMEOUT_S} s and was stopped") from exc
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.shield(process.wait())
+    returncode, stdout, stderr = await run_blender(argv, PACK_TIMEOUT_S, f"packing {scene}")
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     report_path.unlink(missing_ok=True)
-    if process.returncode == 3 and report:
+    if returncode == 3 and report:
         lines = "\n".join(f"  {m['block']}: {m['path']}" for m in report["missing"])
         raise UsageError(f"{scene} uses files that do not exist; fix or remove them before submitting:\n{lines}")
-    if process.returncode == 4 and report:
+    if returncode == 4 and report:
         raise CannotPack(scene, [u["block"] for u in report["unpackable"]])
     text = (stderr or stdout).decode(errors="replace")
     # Blender stops with "Error: ... <file>" when it cannot read the file it was given; the script's 5 is
     # the same for a file it opened as its start-up scene instead.
     refused = [line for line in text.splitlines() if line.startswith("Error:") and str(scene) in line]
-    if process.returncode == 5 or (process.returncode != 0 and report is None and refused):
+    if returncode == 5 or (returncode != 0 and report is None and refused):
         why = refused[0].removeprefix("Error:").strip() if refused else "not a .blend file Blender can read"
         raise UsageError(f"Blender could not open {scene}: the file is damaged or not a .blend file ({why})")
-    if process.returncode != 0 or report is None or not output.is_file():
+    if returncode != 0 or report is None or not output.is_file():
         tail = "\n".join(text.strip().splitlines()[-15:])
-        raise BraasError(f"Blender could not pack {scene} (exit {process.returncode}):\n{tail}")
+        raise BraasError(f"Blender could not pack {scene} (exit {returncode}):\n{tail}")
     return PackReport(packed_images=int(report.get("packed_images", 0)), output=output,
                       unpacked=tuple(u["block"] for u in report.get("unpackable", [])))
 

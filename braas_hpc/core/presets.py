@@ -28,6 +28,8 @@ SSH_BACKENDS = ("asyncssh", "paramiko", "openssh")
 KINDS = ("cpu", "gpu")
 CYCLES_DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
 ARCHES = ("x86_64", "aarch64")
+BILLING = ("core-hours", "gpu-hours", "node-hours")  # what a site's allocation counts (core.estimate)
+ALLOCATION_FORMATS = ("it4ifree", "lumi-allocations", "saldo", "sbank")  # parsers in core.allocation
 MAX_KEEP_CONNECTION_MIN = 24 * 60  # a kept login outlives no working day
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: `$` would let "name\n" pass
 _WORKDIR_PUNCTUATION = frozenset("/_.-+@")
@@ -53,6 +55,12 @@ class Partition:
     # Where the finish step of a job on this partition goes (a key of `partitions`), for a site whose rules
     # make a summary cheaper elsewhere for every project that may use this one; empty: this partition.
     finish: str = ""
+    # What the site bills a job here in (BILLING; empty: the preset's `billing`) and how many of its units one
+    # core-, GPU- or node-hour costs; a node's cores and GPUs turn a part of a node into node-hours.
+    billing: str = ""
+    billing_factor: float = 1.0
+    node_cores: int = 0
+    node_gpus: int = 0
     note: str = ""  # shown to the user (access rules, limits)
 
 
@@ -102,6 +110,11 @@ class Preset:
     finish_env: tuple[str, ...] | None = None
     default_walltime_min: int = 60
     max_walltime_min: int = 2880
+    billing: str = ""  # the partitions' default (BILLING); empty: core-hours on CPU, GPU-hours on GPU, unconfirmed
+    # The site's command that prints the project's balance ("{account}" is replaced), and which of
+    # ALLOCATION_FORMATS it prints; empty: the site has none that braas-hpc reads.
+    allocation_command: tuple[str, ...] = ()
+    allocation_format: str = ""
     base: str = ""  # a user preset's built-in parent: every key not set here comes from it
     source: str = ""  # the file it was read from, for messages
 
@@ -129,6 +142,9 @@ def valid_name(name: str) -> bool:
 def _type_ok(expected: str, value: object) -> tuple[bool, object]:
     if expected == "int":
         return isinstance(value, int) and not isinstance(value, bool), value
+    if expected == "float":  # TOML writes 1 for 1.0
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value  # type: ignore[arg-type]
     if expected == "bool":
         return isinstance(value, bool), value
     if expected == "str":
@@ -213,6 +229,7 @@ def _check_values(p: Preset) -> None:
                               "without NUL, "
                               f"got {line!r}")
     _check_partitions(p, where)
+    _check_billing(p, where)
     if not p.is_local:
         _check_directive_words(p, where)
 
@@ -223,6 +240,24 @@ def _check_numbers(p: Preset, where: str) -> None:
     if not 0 <= p.keep_connection_min <= MAX_KEEP_CONNECTION_MIN:
         raise PresetError(f"{where}: keep_connection_min must be 0 (no kept connection) to {MAX_KEEP_CONNECTION_MIN} "
                           f"minutes, got {p.keep_connection_min}")
+
+
+def _check_billing(p: Preset, where: str) -> None:
+    if p.billing:
+        _one_of(where, "billing", p.billing, BILLING)
+    if p.allocation_format:
+        _one_of(where, "allocation_format", p.allocation_format, ALLOCATION_FORMATS)
+    if bool(p.allocation_command) != bool(p.allocation_format):
+        raise PresetError(f"{where}: allocation_command and allocation_format go together (the command, and which "
+                          f"of {', '.join(ALLOCATION_FORMATS)} it prints)")
+    if any(not word or any(c in word for c in "\n\r\0") for word in p.allocation_command):
+        raise PresetError(f"{where}: allocation_command words must be single non-empty lines")
+    for name, part in p.partitions.items():
+        if part.billing:
+            _one_of(f"{where}: partitions.{name}", "billing", part.billing, BILLING)
+        if not part.billing_factor > 0 or part.node_cores < 0 or part.node_gpus < 0:
+            raise PresetError(f"{where}: partitions.{name}: billing_factor must be above 0 and node_cores, node_gpus "
+                              f"0 (unknown) or more, got {part.billing_factor}, {part.node_cores}, {part.node_gpus}")
 
 
 def _check_directive_words(p: Preset, where: str) -> None:

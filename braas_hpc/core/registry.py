@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 # Columns added after the first release, for registries written by an older version.
 _ADDED = {"tasks": "TEXT NOT NULL DEFAULT '{}'", "rounds": "INTEGER NOT NULL DEFAULT 0",
-          "user_cancelled": "INTEGER NOT NULL DEFAULT 0", "id_tasks": "TEXT NOT NULL DEFAULT '{}'"}
+          "user_cancelled": "INTEGER NOT NULL DEFAULT 0", "id_tasks": "TEXT NOT NULL DEFAULT '{}'",
+          "estimate": "TEXT NOT NULL DEFAULT ''"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,18 @@ def add_round(name: str, id_tasks: dict[str, int], state: str) -> None:
         db.execute("UPDATE jobs SET scheduler_ids = ?, rounds = rounds + 1, state = ?, tasks = '{}', updated = ?, "
                    "id_tasks = ? WHERE name = ?", (json.dumps([*ids, *id_tasks]), state, time.time(),
                                                    json.dumps({**known, **id_tasks}), name))
+
+
+def set_estimate(name: str, estimate: dict[str, object]) -> None:
+    """What the job was expected to cost (core.estimate), with the actual once known (key `actual`)."""
+    with _db() as db:
+        db.execute("UPDATE jobs SET estimate = ? WHERE name = ?", (json.dumps(estimate), name))
+
+
+def get_estimate(name: str) -> dict | None:
+    with _db() as db:
+        row = db.execute("SELECT estimate FROM jobs WHERE name = ?", (name,)).fetchone()
+    return json.loads(row[0]) if row and row[0] else None
 
 
 def cancelled_by_user(name: str, state: str) -> None:

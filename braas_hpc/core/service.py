@@ -148,10 +148,12 @@ def dry_run(request: SubmitRequest) -> DryRun:
                   _placeholders(spec, preset))
 
 
-async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = None) -> SubmitResult:
+async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = None,
+                 estimate: dict | None = None) -> SubmitResult:
     """Submit a job. Safe to run again after the client was killed half-way (core.intents): the same
     request resumes the same job and no scheduler submission is made twice. `built`: the request's
-    build_spec, when the caller has it already."""
+    build_spec, when the caller has it already; `estimate`: core.estimate's, kept in job.json and the
+    registry beside the actual."""
     spec, preset = built or build_spec(request)
     remote_root(preset)  # refuse a missing workdir before packing anything
     print_ = intents.fingerprint(request)
@@ -163,10 +165,13 @@ async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = 
     warnings = await asyncio.to_thread(version_warnings, spec, preset)
     transport = transport_for(preset, request.ssh_backend)
     round_ = Round(0, len(spec.tasks))
-    delivered = await delivery.deliver(spec, preset, transport, JobPaths(remote_root(preset), spec.name), round_)
+    delivered = await delivery.deliver(spec, preset, transport, JobPaths(remote_root(preset), spec.name), round_,
+                                       estimate)
     paths, id_tasks = delivered.prepared, delivered.id_tasks
     if not registry.has_job(spec.name):
         registry.add_job(spec, paths.root, id_tasks, PENDING)
+    if estimate:
+        registry.set_estimate(spec.name, estimate)
     intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
     return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(id_tasks),

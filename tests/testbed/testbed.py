@@ -36,6 +36,8 @@ else:  # plain `import testbed`, as the command-line script does
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_SRC = REPO_ROOT / "braas_hpc" / "bpy_blender.py"
 PBS_STANDIN_SRC = Path(__file__).resolve().parent / "pbs" / "pbs_standin.py"
+# A stand-in for IT4I's `it4ifree` (the allocation's balance, in the format IT4I documents): not IT4I's program.
+IT4IFREE_STANDIN_SRC = Path(__file__).resolve().parent / "allocation" / "it4ifree_standin.py"
 PBS_COMMANDS = ("qsub", "qstat", "qdel")
 
 BPY_VERSION = "4.5.4"
@@ -574,6 +576,11 @@ def ensure_pbs_standin(layout: Layout) -> None:
             continue
         link.unlink(missing_ok=True)
         link.symlink_to(target.name)
+
+
+def ensure_allocation_standin(layout: Layout) -> None:
+    """`it4ifree` for the cluster user, on the session PATH (tests/testbed/allocation; refreshed on every `up`)."""
+    _write(layout.bin / "it4ifree", IT4IFREE_STANDIN_SRC.read_text(), 0o755)
 
 
 def check_blender(layout: Layout) -> None:
@@ -1183,6 +1190,7 @@ def up() -> Testbed:
     ensure_bpy(layout)
     blender = ensure_blender(layout)
     ensure_pbs_standin(layout)
+    ensure_allocation_standin(layout)
     write_slurm_configs(layout)
 
     start_munged(layout)

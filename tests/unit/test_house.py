@@ -24,9 +24,9 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers", "batch"),  # with every module inside them
     "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "events", "cluster_blender",
-                "context", "planning", "rounds"),
+                "context", "planning", "rounds", "estimate", "calibration", "allocation"),
     "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe",
-              "readiness"),
+              "readiness", "costs"),
 }
 PRODUCT = ("braas_hpc", "braas_hpc_interactive", "cluster_scripts")
 # Loaded only when chosen: each back end pulls in its own SSH library.
