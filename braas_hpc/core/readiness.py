@@ -5,19 +5,23 @@ installed package."""
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .cluster_blender import installed_blender
-from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError
+from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, PresetError
 from .presets import Preset, load_preset
 from .scripts import MANIFEST, remote_digests, scripts_place, scripts_version, shipped_digests
 from .store import HashCache
-from .transport import transport_for
+from .transport import sshconfig, target_for, transport_for
 from .transport.hostkeys import known_hosts_path, recorded_keys
 from .tree import remote_root
 from .user_presets import how_to_set
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,12 @@ def local_checks(preset: Preset, cache: HashCache | None = None) -> list[Check]:
                             + how_to_set(preset, "workdir", "PATH")))
     else:
         checks.append(Check("workdir", None, preset.workdir))
-    known = known_hosts_path(preset.known_hosts or None)
-    if recorded_keys(known, preset.host, preset.port):
+    host, port, known = _host_key_place(preset)
+    if recorded_keys(known, host, port):
         checks.append(Check("host key", True, f"recorded in {known}"))
     else:
-        checks.append(Check("host key", False, f"{preset.host} is not in {known}",
+        named = preset.host if host == preset.host else f"{preset.host} ({host})"
+        checks.append(Check("host key", False, f"{named} is not in {known}",
                             f"braas-hpc test {preset.name} shows its fingerprint and records it on your yes"))
     if preset.workdir:
         seen = (cache or HashCache()).scripts_seen(scripts_place(preset, remote_root(preset)))
@@ -70,6 +75,17 @@ def local_checks(preset: Preset, cache: HashCache | None = None) -> list[Check]:
     else:
         checks.append(Check("blender", None, f"`{preset.blender}` on the login node's PATH"))
     return checks
+
+
+def _host_key_place(preset: Preset) -> tuple[str, int, Path]:
+    """Where a connection looks the cluster's key up: the host, port and known_hosts file your ssh config
+    makes of the preset's host (an alias there names another machine), as the back ends resolve them."""
+    try:
+        final = sshconfig.resolve(target_for(preset))[-1]
+    except (PresetError, OSError) as error:  # the connection will say what is wrong; here the preset's words
+        log.debug("ssh config not read for %s: %s", preset.name, error)
+        return preset.host, preset.port, known_hosts_path(preset.known_hosts or None)
+    return final.hostname, final.port, known_hosts_path(preset.known_hosts or final.known_hosts or None)
 
 
 def summary(checks: list[Check]) -> str:
