@@ -189,27 +189,43 @@ async def deliver(spec: JobSpec, preset: Preset, transport: Transport, paths: Jo
     with tempfile.TemporaryDirectory(prefix="braas-hpc-") as temp, HashCache() as cache:
         staged = await _stage(spec, Path(temp), cache)
         files = job_files(spec, preset, paths, estimate)
-        while True:  # each way out of the loop below happens at most once
-            try:
-                if conversing(preset):
-                    delivered = await _deliver_conversing(transport, preset, paths, staged, files, round_, cache)
-                else:
-                    delivered = await _deliver_stepwise(transport, preset, paths, staged, files, round_)
-                break
-            except HelperUnavailable as exc:
-                log.info("%s; submitting step by step", exc)
-                _STEPWISE.add(preset.name)
-            except MissingFromStore:
-                if all(source is not None for source in staged.sources.values()):
-                    raise
-                log.info("the cluster's store no longer holds the scene packed last time: packing it again")
-                staged = await _stage(spec, Path(temp), cache, reuse=False)
-        if staged.pack_key:
-            cache.remember_packed(staged.pack_key, staged.entries[MAIN_BLEND])
-            source = staged.sources.get(staged.entries[MAIN_BLEND])
-            if source is not None and source.parent == _pending_dir():
-                source.unlink(missing_ok=True)  # the cluster has it now
+        try:
+            while True:  # each way out of the loop below happens at most once
+                try:
+                    if conversing(preset):
+                        delivered = await _deliver_conversing(transport, preset, paths, staged, files, round_,
+                                                              cache)
+                    else:
+                        delivered = await _deliver_stepwise(transport, preset, paths, staged, files, round_, cache)
+                    break
+                except HelperUnavailable as exc:
+                    log.info("%s; submitting step by step", exc)
+                    _STEPWISE.add(preset.name)
+                except MissingFromStore:
+                    if all(source is not None for source in staged.sources.values()):
+                        raise
+                    log.info("the cluster's store no longer holds the scene packed last time: packing it again")
+                    staged = await _stage(spec, Path(temp), cache, reuse=False)
+            _store_holds_inputs(staged, cache)
+        finally:
+            _drop_delivered_pack(staged, cache)
     return delivered
+
+
+def _store_holds_inputs(staged: StagedInputs, cache: HashCache) -> None:
+    """The cluster's store holds every input now, whatever becomes of the submission: the packed scene
+    is remembered, so the next submission of the same inputs sends nothing (and its waiting copy goes)."""
+    if staged.pack_key:
+        cache.remember_packed(staged.pack_key, staged.entries[MAIN_BLEND])
+
+
+def _drop_delivered_pack(staged: StagedInputs, cache: HashCache) -> None:
+    """The waiting packed copy, once the cluster's store holds it: a refused job keeps no copy here."""
+    if not staged.pack_key or cache.packed(staged.pack_key) != staged.entries[MAIN_BLEND]:
+        return
+    source = staged.sources.get(staged.entries[MAIN_BLEND])
+    if source is not None and source.parent == _pending_dir():
+        source.unlink(missing_ok=True)
 
 
 _STEPWISE: set[str] = set()  # presets whose login node cannot run the helper (this process)
@@ -234,6 +250,7 @@ async def _deliver_conversing(transport: Transport, preset: Preset, paths: JobPa
         steps.append({"submit": _submit_step(scheduler, paths, round_, [argv for argv, _ in submissions])})
     outcome, scripts = await _converse(transport, preset, paths, [paths.in_dir, paths.out_dir, paths.log_dir,
                                                                   paths.status_dir], staged, steps, cache)
+    _store_holds_inputs(staged, cache)  # even when a step below refused the job
     if outcome.stopped == 0:
         store.check_linked(paths.root, submit_exchange.step_result(outcome, 0, link_argv))
     prepared = PreparedJob(paths.root, paths.name, _report(staged, outcome.store_sent, outcome.store_bytes), scripts)
@@ -291,13 +308,14 @@ def _submitted(scheduler: Scheduler, result: dict, submissions: list[tuple[list[
 
 
 async def _deliver_stepwise(transport: Transport, preset: Preset, paths: JobPaths, staged: StagedInputs,
-                            files: dict[str, str], round_: Round | None) -> Delivered:
+                            files: dict[str, str], round_: Round | None, cache: HashCache) -> Delivered:
     """The same delivery one remote command at a time: the root checked, the scripts checked (installed
     or repaired when they differ), the inputs through the store, the job's files, the submissions."""
     await ensure_root(transport, paths.root, [paths.in_dir, paths.out_dir, paths.log_dir, paths.status_dir])
     scripts = await scripts_for(transport, preset, paths.root, update=False)
     report = await store.upload_digested(transport, paths.root, paths.in_dir, staged.entries, staged.sources,
                                          staged.copies)
+    _store_holds_inputs(staged, cache)
     report = dataclasses.replace(report, outside_project=staged.outside, notes=staged.notes)
     await _put_texts(transport, files)
     prepared = PreparedJob(paths.root, paths.name, report, scripts)

@@ -191,3 +191,23 @@ def test_ctrl_c_in_the_middle_of_an_upload_says_how_to_go_on_and_the_same_comman
     waiting = Path(os.environ["BRAAS_HPC_DATA_DIR"]) / "pending-packs"
     assert not list(waiting.glob("*.blend")), list(waiting.iterdir())  # delivered: no local copy left
     assert run_cli("wait", resumed["job"], "--timeout", "600", timeout=700).returncode == 0
+
+
+def test_a_refused_submission_leaves_no_local_copy_and_the_next_sends_nothing(testbed: tb.Testbed,
+                                                                             tmp_path: Path) -> None:
+    """The scheduler refuses the job (a partition the cluster does not have) after the packed scene
+    reached the cluster's store: no packed copy waits on this computer for a week, and the next
+    submission of the same scene sends no byte of it."""
+    write_preset(testbed, "tb-refused", partition_cpu="qnowhere")
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "examples" / "sample", project)
+    scene = str(project / "sample.blend")
+    refused = run_cli("submit", scene, "--preset", "tb-refused", "--frames", "1", "--pack", "packed")
+    assert refused.returncode != 0 and "qnowhere" in refused.stderr + refused.stdout, refused.stderr
+    waiting = Path(os.environ["BRAAS_HPC_DATA_DIR"]) / "pending-packs"
+    assert not list(waiting.glob("*.blend")), list(waiting.iterdir())
+    again = run_cli("submit", scene, "--preset", "testbed", "--frames", "1", "--pack", "packed", "--json")
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout)
+    assert done["uploaded_bytes"] == 0, done
+    run_cli("cancel", done["job"])
