@@ -37,6 +37,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--job-dir", required=True)
     parser.add_argument("--format", choices=sorted(EXTENSIONS), default="PNG")
     parser.add_argument("--round", type=int, default=-1, help="the round this step finishes (-1: no recovery)")
+    # A movie of the frames (make_video.py), with the scene's frame rate and colour management.
+    parser.add_argument("--video", default="", help="codec of a movie to make once every frame is there")
+    parser.add_argument("--fps", type=float, default=24.0)
+    parser.add_argument("--ffmpeg", default="ffmpeg")
+    parser.add_argument("--view-transform", default="Standard")
+    parser.add_argument("--look", default="None")
+    parser.add_argument("--exposure", type=float, default=0.0)
+    parser.add_argument("--gamma", type=float, default=1.0)
+    parser.add_argument("--display", default="sRGB")
     return parser.parse_args(argv)
 
 
@@ -153,6 +162,25 @@ def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
     os.replace(temp, target)
 
 
+def movie(args: argparse.Namespace, summary: dict, extension: str) -> dict:
+    """The movie of the job's frames into out/, once none is missing (a later round's finish makes it
+    otherwise): what to add to the summary, its name or why there is none."""
+    if summary["missing"]:
+        return {"video_error": f"not made: {len(summary['missing'])} frame(s) missing"}
+    import make_video  # installed beside this file
+
+    view = {"view_transform": args.view_transform, "look": args.look, "exposure": args.exposure,
+            "gamma": args.gamma, "display": args.display}
+    out = os.path.join(args.job_dir, "out")
+    try:
+        made = make_video.make_video(out, job_frames(args.job_dir), extension, args.video, args.fps, [args.ffmpeg],
+                                     os.path.join(out, make_video.video_file_name(args.video, args.fps)), view=view)
+    except (make_video.VideoError, OSError, make_video.subprocess.TimeoutExpired) as exc:
+        return {"video_error": str(exc)}
+    return {"video": os.path.basename(str(made["video"])), "video_encoder": made["encoder"],
+            "video_seconds": round(float(made["tone_map_seconds"]) + float(made["encode_seconds"]), 3)}
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print(f"braas-hpc finish: {recover(args.job_dir, args.round)}", flush=True)
@@ -165,6 +193,9 @@ def main(argv: list[str]) -> int:
             summary["thumbnail"] = "thumb.jpg"
         except Exception as exc:  # noqa: BLE001 - no thumbnail must not cost the summary
             summary["thumbnail_error"] = f"{type(exc).__name__}: {exc}"
+    if args.video:
+        summary.update(movie(args, summary, extension))
+        print(f"braas-hpc finish: movie {summary.get('video') or summary.get('video_error')}", flush=True)
     write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
     print(f"braas-hpc finish: {summary['frames_ok']}/{summary['frames_total']} frames, missing "
           f"{summary['missing'] or 'none'}, {summary['core_hours']} core-hours, {summary['gpu_hours']} GPU-hours",
