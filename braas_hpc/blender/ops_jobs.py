@@ -104,7 +104,8 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 max_parallel=settings.max_parallel, account=settings.account.strip(),
                 partition=settings.partition.strip(), email=settings.email.strip(),
                 allow_scripts=self.allow_scripts, pack=settings.pack, project=settings.project.strip(),
-                retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
+                retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings(),
+                video=settings.video_codec if settings.video_in_finish else "")
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
             if saved:
@@ -184,11 +185,59 @@ class BRAAS_HPC_OT_download_job(JobOperator):
             if item is not None and got.last_frame is not None:
                 item.thumbnail = str(got.last_frame)
                 item.local_dir = str(folder)
+            if item is not None and got.video is not None:
+                item.video = str(got.video)
             runtime.tell(f"job {name}: {got.result.downloaded} new frame(s), {got.result.skipped} already here, "
                          f"in {folder}")
 
         return runtime.launch(self, f"Downloading {name}", lambda: activity.download(name, folder), "download",
                               downloaded)
+
+
+class BRAAS_HPC_OT_make_video(JobOperator):
+    """Make a movie of the job's frames: downloads them (with the cluster's movie, when the job made this one),
+    else makes it here (EXR frames with the scene's view transform)"""
+
+    bl_idname = "braas_hpc.make_video"
+    bl_label = "Make Movie"
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        folder = jobs_list.job_folder(name)
+        codec = context.scene.braas_hpc.video_codec
+
+        def made(result: Any) -> None:
+            item = jobs_list.jobs().get(name)
+            if item is not None:
+                item.video = str(result.video)
+                item.local_dir = str(folder)
+            where = "from the cluster" if result.made_on == "cluster" else f"made here in {result.seconds:.1f} s"
+            runtime.tell(f"job {name}: movie {result.video.name} ({where})")
+
+        return runtime.launch(self, f"Making the movie of {name}",
+                              lambda: activity.make_video(name, folder, codec), "download", made)
+
+
+class BRAAS_HPC_OT_open_video(bpy.types.Operator):
+    """Play the job's movie with this computer's video player"""
+
+    bl_idname = "braas_hpc.open_video"
+    bl_label = "Play Movie"
+    bl_options = {"REGISTER", "INTERNAL"}
+    job: StringProperty(options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            item = jobs_list.jobs().get(_job_name(self, context))
+        except BraasError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        if item is None or not item.video or not Path(item.video).is_file():
+            self.report({"ERROR"}, "no movie here yet: make it with Make Movie")
+            return {"CANCELLED"}
+        if not bpy.app.background:
+            bpy.ops.wm.path_open(filepath=item.video)
+        self.report({"INFO"}, item.video)
+        return {"FINISHED"}
 
 
 class BRAAS_HPC_OT_resubmit_failed(JobOperator):
@@ -291,4 +340,5 @@ def preset_summary(name: str) -> str:
 
 
 CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job, BRAAS_HPC_OT_download_job,
-           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_remove_job, BRAAS_HPC_OT_open_folder)
+           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_remove_job, BRAAS_HPC_OT_open_folder,
+           BRAAS_HPC_OT_make_video, BRAAS_HPC_OT_open_video)
