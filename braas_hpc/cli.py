@@ -82,7 +82,7 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         gpu_backend=getattr(args, "gpu_backend", None) or "",
         image_format=args.format or "", samples=_positive(args.samples, "--samples"),
         resolution_percentage=_positive(args.resolution_percentage, "--resolution-percentage"),
-        video=getattr(args, "video", None) or "", fps=getattr(args, "fps", None) or 0.0,
+        video=getattr(args, "video", None) or "", fps=_rate(getattr(args, "fps", None)),
     )
 
 
@@ -91,6 +91,13 @@ def _positive(value: int | None, flag: str) -> int:
     if value is not None and value < 1:
         raise UsageError(f"{flag} must be at least 1, got {value} (leave it out for the scene's own)")
     return value or 0
+
+
+def _rate(fps: float | None) -> float:
+    """--fps, 0 when not given (the scene's rate); refused when out of range."""
+    if fps is not None and not 0 < fps <= 1000:
+        raise UsageError(f"--fps must be above 0 and at most 1000, got {fps:g} (leave it out for the scene's own)")
+    return fps or 0.0
 
 
 async def cmd_render(args: argparse.Namespace) -> int:
@@ -360,12 +367,12 @@ async def cmd_download(args: argparse.Namespace) -> int:
 async def cmd_video(args: argparse.Namespace) -> int:
     from .core import video
 
-    video.check_request(args.codec, args.fps or 0.0)
+    video.check_request(args.codec, args.fps)
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
     columns = (TextColumn("[bold]downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True, disable=args.json) as bar:
         task = bar.add_task("frame", total=None)
-        made = await video.make_video(job_context(args.job), dest, args.codec, args.fps or 0.0, args.allow_gaps,
+        made = await video.make_video(job_context(args.job), dest, args.codec, args.fps, args.allow_gaps,
                                       lambda done, total: bar.update(task, completed=done, total=total))
     if args.json:
         _print_json(made.to_json())

@@ -70,10 +70,11 @@ def bundled_ffmpeg() -> str:
         raise UsageError(f"imageio-ffmpeg has no ffmpeg for this computer: {exc}") from None
 
 
-def check_request(codec: str, fps: float) -> None:
+def check_request(codec: str, fps: float | None) -> None:
+    """`fps` None: the scene's."""
     if codec not in VIDEO_CODECS:
         raise UsageError(f"video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}")
-    if fps and not 0 < fps <= 1000:
+    if fps is not None and not 0 < fps <= 1000:
         raise UsageError(f"frame rate must be between 1 and 1000 frames per second, got {fps}")
 
 
@@ -118,9 +119,10 @@ def encode_here(spec: JobSpec, frames_dir: Path, codec: str, fps: float, allow_g
         return _in_blender(spec, argv)
 
 
-async def make_video(job: JobContext, dest: Path, codec: str = "h264", fps: float = 0.0, allow_gaps: bool = False,
-                     progress: Progress | None = None) -> VideoResult:
-    """Download the job's frames (and the cluster's movie, when it made this one), else make it here."""
+async def make_video(job: JobContext, dest: Path, codec: str = "h264", fps: float | None = None,
+                     allow_gaps: bool = False, progress: Progress | None = None) -> VideoResult:
+    """Download the job's frames (and the cluster's movie, when it made this one), else make it here.
+    `fps` None: the scene's."""
     check_request(codec, fps)
     spec = job.record.spec
     fps = fps or spec.fps or DEFAULT_FPS
