@@ -4,6 +4,7 @@ frame count by decoding every frame (imageio_ffmpeg.count_frames_and_secs), the 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,20 +28,26 @@ import sys, bpy
 bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
 scene = bpy.context.scene
 scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = {w}, {h}, 100
-scene.view_settings.view_transform, scene.view_settings.look = "AgX", "AgX - Punchy"
+scene.view_settings.view_transform = "AgX"
+try:
+    scene.view_settings.look = "AgX - Punchy"
+except TypeError:  # Blender 5 names looks without their view's prefix
+    scene.view_settings.look = "Punchy"
 scene.view_settings.exposure = 0.7
 scene.render.fps = {fps}
 bpy.ops.wm.save_as_mainfile(filepath=sys.argv[2], relative_remap=False)
 """
 
 
-def movie_scene(sample: Path) -> Path:
+def movie_scene(sample: Path, bpy_path: str = "") -> Path:
     """The sample scene at an odd size, with AgX, a look and an exposure (a view transform no movie gets
-    right by accident), at 12 frames per second: `odd.blend` beside it."""
+    right by accident), at 12 frames per second: `odd.blend` beside it, saved by the bpy given (default:
+    this Python's)."""
     target = sample.with_name("odd.blend")
     script = _VARIANT.format(w=SIZE[0], h=SIZE[1], fps=FPS)
+    env = {**os.environ, "PYTHONPATH": bpy_path} if bpy_path else None
     subprocess.run([sys.executable, "-c", script, str(sample), str(target)], check=True, capture_output=True,
-                   timeout=300)
+                   timeout=300, env=env)
     return target
 
 
