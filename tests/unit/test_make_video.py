@@ -24,10 +24,11 @@ mv = video.make_video_module()
 
 
 def _fake_ffmpeg(tmp_path: Path, encoders: list[str]) -> str:
-    """An `ffmpeg` that lists only these video encoders (and fails at anything else)."""
+    """An `ffmpeg` that lists only these video encoders, and fails at encoding after writing half a file."""
     listed = "".join(f" V....D {name:20} what it is\\n" for name in encoders)
     script = tmp_path / "ffmpeg"
     script.write_text(f'#!/bin/sh\nif [ "$2" = "-encoders" ]; then printf "Encoders:\\n{listed}"; exit 0; fi\n'
+                      'for last; do :; done; echo half > "$last"\n'
                       'echo "this stand-in encodes nothing" >&2; exit 1\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return str(script)
