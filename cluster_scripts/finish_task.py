@@ -193,10 +193,11 @@ def main(argv: list[str]) -> int:
             summary["thumbnail"] = "thumb.jpg"
         except Exception as exc:  # noqa: BLE001 - no thumbnail must not cost the summary
             summary["thumbnail_error"] = f"{type(exc).__name__}: {exc}"
-    if args.video:
+    write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
+    if args.video:  # after the summary is written: a movie cut short by the time limit must not cost it
         summary.update(movie(args, summary, extension))
         print(f"braas-hpc finish: movie {summary.get('video') or summary.get('video_error')}", flush=True)
-    write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
+        write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
     print(f"braas-hpc finish: {summary['frames_ok']}/{summary['frames_total']} frames, missing "
           f"{summary['missing'] or 'none'}, {summary['core_hours']} core-hours, {summary['gpu_hours']} GPU-hours",
           flush=True)

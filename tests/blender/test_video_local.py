@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 from PIL import Image
 
+from braas_hpc.cli_json import SCHEMAS
 from tests import video_probe as vp
 from tests.conftest import run_cli
 from tests.helpers import make_sample
@@ -23,7 +25,9 @@ def _render(scene: Path, image_format: str) -> tuple[str, Path]:
 def _video(job: str, dest: Path, *args: str) -> dict:
     done = run_cli("video", job, "--dest", str(dest), "--json", *args)
     assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
+    document = json.loads(done.stdout)
+    jsonschema.validate(document, SCHEMAS["video"])  # the --json contract (docs/json.md)
+    return document
 
 
 def _leftovers(directory: Path) -> list[str]:

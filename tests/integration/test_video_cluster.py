@@ -13,7 +13,7 @@ from PIL import Image
 from braas_hpc.core.presets import load_preset
 from tests import video_probe as vp
 from tests.conftest import run_cli
-from tests.helpers import cluster_file_when_written, make_sample
+from tests.helpers import cluster_file_when_written, eventually, make_sample
 from tests.testbed import testbed as tb
 
 
@@ -63,7 +63,9 @@ def test_the_finish_step_makes_the_movie_of_exr_frames(with_ffmpeg: str, remote,
                 "OPEN_EXR", "--video", "h264", "--retries", "0")
     waited = run_cli("wait", job["job"], "--timeout", "600", "--json", timeout=700)
     assert waited.returncode == 0, waited.stdout + waited.stderr
-    summary = json.loads(cluster_file_when_written(remote, f"{job['job_dir']}/summary.json"))
+    # The summary is written once before the movie is made, and again with it.
+    summary = eventually(lambda: json.loads(cluster_file_when_written(remote, f"{job['job_dir']}/summary.json")),
+                         lambda summary: "video" in summary or "video_error" in summary, "the movie in summary.json")
     assert summary["video"] == "video-h264-12fps.mp4" and summary["video_encoder"] == "libx264", summary
     dest = tmp_path / "frames"
 

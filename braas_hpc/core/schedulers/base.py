@@ -190,9 +190,18 @@ def video_arguments(spec: JobSpec, preset: Preset) -> list[str]:
             "--gamma", f"{spec.gamma:g}", "--display", spec.display_device]
 
 
-# Minutes per frame the finish step adds for a movie (Blender's EXR conversion and the encoding on one core
-# took under a second per 1080p frame on the test machine); at most the partition's limit.
-VIDEO_MIN_PER_FRAME = 0.05
+# Seconds per frame the finish step adds for a movie, per codec, and for Blender's conversion of an EXR: about
+# three times what 1920x1080 frames took on the test machine (bench/video_bench.py). At most the partition's limit.
+VIDEO_SECONDS_PER_FRAME = {"h264": 2, "prores": 5, "av1": 15}
+EXR_SECONDS_PER_FRAME = 3
+
+
+def video_minutes(spec: JobSpec, preset: Preset) -> int:
+    """The finish step's extra minutes for the job's movie (0: none to make)."""
+    if not (spec.video and preset.ffmpeg):
+        return 0
+    per_frame = VIDEO_SECONDS_PER_FRAME[spec.video] + (EXR_SECONDS_PER_FRAME if spec.extension == "exr" else 0)
+    return math.ceil(len(spec.frames) * per_frame / 60)
 
 
 def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
@@ -203,8 +212,7 @@ def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
     project's allocation pays for. On a whole-node partition the site gives the node whatever is asked."""
     partition = preset.partition(spec.partition).finish or spec.partition
     part = preset.partition(partition)
-    video_min = math.ceil(len(spec.frames) * VIDEO_MIN_PER_FRAME) if spec.video and preset.ffmpeg else 0
-    walltime = min(FINISH_WALLTIME_MIN + video_min, part.max_walltime_min if preset.partitions
+    walltime = min(FINISH_WALLTIME_MIN + video_minutes(spec, preset), part.max_walltime_min if preset.partitions
                    else preset.max_walltime_min)
     gpus = 1 if part.kind == "gpu" else 0
     cpus = max(1, part.cpus_per_task // max(1, part.gpus_per_task)) if gpus else 1
