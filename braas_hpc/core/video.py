@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -64,6 +66,13 @@ def bundled_ffmpeg() -> str:
     except ImportError:
         raise UsageError("no ffmpeg for movies on this computer: install braas-hpc's dependencies again "
                          "(pip install imageio-ffmpeg==0.6.0)") from None
+    # Blender unpacks an extension's wheels without the execute bit: give it back to our own copy (imageio-ffmpeg
+    # would otherwise pass over its binary, and remembers what it found).
+    for binary in (Path(imageio_ffmpeg.__file__).parent / "binaries").glob("ffmpeg-*"):
+        info = binary.lstat()  # a link is left alone: only a file of our own is changed
+        if os.name == "posix" and stat.S_ISREG(info.st_mode) and not info.st_mode & stat.S_IXUSR \
+                and info.st_uid == os.getuid():
+            binary.chmod(info.st_mode | stat.S_IXUSR)
     try:
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except RuntimeError as exc:  # no binary for this platform in the wheel

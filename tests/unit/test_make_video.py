@@ -133,3 +133,25 @@ def test_the_finish_step_makes_the_movie_only_when_asked_and_the_preset_has_ffmp
     assert f"--time=00:{FINISH_WALLTIME_MIN + 50}:00" in script  # 600 PNG frames in ProRes: 5 s each
     bare = slurm.finish_script(spec, load_preset("testbed"), paths, blender, "/s/finish_task.py", Round(0, 1))
     assert "--video" not in bare  # a preset without ffmpeg: no movie there, whatever the spec says
+
+
+def test_the_bundled_ffmpeg_runs_where_blender_unpacked_it_without_the_execute_bit(tmp_path: Path) -> None:
+    """Blender extracts an extension's wheels with zipfile, which drops the execute bit."""
+    import shutil
+    import subprocess
+    import sys
+
+    import imageio_ffmpeg
+
+    copy = tmp_path / "site" / "imageio_ffmpeg"
+    shutil.copytree(Path(imageio_ffmpeg.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (binary,) = (copy / "binaries").glob("ffmpeg-*")
+    binary.chmod(0o644)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from braas_hpc.core import video; "
+             "print(video.bundled_ffmpeg())")
+    env = {k: v for k, v in os.environ.items() if k != "IMAGEIO_FFMPEG_EXE"}
+    env["PATH"] = "/nonexistent"  # no system ffmpeg to fall back on
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "site")], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout.strip() == str(binary), done.stderr
+    assert binary.stat().st_mode & 0o100
