@@ -130,7 +130,7 @@ def test_the_finish_step_makes_the_movie_only_when_asked_and_the_preset_has_ffmp
     assert "module load FFmpeg/7.0" in script
     assert ("--video prores --fps 12 --ffmpeg ffmpeg --view-transform AgX --look 'AgX - Punchy' --exposure 0.7 "
             "--gamma 1 --display sRGB") in script
-    assert f"--time=00:{FINISH_WALLTIME_MIN + 50}:00" in script  # 600 PNG frames in ProRes: 5 s each
+    assert FINISH_WALLTIME_MIN + 50 == 65 and "--time=01:05:00" in script  # 600 PNG frames in ProRes: 5 s each
     bare = slurm.finish_script(spec, load_preset("testbed"), paths, blender, "/s/finish_task.py", Round(0, 1))
     assert "--video" not in bare  # a preset without ffmpeg: no movie there, whatever the spec says
 
