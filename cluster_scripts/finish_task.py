@@ -23,7 +23,8 @@ import struct
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # jsonfile.py is installed beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # jsonfile.py, make_video.py: installed beside it
+import make_video  # noqa: E402
 from jsonfile import write_json_atomic  # noqa: E402
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
@@ -41,11 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--video", default="", help="codec of a movie to make once every frame is there")
     parser.add_argument("--fps", type=float, default=24.0)
     parser.add_argument("--ffmpeg", default="ffmpeg")
-    parser.add_argument("--view-transform", default="Standard")
-    parser.add_argument("--look", default="None")
-    parser.add_argument("--exposure", type=float, default=0.0)
-    parser.add_argument("--gamma", type=float, default=1.0)
-    parser.add_argument("--display", default="sRGB")
+    make_video.add_view_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -167,14 +164,11 @@ def movie(args: argparse.Namespace, summary: dict, extension: str) -> dict:
     otherwise): what to add to the summary, its name or why there is none."""
     if summary["missing"]:
         return {"video_error": f"not made: {len(summary['missing'])} frame(s) missing"}
-    import make_video  # installed beside this file
-
-    view = {"view_transform": args.view_transform, "look": args.look, "exposure": args.exposure,
-            "gamma": args.gamma, "display": args.display}
     out = os.path.join(args.job_dir, "out")
     try:
         made = make_video.make_video(out, job_frames(args.job_dir), extension, args.video, args.fps, [args.ffmpeg],
-                                     os.path.join(out, make_video.video_file_name(args.video, args.fps)), view=view)
+                                     os.path.join(out, make_video.video_file_name(args.video, args.fps)),
+                                     view=make_video.view_of(args))
     except (make_video.VideoError, OSError, make_video.subprocess.TimeoutExpired) as exc:
         return {"video_error": str(exc)}
     return {"video": os.path.basename(str(made["video"])), "video_encoder": made["encoder"],

@@ -202,6 +202,20 @@ def make_video(frames_dir: str, frames: list[int], extension: str, codec: str, f
             "tone_map_seconds": round(tone_s, 3), "encode_seconds": round(encode_s, 3)}
 
 
+def add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scene's colour management, for EXR frames (here and in the finish step's arguments)."""
+    parser.add_argument("--view-transform", default="Standard")
+    parser.add_argument("--look", default="None")
+    parser.add_argument("--exposure", type=float, default=0.0)
+    parser.add_argument("--gamma", type=float, default=1.0)
+    parser.add_argument("--display", default="sRGB")
+
+
+def view_of(args: argparse.Namespace) -> dict[str, object]:
+    return {"view_transform": args.view_transform, "look": args.look, "exposure": args.exposure,
+            "gamma": args.gamma, "display": args.display}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     argv = argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
     parser = argparse.ArgumentParser(prog="make_video.py")
@@ -213,21 +227,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ffmpeg", required=True, help="the ffmpeg command (a path, or a name on PATH)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--allow-gaps", action="store_true")
-    parser.add_argument("--view-transform", default="")
-    parser.add_argument("--look", default="")
-    parser.add_argument("--exposure", type=float, default=0.0)
-    parser.add_argument("--gamma", type=float, default=1.0)
-    parser.add_argument("--display", default="")
+    add_view_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    view = {"view_transform": args.view_transform, "look": args.look, "exposure": args.exposure,
-            "gamma": args.gamma, "display": args.display}
     try:
         report = make_video(args.frames_dir, read_frames(args.frames_file), args.extension, args.codec, args.fps,
-                            [args.ffmpeg], args.out, args.allow_gaps, view)
+                            [args.ffmpeg], args.out, args.allow_gaps, view_of(args))
     except (VideoError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"braas-hpc video: no movie: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -6,6 +6,7 @@ background mode it runs to completion and reports failure as an error (so script
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,18 +227,12 @@ class BRAAS_HPC_OT_open_video(bpy.types.Operator):
     job: StringProperty(options={"SKIP_SAVE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            item = jobs_list.jobs().get(_job_name(self, context))
-        except BraasError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
-        if item is None or not item.video or not Path(item.video).is_file():
-            self.report({"ERROR"}, "no movie here yet: make it with Make Movie")
-            return {"CANCELLED"}
-        if not bpy.app.background:
-            bpy.ops.wm.path_open(filepath=item.video)
-        self.report({"INFO"}, item.video)
-        return {"FINISHED"}
+        def movie(name: str) -> tuple[str, str]:
+            item = jobs_list.jobs().get(name)
+            there = item is not None and item.video and Path(item.video).is_file()
+            return (item.video if there else ""), "no movie here yet: make it with Make Movie"
+
+        return _open_with_system(self, context, movie)
 
 
 class BRAAS_HPC_OT_resubmit_failed(JobOperator):
@@ -313,18 +308,28 @@ class BRAAS_HPC_OT_open_folder(bpy.types.Operator):
     job: StringProperty(options={"SKIP_SAVE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            folder = jobs_list.job_folder(_job_name(self, context))
-        except BraasError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
-        if not folder.is_dir():
-            self.report({"ERROR"}, f"nothing downloaded yet: {folder} does not exist")
-            return {"CANCELLED"}
-        if not bpy.app.background:
-            bpy.ops.wm.path_open(filepath=str(folder))
-        self.report({"INFO"}, str(folder))
-        return {"FINISHED"}
+        def folder(name: str) -> tuple[str, str]:
+            path = jobs_list.job_folder(name)
+            return (str(path) if path.is_dir() else ""), f"nothing downloaded yet: {path} does not exist"
+
+        return _open_with_system(self, context, folder)
+
+
+def _open_with_system(operator: bpy.types.Operator, context: bpy.types.Context,
+                      find: Callable[[str], tuple[str, str]]) -> set[str]:
+    """Open what `find` gives for the job (its path, or "" and why not) with the OS's own application."""
+    try:
+        path, missing = find(_job_name(operator, context))
+    except BraasError as error:
+        operator.report({"ERROR"}, str(error))
+        return {"CANCELLED"}
+    if not path:
+        operator.report({"ERROR"}, missing)
+        return {"CANCELLED"}
+    if not bpy.app.background:
+        bpy.ops.wm.path_open(filepath=path)
+    operator.report({"INFO"}, path)
+    return {"FINISHED"}
 
 
 def preset_summary(name: str) -> str:
