@@ -31,9 +31,11 @@ def test_make_movie_then_play_it_from_the_job_list(tmp_path: Path) -> None:
         job = bpy.context.window_manager.braas_hpc.jobs[0]
         result["video"] = job.video
         result["play"] = sorted(bpy.ops.braas_hpc.open_video())
+        result["folder"] = sorted(bpy.ops.braas_hpc.open_folder())
     """)
     assert "no movie here yet" in got["play_before"]
     assert got["submit"] == ["FINISHED"] and got["make"] == ["FINISHED"] and got["play"] == ["FINISHED"]
+    assert got["folder"] == ["FINISHED"]
     movie = Path(got["video"])
     assert movie.name == "video-prores-12fps.mov" and movie.parent.parent == tmp_path / "user" / "home" / "braas-hpc"
     assert vp.frame_count(movie) == 3
