@@ -28,11 +28,7 @@ import sys, bpy
 bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
 scene = bpy.context.scene
 scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = {w}, {h}, 100
-scene.view_settings.view_transform = "AgX"
-try:
-    scene.view_settings.look = "AgX - Punchy"
-except TypeError:  # Blender 5 names looks without their view's prefix
-    scene.view_settings.look = "Punchy"
+scene.view_settings.view_transform, scene.view_settings.look = "AgX", "AgX - Punchy"
 scene.view_settings.exposure = 0.7
 scene.render.fps = {fps}
 bpy.ops.wm.save_as_mainfile(filepath=sys.argv[2], relative_remap=False)

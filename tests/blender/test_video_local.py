@@ -4,15 +4,18 @@ ffmpeg imageio-ffmpeg ships, EXR frames tone-mapped by real Blender (the bpy mod
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 from PIL import Image
 
 from braas_hpc.cli_json import SCHEMAS
 from tests import video_probe as vp
 from tests.conftest import run_cli
-from tests.helpers import make_sample
+from tests.helpers import bpy_site, make_sample
 
 
 def _render(scene: Path, image_format: str) -> tuple[str, Path]:
@@ -90,3 +93,19 @@ def test_bad_requests_are_refused_before_anything_is_fetched(user_dirs: dict[str
         done = run_cli("video", *args, "--dest", str(dest))
         assert done.returncode == 2 and said in done.stderr, (args, done.stderr)
     assert not dest.exists()
+
+
+def test_blender_5_tone_maps_exr_frames_as_blender_4_5_renders_them(user_dirs: dict[str, str], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    scene = vp.movie_scene(make_sample(tmp_path / "project"))
+    png_job, pngs = _render(scene, "PNG")
+    exr_job, _ = _render(scene, "OPEN_EXR")
+    launcher = Path(__file__).resolve().parents[2] / "braas_hpc" / "bpy_blender.py"
+    blender5 = ["env", f"PYTHONPATH={bpy_site('5.0.1')}", sys.executable]
+    said = subprocess.run([*blender5, "-c", "import bpy; print(bpy.app.version_string)"], capture_output=True,
+                          text=True, timeout=120).stdout
+    assert said.startswith("5.0"), said
+    monkeypatch.setenv("BRAAS_HPC_BLENDER", " ".join([*blender5, str(launcher)]))
+    made = _video(exr_job, tmp_path / "exr")
+    with Image.open(pngs / "frame_000001.png") as png:
+        assert vp.mean_difference(vp.first_picture(Path(made["video"])), png.convert("RGB")) < vp.TOLERANCE
