@@ -45,7 +45,7 @@ from .core.errors import (
     WaitTimedOut,
     connection_failure_kind,
 )
-from .core.jobs import IMAGE_FORMATS
+from .core.jobs import IMAGE_FORMATS, VIDEO_CODECS
 from .core.presets import SSH_BACKENDS, all_presets, load_preset
 from .core.probe import probe
 from .core.schedulers import scheduler_for
@@ -82,6 +82,7 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         gpu_backend=getattr(args, "gpu_backend", None) or "",
         image_format=args.format or "", samples=_positive(args.samples, "--samples"),
         resolution_percentage=_positive(args.resolution_percentage, "--resolution-percentage"),
+        video=getattr(args, "video", None) or "", fps=_rate(getattr(args, "fps", None)),
     )
 
 
@@ -90,6 +91,13 @@ def _positive(value: int | None, flag: str) -> int:
     if value is not None and value < 1:
         raise UsageError(f"{flag} must be at least 1, got {value} (leave it out for the scene's own)")
     return value or 0
+
+
+def _rate(fps: float | None) -> float:
+    """--fps, 0 when not given (the scene's rate); refused when out of range."""
+    if fps is not None and not 0 < fps <= 1000:
+        raise UsageError(f"--fps must be above 0 and at most 1000, got {fps:g} (leave it out for the scene's own)")
+    return fps or 0.0
 
 
 async def cmd_render(args: argparse.Namespace) -> int:
@@ -367,6 +375,27 @@ async def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_video(args: argparse.Namespace) -> int:
+    from .core import video
+
+    video.check_request(args.codec, args.fps)
+    dest = Path(args.dest) if args.dest else Path.cwd() / args.job
+    columns = (TextColumn("[bold]downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True, disable=args.json) as bar:
+        task = bar.add_task("frame", total=None)
+        made = await video.make_video(job_context(args.job), dest, args.codec, args.fps, args.allow_gaps,
+                                      lambda done, total: bar.update(task, completed=done, total=total))
+    if args.json:
+        _print_json(made.to_json())
+        return 0
+    where = "made by the cluster's finish step" if made.made_on == "cluster" else \
+        f"made here with {made.encoder} in {made.seconds:.1f} s"
+    print(f"{made.video} ({made.codec}, {made.fps:g} frames per second), {where}")
+    if made.gaps:
+        print(f"{len(made.gaps)} missing frame(s) show the frame before them: {made.gaps[:10]}")
+    return 0
+
+
 async def cmd_test(args: argparse.Namespace) -> int:
     report = await probe(args.preset, args.ssh_backend)
     if args.json:
@@ -612,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=2, metavar="N",
                    help="rounds braas-hpc may resubmit by itself for frames lost to failures (default 2; 0: none)")
     p.add_argument("--name", metavar="PROJECT", help="names the job (default: the scene's file name)")
+    p.add_argument("--video", type=str.lower, choices=VIDEO_CODECS,
+                   help="also make a movie of the frames in the job's finish step (the preset must name an ffmpeg)")
+    p.add_argument("--fps", type=float, metavar="N", help="the movie's frames per second (default: the scene's)")
     add_pack(p)
     add_backend(p)
 
@@ -663,6 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--dest", metavar="DIR", help="where to put the frames (default ./JOB)")
     p.add_argument("--follow", action="store_true", help="keep fetching new frames until the job has ended")
+
+    p = add("video", cmd_video, "a movie of a job's frames: downloads them (and the cluster's movie, if the job "
+            "made one), else makes it here")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--codec", type=str.lower, choices=VIDEO_CODECS, default="h264", help="default h264")
+    p.add_argument("--fps", type=float, metavar="N", help="frames per second (default: the scene's)")
+    p.add_argument("--dest", metavar="DIR", help="where the frames and the movie go (default ./JOB)")
+    p.add_argument("--allow-gaps", action="store_true",
+                   help="make the movie even with frames missing (each shows the frame before it)")
 
     p = add("cancel", cmd_cancel, "cancel a job: every array task of every round")
     p.add_argument("job", metavar="JOB")

@@ -3,10 +3,10 @@ one zip each per platform.
 
 Both add-ons run on one core, so both zips carry the same wheel of this project (`braas_hpc`,
 `braas_hpc_interactive`, `cluster_scripts`) and the wheels it needs (asyncssh, paramiko, scp,
-blender-asset-tracer, platformdirs and their dependencies): they install offline, each works alone, and
-side by side Blender keeps one copy of the shared wheel, so the two add-ons use the same modules: one
-SSH connection pool and BRaaS-HPC's passphrase and one-time-code popups for both. The extension's own
-package is a two-function `__init__.py` that hands register/unregister to the wheel's package.
+blender-asset-tracer, platformdirs, imageio-ffmpeg with its ffmpeg, and their dependencies): they install
+offline, each works alone, and side by side Blender keeps one copy of the shared wheel, so the two add-ons
+use the same modules: one SSH connection pool and BRaaS-HPC's passphrase and one-time-code popups for both.
+The extension's own package is a two-function `__init__.py` that hands register/unregister to the wheel's package.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .core.errors import BraasError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ("asyncssh==2.24.1", "paramiko==5.1.0", "scp==0.16.2", "blender-asset-tracer==1.23",
-                "platformdirs==4.14.7", "tomli-w==1.2.0")
+                "platformdirs==4.14.7", "tomli-w==1.2.0", "imageio-ffmpeg==0.6.0")
 # The Pythons Blender bundles: 3.11 in 4.2 to 5.0, 3.13 from 5.1. Each zip carries wheels for both and
 # Blender installs the ones for its own Python (it reads the versions from the wheel names).
 PYTHON_VERSIONS = ("3.11", "3.13")

@@ -23,7 +23,8 @@ import struct
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # jsonfile.py is installed beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # jsonfile.py, make_video.py: installed beside it
+import make_video  # noqa: E402
 from jsonfile import write_json_atomic  # noqa: E402
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
@@ -37,6 +38,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--job-dir", required=True)
     parser.add_argument("--format", choices=sorted(EXTENSIONS), default="PNG")
     parser.add_argument("--round", type=int, default=-1, help="the round this step finishes (-1: no recovery)")
+    # A movie of the frames (make_video.py), with the scene's frame rate and colour management.
+    parser.add_argument("--video", default="", help="codec of a movie to make once every frame is there")
+    parser.add_argument("--fps", type=float, default=24.0)
+    parser.add_argument("--ffmpeg", default="ffmpeg")
+    make_video.add_view_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -172,6 +178,22 @@ def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
     os.replace(temp, target)
 
 
+def movie(args: argparse.Namespace, summary: dict, extension: str) -> dict:
+    """The movie of the job's frames into out/, once none is missing (a later round's finish makes it
+    otherwise): what to add to the summary, its name or why there is none."""
+    if summary["missing"]:
+        return {"video_error": f"not made: {len(summary['missing'])} frame(s) missing"}
+    out = os.path.join(args.job_dir, "out")
+    try:
+        made = make_video.make_video(out, job_frames(args.job_dir), extension, args.video, args.fps, [args.ffmpeg],
+                                     os.path.join(out, make_video.video_file_name(args.video, args.fps)),
+                                     view=make_video.view_of(args))
+    except (make_video.VideoError, OSError, make_video.subprocess.TimeoutExpired) as exc:
+        return {"video_error": str(exc)}
+    return {"video": os.path.basename(str(made["video"])), "video_encoder": made["encoder"],
+            "video_seconds": round(float(made["tone_map_seconds"]) + float(made["encode_seconds"]), 3)}
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print(f"braas-hpc finish: {recover(args.job_dir, args.round)}", flush=True)
@@ -185,6 +207,10 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - no thumbnail must not cost the summary
             summary["thumbnail_error"] = f"{type(exc).__name__}: {exc}"
     write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
+    if args.video:  # after the summary is written: a movie cut short by the time limit must not cost it
+        summary.update(movie(args, summary, extension))
+        print(f"braas-hpc finish: movie {summary.get('video') or summary.get('video_error')}", flush=True)
+        write_json_atomic(os.path.join(args.job_dir, "summary.json"), summary)
     print(f"braas-hpc finish: {summary['frames_ok']}/{summary['frames_total']} frames, missing "
           f"{summary['missing'] or 'none'}, {summary['core_hours']} core-hours, {summary['gpu_hours']} GPU-hours",
           flush=True)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..core import costs, logs, monitor, progress, recovery, registry, service, transfer, watch
+from ..core import costs, logs, monitor, progress, recovery, registry, service, transfer, video, watch
 from ..core.cluster_blender import BlenderSource
 from ..core.context import job_context
 from ..core.errors import BraasError, HostKeyUnknown
 from ..core.install import InstallReport, install
-from ..core.jobs import FRAME_FILE, JobPaths
+from ..core.jobs import FRAME_FILE, VIDEO_FILE, JobPaths
 from ..core.presets import load_preset
 from ..core.probe import ProbeReport, probe
 from ..core.schedulers.base import TERMINAL
@@ -171,6 +171,7 @@ async def estimate(request: SubmitRequest) -> costs.Costs:
 class Downloaded:
     result: transfer.DownloadResult
     last_frame: Path | None  # the newest frame file here, for the list's thumbnail
+    video: Path | None = None  # a movie of the frames that came with them
 
 
 def last_frame(folder: Path) -> Path | None:
@@ -183,7 +184,15 @@ async def download(name: str, dest: Path) -> Downloaded:
         progress.report("downloading", done, total)
 
     result = await transfer.download(job_context(name), dest, on_bytes)
-    return Downloaded(result, await asyncio.to_thread(last_frame, dest))
+    movies = sorted(p for p in dest.iterdir() if VIDEO_FILE.match(p.name)) if dest.is_dir() else []
+    return Downloaded(result, await asyncio.to_thread(last_frame, dest), movies[-1] if movies else None)
+
+
+async def make_video(name: str, dest: Path, codec: str) -> video.VideoResult:
+    def on_bytes(done: int, total: int) -> None:
+        progress.report("downloading", done, total)
+
+    return await video.make_video(job_context(name), dest, codec, progress=on_bytes)
 
 
 async def resubmit_missing(name: str) -> service.SubmitResult:

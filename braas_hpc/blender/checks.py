@@ -87,6 +87,9 @@ def scene_settings() -> SceneSettings:
         resolution=(render.resolution_x, render.resolution_y), resolution_percentage=render.resolution_percentage,
         view_layers=tuple(layer.name for layer in scene.view_layers if layer.use),
         file_per_view=render.use_multiview and render.image_settings.views_format == "INDIVIDUAL",
+        fps=round(render.fps / (render.fps_base or 1.0), 3), view_transform=scene.view_settings.view_transform,
+        look=scene.view_settings.look, exposure=round(scene.view_settings.exposure, 4),
+        gamma=round(scene.view_settings.gamma, 4), display_device=scene.display_settings.display_device,
     )
 
 

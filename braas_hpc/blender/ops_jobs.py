@@ -6,6 +6,7 @@ background mode it runs to completion and reports failure as an error (so script
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ def submit_request(settings: bpy.types.PropertyGroup, allow_scripts: bool = Fals
         max_parallel=settings.max_parallel, account=settings.account.strip(),
         partition=settings.partition.strip(), email=settings.email.strip(),
         allow_scripts=allow_scripts, pack=settings.pack, project=settings.project.strip(),
-        retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
+        retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings(),
+        video=settings.video_codec if settings.video_in_finish else "")
 
 
 class BRAAS_HPC_OT_submit(bpy.types.Operator):
@@ -189,11 +191,53 @@ class BRAAS_HPC_OT_download_job(JobOperator):
             if item is not None and got.last_frame is not None:
                 item.thumbnail = str(got.last_frame)
                 item.local_dir = str(folder)
+            if item is not None and got.video is not None:
+                item.video = str(got.video)
             runtime.tell(f"job {name}: {got.result.downloaded} new frame(s), {got.result.skipped} already here, "
                          f"in {folder}")
 
         return runtime.launch(self, f"Downloading {name}", lambda: activity.download(name, folder), "download",
                               downloaded)
+
+
+class BRAAS_HPC_OT_make_video(JobOperator):
+    """Make a movie of the job's frames: downloads them (with the cluster's movie, when the job made this one),
+    else makes it here (EXR frames with the scene's view transform)"""
+
+    bl_idname = "braas_hpc.make_video"
+    bl_label = "Make Movie"
+
+    def start(self, context: bpy.types.Context, name: str) -> set[str]:
+        folder = jobs_list.job_folder(name)
+        codec = context.scene.braas_hpc.video_codec
+
+        def made(result: Any) -> None:
+            item = jobs_list.jobs().get(name)
+            if item is not None:
+                item.video = str(result.video)
+                item.local_dir = str(folder)
+            where = "from the cluster" if result.made_on == "cluster" else f"made here in {result.seconds:.1f} s"
+            runtime.tell(f"job {name}: movie {result.video.name} ({where})")
+
+        return runtime.launch(self, f"Making the movie of {name}",
+                              lambda: activity.make_video(name, folder, codec), "download", made)
+
+
+class BRAAS_HPC_OT_open_video(bpy.types.Operator):
+    """Play the job's movie with this computer's video player"""
+
+    bl_idname = "braas_hpc.open_video"
+    bl_label = "Play Movie"
+    bl_options = {"REGISTER", "INTERNAL"}
+    job: StringProperty(options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        def movie(name: str) -> tuple[str, str]:
+            item = jobs_list.jobs().get(name)
+            there = item is not None and item.video and Path(item.video).is_file()
+            return (item.video if there else ""), "no movie here yet: make it with Make Movie"
+
+        return _open_with_system(self, context, movie)
 
 
 class BRAAS_HPC_OT_resubmit_failed(JobOperator):
@@ -269,18 +313,28 @@ class BRAAS_HPC_OT_open_folder(bpy.types.Operator):
     job: StringProperty(options={"SKIP_SAVE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            folder = jobs_list.job_folder(_job_name(self, context))
-        except BraasError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
-        if not folder.is_dir():
-            self.report({"ERROR"}, f"nothing downloaded yet: {folder} does not exist")
-            return {"CANCELLED"}
-        if not bpy.app.background:
-            bpy.ops.wm.path_open(filepath=str(folder))
-        self.report({"INFO"}, str(folder))
-        return {"FINISHED"}
+        def folder(name: str) -> tuple[str, str]:
+            path = jobs_list.job_folder(name)
+            return (str(path) if path.is_dir() else ""), f"nothing downloaded yet: {path} does not exist"
+
+        return _open_with_system(self, context, folder)
+
+
+def _open_with_system(operator: bpy.types.Operator, context: bpy.types.Context,
+                      find: Callable[[str], tuple[str, str]]) -> set[str]:
+    """Open what `find` gives for the job (its path, or "" and why not) with the OS's own application."""
+    try:
+        path, missing = find(_job_name(operator, context))
+    except BraasError as error:
+        operator.report({"ERROR"}, str(error))
+        return {"CANCELLED"}
+    if not path:
+        operator.report({"ERROR"}, missing)
+        return {"CANCELLED"}
+    if not bpy.app.background:
+        bpy.ops.wm.path_open(filepath=path)
+    operator.report({"INFO"}, path)
+    return {"FINISHED"}
 
 
 def preset_summary(name: str) -> str:
@@ -296,4 +350,5 @@ def preset_summary(name: str) -> str:
 
 
 CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job, BRAAS_HPC_OT_download_job,
-           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_remove_job, BRAAS_HPC_OT_open_folder)
+           BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_remove_job, BRAAS_HPC_OT_open_folder,
+           BRAAS_HPC_OT_make_video, BRAAS_HPC_OT_open_video)

@@ -63,6 +63,12 @@ class JobSettings(bpy.types.PropertyGroup):
                                description="Render with the node's cores next to its GPUs")
     partition: StringProperty(name="Partition", description="Empty: the preset's default for the device")
     account: StringProperty(name="Account", description="Empty: the preset's")
+    video_codec: EnumProperty(name="Movie", items=[
+        ("h264", "H.264", "MP4 that plays everywhere"), ("prores", "ProRes", "MOV for editing (ProRes 422 HQ)"),
+        ("av1", "AV1", "Small MP4 for the web")], description="The codec of the movie made of a job's frames")
+    video_in_finish: BoolProperty(name="Movie on the cluster", default=False,
+                                  description="Make the movie in the job's finish step, where the cluster's preset "
+                                  "names an ffmpeg; otherwise Make Movie makes it here after the download")
 
 
 class JobItem(bpy.types.PropertyGroup):
@@ -77,6 +83,7 @@ class JobItem(bpy.types.PropertyGroup):
     sort_key: StringProperty()  # the creation time, fixed width: a float property is single precision
     local_dir: StringProperty(subtype="DIR_PATH")
     thumbnail: StringProperty(subtype="FILE_PATH")
+    video: StringProperty(subtype="FILE_PATH")  # the movie of the frames, here
 
 
 class Runtime(bpy.types.PropertyGroup):

@@ -97,6 +97,7 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout.prop(settings, "chunk")
         layout.prop(settings, "max_parallel")
         layout.prop(settings, "walltime_min")
+        layout.prop(settings, "video_in_finish")
         layout.prop(settings, "retries")
         layout.separator()
         layout.prop(settings, "device", expand=True)
@@ -157,11 +158,16 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
             box.label(text=f"Missing frames: {job.missing}")
         grid = box.grid_flow(columns=3, align=True)
         grid.operator("braas_hpc.download_job", icon="IMPORT")
+        grid.operator("braas_hpc.make_video", icon="FILE_MOVIE")
         grid.operator("braas_hpc.open_folder", icon="FILE_FOLDER")
         grid.operator("braas_hpc.job_info", icon="TEXT")
         grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
         grid.operator("braas_hpc.cancel_job", icon="CANCEL")
         grid.operator("braas_hpc.remove_job", icon="TRASH")
+        row = box.row(align=True)
+        row.prop(context.scene.braas_hpc, "video_codec")
+        if job.video:
+            row.operator("braas_hpc.open_video", icon="PLAY")
         if job.thumbnail:
             thumbnails = _thumbnails()
             if job.thumbnail not in thumbnails:

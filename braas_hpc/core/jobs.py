@@ -17,6 +17,9 @@ DEVICES = ("CPU", "GPU")
 # is built from it.
 # `\Z`, not `$`, in these patterns: `$` also matches before a trailing newline ("a@b.org\n").
 FRAME_FILE = re.compile(r"^frame_([0-9]{6,7})\.(png|jpg|exr|tif)\Z")
+# A movie of the frames (cluster_scripts/make_video.py names it), downloaded with them.
+VIDEO_FILE = re.compile(r"^video-(h264|prores|av1)-[0-9]{1,4}(\.[0-9]{1,3})?fps\.(mp4|mov)\Z")
+VIDEO_CODECS = ("h264", "prores", "av1")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
 # Values that go into scheduler directives: nothing a shell or a directive parser could read as syntax.
@@ -72,6 +75,14 @@ class JobSpec:
     scene_name: str = ""  # the scene inside the .blend that renders; "": the one Blender opens it with
     resolution_percentage: int = 0  # 0: the scene's
     samples: int = 0  # 0: the scene's
+    fps: float = 0.0  # the scene's frame rate, for movies of the frames; 0: not recorded (jobs of older releases)
+    # The scene's colour management, for movies of EXR frames (scene-linear light made display-referred).
+    view_transform: str = "Standard"
+    look: str = "None"
+    exposure: float = 0.0
+    gamma: float = 1.0
+    display_device: str = "sRGB"
+    video: str = ""  # a movie the finish step makes on the cluster (a codec of VIDEO_CODECS); "": none
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -101,6 +112,10 @@ class JobSpec:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:
             raise UsageError(f"max parallel tasks must be 0 (no limit) or more, got {self.max_parallel}")
+        if self.video and self.video not in VIDEO_CODECS:
+            raise UsageError(f"video codec {self.video!r} is not one of {', '.join(VIDEO_CODECS)}")
+        if not 0 <= self.fps <= 1000:
+            raise UsageError(f"frame rate must be between 1 and 1000 frames per second, got {self.fps}")
         if self.memory_gb < 0:
             raise UsageError(f"memory must be 0 (site default) or more GB, got {self.memory_gb}")
         check_directive_values(account=self.account, partition=self.partition, QoS=self.qos, email=self.email)

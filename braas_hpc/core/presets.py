@@ -108,6 +108,10 @@ class Preset:
     # The finish step's lines instead of `env` (it renders nothing, so GPU modules are not needed);
     # None (the key absent): `env`, which a site whose Blender itself comes from a module needs.
     finish_env: tuple[str, ...] | None = None
+    # The finish step's ffmpeg, to make a movie of the frames on the cluster: a path, or a command that
+    # `ffmpeg_env`'s lines (module loads) put on PATH. Empty: movies are made on the user's computer.
+    ffmpeg: str = ""
+    ffmpeg_env: tuple[str, ...] = ()
     default_walltime_min: int = 60
     max_walltime_min: int = 2880
     billing: str = ""  # the partitions' default (BILLING); empty: core-hours on CPU, GPU-hours on GPU, unconfirmed
@@ -228,10 +232,26 @@ def _check_values(p: Preset) -> None:
             raise PresetError(f"{where}: env lines, directives, blender and login_python must be single lines "
                               "without NUL, "
                               f"got {line!r}")
+    _check_ffmpeg(p, where)
     _check_partitions(p, where)
     _check_billing(p, where)
     if not p.is_local:
         _check_directive_words(p, where)
+
+
+_COMMAND = re.compile(r"^(/[A-Za-z0-9_.+@/-]+|[A-Za-z0-9_.+-]+)\Z")  # an absolute path, or a name found on PATH
+
+
+def _check_ffmpeg(p: Preset, where: str) -> None:
+    if p.ffmpeg and not _COMMAND.match(p.ffmpeg):
+        raise PresetError(f"{where}: ffmpeg {p.ffmpeg!r} must be an absolute path (/apps/ffmpeg/bin/ffmpeg) or a "
+                          "command name found on PATH (ffmpeg): no spaces, quotes or shell characters")
+    if p.ffmpeg_env and not p.ffmpeg:
+        raise PresetError(f"{where}: ffmpeg_env is set but ffmpeg is not: name the command the lines put on PATH "
+                          "(ffmpeg = \"ffmpeg\")")
+    for line in p.ffmpeg_env:
+        if any(c in line for c in "\n\r\0"):
+            raise PresetError(f"{where}: ffmpeg_env lines must be single lines without NUL, got {line!r}")
 
 
 def _check_numbers(p: Preset, where: str) -> None:

@@ -47,6 +47,13 @@ class SceneSettings:
     resolution_percentage: int
     view_layers: tuple[str, ...]  # the view layers set to render
     file_per_view: bool = False  # stereoscopy writing each view to its own file
+    fps: float = 24.0  # frames per second (fps / fps_base)
+    # Colour management: how scene-linear light (an EXR) becomes the colours on screen, for movies made of EXRs.
+    view_transform: str = "Standard"
+    look: str = "None"
+    exposure: float = 0.0
+    gamma: float = 1.0
+    display_device: str = "sRGB"
 
     @property
     def frames(self) -> str:
@@ -113,6 +120,11 @@ def _settings(scene: BlendFileBlock) -> SceneSettings:
         view_layers=tuple(layers),
         file_per_view=bool(int(get((b"r", b"scemode"))) & _MULTIVIEW)
         and int(get((b"r", b"im_format", b"views_format"))) == _VIEWS_INDIVIDUAL,
+        fps=round(int(get((b"r", b"frs_sec"))) / (float(get((b"r", b"frs_sec_base"))) or 1.0), 3),
+        view_transform=_text(get((b"view_settings", b"view_transform"))),
+        look=_text(get((b"view_settings", b"look"))), exposure=round(float(get((b"view_settings", b"exposure"))), 4),
+        gamma=round(float(get((b"view_settings", b"gamma"))), 4),
+        display_device=_text(get((b"display_settings", b"display_device"))),
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .frames import chunk_frames, parse_frames
-from .jobs import PACK_MODES, JobSpec, check_directive_values, make_job_name
+from .jobs import PACK_MODES, VIDEO_CODECS, JobSpec, check_directive_values, make_job_name
 from .presets import CYCLES_DEVICES, Partition, Preset, load_preset
 from .scene_settings import SceneSettings, check_renderable, job_format, read_scene_settings
 from .user_presets import how_to_set
@@ -47,6 +47,8 @@ class SubmitRequest:
     image_format: str = ""  # "": the scene's file format and colour settings, untouched
     resolution_percentage: int = 0  # 0: the scene's
     samples: int = 0  # 0: the scene's
+    video: str = ""  # a movie made on the cluster in the finish step (h264, prores, av1); "": none
+    fps: float = 0.0  # the movie's frame rate; 0: the scene's
     # The render settings as the add-on sees them in the open scene (saved before the job is sent);
     # None: read from the file.
     scene_settings: SceneSettings | None = None
@@ -141,6 +143,23 @@ def _check_tasks(preset: Preset, part: Partition, frames: int, tasks: int, chunk
                              f"array task counts): use --chunk {need} or more (now {chunk})")
 
 
+def _video_fields(request: SubmitRequest, settings: SceneSettings, preset: Preset) -> dict[str, object]:
+    """The scene's frame rate and colour management (every job records them, for a movie made later), and
+    the movie the finish step makes, which needs an ffmpeg the preset names."""
+    video = request.video.strip().lower()
+    if video and video not in VIDEO_CODECS:
+        raise UsageError(f"video codec {request.video!r} is not one of {', '.join(VIDEO_CODECS)}")
+    if video and not preset.ffmpeg:
+        raise UsageError(f"preset {preset.name} names no ffmpeg, so its finish step cannot make a movie: leave "
+                         "the video out and make it on this computer after the download (braas-hpc video JOB), or "
+                         "set ffmpeg in your preset (see the presets documentation)")
+    if request.fps and not 0 < request.fps <= 1000:
+        raise UsageError(f"frame rate must be between 1 and 1000 frames per second, got {request.fps}")
+    return {"fps": request.fps or settings.fps, "view_transform": settings.view_transform, "look": settings.look,
+            "exposure": settings.exposure, "gamma": settings.gamma, "display_device": settings.display_device,
+            "video": video}
+
+
 def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, Preset]:
     """The validated job and its preset. `dry_run`: an account or Blender the preset needs and nobody gave
     is shown as a placeholder (ACCOUNT_PLACEHOLDER, BLENDER_PLACEHOLDER) instead of refused."""
@@ -173,7 +192,7 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
         pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
         image_format=image_format, scene_name=settings.scene, resolution_percentage=request.resolution_percentage,
-        samples=request.samples,
+        samples=request.samples, **_video_fields(request, settings, preset),
     )
     spec.validate()
     if dry_run:

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import events
 from .context import JobContext
 from .errors import TransferError, UsageError
-from .jobs import FRAME_FILE
+from .jobs import FRAME_FILE, VIDEO_FILE
 from .monitor import job_status
 from .paths import data_dir, private_dir, write_private
 from .schedulers.base import TERMINAL
@@ -46,9 +46,14 @@ class DownloadResult:
                 "ignored": list(self.ignored), "refetched": self.refetched}
 
 
+def ours(name: str) -> bool:
+    """A file a download brings: a frame, or the movie of the frames the finish step made."""
+    return bool(FRAME_FILE.match(name) or VIDEO_FILE.match(name))
+
+
 def _safe_target(dest: Path, name: str) -> Path | None:
     """A local path for a remote name, or None when the name is not one of our frame files."""
-    if not FRAME_FILE.match(name):
+    if not ours(name):
         return None
     # A frame name has no '/' and no '..', so this is directly in dest. A link there (to outside, or to
     # another frame) is never written through: the name is left alone and reported as ignored.
@@ -99,7 +104,8 @@ known=$(mktemp) || exit 1
 trap 'rm -f -- "$known"' EXIT
 cat > "$known"
 find . -mindepth 1 -maxdepth 1 \( -type f -o -type d \) -printf 'L\t%y\t%s\t%f\0'
-find . -mindepth 1 -maxdepth 1 -type f -name 'frame_*' ! -name '*[!A-Za-z0-9._-]*' -printf '%f\t%s\n' |
+find . -mindepth 1 -maxdepth 1 -type f \( -name 'frame_*' -o -name 'video-*' \) ! -name '*[!A-Za-z0-9._-]*' \
+  -printf '%f\t%s\n' |
   grep -vxF -f "$known" | cut -f 1 | xargs -r sha256sum -- |
   while read -r digest name; do printf 'H\t%s\t%s\0' "$digest" "$name"; done
 exit 0
@@ -181,7 +187,7 @@ def _held(dest: Path, ledger: _Ledger) -> dict[str, int]:
     if not dest.is_dir():
         return {}
     return {p.name: p.stat().st_size for p in dest.iterdir()
-            if FRAME_FILE.match(p.name) and p.is_file() and not p.is_symlink() and ledger.verified(p)}
+            if ours(p.name) and p.is_file() and not p.is_symlink() and ledger.verified(p)}
 
 
 def _sort_out(remote: RemoteFrames, dest: Path, ledger: _Ledger, result: DownloadResult) -> dict[str, tuple[Path, int]]:

@@ -64,6 +64,8 @@ def test_every_panel_draws_with_the_real_ui_api(tmp_path: Path) -> None:
         for cls in (ui.BRAAS_HPC_PT_main, ui.BRAAS_HPC_PT_new_job, ui.BRAAS_HPC_PT_jobs):
             cls.draw(panel(cls), context)
         item = context.window_manager.braas_hpc.jobs[0]
+        item.video = "/frames/j1/video-h264-24fps.mp4"  # a movie here: Play Movie is drawn too
+        ui.BRAAS_HPC_PT_jobs.draw(panel(ui.BRAAS_HPC_PT_jobs), context)
         ui.BRAAS_HPC_UL_jobs.draw_item(None, context, Layout(), None, item, 0, None, "", 0)
         prefs_item = prefs.presets[0]
         prefs_item.report = "ok"

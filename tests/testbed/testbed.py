@@ -562,6 +562,24 @@ def ensure_blender(layout: Layout) -> Path:
     return wrapper
 
 
+def ensure_ffmpeg(layout: Layout) -> Path:
+    """The cluster's ffmpeg for movies made in the finish step: the build imageio-ffmpeg ships (a project
+    dependency, so it is here whenever the project is installed), copied where the cluster user can run it.
+    Not on the cluster user's PATH as `ffmpeg`: a preset names it by its path, as on a real site."""
+    import imageio_ffmpeg
+
+    source = Path(imageio_ffmpeg.get_ffmpeg_exe())
+    target = layout.bin / "ffmpeg-imageio"
+    if not target.is_file() or target.stat().st_size != source.stat().st_size:
+        layout.bin.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(source, temp)
+        os.chmod(temp, 0o755)
+        os.replace(temp, target)  # a job running the old copy keeps it
+    os.chmod(target, 0o755)
+    return target
+
+
 def ensure_pbs_standin(layout: Layout) -> None:
     """PBS Pro's qsub/qstat/qdel for the cluster user: the stand-in in tests/testbed/pbs (not PBS Pro).
 
@@ -1189,6 +1207,7 @@ def up() -> Testbed:
     ensure_login_profile(layout)
     ensure_bpy(layout)
     blender = ensure_blender(layout)
+    ensure_ffmpeg(layout)
     ensure_pbs_standin(layout)
     ensure_allocation_standin(layout)
     write_slurm_configs(layout)

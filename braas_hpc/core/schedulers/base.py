@@ -7,6 +7,7 @@ A subclass only knows its directives, its commands and its state names (dask-job
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import shlex
 from abc import ABC, abstractmethod
@@ -163,19 +164,44 @@ def finish_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
     """The finish step's script: summary.json and thumb.jpg once every task of the round has ended."""
     q = shlex.quote
     command = [*blender, "-b", "--factory-startup", "-Y", "-t", "1", "-P", finish_task, "--",
-               "--job-dir", paths.job_dir, "--format", spec.image_format, "--round", str(round_.number)]
+               "--job-dir", paths.job_dir, "--format", spec.image_format, "--round", str(round_.number),
+               *video_arguments(spec, preset)]
     return "\n".join([
         "#!/bin/bash", *header, "",
         f"# braas-hpc job {spec.name}: finish step of round {round_.number} (summary.json, thumb.jpg)",
         "set -u",
         "umask 077",
         *finish_environment(preset),
+        *(preset.ffmpeg_env if spec.video and preset.ffmpeg else ()),
         f"cd {q(paths.job_dir)} || exit 2",
         f"exec >>{q(paths.log_dir)}/{round_.marker_prefix}finish.log 2>&1",
         *trust_lines(paths, finish_task, trust),
         f"exec {' '.join(q(word) for word in command)}",
         "",
     ])
+
+
+def video_arguments(spec: JobSpec, preset: Preset) -> list[str]:
+    """The finish step's movie (cluster_scripts/make_video.py): codec, rate, the scene's colour management."""
+    if not (spec.video and preset.ffmpeg):
+        return []
+    return ["--video", spec.video, "--fps", f"{spec.fps or 24:g}", "--ffmpeg", preset.ffmpeg,
+            "--view-transform", spec.view_transform, "--look", spec.look, "--exposure", f"{spec.exposure:g}",
+            "--gamma", f"{spec.gamma:g}", "--display", spec.display_device]
+
+
+# Seconds per frame the finish step adds for a movie, per codec, and for Blender's conversion of an EXR: about
+# three times what 1920x1080 frames took on the test machine (bench/video_bench.py). At most the partition's limit.
+VIDEO_SECONDS_PER_FRAME = {"h264": 2, "prores": 5, "av1": 15}
+EXR_SECONDS_PER_FRAME = 3
+
+
+def video_minutes(spec: JobSpec, preset: Preset) -> int:
+    """The finish step's extra minutes for the job's movie (0: none to make)."""
+    if not (spec.video and preset.ffmpeg):
+        return 0
+    per_frame = VIDEO_SECONDS_PER_FRAME[spec.video] + (EXR_SECONDS_PER_FRAME if spec.extension == "exr" else 0)
+    return math.ceil(len(spec.frames) * per_frame / 60)
 
 
 def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
@@ -186,7 +212,8 @@ def finish_request(spec: JobSpec, preset: Preset) -> tuple[JobSpec, Preset]:
     project's allocation pays for. On a whole-node partition the site gives the node whatever is asked."""
     partition = preset.partition(spec.partition).finish or spec.partition
     part = preset.partition(partition)
-    walltime = min(FINISH_WALLTIME_MIN, part.max_walltime_min if preset.partitions else preset.max_walltime_min)
+    walltime = min(FINISH_WALLTIME_MIN + video_minutes(spec, preset), part.max_walltime_min if preset.partitions
+                   else preset.max_walltime_min)
     gpus = 1 if part.kind == "gpu" else 0
     cpus = max(1, part.cpus_per_task // max(1, part.gpus_per_task)) if gpus else 1
     finish = dataclasses.replace(spec, name=f"{spec.name[:52]}-finish", partition=partition, qos=part.qos,
