@@ -19,17 +19,16 @@ import argparse
 import glob
 import json
 import os
-import struct
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # jsonfile.py, make_video.py: installed beside it
 import make_video  # noqa: E402
 from jsonfile import write_json_atomic  # noqa: E402
+from preview import write_jpeg  # noqa: E402
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr", "OPEN_EXR_MULTILAYER": "exr", "TIFF": "tif"}
 THUMB_WIDTH = 256
-EXR_MAGIC = b"\x76\x2f\x31\x01"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -135,47 +134,11 @@ def with_estimate(job_dir: str, summary: dict) -> dict:
     return {**summary, "estimate": expected, "actual_vs_estimate": ratios}
 
 
-def exr_size(path: str) -> tuple[int, int]:
-    """Width and height from an OpenEXR header (its dataWindow), (0, 0) when it has none."""
-    with open(path, "rb") as stream:
-        head = stream.read(1 << 16)
-    if head[:4] != EXR_MAGIC:
-        return 0, 0
-    pos = 8
-    while pos < len(head) and head[pos] != 0:  # attributes: name\0 type\0 size(int32) value
-        name_end = head.index(b"\0", pos)
-        type_end = head.index(b"\0", name_end + 1)
-        (size,) = struct.unpack_from("<i", head, type_end + 1)
-        value = type_end + 5
-        if head[pos:name_end] == b"dataWindow":
-            x0, y0, x1, y1 = struct.unpack_from("<4i", head, value)
-            return x1 - x0 + 1, y1 - y0 + 1
-        pos = value + size
-    return 0, 0
-
-
 def thumbnail(source: str, target: str, width: int = THUMB_WIDTH) -> None:
-    """A small JPEG of a frame, written by Blender under a temp name. An EXR holds scene-linear light and
-    gets Blender's default view transform; other formats hold the render's finished colours already, so
-    they are only converted back to sRGB (a second view transform would wash them out)."""
+    """A small JPEG of a frame, made by Blender; an EXR shown through Blender's default view transform."""
     import bpy  # only inside Blender; the summary needs none of it
 
-    image = bpy.data.images.load(source, check_existing=False)
-    # A multilayer EXR reports no size until a layer is chosen; its header has it.
-    w, h = tuple(image.size) if image.size[0] else exr_size(source)
-    if w > width:
-        image.scale(width, max(1, round(h * width / w)))
-    if not source.endswith(".exr"):
-        bpy.context.scene.view_settings.view_transform = "Standard"
-        bpy.context.scene.view_settings.look = "None"
-    settings = bpy.context.scene.render.image_settings
-    settings.file_format = "JPEG"
-    settings.quality = 80
-    temp = os.path.join(os.path.dirname(target), ".thumb.part.jpg")
-    if os.path.lexists(temp):  # Blender opens its fixed name as it finds it: never through a leftover link
-        os.unlink(temp)
-    image.save_render(temp, scene=bpy.context.scene)
-    os.replace(temp, target)
+    write_jpeg(source, target, width, bpy.context.scene)
 
 
 def movie(args: argparse.Namespace, summary: dict, extension: str) -> dict:

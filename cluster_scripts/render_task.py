@@ -9,7 +9,9 @@ DIR/out and renamed to frame_NNNNNN.<ext> when complete, so a frame file is neve
 The scene's own output settings (colour depth, codec, view transform), resolution and samples are
 kept; --format changes the file format only when the scene has another one.
 Frames that already exist are skipped. DIR/status/task-K.json records frames done, timings, node and
-exit code. One progress line per frame: `BRAAS-PROGRESS task=K frame=F done=I total=N seconds=S status=X`.
+exit code. One progress line per frame: `BRAAS-PROGRESS task=K frame=F done=I total=N seconds=S status=X`;
+within a frame, Cycles' sample count every few seconds: `BRAAS-SAMPLES task=K frame=F Sample S/M`. After
+each frame, a small JPEG of it replaces the task's previous one in DIR/status/previews/ (the live preview).
 Exit 0 when every frame of the task exists afterwards, 1 when some failed, 2 on bad arguments,
 4 when the requested device is not there.
 """
@@ -27,6 +29,7 @@ import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # devices.py is installed beside this file
 import devices  # noqa: E402
+import preview  # noqa: E402
 import watchdog  # noqa: E402
 from devices import Device, DeviceError, DevicePlan  # noqa: E402
 from jsonfile import write_json_atomic  # noqa: E402
@@ -129,7 +132,7 @@ def apply_output(scene: bpy.types.Scene, file_format: str, percentage: int, samp
     # The frame file's name is ours: Blender adds the extension it writes (.exr for both EXR kinds).
     render.use_file_extension = True
     # An EXR "Preview" is a second file (a JPEG) under a name Blender derives: it would be left behind
-    # as a temp file. The finish step's thumbnail is the job's preview.
+    # as a temp file. The task writes its own small previews (status/previews), the finish step thumb.jpg.
     if getattr(settings, "use_preview", False):
         settings.use_preview = False
     if percentage:
@@ -142,6 +145,15 @@ def node_name(env: Mapping[str, str]) -> str:
     """The scheduler's name for this node, which `--exclude` understands: Slurm's node name can differ
     from the host name (an FQDN, an alias, several nodes on one host)."""
     return env.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def show(status_dir: str, final: str, frame: int, scene: bpy.types.Scene, before: str) -> str:
+    """The live preview of the frame just rendered; none (said in the log) never costs the frame."""
+    try:
+        return preview.write_preview(status_dir, final, frame, scene, before)
+    except Exception as exc:  # noqa: BLE001 - the frame is on disk, which is what counts
+        print(f"braas-hpc: no preview of frame {frame}: {type(exc).__name__}: {exc}", flush=True)
+        return before
 
 
 def main() -> int:
@@ -188,7 +200,11 @@ def main() -> int:
     print(f"braas-hpc: device {plan.note}; {marker['threads']} threads ({marker['threads_from']})", flush=True)
     print(f"braas-hpc: {watchdog.start(marker_path, os.environ)}", flush=True)
     extension = EXTENSIONS[args.format]
+    current = [frames[0] if frames else 0]
+    bpy.app.handlers.render_stats.append(preview.stats_printer(args.task, lambda: current[0]))
+    shown = ""  # this task's newest preview
     for index, frame in enumerate(frames, start=1):
+        current[0] = frame
         final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}")
         started = time.monotonic()
         if os.path.isfile(final) and os.path.getsize(final) > 0:
@@ -208,6 +224,7 @@ def main() -> int:
         marker[status].append(frame)  # type: ignore[union-attr]
         if status == "rendered":
             marker["timings"][str(frame)] = round(seconds, 3)  # type: ignore[index]
+            shown = show(status_dir, final, frame, scene, shown)
         write_json_atomic(marker_path, marker)
         print(f"BRAAS-PROGRESS task={args.task} frame={frame} done={index} total={len(frames)} "
               f"seconds={seconds:.2f} status={status}", flush=True)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import batch, registry
+from . import live as glimpse
 from .context import JobContext
 from .errors import BraasError, PresetError, connection_failure_kind
 from .frames import format_frames
@@ -36,11 +37,14 @@ class JobStatus:
     scheduler_ids: tuple[str, ...] = ()
     missing: tuple[int, ...] = ()
     summary: bool = False  # the finish step wrote summary.json (and thumb.jpg) in the job directory
+    preview: str = ""  # here: the newest frame's small JPEG the tasks made (core.live), "" before the first
+    progress: tuple[glimpse.TaskProgress, ...] = ()  # each running task's progress within its frame
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "state": self.state, "frames_done": self.frames_done,
                 "frames_total": self.frames_total, "tasks": self.tasks, "scheduler_ids": list(self.scheduler_ids),
-                "missing": format_frames(self.missing), "summary": self.summary}
+                "missing": format_frames(self.missing), "summary": self.summary, "preview": self.preview or None,
+                "progress": [p.to_json() for p in self.progress]}
 
 
 def aggregate(states: list[TaskState], frames_missing: int, unseen: bool = False) -> str:
@@ -326,7 +330,19 @@ def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
     if live := scheduler.live_query_argv(ids):
         steps.append(batch.Step("live", live, batch.IF_UNSEEN, tuple(scheduler.job_key(i) for i in ids)))
     unfinished = [r for r in records if r.state not in TERMINAL]
-    return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished))]
+    return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished)),
+            batch.Step("glimpse", glimpse.glimpse_argv(unfinished))]
+
+
+async def _glimpses(transport: Transport, preset: Preset, records: list[JobRecord],
+                    ahead: batch.Answers | None) -> dict[str, glimpse.Glimpse]:
+    """Previews and task progress (core.live): from the batch, never a call of their own to a cluster
+    (a batch that brought nothing shows the previews held here); this computer is asked directly."""
+    answer = ahead.take("glimpse") if ahead else None
+    unfinished = [r for r in records if r.state not in TERMINAL]
+    if answer is None and preset.is_local and unfinished:
+        answer = await transport.run(glimpse.glimpse_argv(unfinished), timeout=60, check=False)
+    return glimpse.read(answer.stdout if answer else "", records)
 
 
 async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequence[batch.Step] = (),
@@ -367,6 +383,7 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequ
     unknown = [r for r in records if found[r.name][0] == UNKNOWN]
     for name in await _ended_by_markers(transport, unknown, ahead) if unknown else ():
         found[name] = (FAILED, found[name][1], found[name][2])
+    glimpses = await _glimpses(transport, preset, records, ahead)
     results = []
     for record in records:
         state, tasks, missing = found[record.name]
@@ -375,7 +392,8 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequ
         results.append(JobStatus(
             record.name, record.preset, state, len(record.spec.frames) - len(missing),
             len(record.spec.frames), tasks, record.scheduler_ids, tuple(missing),
-            "summary.json" in frames[record.name]))
+            "summary.json" in frames[record.name], str(glimpses[record.name].preview or ""),
+            glimpses[record.name].tasks if state == RUNNING else ()))
     return results
 
 
@@ -419,7 +437,8 @@ class ClusterError:
         say null, the state UNKNOWN (not ended: nobody could tell) and the error."""
         return [{"job": r.name, "preset": r.preset, "state": UNKNOWN, "frames_done": None,
                  "frames_total": len(r.spec.frames), "tasks": {}, "scheduler_ids": list(r.scheduler_ids),
-                 "missing": None, "summary": False, "error": {"kind": self.kind, "message": str(self.error)}}
+                 "missing": None, "summary": False, "preview": None, "progress": [],
+                 "error": {"kind": self.kind, "message": str(self.error)}}
                 for r in self.records]
 
 
