@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_costs, cli_json, cli_logging, cli_progress
-from .core import VERSION, costs, logs, monitor, readiness, recovery, registry, service, transfer, watch
+from .core import VERSION, costs, job_end, logs, monitor, readiness, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
 from .core.errors import (
@@ -215,16 +215,32 @@ def _report_lines(report: monitor.StatusReport) -> list[str]:
     return lines or ["no jobs yet"]
 
 
+def _live_lines(report: monitor.StatusReport) -> list[str]:
+    """Each running job's tasks within their frames, and where its newest preview is on this computer."""
+    lines = []
+    for s in report.statuses:
+        if s.progress:
+            lines.append(plain(f"{s.job}  " + ", ".join(t.text() for t in s.progress)))
+        if s.preview and s.state not in TERMINAL:
+            lines.append(plain(f"{s.job}  preview {s.preview}"))
+    return lines
+
+
 def _status_table(report: monitor.StatusReport) -> Table:
-    table = Table("job", "cluster", "state", "frames", "tasks", box=None, header_style="bold")
+    table = Table("job", "cluster", "state", "frames", "tasks", "within frames", box=None, header_style="bold")
     for s in report.statuses:
         tasks = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.tasks.items()))
+        within = ", ".join(t.text() for t in s.progress)
         table.add_row(*(Text(plain(cell)) for cell in (s.job, s.preset, s.state, f"{s.frames_done}/{s.frames_total}",
-                                                       tasks)))
+                                                       tasks, within)))
     for e in report.errors:
         for job in e.jobs:
             first = str(e.error).strip().splitlines()[0] if str(e.error).strip() else e.kind
-            table.add_row(*(Text(plain(cell)) for cell in (job, e.preset, "NOT ANSWERED", "", f"{e.kind}: {first}")))
+            table.add_row(*(Text(plain(cell)) for cell in (job, e.preset, "NOT ANSWERED", "", f"{e.kind}: {first}",
+                                                           "")))
+    previews = [f"{s.job}: {s.preview}" for s in report.statuses if s.preview and s.state not in TERMINAL]
+    if previews:  # the terminal shows no picture: where it is
+        table.caption = plain("preview " + "; ".join(previews))
     return table
 
 
@@ -235,7 +251,21 @@ def _ask_about_host_keys(report: monitor.StatusReport) -> None:
             raise e.error
 
 
+def _job_end(args: argparse.Namespace, counts: Callable[[str], bool] = lambda _job: True) -> job_end.JobEnd:
+    """--on-done and --auto-download of `wait` and `status --watch` (core.job_end)."""
+    folder = Path(args.download_dir) if args.download_dir else Path.cwd()
+    if args.download_dir and not args.auto_download:
+        raise UsageError("--download-dir goes with --auto-download")
+    if args.auto_download:
+        transfer.check_dest(folder)
+    return job_end.JobEnd(job_end.hook_argv(args.on_done) if args.on_done is not None else None,
+                          (lambda job: folder / job) if args.auto_download else None, counts,
+                          lambda line: err.print(plain(line), highlight=False))
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
+    if not args.watch and (args.on_done is not None or args.auto_download):
+        raise UsageError("--on-done and --auto-download follow jobs: use them with --watch (or with wait)")
     if args.watch:
         if args.json:
             raise UsageError("--watch draws a live table; a script waits with `braas-hpc wait JOB --json`")
@@ -262,14 +292,18 @@ async def _watch_status(args: argparse.Namespace) -> int:
     live = Live(console=out, auto_refresh=False) if out.is_terminal else None
     shown: list[str] = []
     report = monitor.StatusReport([])
+    # --on-done and --auto-download: for the jobs still going when the watch begins, not for old ones.
+    going = {r.name for r in registry.list_jobs() if r.state not in TERMINAL}
+    ends = _job_end(args, going.__contains__)
     with live or contextlib.nullcontext():
         async for report, recoveries in watch.watch(args.jobs or None, args.poll_max, recover=not args.no_recover):
             _ask_about_host_keys(report)
             _tell_recoveries(recoveries)
+            await ends.seen(report)
             if live is not None:
                 live.update(_status_table(report), refresh=True)
                 continue
-            lines = _report_lines(report)
+            lines = _report_lines(report) + _live_lines(report)
             if lines != shown:
                 print("\n".join(lines), flush=True)
                 shown = lines
@@ -306,9 +340,10 @@ def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
+    ends = _job_end(args)
     with cli_progress.shown(err, args.json):
         final = await watch.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
-                                 recover=not args.no_recover)
+                                 recover=not args.no_recover, on_status=ends.status)
     if args.json:
         _print_json(final.to_json())
     else:
@@ -671,11 +706,20 @@ def build_parser() -> argparse.ArgumentParser:
     poll_max = {"type": float, "metavar": "SECONDS",
                 "help": f"longest pause between polls, which start at 2 s and double "
                         f"(default 30, or ${watch.POLL_MAX_ENV})"}
+    def add_job_end(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--on-done", metavar="COMMAND",
+                       help="run COMMAND once for each job when it ends (no shell; the job's name, state, frames "
+                            "and folders in BRAAS_* environment variables, see README)")
+        p.add_argument("--auto-download", action="store_true", help="download frames as they land")
+        p.add_argument("--download-dir", metavar="DIR", help="with --auto-download: each job's frames in DIR/JOB "
+                                                             "(default ./JOB)")
+
     p = add("status", cmd_status, "state of jobs (all, or the ones named); lost frames are resubmitted")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--no-recover", action="store_true", help=no_recover)
     p.add_argument("--watch", action="store_true", help="keep showing them until every one has ended")
     p.add_argument("--poll-max", **poll_max)
+    add_job_end(p)
     p.epilog = (f"exit status: 0 every job's cluster answered; {PARTIAL} some did not (the others' jobs are shown, "
                 "each one that did not answer is listed with its error; with --json, as the job's \"error\"); "
                 "1 a failure; 2 bad input")
@@ -690,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="SECONDS")
     p.add_argument("--no-recover", action="store_true", help=no_recover)
     p.add_argument("--poll-max", **poll_max)
+    add_job_end(p)
 
     p = add("download", cmd_download, "fetch the frames of a job that are not here yet")
     p.add_argument("job", metavar="JOB")

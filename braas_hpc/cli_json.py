@@ -43,7 +43,9 @@ def top(fields: dict[str, Schema], optional: dict[str, Schema] | None = None) ->
 CHECK = obj({"what": STR, "ok": nullable(BOOL), "found": STR, "fix": STR})
 JOB_STATUS = {"job": STR, "preset": STR, "state": {"enum": STATES}, "frames_done": INT, "frames_total": INT,
               "tasks": {"type": "object", "additionalProperties": INT}, "scheduler_ids": STRS, "missing": FRAMES,
-              "summary": BOOL}
+              "summary": BOOL, "preview": nullable(STR),
+              "progress": {"type": "array", "items": obj({"task": STR, "frame": nullable(INT),
+                                                          "percent": nullable(NUM)})}}
 SUBMITTED = {"job": STR, "preset": STR, "frames": FRAMES, "tasks": INT, "scheduler_ids": STRS, "job_dir": STR,
              "uploaded_bytes": INT, "uploaded_files": INT, "skipped_files": INT, "outside_project": STRS,
              "notes": STRS, "finish_id": STR, "scripts_updated": STRS, "warnings": STRS}

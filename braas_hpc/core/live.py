@@ -14,12 +14,12 @@ import binascii
 import contextlib
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import registry
 from .jobs import JobPaths
-from .paths import data_dir, private_dir
+from .paths import private_dir
 from .registry import JobRecord
 
 PREVIEW_BYTES = 64 * 1024  # a 256-pixel JPEG is a few KiB: anything larger on the cluster is not ours
@@ -77,8 +77,7 @@ class Glimpse:
     tasks: tuple[TaskProgress, ...] = ()
 
 
-def previews_dir(job: str) -> Path:
-    return data_dir() / "previews" / job
+previews_dir = registry.previews_path
 
 
 def held_key(job: str) -> str:
@@ -95,10 +94,6 @@ def held_key(job: str) -> str:
 def held_preview(job: str) -> Path | None:
     key = held_key(job)
     return previews_dir(job) / key.rpartition("/")[2] if key else None
-
-
-def forget_previews(job: str) -> None:
-    shutil.rmtree(previews_dir(job), ignore_errors=True)
 
 
 def _store(job: str, name: str, key: str, data: bytes) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Collection, Iterator
@@ -172,6 +173,11 @@ def thumbnail_path(name: str) -> Path:
     return data_dir() / "thumbnails" / f"{name}.jpg"
 
 
+def previews_path(name: str) -> Path:
+    """The job's live previews as the status calls brought them (core.live)."""
+    return data_dir() / "previews" / name
+
+
 def forget(names: list[str], ended: Collection[str] | None) -> list[JobRecord]:
     """Remove jobs from the registry (and their cached thumbnails); nothing on any cluster changes.
 
@@ -194,4 +200,5 @@ def forget(names: list[str], ended: Collection[str] | None) -> list[JobRecord]:
         db.executemany("DELETE FROM jobs WHERE name = ?", [(r.name,) for r in records])
     for record in records:
         thumbnail_path(record.name).unlink(missing_ok=True)
+        shutil.rmtree(previews_path(record.name), ignore_errors=True)
     return records

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from . import events, monitor, progress, recovery, registry, service
@@ -135,10 +135,11 @@ def _with_frames(report: monitor.StatusReport, news: events.JobEvents) -> monito
     return dataclasses.replace(report, statuses=statuses)
 
 
-async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | None = None, recover: bool = True
-               ) -> monitor.JobStatus:
-    """Poll (see `watch`) until the job ends; return its final status. Its cluster's error is raised
-    once waiting no longer helps (a refused login, a preset gone, too many failed polls in a row)."""
+async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | None = None, recover: bool = True,
+               on_status: Callable[[monitor.JobStatus], Awaitable[None]] | None = None) -> monitor.JobStatus:
+    """Poll (see `watch`) until the job ends; return its final status, each status (the final one too)
+    handed to `on_status` on the way. Its cluster's error is raised once waiting no longer helps (a
+    refused login, a preset gone, too many failed polls in a row)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     failed: monitor.ClusterError | None = None
     async with contextlib.aclosing(watch([name], poll_max_s, recover)) as polls:
@@ -148,6 +149,8 @@ async def wait(name: str, timeout_s: float | None = None, poll_max_s: float | No
                 continue
             (current,) = report.statuses
             progress.report(f"{current.state.lower()}, frames", current.frames_done, current.frames_total)
+            if on_status is not None:
+                await on_status(current)
             if current.state in TERMINAL:
                 return current
             if deadline is not None and time.monotonic() > deadline:

@@ -20,13 +20,13 @@ from tests.helpers import REPO
 
 FLOORS: dict[str, tuple[str, ...]] = {
     "basics": ("core", "errors", "paths", "display", "progress", "markers", "hostnames", "frames", "local_blender",
-               "scene_settings"),
+               "scene_settings", "notify"),
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers", "batch"),  # with every module inside them
     "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "events", "cluster_blender",
-                "context", "planning", "rounds", "estimate", "calibration", "allocation"),
+                "context", "planning", "rounds", "estimate", "calibration", "allocation", "live"),
     "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe",
-              "readiness", "costs", "video"),
+              "readiness", "costs", "video", "job_end"),
 }
 PRODUCT = ("braas_hpc", "braas_hpc_interactive", "cluster_scripts")
 # Loaded only when chosen: each back end pulls in its own SSH library.
