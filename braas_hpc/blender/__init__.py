@@ -7,10 +7,10 @@ from __future__ import annotations
 
 
 def _classes() -> tuple[type, ...]:
-    from . import addon, ops_estimate, ops_jobs, ops_prefs, preferences, props, ui
+    from . import addon, job_news, ops_estimate, ops_jobs, ops_prefs, preferences, props, ui
 
     return (*preferences.CLASSES, *props.CLASSES, *ops_jobs.CLASSES, *ops_estimate.CLASSES, *addon.CLASSES,
-            *ops_prefs.CLASSES, *ui.CLASSES)
+            *ops_prefs.CLASSES, *job_news.CLASSES, *ui.CLASSES)
 
 
 def _on_load(_dummy: object = None) -> None:

@@ -11,7 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..core import costs, logs, monitor, progress, recovery, registry, service, transfer, video, watch
+from ..core import (
+    costs,
+    job_end,
+    logs,
+    monitor,
+    notify,
+    progress,
+    recovery,
+    registry,
+    service,
+    transfer,
+    video,
+    watch,
+)
 from ..core.cluster_blender import BlenderSource
 from ..core.context import job_context
 from ..core.errors import BraasError, HostKeyUnknown
@@ -38,6 +51,8 @@ class JobRow:
     missing: tuple[int, ...] = ()
     created: float = 0.0
     thumbnail: str = ""  # the finish step's thumb.jpg, fetched once into the data dir
+    preview: str = ""  # the newest frame's small JPEG while it runs (core.live), here
+    progress: str = ""  # each running task within its frame, as a line
 
     @property
     def active(self) -> bool:
@@ -50,11 +65,13 @@ class Refresh:
     # preset (or the job, when its preset is gone) -> why its jobs could not be asked; the others are in rows
     errors: dict[str, str] = field(default_factory=dict)
     recoveries: list[recovery.Recovery] = field(default_factory=list)  # lost frames sent again just now
+    notes: list[str] = field(default_factory=list)  # what downloading frames as they land had to say
 
 
 def _row(status: monitor.JobStatus, created: float, thumbnail: Path | None = None) -> JobRow:
     return JobRow(status.job, status.preset, status.state, status.frames_done, status.frames_total,
-                  status.scheduler_ids, status.missing, created, str(thumbnail) if thumbnail else "")
+                  status.scheduler_ids, status.missing, created, str(thumbnail) if thumbnail else "",
+                  status.preview, ", ".join(t.text() for t in status.progress))
 
 
 thumbnail_path = registry.thumbnail_path
@@ -121,21 +138,34 @@ async def _shown(report: monitor.StatusReport, recoveries: list[recovery.Recover
 FOLLOW_POLL_MAX_S = 60.0
 
 
-async def follow(names: list[str], deliver: Callable[[Refresh], None], first_s: float, growth: float) -> None:
+async def follow(names: list[str], deliver: Callable[[Refresh], None], first_s: float, growth: float,
+                 download_to: dict[str, Path] | None = None) -> None:
     """The panel's follower: the active jobs `names` watched until each has ended (core.watch: lost frames
     resubmitted, the cluster's job watcher streaming what lands), each report handed to `deliver` (called
     on this loop; it must only queue). Polls as the panel always has: the first `first_s` from now, each
     next pause `growth` times the last, at most FOLLOW_POLL_MAX_S; frames the watcher sees land come in
-    between with no poll, and a job's end brings its poll forward (core.events)."""
+    between with no poll, and a job's end brings its poll forward (core.events). The jobs in
+    `download_to` have their new frames fetched into their folder as they land (core.job_end)."""
     await asyncio.sleep(first_s)
     records = await _records()
     names = [name for name in names if name in records]  # one forgotten meanwhile is not asked about
     if not names:
         return
     polls = watch.watch(names, poll_max_s=FOLLOW_POLL_MAX_S, recover=True, first_s=first_s, growth=growth)
+    notes: list[str] = []
+    folders = download_to or {}
+    fetch = job_end.JobEnd(download_to=folders.__getitem__, counts=folders.__contains__, tell=notes.append)
     async with contextlib.aclosing(polls):
         async for report, recoveries in polls:
-            deliver(await _shown(report, recoveries, await _records()))
+            await fetch.seen(report)
+            shown = await _shown(report, recoveries, await _records())
+            shown.notes, notes[:] = list(notes), []
+            deliver(shown)
+
+
+async def notify_desktop(text: str) -> bool:
+    """The system's notification, where there is one (core.notify); never an error."""
+    return await notify.notify("braas-hpc", text)
 
 
 async def forget(name: str, ask: bool = True) -> registry.JobRecord:

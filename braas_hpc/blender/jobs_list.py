@@ -15,8 +15,9 @@ from pathlib import Path
 import bpy
 
 from ..addon_kit.bridge import Operation
+from ..core.errors import BraasError
 from ..core.schedulers.base import PENDING, TERMINAL
-from . import activity, addon
+from . import activity, addon, job_news
 from .addon import runtime
 
 FIRST_INTERVAL_S = 5.0
@@ -29,15 +30,21 @@ def jobs() -> bpy.types.bpy_prop_collection:
     return bpy.context.window_manager.braas_hpc.jobs
 
 
-def apply_rows(rows: Iterable[activity.JobRow]) -> None:
+def apply_rows(rows: Iterable[activity.JobRow]) -> list[tuple[str, str, int, int]]:
+    """The rows in the list; returns the jobs seen to end just now (job, state, frames done, total)."""
     items = jobs()
     index = {item.name: item for item in items}
+    ended = []
     for row in rows:
         item = index.get(row.name)
         if item is None:
             item = items.add()
             item.name = row.name
             index[row.name] = item
+        elif item.state not in TERMINAL and row.state in TERMINAL:
+            ended.append((row.name, row.state, row.frames_done, row.frames_total))
+        item.preview = row.preview
+        item.progress = row.progress if row.state not in TERMINAL else ""
         item.preset = row.preset
         item.state = row.state
         item.frames_done = row.frames_done
@@ -53,6 +60,7 @@ def apply_rows(rows: Iterable[activity.JobRow]) -> None:
             newest = activity.last_frame(folder)
             item.thumbnail = str(newest) if newest else row.thumbnail
     _newest_first(items)
+    return ended
 
 
 def _newest_first(items: bpy.types.bpy_prop_collection) -> None:
@@ -117,8 +125,10 @@ class Follower:
         self.stop()
         self.again, self.retry_at, self.following = False, 0.0, tuple(names)
         put = self.reports.put
+        # "Download frames as they land": each job's frames into its folder, as Download Frames does.
+        fetch = {"download_to": {name: job_folder(name) for name in names}} if _auto_download() else {}
         self.operation = runtime.state.bridge.run(
-            "Following jobs", lambda: activity.follow(names, put, FIRST_INTERVAL_S, GROWTH), FOLLOW,
+            "Following jobs", lambda: activity.follow(names, put, FIRST_INTERVAL_S, GROWTH, **fetch), FOLLOW,
             on_done=_followed)
 
     def stop(self) -> None:
@@ -156,6 +166,13 @@ class Follower:
         return ""
 
 
+def _auto_download() -> bool:
+    try:
+        return bool(addon.preferences().auto_download)
+    except BraasError:
+        return False
+
+
 def _remote(name: str) -> bool:
     item = jobs().get(name)
     return item is None or item.preset != "local"
@@ -185,9 +202,9 @@ def show_refresh(result: activity.Refresh) -> None:
 
 
 def show_rows(result: activity.Refresh) -> str:
-    """The rows in the list; returns the notes to tell."""
-    apply_rows(result.rows)
-    notes = [f"{preset}: {why}" for preset, why in result.errors.items()]
+    """The rows in the list (a job seen to end is announced); returns the notes to tell."""
+    notes = job_news.announce(apply_rows(result.rows))
+    notes += [f"{preset}: {why}" for preset, why in result.errors.items()] + result.notes
     notes += [f"{r.job}: {len(r.plan.frames)} lost frame(s) resubmitted (round {r.round})"
               for r in result.recoveries if r.plan is not None and not r.error]
     notes += [f"{r.job}: lost frames not resubmitted: {r.error}" for r in result.recoveries if r.error]

@@ -122,6 +122,12 @@ def default_storage() -> str:
     return str(Path.home() / "braas-hpc")
 
 
+def _follow_again(_prefs: object, _context: bpy.types.Context) -> None:
+    from .jobs_list import follower
+
+    follower.soon()  # the follower takes the new choice with it
+
+
 class BraasPreferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
@@ -138,6 +144,11 @@ class BraasPreferences(bpy.types.AddonPreferences):
                                    description="The archive's SHA-256 as published next to the download; "
                                    "a download that does not match it is refused")
     catalogue_choice: StringProperty(name="Add from catalogue", default="")
+    auto_download: BoolProperty(name="Download frames as they land", default=False, update=_follow_again,
+                                description="While a job runs, its new frames come into its folder under Job "
+                                "storage by themselves")
+    notify_desktop: BoolProperty(name="Desktop notification when a job ends", default=True,
+                                 description="Besides Blender's own report, where the system shows notifications")
 
     def storage(self) -> Path:
         return Path(bpy.path.abspath(self.storage_dir)) if self.storage_dir else Path(default_storage())

@@ -84,6 +84,8 @@ class JobItem(bpy.types.PropertyGroup):
     local_dir: StringProperty(subtype="DIR_PATH")
     thumbnail: StringProperty(subtype="FILE_PATH")
     video: StringProperty(subtype="FILE_PATH")  # the movie of the frames, here
+    preview: StringProperty(subtype="FILE_PATH")  # while it runs: the newest frame's small JPEG (core.live)
+    progress: StringProperty()  # while it runs: each task within its frame
 
 
 class Runtime(bpy.types.PropertyGroup):

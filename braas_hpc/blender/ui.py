@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 
 import bpy
 
 from ..addon_kit.text import wrap_text
+from ..core.errors import BraasError
 from ..core.schedulers.base import TERMINAL
-from . import checks, jobs_list, ops_estimate, ops_jobs
+from . import addon, checks, jobs_list, ops_estimate, ops_jobs
 from .addon import runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
@@ -24,7 +27,26 @@ def _thumbnails() -> object:
     return _previews["collection"]
 
 
+_live_shown: dict[str, str] = {}  # job -> the preview file (and its time) its icon was loaded from
+
+
+def _live_icon(job: str, path: str) -> int:
+    """The icon of a running job's newest preview: one icon per job, loaded again when a newer preview
+    replaced the file (the collection would keep the first picture under the same name)."""
+    thumbnails = _thumbnails()
+    key = f"live:{job}"
+    try:
+        seen = f"{path}@{os.stat(path).st_mtime_ns}"
+    except OSError:
+        return 0
+    if _live_shown.get(job) != seen or key not in thumbnails:
+        thumbnails.load(key, path, "IMAGE", force_reload=True)
+        _live_shown[job] = seen
+    return thumbnails[key].icon_id
+
+
 def release_thumbnails() -> None:
+    _live_shown.clear()
     collection = _previews.pop("collection", None)
     if collection is not None:
         import bpy.utils.previews
@@ -35,7 +57,7 @@ def release_thumbnails() -> None:
 def draw_status(layout: bpy.types.UILayout) -> None:
     """The status line: what runs now with its progress bar and Abort, or the last message."""
     active = runtime.busy()  # the jobs follower aside: it runs as long as a job is active
-    visible = [op for op in active if op.kind not in ("refresh", "registry")] or active
+    visible = [op for op in active if op.kind not in ("refresh", "registry", "notify")] or active
     for operation in visible[:3]:
         snap = operation.snapshot()
         row = layout.row(align=True)
@@ -156,6 +178,8 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         box.label(text=f"Scheduler ids: {job.scheduler_ids or '-'}   submitted {job.created}")
         if job.missing and job.state in TERMINAL:
             box.label(text=f"Missing frames: {job.missing}")
+        for line in wrap_text(job.progress, 70) if job.progress and job.state not in TERMINAL else ():
+            box.label(text=line, icon="TIME")
         grid = box.grid_flow(columns=3, align=True)
         grid.operator("braas_hpc.download_job", icon="IMPORT")
         grid.operator("braas_hpc.make_video", icon="FILE_MOVIE")
@@ -168,7 +192,12 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         row.prop(context.scene.braas_hpc, "video_codec")
         if job.video:
             row.operator("braas_hpc.open_video", icon="PLAY")
-        if job.thumbnail:
+        with contextlib.suppress(BraasError):  # no preferences: the add-on was registered by hand
+            box.prop(addon.preferences(), "auto_download")
+        if job.preview and job.state not in TERMINAL and (icon := _live_icon(job.name, job.preview)):
+            box.label(text=f"Newest frame: {os.path.basename(job.preview)}", icon="IMAGE_DATA")
+            box.template_icon(icon_value=icon, scale=8.0)
+        elif job.thumbnail:
             thumbnails = _thumbnails()
             if job.thumbnail not in thumbnails:
                 thumbnails.load(job.thumbnail, job.thumbnail, "IMAGE")
@@ -195,6 +224,8 @@ def draw_preferences(prefs: bpy.types.AddonPreferences, context: bpy.types.Conte
     draw_status(layout)
     layout.separator()
     layout.prop(prefs, "storage_dir")
+    layout.prop(prefs, "auto_download")
+    layout.prop(prefs, "notify_desktop")
     layout.label(text="Blender for clusters (Install): a download link and its SHA-256, or empty for scripts only")
     layout.prop(prefs, "blender_version")
     layout.prop(prefs, "blender_url")
