@@ -1,0 +1,105 @@
+"""Live previews and task progress (braas_hpc/core/live.py) come with the status call: the newest preview
+only when it is not the one held here, the running tasks' progress from their logs, and no round trip
+more (counted by tests/unit/test_round_trips.py's recording transport). The real render task writing them
+on the test cluster: tests/integration/test_live_view.py; real Blender logs: tests/blender/test_live_progress.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from braas_hpc.core import live, monitor, registry
+from tests.unit.test_round_trips import RecordingTransport, _job, _measured, _set_states, cluster  # noqa: F401
+
+
+def _jpeg(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (256, 144)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _running(tmp_path: Path, name: str = "job-live") -> tuple[Path, Path]:
+    paths = _job(name, frames=4)
+    job_id = registry.get_job(name).scheduler_ids[0]
+    _set_states(tmp_path, [f"{job_id}_1|RUNNING|0:0", f"{job_id}_2|RUNNING|0:0", f"{job_id}_[3-4]|PENDING|0:0"])
+    return Path(paths.status_dir), Path(paths.log_dir)
+
+
+def test_the_newest_preview_comes_with_the_status_once_and_replaces_the_older(cluster: RecordingTransport,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    status_dir, _ = _running(tmp_path)
+    first = _jpeg(status_dir / "previews" / "frame_000001.jpg", (200, 10, 10))
+    (one,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
+    assert one.preview and Path(one.preview).name == "frame_000001.jpg"
+    assert Path(one.preview).read_bytes() == first
+    assert oct(Path(one.preview).stat().st_mode & 0o777) == "0o600"
+
+    # The same preview is not sent again: the batch's answer holds no picture the second time.
+    answers: list[str] = []
+    real_parse = monitor.batch.parse
+
+    def parse(stdout: str, steps: list) -> object:  # noqa: ANN001
+        answers.append(stdout)
+        return real_parse(stdout, steps)
+
+    monitor.batch.parse = parse
+    try:
+        (two,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
+        assert two.preview == one.preview
+        assert first[:6].hex() not in "".join(answers) and "frame_000001.jpg\t" not in "".join(answers)
+
+        # A task finishes a later frame: its preview replaces the older one here, in the same one call.
+        newer = _jpeg(status_dir / "previews" / "frame_000002.jpg", (10, 10, 200))
+        (three,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
+    finally:
+        monitor.batch.parse = real_parse
+    assert Path(three.preview).name == "frame_000002.jpg" and Path(three.preview).read_bytes() == newer
+    assert sorted(p.name for p in Path(three.preview).parent.glob("*.jpg")) == ["frame_000002.jpg"]
+    assert three.to_json()["preview"] == three.preview
+
+
+def test_a_file_that_is_not_a_small_jpeg_is_not_taken(cluster: RecordingTransport, tmp_path: Path) -> None:  # noqa: F811
+    status_dir, _ = _running(tmp_path)
+    (status_dir / "previews").mkdir()
+    (status_dir / "previews" / "frame_000003.jpg").write_bytes(b"#!/bin/sh\necho not a picture\n")
+    (one,) = asyncio.run(monitor.status(["job-live"]))
+    assert one.preview == ""
+    noise = Image.frombytes("RGB", (600, 400), os.urandom(600 * 400 * 3))
+    noise.save(status_dir / "previews" / "frame_000003.jpg", "JPEG")  # over the cap: left there
+    assert (status_dir / "previews" / "frame_000003.jpg").stat().st_size > live.PREVIEW_BYTES
+    (two,) = asyncio.run(monitor.status(["job-live"]))
+    assert two.preview == ""
+
+
+def test_each_running_task_shows_its_progress_within_its_frame(cluster: RecordingTransport,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    status_dir, log_dir = _running(tmp_path)
+    for task, state in ((1, "running"), (2, "running"), (3, "done")):
+        (status_dir / f"task-{task}.json").write_text(json.dumps({"task": task, "state": state}, indent=1))
+    # Blender 4's own status lines (a tiled render), and the render task's line as Blender 5 needs it.
+    (log_dir / "task-1.log").write_text(
+        "Fra:1 Mem:8.41M (Peak 8.48M) | Time:00:00.01 | Scene, ViewLayer | Rendered 0/4 Tiles, Sample 16/16\r"
+        "Fra:1 Mem:8.41M (Peak 8.48M) | Time:00:00.02 | Scene, ViewLayer | Rendered 2/4 Tiles, Sample 8/16\n"
+        "Fra:1 Mem:8.41M (Peak 8.48M) | Time:00:00.02 | Scene, ViewLayer | Updating Images\n")
+    (log_dir / "task-2.log").write_text("braas-hpc: device CPU\nBRAAS-SAMPLES task=2 frame=2 Sample 48/64\n")
+    (log_dir / "task-3.log").write_text("BRAAS-SAMPLES task=3 frame=3 Sample 1/64\n")  # ended: not shown
+    (one,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
+    assert [t.to_json() for t in one.progress] == [{"task": "task-1", "frame": 1, "percent": 62.5},
+                                                   {"task": "task-2", "frame": 2, "percent": 75.0}]
+
+
+def test_progress_lines_of_every_kind() -> None:
+    assert live.progress_of("Fra:7 Mem:10.3M | Time:00:00.01 | Scene, ViewLayer | Sample 3/16") == (7, 18.8)
+    assert live.progress_of("Mem: 1M | Rendered 1/40 Tiles, Sample 8/16") == (None, 3.8)
+    assert live.progress_of("BRAAS-SAMPLES task=1 frame=12 Sample 64/64") == (12, 100.0)
+    assert live.progress_of("Fra:3 Mem:8M | Scene, ViewLayer | Finished") == (3, 100.0)
+    assert live.progress_of("BRAAS-PROGRESS task=1 frame=4 done=1 total=2 seconds=1.00 status=rendered") == (4, 100.0)
+    assert live.progress_of("Rendered 12/64 samples") == (None, 18.8)
+    assert live.progress_of("") == (None, None)
