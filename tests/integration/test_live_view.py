@@ -49,7 +49,8 @@ def test_previews_progress_auto_download_and_on_done(testbed, sample_scene: Path
         while waiting.poll() is None and time.monotonic() < deadline:
             entry = _json("status", name, "--no-recover")["jobs"][0]
             percents += [t["percent"] for t in entry["progress"] if t["percent"] is not None]
-            assert all(t["task"] in ("task-1", "task-2") and t["frame"] in (None, 1, 2, 3, 4) for t in entry["progress"])
+            assert all(t["task"] in ("task-1", "task-2") and t["frame"] in (None, 1, 2, 3, 4)
+                       for t in entry["progress"]), entry
             if entry["preview"]:
                 try:
                     previews.setdefault(Path(entry["preview"]).name, Path(entry["preview"]).read_bytes())

@@ -16,6 +16,8 @@ import pytest
 from braas_hpc.core import job_end, notify
 from braas_hpc.core.errors import UsageError
 from braas_hpc.core.monitor import JobStatus
+from braas_hpc.core.transport import pool
+from tests.unit.test_round_trips import RecordingTransport, _frames, _job, cluster  # noqa: F401
 
 RECORDER = """import json, os, sys
 with open(sys.argv[1], "a") as out:
@@ -106,3 +108,29 @@ def test_the_other_systems_get_the_text_as_data() -> None:
         or ([], {})
     assert gdbus[0] == "/usr/bin/gdbus" and "'it\\'s'" in gdbus
     assert os.path.basename(gdbus[0]) == "gdbus"
+
+
+def test_frames_download_themselves_as_they_land(cluster: RecordingTransport, tmp_path: Path) -> None:  # noqa: F811
+    """--auto-download with the download verb's code: each report with more frames fetches them, the end once
+    more; nothing for a job that does not count (status --watch: one that had ended before)."""
+    paths = _job("job-auto")
+    _job("job-old")
+    _frames(paths, range(1, 3))
+    ends = job_end.JobEnd(download_to=lambda job: tmp_path / "frames" / job, counts=lambda job: job == "job-auto")
+    folder = tmp_path / "frames" / "job-auto"
+    seen: list[list[str]] = []
+
+    async def go() -> None:
+        try:
+            await ends.status(JobStatus("job-auto", "trips", "RUNNING", 2, 4))
+            seen.append(sorted(p.name for p in folder.iterdir()))
+            _frames(paths, range(3, 5))
+            await ends.status(JobStatus("job-auto", "trips", "COMPLETED", 4, 4))
+            await ends.status(JobStatus("job-old", "trips", "COMPLETED", 4, 4))
+        finally:
+            await pool.close_all()
+
+    asyncio.run(go())
+    assert seen == [["frame_000001.png", "frame_000002.png"]]  # while it ran
+    assert len(list(folder.iterdir())) == 4
+    assert not (tmp_path / "frames" / "job-old").exists()
