@@ -46,20 +46,22 @@ def test_the_newest_preview_comes_with_the_status_once_and_replaces_the_older(cl
     real_parse = monitor.batch.parse
 
     def parse(stdout: str, steps: list) -> object:  # noqa: ANN001
-        answers.append(stdout)
-        return real_parse(stdout, steps)
+        parsed = real_parse(stdout, steps)
+        answers.append(parsed.by_tag["glimpse"].stdout)
+        return parsed
 
     monitor.batch.parse = parse
     try:
         (two,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
         assert two.preview == one.preview
-        assert first[:6].hex() not in "".join(answers) and "frame_000001.jpg\t" not in "".join(answers)
+        assert len(answers) == 1 and not [line for line in answers[0].splitlines() if line.startswith("P\t")]
 
         # A task finishes a later frame: its preview replaces the older one here, in the same one call.
         newer = _jpeg(status_dir / "previews" / "frame_000002.jpg", (10, 10, 200))
         (three,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
     finally:
         monitor.batch.parse = real_parse
+    assert len(answers) == 2 and answers[1].startswith("P\t"), answers
     assert Path(three.preview).name == "frame_000002.jpg" and Path(three.preview).read_bytes() == newer
     assert sorted(p.name for p in Path(three.preview).parent.glob("*.jpg")) == ["frame_000002.jpg"]
     assert three.to_json()["preview"] == three.preview
