@@ -95,6 +95,10 @@ def test_a_desktop_notification_goes_to_notify_send_as_data(tmp_path: Path, monk
 def test_no_notifier_is_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
     assert asyncio.run(notify.notify("braas-hpc", "done")) is False
+    broken = tmp_path / "notify-send"  # there, but it cannot start
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o700)
+    assert asyncio.run(notify.notify("braas-hpc", "done")) is False
     assert notify.notify_argv("t", "x", "linux", lambda _name: None) is None
 
 
