@@ -34,7 +34,7 @@ def test_previews_progress_auto_download_and_on_done(testbed, sample_scene: Path
     # 384x216 (twice the sample): previews are scaled to 256 pixels wide. Enough samples that a frame takes
     # a few seconds, so polls meet tasks within their frames.
     job = _json("submit", str(sample_scene), "--preset", "testbed", "--frames", "1-4", "--chunk", "2",
-                "--resolution-percentage", "200", "--samples", "384", "--retries", "0")
+                "--resolution-percentage", "200", "--samples", "192", "--retries", "0")
     name = job["job"]
     recorder, runs, downloads = tmp_path / "record.py", tmp_path / "runs.jsonl", tmp_path / "frames"
     recorder.write_text(RECORDER)
