@@ -9,10 +9,15 @@ import asyncio
 import io
 import json
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from braas_hpc import cli
 from braas_hpc.core import live, monitor, registry
 from tests.unit.test_round_trips import RecordingTransport, _job, _measured, _set_states, cluster  # noqa: F401
 
@@ -105,3 +110,46 @@ def test_progress_lines_of_every_kind() -> None:
     assert live.progress_of("BRAAS-PROGRESS task=1 frame=4 done=1 total=2 seconds=1.00 status=rendered") == (4, 100.0)
     assert live.progress_of("Rendered 12/64 samples") == (None, 18.8)
     assert live.progress_of("") == (None, None)
+
+
+def test_status_watch_shows_progress_and_preview_then_downloads_and_runs_on_done(
+        cluster: RecordingTransport, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """`status --watch` through the command line (not a terminal: its lines), the job ending at its second poll."""
+    status_dir, log_dir = _running(tmp_path)
+    out_dir = status_dir.parent / "out"
+    (status_dir / "task-1.json").write_text(json.dumps({"task": 1, "state": "running"}, indent=1))
+    (log_dir / "task-1.log").write_text("BRAAS-SAMPLES task=1 frame=1 Sample 16/64\n")
+    _jpeg(status_dir / "previews" / "frame_000001.jpg", (200, 10, 10))
+    job_id = registry.get_job("job-live").scheduler_ids[0]
+    record, runs = tmp_path / "record.py", tmp_path / "runs.txt"
+    record.write_text("import os, sys\nopen(sys.argv[1], 'a').write(os.environ['BRAAS_JOB'] + ' ' + "
+                      "os.environ['BRAAS_STATE'] + ' ' + os.environ['BRAAS_OUTPUT_DIR'] + '\\n')\n")
+    held = live.previews_dir("job-live") / "frame_000001.jpg"
+
+    def end_it() -> None:  # once the first poll has brought the preview: every frame on disk, the tasks done
+        deadline = time.monotonic() + 60
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for n in range(1, 5):
+            (out_dir / f"frame_{n:06d}.png").write_bytes(b"frame %d" % n * 100)
+        _set_states(tmp_path, [f"{job_id}_{t}|COMPLETED|0:0" for t in range(1, 5)])
+
+    ender = threading.Thread(target=end_it)
+    ender.start()
+    code = cli.main(["status", "--watch", "job-live", "--no-recover", "--auto-download", "--download-dir",
+                     str(tmp_path / "frames"), "--on-done", f"{sys.executable} {record} {runs}"])
+    ender.join()
+    shown = capsys.readouterr()
+    assert code == 0, shown
+    assert "job-live  task-1: frame 1 25%" in shown.out and f"job-live  preview {held}" in shown.out, shown.out
+    assert runs.read_text() == f"job-live COMPLETED {tmp_path / 'frames' / 'job-live'}\n"
+    assert len(list((tmp_path / "frames" / "job-live").iterdir())) == 4
+
+
+def test_on_done_and_auto_download_need_a_watch(cluster: RecordingTransport, tmp_path: Path,  # noqa: F811
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _running(tmp_path)
+    assert cli.main(["status", "job-live", "--on-done", "true"]) == 2
+    assert "use them with --watch" in capsys.readouterr().err
+    assert cli.main(["wait", "job-live", "--download-dir", str(tmp_path)]) == 2
+    assert "--download-dir goes with --auto-download" in capsys.readouterr().err
