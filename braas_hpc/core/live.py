@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import registry
 from .jobs import JobPaths
-from .paths import private_dir
+from .paths import private_dir, write_private
 from .registry import JobRecord
 
 PREVIEW_BYTES = 64 * 1024  # a 256-pixel JPEG is a few KiB: anything larger on the cluster is not ours
@@ -107,7 +107,7 @@ def _store(job: str, name: str, key: str, data: bytes) -> Path:
         stream.write(data)
     os.replace(temp, target)
     stamp = folder / f"{_STAMP}.part"
-    stamp.write_text(key, encoding="utf-8")
+    write_private(stamp, key)
     os.replace(stamp, folder / _STAMP)
     for old in folder.iterdir():
         if old.name != name and PREVIEW_NAME.match(old.name):

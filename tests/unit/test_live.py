@@ -44,7 +44,8 @@ def test_the_newest_preview_comes_with_the_status_once_and_replaces_the_older(cl
     (one,) = _measured(cluster, "status 1 job", lambda: monitor.status(["job-live"]))
     assert one.preview and Path(one.preview).name == "frame_000001.jpg"
     assert Path(one.preview).read_bytes() == first
-    assert oct(Path(one.preview).stat().st_mode & 0o777) == "0o600"
+    assert {oct(p.stat().st_mode & 0o777) for p in Path(one.preview).parent.iterdir()} == {"0o600"}
+    assert oct(Path(one.preview).parent.stat().st_mode & 0o777) == "0o700"
 
     # The same preview is not sent again: the batch's answer holds no picture the second time.
     answers: list[str] = []
