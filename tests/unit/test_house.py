@@ -24,7 +24,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers", "batch"),  # with every module inside them
     "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "events", "cluster_blender",
-                "context", "planning", "rounds", "estimate", "calibration", "allocation", "live"),
+                "context", "planning", "rounds", "estimate", "calibration", "allocation", "live", "fanout"),
     "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe",
               "readiness", "costs", "video", "job_end"),
 }

@@ -1,0 +1,223 @@
+"""One animation over several clusters: which frames each cluster gets, and when.
+
+Frames go out in chunks (a chunk is one array task), not all at once: a cluster whose speed is not known
+yet, or whose queue is long, would hold frames another finishes sooner. The group keeps a pool and each
+cluster gets batches from it. What the group knows of a cluster, from what it measured (else from an
+estimate, else the group's mean): seconds per frame of one task, how many tasks it runs at once, and how
+long a batch waits in its queue before its first task starts.
+
+- A cluster is due a batch when what it holds would run dry within its queue wait (so the next batch
+  queues while the last one still renders: a queue wait is paid once per batch, not between batches).
+- A batch is the cluster's share of the pool by throughput, halved (guided self-scheduling: large first
+  batches, few submissions, gentle on each scheduler; small last ones, the clusters end together), and at
+  least as many chunks as it runs at once.
+- A due cluster first takes chunks another cluster holds but has not started, when it would finish them
+  sooner than that cluster could get to them (work stealing): a slow cluster handed a large batch before
+  anything was measured does not hold the film's end. On the cluster a task claims its chunk before
+  rendering it, and taking a chunk is claiming it first, so no frame is rendered twice (the claims are the
+  cluster scripts' part; this module only decides).
+
+The plan is plain data (`Group.to_json`), kept with the job list; the decisions are functions of it and
+of what the clusters report, tested by simulation (tests/unit/test_fanout.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from .errors import UsageError
+
+GUIDE = 2  # a batch is a cluster's share of the pool divided by this
+STEAL_MARGIN = 0.8  # a chunk moves only when it ends this much sooner where it goes (no churn on noise)
+
+
+@dataclass
+class Pace:
+    """How a cluster renders this film, measured or estimated (0: not known)."""
+
+    frame_s: float = 0.0  # seconds per frame in one task
+    slots: int = 0  # tasks it runs at once
+    queue_s: float = 0.0  # from a batch's submission to its first task's start
+
+
+@dataclass
+class Member:
+    preset: str
+    pace: Pace = field(default_factory=Pace)
+    handed: list[tuple[int, ...]] = field(default_factory=list)  # chunks it holds or held, in order
+    done: list[tuple[int, ...]] = field(default_factory=list)
+    batches: int = 0  # hand-outs it got
+
+    def to_json(self) -> dict[str, object]:
+        return {"preset": self.preset, "pace": asdict(self.pace), "handed": [list(c) for c in self.handed],
+                "done": [list(c) for c in self.done], "batches": self.batches}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Member:
+        pace = data.get("pace") or {}
+        return cls(str(data["preset"]), Pace(**pace),  # type: ignore[arg-type]
+                   [tuple(c) for c in data.get("handed", [])],  # type: ignore[union-attr]
+                   [tuple(c) for c in data.get("done", [])],  # type: ignore[union-attr]
+                   int(data.get("batches", 0)))  # type: ignore[call-overload]
+
+
+@dataclass
+class Group:
+    name: str
+    members: list[Member]
+    pool: list[tuple[int, ...]]
+    moved: list[tuple[int, ...]] = field(default_factory=list)  # taken once from a cluster: never again
+
+    @classmethod
+    def plan(cls, name: str, frames: Sequence[int], chunk: int, presets: Sequence[str],
+             estimates: Mapping[str, Pace] | None = None) -> Group:
+        if len(set(presets)) != len(presets) or len(presets) < 2:
+            raise UsageError("a job over several clusters names at least two different presets "
+                             f"(got {', '.join(presets) or 'none'})")
+        if chunk < 1:
+            raise UsageError(f"chunk size must be at least 1, got {chunk}")
+        ordered = sorted(set(frames))
+        chunks = [tuple(ordered[i:i + chunk]) for i in range(0, len(ordered), chunk)]
+        known = estimates or {}
+        return cls(name, [Member(p, known.get(p, Pace())) for p in presets], chunks)
+
+    def member(self, preset: str) -> Member:
+        return next(m for m in self.members if m.preset == preset)
+
+    # ---- what is known of a cluster, filled in from the others where it is not -------------------------
+
+    def _mean(self, attribute: str, fallback: float) -> float:
+        known = [getattr(m.pace, attribute) for m in self.members if getattr(m.pace, attribute) > 0]
+        return sum(known) / len(known) if known else fallback
+
+    def pace(self, preset: str) -> Pace:
+        own = self.member(preset).pace
+        return Pace(own.frame_s or self._mean("frame_s", 1.0), own.slots or max(1, round(self._mean("slots", 1))),
+                    own.queue_s if own.queue_s > 0 else self._mean("queue_s", 0.0))
+
+    def throughput(self, preset: str) -> float:
+        pace = self.pace(preset)
+        return pace.slots / pace.frame_s  # frames per second with every slot busy
+
+    def _drain_s(self, preset: str, frames: Sequence[int]) -> float:
+        """Seconds to render `frames` chunks' worth (a list of chunk lengths) once started."""
+        pace = self.pace(preset)
+        if not frames:
+            return 0.0
+        waves = math.ceil(len(frames) / pace.slots)
+        return waves * max(frames) * pace.frame_s
+
+    # ---- decisions ----------------------------------------------------------------------------------
+
+    def due(self, preset: str, held: Sequence[tuple[int, ...]]) -> bool:
+        """Whether the cluster should get more now: what it holds (`held`: handed, not finished) would
+        run dry within its queue wait. A cluster that was given a batch and has not rendered a frame yet
+        (its queue holds it) gets nothing more until it does: others may take what it holds."""
+        member = self.member(preset)
+        if member.batches and not member.pace.frame_s:
+            return False
+        pace = self.pace(preset)
+        return self._drain_s(preset, [len(c) for c in held]) <= pace.queue_s
+
+    def batch_size(self, preset: str) -> int:
+        if not self.pool:
+            return 0
+        total = sum(self.throughput(m.preset) for m in self.members)
+        share = self.throughput(preset) / total
+        slots = self.pace(preset).slots
+        return min(len(self.pool), max(slots, math.ceil(len(self.pool) * share / GUIDE)))
+
+    def hand_out(self, preset: str) -> list[tuple[int, ...]]:
+        """The next batch from the pool for `preset`'s cluster (taken off the pool)."""
+        size = self.batch_size(preset)
+        batch, self.pool = self.pool[:size], self.pool[size:]
+        member = self.member(preset)
+        member.handed.extend(batch)
+        member.batches += bool(batch)
+        return batch
+
+    def initial(self) -> dict[str, list[tuple[int, ...]]]:
+        """The first batch of every cluster, handed out in turn (so none gets the whole pool)."""
+        return {m.preset: self.hand_out(m.preset) for m in self.members}
+
+    def steal(self, thief: str, waiting: Mapping[str, Sequence[tuple[int, ...]]], busy_s: Mapping[str, float],
+              queued_s: Mapping[str, float] | None = None) -> tuple[str, list[tuple[int, ...]]] | None:
+        """Chunks `thief` should take: from the cluster whose waiting (not started) chunks it would finish
+        sooner than that cluster would reach them. `waiting`: per cluster, its chunks not started, in the
+        order it starts them; `busy_s`: per cluster, seconds until its running tasks free their slots;
+        `queued_s`: per cluster, how long its oldest waiting chunk has waited (a cluster that started
+        nothing yet is known only by that: its chunks go when they waited longer than the thief needs).
+        Returns (victim, chunks taken from the back of its queue), or None."""
+        if not self.member(thief).pace.frame_s:
+            return None  # nothing known of its speed: no reason to prefer it
+        best: tuple[str, list[tuple[int, ...]], int] | None = None
+        for victim, chunks in waiting.items():
+            if victim == thief or not chunks:
+                continue
+            taken = self._worth_taking(thief, victim, chunks, busy_s.get(victim, 0.0),
+                                       (queued_s or {}).get(victim, 0.0))
+            gain = sum(len(c) for c in taken)
+            if taken and (best is None or gain > best[2]):
+                best = (victim, taken, gain)
+        if best is None:
+            return None
+        victim, taken, _ = best
+        victim_member = self.member(victim)
+        victim_member.handed = [c for c in victim_member.handed if c not in taken]
+        self.member(thief).handed.extend(taken)
+        self.moved.extend(taken)
+        return victim, taken
+
+    def _worth_taking(self, thief: str, victim: str, chunks: Sequence[tuple[int, ...]], busy_s: float,
+                      queued_s: float) -> list[tuple[int, ...]]:
+        """From the back of `victim`'s queue, the chunks `thief` would end sooner (by STEAL_MARGIN)."""
+        known = self.member(victim).pace
+        pace = self.pace(victim)
+        still_queued = max(0.0, known.queue_s - queued_s) if known.queue_s else 0.0
+        taken: list[tuple[int, ...]] = []
+        for index in range(len(chunks) - 1, -1, -1):
+            chunk = chunks[index]
+            if chunk in self.moved:
+                break
+            thief_end = self.pace(thief).queue_s + self._drain_s(thief, [len(c) for c in [*taken, chunk]])
+            if known.frame_s:  # the victim's speed is known: when it would end this chunk
+                victim_end = still_queued + busy_s + (index // pace.slots + 1) * len(chunk) * pace.frame_s
+                if thief_end >= victim_end * STEAL_MARGIN:
+                    break
+            elif thief_end >= queued_s:  # known only by its wait so far
+                break
+            taken.append(chunk)
+        return taken
+
+    def next_batch(self, thief: str, waiting: Mapping[str, Sequence[tuple[int, ...]]], busy_s: Mapping[str, float],
+                   queued_s: Mapping[str, float] | None = None) -> tuple[str | None, list[tuple[int, ...]]]:
+        """What a due cluster gets: chunks taken from another (and from which), else a batch of the pool."""
+        taken = self.steal(thief, waiting, busy_s, queued_s)
+        if taken is not None:
+            return taken
+        return None, self.hand_out(thief)
+
+    def observe(self, preset: str, done: Sequence[tuple[int, ...]], pace: Pace) -> None:
+        """What `preset`'s cluster reported: the chunks it finished and its pace as measured (a field
+        left 0 keeps what was known)."""
+        member = self.member(preset)
+        finished = set(done)
+        member.done = [c for c in member.handed if c in finished]
+        member.pace = Pace(pace.frame_s or member.pace.frame_s, pace.slots or member.pace.slots,
+                           pace.queue_s if pace.queue_s > 0 else member.pace.queue_s)
+
+    @property
+    def complete(self) -> bool:
+        return not self.pool and all(set(m.handed) <= set(m.done) for m in self.members)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "members": [m.to_json() for m in self.members],
+                "pool": [list(c) for c in self.pool], "moved": [list(c) for c in self.moved]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Group:
+        return cls(str(data["name"]), [Member.from_json(m) for m in data["members"]],  # type: ignore[union-attr]
+                   [tuple(c) for c in data["pool"]],  # type: ignore[union-attr]
+                   [tuple(c) for c in data.get("moved", [])])  # type: ignore[union-attr]
