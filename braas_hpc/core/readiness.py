@@ -299,7 +299,7 @@ def _gpu_words(preset: Preset, gpus: int) -> list[str]:
 
 
 async def _slurm_gpu_test(transport, preset: Preset) -> Check:  # noqa: ANN001
-    """`sbatch --test-only`: Slurm says whether it would take a one-GPU job on the GPU partition with this
+    """`sbatch --test-only`: Slurm says whether it would take one task's GPUs on the GPU partition with this
     account and QoS, and when it would start; nothing is submitted."""
     key = preset.partition_gpu
     part = preset.partition(key)
@@ -314,7 +314,8 @@ async def _slurm_gpu_test(transport, preset: Preset) -> Check:  # noqa: ANN001
     said = " ".join((done.stderr + done.stdout).split())[:300]
     if done.exit_status == 0:
         return Check("gpu partition", True, f"{key} takes a GPU job ({said})", facts=("gpu_request",))
-    return Check("gpu partition", False, f"{key} refused a one-GPU test job: {said or 'no answer'}",
+    gpus = max(part.gpus_per_task, 1)
+    return Check("gpu partition", False, f"{key} refused a {gpus}-GPU test job: {said or 'no answer'}",
                  "check gpu_request and the partition's access rules with your site (the PI may have to ask "
                  "for GPU access), or set partition_gpu in your own preset")
 
