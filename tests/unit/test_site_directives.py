@@ -88,7 +88,7 @@ SITES: dict[str, Site] = {
         # small-g [D]; --gres=gpu:N as the original add-on [B]; 7 cores per GCD [M]; HIP on MI250X: uncertain.
         gpu=Job(("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7"), device="HIP",
                 finish=("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7")),
-        # A ROCm 6 runtime and compiler: Blender 4.4+ loads ROCm 6 on Linux, the manual's minimum is ROCm 6.0
+        # A ROCm 6 runtime and compiler: recent Blender loads ROCm 6 on Linux, the manual's minimum is ROCm 6.0
         # [D, Blender]; the LUMI module names are unconfirmed [M]. CPU jobs run them too.
         env=("module load LUMI/24.03 partition/G rocm/6.0.3",),
         finish_env=(),  # the summary renders nothing: no GPU modules
