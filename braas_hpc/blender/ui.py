@@ -83,7 +83,8 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout.use_property_split = True
         layout.prop(settings, "preset")
         layout.label(text=ops_jobs.preset_summary(settings.preset), icon="INFO")
-        for line in wrap_text(_unconfirmed(settings.preset), 70):
+        unconfirmed = _unconfirmed(settings.preset)
+        for line in wrap_text(unconfirmed, 70) if unconfirmed else ():
             layout.label(text=line, icon="QUESTION")
         versions, warning = checks.blender_versions(settings.preset, settings.pack)
         layout.label(text=versions, icon="ERROR" if warning else "BLENDER")
