@@ -82,6 +82,14 @@ def test_queues_fail_when_missing_down_or_shorter_and_confirm_equal_limits() -> 
     gone = queues_check(fat, parse_sinfo(SINFO), set())
     assert gone.ok is False and "not on the site: qnone" in gone.found and "not up: qfat" in gone.found
     assert "the site's: qcpu, qfat, qgpu" in gone.found and "partitions" not in gone.facts
+    only_missing = dataclasses.replace(preset, partitions={"qcpu": preset.partitions["qcpu"],
+                                                           "qnone": preset.partitions["qcpu"]})
+    alone = queues_check(only_missing, parse_sinfo(SINFO), set())
+    assert alone.ok is False and alone.found.startswith("not on the site: qnone"), alone
+    qos = dataclasses.replace(preset, partitions={"qcpu": dataclasses.replace(preset.partitions["qcpu"], qos="gold")})
+    assert queues_check(qos, parse_sinfo(SINFO), {"normal", "gold"}).ok is True
+    no_qos = queues_check(qos, parse_sinfo(SINFO), {"normal"})
+    assert no_qos.ok is False and "QoS gold" in no_qos.found, no_qos
 
 
 def test_facts_check_says_what_the_login_confirmed_and_what_is_left() -> None:
