@@ -93,7 +93,6 @@ def test_the_preset_line_says_which_facts_to_check_with_the_site(tmp_path: Path)
         class Labels(Layout):
             def label(self, text="", icon="NONE", **kwargs):
                 texts.append((icon, text))
-        bpy.ops.braas_hpc.preset_add(base="lumi")
         shown = {{}}
         for name in ("lumi", "polaris"):
             bpy.context.scene.braas_hpc.preset = name
