@@ -46,7 +46,7 @@ from .core.errors import (
     connection_failure_kind,
 )
 from .core.jobs import IMAGE_FORMATS, VIDEO_CODECS
-from .core.presets import SSH_BACKENDS, all_presets, load_preset
+from .core.presets import SSH_BACKENDS, all_presets, load_preset, unconfirmed_summary
 from .core.probe import probe
 from .core.schedulers import scheduler_for
 from .core.schedulers.base import TERMINAL
@@ -523,6 +523,7 @@ async def cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"presets": [{"name": p.name, "title": p.title, "scheduler": p.scheduler, "host": p.host,
                                   "yours": not is_builtin(p), "ready": readiness.summary(checks[p.name]),
+                                  "unconfirmed": list(p.unconfirmed),
                                   "checks": [c.to_json() for c in checks[p.name]]} for p in presets]})
         return 0
     table = Table(box=None, pad_edge=False, show_edge=False)
@@ -533,6 +534,9 @@ async def cmd_presets(args: argparse.Namespace) -> int:
         table.add_row(p.name + ("" if is_builtin(p) else " (yours)"), p.scheduler,
                       Text(ready, style="green" if ready == "ready" else "yellow"), p.title)
     out.print(table)
+    for p in presets:  # facts no site page confirmed: the user checks them (`doctor` confirms what a login can)
+        if p.unconfirmed:
+            print(f"{p.name}: {unconfirmed_summary(p)}")
     print("what a preset needs, and how: braas-hpc doctor PRESET; your own: braas-hpc presets add NAME --base SITE")
     return 0
 

@@ -40,7 +40,7 @@ def top(fields: dict[str, Schema], optional: dict[str, Schema] | None = None) ->
             **obj({"schema": {"const": JSON_SCHEMA}, **fields}, optional)}
 
 
-CHECK = obj({"what": STR, "ok": nullable(BOOL), "found": STR, "fix": STR})
+CHECK = obj({"what": STR, "ok": nullable(BOOL), "found": STR, "fix": STR, "facts": STRS})
 JOB_STATUS = {"job": STR, "preset": STR, "state": {"enum": STATES}, "frames_done": INT, "frames_total": INT,
               "tasks": {"type": "object", "additionalProperties": INT}, "scheduler_ids": STRS, "missing": FRAMES,
               "summary": BOOL, "preview": nullable(STR),
@@ -103,7 +103,7 @@ SCHEMAS: dict[str, Schema] = {
     "workdir --set": top({"preset": STR, "workdir": STR, "file": STR}),
     "presets": top({"presets": {"type": "array", "items": obj(
         {"name": STR, "title": STR, "scheduler": STR, "host": STR, "yours": BOOL, "ready": STR,
-         "checks": {"type": "array", "items": CHECK}})}}),
+         "unconfirmed": STRS, "checks": {"type": "array", "items": CHECK}})}}),
     "presets add": top({"name": STR, "file": STR, "ready": STR, "checks": {"type": "array", "items": CHECK}}),
     "doctor": top({"preset": STR, "ready": STR, "checks": {"type": "array", "items": CHECK}}),
     "keeper": top({"running": BOOL}, {

@@ -20,8 +20,8 @@ TESTBED_CPUS = 2
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):  # float: billing_factor; repr() of a float is valid TOML
+        return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # JSON string escapes are valid TOML basic strings
     if isinstance(value, tuple | list):

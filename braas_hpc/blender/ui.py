@@ -10,6 +10,7 @@ import bpy
 
 from ..addon_kit.text import wrap_text
 from ..core.errors import BraasError
+from ..core.presets import load_preset, unconfirmed_summary
 from ..core.schedulers.base import TERMINAL
 from . import addon, checks, jobs_list, ops_estimate, ops_jobs
 from .addon import runtime
@@ -103,6 +104,9 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout.use_property_split = True
         layout.prop(settings, "preset")
         layout.label(text=ops_jobs.preset_summary(settings.preset), icon="INFO")
+        unconfirmed = _unconfirmed(settings.preset)
+        for line in wrap_text(unconfirmed, 70) if unconfirmed else ():
+            layout.label(text=line, icon="QUESTION")
         versions, warning = checks.blender_versions(settings.preset, settings.pack)
         layout.label(text=versions, icon="ERROR" if warning else "BLENDER")
         for line in wrap_text(warning, 70) if warning else ():
@@ -252,6 +256,15 @@ def _draw_preset(item: object, box: bpy.types.UILayout) -> None:
         if candidate.writable:
             use = row.operator("braas_hpc.use_workdir")
             use.preset, use.path = item.name, candidate.name
+
+
+def _unconfirmed(name: str) -> str:
+    """The preset's facts no site page confirmed ("unconfirmed: check with your site: ..."); empty when none
+    (or when the preset does not load: the summary line above shows that error)."""
+    try:
+        return unconfirmed_summary(load_preset(name))
+    except BraasError:
+        return ""
 
 
 class BRAAS_HPC_UL_presets(bpy.types.UIList):

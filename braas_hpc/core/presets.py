@@ -33,6 +33,11 @@ ALLOCATION_FORMATS = ("it4ifree", "lumi-allocations", "saldo", "sbank")  # parse
 MAX_KEEP_CONNECTION_MIN = 24 * 60  # a kept login outlives no working day
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: `$` would let "name\n" pass
 _WORKDIR_PUNCTUATION = frozenset("/_.-+@")
+# The facts of a preset that a site page either confirms or not (docs/presets.md gives each its source). An entry
+# of `unconfirmed` is one of these, or "fact:PARTITION" for one partition's (e.g. "walltime:qcpu_preempt").
+FACTS = ("host", "login", "partitions", "walltime", "gpu_request", "cores", "modules", "directives", "account",
+         "cycles_device", "blender", "workdir", "arrays", "job_limits", "finish")
+UNCONFIRMED_NOTE = "unconfirmed: check with your site"
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,9 @@ class Preset:
     # ALLOCATION_FORMATS it prints; empty: the site has none that braas-hpc reads.
     allocation_command: tuple[str, ...] = ()
     allocation_format: str = ""
+    # Facts no page of the site confirmed (FACTS, or "fact:PARTITION"): shown as "unconfirmed: check with your
+    # site" by `presets` and the panel; `doctor` says which of them the login node confirms.
+    unconfirmed: tuple[str, ...] = ()
     base: str = ""  # a user preset's built-in parent: every key not set here comes from it
     source: str = ""  # the file it was read from, for messages
 
@@ -234,6 +242,7 @@ def _check_values(p: Preset) -> None:
                               f"got {line!r}")
     _check_ffmpeg(p, where)
     _check_partitions(p, where)
+    _check_unconfirmed(p, where)
     _check_billing(p, where)
     if not p.is_local:
         _check_directive_words(p, where)
@@ -260,6 +269,32 @@ def _check_numbers(p: Preset, where: str) -> None:
     if not 0 <= p.keep_connection_min <= MAX_KEEP_CONNECTION_MIN:
         raise PresetError(f"{where}: keep_connection_min must be 0 (no kept connection) to {MAX_KEEP_CONNECTION_MIN} "
                           f"minutes, got {p.keep_connection_min}")
+
+
+def _check_unconfirmed(p: Preset, where: str) -> None:
+    for entry in p.unconfirmed:
+        fact, _, partition = entry.partition(":")
+        if fact not in FACTS:
+            raise PresetError(f"{where}: unconfirmed {entry!r} is not a fact of a preset; facts: {', '.join(FACTS)} "
+                              "(or FACT:PARTITION)")
+        if partition and partition not in p.partitions:
+            raise PresetError(f"{where}: unconfirmed {entry!r} names no partition of [partitions] "
+                              f"({', '.join(p.partitions) or 'none'})")
+
+
+def unconfirmed_summary(preset: Preset) -> str:
+    """One line for the faces: which facts to check with the site, partitions grouped after their fact;
+    empty when every fact has a source."""
+    if not preset.unconfirmed:
+        return ""
+    grouped: dict[str, list[str]] = {}
+    for entry in preset.unconfirmed:
+        fact, _, partition = entry.partition(":")
+        grouped.setdefault(fact, [])
+        if partition:
+            grouped[fact].append(partition)
+    words = [f"{fact} ({', '.join(parts)})" if parts else fact for fact, parts in grouped.items()]
+    return f"{UNCONFIRMED_NOTE}: {', '.join(words)}"
 
 
 def _check_billing(p: Preset, where: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +31,10 @@ class Check:
     ok: bool | None  # None: fine as far as this computer knows; the cluster has the last word
     found: str
     fix: str = ""
+    facts: tuple[str, ...] = ()  # facts of the preset (presets.FACTS) this check confirmed on the site
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "facts": list(self.facts)}
 
 
 def local_checks(preset: Preset, cache: HashCache | None = None) -> list[Check]:
@@ -129,7 +131,8 @@ async def doctor(preset_name: str, backend: str | None = None) -> list[Check]:
     if preset.workdir:
         checks.append(await _scripts(transport, preset))
     checks.append(await _blender(transport, preset))
-    return checks
+    checks.extend(await site_checks(transport, preset))
+    return [*checks, facts_check(preset, checks)]
 
 
 async def _slurm_account(transport, preset: Preset) -> Check:  # noqa: ANN001
@@ -177,6 +180,178 @@ async def _blender(transport, preset: Preset) -> Check:  # noqa: ANN001
     # A login shell may print the site's banner first: the version is the line that starts "Blender".
     line = next((text.strip() for text in done.stdout.splitlines() if text.startswith("Blender")), "")
     if line:
-        return Check("blender", True, f"{line} ({command})")
+        return Check("blender", True, f"{line} ({command})", facts=("blender",))
     return Check("blender", False, f"`{command}` does not run on the login node",
                  f"braas-hpc install {preset.name} --blender-url URL --blender-sha256 HEX (or --blender-path PATH)")
+
+
+# ---- what a login node can tell about the preset's site facts: queues, the GPU partition, module lines ----
+
+# Partition|available|time limit, one line each (Slurm prints "infinite" or [days-]hours:minutes:seconds).
+_SINFO = ["sinfo", "--noheader", "--format=%R|%a|%l"]
+_SLURM_QOS = ["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=name"]
+_ENV_OK = "braas-hpc: the lines ran"
+
+
+async def site_checks(transport, preset: Preset) -> list[Check]:  # noqa: ANN001
+    """The queues the preset names exist (with their limits), the GPU partition takes a GPU job, the module
+    lines load in a login shell. Only Slurm and PBS Pro queues can be listed; other schedulers say so."""
+    checks: list[Check] = []
+    if preset.scheduler == "slurm":
+        site = parse_sinfo((await transport.run(_SINFO, check=False)).stdout)
+        qos = set((await transport.run(["sh", "-c", " ".join(_SLURM_QOS) + " 2>/dev/null"], check=False))
+                  .stdout.split())
+        checks.append(queues_check(preset, site, qos))
+        if preset.partition_gpu and checks[-1].ok is not False:
+            checks.append(await _slurm_gpu_test(transport, preset))
+    elif preset.scheduler == "pbs":
+        done = await transport.run(["qstat", "-Q"], check=False)
+        site = parse_qstat_queues(done.stdout)
+        checks.append(queues_check(preset, {name: (enabled, None) for name, enabled in site.items()}, set()))
+    else:
+        checks.append(Check("queues", None, f"not listed on {preset.scheduler} (only Slurm and PBS Pro queues are)"))
+    checks.append(await _modules(transport, preset))
+    return checks
+
+
+def _queue_names(preset: Preset) -> dict[str, str]:
+    """The site's name of every partition or queue the preset sends jobs to, by its key in the preset."""
+    if not preset.partitions:
+        return {name: name for name in (preset.partition_cpu, preset.partition_gpu) if name}
+    if "--partition" in preset.drop_directives:  # the keys are QoS names (MareNostrum 5): no partition is sent
+        return {}
+    return {key: part.partition or key for key, part in preset.partitions.items()}
+
+
+def parse_sinfo(text: str) -> dict[str, tuple[bool, int | None]]:
+    """`sinfo --format=%R|%a|%l` as {partition: (up, walltime limit in minutes or None for infinite)}."""
+    site: dict[str, tuple[bool, int | None]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0]:
+            site[parts[0]] = (parts[1] == "up", slurm_minutes(parts[2]))
+    return site
+
+
+def slurm_minutes(limit: str) -> int | None:
+    """A Slurm time limit ("2-00:00:00", "30:00", "infinite") in minutes; None when unlimited or unreadable."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", limit.strip())
+    if not match:
+        return None
+    days, first, second, third = (int(g) if g else 0 for g in match.groups())
+    if match.group(4) is not None:  # [d-]h:m:s
+        return days * 1440 + first * 60 + second
+    if match.group(3) is not None:  # m:s, or d-h:m
+        return days * 1440 + first * 60 + second if match.group(1) else first
+    return days * 1440 + first * 60 if match.group(1) else first  # d-h, or plain minutes
+
+
+def parse_qstat_queues(text: str) -> dict[str, bool]:
+    """`qstat -Q` (PBS Pro) as {queue: enabled and started}."""
+    queues: dict[str, bool] = {}
+    started = False
+    for line in text.splitlines():
+        if line.startswith("---"):
+            started = True
+            continue
+        words = line.split()
+        if started and len(words) >= 5:
+            queues[words[0]] = words[3] == "yes" and words[4] == "yes"
+    return queues
+
+
+def queues_check(preset: Preset, site: dict[str, tuple[bool, int | None]], qos: set[str]) -> Check:
+    """Each queue the preset names against the site's list: missing or down fails; a walltime limit below the
+    preset's fails (a job would be refused); the same limit confirms it."""
+    if not site:
+        return Check("queues", None, "the site listed no queues to this login")
+    names = _queue_names(preset)
+    missing = sorted(key for key, name in names.items() if name not in site)
+    down = sorted(key for key, name in names.items() if name in site and not site[name][0])
+    wanted_qos = sorted({part.qos for part in preset.partitions.values() if part.qos})
+    missing += [f"QoS {q}" for q in wanted_qos if qos and q not in qos]
+    shorter, same = [], []
+    for key, name in names.items():
+        limit = site.get(name, (True, None))[1]
+        ours = preset.partition(key).max_walltime_min
+        if limit is not None and limit < ours:
+            shorter.append(f"{key} allows {limit} min, the preset {ours}")
+        elif limit == ours:
+            same.append(f"walltime:{key}")
+    facts = [*(["partitions"] if names and not missing and not down else []), *same]
+    if missing or down or shorter:
+        problems = ([f"not on the site: {', '.join(missing)}"] if missing else []) + \
+                   ([f"not up: {', '.join(down)}"] if down else []) + shorter
+        return Check("queues", False, "; ".join(problems) + f" (the site's: {', '.join(sorted(site))})",
+                     f"choose another with --partition, or fix partitions in your own preset "
+                     f"(braas-hpc presets add {preset.name} --base ...; see docs/presets.md)",
+                     facts=tuple(same))
+    found = ", ".join(names.values()) if names else "none sent as partitions"
+    qos_note = f"; QoS {', '.join(wanted_qos)}" + (" listed" if qos else " (not listed to you)") if wanted_qos else ""
+    return Check("queues", True, f"{found}{qos_note}", facts=tuple(facts))
+
+
+def _gpu_words(preset: Preset, gpus: int) -> list[str]:
+    from .schedulers import scheduler_for  # the schedulers build on presets: imported when asked
+
+    word = scheduler_for(preset.scheduler).gpu_request(preset)
+    return {"gpus": [f"--gpus={gpus}"], "gres": [f"--gres=gpu:{gpus}"]}.get(word, [])
+
+
+async def _slurm_gpu_test(transport, preset: Preset) -> Check:  # noqa: ANN001
+    """`sbatch --test-only`: Slurm says whether it would take one task's GPUs on the GPU partition with this
+    account and QoS, and when it would start; nothing is submitted."""
+    key = preset.partition_gpu
+    part = preset.partition(key)
+    argv = ["sbatch", "--test-only", "--time=5", "--nodes=1", *_gpu_words(preset, max(part.gpus_per_task, 1))]
+    if "--partition" not in preset.drop_directives:
+        argv.append(f"--partition={part.partition or key}")
+    if part.qos:
+        argv.append(f"--qos={part.qos}")
+    if preset.account:
+        argv.append(f"--account={preset.account}")
+    done = await transport.run([*argv, "--wrap=true"], check=False, timeout=60)
+    said = " ".join((done.stderr + done.stdout).split())[:300]
+    if done.exit_status == 0:
+        return Check("gpu partition", True, f"{key} takes a GPU job ({said})", facts=("gpu_request",))
+    gpus = max(part.gpus_per_task, 1)
+    return Check("gpu partition", False, f"{key} refused a {gpus}-GPU test job: {said or 'no answer'}",
+                 "check gpu_request and the partition's access rules with your site (the PI may have to ask "
+                 "for GPU access), or set partition_gpu in your own preset")
+
+
+async def _modules(transport, preset: Preset) -> Check:  # noqa: ANN001
+    """The preset's env lines (module loads) run in a login shell, as a job runs them; the first failing line
+    stops them (set -e), and the site's own message is shown."""
+    installed = installed_blender(preset.name)
+    env = installed.env if installed else preset.env
+    sets = [tuple(env)] + ([tuple(preset.finish_env)] if preset.finish_env else [])
+    if not any(sets):
+        return Check("modules", True, "the preset loads no modules", facts=("modules",))
+    for lines in sets:
+        script = "\n".join(["set -e", *lines, f"echo '{_ENV_OK}'"])
+        try:
+            done = await transport.run(["bash", "-lc", script], check=False, timeout=120)
+        except BraasError as exc:
+            return Check("modules", False, f"the module lines did not finish: {exc}")
+        if done.exit_status != 0 or _ENV_OK not in done.stdout:
+            said = " ".join(done.stderr.split())[-300:] or f"exit status {done.exit_status}"
+            return Check("modules", False, f"`{'; '.join(lines)}` failed: {said}",
+                         "list the site's modules on the login node (`module avail`, `module spider rocm`) and "
+                         "put the right lines in env of your own preset (docs/presets.md)")
+    return Check("modules", True, "; ".join(line for lines in sets for line in lines), facts=("modules",))
+
+
+def facts_check(preset: Preset, checks: list[Check]) -> Check:
+    """Which of the preset's unconfirmed facts this login confirmed, and which only a render (or the site's
+    support) can."""
+    confirmed = {fact for check in checks if check.ok for fact in check.facts}
+    done = [f for f in preset.unconfirmed if f in confirmed or f.partition(":")[0] in confirmed - {"walltime"}]
+    left = [f for f in preset.unconfirmed if f not in done]
+    if not preset.unconfirmed:
+        return Check("site facts", True, "every fact of the preset has a source (docs/presets.md)")
+    found = (f"confirmed here: {', '.join(done)}; " if done else "") + \
+        (f"still unconfirmed: {', '.join(left)}" if left else "all confirmed")
+    return Check("site facts", None if left else True, found,
+                 "a one-frame test render confirms the rest (braas-hpc submit SCENE --preset "
+                 f"{preset.name} --frames 1)" if left else "", facts=tuple(done))

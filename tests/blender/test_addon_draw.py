@@ -81,3 +81,26 @@ def test_every_panel_draws_with_the_real_ui_api(tmp_path: Path) -> None:
     for call in ("prop", "operator", "template_list", "progress", "label"):
         assert call in got["calls"]
     assert got["count"] > 60
+
+
+def test_the_preset_line_says_which_facts_to_check_with_the_site(tmp_path: Path) -> None:
+    """The panel shows, under the cluster choice, the preset's facts no site page confirmed."""
+    scene = make_sample(tmp_path / "scene")
+    got = Session(tmp_path / "user").run(prelude=RECORDER, script=f"""
+        from braas_hpc.blender import ui
+        bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
+        texts = []
+        class Labels(Layout):
+            def label(self, text="", icon="NONE", **kwargs):
+                texts.append((icon, text))
+        shown = {{}}
+        for name in ("lumi", "polaris"):
+            bpy.context.scene.braas_hpc.preset = name
+            texts.clear()
+            ui.BRAAS_HPC_PT_new_job.draw(types.SimpleNamespace(layout=Labels()), bpy.context)
+            shown[name] = [text for icon, text in texts if icon == "QUESTION"]
+        result["shown"] = shown
+    """)
+    lumi = " ".join(got["shown"]["lumi"])
+    assert lumi.startswith("unconfirmed: check with your site:") and "modules" in lumi, got
+    assert got["shown"]["polaris"] == [], got  # every Polaris fact has a source

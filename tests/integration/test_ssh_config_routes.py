@@ -8,6 +8,7 @@ session on it proves the connection went through the jump host (or the ProxyComm
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from braas_hpc.core.errors import ConnectionFailed, PresetError
+from braas_hpc.core.errors import AuthenticationFailed, ConnectionFailed, PresetError
 from braas_hpc.core.transport import SSHTarget, Transport, make_transport
 from tests.testbed import sshlab
 
@@ -83,7 +84,8 @@ def test_option_the_back_end_cannot_honour_is_refused(testbed, tmp_path: Path, b
         asyncio.run(_where(make_transport(backend, target)))
 
 
-# ---- CertificateFile: a private sshd on loopback that accepts only certificates of a test CA --------
+# ---- Certificates (Leonardo's step-ca login): a private sshd on loopback that accepts only certificates of a
+# test CA (TrustedUserCAKeys, no authorized_keys), the certificate in a file (CertificateFile) or in the agent --
 
 
 def _free_port() -> int:
@@ -157,6 +159,75 @@ def test_certificate_file_logs_in(cert_sshd: tuple[int, Path], backend: str) -> 
     target = SSHTarget(host="cert-only", ssh_config=str(config), use_agent=False, connect_timeout=15)
     words = asyncio.run(_where(make_transport(backend, target)))
     assert words[2:4] == ["127.0.0.1", str(port)]
+
+
+@pytest.fixture
+def cert_in_agent(cert_sshd: tuple[int, Path], tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, Path, Path]]:
+    """As `step ssh login` leaves it: the key and its certificate only in an ssh-agent (a private one, its
+    socket in a 0700 directory), no key file on disk; the ssh config names neither. Yields (port, config,
+    agent socket)."""
+    port, _config_with_file = cert_sshd
+    d = tmp_path / "cert"
+    agent_dir = tmp_path / "agent"
+    agent_dir.mkdir(mode=0o700)
+    shutil.copy(d / "user", agent_dir / "id")
+    shutil.copy(d / "signed-by-ca.pub", agent_dir / "id-cert.pub")  # ssh-add adds a key's -cert.pub with it
+    sock = agent_dir / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        added = subprocess.run(["ssh-add", str(agent_dir / "id")], env=env, capture_output=True, text=True)
+        assert "Certificate added" in added.stderr, added.stderr
+        for name in ("id", "id-cert.pub"):
+            (agent_dir / name).unlink()
+        listed = subprocess.run(["ssh-add", "-L"], env=env, capture_output=True, text=True).stdout
+        assert "-cert-v01@openssh.com" in listed, listed
+        config = tmp_path / "agent-config"
+        config.write_text(f"Host cert-agent\n    HostName 127.0.0.1\n    Port {port}\n    User {_signed_user(d)}\n"
+                          f"    UserKnownHostsFile {d / 'known_hosts'}\n")
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh keys of the machine's own user in the way
+        yield port, config, sock
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def _signed_user(cert_dir: Path) -> str:
+    """The cluster user the test CA signed for (the fixture's config says it)."""
+    return next(line.split()[1] for line in (cert_dir / "config").read_text().splitlines()
+                if line.strip().startswith("User "))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_certificate_in_the_agent_logs_in(cert_in_agent: tuple[int, Path, Path], backend: str) -> None:
+    port, config, _sock = cert_in_agent
+    target = SSHTarget(host="cert-agent", ssh_config=str(config), use_agent=True, connect_timeout=15)
+    words = asyncio.run(_where(make_transport(backend, target)))
+    assert words[2:4] == ["127.0.0.1", str(port)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_key_without_its_certificate_is_refused(cert_in_agent: tuple[int, Path, Path], backend: str) -> None:
+    """The sshd trusts the CA only: the same key, its certificate removed from the agent, gets no session."""
+    _port, config, sock = cert_in_agent
+    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+    plain = subprocess.run(["ssh-add", "-L"], env=env, capture_output=True, text=True).stdout.splitlines()
+    cert_line = next(line for line in plain if "-cert-v01@openssh.com" in line)
+    certificate = Path(str(sock) + ".cert.pub")
+    certificate.write_text(cert_line + "\n")
+    done = subprocess.run(["ssh-add", "-d", str(certificate)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    left = subprocess.run(["ssh-add", "-L"], env=env, capture_output=True, text=True).stdout
+    assert "-cert-v01@openssh.com" not in left and "ssh-ed25519" in left, left  # the plain key is still there
+    target = SSHTarget(host="cert-agent", ssh_config=str(config), use_agent=True, connect_timeout=15)
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(_where(make_transport(backend, target)))
 
 
 @pytest.fixture

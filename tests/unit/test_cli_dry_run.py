@@ -95,7 +95,7 @@ def test_dry_run_works_for_every_preset_without_an_account(user_dirs: dict[str, 
 def test_gpu_only_preset_asked_for_a_cpu_job_says_add_gpu(user_dirs: dict[str, str]) -> None:
     done = run_cli("submit", SCENE, "--preset", "polaris", "--frames", "1", "--dry-run")
     assert done.returncode == 2
-    assert "preset polaris has no CPU partition (add --gpu); its partitions: capacity (gpu), debug (gpu)" \
+    assert "preset polaris has no CPU partition (add --gpu); its partitions: debug (gpu), debug-scaling (gpu)" \
         in done.stderr
 
 

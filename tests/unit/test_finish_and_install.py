@@ -83,19 +83,20 @@ def test_a_gpu_job_at_it4i_never_sends_its_finish_to_qcpu(partition: str) -> Non
 
 def test_the_finish_goes_to_qcpu_only_when_the_preset_says_so(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A site (or a user whose project has CPU hours) may name the finish step's partition per partition."""
+    """A site (or a user whose project has CPU hours) may name the finish step's partition per partition (qcpu
+    itself sends its finish on to qcpu_exp, so the chain ends there)."""
     monkeypatch.setenv("BRAAS_HPC_CONFIG_DIR", str(tmp_path))
     (tmp_path / "presets").mkdir()
     text = (BUILTIN_DIR / "karolina.toml").read_text().replace(
         'cycles_device = "CUDA"\nmax_walltime_min = 2880\nnote = "8x', 'cycles_device = "CUDA"\n'
-        'max_walltime_min = 2880\nfinish = "qcpu"\nnote = "8x', 1)
-    assert 'finish = "qcpu"' in text
+        'max_walltime_min = 2880\nfinish = "qcpu_exp"\nnote = "8x', 1)
+    assert 'finish = "qcpu_exp"' in text
     (tmp_path / "presets" / "karolina.toml").write_text(text)
     spec, preset = _spec("karolina", gpu=True)
     finish, _ = finish_request(spec, preset)
-    assert (finish.partition, finish.gpus, finish.cpus) == ("qcpu", 0, 1)
+    assert (finish.partition, finish.gpus, finish.cpus) == ("qcpu_exp", 0, 1)
     lines = _directives(_finish_text(spec, preset))
-    assert "#SBATCH --partition=qcpu" in lines and not [line for line in lines if "--gpus" in line], lines
+    assert "#SBATCH --partition=qcpu_exp" in lines and not [line for line in lines if "--gpus" in line], lines
 
 
 def test_the_finish_at_lumi_loads_no_gpu_modules() -> None:

@@ -56,9 +56,10 @@ class Site:
 SITES: dict[str, Site] = {
     "karolina": Site(
         "slurm", account_required=True,  # -A PROJECT-ID is mandatory [D]
-        # qcpu: whole nodes [D]; its finish: one core asked, a node given (granularity 1 node [D]).
+        # qcpu: whole nodes [D]; its finish goes to the express queue, whose nodes "may be allocated on a per
+        # core basis" and which keeps 2 nodes of its own [D, resources-allocation-policy, 2026-12-07]: one core.
         cpu=Job(("--partition=qcpu", "--exclusive"), absent=("--cpus-per-task",),
-                finish=("--partition=qcpu", "--cpus-per-task=1")),
+                finish=("--partition=qcpu_exp", "--cpus-per-task=1")),
         # qgpu: `--gpus 1` gives one A100 and 16 cores [D]; A100 has no RT cores: CUDA. Its finish stays in
         # qgpu: Karolina GPU node-hours are a project's own resource, billed per GPU (1/8 node) [D].
         gpu=Job(("--partition=qgpu", "--gpus=1", "--cpus-per-task=16"), absent=("--gres",), device="CUDA",
@@ -87,8 +88,9 @@ SITES: dict[str, Site] = {
         # small-g [D]; --gres=gpu:N as the original add-on [B]; 7 cores per GCD [M]; HIP on MI250X: uncertain.
         gpu=Job(("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7"), device="HIP",
                 finish=("--partition=small-g", "--gres=gpu:1", "--cpus-per-task=7")),
-        # ROCm modules as the original add-on loads them [B], NOT verified; CPU jobs run them too.
-        env=("module load LUMI/23.09 partition/G PrgEnv-gnu/8.3.3 craype-accel-amd-gfx90a rocm/5.2.3",),
+        # A ROCm 6 runtime and compiler: recent Blender loads ROCm 6 on Linux, the manual's minimum is ROCm 6.0
+        # [D, Blender]; the LUMI module names are unconfirmed [M]. CPU jobs run them too.
+        env=("module load LUMI/24.03 partition/G rocm/6.0.3",),
         finish_env=(),  # the summary renders nothing: no GPU modules
 
     ),
@@ -140,16 +142,19 @@ SITES: dict[str, Site] = {
     "polaris": Site(
         "pbs", account_required=True,  # -A is mandatory [D]
         cpu=None,  # every node carries 4 A100: no CPU default (the project's choice, from [D] hardware)
-        # capacity queue [D, snapshot]; jobs never share nodes [D]: one whole node, no ngpus.
-        gpu=Job(("-q capacity", "-l select=1"), device="CUDA", finish=("-q capacity", "-l select=1:ncpus=1")),
+        # preemptable: 1-10 nodes, 72 h, the only queue for 1-node jobs past an hour (prod takes 10 or more; no
+        # capacity queue) [D, polaris/running-jobs, 2026-12-07]; jobs never share nodes [D]: no ngpus.
+        gpu=Job(("-q preemptable", "-l select=1", "-r y"), device="CUDA",
+                finish=("-q preemptable", "-l select=1:ncpus=1")),
         # -l filesystems=home:eagle is mandatory (Grand is retired) [D]; place=scatter is documented [D].
         every_job=("-l filesystems=home:eagle", "-l place=scatter"),
     ),
     "aurora": Site(
         "pbs", account_required=True,  # as Polaris [D]
         cpu=None,
-        # capacity queue [D, snapshot]; a task takes the whole node (6 GPU Max 1550) [D]; ONEAPI: uncertain.
-        gpu=Job(("-q capacity", "-l select=1"), device="ONEAPI", finish=("-q capacity", "-l select=1:ncpus=1")),
+        # prod, a routing queue for 1-node jobs in the newest table the research saw [U: not read again]; a task
+        # takes the whole node (6 GPU Max 1550) [D]; ONEAPI on this GPU: unconfirmed.
+        gpu=Job(("-q prod", "-l select=1"), device="ONEAPI", finish=("-q prod", "-l select=1:ncpus=1")),
         # -l filesystems=flare is required [D]; place=scatter and -k doe are the recommended options [D].
         every_job=("-l filesystems=flare", "-l place=scatter", "-k doe"),
     ),

@@ -1,7 +1,7 @@
 #!/bin/bash
 #PBS -N golden-job
 #PBS -A PROJ-1
-#PBS -q capacity
+#PBS -q prod
 #PBS -l select=1
 #PBS -l walltime=01:00:00
 #PBS -J 1-20%8

@@ -1,7 +1,7 @@
 #!/bin/bash
 #PBS -N golden-job-finish
 #PBS -A PROJ-1
-#PBS -q capacity
+#PBS -q prod
 #PBS -l select=1:ncpus=1
 #PBS -l walltime=00:15:00
 #PBS -j oe

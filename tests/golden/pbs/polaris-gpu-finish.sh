@@ -1,14 +1,14 @@
 #!/bin/bash
 #PBS -N golden-job-finish
 #PBS -A PROJ-1
-#PBS -q capacity
+#PBS -q preemptable
 #PBS -l select=1:ncpus=1
 #PBS -l walltime=00:15:00
+#PBS -r y
 #PBS -j oe
 #PBS -o /cluster/work/braas-hpc/jobs/golden-job/log/pbs-golden-job-finish.log
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
-#PBS -r y
 
 # braas-hpc job golden-job: finish step of round 0 (summary.json, thumb.jpg)
 set -u

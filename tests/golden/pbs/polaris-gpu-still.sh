@@ -1,14 +1,14 @@
 #!/bin/bash
 #PBS -N golden-job
 #PBS -A PROJ-1
-#PBS -q capacity
+#PBS -q preemptable
 #PBS -l select=1
 #PBS -l walltime=01:00:00
+#PBS -r y
 #PBS -j oe
 #PBS -o /cluster/work/braas-hpc/jobs/golden-job/log/pbs-golden-job.log
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
-#PBS -r y
 
 # braas-hpc job golden-job: 1 task(s), frames per task in frames.txt
 set -u

@@ -1,7 +1,7 @@
 #!/bin/bash
 #SBATCH --job-name=golden-job-finish
 #SBATCH --account=PROJ-1
-#SBATCH --partition=qcpu
+#SBATCH --partition=qcpu_exp
 #SBATCH --time=00:15:00
 #SBATCH --nodes=1
 #SBATCH --ntasks=1

@@ -12,7 +12,7 @@
 # braas-hpc job golden-job: 1 task(s), frames per task in frames.txt
 set -u
 umask 077  # frames, logs and markers are the user's alone
-module load LUMI/23.09 partition/G PrgEnv-gnu/8.3.3 craype-accel-amd-gfx90a rocm/5.2.3
+module load LUMI/24.03 partition/G rocm/6.0.3
 export BRAAS_TASK_ID="${SLURM_ARRAY_TASK_ID:-${BRAAS_TASK_ID:-${1:-}}}" BRAAS_JOB_ID="${SLURM_JOB_ID:-}"
 BRAAS_THREADS=0 BRAAS_THREADS_FROM=
 for v in SLURM_CPUS_PER_TASK SLURM_CPUS_ON_NODE OMP_NUM_THREADS; do eval "n=\${$v:-}"; case "$n" in ""|*[!0-9]*|0) ;; *) BRAAS_THREADS=$n BRAAS_THREADS_FROM=$v; break ;; esac; done

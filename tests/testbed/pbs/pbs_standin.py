@@ -41,9 +41,12 @@ SERVER = "pbs-standin"
 PBS_VERSION = "2022.1.1-standin"  # the PBS Pro release ALCF documents; the suffix says what this is
 
 # ALCF's queue names; all run in the testbed's GPU partition.
+# Polaris's queues (docs.alcf.anl.gov/polaris/running-jobs, read 2026-12-07) and Aurora's `visualization`.
+# `capacity` is in no ALCF queue table read on that day: it stays accepted only while older presets still name it.
 QUEUE_PARTITION = {
     q: "qgpu" for q in ("debug", "debug-scaling", "prod", "preemptable", "capacity", "demand", "visualization")
 }
+ROUTING_QUEUES = ("prod",)  # prod routes jobs to small/medium/large at ALCF: `qstat -Q` says Route
 DEFAULT_QUEUE = "prod"  # ALCF's default queue
 DEFAULT_FILESYSTEMS = "home:eagle:flare:grand"
 MAX_JOB_NAME = 236  # PBS_MAXJOBNAME
@@ -71,6 +74,7 @@ usage: qsub [-A account_string] [-C directive_prefix] [-e path] [-h] [-j oe|eo|n
 (pbs-standin: PBS Pro syntax over Slurm; not PBS Professional)"""
 QSTAT_USAGE = """\
 usage: qstat [-f [-F json]] [-J] [-t] [-x] [-w] [-E] [job_identifier ...]
+       qstat -Q [queue ...]
        qstat --version
 (pbs-standin: PBS Pro syntax over Slurm; not PBS Professional)"""
 QDEL_USAGE = """\
@@ -1519,12 +1523,13 @@ class QstatArgs:
     history: bool = False
     subjobs: bool = False
     arrays_only: bool = False
+    queues: bool = False  # -Q: the queue table instead of jobs
     ids: list[str] = field(default_factory=list)
 
 
 def parse_qstat_args(argv: list[str]) -> QstatArgs:
     try:
-        pairs, ids = getopt.gnu_getopt(argv, "fF:JtxwED:1")
+        pairs, ids = getopt.gnu_getopt(argv, "fF:JtxwED:1Q")
     except getopt.GetoptError as exc:
         raise getopt_error(exc) from exc
     args = QstatArgs(ids=ids)
@@ -1541,6 +1546,8 @@ def parse_qstat_args(argv: list[str]) -> QstatArgs:
             args.subjobs = True
         elif flag == "-J":
             args.arrays_only = True
+        elif flag == "-Q":
+            args.queues = True
     if args.json and not args.full:
         raise PbsError("-F json requires -f", EXIT_USAGE, usage=True)
     return args
@@ -1657,11 +1664,27 @@ def print_table(sel: Selection) -> None:
         )
 
 
+def print_queues(names: list[str]) -> int:
+    """`qstat -Q`: PBS Pro's queue table, every queue enabled and started. The job counts are not kept by the
+    stand-in and print as 0."""
+    unknown = [name for name in names if name not in QUEUE_PARTITION]
+    print(f"{'Queue':<16}   Max   Tot Ena Str   Que   Run   Hld   Wat   Trn   Ext Type")
+    print("---------------- ----- ----- --- --- ----- ----- ----- ----- ----- ----- ----")
+    for name in [n for n in names if n not in unknown] or list(QUEUE_PARTITION):
+        kind = "Rout" if name in ROUTING_QUEUES else "Exec"
+        print(f"{name:<16} {0:>5} {0:>5} yes yes {0:>5} {0:>5} {0:>5} {0:>5} {0:>5} {0:>5} {kind}")
+    for name in unknown:
+        print(f"qstat: Unknown queue {name}", file=sys.stderr)
+    return 1 if unknown else 0
+
+
 def qstat(argv: list[str]) -> int:
     if argv == ["--version"]:
         print(f"pbs_version = {PBS_VERSION}")
         return 0
     args = parse_qstat_args(argv)
+    if args.queues:
+        return print_queues(args.ids)
     site = Site.from_env()
     sel = select_by_ids(args, site) if args.ids else select_all(args, site)
     if args.json:
