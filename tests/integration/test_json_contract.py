@@ -47,6 +47,7 @@ def test_every_command_prints_its_documented_document(testbed: tb.Testbed, sampl
     check("wait", "wait", job, "--timeout", "600")
     check("logs", "logs", job)
     check("download", "download", job, "--dest", str(tmp_path / "frames"))
+    check("video", "video", job, "--dest", str(tmp_path / "frames"))
     slow = check("submit", "submit", scene, "--preset", "testbed", "--frames", "1-4", "--max-parallel", "1")["job"]
     time.sleep(1)
     check("cancel", "cancel", slow)
