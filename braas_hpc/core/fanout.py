@@ -122,12 +122,32 @@ class Group:
         return self._drain_s(preset, [len(c) for c in held]) <= pace.queue_s
 
     def batch_size(self, preset: str) -> int:
+        """Chunks off the pool for a due cluster. With every cluster's pace known (measured or
+        estimated): while it would end each one no later than any other cluster would if given it instead
+        (earliest finish), none if it is far slower even for one. Before that: its share, halved."""
         if not self.pool:
             return 0
-        total = sum(self.throughput(m.preset) for m in self.members)
-        share = self.throughput(preset) / total
-        slots = self.pace(preset).slots
-        return min(len(self.pool), max(slots, math.ceil(len(self.pool) * share / GUIDE)))
+        if not all(m.pace.frame_s for m in self.members):  # guesses: each its share, halved (guided)
+            total = sum(self.throughput(m.preset) for m in self.members)
+            share = self.throughput(preset) / total
+            return min(len(self.pool), max(self.pace(preset).slots, math.ceil(len(self.pool) * share / GUIDE)))
+        held = {m.preset: [len(c) for c in m.handed if c not in set(m.done)] for m in self.members}
+        mine: list[int] = []
+        for chunk in self.pool:
+            here = self.pace(preset).queue_s + self._drain_s(preset, [*mine, len(chunk)])
+            elsewhere = min((self._end_with(m.preset, held[m.preset], len(chunk)) for m in self.members
+                             if m.preset != preset), default=here)
+            if mine and here > elsewhere:
+                break
+            if not mine and here > elsewhere and self._end_with(preset, [], len(chunk)) > elsewhere * 2:
+                return 0  # far slower than another for even one chunk: leave it to them
+            mine.append(len(chunk))
+        return len(mine)
+
+    def _end_with(self, preset: str, held: list[int], chunk: int) -> float:
+        """When `preset` would end `chunk` if it got it after what it holds (a new batch waits its queue)."""
+        pace = self.pace(preset)
+        return pace.queue_s + self._drain_s(preset, [*held, chunk])
 
     def hand_out(self, preset: str) -> list[tuple[int, ...]]:
         """The next batch from the pool for `preset`'s cluster (taken off the pool)."""

@@ -137,8 +137,8 @@ def test_with_estimates_every_frame_once_the_faster_renders_more_and_the_whole_e
     fast, slow, local = clusters
     if frames >= 48:
         assert len(fast.rendered) > len(slow.rendered) >= len(local.rendered), [len(c.rendered) for c in clusters]
-    if frames >= 250:
-        assert end < min(alone(c, frames, chunk) for c in clusters)
+    if frames >= 100:  # a film long enough for the others to help: at least 5 % sooner
+        assert end < 0.95 * min(alone(c, frames, chunk) for c in clusters), end
 
 
 def test_without_estimates_a_long_film_still_ends_sooner() -> None:
