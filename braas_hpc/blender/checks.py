@@ -87,6 +87,7 @@ def scene_settings() -> SceneSettings:
         resolution=(render.resolution_x, render.resolution_y), resolution_percentage=render.resolution_percentage,
         view_layers=tuple(layer.name for layer in scene.view_layers if layer.use),
         file_per_view=render.use_multiview and render.image_settings.views_format == "INDIVIDUAL",
+        samples=scene.cycles.samples,
     )
 
 

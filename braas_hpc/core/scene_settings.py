@@ -31,6 +31,8 @@ ENGINE_LABELS = {"CYCLES": "Cycles", "BLENDER_EEVEE_NEXT": "EEVEE", "BLENDER_EEV
 _VIEW_LAYER_RENDER = 1  # ViewLayer.flag bit: "Use for Rendering"
 _MULTIVIEW = 1 << 21  # RenderData.scemode bit: Stereoscopy on
 _VIEWS_INDIVIDUAL = 0  # ImageFormatData.views_format: one file per view
+CYCLES_DEFAULT_SAMPLES = 4096  # scene.cycles.samples when the file never set it (Blender 3.0 and later)
+_IDP_INT, _IDP_GROUP = 1, 6  # IDProperty types (DNA)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class SceneSettings:
     resolution_percentage: int
     view_layers: tuple[str, ...]  # the view layers set to render
     file_per_view: bool = False  # stereoscopy writing each view to its own file
+    samples: int = 0  # Cycles' render samples; 0: not known (the add-on's scenes tell it)
 
     @property
     def frames(self) -> str:
@@ -113,7 +116,24 @@ def _settings(scene: BlendFileBlock) -> SceneSettings:
         view_layers=tuple(layers),
         file_per_view=bool(int(get((b"r", b"scemode"))) & _MULTIVIEW)
         and int(get((b"r", b"im_format", b"views_format"))) == _VIEWS_INDIVIDUAL,
+        samples=_cycles_samples(scene),
     )
+
+
+def _cycles_samples(scene: BlendFileBlock) -> int:
+    """scene.cycles.samples: Cycles keeps its settings as ID properties, stored only once changed."""
+    from blender_asset_tracer.blendfile import iterators
+
+    def group(block: BlendFileBlock | None) -> dict[bytes, BlendFileBlock]:
+        if block is None:
+            return {}
+        return {p.get(b"name"): p for p in iterators.listbase(block.get_pointer((b"data", b"group", b"first")))}
+
+    cycles = group(scene.get_pointer((b"id", b"properties"))).get(b"cycles")
+    samples = group(cycles).get(b"samples") if cycles is not None and int(cycles.get(b"type")) == _IDP_GROUP else None
+    if samples is None or int(samples.get(b"type")) != _IDP_INT:
+        return CYCLES_DEFAULT_SAMPLES
+    return int(samples.get((b"data", b"val")))
 
 
 def check_renderable(settings: SceneSettings, source: str) -> None:
