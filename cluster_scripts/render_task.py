@@ -210,8 +210,8 @@ def main() -> int:
             marker["current"] = {"frame": frame, "started": time.time()}  # what the watchdog times
             write_json_atomic(marker_path, marker)
             try:
-                if parts is not None:
-                    split_part.use_part(scene, parts, frame, base_seed)
+                if parts is not None:  # the part's own seed and samples, in its record too
+                    marker.setdefault("parts", {})[str(frame)] = split_part.use_part(scene, parts, frame, base_seed)
                 render_frame(scene, frame if parts is None else parts.frame, temp, final)
                 status = "rendered"
             except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the others

@@ -59,7 +59,9 @@ def prepare(scene: bpy.types.Scene, out_dir: str, frame: int) -> None:
         os.unlink(failed)
 
 
-def use_part(scene: bpy.types.Scene, parts: Parts, part: int, base_seed: int) -> None:
+def use_part(scene: bpy.types.Scene, parts: Parts, part: int, base_seed: int) -> dict[str, int]:
+    """Part `part`'s seed and samples on the scene; returns them."""
     parts.check(part)
     scene.cycles.samples = parts.samples[part - 1]
     scene.cycles.seed = (base_seed + parts.seeds[part - 1]) % (1 << 31)
+    return {"seed": scene.cycles.seed, "samples": scene.cycles.samples}
