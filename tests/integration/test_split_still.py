@@ -62,7 +62,7 @@ def test_a_split_still_loses_a_part_and_merges_into_a_single_renders_image(testb
     job_dir = job["job_dir"]
     markers = _markers(remote, job_dir)
     seeds = {}
-    for name, marker in markers.items():
+    for marker in markers.values():
         for part, used in marker.get("parts", {}).items():
             assert part not in seeds, f"part {part} rendered twice: {markers}"
             seeds[part] = used
