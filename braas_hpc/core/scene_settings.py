@@ -129,11 +129,20 @@ def _cycles_samples(scene: BlendFileBlock) -> int:
             return {}
         return {p.get(b"name"): p for p in iterators.listbase(block.get_pointer((b"data", b"group", b"first")))}
 
-    cycles = group(scene.get_pointer((b"id", b"properties"))).get(b"cycles")
-    samples = group(cycles).get(b"samples") if cycles is not None and int(cycles.get(b"type")) == _IDP_GROUP else None
-    if samples is None or int(samples.get(b"type")) != _IDP_INT:
-        return CYCLES_DEFAULT_SAMPLES
-    return int(samples.get((b"data", b"val")))
+    # Blender 5.0 keeps add-on settings in `system_properties`, where a file has it (what `properties`
+    # still holds then is stale); older files and versions only in `properties`.
+    cycles = None
+    for field in (b"system_properties", b"properties"):
+        try:
+            cycles = group(scene.get_pointer((b"id", field))).get(b"cycles")
+        except KeyError:  # no such field in this file's DNA
+            continue
+        if cycles is not None:
+            break
+    found = group(cycles).get(b"samples") if cycles is not None and int(cycles.get(b"type")) == _IDP_GROUP else None
+    if found is not None and int(found.get(b"type")) == _IDP_INT:
+        return int(found.get((b"data", b"val")))
+    return CYCLES_DEFAULT_SAMPLES
 
 
 def check_renderable(settings: SceneSettings, source: str) -> None:
