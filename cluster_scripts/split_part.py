@@ -48,6 +48,8 @@ def prepare(scene: bpy.types.Scene, out_dir: str, frame: int) -> None:
         settings.media_type = "MULTI_LAYER_IMAGE"
     settings.file_format = "OPEN_EXR_MULTILAYER"
     settings.color_depth = "32"  # the merge sums samples: keep full float precision until the end
+    if hasattr(settings, "use_exr_interleave"):  # Blender 5.0+: a multi-part EXR, which the denoiser does not read
+        settings.use_exr_interleave = True
     scene.cycles.use_denoising = False
     scene.cycles.use_adaptive_sampling = False
     scene.cycles.time_limit = 0

@@ -1,0 +1,67 @@
+"""Split stills on this computer (the local preset: the same render task and finish step as a cluster's),
+with bpy 4.5 and 5.0: Cycles' merge and denoise operators as each version has them.
+
+A scene that denoises and writes PNG comes back as one denoised PNG of its size; a float EXR scene that
+does not denoise comes back merged within the tolerance tests/integration/test_split_still.py explains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+from tests.helpers import REPO
+
+TOOL = REPO / "tests" / "split_images.py"
+
+
+def _bpy(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=600,
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_split_still_is_merged_and_denoised_here(tmp_path: Path, user_dirs: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch, bpy_path: str) -> None:
+    if bpy_path:  # scenes, render tasks, finish steps and measures all in this bpy: 5.0 from here on
+        monkeypatch.setenv("PYTHONPATH", bpy_path)
+    denoised = tmp_path / "denoised.blend"
+    _bpy("scene", str(denoised), "--format", "PNG", "--denoise")
+    done = run_cli("render", str(denoised), "--split-samples", "2", "--out", str(tmp_path / "png"), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["frames"] == "1" and result["tasks"] == 2
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["frame_000001.png"]
+    with Image.open(tmp_path / "png" / "frame_000001.png") as image:
+        assert image.format == "PNG" and image.size == (64, 36)
+        assert len(image.convert("RGB").getcolors(maxcolors=64 * 36) or []) > 20  # a render, not a blank
+    job_dir = Path(result["job_dir"])
+    summary = json.loads((job_dir / "summary.json").read_text())
+    assert summary["split"]["merged"] and summary["split"]["denoised"], summary
+    assert summary["frames_ok"] == 1 and summary["thumbnail"] == "thumb.jpg"
+    for task in (1, 2):
+        marker = json.loads((job_dir / "status" / f"task-{task}.json").read_text())
+        assert marker["parts"] == {str(task): {"seed": task - 1, "samples": 32}}, marker
+        assert marker["blender"].startswith("5.0" if bpy_path else "4.5")
+
+    plain = tmp_path / "plain.blend"
+    _bpy("scene", str(plain))
+    done = run_cli("render", str(plain), "--split-samples", "4", "--out", str(tmp_path / "exr"), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    merged = tmp_path / "exr" / "frame_000001.exr"
+    part = Path(json.loads(done.stdout)["job_dir"]) / "out" / "frame_000001.part002.exr"
+    found = json.loads(_bpy("measure", str(plain), str(tmp_path / "measure"), str(merged), str(part))
+                       .strip().splitlines()[-1])
+    single, mine, one_part = found["single"], found["images"][str(merged)], found["images"][str(part)]
+    print(f"bpy {'5.0' if bpy_path else '4.5'}: RMSE vs reference: single {single['rmse']:.5f}, merged "
+          f"{mine['rmse']:.5f}, part 2 {one_part['rmse']:.5f}")
+    assert mine["rmse"] < 2.2 * single["rmse"] and mine["rmse"] < 0.7 * one_part["rmse"], found
+    assert abs(mine["mean"] - found["reference_mean"]) < 0.02 * found["reference_mean"], found
