@@ -104,7 +104,8 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
                 max_parallel=settings.max_parallel, account=settings.account.strip(),
                 partition=settings.partition.strip(), email=settings.email.strip(),
                 allow_scripts=self.allow_scripts, pack=settings.pack, project=settings.project.strip(),
-                retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings())
+                retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings(),
+                split_samples=settings.split_samples if settings.split_samples > 1 and checks.is_still(settings) else 0)
             build_spec(request)  # every limit checked here, before packing or connecting
             saved = checks.save_if_changed()
             if saved:

@@ -108,6 +108,8 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         row = layout.row()
         row.scale_y = 1.4
         row.operator("braas_hpc.submit", icon="RENDER_ANIMATION")
+        if checks.is_still(settings):  # its samples can go to several tasks, merged on the cluster
+            row.prop(settings, "split_samples")
         if checks.has_scripts():  # the file's scripts run on the cluster only when asked for, job by job
             row = layout.row()
             row.enabled = not bpy.app.autoexec_fail

@@ -65,3 +65,31 @@ def test_a_split_still_is_merged_and_denoised_here(tmp_path: Path, user_dirs: di
           f"{mine['rmse']:.5f}, part 2 {one_part['rmse']:.5f}")
     assert mine["rmse"] < 2.2 * single["rmse"] and mine["rmse"] < 0.7 * one_part["rmse"], found
     assert abs(mine["mean"] - found["reference_mean"]) < 0.02 * found["reference_mean"], found
+
+
+def test_the_panels_split_samples_renders_a_still_as_parts(tmp_path: Path) -> None:
+    from tests.blender.addon_runner import Session
+
+    scene = tmp_path / "still.blend"
+    _bpy("scene", str(scene), "--format", "PNG", "--denoise")
+    got = Session(tmp_path / "user").run(f"""
+        from braas_hpc.blender import checks
+        bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
+        scene = bpy.context.scene
+        settings = scene.braas_hpc
+        settings.preset, settings.split_samples = "local", 3
+        scene.frame_end = 4
+        result["animation_is_still"] = checks.is_still(settings)  # the panel shows Split samples for a still only
+        settings.animation = False  # the current frame: a still
+        result["still"] = checks.is_still(settings)
+        result["submit"] = sorted(bpy.ops.braas_hpc.submit())
+        result["download"] = sorted(bpy.ops.braas_hpc.download_job())
+        jobs = bpy.context.window_manager.braas_hpc.jobs
+        result["jobs"] = [(j.name, j.state, j.frames_done, j.frames_total) for j in jobs]
+    """)
+    assert got["animation_is_still"] is False and got["still"] is True
+    assert got["submit"] == ["FINISHED"] and got["download"] == ["FINISHED"], got
+    ((name, state, done, total),) = got["jobs"]
+    assert (state, done, total) == ("COMPLETED", 3, 3), got  # three parts
+    folder = tmp_path / "user" / "home" / "braas-hpc" / name
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["frame_000001.png"], list(folder.iterdir())
