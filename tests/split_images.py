@@ -2,7 +2,7 @@
 renders, and the error of an image against them.
 
     python3 tests/split_images.py scene OUT.blend [--size W H] [--samples N] [--format F] [--denoise]
-    python3 tests/split_images.py measure SCENE.blend DIR IMAGE...   # JSON on the last line of stdout
+    python3 tests/split_images.py measure SCENE.blend DIR IMAGE... [--reference-samples N]  # JSON, last line
 
 `measure` renders into DIR (once, kept): a reference of REFERENCE_SAMPLES samples (another seed) and a
 single render of the scene's own samples, as the job would without a split; then prints, for the single
@@ -33,6 +33,7 @@ def make_scene(out: str, size: tuple[int, int], samples: int, file_format: str, 
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
     scene.cycles.use_denoising = denoise
+    scene.cycles.use_adaptive_sampling = False  # as the parts render: the single render is their sum's equal
     scene.render.resolution_x, scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
     scene.frame_start = scene.frame_end = scene.frame_current = 1
@@ -82,12 +83,13 @@ def render(scene_path: str, samples: int, seed: int, out: str) -> float:
     return time.monotonic() - started
 
 
-def measure(scene_path: str, folder: str, images: list[str]) -> dict[str, object]:
+def measure(scene_path: str, folder: str, images: list[str], reference_samples: int = REFERENCE_SAMPLES
+            ) -> dict[str, object]:
     os.makedirs(folder, exist_ok=True)
     reference, single = os.path.join(folder, "reference.exr"), os.path.join(folder, "single.exr")
     seconds = {}
     if not os.path.isfile(reference):
-        seconds["reference"] = render(scene_path, REFERENCE_SAMPLES, REFERENCE_SEED, reference)
+        seconds["reference"] = render(scene_path, reference_samples, REFERENCE_SEED, reference)
     if not os.path.isfile(single):
         bpy.ops.wm.open_mainfile(filepath=scene_path)
         seconds["single"] = render(scene_path, bpy.context.scene.cycles.samples, 0, single)
@@ -116,11 +118,12 @@ def main(argv: list[str]) -> int:
     meas.add_argument("scene")
     meas.add_argument("folder")
     meas.add_argument("images", nargs="*")
+    meas.add_argument("--reference-samples", type=int, default=REFERENCE_SAMPLES)
     args = parser.parse_args(argv)
     if args.command == "scene":
         make_scene(args.out, tuple(args.size), args.samples, args.format, args.denoise)
     else:
-        print(json.dumps(measure(args.scene, args.folder, args.images)), flush=True)
+        print(json.dumps(measure(args.scene, args.folder, args.images, args.reference_samples)), flush=True)
     return 0
 
 
