@@ -9,8 +9,8 @@ the job's format with the scene's colour management, under a temp name then rena
 
 Every part stays in out/: a lost part can be rendered again with its own seed and samples and merged
 again. A merge that fails with every part there leaves `frame_NNNNNN.merge-failed` with the reason. A
-denoise Cycles refuses (its operator needs the vector pass, which Cycles does not write with motion
-blur on) leaves the merged image as the frame, and the reason in the summary.
+denoise Cycles refuses (its operator wants the denoising data and vector passes in the file) leaves the
+merged image as the frame, and the reason in the summary.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def merge_still(job_dir: str, spec: dict, extension: str) -> dict:
                 bpy.ops.cycles.denoise_animation(input_filepath=merged, output_filepath=denoised)
                 result = denoised
                 report["denoised"] = True
-            except RuntimeError as exc:  # no vector pass: Cycles writes none with motion blur on
+            except RuntimeError as exc:  # a pass it wants is not in the file: the merged image still counts
                 report["denoise_error"] = f"{exc}".strip() + "; the frame is the merged image, not denoised"
         _write_frame(scene, result, spec["image_format"], final)
     except Exception as exc:  # noqa: BLE001 - said in the summary and beside the parts; the parts stay
