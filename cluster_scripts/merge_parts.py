@@ -26,14 +26,10 @@ def part_path(out_dir: str, frame: int, part: int) -> str:
 
 def _open_scene(job_dir: str, scene_name: str) -> bpy.types.Scene:
     """The job's scene (its denoiser, view layers and colour management); its scripts stay off (-Y)."""
+    from render_task import pick_scene  # installed beside this file
+
     bpy.ops.wm.open_mainfile(filepath=os.path.join(job_dir, "in", "scene.blend"), load_ui=False)
-    scene = bpy.data.scenes.get(scene_name) if scene_name else bpy.context.scene
-    if scene is None:
-        raise ValueError(f"the file has no scene {scene_name!r}")
-    window = bpy.context.window
-    if window is not None and window.scene != scene:
-        window.scene = scene
-    return scene
+    return pick_scene(scene_name)
 
 
 def _merge(parts: list[str], target: str) -> None:

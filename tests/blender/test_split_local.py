@@ -8,25 +8,13 @@ does not denoise comes back merged within the tolerance tests/integration/test_s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from tests.helpers import REPO
-
-TOOL = REPO / "tests" / "split_images.py"
-
-
-def _bpy(*args: str) -> str:
-    done = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=600,
-                          env=os.environ.copy())
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+from tests.integration.test_split_still import _bpy, check_merge_within_noise
 
 
 def test_a_split_still_is_merged_and_denoised_here(tmp_path: Path, user_dirs: dict[str, str],
@@ -58,13 +46,7 @@ def test_a_split_still_is_merged_and_denoised_here(tmp_path: Path, user_dirs: di
     assert done.returncode == 0, done.stdout + done.stderr
     merged = tmp_path / "exr" / "frame_000001.exr"
     part = Path(json.loads(done.stdout)["job_dir"]) / "out" / "frame_000001.part002.exr"
-    found = json.loads(_bpy("measure", str(plain), str(tmp_path / "measure"), str(merged), str(part))
-                       .strip().splitlines()[-1])
-    single, mine, one_part = found["single"], found["images"][str(merged)], found["images"][str(part)]
-    print(f"bpy {'5.0' if bpy_path else '4.5'}: RMSE vs reference: single {single['rmse']:.5f}, merged "
-          f"{mine['rmse']:.5f}, part 2 {one_part['rmse']:.5f}")
-    assert mine["rmse"] < 2.2 * single["rmse"] and mine["rmse"] < 0.7 * one_part["rmse"], found
-    assert abs(mine["mean"] - found["reference_mean"]) < 0.02 * found["reference_mean"], found
+    check_merge_within_noise(plain, tmp_path / "measure", merged, part, f"bpy {'5.0' if bpy_path else '4.5'}")
 
 
 def test_the_panels_split_samples_renders_a_still_as_parts(tmp_path: Path) -> None:

@@ -45,6 +45,17 @@ def _bpy(*args: str) -> str:
     return done.stdout
 
 
+def check_merge_within_noise(scene: Path, folder: Path, merged: Path, part: Path, label: str) -> None:
+    """The merged image against a reference and a single render of the scene (measured in `folder`), with
+    the tolerance this module's docstring explains; `part` is one of its parts."""
+    found = json.loads(_bpy("measure", str(scene), str(folder), str(merged), str(part)).strip().splitlines()[-1])
+    single, mine, one_part = found["single"], found["images"][str(merged)], found["images"][str(part)]
+    print(f"{label}: RMSE vs reference: single {single['rmse']:.5f}, merged {mine['rmse']:.5f}, "
+          f"one part {one_part['rmse']:.5f}")
+    assert mine["rmse"] < 2.2 * single["rmse"] and mine["rmse"] < 0.7 * one_part["rmse"], found
+    assert abs(mine["mean"] - found["reference_mean"]) < 0.02 * found["reference_mean"], found
+
+
 def test_a_split_still_loses_a_part_and_merges_into_a_single_renders_image(testbed, remote,  # noqa: ANN001
                                                                           tmp_path: Path) -> None:
     scene = tmp_path / "still.blend"
@@ -84,10 +95,4 @@ def test_a_split_still_loses_a_part_and_merges_into_a_single_renders_image(testb
     part = tmp_path / "part3.exr"
     part.write_bytes(_fetch(f"{job_dir}/out/frame_000001.part003.exr"))
     merged = next(dest.rglob("frame_000001.exr"))
-    found = json.loads(_bpy("measure", str(scene), str(tmp_path / "measure"), str(merged), str(part))
-                       .strip().splitlines()[-1])
-    single, mine, one_part = found["single"], found["images"][str(merged)], found["images"][str(part)]
-    print(f"split still: RMSE vs reference: single {single['rmse']:.5f}, merged {mine['rmse']:.5f}, "
-          f"part 3 {one_part['rmse']:.5f}")
-    assert mine["rmse"] < 2.2 * single["rmse"] and mine["rmse"] < 0.7 * one_part["rmse"], found
-    assert abs(mine["mean"] - found["reference_mean"]) < 0.02 * found["reference_mean"], found
+    check_merge_within_noise(scene, tmp_path / "measure", merged, part, "split still on Slurm")
