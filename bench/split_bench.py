@@ -50,7 +50,8 @@ def job(work: Path, scene: Path, name: str, parts: int, samples: int) -> Path:
     base, extra = divmod(samples, parts)
     spec = {"frames": list(range(1, parts + 1)), "split_frame": 1, "scene_name": "Scene", "image_format": "OPEN_EXR",
             "part_samples": [base + 1 if k < extra else base for k in range(parts)] if parts > 1 else [],
-            "part_seeds": list(range(parts)) if parts > 1 else []}
+            "part_offsets": [sum(divmod(samples, parts)[0] + (1 if j < extra else 0) for j in range(k))
+                             for k in range(parts)] if parts > 1 else []}
     (job_dir / "frames.txt").write_text("".join(f"{k}\n" for k in range(1, parts + 1)))
     (job_dir / "job.json").write_text(json.dumps({"spec": spec}))
     return job_dir
@@ -59,7 +60,7 @@ def job(work: Path, scene: Path, name: str, parts: int, samples: int) -> Path:
 def render_task(job_dir: Path, task: int) -> list[str]:
     spec = json.loads((job_dir / "job.json").read_text())["spec"]
     split = (["--split-frame", "1", "--part-samples", ",".join(map(str, spec["part_samples"])),
-              "--part-seeds", ",".join(map(str, spec["part_seeds"]))] if spec["part_samples"] else [])
+              "--part-offsets", ",".join(map(str, spec["part_offsets"]))] if spec["part_samples"] else [])
     return [*BLENDER, "-b", "-Y", str(job_dir / "in" / "scene.blend"), "-E", "CYCLES", "-P",
             str(SCRIPTS / "render_task.py"), "--", "--job-dir", str(job_dir), "--task", str(task), "--format",
             "OPEN_EXR", "--scene=Scene", *split]

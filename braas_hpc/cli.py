@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resolution-percentage", type=int, metavar="P", help="default: the scene's")
         p.add_argument("--samples", type=int, metavar="N", help="Cycles samples (default: the scene's)")
         p.add_argument("--split-samples", type=int, metavar="N",
-                       help="a still only: render its samples as N tasks with their own seeds, merged and "
+                       help="a still only: render its samples as N tasks, each its own range of them, merged and "
                             "denoised on the cluster into one image")
 
     def add_pack(p: argparse.ArgumentParser) -> None:

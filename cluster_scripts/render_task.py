@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     # A split still (split_part.py): the frames file lists parts of this one frame.
     parser.add_argument("--split-frame", type=int, default=None)
     parser.add_argument("--part-samples", default="")
-    parser.add_argument("--part-seeds", default="")
+    parser.add_argument("--part-offsets", default="")
     return parser.parse_args(argv)
 
 
@@ -168,7 +168,7 @@ def main() -> int:
         apply_output(scene, args.format, args.resolution_percentage, args.samples)
         parts = None
         if args.split_frame is not None:
-            parts = split_part.Parts.from_args(args.split_frame, args.part_samples, args.part_seeds)
+            parts = split_part.Parts.from_args(args.split_frame, args.part_samples, args.part_offsets)
             for part in frames:
                 parts.check(part)
             split_part.prepare(scene, out_dir, parts.frame)
@@ -199,7 +199,6 @@ def main() -> int:
     print(f"braas-hpc: device {plan.note}; {marker['threads']} threads ({marker['threads_from']})", flush=True)
     print(f"braas-hpc: {watchdog.start(marker_path, os.environ)}", flush=True)
     extension = EXTENSIONS[args.format] if parts is None else "exr"
-    base_seed = scene.cycles.seed
     for index, frame in enumerate(frames, start=1):  # a split still's "frames" are its parts
         final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}" if parts is None else parts.file_name(frame))
         started = time.monotonic()
@@ -211,7 +210,7 @@ def main() -> int:
             write_json_atomic(marker_path, marker)
             try:
                 if parts is not None:  # the part's own seed and samples, in its record too
-                    marker.setdefault("parts", {})[str(frame)] = split_part.use_part(scene, parts, frame, base_seed)
+                    marker.setdefault("parts", {})[str(frame)] = split_part.use_part(scene, parts, frame)
                 render_frame(scene, frame if parts is None else parts.frame, temp, final)
                 status = "rendered"
             except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the others

@@ -1,7 +1,8 @@
 """One part of a split still, inside Blender on a compute node (render_task.py --split-frame ...).
 
-Part K renders the still with the scene's seed plus its own offset and its own share of the samples,
-to a multilayer EXR with what the finish step needs: every pass the scene has, the denoising data and
+Part K renders its own range of the still's samples: the same sample sequence a single render of all of
+them draws (the scene's seed), cut in N (Cycles' sample subset), so the merge of the parts is that single
+render. Each writes a multilayer EXR with what the finish step needs: every pass the scene has, the denoising data and
 the vector pass (Cycles' denoise operator asks for both). Parts are not denoised (the merged image is,
 once) and sample every pixel fully: adaptive sampling would stop pixels early, and the merge weighs each
 part by its nominal sample count.
@@ -23,15 +24,19 @@ def _numbers(text: str) -> tuple[int, ...]:
 class Parts:
     frame: int  # the scene frame every part renders
     samples: tuple[int, ...]  # part K's samples at [K-1]
-    seeds: tuple[int, ...]  # part K's seed offset at [K-1]
+    offsets: tuple[int, ...]  # part K's first sample at [K-1]
 
     @classmethod
-    def from_args(cls, frame: int, samples: str, seeds: str) -> Parts:
-        parts = cls(frame, _numbers(samples), _numbers(seeds))
-        if not parts.samples or len(parts.samples) != len(parts.seeds) or min(parts.samples) < 1:
-            raise ValueError(f"a split still needs one sample count and one seed per part: got samples {samples!r}, "
-                             f"seeds {seeds!r}")
+    def from_args(cls, frame: int, samples: str, offsets: str) -> Parts:
+        parts = cls(frame, _numbers(samples), _numbers(offsets))
+        if not parts.samples or len(parts.samples) != len(parts.offsets) or min(parts.samples) < 1:
+            raise ValueError(f"a split still needs one sample count and one first sample per part: got samples "
+                             f"{samples!r}, first samples {offsets!r}")
         return parts
+
+    @property
+    def total(self) -> int:
+        return sum(self.samples)
 
     def check(self, part: int) -> None:
         if not 1 <= part <= len(self.samples):
@@ -61,9 +66,14 @@ def prepare(scene: bpy.types.Scene, out_dir: str, frame: int) -> None:
         os.unlink(failed)
 
 
-def use_part(scene: bpy.types.Scene, parts: Parts, part: int, base_seed: int) -> dict[str, int]:
-    """Part `part`'s seed and samples on the scene; returns them."""
+def use_part(scene: bpy.types.Scene, parts: Parts, part: int) -> dict[str, int]:
+    """Part `part`'s range of the samples on the scene; returns its first sample and count."""
     parts.check(part)
-    scene.cycles.samples = parts.samples[part - 1]
-    scene.cycles.seed = (base_seed + parts.seeds[part - 1]) % (1 << 31)
-    return {"seed": scene.cycles.seed, "samples": scene.cycles.samples}
+    cycles = scene.cycles
+    offset, count = parts.offsets[part - 1], parts.samples[part - 1]
+    if hasattr(cycles, "use_sample_subset"):  # 4.5, 5.x: samples [offset, offset + count) of `samples`
+        cycles.samples, cycles.use_sample_subset = parts.total, True
+        cycles.sample_offset, cycles.sample_subset_length = offset, count
+    else:  # Blender 4.2: the offset skips that many samples of the sequence, then `samples` are rendered
+        cycles.samples, cycles.sample_offset = count, offset
+    return {"offset": offset, "samples": count}

@@ -6,8 +6,8 @@ renders, and the error of an image against them.
 
 `measure` renders into DIR (once, kept): a reference of REFERENCE_SAMPLES samples (another seed) and a
 single render of the scene's own samples, as the job would without a split; then prints, for the single
-render and each IMAGE, the RMSE against the reference and the mean. Images of every kind Blender reads,
-multilayer EXRs too (their first layer's Combined).
+render and each IMAGE, the RMSE against the reference and against the single render, and the mean.
+Images of every kind Blender reads, multilayer EXRs too (their first layer's Combined).
 """
 
 from __future__ import annotations
@@ -66,11 +66,13 @@ def pixels(path: str) -> np.ndarray:
     return data.reshape(height, width, 4)[..., :3].astype(np.float64)
 
 
-def render(scene_path: str, samples: int, seed: int, out: str) -> float:
+def render(scene_path: str, samples: int, seed: int | None, out: str) -> float:
     """A plain render of the scene (no split, no denoising, every pixel fully sampled) as a float EXR."""
     bpy.ops.wm.open_mainfile(filepath=scene_path)
     scene = bpy.context.scene
-    scene.cycles.samples, scene.cycles.seed = samples, seed
+    scene.cycles.samples = samples
+    if seed is not None:  # None: the scene's own seed, as its job renders it
+        scene.cycles.seed = seed
     scene.cycles.use_denoising = False
     scene.cycles.use_adaptive_sampling = False
     settings = scene.render.image_settings
@@ -92,14 +94,15 @@ def measure(scene_path: str, folder: str, images: list[str], reference_samples: 
         seconds["reference"] = render(scene_path, reference_samples, REFERENCE_SEED, reference)
     if not os.path.isfile(single):
         bpy.ops.wm.open_mainfile(filepath=scene_path)
-        seconds["single"] = render(scene_path, bpy.context.scene.cycles.samples, 0, single)
-    truth = pixels(reference)
+        seconds["single"] = render(scene_path, bpy.context.scene.cycles.samples, None, single)
+    truth, alone = pixels(reference), pixels(single)
 
     def error(path: str) -> dict[str, float]:
         found = pixels(path)
         if found.shape != truth.shape:
-            return {"rmse": float("inf"), "mean": float(found.mean()) if found.size else 0.0}
-        return {"rmse": float(np.sqrt(np.mean((found - truth) ** 2))), "mean": float(found.mean())}
+            return {"rmse": float("inf"), "vs_single": float("inf"), "mean": float(found.mean()) if found.size else 0.0}
+        return {"rmse": float(np.sqrt(np.mean((found - truth) ** 2))), "mean": float(found.mean()),
+                "vs_single": float(np.sqrt(np.mean((found - alone) ** 2)))}
 
     return {"reference_mean": float(truth.mean()), "single": error(single), "seconds": seconds,
             "images": {path: error(path) for path in images}}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .scene_settings import FORMATS as IMAGE_FORMATS
-from .split import missing_parts
+from .split import missing_parts, part_offsets
 
 DEVICES = ("CPU", "GPU")
 # Frame files are named by us, so a remote listing can be checked against this before any local path
@@ -74,10 +74,10 @@ class JobSpec:
     resolution_percentage: int = 0  # 0: the scene's
     samples: int = 0  # 0: the scene's
     # A split still (core.split): `frames` are its parts 1..N, all rendering scene frame `split_frame`, part K
-    # with `part_samples[K-1]` samples and the scene's seed plus `part_seeds[K-1]`. Empty: an ordinary job.
+    # `part_samples[K-1]` samples from sample `part_offsets[K-1]` on. Empty: an ordinary job.
     split_frame: int = 0
     part_samples: tuple[int, ...] = ()
-    part_seeds: tuple[int, ...] = ()
+    part_offsets: tuple[int, ...] = ()
 
     @property
     def split(self) -> int:
@@ -92,7 +92,7 @@ class JobSpec:
         """The spec `to_dict` gave (JSON has lists where the spec holds tuples)."""
         return cls(**{**data, "frames": tuple(data["frames"]), "tasks": tuple(tuple(t) for t in data["tasks"]),
                       "part_samples": tuple(data.get("part_samples", ())),
-                      "part_seeds": tuple(data.get("part_seeds", ()))})
+                      "part_offsets": tuple(data.get("part_offsets", ()))})
 
     @property
     def extension(self) -> str:
@@ -110,10 +110,11 @@ class JobSpec:
                              f"got {self.resolution_percentage}")
         if not 0 <= self.samples <= MAX_SAMPLES:
             raise UsageError(f"samples must be between 1 and {MAX_SAMPLES}, got {self.samples}")
-        if self.split and (len(self.part_seeds) != self.split or self.frames != tuple(range(1, self.split + 1))
-                           or min(self.part_samples) < 1):
-            raise UsageError(f"a split still needs parts 1..N, each with a seed and one sample or more; got parts "
-                             f"{list(self.frames)}, samples {list(self.part_samples)}, seeds {list(self.part_seeds)}")
+        if self.split and (self.part_offsets != part_offsets(self.part_samples) or min(self.part_samples) < 1
+                           or self.frames != tuple(range(1, self.split + 1))):
+            raise UsageError(f"a split still needs parts 1..N, each with one sample or more after the ones before; "
+                             f"got parts {list(self.frames)}, samples {list(self.part_samples)}, first samples "
+                             f"{list(self.part_offsets)}")
         if self.walltime_min < 1:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:

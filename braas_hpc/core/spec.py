@@ -22,7 +22,7 @@ from .scene_settings import (
     job_format,
     read_scene_settings,
 )
-from .split import check_split, part_samples, part_seeds
+from .split import check_split, part_offsets, part_samples
 from .user_presets import how_to_set
 
 # What a dry run shows where the user's own value is still missing; never sent (a real submission refuses).
@@ -170,7 +170,7 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
         raise UsageError(f"walltime {walltime} min is above the limit of {partition or preset.name} ({limit} min)")
     account = request.account or preset.account
     _check_site(request, preset, part, account, dry_run)
-    split_frame, part_samples, part_seeds = _split(request, settings, frames, scene.name)
+    split_frame, part_samples, offsets = _split(request, settings, frames, scene.name)
     if part_samples:  # the parts are the job's units: one task each
         frames = list(range(1, len(part_samples) + 1))
         request = dataclasses.replace(request, chunk=1)
@@ -185,7 +185,7 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
         pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
         image_format=image_format, scene_name=settings.scene, resolution_percentage=request.resolution_percentage,
-        samples=request.samples, split_frame=split_frame, part_samples=part_samples, part_seeds=part_seeds,
+        samples=request.samples, split_frame=split_frame, part_samples=part_samples, part_offsets=offsets,
     )
     spec.validate()
     if dry_run:
@@ -195,12 +195,13 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
 
 def _split(request: SubmitRequest, settings: SceneSettings, frames: list[int], source: str
            ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """A split still's frame, samples per part and seed offsets; nothing for an ordinary job."""
+    """A split still's frame, samples per part and each part's first sample; nothing for an ordinary job."""
     if not request.split_samples:
         return 0, (), ()
     samples = request.samples or settings.samples or CYCLES_DEFAULT_SAMPLES
     check_split(request.split_samples, frames, samples, source)
-    return frames[0], part_samples(samples, request.split_samples), part_seeds(request.split_samples)
+    shares = part_samples(samples, request.split_samples)
+    return frames[0], shares, part_offsets(shares)
 
 
 def _with_placeholders(spec: JobSpec, preset: Preset, part: Partition) -> tuple[JobSpec, Preset]:

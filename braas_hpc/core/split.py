@@ -1,13 +1,14 @@
-"""Split stills: one frame rendered as N array tasks ("parts"), each with its own seed and a share of the
-scene's samples, merged on the cluster by Cycles' sample-weighted merge of multilayer EXRs, then
-denoised once.
+"""Split stills: one frame rendered as N array tasks ("parts"), each rendering its own range of the scene's
+samples (Cycles' sample subset: the same sample sequence a single render draws, cut in N), merged on the
+cluster by Cycles' sample-weighted merge of multilayer EXRs, then denoised once.
 
 A split job's units of work are its parts: `JobSpec.frames` holds the part numbers 1..N (so rounds,
 recovery and resubmission plan parts exactly as they plan frames), `JobSpec.split_frame` the scene frame
-they all render. Part K always renders with seed offset `part_seeds[K-1]` and `part_samples[K-1]`
-samples, so a lost part rendered again is the same part. Each part is a multilayer EXR beside the
-frame it makes (`frame_NNNNNN.partKKK.exr`, never downloaded); the job is complete when the merged
-frame (`frame_NNNNNN.<ext>`, the scene's format) exists.
+they all render. Part K always renders samples `part_offsets[K-1]` to `part_offsets[K-1] +
+part_samples[K-1]` of the sequence, so a lost part rendered again is the same part, and the merge of the
+parts is the single render. Each part is a multilayer EXR beside the frame it makes
+(`frame_NNNNNN.partKKK.exr`, never downloaded); the job is complete when the merged frame
+(`frame_NNNNNN.<ext>`, the scene's format) exists.
 
 Standard library only: it runs on the cluster too.
 """
@@ -27,9 +28,9 @@ def part_samples(total: int, parts: int) -> tuple[int, ...]:
     return tuple(base + 1 if k < extra else base for k in range(parts))
 
 
-def part_seeds(parts: int) -> tuple[int, ...]:
-    """Each part's seed offset, added to the scene's own seed: different for every part."""
-    return tuple(range(parts))
+def part_offsets(samples: tuple[int, ...]) -> tuple[int, ...]:
+    """Each part's first sample: (34, 33, 33) -> (0, 34, 67)."""
+    return tuple(sum(samples[:k]) for k in range(len(samples)))
 
 
 def check_split(parts: int, frames: Sequence[int], samples: int, source: str) -> None:

@@ -37,7 +37,7 @@ def test_a_split_still_is_merged_and_denoised_here(tmp_path: Path, user_dirs: di
     assert summary["frames_ok"] == 1 and summary["thumbnail"] == "thumb.jpg"
     for task in (1, 2):
         marker = json.loads((job_dir / "status" / f"task-{task}.json").read_text())
-        assert marker["parts"] == {str(task): {"seed": task - 1, "samples": 32}}, marker
+        assert marker["parts"] == {str(task): {"offset": 32 * (task - 1), "samples": 32}}, marker
         assert marker["blender"].startswith("5.0" if bpy_path else "4.5")
 
     plain = tmp_path / "plain.blend"

@@ -43,10 +43,10 @@ def test_the_scenes_samples_are_read_from_the_file(sample: Path, still: Path, bp
     assert read_scene_settings(still).samples == 100
 
 
-def test_a_still_becomes_parts_with_their_own_seeds_and_samples(still: Path) -> None:
+def test_a_still_becomes_parts_each_with_its_range_of_the_samples(still: Path) -> None:
     spec, _ = build_spec(SubmitRequest(scene=still, preset="local", split_samples=3))
     assert spec.frames == (1, 2, 3) and spec.tasks == ((1,), (2,), (3,)) and spec.split == 3
-    assert spec.split_frame == 5 and spec.part_samples == (34, 33, 33) and spec.part_seeds == (0, 1, 2)
+    assert spec.split_frame == 5 and spec.part_samples == (34, 33, 33) and spec.part_offsets == (0, 34, 67)
     assert JobSpec.from_dict(spec.to_dict()) == spec  # as job.json and the registry keep it
     # --samples is the total the parts share; --chunk does not put two parts in one task.
     spec, _ = build_spec(SubmitRequest(scene=still, preset="local", split_samples=4, samples=10, chunk=3))
@@ -72,13 +72,13 @@ def test_what_cannot_be_split_is_refused_with_a_reason(sample: Path, still: Path
         assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
-def test_the_job_script_gives_each_part_its_samples_and_seed(still: Path) -> None:
+def test_the_job_script_gives_each_part_its_range_of_the_samples(still: Path) -> None:
     from braas_hpc.core.jobs import JobPaths
     from braas_hpc.core.presets import load_preset
 
     spec, preset = build_spec(SubmitRequest(scene=still, preset="local", split_samples=3))
     script = render_job_script([], spec, load_preset("local"), JobPaths("/w", spec.name), ["blender"], "/s/rt.py")
-    assert "--split-frame 5 --part-samples 34,33,33 --part-seeds 0,1,2" in script
+    assert "--split-frame 5 --part-samples 34,33,33 --part-offsets 0,34,67" in script
     plain, _ = build_spec(SubmitRequest(scene=still, preset="local"))
     assert "--split-frame" not in render_job_script([], plain, preset, JobPaths("/w", plain.name), ["b"], "/s/rt.py")
 
