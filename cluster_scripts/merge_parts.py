@@ -7,7 +7,7 @@ denoise operator (bpy.ops.cycles.denoise_animation, the scene's denoiser and vie
 once on the merged EXR, from the denoising data passes the parts wrote. Last the frame is written in
 the job's format with the scene's colour management, under a temp name then renamed.
 
-Every part stays in out/: a lost part can be rendered again with its own seed and samples and merged
+Every part stays in out/: a lost part can be rendered again with its own range of samples and merged
 again. A merge that fails with every part there leaves `frame_NNNNNN.merge-failed` with the reason. A
 denoise Cycles refuses (its operator wants the denoising data and vector passes in the file) leaves the
 merged image as the frame, and the reason in the summary.
