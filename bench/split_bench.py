@@ -121,7 +121,8 @@ def main() -> int:
         print(f"| {n} | {args.samples // n} | {r:.2f} | {r / one[2]:.2f} | {c:.2f} | {c / one[1]:.2f} | {w:.2f} | "
               f"{w / one[0]:.2f} | {merge} |")
     print(f"RMSE vs reference: single render {found['single']['rmse']:.5f}; " + "; ".join(
-        f"{name} {found['images'][path]['rmse']:.5f}" for name, path in images.items()))
+        f"{name} {found['images'][path]['rmse']:.5f} (vs the single render {found['images'][path]['vs_single']:.1e})"
+        for name, path in images.items()))
     return 0
 
 
