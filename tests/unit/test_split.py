@@ -68,7 +68,7 @@ def test_what_cannot_be_split_is_refused_with_a_reason(sample: Path, still: Path
     # On the command line: exit status 2, nothing written.
     for args, said in ((("--split-samples", "0"), "at least 2 parts, got 0"),
                        (("--split-samples", "2", "--frames", "1-3"), "renders one still")):
-        done = run_cli("submit", str(still), "--preset", "testbed", *args, "--dry-run")
+        done = run_cli("submit", str(still), "--preset", "karolina", *args, "--dry-run")
         assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
