@@ -50,6 +50,7 @@ from .core.presets import SSH_BACKENDS, all_presets, load_preset, unconfirmed_su
 from .core.probe import probe
 from .core.schedulers import scheduler_for
 from .core.schedulers.base import TERMINAL
+from .core.split import MIN_PARTS
 from .core.store import HashCache
 from .core.transport import pool
 from .core.transport.hostkeys import trust_host_key
@@ -83,7 +84,14 @@ def _request(args: argparse.Namespace, preset: str) -> service.SubmitRequest:
         image_format=args.format or "", samples=_positive(args.samples, "--samples"),
         resolution_percentage=_positive(args.resolution_percentage, "--resolution-percentage"),
         video=getattr(args, "video", None) or "", fps=_rate(getattr(args, "fps", None)),
+        split_samples=_split_count(args.split_samples),
     )
+
+
+def _split_count(value: int | None) -> int:
+    if value is not None and value < MIN_PARTS:
+        raise UsageError(f"--split-samples needs at least {MIN_PARTS} parts, got {value}")
+    return value or 0
 
 
 def _positive(value: int | None, flag: str) -> int:
@@ -645,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the frames' file format (default: the scene's, with its colour settings)")
         p.add_argument("--resolution-percentage", type=int, metavar="P", help="default: the scene's")
         p.add_argument("--samples", type=int, metavar="N", help="Cycles samples (default: the scene's)")
+        p.add_argument("--split-samples", type=int, metavar="N",
+                       help="a still only: render its samples as N tasks, each its own range of them, merged and "
+                            "denoised on the cluster into one image")
 
     def add_pack(p: argparse.ArgumentParser) -> None:
         p.add_argument("--pack", choices=("packed", "dir"), default="packed",

@@ -157,11 +157,41 @@ def movie(args: argparse.Namespace, summary: dict, extension: str) -> dict:
             "video_seconds": round(float(made["tone_map_seconds"]) + float(made["encode_seconds"]), 3)}
 
 
+def split_spec(job_dir: str) -> dict | None:
+    """job.json's spec when the job is a split still (its frames are parts of one frame), else None."""
+    try:
+        with open(os.path.join(job_dir, "job.json"), encoding="utf-8") as stream:
+            spec = json.load(stream).get("spec") or {}
+    except (OSError, ValueError):
+        return None
+    return spec if spec.get("part_samples") else None
+
+
+def merge_split(job_dir: str, spec: dict, extension: str, summary: dict) -> dict:
+    """A split still: its parts merged and denoised into the frame (merge_parts.py), and the summary
+    counting that frame, with the parts beside it."""
+    try:
+        import merge_parts  # needs bpy: only inside Blender
+
+        merged = merge_parts.merge_still(job_dir, spec, extension)
+    except ImportError as exc:
+        merged = {"merged": False, "error": f"no merge outside Blender ({exc})"}
+    frame = int(spec["split_frame"])
+    name = f"frame_{frame:06d}.{extension}"
+    path = os.path.join(job_dir, "out", name)
+    ok = os.path.isfile(path) and os.path.getsize(path) > 0
+    print(f"braas-hpc finish: split still {name}: {merged}", flush=True)
+    return {**summary, "frames_total": 1, "frames_ok": int(ok), "missing": [] if ok else [frame],
+            "last_frame": name if ok else "", "split": merged}
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     print(f"braas-hpc finish: {recover(args.job_dir, args.round)}", flush=True)
     extension = EXTENSIONS[args.format]
     summary = with_estimate(args.job_dir, summarize(args.job_dir, extension, read_markers(args.job_dir)))
+    if (spec := split_spec(args.job_dir)) is not None:
+        summary = merge_split(args.job_dir, spec, extension, summary)
     summary["thumbnail"] = ""
     if summary["last_frame"]:
         try:

@@ -30,6 +30,7 @@ import bpy
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # devices.py is installed beside this file
 import devices  # noqa: E402
 import preview  # noqa: E402
+import split_part  # noqa: E402
 import watchdog  # noqa: E402
 from devices import Device, DeviceError, DevicePlan  # noqa: E402
 from jsonfile import write_json_atomic  # noqa: E402
@@ -52,6 +53,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scene", default="", help="the scene to render (default: the one the file opens with)")
     parser.add_argument("--resolution-percentage", type=int, default=0, help="0: the scene's")
     parser.add_argument("--samples", type=int, default=0, help="0: the scene's")
+    # A split still (split_part.py): the frames file lists parts of this one frame.
+    parser.add_argument("--split-frame", type=int, default=None)
+    parser.add_argument("--part-samples", default="")
+    parser.add_argument("--part-offsets", default="")
     return parser.parse_args(argv)
 
 
@@ -173,6 +178,12 @@ def main() -> int:
     try:
         scene = pick_scene(args.scene)
         apply_output(scene, args.format, args.resolution_percentage, args.samples)
+        parts = None
+        if args.split_frame is not None:
+            parts = split_part.Parts.from_args(args.split_frame, args.part_samples, args.part_offsets)
+            for part in frames:
+                parts.check(part)
+            split_part.prepare(scene, out_dir, parts.frame)
     except (ValueError, TypeError, AttributeError) as exc:
         print(f"braas-hpc: {exc}", file=sys.stderr, flush=True)
         marker.update(state="failed", exit_code=2, error=str(exc), finished=time.time())
@@ -199,13 +210,13 @@ def main() -> int:
     marker.update(device=plan.note, gpus=plan.gpus)
     print(f"braas-hpc: device {plan.note}; {marker['threads']} threads ({marker['threads_from']})", flush=True)
     print(f"braas-hpc: {watchdog.start(marker_path, os.environ)}", flush=True)
-    extension = EXTENSIONS[args.format]
+    extension = EXTENSIONS[args.format] if parts is None else "exr"
     current = [frames[0] if frames else 0]
     bpy.app.handlers.render_stats.append(preview.stats_printer(args.task, lambda: current[0]))
     shown = ""  # this task's newest preview
-    for index, frame in enumerate(frames, start=1):
+    for index, frame in enumerate(frames, start=1):  # a split still's "frames" are its parts
         current[0] = frame
-        final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}")
+        final = os.path.join(out_dir, f"frame_{frame:06d}.{extension}" if parts is None else parts.file_name(frame))
         started = time.monotonic()
         if os.path.isfile(final) and os.path.getsize(final) > 0:
             status = "skipped"
@@ -214,7 +225,9 @@ def main() -> int:
             marker["current"] = {"frame": frame, "started": time.time()}  # what the watchdog times
             write_json_atomic(marker_path, marker)
             try:
-                render_frame(scene, frame, temp, final)
+                if parts is not None:  # the part's own seed and samples, in its record too
+                    marker.setdefault("parts", {})[str(frame)] = split_part.use_part(scene, parts, frame)
+                render_frame(scene, frame if parts is None else parts.frame, temp, final)
                 status = "rendered"
             except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the others
                 print(f"braas-hpc: frame {frame} failed: {exc}", file=sys.stderr, flush=True)

@@ -8,7 +8,8 @@ import bpy
 
 from ..core.blender_version import cluster_warning, dotted, parse_version_line
 from ..core.cluster_blender import installed_blender, record_path
-from ..core.errors import UsageError
+from ..core.errors import BraasError, UsageError
+from ..core.frames import parse_frames
 from ..core.scene_settings import SceneSettings
 
 LISTED = 10  # missing files named in the message; the rest are counted
@@ -90,7 +91,16 @@ def scene_settings() -> SceneSettings:
         fps=round(render.fps / (render.fps_base or 1.0), 3), view_transform=scene.view_settings.view_transform,
         look=scene.view_settings.look, exposure=round(scene.view_settings.exposure, 4),
         gamma=round(scene.view_settings.gamma, 4), display_device=scene.display_settings.display_device,
+        samples=scene.cycles.samples,
     )
+
+
+def is_still(settings: bpy.types.PropertyGroup) -> bool:
+    """Whether the job renders one frame (which Split samples can render as several tasks)."""
+    try:
+        return len(parse_frames(frames_of(settings))) == 1
+    except BraasError:
+        return False
 
 
 def frames_of(settings: bpy.types.PropertyGroup) -> str:

@@ -80,7 +80,8 @@ def submit_request(settings: bpy.types.PropertyGroup, allow_scripts: bool = Fals
         partition=settings.partition.strip(), email=settings.email.strip(),
         allow_scripts=allow_scripts, pack=settings.pack, project=settings.project.strip(),
         retries=settings.retries, gpu_backend=_gpu_backend(settings), scene_settings=checks.scene_settings(),
-        video=settings.video_codec if settings.video_in_finish else "")
+        video=settings.video_codec if settings.video_in_finish else "",
+        split_samples=settings.split_samples if settings.split_samples > 1 and checks.is_still(settings) else 0)
 
 
 class BRAAS_HPC_OT_submit(bpy.types.Operator):

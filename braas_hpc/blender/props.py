@@ -51,6 +51,9 @@ class JobSettings(bpy.types.PropertyGroup):
                               description="Per task; 0: the partition's default")
     chunk: IntProperty(name="Frames per task", default=1, min=1, soft_max=100)
     max_parallel: IntProperty(name="Max parallel tasks", default=0, min=0, description="0: no limit")
+    split_samples: IntProperty(name="Split samples", default=0, min=0, soft_max=64,
+                               description="A still only: render its samples as this many tasks, each its own range "
+                               "of them, merged and denoised on the cluster into one image (0 or 1: one task)")
     retries: IntProperty(name="Automatic retries", default=2, min=0, max=10,
                          description="Rounds of lost frames (failed, timed out, preempted tasks) resubmitted "
                          "without asking")

@@ -135,6 +135,8 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         row = layout.row()
         row.scale_y = 1.4
         row.operator("braas_hpc.submit", icon="RENDER_ANIMATION")
+        if checks.is_still(settings):  # its samples can go to several tasks, merged on the cluster
+            row.prop(settings, "split_samples")
         row.operator("braas_hpc.estimate", icon="TIME")
         lines, warned = ops_estimate.shown_lines(settings)
         for index, line in enumerate(wrapped for text in lines for wrapped in wrap_text(text, 70)):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .scene_settings import FORMATS as IMAGE_FORMATS
+from .split import missing_parts, part_offsets
 
 DEVICES = ("CPU", "GPU")
 # Frame files are named by us, so a remote listing can be checked against this before any local path
@@ -83,6 +84,16 @@ class JobSpec:
     gamma: float = 1.0
     display_device: str = "sRGB"
     video: str = ""  # a movie the finish step makes on the cluster (a codec of VIDEO_CODECS); "": none
+    # A split still (core.split): `frames` are its parts 1..N, all rendering scene frame `split_frame`, part K
+    # `part_samples[K-1]` samples from sample `part_offsets[K-1]` on. Empty: an ordinary job.
+    split_frame: int = 0
+    part_samples: tuple[int, ...] = ()
+    part_offsets: tuple[int, ...] = ()
+
+    @property
+    def split(self) -> int:
+        """The number of parts of a split still; 0 for an ordinary job."""
+        return len(self.part_samples)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -90,7 +101,9 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: dict) -> JobSpec:
         """The spec `to_dict` gave (JSON has lists where the spec holds tuples)."""
-        return cls(**{**data, "frames": tuple(data["frames"]), "tasks": tuple(tuple(t) for t in data["tasks"])})
+        return cls(**{**data, "frames": tuple(data["frames"]), "tasks": tuple(tuple(t) for t in data["tasks"]),
+                      "part_samples": tuple(data.get("part_samples", ())),
+                      "part_offsets": tuple(data.get("part_offsets", ()))})
 
     @property
     def extension(self) -> str:
@@ -108,6 +121,11 @@ class JobSpec:
                              f"got {self.resolution_percentage}")
         if not 0 <= self.samples <= MAX_SAMPLES:
             raise UsageError(f"samples must be between 1 and {MAX_SAMPLES}, got {self.samples}")
+        if self.split and (self.part_offsets != part_offsets(self.part_samples) or min(self.part_samples) < 1
+                           or self.frames != tuple(range(1, self.split + 1))):
+            raise UsageError(f"a split still needs parts 1..N, each with one sample or more after the ones before; "
+                             f"got parts {list(self.frames)}, samples {list(self.part_samples)}, first samples "
+                             f"{list(self.part_offsets)}")
         if self.walltime_min < 1:
             raise UsageError(f"walltime must be at least 1 minute, got {self.walltime_min}")
         if self.max_parallel < 0:
@@ -217,5 +235,7 @@ def frames_file_text(tasks: tuple[tuple[int, ...], ...]) -> str:
 
 
 def missing_frames(spec: JobSpec, present: set[str]) -> list[int]:
-    """Frames of the job whose files are not among `present` (file names in out/)."""
+    """Frames of the job whose files are not among `present` (file names in out/); a split still's parts."""
+    if spec.split:
+        return missing_parts(spec.split_frame, spec.frames, present)
     return [f for f in spec.frames if frame_file_name(f, spec.extension) not in present]

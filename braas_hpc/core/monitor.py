@@ -15,12 +15,13 @@ from . import live as glimpse
 from .context import JobContext
 from .errors import BraasError, PresetError, connection_failure_kind
 from .frames import format_frames
-from .jobs import JobPaths, missing_frames
+from .jobs import JobPaths, frame_file_name, missing_frames
 from .markers import MARKER_BYTES, parse_marker
 from .presets import Preset, load_preset, preset_files
 from .registry import JobRecord
 from .schedulers import Scheduler, TaskState, scheduler_for
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
+from .split import merge_failed_name
 from .transport import Transport, transport_for
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,8 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequ
     results = []
     for record in records:
         state, tasks, missing = found[record.name]
+        if record.spec.split:
+            state = split_state(record, state, frames[record.name], len(missing))
         if state in TERMINAL and record.state not in TERMINAL:
             registry.set_state(record.name, state, tasks)
         results.append(JobStatus(
@@ -395,6 +398,20 @@ async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequ
             "summary.json" in frames[record.name], str(glimpses[record.name].preview or ""),
             glimpses[record.name].tasks if state == RUNNING else ()))
     return results
+
+
+def split_state(record: JobRecord, state: str, present: set[str], parts_missing: int) -> str:
+    """A split still (core.split) is complete only once its merged frame exists: with every part there
+    and no merged frame yet, its finish step has still to merge (running), unless it said the merge
+    failed; a job that ended complete and lost its merged frame since is failed."""
+    spec = record.spec
+    if frame_file_name(spec.split_frame, spec.extension) in present:
+        return COMPLETED
+    if record.state in TERMINAL:
+        return FAILED if record.state == COMPLETED else record.state
+    if parts_missing or state != COMPLETED:
+        return state
+    return FAILED if merge_failed_name(spec.split_frame) in present else RUNNING
 
 
 class PresetMissing(PresetError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from .cluster_blender import installed_blender
 from .errors import AuthenticationFailed, BraasError, ConnectionFailed, HostKeyError, PresetError
 from .presets import Preset, load_preset
+from .schedulers import scheduler_for
 from .scripts import MANIFEST, remote_digests, scripts_place, scripts_version, shipped_digests
 from .store import HashCache
 from .transport import sshconfig, target_for, transport_for
@@ -292,8 +293,6 @@ def queues_check(preset: Preset, site: dict[str, tuple[bool, int | None]], qos: 
 
 
 def _gpu_words(preset: Preset, gpus: int) -> list[str]:
-    from .schedulers import scheduler_for  # the schedulers build on presets: imported when asked
-
     word = scheduler_for(preset.scheduler).gpu_request(preset)
     return {"gpus": [f"--gpus={gpus}"], "gres": [f"--gres=gpu:{gpus}"]}.get(word, [])
 

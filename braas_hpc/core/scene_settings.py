@@ -31,6 +31,8 @@ ENGINE_LABELS = {"CYCLES": "Cycles", "BLENDER_EEVEE_NEXT": "EEVEE", "BLENDER_EEV
 _VIEW_LAYER_RENDER = 1  # ViewLayer.flag bit: "Use for Rendering"
 _MULTIVIEW = 1 << 21  # RenderData.scemode bit: Stereoscopy on
 _VIEWS_INDIVIDUAL = 0  # ImageFormatData.views_format: one file per view
+CYCLES_DEFAULT_SAMPLES = 4096  # scene.cycles.samples when the file never set it (Blender 3.0 and later)
+_IDP_INT, _IDP_GROUP = 1, 6  # IDProperty types (DNA)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class SceneSettings:
     exposure: float = 0.0
     gamma: float = 1.0
     display_device: str = "sRGB"
+    samples: int = 0  # Cycles' render samples; 0: not known (the add-on's scenes tell it)
 
     @property
     def frames(self) -> str:
@@ -125,7 +128,33 @@ def _settings(scene: BlendFileBlock) -> SceneSettings:
         look=_text(get((b"view_settings", b"look"))), exposure=round(float(get((b"view_settings", b"exposure"))), 4),
         gamma=round(float(get((b"view_settings", b"gamma"))), 4),
         display_device=_text(get((b"display_settings", b"display_device"))),
+        samples=_cycles_samples(scene),
     )
+
+
+def _cycles_samples(scene: BlendFileBlock) -> int:
+    """scene.cycles.samples: Cycles keeps its settings as ID properties, stored only once changed."""
+    from blender_asset_tracer.blendfile import iterators
+
+    def group(block: BlendFileBlock | None) -> dict[bytes, BlendFileBlock]:
+        if block is None:
+            return {}
+        return {p.get(b"name"): p for p in iterators.listbase(block.get_pointer((b"data", b"group", b"first")))}
+
+    # Blender 5.0 keeps add-on settings in `system_properties`, where a file has it (what `properties`
+    # still holds then is stale); older files and versions only in `properties`.
+    cycles = None
+    for field in (b"system_properties", b"properties"):
+        try:
+            cycles = group(scene.get_pointer((b"id", field))).get(b"cycles")
+        except KeyError:  # no such field in this file's DNA
+            continue
+        if cycles is not None:
+            break
+    found = group(cycles).get(b"samples") if cycles is not None and int(cycles.get(b"type")) == _IDP_GROUP else None
+    if found is not None and int(found.get(b"type")) == _IDP_INT:
+        return int(found.get((b"data", b"val")))
+    return CYCLES_DEFAULT_SAMPLES
 
 
 def check_renderable(settings: SceneSettings, source: str) -> None:

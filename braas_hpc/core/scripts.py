@@ -41,7 +41,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # braas_hpc/
 # plan a round and write its scripts, as they are here, so the cluster writes what this computer would.
 _KIT_MODULES = ("__init__.py", "core/__init__.py", "core/errors.py", "core/frames.py", "core/jobs.py",
                 "core/scene_settings.py", "core/presets.py", "core/hostnames.py", "core/paths.py", "core/markers.py",
-                "core/planning.py", "core/rounds.py")
+                "core/planning.py", "core/rounds.py", "core/split.py")
 
 
 def _kit_files() -> list[tuple[str, Path]]:

@@ -174,8 +174,9 @@ async def submit(request: SubmitRequest, built: tuple[JobSpec, Preset] | None = 
         registry.set_estimate(spec.name, estimate)
     intents.forget(print_)
     updated = paths.scripts.uploaded if paths.scripts else ()
-    return SubmitResult(spec.name, preset.name, format_frames(spec.frames), len(spec.tasks), tuple(id_tasks),
-                        paths.job_dir, paths.upload, delivered.finish_id, updated, warnings)
+    frames = str(spec.split_frame) if spec.split else format_frames(spec.frames)  # a split still: its one frame
+    return SubmitResult(spec.name, preset.name, frames, len(spec.tasks), tuple(id_tasks), paths.job_dir, paths.upload,
+                        delivered.finish_id, updated, warnings)
 
 
 # Marks the job cancelled by the user (the cluster's recovery reads it) and prints the recorded answer of

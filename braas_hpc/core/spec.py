@@ -15,7 +15,14 @@ from .errors import UsageError
 from .frames import chunk_frames, parse_frames
 from .jobs import PACK_MODES, VIDEO_CODECS, JobSpec, check_directive_values, make_job_name
 from .presets import CYCLES_DEVICES, Partition, Preset, load_preset
-from .scene_settings import SceneSettings, check_renderable, job_format, read_scene_settings
+from .scene_settings import (
+    CYCLES_DEFAULT_SAMPLES,
+    SceneSettings,
+    check_renderable,
+    job_format,
+    read_scene_settings,
+)
+from .split import check_split, part_offsets, part_samples
 from .user_presets import how_to_set
 
 # What a dry run shows where the user's own value is still missing; never sent (a real submission refuses).
@@ -49,6 +56,7 @@ class SubmitRequest:
     samples: int = 0  # 0: the scene's
     video: str = ""  # a movie made on the cluster in the finish step (h264, prores, av1); "": none
     fps: float = 0.0  # the movie's frame rate; 0: the scene's
+    split_samples: int = 0  # >= 2: one still rendered as this many parts, merged on the cluster (core.split)
     # The render settings as the add-on sees them in the open scene (saved before the job is sent);
     # None: read from the file.
     scene_settings: SceneSettings | None = None
@@ -181,6 +189,10 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
         raise UsageError(f"walltime {walltime} min is above the limit of {partition or preset.name} ({limit} min)")
     account = request.account or preset.account
     _check_site(request, preset, part, account, dry_run)
+    split_frame, part_samples, offsets = _split(request, settings, frames, scene.name)
+    if part_samples:  # the parts are the job's units: one task each
+        frames = list(range(1, len(part_samples) + 1))
+        request = dataclasses.replace(request, chunk=1)
     tasks = tuple(tuple(task) for task in chunk_frames(frames, request.chunk))
     _check_tasks(preset, part, len(frames), len(tasks), request.chunk)
     gpu = request.device == "GPU"
@@ -192,12 +204,27 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
         gpus=(part.gpus_per_task or 1) if gpu else 0, cpus=part.cpus_per_task, whole_node=part.whole_node,
         pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
         image_format=image_format, scene_name=settings.scene, resolution_percentage=request.resolution_percentage,
-        samples=request.samples, **_video_fields(request, settings, preset),
+        samples=request.samples, split_frame=split_frame, part_samples=part_samples, part_offsets=offsets,
+        **_video_fields(request, settings, preset),
     )
     spec.validate()
     if dry_run:
         return _with_placeholders(spec, preset, part)
     return spec, preset
+
+
+def _split(request: SubmitRequest, settings: SceneSettings, frames: list[int], source: str
+           ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """A split still's frame, samples per part and each part's first sample; nothing for an ordinary job."""
+    if not request.split_samples:
+        return 0, (), ()
+    if request.video:
+        raise UsageError("--video makes a movie of an animation's frames; a split still is one frame: "
+                         "submit it without --video")
+    samples = request.samples or settings.samples or CYCLES_DEFAULT_SAMPLES
+    check_split(request.split_samples, frames, samples, source)
+    shares = part_samples(samples, request.split_samples)
+    return frames[0], shares, part_offsets(shares)
 
 
 def _with_placeholders(spec: JobSpec, preset: Preset, part: Partition) -> tuple[JobSpec, Preset]:

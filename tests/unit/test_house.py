@@ -2,7 +2,7 @@
 
 Floors of `braas_hpc.core`, from the bottom:
 - basics: errors, paths, frames, what reads a .blend or finds Blender on this computer;
-- model: a job's spec and its files, presets, the registry, packing;
+- model: a job's spec and its files (a split still's parts), presets, the registry, packing;
 - reach: how a cluster is reached and asked (SSH transports, schedulers);
 - cluster: what lives on a cluster for the user (the tree, workdir, store, scripts, Blender);
 - verbs: what the CLI and the add-ons call (submit, status, recovery, watch, download, logs, install, probe).
@@ -21,7 +21,7 @@ from tests.helpers import REPO
 FLOORS: dict[str, tuple[str, ...]] = {
     "basics": ("core", "errors", "paths", "display", "progress", "markers", "hostnames", "frames", "local_blender",
                "scene_settings", "notify"),
-    "model": ("jobs", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
+    "model": ("jobs", "split", "presets", "user_presets", "registry", "spec", "intents", "packing", "blender_version"),
     "reach": ("transport", "schedulers", "batch"),  # with every module inside them
     "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "events", "cluster_blender",
                 "context", "planning", "rounds", "estimate", "calibration", "allocation", "live", "fanout"),

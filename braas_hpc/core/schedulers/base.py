@@ -136,6 +136,9 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         render += ["--resolution-percentage", spec.resolution_percentage]
     if spec.samples:
         render += ["--samples", spec.samples]
+    if spec.split:  # a split still: the frames file lists parts; each part's samples and seed come from here
+        render += ["--split-frame", spec.split_frame, "--part-samples", ",".join(map(str, spec.part_samples)),
+                   "--part-offsets", ",".join(map(str, spec.part_offsets))]
     variables = {id(threads): '"$BRAAS_THREADS"', id(task): '"$BRAAS_TASK_ID"'}
     command = " ".join(variables.get(id(word), q(str(word))) for word in render)
     lines = ["#!/bin/bash", *header, ""]
