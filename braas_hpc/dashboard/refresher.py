@@ -72,6 +72,7 @@ class Refresher:
         self.polls = 0  # refreshes that asked the clusters
         self.calls: Counter[str] = Counter()  # preset -> status calls made by this refresher
         self.clients = 0
+        self.refreshing = False  # a refresh is between its first remote call and its snapshot
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._watched = asyncio.Event()
@@ -147,10 +148,13 @@ class Refresher:
         while True:
             await self._watched.wait()  # nobody looking: nothing asked
             self._wake.clear()
+            self.refreshing = True
             try:
                 await self.refresh()
             except Exception:  # a bug must not stop the page: said in the log, tried again on the back-off
                 log.exception("dashboard: the refresh failed")
+            finally:
+                self.refreshing = False
             live = any(s.state not in TERMINAL for a in self._answers.values() for s in a.statuses) or any(
                 v.get("state") not in TERMINAL for a in self._answers.values() for v in a.sessions)
             watch._follow(self.news, self._report())
