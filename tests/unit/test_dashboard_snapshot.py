@@ -29,6 +29,8 @@ def test_a_job_spread_over_clusters_sums_its_parts_and_ends_only_when_all_have()
     assert snapshot.overall_state([snapshot.Part("a", "COMPLETED", 1, 1), snapshot.Part("b", "FAILED", 0, 1)]) == "FAILED"
     assert snapshot.overall_state([snapshot.Part("a", "PENDING", 0, 1), snapshot.Part("b", "CANCELLED", 0, 1)]) == \
         "PENDING"
+    assert snapshot.overall_state([snapshot.Part("a", "PENDING", 0, 1), snapshot.Part("b", "RUNNING", 0, 1)]) == \
+        "RUNNING"
 
 
 def test_unanswered_part_leaves_counts_unknown_and_ended_job_offers_resubmit() -> None:
