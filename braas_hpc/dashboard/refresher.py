@@ -73,6 +73,7 @@ class Refresher:
         self.calls: Counter[str] = Counter()  # preset -> status calls made by this refresher
         self.clients = 0
         self.refreshing = False  # a refresh is between its first remote call and its snapshot
+        self.shown_between = 0  # snapshots with frames the job watcher saw land, made without a refresh
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._watched = asyncio.Event()
@@ -146,6 +147,8 @@ class Refresher:
     async def _refresh_loop(self) -> None:
         interval = watch.POLL_MIN_S
         while True:
+            if not self._watched.is_set():
+                await self.news.close()  # the login nodes' job watchers too
             await self._watched.wait()  # nobody looking: nothing asked
             self._wake.clear()
             self.refreshing = True
@@ -182,6 +185,7 @@ class Refresher:
             poll, _events = news_task.result()  # type: ignore[misc]
             if poll:
                 return False
+            self.shown_between += 1
             await self._publish(with_frames=True)
 
     async def refresh(self) -> None:

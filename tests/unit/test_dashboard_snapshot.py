@@ -26,7 +26,8 @@ def test_a_job_spread_over_clusters_sums_its_parts_and_ends_only_when_all_have()
     assert view["state"] == "RUNNING" and view["frames_done"] == 3 and view["presets"] == ["karolina", "lumi"]
     assert [c["frames_done"] for c in view["clusters"]] == [2, 1]
     assert view["can"] == {"cancel": True, "resubmit": False, "download": True}
-    assert snapshot.overall_state([snapshot.Part("a", "COMPLETED", 1, 1), snapshot.Part("b", "FAILED", 0, 1)]) == "FAILED"
+    assert snapshot.overall_state([snapshot.Part("a", "COMPLETED", 1, 1), snapshot.Part("b", "FAILED", 0, 1)]) == \
+        "FAILED"
     assert snapshot.overall_state([snapshot.Part("a", "PENDING", 0, 1), snapshot.Part("b", "CANCELLED", 0, 1)]) == \
         "PENDING"
     assert snapshot.overall_state([snapshot.Part("a", "PENDING", 0, 1), snapshot.Part("b", "RUNNING", 0, 1)]) == \
