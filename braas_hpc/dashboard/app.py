@@ -209,11 +209,12 @@ def make(port: int = 0, frames_root: Path | None = None, poll_max_s: float | Non
     except OSError as error:
         sock.close()
         raise UsageError(f"127.0.0.1:{port} cannot be used ({error.strerror}); give another --port, or 0") from None
-    sock.set_inheritable(True)
+    sock.listen(128)  # a browser opened at once waits for the server instead of being refused
     token = secrets.token_urlsafe(32)
     refresher = Refresher((frames_root or Path.cwd()).resolve(), poll_max_s)
     bound = int(sock.getsockname()[1])
-    config = uvicorn.Config(build_app(refresher, token, bound), log_level="warning", access_log=False,
+    # log_config None: uvicorn's errors go through braas-hpc's logging; no access log (URLs may hold the token)
+    config = uvicorn.Config(build_app(refresher, token, bound), log_config=None, access_log=False,
                             lifespan="on", proxy_headers=False, server_header=False, date_header=False,
                             ws="none", timeout_graceful_shutdown=2)
     return Dashboard(refresher, uvicorn.Server(config), sock, token)

@@ -82,3 +82,44 @@ def test_the_page_carries_the_token_for_its_buttons_and_nothing_inline(board) ->
     assert "<script>" not in text and "onclick" not in text  # the CSP allows scripts from files only
     assert json.loads(get(board.port, "/api/snapshot", headers={"Cookie": cookie}).body)["jobs"] == []
     assert get(board.port, "/assets/app.js", headers={"Cookie": cookie}).status == 200
+
+
+def test_the_command_prints_its_link_serves_it_and_stops_on_ctrl_c(user_dirs: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    from braas_hpc.cli_json import SCHEMAS
+
+    proc = subprocess.Popen([sys.executable, "-m", "braas_hpc.cli", "dashboard", "--no-open", "--json", "--dest",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **user_dirs})
+    try:
+        said = json.loads(proc.stdout.readline())
+        jsonschema.validate(said, SCHEMAS["dashboard"])
+        port, token = said["port"], said["url"].rsplit("token=", 1)[1]
+        assert said["url"] == f"http://127.0.0.1:{port}/?token={token}"
+        assert get(port, f"/api/snapshot?token={token}").status == 200
+        assert get(port, "/api/snapshot").status == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert token not in err  # nothing logs the link's secret
+
+
+def test_without_the_extra_it_says_how_to_install_it(user_dirs: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    import braas_hpc.dashboard
+    from braas_hpc import cli
+
+    monkeypatch.delattr(braas_hpc.dashboard, "app", raising=False)
+    for name in [m for m in sys.modules if m == "braas_hpc.dashboard.app" or m.startswith(("uvicorn", "starlette"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert cli.main(["dashboard", "--no-open"]) == 2
+    assert "pip install 'braas-hpc[dashboard]'" in capsys.readouterr().err
