@@ -302,9 +302,9 @@ class Refresher:
             except (OSError, BraasError, ValueError) as error:
                 log.debug("dashboard: the job list could not be read: %s", error)
                 continue
-            asked = (tuple((r.name, r.rounds) for r in records), held)
-            known = (tuple((r.name, r.rounds) for r in self._records),
-                     tuple(str(v["session"]) for a in self._answers.values() for v in a.sessions))
+            asked = (frozenset((r.name, r.rounds) for r in records), frozenset(held))
+            known = (frozenset((r.name, r.rounds) for r in self._records),
+                     frozenset(str(v["session"]) for a in self._answers.values() for v in a.sessions))
             if self.version and asked != known:
                 self.kick()
                 continue
