@@ -87,3 +87,35 @@ def test_sessions_are_read_from_one_batch() -> None:
         {"state": "RUNNING", "node": "cn7", "command": "running", "port": 50123}
     assert shown[waiting.name]["state"] == "PENDING" and shown[waiting.name]["node"] == ""
     assert shown[waiting.name]["command"] == "none" and shown[waiting.name]["port"] is None
+
+
+def test_the_refresher_backs_off_and_asks_nothing_without_a_page(user_dirs: dict[str, str], tmp_path: Path) -> None:
+    """Sessions on two clusters (whose presets are gone: nothing to connect to) listed in another order
+    than they were started are no change: refreshes follow the back-off (2 s, then 4), not the second-by-
+    second look at this computer; and none is made before a page listens."""
+    import asyncio
+
+    from braas_hpc.dashboard.refresher import Refresher
+    from braas_hpc_interactive.core.records import save_record
+
+    for i, preset in enumerate(("gone-a", "gone-b", "gone-a")):
+        save_record(SessionRecord(f"i-20260101-12000{i}-ab1{i}", preset, "slurm", str(300 + i), "/w", 10, False,
+                                  float(i)))
+
+    async def run() -> tuple[int, int, list[str]]:
+        refresher = Refresher(tmp_path, poll_max_s=30)
+        task = asyncio.create_task(refresher.run())
+        await asyncio.sleep(1.5)
+        before = refresher.polls
+        updates = refresher.updates()
+        first = await anext(updates)
+        await asyncio.sleep(4.5)
+        polls = refresher.polls
+        await updates.aclose()
+        task.cancel()
+        return before, polls, [s["error"] for s in first["sessions"]]
+
+    before, polls, errors = asyncio.run(run())
+    assert before == 0
+    assert polls == 2, f"{polls} refreshes in 4.5 s"  # at 0 s and 2 s; the next is due at 6 s
+    assert len(errors) == 3 and all("gone-" in e for e in errors)
