@@ -224,6 +224,8 @@ async def close_tunnel(key: str) -> bool:
         entry = _state.tunnels.pop(key, None)
     if entry is None:
         return False
+    with contextlib.suppress(OSError, UsageError):
+        live.clear(key)
     await entry.tunnel.close()
     return True
 
