@@ -80,6 +80,7 @@ class Refresher:
         self._extras: dict[str, snapshot.Extras] = {}
         self._final: set[str] = set()  # ended jobs whose markers and logs were read after they ended
         self._answers: dict[str, ClusterAnswer] = {}
+        self._refused: set[str] = set()  # clusters not asked again (a refused host key or login, a preset gone)
         self._records: list[JobRecord] = []
         self._local_key: object = None
         self._busy: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -158,11 +159,17 @@ class Refresher:
                 log.exception("dashboard: the refresh failed")
             finally:
                 self.refreshing = False
-            live = any(s.state not in TERMINAL for a in self._answers.values() for s in a.statuses) or any(
-                v.get("state") not in TERMINAL for a in self._answers.values() for v in a.sessions)
             watch._follow(self.news, self._report())
-            kicked = await self._pause(time.monotonic() + interval if live else None)
+            kicked = await self._pause(time.monotonic() + interval if self._live() else None)
             interval = watch.POLL_MIN_S if kicked else min(interval * 2, self.poll_max_s)
+
+    def _live(self) -> bool:
+        """Whether another refresh may tell something new: a job or session not ended, or a cluster that
+        did not answer this time (a refused host key or login, a preset gone: waiting does not help)."""
+        answers = self._answers.values()
+        return (any(s.state not in TERMINAL for a in answers for s in a.statuses)
+                or any(v["state"] not in TERMINAL and not v.get("error") for a in answers for v in a.sessions)
+                or any(not e.lasting for a in answers for e in a.errors))
 
     async def _pause(self, deadline: float | None) -> bool:
         """Until the next refresh is due: True when kicked (a button, a new job), False when its time came
@@ -196,6 +203,8 @@ class Refresher:
         found = await asyncio.gather(*(self._ask(name, [r for r in records if r.preset == name],
                                                  [s for s in held if s.preset == name]) for name in names))
         self._answers = dict(zip(names, found, strict=True))
+        # As `status --watch`: a cluster that refused us is not asked again until the job list changes.
+        self._refused |= {name for name, a in self._answers.items() if a.errors and all(e.lasting for e in a.errors)}
         self.polls += 1
         self.news.polled()
         statuses = [s for a in found for s in a.statuses]
@@ -210,6 +219,8 @@ class Refresher:
 
     async def _ask(self, name: str, records: list[JobRecord], held: list[SessionRecord]) -> ClusterAnswer:
         """One cluster's jobs, markers, logs and sessions, in one remote call."""
+        if name in self._refused and name in self._answers:
+            return self._answers[name]
         answer = ClusterAnswer()
         preset: Preset | list[monitor.ClusterError]
         try:
@@ -306,6 +317,7 @@ class Refresher:
             known = (frozenset((r.name, r.rounds) for r in self._records),
                      frozenset(str(v["session"]) for a in self._answers.values() for v in a.sessions))
             if self.version and asked != known:
+                self._refused.clear()
                 self.kick()
                 continue
             here = tuple(len(snapshot.local_frames(self.frames_root / r.name)) for r in records)
