@@ -42,6 +42,7 @@ from ..core import registry
 from ..core.display import plain
 from ..core.errors import BraasError, UsageError
 from ..core.jobs import FRAME_FILE
+from ..core.live import held_preview
 from .refresher import Refresher
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,16 @@ class Pages:
             return PlainTextResponse("not found\n", 404)
         return FileResponse(path)
 
+    async def preview(self, request: Request) -> Response:
+        """The small JPEG of the job's newest frame that the status brought (core.live), held here."""
+        job = request.path_params["job"]
+        if "/" in job or job.startswith(".") or not registry.has_job(job):
+            return PlainTextResponse("not found\n", 404)
+        path = held_preview(job)
+        if path is None or path.parent != registry.previews_path(job) or path.is_symlink() or not path.is_file():
+            return PlainTextResponse("not found\n", 404)
+        return FileResponse(path, media_type="image/jpeg")
+
     async def act(self, request: Request) -> Response:
         job, action = request.path_params["job"], request.path_params["action"]
         try:
@@ -171,6 +182,7 @@ def build_app(refresher: Refresher, token: str, port: int) -> ASGIApp:
     pages = Pages(refresher, token)
     routes = [Route("/", pages.page), Route("/assets/{name}", pages.asset), Route("/api/snapshot", pages.snapshot),
               Route("/events", pages.stream), Route("/frames/{job}/{name}", pages.frame),
+              Route("/previews/{job}", pages.preview),
               Route("/api/jobs/{job}/{action}", pages.act, methods=["POST"])]
     return Guard(Starlette(routes=routes, lifespan=pages.lifespan), token, port)
 

@@ -286,9 +286,11 @@ class Refresher:
         for record in self._records:
             here = snapshot.local_frames(self.frames_root / record.name)
             extras = self._extras.get(record.name, snapshot.Extras())
+            preview, tasks = "", ()
             if (status := by_job.get(record.name)) is not None:
                 part = snapshot.Part(record.preset, status.state, status.frames_done, status.frames_total)
                 missing: tuple[int, ...] | None = status.missing
+                preview, tasks = status.preview, tuple(p.to_json() for p in status.progress)
             elif (error := failed.get(record.name)) is not None:
                 part = snapshot.Part(record.preset, UNKNOWN, None, len(record.spec.frames),
                                      {"kind": error.kind, "message": str(error.error)})
@@ -296,7 +298,7 @@ class Refresher:
             else:  # submitted since the last refresh: the next one tells
                 part = snapshot.Part(record.preset, record.state, None, len(record.spec.frames))
                 missing = None
-            jobs.append(snapshot.job_view(record, [part], missing, extras, here))
+            jobs.append(snapshot.job_view(record, [part], missing, extras, here, preview, tasks))
         return {"jobs": jobs, "sessions": [v for a in self._answers.values() for v in a.sessions],
                 "refreshed": time.time(), "polls": self.polls, "frames_root": str(self.frames_root),
                 "unreachable": sorted({e.preset for e in report.errors

@@ -88,10 +88,20 @@ def image_url(job: str, name: str, stamp: int) -> str:
     return f"/frames/{quote(job)}/{quote(name)}?v={stamp}"
 
 
+def preview_url(job: str, preview: str) -> str | None:
+    """The page's address of the small JPEG the status brought (core.live), or None."""
+    try:
+        stamp = os.stat(preview).st_mtime_ns if preview else None
+    except OSError:
+        return None
+    return f"/previews/{quote(job)}?v={stamp}" if stamp is not None else None
+
+
 def job_view(record: JobRecord, parts: list[Part], missing: tuple[int, ...] | None, extras: Extras,
-             here: dict[str, int]) -> dict[str, object]:
+             here: dict[str, int], preview: str = "", tasks: tuple[dict[str, object], ...] = ()) -> dict[str, object]:
     """One job as the page draws it. `missing`: frames not on the cluster (None: not known now);
-    `here`: the job's frames downloaded to this computer (local_frames)."""
+    `here`: the job's frames downloaded to this computer (local_frames); `preview`: the newest preview
+    the status brought (shown large until a frame is downloaded); `tasks`: each running task's progress."""
     spec = record.spec
     state = overall_state(parts)
     lost = set(missing or ())
@@ -114,7 +124,8 @@ def job_view(record: JobRecord, parts: list[Part], missing: tuple[int, ...] | No
         "frames_spec": format_frames(spec.frames), "missing": format_frames(sorted(lost)) if missing else "",
         "clusters": [p.to_json() for p in parts], "created": record.created, "rounds": record.rounds,
         "scene": Path(spec.scene).name, "format": spec.extension, "frames": frames,
-        "latest": latest[1] if latest else None, "here": len(here),
+        "latest": latest[1] if latest else preview_url(record.name, preview), "here": len(here),
+        "latest_is_preview": latest is None and bool(preview_url(record.name, preview)), "tasks": list(tasks),
         "timings": [[frame, seconds] for frame, seconds in extras.timings.items()], "nodes": list(extras.nodes),
         "logs": {name: "\n".join(text.rstrip("\n").splitlines()[-LOG_LINES:]) for name, text in extras.logs.items()},
         "can": {"cancel": not ended, "resubmit": ended and bool(lost), "download": bool(known) and sum(known) > 0},

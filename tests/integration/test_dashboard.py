@@ -88,6 +88,10 @@ def test_the_page_follows_a_job_and_cancels_it(watcher: str, testbed, remote, sa
         eventually(lambda: _frames_done(first, job), lambda n: n is not None and n > first_count,
                    "the page's progress to move on", timeout=60, every=0.25)
 
+        # Before any download, the preview the status brought is the large picture.
+        latest = first.locator(f'article[data-job="{job}"] .latest img')
+        expect(latest).to_have_attribute("src", re.compile(r"^/previews/"), timeout=30_000)
+
         # Two pages open: what the clusters are asked is one refresher's, never a page's.
         polls_before, calls_before = _settled(board)
         time.sleep(WINDOW_S)
@@ -101,7 +105,8 @@ def test_the_page_follows_a_job_and_cancels_it(watcher: str, testbed, remote, sa
         expect(first.locator(f'article[data-job="{job}"] button.download')).to_be_enabled(timeout=30_000)
         first.locator(f'article[data-job="{job}"] button.download').click()
         expect(first.locator(f'article[data-job="{job}"] .grid img').first).to_be_visible(timeout=30_000)
-        expect(first.locator(f'article[data-job="{job}"] .latest img')).to_be_visible(timeout=10_000)
+        expect(latest).to_have_attribute("src", re.compile(r"^/frames/"), timeout=10_000)
+        expect(latest).to_be_visible()
         assert any((tmp_path / "frames" / job).glob("frame_*"))
         if os.environ.get(SCREENSHOT_ENV):
             first.screenshot(path=os.environ[SCREENSHOT_ENV])

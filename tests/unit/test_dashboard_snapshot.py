@@ -119,3 +119,17 @@ def test_the_refresher_asks_nothing_it_need_not(user_dirs: dict[str, str], tmp_p
     assert before == 0
     assert polls == 1, f"{polls} refreshes in 4.5 s"
     assert len(errors) == 3 and all("gone-" in e for e in errors)
+
+
+def test_the_status_preview_is_the_large_picture_until_a_frame_is_downloaded(tmp_path: Path) -> None:
+    preview = tmp_path / "frame_2.jpg"
+    preview.write_bytes(b"jpeg")
+    running = [snapshot.Part("karolina", "RUNNING", 2, 4)]
+    tasks = ({"task": "task-3", "frame": 3, "percent": 40.0},)
+    view = snapshot.job_view(_record(), running, (3, 4), snapshot.Extras(), {}, str(preview), tasks)
+    assert view["latest"].startswith("/previews/job1?v=") and view["latest_is_preview"] and view["tasks"] == [tasks[0]]
+    here = {"frame_000001.png": 5}
+    view = snapshot.job_view(_record(), running, (3, 4), snapshot.Extras(), here, str(preview))
+    assert view["latest"] == "/frames/job1/frame_000001.png?v=5" and not view["latest_is_preview"]
+    gone = snapshot.job_view(_record(), running, (3, 4), snapshot.Extras(), {}, str(tmp_path / "missing.jpg"))
+    assert gone["latest"] is None

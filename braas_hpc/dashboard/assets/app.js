@@ -81,6 +81,10 @@ function jobCard(job) {
     b.setAttribute("data-preset", part.preset);
     left.append(b);
   }
+  if (job.tasks.length) {
+    left.append(el("div", {class: "meta tasks"}, job.tasks.map(t => `${t.task}: ` +
+      (t.frame == null ? "" : `frame ${t.frame} `) + (t.percent == null ? "…" : `${Math.round(t.percent)}%`)).join(" · ")));
+  }
   const buttons = el("div", {class: "buttons"});
   for (const action of ["cancel", "resubmit", "download"]) {
     const button = el("button", {class: action, type: "button", disabled: !job.can[action]}, action);
@@ -104,8 +108,9 @@ function jobCard(job) {
   for (const [name, text] of Object.entries(job.logs)) logs.append(el("div", {class: "meta"}, name), el("pre", {}, text));
   left.append(logs);
   const latest = el("div", {class: "latest"});
-  latest.append(job.latest ? el("img", {src: job.latest, alt: "latest frame"})
+  latest.append(job.latest ? el("img", {src: job.latest, alt: job.latest_is_preview ? "preview" : "latest frame"})
                            : (job.frames_done ? "download to see the frames" : "no frame yet"));
+  if (job.latest_is_preview) latest.append(el("div", {class: "meta"}, "preview (download for full size)"));
   return el("article", {class: "job", "data-job": job.job}, title, left, latest);
 }
 
