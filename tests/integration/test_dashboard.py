@@ -121,4 +121,14 @@ def test_the_page_follows_a_job_and_cancels_it(watcher: str, testbed, remote, sa
         eventually(lambda: remote(f"squeue -h -j {array_id}").stdout.strip(), lambda left: left == "",
                    f"Slurm to have no task of {array_id} left", timeout=30)
         assert _frames_done(first, job) < FRAMES
+        if watcher == "off":  # Resubmit (once is enough): the missing frames as a new round, cancelled again
+            card = first.locator(f'article[data-job="{job}"]')
+            card.locator("button.resubmit").click()
+            expect(card.locator(".meta").first).to_contain_text("round 2", timeout=30_000)
+            expect(card.locator(".state")).not_to_have_text("CANCELLED", timeout=30_000)
+            expect(card.locator("button.cancel")).to_be_enabled()
+            card.locator("button.cancel").click()
+            expect(card.locator(".state")).to_have_text("CANCELLED", timeout=30_000)
+            eventually(lambda: remote(f"squeue -h -n {job}").stdout.strip(), lambda left: left == "",
+                       f"Slurm to have no task of {job}'s second round left", timeout=30)
         browser.close()
