@@ -91,6 +91,8 @@ def test_the_page_follows_a_job_and_cancels_it(watcher: str, testbed, remote, sa
         # Before any download, the preview the status brought is the large picture.
         latest = first.locator(f'article[data-job="{job}"] .latest img')
         expect(latest).to_have_attribute("src", re.compile(r"^/previews/"), timeout=30_000)
+        eventually(lambda: latest.evaluate("img => img.complete ? img.naturalWidth : 0"), lambda width: width > 0,
+                   "the preview itself to load, through the guard", timeout=10, every=0.2)
 
         # Two pages open: what the clusters are asked is one refresher's, never a page's.
         polls_before, calls_before = _settled(board)
