@@ -22,7 +22,7 @@ from pathlib import Path
 
 from braas_hpc_interactive.core.records import SessionRecord, all_records
 
-from ..core import batch, events, logs, monitor, recovery, registry, service, transfer, watch
+from ..core import batch, events, monitor, recovery, registry, service, transfer, watch
 from ..core.context import job_context
 from ..core.errors import BraasError, UsageError, connection_failure_kind
 from ..core.jobs import JobPaths
@@ -44,21 +44,35 @@ class ClusterAnswer:
     sessions: list[dict[str, object]] = field(default_factory=list)
 
 
+# The newest logs of a job's log/ ($1): "<name>\0<its last $2 lines, at most $3 bytes>\0" for the $4 most
+# recently written, newest first. A job of a thousand tasks sends four tails, not a thousand.
+_NEWEST_TAILS_SCRIPT = r"""
+cd -- "$1" 2>/dev/null || exit 0
+ls -t -- *.log 2>/dev/null | head -n "$4" | while IFS= read -r f; do
+  [ -f "$f" ] || continue
+  printf '%s\0' "$f"; tail -n "$2" -- "$f" | tail -c "$3" | tr -d '\000'; printf '\0'
+done
+exit 0
+"""
+LOGS_SHOWN = 4
+LOG_BYTES = 16 * 1024
+
+
 def _extra_steps(records: list[JobRecord]) -> list[batch.Step]:
     """Each job's markers and log tails (tags m<i> and l<i>, by its place in `records`)."""
     steps = []
     for i, record in enumerate(records):
         paths = JobPaths(record.remote_root, record.name)
         steps.append(batch.Step(f"m{i}", recovery._markers_argv(paths)))
-        steps.append(batch.Step(f"l{i}", ["sh", "-c", logs._TAILS_SCRIPT, "sh", paths.log_dir,
-                                          str(snapshot.LOG_LINES), str(logs.TAIL_BYTES), str(logs.ANSWER_BYTES),
-                                          "*.log"]))
+        steps.append(batch.Step(f"l{i}", ["sh", "-c", _NEWEST_TAILS_SCRIPT, "sh", paths.log_dir,
+                                          str(snapshot.LOG_LINES), str(LOG_BYTES), str(LOGS_SHOWN)]))
     return steps
 
 
 def _tails(text: str) -> dict[str, str]:
+    """Log name -> its tail, newest first, as the script printed them."""
     parts = text.split("\0")
-    return dict(sorted((name, body) for name, body in zip(parts[0::2], parts[1::2], strict=False) if name))
+    return {name: body for name, body in zip(parts[0::2], parts[1::2], strict=False) if name}
 
 
 class Refresher:

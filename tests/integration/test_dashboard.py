@@ -94,6 +94,12 @@ def test_the_page_follows_a_job_and_cancels_it(watcher: str, testbed, remote, sa
         eventually(lambda: latest.evaluate("img => img.complete ? img.naturalWidth : 0"), lambda width: width > 0,
                    "the preview itself to load, through the guard", timeout=10, every=0.2)
 
+        # The newest logs' tails and the seconds per frame, from the same refreshes.
+        card = first.locator(f'article[data-job="{job}"]')
+        card.locator("details.logs summary").click()
+        expect(card.locator("details.logs pre").first).to_contain_text("BRAAS-PROGRESS", timeout=30_000)
+        expect(card.locator("svg.chart rect").first).to_be_attached()
+
         # Two pages open: what the clusters are asked is one refresher's, never a page's.
         polls_before, calls_before = _settled(board)
         time.sleep(WINDOW_S)

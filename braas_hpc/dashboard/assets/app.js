@@ -102,7 +102,7 @@ function jobCard(job) {
   }
   left.append(grid, chart(job.timings));
   const logs = el("details", {class: "logs", open: openLogs.has(job.job)},
-                  el("summary", {}, `logs (${Object.keys(job.logs).length})` +
+                  el("summary", {}, `newest logs (${Object.keys(job.logs).length})` +
                                     (job.nodes.length ? ` · nodes ${job.nodes.join(", ")}` : "")));
   logs.addEventListener("toggle", () => logs.open ? openLogs.add(job.job) : openLogs.delete(job.job));
   for (const [name, text] of Object.entries(job.logs)) logs.append(el("div", {class: "meta"}, name), el("pre", {}, text));
