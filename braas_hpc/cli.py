@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_costs, cli_json, cli_logging, cli_progress
+from . import cli_costs, cli_dashboard, cli_json, cli_logging, cli_progress
 from .core import VERSION, costs, job_end, logs, monitor, readiness, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
@@ -698,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend(p)
 
     cli_costs.add_parser(add, cmd_allocation)
+    cli_dashboard.add_parser(add)
 
     p = add("test", cmd_test, "connect to a cluster, run a probe and report")
     p.add_argument("preset", metavar="PRESET")

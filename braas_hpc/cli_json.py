@@ -112,6 +112,7 @@ SCHEMAS: dict[str, Schema] = {
                                                 "proxy_jump": STR, "opened": NUM, "busy": INT, "idle_s": NUM,
                                                 "keep_s": NUM})}}),
     "extension build": top({"built": STRS}),
+    "dashboard": top({"url": STR, "port": INT}),
     "interactive start": top({"session": STR, "job": STR, "node": STR, "dir": STR}),
     "interactive tunnel": top({"local_port": INT, "local_path": nullable(STR), "host": STR, "port": INT}),
     "interactive status": top({"sessions": {"type": "array", "items": obj(

@@ -12,7 +12,7 @@ from braas_hpc.core.errors import UsageError
 from braas_hpc.core.presets import SSH_BACKENDS
 from braas_hpc.core.transport import quote_command
 
-from .core import launch, session
+from .core import launch, live, session
 from .core.records import all_records, load_record
 from .core.tunnel import CHECK_S, TCP_WARNING, UNIX_SOCKETS, for_session
 
@@ -79,10 +79,12 @@ async def cmd_tunnel(args: argparse.Namespace) -> int:
         _say(f"warning: {TCP_WARNING}" + ("" if UNIX_SOCKETS else " (no Unix sockets on this system)"))
     print(document({"local_port": port, "local_path": tunnel.local_path, "host": conn.host, "port": conn.port},
                    indent=None) if args.json else tunnel.local_end, flush=True)
+    live.publish(record.name, tunnel=tunnel.local_end)  # for `braas-hpc dashboard`
     try:
         while True:  # until Ctrl-C; the watchdog re-opens the tunnel after a drop
             await asyncio.sleep(3600)
     finally:
+        live.clear(record.name)
         await tunnel.close()
 
 

@@ -9,14 +9,18 @@ nothing here touches bpy. Session tokens live in these objects only, never in Bl
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from braas_hpc.addon_kit.bridge import Bridge
+from braas_hpc.core.errors import UsageError
 
+from ..core import live
 from ..core.client import Frame, ViewportLink
 from ..core.protocol import ViewRequest
 
@@ -143,6 +147,22 @@ def drawn() -> None:
     link = current()
     if link is not None:
         link.drawn()
+        _say_fps(link)
+
+
+_LIVE_EVERY_S = 2.0
+_live_said = [0.0]
+
+
+def _say_fps(link: ViewportLink) -> None:
+    """Now and then, the frames per second received, for `braas-hpc dashboard` (core.live)."""
+    now = time.monotonic()
+    key = view_key()
+    if now - _live_said[0] < _LIVE_EVERY_S or not key:
+        return
+    _live_said[0] = now
+    with contextlib.suppress(OSError, UsageError):  # a key that is no session name, a full disk: not shown
+        live.publish(key, fps=link.frames_per_second)
 
 
 def latest() -> tuple[int, Frame | None]:
@@ -183,6 +203,8 @@ def add_tunnel(key: str, entry: TunnelEntry) -> TunnelEntry | None:
     with _state.lock:
         previous = _state.tunnels.get(key)
         _state.tunnels[key] = entry
+    with contextlib.suppress(OSError, UsageError):
+        live.publish(key, tunnel=entry.local_end)
         return previous
 
 
@@ -202,6 +224,8 @@ async def close_tunnel(key: str) -> bool:
         entry = _state.tunnels.pop(key, None)
     if entry is None:
         return False
+    with contextlib.suppress(OSError, UsageError):
+        live.clear(key)
     await entry.tunnel.close()
     return True
 

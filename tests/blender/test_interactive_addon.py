@@ -339,6 +339,8 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         scene.braas_hpc_interactive.script_text = block
         result["script_sent"] = [links.set_script(engine.script_of(scene)), links.set_script(engine.script_of(scene))]
         links.drawn()  # as view_draw does next: a link paused for want of draws resumes
+        from braas_hpc_interactive.core import live
+        result["live"] = live.read("i-20260101-120000-ab12")  # what `braas-hpc dashboard` shows
         # The server's scene bounds as a box in the open file.
         result["bounds_op"] = sorted(bpy.ops.braas_hpc_interactive.show_bounds())
         box = bpy.data.objects["BRaaS-HPC Remote Bounds"]
@@ -361,6 +363,7 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
         result["tunnel_port_open"] = __import__("os").path.exists(path)  # closed: its socket removed
         result["engine_after"] = scene.render.engine
         result["tunnels_left"] = len(links.tunnels())
+        result["live_after"] = live.read("i-20260101-120000-ab12")
         result["after"] = leftovers()
     """)
     assert got["engine_while"] == "BRAAS_HPC_REMOTE"
@@ -382,6 +385,8 @@ def test_viewing_through_a_tunnel_and_close_all(tmp_path: Path) -> None:
     assert got["bounds_op"] == ["FINISHED"]
     assert got["bounds"] == [[1.0, 4.0, 0.25], [2.0, 2.0, 0.25], "CUBE", True]
     assert got["drawn_serial_seen"]
+    assert got["live"]["tunnel"] == "private socket" and got["live"]["fps"] > 0
+    assert got["live_after"].get("tunnel") is None
     assert got["paused"] is True and got["paused_status"].startswith("paused: no 3D view") and got["resumed"]
     assert got["link_thread_alive"] is False and got["goodbye"] is True
     assert got["tunnel_port_open"] is False and got["tunnels_left"] == 0

@@ -1,0 +1,343 @@
+"""One refresher for every open page: asks each cluster once per refresh, on the CLI's back-off.
+
+A refresh is one remote call per cluster (core.batch through core.monitor): the scheduler's answer and
+the frames on disk, as `braas-hpc status` asks them, with the task markers (seconds per frame), the
+log tails and the cluster's interactive sessions brought in the same call. Refreshes follow `status
+--watch`: 2 s, then 4, 8 ... up to 30 s (`$BRAAS_HPC_POLL_MAX`), sooner when the cluster's job watcher
+says a job ended (core.events), again from 2 s after a button was pressed or a job was submitted.
+Frames the watcher saw land are shown without asking the scheduler. Lost frames are resubmitted as
+`status` does (core.recovery). With no page open, or every job ended, nothing is asked at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from braas_hpc_interactive.core.records import SessionRecord, all_records
+
+from ..core import batch, events, monitor, recovery, registry, service, transfer, watch
+from ..core.context import job_context
+from ..core.errors import BraasError, UsageError, connection_failure_kind
+from ..core.jobs import JobPaths
+from ..core.presets import Preset, load_preset
+from ..core.registry import JobRecord
+from ..core.schedulers.base import TERMINAL, UNKNOWN
+from ..core.transport import transport_for
+from . import sessions, snapshot
+
+log = logging.getLogger(__name__)
+LOCAL_LOOK_S = 1.0  # the job list and downloaded frames on this computer: looked at this often (no network)
+ACTIONS = ("cancel", "resubmit", "download")
+
+
+@dataclass
+class ClusterAnswer:
+    statuses: list[monitor.JobStatus] = field(default_factory=list)
+    errors: list[monitor.ClusterError] = field(default_factory=list)
+    sessions: list[dict[str, object]] = field(default_factory=list)
+
+
+# The newest logs of a job's log/ ($1): "<name>\0<its last $2 lines, at most $3 bytes>\0" for the $4 most
+# recently written, newest first. A job of a thousand tasks sends four tails, not a thousand.
+_NEWEST_TAILS_SCRIPT = r"""
+cd -- "$1" 2>/dev/null || exit 0
+ls -t -- *.log 2>/dev/null | head -n "$4" | while IFS= read -r f; do
+  [ -f "$f" ] || continue
+  printf '%s\0' "$f"; tail -n "$2" -- "$f" | tail -c "$3" | tr -d '\000'; printf '\0'
+done
+exit 0
+"""
+LOGS_SHOWN = 4
+LOG_BYTES = 16 * 1024
+
+
+def _extra_steps(records: list[JobRecord]) -> list[batch.Step]:
+    """Each job's markers and log tails (tags m<i> and l<i>, by its place in `records`)."""
+    steps = []
+    for i, record in enumerate(records):
+        paths = JobPaths(record.remote_root, record.name)
+        steps.append(batch.Step(f"m{i}", recovery._markers_argv(paths)))
+        steps.append(batch.Step(f"l{i}", ["sh", "-c", _NEWEST_TAILS_SCRIPT, "sh", paths.log_dir,
+                                          str(snapshot.LOG_LINES), str(LOG_BYTES), str(LOGS_SHOWN)]))
+    return steps
+
+
+def _tails(text: str) -> dict[str, str]:
+    """Log name -> its tail, newest first, as the script printed them."""
+    parts = text.split("\0")
+    return {name: body for name, body in zip(parts[0::2], parts[1::2], strict=False) if name}
+
+
+class Refresher:
+    """The snapshot every page shows, and the one task that keeps it fresh."""
+
+    def __init__(self, frames_root: Path, poll_max_s: float | None = None) -> None:
+        self.frames_root = frames_root
+        self.poll_max_s = watch.poll_max(poll_max_s)
+        self.snapshot: dict[str, object] = {"jobs": [], "sessions": [], "refreshed": None, "polls": 0}
+        self.version = 0
+        self.polls = 0  # refreshes that asked the clusters
+        self.calls: Counter[str] = Counter()  # preset -> status calls made by this refresher
+        self.clients = 0
+        self.refreshing = False  # a refresh is between its first remote call and its snapshot
+        self.shown_between = 0  # snapshots with frames the job watcher saw land, made without a refresh
+        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._watched = asyncio.Event()
+        self._extras: dict[str, snapshot.Extras] = {}
+        self._final: set[str] = set()  # ended jobs whose markers and logs were read after they ended
+        self._answers: dict[str, ClusterAnswer] = {}
+        self._refused: set[str] = set()  # clusters not asked again (a refused host key or login, a preset gone)
+        self._records: list[JobRecord] = []
+        self._local_key: object = None
+        self._busy: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.news = events.JobEvents()
+
+    # ---- pages
+
+    async def updates(self) -> AsyncIterator[dict[str, object]]:
+        """Every new snapshot, the current one first, for as long as the page listens."""
+        self.clients += 1
+        self._watched.set()
+        seen = -1
+        try:
+            while True:
+                async with self._changed:
+                    while self.version in (seen, 0):
+                        await self._changed.wait()
+                    seen = self.version
+                yield self.snapshot
+        finally:
+            self.clients -= 1
+            if not self.clients:
+                self._watched.clear()
+
+    def kick(self) -> None:
+        """Refresh now, and back off again from the shortest pause."""
+        self._wake.set()
+
+    async def act(self, job: str, action: str) -> dict[str, object]:
+        """A button: the same core call as the CLI verb. One at a time per job (a double click acts once)."""
+        if action not in ACTIONS:
+            raise UsageError(f"no such action: {action!r}")
+        if not registry.has_job(job):
+            raise UsageError(f"no job named {job!r} in the job list")
+        lock = self._busy[job]
+        if lock.locked():
+            raise UsageError(f"{job}: an action is already running")
+        async with lock:
+            context = job_context(job)
+            if action == "cancel":
+                done: dict[str, object] = {"cancelled": list(await service.cancel(context))}
+            elif action == "resubmit":
+                result, _plan = await recovery.resubmit_missing(context)
+                done = result.to_json()
+            else:
+                done = (await transfer.download(context, self.frames_root / job)).to_json()
+        if action == "download":
+            await self._publish()
+        else:
+            self.kick()
+        return done
+
+    # ---- the refresher
+
+    async def run(self) -> None:
+        local = asyncio.create_task(self._look_here())
+        try:
+            await self._refresh_loop()
+        finally:
+            local.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await local
+            await self.news.close()
+
+    async def _refresh_loop(self) -> None:
+        interval = watch.POLL_MIN_S
+        while True:
+            if not self._watched.is_set():
+                await self.news.close()  # the login nodes' job watchers too
+            await self._watched.wait()  # nobody looking: nothing asked
+            self._wake.clear()
+            self.refreshing = True
+            try:
+                await self.refresh()
+            except Exception:  # a bug must not stop the page: said in the log, tried again on the back-off
+                log.exception("dashboard: the refresh failed")
+            finally:
+                self.refreshing = False
+            watch._follow(self.news, self._report())
+            kicked = await self._pause(time.monotonic() + interval if self._live() else None)
+            interval = watch.POLL_MIN_S if kicked else min(interval * 2, self.poll_max_s)
+
+    def _live(self) -> bool:
+        """Whether another refresh may tell something new: a job or session not ended, or a cluster that
+        did not answer this time (a refused host key or login, a preset gone: waiting does not help)."""
+        answers = self._answers.values()
+        return (any(s.state not in TERMINAL for a in answers for s in a.statuses)
+                or any(v["state"] not in TERMINAL and not v.get("error") for a in answers for v in a.sessions)
+                or any(not e.lasting for a in answers for e in a.errors))
+
+    async def _pause(self, deadline: float | None) -> bool:
+        """Until the next refresh is due: True when kicked (a button, a new job), False when its time came
+        or the job watcher said a job ended. Frames the watcher saw land are shown meanwhile."""
+        while True:
+            waits: dict[asyncio.Task[object], str] = {asyncio.create_task(self._wake.wait()): "kick"}
+            if self.news.live():
+                far = deadline if deadline is not None else time.monotonic() + 3600
+                waits[asyncio.create_task(self.news.until(far))] = "news"
+            left = None if deadline is None or self.news.live() else max(0.0, deadline - time.monotonic())
+            done, pending = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            kinds = {waits[t] for t in done}
+            if "kick" in kinds:
+                return True
+            if "news" not in kinds:
+                return False
+            (news_task,) = [t for t in done if waits[t] == "news"]
+            poll, _events = news_task.result()  # type: ignore[misc]
+            if poll:
+                return False
+            self.shown_between += 1
+            await self._publish(with_frames=True)
+
+    async def refresh(self) -> None:
+        """Ask every cluster once, recover lost frames as `status` does, and show the result."""
+        records = registry.list_jobs()
+        held = all_records()
+        names = list(dict.fromkeys([*(r.preset for r in records), *(s.preset for s in held)]))
+        found = await asyncio.gather(*(self._ask(name, [r for r in records if r.preset == name],
+                                                 [s for s in held if s.preset == name]) for name in names))
+        self._answers = dict(zip(names, found, strict=True))
+        # As `status --watch`: a cluster that refused us is not asked again until the job list changes.
+        self._refused |= {name for name, a in self._answers.items() if a.errors and all(e.lasting for e in a.errors)}
+        self.polls += 1
+        self.news.polled()
+        statuses = [s for a in found for s in a.statuses]
+        recoveries = await recovery.recover(statuses)
+        for made in recoveries:
+            if made.error:
+                log.warning("dashboard: %s could not be resubmitted: %s", made.job, made.error)
+        self._records = registry.list_jobs()
+        await self._publish()
+        if any(not r.error for r in recoveries):
+            self.kick()  # a new round: its start is worth seeing soon
+
+    async def _ask(self, name: str, records: list[JobRecord], held: list[SessionRecord]) -> ClusterAnswer:
+        """One cluster's jobs, markers, logs and sessions, in one remote call."""
+        if name in self._refused and name in self._answers:
+            return self._answers[name]
+        answer = ClusterAnswer()
+        preset: Preset | list[monitor.ClusterError]
+        try:
+            preset = monitor._preset_or_error(name, records) if records else load_preset(name)
+        except BraasError as error:
+            answer.sessions = sessions.unanswered(held, str(error))
+            return answer
+        if isinstance(preset, list):
+            answer.errors = preset
+            answer.sessions = sessions.unanswered(held, str(preset[0].error))
+            return answer
+        wanted = [r for r in records if r.state not in TERMINAL or r.name not in self._final]
+        steps = [*_extra_steps(wanted), *sessions.steps_for(preset.scheduler, held)]
+        ahead = batch.Answers()
+        try:
+            self.calls[name] += 1
+            if records:
+                answer.statuses = await monitor._status_of_preset(preset, records, steps, ahead)
+            elif steps and not preset.is_local:
+                ahead = await batch.run(transport_for(preset), steps)
+            if preset.is_local:  # this computer: no round trip to save, each command on its own
+                transport = transport_for(preset)
+                for step in steps:
+                    ahead.by_tag[step.tag] = await transport.run(step.argv, check=False, timeout=120)
+        except BraasError as error:
+            log.info("dashboard: %s did not answer: %s", name, error)
+            answer.errors = [monitor.ClusterError(name, tuple(records), error)]
+            answer.sessions = sessions.unanswered(held, str(error))
+            return answer
+        for i, record in enumerate(wanted):
+            self._keep_extras(record, ahead, i)
+        answer.sessions = sessions.views(preset.scheduler, held, ahead)
+        return answer
+
+    def _keep_extras(self, record: JobRecord, ahead: batch.Answers, i: int) -> None:
+        markers = ahead.take(f"m{i}")
+        tails = ahead.take(f"l{i}")
+        if markers is None or tails is None:
+            return  # the batch did not bring them: the last ones stay shown
+        found = [m for text in markers.stdout.split("\0") if (m := recovery.parse_marker(text)) is not None]
+        timings, nodes = snapshot.timings_of(found)
+        self._extras[record.name] = snapshot.Extras(timings, nodes, _tails(tails.stdout))
+        if record.state in TERMINAL:
+            self._final.add(record.name)  # it had ended before this refresh: nothing more will change
+
+    def _report(self) -> monitor.StatusReport:
+        return monitor.StatusReport([s for a in self._answers.values() for s in a.statuses],
+                                    [e for a in self._answers.values() for e in a.errors])
+
+    async def _publish(self, with_frames: bool = False) -> None:
+        report = self._report()
+        if with_frames:
+            report = watch._with_frames(report, self.news)
+        self.snapshot = self._build(report)
+        async with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    def _build(self, report: monitor.StatusReport) -> dict[str, object]:
+        by_job = {s.job: s for s in report.statuses}
+        failed = {job: e for e in report.errors for job in e.jobs}
+        jobs = []
+        for record in self._records:
+            here = snapshot.local_frames(self.frames_root / record.name)
+            extras = self._extras.get(record.name, snapshot.Extras())
+            preview, tasks = "", ()
+            if (status := by_job.get(record.name)) is not None:
+                part = snapshot.Part(record.preset, status.state, status.frames_done, status.frames_total)
+                missing: tuple[int, ...] | None = status.missing
+                preview, tasks = status.preview, tuple(p.to_json() for p in status.progress)
+            elif (error := failed.get(record.name)) is not None:
+                part = snapshot.Part(record.preset, UNKNOWN, None, len(record.spec.frames),
+                                     {"kind": error.kind, "message": str(error.error)})
+                missing = None
+            else:  # submitted since the last refresh: the next one tells
+                part = snapshot.Part(record.preset, record.state, None, len(record.spec.frames))
+                missing = None
+            jobs.append(snapshot.job_view(record, [part], missing, extras, here, preview, tasks))
+        return {"jobs": jobs, "sessions": [v for a in self._answers.values() for v in a.sessions],
+                "refreshed": time.time(), "polls": self.polls, "frames_root": str(self.frames_root),
+                "unreachable": sorted({e.preset for e in report.errors
+                                       if connection_failure_kind(e.error) is not None})}
+
+    async def _look_here(self) -> None:
+        """This computer's side, looked at every second: a job submitted or forgotten, a session started
+        or stopped (a refresh now), frames downloaded by another command (shown, nothing asked)."""
+        while True:
+            await asyncio.sleep(LOCAL_LOOK_S)
+            try:
+                records = registry.list_jobs()
+                held = tuple(s.name for s in all_records())
+            except (OSError, BraasError, ValueError) as error:
+                log.debug("dashboard: the job list could not be read: %s", error)
+                continue
+            asked = (frozenset((r.name, r.rounds) for r in records), frozenset(held))
+            known = (frozenset((r.name, r.rounds) for r in self._records),
+                     frozenset(str(v["session"]) for a in self._answers.values() for v in a.sessions))
+            if self.version and asked != known:
+                self._refused.clear()
+                self.kick()
+                continue
+            here = tuple(len(snapshot.local_frames(self.frames_root / r.name)) for r in records)
+            if here != self._local_key:
+                self._local_key = here
+                if self.version:
+                    await self._publish()
