@@ -346,7 +346,7 @@ async def _glimpses(transport: Transport, preset: Preset, records: list[JobRecor
     return glimpse.read(answer.stdout if answer else "", records)
 
 
-async def _status_of_preset(preset: Preset, records: list[JobRecord], also: Sequence[batch.Step] = (),
+async def status_of_preset(preset: Preset, records: list[JobRecord], also: Sequence[batch.Step] = (),
                             also_answers: batch.Answers | None = None) -> list[JobStatus]:
     """The jobs' states; `also`: steps a caller needs next, brought in the same call, their answers put
     in `also_answers` (none on this computer)."""
@@ -486,7 +486,7 @@ class StatusReport:
         return self.statuses
 
 
-def _preset_or_error(name: str, group: list[JobRecord]) -> Preset | list[ClusterError]:
+def preset_or_error(name: str, group: list[JobRecord]) -> Preset | list[ClusterError]:
     if name not in preset_files():
         return [ClusterError(name, (r,), PresetMissing(f"preset {name!r} no longer exists: " + (
             f"braas-hpc forget {r.name} (in Blender: Remove from List)" if r.state in TERMINAL else
@@ -508,12 +508,12 @@ async def status_report(names: list[str] | None = None) -> StatusReport:
     results: list[JobStatus] = []
     errors: list[ClusterError] = []
     for preset_name, group in by_preset.items():
-        preset = _preset_or_error(preset_name, group)
+        preset = preset_or_error(preset_name, group)
         if isinstance(preset, list):
             errors += preset
             continue
         try:
-            results += await _status_of_preset(preset, group)
+            results += await status_of_preset(preset, group)
         except BraasError as error:
             log.info("status: %s did not answer: %s", preset_name, error)
             errors.append(ClusterError(preset_name, tuple(group), error))
@@ -528,7 +528,7 @@ async def status(names: list[str] | None = None) -> list[JobStatus]:
 
 async def job_status(job: JobContext) -> JobStatus:
     """The state of one resolved job (core.context), without looking it up again."""
-    (found,) = await _status_of_preset(job.preset, [job.record])
+    (found,) = await status_of_preset(job.preset, [job.record])
     return found
 
 
@@ -536,5 +536,5 @@ async def job_status_and(job: JobContext, also: Sequence[batch.Step]) -> tuple[J
     """The job's state and the answers of `also`, in one remote call (empty answers on this computer, or
     where the batch could not run: the caller then runs those commands itself)."""
     ahead = batch.Answers()
-    (found,) = await _status_of_preset(job.preset, [job.record], also, ahead)
+    (found,) = await status_of_preset(job.preset, [job.record], also, ahead)
     return found, ahead

@@ -44,7 +44,7 @@ class Recovery:
                 "exclude_nodes": list(plan.exclude_nodes) if plan else []}
 
 
-def _markers_argv(paths: JobPaths) -> list[str]:
+def markers_argv(paths: JobPaths) -> list[str]:
     return ["sh", "-c", _MARKERS_SCRIPT, "sh", paths.status_dir, str(MARKER_BYTES + 1), str(ALL_MARKERS_BYTES)]
 
 
@@ -52,7 +52,7 @@ async def read_markers(transport: Transport, paths: JobPaths, ahead: batch.Answe
                        ) -> list[dict[str, object]]:
     """Every marker of the job, from `ahead` when a batch brought them, else in a call of their own."""
     done = (ahead.take("all_markers") if ahead is not None else None) or await transport.run(
-        _markers_argv(paths), timeout=120, check=False)
+        markers_argv(paths), timeout=120, check=False)
     markers = []
     for text in done.stdout.split("\0"):
         data = parse_marker(text)
@@ -92,7 +92,7 @@ async def resubmit_missing(job: JobContext, exclude_nodes: tuple[str, ...] | Non
     job, planned as automatic recovery plans them (a chunk that fits the walltime, nodes that killed
     tasks avoided), with the user's own `exclude_nodes` instead when given. The markers come with the
     status, in one remote call: with the submission that follows, two round trips."""
-    current, ahead = await monitor.job_status_and(job, [batch.Step("all_markers", _markers_argv(job.paths))])
+    current, ahead = await monitor.job_status_and(job, [batch.Step("all_markers", markers_argv(job.paths))])
     if current.state not in TERMINAL:
         raise UsageError(f"job {job.name} is still {current.state}: wait for it or cancel it first")
     if not current.missing:

@@ -97,18 +97,18 @@ async def _watch(names: list[str] | None, poll_max_s: float, recover: bool, news
         given_up = {job for e in lasting for job in e.jobs}
         names = [s.job for s in report.statuses] + [j for e in report.errors if not e.lasting for j in e.jobs
                                                     if j not in given_up]
-        _follow(news, report)
+        follow_events(news, report)
         deadline = time.monotonic() + interval
         if not news.live():
             await asyncio.sleep(interval)  # no watcher there: the back-off alone, as without events
         while news.live() and not (await news.until(deadline))[0]:
-            if (seen := _with_frames(report, news)) != report:  # frames landed: shown without asking the scheduler
+            if (seen := with_frames(report, news)) != report:  # frames landed: shown without asking the scheduler
                 report = seen
                 yield report, []
         interval = min(interval * growth, poll_max_s)
 
 
-def _follow(news: events.JobEvents, report: monitor.StatusReport) -> None:
+def follow_events(news: events.JobEvents, report: monitor.StatusReport) -> None:
     """The cluster watchers for the jobs still running (started again if one ended)."""
     records: list[registry.JobRecord] = []
     presets: dict[str, Preset] = {}
@@ -122,7 +122,7 @@ def _follow(news: events.JobEvents, report: monitor.StatusReport) -> None:
     news.follow(records, presets)
 
 
-def _with_frames(report: monitor.StatusReport, news: events.JobEvents) -> monitor.StatusReport:
+def with_frames(report: monitor.StatusReport, news: events.JobEvents) -> monitor.StatusReport:
     """The report with the frames the watcher saw land counted in (never fewer than the poll found)."""
     statuses = []
     for status in report.statuses:

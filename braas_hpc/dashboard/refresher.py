@@ -63,7 +63,7 @@ def _extra_steps(records: list[JobRecord]) -> list[batch.Step]:
     steps = []
     for i, record in enumerate(records):
         paths = JobPaths(record.remote_root, record.name)
-        steps.append(batch.Step(f"m{i}", recovery._markers_argv(paths)))
+        steps.append(batch.Step(f"m{i}", recovery.markers_argv(paths)))
         steps.append(batch.Step(f"l{i}", ["sh", "-c", _NEWEST_TAILS_SCRIPT, "sh", paths.log_dir,
                                           str(snapshot.LOG_LINES), str(LOG_BYTES), str(LOGS_SHOWN)]))
     return steps
@@ -173,7 +173,7 @@ class Refresher:
                 log.exception("dashboard: the refresh failed")
             finally:
                 self.refreshing = False
-            watch._follow(self.news, self._report())
+            watch.follow_events(self.news, self._report())
             kicked = await self._pause(time.monotonic() + interval if self._live() else None)
             interval = watch.POLL_MIN_S if kicked else min(interval * 2, self.poll_max_s)
 
@@ -238,7 +238,7 @@ class Refresher:
         answer = ClusterAnswer()
         preset: Preset | list[monitor.ClusterError]
         try:
-            preset = monitor._preset_or_error(name, records) if records else load_preset(name)
+            preset = monitor.preset_or_error(name, records) if records else load_preset(name)
         except BraasError as error:
             answer.sessions = sessions.unanswered(held, str(error))
             return answer
@@ -252,7 +252,7 @@ class Refresher:
         try:
             self.calls[name] += 1
             if records:
-                answer.statuses = await monitor._status_of_preset(preset, records, steps, ahead)
+                answer.statuses = await monitor.status_of_preset(preset, records, steps, ahead)
             elif steps and not preset.is_local:
                 ahead = await batch.run(transport_for(preset), steps)
             if preset.is_local:  # this computer: no round trip to save, each command on its own
@@ -287,7 +287,7 @@ class Refresher:
     async def _publish(self, with_frames: bool = False) -> None:
         report = self._report()
         if with_frames:
-            report = watch._with_frames(report, self.news)
+            report = watch.with_frames(report, self.news)
         self.snapshot = self._build(report)
         async with self._changed:
             self.version += 1

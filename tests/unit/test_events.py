@@ -152,7 +152,7 @@ def test_frames_the_watcher_saw_are_shown_without_a_poll() -> None:
     news.records["j1"] = _record()
     news.frames["j1"] = {"frame_000002.png", "frame_000004.png"}
     report = monitor.StatusReport([monitor.JobStatus("j1", "p", "RUNNING", 1, 4, missing=(2, 3, 4))])
-    (shown,) = watch._with_frames(report, news).statuses
+    (shown,) = watch.with_frames(report, news).statuses
     assert (shown.frames_done, shown.missing) == (3, (3,))
 
 
