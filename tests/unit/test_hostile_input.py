@@ -189,7 +189,9 @@ def run_harmlessly(script: str) -> list[str] | None:
         # The job's own checks (its tree is the user's, the render task's hash) pass: nothing here exists.
         stubs = ('cd() { :; }\nexec() { [ "$#" -gt 0 ] || return 0; printf "%s\\0" "$@" >"$BRAAS_ARGV"; exit 0; }\n'
                  'sha256sum() { return 0; }\n[() { case "$1" in -L|!) return 1;; esac; builtin [ "$@"; }\n')
-        subprocess.run(["/bin/bash", "-c", stubs + script], capture_output=True, timeout=30, cwd=temp,
+        # From a file, as sbatch runs it: a script with long values is more than one argument may hold.
+        (Path(temp) / "job.sh").write_text(stubs + script)
+        subprocess.run(["/bin/bash", str(Path(temp) / "job.sh")], capture_output=True, timeout=30, cwd=temp,
                        env={"PATH": str(bin_dir), "BRAAS_ARGV": str(record), "BRAAS_TASK_ID": "1"})
         if not record.exists():
             return None
