@@ -101,8 +101,10 @@ def samples_line(status: str) -> str:
 def stats_printer(task: int, frame: Callable[[], int], every_s: float = STATS_EVERY_S,
                   clock: Callable[[], float] = time.monotonic) -> Callable[[str], None]:
     """A render_stats handler printing `BRAAS-SAMPLES task=K frame=F <samples>` at most every `every_s`
-    seconds, and the last sample of a tile or frame always (so a log's last word on a frame is its end)."""
+    seconds, and always a frame's first line and the last sample of a tile or frame (so a log's last word
+    on a frame is its end)."""
     last = [-every_s]
+    shown_frame = [None]  # a frame's first line is always news: a fast frame may give no other
 
     def printed(status: str) -> None:
         samples = samples_line(status)
@@ -110,11 +112,11 @@ def stats_printer(task: int, frame: Callable[[], int], every_s: float = STATS_EV
             return
         found = _SAMPLES.search(samples)
         assert found is not None
-        done = found.group(3) == found.group(4) and found.group(1) == found.group(2)
-        now = clock()
-        if now - last[0] < every_s and not done:
+        done = found.group(3) == found.group(4)  # a tile's (or the frame's) last sample
+        now, current = clock(), frame()
+        if now - last[0] < every_s and not done and current == shown_frame[0]:
             return
-        last[0] = now
-        print(f"BRAAS-SAMPLES task={task} frame={frame()} {samples}", flush=True)
+        last[0], shown_frame[0] = now, current
+        print(f"BRAAS-SAMPLES task={task} frame={current} {samples}", flush=True)
 
     return printed

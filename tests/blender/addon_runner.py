@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers import REPO
 
 PREAMBLE = """
-import json, os, sys
+import json, os, sys, faulthandler, signal
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the runner asks for every thread's stack on a hang
 sys.path.insert(0, {repo!r})
 import bpy, addon_utils
 bpy.ops.wm.read_userpref()  # the bpy module does not read the user's preferences by itself
@@ -58,8 +61,17 @@ class Session:
                 + POSTAMBLE.format(report=str(report)))
         path = self.root / "script.py"
         path.write_text(code)
-        done = subprocess.run([sys.executable, str(path)], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.root)
-        assert done.returncode == 0 and report.is_file(), f"Blender script failed:\n{done.stdout[-3000:]}\n" \
-                                                          f"{done.stderr[-3000:]}"
+        process = subprocess.Popen([sys.executable, str(path)], env=self.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd=self.root)
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)  # every thread's stack, to stderr, before it is killed
+            time.sleep(2)
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"Blender did not end within {timeout:.0f} s (its script "
+                                 f"{'had' if report.is_file() else 'had not'} finished); its threads:\n"
+                                 f"{err[-6000:]}\n{out[-2000:]}") from None
+        assert process.returncode == 0 and report.is_file(), f"Blender script failed:\n{out[-3000:]}\n{err[-3000:]}"
         return json.loads(report.read_text())

@@ -12,7 +12,7 @@ import pytest
 from braas_hpc.core import video
 from braas_hpc.core.errors import PresetError, UsageError
 from braas_hpc.core.jobs import VIDEO_FILE, JobPaths
-from braas_hpc.core.presets import load_preset, preset_from_dict
+from braas_hpc.core.presets import preset_from_dict
 from braas_hpc.core.scene_settings import read_scene_settings
 from braas_hpc.core.schedulers import scheduler_for
 from braas_hpc.core.schedulers.base import FINISH_WALLTIME_MIN, Round
@@ -131,7 +131,8 @@ def test_the_finish_step_makes_the_movie_only_when_asked_and_the_preset_has_ffmp
     assert ("--video prores --fps 12 --ffmpeg ffmpeg --view-transform AgX --look 'AgX - Punchy' --exposure 0.7 "
             "--gamma 1 --display sRGB") in script
     assert FINISH_WALLTIME_MIN + 50 == 65 and "--time=01:05:00" in script  # 600 PNG frames in ProRes: 5 s each
-    bare = slurm.finish_script(spec, load_preset("testbed"), paths, blender, "/s/finish_task.py", Round(0, 1))
+    without = preset_from_dict({**_BASE, "partition_cpu": "cpu", "partitions": {"cpu": {"kind": "cpu"}}}, "y")
+    bare = slurm.finish_script(spec, without, paths, blender, "/s/finish_task.py", Round(0, 1))
     assert "--video" not in bare  # a preset without ffmpeg: no movie there, whatever the spec says
 
 
