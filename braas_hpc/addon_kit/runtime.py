@@ -204,11 +204,11 @@ class Runtime:
             changed = bool(task()) or changed
         active = state.bridge.active()
         busy = any(op.kind not in self.idle for op in active) or state.question is not None
-        now = time.monotonic()
-        if changed or busy or self.fast() or now - self._redrawn_at >= IDLE_INTERVAL_S - 0.05:
+        now, fast = time.monotonic(), self.fast()
+        if changed or busy or fast or now - self._redrawn_at >= IDLE_INTERVAL_S - 0.05:
             self.redraw()
             self._redrawn_at = now
-        if self.fast():
+        if fast:
             return FAST_INTERVAL_S
         if busy:
             return BUSY_INTERVAL_S

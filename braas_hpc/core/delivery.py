@@ -206,7 +206,6 @@ async def deliver(spec: JobSpec, preset: Preset, transport: Transport, paths: Jo
                         raise
                     log.info("the cluster's store no longer holds the scene packed last time: packing it again")
                     staged = await _stage(spec, Path(temp), cache, reuse=False)
-            _store_holds_inputs(staged, cache)
         finally:
             _drop_delivered_pack(staged, cache)
     return delivered

@@ -101,13 +101,13 @@ class Group:
         pace = self.pace(preset)
         return pace.slots / pace.frame_s  # frames per second with every slot busy
 
-    def _drain_s(self, preset: str, frames: Sequence[int]) -> float:
-        """Seconds to render `frames` chunks' worth (a list of chunk lengths) once started."""
+    def _drain_s(self, preset: str, lengths: Sequence[int]) -> float:
+        """Seconds to render chunks of these lengths (frames each) once started."""
         pace = self.pace(preset)
-        if not frames:
+        if not lengths:
             return 0.0
-        waves = math.ceil(len(frames) / pace.slots)
-        return waves * max(frames) * pace.frame_s
+        waves = math.ceil(len(lengths) / pace.slots)
+        return waves * max(lengths) * pace.frame_s
 
     # ---- decisions ----------------------------------------------------------------------------------
 

@@ -83,12 +83,13 @@ def local_checks(preset: Preset, cache: HashCache | None = None) -> list[Check]:
 def _host_key_place(preset: Preset) -> tuple[str, int, Path]:
     """Where a connection looks the cluster's key up: the host, port and known_hosts file your ssh config
     makes of the preset's host (an alias there names another machine), as the back ends resolve them."""
+    target = target_for(preset)
     try:
-        final = sshconfig.resolve(target_for(preset))[-1]
+        final = sshconfig.resolve(target)[-1]
     except (PresetError, OSError) as error:  # the connection will say what is wrong; here the preset's words
         log.debug("ssh config not read for %s: %s", preset.name, error)
-        return preset.host, preset.port, known_hosts_path(preset.known_hosts or None)
-    return final.hostname, final.port, known_hosts_path(preset.known_hosts or final.known_hosts or None)
+        return preset.host, preset.port, known_hosts_path(target.known_hosts)
+    return final.hostname, final.port, known_hosts_path(final.known_hosts_for(target))
 
 
 def summary(checks: list[Check]) -> str:

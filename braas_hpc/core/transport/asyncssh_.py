@@ -245,7 +245,7 @@ class AsyncsshTransport(Transport):
         return options
 
     def _known_hosts(self, hop: Hop) -> str | None:
-        return self.target.known_hosts or hop.known_hosts
+        return hop.known_hosts_for(self.target)
 
     def _known_hosts_arg(self, hop: Hop) -> asyncssh.SSHKnownHosts:
         return readable_known_hosts(known_hosts_path(self._known_hosts(hop)))

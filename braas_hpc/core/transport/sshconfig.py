@@ -45,6 +45,11 @@ class Hop:
     proxy_command: str | None = None  # tokens expanded; only used on the first hop of a chain
     refused: tuple[str, ...] = ()  # "Option value (why)" the Python back ends cannot honour
 
+    def known_hosts_for(self, target: SSHTarget) -> str | None:
+        """The known_hosts file this hop's key is checked in: the target's (the preset's) wins over the
+        config's; None: the default file."""
+        return target.known_hosts or self.known_hosts
+
 
 def _config_arg(target: SSHTarget) -> str | None:
     """The -F of `ssh -G`: None for OpenSSH's own choice (~/.ssh/config and /etc/ssh/ssh_config)."""

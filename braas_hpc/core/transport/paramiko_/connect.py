@@ -107,8 +107,8 @@ class Connecting(Authenticating, Diagnosing):
             c for c in options.ciphers if c not in CIPHERS]
         # Ask for the host key type known_hosts records (as OpenSSH does), else a server with
         # several host keys could present another one and look "changed".
-        known_hosts = self.target.known_hosts or hop.known_hosts  # the preset's file wins over the config's
-        recorded = {kind for kind, _ in recorded_keys(known_hosts_path(known_hosts), hop.hostname, hop.port)}
+        known_hosts = known_hosts_path(hop.known_hosts_for(self.target))
+        recorded = {kind for kind, _ in recorded_keys(known_hosts, hop.hostname, hop.port)}
         known = [a for a in options.key_types if _key_family(a) in recorded]
         options.key_types = known + [a for a in options.key_types if a not in known]
         try:
