@@ -29,8 +29,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_costs, cli_dashboard, cli_json, cli_logging, cli_progress
-from .core import VERSION, costs, job_end, logs, monitor, readiness, recovery, registry, service, transfer, watch
+from . import cli_costs, cli_dashboard, cli_group, cli_json, cli_logging, cli_progress
+from .core import VERSION, costs, group, job_end, logs, monitor, readiness, recovery, registry, service, transfer, watch
 from .core.context import job_context
 from .core.display import plain
 from .core.errors import (
@@ -155,6 +155,10 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             print(f"# then the finish step (summary.json, thumb.jpg), submitted with:\n#   {plan.finish_command}")
             print(plan.finish_script, end="")
         return 0
+    if len(cli_group.presets_of(args.preset)) > 1:  # one animation over several clusters
+        if args.estimate:
+            raise UsageError("--estimate is for one cluster: ask it of each preset of the group")
+        return await cli_group.submit(args, _request(args, args.preset), err, _print_json)
     if args.estimate:
         return await cli_costs.submit_estimate(args, _request(args, args.preset), _print_json)
     request = _request(args, args.preset)
@@ -278,6 +282,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             raise UsageError("--watch draws a live table; a script waits with `braas-hpc wait JOB --json`")
         return await _watch_status(args)
+    if args.jobs and all(group.is_group(name) for name in args.jobs):
+        return await cli_group.status(args, _print_json)
     recoveries: list[recovery.Recovery] = []
     if args.no_recover:
         report = await monitor.status_report(args.jobs or None)
@@ -348,6 +354,8 @@ def _tell_recoveries(recoveries: list[recovery.Recovery]) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
+    if group.is_group(args.job):
+        return await cli_group.wait(args, err, _print_json)
     ends = _job_end(args)
     with cli_progress.shown(err, args.json):
         final = await watch.wait(args.job, timeout_s=args.timeout, poll_max_s=args.poll_max,
@@ -362,6 +370,8 @@ async def cmd_wait(args: argparse.Namespace) -> int:
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
+    if group.is_group(args.job):
+        return await cli_group.cancel(args, _print_json)
     ids = await service.cancel(job_context(args.job))
     if args.json:
         _print_json({"job": args.job, "cancelled": list(ids)})
@@ -386,6 +396,8 @@ async def cmd_resubmit(args: argparse.Namespace) -> int:
 async def cmd_logs(args: argparse.Namespace) -> int:
     if args.task is not None and args.task < 1:
         raise UsageError("--task counts from 1 (the array task number)")
+    if group.is_group(args.job):
+        return await cli_group.show_logs(args, _print_json)
     found = await logs.job_logs(job_context(args.job), task=args.task, lines=args.lines)
     if args.json:
         _print_json(found.to_json())
@@ -395,6 +407,8 @@ async def cmd_logs(args: argparse.Namespace) -> int:
 
 
 async def cmd_download(args: argparse.Namespace) -> int:
+    if group.is_group(args.job):
+        return await cli_group.download(args, _print_json)
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
     columns = (TextColumn("[bold]downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True, disable=args.json) as bar:
@@ -673,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("submit", cmd_submit, "submit a scene to a cluster (or this computer's queue: --preset local); "
             "prints the job name last")
     add_scene(p)
-    p.add_argument("--preset", required=True, help="cluster preset (see `braas-hpc presets`)")
+    p.add_argument("--preset", required=True,
+                   help="cluster preset (see `braas-hpc presets`); several, comma-separated (karolina,lumi,local): "
+                        "one animation spread over those clusters")
     p.add_argument("--gpu", action="store_true", help="render on GPUs")
     p.add_argument("--gpu-backend", metavar="KIND",
                    help="CUDA, OPTIX, HIP, ONEAPI or METAL, +CPU to add the cores (default: the partition's)")

@@ -62,6 +62,13 @@ COSTS = {"estimate": nullable(obj(ESTIMATE)), "allocation": nullable(obj(ALLOCAT
          "notes": STRS}
 ACTUAL = obj({"wall_seconds": NUM, "core_hours": NUM, "gpu_hours": NUM, "task_seconds": nullable(NUM),
               "frame_seconds": nullable(NUM)})
+MEMBER = obj({"preset": STR, "job": STR, "state": STR, "frames_done": INT, "frames_held": INT,
+              "seconds_per_frame": NUM, "slots": INT, "queue_seconds": NUM})
+GROUP_STATUS = {"job": STR, "group": {"const": True}, "state": {"enum": STATES}, "frames_done": INT,
+                "frames_total": INT, "pool": INT, "missing": FRAMES, "members": {"type": "array", "items": MEMBER},
+                "moves": STRS}
+DOWNLOADED = {"job": STR, "dest": STR, "downloaded": INT, "skipped": INT, "ignored": STRS, "refetched": STRS}
+LOGS = {"job": STR, "state": {"enum": STATES}, "lines": INT, "logs": {"type": "object", "additionalProperties": STR}}
 ERROR_KINDS = ["usage", "connection", "host_key", "authentication", "timeout", "failed", "system", "interrupted"]
 
 SCHEMAS: dict[str, Schema] = {
@@ -79,13 +86,20 @@ SCHEMAS: dict[str, Schema] = {
                                              "error"]}, "message": STR})})]}}}),
     "wait": top(JOB_STATUS),
     "forget": top({"forgotten": STRS}),
-    "download": top({"job": STR, "dest": STR, "downloaded": INT, "skipped": INT, "ignored": STRS, "refetched": STRS}),
+    # A job over several clusters (submit --preset a,b): the group's documents.
+    "submit (group)": top({**GROUP_STATUS, "submissions": {"type": "array", "items": obj(SUBMITTED)},
+                           "warnings": STRS}),
+    "status (group)": top({"jobs": {"type": "array", "items": obj(GROUP_STATUS)}}),
+    "wait (group)": top(GROUP_STATUS),
+    "download (group)": top({"job": STR, "dest": STR, "downloaded": INT, "skipped": INT,
+                             "members": {"type": "array", "items": obj(DOWNLOADED)}}),
+    "logs (group)": top({"job": STR, "members": {"type": "array", "items": obj(LOGS)}}),
+    "download": top(DOWNLOADED),
     "video": top({"job": STR, "video": STR, "codec": {"enum": ["h264", "prores", "av1"]}, "fps": NUM,
                   "made_on": {"enum": ["cluster", "here"]}, "frames_downloaded": INT, "encoder": STR, "seconds": NUM,
                   "gaps": {"type": "array", "items": INT}}),
     "cancel": top({"job": STR, "cancelled": STRS}),
-    "logs": top({"job": STR, "state": {"enum": STATES}, "lines": INT,
-                 "logs": {"type": "object", "additionalProperties": STR}}),
+    "logs": top(LOGS),
     "resubmit": top({**SUBMITTED, "chunk": INT, "exclude_nodes": STRS}),
     "gc": top({"preset": STR, "store": STR, "removed": BOOL, "total_bytes": INT,
                "files": {"type": "array", "items": obj({"sha256": STR, "size": INT})}, "abandoned_bytes": INT,

@@ -57,7 +57,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--split-frame", type=int, default=None)
     parser.add_argument("--part-samples", default="")
     parser.add_argument("--part-offsets", default="")
+    # A member of one animation over several clusters: another cluster may take a chunk not started here.
+    parser.add_argument("--claims", action="store_true")
     return parser.parse_args(argv)
+
+
+CLAIM_WAIT_S = 10.0  # a claim directory with no owner file yet: its maker is between two steps (milliseconds)
+
+
+def claim_chunk(job_dir: str, frames: list[int], task: int) -> bool:
+    """Whether this task may render its chunk: it claims it first (mkdir is atomic on a shared file
+    system). The client takes a chunk for another cluster the same way and leaves `moved` in the claim;
+    a task claims with `task`. A claim that is already there is this chunk's own from an earlier start of
+    the task (a requeue) unless it says `moved`. The directory is named by the chunk's first frame
+    (JobPaths.claims_dir)."""
+    claim = os.path.join(job_dir, "claims", str(frames[0]))
+    os.makedirs(os.path.dirname(claim), exist_ok=True)
+    try:
+        os.mkdir(claim)
+    except FileExistsError:
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while time.monotonic() < deadline:
+            if os.path.exists(os.path.join(claim, "moved")):
+                return False
+            if os.path.exists(os.path.join(claim, "task")):
+                return True
+            time.sleep(0.2)
+        return not os.path.exists(os.path.join(claim, "moved"))
+    with open(os.path.join(claim, "task"), "w", encoding="utf-8") as stream:
+        stream.write(f"{task} {socket.gethostname()}\n")
+    return True
 
 
 def task_frames(job_dir: str, frames_file: str, task: int) -> list[int]:
@@ -146,6 +175,12 @@ def apply_output(scene: bpy.types.Scene, file_format: str, percentage: int, samp
         scene.cycles.samples = samples
 
 
+def task_began(env: Mapping[str, str]) -> float | None:
+    """When the job script started (BRAAS_TASK_BEGAN), before module loads and Blender's own start."""
+    value = env.get("BRAAS_TASK_BEGAN", "")
+    return float(value) if value.isdigit() else None
+
+
 def node_name(env: Mapping[str, str]) -> str:
     """The scheduler's name for this node, which `--exclude` understands: Slurm's node name can differ
     from the host name (an FQDN, an alias, several nodes on one host)."""
@@ -172,8 +207,13 @@ def main() -> int:
     marker: dict[str, object] = {
         "task": args.task, "frames": frames, "rendered": [], "skipped": [], "failed": [], "timings": {},
         "node": node_name(os.environ), "host": socket.gethostname(), "started": time.time(), "finished": None,
-        "exit_code": None, "state": "running", "blender": bpy.app.version_string,
+        "exit_code": None, "state": "running", "blender": bpy.app.version_string, "began": task_began(os.environ),
     }
+    if args.claims and frames and not claim_chunk(args.job_dir, frames, args.task):
+        print(f"braas-hpc: frames {frames} moved to another cluster of the group; nothing to render here", flush=True)
+        marker.update(state="moved", exit_code=0, finished=time.time())
+        write_json_atomic(marker_path, marker)
+        return 0
     write_json_atomic(marker_path, marker)
     try:
         scene = pick_scene(args.scene)

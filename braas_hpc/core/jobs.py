@@ -89,6 +89,10 @@ class JobSpec:
     split_frame: int = 0
     part_samples: tuple[int, ...] = ()
     part_offsets: tuple[int, ...] = ()
+    # A member of one animation over several clusters (core.group): the group's name. Its tasks claim their
+    # chunk before rendering it (another cluster may have taken it), and its lost frames go back to the
+    # group, not to a recovery round of its own. "": an ordinary job.
+    group: str = ""
 
     @property
     def split(self) -> int:
@@ -195,6 +199,11 @@ class JobPaths:
     @property
     def status_dir(self) -> str:
         return self._in_job("status")
+
+    @property
+    def claims_dir(self) -> str:
+        """A group member's chunk claims, one directory per chunk named by its first frame (render_task.py)."""
+        return self._in_job("claims")
 
     @property
     def frames_file(self) -> str:

@@ -288,6 +288,8 @@ def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:
     if isinstance(frames, list) and frames and not set(frames) & missing:
         return COMPLETED, "its frames are on disk"
     word = marker.get("state")
+    if word == "moved":  # a group member's chunk another cluster took (core.group): nothing to render here
+        return COMPLETED, "marker: moved to another cluster"
     return (COMPLETED, "marker: done") if word == "done" else (FAILED, f"marker: {word}")
 
 

@@ -62,8 +62,9 @@ async def read_markers(transport: Transport, paths: JobPaths, ahead: batch.Answe
 
 
 def due(status: JobStatus, record: registry.JobRecord) -> bool:
+    # A group member's lost frames go back to its group (core.group), which hands them out again.
     return (status.state in RECOVERABLE and bool(status.missing) and not record.user_cancelled
-            and record.rounds < record.spec.retries)
+            and record.rounds < record.spec.retries and not record.spec.group)
 
 
 async def recover(statuses: list[JobStatus]) -> list[Recovery]:

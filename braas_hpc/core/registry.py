@@ -31,6 +31,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 )
 """
+# One animation over several clusters (core.group): its plan and its members, as one JSON document, and
+# who drives it now (a lease: two processes looking at it never hand out the same frames twice).
+_GROUPS = """
+CREATE TABLE IF NOT EXISTS groups (
+    name TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    lease REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+)
+"""
 # Columns added after the first release, for registries written by an older version.
 _ADDED = {"tasks": "TEXT NOT NULL DEFAULT '{}'", "rounds": "INTEGER NOT NULL DEFAULT 0",
           "user_cancelled": "INTEGER NOT NULL DEFAULT 0", "id_tasks": "TEXT NOT NULL DEFAULT '{}'",
@@ -58,6 +69,10 @@ def registry_path() -> Path:
     return data_dir() / "jobs.sqlite"
 
 
+def not_found(name: str) -> JobNotFound:
+    return JobNotFound(f"no job named {name!r} in the registry ({registry_path()}); `braas-hpc status` lists jobs")
+
+
 @contextmanager
 def _db() -> Iterator[sqlite3.Connection]:
     path = registry_path()
@@ -68,6 +83,7 @@ def _db() -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(path, timeout=30)
     try:
         conn.execute(_SCHEMA)
+        conn.execute(_GROUPS)
         present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         for column, kind in _ADDED.items():
             if column not in present:
@@ -123,6 +139,69 @@ def add_round(name: str, id_tasks: dict[str, int], state: str) -> None:
                                                    json.dumps({**known, **id_tasks}), name))
 
 
+def set_frames(name: str, frames: tuple[int, ...], tasks: tuple[tuple[int, ...], ...]) -> None:
+    """A group member's frames as its group moved chunks to it or away (the record's spec says what the job
+    holds now: status counts and missing frames follow)."""
+    with _db() as db:
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT spec FROM jobs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job named {name!r} in the registry ({registry_path()})")
+        spec = {**json.loads(row[0]), "frames": list(frames), "tasks": [list(t) for t in tasks]}
+        db.execute("UPDATE jobs SET spec = ?, updated = ? WHERE name = ?", (json.dumps(spec), time.time(), name))
+
+
+def add_group(name: str, data: dict[str, object]) -> None:
+    now = time.time()
+    with _db() as db:
+        db.execute("INSERT INTO groups (name, data, created, updated) VALUES (?, ?, ?, ?)",
+                   (name, json.dumps(data), now, now))
+
+
+def find_group(name: str) -> dict | None:
+    with _db() as db:
+        row = db.execute("SELECT data FROM groups WHERE name = ?", (name,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def get_group(name: str) -> dict:
+    found = find_group(name)
+    if found is None:
+        raise not_found(name)
+    return found
+
+
+def list_groups() -> list[str]:
+    with _db() as db:
+        return [row[0] for row in db.execute("SELECT name FROM groups ORDER BY created")]
+
+
+def take_group(name: str, lease_s: float) -> dict | None:
+    """The group's record, leased to this process for `lease_s` seconds (None: another holds it now)."""
+    now = time.time()
+    with _db() as db:
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT data, lease FROM groups WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise not_found(name)
+        if row[1] > now:
+            return None
+        db.execute("UPDATE groups SET lease = ? WHERE name = ?", (now + lease_s, name))
+    return json.loads(row[0])
+
+
+def put_group(name: str, data: dict[str, object]) -> None:
+    """The group's record as its lease holder changed it; the lease ends."""
+    with _db() as db:
+        db.execute("UPDATE groups SET data = ?, lease = 0, updated = ? WHERE name = ?",
+                   (json.dumps(data), time.time(), name))
+
+
+def forget_group(name: str) -> None:
+    with _db() as db:
+        db.execute("DELETE FROM groups WHERE name = ?", (name,))
+
+
 def set_estimate(name: str, estimate: dict[str, object]) -> None:
     """What the job was expected to cost (core.estimate), with the actual once known (key `actual`)."""
     with _db() as db:
@@ -150,7 +229,7 @@ def get_job(name: str) -> JobRecord:
     with _db() as db:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
     if row is None:
-        raise JobNotFound(f"no job named {name!r} in the registry ({registry_path()}); `braas-hpc status` lists jobs")
+        raise not_found(name)
     return _record(row)
 
 

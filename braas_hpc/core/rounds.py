@@ -220,6 +220,8 @@ def recover_here(job_dir: str, finished_round: int, run: Runner = _run, now: flo
         return "this computer's jobs are recovered by the client (braas-hpc wait, status, render)"
     if os.path.exists(f"{paths.job_dir}/{CANCELLED_FLAG}"):
         return "the user cancelled the job: nothing is resubmitted"
+    if spec.group:  # its rounds overlap and other clusters share its frames: the client's group decides
+        return f"a member of group {spec.group}: its lost frames go back to the group (braas-hpc wait {spec.group})"
     if number > spec.retries:
         return f"no retries left ({spec.retries} used)"
     missing = tuple(missing_frames(spec, _frames_present(paths.out_dir)))

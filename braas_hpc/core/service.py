@@ -212,15 +212,22 @@ async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None
                    exclude_nodes: tuple[str, ...] = ()) -> SubmitResult:
     """Submit the missing frames of an ended job again, as a new round with only those frames
     (`chunk` frames per task, default the job's; Slurm avoids `exclude_nodes`)."""
-    record, preset, name, scheduler = job.record, job.preset, job.name, job.scheduler
     if not missing:
-        raise UsageError(f"job {name} has every frame; nothing to resubmit")
+        raise UsageError(f"job {job.name} has every frame; nothing to resubmit")
     exclude_nodes = tuple(node.strip() for node in exclude_nodes)  # ignored where the scheduler cannot exclude
     if any(not NODE_NAME.fullmatch(node) for node in exclude_nodes):
         raise UsageError(f"not a node name: {', '.join(n for n in exclude_nodes if not NODE_NAME.fullmatch(n))}")
+    tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or job.record.spec.chunk))
+    return await submit_round(job, tasks, exclude_nodes)
+
+
+async def submit_round(job: JobContext, tasks: tuple[tuple[int, ...], ...], exclude_nodes: tuple[str, ...] = ()
+                       ) -> SubmitResult:
+    """A new round of the job with these array tasks (frames each): a resubmission, or the frames a group
+    member was given (core.group)."""
+    record, preset, name, scheduler = job.record, job.preset, job.name, job.scheduler
     spec, paths = record.spec, job.paths
     number = record.rounds + 1
-    tasks = tuple(tuple(t) for t in chunk_frames(sorted(missing), chunk or spec.chunk))
     round_ = Round(number, len(tasks), exclude_nodes)
     files = rounds.round_files(spec, kit_for(preset, paths), paths, round_, tasks, scheduler)
     # Once the files are complete, the claim is marked ready: anyone may then submit them.
@@ -230,8 +237,8 @@ async def resubmit(job: JobContext, missing: list[int], chunk: int | None = None
     except delivery.RoundTaken as taken:  # the cluster's own recovery took this round: take it as it is
         return await _adopt_round(job, number, taken.scripts)
     registry.add_round(name, id_tasks, PENDING)
-    return SubmitResult(name, preset.name, format_frames(missing), len(tasks), tuple(id_tasks), paths.job_dir,
-                        finish_id=finish_id, scripts_updated=scripts.uploaded)
+    return SubmitResult(name, preset.name, format_frames(f for t in tasks for f in t), len(tasks), tuple(id_tasks),
+                        paths.job_dir, finish_id=finish_id, scripts_updated=scripts.uploaded)
 
 
 async def _adopt_round(job: JobContext, number: int, scripts: ScriptsReport) -> SubmitResult:

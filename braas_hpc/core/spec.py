@@ -57,6 +57,7 @@ class SubmitRequest:
     video: str = ""  # a movie made on the cluster in the finish step (h264, prores, av1); "": none
     fps: float = 0.0  # the movie's frame rate; 0: the scene's
     split_samples: int = 0  # >= 2: one still rendered as this many parts, merged on the cluster (core.split)
+    group: str = ""  # a member job of one animation over several clusters (core.group): the group's name
     # The render settings as the add-on sees them in the open scene (saved before the job is sent);
     # None: read from the file.
     scene_settings: SceneSettings | None = None
@@ -205,7 +206,7 @@ def build_spec(request: SubmitRequest, dry_run: bool = False) -> tuple[JobSpec, 
         pack=request.pack, allow_scripts=request.allow_scripts, retries=request.retries,
         image_format=image_format, scene_name=settings.scene, resolution_percentage=request.resolution_percentage,
         samples=request.samples, split_frame=split_frame, part_samples=part_samples, part_offsets=offsets,
-        **_video_fields(request, settings, preset),
+        group=request.group, **_video_fields(request, settings, preset),
     )
     spec.validate()
     if dry_run:

@@ -33,6 +33,7 @@ EXPECTED = """#!/bin/bash
 # braas-hpc job shot 1;$(x): 2 task(s), frames per task in frames.txt
 set -u
 umask 077  # frames, logs and markers are the user's alone
+export BRAAS_TASK_BEGAN="$(date +%s)"  # before module loads and Blender's start: a task's whole cost
 module load Blender/4.5
 export BRAAS_TASK_ID="${SLURM_ARRAY_TASK_ID:-${BRAAS_TASK_ID:-${1:-}}}" BRAAS_JOB_ID="${SLURM_JOB_ID:-}"
 BRAAS_THREADS=0 BRAAS_THREADS_FROM=

@@ -129,6 +129,8 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         render.append(f"--scene={spec.scene_name}")  # one word: a name may start with "-"
     if round_.marker_prefix:
         render += ["--marker-prefix", round_.marker_prefix]
+    if spec.group:  # another cluster of the group may take a chunk this one has not started
+        render.append("--claims")
     if spec.device == "GPU":
         render += ["--cycles-device", spec.cycles_device]
     # Only what the user overrode: everything else (colour, depth, codec, size, samples) stays the scene's.
@@ -146,6 +148,7 @@ def render_job_script(header: list[str], spec: JobSpec, preset: Preset, paths: J
         f"# braas-hpc job {spec.name}: {round_.tasks} task(s), frames per task in {frames_file}",
         "set -u",
         "umask 077  # frames, logs and markers are the user's alone",
+        "export BRAAS_TASK_BEGAN=\"$(date +%s)\"  # before module loads and Blender's start: a task's whole cost",
         *preset.env,
         *(environment if environment is not None else task_environment_lines()),
         'if [ -z "$BRAAS_TASK_ID" ]; then echo "braas-hpc: no array task id in the environment" >&2; exit 2; fi',

@@ -14,6 +14,7 @@
 # braas-hpc job golden-job: 20 task(s), frames per task in frames.txt
 set -u
 umask 077  # frames, logs and markers are the user's alone
+export BRAAS_TASK_BEGAN="$(date +%s)"  # before module loads and Blender's start: a task's whole cost
 export BRAAS_TASK_ID="${PBS_ARRAY_INDEX:-${BRAAS_TASK_ID:-${1:-}}}" BRAAS_JOB_ID="${PBS_JOBID:-}"
 BRAAS_THREADS=0 BRAAS_THREADS_FROM=
 for v in NCPUS OMP_NUM_THREADS; do eval "n=\${$v:-}"; case "$n" in ""|*[!0-9]*|0) ;; *) BRAAS_THREADS=$n BRAAS_THREADS_FROM=$v; break ;; esac; done

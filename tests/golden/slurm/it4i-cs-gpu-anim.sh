@@ -13,6 +13,7 @@
 # braas-hpc job golden-job: 20 task(s), frames per task in frames.txt
 set -u
 umask 077  # frames, logs and markers are the user's alone
+export BRAAS_TASK_BEGAN="$(date +%s)"  # before module loads and Blender's start: a task's whole cost
 export BRAAS_TASK_ID="${SLURM_ARRAY_TASK_ID:-${BRAAS_TASK_ID:-${1:-}}}" BRAAS_JOB_ID="${SLURM_JOB_ID:-}"
 BRAAS_THREADS=0 BRAAS_THREADS_FROM=
 for v in SLURM_CPUS_PER_TASK SLURM_CPUS_ON_NODE OMP_NUM_THREADS; do eval "n=\${$v:-}"; case "$n" in ""|*[!0-9]*|0) ;; *) BRAAS_THREADS=$n BRAAS_THREADS_FROM=$v; break ;; esac; done

@@ -1,0 +1,106 @@
+"""The CLI's face of a job over several clusters (core.group): `submit --preset a,b[,local]` makes one,
+and status, wait, cancel, download and logs given its name act on every member."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from .core import group, logs, transfer
+from .core.display import plain
+from .core.schedulers.base import COMPLETED
+from .core.spec import SubmitRequest
+
+
+def presets_of(value: str) -> list[str]:
+    """The presets of `--preset`: one name, or several separated by commas (a job over several clusters)."""
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def lines(status: group.GroupStatus) -> list[str]:
+    out = [f"{status.name}  {status.state}  frames {status.frames_done}/{status.frames_total}"
+           + (f"  ({status.pool} not handed out yet)" if status.pool else "")]
+    for m in status.members:
+        pace = f"{m.pace.frame_s:.1f} s/frame, {m.pace.slots} at once" if m.pace.frame_s else "pace not measured yet"
+        out.append(f"  {m.preset:<12} {m.state:<11} rendered {m.frames_done}, holds {m.frames_held}  ({pace})"
+                   + (f"  job {m.job}" if m.job else ""))
+    out += [f"  {move}" for move in status.moves]
+    if status.missing:
+        out.append(f"  given up: frames {', '.join(map(str, status.missing))}")
+    return out
+
+
+async def submit(args: argparse.Namespace, request: SubmitRequest, err: Console,
+                 print_json: Callable[[dict[str, object]], None]) -> int:
+    status, results, warnings = await group.submit(request, presets_of(args.preset))
+    for warning in warnings:
+        err.print(f"warning: {plain(warning)}", highlight=False)
+    if args.json:
+        print_json({**status.to_json(), "submissions": [r.to_json() for r in results], "warnings": warnings})
+        return 0
+    for r in results:
+        print(f"{r.preset}: frames {r.frames} as {r.tasks} array task(s), scheduler id {', '.join(r.scheduler_ids)}")
+    print(f"the rest ({status.pool} frames) is handed out as the clusters render: keep `braas-hpc wait "
+          f"{status.name}` (or the dashboard) running, or look with `braas-hpc status {status.name}`")
+    print(status.name)
+    return 0
+
+
+async def status(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
+    found = [await group.look(name) for name in args.jobs]
+    if args.json:
+        print_json({"jobs": [s.to_json() for s in found]})
+    else:
+        print("\n".join(line for s in found for line in lines(s)))
+    return 0
+
+
+async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dict[str, object]], None]) -> int:
+    def each(status: group.GroupStatus) -> None:
+        if not args.json:
+            for move in status.moves:
+                err.print(plain(move), highlight=False)
+
+    final = await group.wait(args.job, poll_s=args.poll_max or group.POLL_S, timeout_s=args.timeout, on_status=each)
+    if args.json:
+        print_json(final.to_json())
+    else:
+        print("\n".join(lines(final)))
+    return 0 if final.state == COMPLETED else 1
+
+
+async def cancel(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
+    ids = await group.cancel(args.job)
+    if args.json:
+        print_json({"job": args.job, "cancelled": list(ids)})
+    else:
+        print(f"cancelled {args.job} on every cluster (scheduler ids {', '.join(ids) or 'none left'})")
+    return 0
+
+
+async def download(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
+    """Every member's frames into one folder."""
+    dest = Path(args.dest) if args.dest else Path.cwd() / args.job
+    got = [await transfer.download(job, dest) for job in group.members(args.job)]
+    downloaded, skipped = sum(g.downloaded for g in got), sum(g.skipped for g in got)
+    if args.json:
+        print_json({"job": args.job, "dest": str(dest), "downloaded": downloaded, "skipped": skipped,
+                    "members": [g.to_json() for g in got]})
+    else:
+        print(f"downloaded {downloaded} frame(s), {skipped} already here, into {dest}")
+    return 0
+
+
+async def show_logs(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
+    jobs = group.members(args.job)
+    found = [await logs.job_logs(job, task=args.task, lines=args.lines) for job in jobs]
+    if args.json:
+        print_json({"job": args.job, "members": [f.to_json() for f in found]})
+    else:
+        for job, f in zip(jobs, found, strict=True):
+            print(f"===== {job.preset.name} ({job.name})")
+            print(plain(f.text()))
+    return 0

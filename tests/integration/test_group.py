@@ -1,0 +1,117 @@
+"""One animation over several clusters (core.group) on the test cluster: two presets on different
+partitions and nodes (`tbfast` on qcpu; `tbslow` on qhigh, whose module lines take 4 s per task) plus
+this computer (`local`). The film ends with every frame rendered exactly once (each task's marker names
+the frames it rendered; a chunk another cluster took says `moved`), the faster cluster renders more than
+the slow one, the frames land in one folder, and the group can be cancelled as a whole. How much sooner a
+group ends than the best cluster alone is measured by bench/fanout_bench.py, not here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from braas_hpc.cli_json import SCHEMAS
+from braas_hpc.core import registry
+from braas_hpc.core.context import job_context
+from braas_hpc.core.recovery import read_markers
+from tests.conftest import run_cli
+from tests.helpers import make_sample
+
+# Tiny frames, one per task, one task at a time per cluster: a cluster's speed is its per-task cost.
+FILM = ("--chunk", "1", "--max-parallel", "1", "--resolution-percentage", "10", "--samples", "4")
+
+
+@pytest.fixture
+def two_clusters(testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:  # noqa: ANN001
+    """The session's presets plus `tbfast` (the test cluster as it is) and `tbslow` (another partition on
+    the other node, 4 s of module loading per task)."""
+    config = tmp_path / "config"
+    shutil.copytree(os.environ["BRAAS_HPC_CONFIG_DIR"], config)
+    monkeypatch.setenv("BRAAS_HPC_CONFIG_DIR", str(config))
+    text = (config / "presets" / "testbed.toml").read_text()
+    assert 'name = "testbed"' in text and 'partition_cpu = "qcpu"' in text and "env = []" in text
+    (config / "presets" / "tbfast.toml").write_text(text.replace('name = "testbed"', 'name = "tbfast"'))
+    slow = text.replace('name = "testbed"', 'name = "tbslow"').replace('"qcpu"', '"qhigh"')
+    (config / "presets" / "tbslow.toml").write_text(slow.replace("env = []", 'env = ["sleep 4"]'))
+    return "tbfast", "tbslow"
+
+
+def _json(verb: str, *args: str, timeout: float = 600) -> dict:
+    done = run_cli(*args, "--json", timeout=timeout)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    jsonschema.validate(document, SCHEMAS[verb])
+    return document
+
+
+def _markers(job: str) -> list[dict[str, object]]:
+    async def read() -> list[dict[str, object]]:
+        context = job_context(job)  # transports belong to a running loop
+        return await read_markers(context.transport, context.paths)
+
+    return asyncio.run(read())
+
+
+def test_one_film_over_two_clusters_and_this_computer(two_clusters: tuple[str, str], tmp_path: Path) -> None:
+    fast, slow = two_clusters
+    scene = make_sample(tmp_path / "scene")
+    submitted = _json("submit (group)", "submit", str(scene), "--preset", f"{fast},{slow},local",
+                      "--frames", "1-12", *FILM)
+    group = submitted["job"]
+    assert submitted["group"] is True and [m["preset"] for m in submitted["members"]] == [fast, slow, "local"]
+    assert len(submitted["submissions"]) == 3 and submitted["pool"] > 0  # first batches out, the rest held back
+    first_frames = [s["frames"] for s in submitted["submissions"]]
+
+    final = _json("wait (group)", "wait", group, "--timeout", "400", timeout=500)
+    assert final["state"] == "COMPLETED", final
+    assert final["frames_done"] == final["frames_total"] == 12 and final["pool"] == 0 and final["missing"] == ""
+
+    rendered: Counter[int] = Counter()
+    by_member: dict[str, int] = {}
+    moved: list[list[int]] = []
+    for member in final["members"]:
+        markers = _markers(member["job"])
+        mine = [f for m in markers for f in m.get("rendered", [])]
+        rendered.update(mine)
+        by_member[member["preset"]] = len(mine)
+        assert member["frames_done"] == len(mine), member  # the group counts what the tasks say they rendered
+        moved += [m["frames"] for m in markers if m["state"] == "moved"]
+    assert sorted(rendered) == list(range(1, 13)) and set(rendered.values()) == {1}, rendered  # each exactly once
+    assert by_member[fast] > by_member[slow], (by_member, first_frames)
+    # Frames moved after the first batches: more batches than the first ones, or chunks taken.
+    assert sum(by_member.values()) == 12 and (moved or registry.get_job(f"{group}.{fast}").rounds >= 1)
+    for chunk in moved:  # a chunk taken from a cluster was rendered by another one, once
+        assert all(rendered[f] == 1 for f in chunk)
+
+    dest = tmp_path / "frames"
+    got = _json("download (group)", "download", group, "--dest", str(dest))
+    assert got["downloaded"] == 12
+    assert sorted(p.name for p in dest.glob("frame_*.png")) == [f"frame_{f:06d}.png" for f in range(1, 13)]
+
+    shown = _json("status (group)", "status", group)["jobs"][0]
+    assert shown["state"] == "COMPLETED" and shown["moves"] == []  # an ended group: nothing handed out any more
+    logs = _json("logs (group)", "logs", group)
+    assert [m["job"] for m in logs["members"]] == [m["job"] for m in final["members"]]
+
+
+def test_a_group_is_cancelled_on_every_cluster(two_clusters: tuple[str, str], tmp_path: Path) -> None:
+    fast, slow = two_clusters
+    scene = make_sample(tmp_path / "scene")
+    submitted = _json("submit (group)", "submit", str(scene), "--preset", f"{slow},{fast}", "--frames", "1-20",
+                      *FILM)
+    group = submitted["job"]
+    cancelled = _json("cancel", "cancel", group)
+    assert len(cancelled["cancelled"]) >= 2  # every member's array
+    after = _json("status (group)", "status", group)["jobs"][0]
+    assert after["state"] == "CANCELLED" and after["moves"] == []  # nothing handed out after a cancel
+    assert after["pool"] == submitted["pool"]
+    final = _json("wait (group)", "wait", group, "--timeout", "120", timeout=200)
+    assert final["state"] == "CANCELLED"
+    assert all(m["state"] == "CANCELLED" for m in final["members"]), final["members"]
