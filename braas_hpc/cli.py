@@ -440,8 +440,15 @@ async def cmd_video(args: argparse.Namespace) -> int:
     columns = (TextColumn("[bold]downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True, disable=args.json) as bar:
         task = bar.add_task("frame", total=None)
-        made = await video.make_video(job_context(args.job), dest, args.codec, args.fps, args.allow_gaps,
-                                      lambda done, total: bar.update(task, completed=done, total=total))
+        def on_bytes(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if group.is_group(args.job):  # one animation over several clusters: every member's frames, one movie
+            made = await video.make_group_video(args.job, group.members(args.job), group.film_frames(args.job), dest,
+                                                args.codec, args.fps, args.allow_gaps, on_bytes)
+        else:
+            made = await video.make_video(job_context(args.job), dest, args.codec, args.fps, args.allow_gaps,
+                                          on_bytes)
     if args.json:
         _print_json(made.to_json())
         return 0

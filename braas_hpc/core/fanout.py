@@ -111,15 +111,16 @@ class Group:
 
     # ---- decisions ----------------------------------------------------------------------------------
 
-    def due(self, preset: str, held: Sequence[tuple[int, ...]]) -> bool:
+    def due(self, preset: str, held: Sequence[tuple[int, ...]], ahead_s: float = 0.0) -> bool:
         """Whether the cluster should get more now: what it holds (`held`: handed, not finished) would
-        run dry within its queue wait. A cluster that was given a batch and has not rendered a frame yet
-        (its queue holds it) gets nothing more until it does: others may take what it holds."""
+        run dry within its queue wait, plus `ahead_s` (the time to the next decision: a client that looks
+        every few seconds hands out that much sooner). A cluster that was given a batch and has not
+        rendered a frame yet (its queue holds it) gets nothing more until it does: others may take what it holds."""
         member = self.member(preset)
         if member.batches and not member.pace.frame_s:
             return False
         pace = self.pace(preset)
-        return self._drain_s(preset, [len(c) for c in held]) <= pace.queue_s
+        return self._drain_s(preset, [len(c) for c in held]) <= pace.queue_s + ahead_s
 
     def batch_size(self, preset: str) -> int:
         """Chunks off the pool for a due cluster. With every cluster's pace known (measured or
@@ -213,11 +214,14 @@ class Group:
 
     def next_batch(self, thief: str, waiting: Mapping[str, Sequence[tuple[int, ...]]], busy_s: Mapping[str, float],
                    queued_s: Mapping[str, float] | None = None) -> tuple[str | None, list[tuple[int, ...]]]:
-        """What a due cluster gets: chunks taken from another (and from which), else a batch of the pool."""
+        """What a due cluster gets: a batch of the pool while it has one for it, else chunks taken from
+        another (and from which). The pool first: taking a chunk costs a claim on the other cluster, and
+        a cluster that takes one chunk at a time from another would get no more per decision than that."""
+        batch = self.hand_out(thief) if self.pool else []
+        if batch:
+            return None, batch
         taken = self.steal(thief, waiting, busy_s, queued_s)
-        if taken is not None:
-            return taken
-        return None, self.hand_out(thief)
+        return taken if taken is not None else (None, [])
 
     def observe(self, preset: str, done: Sequence[tuple[int, ...]], pace: Pace) -> None:
         """What `preset`'s cluster reported: the chunks it finished and its pace as measured (a field

@@ -23,15 +23,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import batch, monitor, registry, service
+from . import batch, costs, monitor, registry, service
 from .context import JobContext, context_of, job_context
 from .errors import BraasError, UsageError, WaitTimedOut
 from .fanout import Group, Pace
 from .frames import format_frames
-from .jobs import make_job_name
+from .jobs import JobSpec, make_job_name
 from .monitor import JobStatus
-from .presets import valid_name
+from .presets import Preset, valid_name
 from .recovery import markers_argv, read_markers
+from .scene_settings import read_scene_settings
 from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL
 from .spec import SubmitRequest, build_spec
 
@@ -130,11 +131,12 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
     back to the pool)."""
     presets = [p.strip() for p in presets if p.strip()]
     _check(request, presets)
-    first_spec, _ = build_spec(dataclasses.replace(request, preset=presets[0]))  # the film's frames
-    for preset in presets[1:]:
-        build_spec(dataclasses.replace(request, preset=preset))  # every preset accepts the request, before any upload
+    # Every preset accepts the request before anything is uploaded anywhere.
+    built = {preset: build_spec(dataclasses.replace(request, preset=preset)) for preset in presets}
+    first_spec = built[presets[0]][0]  # the film's frames
     name = make_job_name(Path(first_spec.scene), request.project)
-    plan = Group.plan(name, first_spec.frames, request.chunk, presets, estimates)
+    known = estimates if estimates is not None else await _estimates(request, built)
+    plan = Group.plan(name, first_spec.frames, request.chunk, presets, known)
     data: dict[str, object] = {"request": _request_json(request), "plan": plan.to_json(), "jobs": {},
                                "given_at": {}, "lost": {}, "given_up": [], "cancelled": False}
     registry.add_group(name, data)
@@ -154,6 +156,24 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
         registry.forget_group(name)
         raise BraasError("no cluster of the group took its frames: " + "; ".join(warnings))
     return await look(name, drive=False), results, warnings
+
+
+async def _estimates(request: SubmitRequest, built: dict[str, tuple[JobSpec, Preset]]) -> dict[str, Pace]:
+    """Each cluster's pace from the scene's finished jobs there (or the user's own `--estimate` of it):
+    with them the first batches are sized right (core.fanout). A cluster without any: 0, learnt as it renders."""
+    spec = next(iter(built.values()))[0]
+    settings = request.scene_settings or await asyncio.to_thread(read_scene_settings, Path(spec.scene))
+    found = {}
+    for name, (spec, preset) in built.items():
+        try:
+            rate, _ = await costs.job_rate(spec, preset, settings.resolution_percentage, calibrate=False)
+        except BraasError as exc:  # no estimate is no reason not to render
+            log.info("no estimate for %s: %s", name, exc)
+            continue
+        if rate is not None:
+            found[name] = Pace(rate.frame_seconds + (rate.task_seconds + rate.gap_seconds) / spec.chunk,
+                               spec.max_parallel)
+    return found
 
 
 async def _give(data: dict, plan: Group, preset: str, chunks: list[tuple[int, ...]]) -> service.SubmitResult:
@@ -309,7 +329,7 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, _Look]) -> list[st
     for preset in sorted(reachable, key=plan.throughput, reverse=True):
         member = plan.member(preset)
         held = [c for c in member.handed if c not in member.done]
-        if not plan.due(preset, held):
+        if not plan.due(preset, held, ahead_s=POLL_S):  # the next look may be that far off
             continue
         waiting = {m.preset: [c for c in m.handed if c not in m.done and c not in started.get(m.preset, set())]
                    for m in plan.members if m.preset in reachable}
@@ -387,6 +407,14 @@ def members(name: str) -> list[JobContext]:
     return [context_of(registry.get_job(job)) for job in data["jobs"].values()]
 
 
+def film_frames(name: str) -> tuple[int, ...]:
+    """Every frame of the group's film, wherever it is (handed out, in the pool, given up)."""
+    data = registry.get_group(name)
+    plan = Group.from_json(data["plan"])
+    chunks = [*plan.pool, *(c for m in plan.members for c in m.handed), *(tuple(c) for c in data["given_up"])]
+    return tuple(sorted({f for c in chunks for f in c}))
+
+
 async def cancel(name: str) -> tuple[str, ...]:
     """Cancel every member; nothing more is handed out."""
     data = registry.get_group(name)
@@ -398,5 +426,5 @@ async def cancel(name: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "is_group", "look", "member_name", "members",
-           "submit", "wait"]
+__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "film_frames", "is_group", "look", "member_name",
+           "members", "submit", "wait"]

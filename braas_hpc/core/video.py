@@ -7,6 +7,7 @@ cluster_scripts/make_video.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -137,12 +139,31 @@ async def make_video(job: JobContext, dest: Path, codec: str = "h264", fps: floa
     fps = fps or spec.fps or DEFAULT_FPS
     got = await transfer.download(job, dest, progress)
     name = make_video_module().video_file_name(codec, fps)
-    result = VideoResult(job.name, dest / name, codec, fps, "cluster", got.downloaded)
     if spec.video == codec and (spec.fps or DEFAULT_FPS) == fps and (dest / name).is_file():
-        return result  # the finish step's, checked against its SHA-256 by the download
+        # the finish step's, checked against its SHA-256 by the download
+        return VideoResult(job.name, dest / name, codec, fps, "cluster", got.downloaded)
+    return await _made_here(job.name, spec, dest, codec, fps, allow_gaps, got.downloaded)
+
+
+async def make_group_video(name: str, jobs: Sequence[JobContext], frames: Sequence[int], dest: Path,
+                           codec: str = "h264", fps: float | None = None, allow_gaps: bool = False,
+                           progress: Progress | None = None) -> VideoResult:
+    """The movie of one animation rendered over several clusters (core.group): every member's frames
+    into `dest`, then made here; `frames`: the whole film's."""
+    check_request(codec, fps)
+    spec = dataclasses.replace(jobs[0].record.spec, frames=tuple(sorted(frames)))
+    fps = fps or spec.fps or DEFAULT_FPS
+    downloaded = 0
+    for job in jobs:
+        downloaded += (await transfer.download(job, dest, progress)).downloaded
+    return await _made_here(name, spec, dest, codec, fps, allow_gaps, downloaded)
+
+
+async def _made_here(job: str, spec: JobSpec, dest: Path, codec: str, fps: float, allow_gaps: bool,
+                     downloaded: int) -> VideoResult:
     started = time.monotonic()
     made = await asyncio.to_thread(encode_here, spec, dest, codec, fps, allow_gaps)
-    result.made_on, result.encoder = "here", str(made.get("encoder", ""))
-    result.seconds = round(time.monotonic() - started, 3)
+    result = VideoResult(job, dest / make_video_module().video_file_name(codec, fps), codec, fps, "here",
+                         downloaded, str(made.get("encoder", "")), round(time.monotonic() - started, 3))
     result.gaps = [int(f) for f in made.get("gaps", [])]  # type: ignore[union-attr]
     return result

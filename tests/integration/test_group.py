@@ -23,6 +23,7 @@ from braas_hpc.core.context import job_context
 from braas_hpc.core.recovery import read_markers
 from tests.conftest import run_cli
 from tests.helpers import make_sample
+from tests.video_probe import frame_count
 
 # Tiny frames, one per task, one task at a time per cluster: a cluster's speed is its per-task cost.
 FILM = ("--chunk", "1", "--max-parallel", "1", "--resolution-percentage", "10", "--samples", "4")
@@ -94,6 +95,10 @@ def test_one_film_over_two_clusters_and_this_computer(two_clusters: tuple[str, s
     got = _json("download (group)", "download", group, "--dest", str(dest))
     assert got["downloaded"] == 12
     assert sorted(p.name for p in dest.glob("frame_*.png")) == [f"frame_{f:06d}.png" for f in range(1, 13)]
+
+    movie = _json("video", "video", group, "--dest", str(dest))  # the film's movie, made here from every cluster's
+    assert movie["made_on"] == "here" and movie["gaps"] == [] and Path(movie["video"]).is_file()
+    assert frame_count(Path(movie["video"])) == 12
 
     shown = _json("status (group)", "status", group)["jobs"][0]
     assert shown["state"] == "COMPLETED" and shown["moves"] == []  # an ended group: nothing handed out any more

@@ -1,0 +1,121 @@
+"""The group's bookkeeping (core/group.py) between looks: what a member's markers and frames say becomes
+done, lost (back to the pool, or given up after the retries) or left alone; and taking chunks away from a
+cluster never takes one its task claimed first (the same claims render_task.py makes). The whole group on
+the test cluster: tests/integration/test_group.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from braas_hpc.core import group, registry
+from braas_hpc.core.fanout import Group
+from braas_hpc.core.jobs import JobPaths, JobSpec
+from braas_hpc.core.monitor import JobStatus
+from braas_hpc.core.transport.local import LocalTransport
+
+
+@pytest.fixture(autouse=True)
+def own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
+
+
+def _plan(held: list[tuple[int, ...]]) -> tuple[Group, dict]:
+    """A group whose member `a` holds `held` (a job in the registry), `b` nothing yet."""
+    plan = Group.plan("film", [f for c in held for f in c], 1, ["a", "b"])
+    plan.member("a").handed, plan.pool = list(held), []
+    frames = tuple(f for c in held for f in c)
+    registry.add_job(JobSpec("film.a", "a", "/s.blend", frames, tasks=tuple(held), group="film"), "/w", {"1": 1},
+                     "RUNNING")
+    data = {"request": {"retries": 1}, "jobs": {"a": "film.a"}, "given_at": {}, "lost": {}, "given_up": [],
+            "cancelled": False}
+    return plan, data
+
+
+def _look(state: str, frames: set[int], missing: set[int], markers: list[dict]) -> group._Look:
+    status = JobStatus("film.a", "a", state, 0, 0, missing=tuple(sorted(missing)))
+    return group._Look("a", status, frozenset(frames), markers)
+
+
+def _marker(frames: list[int], state: str, rendered: list[int] = (), started: float = 100.0) -> dict:
+    return {"frames": frames, "state": state, "rendered": list(rendered), "skipped": [], "started": started,
+            "finished": started + 5 if state != "running" else None}
+
+
+def test_a_task_that_said_done_is_done_though_the_frame_listing_missed_its_frame() -> None:
+    """The listing and the markers are read one after the other: a frame written in between is not lost."""
+    plan, data = _plan([(1,), (2,)])
+    look = _look("RUNNING", {1, 2}, {2}, [_marker([1], "done", [1]), _marker([2], "done", [2])])
+    assert group._observe(data, plan, {"a": look}) == []
+    assert plan.member("a").done == [(1,), (2,)] and plan.pool == []
+
+
+def test_frames_a_task_failed_go_back_to_the_pool_and_its_rendered_ones_stay_done() -> None:
+    plan, data = _plan([(1, 2, 3), (4, 5, 6)])
+    look = _look("RUNNING", {1, 2, 3, 4, 5, 6}, {2, 4, 5, 6},
+                 [_marker([1, 2, 3], "failed", [1, 3]), _marker([4, 5, 6], "running")])
+    notes = group._observe(data, plan, {"a": look})
+    assert notes == ["a lost frames 2: back to the group"]
+    assert plan.pool == [(2,)] and plan.member("a").handed == [(4, 5, 6), (1, 3)]
+    assert plan.member("a").done == [(1, 3)]
+    assert registry.get_job("film.a").spec.frames == (1, 3, 4, 5, 6)  # the member's record follows
+
+
+def test_a_job_that_ended_loses_what_its_tasks_never_finished() -> None:
+    """A node that died leaves its marker `running`; once the scheduler says the job ended, those frames
+    go back, and after the retries they are given up and the group fails."""
+    plan, data = _plan([(1,), (2,)])
+    look = _look("FAILED", {1, 2}, {2}, [_marker([1], "done", [1]), _marker([2], "running")])
+    assert group._observe(data, plan, {"a": look}) == ["a lost frames 2: back to the group"]
+    assert plan.pool == [(2,)]
+    plan.pool = []
+    plan.member("a").handed.append((2,))  # handed to it again, and lost again: no retries left
+    assert group._observe(data, plan, {"a": look}) == ["a lost frames 2: given up (no retries left)"]
+    assert plan.pool == [] and data["given_up"] == [(2,)]
+    status = group._status("film", data, plan, {"a": look}, ())
+    assert status.missing == (2,) and status.frames_total == 2
+
+
+def test_a_running_task_is_left_alone() -> None:
+    plan, data = _plan([(1,), (2,)])
+    look = _look("RUNNING", {1, 2}, {1, 2}, [_marker([1], "running")])
+    assert group._observe(data, plan, {"a": look}) == []
+    assert plan.pool == [] and plan.member("a").done == []
+
+
+def test_taking_chunks_away_never_takes_one_a_task_claimed(tmp_path: Path) -> None:
+    """The driver's claim and a task's claim are the same mkdir: whichever comes first wins."""
+    paths = JobPaths(str(tmp_path), "film.a")
+    os.makedirs(f"{paths.claims_dir}/3")  # the task of chunk (3, 4) started
+    Path(f"{paths.claims_dir}/3/task").write_text("1 node\n")
+
+    async def take() -> list[tuple[int, ...]]:
+        member = SimpleNamespace(transport=LocalTransport(), paths=paths)
+        return await group._take_away(member, [(1, 2), (3, 4), (5,)])
+
+    assert asyncio.run(take()) == [(1, 2), (5,)]
+    assert Path(f"{paths.claims_dir}/1/moved").exists() and Path(f"{paths.claims_dir}/5/moved").exists()
+    assert not Path(f"{paths.claims_dir}/3/moved").exists()
+
+
+def test_two_drivers_never_hold_the_group_at_once() -> None:
+    registry.add_group("g", {"x": 1})
+    assert registry.take_group("g", 60) == {"x": 1}
+    assert registry.take_group("g", 60) is None  # a second look only reads
+    registry.put_group("g", {"x": 2})  # the holder is done: the lease ends
+    assert registry.take_group("g", 60) == {"x": 2}
+
+
+def test_a_group_refuses_what_it_cannot_spread(tmp_path: Path) -> None:
+    from braas_hpc.core.errors import UsageError
+    from braas_hpc.core.spec import SubmitRequest
+
+    request = SubmitRequest(tmp_path / "s.blend", "a", split_samples=4)
+    with pytest.raises(UsageError, match="split still renders on one cluster"):
+        asyncio.run(group.submit(request, ["a", "b"]))
+    with pytest.raises(UsageError, match="movie of a job over several clusters"):
+        asyncio.run(group.submit(SubmitRequest(tmp_path / "s.blend", "a", video="h264"), ["a", "b"]))
