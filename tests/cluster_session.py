@@ -49,10 +49,18 @@ def workers_for(config: pytest.Config) -> int:
     return 2 if covers_cluster(config) and local else 0
 
 
+# Tests of the cluster that use only its sshd (no scheduler, no node, nothing another test stops): they
+# run beside the cluster's serial group, in the other worker (the one sshd restart of the suite is on a
+# login node of its own: test_faults_cluster).
+SSH_ONLY = frozenset({"test_transport_contract.py", "test_keeper_contract.py", "test_sshlab.py",
+                      "test_ssh_config_routes.py", "test_cli_trust.py", "test_keeper_trust.py"})
+
+
 def group_items(items: list[pytest.Item]) -> None:
     """The cluster's tests in one xdist group (one worker, in order), all others in the other."""
     for item in items:
-        group = "cluster" if Path(item.path).is_relative_to(INTEGRATION) else "local"
+        path = Path(item.path)
+        group = "cluster" if path.is_relative_to(INTEGRATION) and path.name not in SSH_ONLY else "local"
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +30,6 @@ from tests.helpers import check_frame, eventually
 from tests.testbed import nodens
 from tests.testbed import testbed as tb
 
-# An admin starting the login node's sshd again, in the cluster's own mount namespace.
-START_SSHD = "from tests.testbed import testbed as tb; tb.start_sshd(tb.Layout.from_env())"
 RUNS = 2
 RESTART_FRAMES = 20  # four tasks of five: the job outlasts both restarts of a run (2 x (1 s + DOWN_S))
 DOWN_S = 4.0  # two of the watcher's 2 s polls (the suite's BRAAS_HPC_POLL_MAX): at least one meets the closed port
@@ -52,15 +53,82 @@ def _watch(job: str) -> subprocess.Popen[str]:
                             cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _restart_sshd(layout: tb.Layout) -> None:
-    """Every process of the test cluster's sshd (the listener and each open connection), then a new one."""
-    config = str(layout.sshd / "sshd_config")
-    subprocess.run(["pkill", "-KILL", "-f", f"sshd.*{config}"], check=False)
-    subprocess.run(["pkill", "-KILL", "-u", "braastb", "-x", "sshd"], check=False)  # connection children
+OWN_PORT = 2225  # this test's own login node: the suite's other SSH tests go on against the main one
+
+
+class LoginNode:
+    """A second sshd of the test cluster (its config, its host key, another port), so restarting it
+    drops only this test's connections: an admin restarting the login node's sshd, seen by one user."""
+
+    def __init__(self, layout: tb.Layout, directory: Path) -> None:
+        self.argv = on_cluster_host(["/usr/sbin/sshd", "-D", "-f", str(layout.sshd / "sshd_config"), "-p",
+                                     str(OWN_PORT), "-o", f"PidFile={directory / 'sshd.pid'}", "-E",
+                                     str(directory / "sshd.log")])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        assert eventually(lambda: tb._ssh_banner(OWN_PORT), bool, "the login node's sshd answering", timeout=30)
+
+    def stop(self) -> None:
+        """The listener and every connection it forked (the listener's descendants), killed at once."""
+        if self.process is None:
+            return
+        doomed = _descendants(self.process.pid)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(30)
+        self.process = None
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc: parent of each)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+@pytest.fixture
+def login_node(testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoginNode]:  # noqa: ANN001
+    """The test cluster's preset through this test's own sshd (its host key pinned for that port too)."""
+    layout = tb.Layout.from_env()
+    config = tmp_path / "config"
+    shutil.copytree(os.environ["BRAAS_HPC_CONFIG_DIR"], config)
+    preset = config / "presets" / "testbed.toml"
+    text = preset.read_text()
+    known = Path(re.search(r'^known_hosts = "(.+)"$', text, re.MULTILINE).group(1))
+    port_line = f"port = {layout.ssh_port}"
+    assert port_line in text
+    pinned = tmp_path / "known_hosts"
+    entries = known.read_text().splitlines()
+    ours = [e.replace(f"[127.0.0.1]:{layout.ssh_port}", f"[127.0.0.1]:{OWN_PORT}") for e in entries
+            if e.startswith(f"[127.0.0.1]:{layout.ssh_port} ")]
+    assert ours, f"no pinned key of 127.0.0.1:{layout.ssh_port} in {known}"
+    pinned.write_text("\n".join([*entries, *ours]) + "\n")
+    preset.write_text(text.replace(port_line, f"port = {OWN_PORT}").replace(str(known), str(pinned)))
+    monkeypatch.setenv("BRAAS_HPC_CONFIG_DIR", str(config))
+    node = LoginNode(layout, tmp_path)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def _restart_sshd(node: LoginNode) -> None:
+    node.stop()
     time.sleep(DOWN_S)  # longer than the watcher's first poll intervals: a poll meets the closed port
-    started = subprocess.run(on_cluster_host([sys.executable, "-c", START_SSHD]), cwd=REPO, capture_output=True,
-                             text=True, timeout=120)
-    assert started.returncode == 0, started.stderr
+    node.start()
 
 
 def _frames_checked(job: dict, tmp_path: Path) -> int:
@@ -74,15 +142,14 @@ def _frames_checked(job: dict, tmp_path: Path) -> int:
     return len(frames)
 
 
-def test_sshd_restarted_while_a_client_waits(testbed, sample_scene: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    layout = tb.Layout.from_env()
+def test_sshd_restarted_while_a_client_waits(login_node: LoginNode, sample_scene: Path, tmp_path: Path) -> None:
     restarts = outages = checked = 0
     for _ in range(RUNS):
         job = _submit(sample_scene, f"1-{RESTART_FRAMES}")
         watcher = _watch(job["job"])
         for _ in range(2):
             time.sleep(1)
-            _restart_sshd(layout)
+            _restart_sshd(login_node)
             restarts += 1
         out, err = watcher.communicate(timeout=700)
         assert watcher.returncode == 0, err
