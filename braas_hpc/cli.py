@@ -292,11 +292,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
     _ask_about_host_keys(report)
     _tell_recoveries(recoveries)
     estimates = await cli_costs.estimates(report)
+    groups = [] if args.jobs else await group.every_group()  # the jobs over several clusters, with their parts above
     if args.json:
         _print_json({"jobs": [{**e, **({"estimate": estimates[e["job"]]} if e["job"] in estimates else {})}
-                              for e in report.to_json()]})
+                              for e in report.to_json()], **({"groups": groups} if groups else {})})
     else:
-        print("\n".join(_report_lines(report) + [plain(f"{job}: {costs.compared(e)}") for job, e in estimates.items()]))
+        print("\n".join(_report_lines(report) + [plain(f"{job}: {costs.compared(e)}") for job, e in estimates.items()]
+                        + [plain(line) for g in groups for line in cli_group.lines(g)]))
     return PARTIAL if report.errors else 0
 
 
@@ -325,15 +327,22 @@ async def _watch_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_forget(args: argparse.Namespace) -> int:
+    groups = [name for name in dict.fromkeys(args.jobs) if group.is_group(name)]
+    for name in groups if not args.force else ():  # a group with frames not handed out has not ended
+        if (state := (await group.look(name, drive=False)).state) not in TERMINAL:
+            raise UsageError(f"{name} is {state} (braas-hpc cancel {name}), or forget it anyway with --force")
+    jobs = [job for name in dict.fromkeys(args.jobs) for job in (group.member_jobs(name) if name in groups else [name])]
     if not args.force:
         # Only what the registry records as not ended is asked about: an ended job is then recorded so.
-        live = [r.name for r in map(registry.get_job, dict.fromkeys(args.jobs)) if r.state not in TERMINAL]
+        live = [r.name for r in map(registry.get_job, jobs) if r.state not in TERMINAL]
         if live:
             await monitor.status_report(live)
     try:
-        forgotten = registry.forget(args.jobs, None if args.force else TERMINAL)
+        forgotten = registry.forget(jobs, None if args.force else TERMINAL)
     except registry.StillActive as error:
         raise UsageError(f"{error} (braas-hpc cancel {error.record.name}), or forget it anyway with --force") from None
+    for name in groups:
+        registry.forget_group(name)
     if args.json:
         _print_json({"forgotten": [r.name for r in forgotten]})
     else:

@@ -20,16 +20,19 @@ def presets_of(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
-def lines(status: group.GroupStatus) -> list[str]:
-    out = [f"{status.name}  {status.state}  frames {status.frames_done}/{status.frames_total}"
-           + (f"  ({status.pool} not handed out yet)" if status.pool else "")]
-    for m in status.members:
-        pace = f"{m.pace.frame_s:.1f} s/frame, {m.pace.slots} at once" if m.pace.frame_s else "pace not measured yet"
-        out.append(f"  {m.preset:<12} {m.state:<11} rendered {m.frames_done}, holds {m.frames_held}  ({pace})"
-                   + (f"  job {m.job}" if m.job else ""))
-    out += [f"  {move}" for move in status.moves]
-    if status.missing:
-        out.append(f"  given up: frames {', '.join(map(str, status.missing))}")
+def lines(status: group.GroupStatus | dict) -> list[str]:
+    """A group's lines, from its status or its `status (group)` document."""
+    shown = status.to_json() if isinstance(status, group.GroupStatus) else status
+    out = [f"{shown['job']}  {shown['state']}  frames {shown['frames_done']}/{shown['frames_total']}"
+           + (f"  ({shown['pool']} not handed out yet)" if shown["pool"] else "")]
+    for m in shown["members"]:
+        pace = (f"{m['seconds_per_frame']:.1f} s/frame, {m['slots']} at once" if m["seconds_per_frame"]
+                else "pace not measured yet")
+        out.append(f"  {m['preset']:<12} {m['state']:<11} rendered {m['frames_done']}, holds {m['frames_held']}  "
+                   f"({pace})" + (f"  job {m['job']}" if m["job"] else ""))
+    out += [f"  {move}" for move in shown["moves"]]
+    if shown["missing"]:
+        out.append(f"  given up: frames {shown['missing']}")
     return out
 
 

@@ -83,7 +83,8 @@ SCHEMAS: dict[str, Schema] = {
         obj({**JOB_STATUS, "error": {"type": "null"}}, {"estimate": obj(ESTIMATE, {"actual": ACTUAL})}),
         obj({**JOB_STATUS, "frames_done": {"type": "null"}, "missing": {"type": "null"},
              "error": obj({"kind": {"enum": ["preset_missing", "preset", "host_key", "authentication", "connection",
-                                             "error"]}, "message": STR})})]}}}),
+                                             "error"]}, "message": STR})})]}}},
+                  {"groups": {"type": "array", "items": obj(GROUP_STATUS)}}),
     "wait": top(JOB_STATUS),
     "forget": top({"forgotten": STRS}),
     # A job over several clusters (submit --preset a,b): the group's documents.

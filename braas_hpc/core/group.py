@@ -264,7 +264,9 @@ async def look(name: str, drive: bool = True) -> GroupStatus:
         if driving and not data["cancelled"]:
             moves += await _hand_out(data, plan, by_preset)
         data["plan"] = plan.to_json()
-        return _status(name, data, plan, by_preset, tuple(moves))
+        status = _status(name, data, plan, by_preset, tuple(moves))
+        data["last"] = {**status.to_json(), "moves": []}  # what `status` shows of an ended group without asking
+        return status
     finally:
         if driving:
             registry.put_group(name, data)
@@ -402,9 +404,23 @@ async def wait(name: str, poll_s: float = POLL_S, timeout_s: float | None = None
         await asyncio.sleep(poll_s)
 
 
+async def every_group() -> list[dict[str, object]]:
+    """Every group's status as `status (group)` documents: an ended one as last seen, the others looked
+    at now (and driven)."""
+    found = []
+    for name in registry.list_groups():
+        last = registry.get_group(name).get("last") or {}
+        found.append(last if last.get("state") in TERMINAL else (await look(name)).to_json())
+    return found
+
+
+def member_jobs(name: str) -> list[str]:
+    """The group's member jobs (a cluster that never got frames has none)."""
+    return list(registry.get_group(name)["jobs"].values())
+
+
 def members(name: str) -> list[JobContext]:
-    data = registry.get_group(name)
-    return [context_of(registry.get_job(job)) for job in data["jobs"].values()]
+    return [context_of(registry.get_job(job)) for job in member_jobs(name)]
 
 
 def film_frames(name: str) -> tuple[int, ...]:
@@ -426,5 +442,5 @@ async def cancel(name: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "film_frames", "is_group", "look", "member_name",
-           "members", "submit", "wait"]
+__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "every_group", "film_frames", "is_group", "look",
+           "member_jobs", "member_name", "members", "submit", "wait"]

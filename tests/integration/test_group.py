@@ -104,6 +104,13 @@ def test_one_film_over_two_clusters_and_this_computer(two_clusters: tuple[str, s
     assert shown["state"] == "COMPLETED" and shown["moves"] == []  # an ended group: nothing handed out any more
     logs = _json("logs (group)", "logs", group)
     assert [m["job"] for m in logs["members"]] == [m["job"] for m in final["members"]]
+    everything = _json("status", "status")  # no job named: the groups too, an ended one as last seen
+    assert [(g["job"], g["state"], g["frames_done"]) for g in everything["groups"]] == [(group, "COMPLETED", 12)]
+
+    forgotten = _json("forget", "forget", group)["forgotten"]
+    assert sorted(forgotten) == sorted(m["job"] for m in final["members"])
+    gone = run_cli("status", group)
+    assert gone.returncode == 2 and "no job named" in gone.stderr
 
 
 def test_a_group_is_cancelled_on_every_cluster(two_clusters: tuple[str, str], tmp_path: Path) -> None:
