@@ -8,9 +8,12 @@ long a batch waits in its queue before its first task starts.
 
 - A cluster is due a batch when what it holds would run dry within its queue wait (so the next batch
   queues while the last one still renders: a queue wait is paid once per batch, not between batches).
-- A batch is the cluster's share of the pool by throughput, halved (guided self-scheduling: large first
-  batches, few submissions, gentle on each scheduler; small last ones, the clusters end together), and at
-  least as many chunks as it runs at once.
+- A batch, once every cluster's pace is known (measured, or estimated from the scene's earlier jobs):
+  the chunks it would render if the whole pool went out now, each chunk where it would end soonest
+  (list scheduling): one submission per cluster when the estimates hold, few when they do not. Before
+  that: its share of the pool by throughput, halved (guided self-scheduling: the rest goes out once the
+  first batches measured each cluster), and at least as many chunks as it runs at once.
+- The pool first: a due cluster takes chunks from another only when the pool is empty.
 - A due cluster first takes chunks another cluster holds but has not started, when it would finish them
   sooner than that cluster could get to them (work stealing): a slow cluster handed a large batch before
   anything was measured does not hold the film's end. On the cluster a task claims its chunk before
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import UsageError
 
-GUIDE = 2  # a batch is a cluster's share of the pool divided by this
+GUIDE = 2  # before paces are known, a batch is a cluster's share of the pool divided by this
 STEAL_MARGIN = 0.8  # a chunk moves only when it ends this much sooner where it goes (no churn on noise)
 
 
@@ -124,26 +127,38 @@ class Group:
 
     def batch_size(self, preset: str) -> int:
         """Chunks off the pool for a due cluster. With every cluster's pace known (measured or
-        estimated): while it would end each one no later than any other cluster would if given it instead
-        (earliest finish), none if it is far slower even for one. Before that: its share, halved."""
+        estimated): half of what it would render if the whole pool went out now, each chunk where it
+        would end soonest (the other half waits for what the next batches measure). Before that: its
+        share by throughput, halved (guided)."""
         if not self.pool:
             return 0
         if not all(m.pace.frame_s for m in self.members):  # guesses: each its share, halved (guided)
             total = sum(self.throughput(m.preset) for m in self.members)
             share = self.throughput(preset) / total
             return min(len(self.pool), max(self.pace(preset).slots, math.ceil(len(self.pool) * share / GUIDE)))
+        return self._assignment()[preset]
+
+    def _assignment(self) -> dict[str, int]:
+        """How many of the pool's chunks each cluster would render if each chunk, in the pool's order, went
+        where it would end soonest after what that cluster holds and was assigned before it (list
+        scheduling; a new batch waits its cluster's queue)."""
         held = {m.preset: [len(c) for c in m.handed if c not in set(m.done)] for m in self.members}
-        mine: list[int] = []
+        count = {m.preset: 0 for m in self.members}
+        longest = {p: max(lengths, default=0) for p, lengths in held.items()}
+        tasks = {p: len(lengths) for p, lengths in held.items()}
+        paces = {m.preset: self.pace(m.preset) for m in self.members}
+
+        def end(preset: str, chunk: int) -> float:
+            pace = paces[preset]
+            waves = math.ceil((tasks[preset] + 1) / pace.slots)
+            return pace.queue_s + waves * max(longest[preset], chunk) * pace.frame_s
+
         for chunk in self.pool:
-            here = self.pace(preset).queue_s + self._drain_s(preset, [*mine, len(chunk)])
-            elsewhere = min((self._end_with(m.preset, held[m.preset], len(chunk)) for m in self.members
-                             if m.preset != preset), default=here)
-            if mine and here > elsewhere:
-                break
-            if not mine and here > elsewhere and self._end_with(preset, [], len(chunk)) > elsewhere * 2:
-                return 0  # far slower than another for even one chunk: leave it to them
-            mine.append(len(chunk))
-        return len(mine)
+            best = min(paces, key=lambda p: (end(p, len(chunk)), -paces[p].slots / paces[p].frame_s))
+            count[best] += 1
+            tasks[best] += 1
+            longest[best] = max(longest[best], len(chunk))
+        return count
 
     def _end_with(self, preset: str, held: list[int], chunk: int) -> float:
         """When `preset` would end `chunk` if it got it after what it holds (a new batch waits its queue)."""
