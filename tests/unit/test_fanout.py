@@ -180,3 +180,25 @@ def test_bad_groups_are_refused() -> None:
         Group.plan("film", range(1, 5), 1, ["x", "x"])
     with pytest.raises(UsageError, match="chunk size"):
         Group.plan("film", range(1, 5), 0, ["x", "y"])
+
+
+def test_a_cluster_whose_first_batch_has_not_started_gets_nothing_more() -> None:
+    """Its queue holds it: more chunks would wait there too, while others may take what it holds."""
+    group = Group.plan("film", range(1, 41), 1, ["queued", "other"])
+    group.initial()
+    group.member("queued").handed = []  # the other took all it held
+    assert not group.due("queued", [])
+    group.observe("queued", [], Pace(frame_s=5.0, slots=1))  # its first task ran: it is known now
+    assert group.due("queued", [])
+
+
+def test_a_chunk_moved_once_is_never_moved_again() -> None:
+    """Taken from one cluster, a chunk stays where it went: chunks handed back and forth never end."""
+    paces = {"slow": Pace(100, 1, 0), "mid": Pace(50, 1, 0), "fast": Pace(1, 8, 0)}
+    group = Group.plan("film", range(1, 5), 1, list(paces), paces)
+    group.pool = []
+    group.member("mid").handed = [(1,), (2,)]
+    group.moved = [(2,)]  # (2,) came to mid from slow
+    assert group.steal("fast", {"mid": [(1,), (2,)]}, {"mid": 0.0}) is None  # its back chunk moved once: no more
+    group.moved = []
+    assert group.steal("fast", {"mid": [(1,), (2,)]}, {"mid": 0.0}) == ("mid", [(2,), (1,)])
