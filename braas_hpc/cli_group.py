@@ -4,6 +4,8 @@ and status, wait, cancel, download and logs given its name act on every member."
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,12 +91,21 @@ async def download(args: argparse.Namespace, print_json: Callable[[dict[str, obj
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
     got = [await transfer.download(job, dest) for job in group.members(args.job)]
     downloaded, skipped = sum(g.downloaded for g in got), sum(g.skipped for g in got)
+    write_summary(dest / "summary.json", await group.summary(args.job))
     if args.json:
         print_json({"job": args.job, "dest": str(dest), "downloaded": downloaded, "skipped": skipped,
-                    "members": [g.to_json() for g in got]})
+                    "summary": str(dest / "summary.json"), "members": [g.to_json() for g in got]})
     else:
-        print(f"downloaded {downloaded} frame(s), {skipped} already here, into {dest}")
+        print(f"downloaded {downloaded} frame(s), {skipped} already here, into {dest} (with summary.json: "
+              "what each cluster rendered)")
     return 0
+
+
+def write_summary(path: Path, summary: dict[str, object]) -> None:
+    """The film's summary beside its frames (written whole: a reader never sees half of it)."""
+    temp = path.with_name(f".{path.name}.part")
+    temp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    os.replace(temp, path)
 
 
 async def show_logs(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:

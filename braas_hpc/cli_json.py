@@ -92,7 +92,7 @@ SCHEMAS: dict[str, Schema] = {
                            "warnings": STRS}),
     "status (group)": top({"jobs": {"type": "array", "items": obj(GROUP_STATUS)}}),
     "wait (group)": top(GROUP_STATUS),
-    "download (group)": top({"job": STR, "dest": STR, "downloaded": INT, "skipped": INT,
+    "download (group)": top({"job": STR, "dest": STR, "downloaded": INT, "skipped": INT, "summary": STR,
                              "members": {"type": "array", "items": obj(DOWNLOADED)}}),
     "logs (group)": top({"job": STR, "members": {"type": "array", "items": obj(LOGS)}}),
     "download": top(DOWNLOADED),

@@ -414,6 +414,30 @@ async def every_group() -> list[dict[str, object]]:
     return found
 
 
+async def summary(name: str) -> dict[str, object]:
+    """What the film took, from every cluster's task markers (one call per cluster): frames each cluster
+    rendered, its pace, its tasks' core-hours (threads x seconds, start-up included), and the film's wall
+    time from the first submission to the last frame. A member's own summary.json (its finish step) knows
+    only its first batch."""
+    data = registry.get_group(name)
+    looks = await asyncio.gather(*(_look_at(p, j) for p, j in data["jobs"].items()))
+    clusters, ends = [], []
+    for look_ in looks:
+        ran = [m for m in look_.markers if m.get("state") in ("done", "failed") and m.get("finished")]
+        rendered = sorted(f for m in ran for f in m.get("rendered", []))
+        core_s = sum((m["finished"] - _began(m)) * int(m.get("threads") or 1) for m in ran)
+        ends += [m["finished"] for m in ran]
+        pace = _pace(look_.markers, data["given_at"], time.time())
+        clusters.append({"preset": look_.preset, "job": data["jobs"][look_.preset], "frames": format_frames(rendered),
+                         "frames_rendered": len(rendered), "tasks": len(ran),
+                         "seconds_per_frame": round(pace.frame_s, 3), "core_hours": round(core_s / 3600, 6),
+                         "error": look_.error})
+    first = min(data["given_at"].values(), default=0.0)
+    return {"job": name, "frames": format_frames(film_frames(name)), "clusters": clusters,
+            "wall_seconds": round(max(ends) - first, 3) if ends else 0.0,
+            "core_hours": round(sum(c["core_hours"] for c in clusters), 6)}
+
+
 def member_jobs(name: str) -> list[str]:
     """The group's member jobs (a cluster that never got frames has none)."""
     return list(registry.get_group(name)["jobs"].values())
@@ -443,4 +467,4 @@ async def cancel(name: str) -> tuple[str, ...]:
 
 
 __all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "every_group", "film_frames", "is_group", "look",
-           "member_jobs", "member_name", "members", "submit", "wait"]
+           "member_jobs", "member_name", "members", "submit", "summary", "wait"]

@@ -95,6 +95,9 @@ def test_one_film_over_two_clusters_and_this_computer(two_clusters: tuple[str, s
     got = _json("download (group)", "download", group, "--dest", str(dest))
     assert got["downloaded"] == 12
     assert sorted(p.name for p in dest.glob("frame_*.png")) == [f"frame_{f:06d}.png" for f in range(1, 13)]
+    summary = json.loads(Path(got["summary"]).read_text())  # what each cluster rendered, from its tasks' markers
+    assert summary["frames"] == "1-12" and summary["wall_seconds"] > 0
+    assert {c["preset"]: c["frames_rendered"] for c in summary["clusters"]} == by_member
 
     movie = _json("video", "video", group, "--dest", str(dest))  # the film's movie, made here from every cluster's
     assert movie["made_on"] == "here" and movie["gaps"] == [] and Path(movie["video"]).is_file()
