@@ -59,10 +59,17 @@ def recover(job_dir: str, round_number: int) -> str:
         return f"recovery failed ({type(exc).__name__}: {exc}); the client recovers when it looks"
 
 
-def job_frames(job_dir: str) -> list[int]:
-    """Every frame of the job: round 0's frames file lists them all (resubmissions only repeat some)."""
-    with open(os.path.join(job_dir, "frames.txt"), encoding="utf-8") as stream:
-        return sorted({int(f) for line in stream for f in line.strip().split(",") if f.strip()})
+def job_frames(job_dir: str, markers: list[dict] | None = None) -> list[int]:
+    """Every frame of the job: round 0's frames file lists them all (resubmissions only repeat some). A
+    member of a job over several clusters also holds the frames its later rounds were given, less the
+    chunks another cluster took (their tasks' markers say `moved`)."""
+    frames: set[int] = set()
+    for path in [os.path.join(job_dir, "frames.txt"), *glob.glob(os.path.join(job_dir, "frames-r*.txt"))]:
+        with open(path, encoding="utf-8") as stream:
+            frames |= {int(f) for line in stream for f in line.strip().split(",") if f.strip()}
+    gone = {f for m in markers or () if m.get("state") == "moved" for f in m.get("frames") or ()}
+    kept = {f for m in markers or () if m.get("state") != "moved" for f in m.get("frames") or ()}
+    return sorted(frames - (gone - kept))
 
 
 def read_markers(job_dir: str) -> list[dict]:
@@ -82,7 +89,7 @@ def read_markers(job_dir: str) -> list[dict]:
 
 
 def summarize(job_dir: str, extension: str, markers: list[dict]) -> dict:
-    frames = job_frames(job_dir)
+    frames = job_frames(job_dir, markers)
     out = os.path.join(job_dir, "out")
 
     def present(frame: int) -> bool:

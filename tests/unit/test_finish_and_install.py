@@ -51,6 +51,24 @@ def test_summary_lists_missing_frames_and_hours(tmp_path: Path) -> None:
     assert summary["last_frame"] == "frame_000004.png"
 
 
+def test_a_group_members_summary_counts_the_frames_it_holds(tmp_path: Path) -> None:
+    """A member of a job over several clusters: the frames of its later rounds count, a chunk another
+    cluster took (its task's marker: moved) does not."""
+    job = tmp_path / "film.a"
+    for d in ("out", "status"):
+        (job / d).mkdir(parents=True)
+    (job / "frames.txt").write_text("1\n2\n")
+    (job / "frames-r1.txt").write_text("7\n")
+    for f in (1, 7):
+        (job / "out" / f"frame_{f:06d}.png").write_bytes(b"png")
+    _marker(job, "task-1.json", frames=[1], state="done", started=1.0, finished=2.0, exit_code=0, timings={"1": 1.0})
+    _marker(job, "task-2.json", frames=[2], state="moved", started=1.0, finished=1.0, exit_code=0, timings={})
+    _marker(job, "r1-task-1.json", frames=[7], state="done", started=3.0, finished=4.0, exit_code=0,
+            timings={"7": 1.0})
+    summary = finish_task.summarize(str(job), "png", finish_task.read_markers(str(job)))
+    assert summary["frames_total"] == 2 and summary["missing"] == [] and summary["last_frame"] == "frame_000007.png"
+
+
 def _spec(name: str, gpu: bool):  # noqa: ANN202
     spec, preset = build_spec(SubmitRequest(scene=SCENE, preset=name, frames="1-10", chunk=2,
                                             device="GPU" if gpu else "CPU", account="PROJ-1"))
