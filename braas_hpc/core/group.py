@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import batch, costs, monitor, registry, service
@@ -28,19 +26,18 @@ from .context import JobContext, context_of, job_context
 from .errors import BraasError, UsageError, WaitTimedOut
 from .fanout import Group, Pace
 from .frames import format_frames
+from .group_state import GroupStatus, Look, MemberStatus, began, latest_markers, observe, pace_of, set_frames, status_of
 from .jobs import JobSpec, make_job_name
-from .monitor import JobStatus
 from .presets import Preset, valid_name
 from .recovery import markers_argv, read_markers
 from .scene_settings import read_scene_settings
-from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL
+from .schedulers.base import FAILED, TERMINAL
 from .spec import SubmitRequest, build_spec
 
 log = logging.getLogger(__name__)
 
 LEASE_S = 600.0  # a driver that died holding the record frees it after this long
 POLL_S = 5.0  # between looks while waiting: one status call per cluster each time
-_STARTED = {"running", "done", "failed"}  # marker states of a task that claimed its chunk here
 
 # Takes chunks away from a member: for each chunk (its frames, comma-separated), a claim named by its
 # first frame with `moved` in it; prints the first frame of each chunk taken. A chunk whose task claimed
@@ -51,49 +48,6 @@ _TAKE_AWAY = ('d=$1; shift; mkdir -p -- "$d" || exit 1; for c in "$@"; do f=${c%
 
 def member_name(group: str, preset: str) -> str:
     return f"{group}.{preset}"
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    preset: str
-    job: str  # "" until the cluster got its first batch
-    state: str
-    frames_done: int  # of the film's frames, rendered on this cluster
-    frames_held: int  # handed to it and not rendered yet
-    pace: Pace
-
-    def to_json(self) -> dict[str, object]:
-        return {"preset": self.preset, "job": self.job, "state": self.state, "frames_done": self.frames_done,
-                "frames_held": self.frames_held, "seconds_per_frame": round(self.pace.frame_s, 3),
-                "slots": self.pace.slots, "queue_seconds": round(self.pace.queue_s, 1)}
-
-
-@dataclass(frozen=True)
-class GroupStatus:
-    name: str
-    state: str
-    frames_done: int
-    frames_total: int
-    members: tuple[MemberStatus, ...]
-    pool: int  # frames not handed out yet
-    missing: tuple[int, ...] = ()  # frames given up (lost more often than the retries allow), once ended
-    moves: tuple[str, ...] = ()  # what this look did: batches handed out, chunks moved
-
-    def to_json(self) -> dict[str, object]:
-        return {"job": self.name, "group": True, "state": self.state, "frames_done": self.frames_done,
-                "frames_total": self.frames_total, "pool": self.pool, "missing": format_frames(self.missing),
-                "members": [m.to_json() for m in self.members], "moves": list(self.moves)}
-
-
-@dataclass
-class _Look:
-    """What one member's cluster said at one look."""
-
-    preset: str
-    status: JobStatus | None = None
-    frames: frozenset[int] = frozenset()  # what the member's record says it holds
-    markers: list[dict[str, object]] = field(default_factory=list)
-    error: str = ""
 
 
 def is_group(name: str) -> bool:
@@ -189,7 +143,7 @@ async def _give(data: dict, plan: Group, preset: str, chunks: list[tuple[int, ..
     else:
         job = job_context(jobs[preset])
         result = await service.submit_round(job, tuple(chunks))
-        _set_frames(jobs[preset], plan, preset)
+        set_frames(jobs[preset], plan, preset)
     now = time.time()  # submitted: the queue wait starts
     for chunk in chunks:
         data["given_at"][str(chunk[0])] = now
@@ -203,11 +157,6 @@ def _give_back(plan: Group, preset: str, chunks: Sequence[tuple[int, ...]]) -> N
     plan.pool = sorted([*chunks, *plan.pool])
 
 
-def _set_frames(job: str, plan: Group, preset: str) -> None:
-    held = sorted(plan.member(preset).handed)
-    registry.set_frames(job, tuple(sorted(f for c in held for f in c)), tuple(held))
-
-
 async def _take_away(job: JobContext, chunks: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
     """Claim `chunks` on the member's cluster for another cluster; the ones its tasks had not claimed."""
     argv = ["sh", "-c", _TAKE_AWAY, "sh", job.paths.claims_dir, *(",".join(map(str, c)) for c in chunks)]
@@ -216,38 +165,14 @@ async def _take_away(job: JobContext, chunks: Sequence[tuple[int, ...]]) -> list
     return [c for c in chunks if str(c[0]) in taken]
 
 
-async def _look_at(preset: str, job: str) -> _Look:
+async def _look_at(preset: str, job: str) -> Look:
     try:
         context = job_context(job)
         status, ahead = await monitor.job_status_and(context, [batch.Step("all_markers", markers_argv(context.paths))])
         markers = await read_markers(context.transport, context.paths, ahead)
-        return _Look(preset, status, frozenset(context.record.spec.frames), markers)
+        return Look(preset, status, frozenset(context.record.spec.frames), markers)
     except BraasError as exc:  # one cluster not answering does not stop the others
-        return _Look(preset, error=str(exc))
-
-
-def _began(marker: dict[str, object]) -> float:
-    """When the task's job script started (its start-up counts), else when Blender began the task."""
-    began = marker.get("began")
-    return float(began) if isinstance(began, (int, float)) and not isinstance(began, bool) else marker["started"]
-
-
-def _pace(markers: list[dict[str, object]], given_at: dict[str, float], now: float) -> Pace:
-    """A member's pace as its tasks' markers show it (0 where not known yet): seconds per frame of a
-    whole task (module loads and Blender's start included), tasks at once, and a batch's queue wait."""
-    started = [m for m in markers if m.get("state") in _STARTED and m.get("frames") and m.get("started")]
-    done = [m for m in started if m.get("state") == "done" and m.get("finished")]
-    frame_s = statistics.fmean((m["finished"] - _began(m)) / len(m["frames"]) for m in done) if done else 0.0
-    spans = sorted((_began(m), m.get("finished") or now) for m in started)
-    # Overlapping by more than a second (a job script's start is known to the second): at once.
-    slots = max((sum(1 for s, e in spans if s <= start < e - 1) for start, _ in spans), default=0)
-    first_start: dict[float, float] = {}  # a batch's hand-out time -> its first task's start
-    for m in started:
-        at = given_at.get(str(m["frames"][0]))
-        if at is not None:
-            first_start[at] = min(first_start.get(at, _began(m)), _began(m))
-    waits = [max(0.0, s - at) for at, s in first_start.items()]
-    return Pace(frame_s, slots, statistics.fmean(waits) if waits else 0.0)
+        return Look(preset, error=str(exc))
 
 
 async def look(name: str, drive: bool = True) -> GroupStatus:
@@ -260,11 +185,11 @@ async def look(name: str, drive: bool = True) -> GroupStatus:
         plan = Group.from_json(data["plan"])
         looks = await asyncio.gather(*(_look_at(p, j) for p, j in data["jobs"].items()))
         by_preset = {look_.preset: look_ for look_ in looks}
-        moves = _observe(data, plan, by_preset) if driving else []
+        moves = observe(data, plan, by_preset) if driving else []
         if driving and not data["cancelled"]:
             moves += await _hand_out(data, plan, by_preset)
         data["plan"] = plan.to_json()
-        status = _status(name, data, plan, by_preset, tuple(moves))
+        status = status_of(name, data, plan, by_preset, tuple(moves))
         data["last"] = {**status.to_json(), "moves": []}  # what `status` shows of an ended group without asking
         return status
     finally:
@@ -272,60 +197,10 @@ async def look(name: str, drive: bool = True) -> GroupStatus:
             registry.put_group(name, data)
 
 
-def _latest_markers(look_: _Look) -> dict[tuple[int, ...], dict[str, object]]:
-    """Each chunk's newest marker on this member (a chunk given back to the same cluster has two); a
-    moved chunk's marker says only that it was taken."""
-    latest: dict[tuple[int, ...], dict[str, object]] = {}
-    for m in look_.markers:
-        if m.get("state") in _STARTED and m.get("frames"):
-            chunk = tuple(m["frames"])
-            if chunk not in latest or m["started"] >= latest[chunk]["started"]:
-                latest[chunk] = m
-    return latest
-
-
-def _observe(data: dict, plan: Group, looks: dict[str, _Look]) -> list[str]:
-    """What the members did since the last look; frames they lost go back to the pool as chunks of their
-    own (a chunk's rendered frames stay done where they are)."""
-    now, notes = time.time(), []
-    retries = int(data["request"].get("retries", 2))
-    for preset, look_ in looks.items():
-        if look_.status is None:
-            continue
-        member, missing = plan.member(preset), set(look_.status.missing)
-        markers = _latest_markers(look_)
-        job_over = look_.status.state in TERMINAL
-        done, lost = [], []
-        for chunk in member.handed:
-            marker = markers.get(chunk, {})
-            # A task's own word first: the frame listing of this look may predate a frame it just wrote.
-            if marker.get("state") == "done" or (set(chunk) <= look_.frames and not set(chunk) & missing):
-                done.append(chunk)
-            elif marker.get("state") == "failed" or job_over:
-                kept = tuple(f for f in chunk if f in set(marker.get("rendered", ())) | set(marker.get("skipped", ()))
-                             or (job_over and f in look_.frames and f not in missing))
-                done += [kept] if kept else []
-                lost.append((chunk, kept, tuple(f for f in chunk if f not in kept)))
-        if lost and not data["cancelled"]:
-            member.handed = [c for c in member.handed if c not in {chunk for chunk, _, _ in lost}]
-            member.handed += [kept for _, kept, _ in lost if kept]
-            again = []
-            for _, _, frames in lost:
-                count = data["lost"][str(frames[0])] = data["lost"].get(str(frames[0]), 0) + 1
-                (again if count <= retries else data["given_up"]).append(frames)
-            plan.pool = sorted([*(tuple(c) for c in again), *plan.pool])
-            _set_frames(data["jobs"][preset], plan, preset)
-            lost_frames = format_frames(f for _, _, frames in lost for f in frames)
-            notes.append(f"{preset} lost frames {lost_frames}: "
-                         + ("back to the group" if again else "given up (no retries left)"))
-        plan.observe(preset, done, _pace(look_.markers, data["given_at"], now))
-    return notes
-
-
-async def _hand_out(data: dict, plan: Group, looks: dict[str, _Look]) -> list[str]:
+async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str]:
     """Every due cluster gets chunks: taken from another that has not started them, else from the pool."""
     now, notes = time.time(), []
-    started = {p: set(_latest_markers(look_)) for p, look_ in looks.items()}
+    started = {p: set(latest_markers(look_)) for p, look_ in looks.items()}
     running = {p: [m for m in look_.markers if m.get("state") == "running"] for p, look_ in looks.items()}
     reachable = [m.preset for m in plan.members if m.preset not in looks or looks[m.preset].status is not None]
     for preset in sorted(reachable, key=plan.throughput, reverse=True):
@@ -348,7 +223,7 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, _Look]) -> list[st
                 plan.moved = [c for c in plan.moved if c not in kept]
             chunks = taken
             if taken:
-                _set_frames(data["jobs"][victim], plan, victim)
+                set_frames(data["jobs"][victim], plan, victim)
         if not chunks:
             continue
         try:
@@ -360,33 +235,6 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, _Look]) -> list[st
         source = f" from {victim}" if victim else ""
         notes.append(f"{preset} got frames {format_frames(f for c in chunks for f in c)}{source}")
     return notes
-
-
-def _status(name: str, data: dict, plan: Group, looks: dict[str, _Look], moves: tuple[str, ...]) -> GroupStatus:
-    frames_total = sum(len(c) for c in plan.pool) + sum(len(c) for m in plan.members for c in m.handed)
-    given_up = [tuple(c) for c in data["given_up"]]  # frames lost more often than the retries allow
-    frames_total += sum(len(c) for c in given_up)
-    members, done_total, states = [], 0, []
-    for m in plan.members:
-        look_ = looks.get(m.preset)
-        done = sum(len(c) for c in m.done)
-        held = sum(len(c) for c in m.handed) - done
-        state = (look_.status.state if look_ and look_.status else "UNREACHABLE" if look_ else "WAITING")
-        members.append(MemberStatus(m.preset, data["jobs"].get(m.preset, ""), state, done, held, m.pace))
-        done_total += done
-        if look_ and look_.status:
-            states.append(look_.status.state)
-    missing = tuple(sorted(f for c in given_up for f in c))
-    if data["cancelled"]:
-        state = CANCELLED
-    elif plan.complete and all(s in TERMINAL for s in states):
-        state = COMPLETED if not missing else FAILED
-    elif any(s == RUNNING for s in states) or done_total:
-        state = RUNNING
-    else:
-        state = PENDING
-    return GroupStatus(name, state, done_total, frames_total, tuple(members), sum(len(c) for c in plan.pool),
-                       missing, moves)
 
 
 async def wait(name: str, poll_s: float = POLL_S, timeout_s: float | None = None,
@@ -425,9 +273,9 @@ async def summary(name: str) -> dict[str, object]:
     for look_ in looks:
         ran = [m for m in look_.markers if m.get("state") in ("done", "failed") and m.get("finished")]
         rendered = sorted(f for m in ran for f in m.get("rendered", []))
-        core_s = sum((m["finished"] - _began(m)) * int(m.get("threads") or 1) for m in ran)
+        core_s = sum((m["finished"] - began(m)) * int(m.get("threads") or 1) for m in ran)
         ends += [m["finished"] for m in ran]
-        pace = _pace(look_.markers, data["given_at"], time.time())
+        pace = pace_of(look_.markers, data["given_at"], time.time())
         clusters.append({"preset": look_.preset, "job": data["jobs"][look_.preset], "frames": format_frames(rendered),
                          "frames_rendered": len(rendered), "tasks": len(ran),
                          "seconds_per_frame": round(pace.frame_s, 3), "core_hours": round(core_s / 3600, 6),

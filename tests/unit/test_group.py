@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from braas_hpc.core import group, registry
+from braas_hpc.core import group, group_state, registry
 from braas_hpc.core.fanout import Group
 from braas_hpc.core.jobs import JobPaths, JobSpec
 from braas_hpc.core.monitor import JobStatus
@@ -36,9 +36,9 @@ def _plan(held: list[tuple[int, ...]]) -> tuple[Group, dict]:
     return plan, data
 
 
-def _look(state: str, frames: set[int], missing: set[int], markers: list[dict]) -> group._Look:
+def _look(state: str, frames: set[int], missing: set[int], markers: list[dict]) -> group_state.Look:
     status = JobStatus("film.a", "a", state, 0, 0, missing=tuple(sorted(missing)))
-    return group._Look("a", status, frozenset(frames), markers)
+    return group_state.Look("a", status, frozenset(frames), markers)
 
 
 def _marker(frames: list[int], state: str, rendered: list[int] = (), started: float = 100.0) -> dict:
@@ -50,7 +50,7 @@ def test_a_task_that_said_done_is_done_though_the_frame_listing_missed_its_frame
     """The listing and the markers are read one after the other: a frame written in between is not lost."""
     plan, data = _plan([(1,), (2,)])
     look = _look("RUNNING", {1, 2}, {2}, [_marker([1], "done", [1]), _marker([2], "done", [2])])
-    assert group._observe(data, plan, {"a": look}) == []
+    assert group_state.observe(data, plan, {"a": look}) == []
     assert plan.member("a").done == [(1,), (2,)] and plan.pool == []
 
 
@@ -58,7 +58,7 @@ def test_frames_a_task_failed_go_back_to_the_pool_and_its_rendered_ones_stay_don
     plan, data = _plan([(1, 2, 3), (4, 5, 6)])
     look = _look("RUNNING", {1, 2, 3, 4, 5, 6}, {2, 4, 5, 6},
                  [_marker([1, 2, 3], "failed", [1, 3]), _marker([4, 5, 6], "running")])
-    notes = group._observe(data, plan, {"a": look})
+    notes = group_state.observe(data, plan, {"a": look})
     assert notes == ["a lost frames 2: back to the group"]
     assert plan.pool == [(2,)] and plan.member("a").handed == [(4, 5, 6), (1, 3)]
     assert plan.member("a").done == [(1, 3)]
@@ -70,20 +70,20 @@ def test_a_job_that_ended_loses_what_its_tasks_never_finished() -> None:
     go back, and after the retries they are given up and the group fails."""
     plan, data = _plan([(1,), (2,)])
     look = _look("FAILED", {1, 2}, {2}, [_marker([1], "done", [1]), _marker([2], "running")])
-    assert group._observe(data, plan, {"a": look}) == ["a lost frames 2: back to the group"]
+    assert group_state.observe(data, plan, {"a": look}) == ["a lost frames 2: back to the group"]
     assert plan.pool == [(2,)]
     plan.pool = []
     plan.member("a").handed.append((2,))  # handed to it again, and lost again: no retries left
-    assert group._observe(data, plan, {"a": look}) == ["a lost frames 2: given up (no retries left)"]
+    assert group_state.observe(data, plan, {"a": look}) == ["a lost frames 2: given up (no retries left)"]
     assert plan.pool == [] and data["given_up"] == [(2,)]
-    status = group._status("film", data, plan, {"a": look}, ())
+    status = group_state.status_of("film", data, plan, {"a": look}, ())
     assert status.missing == (2,) and status.frames_total == 2
 
 
 def test_a_running_task_is_left_alone() -> None:
     plan, data = _plan([(1,), (2,)])
     look = _look("RUNNING", {1, 2}, {1, 2}, [_marker([1], "running")])
-    assert group._observe(data, plan, {"a": look}) == []
+    assert group_state.observe(data, plan, {"a": look}) == []
     assert plan.pool == [] and plan.member("a").done == []
 
 

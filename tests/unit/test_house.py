@@ -26,7 +26,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "cluster": ("tree", "workdir", "store", "scripts", "submit_exchange", "job_files", "events", "cluster_blender",
                 "context", "planning", "rounds", "estimate", "calibration", "allocation", "live", "fanout"),
     "verbs": ("service", "delivery", "monitor", "recovery", "watch", "transfer", "install", "logs", "probe",
-              "readiness", "costs", "video", "job_end", "group"),
+              "readiness", "costs", "video", "job_end", "group_state", "group"),
 }
 PRODUCT = ("braas_hpc", "braas_hpc_interactive", "cluster_scripts")
 # Loaded only when chosen: each back end pulls in its own SSH library.
