@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.console import Group as RichGroup
 from rich.filesize import decimal
 from rich.live import Live
 from rich.progress import (
@@ -305,6 +306,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def _watch_status(args: argparse.Namespace) -> int:
     """Until every job shown has ended: a table redrawn in place on a terminal; elsewhere (a pipe, a
     log) the lines again whenever something changed."""
+    if args.jobs and all(group.is_group(name) for name in args.jobs):
+        return await cli_group.watch(args, out)
     live = Live(console=out, auto_refresh=False) if out.is_terminal else None
     shown: list[str] = []
     report = monitor.StatusReport([])
@@ -316,10 +319,13 @@ async def _watch_status(args: argparse.Namespace) -> int:
             _ask_about_host_keys(report)
             _tell_recoveries(recoveries)
             await ends.seen(report)
+            # Jobs over several clusters are driven at each poll too (their members are among the jobs).
+            groups = await group.every_group() if not args.jobs else []
+            group_lines = [line for g in groups for line in cli_group.lines(g)]
             if live is not None:
-                live.update(_status_table(report), refresh=True)
+                live.update(RichGroup(_status_table(report), Text("\n".join(group_lines))), refresh=True)
                 continue
-            lines = _report_lines(report) + _live_lines(report)
+            lines = _report_lines(report) + _live_lines(report) + group_lines
             if lines != shown:
                 print("\n".join(lines), flush=True)
                 shown = lines

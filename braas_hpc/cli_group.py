@@ -4,6 +4,7 @@ and status, wait, cancel, download and logs given its name act on every member."
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from .core import group, logs, transfer
 from .core.display import plain
-from .core.schedulers.base import COMPLETED
+from .core.schedulers.base import COMPLETED, TERMINAL
 from .core.spec import SubmitRequest
 
 
@@ -61,6 +62,20 @@ async def status(args: argparse.Namespace, print_json: Callable[[dict[str, objec
     else:
         print("\n".join(line for s in found for line in lines(s)))
     return 0
+
+
+async def watch(args: argparse.Namespace, out: Console) -> int:
+    """`status --watch GROUP...`: the groups' lines whenever they change, each look driving them, until all ended."""
+    shown: list[str] = []
+    while True:
+        found = [await group.look(name) for name in args.jobs]
+        now = [line for s in found for line in lines(s)]
+        if now != shown:
+            out.print(plain("\n".join(now)), highlight=False)
+            shown = now
+        if all(s.state in TERMINAL for s in found):
+            return 0
+        await asyncio.sleep(args.poll_max or group.POLL_S)
 
 
 async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dict[str, object]], None]) -> int:

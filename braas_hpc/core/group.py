@@ -181,19 +181,19 @@ async def look(name: str, drive: bool = True) -> GroupStatus:
     data = registry.take_group(name, LEASE_S) if drive else None
     driving = data is not None
     data = data or registry.get_group(name)
+    plan = Group.from_json(data["plan"])
     try:
-        plan = Group.from_json(data["plan"])
         looks = await asyncio.gather(*(_look_at(p, j) for p, j in data["jobs"].items()))
         by_preset = {look_.preset: look_ for look_ in looks}
         moves = observe(data, plan, by_preset) if driving else []
         if driving and not data["cancelled"]:
             moves += await _hand_out(data, plan, by_preset)
-        data["plan"] = plan.to_json()
         status = status_of(name, data, plan, by_preset, tuple(moves))
         data["last"] = {**status.to_json(), "moves": []}  # what `status` shows of an ended group without asking
         return status
     finally:
-        if driving:
+        if driving:  # also after a failure half-way: what was handed out or taken by then is recorded
+            data["plan"] = plan.to_json()
             registry.put_group(name, data)
 
 
@@ -210,7 +210,7 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
             continue
         waiting = {m.preset: [c for c in m.handed if c not in m.done and c not in started.get(m.preset, set())]
                    for m in plan.members if m.preset in reachable}
-        busy = {p: max((plan.pace(p).frame_s * len(m["frames"]) - (now - m["started"]) for m in ms), default=0.0)
+        busy = {p: max((plan.pace(p).frame_s * len(m["frames"]) - (now - began(m)) for m in ms), default=0.0)
                 for p, ms in running.items()}
         queued = {p: now - min((data["given_at"].get(str(c[0]), now) for c in cs), default=now)
                   for p, cs in waiting.items()}

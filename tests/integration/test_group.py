@@ -129,4 +129,6 @@ def test_a_group_is_cancelled_on_every_cluster(two_clusters: tuple[str, str], tm
     assert after["pool"] == submitted["pool"]
     final = _json("wait (group)", "wait", group, "--timeout", "120", timeout=200)
     assert final["state"] == "CANCELLED"
+    watched = run_cli("status", "--watch", group, timeout=120)  # an ended group: its lines once, then done
+    assert watched.returncode == 0 and f"{group}  CANCELLED" in watched.stdout, watched.stdout + watched.stderr
     assert all(m["state"] == "CANCELLED" for m in final["members"]), final["members"]
