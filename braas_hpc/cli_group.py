@@ -12,8 +12,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .core import group, logs, transfer
+from .core import group, job_end, logs, transfer
 from .core.display import plain
+from .core.errors import UsageError
+from .core.frames import format_frames
 from .core.schedulers.base import COMPLETED, TERMINAL
 from .core.spec import SubmitRequest
 
@@ -79,17 +81,48 @@ async def watch(args: argparse.Namespace, out: Console) -> int:
 
 
 async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dict[str, object]], None]) -> int:
-    def each(status: group.GroupStatus) -> None:
+    """Drive the group to its end; with --auto-download its frames come as they land (every cluster's into
+    one folder), with --on-done the command runs once at the end (BRAAS_* as for a job; BRAAS_PRESET lists
+    the clusters, BRAAS_CLUSTER_DIR and BRAAS_PREVIEW are empty: there are several)."""
+    if args.download_dir and not args.auto_download:
+        raise UsageError("--download-dir goes with --auto-download")
+    on_done = job_end.hook_argv(args.on_done) if args.on_done is not None else None
+    folder = (Path(args.download_dir) if args.download_dir else Path.cwd()) / args.job if args.auto_download else None
+    if folder is not None:
+        transfer.check_dest(folder.parent)
+    fetched = [0]
+
+    async def each(status: group.GroupStatus) -> None:
         if not args.json:
             for move in status.moves:
                 err.print(plain(move), highlight=False)
+        if folder is not None and (status.frames_done > fetched[0] or status.state in TERMINAL):
+            got = sum(g.downloaded for g in await fetch(args.job, folder))
+            fetched[0] = status.frames_done
+            if got and not args.json:
+                err.print(plain(f"{args.job}: {got} new frame(s) in {folder}"), highlight=False)
 
     final = await group.wait(args.job, poll_s=args.poll_max or group.POLL_S, timeout_s=args.timeout, on_status=each)
+    if on_done is not None:
+        env = {"BRAAS_JOB": final.name, "BRAAS_STATE": final.state,
+               "BRAAS_PRESET": ",".join(m.preset for m in final.members),
+               "BRAAS_FRAMES_DONE": str(final.frames_done), "BRAAS_FRAMES_TOTAL": str(final.frames_total),
+               "BRAAS_MISSING": format_frames(final.missing), "BRAAS_OUTPUT_DIR": str(folder or ""),
+               "BRAAS_CLUSTER_DIR": "", "BRAAS_PREVIEW": ""}
+        if problem := await job_end.run_hook(on_done, env):
+            err.print(plain(f"{final.name}: {problem}"), highlight=False)
     if args.json:
         print_json(final.to_json())
     else:
         print("\n".join(lines(final)))
     return 0 if final.state == COMPLETED else 1
+
+
+async def fetch(name: str, dest: Path) -> list[transfer.DownloadResult]:
+    """Every member's new frames into `dest`, and the film's summary.json beside them."""
+    got = [await transfer.download(job, dest) for job in group.members(name)]
+    write_summary(dest / "summary.json", await group.summary(name))
+    return got
 
 
 async def cancel(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
@@ -104,9 +137,8 @@ async def cancel(args: argparse.Namespace, print_json: Callable[[dict[str, objec
 async def download(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
     """Every member's frames into one folder."""
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
-    got = [await transfer.download(job, dest) for job in group.members(args.job)]
+    got = await fetch(args.job, dest)
     downloaded, skipped = sum(g.downloaded for g in got), sum(g.skipped for g in got)
-    write_summary(dest / "summary.json", await group.summary(args.job))
     if args.json:
         print_json({"job": args.job, "dest": str(dest), "downloaded": downloaded, "skipped": skipped,
                     "summary": str(dest / "summary.json"), "members": [g.to_json() for g in got]})

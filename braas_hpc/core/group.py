@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from . import batch, costs, monitor, registry, service
@@ -238,13 +238,13 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
 
 
 async def wait(name: str, poll_s: float = POLL_S, timeout_s: float | None = None,
-               on_status: Callable[[GroupStatus], None] | None = None) -> GroupStatus:
-    """Drive the group until it ends (or `timeout_s`)."""
+               on_status: Callable[[GroupStatus], Awaitable[None]] | None = None) -> GroupStatus:
+    """Drive the group until it ends (or `timeout_s`); `on_status` sees every look."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         status = await look(name)
         if on_status is not None:
-            on_status(status)
+            await on_status(status)
         if status.state in TERMINAL:
             return status
         if deadline is not None and time.monotonic() > deadline:

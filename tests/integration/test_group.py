@@ -70,8 +70,14 @@ def test_one_film_over_two_clusters_and_this_computer(two_clusters: tuple[str, s
     assert len(submitted["submissions"]) == 3 and submitted["pool"] > 0  # first batches out, the rest held back
     first_frames = [s["frames"] for s in submitted["submissions"]]
 
-    final = _json("wait (group)", "wait", group, "--timeout", "400", timeout=500)
+    came, said = tmp_path / "came", tmp_path / "hook.env"
+    final = _json("wait (group)", "wait", group, "--timeout", "400", "--auto-download", "--download-dir", str(came),
+                  "--on-done", f"sh -c 'env > {said}'", timeout=500)
     assert final["state"] == "COMPLETED", final
+    assert len(list((came / group).glob("frame_*.png"))) == 12  # every cluster's frames, fetched as they landed
+    hook = dict(line.split("=", 1) for line in said.read_text().splitlines() if line.startswith("BRAAS_"))
+    assert hook["BRAAS_JOB"] == group and hook["BRAAS_STATE"] == "COMPLETED" and hook["BRAAS_FRAMES_DONE"] == "12"
+    assert hook["BRAAS_PRESET"] == f"{fast},{slow},local" and hook["BRAAS_OUTPUT_DIR"] == str(came / group)
     assert final["frames_done"] == final["frames_total"] == 12 and final["pool"] == 0 and final["missing"] == ""
 
     rendered: Counter[int] = Counter()
