@@ -31,7 +31,7 @@ from .jobs import JobSpec, make_job_name
 from .presets import Preset, valid_name
 from .recovery import markers_argv, read_markers
 from .scene_settings import read_scene_settings
-from .schedulers.base import FAILED, TERMINAL
+from .schedulers.base import COMPLETED, FAILED, TERMINAL
 from .spec import SubmitRequest, build_spec
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ async def look(name: str, drive: bool = True) -> GroupStatus:
         moves = observe(data, plan, by_preset) if driving else []
         if driving and not data["cancelled"]:
             moves += await _hand_out(data, plan, by_preset)
+            moves += await _tidy(data, plan, by_preset)
         status = status_of(name, data, plan, by_preset, tuple(moves))
         data["last"] = {**status.to_json(), "moves": []}  # what `status` shows of an ended group without asking
         return status
@@ -234,6 +235,24 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
             continue
         source = f" from {victim}" if victim else ""
         notes.append(f"{preset} got frames {format_frames(f for c in chunks for f in c)}{source}")
+    return notes
+
+
+async def _tidy(data: dict, plan: Group, looks: dict[str, Look]) -> list[str]:
+    """Once every frame of the film is done: members whose jobs still queue or run hold only tasks whose
+    chunks moved elsewhere (each would start Blender to find that out) and a finish step whose summary the
+    group's own replaces; they are cancelled, and recorded as completed (their frames are all there)."""
+    if not plan.complete:
+        return []
+    notes = []
+    for preset, look_ in looks.items():
+        if look_.status is None or look_.status.state in TERMINAL:
+            continue
+        job = job_context(data["jobs"][preset])
+        ids = await service.cancel(job)
+        registry.set_state(job.name, COMPLETED)
+        notes.append(f"{preset}: every frame of the film is done; what its queue still held was cancelled "
+                     f"({', '.join(ids)})")
     return notes
 
 

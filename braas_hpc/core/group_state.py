@@ -157,7 +157,7 @@ def status_of(name: str, data: dict, plan: Group, looks: dict[str, Look], moves:
     missing = tuple(sorted(f for c in given_up for f in c))
     if data["cancelled"]:
         state = CANCELLED
-    elif plan.complete and all(s in TERMINAL for s in states):
+    elif plan.complete:  # every frame where it belongs: what members still queue holds none (core.group tidies it)
         state = COMPLETED if not missing else FAILED
     elif any(s == RUNNING for s in states) or done_total:
         state = RUNNING
