@@ -57,6 +57,12 @@ def test_also_on_toggles_and_a_group_row_draw(version: str, tmp_path: Path, monk
         ui.BRAAS_HPC_PT_new_job.draw(types.SimpleNamespace(layout=Seen()), bpy.context)
         result["after"] = [d[1:3] for d in drawn if d[3] == "braas_hpc.also_on"]
         result["note"] = [d[1] for d in drawn if d[0] == "label" and "clusters" in d[1]]
+        settings.preset = "karolina"  # the one chosen beside it becomes the cluster: one cluster again
+        drawn.clear()
+        ui.BRAAS_HPC_PT_new_job.draw(types.SimpleNamespace(layout=Seen()), bpy.context)
+        result["same"] = [d[1] for d in drawn if d[0] == "label" and "clusters" in d[1]]
+        result["same_toggles"] = sorted(d[1:3] for d in drawn if d[3] == "braas_hpc.also_on")
+        settings.preset = "lumi"
         members = (MemberStatus("lumi", "g-1.lumi", "RUNNING", 5, 2, Pace(12.5, 4, 30.0)),
                    MemberStatus("karolina", "g-1.karolina", "PENDING", 0, 3, Pace()))
         row = activity.JobRow("g-1", "lumi + karolina", "RUNNING", 5, 20, (), (), 1.7e9, group=True,
@@ -75,6 +81,7 @@ def test_also_on_toggles_and_a_group_row_draw(version: str, tmp_path: Path, monk
     assert got["chosen"] == "karolina"
     assert sorted(got["after"]) == [["karolina", True], ["local", False]]
     assert got["note"] == ["One job over 2 clusters: frames go where they render soonest"]
+    assert got["same"] == [] and got["same_toggles"] == [["local", False], ["lumi", False]], got
     shown = got["group"]
     assert "g-1 over 2 clusters: RUNNING" in shown
     assert "lumi: running, rendered 5, holds 2 (12.5 s/frame, 4 at once)" in shown, shown
