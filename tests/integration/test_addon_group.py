@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.blender.addon_runner import Session
 from tests.helpers import SAMPLE_SIZE, make_sample
+from tests.integration.test_addon_ui import MAIN_LOOP
 from tests.integration.test_group import two_clusters  # noqa: F401 - the fixture: presets tbfast and tbslow
 
 FRAMES = 8
@@ -105,3 +106,55 @@ def test_two_presets_and_submit_make_a_group_the_refresh_finishes(two_clusters: 
         with Image.open(frame) as image:
             assert image.format == "PNG" and image.size == (SAMPLE_SIZE[0] // 10, SAMPLE_SIZE[1] // 10)
     assert "Resubmit Missing Frames is for a job on one cluster" in got["resubmit"], got["resubmit"]
+
+
+def test_the_follower_drives_a_group_without_stalling_blender(two_clusters: tuple[str, str],  # noqa: F811
+                                                              tmp_path: Path) -> None:
+    """The UI branch (test_addon_ui's main loop): Submit returns at once, and the jobs follower alone,
+    on the add-on's loop, drives the group to its end and downloads its frames as they land ("Download
+    frames as they land"); the main thread is never held up by it."""
+    fast, slow = two_clusters
+    scene = make_sample(tmp_path / "scene")
+    got = Session(tmp_path / "user").run(prelude=MAIN_LOOP, script=f"""
+        from braas_hpc.blender import jobs_list
+        bpy.ops.wm.open_mainfile(filepath={str(scene)!r})
+        prefs.auto_download = True
+        scene = bpy.context.scene
+        scene.render.resolution_percentage, scene.cycles.samples = 10, 4
+        settings = scene.braas_hpc
+        settings.preset, settings.frames_mode, settings.custom_frames = {fast!r}, "CUSTOM", "1-{FRAMES}"
+        settings.chunk, settings.max_parallel, settings.project = 1, 1, "followed group"
+        bpy.ops.braas_hpc.also_on(preset={slow!r})
+        pressed, following = [], set()
+
+        def press():
+            pressed.append(sorted(bpy.ops.braas_hpc.submit()))
+            pressed.append(bool(runtime.state.bridge.active()))
+
+        loop.register(press)
+        jobs = bpy.context.window_manager.braas_hpc.jobs
+
+        def ended():
+            following.add(jobs_list.follower.describe())
+            return bool(jobs) and jobs[0].state in ("COMPLETED", "FAILED", "CANCELLED")
+
+        result["ended"] = loop.run_until(ended, 300)
+        result["after_end"] = loop.run_until(lambda: not jobs_list.follower.running(), 60)
+        result["press"] = pressed
+        job = jobs[0]
+        result["row"] = (job.name, job.state, job.frames_done, job.frames_total, len(jobs))
+        result["message"] = runtime.state.message.text
+        result["following"] = sorted(following)
+        result["late_ms"] = max(loop.late_ms)
+    """)
+    assert got["press"] == [["FINISHED"], True], got  # returned at once, the submission on the loop
+    assert got["ended"] and got["after_end"], got
+    name, state, done, total, rows = got["row"]
+    assert (state, done, total, rows) == ("COMPLETED", FRAMES, FRAMES, 1), got
+    assert "Following 1 active job(s)" in got["following"], got["following"]
+    # The follower downloaded the frames as the group's looks saw them land.
+    folder = tmp_path / "user" / "home" / "braas-hpc" / name
+    assert sorted(p.name for p in folder.glob("frame_*")) == [f"frame_{f:06d}.png" for f in range(1, FRAMES + 1)]
+    # Nothing of the submission, the looks or the downloads ran on the main thread (test_addon_ui's measure:
+    # a full garbage collection of Blender's heap can take up to ~200 ms on this shared machine).
+    assert got["late_ms"] < 1000, got["late_ms"]
