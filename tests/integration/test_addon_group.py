@@ -75,6 +75,20 @@ def test_two_presets_and_submit_make_a_group_the_refresh_finishes(two_clusters: 
         asked.clear()
         bpy.ops.braas_hpc.refresh_jobs()  # an ended group: shown as recorded, no cluster asked
         result["after_end"] = dict(asked)
+        bpy.ops.braas_hpc.job_info(job=name)
+        result["info"] = bpy.data.texts[0].as_string()
+        from braas_hpc.core import registry
+        result["remove"] = sorted(bpy.ops.braas_hpc.remove_job(job=name))
+        result["left"] = ([j.name for j in jobs], registry.list_groups(), [r.name for r in registry.list_jobs()])
+
+        settings.custom_frames, settings.project = "1-40", "cancelled group"
+        bpy.ops.braas_hpc.submit()
+        other = jobs[0].name
+        result["cancel"] = sorted(bpy.ops.braas_hpc.cancel_job(job=other))
+        bpy.ops.braas_hpc.refresh_jobs()
+        result["cancelled"] = (jobs[other].state, jobs[other].pool, [m.state for m in jobs[other].members])
+        result["moves_after_cancel"] = jobs[other].moves
+        result["member_states"] = sorted(r.state for r in registry.list_jobs())
     """)
     assert got["submit"] == ["FINISHED"], got["message"]
     (row,) = got["rows"]  # one row: the member jobs are not rows of their own
@@ -106,6 +120,15 @@ def test_two_presets_and_submit_make_a_group_the_refresh_finishes(two_clusters: 
         with Image.open(frame) as image:
             assert image.format == "PNG" and image.size == (SAMPLE_SIZE[0] // 10, SAMPLE_SIZE[1] // 10)
     assert "Resubmit Missing Frames is for a job on one cluster" in got["resubmit"], got["resubmit"]
+    info = got["info"]
+    assert info.startswith(f"Job {name} over 2 clusters: COMPLETED, {FRAMES} of {FRAMES} frames"), info[:300]
+    assert f"===== {fast} ({name}.{fast})" in info and f"===== {slow} ({name}.{slow})" in info, info
+    assert got["remove"] == ["FINISHED"] and got["left"] == [[], [], []], got["left"]  # the group and its members
+    # Cancel on a group's row: every member cancelled, nothing handed out any more.
+    assert got["cancel"] == ["FINISHED"], got
+    state, pool, member_states = got["cancelled"]
+    assert state == "CANCELLED" and pool > 0 and got["moves_after_cancel"] == "", got["cancelled"]
+    assert got["member_states"] == ["CANCELLED", "CANCELLED"], got["member_states"]
 
 
 def test_the_follower_drives_a_group_without_stalling_blender(two_clusters: tuple[str, str],  # noqa: F811
