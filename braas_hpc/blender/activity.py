@@ -219,7 +219,7 @@ async def _follow_groups(names: list[str], deliver: Callable[[Refresh], None], f
     """Each group driven (core.group.look: one status call per member cluster) until it has ended: the
     pause grows by `growth` up to groups.FOLLOW_MAX_S while nothing moves, and is `first_s` again after a
     look that handed out or moved frames. A group in `folders` has its frames fetched as they land."""
-    pause, fetched = first_s, dict.fromkeys(names, -1)
+    pause, fetched = first_s, dict.fromkeys(names, 0)  # a download once frames are done, not before
     while names:
         records = await _records()
         found = await asyncio.to_thread(groups.recorded, records.values())
