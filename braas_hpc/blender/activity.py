@@ -312,10 +312,11 @@ async def download(name: str, dest: Path) -> Downloaded:
 
 
 async def make_video(name: str, dest: Path, codec: str) -> video.VideoResult:
-    await _one_cluster(name, "Make Movie")
     def on_bytes(done: int, total: int) -> None:
         progress.report("downloading", done, total)
 
+    if await asyncio.to_thread(group.is_group, name):  # every member's frames, the movie made here
+        return await groups.make_video(name, dest, codec, on_bytes)
     return await video.make_video(job_context(name), dest, codec, progress=on_bytes)
 
 

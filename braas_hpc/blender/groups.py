@@ -7,11 +7,13 @@ are never asked about apart from their group: the group's look asks each member'
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import group, logs, registry, service, transfer
+from ..core import group, logs, registry, service, transfer, video
 from ..core.errors import BraasError, UsageError
 from ..core.fanout import Group
 from ..core.frames import format_frames
@@ -134,10 +136,21 @@ async def submit(request: SubmitRequest, presets: Sequence[str]) -> Submitted:
 
 async def download(name: str, dest: Path, on_bytes: Callable[[int, int], None] | None = None
                    ) -> transfer.DownloadResult:
-    """Every member's frames into one folder (a frame is in one member's output only)."""
+    """Every member's frames into one folder (a frame is in one member's output only), with the film's
+    summary.json beside them (what each cluster rendered, as `braas-hpc download GROUP` writes it)."""
     got = [await transfer.download(job, dest, on_bytes) for job in group.members(name)]
+    summary = json.dumps(await group.summary(name), indent=1) + "\n"
+    temp = dest / ".summary.json.part"  # written whole: a reader never sees half of it
+    await asyncio.to_thread(temp.write_text, summary, encoding="utf-8")
+    await asyncio.to_thread(os.replace, temp, dest / "summary.json")
     return transfer.DownloadResult(name, dest, sum(g.downloaded for g in got), sum(g.skipped for g in got),
                                    tuple(i for g in got for i in g.ignored), [r for g in got for r in g.refetched])
+
+
+async def make_video(name: str, dest: Path, codec: str, on_bytes: Callable[[int, int], None]) -> video.VideoResult:
+    """The film's movie: every member's frames into `dest`, then made here."""
+    return await video.make_group_video(name, group.members(name), group.film_frames(name), dest, codec,
+                                        progress=on_bytes)
 
 
 def status_lines(status: GroupStatus) -> list[str]:

@@ -203,7 +203,7 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         job = state.jobs[state.active_job]
         box = layout.box()
         if job.is_group:
-            _draw_group(box, job)
+            _draw_group(box, job, context)
             return
         box.label(text=f"{job.name} on {job.preset}: {job.state}")
         if job.frames_total:
@@ -238,7 +238,7 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
             box.template_icon(icon_value=thumbnails[job.thumbnail].icon_id, scale=8.0)
 
 
-def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup) -> None:
+def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
     """A job over several clusters: its frames, each cluster's share, and what acts on the whole group."""
     box.label(text=f"{job.name} over {len(job.members)} clusters: {job.state}")
     if job.frames_total:
@@ -258,10 +258,15 @@ def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup) -> None:
         box.label(text=f"Frames given up: {job.missing}")
     grid = box.grid_flow(columns=3, align=True)  # no Resubmit: a group sends its lost frames again itself
     grid.operator("braas_hpc.download_job", icon="IMPORT")
+    grid.operator("braas_hpc.make_video", icon="FILE_MOVIE")
     grid.operator("braas_hpc.open_folder", icon="FILE_FOLDER")
     grid.operator("braas_hpc.job_info", icon="TEXT")
     grid.operator("braas_hpc.cancel_job", icon="CANCEL")
     grid.operator("braas_hpc.remove_job", icon="TRASH")
+    row = box.row(align=True)
+    row.prop(context.scene.braas_hpc, "video_codec")
+    if job.video:
+        row.operator("braas_hpc.open_video", icon="PLAY")
     with contextlib.suppress(BraasError):
         box.prop(addon.preferences(), "auto_download")
     if job.thumbnail:

@@ -89,6 +89,7 @@ def test_also_on_toggles_and_a_group_row_draw(version: str, tmp_path: Path, monk
     assert any(text.startswith("10 frame(s) not handed out yet") for text in shown), shown
     assert "Last moves: karolina got frames 9-11" in shown
     assert "lumi + karolina" in shown
-    # Download, Open Folder, Info, Cancel and Remove act on the group; no Resubmit, no Make Movie.
+    # Download, Make Movie, Open Folder, Info, Cancel and Remove act on the group; no Resubmit.
     assert sorted(got["operators"]) == ["braas_hpc." + name for name in (
-        "cancel_job", "download_job", "job_info", "open_folder", "refresh_jobs", "remove_job")], got["operators"]
+        "cancel_job", "download_job", "job_info", "make_video", "open_folder", "refresh_jobs", "remove_job")], \
+        got["operators"]

@@ -5,6 +5,7 @@ every member's frames into one folder. Each refresh asks about each member job o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -75,6 +76,8 @@ def test_two_presets_and_submit_make_a_group_the_refresh_finishes(two_clusters: 
         asked.clear()
         bpy.ops.braas_hpc.refresh_jobs()  # an ended group: shown as recorded, no cluster asked
         result["after_end"] = dict(asked)
+        result["movie"] = sorted(bpy.ops.braas_hpc.make_video(job=name))
+        result["video"] = jobs[name].video
         bpy.ops.braas_hpc.job_info(job=name)
         result["info"] = bpy.data.texts[0].as_string()
         from braas_hpc.core import registry
@@ -120,6 +123,11 @@ def test_two_presets_and_submit_make_a_group_the_refresh_finishes(two_clusters: 
         with Image.open(frame) as image:
             assert image.format == "PNG" and image.size == (SAMPLE_SIZE[0] // 10, SAMPLE_SIZE[1] // 10)
     assert "Resubmit Missing Frames is for a job on one cluster" in got["resubmit"], got["resubmit"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {c["preset"]: c["frames_rendered"] for c in summary["clusters"]} == {
+        fast: members[fast][3], slow: members[slow][3]}, summary
+    assert got["movie"] == ["FINISHED"] and got["video"] == str(folder / Path(got["video"]).name), got["video"]
+    assert Path(got["video"]).stat().st_size > 1000
     info = got["info"]
     assert info.startswith(f"Job {name} over 2 clusters: COMPLETED, {FRAMES} of {FRAMES} frames"), info[:300]
     assert f"===== {fast} ({name}.{fast})" in info and f"===== {slow} ({name}.{slow})" in info, info
