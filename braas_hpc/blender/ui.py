@@ -202,16 +202,17 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
             return
         job = state.jobs[state.active_job]
         box = layout.box()
-        if job.is_group:
-            _draw_group(box, job, context)
-            return
-        box.label(text=f"{job.name} on {job.preset}: {job.state}")
+        box.label(text=f"{job.name} over {len(job.members)} clusters: {job.state}" if job.is_group else
+                  f"{job.name} on {job.preset}: {job.state}")
         if job.frames_total:
             box.progress(factor=job.frames_done / job.frames_total, type="BAR",
                          text=f"{job.frames_done} of {job.frames_total} frames")
-        box.label(text=f"Scheduler ids: {job.scheduler_ids or '-'}   submitted {job.created}")
-        if job.missing and job.state in TERMINAL:
-            box.label(text=f"Missing frames: {job.missing}")
+        if job.is_group:
+            _draw_group(box, job)
+        else:
+            box.label(text=f"Scheduler ids: {job.scheduler_ids or '-'}   submitted {job.created}")
+            if job.missing and job.state in TERMINAL:
+                box.label(text=f"Missing frames: {job.missing}")
         for line in wrap_text(job.progress, 70) if job.progress and job.state not in TERMINAL else ():
             box.label(text=line, icon="TIME")
         grid = box.grid_flow(columns=3, align=True)
@@ -219,7 +220,8 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         grid.operator("braas_hpc.make_video", icon="FILE_MOVIE")
         grid.operator("braas_hpc.open_folder", icon="FILE_FOLDER")
         grid.operator("braas_hpc.job_info", icon="TEXT")
-        grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
+        if not job.is_group:  # a group hands its lost frames to its clusters again by itself
+            grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
         grid.operator("braas_hpc.cancel_job", icon="CANCEL")
         grid.operator("braas_hpc.remove_job", icon="TRASH")
         row = box.row(align=True)
@@ -238,12 +240,8 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
             box.template_icon(icon_value=thumbnails[job.thumbnail].icon_id, scale=8.0)
 
 
-def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
-    """A job over several clusters: its frames, each cluster's share, and what acts on the whole group."""
-    box.label(text=f"{job.name} over {len(job.members)} clusters: {job.state}")
-    if job.frames_total:
-        box.progress(factor=job.frames_done / job.frames_total, type="BAR",
-                     text=f"{job.frames_done} of {job.frames_total} frames")
+def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup) -> None:
+    """A job over several clusters: each cluster's share, the frames not handed out, the last moves."""
     column = box.column(align=True)
     for member in job.members:
         column.label(text=f"{member.name}: " + groups.member_text(member.state, member.frames_done, member.frames_held,
@@ -256,24 +254,6 @@ def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup, context: 
         box.label(text=line, icon="FORWARD" if index == 0 else "BLANK1")
     if job.missing and job.state in TERMINAL:
         box.label(text=f"Frames given up: {job.missing}")
-    grid = box.grid_flow(columns=3, align=True)  # no Resubmit: a group sends its lost frames again itself
-    grid.operator("braas_hpc.download_job", icon="IMPORT")
-    grid.operator("braas_hpc.make_video", icon="FILE_MOVIE")
-    grid.operator("braas_hpc.open_folder", icon="FILE_FOLDER")
-    grid.operator("braas_hpc.job_info", icon="TEXT")
-    grid.operator("braas_hpc.cancel_job", icon="CANCEL")
-    grid.operator("braas_hpc.remove_job", icon="TRASH")
-    row = box.row(align=True)
-    row.prop(context.scene.braas_hpc, "video_codec")
-    if job.video:
-        row.operator("braas_hpc.open_video", icon="PLAY")
-    with contextlib.suppress(BraasError):
-        box.prop(addon.preferences(), "auto_download")
-    if job.thumbnail:
-        thumbnails = _thumbnails()
-        if job.thumbnail not in thumbnails:
-            thumbnails.load(job.thumbnail, job.thumbnail, "IMAGE")
-        box.template_icon(icon_value=thumbnails[job.thumbnail].icon_id, scale=8.0)
 
 
 def draw_preferences(prefs: bpy.types.AddonPreferences, context: bpy.types.Context,
