@@ -178,6 +178,7 @@ def test_the_follower_drives_a_group_without_stalling_blender(two_clusters: tupl
         result["following"] = sorted(following)
         result["late_ms"] = max(loop.late_ms)
     """)
+    print(f"slowest main-loop tick {got['late_ms']:.1f} ms")
     assert got["press"] == [["FINISHED"], True], got  # returned at once, the submission on the loop
     assert got["ended"] and got["after_end"], got
     name, state, done, total, rows = got["row"]
