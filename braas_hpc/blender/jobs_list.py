@@ -51,6 +51,8 @@ def apply_rows(rows: Iterable[activity.JobRow]) -> list[tuple[str, str, int, int
         item.frames_total = row.frames_total
         item.scheduler_ids = ", ".join(row.scheduler_ids)
         item.missing = ", ".join(map(str, row.missing[:50])) + (" ..." if len(row.missing) > 50 else "")
+        if row.group:
+            _apply_group(item, row)
         if row.created:
             item.created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created))
             item.sort_key = f"{row.created:020.6f}"
@@ -61,6 +63,19 @@ def apply_rows(rows: Iterable[activity.JobRow]) -> list[tuple[str, str, int, int
             item.thumbnail = str(newest) if newest else row.thumbnail
     _newest_first(items)
     return ended
+
+
+def _apply_group(item: bpy.types.PropertyGroup, row: activity.JobRow) -> None:
+    """A group's row: each cluster's share; its last moves stay shown until a later look moves frames."""
+    item.is_group, item.pool = True, row.pool
+    if row.moves:
+        item.moves = "; ".join(row.moves)
+    item.members.clear()
+    for member in row.members:
+        shown = item.members.add()
+        shown.name, shown.job, shown.state = member.preset, member.job, member.state
+        shown.frames_done, shown.frames_held = member.frames_done, member.frames_held
+        shown.seconds_per_frame, shown.slots = member.pace.frame_s, member.pace.slots
 
 
 def _newest_first(items: bpy.types.bpy_prop_collection) -> None:

@@ -6,6 +6,7 @@ background mode it runs to completion and reports failure as an error (so script
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from bpy.props import BoolProperty, StringProperty
 from ..core.errors import BraasError, UsageError
 from ..core.presets import load_preset
 from ..core.spec import SubmitRequest, build_spec
-from . import activity, checks, jobs_list
+from . import activity, checks, groups, jobs_list, props
 from .addon import runtime
 
 
@@ -106,14 +107,19 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         settings = context.scene.braas_hpc
+        presets = [settings.preset, *props.also_on(settings)]  # several: one animation over them all
         try:
-            _online_or_error(settings.preset)
+            for preset in presets:
+                _online_or_error(preset)
             if self.allow_scripts:
                 checks.check_scripts_allowed()
             for warning in checks.check_scene():
                 self.report({"WARNING"}, warning)
             request = submit_request(settings, self.allow_scripts)
-            build_spec(request)  # every limit checked here, before packing or connecting
+            for preset in presets:  # every limit of every cluster checked here, before packing or connecting
+                build_spec(dataclasses.replace(request, preset=preset))
+            if len(presets) > 1:
+                groups.check_request(request)
             saved = checks.save_if_changed()
             if saved:
                 self.report({"INFO"}, saved)
@@ -135,8 +141,36 @@ class BRAAS_HPC_OT_submit(bpy.types.Operator):
         def again() -> None:
             bpy.ops.braas_hpc.submit(allow_scripts=allow_scripts)
 
+        if len(presets) > 1:
+            def group_submitted(result: groups.Submitted) -> None:
+                jobs_list.apply_rows(activity.registry_rows())
+                runtime.tell(result.text(), "WARNING" if result.warnings else "INFO")
+                jobs_list.follower.soon()  # the follower drives the group: hands out the frames held back
+
+            return runtime.launch(self, f"Submitting to {', '.join(presets)}",
+                                  lambda: activity.submit_group(request, presets), "submit", group_submitted, again)
         label = "Rendering here" if settings.preset == "local" else f"Submitting to {settings.preset}"
         return runtime.launch(self, label, lambda: activity.submit(request), "submit", submitted, again)
+
+
+class BRAAS_HPC_OT_also_on(bpy.types.Operator):
+    """Render part of this animation on this cluster too: its frames go to whichever cluster renders them
+    soonest, into one folder (click again to leave it out)"""
+
+    bl_idname = "braas_hpc.also_on"
+    bl_label = "Also On"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+    preset: StringProperty(name="Cluster", options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.braas_hpc
+        chosen = props.also_on(settings)
+        if self.preset in chosen:
+            chosen.remove(self.preset)
+        elif self.preset and self.preset != settings.preset:
+            chosen.append(self.preset)
+        settings.also_on = ",".join(chosen)
+        return {"FINISHED"}
 
 
 class BRAAS_HPC_OT_refresh_jobs(bpy.types.Operator):
@@ -290,14 +324,15 @@ class BRAAS_HPC_OT_remove_job(JobOperator):
     def start(self, context: bpy.types.Context, name: str) -> set[str]:
         ask = _preset_of(name) == "local" or bpy.app.online_access  # whether it may still run, if not recorded ended
 
-        def removed(record: Any) -> None:
+        def removed(record: Any) -> None:  # None: a group, with its member jobs
             items = jobs_list.jobs()
             index = items.find(name)
             if index >= 0:
                 items.remove(index)
             state = bpy.context.window_manager.braas_hpc
             state.active_job = min(state.active_job, len(items) - 1)
-            runtime.tell(f"job {name} removed from the list; its files on {record.preset} are untouched")
+            where = record.preset if record is not None else "its clusters"
+            runtime.tell(f"job {name} removed from the list; its files on {where} are untouched")
 
         return runtime.launch(self, f"Removing {name}", lambda: activity.forget(name, ask=ask), "forget", removed)
 
@@ -350,6 +385,7 @@ def preset_summary(name: str) -> str:
     return f"{preset.user or '?'}@{preset.host} \u2192 {where}"
 
 
-CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job, BRAAS_HPC_OT_download_job,
+CLASSES = (BRAAS_HPC_OT_submit, BRAAS_HPC_OT_also_on, BRAAS_HPC_OT_refresh_jobs, BRAAS_HPC_OT_cancel_job,
+           BRAAS_HPC_OT_download_job,
            BRAAS_HPC_OT_resubmit_failed, BRAAS_HPC_OT_job_info, BRAAS_HPC_OT_remove_job, BRAAS_HPC_OT_open_folder,
            BRAAS_HPC_OT_make_video, BRAAS_HPC_OT_open_video)

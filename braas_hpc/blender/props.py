@@ -7,6 +7,7 @@ from bpy.props import (
     BoolProperty,
     CollectionProperty,
     EnumProperty,
+    FloatProperty,
     IntProperty,
     StringProperty,
 )
@@ -35,6 +36,10 @@ def _preset_chosen(settings: JobSettings, context: bpy.types.Context) -> None:
 
 class JobSettings(bpy.types.PropertyGroup):
     preset: EnumProperty(name="Cluster", items=_preset_items, description="Where to render", update=_preset_chosen)
+    # More clusters for the same animation (core.group), comma-separated preset names; toggled by the
+    # buttons beside the cluster (ops_jobs.BRAAS_HPC_OT_also_on). Empty: the one cluster above.
+    also_on: StringProperty(name="Also on", description="Other clusters that render part of the same animation: "
+                            "frames go to whichever renders them soonest")
     project: StringProperty(name="Project", description="Names the job (default: the .blend file's name)")
     email: StringProperty(name="E-mail", description="Mail when the job ends or fails (where the site sends mail)")
     animation: BoolProperty(name="Animation", default=True,
@@ -74,6 +79,24 @@ class JobSettings(bpy.types.PropertyGroup):
                                   "names an ffmpeg; otherwise Make Movie makes it here after the download")
 
 
+def also_on(settings: JobSettings) -> list[str]:
+    """The other clusters chosen for this job (those that still exist), beside `settings.preset`."""
+    known = preset_files()
+    chosen = [p.strip() for p in settings.also_on.split(",")]
+    return [p for p in dict.fromkeys(chosen) if p and p != settings.preset and p in known]
+
+
+class GroupMemberItem(bpy.types.PropertyGroup):
+    """One cluster's share of a job over several clusters; `name` is its preset."""
+
+    job: StringProperty()  # its member job, "" until it got frames
+    state: StringProperty()
+    frames_done: IntProperty()
+    frames_held: IntProperty()  # handed to it and not rendered yet
+    seconds_per_frame: FloatProperty()  # 0: not measured yet
+    slots: IntProperty()  # tasks at once
+
+
 class JobItem(bpy.types.PropertyGroup):
     # `name` is the job's name.
     preset: StringProperty()
@@ -89,6 +112,10 @@ class JobItem(bpy.types.PropertyGroup):
     video: StringProperty(subtype="FILE_PATH")  # the movie of the frames, here
     preview: StringProperty(subtype="FILE_PATH")  # while it runs: the newest frame's small JPEG (core.live)
     progress: StringProperty()  # while it runs: each task within its frame
+    is_group: BoolProperty()  # one animation over several clusters: `members` is each one's share
+    members: CollectionProperty(type=GroupMemberItem)
+    pool: IntProperty()  # a group's frames not handed out yet
+    moves: StringProperty()  # what a look at the group did last (batches handed out, chunks moved)
 
 
 class Runtime(bpy.types.PropertyGroup):
@@ -96,5 +123,5 @@ class Runtime(bpy.types.PropertyGroup):
     active_job: IntProperty(default=0)
 
 
-CLASSES = (JobSettings, JobItem, Runtime)
+CLASSES = (JobSettings, GroupMemberItem, JobItem, Runtime)
 

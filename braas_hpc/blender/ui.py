@@ -12,7 +12,7 @@ from ..addon_kit.text import wrap_text
 from ..core.errors import BraasError
 from ..core.presets import load_preset, unconfirmed_summary
 from ..core.schedulers.base import TERMINAL
-from . import addon, checks, jobs_list, ops_estimate, ops_jobs
+from . import addon, checks, groups, jobs_list, ops_estimate, ops_jobs, props
 from .addon import runtime
 
 STATE_ICONS = {"PENDING": "TIME", "RUNNING": "PLAY", "COMPLETED": "CHECKMARK", "FAILED": "ERROR",
@@ -103,6 +103,7 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         layout.prop(settings, "preset")
+        _draw_also_on(layout, settings)
         layout.label(text=ops_jobs.preset_summary(settings.preset), icon="INFO")
         unconfirmed = _unconfirmed(settings.preset)
         for line in wrap_text(unconfirmed, 70) if unconfirmed else ():
@@ -149,12 +150,36 @@ class BRAAS_HPC_PT_new_job(bpy.types.Panel):
                 layout.label(text="Blender blocked this file's scripts: reload it trusted to run them", icon="INFO")
 
 
+def _also_on_choices(settings: bpy.types.PropertyGroup) -> list[str]:
+    """The clusters a job may also go to: the ones set up in the preferences and enabled, and this computer."""
+    try:
+        names = [item.name for item in addon.preferences().presets if item.enabled]
+    except BraasError:  # registered by hand: no preferences
+        names = []
+    return [name for name in dict.fromkeys([*names, "local"]) if name != settings.preset]
+
+
+def _draw_also_on(layout: bpy.types.UILayout, settings: bpy.types.PropertyGroup) -> None:
+    """A toggle per other cluster: pressed ones render part of the same animation (one job over them all)."""
+    choices = _also_on_choices(settings)
+    if not choices:
+        return
+    chosen = props.also_on(settings)
+    column = layout.column(heading="Also on", align=True)
+    grid = column.grid_flow(columns=3, align=True)
+    for name in choices:
+        grid.operator("braas_hpc.also_on", text=name, depress=name in chosen).preset = name
+    if chosen:
+        layout.label(text=f"One job over {len(chosen) + 1} clusters: frames go where they render soonest",
+                     icon="NETWORK_DRIVE")
+
+
 class BRAAS_HPC_UL_jobs(bpy.types.UIList):
     def draw_item(self, context: bpy.types.Context, layout: bpy.types.UILayout, data: object, item: object,
                   icon: int, active_data: object, active_property: str, index: int = 0, flt_flag: int = 0) -> None:
         row = layout.row(align=True)
         row.label(text=item.name, icon=STATE_ICONS.get(item.state, "QUESTION"))
-        row.label(text=item.preset)
+        row.label(text=item.preset, icon="NETWORK_DRIVE" if item.is_group else "NONE")
         row.label(text=f"{item.state.lower()} {item.frames_done}/{item.frames_total}")
 
 
@@ -177,13 +202,17 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
             return
         job = state.jobs[state.active_job]
         box = layout.box()
-        box.label(text=f"{job.name} on {job.preset}: {job.state}")
+        box.label(text=f"{job.name} over {len(job.members)} clusters: {job.state}" if job.is_group else
+                  f"{job.name} on {job.preset}: {job.state}")
         if job.frames_total:
             box.progress(factor=job.frames_done / job.frames_total, type="BAR",
                          text=f"{job.frames_done} of {job.frames_total} frames")
-        box.label(text=f"Scheduler ids: {job.scheduler_ids or '-'}   submitted {job.created}")
-        if job.missing and job.state in TERMINAL:
-            box.label(text=f"Missing frames: {job.missing}")
+        if job.is_group:
+            _draw_group(box, job)
+        else:
+            box.label(text=f"Scheduler ids: {job.scheduler_ids or '-'}   submitted {job.created}")
+            if job.missing and job.state in TERMINAL:
+                box.label(text=f"Missing frames: {job.missing}")
         for line in wrap_text(job.progress, 70) if job.progress and job.state not in TERMINAL else ():
             box.label(text=line, icon="TIME")
         grid = box.grid_flow(columns=3, align=True)
@@ -191,7 +220,8 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
         grid.operator("braas_hpc.make_video", icon="FILE_MOVIE")
         grid.operator("braas_hpc.open_folder", icon="FILE_FOLDER")
         grid.operator("braas_hpc.job_info", icon="TEXT")
-        grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
+        if not job.is_group:  # a group hands its lost frames to its clusters again by itself
+            grid.operator("braas_hpc.resubmit_failed", icon="RECOVER_LAST")
         grid.operator("braas_hpc.cancel_job", icon="CANCEL")
         grid.operator("braas_hpc.remove_job", icon="TRASH")
         row = box.row(align=True)
@@ -208,6 +238,22 @@ class BRAAS_HPC_PT_jobs(bpy.types.Panel):
             if job.thumbnail not in thumbnails:
                 thumbnails.load(job.thumbnail, job.thumbnail, "IMAGE")
             box.template_icon(icon_value=thumbnails[job.thumbnail].icon_id, scale=8.0)
+
+
+def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup) -> None:
+    """A job over several clusters: each cluster's share, the frames not handed out, the last moves."""
+    column = box.column(align=True)
+    for member in job.members:
+        column.label(text=f"{member.name}: " + groups.member_text(member.state, member.frames_done, member.frames_held,
+                                                                  member.seconds_per_frame, member.slots),
+                     icon=STATE_ICONS.get(member.state, "QUESTION"))
+    if job.pool and job.state not in TERMINAL:
+        box.label(text=f"{job.pool} frame(s) not handed out yet: they go to the cluster that is free first",
+                  icon="TIME")
+    for index, line in enumerate(wrap_text(f"Last moves: {job.moves}", 70) if job.moves else ()):
+        box.label(text=line, icon="FORWARD" if index == 0 else "BLANK1")
+    if job.missing and job.state in TERMINAL:
+        box.label(text=f"Frames given up: {job.missing}")
 
 
 def draw_preferences(prefs: bpy.types.AddonPreferences, context: bpy.types.Context,
