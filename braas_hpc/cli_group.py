@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,7 +95,7 @@ async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dic
             for move in status.moves:
                 err.print(plain(move), highlight=False)
         if folder is not None and (status.frames_done > fetched[0] or status.state in TERMINAL):
-            got = sum(g.downloaded for g in await fetch(args.job, folder))
+            got = sum(g.downloaded for g in await group.download(args.job, folder))
             fetched[0] = status.frames_done
             if got and not args.json:
                 err.print(plain(f"{args.job}: {got} new frame(s) in {folder}"), highlight=False)
@@ -118,13 +116,6 @@ async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dic
     return 0 if final.state == COMPLETED else 1
 
 
-async def fetch(name: str, dest: Path) -> list[transfer.DownloadResult]:
-    """Every member's new frames into `dest`, and the film's summary.json beside them."""
-    got = [await transfer.download(job, dest) for job in group.members(name)]
-    write_summary(dest / "summary.json", await group.summary(name))
-    return got
-
-
 async def cancel(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
     ids = await group.cancel(args.job)
     if args.json:
@@ -137,7 +128,7 @@ async def cancel(args: argparse.Namespace, print_json: Callable[[dict[str, objec
 async def download(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
     """Every member's frames into one folder."""
     dest = Path(args.dest) if args.dest else Path.cwd() / args.job
-    got = await fetch(args.job, dest)
+    got = await group.download(args.job, dest)
     downloaded, skipped = sum(g.downloaded for g in got), sum(g.skipped for g in got)
     if args.json:
         print_json({"job": args.job, "dest": str(dest), "downloaded": downloaded, "skipped": skipped,
@@ -146,13 +137,6 @@ async def download(args: argparse.Namespace, print_json: Callable[[dict[str, obj
         print(f"downloaded {downloaded} frame(s), {skipped} already here, into {dest} (with summary.json: "
               "what each cluster rendered)")
     return 0
-
-
-def write_summary(path: Path, summary: dict[str, object]) -> None:
-    """The film's summary beside its frames (written whole: a reader never sees half of it)."""
-    temp = path.with_name(f".{path.name}.part")
-    temp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    os.replace(temp, path)
 
 
 async def show_logs(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:

@@ -7,18 +7,17 @@ are never asked about apart from their group: the group's look asks each member'
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import group, logs, registry, service, transfer, video
+from ..core import group, group_state, logs, registry, service, transfer, video
 from ..core.errors import BraasError, UsageError
 from ..core.fanout import Group
 from ..core.frames import format_frames
-from ..core.group import GroupStatus, MemberStatus
-from ..core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL
+from ..core.group import GroupStatus
+from ..core.monitor import JobStatus
+from ..core.schedulers.base import TERMINAL
 from ..core.spec import SubmitRequest
 
 # A running group is looked at (and driven: frames handed out, chunks moved) at least this often by the
@@ -49,28 +48,10 @@ def recorded(records: Iterable[registry.JobRecord]) -> Recorded:
 def status_as_recorded(name: str, data: Mapping[str, object], states: Mapping[str, str]) -> GroupStatus:
     """The group's state from its record and its members' recorded states (`states`: job -> state), as
     the last look left them; what the panel shows at start and for a group that has ended."""
-    plan = Group.from_json(data["plan"])  # type: ignore[arg-type]
     jobs: dict[str, str] = data["jobs"]  # type: ignore[assignment]
-    given_up = [f for chunk in data.get("given_up", []) for f in chunk]  # type: ignore[union-attr]
-    members = []
-    for m in plan.members:
-        done = sum(len(c) for c in m.done)
-        job = jobs.get(m.preset, "")
-        members.append(MemberStatus(m.preset, job, states.get(job, "WAITING"), done,
-                                    sum(len(c) for c in m.handed) - done, m.pace))
-    done_total = sum(m.frames_done for m in members)
-    total = sum(len(c) for c in plan.pool) + sum(len(c) for m in plan.members for c in m.handed) + len(given_up)
-    member_states = [states[j] for j in jobs.values() if j in states]
-    if data.get("cancelled"):
-        state = CANCELLED
-    elif plan.complete and all(s in TERMINAL for s in member_states):
-        state = FAILED if given_up else COMPLETED
-    elif done_total or RUNNING in member_states:
-        state = RUNNING
-    else:
-        state = PENDING
-    return GroupStatus(name, state, done_total, total, tuple(members), sum(len(c) for c in plan.pool),
-                       tuple(sorted(given_up)))
+    looks = {preset: group_state.Look(preset, JobStatus(job, preset, states[job], 0, 0))
+             for preset, job in jobs.items() if job in states}
+    return group_state.status_of(name, dict(data), Group.from_json(data["plan"]), looks, ())  # type: ignore[arg-type]
 
 
 def recorded_statuses(found: Recorded, records: Iterable[registry.JobRecord]) -> dict[str, GroupStatus]:
@@ -136,13 +117,9 @@ async def submit(request: SubmitRequest, presets: Sequence[str]) -> Submitted:
 
 async def download(name: str, dest: Path, on_bytes: Callable[[int, int], None] | None = None
                    ) -> transfer.DownloadResult:
-    """Every member's frames into one folder (a frame is in one member's output only), with the film's
-    summary.json beside them (what each cluster rendered, as `braas-hpc download GROUP` writes it)."""
-    got = [await transfer.download(job, dest, on_bytes) for job in group.members(name)]
-    summary = json.dumps(await group.summary(name), indent=1) + "\n"
-    temp = dest / ".summary.json.part"  # written whole: a reader never sees half of it
-    await asyncio.to_thread(temp.write_text, summary, encoding="utf-8")
-    await asyncio.to_thread(os.replace, temp, dest / "summary.json")
+    """Every member's frames into one folder, with the film's summary.json beside them (core.group.download),
+    as one result for the panel."""
+    got = await group.download(name, dest, on_bytes)
     return transfer.DownloadResult(name, dest, sum(g.downloaded for g in got), sum(g.skipped for g in got),
                                    tuple(i for g in got for i in g.ignored), [r for g in got for r in g.refetched])
 

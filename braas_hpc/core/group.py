@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from . import batch, costs, monitor, registry, service
+from . import batch, costs, monitor, registry, service, transfer
 from .context import JobContext, context_of, job_context
 from .errors import BraasError, UsageError, WaitTimedOut
 from .fanout import Group, Pace
@@ -33,6 +35,7 @@ from .recovery import markers_argv, read_markers
 from .scene_settings import read_scene_settings
 from .schedulers.base import COMPLETED, FAILED, TERMINAL
 from .spec import SubmitRequest, build_spec
+from .transport.base import Progress
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +308,17 @@ async def summary(name: str) -> dict[str, object]:
             "core_hours": round(sum(c["core_hours"] for c in clusters), 6)}
 
 
+async def download(name: str, dest: Path, progress: Progress | None = None) -> list[transfer.DownloadResult]:
+    """Every member's new frames into `dest` (a frame is in one member's output only), and the film's
+    summary.json beside them, written whole (a reader never sees half of it)."""
+    got = [await transfer.download(job, dest, progress) for job in members(name)]
+    text = json.dumps(await summary(name), indent=1) + "\n"
+    temp = dest / ".summary.json.part"
+    await asyncio.to_thread(temp.write_text, text, encoding="utf-8")
+    await asyncio.to_thread(os.replace, temp, dest / "summary.json")
+    return got
+
+
 def member_jobs(name: str) -> list[str]:
     """The group's member jobs (a cluster that never got frames has none)."""
     return list(registry.get_group(name)["jobs"].values())
@@ -333,5 +347,5 @@ async def cancel(name: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "every_group", "film_frames", "is_group", "look",
-           "member_jobs", "member_name", "members", "submit", "summary", "wait"]
+__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "download", "every_group", "film_frames", "is_group",
+           "look", "member_jobs", "member_name", "members", "submit", "summary", "wait"]
