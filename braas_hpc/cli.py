@@ -158,7 +158,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     if len(cli_group.presets_of(args.preset)) > 1:  # one animation over several clusters
         if args.estimate:
-            raise UsageError("--estimate is for one cluster: ask it of each preset of the group")
+            raise UsageError("--estimate is for one cluster: ask it of each preset (submit SCENE --preset NAME "
+                             "--estimate); a job over several clusters then sizes its first batches from those")
         return await cli_group.submit(args, _request(args, args.preset), err, _print_json)
     if args.estimate:
         return await cli_costs.submit_estimate(args, _request(args, args.preset), _print_json)
