@@ -93,6 +93,22 @@ class _Look:
     frames: frozenset[int] = frozenset()  # what the member's record says it holds
     markers: list[dict[str, object]] = field(default_factory=list)
     error: str = ""
+    job: str = ""
+    answers: batch.Answers = field(default_factory=batch.Answers)  # the caller's `also` steps' answers
+
+
+@dataclass(frozen=True)
+class MemberLook:
+    """What one member's cluster said at a look, for a face that shows the member jobs themselves (the
+    dashboard): its job's status (None: the cluster did not answer, `error` says why), its task markers,
+    and the answers of the steps the caller asked to bring in the same call (empty on this computer)."""
+
+    preset: str
+    job: str
+    status: JobStatus | None
+    markers: tuple[dict[str, object], ...]
+    answers: batch.Answers
+    error: str = ""
 
 
 def is_group(name: str) -> bool:
@@ -196,14 +212,16 @@ async def _take_away(job: JobContext, chunks: Sequence[tuple[int, ...]]) -> list
     return [c for c in chunks if str(c[0]) in taken]
 
 
-async def _look_at(preset: str, job: str) -> _Look:
+async def _look_at(preset: str, job: str, also: Callable[[JobContext], Sequence[batch.Step]] | None = None) -> _Look:
     try:
         context = job_context(job)
-        status, ahead = await monitor.job_status_and(context, [batch.Step("all_markers", markers_argv(context.paths))])
+        extra = list(also(context)) if also is not None else []
+        status, ahead = await monitor.job_status_and(
+            context, [batch.Step("all_markers", markers_argv(context.paths)), *extra])
         markers = await read_markers(context.transport, context.paths, ahead)
-        return _Look(preset, status, frozenset(context.record.spec.frames), markers)
+        return _Look(preset, status, frozenset(context.record.spec.frames), markers, job=job, answers=ahead)
     except BraasError as exc:  # one cluster not answering does not stop the others
-        return _Look(preset, error=str(exc))
+        return _Look(preset, error=str(exc), job=job)
 
 
 def _began(marker: dict[str, object]) -> float:
@@ -230,16 +248,21 @@ def _pace(markers: list[dict[str, object]], given_at: dict[str, float], now: flo
     return Pace(frame_s, slots, statistics.fmean(waits) if waits else 0.0)
 
 
-async def look(name: str, drive: bool = True) -> GroupStatus:
+async def look(name: str, drive: bool = True, also: Callable[[JobContext], Sequence[batch.Step]] | None = None,
+               seen: list[MemberLook] | None = None) -> GroupStatus:
     """The group's state; with `drive` (unless another process drives it now), also hand out and move
-    frames as core.fanout decides. One status call per cluster, plus one per batch given or taken."""
+    frames as core.fanout decides. One status call per cluster, plus one per batch given or taken.
+    `also`: more steps for a member's status call (its log tails...), whose answers, with the member's
+    status and markers, are put in `seen` (one MemberLook per member with a job)."""
     data = registry.take_group(name, LEASE_S) if drive else None
     driving = data is not None
     data = data or registry.get_group(name)
     try:
         plan = Group.from_json(data["plan"])
-        looks = await asyncio.gather(*(_look_at(p, j) for p, j in data["jobs"].items()))
+        looks = await asyncio.gather(*(_look_at(p, j, also) for p, j in data["jobs"].items()))
         by_preset = {look_.preset: look_ for look_ in looks}
+        if seen is not None:
+            seen += [MemberLook(x.preset, x.job, x.status, tuple(x.markers), x.answers, x.error) for x in looks]
         moves = _observe(data, plan, by_preset) if driving else []
         if driving and not data["cancelled"]:
             moves += await _hand_out(data, plan, by_preset)
@@ -398,5 +421,5 @@ async def cancel(name: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "is_group", "look", "member_name", "members",
-           "submit", "wait"]
+__all__ = ["FAILED", "GroupStatus", "MemberLook", "MemberStatus", "cancel", "is_group", "look", "member_name",
+           "members", "submit", "wait"]
