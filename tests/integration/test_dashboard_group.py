@@ -10,6 +10,7 @@ cluster is counted (Transport.run, the one door to a cluster), with the refresh 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections import Counter
@@ -27,6 +28,7 @@ from tests.helpers import eventually, make_sample
 from tests.integration.test_group import FILM, two_clusters  # noqa: F401 - the presets tbfast and tbslow
 
 FRAMES = 10
+SCREENSHOT_ENV = "BRAAS_DASHBOARD_GROUP_SCREENSHOT"  # a path: the page with the group rendering is saved there
 
 
 @dataclass
@@ -111,6 +113,8 @@ def test_the_page_drives_a_group_and_cancels_another(two_clusters: tuple[str, st
         expect(card.locator(".moves")).to_contain_text("got frames", timeout=60_000)
         card.locator("details.logs summary").click()
         expect(card.locator("details.logs .meta").first).to_contain_text(":", timeout=30_000)
+        if os.environ.get(SCREENSHOT_ENV):
+            page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
 
         # Nobody else drives it: the page's refresher ends it.
         expect(card.locator(".state").first).to_have_text("COMPLETED", timeout=300_000)
