@@ -3,6 +3,7 @@ interactive sessions from one batch's answers (pure functions, no network)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -133,3 +134,34 @@ def test_the_status_preview_is_the_large_picture_until_a_frame_is_downloaded(tmp
     assert view["latest"] == "/frames/job1/frame_000001.png?v=5" and not view["latest_is_preview"]
     gone = snapshot.job_view(_record(), running, (3, 4), snapshot.Extras(), {}, str(tmp_path / "missing.jpg"))
     assert gone["latest"] is None
+
+
+def test_a_group_is_one_entry_with_a_bar_per_cluster_and_no_resubmit(tmp_path: Path) -> None:
+    from braas_hpc.core.fanout import Pace
+    from braas_hpc.core.group import GroupStatus, MemberStatus
+
+    spec = JobSpec(name="film.karolina", preset="karolina", scene="/scenes/shot.blend", frames=(1, 2, 3),
+                   image_format="PNG", tasks=((1,), (2,), (3,)), group="film")
+    record = JobRecord("film.karolina", "karolina", spec, "/w/braas-hpc-me", ("100",), "RUNNING", {}, 0, 5.0)
+    status = GroupStatus("film", "RUNNING", 2, 6, (
+        MemberStatus("karolina", "film.karolina", "RUNNING", 2, 1, Pace(3.25, 1, 40.0)),
+        MemberStatus("lumi", "film.lumi", "UNREACHABLE", 0, 2, Pace())), pool=1, moves=())
+    film = {1: ("rendered", "karolina"), 2: ("rendered", "karolina"), 3: ("held", "karolina"),
+            4: ("held", "lumi"), 5: ("held", "lumi"), 6: ("pool", "")}
+    members = [snapshot.MemberView("karolina", record, None, snapshot.Extras({1: 3.0, 2: 3.5}, ("n1",),
+                                                                             {"task-1.log": "a\nb\n"})),
+               snapshot.MemberView("lumi", None, None, snapshot.Extras(), "connection refused")]
+    (tmp_path / "frame_000002.png").write_bytes(b"png")
+    view = snapshot.group_view(status, film, members, snapshot.local_frames(tmp_path), ["12:00:00 lumi got frames 4-5"])
+    assert view["group"] is True and view["frames_done"] == 2 and view["frames_total"] == 6 and view["pool"] == 1
+    assert [(c["preset"], c["frames_done"], c["frames_held"], c["error"]) for c in view["clusters"]] == \
+        [("karolina", 2, 1, None), ("lumi", 0, 2, "connection refused")]
+    assert view["clusters"][0]["seconds_per_frame"] == 3.25 and view["clusters"][0]["queue_seconds"] == 40.0
+    assert [(f["frame"], f["rendered"], f["where"]) for f in view["frames"]][2:] == \
+        [(3, False, "held"), (4, False, "held"), (5, False, "held"), (6, False, "pool")]
+    assert view["latest"].startswith("/frames/film/frame_000002.png")  # the group's one folder
+    assert view["logs"] == {"karolina: task-1.log": "a\nb"} and view["timings"] == [[1, 3.0], [2, 3.5]]
+    assert view["can"] == {"cancel": True, "resubmit": False, "download": True}
+    assert view["moves"] == ["12:00:00 lumi got frames 4-5"] and view["scene"] == "shot.blend"
+    ended = snapshot.group_view(dataclasses.replace(status, state="COMPLETED"), film, members, {}, [])
+    assert ended["can"]["cancel"] is False and ended["can"]["resubmit"] is False
