@@ -37,7 +37,7 @@ from ..core.jobs import JobPaths
 from ..core.presets import Preset, load_preset
 from ..core.registry import JobRecord
 from ..core.schedulers.base import TERMINAL, UNKNOWN
-from ..core.transport import transport_for
+from ..core.transport import CommandResult, transport_for
 from . import sessions, snapshot
 
 log = logging.getLogger(__name__)
@@ -368,16 +368,26 @@ class Refresher:
                 record = None
             extras = self._members[member.job].extras if member.job in self._members else snapshot.Extras()
             if member.status is not None and record is not None:
-                tails = member.answers.take("tails")
-                if tails is None and load_preset(record.preset).is_local:  # this computer: no batch, asked here
-                    context = job_context(member.job)
-                    tails = await context.transport.run(_member_steps(context)[0].argv, check=False, timeout=60)
+                tails = member.answers.take("tails") or await self._tails_here(record)
                 timings, nodes = snapshot.timings_of(list(member.markers))
                 extras = snapshot.Extras(timings, nodes, _tails(tails.stdout) if tails is not None else extras.logs)
             self._members[member.job] = snapshot.MemberView(member.preset, record, member.status, extras,
                                                             member.error)
         if status.state in TERMINAL and all(m.state in TERMINAL for m in status.members if m.job):
             self._groups_over.add(name)
+
+    @staticmethod
+    async def _tails_here(record: JobRecord) -> CommandResult | None:
+        """A member on this computer: its log tails read here (no batch there); a cluster's: None (its
+        batch did not bring them: the last ones stay shown)."""
+        try:
+            if not load_preset(record.preset).is_local:
+                return None
+            context = job_context(record.name)
+            return await context.transport.run(_member_steps(context)[0].argv, check=False, timeout=60)
+        except BraasError as error:
+            log.debug("dashboard: %s's logs could not be read: %s", record.name, error)
+            return None
 
     def _keep_extras(self, record: JobRecord, ahead: batch.Answers, i: int) -> None:
         markers = ahead.take(f"m{i}")
@@ -392,7 +402,7 @@ class Refresher:
 
     def _report(self) -> monitor.StatusReport:
         """The clusters' answers, group members' statuses (from their group's look) among them."""
-        members = [m.status for name, m in self._members.items() if m.status is not None]
+        members = [m.status for m in self._members.values() if m.status is not None]
         return monitor.StatusReport([*(s for a in self._answers.values() for s in a.statuses), *members],
                                     [e for a in self._answers.values() for e in a.errors])
 
@@ -468,7 +478,8 @@ class Refresher:
                 self._refused.clear()
                 self.kick()
                 continue
-            here = tuple(len(snapshot.local_frames(self.frames_root / r.name)) for r in records)
+            here = tuple(len(snapshot.local_frames(self.frames_root / name))
+                         for name in [*(r.name for r in records), *self._groups])  # a group's one folder too
             if here != self._local_key:
                 self._local_key = here
                 if self.version:
