@@ -7,6 +7,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import pytest
+
 from braas_hpc.core import batch
 from braas_hpc.core.jobs import JobSpec
 from braas_hpc.core.registry import JobRecord
@@ -165,3 +167,41 @@ def test_a_group_is_one_entry_with_a_bar_per_cluster_and_no_resubmit(tmp_path: P
     assert view["moves"] == ["12:00:00 lumi got frames 4-5"] and view["scene"] == "shot.blend"
     ended = snapshot.group_view(dataclasses.replace(status, state="COMPLETED"), film, members, {}, [])
     assert ended["can"]["cancel"] is False and ended["can"]["resubmit"] is False
+
+
+def test_while_a_group_runs_the_refreshes_back_off_no_further_than_its_looks(user_dirs: dict[str, str],
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page drives a group as `braas-hpc wait GROUP` does: the back-off stops at group.POLL_S (here
+    shortened with the shortest pause, so the test takes seconds)."""
+    import asyncio
+    import time
+
+    from braas_hpc.core import group, watch
+    from braas_hpc.core.fanout import Pace
+    from braas_hpc.dashboard.refresher import Refresher
+
+    monkeypatch.setattr(watch, "POLL_MIN_S", 0.25)
+    monkeypatch.setattr(group, "POLL_S", 1.0)
+    running = group.GroupStatus("film", "RUNNING", 0, 4, (group.MemberStatus("a", "film.a", "RUNNING", 0, 4, Pace()),),
+                                pool=0)
+
+    async def run() -> list[float]:
+        refresher = Refresher(tmp_path, poll_max_s=30)
+        times: list[float] = []
+
+        async def refresh() -> None:
+            times.append(time.monotonic())
+            refresher._groups = {"film": running}  # noqa: SLF001 - what a look at a running group leaves
+
+        refresher.refresh = refresh  # type: ignore[method-assign]
+        refresher._watched.set()  # noqa: SLF001 - a page listens
+        task = asyncio.create_task(refresher.run())
+        await asyncio.sleep(4.6)
+        task.cancel()
+        return times
+
+    times = asyncio.run(run())
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # 0.25, 0.5, 1, then 1 again (the back-off alone would wait 2)
+    assert len(gaps) >= 4 and gaps[1] < 0.8 and all(0.85 <= g <= 1.4 for g in gaps[2:]), gaps
