@@ -168,26 +168,35 @@ async def _take_away(job: JobContext, chunks: Sequence[tuple[int, ...]]) -> list
     return [c for c in chunks if str(c[0]) in taken]
 
 
-async def _look_at(preset: str, job: str) -> Look:
+Steps = Callable[[JobContext], Sequence[batch.Step]]  # more steps for a member's status call, by its job
+
+
+async def _look_at(preset: str, job: str, also: Steps | None = None) -> Look:
     try:
         context = job_context(job)
-        status, ahead = await monitor.job_status_and(context, [batch.Step("all_markers", markers_argv(context.paths))])
+        steps = [batch.Step("all_markers", markers_argv(context.paths)), *(also(context) if also else ())]
+        status, ahead = await monitor.job_status_and(context, steps)
         markers = await read_markers(context.transport, context.paths, ahead)
-        return Look(preset, status, frozenset(context.record.spec.frames), markers)
+        return Look(preset, status, frozenset(context.record.spec.frames), markers, job=job, answers=ahead)
     except BraasError as exc:  # one cluster not answering does not stop the others
-        return Look(preset, error=str(exc))
+        return Look(preset, error=str(exc), job=job)
 
 
-async def look(name: str, drive: bool = True) -> GroupStatus:
+async def look(name: str, drive: bool = True, also: Steps | None = None, seen: list[Look] | None = None
+               ) -> GroupStatus:
     """The group's state; with `drive` (unless another process drives it now), also hand out and move
-    frames as core.fanout decides. One status call per cluster, plus one per batch given or taken."""
+    frames as core.fanout decides. One status call per cluster, plus one per batch given or taken.
+    `also`: more steps for each member's status call (its log tails...), whose answers, with the member's
+    status and markers, are put in `seen` (one Look per member with a job: a face that shows the members)."""
     data = registry.take_group(name, LEASE_S) if drive else None
     driving = data is not None
     data = data or registry.get_group(name)
     plan = Group.from_json(data["plan"])
     try:
-        looks = await asyncio.gather(*(_look_at(p, j) for p, j in data["jobs"].items()))
+        looks = await asyncio.gather(*(_look_at(p, j, also) for p, j in data["jobs"].items()))
         by_preset = {look_.preset: look_ for look_ in looks}
+        if seen is not None:
+            seen += looks
         moves = observe(data, plan, by_preset) if driving else []
         if driving and not data["cancelled"]:
             moves += await _hand_out(data, plan, by_preset)
@@ -347,5 +356,5 @@ async def cancel(name: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-__all__ = ["FAILED", "GroupStatus", "MemberStatus", "cancel", "download", "every_group", "film_frames", "is_group",
-           "look", "member_jobs", "member_name", "members", "submit", "summary", "wait"]
+__all__ = ["FAILED", "GroupStatus", "Look", "MemberStatus", "cancel", "download", "every_group", "film_frames",
+           "is_group", "look", "member_jobs", "member_name", "members", "submit", "summary", "wait"]

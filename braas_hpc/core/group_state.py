@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from . import registry
+from . import batch, registry
 from .fanout import Group, Pace
 from .frames import format_frames
 from .monitor import JobStatus
@@ -59,6 +59,8 @@ class Look:
     frames: frozenset[int] = frozenset()  # what the member's record says it holds
     markers: list[dict[str, object]] = field(default_factory=list)
     error: str = ""
+    job: str = ""  # the member job
+    answers: batch.Answers = field(default_factory=batch.Answers)  # the answers of a caller's own steps (`also`)
 
 
 def set_frames(job: str, plan: Group, preset: str) -> None:

@@ -38,7 +38,7 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..core import registry
+from ..core import group, registry
 from ..core.display import plain
 from ..core.errors import BraasError, UsageError
 from ..core.jobs import FRAME_FILE
@@ -140,8 +140,9 @@ class Pages:
             await updates.aclose()
 
     async def frame(self, request: Request) -> Response:
-        job, name = request.path_params["job"], request.path_params["name"]
-        if not FRAME_FILE.match(name) or "/" in job or job.startswith(".") or not registry.has_job(job):
+        job, name = request.path_params["job"], request.path_params["name"]  # a job's or a group's folder
+        if (not FRAME_FILE.match(name) or "/" in job or job.startswith(".")
+                or not (registry.has_job(job) or group.is_group(job))):
             return PlainTextResponse("not found\n", 404)
         path = self.refresher.frames_root / job / name
         if path.is_symlink() or not path.is_file():
@@ -183,7 +184,7 @@ def build_app(refresher: Refresher, token: str, port: int) -> ASGIApp:
     routes = [Route("/", pages.page), Route("/assets/{name}", pages.asset), Route("/api/snapshot", pages.snapshot),
               Route("/events", pages.stream), Route("/frames/{job}/{name}", pages.frame),
               Route("/previews/{job}", pages.preview),
-              Route("/api/jobs/{job}/{action}", pages.act, methods=["POST"])]
+              Route("/api/jobs/{job}/{action}", pages.act, methods=["POST"])]  # a job's or a group's
     return Guard(Starlette(routes=routes, lifespan=pages.lifespan), token, port)
 
 

@@ -7,34 +7,45 @@ log tails and the cluster's interactive sessions brought in the same call. Refre
 says a job ended (core.events), again from 2 s after a button was pressed or a job was submitted.
 Frames the watcher saw land are shown without asking the scheduler. Lost frames are resubmitted as
 `status` does (core.recovery). With no page open, or every job ended, nothing is asked at all.
+
+Groups (one film over several clusters, core.group) are driven here while a page is open: each refresh
+looks at every unfinished group once (`group.look`: one status call per member cluster, bringing the
+member's markers and log tails too), which also hands out frames and moves chunks; member jobs are not
+asked about again in their cluster's own call. While a group runs, refreshes come at least every
+`group.POLL_S` seconds, as `braas-hpc wait GROUP` looks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from braas_hpc_interactive.core.records import SessionRecord, all_records
 
-from ..core import batch, events, monitor, recovery, registry, service, transfer, watch
-from ..core.context import job_context
+from ..core import batch, events, group, monitor, recovery, registry, service, transfer, watch
+from ..core.context import JobContext, job_context
 from ..core.errors import BraasError, UsageError, connection_failure_kind
+from ..core.fanout import Group
 from ..core.jobs import JobPaths
 from ..core.presets import Preset, load_preset
 from ..core.registry import JobRecord
 from ..core.schedulers.base import TERMINAL, UNKNOWN
-from ..core.transport import transport_for
+from ..core.transport import CommandResult, transport_for
 from . import sessions, snapshot
 
 log = logging.getLogger(__name__)
 LOCAL_LOOK_S = 1.0  # the job list and downloaded frames on this computer: looked at this often (no network)
 ACTIONS = ("cancel", "resubmit", "download")
+MOVES_SHOWN = 8  # a group's newest hand-outs and moves kept for the page
+NO_GROUP_RESUBMIT = ("{name} is a group: it hands the frames a cluster lost to its clusters again by itself, "
+                     "so it has no Resubmit")
 
 
 @dataclass
@@ -58,15 +69,37 @@ LOGS_SHOWN = 4
 LOG_BYTES = 16 * 1024
 
 
+def _tails_step(tag: str, paths: JobPaths) -> batch.Step:
+    return batch.Step(tag, ["sh", "-c", _NEWEST_TAILS_SCRIPT, "sh", paths.log_dir, str(snapshot.LOG_LINES),
+                            str(LOG_BYTES), str(LOGS_SHOWN)])
+
+
 def _extra_steps(records: list[JobRecord]) -> list[batch.Step]:
     """Each job's markers and log tails (tags m<i> and l<i>, by its place in `records`)."""
     steps = []
     for i, record in enumerate(records):
         paths = JobPaths(record.remote_root, record.name)
         steps.append(batch.Step(f"m{i}", recovery.markers_argv(paths)))
-        steps.append(batch.Step(f"l{i}", ["sh", "-c", _NEWEST_TAILS_SCRIPT, "sh", paths.log_dir,
-                                          str(snapshot.LOG_LINES), str(LOG_BYTES), str(LOGS_SHOWN)]))
+        steps.append(_tails_step(f"l{i}", paths))
     return steps
+
+
+def _member_steps(member: JobContext) -> list[batch.Step]:
+    """What a group member's status call brings beside its markers (group.look brings those)."""
+    return [_tails_step("tails", member.paths)]
+
+
+def _film(name: str) -> dict[int, tuple[str, str]]:
+    """Each frame of a group's film: rendered (where), held (by which cluster), or in the pool."""
+    data = registry.get_group(name)
+    plan = Group.from_json(data["plan"])
+    film = {f: ("pool", "") for c in plan.pool for f in c}
+    film |= {f: ("given up", "") for c in data.get("given_up", ()) for f in c}
+    for member in plan.members:
+        film |= {f: ("held", member.preset) for c in member.handed if c not in member.done for f in c}
+    for member in plan.members:
+        film |= {f: ("rendered", member.preset) for c in member.done for f in c}
+    return film
 
 
 def _tails(text: str) -> dict[str, str]:
@@ -99,6 +132,12 @@ class Refresher:
         self._local_key: object = None
         self._busy: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.news = events.JobEvents()
+        self._groups: dict[str, group.GroupStatus] = {}  # each group's newest look
+        self._members: dict[str, snapshot.MemberView] = {}  # member job -> what its group's look saw
+        self._moves: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=MOVES_SHOWN))
+        self._groups_over: set[str] = set()  # ended groups whose members had ended too: not looked at again
+        self.group_looks = 0  # group.look calls made by this refresher
+        self._group_names: set[str] = set()
 
     # ---- pages
 
@@ -127,6 +166,8 @@ class Refresher:
         """A button: the same core call as the CLI verb. One at a time per job (a double click acts once)."""
         if action not in ACTIONS:
             raise UsageError(f"no such action: {action!r}")
+        if group.is_group(job):
+            return await self._act_on_group(job, action)
         if not registry.has_job(job):
             raise UsageError(f"no job named {job!r} in the job list")
         lock = self._busy[job]
@@ -134,6 +175,8 @@ class Refresher:
             raise UsageError(f"{job}: an action is already running")
         async with lock:
             context = job_context(job)
+            if context.record.spec.group and group.is_group(context.record.spec.group):
+                raise UsageError(f"{job} is a part of the group {context.record.spec.group}: act on the group")
             if action == "cancel":
                 done: dict[str, object] = {"cancelled": list(await service.cancel(context))}
             elif action == "resubmit":
@@ -141,6 +184,29 @@ class Refresher:
                 done = result.to_json()
             else:
                 done = (await transfer.download(context, self.frames_root / job)).to_json()
+        if action == "download":
+            await self._publish()
+        else:
+            self.kick()
+        return done
+
+    async def _act_on_group(self, name: str, action: str) -> dict[str, object]:
+        """A group's button, as the CLI verbs do it (cli_group): cancel every member, or every member's
+        frames into one folder. No resubmit: the group hands lost frames out again itself."""
+        if action == "resubmit":
+            raise UsageError(NO_GROUP_RESUBMIT.format(name=name))
+        lock = self._busy[name]
+        if lock.locked():
+            raise UsageError(f"{name}: an action is already running")
+        async with lock:
+            if action == "cancel":
+                done: dict[str, object] = {"cancelled": list(await group.cancel(name))}
+                self._groups_over.discard(name)
+            else:
+                dest = self.frames_root / name
+                got = await group.download(name, dest)  # every member's frames, the film's summary.json
+                done = {"dest": str(dest), "downloaded": sum(g.downloaded for g in got),
+                        "skipped": sum(g.skipped for g in got)}
         if action == "download":
             await self._publish()
         else:
@@ -174,16 +240,21 @@ class Refresher:
             finally:
                 self.refreshing = False
             watch.follow_events(self.news, self._report())
-            kicked = await self._pause(time.monotonic() + interval if self._live() else None)
+            pause = min(interval, group.POLL_S) if self._driving() else interval  # a group waits for its looks
+            kicked = await self._pause(time.monotonic() + pause if self._live() else None)
             interval = watch.POLL_MIN_S if kicked else min(interval * 2, self.poll_max_s)
 
     def _live(self) -> bool:
         """Whether another refresh may tell something new: a job or session not ended, or a cluster that
         did not answer this time (a refused host key or login, a preset gone: waiting does not help)."""
         answers = self._answers.values()
-        return (any(s.state not in TERMINAL for a in answers for s in a.statuses)
+        return (self._driving() or any(s.state not in TERMINAL for a in answers for s in a.statuses)
                 or any(v["state"] not in TERMINAL and not v.get("error") for a in answers for v in a.sessions)
                 or any(not e.lasting for a in answers for e in a.errors))
+
+    def _driving(self) -> bool:
+        """Whether a group is not over yet: this refresher hands out its frames."""
+        return any(name not in self._groups_over for name in self._groups)
 
     async def _pause(self, deadline: float | None) -> bool:
         """Until the next refresh is due: True when kicked (a button, a new job), False when its time came
@@ -210,12 +281,21 @@ class Refresher:
             await self._publish(with_frames=True)
 
     async def refresh(self) -> None:
-        """Ask every cluster once, recover lost frames as `status` does, and show the result."""
-        records = registry.list_jobs()
+        """Ask every cluster once, drive every group not over (its look asks its members' clusters),
+        recover lost frames as `status` does, and show the result."""
+        groups = registry.list_groups()
+        records = [r for r in registry.list_jobs() if not (r.spec.group and r.spec.group in groups)]
         held = all_records()
         names = list(dict.fromkeys([*(r.preset for r in records), *(s.preset for s in held)]))
-        found = await asyncio.gather(*(self._ask(name, [r for r in records if r.preset == name],
-                                                 [s for s in held if s.preset == name]) for name in names))
+        looked = [name for name in groups if name not in self._groups_over]
+        found, _ = await asyncio.gather(
+            asyncio.gather(*(self._ask(name, [r for r in records if r.preset == name],
+                                       [s for s in held if s.preset == name]) for name in names)),
+            asyncio.gather(*(self._look_group(name) for name in looked)))
+        for gone in set(self._groups) - set(groups):  # forgotten meanwhile
+            del self._groups[gone]
+            self._members = {job: m for job, m in self._members.items() if not job.startswith(f"{gone}.")}
+        self._group_names = set(groups)
         self._answers = dict(zip(names, found, strict=True))
         # As `status --watch`: a cluster that refused us is not asked again until the job list changes.
         self._refused |= {name for name, a in self._answers.items() if a.errors and all(e.lasting for e in a.errors)}
@@ -269,6 +349,46 @@ class Refresher:
         answer.sessions = sessions.views(preset.scheduler, held, ahead)
         return answer
 
+    async def _look_group(self, name: str) -> None:
+        """One group's look (driving it), its members' status, markers and log tails in the same calls."""
+        seen: list[group.Look] = []
+        try:
+            self.group_looks += 1
+            status = await group.look(name, also=_member_steps, seen=seen)
+        except BraasError as error:
+            log.info("dashboard: group %s could not be looked at: %s", name, error)
+            return
+        clock = time.strftime("%H:%M:%S")
+        self._moves[name].extend(f"{clock} {move}" for move in status.moves)
+        self._groups[name] = status
+        for member in seen:
+            try:
+                record: JobRecord | None = registry.get_job(member.job)
+            except BraasError:
+                record = None
+            extras = self._members[member.job].extras if member.job in self._members else snapshot.Extras()
+            if member.status is not None and record is not None:
+                tails = member.answers.take("tails") or await self._tails_here(record)
+                timings, nodes = snapshot.timings_of(list(member.markers))
+                extras = snapshot.Extras(timings, nodes, _tails(tails.stdout) if tails is not None else extras.logs)
+            self._members[member.job] = snapshot.MemberView(member.preset, record, member.status, extras,
+                                                            member.error)
+        if status.state in TERMINAL and all(m.state in TERMINAL for m in status.members if m.job):
+            self._groups_over.add(name)
+
+    @staticmethod
+    async def _tails_here(record: JobRecord) -> CommandResult | None:
+        """A member on this computer: its log tails read here (no batch there); a cluster's: None (its
+        batch did not bring them: the last ones stay shown)."""
+        try:
+            if not load_preset(record.preset).is_local:
+                return None
+            context = job_context(record.name)
+            return await context.transport.run(_member_steps(context)[0].argv, check=False, timeout=60)
+        except BraasError as error:
+            log.debug("dashboard: %s's logs could not be read: %s", record.name, error)
+            return None
+
     def _keep_extras(self, record: JobRecord, ahead: batch.Answers, i: int) -> None:
         markers = ahead.take(f"m{i}")
         tails = ahead.take(f"l{i}")
@@ -281,7 +401,9 @@ class Refresher:
             self._final.add(record.name)  # it had ended before this refresh: nothing more will change
 
     def _report(self) -> monitor.StatusReport:
-        return monitor.StatusReport([s for a in self._answers.values() for s in a.statuses],
+        """The clusters' answers, group members' statuses (from their group's look) among them."""
+        members = [m.status for m in self._members.values() if m.status is not None]
+        return monitor.StatusReport([*(s for a in self._answers.values() for s in a.statuses), *members],
                                     [e for a in self._answers.values() for e in a.errors])
 
     async def _publish(self, with_frames: bool = False) -> None:
@@ -298,6 +420,8 @@ class Refresher:
         failed = {job: e for e in report.errors for job in e.jobs}
         jobs = []
         for record in self._records:
+            if record.spec.group in self._group_names:
+                continue  # a group's member: shown in its group's entry
             here = snapshot.local_frames(self.frames_root / record.name)
             extras = self._extras.get(record.name, snapshot.Extras())
             preview, tasks = "", ()
@@ -313,10 +437,28 @@ class Refresher:
                 part = snapshot.Part(record.preset, record.state, None, len(record.spec.frames))
                 missing = None
             jobs.append(snapshot.job_view(record, [part], missing, extras, here, preview, tasks))
-        return {"jobs": jobs, "sessions": [v for a in self._answers.values() for v in a.sessions],
+        return {"jobs": jobs, "groups": self._group_views(by_job),
+                "sessions": [v for a in self._answers.values() for v in a.sessions],
                 "refreshed": time.time(), "polls": self.polls, "frames_root": str(self.frames_root),
                 "unreachable": sorted({e.preset for e in report.errors
                                        if connection_failure_kind(e.error) is not None})}
+
+    def _group_views(self, by_job: dict[str, monitor.JobStatus]) -> list[dict[str, object]]:
+        views = []
+        for name, status in self._groups.items():
+            try:
+                film = _film(name)
+            except BraasError:
+                continue  # forgotten since its look
+            members = []
+            for member in status.members:
+                if member.job and (view := self._members.get(member.job)) is not None:
+                    # the frames the job watcher saw land since the look, as for jobs
+                    current = by_job.get(member.job, view.status)
+                    members.append(dataclasses.replace(view, status=current))
+            views.append(snapshot.group_view(status, film, members, snapshot.local_frames(self.frames_root / name),
+                                             list(self._moves[name])))
+        return views
 
     async def _look_here(self) -> None:
         """This computer's side, looked at every second: a job submitted or forgotten, a session started
@@ -336,7 +478,8 @@ class Refresher:
                 self._refused.clear()
                 self.kick()
                 continue
-            here = tuple(len(snapshot.local_frames(self.frames_root / r.name)) for r in records)
+            here = tuple(len(snapshot.local_frames(self.frames_root / name))
+                         for name in [*(r.name for r in records), *self._groups])  # a group's one folder too
             if here != self._local_key:
                 self._local_key = here
                 if self.version:

@@ -3,8 +3,11 @@ interactive sessions from one batch's answers (pure functions, no network)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+
+import pytest
 
 from braas_hpc.core import batch
 from braas_hpc.core.jobs import JobSpec
@@ -133,3 +136,72 @@ def test_the_status_preview_is_the_large_picture_until_a_frame_is_downloaded(tmp
     assert view["latest"] == "/frames/job1/frame_000001.png?v=5" and not view["latest_is_preview"]
     gone = snapshot.job_view(_record(), running, (3, 4), snapshot.Extras(), {}, str(tmp_path / "missing.jpg"))
     assert gone["latest"] is None
+
+
+def test_a_group_is_one_entry_with_a_bar_per_cluster_and_no_resubmit(tmp_path: Path) -> None:
+    from braas_hpc.core.fanout import Pace
+    from braas_hpc.core.group import GroupStatus, MemberStatus
+
+    spec = JobSpec(name="film.karolina", preset="karolina", scene="/scenes/shot.blend", frames=(1, 2, 3),
+                   image_format="PNG", tasks=((1,), (2,), (3,)), group="film")
+    record = JobRecord("film.karolina", "karolina", spec, "/w/braas-hpc-me", ("100",), "RUNNING", {}, 0, 5.0)
+    status = GroupStatus("film", "RUNNING", 2, 6, (
+        MemberStatus("karolina", "film.karolina", "RUNNING", 2, 1, Pace(3.25, 1, 40.0)),
+        MemberStatus("lumi", "film.lumi", "UNREACHABLE", 0, 2, Pace())), pool=1, moves=())
+    film = {1: ("rendered", "karolina"), 2: ("rendered", "karolina"), 3: ("held", "karolina"),
+            4: ("held", "lumi"), 5: ("held", "lumi"), 6: ("pool", "")}
+    members = [snapshot.MemberView("karolina", record, None, snapshot.Extras({1: 3.0, 2: 3.5}, ("n1",),
+                                                                             {"task-1.log": "a\nb\n"})),
+               snapshot.MemberView("lumi", None, None, snapshot.Extras(), "connection refused")]
+    (tmp_path / "frame_000002.png").write_bytes(b"png")
+    view = snapshot.group_view(status, film, members, snapshot.local_frames(tmp_path), ["12:00:00 lumi got frames 4-5"])
+    assert view["group"] is True and view["frames_done"] == 2 and view["frames_total"] == 6 and view["pool"] == 1
+    assert [(c["preset"], c["frames_done"], c["frames_held"], c["error"]) for c in view["clusters"]] == \
+        [("karolina", 2, 1, None), ("lumi", 0, 2, "connection refused")]
+    assert view["clusters"][0]["seconds_per_frame"] == 3.25 and view["clusters"][0]["queue_seconds"] == 40.0
+    assert [(f["frame"], f["rendered"], f["where"]) for f in view["frames"]][2:] == \
+        [(3, False, "held"), (4, False, "held"), (5, False, "held"), (6, False, "pool")]
+    assert view["latest"].startswith("/frames/film/frame_000002.png")  # the group's one folder
+    assert view["logs"] == {"karolina: task-1.log": "a\nb"} and view["timings"] == [[1, 3.0], [2, 3.5]]
+    assert view["can"] == {"cancel": True, "resubmit": False, "download": True}
+    assert view["moves"] == ["12:00:00 lumi got frames 4-5"] and view["scene"] == "shot.blend"
+    ended = snapshot.group_view(dataclasses.replace(status, state="COMPLETED"), film, members, {}, [])
+    assert ended["can"]["cancel"] is False and ended["can"]["resubmit"] is False
+
+
+def test_while_a_group_runs_the_refreshes_back_off_no_further_than_its_looks(user_dirs: dict[str, str],
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page drives a group as `braas-hpc wait GROUP` does: the back-off stops at group.POLL_S (here
+    shortened with the shortest pause, so the test takes seconds)."""
+    import asyncio
+    import time
+
+    from braas_hpc.core import group, watch
+    from braas_hpc.core.fanout import Pace
+    from braas_hpc.dashboard.refresher import Refresher
+
+    monkeypatch.setattr(watch, "POLL_MIN_S", 0.25)
+    monkeypatch.setattr(group, "POLL_S", 1.0)
+    running = group.GroupStatus("film", "RUNNING", 0, 4, (group.MemberStatus("a", "film.a", "RUNNING", 0, 4, Pace()),),
+                                pool=0)
+
+    async def run() -> list[float]:
+        refresher = Refresher(tmp_path, poll_max_s=30)
+        times: list[float] = []
+
+        async def refresh() -> None:
+            times.append(time.monotonic())
+            refresher._groups = {"film": running}  # noqa: SLF001 - what a look at a running group leaves
+
+        refresher.refresh = refresh  # type: ignore[method-assign]
+        refresher._watched.set()  # noqa: SLF001 - a page listens
+        task = asyncio.create_task(refresher.run())
+        await asyncio.sleep(4.6)
+        task.cancel()
+        return times
+
+    times = asyncio.run(run())
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # 0.25, 0.5, 1, then 1 again (the back-off alone would wait 2)
+    assert len(gaps) >= 4 and gaps[1] < 0.8 and all(0.85 <= g <= 1.4 for g in gaps[2:]), gaps

@@ -15,11 +15,18 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function bar(done, total, label, extraClass) {
-  const share = total && done != null ? Math.min(100, (100 * done) / total) : 0;
+function bar(done, total, label, extraClass, held) {
+  const share = n => total && n != null ? Math.min(100, (100 * n) / total) : 0;
   const fill = el("div");
-  fill.style.width = share + "%";
-  return el("div", {class: "bar " + (extraClass || ""), title: label}, fill, el("span", {}, label));
+  fill.style.width = share(done) + "%";
+  const node = el("div", {class: "bar " + (extraClass || ""), title: label}, fill);
+  if (held) {  // a group's cluster: the frames it holds, not rendered yet, after those it rendered
+    const waiting = el("div", {class: "held"});
+    waiting.style.width = Math.min(100 - share(done), share(held)) + "%";
+    node.append(waiting);
+  }
+  node.append(el("span", {}, label));
+  return node;
 }
 
 function chart(timings) {
@@ -81,21 +88,37 @@ function jobCard(job) {
     b.setAttribute("data-preset", part.preset);
     left.append(b);
   }
-  if (job.tasks.length) {
-    left.append(el("div", {class: "meta tasks"}, job.tasks.map(t => `${t.task}: ` +
-      (t.frame == null ? "" : `frame ${t.frame} `) + (t.percent == null ? "…" : `${Math.round(t.percent)}%`)).join(" · ")));
-  }
+  left.append(buttonsOf(job, ["cancel", "resubmit", "download"]));
+  return el("article", {class: "job", "data-job": job.job}, title, ...framesAndLogs(job, left));
+}
+
+function tasksLine(tasks) {
+  return tasks.length ? el("div", {class: "meta tasks"}, tasks.map(t => `${t.task}: ` +
+    (t.frame == null ? "" : `frame ${t.frame} `) + (t.percent == null ? "…" : `${Math.round(t.percent)}%`)).join(" · "))
+    : null;
+}
+
+function buttonsOf(entry, actions) {
   const buttons = el("div", {class: "buttons"});
-  for (const action of ["cancel", "resubmit", "download"]) {
-    const button = el("button", {class: action, type: "button", disabled: !job.can[action]}, action);
-    button.addEventListener("click", () => act(job.job, action, button));
+  for (const action of actions) {
+    const button = el("button", {class: action, type: "button", disabled: !entry.can[action]}, action);
+    button.addEventListener("click", () => act(entry.job, action, button));
     buttons.append(button);
   }
-  left.append(buttons);
+  return buttons;
+}
+
+// The parts a job and a group share: the frame grid, seconds per frame, the log tails, the latest frame.
+function framesAndLogs(job, left) {
+  left.append(tasksLine(job.tasks) || "");
   const grid = el("div", {class: "grid"});
   for (const frame of job.frames) {
-    const cell = el("div", {class: "cell" + (frame.rendered ? " rendered" : ""), title: `frame ${frame.frame}`,
+    const where = frame.where == null ? "" : frame.where === "pool" ? ": not handed out yet"
+                : frame.where === "held" ? `: held by ${frame.preset}` : frame.preset ? `: ${frame.where} on ${frame.preset}`
+                : `: ${frame.where}`;
+    const cell = el("div", {class: "cell" + (frame.rendered ? " rendered" : ""), title: `frame ${frame.frame}${where}`,
                             "data-frame": String(frame.frame)});
+    if (frame.preset) cell.setAttribute("data-preset", frame.preset);
     cell.append(frame.image ? el("img", {src: frame.image, alt: `frame ${frame.frame}`, loading: "lazy"})
                             : String(frame.frame));
     grid.append(cell);
@@ -111,7 +134,36 @@ function jobCard(job) {
   latest.append(job.latest ? el("img", {src: job.latest, alt: job.latest_is_preview ? "preview" : "latest frame"})
                            : (job.frames_done ? "download to see the frames" : "no frame yet"));
   if (job.latest_is_preview) latest.append(el("div", {class: "meta"}, "preview (download for full size)"));
-  return el("article", {class: "job", "data-job": job.job}, title, left, latest);
+  return [left, latest];
+}
+
+function seconds(value) { return value >= 100 ? `${Math.round(value)} s` : `${value.toFixed(1)} s`; }
+
+// A group: one film over several clusters, its member jobs folded in (their frames, logs and previews).
+function groupCard(g) {
+  const title = el("h3", {}, el("span", {class: "name"}, g.job), el("span", {class: "state " + g.state}, g.state),
+                   el("span", {class: "meta"}, `${g.scene} · group over ${g.presets.join(", ")} · frames ${g.frames_spec}`));
+  const left = el("div", {class: "left"});
+  left.append(bar(g.frames_done, g.frames_total, `${g.frames_done}/${g.frames_total} frames`, "total"));
+  for (const c of g.clusters) {
+    const pace = c.seconds_per_frame ? `${seconds(c.seconds_per_frame)}/frame` : "pace not measured yet";
+    const queue = c.queue_seconds ? ` · queue wait ${seconds(c.queue_seconds)}` : "";
+    const label = `${c.preset}: rendered ${c.frames_done}, holds ${c.frames_held} · ${pace}${queue} · ` +
+                  (c.error ? `not answering (${c.error})` : c.state);
+    const b = bar(c.frames_done, g.frames_total, label, "part", c.frames_held);
+    b.setAttribute("data-preset", c.preset);
+    left.append(b);
+  }
+  left.append(el("div", {class: "meta pool"}, g.pool ? `${g.pool} frame(s) not handed out yet: given to the ` +
+                 "clusters as they render, while this page (or braas-hpc wait) is open" : "every frame handed out"));
+  if (g.missing) left.append(el("div", {class: "meta"}, `given up (lost too often): frames ${g.missing}`));
+  if (g.moves.length) left.append(el("div", {class: "moves"}, ...g.moves.map(line => el("div", {class: "meta"}, line))));
+  const buttons = buttonsOf(g, ["cancel", "download"]);
+  buttons.append(el("span", {class: "meta no-resubmit"},
+                    "no Resubmit: the group gives frames a cluster lost to its clusters again by itself"));
+  left.append(buttons);
+  return el("article", {class: "job group", "data-job": g.job, "data-group": g.job}, title,
+            ...framesAndLogs(g, left));
 }
 
 function sessionsTable(sessions) {
@@ -128,8 +180,10 @@ function sessionsTable(sessions) {
 
 function draw(snapshot) {
   const jobs = document.getElementById("jobs");
-  jobs.replaceChildren(...(snapshot.jobs.length ? snapshot.jobs.slice().reverse().map(jobCard)
-                           : [el("p", {class: "empty"}, "No jobs yet.")]));
+  const entries = [...snapshot.jobs.map((job, i) => [job.created, i, jobCard(job)]),
+                   ...(snapshot.groups || []).map((g, i) => [g.created, i, groupCard(g)])];
+  entries.sort((a, b) => (b[0] - a[0]) || (b[1] - a[1]));  // newest first
+  jobs.replaceChildren(...(entries.length ? entries.map(e => e[2]) : [el("p", {class: "empty"}, "No jobs yet.")]));
   document.getElementById("sessions").replaceChildren(sessionsTable(snapshot.sessions));
   const when = snapshot.refreshed ? new Date(snapshot.refreshed * 1000).toLocaleTimeString() : "–";
   const unreachable = snapshot.unreachable.length ? ` · not answering: ${snapshot.unreachable.join(", ")}` : "";
