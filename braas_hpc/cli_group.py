@@ -32,7 +32,8 @@ def lines(status: group.GroupStatus | dict) -> list[str]:
         pace = (f"{m['seconds_per_frame']:.1f} s/frame, {m['slots']} at once" if m["seconds_per_frame"]
                 else "pace not measured yet")
         out.append(f"  {m['preset']:<12} {m['state']:<11} rendered {m['frames_done']}, holds {m['frames_held']}  "
-                   f"({pace})" + (f"  job {m['job']}" if m["job"] else ""))
+                   f"({pace})" + (f"  job {m['job']}" if m["job"] else "")
+                   + (f"  not answering: {m['error']}" if m.get("error") else ""))
     out += [f"  {move}" for move in shown["moves"]]
     if shown["missing"]:
         out.append(f"  given up: frames {shown['missing']}")

@@ -63,7 +63,7 @@ COSTS = {"estimate": nullable(obj(ESTIMATE)), "allocation": nullable(obj(ALLOCAT
 ACTUAL = obj({"wall_seconds": NUM, "core_hours": NUM, "gpu_hours": NUM, "task_seconds": nullable(NUM),
               "frame_seconds": nullable(NUM)})
 MEMBER = obj({"preset": STR, "job": STR, "state": STR, "frames_done": INT, "frames_held": INT,
-              "seconds_per_frame": NUM, "slots": INT, "queue_seconds": NUM})
+              "seconds_per_frame": NUM, "slots": INT, "queue_seconds": NUM, "error": STR})
 GROUP_STATUS = {"job": STR, "group": {"const": True}, "state": {"enum": STATES}, "frames_done": INT,
                 "frames_total": INT, "pool": INT, "missing": FRAMES, "members": {"type": "array", "items": MEMBER},
                 "moves": STRS}

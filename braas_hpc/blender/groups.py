@@ -136,7 +136,8 @@ def status_lines(status: GroupStatus) -> list[str]:
            f"{status.frames_done} of {status.frames_total} frames"
            + (f" ({status.pool} not handed out yet)" if status.pool else "")]
     out += [f"  {m.preset}: {member_text(m.state, m.frames_done, m.frames_held, m.pace.frame_s, m.pace.slots)}"
-            + (f" (job {m.job})" if m.job else "") for m in status.members]
+            + (f" (job {m.job})" if m.job else "") + (f", not answering: {m.error}" if m.error else "")
+            for m in status.members]
     if status.missing:
         out.append(f"  given up: frames {format_frames(status.missing)}")
     return out

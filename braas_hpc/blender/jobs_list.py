@@ -76,6 +76,7 @@ def _apply_group(item: bpy.types.PropertyGroup, row: activity.JobRow) -> None:
         shown.name, shown.job, shown.state = member.preset, member.job, member.state
         shown.frames_done, shown.frames_held = member.frames_done, member.frames_held
         shown.seconds_per_frame, shown.slots = member.pace.frame_s, member.pace.slots
+        shown.error = member.error
 
 
 def _newest_first(items: bpy.types.bpy_prop_collection) -> None:

@@ -95,6 +95,7 @@ class GroupMemberItem(bpy.types.PropertyGroup):
     frames_held: IntProperty()  # handed to it and not rendered yet
     seconds_per_frame: FloatProperty()  # 0: not measured yet
     slots: IntProperty()  # tasks at once
+    error: StringProperty()  # why its cluster did not answer the last look ("" when it did)
 
 
 class JobItem(bpy.types.PropertyGroup):

@@ -247,6 +247,8 @@ def _draw_group(box: bpy.types.UILayout, job: bpy.types.PropertyGroup) -> None:
         column.label(text=f"{member.name}: " + groups.member_text(member.state, member.frames_done, member.frames_held,
                                                                   member.seconds_per_frame, member.slots),
                      icon=STATE_ICONS.get(member.state, "QUESTION"))
+        if member.error:
+            column.label(text=f"    not answering: {member.error}", icon="ERROR")
     if job.pool and job.state not in TERMINAL:
         box.label(text=f"{job.pool} frame(s) not handed out yet: they go to the cluster that is free first",
                   icon="TIME")

@@ -26,11 +26,12 @@ class MemberStatus:
     frames_done: int  # of the film's frames, rendered on this cluster
     frames_held: int  # handed to it and not rendered yet
     pace: Pace
+    error: str = ""  # why its cluster did not answer this look (state UNREACHABLE)
 
     def to_json(self) -> dict[str, object]:
         return {"preset": self.preset, "job": self.job, "state": self.state, "frames_done": self.frames_done,
                 "frames_held": self.frames_held, "seconds_per_frame": round(self.pace.frame_s, 3),
-                "slots": self.pace.slots, "queue_seconds": round(self.pace.queue_s, 1)}
+                "slots": self.pace.slots, "queue_seconds": round(self.pace.queue_s, 1), "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ def status_of(name: str, data: dict, plan: Group, looks: dict[str, Look], moves:
         done = sum(len(c) for c in m.done)
         held = sum(len(c) for c in m.handed) - done
         state = (look_.status.state if look_ and look_.status else "UNREACHABLE" if look_ else "WAITING")
-        members.append(MemberStatus(m.preset, data["jobs"].get(m.preset, ""), state, done, held, m.pace))
+        members.append(MemberStatus(m.preset, data["jobs"].get(m.preset, ""), state, done, held, m.pace,
+                                    look_.error if look_ else ""))
         done_total += done
         if look_ and look_.status:
             states.append(look_.status.state)

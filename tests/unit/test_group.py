@@ -119,3 +119,15 @@ def test_a_group_refuses_what_it_cannot_spread(tmp_path: Path) -> None:
         asyncio.run(group.submit(request, ["a", "b"]))
     with pytest.raises(UsageError, match="movie of a job over several clusters"):
         asyncio.run(group.submit(SubmitRequest(tmp_path / "s.blend", "a", video="h264"), ["a", "b"]))
+
+
+def test_a_cluster_that_did_not_answer_says_why() -> None:
+    plan, data = _plan([(1,), (2,)])
+    data["jobs"]["b"] = "film.b"
+    plan.member("b").handed = [(3,)]
+    looks = {"a": _look("RUNNING", {1, 2}, set(), [_marker([1], "done", [1])]),
+             "b": group_state.Look("b", error="connection refused by 10.0.0.7:22", job="film.b")}
+    status = group_state.status_of("film", data, plan, looks, ())
+    b = next(m for m in status.members if m.preset == "b")
+    assert b.state == "UNREACHABLE" and b.to_json()["error"] == "connection refused by 10.0.0.7:22"
+    assert next(m for m in status.members if m.preset == "a").error == ""
