@@ -8,7 +8,7 @@ group over all of them (and over the two clusters only). Time: from `submit` to 
 user waits. Reported: each configuration's median, the group's ratio to the best cluster alone, and
 how many frames each cluster of a group rendered.
 
-Run as root with the testbed up: python3 bench/fanout_bench.py [--frames 16] [--repeat 2]
+Run as root with the testbed up: python3 bench/fanout_bench.py [--frames 16] [--samples 4] [--repeat 2]
 Everything the CLI writes goes to a temporary config/data directory (presets copied from root's).
 """
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.helpers import make_sample  # noqa: E402  (the sample scene, built with the shipped generator)
 
-FILM = ["--chunk", "1", "--max-parallel", "1", "--resolution-percentage", "10", "--samples", "4"]
+FILM = ["--chunk", "1", "--max-parallel", "1", "--resolution-percentage", "10"]
 
 
 def cli(env: dict[str, str], *args: str) -> dict:
@@ -47,9 +47,10 @@ def presets(config: Path) -> None:
     (config / "presets" / "tbslow.toml").write_text(slow.replace("env = []", 'env = ["sleep 4"]'))
 
 
-def run(env: dict[str, str], scene: Path, preset: str, frames: int) -> tuple[float, dict]:
+def run(env: dict[str, str], scene: Path, preset: str, frames: int, samples: int) -> tuple[float, dict]:
     started = time.monotonic()
-    job = cli(env, "submit", str(scene), "--preset", preset, "--frames", f"1-{frames}", *FILM)["job"]
+    job = cli(env, "submit", str(scene), "--preset", preset, "--frames", f"1-{frames}", *FILM, "--samples",
+              str(samples))["job"]
     final = cli(env, "wait", job, "--timeout", "3000")
     if final["state"] != "COMPLETED":
         raise SystemExit(f"{preset}: {final}")
@@ -60,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=4, help="more: a frame costs more than Blender's start")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
     config = work / "config"
@@ -72,14 +74,15 @@ def main() -> None:
     shares: dict[str, list[dict[str, int]]] = {c: [] for c in configurations if "," in c}
     for round_ in range(args.repeat):
         for configuration in configurations:
-            seconds, final = run(env, scene, configuration, args.frames)
+            seconds, final = run(env, scene, configuration, args.frames, args.samples)
             times[configuration].append(seconds)
             if "," in configuration:
                 shares[configuration].append({m["preset"]: m["frames_done"] for m in final["members"]})
             print(f"round {round_ + 1}: {configuration:<20} {seconds:6.1f} s "
                   f"{shares[configuration][-1] if ',' in configuration else ''}", flush=True)
     medians = {c: statistics.median(t) for c, t in times.items()}
-    print(f"\n{args.frames} frames, one per task, one task at a time per cluster; medians of {args.repeat}:")
+    print(f"\n{args.frames} frames of {args.samples} samples, one per task, one task at a time per cluster; "
+          f"medians of {args.repeat}:")
     for configuration, seconds in medians.items():
         line = f"  {configuration:<20} {seconds:6.1f} s"
         if "," in configuration:

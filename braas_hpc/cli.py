@@ -397,6 +397,9 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 async def cmd_resubmit(args: argparse.Namespace) -> int:
+    if group.is_group(args.job):
+        raise UsageError(f"{args.job} runs over several clusters: it hands the frames a cluster lost to its clusters "
+                         "again by itself (braas-hpc wait or status keeps it going)")
     avoid = None if args.exclude is None else tuple(n.strip() for n in args.exclude.split(",") if n.strip())
     with cli_progress.shown(err, args.json):
         result, chosen = await recovery.resubmit_missing(job_context(args.job), avoid)

@@ -9,7 +9,8 @@ back to the group's pool (at most `retries` times each), not to a recovery round
 
 The driver runs whenever someone looks: `braas-hpc wait GROUP`, `status GROUP`, the dashboard, the panel.
 Frames not handed out yet wait in the pool until then; those handed out render whatever happens here
-(the laptop closed). Two processes looking at once never both drive: the record is leased.
+(the laptop closed). Two processes looking at once never both drive: the record is leased. Once every
+frame is done, what members still queue (tasks of chunks that moved) is cancelled.
 """
 
 from __future__ import annotations
