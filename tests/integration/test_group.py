@@ -116,6 +116,8 @@ def test_one_film_over_two_clusters_and_this_computer(two_clusters: tuple[str, s
     everything = _json("status", "status")  # no job named: the groups too, an ended one as last seen
     assert [(g["job"], g["state"], g["frames_done"]) for g in everything["groups"]] == [(group, "COMPLETED", 12)]
 
+    dry = run_cli("submit", str(scene), "--preset", f"{fast},{slow}", "--dry-run")
+    assert dry.returncode == 2 and "run it with each preset of the group (tbfast, tbslow)" in dry.stderr, dry.stderr
     refused = run_cli("resubmit", group)
     assert refused.returncode == 2 and "runs over several clusters" in refused.stderr, refused.stderr
     forgotten = _json("forget", "forget", group)["forgotten"]
