@@ -50,8 +50,10 @@ async def submit(args: argparse.Namespace, request: SubmitRequest, err: Console,
         return 0
     for r in results:
         print(f"{r.preset}: frames {r.frames} as {r.tasks} array task(s), scheduler id {', '.join(r.scheduler_ids)}")
-    print(f"the rest ({status.pool} frames) is handed out as the clusters render: keep `braas-hpc wait "
-          f"{status.name}` (or the dashboard) running, or look with `braas-hpc status {status.name}`")
+    rest = (f"the rest ({status.pool} frames) is handed out as the clusters render" if status.pool else
+            "every frame is handed out; chunks a cluster has not started move to a faster one")
+    print(f"{rest}: keep `braas-hpc wait {status.name}` (or the dashboard) running, or look with "
+          f"`braas-hpc status {status.name}`")
     print(status.name)
     return 0
 
