@@ -125,8 +125,12 @@ def observe(data: dict, plan: Group, looks: dict[str, Look]) -> list[str]:
             elif marker.get("state") == "failed" or job_over:
                 kept = tuple(f for f in chunk if f in set(marker.get("rendered", ())) | set(marker.get("skipped", ()))
                              or (job_over and f in look_.frames and f not in missing))
+                gone = tuple(f for f in chunk if f not in kept)
+                if not gone:  # every frame there after all (the task's word and the listing agree late)
+                    done.append(chunk)
+                    continue
                 done += [kept] if kept else []
-                lost.append((chunk, kept, tuple(f for f in chunk if f not in kept)))
+                lost.append((chunk, kept, gone))
         if lost and not data["cancelled"]:
             member.handed = [c for c in member.handed if c not in {chunk for chunk, _, _ in lost}]
             member.handed += [kept for _, kept, _ in lost if kept]
