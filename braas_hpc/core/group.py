@@ -98,18 +98,18 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
     data: dict[str, object] = {"request": _request_json(request), "plan": plan.to_json(), "jobs": {},
                                "given_at": {}, "lost": {}, "given_up": [], "cancelled": False}
     registry.add_group(name, data)
-    batches = plan.initial()
     results, warnings = [], []
-    for preset, chunks in batches.items():
+    for member in plan.members:  # each its first batch in turn (Group.initial), on record once submitted
+        chunks = plan.hand_out(member.preset)
         if not chunks:
             continue
         try:
-            results.append(await _give(data, plan, preset, chunks))
+            results.append(await _give(data, plan, member.preset, chunks))
         except BraasError as exc:
-            _give_back(plan, preset, chunks)
-            warnings.append(f"{preset} could not take its frames ({exc}); they go to the other clusters")
-    data["plan"] = plan.to_json()
-    registry.put_group(name, data)
+            _give_back(plan, member.preset, chunks)
+            warnings.append(f"{member.preset} could not take its frames ({exc}); they go to the other clusters")
+        data["plan"] = plan.to_json()
+        registry.put_group(name, data)
     if not results:
         registry.forget_group(name)
         raise BraasError("no cluster of the group took its frames: " + "; ".join(warnings))
