@@ -240,8 +240,13 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
                 set_frames(data["jobs"][victim], plan, victim)
         if not chunks:
             continue
+        if registry.group_cancelled(plan.name):  # cancelled while this look ran: nothing more goes out
+            _give_back(plan, preset, chunks)
+            break
         try:
             await _give(data, plan, preset, chunks)
+            if registry.group_cancelled(plan.name):  # cancelled while it was being submitted: undone
+                await service.cancel(job_context(data["jobs"][preset]))
         except BraasError as exc:
             _give_back(plan, preset, chunks)
             notes.append(f"{preset} could not take frames {format_frames(f for c in chunks for f in c)}: {exc}")
@@ -348,9 +353,7 @@ def film_frames(name: str) -> tuple[int, ...]:
 
 async def cancel(name: str) -> tuple[str, ...]:
     """Cancel every member; nothing more is handed out."""
-    data = registry.get_group(name)
-    data["cancelled"] = True
-    registry.put_group(name, data)
+    registry.cancel_group(name)  # a look driving it now hands out nothing more (and cannot undo this)
     ids: list[str] = []
     for job in members(name):
         ids += await service.cancel(job)

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS groups (
     name TEXT PRIMARY KEY,
     data TEXT NOT NULL,
     lease REAL NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     updated REAL NOT NULL
 )
@@ -158,10 +159,16 @@ def add_group(name: str, data: dict[str, object]) -> None:
                    (name, json.dumps(data), now, now))
 
 
+def _group_data(text: str, cancelled: int) -> dict:
+    """The group's document; `cancelled` lives in its own column, so a lease holder writing the document
+    back can never undo a cancel made meanwhile."""
+    return {**json.loads(text), "cancelled": bool(cancelled)}
+
+
 def find_group(name: str) -> dict | None:
     with _db() as db:
-        row = db.execute("SELECT data FROM groups WHERE name = ?", (name,)).fetchone()
-    return json.loads(row[0]) if row else None
+        row = db.execute("SELECT data, cancelled FROM groups WHERE name = ?", (name,)).fetchone()
+    return _group_data(*row) if row else None
 
 
 def get_group(name: str) -> dict:
@@ -181,13 +188,13 @@ def take_group(name: str, lease_s: float) -> dict | None:
     now = time.time()
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
-        row = db.execute("SELECT data, lease FROM groups WHERE name = ?", (name,)).fetchone()
+        row = db.execute("SELECT data, cancelled, lease FROM groups WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise not_found(name)
-        if row[1] > now:
+        if row[2] > now:
             return None
         db.execute("UPDATE groups SET lease = ? WHERE name = ?", (now + lease_s, name))
-    return json.loads(row[0])
+    return _group_data(row[0], row[1])
 
 
 def put_group(name: str, data: dict[str, object]) -> None:
@@ -195,6 +202,19 @@ def put_group(name: str, data: dict[str, object]) -> None:
     with _db() as db:
         db.execute("UPDATE groups SET data = ?, lease = 0, updated = ? WHERE name = ?",
                    (json.dumps(data), time.time(), name))
+
+
+def cancel_group(name: str) -> None:
+    """The user cancelled the group: nothing more is handed out, whoever holds its lease."""
+    with _db() as db:
+        if db.execute("UPDATE groups SET cancelled = 1, updated = ? WHERE name = ?", (time.time(), name)).rowcount == 0:
+            raise not_found(name)
+
+
+def group_cancelled(name: str) -> bool:
+    with _db() as db:
+        row = db.execute("SELECT cancelled FROM groups WHERE name = ?", (name,)).fetchone()
+    return bool(row and row[0])
 
 
 def forget_group(name: str) -> None:

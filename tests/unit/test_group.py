@@ -104,10 +104,10 @@ def test_taking_chunks_away_never_takes_one_a_task_claimed(tmp_path: Path) -> No
 
 def test_two_drivers_never_hold_the_group_at_once() -> None:
     registry.add_group("g", {"x": 1})
-    assert registry.take_group("g", 60) == {"x": 1}
+    assert registry.take_group("g", 60) == {"x": 1, "cancelled": False}
     assert registry.take_group("g", 60) is None  # a second look only reads
     registry.put_group("g", {"x": 2})  # the holder is done: the lease ends
-    assert registry.take_group("g", 60) == {"x": 2}
+    assert registry.take_group("g", 60) == {"x": 2, "cancelled": False}
 
 
 def test_a_group_refuses_what_it_cannot_spread(tmp_path: Path) -> None:
@@ -131,3 +131,15 @@ def test_a_cluster_that_did_not_answer_says_why() -> None:
     b = next(m for m in status.members if m.preset == "b")
     assert b.state == "UNREACHABLE" and b.to_json()["error"] == "connection refused by 10.0.0.7:22"
     assert next(m for m in status.members if m.preset == "a").error == ""
+
+
+def test_a_cancel_made_while_a_look_drives_is_never_undone() -> None:
+    """The look holding the lease writes its copy of the record back when it ends: a cancel made meanwhile
+    (the dashboard's button, `braas-hpc cancel` in another terminal) stays."""
+    registry.add_group("g", {"x": 1, "cancelled": False})
+    held = registry.take_group("g", 60)
+    assert held is not None and held["cancelled"] is False
+    registry.cancel_group("g")
+    assert registry.group_cancelled("g")
+    registry.put_group("g", held)  # the look's stale copy
+    assert registry.get_group("g")["cancelled"] is True and registry.take_group("g", 60)["cancelled"] is True
