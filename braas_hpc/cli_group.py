@@ -13,7 +13,6 @@ from rich.console import Console
 from .core import group, job_end, logs, transfer
 from .core.display import plain
 from .core.errors import UsageError
-from .core.frames import format_frames
 from .core.schedulers.base import COMPLETED, TERMINAL
 from .core.spec import SubmitRequest
 
@@ -105,11 +104,8 @@ async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dic
 
     final = await group.wait(args.job, poll_s=args.poll_max or group.POLL_S, timeout_s=args.timeout, on_status=each)
     if on_done is not None:
-        env = {"BRAAS_JOB": final.name, "BRAAS_STATE": final.state,
-               "BRAAS_PRESET": ",".join(m.preset for m in final.members),
-               "BRAAS_FRAMES_DONE": str(final.frames_done), "BRAAS_FRAMES_TOTAL": str(final.frames_total),
-               "BRAAS_MISSING": format_frames(final.missing), "BRAAS_OUTPUT_DIR": str(folder or ""),
-               "BRAAS_CLUSTER_DIR": "", "BRAAS_PREVIEW": ""}
+        env = job_end.env_of(final.name, final.state, ",".join(m.preset for m in final.members), final.frames_done,
+                             final.frames_total, final.missing, folder)
         if problem := await job_end.run_hook(on_done, env):
             err.print(plain(f"{final.name}: {problem}"), highlight=False)
     if args.json:

@@ -183,6 +183,15 @@ async def _look_at(preset: str, job: str, also: Steps | None = None) -> Look:
         return Look(preset, error=str(exc), job=job)
 
 
+async def _markers_at(preset: str, job: str) -> Look:
+    """A member's task markers alone (no scheduler query: what a summary needs), or why its cluster did not answer."""
+    try:
+        context = job_context(job)
+        return Look(preset, markers=await read_markers(context.transport, context.paths), job=job)
+    except BraasError as exc:
+        return Look(preset, error=str(exc), job=job)
+
+
 async def look(name: str, drive: bool = True, also: Steps | None = None, seen: list[Look] | None = None
                ) -> GroupStatus:
     """The group's state; with `drive` (unless another process drives it now), also hand out and move
@@ -305,7 +314,7 @@ async def summary(name: str) -> dict[str, object]:
     time from the first submission to the last frame. A member's own summary.json (its finish step) knows
     only its first batch."""
     data = registry.get_group(name)
-    looks = await asyncio.gather(*(_look_at(p, j) for p, j in data["jobs"].items()))
+    looks = await asyncio.gather(*(_markers_at(p, j) for p, j in data["jobs"].items()))
     clusters, ends = [], []
     for look_ in looks:
         ran = [m for m in look_.markers if m.get("state") in ("done", "failed") and m.get("finished")]
@@ -318,7 +327,7 @@ async def summary(name: str) -> dict[str, object]:
                          "seconds_per_frame": round(pace.frame_s, 3), "core_hours": round(core_s / 3600, 6),
                          "error": look_.error})
     first = min(data["given_at"].values(), default=0.0)
-    return {"job": name, "frames": format_frames(film_frames(name)), "clusters": clusters,
+    return {"job": name, "frames": format_frames(_film_frames(data)), "clusters": clusters,
             "wall_seconds": round(max(ends) - first, 3) if ends else 0.0,
             "core_hours": round(sum(c["core_hours"] for c in clusters), 6)}
 
@@ -345,7 +354,10 @@ def members(name: str) -> list[JobContext]:
 
 def film_frames(name: str) -> tuple[int, ...]:
     """Every frame of the group's film, wherever it is (handed out, in the pool, given up)."""
-    data = registry.get_group(name)
+    return _film_frames(registry.get_group(name))
+
+
+def _film_frames(data: dict) -> tuple[int, ...]:
     plan = Group.from_json(data["plan"])
     chunks = [*plan.pool, *(c for m in plan.members for c in m.handed), *(tuple(c) for c in data["given_up"])]
     return tuple(sorted({f for c in chunks for f in c}))

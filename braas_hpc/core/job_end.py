@@ -14,7 +14,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +48,18 @@ def hook_env(status: JobStatus, output_dir: Path | None) -> dict[str, str]:
         cluster_dir = JobPaths(record.remote_root, record.name).out_dir
     except BraasError:
         pass  # forgotten meanwhile: the rest still says what happened
-    return {"BRAAS_JOB": status.job, "BRAAS_STATE": status.state, "BRAAS_PRESET": status.preset,
-            "BRAAS_FRAMES_DONE": str(status.frames_done), "BRAAS_FRAMES_TOTAL": str(status.frames_total),
-            "BRAAS_MISSING": format_frames(status.missing), "BRAAS_OUTPUT_DIR": str(output_dir or ""),
-            "BRAAS_CLUSTER_DIR": cluster_dir, "BRAAS_PREVIEW": status.preview}
+    return env_of(status.job, status.state, status.preset, status.frames_done, status.frames_total, status.missing,
+                  output_dir, cluster_dir, status.preview)
+
+
+def env_of(job: str, state: str, preset: str, frames_done: int, frames_total: int, missing: Sequence[int],
+           output_dir: Path | None, cluster_dir: str = "", preview: str = "") -> dict[str, str]:
+    """The BRAAS_* variables an --on-done command gets (a job over several clusters: `preset` lists them,
+    no one cluster directory or preview)."""
+    return {"BRAAS_JOB": job, "BRAAS_STATE": state, "BRAAS_PRESET": preset,
+            "BRAAS_FRAMES_DONE": str(frames_done), "BRAAS_FRAMES_TOTAL": str(frames_total),
+            "BRAAS_MISSING": format_frames(missing), "BRAAS_OUTPUT_DIR": str(output_dir or ""),
+            "BRAAS_CLUSTER_DIR": cluster_dir, "BRAAS_PREVIEW": preview}
 
 
 def _stdout_target() -> int:
