@@ -2,7 +2,7 @@
 
     python3 local_queue.py DIR submit [--after ID,ID] [--task N] SCRIPT   -> prints the new job's id
     python3 local_queue.py DIR query ID...                                -> one JSON line per task
-    python3 local_queue.py DIR cancel ID...
+    python3 local_queue.py DIR cancel ID[.TASK]...                        (ID.TASK: that task alone)
     python3 local_queue.py DIR work                                       (started by the others)
 
 A batch script asks for an array with a `#BRAAS-LOCAL --array=1-N` line; each task runs as
@@ -181,14 +181,16 @@ def query(queue: Queue, ids: list[str]) -> list[dict]:
 
 
 def cancel(queue: Queue, ids: list[str]) -> None:
+    """Every task of each job, or one task (ID.TASK: a group moved its frames to another cluster)."""
     with queue.locked():
-        for job_id in ids:
+        for named in ids:
+            job_id, _, only = named.partition(".")
             job = queue.read(job_id)
             if job is None:
                 continue
             states = job["states"]
             for task, state in states.items():
-                if state in (PENDING, RUNNING):
+                if (not only or task == only) and state in (PENDING, RUNNING):
                     states[task] = CANCELLED
                     job["raw"][task] = "cancelled"
                     if state == RUNNING and job["pgid"]:

@@ -4,13 +4,15 @@ out frames and moves them (core.fanout decides; this module acts on the clusters
 Each cluster of a group runs an ordinary job of its own (a member: `<group>.<preset>`), whose first round is
 the cluster's first batch; every later batch is a new round of it. A member's tasks claim their chunk
 before rendering it, so the driver can take a chunk no task has started for another cluster (it claims
-the chunk first, leaving `moved` in the claim), and no frame is rendered twice. Frames a member lost go
+the chunk first, leaving `moved` in the claim), and no frame is rendered twice; the chunk's task is then
+cancelled on its cluster where the scheduler can cancel one task alone (its marker says `moved`, as the
+task itself would have written on finding the claim). Frames a member lost go
 back to the group's pool (at most `retries` times each), not to a recovery round of the member's own.
 
 The driver runs whenever someone looks: `braas-hpc wait GROUP`, `status GROUP`, the dashboard, the panel.
 Frames not handed out yet wait in the pool until then; those handed out render whatever happens here
 (the laptop closed). Two processes looking at once never both drive: the record is leased. Once every
-frame is done, what members still queue (tasks of chunks that moved) is cancelled.
+frame is done, what members still queue (their finish steps) is cancelled.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .jobs import JobSpec, make_job_name
 from .presets import Preset, valid_name
 from .recovery import markers_argv, read_markers
 from .scene_settings import read_scene_settings
-from .schedulers.base import COMPLETED, FAILED, TERMINAL
+from .schedulers.base import COMPLETED, FAILED, TERMINAL, Round
 from .spec import SubmitRequest, build_spec
 from .transport.base import Progress
 
@@ -43,11 +45,13 @@ log = logging.getLogger(__name__)
 LEASE_S = 600.0  # a driver that died holding the record frees it after this long
 POLL_S = 5.0  # between looks while waiting: one status call per cluster each time
 
-# Takes chunks away from a member: for each chunk (its frames, comma-separated), a claim named by its
-# first frame with `moved` in it; prints the first frame of each chunk taken. A chunk whose task claimed
-# it first stays (render_task.py claims the same way).
-_TAKE_AWAY = ('d=$1; shift; mkdir -p -- "$d" || exit 1; for c in "$@"; do f=${c%%,*}; '
-              'mkdir -- "$d/$f" 2>/dev/null && : > "$d/$f/moved" && echo "$f"; done; exit 0')
+# Takes chunks away from a member: for each chunk (its first frame, its task's marker name or "", that
+# marker), a claim named by the first frame with `moved` in it, and the marker; prints the first frame of
+# each chunk taken. A chunk whose task claimed it first stays (render_task.py claims the same way).
+_TAKE_AWAY = ('d=$1; s=$2; shift 2; mkdir -p -- "$d" "$s" || exit 1; while [ $# -ge 3 ]; do f=$1; m=$2; j=$3; '
+              'shift 3; mkdir -- "$d/$f" 2>/dev/null || continue; : > "$d/$f/moved"; '
+              'if [ -n "$m" ]; then printf "%s\n" "$j" > "$s/.$m.$$" && mv -f -- "$s/.$m.$$" "$s/$m"; fi; '
+              'echo "$f"; done; exit 0')
 
 
 def member_name(group: str, preset: str) -> str:
@@ -148,6 +152,7 @@ async def _give(data: dict, plan: Group, preset: str, chunks: list[tuple[int, ..
         job = job_context(jobs[preset])
         result = await service.submit_round(job, tuple(chunks))
         set_frames(jobs[preset], plan, preset)
+    _place(data, preset, result, chunks)
     now = time.time()  # submitted: the queue wait starts
     for chunk in chunks:
         data["given_at"][str(chunk[0])] = now
@@ -161,12 +166,48 @@ def _give_back(plan: Group, preset: str, chunks: Sequence[tuple[int, ...]]) -> N
     plan.pool = sorted([*chunks, *plan.pool])
 
 
-async def _take_away(job: JobContext, chunks: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Claim `chunks` on the member's cluster for another cluster; the ones its tasks had not claimed."""
-    argv = ["sh", "-c", _TAKE_AWAY, "sh", job.paths.claims_dir, *(",".join(map(str, c)) for c in chunks)]
+async def _take_away(job: JobContext, chunks: Sequence[tuple[int, ...]], placed: dict[str, dict]
+                     ) -> list[tuple[int, ...]]:
+    """Claim `chunks` on the member's cluster for another cluster; the ones its tasks had not claimed.
+    Their tasks are marked moved and cancelled (one more call), so none starts Blender for nothing."""
+    now, argv = time.time(), ["sh", "-c", _TAKE_AWAY, "sh", job.paths.claims_dir, job.paths.status_dir]
+    for chunk in chunks:
+        where = placed.get(str(chunk[0]))
+        argv += [str(chunk[0]), *(_moved_marker(chunk, where, now) if where else ("", ""))]
     done = await job.transport.run(argv, check=False)
-    taken = {line.strip() for line in done.stdout.splitlines()}
-    return [c for c in chunks if str(c[0]) in taken]
+    answered = {line.strip() for line in done.stdout.splitlines()}
+    taken = [c for c in chunks if str(c[0]) in answered]
+    ids = [i for c in taken if (i := _task_to_cancel(job, placed.get(str(c[0])))) is not None]
+    if ids:  # a task that started meanwhile finds the claim and ends; one that ended is not there
+        await job.transport.run(job.scheduler.cancel_argv(ids), check=False)
+    return taken
+
+
+def _place(data: dict, preset: str, result: service.SubmitResult, chunks: Sequence[tuple[int, ...]]) -> None:
+    """Where each chunk's task is: its member, round and array index, and the scheduler id that names it
+    (an array's, or the task's own job where the site runs one job per task)."""
+    ids = result.scheduler_ids
+    placed = data.setdefault("placed", {})
+    for index, chunk in enumerate(chunks, start=1):
+        where = {"preset": preset, "chunk": list(chunk), "round": result.round, "task": index}
+        if len(ids) == len(chunks):  # one job per task (or an array of one): its id is the task's own
+            placed[str(chunk[0])] = {**where, "id": ids[index - 1], "whole": True}
+        elif len(ids) == 1:
+            placed[str(chunk[0])] = {**where, "id": ids[0], "whole": False}
+
+
+def _moved_marker(chunk: tuple[int, ...], where: dict, now: float) -> tuple[str, str]:
+    """The marker name and text of a chunk's task whose chunk moved, as the task would write it."""
+    name = f"{Round(int(where['round']), 0).marker_prefix}task-{where['task']}.json"
+    marker = {"task": where["task"], "frames": list(chunk), "rendered": [], "skipped": [], "failed": [],
+              "timings": {}, "started": now, "finished": now, "exit_code": 0, "state": "moved"}
+    return name, json.dumps(marker)
+
+
+def _task_to_cancel(job: JobContext, where: dict | None) -> str | None:
+    if where is None:
+        return None
+    return str(where["id"]) if where["whole"] else job.scheduler.task_id(str(where["id"]), int(where["task"]))
 
 
 Steps = Callable[[JobContext], Sequence[batch.Step]]  # more steps for a member's status call, by its job
@@ -239,7 +280,9 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
                   for p, cs in waiting.items()}
         victim, chunks = plan.next_batch(preset, waiting, busy, queued)
         if victim is not None:
-            taken = await _take_away(job_context(data["jobs"][victim]), chunks)
+            placed = {str(c[0]): where for c in chunks if (where := data.get("placed", {}).get(str(c[0])))
+                      and where["preset"] == victim and tuple(where["chunk"]) == c}
+            taken = await _take_away(job_context(data["jobs"][victim]), chunks, placed)
             if kept := [c for c in chunks if c not in taken]:  # its tasks claimed them first: they stay
                 plan.member(preset).handed = [c for c in plan.member(preset).handed if c not in kept]
                 plan.member(victim).handed.extend(kept)
@@ -266,9 +309,9 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
 
 
 async def _tidy(data: dict, plan: Group, looks: dict[str, Look]) -> list[str]:
-    """Once every frame of the film is done: members whose jobs still queue or run hold only tasks whose
-    chunks moved elsewhere (each would start Blender to find that out) and a finish step whose summary the
-    group's own replaces; they are cancelled, and recorded as completed (their frames are all there)."""
+    """Once every frame of the film is done: members whose jobs still queue or run hold only a finish step
+    whose summary the group's own replaces (and tasks whose chunks moved, where they could not be cancelled
+    one by one); they are cancelled, and recorded as completed (their frames are all there)."""
     if not plan.complete:
         return []
     notes = []

@@ -53,6 +53,7 @@ class SubmitResult:
     finish_id: str = ""  # the finish step's scheduler id ("" when the site refused it: see the log)
     scripts_updated: tuple[str, ...] = ()  # cluster scripts this submission had to install or repair
     warnings: tuple[str, ...] = ()  # for the user to read: the job was submitted all the same
+    round: int = 0  # the job's round these tasks are (0: its first submission)
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "preset": self.preset, "frames": self.frames, "tasks": self.tasks,
@@ -238,7 +239,7 @@ async def submit_round(job: JobContext, tasks: tuple[tuple[int, ...], ...], excl
         return await _adopt_round(job, number, taken.scripts)
     registry.add_round(name, id_tasks, PENDING)
     return SubmitResult(name, preset.name, format_frames(f for t in tasks for f in t), len(tasks), tuple(id_tasks),
-                        paths.job_dir, finish_id=finish_id, scripts_updated=scripts.uploaded)
+                        paths.job_dir, finish_id=finish_id, scripts_updated=scripts.uploaded, round=number)
 
 
 async def _adopt_round(job: JobContext, number: int, scripts: ScriptsReport) -> SubmitResult:
@@ -260,4 +261,4 @@ async def _adopt_round(job: JobContext, number: int, scripts: ScriptsReport) -> 
     registry.add_round(job.name, id_tasks, PENDING)
     frames = sorted({int(f) for line in lines for f in line.split(",") if f.strip()})
     return SubmitResult(job.name, job.preset.name, format_frames(frames), len(lines), tuple(id_tasks), paths.job_dir,
-                        scripts_updated=scripts.uploaded)
+                        scripts_updated=scripts.uploaded, round=number)

@@ -23,7 +23,7 @@ from tests.conftest import run_cli
 from tests.dashboard_server import ensure_chromium, serving
 from tests.helpers import eventually
 
-FRAMES = 24  # about a second each, one task at a time: the job still runs when Cancel is pressed
+FRAMES = 64  # a second or two each, one task at a time: the job still runs when Cancel is pressed
 WINDOW_S = 8.0  # two pages open this long: the refreshes made meanwhile are counted
 SCREENSHOT_ENV = "BRAAS_DASHBOARD_SCREENSHOT"  # a path: the page with the job running is saved there (docs/)
 

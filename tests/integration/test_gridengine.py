@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from braas_hpc.cli_json import SCHEMAS
+from braas_hpc.core.schedulers import scheduler_for
 from tests.conftest import run_cli
 from tests.helpers import check_frame, eventually
 
@@ -79,6 +80,18 @@ def test_cancel_ends_every_task(sge_preset: str, remote, sample_scene: Path) -> 
     final = json.loads(run_cli("wait", job["job"], "--timeout", "120", "--json", timeout=200).stdout)
     assert final["state"] == "CANCELLED", final
     assert run_cli("cancel", job["job"]).returncode == 0  # a second cancel has nothing to do
+
+
+def test_one_task_of_an_array_is_cancelled_alone(sge_preset: str, remote) -> None:  # noqa: ANN001
+    """What a group does with a chunk another cluster took (core.group): that task's own id, cancelled."""
+    sge = scheduler_for("sge")
+    array = sge.parse_submit(_sge(remote, "qsub -terse -h -t 1-3 -b y -o /dev/null -e /dev/null true").stdout)
+    try:
+        assert remote(shlex.join(sge.cancel_argv([sge.task_id(array, 2)]))).returncode == 0
+        waiting = [line.split() for line in _sge(remote, "qstat -g d").stdout.splitlines()]
+        assert sorted(fields[-1] for fields in waiting if fields[:1] == [array]) == ["1", "3"], waiting
+    finally:
+        _sge(remote, f"qdel {array}")
 
 
 def test_a_lost_frame_is_rendered_again(sge_preset: str, remote, sample_scene: Path) -> None:  # noqa: ANN001

@@ -22,7 +22,7 @@ from braas_hpc.core import registry
 from braas_hpc.core.context import job_context
 from braas_hpc.core.recovery import read_markers
 from tests.conftest import run_cli
-from tests.helpers import make_sample
+from tests.helpers import eventually, make_sample, partition_closed
 from tests.video_probe import frame_count
 
 # Tiny frames, one per task, one task at a time per cluster: a cluster's speed is its per-task cost.
@@ -142,3 +142,34 @@ def test_a_group_is_cancelled_on_every_cluster(two_clusters: tuple[str, str], tm
     watched = run_cli("status", "--watch", group, timeout=120)  # an ended group: its lines once, then done
     assert watched.returncode == 0 and f"{group}  CANCELLED" in watched.stdout, watched.stdout + watched.stderr
     assert all(m["state"] == "CANCELLED" for m in final["members"]), final["members"]
+
+
+def test_chunks_taken_from_a_cluster_whose_queue_is_stuck_are_cancelled_there(
+        two_clusters: tuple[str, str], testbed, remote, tmp_path: Path) -> None:  # noqa: ANN001
+    """tbslow's partition closed: its first batch waits for good. The fast cluster takes those chunks, and
+    each one's task on tbslow is cancelled then and there (not when the film ends), its marker `moved`
+    written by the driver since the task never ran."""
+    fast, slow = two_clusters
+    scene = make_sample(tmp_path / "scene")
+    with partition_closed(testbed.slurm_conf, "qhigh"):
+        submitted = _json("submit (group)", "submit", str(scene), "--preset", f"{fast},{slow}", "--frames", "1-6",
+                          *FILM)
+        group, member = submitted["job"], f"{submitted['job']}.{slow}"
+        (array,) = registry.get_job(member).scheduler_ids
+        assert registry.get_job(member).spec.frames, "tbslow got no first batch to take from"
+
+        def looked() -> dict:
+            return _json("status (group)", "status", group)["jobs"][0]
+
+        seen = eventually(looked, lambda doc: any(f"from {slow}" in move for move in doc["moves"]) or
+                          doc["state"] != "RUNNING", "a chunk taken from tbslow", timeout=240, every=1)
+        assert seen["state"] == "RUNNING", seen  # taken while the film still ran
+        moved = [m for m in _markers(member) if m["state"] == "moved"]
+        assert moved and all("host" not in m for m in moved), moved  # the driver's words: no task ever ran
+        queued = set(remote(f"squeue -h -r -j {array} -o %i").stdout.split())
+        assert not {f"{array}_{m['task']}" for m in moved} & queued, (moved, queued)
+
+        final = _json("wait (group)", "wait", group, "--timeout", "300", timeout=400)
+    assert final["state"] == "COMPLETED", final
+    by_preset = {m["preset"]: m["frames_done"] for m in final["members"]}
+    assert by_preset == {fast: 6, slow: 0}, by_preset

@@ -102,6 +102,18 @@ def test_cancel_removes_running_and_pending_tasks(testbed, remote, scene: Path) 
     assert again.returncode == 0 and "already ended" in again.stdout
 
 
+def test_one_task_of_an_array_is_cancelled_alone(testbed, remote) -> None:  # noqa: ANN001
+    """What a group does with a chunk another cluster took (core.group): that task's own id, cancelled."""
+    slurm = scheduler_for("slurm")
+    array = slurm.parse_submit(remote("sbatch --parsable --hold --array=1-3 --output=/dev/null --wrap true").stdout)
+    try:
+        assert remote(shlex.join(slurm.cancel_argv([slurm.task_id(array, 2)]))).returncode == 0
+        left = remote(f"squeue -h -r -j {array} -o %i").stdout.split()
+        assert sorted(left) == [f"{array}_1", f"{array}_3"], left
+    finally:
+        remote(f"scancel {array}")
+
+
 def test_a_resubmit_looks_its_job_up_once(testbed, remote, scene: Path) -> None:  # noqa: ANN001
     """The panel's and the CLI's Resubmit, in this process: the registry, the preset and the scheduler are
     resolved once (core.context) and handed down, not looked up again by name in each step."""

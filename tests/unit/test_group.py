@@ -15,6 +15,7 @@ import pytest
 from braas_hpc.core import group, group_state, registry
 from braas_hpc.core.fanout import Group
 from braas_hpc.core.jobs import JobPaths, JobSpec
+from braas_hpc.core.markers import parse_marker
 from braas_hpc.core.monitor import JobStatus
 from braas_hpc.core.transport.local import LocalTransport
 
@@ -88,18 +89,49 @@ def test_a_running_task_is_left_alone() -> None:
 
 
 def test_taking_chunks_away_never_takes_one_a_task_claimed(tmp_path: Path) -> None:
-    """The driver's claim and a task's claim are the same mkdir: whichever comes first wins."""
+    """The driver's claim and a task's claim are the same mkdir: whichever comes first wins. A chunk taken
+    gets its task's marker (`moved`, as the task would write it) and its task alone is cancelled."""
     paths = JobPaths(str(tmp_path), "film.a")
     os.makedirs(f"{paths.claims_dir}/3")  # the task of chunk (3, 4) started
     Path(f"{paths.claims_dir}/3/task").write_text("1 node\n")
+    cancelled = tmp_path / "cancelled"
+    scheduler = SimpleNamespace(  # records what it was asked to cancel (each scheduler's argv: test_schedulers)
+        task_id=lambda array, task: f"{array}_{task}",
+        cancel_argv=lambda ids: ["sh", "-c", 'printf "%s\\n" "$@" >> "$0"', str(cancelled), *ids])
+    placed = {"1": {"round": 2, "task": 1, "id": "77", "whole": False},  # task 1 of round 2's array
+              "3": {"round": 2, "task": 2, "id": "77", "whole": False},
+              "5": {"round": 0, "task": 4, "id": "80", "whole": True}}  # a site without arrays: its own job
 
     async def take() -> list[tuple[int, ...]]:
-        member = SimpleNamespace(transport=LocalTransport(), paths=paths)
-        return await group._take_away(member, [(1, 2), (3, 4), (5,)])
+        member = SimpleNamespace(transport=LocalTransport(), paths=paths, scheduler=scheduler)
+        return await group._take_away(member, [(1, 2), (3, 4), (5,)], placed)
 
     assert asyncio.run(take()) == [(1, 2), (5,)]
     assert Path(f"{paths.claims_dir}/1/moved").exists() and Path(f"{paths.claims_dir}/5/moved").exists()
     assert not Path(f"{paths.claims_dir}/3/moved").exists()
+    assert cancelled.read_text().split() == ["77_1", "80"]  # never task 2: it claimed its chunk first
+    written = {p.name: parse_marker(p.read_text()) for p in Path(paths.status_dir).iterdir()}
+    assert set(written) == {"r2-task-1.json", "task-4.json"}, written  # no temporary file left either
+    assert written["r2-task-1.json"]["state"] == "moved" and written["r2-task-1.json"]["frames"] == [1, 2]
+    assert written["task-4.json"]["task"] == 4 and written["task-4.json"]["frames"] == [5]
+
+
+def test_a_chunk_whose_task_is_not_known_is_still_taken_and_nothing_cancelled(tmp_path: Path) -> None:
+    paths = JobPaths(str(tmp_path), "film.a")
+    member = SimpleNamespace(transport=LocalTransport(), paths=paths, scheduler=SimpleNamespace(
+        task_id=lambda array, task: None, cancel_argv=lambda ids: ["false"]))
+    assert asyncio.run(group._take_away(member, [(1, 2)], {})) == [(1, 2)]
+    assert Path(f"{paths.claims_dir}/1/moved").exists() and not Path(paths.status_dir, "task-1.json").exists()
+
+
+def test_each_chunk_is_placed_at_its_task() -> None:
+    data: dict = {}
+    array = SimpleNamespace(scheduler_ids=("77",), round=3)
+    group._place(data, "a", array, [(1, 2), (3,)])
+    assert data["placed"]["3"] == {"preset": "a", "chunk": [3], "round": 3, "task": 2, "id": "77", "whole": False}
+    one_job_each = SimpleNamespace(scheduler_ids=("80", "81"), round=0)
+    group._place(data, "b", one_job_each, [(1, 2), (3,)])  # given again, elsewhere: the newest place counts
+    assert data["placed"]["3"] == {"preset": "b", "chunk": [3], "round": 0, "task": 2, "id": "81", "whole": True}
 
 
 def test_two_drivers_never_hold_the_group_at_once() -> None:

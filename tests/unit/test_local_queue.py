@@ -120,6 +120,24 @@ def test_cancel_stops_the_running_task_with_its_children_and_the_rest_never_star
     assert queue(bench.dir, "cancel", job).returncode == 0  # cancelling an ended job is no error
 
 
+def test_cancel_of_one_task_leaves_the_others_to_run(bench: Bench) -> None:
+    """ID.TASK (LocalScheduler.task_id): a group moved that task's frames to another cluster."""
+    gate = bench.tmp / "gate"
+    gate.touch()
+    job = bench.submit(bench.script(tasks=3, hold=gate))
+    _until(lambda: bench.states(job)[(job, "1")] == RUNNING, "task 1 running")
+
+    done = queue(bench.dir, "cancel", LocalScheduler().task_id(job, 2))
+
+    assert done.returncode == 0, done.stderr
+    assert bench.states(job) == {(job, "1"): RUNNING, (job, "2"): CANCELLED, (job, "3"): PENDING}
+    gate.unlink()
+    assert _until(lambda: bench.ended(job), "the job ended") == {
+        (job, "1"): COMPLETED, (job, "2"): CANCELLED, (job, "3"): COMPLETED}
+    assert [tuple(line[:3]) for line in bench.lines() if line[0] == "start"] == [("start", job, "1"),
+                                                                                ("start", job, "3")]
+
+
 def test_a_runner_that_died_fails_its_task_and_the_next_command_resumes_the_queue(bench: Bench) -> None:
     gate = bench.tmp / "gate"
     gate.touch()

@@ -89,6 +89,12 @@ def test_cancel_removes_whole_arrays() -> None:
     assert PBSScheduler().cancel_argv(["4120[].server", "4121.server"]) == ["qdel", "4120[].server", "4121.server"]
 
 
+def test_one_subjob_is_named_for_a_cancel_of_its_own() -> None:
+    """A group's chunk taken by another cluster: only its subjob goes (qdel takes '123[4].server')."""
+    assert PBSScheduler().task_id("4120[].server", 4) == "4120[4].server"
+    assert PBSScheduler().task_id("4121.server", 1) is None  # not an array: no subjob to name
+
+
 def test_gpus_are_asked_for_in_the_schedulers_own_words() -> None:
     """`gpu_request` is each scheduler's word: unset, PBS asks `ngpus`; Slurm's `gres` is refused here
     before any script is written, naming the preset file."""

@@ -382,6 +382,11 @@ class Scheduler(ABC):
     @abstractmethod
     def cancel_argv(self, job_ids: list[str]) -> list[str]: ...
 
+    def task_id(self, array_id: str, task: int) -> str | None:
+        """The id of one task of an array job, as cancel_argv takes it (None: this scheduler cannot
+        cancel one task alone)."""
+        return None
+
     def job_key(self, job_id: str) -> str:
         """The part of a stored job id that TaskState.job_id carries (PBS drops '[]' and the server)."""
         return job_id

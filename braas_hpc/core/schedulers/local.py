@@ -66,3 +66,6 @@ class LocalScheduler(Scheduler):
 
     def cancel_argv(self, job_ids: list[str]) -> list[str]:
         return [*self._queue("cancel"), *job_ids]
+
+    def task_id(self, array_id: str, task: int) -> str:
+        return f"{array_id}.{task}"

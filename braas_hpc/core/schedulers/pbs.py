@@ -222,5 +222,9 @@ class PBSScheduler(Scheduler):
         # Ids are kept as qsub printed them: '123[].server' deletes every subjob of the array.
         return ["qdel", *job_ids]
 
+    def task_id(self, array_id: str, task: int) -> str | None:
+        # '123[].server' -> the subjob '123[4].server'
+        return array_id.replace("[]", f"[{task}]", 1) if "[]" in array_id else None
+
     def job_key(self, job_id: str) -> str:
         return base_id(job_id)

@@ -202,5 +202,8 @@ class GridEngineScheduler(Scheduler):
     def cancel_argv(self, job_ids: list[str]) -> list[str]:
         return ["sh", "-c", _CANCEL, "sh", "qdel", *job_ids]
 
+    def task_id(self, array_id: str, task: int) -> str:
+        return f"{array_id}.{task}"  # qdel's job_id.task_range
+
     def task_log_patterns(self, task: int) -> list[str]:
         return [f"sge-*.{task}.out"]

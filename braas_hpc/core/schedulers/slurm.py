@@ -161,3 +161,6 @@ class SlurmScheduler(Scheduler):
     def cancel_argv(self, job_ids: list[str]) -> list[str]:
         # An array id without a task index cancels every task of the array, pending or running.
         return ["scancel", *job_ids]
+
+    def task_id(self, array_id: str, task: int) -> str:
+        return f"{array_id}_{task}"
