@@ -58,7 +58,7 @@ from .core.transport.hostkeys import trust_host_key
 from .core.transport.keeper import link as keeper_link
 from .core.transport.keeper.sockets import KeeperNotRunning, KeeperUnavailable
 from .core.user_presets import catalogue, is_builtin, save_user_preset, user_preset_path
-from .prompts import TerminalPrompts
+from .prompts import TerminalPrompts, can_ask
 
 # No markup: messages quote file names, remote errors and logs, which may hold `[/bold]` (a crash) or escapes.
 err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
@@ -264,7 +264,7 @@ def _status_table(report: monitor.StatusReport) -> Table:
 def _ask_about_host_keys(report: monitor.StatusReport) -> None:
     """An unknown host key is a question for the user when one can answer (main asks, then runs again)."""
     for e in report.errors:
-        if isinstance(e.error, HostKeyUnknown) and getattr(pool.prompts, "interactive", lambda: False)():
+        if isinstance(e.error, HostKeyUnknown) and can_ask(pool.prompts):
             raise e.error
 
 
@@ -297,7 +297,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     _ask_about_host_keys(report)
     _tell_recoveries(recoveries)
     estimates = await cli_costs.estimates(report)
-    groups = [] if args.jobs else await group.every_group()  # the jobs over several clusters, with their parts above
+    # the jobs over several clusters, with their parts above
+    groups = [] if args.jobs else await group.every_group(ask_host_keys=can_ask(pool.prompts))
     if args.json:
         _print_json({"jobs": [{**e, **({"estimate": estimates[e["job"]]} if e["job"] in estimates else {})}
                               for e in report.to_json()], **({"groups": groups} if groups else {})})
@@ -324,7 +325,7 @@ async def _watch_status(args: argparse.Namespace) -> int:
             _tell_recoveries(recoveries)
             await ends.seen(report)
             # Jobs over several clusters are driven at each poll too (their members are among the jobs).
-            groups = await group.every_group() if not args.jobs else []
+            groups = await group.every_group(ask_host_keys=can_ask(pool.prompts)) if not args.jobs else []
             group_lines = [line for g in groups for line in cli_group.lines(g)]
             if live is not None:
                 live.update(RichGroup(_status_table(report), Text("\n".join(group_lines))), refresh=True)

@@ -15,6 +15,8 @@ from .core.display import plain
 from .core.errors import UsageError
 from .core.schedulers.base import COMPLETED, TERMINAL
 from .core.spec import SubmitRequest
+from .core.transport import pool
+from .prompts import can_ask
 
 
 def presets_of(value: str) -> list[str]:
@@ -58,7 +60,7 @@ async def submit(args: argparse.Namespace, request: SubmitRequest, err: Console,
 
 
 async def status(args: argparse.Namespace, print_json: Callable[[dict[str, object]], None]) -> int:
-    found = [await group.look(name) for name in args.jobs]
+    found = [await group.look(name, ask_host_keys=can_ask(pool.prompts)) for name in args.jobs]
     if args.json:
         print_json({"jobs": [s.to_json() for s in found]})
     else:
@@ -70,7 +72,7 @@ async def watch(args: argparse.Namespace, out: Console) -> int:
     """`status --watch GROUP...`: the groups' lines whenever they change, each look driving them, until all ended."""
     shown: list[str] = []
     while True:
-        found = [await group.look(name) for name in args.jobs]
+        found = [await group.look(name, ask_host_keys=can_ask(pool.prompts)) for name in args.jobs]
         now = [line for s in found for line in lines(s)]
         if now != shown:
             out.print(plain("\n".join(now)), highlight=False)
@@ -102,7 +104,8 @@ async def wait(args: argparse.Namespace, err: Console, print_json: Callable[[dic
             if got and not args.json:
                 err.print(plain(f"{args.job}: {got} new frame(s) in {folder}"), highlight=False)
 
-    final = await group.wait(args.job, poll_s=args.poll_max or group.POLL_S, timeout_s=args.timeout, on_status=each)
+    final = await group.wait(args.job, poll_s=args.poll_max or group.POLL_S, timeout_s=args.timeout, on_status=each,
+                             ask_host_keys=can_ask(pool.prompts))
     if on_done is not None:
         env = job_end.env_of(final.name, final.state, ",".join(m.preset for m in final.members), final.frames_done,
                              final.frames_total, final.missing, folder)

@@ -20,6 +20,12 @@ from .core.display import plain
 KEYRING_SERVICE = "braas-hpc"
 
 
+def can_ask(prompts: object) -> bool:
+    """Whether `prompts` (the transport pool's) can put a question to someone: a terminal's can."""
+    interactive = getattr(prompts, "interactive", None)
+    return bool(interactive()) if callable(interactive) else False
+
+
 def _os_keyring() -> Any | None:
     if os.environ.get("BRAAS_HPC_KEYRING") != "1":
         return None

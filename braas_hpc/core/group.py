@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import batch, costs, monitor, registry, service, transfer
 from .context import JobContext, context_of, job_context
-from .errors import BraasError, UsageError, WaitTimedOut
+from .errors import BraasError, HostKeyUnknown, UsageError, WaitTimedOut
 from .fanout import Group, Pace
 from .frames import format_frames
 from .group_state import GroupStatus, Look, MemberStatus, began, latest_markers, observe, pace_of, set_frames, status_of
@@ -38,6 +38,7 @@ from .recovery import markers_argv, read_markers
 from .scene_settings import read_scene_settings
 from .schedulers.base import COMPLETED, FAILED, TERMINAL, Round
 from .spec import SubmitRequest, build_spec
+from .transport import transport_for
 from .transport.base import Progress
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
     built = {preset: build_spec(dataclasses.replace(request, preset=preset)) for preset in presets}
     first_spec = built[presets[0]][0]  # the film's frames
     name = make_job_name(Path(first_spec.scene), request.project)
+    await _hosts_known([preset for _, preset in built.values()])
     known = estimates if estimates is not None else await _estimates(request, built)
     plan = Group.plan(name, first_spec.frames, request.chunk, presets, known)
     data: dict[str, object] = {"request": _request_json(request), "plan": plan.to_json(), "jobs": {},
@@ -118,6 +120,16 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
         registry.forget_group(name)
         raise BraasError("no cluster of the group took its frames: " + "; ".join(warnings))
     return await look(name, drive=False), results, warnings
+
+
+async def _hosts_known(presets: Sequence[Preset]) -> None:
+    """Every cluster reached before anything is made: a host whose key is not known yet is the user's
+    question (its fingerprint shown; the submission runs again after a yes), not a cluster silently left
+    out of the group. Any other failure is that cluster's own, met when it is given its frames."""
+    reached = await asyncio.gather(*(transport_for(p).connect() for p in presets), return_exceptions=True)
+    for outcome in reached:
+        if isinstance(outcome, HostKeyUnknown):
+            raise outcome
 
 
 async def _estimates(request: SubmitRequest, built: dict[str, tuple[JobSpec, Preset]]) -> dict[str, Pace]:
@@ -220,6 +232,8 @@ async def _look_at(preset: str, job: str, also: Steps | None = None) -> Look:
         status, ahead = await monitor.job_status_and(context, steps)
         markers = await read_markers(context.transport, context.paths, ahead)
         return Look(preset, status, frozenset(context.record.spec.frames), markers, job=job, answers=ahead)
+    except HostKeyUnknown as exc:  # a question for the user, where one can answer (look's ask_host_keys)
+        return Look(preset, error=str(exc), job=job, unknown_host=exc)
     except BraasError as exc:  # one cluster not answering does not stop the others
         return Look(preset, error=str(exc), job=job)
 
@@ -233,12 +247,14 @@ async def _markers_at(preset: str, job: str) -> Look:
         return Look(preset, error=str(exc), job=job)
 
 
-async def look(name: str, drive: bool = True, also: Steps | None = None, seen: list[Look] | None = None
-               ) -> GroupStatus:
+async def look(name: str, drive: bool = True, also: Steps | None = None, seen: list[Look] | None = None,
+               ask_host_keys: bool = False) -> GroupStatus:
     """The group's state; with `drive` (unless another process drives it now), also hand out and move
     frames as core.fanout decides. One status call per cluster, plus one per batch given or taken.
     `also`: more steps for each member's status call (its log tails...), whose answers, with the member's
-    status and markers, are put in `seen` (one Look per member with a job: a face that shows the members)."""
+    status and markers, are put in `seen` (one Look per member with a job: a face that shows the members).
+    `ask_host_keys`: a member host whose key is not known yet raises HostKeyUnknown once the look is
+    recorded (the caller asks the user and looks again), instead of showing that member unreachable."""
     data = registry.take_group(name, LEASE_S) if drive else None
     driving = data is not None
     data = data or registry.get_group(name)
@@ -254,6 +270,8 @@ async def look(name: str, drive: bool = True, also: Steps | None = None, seen: l
             moves += await _tidy(data, plan, by_preset)
         status = status_of(name, data, plan, by_preset, tuple(moves))
         data["last"] = {**status.to_json(), "moves": []}  # what `status` shows of an ended group without asking
+        if ask_host_keys and (unknown := next((lk.unknown_host for lk in looks if lk.unknown_host), None)):
+            raise unknown
         return status
     finally:
         if driving:  # also after a failure half-way: what was handed out or taken by then is recorded
@@ -327,11 +345,12 @@ async def _tidy(data: dict, plan: Group, looks: dict[str, Look]) -> list[str]:
 
 
 async def wait(name: str, poll_s: float = POLL_S, timeout_s: float | None = None,
-               on_status: Callable[[GroupStatus], Awaitable[None]] | None = None) -> GroupStatus:
+               on_status: Callable[[GroupStatus], Awaitable[None]] | None = None, ask_host_keys: bool = False
+               ) -> GroupStatus:
     """Drive the group until it ends (or `timeout_s`); `on_status` sees every look."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        status = await look(name)
+        status = await look(name, ask_host_keys=ask_host_keys)
         if on_status is not None:
             await on_status(status)
         if status.state in TERMINAL:
@@ -341,13 +360,15 @@ async def wait(name: str, poll_s: float = POLL_S, timeout_s: float | None = None
         await asyncio.sleep(poll_s)
 
 
-async def every_group() -> list[dict[str, object]]:
+async def every_group(ask_host_keys: bool = False) -> list[dict[str, object]]:
     """Every group's status as `status (group)` documents: an ended one as last seen, the others looked
     at now (and driven)."""
     found = []
     for name in registry.list_groups():
         last = registry.get_group(name).get("last") or {}
-        found.append(last if last.get("state") in TERMINAL else (await look(name)).to_json())
+        if last.get("state") not in TERMINAL:
+            last = (await look(name, ask_host_keys=ask_host_keys)).to_json()
+        found.append(last)
     return found
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import batch, registry
+from .errors import HostKeyUnknown
 from .fanout import Group, Pace
 from .frames import format_frames
 from .monitor import JobStatus
@@ -62,6 +63,7 @@ class Look:
     error: str = ""
     job: str = ""  # the member job
     answers: batch.Answers = field(default_factory=batch.Answers)  # the answers of a caller's own steps (`also`)
+    unknown_host: HostKeyUnknown | None = None  # why it did not answer, when that is the user's question
 
 
 def set_frames(job: str, plan: Group, preset: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from braas_hpc import cli
 from braas_hpc.cli_json import SCHEMAS
 from braas_hpc.core import registry
 from braas_hpc.core.context import job_context
 from braas_hpc.core.recovery import read_markers
+from braas_hpc.prompts import TerminalPrompts
 from tests.conftest import run_cli
 from tests.helpers import eventually, make_sample, partition_closed
 from tests.video_probe import frame_count
@@ -173,3 +176,48 @@ def test_chunks_taken_from_a_cluster_whose_queue_is_stuck_are_cancelled_there(
     assert final["state"] == "COMPLETED", final
     by_preset = {m["preset"]: m["frames_done"] for m in final["members"]}
     assert by_preset == {fast: 6, slow: 0}, by_preset
+
+
+def test_a_cluster_whose_host_key_is_not_known_yet_is_asked_about_not_left_out(
+        two_clusters: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tbnew`: the test cluster with a known_hosts file of its own, empty. The group's submission asks
+    about its key before making anything (no: no group at all; yes: a group on both clusters), and a
+    look at the group asks again when the key is gone, where someone can answer."""
+    fast, _ = two_clusters
+    config = Path(os.environ["BRAAS_HPC_CONFIG_DIR"]) / "presets"
+    known = tmp_path / "known_hosts"
+    text = (config / f"{fast}.toml").read_text()
+    text = re.sub(r'^known_hosts = ".*"$', f'known_hosts = "{known}"', text, flags=re.M)
+    (config / "tbnew.toml").write_text(text.replace(f'name = "{fast}"', 'name = "tbnew"'))
+    scene = make_sample(tmp_path / "scene")
+    asked: list[str] = []
+
+    def run(answer: str, *argv: str) -> int:
+        def ask(prompt: str) -> str:
+            asked.append(prompt)
+            return answer
+        return cli.main([*argv, "--json"], TerminalPrompts(ask_secret=ask, ask=ask, interactive=True))
+
+    submit = ("submit", str(scene), "--preset", f"{fast},tbnew", "--frames", "1-4", *FILM)
+    groups_before = registry.list_groups()
+    capsys.readouterr()
+    assert run("n", *submit) == 3
+    assert len(asked) == 1 and "Trust the ssh-ed25519 key SHA256:" in asked[0], asked  # its fingerprint
+    assert registry.list_groups() == groups_before and not known.exists()  # nothing made, nothing recorded
+    capsys.readouterr()
+    assert run("yes", *submit) == 0
+    group = json.loads(capsys.readouterr().out)["job"]
+    assert len(asked) == 2 and known.read_text().strip()  # asked once more, recorded on the yes
+    assert [m["preset"] for m in registry.get_group(group)["plan"]["members"]] == [fast, "tbnew"]
+
+    known.write_text("")  # the key forgotten while the group runs
+    plain = _json("status (group)", "status", group)["jobs"][0]  # no one to ask: shown, not asked
+    (new,) = [m for m in plain["members"] if m["preset"] == "tbnew"]
+    assert new["job"], plain  # tbnew got a first batch: a job there to look at
+    assert new["state"] == "UNREACHABLE" and "not a known host" in new["error"], new
+    capsys.readouterr()
+    assert run("yes", "status", group) == 0
+    assert len(asked) == 3 and known.read_text().strip()
+    shown = json.loads(capsys.readouterr().out)["jobs"][0]
+    assert [m["state"] for m in shown["members"] if m["preset"] == "tbnew"] != ["UNREACHABLE"], shown
+    assert _json("cancel", "cancel", group)["cancelled"]
