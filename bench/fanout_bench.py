@@ -5,8 +5,9 @@ with 4 s of module loading per task, like a site whose shared file system is slo
 computer's queue). Each runs one task at a time (--max-parallel 1), one frame per task, so a cluster's
 speed is its cost per task. For each round, interleaved: the film on every cluster alone, then as one
 group over all of them (and over the two clusters only). Time: from `submit` to the end of `wait`, as a
-user waits. Reported: each configuration's median, the group's ratio to the best cluster alone, and
-how many frames each cluster of a group rendered.
+user waits. Reported: each configuration's median, the group's ratio to the best cluster alone, how
+many frames each cluster of a group rendered, and what became of the tasks whose chunks moved to another
+cluster: cancelled before they started, or started (Blender's start, to find the chunk gone).
 
 Run as root with the testbed up: python3 bench/fanout_bench.py [--frames 16] [--samples 4] [--repeat 2]
 Everything the CLI writes goes to a temporary config/data directory (presets copied from root's).
@@ -15,6 +16,7 @@ Everything the CLI writes goes to a temporary config/data directory (presets cop
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -47,6 +49,21 @@ def presets(config: Path) -> None:
     (config / "presets" / "tbslow.toml").write_text(slow.replace("env = []", 'env = ["sleep 4"]'))
 
 
+def moved_tasks(final: dict) -> tuple[int, int]:
+    """(cancelled before they started, started) of the group's tasks whose chunks moved: a task that ran
+    wrote its marker itself (with its host); the driver writes one without for a task it cancelled."""
+    from braas_hpc.core.context import job_context
+    from braas_hpc.core.recovery import read_markers
+
+    async def markers(job: str) -> list[dict]:
+        context = job_context(job)
+        return await read_markers(context.transport, context.paths)
+
+    moved = [m for member in final["members"] if member["job"] for m in asyncio.run(markers(member["job"]))
+             if m.get("state") == "moved"]
+    return sum(1 for m in moved if "host" not in m), sum(1 for m in moved if "host" in m)
+
+
 def run(env: dict[str, str], scene: Path, preset: str, frames: int, samples: int) -> tuple[float, dict]:
     started = time.monotonic()
     job = cli(env, "submit", str(scene), "--preset", preset, "--frames", f"1-{frames}", *FILM, "--samples",
@@ -68,16 +85,19 @@ def main() -> None:
     shutil.copytree(Path.home() / ".config" / "braas-hpc", config)
     presets(config)
     env = {**os.environ, "BRAAS_HPC_CONFIG_DIR": str(config), "BRAAS_HPC_DATA_DIR": str(work / "data")}
+    os.environ.update(env)  # this process reads the groups' task markers with the same registry
     scene = make_sample(work / "scene")
     configurations = ["tbfast", "tbslow", "local", "tbfast,tbslow", "tbfast,tbslow,local"]
     times: dict[str, list[float]] = {c: [] for c in configurations}
     shares: dict[str, list[dict[str, int]]] = {c: [] for c in configurations if "," in c}
+    moves: dict[str, list[tuple[int, int]]] = {c: [] for c in shares}
     for round_ in range(args.repeat):
         for configuration in configurations:
             seconds, final = run(env, scene, configuration, args.frames, args.samples)
             times[configuration].append(seconds)
             if "," in configuration:
                 shares[configuration].append({m["preset"]: m["frames_done"] for m in final["members"]})
+                moves[configuration].append(moved_tasks(final))
             print(f"round {round_ + 1}: {configuration:<20} {seconds:6.1f} s "
                   f"{shares[configuration][-1] if ',' in configuration else ''}", flush=True)
     medians = {c: statistics.median(t) for c, t in times.items()}
@@ -87,7 +107,8 @@ def main() -> None:
         line = f"  {configuration:<20} {seconds:6.1f} s"
         if "," in configuration:
             best = min(medians[p] for p in configuration.split(","))
-            line += f"  = {seconds / best:.2f} x the best of its clusters alone; frames: {shares[configuration]}"
+            line += (f"  = {seconds / best:.2f} x the best of its clusters alone; frames: {shares[configuration]}; "
+                     f"tasks of moved chunks (cancelled before starting, started): {moves[configuration]}")
         print(line)
     shutil.rmtree(work, ignore_errors=True)
 
