@@ -28,13 +28,18 @@ def _task(scene: Path, job: Path, task: int, home: Path) -> dict:
     return json.loads((job / "status" / f"task-{task}.json").read_text())
 
 
+def _take_away(job: Path, first_frame: int) -> subprocess.CompletedProcess[str]:
+    """The driver's claim of the chunk starting at `first_frame` (no marker: its task's place not known)."""
+    return subprocess.run(["sh", "-c", group._TAKE_AWAY, "sh", str(job / "claims"), str(job / "status"),
+                           str(first_frame), "", ""], capture_output=True, text=True, check=True)
+
+
 def test_a_task_renders_nothing_of_a_chunk_taken_for_another_cluster(tmp_path: Path) -> None:
     scene = make_sample(tmp_path / "scene")
     job = tmp_path / "job"
     job.mkdir()
     (job / "frames.txt").write_text("1,2\n3\n")
-    taken = subprocess.run(["sh", "-c", group._TAKE_AWAY, "sh", str(job / "claims"), "3"], capture_output=True,
-                           text=True, check=True)
+    taken = _take_away(job, 3)
     assert taken.stdout.split() == ["3"]  # the driver's claim of chunk (3,)
 
     moved = _task(scene, job, 2, tmp_path / "home")
@@ -43,8 +48,7 @@ def test_a_task_renders_nothing_of_a_chunk_taken_for_another_cluster(tmp_path: P
     first = _task(scene, job, 1, tmp_path / "home")
     assert first["state"] == "done" and first["rendered"] == [1, 2]
     assert (job / "claims" / "1" / "task").is_file()  # the task's own claim
-    again = subprocess.run(["sh", "-c", group._TAKE_AWAY, "sh", str(job / "claims"), "1,2"], capture_output=True,
-                           text=True, check=True)
+    again = _take_away(job, 1)
     assert again.stdout == ""  # a chunk its task claimed first is never taken
 
     (job / "out" / "frame_000002.png").unlink()  # requeued after losing a frame: its own claim, so it renders

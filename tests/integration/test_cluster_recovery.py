@@ -41,8 +41,9 @@ def test_a_lost_task_is_rendered_again_by_the_cluster_with_no_client(testbed, re
     markers = _markers(remote, job_dir)
     assert markers["r1-task-1.json"]["frames"] == [5, 6] and markers["r1-task-1.json"]["rendered"] == [5, 6]
     assert set(_rendered_once(markers).values()) == {1}, markers  # no frame rendered twice
-    assert "r2-task-1.json" not in markers and "every frame is there" in eventually(
-        lambda: remote(f"cat {shlex.quote(job_dir)}/log/r1-finish.log").stdout, bool, "round 1's finish step"), log
+    finished = eventually(lambda: remote(f"cat {shlex.quote(job_dir)}/log/r1-finish.log").stdout,
+                          lambda text: "core-hours" in text, "round 1's finish step's summary")  # its last line
+    assert "r2-task-1.json" not in markers and "every frame is there" in finished, (log, finished)
 
     # The client, looking later, takes the job as it stands: complete, nothing resubmitted again.
     (status,) = _json("status", job["job"])["jobs"]
