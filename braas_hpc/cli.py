@@ -141,9 +141,9 @@ async def cmd_render(args: argparse.Namespace) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
-    if args.dry_run and len(cli_group.presets_of(args.preset)) > 1:
+    if args.dry_run and len(several := cli_group.presets_of(args.preset)) > 1:
         raise UsageError("--dry-run shows one cluster's job script and submission: run it with each preset of the "
-                         f"group ({', '.join(cli_group.presets_of(args.preset))})")
+                         f"group ({', '.join(several)})")
     if args.dry_run:
         plan = service.dry_run(_request(args, args.preset))
         if args.json:

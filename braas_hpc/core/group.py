@@ -210,7 +210,7 @@ def _place(data: dict, preset: str, result: service.SubmitResult, chunks: Sequen
 
 def _moved_marker(chunk: tuple[int, ...], where: dict, now: float) -> tuple[str, str]:
     """The marker name and text of a chunk's task whose chunk moved, as the task would write it."""
-    name = f"{Round(int(where['round']), 0).marker_prefix}task-{where['task']}.json"
+    name = Round(int(where["round"]), 0).marker_name(int(where["task"]))
     marker = {"task": where["task"], "frames": list(chunk), "rendered": [], "skipped": [], "failed": [],
               "timings": {}, "started": now, "finished": now, "exit_code": 0, "state": "moved"}
     return name, json.dumps(marker)
@@ -232,10 +232,9 @@ async def _look_at(preset: str, job: str, also: Steps | None = None) -> Look:
         status, ahead = await monitor.job_status_and(context, steps)
         markers = await read_markers(context.transport, context.paths, ahead)
         return Look(preset, status, frozenset(context.record.spec.frames), markers, job=job, answers=ahead)
-    except HostKeyUnknown as exc:  # a question for the user, where one can answer (look's ask_host_keys)
-        return Look(preset, error=str(exc), job=job, unknown_host=exc)
     except BraasError as exc:  # one cluster not answering does not stop the others
-        return Look(preset, error=str(exc), job=job)
+        # An unknown host key is also a question for the user, where one can answer (look's ask_host_keys).
+        return Look(preset, error=str(exc), job=job, unknown_host=exc if isinstance(exc, HostKeyUnknown) else None)
 
 
 async def _markers_at(preset: str, job: str) -> Look:

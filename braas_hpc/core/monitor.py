@@ -20,7 +20,7 @@ from .markers import MARKER_BYTES, parse_marker
 from .presets import Preset, load_preset, preset_files
 from .registry import JobRecord
 from .schedulers import Scheduler, TaskState, scheduler_for
-from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN
+from .schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, TERMINAL, TIMEOUT, UNKNOWN, Round
 from .split import merge_failed_name
 from .transport import Transport, transport_for
 
@@ -301,9 +301,8 @@ async def _states_from_markers(transport: Transport, record: JobRecord, uncovere
     paths = JobPaths(record.remote_root, record.name)
     wanted: dict[str, tuple[str, int]] = {}
     for round_, job_id in enumerate(record.scheduler_ids):
-        prefix = f"r{round_}-" if round_ else ""
         for task in sorted(uncovered.get(job_id, ())):
-            wanted[f"{paths.status_dir}/{prefix}task-{task}.json"] = (job_id, task)
+            wanted[f"{paths.status_dir}/{Round(round_, 0).marker_name(task)}"] = (job_id, task)
     if not wanted:
         return []
     done = await transport.run(["sh", "-c", _MARKER_TEXTS_SCRIPT, "sh", *wanted], timeout=120, check=False)

@@ -51,6 +51,10 @@ class Round:
     def marker_prefix(self) -> str:
         return "" if self.number == 0 else f"r{self.number}-"
 
+    def marker_name(self, task: int) -> str:
+        """The file name of a task's marker in the job's status directory."""
+        return f"{self.marker_prefix}task-{task}.json"
+
 
 def task_environment_lines(index_variable: str = "", job_variable: str = "",
                            thread_variables: Sequence[str] = ()) -> list[str]:
