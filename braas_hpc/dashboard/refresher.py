@@ -56,22 +56,31 @@ class ClusterAnswer:
 
 
 # The newest logs of a job's log/ ($1): "<name>\0<its last $2 lines, at most $3 bytes>\0" for the $4 most
-# recently written, newest first. A job of a thousand tasks sends four tails, not a thousand.
+# recently written, newest first, from the last $5 lines of each. A job of a thousand tasks sends four tails,
+# not a thousand. Blender writes a status line for each step of a frame (`Fra:3 ... | Updating Camera`,
+# some forty a frame) and we add a sample count every few seconds: a run of those is shown as its last
+# line, so the tail shows the frames' ends and errors, not forty steps of one frame.
 _NEWEST_TAILS_SCRIPT = r"""
 cd -- "$1" 2>/dev/null || exit 0
 ls -t -- *.log 2>/dev/null | head -n "$4" | while IFS= read -r f; do
   [ -f "$f" ] || continue
-  printf '%s\0' "$f"; tail -n "$2" -- "$f" | tail -c "$3" | tr -d '\000'; printf '\0'
+  printf '%s\0' "$f"
+  tail -n "$5" -- "$f" | tr -d '\000' | awk '
+    /^(Fra:[0-9]+ |BRAAS-SAMPLES )/ { held = $0; next }
+    { if (held != "") print held; held = ""; print }
+    END { if (held != "") print held }' | tail -n "$2" | tail -c "$3"
+  printf '\0'
 done
 exit 0
 """
 LOGS_SHOWN = 4
 LOG_BYTES = 16 * 1024
+LOG_LINES_READ = 1000  # read from each log's end to fill the tail once status lines are folded
 
 
 def _tails_step(tag: str, paths: JobPaths) -> batch.Step:
     return batch.Step(tag, ["sh", "-c", _NEWEST_TAILS_SCRIPT, "sh", paths.log_dir, str(snapshot.LOG_LINES),
-                            str(LOG_BYTES), str(LOGS_SHOWN)])
+                            str(LOG_BYTES), str(LOGS_SHOWN), str(LOG_LINES_READ)])
 
 
 def _extra_steps(records: list[JobRecord]) -> list[batch.Step]:

@@ -156,7 +156,8 @@ def test_the_page_drives_a_group_and_cancels_another(two_clusters: tuple[str, st
 
         # Download: every member's frames into the group's one folder, shown in the grid.
         card.locator("button.download").click()
-        expect(card.locator(".grid img").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#said")).to_have_text(f"download {film}: done", timeout=120_000)  # every member's
+        expect(card.locator(".grid img").first).to_be_visible(timeout=30_000)
         here = sorted(p.name for p in (tmp_path / "frames" / film).glob("frame_*"))
         assert here == [f"frame_{f:06d}.png" for f in range(1, FRAMES + 1)], here
 

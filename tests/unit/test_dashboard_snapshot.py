@@ -4,16 +4,18 @@ interactive sessions from one batch's answers (pure functions, no network)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from braas_hpc.core import batch
-from braas_hpc.core.jobs import JobSpec
+from braas_hpc.core.jobs import JobPaths, JobSpec
 from braas_hpc.core.registry import JobRecord
 from braas_hpc.core.transport import CommandResult
-from braas_hpc.dashboard import sessions, snapshot
+from braas_hpc.dashboard import refresher, sessions, snapshot
 from braas_hpc_interactive.core.records import SessionRecord
 
 
@@ -205,3 +207,41 @@ def test_while_a_group_runs_the_refreshes_back_off_no_further_than_its_looks(use
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     # 0.25, 0.5, 1, then 1 again (the back-off alone would wait 2)
     assert len(gaps) >= 4 and gaps[1] < 0.8 and all(0.85 <= g <= 1.4 for g in gaps[2:]), gaps
+
+
+def _blender_frame(frame: int, task: int, steps: int = 40) -> list[str]:
+    """What a task's log holds for one frame: Blender's status line per step, our sample counts among them."""
+    lines = [f"Fra:{frame} Mem:8.37M | Time:00:00.05 | Scene, ViewLayer | Updating step {s}" for s in range(steps)]
+    lines.insert(steps // 2, f"BRAAS-SAMPLES task={task} frame={frame} Sample 4/8")
+    return lines + [f"Fra:{frame} Mem:8.37M | Time:00:00.09 | Scene, ViewLayer | Sample 8/8",
+                    f"BRAAS-PROGRESS task={task} frame={frame} done=1 total=1 seconds=0.10 status=rendered"]
+
+
+def test_the_log_tails_fold_blenders_status_lines_to_the_last_of_each_run(tmp_path: Path) -> None:
+    """The page's log tails (read on the cluster, in the status call): the newest logs first; a run of
+    Blender's per-step status lines is its last line, so the frames' ends and errors are what is shown."""
+    paths = JobPaths(str(tmp_path), "job1")
+    logs = Path(paths.log_dir)
+    logs.mkdir(parents=True)
+    done = ["Blender 4.5.4 LTS (bpy module)", "braas-hpc: device CPU"]
+    for frame in (1, 2, 3):
+        done += _blender_frame(frame, 1)
+    done.insert(50, "Error: Cannot read image 'wood.png'")
+    (logs / "task-1.log").write_text("\n".join(done) + "\n")
+    running = ["Blender 4.5.4 LTS (bpy module)", *_blender_frame(4, 2)[:30]]
+    (logs / "task-2.log").write_text("\n".join(running))  # being written: no end of line yet
+    os.utime(logs / "task-1.log", (1_000, 1_000))
+    (logs / "notes.txt").write_text("not a log\n")
+
+    argv = refresher._tails_step("l0", paths).argv
+    answer = subprocess.run(argv, capture_output=True, text=True, check=True)
+    tails = refresher._tails(answer.stdout)
+
+    assert list(tails) == ["task-2.log", "task-1.log"]  # newest first, logs only
+    assert tails["task-2.log"].splitlines() == [running[0], running[-1]]
+    shown = tails["task-1.log"].splitlines()
+    assert shown[:2] == done[:2] and "Error: Cannot read image 'wood.png'" in shown
+    assert [line for line in shown if line.startswith("BRAAS-PROGRESS")] == [
+        f"BRAAS-PROGRESS task=1 frame={f} done=1 total=1 seconds=0.10 status=rendered" for f in (1, 2, 3)]
+    assert all(not (a.startswith("Fra:") and b.startswith("Fra:")) for a, b in itertools.pairwise(shown))
+    assert shown[-2].endswith("Sample 8/8") and len(shown) <= snapshot.LOG_LINES
