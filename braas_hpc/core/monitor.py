@@ -246,20 +246,34 @@ def _unseen_markers_argv(scheduler: Scheduler, records: list[JobRecord]) -> list
     return ["sh", "-c", _UNSEEN_MARKERS_SCRIPT, "sh", *args]
 
 
-async def _ended_by_markers(transport: Transport, records: list[JobRecord],
-                            ahead: batch.Answers | None = None) -> set[str]:
+async def _markers_then_frames(transport: Transport, markers_argv: list[str], records: list[JobRecord]
+                               ) -> tuple[str, dict[str, set[str]]]:
+    """Markers read and then, in the same call, the jobs' frames on disk: a listing no older than the
+    markers (a task whose marker says it ended has its frames in place)."""
+    steps = [batch.Step("read", markers_argv), batch.Step("frames", _frames_argv(records))]
+    answers = await batch.run(transport, steps)
+    read = answers.take("read") or await transport.run(markers_argv, timeout=120, check=False)
+    return read.stdout, await _frames_present(transport, records, answers)
+
+
+async def _ended_by_markers(transport: Transport, records: list[JobRecord], ahead: batch.Answers | None = None,
+                            relisted: dict[str, set[str]] | None = None) -> set[str]:
     """Jobs the scheduler no longer knows whose every task of the latest round wrote its final marker.
 
     Without accounting (squeue forgets finished jobs) this is what tells a failed job from a lost
     answer; a task killed before it could write its marker keeps the job UNKNOWN. A job's counts come
-    from the batch when it brought them; the others' in one call.
+    from the batch when it brought them (its frames were listed after them); the others' in one call,
+    which lists their frames after the markers too, into `relisted` (job -> frame files).
     """
     by_dir = {JobPaths(r.remote_root, r.name).job_dir: r.name for r in records}
     found = ahead.take("markers") if ahead else None
     text = found.stdout if found else ""
     answered = {line.split("\t", 1)[0] for line in text.splitlines()}
     if asked := [r for r in records if JobPaths(r.remote_root, r.name).job_dir not in answered]:
-        text += (await transport.run(_markers_argv(asked), timeout=120, check=False)).stdout
+        later, present = await _markers_then_frames(transport, _markers_argv(asked), asked)
+        text += later
+        if relisted is not None:
+            relisted.update(present)
     ended = set()
     for line in text.splitlines():
         fields = line.split("\t")
@@ -293,28 +307,31 @@ def state_from_marker(text: str, missing: set[int]) -> tuple[str, str]:
     return (COMPLETED, "marker: done") if word == "done" else (FAILED, f"marker: {word}")
 
 
-async def _states_from_markers(transport: Transport, record: JobRecord, uncovered: dict[str, set[int]],
-                               missing: set[int]) -> list[TaskState]:
+async def _states_from_markers(transport: Transport, record: JobRecord, uncovered: dict[str, set[int]]
+                               ) -> tuple[list[TaskState], set[str]]:
     """States of a job's ended array tasks that no scheduler answer lists (accounting lags, and never
-    records a task cancelled while pending), from their markers, in one call. Each round submits one
-    array, so an id's place among the job's ids is its round."""
+    records a task cancelled while pending), from their markers, and the job's frame files listed after
+    them, in one call: ([], set()) when there is nothing to read or the call failed. Each round submits
+    one array, so an id's place among the job's ids is its round."""
     paths = JobPaths(record.remote_root, record.name)
     wanted: dict[str, tuple[str, int]] = {}
     for round_, job_id in enumerate(record.scheduler_ids):
         for task in sorted(uncovered.get(job_id, ())):
             wanted[f"{paths.status_dir}/{Round(round_, 0).marker_name(task)}"] = (job_id, task)
     if not wanted:
-        return []
-    done = await transport.run(["sh", "-c", _MARKER_TEXTS_SCRIPT, "sh", *wanted], timeout=120, check=False)
-    parts = done.stdout.split("\0")
+        return [], set()
+    read, present = await _markers_then_frames(transport, ["sh", "-c", _MARKER_TEXTS_SCRIPT, "sh", *wanted],
+                                               [record])
+    parts = read.split("\0")
     texts = {path: text for path, text in zip(parts[0::2], parts[1::2], strict=False) if path in wanted}
     if len(texts) != len(wanted):
-        return []  # the call failed: counts stay as the scheduler gave them
+        return [], set()  # the call failed: counts stay as the scheduler gave them
+    missing = set(missing_frames(record.spec, present[record.name]))
     states = []
     for path, (job_id, task) in wanted.items():
         state, why = state_from_marker(texts[path].strip(), missing)
         states.append(TaskState(job_id, str(task), state, why))
-    return states
+    return states, present[record.name]
 
 
 def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
@@ -326,13 +343,16 @@ def _batch_steps(kind: str, records: list[JobRecord]) -> list[batch.Step]:
     if not ids:
         return [frames]  # finished jobs are not asked about: only their frames
     scheduler = scheduler_for(kind)
-    steps = [batch.Step("query", scheduler.query_argv(ids)), frames]
+    steps = [batch.Step("query", scheduler.query_argv(ids))]
     if fallback := scheduler.fallback_query_argv(ids):
         steps.append(batch.Step("fallback", fallback, batch.AFTER_FAILED_QUERY))
     if live := scheduler.live_query_argv(ids):
         steps.append(batch.Step("live", live, batch.IF_UNSEEN, tuple(scheduler.job_key(i) for i in ids)))
     unfinished = [r for r in records if r.state not in TERMINAL]
-    return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished)),
+    # The frames are listed after every answer that can say a task ended (the queue, the markers): a task
+    # has renamed its last frame into place before it ends, so a listing made later holds it. Listed first,
+    # a task ending in between would look ended with its last frame missing (FAILED).
+    return [*steps, batch.Step("markers", _unseen_markers_argv(scheduler, unfinished)), frames,
             batch.Step("glimpse", glimpse.glimpse_argv(unfinished))]
 
 
@@ -345,6 +365,31 @@ async def _glimpses(transport: Transport, preset: Preset, records: list[JobRecor
     if answer is None and preset.is_local and unfinished:
         answer = await transport.run(glimpse.glimpse_argv(unfinished), timeout=60, check=False)
     return glimpse.read(answer.stdout if answer else "", records)
+
+
+async def _decide(transport: Transport, record: JobRecord, answers: Answers, present: set[str]
+                  ) -> tuple[str, dict[str, int], list[int], set[str]]:
+    """One job's state, task counts and missing frames from the scheduler's answers and its frame files
+    (`present`); and the frame files it decided on (listed again when markers had to be read)."""
+    missing = missing_frames(record.spec, present)
+    if record.state in TERMINAL:
+        # Finished jobs are never polled again. A job whose frames went missing since is not
+        # complete, whatever the scheduler said then.
+        return (FAILED if record.state == COMPLETED and missing else record.state), record.tasks, missing, present
+    states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])]
+    unseen = any(job_id not in answers.whole for job_id in record.scheduler_ids)
+    if aggregate(states, len(missing), unseen) in TERMINAL:
+        # Ending now, and counted once for good: the array tasks no answer lists are counted too.
+        uncovered = {job_id: left for job_id in record.scheduler_ids
+                     if (left := uncovered_tasks(answers.by_id.get(job_id, []), record.id_tasks.get(job_id, 0)))}
+        from_markers, listed = await _states_from_markers(transport, record, uncovered)
+        if from_markers:
+            # The markers now count the tasks an unplaced line stood for: it is not counted twice.
+            states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])
+                      if not is_unplaced(s, record.id_tasks.get(job_id, 0))] + from_markers
+            present = listed  # listed after the markers: what they say ended is in it
+            missing = missing_frames(record.spec, present)
+    return aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)), missing, present
 
 
 async def status_of_preset(preset: Preset, records: list[JobRecord], also: Sequence[batch.Step] = (),
@@ -362,29 +407,16 @@ async def status_of_preset(preset: Preset, records: list[JobRecord], also: Seque
     frames = await _frames_present(transport, records, ahead)
     found: dict[str, tuple[str, dict[str, int], list[int]]] = {}
     for record in records:
-        missing = missing_frames(record.spec, frames[record.name])
-        if record.state in TERMINAL:
-            # Finished jobs are never polled again. A job whose frames went missing since is not
-            # complete, whatever the scheduler said then.
-            state = FAILED if record.state == COMPLETED and missing else record.state
-            found[record.name] = (state, record.tasks, missing)
-            continue
-        states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])]
-        unseen = any(job_id not in answers.whole for job_id in record.scheduler_ids)
-        if aggregate(states, len(missing), unseen) in TERMINAL:
-            # Ending now, and counted once for good: the array tasks no answer lists are counted too.
-            uncovered = {job_id: left for job_id in record.scheduler_ids
-                         if (left := uncovered_tasks(answers.by_id.get(job_id, []), record.id_tasks.get(job_id, 0)))}
-            if uncovered and (from_markers := await _states_from_markers(transport, record, uncovered,
-                                                                          set(missing))):
-                # The markers now count the tasks an unplaced line stood for: it is not counted twice.
-                states = [s for job_id in record.scheduler_ids for s in answers.by_id.get(job_id, [])
-                          if not is_unplaced(s, record.id_tasks.get(job_id, 0))] + from_markers
-        found[record.name] = (aggregate(states, len(missing), unseen), dict(Counter(s.state for s in states)),
-                              missing)
-    unknown = [r for r in records if found[r.name][0] == UNKNOWN]
-    for name in await _ended_by_markers(transport, unknown, ahead) if unknown else ():
-        found[name] = (FAILED, found[name][1], found[name][2])
+        state, tasks, missing, frames[record.name] = await _decide(transport, record, answers, frames[record.name])
+        found[record.name] = (state, tasks, missing)
+    unknown = {r.name: r for r in records if found[r.name][0] == UNKNOWN}
+    relisted: dict[str, set[str]] = {}
+    for name in await _ended_by_markers(transport, list(unknown.values()), ahead, relisted) if unknown else ():
+        missing = found[name][2]
+        if name in relisted:  # listed after the markers that say every task ended
+            frames[name] = relisted[name]
+            missing = missing_frames(unknown[name].spec, relisted[name])
+        found[name] = (FAILED if missing else COMPLETED, found[name][1], missing)
     glimpses = await _glimpses(transport, preset, records, ahead)
     results = []
     for record in records:

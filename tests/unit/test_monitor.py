@@ -8,9 +8,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from braas_hpc.core.monitor import _ended_by_markers, _query, _states_from_markers
+from braas_hpc.core.jobs import frame_file_name
+from braas_hpc.core.monitor import Answers, _batch_steps, _decide, _ended_by_markers, _query, _states_from_markers
 from braas_hpc.core.registry import JobRecord
-from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN
+from braas_hpc.core.schedulers.base import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN, TaskState
 from braas_hpc.core.schedulers.slurm import SlurmScheduler, state_of
 from braas_hpc.core.transport.base import CommandResult
 from braas_hpc.core.transport.local import LocalTransport
@@ -104,6 +105,11 @@ def test_markers_tell_an_ended_job_when_the_queue_forgot_it(tmp_path: Path) -> N
     assert ended() == set()  # still running (or killed before it could say so)
     _marker(job / "status" / "task-2.json", "failed")
     assert ended() == {"j1"}
+    (job / "out").mkdir()
+    (job / "out" / "frame_000001.png").write_bytes(b"png")
+    relisted: dict[str, set[str]] = {}  # the frames, listed in the same call after the markers
+    assert asyncio.run(_ended_by_markers(LocalTransport(), [record], None, relisted)) == {"j1"}
+    assert relisted == {"j1": {"frame_000001.png"}}
 
     # A resubmission's round has its own frames file and markers.
     (job / "frames-r1.txt").write_text("2\n")
@@ -198,14 +204,48 @@ def test_tasks_no_answer_lists_are_counted_by_their_markers(tmp_path: Path) -> N
     marker("task-4.json", task=4, frames=[7, 8], state="running")  # killed: frame 8 is missing
     marker("r1-task-1.json", task=1, frames=[8], state="failed")
     (status / "r1-task-2.json").write_text('{"task": 2, "fra')  # caught while being rewritten
-    record = dataclasses.replace(JobRecord("j1", "site", SPEC, str(root), ("8", "9"), FAILED, {}, 1, 0.0),
+    spec = dataclasses.replace(SPEC, frames=tuple(range(1, 9)), tasks=((1, 2), (3, 4), (5, 6), (7, 8)))
+    out = root / "jobs" / "j1" / "out"
+    out.mkdir()
+    on_disk = {frame_file_name(f, spec.extension) for f in range(1, 8)}  # frame 8 missing
+    for name in on_disk:
+        (out / name).write_bytes(b"png")
+    record = dataclasses.replace(JobRecord("j1", "site", spec, str(root), ("8", "9"), FAILED, {}, 1, 0.0),
                                  id_tasks={"8": 4, "9": 2})
-    got = asyncio.run(_states_from_markers(LocalTransport(), record, {"8": {1, 2, 3, 4}, "9": {1, 2}}, {8}))
+    got, listed = asyncio.run(_states_from_markers(LocalTransport(), record, {"8": {1, 2, 3, 4}, "9": {1, 2}}))
     assert [(s.job_id, s.task, s.state) for s in got] == [
         ("8", "1", COMPLETED), ("8", "2", COMPLETED), ("8", "3", CANCELLED), ("8", "4", FAILED),
         ("9", "1", FAILED), ("9", "2", FAILED)]
     assert got[2].raw == "never started (no marker)" and got[1].raw == "its frames are on disk"
-    assert asyncio.run(_states_from_markers(LocalTransport(), record, {}, set())) == []
+    assert listed == on_disk  # listed in the same call, after the markers
+    assert asyncio.run(_states_from_markers(LocalTransport(), record, {})) == ([], set())
+
+
+def test_frames_are_listed_after_every_answer_that_can_say_a_task_ended() -> None:
+    """In the status batch the queue and the markers come before the frames listing: a task renames its
+    last frame into place before it ends, so a listing made after them holds what they say ended."""
+    tags = [step.tag for step in _batch_steps("slurm", [_record("a", ("41",))])]
+    assert tags.index("frames") > max(tags.index("query"), tags.index("live"), tags.index("markers")), tags
+
+
+def test_a_task_that_ends_between_the_listing_and_its_marker_is_not_failed(tmp_path: Path) -> None:
+    """Seen in CI: the batch listed the frames while task 1 wrote its last one; the queue, asked after
+    that, no longer had the task; its marker, read next, said done. The status then said FAILED, frame 2
+    missing, for a job whose every frame was on disk. The frames read with the markers decide."""
+    root = tmp_path / "braas-hpc"
+    job = root / "jobs" / "j1"
+    (job / "status").mkdir(parents=True)
+    (job / "out").mkdir()
+    (job / "status" / "task-1.json").write_text(json.dumps({"task": 1, "frames": [1, 2], "state": "done"}))
+    for frame in (1, 2, 3):
+        (job / "out" / frame_file_name(frame, SPEC.extension)).write_bytes(b"png")
+    record = dataclasses.replace(JobRecord("j1", "site", SPEC, str(root), ("41",), RUNNING, {}, 0, 0.0),
+                                 id_tasks={"41": 2})
+    answers = Answers({"41": [TaskState("41", "2", COMPLETED, "COMPLETED")]}, {"41"})  # task 1: the queue forgot it
+    stale = {frame_file_name(f, SPEC.extension) for f in (1, 3)}  # listed before frame 2 was renamed into place
+    state, tasks, missing, present = asyncio.run(_decide(LocalTransport(), record, answers, stale))
+    assert (state, missing, tasks) == (COMPLETED, [], {COMPLETED: 2}), (state, missing, tasks)
+    assert present == stale | {frame_file_name(2, SPEC.extension)}
 
 
 def _pauses_of_watch(monkeypatch, polls: int, poll_max_s: float | None, **pace: float) -> list[float]:  # noqa: ANN001
