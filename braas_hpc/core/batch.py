@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -114,12 +115,19 @@ def program(steps: Sequence[Step]) -> str:
 
 async def run(transport: Transport, steps: Sequence[Step], timeout: float = 300) -> Answers:
     """Run the steps in one remote call. A batch that fails as a whole brings no answer (the caller asks
-    for each itself); a lost connection is raised, as the first of the commands would have raised it."""
-    if not steps:
+    for each itself); a lost connection is raised, as the first of the commands would have raised it.
+    A cluster found without the batch's tools is not sent another batch on the same connection."""
+    if not steps or transport in _WITHOUT_TOOLS:
         return Answers()
     text = program(steps)
     if len(text.encode()) <= INLINE_BYTES:
         done = await transport.run(["sh", "-c", text], timeout=timeout, check=False)
     else:  # read by sh from stdin; every step's own stdin is /dev/null, so none eats the program
         done = await transport.run(["sh", "-s"], stdin=text, timeout=timeout, check=False)
+    if done.exit_status == NO_TOOLS_EXIT and not done.stdout:
+        _WITHOUT_TOOLS.add(transport)
     return parse(done.stdout, steps) if done.exit_status == 0 else Answers()
+
+
+NO_TOOLS_EXIT = 3  # the program's first line: no base64 (or no `-w`) to frame the answers with
+_WITHOUT_TOOLS: weakref.WeakSet[Transport] = weakref.WeakSet()

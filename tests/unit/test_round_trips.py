@@ -277,7 +277,10 @@ def test_status_is_the_same_when_the_batch_brings_nothing(cluster: RecordingTran
     every = asyncio.run(monitor.status())
     trips, calls = cluster.counted()
     assert [s.state for s in every] == FIVE_STATES
-    assert trips == 5, calls  # the batch, then query, live queue, frames and markers one by one
+    # The batch, then query, live queue, frames, markers and the frames again (listed after the markers
+    # that say a task ended) one by one: no second batch on a connection that could not run the first.
+    assert trips == 6, calls
+    assert sum("base64 -w 0" in call for call in calls) == 1, calls
 
 
 def test_download(cluster: RecordingTransport, tmp_path: Path) -> None:
