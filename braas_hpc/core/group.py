@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import batch, costs, monitor, registry, service, transfer
@@ -225,16 +225,33 @@ def _task_to_cancel(job: JobContext, where: dict | None) -> str | None:
 Steps = Callable[[JobContext], Sequence[batch.Step]]  # more steps for a member's status call, by its job
 
 
+def look_steps(context: JobContext, also: Steps | None = None) -> list[batch.Step]:
+    """What a member's look asks its cluster beside the member's status: its task markers, and the
+    caller's own steps (`also`)."""
+    return [batch.Step("all_markers", markers_argv(context.paths)), *(also(context) if also else ())]
+
+
+async def look_from(context: JobContext, status: monitor.JobStatus, ahead: batch.Answers) -> Look:
+    """A member's look from its status and the answers of its look_steps (markers not among them are
+    read in a call of their own)."""
+    markers = await read_markers(context.transport, context.paths, ahead)
+    return Look(context.record.preset, status, frozenset(context.record.spec.frames), markers, job=context.name,
+                answers=ahead)
+
+
+def unanswered(preset: str, job: str, exc: BraasError) -> Look:
+    """A member whose cluster did not answer. An unknown host key is also a question for the user, where
+    one can answer (look's ask_host_keys)."""
+    return Look(preset, error=str(exc), job=job, unknown_host=exc if isinstance(exc, HostKeyUnknown) else None)
+
+
 async def _look_at(preset: str, job: str, also: Steps | None = None) -> Look:
     try:
         context = job_context(job)
-        steps = [batch.Step("all_markers", markers_argv(context.paths)), *(also(context) if also else ())]
-        status, ahead = await monitor.job_status_and(context, steps)
-        markers = await read_markers(context.transport, context.paths, ahead)
-        return Look(preset, status, frozenset(context.record.spec.frames), markers, job=job, answers=ahead)
+        status, ahead = await monitor.job_status_and(context, look_steps(context, also))
+        return await look_from(context, status, ahead)
     except BraasError as exc:  # one cluster not answering does not stop the others
-        # An unknown host key is also a question for the user, where one can answer (look's ask_host_keys).
-        return Look(preset, error=str(exc), job=job, unknown_host=exc if isinstance(exc, HostKeyUnknown) else None)
+        return unanswered(preset, job, exc)
 
 
 async def _markers_at(preset: str, job: str) -> Look:
@@ -247,19 +264,23 @@ async def _markers_at(preset: str, job: str) -> Look:
 
 
 async def look(name: str, drive: bool = True, also: Steps | None = None, seen: list[Look] | None = None,
-               ask_host_keys: bool = False) -> GroupStatus:
+               ask_host_keys: bool = False, looked: Mapping[str, Look] | None = None) -> GroupStatus:
     """The group's state; with `drive` (unless another process drives it now), also hand out and move
     frames as core.fanout decides. One status call per cluster, plus one per batch given or taken.
     `also`: more steps for each member's status call (its log tails...), whose answers, with the member's
     status and markers, are put in `seen` (one Look per member with a job: a face that shows the members).
     `ask_host_keys`: a member host whose key is not known yet raises HostKeyUnknown once the look is
-    recorded (the caller asks the user and looks again), instead of showing that member unreachable."""
+    recorded (the caller asks the user and looks again), instead of showing that member unreachable.
+    `looked`: members' looks the caller made already (by member job; their clusters' calls carried them
+    beside other jobs' status), not asked again."""
     data = registry.take_group(name, LEASE_S) if drive else None
     driving = data is not None
     data = data or registry.get_group(name)
     plan = Group.from_json(data["plan"])
     try:
-        looks = await asyncio.gather(*(_look_at(p, j, also) for p, j in data["jobs"].items()))
+        made = looked or {}
+        looks = list(await asyncio.gather(*(_look_at(p, j, also) for p, j in data["jobs"].items() if j not in made)))
+        looks += [made[j] for j in data["jobs"].values() if j in made]
         by_preset = {look_.preset: look_ for look_ in looks}
         if seen is not None:
             seen += looks

@@ -250,9 +250,9 @@ async def _markers_then_frames(transport: Transport, markers_argv: list[str], re
                                ) -> tuple[str, dict[str, set[str]]]:
     """Markers read and then, in the same call, the jobs' frames on disk: a listing no older than the
     markers (a task whose marker says it ended has its frames in place)."""
-    steps = [batch.Step("read", markers_argv), batch.Step("frames", _frames_argv(records))]
+    steps = [batch.Step("read_markers", markers_argv), batch.Step("frames", _frames_argv(records))]
     answers = await batch.run(transport, steps)
-    read = answers.take("read") or await transport.run(markers_argv, timeout=120, check=False)
+    read = answers.take("read_markers") or await transport.run(markers_argv, timeout=120, check=False)
     return read.stdout, await _frames_present(transport, records, answers)
 
 

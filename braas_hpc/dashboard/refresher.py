@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class ClusterAnswer:
     statuses: list[monitor.JobStatus] = field(default_factory=list)
     errors: list[monitor.ClusterError] = field(default_factory=list)
     sessions: list[dict[str, object]] = field(default_factory=list)
+    members: dict[str, group.Look] = field(default_factory=dict)  # group members' looks, by member job
 
 
 # The newest logs of a job's log/ ($1): "<name>\0<its last $2 lines, at most $3 bytes>\0" for the $4 most
@@ -96,6 +97,44 @@ def _extra_steps(records: list[JobRecord]) -> list[batch.Step]:
 def _member_steps(member: JobContext) -> list[batch.Step]:
     """What a group member's status call brings beside its markers (group.look brings those)."""
     return [_tails_step("tails", member.paths)]
+
+
+def _members_on_clusters(groups: list[str]) -> dict[str, list[str]]:
+    """The member jobs of these groups on each cluster (not this computer: no round trip to share)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for name in groups:
+        try:
+            jobs = registry.get_group(name)["jobs"]
+            for preset, job in jobs.items():
+                if not load_preset(preset).is_local:
+                    found[preset].append(job)
+        except BraasError as error:  # its look says why (a preset gone...)
+            log.debug("dashboard: group %s's members: %s", name, error)
+    return found
+
+
+class _MemberLooks:
+    """Group members asked about in their cluster's call: each member's look steps, tagged as its own."""
+
+    def __init__(self, jobs: Sequence[str]) -> None:
+        self.contexts: list[JobContext] = []
+        for job in jobs:
+            try:
+                self.contexts.append(job_context(job))
+            except BraasError as error:  # forgotten meanwhile: its group's look says so
+                log.debug("dashboard: group member %s: %s", job, error)
+        self.records = [c.record for c in self.contexts]
+        self._own = [group.look_steps(c, _member_steps) for c in self.contexts]
+        self.steps = [dataclasses.replace(step, tag=f"g{i}_{step.tag}") for i, own in enumerate(self._own)
+                      for step in own]
+
+    async def looks(self, statuses: list[monitor.JobStatus], ahead: batch.Answers) -> dict[str, group.Look]:
+        made = {}
+        for i, (context, status) in enumerate(zip(self.contexts, statuses, strict=True)):
+            mine = batch.Answers({step.tag: got for step in self._own[i]
+                                  if (got := ahead.take(f"g{i}_{step.tag}")) is not None})
+            made[context.name] = await group.look_from(context, status, mine)
+        return made
 
 
 def _film(name: str) -> dict[int, tuple[str, str]]:
@@ -295,12 +334,16 @@ class Refresher:
         groups = registry.list_groups()
         records = [r for r in registry.list_jobs() if not (r.spec.group and r.spec.group in groups)]
         held = all_records()
-        names = list(dict.fromkeys([*(r.preset for r in records), *(s.preset for s in held)]))
         looked = [name for name in groups if name not in self._groups_over]
-        found, _ = await asyncio.gather(
-            asyncio.gather(*(self._ask(name, [r for r in records if r.preset == name],
-                                       [s for s in held if s.preset == name]) for name in names)),
-            asyncio.gather(*(self._look_group(name) for name in looked)))
+        members = _members_on_clusters(looked)
+        names = list(dict.fromkeys([*(r.preset for r in records), *(s.preset for s in held), *members]))
+        # One call per cluster: a group member's status and markers come in its cluster's call with the
+        # other jobs there; the groups' looks (which hand frames out) then use them.
+        found = await asyncio.gather(*(self._ask(name, [r for r in records if r.preset == name],
+                                                 [s for s in held if s.preset == name], members.get(name, []))
+                                       for name in names))
+        premade = {job: look for answer in found for job, look in answer.members.items()}
+        await asyncio.gather(*(self._look_group(name, premade) for name in looked))
         for gone in set(self._groups) - set(groups):  # forgotten meanwhile
             del self._groups[gone]
             self._members = {job: m for job, m in self._members.items() if not job.startswith(f"{gone}.")}
@@ -320,10 +363,11 @@ class Refresher:
         if any(not r.error for r in recoveries):
             self.kick()  # a new round: its start is worth seeing soon
 
-    async def _ask(self, name: str, records: list[JobRecord], held: list[SessionRecord]) -> ClusterAnswer:
-        """One cluster's jobs, markers, logs and sessions, in one remote call."""
+    async def _ask(self, name: str, records: list[JobRecord], held: list[SessionRecord],
+                   member_jobs: Sequence[str] = ()) -> ClusterAnswer:
+        """One cluster's jobs, markers, logs and sessions, and its group members' looks, in one remote call."""
         if name in self._refused and name in self._answers:
-            return self._answers[name]
+            return dataclasses.replace(self._answers[name], members={})  # its group members: by their group
         answer = ClusterAnswer()
         preset: Preset | list[monitor.ClusterError]
         try:
@@ -336,12 +380,15 @@ class Refresher:
             answer.sessions = sessions.unanswered(held, str(preset[0].error))
             return answer
         wanted = [r for r in records if r.state not in TERMINAL or r.name not in self._final]
-        steps = [*_extra_steps(wanted), *sessions.steps_for(preset.scheduler, held)]
+        members = _MemberLooks(member_jobs)
+        steps = [*_extra_steps(wanted), *sessions.steps_for(preset.scheduler, held), *members.steps]
         ahead = batch.Answers()
         try:
             self.calls[name] += 1
-            if records:
-                answer.statuses = await monitor.status_of_preset(preset, records, steps, ahead)
+            if records or members.records:
+                found = await monitor.status_of_preset(preset, [*records, *members.records], steps, ahead)
+                answer.statuses = found[:len(records)]
+                answer.members = await members.looks(found[len(records):], ahead)
             elif steps and not preset.is_local:
                 ahead = await batch.run(transport_for(preset), steps)
             if preset.is_local:  # this computer: no round trip to save, each command on its own
@@ -350,20 +397,23 @@ class Refresher:
                     ahead.by_tag[step.tag] = await transport.run(step.argv, check=False, timeout=120)
         except BraasError as error:
             log.info("dashboard: %s did not answer: %s", name, error)
-            answer.errors = [monitor.ClusterError(name, tuple(records), error)]
+            # A cluster with group members alone: the group's entry shows them unreachable, with the reason.
+            answer.errors = [monitor.ClusterError(name, tuple(records), error)] if records or held else []
             answer.sessions = sessions.unanswered(held, str(error))
+            answer.members = {job: group.unanswered(name, job, error) for job in member_jobs}
             return answer
         for i, record in enumerate(wanted):
             self._keep_extras(record, ahead, i)
         answer.sessions = sessions.views(preset.scheduler, held, ahead)
         return answer
 
-    async def _look_group(self, name: str) -> None:
-        """One group's look (driving it), its members' status, markers and log tails in the same calls."""
+    async def _look_group(self, name: str, looked: dict[str, group.Look]) -> None:
+        """One group's look (driving it), from its members' looks made in their clusters' calls (a member
+        on this computer is looked at here)."""
         seen: list[group.Look] = []
         try:
             self.group_looks += 1
-            status = await group.look(name, also=_member_steps, seen=seen)
+            status = await group.look(name, also=_member_steps, seen=seen, looked=looked)
         except BraasError as error:
             log.info("dashboard: group %s could not be looked at: %s", name, error)
             return

@@ -79,6 +79,38 @@ def _rendered(label: str) -> int:
     return int(found.group(1))
 
 
+def _sort_calls(asked: list[Call], group_members: tuple[str, str], plain: str) -> tuple:
+    """The refreshes' calls to a cluster by kind: each member's looks, the ordinary job's status calls (with
+    the first member in the same call or not), the film-end cancels, by refresh."""
+    refreshes = sorted({c.refresh for c in asked})
+    looks: Counter[tuple[int | None, str]] = Counter()
+    plain_asked: Counter[tuple[int | None, bool]] = Counter()  # (refresh, with the fast member) -> calls
+    kinds: dict[int | None, Counter[str]] = {r: Counter() for r in refreshes}
+    tidied: Counter[str] = Counter()
+    for c in asked:
+        # a job dir is named with a slash after it, or (a cancel's flag step) as an argument
+        named = [m for m in group_members if re.search(f"/jobs/{re.escape(m)}(?![\\w.-])", c.text)]
+        if "BRAAS_BATCH_SEEN" in c.text and "step read_markers " in c.text:
+            kinds[c.refresh]["status follow-up"] += 1  # core.monitor's markers of tasks no answer lists
+        elif "BRAAS_BATCH_SEEN" in c.text and "step cancel " in c.text:
+            # The film done: what a member still queued (chunks that moved) is cancelled, once.
+            assert len(named) == 1 and "all_markers" not in c.text, c.text[-300:]
+            tidied[named[0]] += 1
+            kinds[c.refresh]["tidy"] += 1
+        elif "BRAAS_BATCH_SEEN" in c.text:
+            if re.search(f"/jobs/{re.escape(plain)}(?![\\w.-])", c.text):
+                plain_asked[(c.refresh, group_members[0] in named)] += 1
+            if named or "all_markers" in c.text:
+                assert "all_markers" in c.text and len(named) == 1, f"a member asked about twice: {c.text[-300:]}"
+                looks[(c.refresh, named[0])] += 1
+            kinds[c.refresh]["status"] += 1
+        elif "submit_helper.py" in c.text or "/claims " in c.text:
+            kinds[c.refresh]["hand-out"] += 1
+        else:  # core.monitor's own follow-ups when a round ends (the queue, its tasks' markers)
+            kinds[c.refresh]["status follow-up"] += 1
+    return refreshes, looks, plain_asked, kinds, tidied
+
+
 def test_the_page_drives_a_group_and_cancels_another(two_clusters: tuple[str, str], testbed, remote,  # noqa: ANN001, F811
                                                      counted: Counted, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -90,6 +122,10 @@ def test_the_page_drives_a_group_and_cancels_another(two_clusters: tuple[str, st
     film = submitted["job"]
     assert submitted["pool"] > 0  # the rest waits for a driver: here only the dashboard
     members = {m["preset"]: group.member_name(film, m["preset"]) for m in submitted["members"]}
+    # An ordinary job on the fast cluster too: asked about in the same call as the group's member there.
+    done = run_cli("submit", str(scene), "--preset", fast, "--frames", "1", *FILM, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    plain = json.loads(done.stdout)["job"]
 
     with serving(tmp_path / "frames") as board, sync_playwright() as play:
         counted.refresher = board.refresher
@@ -125,31 +161,14 @@ def test_the_page_drives_a_group_and_cancels_another(two_clusters: tuple[str, st
         assert sum(final) == FRAMES, final
         assert board.refresher.group_looks >= 2
 
-        # What each refresh asked the clusters while the group ran: each member cluster's status call once
-        # (the group's look: markers and log tails in it), no batch of the refresher's own naming a member.
+        # What each refresh asked the clusters while the group ran: each cluster's status call once, the
+        # member's look (markers and log tails) and the fast cluster's ordinary job in the same call.
         asked = [c for c in counted.calls if c.remote and c.refresh is not None]
-        refreshes = sorted({c.refresh for c in asked})
-        looks: Counter[tuple[int | None, str]] = Counter()
-        kinds: dict[int | None, Counter[str]] = {r: Counter() for r in refreshes}
-        tidied: Counter[str] = Counter()
-        for c in asked:
-            # a job dir is named with a slash after it, or (a cancel's flag step) as an argument
-            named = [m for m in (members[fast], members[slow]) if re.search(f"/jobs/{re.escape(m)}(?![\\w.-])", c.text)]
-            if "BRAAS_BATCH_SEEN" in c.text and "step cancel " in c.text:
-                # The film done: what a member still queued (chunks that moved) is cancelled, once.
-                assert len(named) == 1 and "all_markers" not in c.text, c.text[-300:]
-                tidied[named[0]] += 1
-                kinds[c.refresh]["tidy"] += 1
-            elif "BRAAS_BATCH_SEEN" in c.text:
-                assert "all_markers" in c.text and len(named) == 1, f"a member asked about twice: {c.text[-300:]}"
-                looks[(c.refresh, named[0])] += 1
-                kinds[c.refresh]["status"] += 1
-            elif "submit_helper.py" in c.text or "/claims " in c.text:
-                kinds[c.refresh]["hand-out"] += 1
-            else:  # core.monitor's own follow-ups when a round ends (the queue, its tasks' markers)
-                kinds[c.refresh]["status follow-up"] += 1
-        for r in refreshes:
+        refreshes, looks, plain_asked, kinds, tidied = _sort_calls(asked, (members[fast], members[slow]), plain)
+        driven = [r for r in refreshes if r <= max(r for r, _m in looks)]  # until the group was over
+        for r in driven:
             assert [looks[(r, members[fast])], looks[(r, members[slow])]] == [1, 1], (r, kinds[r])
+            assert [plain_asked[(r, True)], plain_asked[(r, False)]] == [1, 0], (r, kinds[r])
         assert all(n == 1 for n in tidied.values()), tidied
         print(f"\nremote calls in each of {len(refreshes)} refreshes: " +
               "; ".join(f"{r}: {dict(kinds[r])}" for r in refreshes))
