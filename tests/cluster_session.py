@@ -49,18 +49,27 @@ def workers_for(config: pytest.Config) -> int:
     return 2 if covers_cluster(config) and local else 0
 
 
-# Tests of the cluster that use only its sshd (no scheduler, no node, nothing another test stops): they
-# run beside the cluster's serial group, in the other worker (the one sshd restart of the suite is on a
-# login node of its own: test_faults_cluster).
-SSH_ONLY = frozenset({"test_transport_contract.py", "test_keeper_contract.py", "test_sshlab.py",
-                      "test_ssh_config_routes.py", "test_cli_trust.py", "test_keeper_trust.py"})
+# Tests of the cluster that run beside its serial group, in the other worker: nothing they do can break
+# another test, nor can another test's doing break them. They use only the cluster's sshd (the one sshd
+# restart of the suite is on a login node of its own: test_faults_cluster), or their own working
+# directory (store, scripts, jobs) and their own jobs, held by id, or Grid Engine (no other test uses it).
+# Not here: a test that closes a partition or crashes a node, wraps a scheduler command, counts logins or
+# calls in a shared log, sweeps or checks the shared store, or holds a timing window; and every one-time
+# code user but the first few (they log in serially; tests/testbed/sshlab.py hands each step out once).
+BESIDE_THE_CLUSTER = frozenset({
+    "test_transport_contract.py", "test_keeper_contract.py", "test_sshlab.py", "test_ssh_config_routes.py",
+    "test_cli_trust.py", "test_keeper_trust.py",  # the sshd only
+    "test_paramiko_backend.py",  # the sshd only
+    "test_install.py", "test_tree_attacks.py",  # working directories of their own; held jobs, released by id
+    "test_gridengine.py", "test_gridengine_testbed.py",  # Grid Engine, in a working directory of their own
+})
 
 
 def group_items(items: list[pytest.Item]) -> None:
     """The cluster's tests in one xdist group (one worker, in order), all others in the other."""
     for item in items:
         path = Path(item.path)
-        group = "cluster" if path.is_relative_to(INTEGRATION) and path.name not in SSH_ONLY else "local"
+        group = "cluster" if path.is_relative_to(INTEGRATION) and path.name not in BESIDE_THE_CLUSTER else "local"
         item.add_marker(pytest.mark.xdist_group(group))
 
 

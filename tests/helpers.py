@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -262,19 +264,51 @@ def deps_cells(path: Path, kinds: list[str]) -> dict[str, bool]:
 @contextmanager
 def temporary_user(name: str, group: str = "") -> Iterator[str]:
     """A second Unix account for the tests (no home, no login shell; in `group` when given): created when
-    missing and removed afterwards, unless it was there before."""
-    try:
-        pwd.getpwnam(name)
-        created = False
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                        *(["-g", group] if group else []), name], check=True, capture_output=True)
-        created = True
+    missing and removed afterwards, unless it was there before. The suite's two processes may both hold
+    it at once: the last holder removes it (holders are counted, under a lock, in a file beside it)."""
+    book = Path(tempfile.gettempdir()) / f"braas-tests-user-{name}.json"
+
+    def _update(change: Callable[[dict], None]) -> dict:
+        with open(book.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = json.loads(book.read_text()) if book.exists() else {}
+            holders = [pid for pid in state.get("holders", []) if _alive(pid)]  # a killed run's are gone
+            state = {"holders": holders, "created": bool(state.get("created")) and bool(holders)}
+            change(state)
+            book.write_text(json.dumps(state))
+            return state
+
+    def take(state: dict) -> None:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                            "/usr/sbin/nologin", *(["-g", group] if group else []), name], check=True,
+                           capture_output=True)
+            state["created"] = True
+        state["holders"].append(os.getpid())
+
+    def give_back(state: dict) -> None:
+        state["holders"].remove(os.getpid())
+        if not state["holders"] and state["created"]:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+            state["created"] = False
+
+    _update(take)
     try:
         yield name
     finally:
-        if created:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
+        _update(give_back)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -49,6 +50,16 @@ def remote(testbed: tb.Testbed):  # noqa: ANN201 - returns a small callable
         return subprocess.run(tb.ssh_command(layout, command), capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def totp_turn() -> Iterator[None]:
+    """The one-time-code sshd to this test alone while it runs: a test of the other worker that logs in
+    there waits its turn (tests/cluster_session.py). pam_oath takes each code's 30-s step once and in
+    order, so two tests' logins at once can refuse each other; and test_keeper counts that sshd's logins."""
+    with open(Path(tempfile.gettempdir()) / "braas-tests-totp-turn.lock", "a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from braas_hpc.core.presets import load_preset
 from tests.blender.addon_runner import Session
 from tests.conftest import run_cli
@@ -96,6 +98,7 @@ def _preset(name: str, **changes: str | int) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_first_connection_asks_trust_passphrase_and_code_through_the_popups(testbed, tmp_path: Path) -> None:  # noqa: ANN001
     """A new cluster with an encrypted key and a one-time code (the lab's TOTP sshd): Test Connections
     meets the real unknown host key, the trust popup's OK records it and connects again, the answers

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from braas_hpc.cli_json import SCHEMAS
 from braas_hpc.core.schedulers import scheduler_for
 from tests.conftest import run_cli
 from tests.helpers import check_frame, eventually
+from tests.testbed import testbed as tb
 
 SGE_SETTINGS = '. "$SGE_ROOT/$SGE_CELL/common/settings.sh"'
 
@@ -26,9 +28,15 @@ SGE_SETTINGS = '. "$SGE_ROOT/$SGE_CELL/common/settings.sh"'
 def sge_preset(testbed) -> Iterator[str]:  # noqa: ANN001
     """The test cluster reached as a Grid Engine site: the `testbed` preset with `scheduler = "sge"` and
     Grid Engine's queue, written where a user's own presets go."""
+    # A working directory of its own (store, scripts, jobs): these tests run beside the Slurm tests, whose
+    # store checks must see only their own uploads (tests/cluster_session.py).
+    workdir = f"{testbed.workdir}/tbsge"
+    made = subprocess.run(tb.ssh_command(tb.Layout.from_env(), f"mkdir -p {workdir}"), capture_output=True, text=True,
+                          timeout=120)
+    assert made.returncode == 0, made.stderr
     text = Path(testbed.preset_file).read_text(encoding="utf-8")
     for key, value in (("name", "testbed-sge"), ("title", "Test cluster through Grid Engine"), ("scheduler", "sge"),
-                       ("account", ""), ("partition_cpu", "all.q"), ("partition_gpu", "")):
+                       ("account", ""), ("partition_cpu", "all.q"), ("partition_gpu", ""), ("workdir", workdir)):
         text = re.sub(rf'^{key} = ".*"$', f'{key} = "{value}"', text, flags=re.M)
     path = Path(testbed.preset_file).with_name("testbed-sge.toml")
     path.write_text(text, encoding="utf-8")

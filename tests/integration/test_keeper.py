@@ -147,6 +147,7 @@ def on_terminal(argv: list[str], user: CodeUser, timeout: float = 120) -> tuple[
         os.close(leader)
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_ten_commands_one_code(testbed: tb.Testbed, lab: SSHLab, keeper: Path, backend: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """Ten `braas-hpc test` processes, each on a terminal as a user runs them, to the TOTP sshd: one code."""
@@ -178,6 +179,7 @@ def _ten_commands(testbed: tb.Testbed, lab: SSHLab, keeper: Path, backend: str, 
     assert "no connection keeper is running" in _cli(capsys, None, "keeper", "status")
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_ten_commands_one_code_on_the_windows_endpoint(testbed: tb.Testbed, lab: SSHLab, keeper: Path,
                                                       capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,6 +238,7 @@ def test_a_killed_keeper_is_replaced(testbed: tb.Testbed, keeper: Path, capsys: 
     assert status["pid"] != first and [k["port"] for k in status["kept"]] == [testbed.ssh_port]
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_the_addon_and_then_the_cli_ride_one_login(testbed: tb.Testbed, lab: SSHLab, keeper: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -244,6 +244,7 @@ def test_encrypted_key_is_asked_once(target: SSHTarget, testbed: Any) -> None:
         run(use(OpenSSHTransport(with_(target, key_files=(str(lab.key_ed25519_enc),))), lambda t: t.run(["true"])))
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_one_time_code_through_askpass(target: SSHTarget, testbed: Any) -> None:
     lab = testbed.ssh_lab
     answers = Answers(code=lab.fresh_totp)

@@ -117,11 +117,16 @@ def scan(roots: list[Path], needles: dict[str, str], since: float = 0.0) -> tupl
     patterns = _patterns(needles)
     leaks, files = [], []
     for root in roots:
-        for path in [root] if root.is_file() else sorted(root.rglob("*")):
-            if path.is_symlink() or not path.is_file() or path.stat().st_mtime < since:
+        # os.walk, not rglob: a directory that vanishes while it is walked is passed over, not an error
+        walked = sorted(Path(d, f) for d, _dirs, names in os.walk(root) for f in names)
+        for path in [root] if root.is_file() else walked:
+            try:  # a file another test (the other lane) removes meanwhile is not this test's to read
+                if path.is_symlink() or not path.is_file() or path.stat().st_mtime < since:
+                    continue
+                data = path.read_bytes()
+            except FileNotFoundError:
                 continue
             files.append(path)
-            data = path.read_bytes()
             leaks += [f"{path}: {what}" for what, pattern in patterns if pattern.search(data)]
     return leaks, files
 
@@ -252,6 +257,7 @@ def _job_dir(testbed: tb.Testbed, job: str) -> Path:
     return cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_no_passphrase_or_code_in_any_file(testbed: tb.Testbed, lab: SSHLab, home: Path,
                                            memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str],

@@ -120,6 +120,7 @@ def test_agent_key(lab: SSHLab, tmp_path: Path) -> None:
 # TOTP
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_totp_login_with_pyotp_code(lab: SSHLab, tmp_path: Path) -> None:
     for _ in range(2):  # twice: the second login needs a later step (pam_oath refuses replays)
         when = lab.fresh_totp_time()
@@ -133,6 +134,7 @@ def test_totp_login_with_pyotp_code(lab: SSHLab, tmp_path: Path) -> None:
         assert methods == ["publickey", "keyboard-interactive/pam"], done.stdout
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_totp_refuses_wrong_code_and_key_alone(lab: SSHLab, tmp_path: Path) -> None:
     env, _ = _askpass(tmp_path, lab.totp_at(time.time() - 3600))  # a real code, an hour old
     wrong = _ssh(lab, "-o", "NumberOfPasswordPrompts=1", "tb-totp", "true", env=env)

@@ -546,6 +546,7 @@ def test_agent(connect, main_target, testbed, monkeypatch: pytest.MonkeyPatch) -
     assert run(_use(connect(target), lambda t: t.run(["echo", "agent"]))).stdout == "agent\n"
 
 
+@pytest.mark.usefixtures("totp_turn")
 def test_totp_is_asked_once_per_connection(connect, main_target, testbed) -> None:  # noqa: ANN001
     lab = testbed.ssh_lab
     # pam_oath refuses a code twice (replay protection): the lab hands out one not used yet.

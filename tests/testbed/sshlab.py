@@ -18,6 +18,7 @@ Only stdlib at import time, like testbed.py.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import os
@@ -116,19 +117,26 @@ class SSHLab:
         return _totp(base64.b32decode(self.totp_secret_base32), int(timestamp) // TOTP_STEP)
 
     def fresh_totp_time(self) -> float:
-        """A time whose code the TOTP sshd will accept now.
+        """A time whose code the TOTP sshd will accept now, and that no other caller is given.
 
         pam_oath refuses a code whose 30-s step is not later than the last accepted one (replay
         protection), so a second login within the same 30 s must use a later step; codes up to
         TOTP_WINDOW steps ahead are accepted. Waits when the window is used up. Reads the users
-        file, so root only; not safe for concurrent logins.
+        file, so root only. Two test processes log in at once (the suite's two lanes): each step is
+        handed out once, under a lock, and recorded beside the users file.
         """
+        reserved = self.totp_users_file.with_name("handed-out-step")
+        secret = base64.b32decode(self.totp_secret_base32)
         while True:
-            now = int(time.time()) // TOTP_STEP
-            last = _last_accepted_step(self.totp_users_file, base64.b32decode(self.totp_secret_base32), now)
-            step = now if last is None else max(now, last + 1)
-            if step <= now + TOTP_WINDOW:  # the server checks later than `now`, never earlier
-                return float(step * TOTP_STEP)
+            with open(reserved.with_suffix(".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                now = int(time.time()) // TOTP_STEP
+                last = _last_accepted_step(self.totp_users_file, secret, now)
+                given = int(reserved.read_text() or 0) if reserved.exists() else 0
+                step = max(now, (last if last is not None else now - 1) + 1, given + 1)
+                if step <= now + TOTP_WINDOW:  # the server checks later than `now`, never earlier
+                    reserved.write_text(str(step))
+                    return float(step * TOTP_STEP)
             time.sleep(1.0)
 
     def fresh_totp(self) -> str:
