@@ -52,14 +52,16 @@ def workers_for(config: pytest.Config) -> int:
 # Tests of the cluster that run beside its serial group, in the other worker: nothing they do can break
 # another test, nor can another test's doing break them. They use only the cluster's sshd (the one sshd
 # restart of the suite is on a login node of its own: test_faults_cluster), or their own working
-# directory (store, scripts, jobs) and their own jobs, held by id, or Grid Engine (no other test uses it).
-# Not here: a test that closes a partition or crashes a node, wraps a scheduler command, counts logins or
-# calls in a shared log, sweeps or checks the shared store, or holds a timing window; and every one-time
-# code user but the first few (they log in serially; tests/testbed/sshlab.py hands each step out once).
+# directory and their own jobs, held by id, or Grid Engine (no other test uses it), or the shared store
+# only as a user does (the tests that sweep or check a store use working directories of their own), with
+# a few one-frame jobs at most. Not here: a test that closes a partition or crashes a node, wraps a
+# scheduler command, counts calls in a shared log, holds a timing window, reads everything the cluster's
+# home gets meanwhile (test_secrets), or moves hundreds of MB (test_addon_ui, test_cli_face). Logins with
+# a one-time code, in either worker, are taken in turn (the `totp_turn` fixture).
 BESIDE_THE_CLUSTER = frozenset({
     "test_transport_contract.py", "test_keeper_contract.py", "test_sshlab.py", "test_ssh_config_routes.py",
-    "test_cli_trust.py", "test_keeper_trust.py",  # the sshd only
-    "test_paramiko_backend.py",  # the sshd only
+    "test_cli_trust.py", "test_keeper_trust.py", "test_paramiko_backend.py",  # the sshd only
+    "test_openssh_backend.py", "test_keeper.py",  # the sshd (one-time codes among it); two one-frame jobs
     "test_install.py", "test_tree_attacks.py",  # working directories of their own; held jobs, released by id
     "test_gridengine.py", "test_gridengine_testbed.py",  # Grid Engine, in a working directory of their own
 })

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,26 @@ def remote(testbed: tb.Testbed):  # noqa: ANN201 - returns a small callable
         return subprocess.run(tb.ssh_command(layout, command), capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def own_workdir(testbed: tb.Testbed, remote) -> Callable[[str], str]:  # noqa: ANN001
+    """Makes a preset like `testbed` with a working directory of its own (its own store, scripts and jobs),
+    named `<prefix>-<random>`: for a test that sweeps or checks a store, or installs from scratch, so that
+    no other test's uploads meet it (tests/cluster_session.py)."""
+    from braas_hpc.core.presets import load_preset
+    from tests.retarget import to_toml
+
+    def make(prefix: str) -> str:
+        base = load_preset("testbed")
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        workdir = f"{base.workdir}/{name}"
+        assert remote(f"mkdir -p {workdir}").returncode == 0
+        (Path(base.source).parent / f"{name}.toml").write_text(
+            to_toml(dataclasses.replace(base, name=name, workdir=workdir)))
+        return name
+
+    return make
 
 
 @pytest.fixture

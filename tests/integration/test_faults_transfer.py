@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from braas_hpc import cli
-from braas_hpc.core import monitor, transfer, watch
+from braas_hpc.core import monitor, registry, transfer, watch
 from braas_hpc.core.context import job_context
 from braas_hpc.core.errors import BraasError, ConnectionLost
-from braas_hpc.core.jobs import FRAME_FILE, SHA256_HEX
+from braas_hpc.core.jobs import FRAME_FILE, SHA256_HEX, JobPaths
 from braas_hpc.core.paths import user_presets_dir
 from braas_hpc.core.presets import load_preset
 from braas_hpc.core.transport import Transport, make_transport, pool, target_for
@@ -110,6 +110,12 @@ class CutProxy(TcpProxy):
         return cut
 
 
+def _faults_workdir(testbed: tb.Testbed) -> str:
+    """The proxied presets' working directory: a store of their own, which the store checks below read
+    (tests/cluster_session.py runs other tests' uploads beside these)."""
+    return f"{testbed.workdir}/tbfaults"
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def proxied(testbed: tb.Testbed, tmp_path_factory: pytest.TempPathFactory,
             request: pytest.FixtureRequest) -> Iterator[tuple[CutProxy, str, str]]:
@@ -129,9 +135,13 @@ def proxied(testbed: tb.Testbed, tmp_path_factory: pytest.TempPathFactory,
     for old, new in ((f'name = "{testbed.preset_file.stem}"', f'name = "{name}"'),
                      (f"port = {testbed.ssh_port}", f"port = {proxy.port}"),
                      (f'known_hosts = "{testbed.known_hosts}"', f'known_hosts = "{known}"'),
-                     ('ssh_backend = "asyncssh"', f'ssh_backend = "{backend}"')):
+                     ('ssh_backend = "asyncssh"', f'ssh_backend = "{backend}"'),
+                     (f'workdir = "{testbed.workdir}"', f'workdir = "{_faults_workdir(testbed)}"')):
         assert old in text, old
         text = text.replace(old, new)
+    made = subprocess.run(tb.ssh_command(tb.Layout.from_env(), f"mkdir -p {_faults_workdir(testbed)}"),
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
     preset_file = user_presets_dir() / f"{name}.toml"
     preset_file.write_text(text)
     try:
@@ -215,9 +225,14 @@ def _check_store(store: Path, before: dict[str, int]) -> int:
     return hidden
 
 
+def _out_dir(job: str) -> Path:
+    """The job's out/ on the cluster, as this side sees it (under its preset's working directory)."""
+    record = registry.get_job(job)
+    return cluster_path(JobPaths(record.remote_root, record.name).out_dir)
+
+
 def _frames_on_cluster(testbed: tb.Testbed, job: str) -> dict[str, str]:
-    out = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
-    return {p.name: sha256(p) for p in out.iterdir() if FRAME_FILE.match(p.name)}
+    return {p.name: sha256(p) for p in _out_dir(job).iterdir() if FRAME_FILE.match(p.name)}
 
 
 def _check_local(dest: Path, truth: dict[str, str]) -> int:
@@ -245,7 +260,7 @@ def test_upload_cut_leaves_no_half_object_and_a_rerun_completes(testbed: tb.Test
                                                                  big_scene: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     proxy, preset, backend = proxied
-    store = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "store"
+    store = cluster_path(_faults_workdir(testbed)) / f"braas-hpc-{testbed.user}" / "store"
     jobs, survived, reruns, temps, drops = [], 0, 0, 0, 0
     for run, cut in enumerate(UPLOAD_CUTS[backend]):
         scene = _variant(big_scene, tmp_path / f"project-{run}")
@@ -287,7 +302,7 @@ def test_download_cut_never_passes_a_half_frame(testbed: tb.Testbed, proxied: tu
     job = json.loads(out)["job"]
     assert _wait(job).state == "COMPLETED"
     truth = _frames_on_cluster(testbed, job)
-    out = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    out = _out_dir(job)
     assert len(truth) == 4 and min(p.stat().st_size for p in out.glob("frame_*")) > 100_000
     failed, cut_frames, drops = 0, 0, 0
     for run, cut in enumerate(DOWNLOAD_CUTS[backend]):
@@ -434,7 +449,7 @@ def test_disk_full_during_download_is_clear_and_leaves_no_frame(testbed: tb.Test
     job = json.loads(out)["job"]
     assert _wait(job).state == "COMPLETED"
     truth = _frames_on_cluster(testbed, job)
-    out = cluster_path(testbed.workdir) / f"braas-hpc-{testbed.user}" / "jobs" / job / "out"
+    out = _out_dir(job)
     frame = max(p.stat().st_size for p in out.iterdir())
     with _tiny_disk(tmp_path / "disk", "1m") as disk:
         for room in DISK_ROOM_FRAMES:

@@ -82,15 +82,9 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 @pytest.fixture
-def fresh(testbed, remote) -> str:  # noqa: ANN001
+def fresh(own_workdir) -> str:  # noqa: ANN001
     """A preset like `testbed` with its own, empty working directory: an install from scratch."""
-    base = load_preset("testbed")
-    name = f"tbinst-{secrets.token_hex(3)}"
-    workdir = f"{base.workdir}/{name}"
-    assert remote(f"mkdir -p {workdir}").returncode == 0
-    (Path(base.source).parent / f"{name}.toml").write_text(to_toml(dataclasses.replace(base, name=name,
-                                                                                      workdir=workdir)))
-    return name
+    return own_workdir("tbinst")
 
 
 def _json(*args: str) -> dict:

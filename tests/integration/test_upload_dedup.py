@@ -22,8 +22,8 @@ def own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRAAS_HPC_DATA_DIR", str(tmp_path / "data"))
 
 
-def _submit(scene: Path, *extra: str) -> dict:
-    done = run_cli("submit", str(scene), "--preset", "testbed", "--frames", "1", "--json", *extra)
+def _submit(scene: Path, *extra: str, preset: str = "testbed") -> dict:
+    done = run_cli("submit", str(scene), "--preset", preset, "--frames", "1", "--json", *extra)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -69,18 +69,18 @@ def test_directory_mode_renders_the_texture_from_its_own_store_object(testbed, r
     assert again["uploaded_bytes"] == 0 and again["skipped_files"] == 2
 
 
-def test_gc_lists_only_what_no_job_uses_and_removes_it_on_yes(testbed, remote, tmp_path: Path
+def test_gc_lists_only_what_no_job_uses_and_removes_it_on_yes(testbed, remote, own_workdir, tmp_path: Path
                                                               ) -> None:  # noqa: ANN001
-    root = f"{testbed.workdir}/braas-hpc-{testbed.user}"
-    # Jobs of other tests may have left orphans: start from a clean store.
-    assert run_cli("gc", "testbed", "--yes").returncode == 0
-    scene = make_sample(tmp_path / "project", fresh=True)  # its own scene bytes: no other job may share them
-    # The sample's texture is the same in every sample, and other tests' jobs still use it: give this one
-    # its own bytes (PNG readers ignore data after the end chunk) so it can become an orphan.
+    # A working directory of its own: the sweep must not meet objects other tests upload meanwhile (they
+    # run beside this one too) before their jobs link them.
+    preset = own_workdir("tbgc")
+    root = f"{testbed.workdir}/{preset}/braas-hpc-{testbed.user}"
+    scene = make_sample(tmp_path / "project", fresh=True)  # its own scene bytes
+    # Its own texture bytes too (PNG readers ignore data after the end chunk), so it can become an orphan.
     with (scene.parent / "textures" / "checker.png").open("ab") as texture:
         texture.write(secrets.token_bytes(16))
-    job = _submit(scene, "--pack", "dir")["job"]
-    dry = run_cli("gc", "testbed", "--json")
+    job = _submit(scene, "--pack", "dir", preset=preset)["job"]
+    dry = run_cli("gc", preset, "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["files"] == []
 
@@ -88,15 +88,15 @@ def test_gc_lists_only_what_no_job_uses_and_removes_it_on_yes(testbed, remote, t
     digests = set(remote(f"cd {shlex.quote(root + '/jobs/' + job + '/in')} && sha256sum scene.blend "
                          "textures/checker.png | cut -d' ' -f1").stdout.split())
     assert remote(f"rm -rf {shlex.quote(root + '/jobs/' + job)}").returncode == 0
-    listed = json.loads(run_cli("gc", "testbed", "--json").stdout)
+    listed = json.loads(run_cli("gc", preset, "--json").stdout)
     orphan = {f["sha256"] for f in listed["files"]}
     assert digests <= orphan and listed["removed"] is False and listed["total_bytes"] > 0
     assert all(remote(f"test -f {root}/store/{d[:2]}/{d}").returncode == 0 for d in digests)  # dry run
 
-    removed = run_cli("gc", "testbed", "--yes", "--json")
+    removed = run_cli("gc", preset, "--yes", "--json")
     assert removed.returncode == 0 and json.loads(removed.stdout)["removed"] is True
     assert all(remote(f"test -e {root}/store/{d[:2]}/{d}").returncode != 0 for d in digests)
-    assert json.loads(run_cli("gc", "testbed", "--json").stdout)["files"] == []
+    assert json.loads(run_cli("gc", preset, "--json").stdout)["files"] == []
 
 
 def test_directory_mode_lists_missing_files_before_sending_anything(testbed, remote, tmp_path: Path
