@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import batch, costs, monitor, registry, service, transfer
 from .context import JobContext, context_of, job_context
-from .errors import BraasError, HostKeyUnknown, UsageError, WaitTimedOut
+from .errors import BraasError, ConnectionFailed, HostKeyUnknown, UsageError, WaitTimedOut
 from .fanout import Group, Pace
 from .frames import format_frames
 from .group_state import GroupStatus, Look, MemberStatus, began, latest_markers, observe, pace_of, set_frames, status_of
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LEASE_S = 600.0  # a driver that died holding the record frees it after this long
 POLL_S = 5.0  # between looks while waiting: one status call per cluster each time
+REST_S = 300.0  # a cluster that could not be reached to take frames is not tried again for this long
 
 # Takes chunks away from a member: for each chunk (its first frame, its task's marker name or "", that
 # marker), a claim named by the first frame with `moved` in it, and the marker; prints the first frame of
@@ -98,14 +99,21 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
     built = {preset: build_spec(dataclasses.replace(request, preset=preset)) for preset in presets}
     first_spec = built[presets[0]][0]  # the film's frames
     name = make_job_name(Path(first_spec.scene), request.project)
-    await _hosts_known([preset for _, preset in built.values()])
-    known = estimates if estimates is not None else await _estimates(request, built)
+    unreachable = await _reach_all([preset for _, preset in built.values()])
+    reached = {p: spec_preset for p, spec_preset in built.items() if p not in unreachable}
+    known = estimates if estimates is not None else await _estimates(request, reached)
     plan = Group.plan(name, first_spec.frames, request.chunk, presets, known)
     data: dict[str, object] = {"request": _request_json(request), "plan": plan.to_json(), "jobs": {},
-                               "given_at": {}, "lost": {}, "given_up": [], "cancelled": False}
+                               "given_at": {}, "lost": {}, "given_up": [], "cancelled": False,
+                               "resting": {p: rest_record(exc) for p, exc in unreachable.items()}}
     registry.add_group(name, data)
     results, warnings = [], []
+    for preset, exc in unreachable.items():
+        warnings.append(f"{preset} could not be reached ({exc}); its frames go to the other clusters (it is "
+                        f"tried again in {REST_S / 60:g} min)")
     for member in plan.members:  # each its first batch in turn (Group.initial), on record once submitted
+        if member.preset in unreachable:
+            continue
         chunks = plan.hand_out(member.preset)
         if not chunks:
             continue
@@ -122,14 +130,22 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
     return await look(name, drive=False), results, warnings
 
 
-async def _hosts_known(presets: Sequence[Preset]) -> None:
+def rest_record(exc: BraasError) -> dict[str, object]:
+    """A cluster that could not be reached to take frames: not tried again until then, and why."""
+    return {"until": time.time() + REST_S, "why": str(exc)}
+
+
+async def _reach_all(presets: Sequence[Preset]) -> dict[str, ConnectionFailed]:
     """Every cluster reached before anything is made: a host whose key is not known yet is the user's
     question (its fingerprint shown; the submission runs again after a yes), not a cluster silently left
-    out of the group. Any other failure is that cluster's own, met when it is given its frames."""
+    out of the group. Returns the clusters that could not be reached otherwise, with why: they get no
+    frames now (each would cost its connection time-out again) and are tried again later."""
     reached = await asyncio.gather(*(transport_for(p).connect() for p in presets), return_exceptions=True)
     for outcome in reached:
         if isinstance(outcome, HostKeyUnknown):
             raise outcome
+    return {p.name: outcome for p, outcome in zip(presets, reached, strict=True)
+            if isinstance(outcome, ConnectionFailed)}
 
 
 async def _estimates(request: SubmitRequest, built: dict[str, tuple[JobSpec, Preset]]) -> dict[str, Pace]:
@@ -305,7 +321,10 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
     started = {p: set(latest_markers(look_)) for p, look_ in looks.items()}
     running = {p: [m for m in look_.markers if m.get("state") == "running"] for p, look_ in looks.items()}
     reachable = [m.preset for m in plan.members if m.preset not in looks or looks[m.preset].status is not None]
+    resting = data.setdefault("resting", {})  # members that could not be reached to take frames: until when
     for preset in sorted(reachable, key=plan.throughput, reverse=True):
+        if preset in resting and resting[preset]["until"] > now:  # a dead cluster: a time-out every look
+            continue
         member = plan.member(preset)
         held = [c for c in member.handed if c not in member.done]
         if not plan.due(preset, held, ahead_s=POLL_S):  # the next look may be that far off
@@ -335,11 +354,16 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
             break
         try:
             await _give(data, plan, preset, chunks)
+            resting.pop(preset, None)
             if registry.group_cancelled(plan.name):  # cancelled while it was being submitted: undone
                 await service.cancel(job_context(data["jobs"][preset]))
         except BraasError as exc:
             _give_back(plan, preset, chunks)
-            notes.append(f"{preset} could not take frames {format_frames(f for c in chunks for f in c)}: {exc}")
+            rest = isinstance(exc, ConnectionFailed)
+            if rest:
+                resting[preset] = rest_record(exc)
+            notes.append(f"{preset} could not take frames {format_frames(f for c in chunks for f in c)}: {exc}"
+                         + (f" (tried again in {REST_S / 60:g} min)" if rest else ""))
             continue
         source = f" from {victim}" if victim else ""
         notes.append(f"{preset} got frames {format_frames(f for c in chunks for f in c)}{source}")

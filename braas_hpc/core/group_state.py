@@ -159,8 +159,12 @@ def status_of(name: str, data: dict, plan: Group, looks: dict[str, Look], moves:
         done = sum(len(c) for c in m.done)
         held = sum(len(c) for c in m.handed) - done
         state = (look_.status.state if look_ and look_.status else "UNREACHABLE" if look_ else "WAITING")
-        members.append(MemberStatus(m.preset, data["jobs"].get(m.preset, ""), state, done, held, m.pace,
-                                    look_.error if look_ else ""))
+        error = look_.error if look_ else ""
+        if not look_ and (rest := data.get("resting", {}).get(m.preset)):  # no job there: could not be reached
+            left = rest["until"] - time.time()
+            state, error = "UNREACHABLE", rest["why"] + (f" (tried again in {max(1, round(left / 60))} min)"
+                                                         if left > 0 else "")
+        members.append(MemberStatus(m.preset, data["jobs"].get(m.preset, ""), state, done, held, m.pace, error))
         done_total += done
         if look_ and look_.status:
             states.append(look_.status.state)

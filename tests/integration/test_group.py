@@ -8,10 +8,14 @@ group ends than the best cluster alone is measured by bench/fanout_bench.py, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -221,3 +225,59 @@ def test_a_cluster_whose_host_key_is_not_known_yet_is_asked_about_not_left_out(
     shown = json.loads(capsys.readouterr().out)["jobs"][0]
     assert [m["state"] for m in shown["members"] if m["preset"] == "tbnew"] != ["UNREACHABLE"], shown
     assert _json("cancel", "cancel", group)["cancelled"]
+
+
+class _Door:
+    """A port that takes connections and shuts them at once (a login node whose sshd is gone): counted."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.knocks = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.knocks += 1
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_cluster_that_cannot_be_reached_is_tried_once_and_rests(two_clusters: tuple[str, str],
+                                                                   tmp_path: Path) -> None:
+    """`tbdead`: a cluster whose login node shuts every connection. The group's submission reaches every
+    cluster first: tbdead is left out with a warning there and then (not tried a second time to give it
+    frames), and the looks that follow do not try it again while it rests; tbfast renders the film."""
+    fast, _ = two_clusters
+    door = _Door()
+    try:
+        config = Path(os.environ["BRAAS_HPC_CONFIG_DIR"]) / "presets"
+        text = (config / f"{fast}.toml").read_text()
+        text = re.sub(r"^port = \d+$", f"port = {door.port}", text, flags=re.M)
+        (config / "tbdead.toml").write_text(text.replace(f'name = "{fast}"', 'name = "tbdead"'))
+        alone = run_cli("test", "tbdead")
+        assert alone.returncode == 3, alone.stdout + alone.stderr
+        one_try = door.knocks  # what one connection attempt costs this door (a back end may knock twice)
+        assert one_try >= 1
+
+        scene = make_sample(tmp_path / "scene")
+        done = run_cli("submit", str(scene), "--preset", f"{fast},tbdead", "--frames", "1-4", *FILM, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "tbdead could not be reached" in done.stderr and "tried again in 5 min" in done.stderr, done.stderr
+        group = json.loads(done.stdout)["job"]
+        assert door.knocks == 2 * one_try, "tried more than once by the submission"
+        assert registry.get_group(group)["resting"]["tbdead"]["until"] > time.time() + 200
+        shown = _json("status (group)", "status", group)["jobs"][0]["members"]
+        (dead,) = [m for m in shown if m["preset"] == "tbdead"]
+        assert dead["state"] == "UNREACHABLE" and "tried again in 5 min" in dead["error"], dead
+
+        final = _json("wait (group)", "wait", group, "--timeout", "300", timeout=400)
+        assert final["state"] == "COMPLETED", final
+        assert [m["frames_done"] for m in final["members"] if m["preset"] == fast] == [4], final["members"]
+        assert door.knocks == 2 * one_try, "a look tried the resting cluster again"
+    finally:
+        door.close()

@@ -175,3 +175,30 @@ def test_a_cancel_made_while_a_look_drives_is_never_undone() -> None:
     assert registry.group_cancelled("g")
     registry.put_group("g", held)  # the look's stale copy
     assert registry.get_group("g")["cancelled"] is True and registry.take_group("g", 60)["cancelled"] is True
+
+
+def test_a_cluster_that_cannot_be_reached_rests_before_it_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member given frames while its cluster cannot be reached: the frames go back to the pool, and the
+    looks during the next REST_S do not try it again (each try would cost a connection time-out)."""
+    from braas_hpc.core.errors import ConnectionFailed
+
+    plan, data = _plan([(1,)])
+    plan.pool = [(2,), (3,)]
+    tried: list[str] = []
+
+    async def give(data_, plan_, preset, chunks):  # noqa: ANN001, ANN202
+        tried.append(preset)
+        raise ConnectionFailed("connection refused by 10.0.0.7:22")
+
+    monkeypatch.setattr(group, "_give", give)
+    looks = {"a": _look("RUNNING", {1}, set(), [_marker([1], "running")])}
+    notes = asyncio.run(group._hand_out(data, plan, looks))  # neither cluster answers
+    assert tried == ["a", "b"] and sorted(plan.pool) == [(2,), (3,)], (tried, plan.pool)
+    assert any("b could not take frames" in n and "tried again in 5 min" in n for n in notes), notes
+    assert asyncio.run(group._hand_out(data, plan, looks)) == [] and tried == ["a", "b"]  # both rest
+    shown = {m.preset: m for m in group_state.status_of("film", data, plan, looks, ()).members}
+    assert shown["b"].state == "UNREACHABLE" and shown["b"].error == (
+        "connection refused by 10.0.0.7:22 (tried again in 5 min)"), shown["b"]
+    data["resting"]["b"]["until"] = 0.0  # b's rest is over
+    asyncio.run(group._hand_out(data, plan, looks))
+    assert tried == ["a", "b", "b"]
