@@ -99,7 +99,7 @@ async def submit(request: SubmitRequest, presets: Sequence[str], estimates: dict
     built = {preset: build_spec(dataclasses.replace(request, preset=preset)) for preset in presets}
     first_spec = built[presets[0]][0]  # the film's frames
     name = make_job_name(Path(first_spec.scene), request.project)
-    unreachable = await _reach_all([preset for _, preset in built.values()])
+    unreachable = await _reach_all({name: preset for name, (_, preset) in built.items()})
     reached = {p: spec_preset for p, spec_preset in built.items() if p not in unreachable}
     known = estimates if estimates is not None else await _estimates(request, reached)
     plan = Group.plan(name, first_spec.frames, request.chunk, presets, known)
@@ -135,16 +135,16 @@ def rest_record(exc: BraasError) -> dict[str, object]:
     return {"until": time.time() + REST_S, "why": str(exc)}
 
 
-async def _reach_all(presets: Sequence[Preset]) -> dict[str, ConnectionFailed]:
+async def _reach_all(presets: dict[str, Preset]) -> dict[str, ConnectionFailed]:
     """Every cluster reached before anything is made: a host whose key is not known yet is the user's
     question (its fingerprint shown; the submission runs again after a yes), not a cluster silently left
     out of the group. Returns the clusters that could not be reached otherwise, with why: they get no
     frames now (each would cost its connection time-out again) and are tried again later."""
-    reached = await asyncio.gather(*(transport_for(p).connect() for p in presets), return_exceptions=True)
+    reached = await asyncio.gather(*(transport_for(p).connect() for p in presets.values()), return_exceptions=True)
     for outcome in reached:
         if isinstance(outcome, HostKeyUnknown):
             raise outcome
-    return {p.name: outcome for p, outcome in zip(presets, reached, strict=True)
+    return {name: outcome for name, outcome in zip(presets, reached, strict=True)
             if isinstance(outcome, ConnectionFailed)}
 
 
@@ -321,7 +321,7 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
     started = {p: set(latest_markers(look_)) for p, look_ in looks.items()}
     running = {p: [m for m in look_.markers if m.get("state") == "running"] for p, look_ in looks.items()}
     reachable = [m.preset for m in plan.members if m.preset not in looks or looks[m.preset].status is not None]
-    resting = data.setdefault("resting", {})  # members that could not be reached to take frames: until when
+    resting = data.setdefault("resting", {})  # members that could not be reached to take frames (rest_record)
     for preset in sorted(reachable, key=plan.throughput, reverse=True):
         if preset in resting and resting[preset]["until"] > now:  # a dead cluster: a time-out every look
             continue
@@ -359,7 +359,8 @@ async def _hand_out(data: dict, plan: Group, looks: dict[str, Look]) -> list[str
                 await service.cancel(job_context(data["jobs"][preset]))
         except BraasError as exc:
             _give_back(plan, preset, chunks)
-            rest = isinstance(exc, ConnectionFailed)
+            # Not reached, with no look this time to say it answers (a look that did: a passing failure)
+            rest = isinstance(exc, ConnectionFailed) and preset not in looks
             if rest:
                 resting[preset] = rest_record(exc)
             notes.append(f"{preset} could not take frames {format_frames(f for c in chunks for f in c)}: {exc}"
