@@ -148,6 +148,34 @@ _SESSION_OF = (
     'case $(cat "/proc/$q/comm") in sshd*) echo "$p"; exit 0;; esac; [ "$q" -gt 1 ] || exit 1; p=$q; done')
 
 
+def test_a_command_that_does_not_read_its_input_still_says_how_it_went(connect, main_target,  # noqa: ANN001
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command given more input than it reads (one that refuses at once, a `kill`) may end before the
+    input is sent: its exit status and output come back; no "connection dropped". Seen once in a CI
+    rehearsal (asyncssh raised when it wrote the input to a channel the command had already closed)."""
+    large = b"y" * (kept_shell.STDIN_BYTES + 1)  # past the kept shell's limit: a channel of its own
+
+    async def work(t: Transport) -> list[tuple[int | None, str]]:
+        done = []
+        for i in range(20):  # the race is the command's end against the input's first bytes
+            got = await t.run(["sh", "-c", f"echo refused {i} >&2; exit 3"], stdin=large, check=False)
+            done.append((got.exit_status, got.stderr))
+        return done
+
+    if connect.backend == "asyncssh":  # the race made certain: the channel refuses the input's first write
+        import asyncssh
+
+        real_write = asyncssh.SSHClientChannel.write
+
+        def closed_to_input(self, data, datatype=None):  # noqa: ANN001, ANN202
+            if len(data) > kept_shell.STDIN_BYTES:
+                raise BrokenPipeError("Channel not open for sending")
+            return real_write(self, data, datatype)
+
+        monkeypatch.setattr(asyncssh.SSHClientChannel, "write", closed_to_input)
+    assert run(_use(connect(main_target), work)) == [(3, f"refused {i}\n") for i in range(20)]
+
+
 def test_short_commands_share_one_session_channel(connect, main_target) -> None:  # noqa: ANN001
     """Commands without stdin, or with a small one, go through one kept remote shell: no channel opened
     per command (a round trip each). Counted on the real sshd: the session each command runs under."""

@@ -340,10 +340,16 @@ class AsyncsshTransport(Transport):
             return done
         conn = await self._connection()
         try:
-            # asyncssh sends end-of-file only after non-empty input: no input is /dev/null, or a command
-            # reading its stdin (given b"") would wait for ever.
-            done = await conn.run(command, input=stdin or None, stdin=asyncssh.PIPE if stdin else asyncssh.DEVNULL,
-                                  timeout=timeout, check=False, encoding=None)
+            # No input is /dev/null: a command reading its stdin (given b"") would otherwise wait for ever.
+            process = await conn.create_process(command, stdin=asyncssh.PIPE if stdin else asyncssh.DEVNULL,
+                                                encoding=None)
+            if stdin:
+                # A command may end without reading all its input (a refusal, or `kill`): the channel is then
+                # closed to our writing, and its exit status, not a dropped connection, says how it went.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    process.stdin.write(stdin)
+                    process.stdin.write_eof()
+            done = await process.wait(check=False, timeout=timeout)
         except _LOST as exc:
             raise self._lost(exc) from exc
         except asyncssh.ChannelOpenError as exc:
