@@ -23,6 +23,7 @@ import pytest
 
 from braas_hpc import cli
 from tests.conftest import REPO, run_cli
+from tests.helpers import partition_closed
 from tests.integration.test_keeper import write_preset
 from tests.testbed import testbed as tb
 
@@ -51,6 +52,13 @@ def test_bad_input_with_json_is_a_json_error_on_stdout(user_dirs: dict[str, str]
 
 
 def test_wait_that_runs_out_is_exit_124_and_the_job_goes_on(testbed: tb.Testbed, sample_scene: Path) -> None:
+    # The job queues on a closed partition: it cannot end before both waits have run out, however fast
+    # the cluster is (three frames once ended between the two).
+    with partition_closed(testbed.slurm_conf):
+        _waits_run_out(sample_scene)
+
+
+def _waits_run_out(sample_scene: Path) -> None:
     submitted = run_cli("submit", str(sample_scene), "--preset", "testbed", "--frames", "1-3", "--max-parallel", "1",
                         "--json")
     assert submitted.returncode == 0, submitted.stderr
